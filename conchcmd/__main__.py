@@ -1,0 +1,3 @@
+from conchcmd.cli import run
+
+run()

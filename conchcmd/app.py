@@ -1,0 +1,70 @@
+"""Wiring: build the server's object graph from a Config, with the reactor passed in."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.cred.portal import Portal
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+
+from conchcmd.audit import AuditSink
+from conchcmd.auth import PublicKeyChecker
+from conchcmd.authorized_keys import AuthorizedKeysFiles
+from conchcmd.builtin import build_command_table
+from conchcmd.commands import BlockingRunner, Dispatcher
+from conchcmd.config import Config
+from conchcmd.hostkeys import HostKeys
+from conchcmd.realm import CommandRealm
+from conchcmd.server import CommandServerFactory, ServerSettings
+from conchcmd.session import ShellSettings
+
+T = TypeVar("T")
+
+
+class ThreadRunner:
+    """Runs blocking work in a thread pool owned by the server."""
+
+    def __init__(self, reactor: Any, pool: ThreadPool):
+        self.reactor = reactor
+        self.pool = pool
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+
+@dataclass
+class Server:
+    """The built server: the factory to listen with, and the pieces tests and the CLI reach."""
+
+    factory: CommandServerFactory
+    dispatcher: Dispatcher
+    keys: AuthorizedKeysFiles
+
+
+def build_server(
+    config: Config,
+    reactor: Any,
+    *,
+    host_keys: HostKeys,
+    audit: AuditSink,
+    runner: BlockingRunner,
+    hostname: str | None = None,
+    settings: ServerSettings | None = None,
+) -> Server:
+    """Assemble commands, auth, realm and SSH factory; nothing listens yet."""
+    table = build_command_table(config, runner, reactor)
+    dispatcher = Dispatcher(table, audit, reactor)
+    keys = AuthorizedKeysFiles(config.authorized_keys)
+    shell = ShellSettings(hostname=hostname or socket.gethostname())
+    portal = Portal(CommandRealm(dispatcher, reactor, shell), [PublicKeyChecker(keys)])
+    factory = CommandServerFactory(
+        host_keys=host_keys,
+        portal=portal,
+        audit=audit,
+        clock=reactor,
+        settings=settings or ServerSettings(max_clients=config.max_clients),
+    )
+    return Server(factory, dispatcher, keys)

@@ -1,0 +1,77 @@
+"""The audit log: one JSON object per line, flushed per event, untrusted text sanitised."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol
+
+MAX_TEXT = 1024
+#: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
+LOG_NAMESPACE = "conchcmd.log"
+
+
+def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
+    """Make untrusted text safe to log: control and undecodable bytes become escapes."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    out = []
+    for ch in value[:limit]:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
+            out.append(f"\\x{code & 0xFF:02x}")
+        else:
+            out.append(ch)
+    if len(value) > limit:
+        out.append("...")
+    return "".join(out)
+
+
+class AuditSink(Protocol):
+    """Anything that records audit events."""
+
+    def record(self, event: str, **fields: Any) -> None: ...
+
+
+class AuditLog:
+    """Writes events as JSON lines to a file object, flushing each one."""
+
+    def __init__(self, stream: IO[str], clock: Any, *, owns_stream: bool = False):
+        self._stream = stream
+        self._clock = clock
+        self._owns_stream = owns_stream
+
+    @classmethod
+    def open(cls, target: str, clock: Any) -> AuditLog:
+        """Open the audit log named by the `audit_log` setting ("-" is stdout)."""
+        if target == "-":
+            return cls(sys.stdout, clock)
+        stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        return cls(stream, clock, owns_stream=True)
+
+    def record(self, event: str, **fields: Any) -> None:
+        when = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+        entry.update(fields)
+        self._stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._owns_stream:
+            self._stream.close()
+
+
+class MemoryAuditLog:
+    """Keeps events in a list: for tests and for dry runs."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]

@@ -1,0 +1,260 @@
+"""The command framework: one registry and one dispatcher serve exec, both shells and help.
+
+Every user-facing outcome is mapped to an exit status here, and every command run is audited
+here, whatever path it took (success, error, unknown command, interruption).
+"""
+
+from __future__ import annotations
+
+import getopt
+import shlex
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
+
+log = Logger(namespace=LOG_NAMESPACE)
+T = TypeVar("T")
+
+
+class ExitStatus(IntEnum):
+    """Exit statuses, the same in exec and in both shells."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_PERMITTED = 126
+    UNKNOWN_COMMAND = 127
+    INTERRUPTED = 130
+
+
+EXIT_STATUS_HELP = (
+    (ExitStatus.OK, "success"),
+    (ExitStatus.FAILED, "the command ran and failed (e.g. a missing file)"),
+    (ExitStatus.USAGE, "usage error (bad option or argument)"),
+    (ExitStatus.NOT_PERMITTED, "not permitted by policy (e.g. a path outside the roots)"),
+    (ExitStatus.UNKNOWN_COMMAND, "unknown command"),
+    (ExitStatus.INTERRUPTED, "interrupted (Ctrl-C, or the client went away)"),
+)
+
+
+class CommandError(Exception):
+    """A failure to report to the user on stderr, with the exit status it implies."""
+
+    def __init__(self, message: str, status: int = ExitStatus.FAILED):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class UsageError(CommandError):
+    def __init__(self, message: str):
+        super().__init__(message, ExitStatus.USAGE)
+
+
+class SessionExit(Exception):
+    """Raised by `exit`: the session should end, with this status (None: the last one)."""
+
+    def __init__(self, status: int | None):
+        super().__init__(status)
+        self.status = status
+
+
+class Output(Protocol):
+    """A byte stream to the client; the Deferred fires when the writer may write more."""
+
+    def write(self, data: bytes) -> defer.Deferred[None]: ...
+
+
+class BlockingRunner(Protocol):
+    """Runs a blocking function away from the reactor thread."""
+
+    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
+
+
+class InlineRunner:
+    """Runs blocking functions right away, on the caller's thread: for tests and tools."""
+
+    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(fn, *args)
+
+
+@dataclass
+class Invocation:
+    """One run of one command: its arguments, its streams, and who asked."""
+
+    argv: list[str]
+    stdout: Output
+    stderr: Output
+    user: str
+    peer: str
+    interactive: bool = False
+
+    @property
+    def args(self) -> list[str]:
+        return self.argv[1:]
+
+    async def say(self, text: str) -> None:
+        await self.stdout.write(text.encode("utf-8", "surrogateescape"))
+
+    async def complain(self, text: str) -> None:
+        await self.stderr.write(text.encode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True)
+class Command:
+    """A named command: `run` returns its exit status or raises CommandError."""
+
+    name: str
+    summary: str
+    usage: str
+    run: Callable[[Invocation], Awaitable[int]]
+
+
+class CommandTable:
+    """The registry of commands, in the order `help` lists them."""
+
+    def __init__(self, commands: Iterable[Command] = ()):
+        self._commands: dict[str, Command] = {}
+        for command in commands:
+            self.add(command)
+
+    def add(self, command: Command) -> None:
+        if command.name in self._commands:
+            raise ValueError(f"duplicate command {command.name}")
+        self._commands[command.name] = command
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name)
+
+    def __iter__(self) -> Any:
+        return iter(self._commands.values())
+
+
+def parse_options(
+    argv: Sequence[str], shortopts: str, longopts: Sequence[str] = ()
+) -> tuple[dict[str, str], list[str]]:
+    """getopt with GNU ordering; errors become UsageError. Returns ({opt: value}, operands)."""
+    try:
+        pairs, operands = getopt.gnu_getopt(list(argv), shortopts, list(longopts))
+    except getopt.GetoptError as e:
+        raise UsageError(str(e)) from None
+    return dict(pairs), operands
+
+
+def parse_int(text: str, what: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}") from None
+    if not minimum <= value <= maximum:
+        raise UsageError(f"{what} must be between {minimum} and {maximum}")
+    return value
+
+
+def split_command_line(line: str) -> list[str]:
+    """Split a command line like a POSIX shell would, without expansion."""
+    try:
+        return shlex.split(line, comments=False, posix=True)
+    except ValueError as e:
+        raise UsageError(f"cannot parse the command line: {e}") from None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a dispatched line came to: its status, and whether the session should end."""
+
+    status: int
+    end_session: bool = False
+
+
+async def _complain(stderr: Output, message: str) -> None:
+    await stderr.write((message + "\n").encode("utf-8", "surrogateescape"))
+
+
+class Dispatcher:
+    """Runs command lines: parse, look up, run, map errors to statuses, log and audit."""
+
+    def __init__(self, table: CommandTable, audit: AuditSink, clock: IReactorTime):
+        self.table = table
+        self.audit = audit
+        self.clock = clock
+
+    def dispatch(
+        self,
+        line: str,
+        *,
+        stdout: Output,
+        stderr: Output,
+        user: str,
+        peer: str,
+        fingerprint: str,
+        interactive: bool = False,
+        last_status: int = 0,
+    ) -> defer.Deferred[Outcome]:
+        """Run one line. Cancelling the Deferred interrupts the command (status 130).
+
+        `last_status` is what a bare `exit` ends the session with, as in a POSIX shell.
+        """
+        log.info("Cmd received from {user}@{peer} : {line}", user=user, peer=peer, line=sanitise(line))
+        started = self.clock.seconds()
+        argv: list[str] = []
+
+        async def run() -> Outcome:
+            nonlocal argv
+            try:
+                argv = split_command_line(line)
+                if not argv:
+                    return Outcome(ExitStatus.OK)
+            except UsageError as e:
+                await _complain(stderr, f"conchcmd: {e.message}")
+                return Outcome(e.status)
+            command = self.table.get(argv[0])
+            if command is None:
+                await _complain(stderr, f"{argv[0]}: command not found")
+                return Outcome(ExitStatus.UNKNOWN_COMMAND)
+            try:
+                return Outcome(await command.run(Invocation(argv, stdout, stderr, user, peer, interactive)))
+            except SessionExit as e:
+                return Outcome(last_status if e.status is None else e.status, end_session=True)
+            except UsageError as e:
+                await _complain(stderr, f"{command.name}: {e.message}\nusage: {command.usage}")
+                return Outcome(e.status)
+            except CommandError as e:
+                await _complain(stderr, f"{command.name}: {e.message}")
+                return Outcome(e.status)
+
+        def interrupted(failure: Failure) -> Outcome:
+            failure.trap(defer.CancelledError)
+            return Outcome(ExitStatus.INTERRUPTED)
+
+        def crashed(failure: Failure) -> Outcome:
+            log.failure("Command {line} crashed", failure=failure, line=sanitise(line))
+            stderr.write(b"conchcmd: internal error\n")
+            return Outcome(ExitStatus.FAILED)
+
+        def audited(outcome: Outcome) -> Outcome:
+            if line.strip():
+                unparsed = {} if argv else {"line": sanitise(line)}
+                self.audit.record(
+                    "command",
+                    user=user,
+                    peer=peer,
+                    fingerprint=fingerprint,
+                    argv=[sanitise(a) for a in argv],
+                    **unparsed,
+                    exit_code=outcome.status,
+                    duration_ms=round((self.clock.seconds() - started) * 1000, 3),
+                )
+            return outcome
+
+        d = defer.Deferred.fromCoroutine(run())
+        d.addErrback(interrupted).addErrback(crashed).addCallback(audited)
+        return d

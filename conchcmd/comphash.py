@@ -1,0 +1,152 @@
+"""`comphash`: hash files off the reactor thread, inside the configured roots, in sha256sum format."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from conchcmd.commands import (
+    BlockingRunner,
+    Command,
+    ExitStatus,
+    Invocation,
+    UsageError,
+    parse_options,
+)
+from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
+
+READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
+
+
+class PathRefused(Exception):
+    """One path could not be hashed; `status` is the exit status it implies."""
+
+    def __init__(self, reason: str, status: int):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class HashCancelled(Exception):
+    """The hash was abandoned because its command was interrupted."""
+
+
+@dataclass(frozen=True)
+class HashResult:
+    digest: str
+    size: int
+
+
+def within_roots(real_path: str, roots: tuple[str, ...]) -> bool:
+    """True if real_path (already resolved) is one of the roots or below one."""
+    return any(os.path.commonpath([root, real_path]) == root for root in roots)
+
+
+def hash_file(path: str, roots: tuple[str, ...], algorithm: str, cancelled: threading.Event) -> HashResult:
+    """Resolve, check and hash one file. Blocking: run it in a thread."""
+    if not os.path.isabs(path):
+        raise PathRefused("path must be absolute", ExitStatus.USAGE)
+    real = os.path.realpath(path)
+    if not within_roots(real, roots):
+        raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED)
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang the thread; O_NOFOLLOW: no late symlink swap.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise PathRefused(e.strerror or "cannot open", ExitStatus.FAILED) from None
+    with open(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise PathRefused("Is a directory", ExitStatus.FAILED)
+        if not stat.S_ISREG(st.st_mode):
+            raise PathRefused("not a regular file", ExitStatus.FAILED)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        digest = hashlib.new(algorithm)
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
+        size = 0
+        while True:
+            if cancelled.is_set():
+                raise HashCancelled()
+            try:
+                n = f.readinto(buffer)
+            except OSError as e:
+                raise PathRefused(e.strerror or "read error", ExitStatus.FAILED) from None
+            if not n:
+                break
+            digest.update(view[:n])
+            size += n
+    return HashResult(digest.hexdigest(), size)
+
+
+class Hasher:
+    """Hashes files in threads, at most `max_concurrent` at once; cancellation stops the thread."""
+
+    def __init__(self, config: ComphashConfig, runner: BlockingRunner):
+        self.roots = tuple(os.path.realpath(r) for r in config.roots)
+        self.runner = runner
+        self.semaphore = defer.DeferredSemaphore(config.max_concurrent)
+
+    async def hash(self, path: str, algorithm: str) -> HashResult:
+        await self.semaphore.acquire()
+        cancelled = threading.Event()
+        result: defer.Deferred[HashResult] = defer.Deferred(lambda _: cancelled.set())
+        work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled)
+
+        def finished(outcome: Any) -> None:
+            self.semaphore.release()  # only now: the thread is really done
+            if result.called:
+                return None  # the caller gave up; drop the outcome, failures included
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+            return None
+
+        work.addBoth(finished)
+        return await result
+
+
+def format_line(digest: str, path: str) -> str:
+    """One line of sha256sum output; a name with a backslash or newline is escaped and flagged."""
+    if "\\" in path or "\n" in path:
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"\\{digest}  {escaped}\n"
+    return f"{digest}  {path}\n"
+
+
+def make_comphash(config: ComphashConfig, hasher: Hasher) -> Command:
+    """Build the `comphash` command."""
+
+    async def run(inv: Invocation) -> int:
+        options, paths = parse_options(inv.args, "a:", ["algorithm="])
+        algorithm = options.get("-a") or options.get("--algorithm") or config.algorithm
+        if algorithm not in HASH_ALGORITHMS:
+            raise UsageError(f"unknown algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})")
+        if not paths:
+            raise UsageError("no file given")
+        status: int = ExitStatus.OK
+        for path in paths:
+            try:
+                result = await hasher.hash(path, algorithm)
+            except PathRefused as e:
+                await inv.complain(f"comphash: {path}: {e.reason}\n")
+                status = max(status, e.status)
+                continue
+            await inv.say(format_line(result.digest, path))
+        return status
+
+    return Command(
+        name="comphash",
+        summary=f"print the hash of each file ({', '.join(HASH_ALGORITHMS)}; default {config.algorithm})",
+        usage="comphash [-a ALGORITHM] PATH...",
+        run=run,
+    )

@@ -1,0 +1,219 @@
+"""Configuration: strict TOML parsing into frozen dataclasses, one slice per component."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_NAME = "conchcmd.toml"
+HASH_ALGORITHMS = ("sha256", "sha1", "sha512", "blake2b", "md5")
+AUTO_LOG_SOURCES = ("/var/log/syslog", "/var/log/messages", "journal")
+
+
+class ConfigError(Exception):
+    """A configuration problem, naming the file and the key at fault."""
+
+    def __init__(self, message: str, *, source: Path | None = None, key: str | None = None):
+        where = str(source) if source else "built-in defaults"
+        prefix = f"{where}: {key}: " if key else f"{where}: "
+        super().__init__(prefix + message)
+        self.source = source
+        self.key = key
+
+
+@dataclass(frozen=True)
+class LastlogConfig:
+    """Where `lastlog` reads from and how much it may print."""
+
+    #: Sources tried in order; "journal" means the systemd journal via journalctl.
+    sources: tuple[str, ...] = AUTO_LOG_SOURCES
+    lines: int = 10
+    max_lines: int = 10000
+
+
+@dataclass(frozen=True)
+class ComphashConfig:
+    """Which files `comphash` may read, how, and how many at once."""
+
+    roots: tuple[str, ...] = ("/",)
+    algorithm: str = "sha256"
+    max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole effective configuration of one server."""
+
+    listen: tuple[str, ...] = ("tcp:2222",)
+    host_keys_dir: Path = Path("keys")
+    authorized_keys: str = "keys/authorized_keys/%u"
+    max_clients: int = 10
+    audit_log: str = "audit.jsonl"
+    lastlog: LastlogConfig = field(default_factory=LastlogConfig)
+    comphash: ComphashConfig = field(default_factory=ComphashConfig)
+    source: Path | None = None
+
+    def describe(self) -> str:
+        """Render the effective settings as TOML, as `check-config` prints them."""
+        out = [
+            f"# effective configuration ({self.source or 'built-in defaults'})",
+            f"listen = {_toml_list(self.listen)}",
+            f"host_keys_dir = {_toml_str(str(self.host_keys_dir))}",
+            f"authorized_keys = {_toml_str(self.authorized_keys)}",
+            f"max_clients = {self.max_clients}",
+            f"audit_log = {_toml_str(self.audit_log)}",
+            "",
+            "[lastlog]",
+            f"path = {_toml_list(self.lastlog.sources)}",
+            f"lines = {self.lastlog.lines}",
+            f"max_lines = {self.lastlog.max_lines}",
+            "",
+            "[comphash]",
+            f"roots = {_toml_list(self.comphash.roots)}",
+            f"algorithm = {_toml_str(self.comphash.algorithm)}",
+            f"max_concurrent = {self.comphash.max_concurrent}",
+        ]
+        return "\n".join(out) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _toml_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+class _Reader:
+    """Takes typed values out of one TOML table, remembering which keys were used."""
+
+    def __init__(self, table: dict[str, Any], prefix: str, source: Path | None):
+        self.values = table
+        self.prefix = prefix
+        self.source = source
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, source=self.source, key=self.prefix + key)
+
+    def _get(self, key: str, kind: type | tuple[type, ...], kind_name: str) -> Any:
+        self.used.add(key)
+        if key not in self.values:
+            return None
+        value = self.values[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.error(key, f"must be {kind_name}, not {type(value).__name__}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self._get(key, int, "an integer")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self._get(key, str, "a string")
+        if value is None:
+            return default
+        if not value:
+            raise self.error(key, "must not be empty")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...], *, allow_str: bool = False) -> tuple[str, ...]:
+        kinds: tuple[type, ...] = (list, str) if allow_str else (list,)
+        value = self._get(key, kinds, "a list of strings")
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not value:
+            raise self.error(key, "must not be an empty list")
+        for item in value:
+            if not isinstance(item, str) or not item:
+                raise self.error(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self._get(key, dict, "a table")
+        return value or {}
+
+    def reject_unknown(self) -> None:
+        for key in self.values:
+            if key not in self.used:
+                raise self.error(key, "unknown key")
+
+
+def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Config:
+    """Parse TOML text into a Config; relative paths resolve against base_dir."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", source=source) from None
+    top = _Reader(data, "", source)
+
+    def resolve(path: str) -> str:
+        return str(base_dir / path) if not Path(path).is_absolute() else path
+
+    listen = top.strings("listen", Config.listen)
+    host_keys_dir = Path(resolve(top.string("host_keys_dir", "keys")))
+    authorized_keys = resolve(top.string("authorized_keys", Config.authorized_keys))
+    max_clients = top.integer("max_clients", Config.max_clients, minimum=1)
+    audit_log = top.string("audit_log", Config.audit_log)
+    if audit_log != "-":
+        audit_log = resolve(audit_log)
+
+    lastlog_table = _Reader(top.table("lastlog"), "lastlog.", source)
+    sources = lastlog_table.strings("path", AUTO_LOG_SOURCES, allow_str=True)
+    sources = tuple(s if s == "journal" else resolve(s) for s in sources)
+    lines = lastlog_table.integer("lines", LastlogConfig.lines, minimum=1)
+    max_lines = lastlog_table.integer("max_lines", LastlogConfig.max_lines, minimum=1)
+    if lines > max_lines:
+        raise lastlog_table.error("lines", f"must not exceed max_lines ({max_lines})")
+    lastlog_table.reject_unknown()
+
+    comphash_table = _Reader(top.table("comphash"), "comphash.", source)
+    roots = comphash_table.strings("roots", ComphashConfig.roots)
+    for root in roots:
+        if not Path(root).is_absolute():
+            raise comphash_table.error("roots", f"{root!r} must be an absolute path")
+    algorithm = comphash_table.string("algorithm", ComphashConfig.algorithm)
+    if algorithm not in HASH_ALGORITHMS:
+        raise comphash_table.error("algorithm", f"must be one of {', '.join(HASH_ALGORITHMS)}")
+    hashlib.new(algorithm)  # fails early if this Python lacks it
+    max_concurrent = comphash_table.integer("max_concurrent", ComphashConfig.max_concurrent, minimum=1)
+    comphash_table.reject_unknown()
+
+    top.reject_unknown()
+    return Config(
+        listen=listen,
+        host_keys_dir=host_keys_dir,
+        authorized_keys=authorized_keys,
+        max_clients=max_clients,
+        audit_log=audit_log,
+        lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
+        comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
+        source=source,
+    )
+
+
+def load_config(path: Path | None, *, cwd: Path) -> Config:
+    """Load the config file, or `conchcmd.toml` in cwd if present, or built-in defaults."""
+    if path is None:
+        candidate = cwd / DEFAULT_CONFIG_NAME
+        if not candidate.exists():
+            return parse_config("", base_dir=cwd)
+        path = candidate
+    path = path if path.is_absolute() else cwd / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", source=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", source=path) from None
+    return parse_config(text, base_dir=path.parent, source=path)

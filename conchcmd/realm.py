@@ -1,0 +1,79 @@
+"""The realm and the avatar: what an authenticated user may open (session channels only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.conch.avatar import ConchUser
+from twisted.conch.interfaces import IConchUser
+from twisted.cred.portal import IRealm
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from conchcmd.audit import LOG_NAMESPACE, sanitise
+from conchcmd.auth import Identity
+from conchcmd.commands import Dispatcher
+from conchcmd.session import ChannelHandler, ExecHandler, SessionChannel, SessionContext, ShellSettings
+from conchcmd.shell import PlainShell, TerminalShell
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+
+def make_handler(chan: SessionChannel, command: str | None) -> ChannelHandler:
+    """An exec'd command line, or the shell that fits the channel (with or without a pty)."""
+    if command is not None:
+        return ExecHandler(chan, chan.context, command)
+    if chan.terminal is not None:
+        return TerminalShell(chan, chan.context, chan.terminal)
+    return PlainShell(chan, chan.context)
+
+
+class CommandUser(ConchUser):
+    """An authenticated user: may open session channels, nothing else (no forwarding)."""
+
+    def __init__(self, identity: Identity, dispatcher: Dispatcher, clock: IReactorTime, shell: ShellSettings):
+        super().__init__()
+        self.identity = identity
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.shell = shell
+        self.peer = "?"  # set by the transport once the user is attached to a connection
+
+    def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
+        # Only called for b"session": ConnectionService refuses every other type up front.
+        context = SessionContext(self.dispatcher, self.clock, self.identity, self.peer, self.shell)
+        return SessionChannel(
+            context,
+            make_handler,
+            remoteWindow=windowSize,
+            remoteMaxPacket=maxPacket,
+            data=data,
+            avatar=self,
+        )
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
+        if requestType in (b"tcpip-forward", b"streamlocal-forward@openssh.com"):
+            log.info(
+                "Refused {kind} for {user}@{peer}: forwarding is disabled",
+                kind=sanitise(requestType),
+                user=self.identity.user,
+                peer=self.peer,
+            )
+        return 0
+
+
+@implementer(IRealm)
+class CommandRealm:
+    """Gives each authenticated identity a CommandUser."""
+
+    def __init__(self, dispatcher: Dispatcher, clock: IReactorTime, shell: ShellSettings):
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.shell = shell
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, CommandUser, Any]:
+        if IConchUser not in interfaces or not isinstance(avatarId, Identity):
+            raise NotImplementedError("conchcmd serves only SSH users")
+        user = CommandUser(avatarId, self.dispatcher, self.clock, self.shell)
+        return IConchUser, user, lambda: None

@@ -1,0 +1,371 @@
+"""The SSH server: factory, transport, userauth and connection services, each fixing stock Conch."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.conch import error as conch_error
+from twisted.conch.ssh import _kex, connection, transport, userauth
+from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
+from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity
+from conchcmd.authorized_keys import fingerprint
+from conchcmd.hostkeys import HostKeys
+from conchcmd.realm import CommandUser
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+CIPHERS = [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
+MACS = [b"hmac-sha2-512", b"hmac-sha2-256"]
+KEY_EXCHANGES: list[bytes] = [
+    kex
+    for kex in (b"mlkem768x25519-sha256", b"curve25519-sha256", b"curve25519-sha256@libssh.org")
+    if kex in _kex.getSupportedKeyExchanges()
+]
+SHA1_HOST_KEY_ALGORITHMS = (b"ssh-rsa", b"ssh-dss")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Connection-level limits and identity of the server."""
+
+    max_clients: int = 10
+    login_grace_time: float = 30.0
+    max_auth_tries: int = 6
+    banner_version: str = "conchcmd"
+
+
+def format_peer(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ClientSlots:
+    """Counts authenticated connections against `max_clients`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def acquire(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def release(self) -> None:
+        self.used -= 1
+
+
+class ServerTransport(transport.SSHServerTransport):
+    """The SSH transport with a modern-only algorithm list and the fixes Conch lacks.
+
+    Overrides: a version banner that does not reveal Twisted's version; `server-sig-algs`
+    listing user-key algorithms (Conch lists host-key ones, so RSA user keys fail against an
+    ed25519 host); a login grace timer from the first byte (Conch has none before userauth);
+    TCP_QUICKACK re-armed after reads (avoids a 40 ms delayed-ACK stall during kex);
+    malformed packets end this connection with one log line.
+    """
+
+    factory: CommandServerFactory
+    supportedCiphers = CIPHERS
+    supportedMACs = MACS
+    supportedKeyExchanges = KEY_EXCHANGES
+    supportedCompressions = [b"none"]
+
+    peer = "?"
+    user: str | None = None
+    holds_slot = False
+    _grace: Any = None
+    _failed = False
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.ourVersionString = b"SSH-2.0-" + factory.settings.banner_version.encode("ascii")
+        assert self.transport is not None
+        self.peer = format_peer(self.transport.getPeer())
+        self.started = factory.clock.seconds()
+        self.end_reason = "closed"
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)
+        log.info("Client connection from {peer}", peer=self.peer)
+        factory.audit.record("connect", peer=self.peer)
+        self._grace = factory.clock.callLater(factory.settings.login_grace_time, self._grace_expired)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if TCP_QUICKACK is not None:
+            handle = getattr(self.transport, "getHandle", None)
+            sock = handle() if handle is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+        if self._failed:
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as e:  # a malformed packet from this peer: end only this connection
+            self._failed = True
+            self.end_reason = f"protocol error: {type(e).__name__}"
+            log.warn(
+                "Protocol error from {peer}: {error}; disconnecting",
+                peer=self.peer,
+                error=sanitise(f"{type(e).__name__}: {e}", 200),
+            )
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self.end_reason == "closed":
+            self.end_reason = desc.decode("utf-8", "replace")
+        super().sendDisconnect(reason, desc)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # Conch logs every client disconnect at error level; it is the normal way to leave.
+        self.end_reason = f"client disconnected: {sanitise(description, 200)}"
+        self._drop()
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        fixed = [
+            (name, b",".join(USER_SIGNATURE_ALGORITHMS) if name == b"server-sig-algs" else value)
+            for name, value in extensions
+        ]
+        super().sendExtInfo(fixed)
+
+    def _grace_expired(self) -> None:
+        self._grace = None
+        log.info(
+            "Login grace time ({seconds:g} s) exceeded by {peer}; disconnecting",
+            seconds=self.factory.settings.login_grace_time,
+            peer=self.peer,
+        )
+        if self.gotVersion:
+            self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"login grace time exceeded")
+        else:
+            self.end_reason = "login grace time exceeded"
+            self._drop()
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def admit(self, avatar: CommandUser) -> bool:
+        """Called on successful authentication: take a client slot or turn the client away."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if not self.factory.slots.acquire():
+            log.info(
+                "Too many connections ({limit}): turned away {user}@{peer}",
+                limit=self.factory.slots.limit,
+                user=avatar.identity.user,
+                peer=self.peer,
+            )
+            self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, b"Too many connections")
+            return False
+        self.holds_slot = True
+        self.user = avatar.identity.user
+        avatar.peer = self.peer
+        return True
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if self.holds_slot:
+            self.holds_slot = False
+            self.factory.slots.release()
+        factory = self.factory
+        duration = round(factory.clock.seconds() - self.started, 3)
+        log.info(
+            "Lost client connection {peer} ({user}): {reason}",
+            peer=self.peer,
+            user=self.user or "not authenticated",
+            reason=self.end_reason,
+        )
+        factory.audit.record(
+            "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
+        )
+        super().connectionLost(reason)
+
+
+class UserAuthService(userauth.SSHUserAuthServer):
+    """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
+
+    Overrides Conch's class-level global-reactor clock, its 10-hour login timeout and its 20
+    attempts.
+    """
+
+    transport: ServerTransport
+    _key: tuple[bytes, bytes] | None = None
+
+    def serviceStarted(self) -> None:
+        factory = self.transport.factory
+        self.clock = factory.clock
+        self.loginTimeout = math.ceil(factory.settings.login_grace_time)
+        # Conch disconnects when failures exceed this; OpenSSH's MaxAuthTries counts the last one.
+        self.attemptsBeforeDisconnect = factory.settings.max_auth_tries - 1
+        super().serviceStarted()
+
+    def auth_publickey(self, packet: bytes) -> Any:
+        algorithm, blob, _ = getNS(packet[1:], 2)
+        self._key = (algorithm, blob)
+        return super().auth_publickey(packet)
+
+    def _key_fields(self) -> dict[str, Any]:
+        if self.method != b"publickey" or self._key is None:
+            return {}
+        algorithm, blob = self._key
+        return {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
+
+    def _user_name(self) -> str:
+        return sanitise(self.user or b"", 64)
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        _, avatar, logout = result
+        identity: Identity = avatar.identity
+        audit = self.transport.factory.audit
+        if not self.transport.admit(avatar):
+            audit.record(
+                "auth",
+                ok=False,
+                user=identity.user,
+                peer=self.transport.peer,
+                method=identity.method,
+                key_type=identity.key_type,
+                fingerprint=identity.fingerprint,
+                reason="too many connections",
+            )
+            logout()
+            return
+        log.info(
+            "Accepted {method} for {user} from {peer}: {key_type} {fp}",
+            method=identity.method,
+            user=identity.user,
+            peer=self.transport.peer,
+            key_type=identity.key_type,
+            fp=identity.fingerprint,
+        )
+        audit.record(
+            "auth",
+            ok=True,
+            user=identity.user,
+            peer=self.transport.peer,
+            method=identity.method,
+            key_type=identity.key_type,
+            fingerprint=identity.fingerprint,
+        )
+        super()._cbFinishedAuth(result)
+
+    def _ebBadAuth(self, reason: Failure) -> None:
+        if not reason.check(conch_error.IgnoreAuthentication) and self.method != b"none":
+            message = sanitise(reason.getErrorMessage(), 200)
+            log.info(
+                "Failed {method} for {user} from {peer}: {reason}",
+                method=sanitise(self.method, 32),
+                user=self._user_name(),
+                peer=self.transport.peer,
+                reason=message,
+            )
+            self.transport.factory.audit.record(
+                "auth",
+                ok=False,
+                user=self._user_name(),
+                peer=self.transport.peer,
+                method=sanitise(self.method, 32),
+                **self._key_fields(),
+                reason=message,
+            )
+        super()._ebBadAuth(reason)
+
+
+class ConnectionService(connection.SSHConnection):
+    """ssh-connection that refuses non-session channels cleanly (Conch logs a traceback for
+    each), tolerates messages for unknown channels, and holds back window adjustments for
+    channels whose input is paused (input flow control)."""
+
+    transport: ServerTransport
+    _warned_unknown_channel = False
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        channel_type, rest = getNS(packet)
+        if channel_type != b"session":
+            sender = struct.unpack(">L", rest[:4])[0]
+            log.info(
+                "Refused {kind} channel for {peer}: only sessions are offered",
+                kind=sanitise(channel_type, 64),
+                peer=self.transport.peer,
+            )
+            self.transport.sendPacket(
+                connection.MSG_CHANNEL_OPEN_FAILURE,
+                struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+                + NS(b"only session channels are allowed")
+                + NS(b""),
+            )
+            return
+        super().ssh_CHANNEL_OPEN(packet)
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if 93 <= messageNum <= 98 and len(packet) >= 4:
+            (local_id,) = struct.unpack(">L", packet[:4])
+            if local_id not in self.channels:
+                if not self._warned_unknown_channel:
+                    self._warned_unknown_channel = True
+                    log.info(
+                        "Ignoring messages for unknown channel {id} from {peer}", id=local_id, peer=self.transport.peer
+                    )
+                return
+        super().packetReceived(messageNum, packet)
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        if getattr(channel, "input_paused", False):
+            return  # the channel opens the window again when it has consumed its input
+        super().adjustWindow(channel, bytesToAdd)
+
+
+class CommandServerFactory(SSHFactory):
+    """Builds a ServerTransport per connection, with the portal, audit log and limits."""
+
+    protocol = ServerTransport
+    noisy = False
+    services = {b"ssh-userauth": UserAuthService, b"ssh-connection": ConnectionService}
+
+    def __init__(
+        self,
+        *,
+        host_keys: HostKeys,
+        portal: Portal,
+        audit: AuditSink,
+        clock: IReactorTime,
+        settings: ServerSettings,
+    ):
+        self.publicKeys = dict(host_keys.public)
+        self.privateKeys = dict(host_keys.private)
+        self.primes = None  # no group-exchange kex: its SHA-1 and weak-group variants are out
+        self.portal = portal
+        self.audit = audit
+        self.clock = clock
+        self.settings = settings
+        self.slots = ClientSlots(settings.max_clients)
+
+    def buildProtocol(self, addr: Any) -> ServerTransport:
+        t = super().buildProtocol(addr)
+        # Conch advertises SHA-1 `ssh-rsa` for RSA host keys, overwritten here after the fact.
+        t.supportedPublicKeys = [a for a in t.supportedPublicKeys if a not in SHA1_HOST_KEY_ALGORITHMS]
+        return t  # type: ignore[return-value]

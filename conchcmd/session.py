@@ -1,0 +1,352 @@
+"""The session channel: exec and shell requests, output within the peer's window, exit status.
+
+This replaces Conch's `SSHSession` rather than configuring it: SSHSession shares one buffer
+between early input and held-back output (losing output past the client's window), sends no
+EOF, may finish before the exec reply, and calls `connectionLost` twice. Here output is queued
+per channel, written only as the window allows, and writers wait (a Deferred) above a high-water
+mark, so a client that stops reading costs a bounded amount of memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.conch.ssh import channel, connection
+from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from conchcmd.audit import LOG_NAMESPACE, sanitise
+from conchcmd.auth import Identity
+from conchcmd.commands import Dispatcher
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+LOCAL_WINDOW = 2 * 1024 * 1024
+OUTPUT_HIGH_WATER = 512 * 1024  # queued output above which writers wait
+OUTPUT_LOW_WATER = 128 * 1024  # ... until it drains below this
+INPUT_HIGH_WATER = 64 * 1024  # unconsumed shell input above which the client's window stays shut
+
+
+@dataclass(frozen=True)
+class ShellSettings:
+    """What the shells need to know besides the dispatcher."""
+
+    hostname: str
+    max_line: int = 16 * 1024
+    history_size: int = 500
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """Everything a session channel needs: the server's pieces and who is connected."""
+
+    dispatcher: Dispatcher
+    clock: IReactorTime
+    identity: Identity
+    peer: str
+    shell: ShellSettings
+
+    def dispatch(self, line: str, stdout: Any, stderr: Any, *, interactive: bool, last_status: int = 0) -> Any:
+        return self.dispatcher.dispatch(
+            line,
+            stdout=stdout,
+            stderr=stderr,
+            user=self.identity.user,
+            peer=self.peer,
+            fingerprint=self.identity.fingerprint,
+            interactive=interactive,
+            last_status=last_status,
+        )
+
+
+@dataclass
+class Terminal:
+    """The pty the client asked for (we emulate it; no kernel pty is allocated)."""
+
+    term: str
+    columns: int
+    rows: int
+
+
+class ChannelHandler(Protocol):
+    """What runs on a session channel: an exec'd command or one of the shells."""
+
+    def start(self) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> None: ...
+    def window_changed(self, columns: int, rows: int) -> None: ...
+    def interrupt(self) -> None: ...
+    def connection_lost(self) -> None: ...
+
+
+#: Builds the handler for a channel: an exec of the given command line, or a shell for None.
+HandlerFactory = Callable[["SessionChannel", "str | None"], ChannelHandler]
+
+
+class ChannelStream:
+    """A writable stream onto the channel (stdout or stderr), optionally translating newlines."""
+
+    def __init__(self, chan: SessionChannel, *, stderr: bool = False, crlf: bool = False):
+        self.chan = chan
+        self.stderr = stderr
+        self.crlf = crlf
+
+    def write(self, data: bytes) -> defer.Deferred[None]:
+        if self.crlf:
+            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        return self.chan.send(data, stderr=self.stderr)
+
+
+class SessionChannel(channel.SSHChannel):
+    """One `session` channel: at most one exec or shell, its own state and exit status."""
+
+    name = b"session"
+
+    def __init__(self, context: SessionContext, make_handler: HandlerFactory, **kwargs: Any):
+        super().__init__(localWindow=LOCAL_WINDOW, **kwargs)
+        self.context = context
+        self.make_handler = make_handler
+        self.terminal: Terminal | None = None
+        self.handler: ChannelHandler | None = None
+        self._started = False
+        self._early_input: list[bytes] = []
+        self._early_eof = False
+        self._queue: deque[tuple[bool, memoryview]] = deque()
+        self._queued = 0
+        self._drain_waiters: list[defer.Deferred[None]] = []
+        self._empty_waiters: list[defer.Deferred[None]] = []
+        self._finishing = False
+        self._gone = False
+        self.input_paused = False
+
+    # -- requests from the client ------------------------------------------------------------
+
+    def request_pty_req(self, data: bytes) -> int:
+        if self.handler is not None:
+            return 0
+        term, (rows, columns, _, _), _ = parseRequest_pty_req(data)
+        # `ssh -tt` with piped stdin asks for a 0x0 terminal; assume a classic size.
+        self.terminal = Terminal(sanitise(term, 64), columns or 80, rows or 24)
+        return 1
+
+    def request_window_change(self, data: bytes) -> int:
+        rows, columns, _, _ = parseRequest_window_change(data)
+        if self.terminal is not None:
+            self.terminal.columns, self.terminal.rows = columns or 80, rows or 24
+            if self.handler is not None and self._started:
+                self.handler.window_changed(self.terminal.columns, self.terminal.rows)
+        return 1
+
+    def request_shell(self, data: bytes) -> int:
+        return self._begin(None)
+
+    def request_exec(self, data: bytes) -> int:
+        command, _ = getNS(data)
+        return self._begin(command.decode("utf-8", "surrogateescape"))
+
+    def request_subsystem(self, data: bytes) -> int:
+        name, _ = getNS(data)
+        log.info("Refused subsystem {name} for {peer}", name=sanitise(name), peer=self.context.peer)
+        return 0
+
+    def request_signal(self, data: bytes) -> int:
+        name, _ = getNS(data)
+        if name in (b"INT", b"TERM", b"KILL", b"HUP") and self.handler is not None and self._started:
+            self.handler.interrupt()
+            return 1
+        return 0
+
+    def requestReceived(self, requestType: bytes, data: bytes) -> int:
+        # Refusals (env, x11-req, auth-agent-req@openssh.com, ...) are normal; Conch would log
+        # each one. Malformed request data ends up here too: refuse it, don't crash.
+        try:
+            return int(super().requestReceived(requestType, data))
+        except (struct.error, ValueError, IndexError):
+            log.info("Malformed {kind} request from {peer}", kind=sanitise(requestType), peer=self.context.peer)
+            return 0
+
+    def _begin(self, command: str | None) -> int:
+        if self.handler is not None:
+            return 0
+        self.handler = self.make_handler(self, command)
+        # Start on the next reactor turn, so the reply to this request goes out before any
+        # output or exit status.
+        self.context.clock.callLater(0, self._start_handler)
+        return 1
+
+    def _start_handler(self) -> None:
+        if self._gone or self.handler is None:
+            return
+        self._started = True
+        self.handler.start()
+        early, self._early_input = self._early_input, []
+        for data in early:
+            self.handler.data_received(data)
+        if self._early_eof:
+            self.handler.eof_received()
+
+    # -- input -------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.handler is not None and self._started:
+            self.handler.data_received(data)
+        else:
+            self._early_input.append(data)
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        pass  # clients have no business sending stderr; ignore it
+
+    def eofReceived(self) -> None:
+        if self.handler is not None and self._started:
+            self.handler.eof_received()
+        else:
+            self._early_eof = True
+
+    @property
+    def _connection(self) -> SSHConnection:
+        assert self.conn is not None, "a channel in use always has its connection"
+        return self.conn
+
+    def pause_input(self) -> None:
+        """Stop opening the client's window: input waits at the client (see ConnectionService)."""
+        self.input_paused = True
+
+    def resume_input(self) -> None:
+        if not self.input_paused:
+            return
+        self.input_paused = False
+        owed = self.localWindowSize - self.localWindowLeft
+        if owed > self.localWindowSize // 2 and not self._gone:
+            self._connection.adjustWindow(self, owed)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def stream(self, *, stderr: bool = False) -> ChannelStream:
+        """A stream for command output; with a pty, stderr joins stdout, newlines become CRLF."""
+        if self.terminal is not None:
+            return ChannelStream(self, crlf=True)
+        return ChannelStream(self, stderr=stderr)
+
+    def send(self, data: bytes, *, stderr: bool = False) -> defer.Deferred[None]:
+        """Queue output; the Deferred fires when the caller may send more."""
+        if self._gone:
+            return defer.succeed(None)
+        if data:
+            self._queue.append((stderr, memoryview(data)))
+            self._queued += len(data)
+            self._pump()
+        if self._queued <= OUTPUT_HIGH_WATER:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def _pump(self) -> None:
+        while self._queue and self.remoteWindowLeft > 0 and not self._gone:
+            is_stderr, view = self._queue[0]
+            n = min(len(view), self.remoteWindowLeft, self.remoteMaxPacket)
+            chunk = bytes(view[:n])
+            if n == len(view):
+                self._queue.popleft()
+            else:
+                self._queue[0] = (is_stderr, view[n:])
+            self.remoteWindowLeft -= n
+            self._queued -= n
+            if is_stderr:
+                self._connection.sendExtendedData(self, connection.EXTENDED_DATA_STDERR, chunk)
+            else:
+                self._connection.sendData(self, chunk)
+        if self._queued <= OUTPUT_LOW_WATER and self._drain_waiters:
+            self._fire(self._drain_waiters)
+        if not self._queue and self._empty_waiters:
+            self._fire(self._empty_waiters)
+
+    @staticmethod
+    def _fire(waiters: list[defer.Deferred[None]]) -> None:
+        ready = waiters[:]
+        waiters.clear()
+        for d in ready:
+            if not d.called:
+                d.callback(None)
+
+    def addWindowBytes(self, data: int) -> None:
+        # Conch's version flushes its own unbounded buffer; we pump our queue instead.
+        self.remoteWindowLeft += data
+        self._pump()
+
+    def finish(self, status: int) -> None:
+        """Send the exit status and close, once all queued output has gone out."""
+        if self._finishing or self._gone:
+            return
+        self._finishing = True
+        if not self._queue:
+            self._send_exit(status)
+            return
+        waiter: defer.Deferred[None] = defer.Deferred()
+        waiter.addCallback(lambda _: self._send_exit(status))
+        self._empty_waiters.append(waiter)
+
+    def _send_exit(self, status: int) -> None:
+        if self._gone:
+            return
+        self._connection.sendEOF(self)
+        self._connection.sendRequest(self, b"exit-status", struct.pack(">L", status & 0xFFFFFFFF))
+        self.loseConnection()
+
+    # -- end ---------------------------------------------------------------------------------
+
+    def closed(self) -> None:
+        """Both sides closed (or the connection is gone): stop any work, drop queued output."""
+        if self._gone:
+            return
+        self._gone = True
+        self._queue.clear()
+        self._queued = 0
+        self._drain_waiters.clear()
+        self._empty_waiters.clear()
+        if self.handler is not None:
+            self.handler.connection_lost()
+
+
+class ExecHandler:
+    """`ssh host CMD ARGS`: run one command line, then send its exit status."""
+
+    def __init__(self, chan: SessionChannel, context: SessionContext, line: str):
+        self.chan = chan
+        self.context = context
+        self.line = line
+        self.running: defer.Deferred[Any] | None = None
+
+    def start(self) -> None:
+        running = self.context.dispatch(
+            self.line,
+            self.chan.stream(),
+            self.chan.stream(stderr=True),
+            interactive=self.chan.terminal is not None,
+        )
+        self.running = running
+        running.addCallback(lambda outcome: self.chan.finish(outcome.status))
+
+    def data_received(self, data: bytes) -> None:
+        pass  # commands read no stdin
+
+    def eof_received(self) -> None:
+        pass
+
+    def window_changed(self, columns: int, rows: int) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        if self.running is not None:
+            self.running.cancel()
+
+    def connection_lost(self) -> None:
+        self.interrupt()

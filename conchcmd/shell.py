@@ -1,0 +1,357 @@
+"""The two shells: a terminal shell with line editing for people, a plain line shell for pipes."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.conch.insults import insults
+from twisted.conch.recvline import HistoricRecvLine
+from twisted.internet import defer
+
+from conchcmd.commands import ExitStatus, Outcome
+from conchcmd.session import INPUT_HIGH_WATER, SessionChannel, SessionContext, Terminal
+
+CTRL_C = b"\x03"
+CTRL_D = b"\x04"
+BELL = b"\x07"
+
+
+class _ShellBase:
+    """Runs lines one at a time through the dispatcher and ends the channel like a shell does."""
+
+    def __init__(self, chan: SessionChannel, context: SessionContext):
+        self.chan = chan
+        self.context = context
+        self.last_status = 0
+        self.running: defer.Deferred[Outcome] | None = None
+        self.ended = False
+
+    def run_line(self, line: bytes, *, interactive: bool) -> defer.Deferred[Outcome]:
+        running = self.context.dispatch(
+            line.decode("utf-8", "surrogateescape"),
+            self.chan.stream(),
+            self.chan.stream(stderr=True),
+            interactive=interactive,
+            last_status=self.last_status,
+        )
+        self.running = running
+
+        def done(outcome: Outcome) -> Outcome:
+            self.running = None
+            self.last_status = outcome.status
+            if outcome.end_session:
+                self.end(outcome.status)
+            return outcome
+
+        return running.addCallback(done)
+
+    def report_line_too_long(self) -> None:
+        self.chan.stream(stderr=True).write(
+            f"conchcmd: line too long (more than {self.context.shell.max_line} bytes), ignored\n".encode()
+        )
+        self.last_status = ExitStatus.USAGE
+
+    def end(self, status: int) -> None:
+        if not self.ended:
+            self.ended = True
+            self.chan.finish(status)
+
+    def window_changed(self, columns: int, rows: int) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        if self.running is not None:
+            self.running.cancel()
+
+    def connection_lost(self) -> None:
+        self.ended = True
+        self.interrupt()
+
+
+class PlainShell(_ShellBase):
+    """No pty: one command per input line, no prompt, no escape codes; ends at `exit` or EOF."""
+
+    def __init__(self, chan: SessionChannel, context: SessionContext):
+        super().__init__(chan, context)
+        self._partial = bytearray()
+        self._discarding = False
+        self._lines: list[bytes | None] = []  # None marks a line that was too long
+        self._pending = 0
+        self._eof = False
+
+    def start(self) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return
+        limit = self.context.shell.max_line
+        self._partial += data
+        while True:
+            index = self._partial.find(b"\n")
+            if index < 0:
+                if len(self._partial) > limit:
+                    self._partial.clear()
+                    self._discarding = True
+                break
+            line = bytes(self._partial[:index]).rstrip(b"\r")
+            del self._partial[: index + 1]
+            if self._discarding or len(line) > limit:
+                self._discarding = False
+                self._lines.append(None)
+            else:
+                self._lines.append(line)
+                self._pending += len(line)
+        if self._pending > INPUT_HIGH_WATER:
+            self.chan.pause_input()
+        self._next()
+
+    def eof_received(self) -> None:
+        self._eof = True
+        if self._partial and not self._discarding:
+            self._lines.append(bytes(self._partial).rstrip(b"\r"))  # a last line without newline
+        elif self._discarding:
+            self._lines.append(None)
+        self._partial.clear()
+        self._next()
+
+    def _next(self) -> None:
+        while not self.ended and self.running is None:
+            if not self._lines:
+                if self._eof:
+                    self.end(self.last_status)
+                return
+            line = self._lines.pop(0)
+            if line is None:
+                self.report_line_too_long()
+                continue
+            self._pending -= len(line)
+            if self._pending <= INPUT_HIGH_WATER // 2:
+                self.chan.resume_input()
+            d = self.run_line(line, interactive=False)
+            if self.running is not None:  # still going: continue when it finishes
+                d.addCallback(lambda _: self._next())
+                return
+
+
+class _TerminalProtocol(insults.ServerProtocol):
+    """insults' terminal parser, minus the full terminal reset it sends when the session ends."""
+
+    def loseConnection(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class _CoalescingTransport:
+    """Gives the terminal protocol a transport whose writes during one input batch become one
+    SSH packet, instead of one packet per echoed character."""
+
+    def __init__(self, chan: SessionChannel):
+        self.chan = chan
+        self._batch: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(data)
+        else:
+            self.chan.send(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._batch is not None:  # already inside a batch: it flushes at its end
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self.chan.send(b"".join(batch))
+
+    def loseConnection(self) -> None:
+        pass
+
+    def getPeer(self) -> Any:
+        return self.chan.getPeer()
+
+    def getHost(self) -> Any:
+        return self.chan.getHost()
+
+
+class LineEditor(HistoricRecvLine):
+    """HistoricRecvLine with its defects fixed for a remote operator's terminal.
+
+    Stock RecvLine resets the terminal on connect, clears the screen on every resize, switches
+    the terminal into insert mode (left on after logout), ignores Ctrl-C and Ctrl-D, drops
+    non-ASCII input byte by byte, and has no cap on line length or history.
+    """
+
+    def __init__(self, shell: TerminalShell, prompt: bytes, max_line: int, history_size: int):
+        self.shell = shell
+        self.ps = (prompt, prompt)
+        self.max_line = max_line
+        self.history_size = history_size
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._overflow = False
+
+    def initializeScreen(self) -> None:
+        self.mode = "insert"  # emulated by redrawing; no IRM escape sent to the terminal
+        self.terminal.write(self.shell.banner())
+        self.terminal.write(self.ps[self.pn])
+
+    def terminalSize(self, width: int, height: int) -> None:
+        self.width, self.height = width, height  # the terminal re-wraps by itself
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if modifier is not None:
+            return  # Alt-combinations: not bound
+        handler = self.keyHandlers.get(keyID)
+        if handler is not None:
+            handler()
+        elif keyID == CTRL_C:
+            self.handle_CTRL_C()
+        elif keyID == CTRL_D:
+            self.handle_CTRL_D()
+        elif isinstance(keyID, bytes) and (0x20 <= keyID[0] < 0x7F or keyID[0] >= 0x80):
+            try:
+                text = self._decoder.decode(keyID)
+            except UnicodeDecodeError:
+                self._decoder.reset()
+                return
+            if text:
+                self.characterReceived(text.encode("utf-8"), False)
+
+    def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
+        if len(self.lineBuffer) >= self.max_line:
+            if not self._overflow:
+                self._overflow = True
+                self.terminal.write(BELL)
+            return
+        tail = self.lineBuffer[self.lineBufferIndex :]
+        self.lineBuffer.insert(self.lineBufferIndex, ch)
+        self.lineBufferIndex += 1
+        self.terminal.write(ch + b"".join(tail))
+        if tail:
+            self.terminal.cursorBackward(len(tail))
+
+    def handle_TAB(self) -> None:
+        pass  # completion comes with the command registry's help; no tab characters in lines
+
+    def handle_CTRL_C(self) -> None:
+        self.terminal.write(b"^C\n")
+        self.lineBuffer = []
+        self.lineBufferIndex = 0
+        self._overflow = False
+        self.historyPosition = len(self.historyLines)
+        self.drawInputLine()
+
+    def handle_CTRL_D(self) -> None:
+        if self.lineBuffer:
+            self.handle_DELETE()
+        else:
+            self.terminal.write(b"\n")
+            self.shell.end(self.shell.last_status)
+
+    def _deliverBuffer(self, buf: bytes) -> None:
+        for ch in buf.decode("utf-8", "replace"):
+            self.characterReceived(ch.encode("utf-8"), False)
+
+    def handle_RETURN(self) -> None:
+        overflow, self._overflow = self._overflow, False
+        if overflow:
+            self.lineBuffer = []
+            self.lineBufferIndex = 0
+            self.terminal.nextLine()
+            self.shell.report_line_too_long()
+            self.drawInputLine()
+            return
+        super().handle_RETURN()
+        if len(self.historyLines) > self.history_size:
+            del self.historyLines[: len(self.historyLines) - self.history_size]
+            self.historyPosition = len(self.historyLines)
+
+    def lineReceived(self, line: bytes) -> None:
+        self.shell.line_entered(line)
+
+
+class TerminalShell(_ShellBase):
+    """With a pty: a prompt, line editing and history; Ctrl-C interrupts, Ctrl-D leaves."""
+
+    def __init__(self, chan: SessionChannel, context: SessionContext, terminal: Terminal):
+        super().__init__(chan, context)
+        self.terminal = terminal
+        self.transport = _CoalescingTransport(chan)
+        self.protocol = _TerminalProtocol()
+        self._typeahead = bytearray()
+        self._eof = False
+        settings = context.shell
+        prompt = f"{context.identity.user}@{settings.hostname}> ".encode("utf-8", "replace")
+        self.editor = LineEditor(self, prompt, settings.max_line, settings.history_size)
+
+    def banner(self) -> bytes:
+        return f"conchcmd on {self.context.shell.hostname}: type 'help' for commands, 'exit' to leave.\n".encode()
+
+    def start(self) -> None:
+        with self.transport.batch():
+            self.protocol.makeConnection(self.transport)
+            self.protocol.terminalProtocol = self.editor
+            self.editor.makeConnection(self.protocol)
+            self.editor.terminalSize(self.terminal.columns, self.terminal.rows)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return
+        if self.running is not None:
+            if CTRL_C in data:  # like a tty's INTR: interrupt and flush typeahead
+                self._typeahead.clear()
+                self.chan.resume_input()
+                self.chan.send(b"^C\r\n")
+                self.interrupt()
+                return
+            self._typeahead += data
+            if len(self._typeahead) > INPUT_HIGH_WATER:
+                self.chan.pause_input()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        with self.transport.batch():
+            for i in range(len(data)):
+                if self.running is not None or self.ended:
+                    self._typeahead[:0] = data[i:]  # a command started: the rest waits for it
+                    return
+                self.protocol.dataReceived(data[i : i + 1])
+
+    def line_entered(self, line: bytes) -> None:
+        if not line.strip():
+            self.editor.drawInputLine()
+            return
+        self.run_line(line, interactive=True).addCallback(self._command_done)
+
+    def _command_done(self, outcome: Outcome) -> None:
+        if self.ended:
+            return
+        self.editor.drawInputLine()
+        typeahead = bytes(self._typeahead)
+        self._typeahead.clear()
+        self.chan.resume_input()
+        if typeahead:
+            self._feed(typeahead)
+        if self._eof and self.running is None:
+            self.end(self.last_status)
+
+    def eof_received(self) -> None:
+        self._eof = True
+        if self.running is None:
+            self.end(self.last_status)
+
+    def window_changed(self, columns: int, rows: int) -> None:
+        self.editor.terminalSize(columns, rows)
