@@ -176,6 +176,12 @@ class _CoalescingTransport:
             if batch:
                 self.chan.send(b"".join(batch))
 
+    def flush(self) -> None:
+        """Send what the current batch holds now (before command output, to keep the order)."""
+        if self._batch:
+            self.chan.send(b"".join(self._batch))
+            self._batch.clear()
+
     def loseConnection(self) -> None:
         pass
 
@@ -334,6 +340,7 @@ class TerminalShell(_ShellBase):
         if not line.strip():
             self.editor.drawInputLine()
             return
+        self.transport.flush()
         self.run_line(line, interactive=True).addCallback(self._command_done)
 
     def _command_done(self, outcome: Outcome) -> None:

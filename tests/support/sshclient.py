@@ -1,0 +1,273 @@
+"""A scriptable SSH client on Conch's client classes, for in-memory tests of the whole stack.
+
+It drives exactly what a test asks for (a key probe, a login with a chosen signature algorithm,
+channels with chosen windows, raw channel requests) and records every byte the server sends.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.conch.ssh import channel, common, connection, service, transport, userauth
+from twisted.conch.ssh.keys import Key
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
+from twisted.test import iosim
+
+from conchcmd.server import CommandServerFactory
+
+
+class ClientTransport(transport.SSHClientTransport):
+    factory: ClientFactory
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
+        self.factory.host_key = Key.fromString(hostKey)
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        self.factory.secure.callback(self)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self.factory.disconnect_reason = (reasonCode, description)
+        super().receiveError(reasonCode, description)
+
+
+class AuthClient(service.SSHService):
+    """ssh-userauth, client side, one explicit step at a time."""
+
+    name = b"ssh-userauth"
+
+    def __init__(self, user: bytes, conn: ClientConnection):
+        self.user = user
+        self.conn = conn
+        self.replies: list[tuple[int, bytes]] = []
+        self.waiting: defer.Deferred[tuple[int, bytes]] | None = None
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if messageNum == userauth.MSG_USERAUTH_SUCCESS:
+            self.transport.setService(self.conn)
+        if messageNum == userauth.MSG_USERAUTH_BANNER:
+            return
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.callback((messageNum, packet))
+        else:
+            self.replies.append((messageNum, packet))
+
+    def _request(self, method: bytes, data: bytes) -> defer.Deferred[tuple[int, bytes]]:
+        self.waiting = defer.Deferred()
+        self.transport.sendPacket(
+            userauth.MSG_USERAUTH_REQUEST,
+            common.NS(self.user) + common.NS(b"ssh-connection") + common.NS(method) + data,
+        )
+        return self.waiting
+
+    def probe(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
+        algorithm = algorithm or key.sshType()
+        return self._request(b"publickey", b"\x00" + common.NS(algorithm) + common.NS(key.blob()))
+
+    def login(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
+        algorithm = algorithm or key.sshType()
+        signed = (
+            common.NS(self.transport.sessionID)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + common.NS(self.user)
+            + common.NS(b"ssh-connection")
+            + common.NS(b"publickey")
+            + b"\x01"
+            + common.NS(algorithm)
+            + common.NS(key.public().blob())
+        )
+        signature = key.sign(signed, signatureType=algorithm)
+        return self._request(
+            b"publickey",
+            b"\x01" + common.NS(algorithm) + common.NS(key.public().blob()) + common.NS(signature),
+        )
+
+    def password(self, secret: bytes) -> defer.Deferred[tuple[int, bytes]]:
+        return self._request(b"password", b"\x00" + common.NS(secret))
+
+
+class ClientConnection(connection.SSHConnection):
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: defer.Deferred[ClientConnection] = defer.Deferred()
+        self.global_replies: list[int] = []
+        self.held_windows: set[int] = set()
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.started.callback(self)
+
+    def adjustWindow(self, chan: Any, bytesToAdd: int) -> None:
+        if chan.id in self.held_windows:
+            return  # a "slow reader": the channel's window stays shut
+        super().adjustWindow(chan, bytesToAdd)
+
+    def ssh_CHANNEL_SUCCESS(self, packet: bytes) -> None:
+        (local_id,) = struct.unpack(">L", packet[:4])
+        self.channels[local_id]._event("reply")
+        super().ssh_CHANNEL_SUCCESS(packet)
+
+    def ssh_CHANNEL_FAILURE(self, packet: bytes) -> None:
+        (local_id,) = struct.unpack(">L", packet[:4])
+        self.channels[local_id]._event("refused")
+        super().ssh_CHANNEL_FAILURE(packet)
+
+    def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
+        self.global_replies.append(connection.MSG_REQUEST_SUCCESS)
+
+    def ssh_REQUEST_FAILURE(self, packet: bytes) -> None:
+        self.global_replies.append(connection.MSG_REQUEST_FAILURE)
+
+
+class RecordingChannel(channel.SSHChannel):
+    """A client channel that records stdout, stderr, requests, EOF and close."""
+
+    def __init__(self, name: bytes = b"session", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.name = name
+        self.out = bytearray()
+        self.err = bytearray()
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.exit_status: int | None = None
+        self.got_eof = False
+        self.is_closed = False
+        self.opened: defer.Deferred[RecordingChannel] = defer.Deferred()
+        self.open_failure: Any = None
+        self.events: list[str] = []  # "data", "eof", "exit-status", "close", in arrival order
+
+    def _event(self, name: str) -> None:
+        if not self.events or self.events[-1] != name:
+            self.events.append(name)
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self.opened.callback(self)
+
+    def openFailed(self, reason: Any) -> None:
+        self.open_failure = reason
+        self.opened.errback(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._event("data")
+        self.out += data
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        self._event("data")
+        self.err += data
+
+    def requestReceived(self, requestType: bytes, data: bytes) -> int:
+        self._event(requestType.decode())
+        self.requests.append((requestType, data))
+        if requestType == b"exit-status":
+            self.exit_status = struct.unpack(">L", data)[0]
+        return 1
+
+    def eofReceived(self) -> None:
+        self._event("eof")
+        self.got_eof = True
+
+    def closed(self) -> None:
+        self._event("close")
+        self.is_closed = True
+
+
+class ClientFactory(protocol.ClientFactory):
+    protocol = ClientTransport
+
+    def __init__(self) -> None:
+        self.secure: defer.Deferred[ClientTransport] = defer.Deferred()
+        self.host_key: Key | None = None
+        self.disconnect_reason: tuple[int, bytes] | None = None
+
+
+def pty_request(term: bytes = b"xterm", columns: int = 80, rows: int = 24) -> bytes:
+    return common.NS(term) + struct.pack(">4L", columns, rows, 0, 0) + common.NS(b"")
+
+
+@dataclass
+class Connection:
+    """One in-memory client connection to the server, with helpers to drive it."""
+
+    server: Any
+    client: ClientTransport
+    pump: iosim.IOPump
+    factory: ClientFactory
+    conn: ClientConnection = field(default_factory=ClientConnection)
+    auth: AuthClient | None = None
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+    def start_auth(self, user: bytes) -> AuthClient:
+        self.auth = AuthClient(user, self.conn)
+        self.client.requestService(self.auth)
+        self.flush()
+        return self.auth
+
+    def login(self, user: bytes, key: Key, algorithm: bytes | None = None) -> int:
+        """Authenticate; returns the reply message number (52 success, 51 failure, 0 disconnected)."""
+        auth = self.auth or self.start_auth(user)
+        d = auth.login(key, algorithm)
+        self.flush()
+        return result_of(d)[0] if d.called else 0
+
+    def open_session(self, window: int = 2 * 1024 * 1024, max_packet: int = 32768) -> RecordingChannel:
+        chan = RecordingChannel(localWindow=window, localMaxPacket=max_packet, conn=self.conn)
+        self.conn.openChannel(chan)
+        self.flush()
+        return chan
+
+    def request(self, chan: RecordingChannel, kind: bytes, data: bytes = b"", want_reply: bool = True) -> Any:
+        d = self.conn.sendRequest(chan, kind, data, wantReply=want_reply)
+        self.flush()
+        return d
+
+    def exec(self, chan: RecordingChannel, command: bytes) -> Any:
+        return self.request(chan, b"exec", common.NS(command))
+
+    def send(self, chan: RecordingChannel, data: bytes) -> None:
+        chan.write(data)
+        self.flush()
+
+    def send_eof(self, chan: RecordingChannel) -> None:
+        self.conn.sendEOF(chan)
+        self.flush()
+
+    @property
+    def disconnected(self) -> bool:
+        return bool(self.client.transport.disconnected)  # type: ignore[union-attr]
+
+
+def result_of(d: defer.Deferred[Any]) -> Any:
+    """The result of an already-fired Deferred (raising its failure)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def connect(factory: CommandServerFactory, clock: Any, peer: str = "10.0.0.1", port: int = 40000) -> Connection:
+    """Open an in-memory connection from `peer` to the server and complete key exchange."""
+    client_factory = ClientFactory()
+    client = client_factory.buildProtocol(None)
+    client.factory = client_factory
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2222))
+    server_io = iosim.FakeTransport(
+        server,
+        isServer=True,
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 2222),
+        peerAddress=IPv4Address("TCP", peer, port),
+    )
+    client_io = iosim.FakeTransport(
+        client,
+        isServer=False,
+        hostAddress=IPv4Address("TCP", peer, port),
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 2222),
+    )
+    pump = iosim.connect(server, server_io, client, client_io, clock=clock)
+    return Connection(server, client, pump, client_factory)
