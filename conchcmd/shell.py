@@ -346,14 +346,21 @@ class TerminalShell(_ShellBase):
     def _command_done(self, outcome: Outcome) -> None:
         if self.ended:
             return
-        self.editor.drawInputLine()
         typeahead = bytes(self._typeahead)
         self._typeahead.clear()
         self.chan.resume_input()
+        if self._eof and not typeahead:
+            self.end(self.last_status)
+            return
+        self.editor.drawInputLine()
         if typeahead:
             self._feed(typeahead)
         if self._eof and self.running is None:
             self.end(self.last_status)
+
+    def end(self, status: int) -> None:
+        self.transport.flush()  # what the terminal wrote so far goes before the exit status
+        super().end(status)
 
     def eof_received(self) -> None:
         self._eof = True

@@ -1,0 +1,274 @@
+"""The session channel and both shells over a recording connection, time driven by task.Clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.conch.ssh import common
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+
+from conchcmd.audit import MemoryAuditLog
+from conchcmd.auth import Identity
+from conchcmd.commands import Command, CommandTable, Dispatcher, ExitStatus, Invocation
+from conchcmd.realm import make_handler
+from conchcmd.session import (
+    INPUT_HIGH_WATER,
+    OUTPUT_HIGH_WATER,
+    SessionChannel,
+    SessionContext,
+    ShellSettings,
+)
+
+
+class RecordingConnection:
+    """Stands in for SSHConnection: records what the channel sends, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.transport = self
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "10.0.0.1", 40000)
+
+    getHost = getPeer
+
+    def sendData(self, chan: Any, data: bytes) -> None:
+        self.sent.append(("data", data))
+
+    def sendExtendedData(self, chan: Any, kind: int, data: bytes) -> None:
+        self.sent.append(("stderr", data))
+
+    def sendEOF(self, chan: Any) -> None:
+        self.sent.append(("eof", None))
+
+    def sendRequest(self, chan: Any, kind: bytes, data: bytes, wantReply: int = 0) -> None:
+        self.sent.append((kind.decode(), data))
+
+    def sendClose(self, chan: Any) -> None:
+        self.sent.append(("close", None))
+
+    def adjustWindow(self, chan: Any, n: int) -> None:
+        self.sent.append(("window", n))
+        chan.localWindowLeft += n
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.sent]
+
+    def data(self, kind: str = "data") -> bytes:
+        return b"".join(v for k, v in self.sent if k == kind)
+
+
+class Harness:
+    """A SessionChannel on a RecordingConnection, with a command table the test controls."""
+
+    def __init__(self, window: int = 1 << 20, max_packet: int = 32768):
+        self.clock = task.Clock()
+        self.audit = MemoryAuditLog()
+        self.gate: defer.Deferred[None] | None = None
+        self.table = CommandTable(
+            [
+                Command("say", "print the arguments", "say WORDS", self._say),
+                Command("block", "wait until the test says so", "block", self._block),
+                Command("flood", "print N bytes", "flood N", self._flood),
+            ]
+        )
+        self.dispatcher = Dispatcher(self.table, self.audit, self.clock)
+        identity = Identity("admin", "publickey", "ssh-ed25519", "SHA256:x")
+        context = SessionContext(self.dispatcher, self.clock, identity, "10.0.0.1:40000", ShellSettings("testhost"))
+        self.conn = RecordingConnection()
+        self.chan = SessionChannel(context, make_handler, remoteWindow=window, remoteMaxPacket=max_packet)
+        self.chan.conn = self.conn  # type: ignore[assignment]
+
+    async def _say(self, inv: Invocation) -> int:
+        await inv.stdout.write(" ".join(inv.args).encode() + b"\n")
+        return 0
+
+    async def _block(self, inv: Invocation) -> int:
+        self.gate = defer.Deferred()
+        await self.gate
+        return 0
+
+    async def _flood(self, inv: Invocation) -> int:
+        total = int(inv.args[0])
+        while total > 0:
+            n = min(total, 100_000)
+            await inv.stdout.write(b"y" * n)
+            total -= n
+        return 0
+
+    def exec(self, line: bytes) -> None:
+        assert self.chan.requestReceived(b"exec", common.NS(line)) == 1
+        self.clock.advance(0)
+
+    def shell(self, pty: bool = False, columns: int = 80) -> None:
+        if pty:
+            data = common.NS(b"xterm") + common.NS(b"")[:0] + _winsize(columns, 24) + common.NS(b"")
+            assert self.chan.requestReceived(b"pty-req", data) == 1
+        assert self.chan.requestReceived(b"shell", b"") == 1
+        self.clock.advance(0)
+
+
+def _winsize(columns: int, rows: int) -> bytes:
+    import struct
+
+    return struct.pack(">4L", columns, rows, 0, 0)
+
+
+def test_exec_starts_on_the_next_reactor_turn() -> None:
+    h = Harness()
+    assert h.chan.requestReceived(b"exec", common.NS(b"say hi")) == 1
+    assert h.conn.sent == []  # the reply to the request must go out first
+    h.clock.advance(0)
+    assert h.conn.sent == [("data", b"hi\n"), ("eof", None), ("exit-status", b"\0\0\0\0"), ("close", None)]
+
+
+def test_output_never_exceeds_the_window_and_packets_fit() -> None:
+    h = Harness(window=10, max_packet=4)
+    h.exec(b"say abcdefghijklmnop")
+    assert h.conn.data() == b"abcdefghij"
+    assert all(len(v) <= 4 for k, v in h.conn.sent if k == "data")
+    assert "eof" not in h.conn.kinds()  # the exit status waits for the output
+    h.chan.addWindowBytes(100)
+    assert h.conn.data() == b"abcdefghijklmnop\n"
+    assert h.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
+
+
+def test_writers_wait_above_the_high_water_mark() -> None:
+    h = Harness(window=0)
+    h.exec(b"flood 5000000")
+    assert h.chan._queued <= OUTPUT_HIGH_WATER + 100_000  # the command paused, memory bounded
+    for _ in range(200):
+        h.chan.addWindowBytes(64 * 1024)
+    assert len(h.conn.data()) == 5_000_000
+    assert h.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
+
+
+def test_client_closing_cancels_the_command_and_drops_output() -> None:
+    h = Harness(window=0)
+    h.exec(b"block")
+    h.chan.closed()
+    assert h.gate is not None and h.gate.called  # cancelled
+    (record,) = h.audit.of("command")
+    assert record["exit_code"] == ExitStatus.INTERRUPTED
+    assert "exit-status" not in h.conn.kinds()
+
+
+def test_signal_request_interrupts() -> None:
+    h = Harness()
+    h.exec(b"block")
+    assert h.chan.requestReceived(b"signal", common.NS(b"INT")) == 1
+    assert h.conn.sent[-2:] == [("exit-status", b"\0\0\0\x82"), ("close", None)]
+
+
+def test_malformed_requests_are_refused_not_raised() -> None:
+    h = Harness()
+    assert h.chan.requestReceived(b"pty-req", b"\0") == 0
+    assert h.chan.requestReceived(b"window-change", b"") == 0
+    assert h.chan.requestReceived(b"exec", b"\0\0") == 0
+
+
+def test_plain_shell_input_before_start_is_kept() -> None:
+    h = Harness()
+    h.chan.requestReceived(b"shell", b"")
+    h.chan.dataReceived(b"say one\nsay two\n")
+    h.chan.eofReceived()
+    h.clock.advance(0)
+    assert h.conn.data() == b"one\ntwo\n"
+    assert h.conn.sent[-2:] == [("exit-status", b"\0\0\0\0"), ("close", None)]
+
+
+def test_plain_shell_pauses_input_while_a_command_runs() -> None:
+    h = Harness()
+    h.shell()
+    h.chan.dataReceived(b"block\n")
+    lines = INPUT_HIGH_WATER // 5 + 10
+    h.chan.localWindowLeft -= 1_500_000  # what the client has sent and Conch has counted
+    h.chan.dataReceived(b"say x\n" * lines)
+    assert h.chan.input_paused
+    assert h.gate is not None
+    h.gate.callback(None)
+    assert not h.chan.input_paused
+    assert ("window", 1_500_000) in h.conn.sent  # the window opens again once input is consumed
+    assert h.conn.data().count(b"x\n") == lines
+
+
+def test_pty_echo_is_one_packet_per_batch() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    before = len(h.conn.sent)
+    h.chan.dataReceived(b"a" * 10_000)
+    assert len(h.conn.sent) - before == 1  # one write for the whole keystroke batch
+    assert h.conn.sent[-1] == ("data", b"a" * 10_000)
+
+
+def test_pty_line_too_long_is_refused_and_the_shell_goes_on() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    h.chan.dataReceived(b"x" * 20_000)
+    assert h.conn.sent[-1][1].endswith(b"\x07")  # bell once at the cap
+    h.chan.dataReceived(b"\r")
+    assert h.conn.data().endswith(b"\r\nadmin@testhost> ")
+    h.chan.dataReceived(b"say ok\r")
+    assert h.conn.data().endswith(b"ok\r\nadmin@testhost> ")
+    assert b"line too long" in h.conn.data()
+
+
+def test_pty_window_change_does_not_clear_the_screen() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    before = h.conn.data()
+    assert h.chan.requestReceived(b"window-change", _winsize(120, 40)) == 1
+    assert h.conn.data() == before
+
+
+def test_pty_ctrl_c_interrupts_a_running_command_and_flushes_typeahead() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    h.chan.dataReceived(b"block\r")
+    h.chan.dataReceived(b"say typed-ahead\r")
+    h.chan.dataReceived(b"\x03")
+    out = h.conn.data()
+    assert out.endswith(b"^C\r\nadmin@testhost> ")
+    assert b"typed-ahead\r\n" not in out.split(b"^C")[-1]
+    (record,) = h.audit.of("command")
+    assert record["argv"] == ["block"] and record["exit_code"] == 130
+
+
+def test_pty_typeahead_runs_after_the_command() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    h.chan.dataReceived(b"block\r")
+    h.chan.dataReceived(b"say later\rsay again\r")
+    assert b"later" not in h.conn.data()
+    assert h.gate is not None
+    h.gate.callback(None)
+    tail = h.conn.data().split(b"block\r\n", 1)[1]
+    assert tail == (b"admin@testhost> say later\r\nlater\r\nadmin@testhost> say again\r\nagain\r\nadmin@testhost> ")
+
+
+def test_pty_eof_ends_after_pending_input() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    h.chan.dataReceived(b"block\r")
+    h.chan.dataReceived(b"say x\r")
+    h.chan.eofReceived()
+    assert "exit-status" not in h.conn.kinds()
+    assert h.gate is not None
+    h.gate.callback(None)
+    assert h.conn.data().endswith(b"say x\r\nx\r\n")  # no prompt after the last line
+    assert h.conn.sent[-3:] == [("eof", None), ("exit-status", b"\0\0\0\0"), ("close", None)]
+
+
+@pytest.mark.parametrize("key", [b"\x1b[D", b"\x1b[H", b"\x1b[F", b"\x7f"])
+def test_pty_editing_keys_edit_in_place(key: bytes) -> None:
+    h = Harness()
+    h.shell(pty=True)
+    h.chan.dataReceived(b"say ab" + key + b"c\r")
+    out = h.conn.data().split(b"\r\n")
+    expected = {b"\x1b[D": b"acb", b"\x1b[H": b"csay ab", b"\x1b[F": b"abc", b"\x7f": b"ac"}[key]
+    if key == b"\x1b[H":
+        assert b"csay: command not found" in h.conn.data()
+    else:
+        assert expected in out[-2], out
