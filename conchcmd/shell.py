@@ -252,6 +252,7 @@ class LineEditor(HistoricRecvLine):
         pass  # completion comes with the command registry's help; no tab characters in lines
 
     def handle_CTRL_C(self) -> None:
+        self.handle_END()  # like readline: the line stays visible, ^C goes after it
         self.terminal.write(b"^C\n")
         self.lineBuffer = []
         self.lineBufferIndex = 0
