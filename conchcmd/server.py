@@ -240,18 +240,8 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def _cbFinishedAuth(self, result: Any) -> None:
         _, avatar, logout = result
         identity: Identity = avatar.identity
-        audit = self.transport.factory.audit
         if not self.transport.admit(avatar):
-            audit.record(
-                "auth",
-                ok=False,
-                user=identity.user,
-                peer=self.transport.peer,
-                method=identity.method,
-                key_type=identity.key_type,
-                fingerprint=identity.fingerprint,
-                reason="too many connections",
-            )
+            self._audit_identity(identity, ok=False, reason="too many connections")
             logout()
             return
         log.info(
@@ -262,16 +252,19 @@ class UserAuthService(userauth.SSHUserAuthServer):
             key_type=identity.key_type,
             fp=identity.fingerprint,
         )
-        audit.record(
+        self._audit_identity(identity, ok=True)
+        super()._cbFinishedAuth(result)
+
+    def _audit_identity(self, identity: Identity, **fields: Any) -> None:
+        self.transport.factory.audit.record(
             "auth",
-            ok=True,
             user=identity.user,
             peer=self.transport.peer,
             method=identity.method,
             key_type=identity.key_type,
             fingerprint=identity.fingerprint,
+            **fields,
         )
-        super()._cbFinishedAuth(result)
 
     def _ebBadAuth(self, reason: Failure) -> None:
         if not reason.check(conch_error.IgnoreAuthentication) and self.method != b"none":

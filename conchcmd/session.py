@@ -316,14 +316,31 @@ class SessionChannel(channel.SSHChannel):
             self.handler.connection_lost()
 
 
-class ExecHandler:
+class CommandHandler:
+    """What exec and both shells share: at most one running command, interruptible."""
+
+    def __init__(self, chan: SessionChannel, context: SessionContext):
+        self.chan = chan
+        self.context = context
+        self.running: defer.Deferred[Any] | None = None
+
+    def window_changed(self, columns: int, rows: int) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        if self.running is not None:
+            self.running.cancel()
+
+    def connection_lost(self) -> None:
+        self.interrupt()
+
+
+class ExecHandler(CommandHandler):
     """`ssh host CMD ARGS`: run one command line, then send its exit status."""
 
     def __init__(self, chan: SessionChannel, context: SessionContext, line: str):
-        self.chan = chan
-        self.context = context
+        super().__init__(chan, context)
         self.line = line
-        self.running: defer.Deferred[Any] | None = None
 
     def start(self) -> None:
         running = self.context.dispatch(
@@ -340,13 +357,3 @@ class ExecHandler:
 
     def eof_received(self) -> None:
         pass
-
-    def window_changed(self, columns: int, rows: int) -> None:
-        pass
-
-    def interrupt(self) -> None:
-        if self.running is not None:
-            self.running.cancel()
-
-    def connection_lost(self) -> None:
-        self.interrupt()

@@ -12,21 +12,19 @@ from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer
 
 from conchcmd.commands import ExitStatus, Outcome
-from conchcmd.session import INPUT_HIGH_WATER, SessionChannel, SessionContext, Terminal
+from conchcmd.session import INPUT_HIGH_WATER, CommandHandler, SessionChannel, SessionContext, Terminal
 
 CTRL_C = b"\x03"
 CTRL_D = b"\x04"
 BELL = b"\x07"
 
 
-class _ShellBase:
+class _ShellBase(CommandHandler):
     """Runs lines one at a time through the dispatcher and ends the channel like a shell does."""
 
     def __init__(self, chan: SessionChannel, context: SessionContext):
-        self.chan = chan
-        self.context = context
+        super().__init__(chan, context)
         self.last_status = 0
-        self.running: defer.Deferred[Outcome] | None = None
         self.ended = False
 
     def run_line(self, line: bytes, *, interactive: bool) -> defer.Deferred[Outcome]:
@@ -58,13 +56,6 @@ class _ShellBase:
         if not self.ended:
             self.ended = True
             self.chan.finish(status)
-
-    def window_changed(self, columns: int, rows: int) -> None:
-        pass
-
-    def interrupt(self) -> None:
-        if self.running is not None:
-            self.running.cancel()
 
     def connection_lost(self) -> None:
         self.ended = True
