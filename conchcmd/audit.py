@@ -15,11 +15,13 @@ LOG_NAMESPACE = "conchcmd.log"
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     """Make untrusted text safe to log: control and undecodable bytes become escapes."""
     if isinstance(value, bytes):
-        value = value.decode("utf-8", "backslashreplace")
+        value = value.decode("utf-8", "surrogateescape")
     out = []
     for ch in value[:limit]:
         code = ord(ch)
-        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+        if ch == "\\":
+            out.append("\\\\")  # so an escape we write is never confused with typed text
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
             out.append(f"\\x{code:02x}")
         elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
             out.append(f"\\x{code & 0xFF:02x}")

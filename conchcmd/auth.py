@@ -7,6 +7,7 @@ authorized_keys lines with options (see authorized_keys.py).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ class PublicKeyChecker:
             raise KeyRefused("user name is not UTF-8") from None
         try:
             key = Key.fromString(credentials.blob)
-        except (BadKeyError, ValueError):
+        except (BadKeyError, ValueError, struct.error, IndexError):
             raise KeyRefused("malformed public key") from None
         key_type = key.sshType()
         allowed = SIGNATURE_ALGORITHMS.get(key_type, ())
@@ -101,10 +102,14 @@ class PublicKeyChecker:
             raise KeyRefused(f"authorized_keys option(s) not supported: {names}")
         if credentials.signature is None:
             raise ValidPublicKey()  # the key may be used: Conch answers PK_OK
-        sig_type, _ = getNS(credentials.signature)
-        if sig_type != credentials.algName:
-            raise KeyRefused("signature type does not match the algorithm")
-        if not key.verify(credentials.signature, credentials.sigData):
+        try:
+            sig_type, _ = getNS(credentials.signature)
+            if sig_type != credentials.algName:
+                raise KeyRefused("signature type does not match the algorithm")
+            verified = key.verify(credentials.signature, credentials.sigData)
+        except (struct.error, ValueError, IndexError):
+            raise KeyRefused("malformed signature") from None
+        if not verified:
             raise KeyRefused("bad signature")
         return Identity(
             user=user,

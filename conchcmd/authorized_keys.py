@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import stat
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def fingerprint(blob: bytes) -> str:
 
 def valid_user_name(name: str) -> bool:
     """True for names safe to put into a file path pattern (no slashes, no leading dot)."""
-    return bool(_USER_NAME.match(name))
+    return bool(_USER_NAME.fullmatch(name))
 
 
 def _is_key_type(word: str) -> bool:
@@ -156,8 +157,8 @@ def parse_authorized_keys(text: str, source: str) -> ParsedFile:
         try:
             blob = base64.b64decode(b64, validate=True)
             key = Key.fromString(blob)
-        except (ValueError, BadKeyError) as e:
-            problems.append(f"{where}: line refused: bad key ({e})")
+        except (ValueError, BadKeyError, struct.error, IndexError) as e:
+            problems.append(f"{where}: line refused: bad key ({type(e).__name__})")
             continue
         if key.sshType().decode() != key_type:
             problems.append(f"{where}: line refused: key type {key_type} does not match the key")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -93,7 +94,9 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"cannot read {args.pubkey_file}: {e}", EXIT_USAGE) from None
     try:
         key = Key.fromString(line.encode())
-    except (BadKeyError, ValueError, IndexError):
+    except EncryptedKeyError:
+        raise CliError(f"{args.pubkey_file} is a PRIVATE key; give the .pub file", EXIT_USAGE) from None
+    except (BadKeyError, ValueError, IndexError, struct.error):
         raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
     if not key.isPublic():
         raise CliError(f"{args.pubkey_file} is a PRIVATE key; give the .pub file", EXIT_USAGE)

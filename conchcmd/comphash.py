@@ -61,12 +61,16 @@ def hash_file(path: str, roots: tuple[str, ...], algorithm: str, cancelled: thre
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
         raise PathRefused(e.strerror or "cannot open", ExitStatus.FAILED) from None
-    with open(fd, "rb", buffering=0) as f:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
             raise PathRefused("Is a directory", ExitStatus.FAILED)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(mode):
             raise PathRefused("not a regular file", ExitStatus.FAILED)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb", buffering=0) as f:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         digest = hashlib.new(algorithm)
@@ -116,9 +120,9 @@ class Hasher:
 
 
 def format_line(digest: str, path: str) -> str:
-    """One line of sha256sum output; a name with a backslash or newline is escaped and flagged."""
-    if "\\" in path or "\n" in path:
-        escaped = path.replace("\\", "\\\\").replace("\n", "\\n")
+    """One line of sha256sum output; a name with a backslash, CR or LF is escaped and flagged."""
+    if "\\" in path or "\n" in path or "\r" in path:
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
         return f"\\{digest}  {escaped}\n"
     return f"{digest}  {path}\n"
 

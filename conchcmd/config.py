@@ -81,6 +81,7 @@ class Config:
 
 def _toml_str(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(f"\\u{ord(c):04x}" if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F else c for c in escaped)
     return f'"{escaped}"'
 
 

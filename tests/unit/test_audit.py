@@ -1,0 +1,122 @@
+"""conchcmd.audit: sanitise() and the JSON-lines AuditLog."""
+
+from __future__ import annotations
+
+import io
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from conchcmd.audit import MAX_TEXT, AuditLog, MemoryAuditLog, sanitise
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain text", "plain text"),
+        ("a\x00b", "a\\x00b"),
+        ("\x1b[2J\x1b]0;pwned\x07", "\\x1b[2J\\x1b]0;pwned\\x07"),
+        ("line1\nline2\r\n", "line1\\x0aline2\\x0d\\x0a"),
+        ("tab\there", "tab\\x09here"),
+        ("del\x7f", "del\\x7f"),
+        ("c1 \x85 \x9b \x80 \x9f", "c1 \\x85 \\x9b \\x80 \\x9f"),
+        ("\xa0é日本🙂", "\xa0é日本🙂"),
+        (b"\xff\xfeok".decode("utf-8", "surrogateescape"), "\\xff\\xfeok"),
+        (b"bytes \x1b\xff", "bytes \\x1b\\xff"),
+        (b"caf\xc3\xa9", "café"),
+    ],
+)
+def test_sanitise_escapes_what_could_drive_a_terminal_or_split_a_line(value: str | bytes, expected: str) -> None:
+    assert sanitise(value) == expected
+
+
+def test_sanitise_truncates_long_text_with_an_ellipsis() -> None:
+    assert sanitise("x" * (MAX_TEXT + 1)) == "x" * MAX_TEXT + "..."
+    assert sanitise("abcdef", limit=3) == "abc..."
+
+
+def test_sanitise_does_not_mark_text_at_the_limit() -> None:
+    assert sanitise("x" * MAX_TEXT) == "x" * MAX_TEXT
+    assert sanitise("abc", limit=3) == "abc"
+
+
+def test_sanitise_output_has_no_control_characters_or_surrogates() -> None:
+    everything = "".join(chr(c) for c in range(0x100)) + "\udc80\ud800"
+    out = sanitise(everything)
+    assert [ch for ch in out if unicodedata.category(ch) in ("Cc", "Cs")] == []
+    out.encode("utf-8")  # strict: no lone surrogates left
+
+
+class FlushCountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed_text: list[str] = []
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed_text.append(self.getvalue())
+        super().flush()
+
+
+def test_audit_log_writes_one_json_object_per_line_with_ts_and_event() -> None:
+    stream = FlushCountingStream()
+    clock = Clock()
+    clock.advance(1_700_000_000.25)
+    log = AuditLog(stream, clock)
+    log.record("connect", peer="192.0.2.1:4000")
+    clock.advance(1.5)
+    log.record("command", user="alice", argv=["comphash", "/etc/hostname"], exit_code=0, duration_ms=1.25)
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"ts": "2023-11-14T22:13:20.250Z", "event": "connect", "peer": "192.0.2.1:4000"},
+        {
+            "ts": "2023-11-14T22:13:21.750Z",
+            "event": "command",
+            "user": "alice",
+            "argv": ["comphash", "/etc/hostname"],
+            "exit_code": 0,
+            "duration_ms": 1.25,
+        },
+    ]
+    assert stream.getvalue().endswith("\n")
+
+
+def test_audit_log_flushes_every_event() -> None:
+    stream = FlushCountingStream()
+    log = AuditLog(stream, Clock())
+    log.record("connect", peer="p")
+    log.record("disconnect", peer="p")
+    assert stream.flushes == 2
+    # each flush happens after its own complete line is written
+    assert stream.flushed_text[0].count("\n") == 1
+    assert stream.flushed_text[1].count("\n") == 2
+
+
+def test_audit_log_keeps_non_ascii_and_escapes_newlines_inside_values() -> None:
+    stream = io.StringIO()
+    AuditLog(stream, Clock()).record("auth", user="jürgen\nfake", ok=False)
+    [line] = stream.getvalue().splitlines()
+    assert "jürgen" in line
+    assert json.loads(line)["user"] == "jürgen\nfake"
+
+
+def test_audit_log_open_appends_to_a_file_and_close_closes_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text('{"event": "old"}\n')
+    log = AuditLog.open(str(path), Clock())
+    log.record("connect", peer="p")
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["old", "connect"]
+    log.close()
+    with pytest.raises(ValueError):
+        log.record("late")
+
+
+def test_memory_audit_log_filters_by_event() -> None:
+    log = MemoryAuditLog()
+    log.record("connect", peer="a")
+    log.record("command", exit_code=0)
+    assert log.of("command") == [{"event": "command", "exit_code": 0}]

@@ -1,0 +1,212 @@
+"""conchcmd.auth.PublicKeyChecker with real keys from ssh-keygen and real signatures."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.keys import Key
+from twisted.cred.credentials import SSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
+
+from conchcmd.auth import Identity, PublicKeyChecker
+from conchcmd.authorized_keys import AuthorizedKeysFiles
+
+SIG_DATA = b"\x00\x00\x00\x20session-identifier-and-userauth-request"
+
+
+@pytest.fixture
+def users(tmp_path: Path):
+    """users(name, *lines) writes that user's authorized_keys file; returns the checker."""
+    directory = tmp_path / "authorized_keys"
+    directory.mkdir()
+    checker = PublicKeyChecker(AuthorizedKeysFiles(f"{directory}/%u"))
+
+    def write(name: str, *lines: str) -> PublicKeyChecker:
+        path = directory / name
+        path.write_text("".join(line + "\n" for line in lines))
+        path.chmod(0o600)
+        return checker
+
+    return write
+
+
+def blob_of(pair) -> bytes:
+    return base64.b64decode(pair.public_line.split()[1])
+
+
+def credentials(pair, alg: bytes, *, user: bytes = b"alice", data: bytes = SIG_DATA, signature=..., sign_as=None):
+    """SSHPrivateKey credentials for `pair`; signature=... means 'sign data properly as alg'."""
+    if signature is ...:
+        signature = Key.fromFile(str(pair.private)).sign(data, signatureType=sign_as or alg)
+    return SSHPrivateKey(user, alg, blob_of(pair), SIG_DATA, signature)
+
+
+@pytest.mark.parametrize(
+    ("kind", "alg", "key_type"),
+    [
+        ("ed25519", b"ssh-ed25519", "ssh-ed25519"),
+        ("ecdsa256", b"ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+        ("ecdsa384", b"ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"),
+        ("ecdsa521", b"ecdsa-sha2-nistp521", "ecdsa-sha2-nistp521"),
+        ("rsa", b"rsa-sha2-256", "ssh-rsa"),
+        ("rsa", b"rsa-sha2-512", "ssh-rsa"),
+    ],
+)
+def test_valid_signature_logs_in_with_openssh_fingerprint(users, ssh_key, sync, kind, alg, key_type) -> None:
+    pair = ssh_key(kind)
+    checker = users("alice", pair.public_line)
+    identity = sync.success(checker.requestAvatarId(credentials(pair, alg)))
+    assert identity == Identity(user="alice", method="publickey", key_type=key_type, fingerprint=pair.fingerprint)
+
+
+def test_key_among_several_lines_is_found(users, ssh_key, sync) -> None:
+    pair = ssh_key("rsa")
+    checker = users("alice", "# admin keys", ssh_key("ed25519").public_line, "", pair.public_line)
+    identity = sync.success(checker.requestAvatarId(credentials(pair, b"rsa-sha2-512")))
+    assert identity.fingerprint == pair.fingerprint
+
+
+def test_sha1_ssh_rsa_is_refused_even_with_a_valid_signature(users, ssh_key, sync) -> None:
+    pair = ssh_key("rsa")
+    checker = users("alice", pair.public_line)
+    creds = credentials(pair, b"ssh-rsa")
+    assert Key.fromFile(str(pair.public)).verify(creds.signature, creds.sigData)  # the signature itself is fine
+    failure = sync.failure(checker.requestAvatarId(creds))
+    assert failure.check(UnauthorizedLogin)
+    assert "ssh-rsa" in failure.getErrorMessage()
+
+
+def test_sha1_ssh_rsa_probe_gets_no_pk_ok(users, ssh_key, sync) -> None:
+    pair = ssh_key("rsa")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-rsa", signature=None)))
+    assert failure.check(UnauthorizedLogin)
+    assert not failure.check(ValidPublicKey)
+
+
+def test_ssh_dss_is_refused(users, ssh_key, sync) -> None:
+    pair = ssh_key("dsa")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-dss")))
+    assert failure.check(UnauthorizedLogin)
+
+
+def test_small_rsa_key_is_refused(users, ssh_key, sync) -> None:
+    pair = ssh_key("rsa1024")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"rsa-sha2-256")))
+    assert failure.check(UnauthorizedLogin)
+    assert "1024 bits is too small" in failure.getErrorMessage()
+
+
+def test_probe_for_authorized_key_gets_pk_ok(users, ssh_key, sync) -> None:
+    pair = ssh_key("ed25519")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519", signature=None)))
+    assert failure.check(ValidPublicKey)
+
+
+def test_probe_for_unknown_key_gets_no_pk_ok(users, ssh_key, sync) -> None:
+    checker = users("alice", ssh_key("ed25519").public_line)
+    failure = sync.failure(
+        checker.requestAvatarId(credentials(ssh_key("ecdsa256"), b"ecdsa-sha2-nistp256", signature=None))
+    )
+    assert failure.check(UnauthorizedLogin)
+    assert not failure.check(ValidPublicKey)
+
+
+@pytest.mark.parametrize("user", [b"bob", b"../authorized_keys/alice", b"\xff\xfe"])
+def test_probe_for_other_or_bad_user_gets_no_pk_ok(users, ssh_key, sync, user: bytes) -> None:
+    pair = ssh_key("ed25519")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519", user=user, signature=None)))
+    assert failure.check(UnauthorizedLogin)
+    assert not failure.check(ValidPublicKey)
+
+
+def test_unknown_key_with_valid_signature_is_refused(users, ssh_key, sync) -> None:
+    checker = users("alice", ssh_key("ed25519").public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(ssh_key("ed25519-other"), b"ssh-ed25519")))
+    assert failure.check(UnauthorizedLogin)
+    assert failure.getErrorMessage() == "key not in authorized_keys"
+
+
+@pytest.mark.parametrize(("kind", "alg"), [("ed25519", b"ssh-ed25519"), ("rsa", b"rsa-sha2-256")])
+def test_signature_over_other_data_is_refused(users, ssh_key, sync, kind: str, alg: bytes) -> None:
+    pair = ssh_key(kind)
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, alg, data=b"some other session")))
+    assert failure.check(UnauthorizedLogin)
+    assert failure.getErrorMessage() == "bad signature"
+
+
+def test_signature_by_another_key_is_refused(users, ssh_key, sync) -> None:
+    pair, other = ssh_key("ed25519"), ssh_key("ed25519-other")
+    checker = users("alice", pair.public_line)
+    forged = Key.fromFile(str(other.private)).sign(SIG_DATA)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519", signature=forged)))
+    assert failure.check(UnauthorizedLogin)
+
+
+def test_signature_type_not_matching_alg_name_is_refused(users, ssh_key, sync) -> None:
+    pair = ssh_key("rsa")
+    checker = users("alice", pair.public_line)
+    creds = credentials(pair, b"rsa-sha2-512", sign_as=b"rsa-sha2-256")
+    failure = sync.failure(checker.requestAvatarId(creds))
+    assert failure.check(UnauthorizedLogin)
+    assert failure.getErrorMessage() == "signature type does not match the algorithm"
+
+
+def test_sha1_signature_under_rsa_sha2_name_is_refused(users, ssh_key, sync) -> None:
+    pair = ssh_key("rsa")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"rsa-sha2-256", sign_as=b"ssh-rsa")))
+    assert failure.check(UnauthorizedLogin)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [b"", b"\x00", NS(b"ssh-ed25519"), NS(b"ssh-ed25519") + b"\x00\x00\x00\x40short"],
+    ids=["empty", "one-byte", "type-only", "truncated-body"],
+)
+def test_malformed_signature_is_refused_as_unauthorized(users, ssh_key, sync, signature: bytes) -> None:
+    pair = ssh_key("ed25519")
+    checker = users("alice", pair.public_line)
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519", signature=signature)))
+    assert failure.check(UnauthorizedLogin), failure.getTraceback()
+
+
+def test_key_on_a_line_with_options_is_refused(users, ssh_key, sync) -> None:
+    pair = ssh_key("ed25519")
+    checker = users("alice", f'command="uptime",no-pty {pair.public_line}')
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519")))
+    assert failure.check(UnauthorizedLogin)
+    assert failure.getErrorMessage() == "authorized_keys option(s) not supported: command, no-pty"
+
+
+def test_key_on_a_line_with_options_gets_no_pk_ok(users, ssh_key, sync) -> None:
+    pair = ssh_key("ed25519")
+    checker = users("alice", f"restrict {pair.public_line}")
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519", signature=None)))
+    assert failure.check(UnauthorizedLogin)
+    assert not failure.check(ValidPublicKey)
+
+
+def test_corrupt_line_does_not_lock_out_the_good_key(users, ssh_key, sync) -> None:
+    pair = ssh_key("ed25519")
+    corrupt = "ssh-rsa " + base64.b64encode(NS(b"ssh-rsa") + b"\x00\x00").decode()
+    checker = users("alice", corrupt, pair.public_line)
+    identity = sync.success(checker.requestAvatarId(credentials(pair, b"ssh-ed25519")))
+    assert identity.fingerprint == pair.fingerprint
+
+
+def test_malformed_public_key_blob_is_refused(users, ssh_key, sync) -> None:
+    checker = users("alice", ssh_key("ed25519").public_line)
+    creds = SSHPrivateKey(b"alice", b"ssh-ed25519", b"not a key blob", SIG_DATA, None)
+    failure = sync.failure(checker.requestAvatarId(creds))
+    assert failure.check(UnauthorizedLogin)
+    assert failure.getErrorMessage() == "malformed public key"

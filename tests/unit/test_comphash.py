@@ -1,0 +1,451 @@
+"""conchcmd.comphash: hash_file's policy checks, sha256sum-compatible lines, the command, the Hasher."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from conchcmd import comphash
+from conchcmd.commands import InlineRunner
+from conchcmd.comphash import HashCancelled, Hasher, HashResult, PathRefused, format_line, hash_file, make_comphash
+from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
+
+CONTENT = bytes(range(256)) * 41 + b"tail"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An allowed root (resolved), with a file `data.bin` in it."""
+    r = tmp_path / "root"
+    r.mkdir()
+    (r / "data.bin").write_bytes(CONTENT)
+    return Path(os.path.realpath(r))
+
+
+def refused(path: str | Path, roots: tuple[str, ...]) -> PathRefused:
+    with pytest.raises(PathRefused) as info:
+        hash_file(str(path), roots, "sha256", threading.Event())
+    return info.value
+
+
+@pytest.mark.parametrize("algorithm", HASH_ALGORITHMS)
+def test_hash_file_matches_hashlib(root: Path, algorithm: str) -> None:
+    result = hash_file(str(root / "data.bin"), (str(root),), algorithm, threading.Event())
+    assert result == HashResult(hashlib.new(algorithm, CONTENT).hexdigest(), len(CONTENT))
+
+
+@pytest.mark.parametrize("read_size", [1, 7, 256, len(CONTENT), len(CONTENT) + 1])
+def test_hash_file_in_chunks_matches_hashlib(root: Path, monkeypatch: pytest.MonkeyPatch, read_size: int) -> None:
+    monkeypatch.setattr(comphash, "READ_SIZE", read_size)
+    result = hash_file(str(root / "data.bin"), (str(root),), "sha256", threading.Event())
+    assert result.digest == hashlib.sha256(CONTENT).hexdigest()
+
+
+def test_hash_of_empty_file(root: Path) -> None:
+    (root / "empty").write_bytes(b"")
+    result = hash_file(str(root / "empty"), (str(root),), "sha256", threading.Event())
+    assert result == HashResult(hashlib.sha256(b"").hexdigest(), 0)
+
+
+def test_symlink_inside_root_to_a_file_inside_is_followed(root: Path) -> None:
+    (root / "link").symlink_to(root / "data.bin")
+    result = hash_file(str(root / "link"), (str(root),), "sha256", threading.Event())
+    assert result.digest == hashlib.sha256(CONTENT).hexdigest()
+
+
+def test_symlink_inside_root_pointing_outside_is_refused(root: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("outside")
+    (root / "escape").symlink_to(secret)
+    error = refused(root / "escape", (str(root),))
+    assert (error.reason, error.status) == ("outside the allowed roots", 126)
+
+
+def test_symlinked_directory_pointing_outside_is_refused(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("x")
+    (root / "dirlink").symlink_to(outside)
+    assert refused(root / "dirlink" / "f", (str(root),)).status == 126
+
+
+@pytest.mark.parametrize("rel", ["../outside.txt", "sub/../../outside.txt", "../root/../outside.txt"])
+def test_dotdot_escaping_the_root_is_refused(root: Path, tmp_path: Path, rel: str) -> None:
+    (tmp_path / "outside.txt").write_text("x")
+    (root / "sub").mkdir()
+    error = refused(f"{root}/{rel}", (str(root),))
+    assert (error.reason, error.status) == ("outside the allowed roots", 126)
+
+
+def test_dotdot_staying_inside_the_root_is_fine(root: Path) -> None:
+    (root / "sub").mkdir()
+    result = hash_file(f"{root}/sub/../data.bin", (str(root),), "sha256", threading.Event())
+    assert result.digest == hashlib.sha256(CONTENT).hexdigest()
+
+
+def test_sibling_sharing_a_name_prefix_with_the_root_is_refused(tmp_path: Path) -> None:
+    allowed = tmp_path / "data"
+    allowed.mkdir()
+    sibling = tmp_path / "database"
+    sibling.mkdir()
+    (sibling / "f").write_text("x")
+    assert refused(sibling / "f", (os.path.realpath(allowed),)).status == 126
+
+
+def test_any_of_several_roots_allows(root: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "f").write_bytes(b"abc")
+    result = hash_file(str(other / "f"), (str(root), os.path.realpath(other)), "md5", threading.Event())
+    assert result.digest == hashlib.md5(b"abc").hexdigest()
+
+
+def test_relative_path_is_a_usage_error(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(root)
+    error = refused("data.bin", ("/",))
+    assert (error.reason, error.status) == ("path must be absolute", 2)
+
+
+def test_directory_is_refused(root: Path) -> None:
+    error = refused(root, (str(root),))
+    assert (error.reason, error.status) == ("Is a directory", 1)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device", "outside", "missing"])
+def test_refused_paths_leak_no_file_descriptor(root: Path, tmp_path: Path, kind: str) -> None:
+    os.mkfifo(root / "pipe")
+    path = {
+        "directory": str(root),
+        "fifo": str(root / "pipe"),
+        "device": "/dev/null",
+        "outside": str(tmp_path),
+        "missing": str(root / "missing"),
+    }[kind]
+    roots = ("/",) if kind == "device" else (str(root),)
+    before = open_fds()
+    for _ in range(3):
+        with contextlib.suppress(Exception):  # how each is refused is checked by the tests above and below
+            hash_file(path, roots, "sha256", threading.Event())
+    assert open_fds() == before
+
+
+def test_missing_file_is_a_failure(root: Path) -> None:
+    error = refused(root / "nope", (str(root),))
+    assert (error.reason, error.status) == ("No such file or directory", 1)
+
+
+def test_fifo_is_refused_without_hanging(root: Path) -> None:
+    fifo = root / "pipe"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | HashResult] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(hash_file(str(fifo), (str(root),), "sha256", threading.Event()))
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # unblock the thread so the test run can finish, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("hash_file blocked opening a FIFO")
+    [error] = outcome
+    assert isinstance(error, PathRefused)
+    assert (error.reason, error.status) == ("not a regular file", 1)
+
+
+def test_device_is_refused(tmp_path: Path) -> None:
+    error = refused("/dev/null", ("/",))
+    assert (error.reason, error.status) == ("not a regular file", 1)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a mode-000 file")
+def test_permission_denied(root: Path) -> None:
+    locked = root / "locked"
+    locked.write_text("secret")
+    locked.chmod(0)
+    error = refused(locked, (str(root),))
+    assert (error.reason, error.status) == ("Permission denied", 1)
+
+
+def test_cancel_event_stops_the_hash(root: Path) -> None:
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(HashCancelled):
+        hash_file(str(root / "data.bin"), (str(root),), "sha256", cancelled)
+
+
+def test_cancel_event_set_mid_file_stops_between_reads(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(comphash, "READ_SIZE", 100)
+    cancelled = threading.Event()
+    real_new = hashlib.new
+    updates = []
+
+    class Spy:
+        def __init__(self, name: str) -> None:
+            self.h = real_new(name)
+
+        def update(self, data: Any) -> None:
+            updates.append(len(data))
+            cancelled.set()
+            self.h.update(data)
+
+    monkeypatch.setattr(comphash.hashlib, "new", Spy)
+    with pytest.raises(HashCancelled):
+        hash_file(str(root / "data.bin"), (str(root),), "sha256", cancelled)
+    assert updates == [100]
+
+
+# --- format_line against sha256sum ---------------------------------------------------------
+
+NAMES = ["plain.txt", "with space", "back\\slash", "new\nline", "both\\and\nnew", "carriage\rreturn", "trailing\r"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_format_line_matches_sha256sum(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(CONTENT)
+    expected = subprocess.run(["sha256sum", "--", name], cwd=tmp_path, check=True, capture_output=True).stdout
+    assert format_line(hashlib.sha256(CONTENT).hexdigest(), name).encode() == expected
+
+
+def test_format_line_output_passes_sha256sum_check(tmp_path: Path) -> None:
+    for name in NAMES:
+        (tmp_path / name).write_bytes(name.encode())
+    sums = "".join(format_line(hashlib.sha256(n.encode()).hexdigest(), n) for n in NAMES)
+    (tmp_path / "SUMS").write_text(sums)
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SUMS"], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- the `comphash` command ----------------------------------------------------------------
+
+
+@pytest.fixture
+def comphash_harness(harness, root: Path):
+    """comphash_harness(**config) -> a Harness with `comphash`, root allowed by default."""
+
+    def make(**overrides: Any):
+        config = ComphashConfig(**{"roots": (str(root),), **overrides})
+        return harness([make_comphash(config, Hasher(config, InlineRunner()))])
+
+    return make
+
+
+def test_comphash_prints_sha256sum_line(comphash_harness, root: Path) -> None:
+    run = comphash_harness().run(f"comphash {root}/data.bin")
+    assert (run.status, run.stderr) == (0, b"")
+    assert run.out == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n"
+
+
+def test_comphash_prints_the_path_as_given(comphash_harness, root: Path) -> None:
+    (root / "sub").mkdir()
+    run = comphash_harness().run(f"comphash {root}/sub/../data.bin")
+    assert run.out == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/sub/../data.bin\n"
+
+
+@pytest.mark.parametrize("line", ["comphash -a md5 {p}", "comphash --algorithm md5 {p}", "comphash {p} -a md5"])
+def test_comphash_algorithm_option(comphash_harness, root: Path, line: str) -> None:
+    run = comphash_harness().run(line.format(p=f"{root}/data.bin"))
+    assert run.out == f"{hashlib.md5(CONTENT).hexdigest()}  {root}/data.bin\n"
+
+
+def test_comphash_default_algorithm_from_config(comphash_harness, root: Path) -> None:
+    run = comphash_harness(algorithm="sha1").run(f"comphash {root}/data.bin")
+    assert run.out == f"{hashlib.sha1(CONTENT).hexdigest()}  {root}/data.bin\n"
+
+
+def test_comphash_several_paths_one_missing(comphash_harness, root: Path) -> None:
+    (root / "b").write_bytes(b"b")
+    run = comphash_harness().run(f"comphash {root}/data.bin {root}/missing {root}/b")
+    assert run.status == 1
+    assert run.out == (
+        f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n{hashlib.sha256(b'b').hexdigest()}  {root}/b\n"
+    )
+    assert run.err == f"comphash: {root}/missing: No such file or directory\n"
+
+
+def test_comphash_outside_roots_gives_126(comphash_harness, root: Path) -> None:
+    run = comphash_harness().run(f"comphash {root}/data.bin /etc/hostname {root}/missing")
+    assert run.status == 126
+    assert run.out == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n"
+    assert run.err == (
+        f"comphash: /etc/hostname: outside the allowed roots\ncomphash: {root}/missing: No such file or directory\n"
+    )
+
+
+def test_comphash_directory(comphash_harness, root: Path) -> None:
+    run = comphash_harness().run(f"comphash {root}")
+    assert (run.status, run.out, run.err) == (1, "", f"comphash: {root}: Is a directory\n")
+
+
+def test_comphash_relative_path_is_usage_status(comphash_harness) -> None:
+    run = comphash_harness().run("comphash data.bin")
+    assert (run.status, run.err) == (2, "comphash: data.bin: path must be absolute\n")
+
+
+def test_comphash_unknown_algorithm(comphash_harness, root: Path) -> None:
+    run = comphash_harness().run(f"comphash -a crc32 {root}/data.bin")
+    assert run.status == 2
+    assert run.out == ""
+    assert run.err == (
+        "comphash: unknown algorithm 'crc32' (choose from sha256, sha1, sha512, blake2b, md5)\n"
+        "usage: comphash [-a ALGORITHM] PATH...\n"
+    )
+
+
+def test_comphash_without_a_path(comphash_harness) -> None:
+    run = comphash_harness().run("comphash")
+    assert (run.status, run.out, run.err) == (
+        2,
+        "",
+        "comphash: no file given\nusage: comphash [-a ALGORITHM] PATH...\n",
+    )
+
+
+def test_comphash_bad_option(comphash_harness, root: Path) -> None:
+    run = comphash_harness().run(f"comphash -z {root}/data.bin")
+    assert run.status == 2
+    assert run.err.startswith("comphash: option -z not recognized\n")
+
+
+def test_comphash_escaped_name_line(comphash_harness, root: Path) -> None:
+    (root / "a\\b").write_bytes(b"x")
+    run = comphash_harness().run(f"comphash '{root}/a\\b'")
+    assert run.out == f"\\{hashlib.sha256(b'x').hexdigest()}  {root}/a\\\\b\n"
+
+
+# --- the Hasher: concurrency limit and cancellation ----------------------------------------
+
+
+class ManualRunner:
+    """A BlockingRunner whose work runs only when the test says so."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+    def complete(self, index: int) -> None:
+        fn, args, d = self.calls[index]
+        try:
+            result = fn(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+
+def start_hash(hasher: Hasher, path: Path) -> defer.Deferred[HashResult]:
+    return defer.Deferred.fromCoroutine(hasher.hash(str(path), "sha256"))
+
+
+def test_second_hash_waits_for_the_first(root: Path, sync) -> None:
+    (root / "b").write_bytes(b"b")
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner)
+    first = start_hash(hasher, root / "data.bin")
+    second = start_hash(hasher, root / "b")
+    assert len(runner.calls) == 1
+    assert not first.called
+    assert not second.called
+    runner.complete(0)
+    assert sync.success(first).digest == hashlib.sha256(CONTENT).hexdigest()
+    assert len(runner.calls) == 2
+    assert not second.called
+    runner.complete(1)
+    assert sync.success(second).digest == hashlib.sha256(b"b").hexdigest()
+    assert hasher.semaphore.tokens == 1
+
+
+def test_max_concurrent_two_runs_two_at_once(root: Path) -> None:
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=2), runner)
+    for _ in range(3):
+        start_hash(hasher, root / "data.bin")
+    assert len(runner.calls) == 2
+    runner.complete(1)
+    assert len(runner.calls) == 3
+
+
+def test_failed_hash_releases_its_slot(root: Path, sync) -> None:
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner)
+    first = start_hash(hasher, root / "missing")
+    start_hash(hasher, root / "data.bin")
+    runner.complete(0)
+    assert sync.failure(first).check(PathRefused)
+    assert len(runner.calls) == 2
+
+
+def test_cancelling_a_running_hash_sets_its_event_and_frees_the_slot_only_when_work_ends(root: Path, sync) -> None:
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner)
+    first = start_hash(hasher, root / "data.bin")
+    second = start_hash(hasher, root / "data.bin")
+    [(_, args, _)] = runner.calls
+    cancel_event = args[3]
+    assert isinstance(cancel_event, threading.Event)
+    assert not cancel_event.is_set()
+
+    first.cancel()
+    assert sync.failure(first).check(defer.CancelledError)
+    assert cancel_event.is_set()
+    # The worker thread may still be reading: the slot stays taken, the second hash waits.
+    assert hasher.semaphore.tokens == 0
+    assert len(runner.calls) == 1
+    assert not second.called
+
+    runner.complete(0)  # the worker sees the event and raises HashCancelled, which is dropped
+    assert len(runner.calls) == 2
+    runner.complete(1)
+    assert sync.success(second).digest == hashlib.sha256(CONTENT).hexdigest()
+    assert hasher.semaphore.tokens == 1
+
+
+def test_cancelling_a_waiting_hash_never_starts_it(root: Path, sync) -> None:
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner)
+    first = start_hash(hasher, root / "data.bin")
+    waiting = start_hash(hasher, root / "data.bin")
+    waiting.cancel()
+    assert sync.failure(waiting).check(defer.CancelledError)
+    runner.complete(0)
+    sync.success(first)
+    assert len(runner.calls) == 1
+    assert hasher.semaphore.tokens == 1
+
+
+def test_interrupting_comphash_command_gives_130_and_cancels_the_hash(harness, root: Path, sync) -> None:
+    runner = ManualRunner()
+    config = ComphashConfig(roots=(str(root),), max_concurrent=1)
+    h = harness([make_comphash(config, Hasher(config, runner))])
+    d, stdout, stderr = h.start(f"comphash {root}/data.bin")
+    [(_, args, _)] = runner.calls
+    d.cancel()
+    assert sync.success(d).status == 130
+    assert args[3].is_set()
+    assert (stdout.data, stderr.data) == (b"", b"")
+    [record] = h.audit.of("command")
+    assert record["exit_code"] == 130
+    runner.complete(0)  # late completion is harmless
