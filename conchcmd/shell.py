@@ -308,11 +308,8 @@ class TerminalShell(_ShellBase):
         if self.ended:
             return
         if self.running is not None:
-            if CTRL_C in data:  # like a tty's INTR: interrupt and flush typeahead
-                self._typeahead.clear()
-                self.chan.resume_input()
-                self.chan.send(b"^C\r\n")
-                self.interrupt()
+            if CTRL_C in data:
+                self._interrupt_running()
                 return
             self._typeahead += data
             if len(self._typeahead) > INPUT_HIGH_WATER:
@@ -320,11 +317,29 @@ class TerminalShell(_ShellBase):
             return
         self._feed(data)
 
+    def _interrupt_running(self) -> None:
+        """Like a tty's INTR: interrupt the command and flush the typeahead."""
+        self._typeahead.clear()
+        self.chan.resume_input()
+        self.transport.flush()
+        self.chan.send(b"^C\r\n")
+        self.interrupt()
+
+    def report_line_too_long(self) -> None:
+        self.transport.flush()  # the echoed line goes first
+        super().report_line_too_long()
+
     def _feed(self, data: bytes) -> None:
         with self.transport.batch():
             for i in range(len(data)):
-                if self.running is not None or self.ended:
-                    self._typeahead[:0] = data[i:]  # a command started: the rest waits for it
+                if self.ended:
+                    return
+                if self.running is not None:  # a command started: the rest waits for it
+                    rest = data[i:]
+                    if CTRL_C in rest:
+                        self._interrupt_running()
+                    else:
+                        self._typeahead[:0] = rest
                     return
                 self.protocol.dataReceived(data[i : i + 1])
 

@@ -272,3 +272,12 @@ def test_pty_editing_keys_edit_in_place(key: bytes) -> None:
         assert b"csay: command not found" in h.conn.data()
     else:
         assert expected in out[-2], out
+
+
+def test_pty_ctrl_c_pasted_with_the_command_interrupts_it() -> None:
+    h = Harness()
+    h.shell(pty=True)
+    h.chan.dataReceived(b"block\r\x03")
+    assert h.conn.data().endswith(b"block\r\n^C\r\nadmin@testhost> ")
+    (record,) = h.audit.of("command")
+    assert record["exit_code"] == 130

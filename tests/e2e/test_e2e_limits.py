@@ -1,0 +1,83 @@
+"""`max_clients`: authenticated connections beyond the limit are turned away; slots free on leaving."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(make_server):
+    return make_server(max_clients=2)
+
+
+def test_max_clients(server, data):
+    mark = server.audit_mark()
+    shells = [server.popen(options=["-T"], stdin=subprocess.PIPE) for _ in range(2)]
+    try:
+        server.wait_for(
+            lambda: len([e for e in server.audit_since(mark, "auth") if e["ok"]]) == 2, 10, "two logged-in shells"
+        )
+        # A third client is turned away, with the reason, after authenticating.
+        r = server.ssh("exit 0", log_level="INFO")
+        assert r.returncode == 255
+        assert b"Too many connections" in r.stderr, r.stderr
+        server.wait_log(r"Too many connections \(2\): turned away alice@127\.0\.0\.1:\d+")
+        refused = [e for e in server.audit_since(mark, "auth") if not e["ok"]]
+        assert [e.get("reason") for e in refused] == ["too many connections"]
+        assert server.audit_since(mark, "command") == []
+        server.wait_for(lambda: len(server.audit_since(mark, "disconnect")) == 1, 10, "the refused disconnect")
+
+        # The held shells still work; one leaves, and its slot is free again.
+        first = shells.pop(0)
+        out, err = first.communicate(b"lastlog -n 1\nexit 0\n", timeout=10)
+        assert (first.returncode, out, err) == (0, server.tail(data.syslog, 1), b"")
+        server.wait_for(lambda: len(server.audit_since(mark, "disconnect")) == 2, 10, "the first shell's disconnect")
+        r = server.ssh("exit 4")
+        assert (r.returncode, r.stderr) == (4, b"")
+    finally:
+        for shell in shells:
+            if shell.poll() is None:
+                shell.communicate(b"exit 0\n", timeout=10)
+    assert all(shell.returncode == 0 for shell in shells)
+    # Every slot is free again: two at once work.
+    procs = [server.popen(options=["-T"], stdin=subprocess.PIPE) for _ in range(2)]
+    results = [p.communicate(b"exit 3\n", timeout=10) for p in procs]
+    assert [p.returncode for p in procs] == [3, 3], results
+
+
+def test_sigterm_with_busy_clients_exits_promptly(make_server, data):
+    """Stopping the server while a shell is open and a long hash runs: prompt, clean exit."""
+    busy = make_server()
+    since = busy.log_mark()
+    shell = busy.popen(options=["-T"], stdin=subprocess.PIPE)
+    hashing = busy.popen(f"comphash {data.big}")
+    try:
+        busy.wait_log(r"Cmd received from alice@\S+ : comphash \S*big\.sparse", since)
+        busy.wait_for(lambda: len([e for e in busy.audit() if e["event"] == "auth"]) == 2, 10, "both logins")
+        busy.stop()  # asserts the exit within 5 s
+        assert busy.returncode == 0
+        assert hashing.wait(timeout=5) == 255
+        shell.stdin.close()
+        assert shell.wait(timeout=5) == 255
+    finally:
+        for proc in (shell, hashing):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+    busy.check_log()
+
+
+def test_no_system_log_is_a_clear_error(make_server, tmp_path):
+    missing = tmp_path / "no-such-syslog"
+    logless = make_server(lastlog_path=missing)
+    r = logless.ssh("lastlog")
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr == f"lastlog: no system log available (tried {missing})\n".encode()
