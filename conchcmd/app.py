@@ -65,6 +65,6 @@ def build_server(
         portal=portal,
         audit=audit,
         clock=reactor,
-        settings=settings or ServerSettings(max_clients=config.max_clients),
+        settings=settings or ServerSettings(max_clients=config.max_clients, limits=config.limits),
     )
     return Server(factory, dispatcher, keys)

@@ -161,8 +161,18 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     reactor.addSystemEventTrigger("after", "shutdown", audit.close)
 
     failures: list[str] = []
+    ports: list[Any] = []
+
+    def shutting_down() -> Any:
+        """Stop accepting, tell every client why, and give connections a moment to close."""
+        for port in ports:
+            port.stopListening()
+        return server.factory.close_all(b"server shutting down")
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
 
     def listening(port: Any, description: str) -> None:
+        ports.append(port)
         address = port.getHost()
         out.write(
             f"conchcmd: listening on {description} ({getattr(address, 'host', '')}:{getattr(address, 'port', '')})\n"

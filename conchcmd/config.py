@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,27 @@ class ComphashConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Connection limits and timers (top-level keys; each has an OpenSSH counterpart)."""
+
+    banner_version: str = "conchcmd"
+    login_grace_time: float = 30.0  # LoginGraceTime
+    idle_timeout: float = 0.0  # ChannelTimeout/UnusedConnectionTimeout; 0 = off
+    keepalive_interval: float = 0.0  # ClientAliveInterval; 0 = off
+    keepalive_count_max: int = 3  # ClientAliveCountMax
+    max_auth_tries: int = 6  # MaxAuthTries
+    max_sessions: int = 10  # MaxSessions
+    max_startups: int = 100  # MaxStartups (without random early drop)
+    max_startups_per_source: int = 10  # PerSourceMaxStartups
+    penalty_seconds: float = 30.0  # PerSourcePenalties
+    penalty_max_seconds: float = 600.0  # PerSourcePenalties max
+
+
+#: Limit keys, in the order check-config prints them.
+LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole effective configuration of one server."""
 
@@ -54,6 +76,7 @@ class Config:
     audit_log: str = "audit.jsonl"
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = None
 
     def describe(self) -> str:
@@ -65,6 +88,7 @@ class Config:
             f"authorized_keys = {_toml_str(self.authorized_keys)}",
             f"max_clients = {self.max_clients}",
             f"audit_log = {_toml_str(self.audit_log)}",
+            *(f"{key} = {_toml_value(getattr(self.limits, key))}" for key in LIMIT_KEYS),
             "",
             "[lastlog]",
             f"path = {_toml_list(self.lastlog.sources)}",
@@ -83,6 +107,10 @@ def _toml_str(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     escaped = "".join(f"\\u{ord(c):04x}" if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F else c for c in escaped)
     return f'"{escaped}"'
+
+
+def _toml_value(value: object) -> str:
+    return _toml_str(value) if isinstance(value, str) else repr(value)
 
 
 def _toml_list(values: tuple[str, ...]) -> str:
@@ -117,6 +145,14 @@ class _Reader:
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}, not {value}")
         return value
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self._get(key, (int, float), "a number of seconds")
+        if value is None:
+            return default
+        if not value >= minimum or value == float("inf"):
+            raise self.error(key, f"must be a finite number of at least {minimum:g}, not {value}")
+        return float(value)
 
     def string(self, key: str, default: str) -> str:
         value = self._get(key, str, "a string")
@@ -190,6 +226,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     max_concurrent = comphash_table.integer("max_concurrent", ComphashConfig.max_concurrent, minimum=1)
     comphash_table.reject_unknown()
 
+    limits = _parse_limits(top)
     top.reject_unknown()
     return Config(
         listen=listen,
@@ -199,8 +236,35 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         audit_log=audit_log,
         lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
         comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
+        limits=limits,
         source=source,
     )
+
+
+_BANNER = re.compile(r"[!-,.-~]{1,64}")  # printable ASCII, no space, no '-' (RFC 4253 4.2)
+
+
+def _parse_limits(top: _Reader) -> LimitsConfig:
+    d = LimitsConfig()
+    banner = top.string("banner_version", d.banner_version)
+    if not _BANNER.fullmatch(banner):
+        raise top.error("banner_version", "must be 1-64 printable ASCII characters without spaces or '-'")
+    limits = LimitsConfig(
+        banner_version=banner,
+        login_grace_time=top.number("login_grace_time", d.login_grace_time, minimum=1),
+        idle_timeout=top.number("idle_timeout", d.idle_timeout),
+        keepalive_interval=top.number("keepalive_interval", d.keepalive_interval),
+        keepalive_count_max=top.integer("keepalive_count_max", d.keepalive_count_max, minimum=1),
+        max_auth_tries=top.integer("max_auth_tries", d.max_auth_tries, minimum=1),
+        max_sessions=top.integer("max_sessions", d.max_sessions, minimum=1),
+        max_startups=top.integer("max_startups", d.max_startups, minimum=1),
+        max_startups_per_source=top.integer("max_startups_per_source", d.max_startups_per_source, minimum=1),
+        penalty_seconds=top.number("penalty_seconds", d.penalty_seconds),
+        penalty_max_seconds=top.number("penalty_max_seconds", d.penalty_max_seconds),
+    )
+    if limits.penalty_max_seconds < limits.penalty_seconds:
+        raise top.error("penalty_max_seconds", "must not be less than penalty_seconds")
+    return limits
 
 
 def load_config(path: Path | None, *, cwd: Path) -> Config:

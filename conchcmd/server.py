@@ -6,7 +6,7 @@ import contextlib
 import math
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.conch import error as conch_error
@@ -14,14 +14,18 @@ from twisted.conch.ssh import _kex, connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.cred.portal import Portal
+from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity
 from conchcmd.authorized_keys import fingerprint
+from conchcmd.config import LimitsConfig
 from conchcmd.hostkeys import HostKeys
+from conchcmd.liveness import Liveness
 from conchcmd.realm import CommandUser
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -38,14 +42,17 @@ KEY_EXCHANGES: list[bytes] = [
 SHA1_HOST_KEY_ALGORITHMS = (b"ssh-rsa", b"ssh-dss")
 
 
+PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
+MAX_PACKET = 256 * 1024 + 1024  # OpenSSH's limit, with room for the MAC and padding
+SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    """Connection-level limits and identity of the server."""
+    """The server's slice of the configuration: authenticated-client cap, limits, timers."""
 
     max_clients: int = 10
-    login_grace_time: float = 30.0
-    max_auth_tries: int = 6
-    banner_version: str = "conchcmd"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def format_peer(address: IAddress) -> str:
@@ -80,7 +87,8 @@ class ServerTransport(transport.SSHServerTransport):
     listing user-key algorithms (Conch lists host-key ones, so RSA user keys fail against an
     ed25519 host); a login grace timer from the first byte (Conch has none before userauth);
     TCP_QUICKACK re-armed after reads (avoids a 40 ms delayed-ACK stall during kex);
-    malformed packets end this connection with one log line.
+    packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
+    malformed packets end this connection with one log line; idle and keepalive timers.
     """
 
     factory: CommandServerFactory
@@ -90,24 +98,34 @@ class ServerTransport(transport.SSHServerTransport):
     supportedCompressions = [b"none"]
 
     peer = "?"
+    source = "?"
     user: str | None = None
     holds_slot = False
+    in_startup = False  # counted by admission control until authenticated or gone
+    auth_failures = 0
+    liveness: Liveness | None = None
     _grace: Any = None
     _failed = False
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.ourVersionString = b"SSH-2.0-" + factory.settings.banner_version.encode("ascii")
+        limits = factory.settings.limits
+        self.ourVersionString = b"SSH-2.0-" + limits.banner_version.encode("ascii")
         assert self.transport is not None
-        self.peer = format_peer(self.transport.getPeer())
+        address = self.transport.getPeer()
+        self.peer = format_peer(address)
+        self.source = source_of(getattr(address, "host", self.peer))
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
+        factory.transports.add(self)
+        factory.admission.started(self.source)
+        self.in_startup = True
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             set_nodelay(True)
         log.info("Client connection from {peer}", peer=self.peer)
         factory.audit.record("connect", peer=self.peer)
-        self._grace = factory.clock.callLater(factory.settings.login_grace_time, self._grace_expired)
+        self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
@@ -119,17 +137,27 @@ class ServerTransport(transport.SSHServerTransport):
                     sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
         if self._failed:
             return
+        if self.liveness is not None:
+            self.liveness.received()
         try:
             super().dataReceived(data)
         except Exception as e:  # a malformed packet from this peer: end only this connection
-            self._failed = True
-            self.end_reason = f"protocol error: {type(e).__name__}"
-            log.warn(
-                "Protocol error from {peer}: {error}; disconnecting",
-                peer=self.peer,
-                error=sanitise(f"{type(e).__name__}: {e}", 200),
-            )
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
+            self._protocol_error(f"{type(e).__name__}: {e}")
+            return
+        first = getattr(self, "first", None)  # the decrypted start of a packet still arriving
+        limit = MAX_PACKET if self.holds_slot else PREAUTH_MAX_PACKET
+        if first is not None and struct.unpack(">L", first[:4])[0] > limit:
+            self._protocol_error(f"packet larger than {limit} bytes")
+
+    def _protocol_error(self, error: str) -> None:
+        self._failed = True
+        self.end_reason = sanitise(f"protocol error: {error}", 200)
+        log.warn("Protocol error from {peer}: {error}; disconnecting", peer=self.peer, error=sanitise(error, 200))
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
+
+    def _unsupportedVersionReceived(self, remoteVersion: bytes) -> None:
+        self._failed = True
+        super()._unsupportedVersionReceived(remoteVersion)
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if self.end_reason == "closed":
@@ -152,7 +180,7 @@ class ServerTransport(transport.SSHServerTransport):
         self._grace = None
         log.info(
             "Login grace time ({seconds:g} s) exceeded by {peer}; disconnecting",
-            seconds=self.factory.settings.login_grace_time,
+            seconds=self.factory.settings.limits.login_grace_time,
             peer=self.peer,
         )
         if self.gotVersion:
@@ -182,7 +210,45 @@ class ServerTransport(transport.SSHServerTransport):
         self.holds_slot = True
         self.user = avatar.identity.user
         avatar.peer = self.peer
+        self._leave_startup()
+        self.factory.admission.authenticated(self.source)
         return True
+
+    def _maybe_strike(self) -> None:
+        """An unauthenticated connection that failed, misbehaved or stalled counts against its source."""
+        if self.auth_failures:
+            why = "failed authentication"
+        elif self._failed:
+            why = "protocol errors"
+        elif self.end_reason == "login grace time exceeded":
+            why = "login grace time exceeded"
+        else:
+            return  # e.g. a scanner reading the banner: no strike
+        self.factory.admission.strike(self.source, why)
+
+    def start_liveness(self, conn: ConnectionService) -> None:
+        """Idle and keepalive timers, once the connection service runs."""
+        limits = self.factory.settings.limits
+        if limits.idle_timeout <= 0 and limits.keepalive_interval <= 0:
+            return
+        self.liveness = Liveness(
+            self.factory.clock,
+            idle_timeout=limits.idle_timeout,
+            keepalive_interval=limits.keepalive_interval,
+            keepalive_count_max=limits.keepalive_count_max,
+            busy=conn.busy,
+            send_keepalive=lambda: conn.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=1),
+            close=self._close_for,
+        )
+
+    def _close_for(self, why: str) -> None:
+        log.info("Closing connection {peer} ({user}): {why}", peer=self.peer, user=self.user, why=why)
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why.encode())
+
+    def _leave_startup(self) -> None:
+        if self.in_startup:
+            self.in_startup = False
+            self.factory.admission.left_startup(self.source)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._grace is not None:
@@ -191,7 +257,13 @@ class ServerTransport(transport.SSHServerTransport):
         if self.holds_slot:
             self.holds_slot = False
             self.factory.slots.release()
+        if self.liveness is not None:
+            self.liveness.stop()
         factory = self.factory
+        if self.in_startup:
+            self._leave_startup()
+            self._maybe_strike()
+        factory.transports.discard(self)
         duration = round(factory.clock.seconds() - self.started, 3)
         log.info(
             "Lost client connection {peer} ({user}): {reason}",
@@ -218,9 +290,8 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def serviceStarted(self) -> None:
         factory = self.transport.factory
         self.clock = factory.clock
-        self.loginTimeout = math.ceil(factory.settings.login_grace_time)
-        # Conch disconnects when failures exceed this; OpenSSH's MaxAuthTries counts the last one.
-        self.attemptsBeforeDisconnect = factory.settings.max_auth_tries - 1
+        self.loginTimeout = math.ceil(factory.settings.limits.login_grace_time)
+        self.max_auth_tries = factory.settings.limits.max_auth_tries
         super().serviceStarted()
 
     def auth_publickey(self, packet: bytes) -> Any:
@@ -285,6 +356,17 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 **self._key_fields(),
                 reason=message,
             )
+            self.transport.auth_failures += 1
+            if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
+                log.info(
+                    "Too many authentication failures for {user} from {peer}",
+                    user=self._user_name(),
+                    peer=self.transport.peer,
+                )
+                self.transport.sendDisconnect(
+                    transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
+                )
+                return
         super()._ebBadAuth(reason)
 
 
@@ -296,25 +378,40 @@ class ConnectionService(connection.SSHConnection):
     transport: ServerTransport
     _warned_unknown_channel = False
 
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.transport.start_liveness(self)
+
+    def busy(self) -> bool:
+        """True while a command runs on any channel (so the connection is not idle)."""
+        return any(getattr(c, "busy", False) for c in self.channels.values())
+
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = getNS(packet)
+        sender = struct.unpack(">L", rest[:4])[0]
+        max_sessions = self.transport.factory.settings.limits.max_sessions
         if channel_type != b"session":
-            sender = struct.unpack(">L", rest[:4])[0]
-            log.info(
-                "Refused {kind} channel for {peer}: only sessions are offered",
-                kind=sanitise(channel_type, 64),
-                peer=self.transport.peer,
-            )
-            self.transport.sendPacket(
-                connection.MSG_CHANNEL_OPEN_FAILURE,
-                struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
-                + NS(b"only session channels are allowed")
-                + NS(b""),
-            )
-            return
-        super().ssh_CHANNEL_OPEN(packet)
+            self._refuse_channel(sender, channel_type, b"only session channels are allowed")
+        elif len(self.channels) >= max_sessions:
+            self._refuse_channel(sender, channel_type, b"too many sessions (max %d)" % max_sessions)
+        else:
+            super().ssh_CHANNEL_OPEN(packet)
+
+    def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes) -> None:
+        log.info(
+            "Refused {kind} channel for {peer}: {why}",
+            kind=sanitise(channel_type, 64),
+            peer=self.transport.peer,
+            why=why.decode(),
+        )
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED) + NS(why) + NS(b""),
+        )
 
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if 90 <= messageNum <= 100 and self.transport.liveness is not None:
+            self.transport.liveness.activity()
         if 93 <= messageNum <= 98 and len(packet) >= 4:
             (local_id,) = struct.unpack(">L", packet[:4])
             if local_id not in self.channels:
@@ -356,9 +453,34 @@ class CommandServerFactory(SSHFactory):
         self.clock = clock
         self.settings = settings
         self.slots = ClientSlots(settings.max_clients)
+        self.admission = Admission(settings.limits, clock, audit)
+        self.transports: set[ServerTransport] = set()
 
-    def buildProtocol(self, addr: Any) -> ServerTransport:
+    def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
+        host = getattr(addr, "host", None)
+        if host is not None:
+            source = source_of(host)
+            refusal = self.admission.refusal(source)
+            if refusal is not None:
+                self.admission.note_refused(source, format_peer(addr), refusal)
+                return None  # Twisted closes the socket at once: no banner, no kex, no CPU
         t = super().buildProtocol(addr)
         # Conch advertises SHA-1 `ssh-rsa` for RSA host keys, overwritten here after the fact.
         t.supportedPublicKeys = [a for a in t.supportedPublicKeys if a not in SHA1_HOST_KEY_ALGORITHMS]
         return t  # type: ignore[return-value]
+
+    def close_all(self, why: bytes) -> defer.Deferred[None]:
+        """Disconnect every client with a reason; fires when all are gone, or after a grace time."""
+        done: defer.Deferred[None] = defer.Deferred()
+        for t in list(self.transports):
+            t.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why)
+        deadline = self.clock.seconds() + SHUTDOWN_GRACE
+
+        def poll() -> None:
+            if not self.transports or self.clock.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self.clock.callLater(0.05, poll)
+
+        poll()
+        return done

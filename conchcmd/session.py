@@ -215,6 +215,11 @@ class SessionChannel(channel.SSHChannel):
         assert self.conn is not None, "a channel in use always has its connection"
         return self.conn
 
+    @property
+    def busy(self) -> bool:
+        """True while a command runs on this channel."""
+        return self.handler is not None and getattr(self.handler, "running", None) is not None
+
     def pause_input(self) -> None:
         """Stop opening the client's window: input waits at the client (see ConnectionService)."""
         self.input_paused = True

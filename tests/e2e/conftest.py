@@ -8,6 +8,7 @@ the server's log is checked for the expected lines and for tracebacks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -221,6 +222,15 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
+_sources = itertools.count()
+
+
+def next_source() -> str:
+    """A loopback address not used before in this test run (127.1.0.2, 127.1.0.3, ...)."""
+    n = next(_sources)
+    return f"127.1.{n // 250}.{n % 250 + 2}"
+
+
 @dataclass
 class Server:
     """One running `conchcmd serve` and helpers to talk to it with the OpenSSH client."""
@@ -381,11 +391,18 @@ class Server:
         user: str = "alice",
         options: Sequence[str] = (),
         log_level: str = "ERROR",
+        source: str | None = None,
     ) -> list[str]:
-        """ssh argv; `options` come first, since for ssh the first value given for an option wins."""
+        """ssh argv; `options` come first, since for ssh the first value given for an option wins.
+
+        Each call comes from its own loopback address unless `source` is given: the server
+        penalises a source after repeated failures, and tests must not penalise each other.
+        """
         argv = [
             SSH or "ssh",
             *options,
+            "-o",
+            f"BindAddress={source or next_source()}",
             "-F",
             "/dev/null",
             "-o",

@@ -103,7 +103,7 @@ def make_world(
         audit=audit,
         runner=runner or InlineRunner(),
         hostname="testhost",
-        settings=settings or ServerSettings(max_clients=config.max_clients),
+        settings=settings or ServerSettings(max_clients=config.max_clients, limits=config.limits),
     )
     return World(server, clock, audit, root, log_file, config)
 

@@ -139,7 +139,7 @@ def test_max_auth_tries_disconnects(world: World) -> None:
     assert conn.factory.disconnect_reason is not None or conn.disconnected
     assert len([e for e in world.audit.of("auth") if not e["ok"]]) == 6
     (bye,) = world.audit.of("disconnect")
-    assert "too many bad auths" in bye["reason"]
+    assert bye["reason"] == "Too many authentication failures"
 
 
 def test_max_clients_turns_away_and_frees_slots(tmp_path: Path) -> None:
