@@ -122,7 +122,7 @@ class Admission:
         now = self.clock.seconds()
         record = self._record(source)
         if now - record.last_strike > self.limits.penalty_max_seconds:
-            record.level = 0  # a long quiet spell forgives the past
+            record.level = record.strikes = 0  # a long quiet spell forgives the past
         record.strikes += 1
         record.last_strike = now
         if record.strikes < STRIKES_BEFORE_PENALTY or self.limits.penalty_seconds <= 0:

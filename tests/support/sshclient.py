@@ -256,7 +256,7 @@ def connect(factory: CommandServerFactory, clock: Any, peer: str = "10.0.0.1", p
     client_factory = ClientFactory()
     client = client_factory.buildProtocol(None)
     client.factory = client_factory
-    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2222))
+    server = factory.buildProtocol(IPv4Address("TCP", peer, port))  # Twisted passes the peer
     server_io = iosim.FakeTransport(
         server,
         isServer=True,
