@@ -65,6 +65,7 @@ def build_server(
         portal=portal,
         audit=audit,
         clock=reactor,
-        settings=settings or ServerSettings(max_clients=config.max_clients, limits=config.limits),
+        settings=settings
+        or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
     )
     return Server(factory, dispatcher, keys)

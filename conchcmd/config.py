@@ -61,6 +61,29 @@ class LimitsConfig:
     penalty_max_seconds: float = 600.0  # PerSourcePenalties max
 
 
+KEX_ALGORITHMS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+CIPHERS = (
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+#: Implemented but not offered unless named: encrypt-and-MAC (ssh-audit warns about it).
+OPTIONAL_MACS = ("hmac-sha2-256", "hmac-sha2-512")
+
+
+@dataclass(frozen=True)
+class AlgorithmsConfig:
+    """What the transport offers, in preference order; configuration may only narrow it."""
+
+    kex_algorithms: tuple[str, ...] = KEX_ALGORITHMS
+    ciphers: tuple[str, ...] = CIPHERS
+    macs: tuple[str, ...] = MACS
+
+
 #: Limit keys, in the order check-config prints them.
 LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__)
 
@@ -77,6 +100,7 @@ class Config:
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
     source: Path | None = None
 
     def describe(self) -> str:
@@ -89,6 +113,9 @@ class Config:
             f"max_clients = {self.max_clients}",
             f"audit_log = {_toml_str(self.audit_log)}",
             *(f"{key} = {_toml_value(getattr(self.limits, key))}" for key in LIMIT_KEYS),
+            f"kex_algorithms = {_toml_list(self.algorithms.kex_algorithms)}",
+            f"ciphers = {_toml_list(self.algorithms.ciphers)}",
+            f"macs = {_toml_list(self.algorithms.macs)}",
             "",
             "[lastlog]",
             f"path = {_toml_list(self.lastlog.sources)}",
@@ -227,6 +254,11 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     comphash_table.reject_unknown()
 
     limits = _parse_limits(top)
+    algorithms = AlgorithmsConfig(
+        kex_algorithms=_algorithm_list(top, "kex_algorithms", KEX_ALGORITHMS, KEX_ALGORITHMS),
+        ciphers=_algorithm_list(top, "ciphers", CIPHERS, CIPHERS),
+        macs=_algorithm_list(top, "macs", MACS, MACS + OPTIONAL_MACS),
+    )
     top.reject_unknown()
     return Config(
         listen=listen,
@@ -237,11 +269,22 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
         comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
         limits=limits,
+        algorithms=algorithms,
         source=source,
     )
 
 
 _BANNER = re.compile(r"[!-,.-~]{1,64}")  # printable ASCII, no space, no '-' (RFC 4253 4.2)
+
+
+def _algorithm_list(top: _Reader, key: str, default: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
+    names = top.strings(key, default)
+    for name in names:
+        if name not in known:
+            raise top.error(key, f"{name!r} is not implemented; choose from {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise top.error(key, "lists an algorithm twice")
+    return names
 
 
 def _parse_limits(top: _Reader) -> LimitsConfig:

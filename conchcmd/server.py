@@ -23,7 +23,8 @@ from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity
 from conchcmd.authorized_keys import fingerprint
-from conchcmd.config import LimitsConfig
+from conchcmd.config import AlgorithmsConfig, LimitsConfig
+from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
 from conchcmd.realm import CommandUser
@@ -32,18 +33,8 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
-CIPHERS = [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
-MACS = [b"hmac-sha2-512", b"hmac-sha2-256"]
-KEY_EXCHANGES: list[bytes] = [
-    kex
-    for kex in (b"mlkem768x25519-sha256", b"curve25519-sha256", b"curve25519-sha256@libssh.org")
-    if kex in _kex.getSupportedKeyExchanges()
-]
 SHA1_HOST_KEY_ALGORITHMS = (b"ssh-rsa", b"ssh-dss")
-
-
 PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
-MAX_PACKET = 256 * 1024 + 1024  # OpenSSH's limit, with room for the MAC and padding
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
 
 
@@ -53,6 +44,7 @@ class ServerSettings:
 
     max_clients: int = 10
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
 
 
 def format_peer(address: IAddress) -> str:
@@ -80,7 +72,7 @@ class ClientSlots:
         self.used -= 1
 
 
-class ServerTransport(transport.SSHServerTransport):
+class ServerTransport(ModernServerTransport):
     """The SSH transport with a modern-only algorithm list and the fixes Conch lacks.
 
     Overrides: a version banner that does not reveal Twisted's version; `server-sig-algs`
@@ -92,9 +84,6 @@ class ServerTransport(transport.SSHServerTransport):
     """
 
     factory: CommandServerFactory
-    supportedCiphers = CIPHERS
-    supportedMACs = MACS
-    supportedKeyExchanges = KEY_EXCHANGES
     supportedCompressions = [b"none"]
 
     peer = "?"
@@ -144,10 +133,12 @@ class ServerTransport(transport.SSHServerTransport):
         except Exception as e:  # a malformed packet from this peer: end only this connection
             self._protocol_error(f"{type(e).__name__}: {e}")
             return
-        first = getattr(self, "first", None)  # the decrypted start of a packet still arriving
-        limit = MAX_PACKET if self.holds_slot else PREAUTH_MAX_PACKET
-        if first is not None and struct.unpack(">L", first[:4])[0] > limit:
-            self._protocol_error(f"packet larger than {limit} bytes")
+
+    def max_packet_size(self) -> int:
+        return super().max_packet_size() if self.holds_slot else PREAUTH_MAX_PACKET
+
+    def packet_error(self, reason: str) -> None:
+        self._protocol_error(reason)
 
     def _protocol_error(self, error: str) -> None:
         self._failed = True
@@ -454,6 +445,11 @@ class CommandServerFactory(SSHFactory):
         self.settings = settings
         self.slots = ClientSlots(settings.max_clients)
         self.admission = Admission(settings.limits, clock, audit)
+        available = _kex.getSupportedKeyExchanges()
+        algorithms = settings.algorithms
+        self.key_exchanges = [k.encode() for k in algorithms.kex_algorithms if k.encode() in available]
+        self.ciphers = [c.encode() for c in algorithms.ciphers]
+        self.macs = [m.encode() for m in algorithms.macs]
         self.transports: set[ServerTransport] = set()
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
@@ -467,6 +463,9 @@ class CommandServerFactory(SSHFactory):
         t = super().buildProtocol(addr)
         # Conch advertises SHA-1 `ssh-rsa` for RSA host keys, overwritten here after the fact.
         t.supportedPublicKeys = [a for a in t.supportedPublicKeys if a not in SHA1_HOST_KEY_ALGORITHMS]
+        t.supportedKeyExchanges = self.key_exchanges
+        t.supportedCiphers = self.ciphers
+        t.supportedMACs = self.macs
         return t  # type: ignore[return-value]
 
     def close_all(self, why: bytes) -> defer.Deferred[None]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
-from support.sshclient import Connection, connect
+from support.sshclient import ClientFactory, Connection, connect
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
@@ -58,8 +58,8 @@ class World:
     def factory(self) -> Any:
         return self.server.factory
 
-    def connect(self, peer: str = "10.0.0.1", port: int = 40000) -> Connection:
-        return connect(self.factory, self.clock, peer, port)
+    def connect(self, peer: str = "10.0.0.1", port: int = 40000, client: ClientFactory | None = None) -> Connection:
+        return connect(self.factory, self.clock, peer, port, client)
 
     def login(self, user: bytes = b"admin", key: Any = None, peer: str = "10.0.0.1") -> Connection:
         conn = self.connect(peer)
@@ -103,7 +103,8 @@ def make_world(
         audit=audit,
         runner=runner or InlineRunner(),
         hostname="testhost",
-        settings=settings or ServerSettings(max_clients=config.max_clients, limits=config.limits),
+        settings=settings
+        or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
     )
     return World(server, clock, audit, root, log_file, config)
 

@@ -154,8 +154,9 @@ def test_oversized_preauth_packet_ends_the_connection(world: World) -> None:
     conn = world.connect()
     sent_before = len(world.audit.of("disconnect"))
     conn.client.sendPacket(50, b"\0" * 100)  # a small packet is fine
-    big = struct.pack(">LB", 100_000, 4)  # a header announcing 100 kB, sent encrypted
-    conn.client.transport.write(conn.client.currentEncryptions.encrypt(big + b"\0" * 11))
+    client = conn.client
+    big = struct.pack(">LB", 100_000, 4) + bytes(11)  # a header announcing 100 kB, sent encrypted
+    client.transport.write(client._out_codec.seal(client.outgoingPacketSequence, big)[:16])
     conn.flush()
     assert conn.disconnected and len(world.audit.of("disconnect")) == sent_before + 1
     assert "larger than 65536" in world.audit.of("disconnect")[-1]["reason"]

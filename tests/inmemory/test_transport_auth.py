@@ -25,8 +25,15 @@ def test_banner_and_algorithms_are_modern_only(world: World) -> None:
         b"curve25519-sha256",
         b"curve25519-sha256@libssh.org",
     }
-    assert server.supportedCiphers == [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
-    assert server.supportedMACs == [b"hmac-sha2-512", b"hmac-sha2-256"]
+    assert server.supportedCiphers == [
+        b"chacha20-poly1305@openssh.com",
+        b"aes256-gcm@openssh.com",
+        b"aes128-gcm@openssh.com",
+        b"aes256-ctr",
+        b"aes192-ctr",
+        b"aes128-ctr",
+    ]
+    assert server.supportedMACs == [b"hmac-sha2-256-etm@openssh.com", b"hmac-sha2-512-etm@openssh.com"]
     assert server.supportedCompressions == [b"none"]
     assert server.supportedPublicKeys == [b"ssh-ed25519"]
     offered = b",".join(

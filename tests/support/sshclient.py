@@ -16,11 +16,44 @@ from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.test import iosim
 
+from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
+from conchcmd.framing import ModernFraming
 from conchcmd.server import CommandServerFactory
 
 
-class ClientTransport(transport.SSHClientTransport):
+class ClientTransport(ModernFraming, transport.SSHClientTransport):
+    """Conch's client with our packet layer, so it speaks every cipher and MAC the server offers.
+
+    Tests pick what it offers by setting `supportedCiphers` / `supportedMACs` on the factory.
+    """
+
     factory: ClientFactory
+    supportedCiphers = [c.encode() for c in CIPHERS]
+    supportedMACs = [m.encode() for m in (*MACS, *OPTIONAL_MACS)]
+    supportedCompressions = [b"none"]
+    _gotNewKeys = 0
+
+    def connectionMade(self) -> None:
+        for name in ("supportedCiphers", "supportedMACs", "supportedKeyExchanges", "offer_strict_kex"):
+            value = getattr(self.factory, name, None)
+            if value is not None:
+                setattr(self, name, value)
+        super().connectionMade()
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        # SSHClientTransport.ssh_KEXINIT with our negotiation; curve25519/ECDH only (all we offer).
+        if self.negotiate(packet) is None:
+            return
+        self.ecPriv = self._generateECPrivateKey()
+        self.ecPub = self.ecPriv.public_key()
+        self.sendPacket(transport.MSG_KEX_DH_GEX_REQUEST_OLD, common.NS(self._encodeECPublicKey(self.ecPub)))
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        if not self.nextEncryptions.keyed:
+            self._gotNewKeys = 1  # the host key check is still running; _keySetup comes back
+            return
+        self.take_new_keys()
+        self.connectionSecure()
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         self.factory.host_key = Key.fromString(hostKey)
@@ -179,6 +212,10 @@ class ClientFactory(protocol.ClientFactory):
 
     def __init__(self) -> None:
         self.secure: defer.Deferred[ClientTransport] = defer.Deferred()
+        self.supportedCiphers: list[bytes] | None = None
+        self.supportedMACs: list[bytes] | None = None
+        self.supportedKeyExchanges: list[bytes] | None = None
+        self.offer_strict_kex: bool | None = None
         self.host_key: Key | None = None
         self.disconnect_reason: tuple[int, bytes] | None = None
 
@@ -251,9 +288,15 @@ def result_of(d: defer.Deferred[Any]) -> Any:
     return results[0]
 
 
-def connect(factory: CommandServerFactory, clock: Any, peer: str = "10.0.0.1", port: int = 40000) -> Connection:
+def connect(
+    factory: CommandServerFactory,
+    clock: Any,
+    peer: str = "10.0.0.1",
+    port: int = 40000,
+    client_factory: ClientFactory | None = None,
+) -> Connection:
     """Open an in-memory connection from `peer` to the server and complete key exchange."""
-    client_factory = ClientFactory()
+    client_factory = client_factory or ClientFactory()
     client = client_factory.buildProtocol(None)
     client.factory = client_factory
     server = factory.buildProtocol(IPv4Address("TCP", peer, port))  # Twisted passes the peer

@@ -1,0 +1,275 @@
+"""The transport's packet layer and key-exchange rules, replacing the parts of Conch that lack
+AEAD ciphers, encrypt-then-MAC, strict KEX and server-initiated rekeying.
+
+Overrides of `SSHServerTransport`, each because Conch's version cannot do the job:
+- `sendPacket` / `getPacket`: frame packets through `packets.PacketCodec` (AEAD and EtM need the
+  whole packet and the sequence number; Conch's SSHCiphers only encrypts blocks and MACs). The
+  outgoing keys change right after our NEWKEYS, the incoming ones after the peer's (RFC 4253 7.3).
+- `ssh_KEXINIT`: negotiation where an AEAD cipher implies its MAC, and detection of strict KEX.
+- `dispatchMessage` / `ssh_NEWKEYS`: strict KEX (kex-strict-s-v00@openssh.com, the Terrapin
+  counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
+  are allowed, KEXINIT must come first, and sequence numbers restart at 0 after every NEWKEYS.
+- rekeying after 1 GiB or 1 hour (OpenSSH's RekeyLimit default), which Conch never starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.conch.ssh import transport
+from twisted.conch.ssh.common import NS, ffs, getNS
+
+from conchcmd.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
+
+STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
+STRICT_KEX_CLIENT = b"kex-strict-c-v00@openssh.com"
+EXT_INFO_CLIENT = b"ext-info-c"
+EXT_INFO_SERVER = b"ext-info-s"
+MARKERS = (STRICT_KEX_SERVER, STRICT_KEX_CLIENT, EXT_INFO_CLIENT, EXT_INFO_SERVER)
+REKEY_BYTES = 1 << 30
+REKEY_SECONDS = 3600.0
+MAX_PACKET = 256 * 1024 + 1024
+KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
+
+
+class ModernFraming:
+    """Packet framing, negotiation and strict KEX shared by our server transport and the test
+    client; mixed in before Conch's SSHServerTransport / SSHClientTransport."""
+
+    nextEncryptions: Any  # a CipherSuite here, not Conch's SSHCiphers
+    currentEncryptions: Any
+    strict_kex = False
+    offer_strict_kex = True
+    _first_kex_done = False
+    _pending_length: int | None = None
+    _dead = False
+    _bytes_since_kex = 0
+    _keyed_at = 0.0
+    rekey_bytes = REKEY_BYTES
+    rekey_seconds = REKEY_SECONDS
+
+    # Provided by Conch's transport classes:
+    isClient: bool
+    transport: Any
+    factory: Any
+    buf: bytes
+    incomingPacketSequence: int
+    outgoingPacketSequence: int
+    supportedKeyExchanges: list[bytes]
+    supportedPublicKeys: list[bytes]
+    supportedCiphers: list[bytes]
+    supportedMACs: list[bytes]
+    supportedCompressions: list[bytes]
+    _keyExchangeState: str
+    _blockedByKeyExchange: Any
+    _KEY_EXCHANGE_NONE: str
+    _KEY_EXCHANGE_REQUESTED: str
+    _KEY_EXCHANGE_PROGRESSING: str
+    ourVersionString: bytes
+    _allowedKeyExchangeMessageType: Any
+    _newKeys: Any
+
+    def now(self) -> float:
+        clock = getattr(self.factory, "clock", None)
+        return float(clock.seconds()) if clock is not None else 0.0
+
+    def max_packet_size(self) -> int:
+        return MAX_PACKET
+
+    def connectionMade(self) -> None:
+        # Conch's version installs its own SSHCiphers; ours start with the plain CipherSuite.
+        self.transport.write(self.ourVersionString + b"\r\n")
+        self.currentEncryptions = CipherSuite.plain()
+        self._out_codec: PacketCodec = self.currentEncryptions.outgoing
+        self._in_codec: PacketCodec = self.currentEncryptions.incoming
+        self._keyed_at = self.now()
+        self.sendKexInit()
+
+    def kex_markers(self) -> list[bytes]:
+        """Names appended to the first KEXINIT's kex list: extension info and strict KEX."""
+        if self.isClient:
+            return [EXT_INFO_CLIENT, *([STRICT_KEX_CLIENT] if self.offer_strict_kex else [])]
+        return [EXT_INFO_SERVER, *([STRICT_KEX_SERVER] if self.offer_strict_kex else [])]
+
+    def sendKexInit(self) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            raise RuntimeError(f"Cannot send KEXINIT while key exchange state is {self._keyExchangeState!r}")
+        markers = [] if self._first_kex_done else self.kex_markers()
+        self.ourKexInitPayload = b"".join(
+            [
+                bytes((transport.MSG_KEXINIT,)),
+                os.urandom(16),
+                NS(b",".join([*self.supportedKeyExchanges, *markers])),
+                NS(b",".join(self.supportedPublicKeys)),
+                NS(b",".join(self.supportedCiphers)),
+                NS(b",".join(self.supportedCiphers)),
+                NS(b",".join(self.supportedMACs)),
+                NS(b",".join(self.supportedMACs)),
+                NS(b",".join(self.supportedCompressions)),
+                NS(b",".join(self.supportedCompressions)),
+                NS(b""),
+                NS(b""),
+                b"\0\0\0\0\0",
+            ]
+        )
+        self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
+        self._keyExchangeState = self._KEY_EXCHANGE_REQUESTED
+        self._blockedByKeyExchange = []
+
+    # -- packets -------------------------------------------------------------------------------
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
+            self._blockedByKeyExchange.append((messageType, payload))
+            return
+        if self._dead:
+            return
+        codec = self._out_codec
+        data = codec.seal(self.outgoingPacketSequence, pad(bytes((messageType,)) + payload, codec, os.urandom))
+        self.transport.write(data)
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        if messageType == transport.MSG_NEWKEYS:
+            self._out_codec = self.nextEncryptions.outgoing
+            if self.strict_kex:
+                self.outgoingPacketSequence = 0
+        self._count(len(data))
+
+    def getPacket(self) -> bytes | None:
+        codec = self._in_codec
+        if self._pending_length is None:
+            head = codec.head_size()
+            if len(self.buf) < head:
+                return None
+            length = codec.packet_length(self.incomingPacketSequence, self.buf[:head])
+            limit = self.max_packet_size()
+            aligned = length if codec.length_excluded else length + 4
+            if length > limit or length < 5 or aligned % max(codec.block_size, 8):
+                reason = f"packet larger than {limit} bytes" if length > limit else f"bad packet length {length}"
+                self.packet_error(reason)
+                return None
+            self._pending_length = length
+        total = 4 + self._pending_length + codec.tag_size
+        if len(self.buf) < total:
+            return None
+        data, self.buf = self.buf[:total], self.buf[total:]
+        self._pending_length = None
+        try:
+            packet = codec.open(self.incomingPacketSequence, data)
+        except BadPacket as e:
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(e).encode())
+            return None
+        padding = packet[4]
+        if padding < 4 or padding > len(packet) - 6:
+            self.packet_error(f"bad padding length {padding}")
+            return None
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        self._count(total)
+        return packet[5 : len(packet) - padding]
+
+    def packet_error(self, reason: str) -> None:
+        """A packet that cannot be framed: the connection ends."""
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, reason.encode())
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self._dead:
+            return
+        super().sendDisconnect(reason, desc)  # type: ignore[misc]
+        self._dead = True  # nothing more is read or sent on this connection
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._dead:
+            super().dataReceived(data)  # type: ignore[misc]
+
+    def _count(self, n: int) -> None:
+        self._bytes_since_kex += n
+        if (
+            self._first_kex_done
+            and self._keyExchangeState == self._KEY_EXCHANGE_NONE
+            and not self._dead
+            and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
+        ):
+            self._bytes_since_kex = 0
+            self._keyed_at = self.now()
+            self.sendKexInit()
+
+    # -- key exchange --------------------------------------------------------------------------
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self.strict_kex and not self._first_kex_done and messageNum not in KEX_MESSAGES:
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"strict KEX violation: message %d during the initial key exchange" % messageNum,
+            )
+            return
+        super().dispatchMessage(messageNum, payload)  # type: ignore[misc]
+
+    def negotiate(self, packet: bytes) -> tuple[list[bytes], list[bytes], bytes] | None:
+        """Conch's SSHTransportBase.ssh_KEXINIT, where an AEAD cipher implies its MAC and the
+        peer's strict-KEX marker is noticed. Returns (kex, host key algorithms, rest) or None."""
+        self.otherKexInitPayload = bytes((transport.MSG_KEXINIT,)) + packet
+        *strings, rest = getNS(packet[16:], 10)
+        kex, keys, enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc, _, _ = (s.split(b",") for s in strings)
+        peer_strict = STRICT_KEX_SERVER if self.isClient else STRICT_KEX_CLIENT
+        if not self._first_kex_done and self.offer_strict_kex and peer_strict in kex:
+            self.strict_kex = True
+            if self.incomingPacketSequence != 1:
+                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"strict KEX violation: KEXINIT was not first")
+                return None
+
+        def choose(ours: list[bytes], theirs: list[bytes]) -> bytes | None:
+            return ffs(ours, theirs) if self.isClient else ffs(theirs, ours)  # the client's order wins
+
+        if self.isClient:
+            enc_out, enc_in, mac_out, mac_in, comp_out, comp_in = enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc
+        else:
+            enc_out, enc_in, mac_out, mac_in, comp_out, comp_in = enc_sc, enc_cs, mac_sc, mac_cs, comp_sc, comp_cs
+        self.kexAlg = choose(self.supportedKeyExchanges, kex)
+        self.keyAlg = choose(self.supportedPublicKeys, keys)
+        out_cipher = choose(self.supportedCiphers, enc_out)
+        in_cipher = choose(self.supportedCiphers, enc_in)
+        out_mac = implicit_mac(out_cipher) or choose(self.supportedMACs, mac_out)
+        in_mac = implicit_mac(in_cipher) or choose(self.supportedMACs, mac_in)
+        self.outgoingCompressionType = choose(self.supportedCompressions, comp_out)
+        self.incomingCompressionType = choose(self.supportedCompressions, comp_in)
+        chosen = (self.kexAlg, self.keyAlg, out_cipher, in_cipher, out_mac, in_mac)
+        if None in chosen or None in (self.outgoingCompressionType, self.incomingCompressionType):
+            self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"couldn't match all kex parts")
+            return None
+        self.nextEncryptions = CipherSuite(out_cipher, in_cipher, out_mac, in_mac)  # type: ignore[arg-type]
+        self._peerSupportsExtensions = (EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex
+        if self._keyExchangeState == self._KEY_EXCHANGE_REQUESTED:
+            self._keyExchangeState = self._KEY_EXCHANGE_PROGRESSING
+        else:
+            self.sendKexInit()
+        return kex, keys, rest
+
+    def take_new_keys(self) -> None:
+        """The peer's NEWKEYS arrived: read with the new keys from now on."""
+        self._in_codec = self.nextEncryptions.incoming
+        if self.strict_kex:
+            self.incomingPacketSequence = 0
+        self._first_kex_done = True
+        self._bytes_since_kex = 0
+        self._keyed_at = self.now()
+        self._newKeys()
+
+
+class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
+    """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        negotiated = self.negotiate(packet)
+        if negotiated is None:
+            return
+        kex, keys, rest = negotiated
+        # SSHServerTransport's part: a wrongly guessed first kex packet must be ignored.
+        guessed = rest[:1] not in (b"", b"\0")
+        if guessed and (kex[0] != self.supportedKeyExchanges[0] or keys[0] != self.supportedPublicKeys[0]):
+            self.ignoreNextPacket = True
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        if packet != b"":
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
+            return
+        self.take_new_keys()
