@@ -41,6 +41,7 @@ class ModernFraming:
     currentEncryptions: Any
     strict_kex = False
     offer_strict_kex = True
+    kex_count = 0  # completed key exchanges, rekeys included
     _first_kex_done = False
     _pending_length: int | None = None
     _dead = False
@@ -250,6 +251,7 @@ class ModernFraming:
         if self.strict_kex:
             self.incomingPacketSequence = 0
         self._first_kex_done = True
+        self.kex_count += 1
         self._bytes_since_kex = 0
         self._keyed_at = self.now()
         self._newKeys()

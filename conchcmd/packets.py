@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hashlib import sha256, sha512
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
@@ -195,7 +195,7 @@ class _ChaCha20Poly1305(PacketCodec):
         poly_key = chacha20(self._main, bytes(32), seq, 0)
         try:
             Poly1305.verify_tag(poly_key, sealed, tag)
-        except InvalidTag:
+        except InvalidSignature:
             raise BadPacket("bad Poly1305 tag") from None
         return chacha20(self._header, sealed[:4], seq, 0) + chacha20(self._main, sealed[4:], seq, 1)
 

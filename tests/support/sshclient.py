@@ -53,7 +53,8 @@ class ClientTransport(ModernFraming, transport.SSHClientTransport):
             self._gotNewKeys = 1  # the host key check is still running; _keySetup comes back
             return
         self.take_new_keys()
-        self.connectionSecure()
+        if self.kex_count == 1:  # rekeys renew the keys of a connection already secure
+            self.connectionSecure()
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         self.factory.host_key = Key.fromString(hostKey)

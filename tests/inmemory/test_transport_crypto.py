@@ -1,0 +1,152 @@
+"""Ciphers, MACs, strict KEX and rekeying over the whole in-memory SSH stack."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from support.keys import ed25519_key
+from support.sshclient import ClientFactory, Connection, connect
+from twisted.conch.ssh import common, transport
+
+from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
+from conchcmd.packets import CIPHERS as SPECS
+from conchcmd.packets import pad
+
+from .conftest import World, make_world
+
+LINE = b"y" * 199 + b"\n"
+
+
+def client(
+    ciphers: list[bytes] | None = None, macs: list[bytes] | None = None, strict: bool | None = None
+) -> ClientFactory:
+    factory = ClientFactory()
+    factory.supportedCiphers = ciphers
+    factory.supportedMACs = macs
+    factory.offer_strict_kex = strict
+    return factory
+
+
+def big_world(tmp_path: Path, **algorithms: tuple[str, ...]) -> World:
+    return make_world(tmp_path, log_text=LINE * 6000, algorithms=AlgorithmsConfig(**algorithms))
+
+
+def run(conn: Connection, command: bytes) -> bytes:
+    assert conn.login(b"admin", ed25519_key()) == 52
+    chan = conn.open_session()
+    conn.exec(chan, command)
+    for _ in range(50):
+        conn.flush()
+        if chan.exit_status is not None:
+            break
+    assert chan.exit_status == 0, chan.err
+    return bytes(chan.out)
+
+
+COMBINATIONS = [(c, None) for c in CIPHERS if SPECS[c.encode()].aead] + [
+    (c, m) for c in CIPHERS if not SPECS[c.encode()].aead for m in MACS
+]
+
+
+@pytest.mark.parametrize(("cipher", "mac"), COMBINATIONS)
+def test_each_cipher_and_mac_carries_bulk_output_across_rekeys(tmp_path: Path, cipher: str, mac: str | None) -> None:
+    w = big_world(tmp_path)
+    macs = [mac.encode()] if mac else None
+    conn = connect(w.factory, w.clock, client_factory=client([cipher.encode()], macs))
+    server = conn.server
+    assert server.nextEncryptions.outCipType == cipher.encode()
+    assert server.nextEncryptions.outMACType == (mac or cipher).encode()
+    server.rekey_bytes = 256 * 1024  # rekey every 256 KiB instead of every GiB
+    out = run(conn, b"lastlog -n 6000")
+    assert out == LINE * 6000
+    assert server.kex_count >= 4 and conn.client.kex_count == server.kex_count
+
+
+def test_encrypt_and_mac_is_off_by_default_but_can_be_named(tmp_path: Path) -> None:
+    w = big_world(tmp_path)
+    factory = client([b"aes128-ctr"], [b"hmac-sha2-256"])
+    conn = connect(w.factory, w.clock, client_factory=factory)
+    assert conn.disconnected  # no common MAC
+    w2 = big_world(tmp_path / "2", macs=(*MACS, *OPTIONAL_MACS))
+    conn = connect(w2.factory, w2.clock, client_factory=client([b"aes128-ctr"], [b"hmac-sha2-256"]))
+    assert run(conn, b"lastlog -n 3") == LINE * 3
+
+
+def test_configuration_narrows_what_is_offered(tmp_path: Path) -> None:
+    w = big_world(tmp_path, ciphers=("aes256-gcm@openssh.com",))
+    conn = connect(w.factory, w.clock)
+    assert conn.server.supportedCiphers == [b"aes256-gcm@openssh.com"]
+    assert conn.server.nextEncryptions.inCipType == b"aes256-gcm@openssh.com"
+    refused = connect(w.factory, w.clock, client_factory=client([b"chacha20-poly1305@openssh.com"]))
+    assert refused.disconnected
+
+
+def test_client_initiated_and_time_based_rekeys(world: World) -> None:
+    conn = world.connect()
+    assert conn.login(b"admin", ed25519_key()) == 52
+    conn.client.sendKexInit()
+    conn.flush()
+    assert conn.server.kex_count == 2
+    world.clock.advance(3601)  # an hour later the server renews the keys on the next traffic
+    chan = conn.open_session()
+    conn.exec(chan, b"lastlog -n 2")
+    conn.flush()
+    assert conn.server.kex_count == 3 and chan.out == b"line 19\nline 20\n"
+
+
+def test_strict_kex_restarts_sequence_numbers(world: World) -> None:
+    strict = connect(world.factory, world.clock, client_factory=client(strict=True))
+    assert strict.server.strict_kex and strict.client.strict_kex
+    assert strict.server.incomingPacketSequence == 0  # reset at NEWKEYS
+    legacy = connect(world.factory, world.clock, client_factory=client(strict=False))
+    assert not legacy.server.strict_kex
+    assert legacy.server.incomingPacketSequence == 3  # KEXINIT, ECDH_INIT, NEWKEYS
+    for conn in (strict, legacy):
+        assert conn.login(b"admin", ed25519_key()) == 52
+
+
+def _inject_ignore_during_kex(world: World, strict: bool) -> Connection:
+    factory = client(strict=strict)
+    original = factory.buildProtocol
+
+    def build(addr: object) -> transport.SSHClientTransport:
+        proto = original(addr)
+        made = proto.connectionMade
+
+        def connection_made() -> None:
+            made()  # sends KEXINIT
+            proto.sendPacket(transport.MSG_IGNORE, common.NS(b"Terrapin-style extra message"))
+
+        proto.connectionMade = connection_made  # type: ignore[method-assign]
+        return proto
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    return connect(world.factory, world.clock, client_factory=factory)
+
+
+def test_strict_kex_refuses_an_unexpected_message_during_the_initial_kex(world: World) -> None:
+    conn = _inject_ignore_during_kex(world, strict=True)
+    assert conn.disconnected
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"].startswith("strict KEX violation: message 2")
+
+
+def test_without_strict_kex_an_ignore_message_is_harmless(world: World) -> None:
+    conn = _inject_ignore_during_kex(world, strict=False)
+    assert not conn.disconnected
+    assert conn.login(b"admin", ed25519_key()) == 52
+
+
+def test_a_forged_packet_ends_the_connection_with_a_mac_error(world: World) -> None:
+    conn = world.connect()
+    client_transport = conn.client
+    packet = pad(b"\x05" + common.NS(b"ssh-userauth"), client_transport._out_codec, os.urandom)
+    wire = bytearray(client_transport._out_codec.seal(client_transport.outgoingPacketSequence, packet))
+    wire[-1] ^= 1
+    client_transport.transport.write(bytes(wire))
+    conn.flush()
+    assert conn.disconnected
+    assert conn.factory.disconnect_reason is not None
+    assert conn.factory.disconnect_reason[0] == transport.DISCONNECT_MAC_ERROR

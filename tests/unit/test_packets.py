@@ -1,0 +1,146 @@
+"""Packet protection: published known-answer vectors, round trips, tampering, padding rules."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+
+import cryptography_vectors
+import pytest
+
+from conchcmd.packets import (
+    CIPHERS,
+    MACS,
+    BadPacket,
+    CipherSpec,
+    _AesGcm,
+    chacha20,
+    make_codec,
+    pad,
+)
+
+
+def nist_vectors(path: str) -> Iterator[dict[str, str]]:
+    """Records of a NIST-style vector file, each with the section headers in force."""
+    with cryptography_vectors.open_vector_file(path, "r") as f:
+        section: dict[str, str] = {}
+        record: dict[str, str] = {}
+        for raw in f:
+            line = raw.strip()
+            if line.startswith("[") and line.endswith("]"):
+                name, _, value = line[1:-1].partition(" = ")
+                section[name] = value
+            elif "=" in line and not line.startswith("#"):
+                name, value = (part.strip() for part in line.split("=", 1))
+                if name.upper() == "COUNT" and record:
+                    yield {**section, **record}
+                    record = {}
+                record[name.upper() if name.upper() == "COUNT" else name] = value
+            elif line == "FAIL":
+                record["FAIL"] = "1"
+        if record:
+            yield {**section, **record}
+
+
+CHACHA_VECTORS = list(nist_vectors("ciphers/ChaCha20/rfc7539.txt"))
+
+
+@pytest.mark.parametrize("vector", CHACHA_VECTORS, ids=lambda v: f"rfc7539-{v['COUNT']}")
+def test_chacha20_nonce_layout_matches_rfc7539(vector: dict[str, str]) -> None:
+    """OpenSSH's 64-bit nonce (the sequence number) and 64-bit counter give RFC 7539's bytes."""
+    nonce = bytes.fromhex(vector["NONCE"])
+    assert nonce[:4] == bytes(4)  # the RFC nonce's first word is the upper half of our counter
+    seq = int.from_bytes(nonce[4:], "big")
+    out = chacha20(
+        bytes.fromhex(vector["KEY"]), bytes.fromhex(vector["PLAINTEXT"]), seq, int(vector["INITIAL_BLOCK_COUNTER"])
+    )
+    assert out.hex() == vector["CIPHERTEXT"]
+
+
+GCM_VECTORS = [
+    v
+    for size in (128, 256)
+    for v in nist_vectors(f"ciphers/AES/GCM/gcmEncryptExtIV{size}.rsp")
+    if v["IVlen"] == "96" and v["Taglen"] == "128" and int(v["COUNT"]) < 3
+]
+
+
+@pytest.mark.parametrize(
+    "vector", GCM_VECTORS, ids=lambda v: f"k{v['Keylen']}-a{v['AADlen']}-p{v['PTlen']}-{v['COUNT']}"
+)
+def test_gcm_first_nonce_is_the_derived_iv_nist(vector: dict[str, str]) -> None:
+    spec = CIPHERS[b"aes256-gcm@openssh.com" if vector["Keylen"] == "256" else b"aes128-gcm@openssh.com"]
+    codec = _AesGcm(spec, bytes.fromhex(vector["Key"]), bytes.fromhex(vector["IV"]))
+    sealed = codec._aead.encrypt(codec._next_nonce(), bytes.fromhex(vector["PT"]), bytes.fromhex(vector["AAD"]))
+    assert sealed.hex() == vector["CT"] + vector["Tag"]
+
+
+def test_gcm_invocation_counter_increments_and_wraps_in_64_bits() -> None:
+    spec = CIPHERS[b"aes128-gcm@openssh.com"]
+    codec = _AesGcm(spec, bytes(16), bytes.fromhex("01020304") + b"\xff" * 8)
+    assert codec._next_nonce() == bytes.fromhex("01020304") + b"\xff" * 8
+    assert codec._next_nonce() == bytes.fromhex("01020304") + bytes(8)  # the fixed field never changes
+    assert codec._next_nonce() == bytes.fromhex("01020304") + bytes(7) + b"\x01"
+
+
+def pairs() -> list[tuple[bytes, bytes]]:
+    aead = [(c, b"") for c, s in CIPHERS.items() if s.aead]
+    return aead + [(c, m) for c, s in CIPHERS.items() if not s.aead for m in MACS]
+
+
+def codecs(cipher: bytes, mac: bytes) -> tuple[object, object]:
+    key, iv, mac_key = os.urandom(64), os.urandom(16), os.urandom(64)
+    return (make_codec(cipher, mac, key, iv, mac_key, out=True), make_codec(cipher, mac, key, iv, mac_key, out=False))
+
+
+@pytest.mark.parametrize(("cipher", "mac"), pairs())
+def test_round_trip_in_sequence(cipher: bytes, mac: bytes) -> None:
+    sender, receiver = codecs(cipher, mac)
+    for seq, payload in enumerate((b"\x05ssh-userauth", os.urandom(1000), b"", os.urandom(32768))):
+        packet = pad(b"\x5e" + payload, sender, os.urandom)  # type: ignore[arg-type]
+        aligned = len(packet) - 4 if sender.length_excluded else len(packet)  # type: ignore[attr-defined]
+        assert aligned % max(sender.block_size, 8) == 0 and 4 <= packet[4] < 4 + 2 * sender.block_size + 8  # type: ignore[attr-defined]
+        wire = sender.seal(seq, packet)  # type: ignore[attr-defined]
+        head = wire[: receiver.head_size()]  # type: ignore[attr-defined]
+        assert receiver.packet_length(seq, head) == len(packet) - 4  # type: ignore[attr-defined]
+        assert len(wire) == len(packet) + receiver.tag_size  # type: ignore[attr-defined]
+        assert receiver.open(seq, wire) == packet  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("cipher", "mac"), pairs())
+def test_any_flipped_bit_or_wrong_sequence_number_is_rejected(cipher: bytes, mac: bytes) -> None:
+    for where in ("length", "body", "tag", "seq"):
+        sender, receiver = codecs(cipher, mac)
+        packet = pad(b"\x5e" + b"secret payload" * 10, sender, os.urandom)  # type: ignore[arg-type]
+        wire = bytearray(sender.seal(7, packet))  # type: ignore[attr-defined]
+        seq = 7
+        if where == "length" and (sender.length_excluded or CIPHERS[cipher].aead):  # type: ignore[attr-defined]
+            wire[3] ^= 0x01  # authenticated as AAD or under the MAC (EtM): tampering is caught
+        elif where == "body":
+            wire[20] ^= 0x01
+        elif where == "tag":
+            wire[-1] ^= 0x01
+        elif where == "seq" and not cipher.startswith(b"aes"):
+            seq = 8  # AES-GCM's nonce is its own invocation counter, not the sequence number
+        else:
+            continue
+        length = len(packet) - 4
+        receiver.packet_length(seq, bytes(wire[: receiver.head_size()]))  # type: ignore[attr-defined]
+        with pytest.raises(BadPacket):
+            receiver.open(seq, bytes(wire[: 4 + length + receiver.tag_size]))  # type: ignore[attr-defined]
+
+
+def test_chacha_hides_the_length_and_etm_shows_it() -> None:
+    packet = struct.pack(">LB", 28, 10) + bytes(27)
+    chacha, _ = codecs(b"chacha20-poly1305@openssh.com", b"")
+    etm, _ = codecs(b"aes128-ctr", b"hmac-sha2-256-etm@openssh.com")
+    assert chacha.seal(0, packet)[:4] != packet[:4]  # type: ignore[attr-defined]
+    assert etm.seal(0, packet)[:4] == packet[:4]  # type: ignore[attr-defined]
+
+
+def test_null_codec_is_plain_with_eight_byte_blocks() -> None:
+    codec = make_codec(b"none", b"none", b"", b"", b"", out=True)
+    packet = pad(b"\x14kexinit", codec, lambda n: b"\0" * n)
+    assert len(packet) % 8 == 0 and codec.seal(3, packet) == packet
+    assert CipherSpec("none", 0, 0, 8).aead is False
