@@ -11,9 +11,10 @@ from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
 from conchcmd.audit import AuditSink
-from conchcmd.auth import PublicKeyChecker
+from conchcmd.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
 from conchcmd.authorized_keys import AuthorizedKeysFiles
 from conchcmd.builtin import build_command_table
+from conchcmd.certs import RevokedKeys, TrustedCAs
 from conchcmd.commands import BlockingRunner, Dispatcher
 from conchcmd.config import Config
 from conchcmd.hostkeys import HostKeys
@@ -42,6 +43,7 @@ class Server:
     factory: CommandServerFactory
     dispatcher: Dispatcher
     keys: AuthorizedKeysFiles
+    authorizer: KeyAuthorizer
 
 
 def build_server(
@@ -57,9 +59,15 @@ def build_server(
     """Assemble commands, auth, realm and SSH factory; nothing listens yet."""
     table = build_command_table(config, runner, reactor)
     dispatcher = Dispatcher(table, audit, reactor)
-    keys = AuthorizedKeysFiles(config.authorized_keys)
+    keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
+    authorizer = KeyAuthorizer(keys, TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys), reactor)
     shell = ShellSettings(hostname=hostname or socket.gethostname())
-    portal = Portal(CommandRealm(dispatcher, reactor, shell), [PublicKeyChecker(keys)])
+    checkers: list[Any] = [PublicKeyChecker(authorizer)]
+    passwords = None
+    if any(policy.password_bcrypt for policy in config.users.values()):
+        passwords = PasswordChecker(config.users, runner)  # password auth exists only if some user has one
+        checkers.append(passwords)
+    portal = Portal(CommandRealm(dispatcher, reactor, shell, config.users), checkers)
     factory = CommandServerFactory(
         host_keys=host_keys,
         portal=portal,
@@ -67,5 +75,6 @@ def build_server(
         clock=reactor,
         settings=settings
         or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
+        passwords=passwords,
     )
-    return Server(factory, dispatcher, keys)
+    return Server(factory, dispatcher, keys, authorizer)

@@ -1,28 +1,41 @@
-"""Public-key authentication: the cred checker and the identity it yields.
+"""Authentication: who may log in, with which key, certificate or password, and on what terms.
 
-Corrects three stock-Conch behaviours: `SSHPublicKeyChecker` answers PK_OK for any parseable
-key (we look the key up first), accepts SHA-1 `ssh-rsa` signatures (refused here), and skips
-authorized_keys lines with options (see authorized_keys.py).
+Corrects stock-Conch behaviours: `SSHPublicKeyChecker` answers PK_OK for any parseable key (we
+look the key up first), accepts SHA-1 `ssh-rsa` signatures (refused here), skips authorized_keys
+lines with options (parsed and enforced here), and has no certificates at all.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import bcrypt
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from conchcmd.audit import LOG_NAMESPACE, sanitise
-from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint
+from conchcmd.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, fingerprint, valid_user_name
+from conchcmd.certs import (
+    CERT_SIGNATURES,
+    CertificateRefused,
+    RevokedKeys,
+    TrustedCAs,
+    validate_certificate,
+)
+from conchcmd.commands import BlockingRunner
+from conchcmd.config import UserPolicy
+from conchcmd.hostmatch import match_address_list
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -44,30 +57,173 @@ USER_SIGNATURE_ALGORITHMS: tuple[bytes, ...] = (
     b"rsa-sha2-256",
 )
 MIN_RSA_BITS = 2048
+#: Compared against when the user has no password, so failures cost the same either way.
+_DUMMY_BCRYPT = b"$2b$12$C6UzMDM.H6dfI/f/IKxGhu4kN/4Kg8HO0gAYbHk5NUqL7Gy5fPg2S"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The terms of a login: a forced command, whether a pty may be had, and why it was allowed."""
+
+    forced_command: str | None = None
+    pty: bool = True
+    source: str = ""
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who logged in and with which key: the avatar ID the realm receives."""
+    """Who logged in, how, and on what terms: the avatar ID the realm receives."""
 
     user: str
     method: str
     key_type: str
     fingerprint: str
+    grant: Grant = field(default=Grant(), compare=False)
+    certificate: dict[str, Any] | None = field(default=None, compare=False)
+
+    def audit_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"method": self.method}
+        if self.key_type:
+            fields.update(key_type=self.key_type, fingerprint=self.fingerprint)
+        if self.certificate:
+            fields.update(self.certificate)
+        return fields
 
 
 class KeyRefused(UnauthorizedLogin):
     """Authentication failed for a stated reason (kept for logs and the audit record)."""
 
 
+@dataclass(frozen=True)
+class Authorized:
+    """A key or certificate that may log in: the identity, and the key that must sign."""
+
+    identity: Identity
+    key: Key
+    signature_algorithm: bytes
+
+
+class KeyAuthorizer:
+    """Decides whether a public key or certificate may log in as a user, from where, and how.
+
+    No signatures here: the checker verifies those, and `conchcmd check` asks the same questions
+    as a dry run.
+    """
+
+    def __init__(self, keys: AuthorizedKeysFiles, trusted: TrustedCAs, revoked: RevokedKeys, clock: IReactorTime):
+        self.keys = keys
+        self.trusted = trusted
+        self.revoked = revoked
+        self.clock = clock
+
+    def authorize(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
+        if not valid_user_name(user):
+            raise KeyRefused("invalid user name")
+        try:
+            if algorithm in CERT_SIGNATURES:
+                return self._certificate(user, algorithm, blob, peer_host)
+            return self._plain_key(user, algorithm, blob, peer_host)
+        except CertificateRefused as e:
+            raise KeyRefused(str(e)) from None
+
+    def _plain_key(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
+        try:
+            key = Key.fromString(blob)
+        except (BadKeyError, ValueError, struct.error, IndexError):
+            raise KeyRefused("malformed public key") from None
+        key_type = key.sshType()
+        if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):
+            raise KeyRefused(f"signature algorithm {sanitise(algorithm)} not accepted")
+        if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
+            raise KeyRefused(f"RSA key of {key.size()} bits is too small")
+        entry = self.keys.find(user, blob)
+        if entry is None:
+            raise KeyRefused("key not in authorized_keys")
+        self.revoked.check_key(blob)
+        self._apply_line(entry, user, blob, peer_host)
+        meaning = entry.meaning
+        identity = Identity(
+            user=user,
+            method="publickey",
+            key_type=key_type.decode("ascii"),
+            fingerprint=fingerprint(blob),
+            grant=Grant(forced_command=meaning.command, pty=meaning.pty, source=f"authorized_keys {entry.source}"),
+        )
+        return Authorized(identity, key, algorithm)
+
+    def _apply_line(self, entry: AuthorizedKey, user: str, blob: bytes, peer_host: str | None) -> None:
+        """An authorized_keys line's own conditions: refused options, expiry-time, from=."""
+        if entry.refused is not None:
+            log.warn(
+                "Refusing key {fp} for {user}: {source}: {why}",
+                fp=fingerprint(blob),
+                user=user,
+                source=entry.source,
+                why=entry.refused,
+            )
+            raise KeyRefused(f"authorized_keys line refused: {entry.refused}")
+        meaning = entry.meaning
+        if meaning.expiry is not None and self.clock.seconds() >= meaning.expiry:
+            raise KeyRefused(f"key expired (expiry-time, {entry.source})")
+        if meaning.from_patterns is not None and (
+            peer_host is None or not match_address_list(peer_host, list(meaning.from_patterns))
+        ):
+            raise KeyRefused(f"from= does not allow {peer_host} ({entry.source})")
+
+    def _certificate(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
+        lines = [e for e in self.keys.authorities(user) if e.refused is None]
+        grant, ca_blob = validate_certificate(
+            blob,
+            user=user,
+            peer_host=peer_host,
+            now=self.clock.seconds(),
+            trusted=self.trusted,
+            authorities=[(e.blob, e.meaning.principals) for e in lines],
+            revoked=self.revoked,
+        )
+        line = next((e for e in lines if e.blob == ca_blob), None)
+        command, pty = grant.force_command, grant.pty
+        via = "trusted_user_ca_keys"
+        if line is not None:
+            self._apply_line(line, user, ca_blob, peer_host)
+            if line.meaning.command is not None:
+                if command is not None and command != line.meaning.command:
+                    raise KeyRefused("certificate and cert-authority line force different commands")
+                command = line.meaning.command
+            pty = pty and line.meaning.pty
+            via = f"cert-authority at {line.source}"
+        blob_type = getNS(blob)[0]
+        expected = b"ssh-rsa-cert-v01@openssh.com" if algorithm.startswith(b"rsa-sha2-") else algorithm
+        if blob_type != expected:
+            raise KeyRefused("certificate algorithm does not match its key")
+        certificate = {
+            "cert_key_id": sanitise(grant.key_id),
+            "cert_serial": grant.serial,
+            "ca_fingerprint": grant.ca_fingerprint,
+        }
+        identity = Identity(
+            user=user,
+            method="publickey",
+            key_type=algorithm.decode("ascii"),
+            fingerprint=fingerprint(grant.key.blob()),
+            grant=Grant(
+                forced_command=command,
+                pty=pty,
+                source=f"certificate {sanitise(grant.key_id)!r} serial {grant.serial} via {via}",
+            ),
+            certificate=certificate,
+        )
+        return Authorized(identity, grant.key, CERT_SIGNATURES[algorithm])
+
+
 @implementer(ICredentialsChecker)
 class PublicKeyChecker:
-    """Checks an SSH public-key login against the user's authorized_keys file."""
+    """Checks an SSH public-key or certificate login: authorization first, then the signature."""
 
     credentialInterfaces = (ISSHPrivateKey,)
 
-    def __init__(self, keys: AuthorizedKeysFiles):
-        self.keys = keys
+    def __init__(self, authorizer: KeyAuthorizer):
+        self.authorizer = authorizer
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         return defer.maybeDeferred(self._check, credentials)
@@ -77,43 +233,54 @@ class PublicKeyChecker:
             user = credentials.username.decode("utf-8")
         except UnicodeDecodeError:
             raise KeyRefused("user name is not UTF-8") from None
-        try:
-            key = Key.fromString(credentials.blob)
-        except (BadKeyError, ValueError, struct.error, IndexError):
-            raise KeyRefused("malformed public key") from None
-        key_type = key.sshType()
-        allowed = SIGNATURE_ALGORITHMS.get(key_type, ())
-        if credentials.algName not in allowed:
-            raise KeyRefused(f"signature algorithm {sanitise(credentials.algName)} not accepted")
-        if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
-            raise KeyRefused(f"RSA key of {key.size()} bits is too small")
-        entry = self.keys.find(user, credentials.blob)
-        if entry is None:
-            raise KeyRefused("key not in authorized_keys")
-        if entry.unsupported_options:
-            names = ", ".join(entry.unsupported_options)
-            log.warn(
-                "Refusing key {fp} for {user}: {source} has option(s) not supported: {names}",
-                fp=fingerprint(credentials.blob),
-                user=user,
-                source=entry.source,
-                names=names,
-            )
-            raise KeyRefused(f"authorized_keys option(s) not supported: {names}")
+        peer_host = getattr(credentials, "peer_host", None)
+        authorized = self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host)
         if credentials.signature is None:
             raise ValidPublicKey()  # the key may be used: Conch answers PK_OK
         try:
             sig_type, _ = getNS(credentials.signature)
-            if sig_type != credentials.algName:
+            if sig_type != authorized.signature_algorithm:
                 raise KeyRefused("signature type does not match the algorithm")
-            verified = key.verify(credentials.signature, credentials.sigData)
+            verified = authorized.key.verify(credentials.signature, credentials.sigData)
         except (struct.error, ValueError, IndexError):
             raise KeyRefused("malformed signature") from None
         if not verified:
             raise KeyRefused("bad signature")
-        return Identity(
-            user=user,
-            method="publickey",
-            key_type=key_type.decode("ascii"),
-            fingerprint=fingerprint(credentials.blob),
-        )
+        return authorized.identity
+
+
+def verify_password(password: bytes, hashed: bytes | None) -> bool:
+    """bcrypt's check; a user without a password costs the same work and always fails."""
+    try:
+        ok = bcrypt.checkpw(password, hashed or _DUMMY_BCRYPT)
+    except ValueError:
+        return False
+    return ok and hashed is not None
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """Passwords for users that have `password_bcrypt`, verified in a thread (bcrypt is slow)."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, users: Mapping[str, UserPolicy], runner: BlockingRunner):
+        self.users = users
+        self.runner = runner
+
+    def has_password(self, user: str) -> bool:
+        policy = self.users.get(user)
+        return bool(policy and policy.password_bcrypt)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        user = credentials.username.decode("utf-8", "replace")
+        policy = self.users.get(user)
+        hashed = policy.password_bcrypt if policy else None
+        d = self.runner.run(verify_password, credentials.password, hashed)
+
+        def decided(ok: bool) -> Identity:
+            if not ok:
+                raise KeyRefused("wrong password")
+            return Identity(user=user, method="password", key_type="", fingerprint="", grant=Grant(source="password"))
+
+        return d.addCallback(decided)

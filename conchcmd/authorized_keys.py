@@ -12,14 +12,18 @@ import os
 import re
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 
 from conchcmd.audit import LOG_NAMESPACE
+from conchcmd.hostmatch import PatternError, split_patterns
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -37,8 +41,31 @@ KEY_TYPES = frozenset(
 )
 CERT_SUFFIX = "-cert-v01@openssh.com"
 
-#: Options this version enforces. Any other option makes its line refuse to authorize.
-SUPPORTED_OPTIONS: frozenset[str] = frozenset()
+#: Options that take a value, and flags; names are compared in lower case, as sshd does.
+VALUE_OPTIONS = frozenset(
+    {"command", "from", "expiry-time", "principals", "environment", "permitopen", "permitlisten", "tunnel"}
+)
+FLAG_OPTIONS = frozenset(
+    {
+        "restrict",
+        "pty",
+        "no-pty",
+        "cert-authority",
+        "port-forwarding",
+        "no-port-forwarding",
+        "agent-forwarding",
+        "no-agent-forwarding",
+        "x11-forwarding",
+        "no-x11-forwarding",
+        "user-rc",
+        "no-user-rc",
+        "no-touch-required",
+    }
+)
+#: Options this version enforces or safely accepts. Any other makes its line refuse to authorize.
+SUPPORTED_OPTIONS: frozenset[str] = VALUE_OPTIONS | FLAG_OPTIONS
+SINGLE_OPTIONS = frozenset({"command", "from", "expiry-time", "principals"})
+_EXPIRY = re.compile(r"(\d{8})(\d{4}(\d{2})?)?(Z?)")
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
@@ -106,6 +133,79 @@ def parse_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
         return options, text[i:].lstrip(" \t")
 
 
+class OptionError(ValueError):
+    """An option this line cannot be honoured with: the line refuses to authorize."""
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """What an authorized_keys line's options mean to conchcmd (forwarding is always off)."""
+
+    command: str | None = None
+    from_patterns: tuple[str, ...] | None = None
+    expiry: float | None = None  # seconds since the epoch; the key is refused from then on
+    pty: bool = True
+    cert_authority: bool = False
+    principals: tuple[str, ...] | None = None
+    environment: tuple[str, ...] = ()
+
+
+def parse_expiry(value: str) -> float:
+    """OpenSSH's expiry-time: YYYYMMDD[HHMM[SS]], local time, or UTC with a trailing Z."""
+    m = _EXPIRY.fullmatch(value)
+    if not m:
+        raise OptionError(f"expiry-time {value!r} is not YYYYMMDD[HHMM[SS]][Z]")
+    digits = (m.group(1) + (m.group(2) or "0000")).ljust(14, "0")
+    try:
+        when = datetime.strptime(digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise OptionError(f"expiry-time {value!r} is not a valid date") from None
+    if m.group(4):
+        return when.replace(tzinfo=UTC).timestamp()
+    return time.mktime(when.timetuple())
+
+
+def interpret_options(options: list[tuple[str, str | None]], *, permit_environment: bool = False) -> KeyOptions:
+    """Apply options in order, as sshd does (`restrict,pty` allows a pty; `pty,restrict` does not)."""
+    seen: set[str] = set()
+    fields: dict[str, Any] = {}
+    environment: list[str] = []
+    for name, value in options:
+        if name not in SUPPORTED_OPTIONS:
+            raise OptionError(f"option {name!r} is not supported")
+        if (name in VALUE_OPTIONS) != (value is not None):
+            raise OptionError(f"option {name!r} {'needs' if name in VALUE_OPTIONS else 'takes no'} value")
+        if name in SINGLE_OPTIONS and name in seen:
+            raise OptionError(f"option {name!r} given twice")
+        seen.add(name)
+        if name == "command":
+            fields["command"] = value
+        elif name == "from":
+            assert value is not None
+            try:
+                fields["from_patterns"] = tuple(split_patterns(value))
+            except PatternError as e:
+                raise OptionError(f"from=: {e}") from None
+        elif name == "expiry-time":
+            assert value is not None
+            fields["expiry"] = parse_expiry(value)
+        elif name == "principals":
+            assert value is not None
+            fields["principals"] = tuple(p.strip() for p in value.split(",") if p.strip())
+        elif name == "environment":
+            if not permit_environment:
+                raise OptionError("environment= is not permitted (permit_user_environment is off)")
+            assert value is not None
+            environment.append(value)
+        elif name in ("restrict", "no-pty"):
+            fields["pty"] = False
+        elif name == "pty":
+            fields["pty"] = True
+        elif name == "cert-authority":
+            fields["cert_authority"] = True
+    return KeyOptions(**fields, environment=tuple(environment))
+
+
 @dataclass(frozen=True)
 class AuthorizedKey:
     """One usable line of an authorized_keys file."""
@@ -115,6 +215,8 @@ class AuthorizedKey:
     options: tuple[tuple[str, str | None], ...]
     comment: str
     source: str  # "FILE:LINE", for log lines
+    meaning: KeyOptions = KeyOptions()
+    refused: str | None = None  # why this line cannot authorize, if it cannot
 
     @property
     def unsupported_options(self) -> list[str]:
@@ -127,7 +229,7 @@ class ParsedFile:
     problems: tuple[str, ...]
 
 
-def parse_authorized_keys(text: str, source: str) -> ParsedFile:
+def parse_authorized_keys(text: str, source: str, *, permit_environment: bool = False) -> ParsedFile:
     """Parse a whole authorized_keys file; bad lines become problems, never exceptions."""
     entries = []
     problems = []
@@ -163,11 +265,13 @@ def parse_authorized_keys(text: str, source: str) -> ParsedFile:
         if key.sshType().decode() != key_type:
             problems.append(f"{where}: line refused: key type {key_type} does not match the key")
             continue
-        entry = AuthorizedKey(key, blob, tuple(options), comment, where)
-        if entry.unsupported_options:
-            names = ", ".join(entry.unsupported_options)
-            problems.append(f"{where}: line refused: option(s) not supported: {names}")
-        entries.append(entry)
+        try:
+            meaning = interpret_options(options, permit_environment=permit_environment)
+            refused = None
+        except OptionError as e:
+            meaning, refused = KeyOptions(), str(e)
+            problems.append(f"{where}: line refused: {refused}")
+        entries.append(AuthorizedKey(key, blob, tuple(options), comment, where, meaning, refused))
     return ParsedFile(tuple(entries), tuple(problems))
 
 
@@ -178,8 +282,15 @@ class AuthorizedKeysFiles:
     file is picked up by the next login without a restart.
     """
 
-    def __init__(self, pattern: str, *, stat_file: Callable[[str], os.stat_result] = os.stat):
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        permit_environment: bool = False,
+        stat_file: Callable[[str], os.stat_result] = os.stat,
+    ):
         self.pattern = pattern
+        self.permit_environment = permit_environment
         self._stat = stat_file
         self._cache: dict[str, tuple[tuple[int, int, int], ParsedFile]] = {}
 
@@ -212,14 +323,19 @@ class AuthorizedKeysFiles:
         except OSError as e:
             log.warn("Cannot read {path}: {error}", path=path, error=e.strerror)
             return ()
-        parsed = parse_authorized_keys(text, path)
+        parsed = parse_authorized_keys(text, path, permit_environment=self.permit_environment)
         for problem in parsed.problems:
             log.warn("{problem}", problem=problem)
         self._cache[path] = (signature, parsed)
         return parsed.entries
 
     def find(self, user: str, blob: bytes) -> AuthorizedKey | None:
+        """The user's line for this key, if any (cert-authority lines authorize only certificates)."""
         for entry in self.entries_for(user):
-            if entry.blob == blob:
+            if entry.blob == blob and not entry.meaning.cert_authority:
                 return entry
         return None
+
+    def authorities(self, user: str) -> list[AuthorizedKey]:
+        """The user's cert-authority lines: CAs whose certificates may log in as this user."""
+        return [e for e in self.entries_for(user) if e.meaning.cert_authority]

@@ -43,11 +43,11 @@ def make_help(table: CommandTable) -> Command:
             raise UsageError("too many arguments")
         if inv.args:
             command = table.get(inv.args[0])
-            if command is None:
+            if command is None or not inv.policy.permits(command.name):
                 raise UsageError(f"no such command: {inv.args[0]}")
             await inv.say(f"usage: {command.usage}\n{command.summary}\n")
             return ExitStatus.OK
-        commands = list(table)
+        commands = [c for c in table if inv.policy.permits(c.name)]
         width = max(len(c.name) for c in commands)
         lines = ["Commands:"]
         lines += [f"  {c.name.ljust(width)}  {c.summary}" for c in commands]

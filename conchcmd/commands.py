@@ -9,7 +9,7 @@ from __future__ import annotations
 import getopt
 import shlex
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol, TypeVar
 
@@ -19,9 +19,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
+from conchcmd.config import UserPolicy
 
 log = Logger(namespace=LOG_NAMESPACE)
 T = TypeVar("T")
+
+
+ALL_PERMITTED = UserPolicy()
 
 
 class ExitStatus(IntEnum):
@@ -96,6 +100,7 @@ class Invocation:
     user: str
     peer: str
     interactive: bool = False
+    policy: UserPolicy = field(default_factory=UserPolicy)
 
     @property
     def args(self) -> list[str]:
@@ -198,11 +203,16 @@ class Dispatcher:
         fingerprint: str,
         interactive: bool = False,
         last_status: int = 0,
+        policy: UserPolicy | None = None,
+        original_command: str | None = None,
     ) -> defer.Deferred[Outcome]:
         """Run one line. Cancelling the Deferred interrupts the command (status 130).
 
         `last_status` is what a bare `exit` ends the session with, as in a POSIX shell.
+        `policy` is the user's (which commands, which roots); `original_command` is what the
+        client asked for when a forced command runs instead, for the audit record.
         """
+        policy = policy or ALL_PERMITTED
         log.info("Cmd received from {user}@{peer} : {line}", user=user, peer=peer, line=sanitise(line))
         started = self.clock.seconds()
         argv: list[str] = []
@@ -220,8 +230,12 @@ class Dispatcher:
             if command is None:
                 await _complain(stderr, f"{argv[0]}: command not found")
                 return Outcome(ExitStatus.UNKNOWN_COMMAND)
+            if not policy.permits(command.name):
+                await _complain(stderr, f"{command.name}: not permitted")
+                return Outcome(ExitStatus.NOT_PERMITTED)
+            invocation = Invocation(argv, stdout, stderr, user, peer, interactive, policy)
             try:
-                return Outcome(await command.run(Invocation(argv, stdout, stderr, user, peer, interactive)))
+                return Outcome(await command.run(invocation))
             except SessionExit as e:
                 return Outcome(last_status if e.status is None else e.status, end_session=True)
             except UsageError as e:
@@ -243,6 +257,8 @@ class Dispatcher:
         def audited(outcome: Outcome) -> Outcome:
             if line.strip():
                 unparsed = {} if argv else {"line": sanitise(line)}
+                if original_command is not None:
+                    unparsed["original_command"] = sanitise(original_command)
                 self.audit.record(
                     "command",
                     user=user,

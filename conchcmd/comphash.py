@@ -49,12 +49,20 @@ def within_roots(real_path: str, roots: tuple[str, ...]) -> bool:
     return any(os.path.commonpath([root, real_path]) == root for root in roots)
 
 
-def hash_file(path: str, roots: tuple[str, ...], algorithm: str, cancelled: threading.Event) -> HashResult:
+def hash_file(
+    path: str,
+    roots: tuple[str, ...],
+    algorithm: str,
+    cancelled: threading.Event,
+    user_roots: tuple[str, ...] | None = None,
+) -> HashResult:
     """Resolve, check and hash one file. Blocking: run it in a thread."""
     if not os.path.isabs(path):
         raise PathRefused("path must be absolute", ExitStatus.USAGE)
     real = os.path.realpath(path)
-    if not within_roots(real, roots):
+    if not within_roots(real, roots) or (
+        user_roots is not None and not within_roots(real, tuple(os.path.realpath(r) for r in user_roots))
+    ):
         raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED)
     try:
         # O_NONBLOCK: opening a FIFO must not hang the thread; O_NOFOLLOW: no late symlink swap.
@@ -99,11 +107,11 @@ class Hasher:
         self.runner = runner
         self.semaphore = defer.DeferredSemaphore(config.max_concurrent)
 
-    async def hash(self, path: str, algorithm: str) -> HashResult:
+    async def hash(self, path: str, algorithm: str, user_roots: tuple[str, ...] | None = None) -> HashResult:
         await self.semaphore.acquire()
         cancelled = threading.Event()
         result: defer.Deferred[HashResult] = defer.Deferred(lambda _: cancelled.set())
-        work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled)
+        work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled, user_roots)
 
         def finished(outcome: Any) -> None:
             self.semaphore.release()  # only now: the thread is really done
@@ -140,7 +148,7 @@ def make_comphash(config: ComphashConfig, hasher: Hasher) -> Command:
         status: int = ExitStatus.OK
         for path in paths:
             try:
-                result = await hasher.hash(path, algorithm)
+                result = await hasher.hash(path, algorithm, inv.policy.comphash_roots)
             except PathRefused as e:
                 await inv.complain(f"comphash: {path}: {e.reason}\n")
                 status = max(status, e.status)

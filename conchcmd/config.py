@@ -84,6 +84,26 @@ class AlgorithmsConfig:
     macs: tuple[str, ...] = MACS
 
 
+#: The command registry's names (builtin.py); `[users.NAME] commands` may list only these.
+COMMAND_NAMES = ("lastlog", "comphash", "help", "exit")
+#: Always allowed: they only describe or end the session.
+SESSION_COMMANDS = frozenset({"help", "exit"})
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+
+
+@dataclass(frozen=True)
+class UserPolicy:
+    """`[users.NAME]`: what one user may do beyond what their key or certificate says."""
+
+    commands: frozenset[str] | None = None  # None: every command
+    comphash_roots: tuple[str, ...] | None = None  # None: the global [comphash] roots
+    password_bcrypt: bytes | None = None
+
+    def permits(self, command: str) -> bool:
+        return self.commands is None or command in self.commands or command in SESSION_COMMANDS
+
+
 #: Limit keys, in the order check-config prints them.
 LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__)
 
@@ -101,6 +121,10 @@ class Config:
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
+    trusted_user_ca_keys: str | None = None
+    revoked_keys: str | None = None
+    permit_user_environment: bool = False
+    users: dict[str, UserPolicy] = field(default_factory=dict)
     source: Path | None = None
 
     def describe(self) -> str:
@@ -116,6 +140,9 @@ class Config:
             f"kex_algorithms = {_toml_list(self.algorithms.kex_algorithms)}",
             f"ciphers = {_toml_list(self.algorithms.ciphers)}",
             f"macs = {_toml_list(self.algorithms.macs)}",
+            *([f"trusted_user_ca_keys = {_toml_str(self.trusted_user_ca_keys)}"] if self.trusted_user_ca_keys else []),
+            *([f"revoked_keys = {_toml_str(self.revoked_keys)}"] if self.revoked_keys else []),
+            f"permit_user_environment = {str(self.permit_user_environment).lower()}",
             "",
             "[lastlog]",
             f"path = {_toml_list(self.lastlog.sources)}",
@@ -127,6 +154,14 @@ class Config:
             f"algorithm = {_toml_str(self.comphash.algorithm)}",
             f"max_concurrent = {self.comphash.max_concurrent}",
         ]
+        for name, policy in sorted(self.users.items()):
+            out += ["", f"[users.{name}]"]
+            if policy.commands is not None:
+                out.append(f"commands = {_toml_list(tuple(sorted(policy.commands)))}")
+            if policy.comphash_roots is not None:
+                out.append(f"comphash_roots = {_toml_list(policy.comphash_roots)}")
+            if policy.password_bcrypt is not None:
+                out.append(f"password_bcrypt = {_toml_str(policy.password_bcrypt.decode())}")
         return "\n".join(out) + "\n"
 
 
@@ -180,6 +215,10 @@ class _Reader:
         if not value >= minimum or value == float("inf"):
             raise self.error(key, f"must be a finite number of at least {minimum:g}, not {value}")
         return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, bool, "true or false")
+        return default if value is None else bool(value)
 
     def string(self, key: str, default: str) -> str:
         value = self._get(key, str, "a string")
@@ -259,6 +298,10 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         ciphers=_algorithm_list(top, "ciphers", CIPHERS, CIPHERS),
         macs=_algorithm_list(top, "macs", MACS, MACS + OPTIONAL_MACS),
     )
+    trusted = top.string("trusted_user_ca_keys", "") or None
+    revoked = top.string("revoked_keys", "") or None
+    permit_environment = top.boolean("permit_user_environment", False)
+    users = _parse_users(top, roots, resolve)
     top.reject_unknown()
     return Config(
         listen=listen,
@@ -270,11 +313,45 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
         limits=limits,
         algorithms=algorithms,
+        trusted_user_ca_keys=resolve(trusted) if trusted else None,
+        revoked_keys=resolve(revoked) if revoked else None,
+        permit_user_environment=permit_environment,
+        users=users,
         source=source,
     )
 
 
 _BANNER = re.compile(r"[!-,.-~]{1,64}")  # printable ASCII, no space, no '-' (RFC 4253 4.2)
+
+
+def _parse_users(top: _Reader, roots: tuple[str, ...], resolve: Any) -> dict[str, UserPolicy]:
+    users: dict[str, UserPolicy] = {}
+    for name, table in top.table("users").items():
+        if not _USER.fullmatch(name):
+            raise top.error(f"users.{name}", "is not a valid user name")
+        if not isinstance(table, dict):
+            raise top.error(f"users.{name}", "must be a table")
+        reader = _Reader(table, f"users.{name}.", top.source)
+        commands = reader.strings("commands", ()) if "commands" in table else None
+        for command in commands or ():
+            if command not in COMMAND_NAMES:
+                raise reader.error("commands", f"{command!r} is not a command ({', '.join(COMMAND_NAMES)})")
+        user_roots = reader.strings("comphash_roots", ()) if "comphash_roots" in table else None
+        for root in user_roots or ():
+            if not Path(root).is_absolute():
+                raise reader.error("comphash_roots", f"{root!r} must be an absolute path")
+            if not any(Path(root).is_relative_to(r) for r in roots):
+                raise reader.error("comphash_roots", f"{root!r} is not inside [comphash] roots")
+        password = reader.string("password_bcrypt", "") or None
+        if password is not None and not _BCRYPT.fullmatch(password):
+            raise reader.error("password_bcrypt", "is not a bcrypt hash (make one with `conchcmd hash-password`)")
+        reader.reject_unknown()
+        users[name] = UserPolicy(
+            commands=frozenset(commands) if commands is not None else None,
+            comphash_roots=user_roots,
+            password_bcrypt=password.encode() if password else None,
+        )
+    return users
 
 
 def _algorithm_list(top: _Reader, key: str, default: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:

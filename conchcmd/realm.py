@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.conch.avatar import ConchUser
@@ -14,6 +15,7 @@ from zope.interface import implementer
 from conchcmd.audit import LOG_NAMESPACE, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
+from conchcmd.config import UserPolicy
 from conchcmd.session import ChannelHandler, ExecHandler, SessionChannel, SessionContext, ShellSettings
 from conchcmd.shell import PlainShell, TerminalShell
 
@@ -21,7 +23,14 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 
 def make_handler(chan: SessionChannel, command: str | None) -> ChannelHandler:
-    """An exec'd command line, or the shell that fits the channel (with or without a pty)."""
+    """An exec'd command line, or the shell that fits the channel (with or without a pty).
+
+    A forced command (authorized_keys `command=`, a certificate's force-command) runs instead of
+    either, the client's own command kept for the audit log.
+    """
+    forced = chan.context.identity.grant.forced_command
+    if forced is not None:
+        return ExecHandler(chan, chan.context, forced, original=command if command is not None else "")
     if command is not None:
         return ExecHandler(chan, chan.context, command)
     if chan.terminal is not None:
@@ -32,9 +41,17 @@ def make_handler(chan: SessionChannel, command: str | None) -> ChannelHandler:
 class CommandUser(ConchUser):
     """An authenticated user: may open session channels, nothing else (no forwarding)."""
 
-    def __init__(self, identity: Identity, dispatcher: Dispatcher, clock: IReactorTime, shell: ShellSettings):
+    def __init__(
+        self,
+        identity: Identity,
+        dispatcher: Dispatcher,
+        clock: IReactorTime,
+        shell: ShellSettings,
+        policy: UserPolicy | None = None,
+    ):
         super().__init__()
         self.identity = identity
+        self.policy = policy or UserPolicy()
         self.dispatcher = dispatcher
         self.clock = clock
         self.shell = shell
@@ -42,7 +59,7 @@ class CommandUser(ConchUser):
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
-        context = SessionContext(self.dispatcher, self.clock, self.identity, self.peer, self.shell)
+        context = SessionContext(self.dispatcher, self.clock, self.identity, self.peer, self.shell, self.policy)
         return SessionChannel(
             context,
             make_handler,
@@ -67,13 +84,20 @@ class CommandUser(ConchUser):
 class CommandRealm:
     """Gives each authenticated identity a CommandUser."""
 
-    def __init__(self, dispatcher: Dispatcher, clock: IReactorTime, shell: ShellSettings):
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        clock: IReactorTime,
+        shell: ShellSettings,
+        users: Mapping[str, UserPolicy] | None = None,
+    ):
         self.dispatcher = dispatcher
         self.clock = clock
         self.shell = shell
+        self.users = users or {}
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, CommandUser, Any]:
         if IConchUser not in interfaces or not isinstance(avatarId, Identity):
             raise NotImplementedError("conchcmd serves only SSH users")
-        user = CommandUser(avatarId, self.dispatcher, self.clock, self.shell)
+        user = CommandUser(avatarId, self.dispatcher, self.clock, self.shell, self.users.get(avatarId.user))
         return IConchUser, user, lambda: None

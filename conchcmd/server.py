@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.conch import error as conch_error
+from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import _kex, connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
+from twisted.cred import credentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -21,8 +23,9 @@ from twisted.python.failure import Failure
 
 from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
-from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity
+from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
 from conchcmd.authorized_keys import fingerprint
+from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.config import AlgorithmsConfig, LimitsConfig
 from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
@@ -103,6 +106,7 @@ class ServerTransport(ModernServerTransport):
         assert self.transport is not None
         address = self.transport.getPeer()
         self.peer = format_peer(address)
+        self.peer_host: str | None = getattr(address, "host", None)
         self.source = source_of(getattr(address, "host", self.peer))
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
@@ -272,11 +276,27 @@ class UserAuthService(userauth.SSHUserAuthServer):
     """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
 
     Overrides Conch's class-level global-reactor clock, its 10-hour login timeout and its 20
-    attempts.
+    attempts; offers password auth only to users that have a password; accepts OpenSSH
+    certificates (Conch's auth_publickey refuses any blob its Key class cannot parse); and hands
+    the checkers the peer address (for `from=` and `source-address`).
     """
 
     transport: ServerTransport
     _key: tuple[bytes, bytes] | None = None
+    _methods: list[bytes] = []
+
+    @property
+    def supportedAuthentications(self) -> list[bytes]:
+        passwords = self.transport.factory.passwords
+        if self.user is None or passwords is None:
+            return self._methods  # Conch fills this list in serviceStarted
+        if passwords.has_password(self.user.decode("utf-8", "replace")):
+            return self._methods
+        return [m for m in self._methods if m != b"password"]
+
+    @supportedAuthentications.setter
+    def supportedAuthentications(self, methods: list[bytes]) -> None:
+        self._methods = methods
 
     def serviceStarted(self) -> None:
         factory = self.transport.factory
@@ -286,15 +306,55 @@ class UserAuthService(userauth.SSHUserAuthServer):
         super().serviceStarted()
 
     def auth_publickey(self, packet: bytes) -> Any:
-        algorithm, blob, _ = getNS(packet[1:], 2)
+        has_signature = packet[0:1] != b"\0"
+        algorithm, blob, rest = getNS(packet[1:], 2)
+        user, service = self.user or b"", self.nextService or b""
         self._key = (algorithm, blob)
-        return super().auth_publickey(packet)
+        signed = None
+        signature = None
+        if has_signature:
+            signature = getNS(rest)[0]
+            assert self.transport.sessionID is not None
+            signed = (
+                NS(self.transport.sessionID)
+                + bytes((userauth.MSG_USERAUTH_REQUEST,))
+                + NS(user)
+                + NS(service)
+                + NS(b"publickey")
+                + b"\x01"
+                + NS(algorithm)
+                + NS(blob)
+            )
+        creds = credentials.SSHPrivateKey(user, algorithm, blob, signed, signature)
+        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
+        d = self.portal.login(creds, None, IConchUser)
+        if not has_signature:
+            d.addErrback(self._ebCheckKey, packet[1:])  # an authorized key's probe gets PK_OK
+        return d
+
+    def auth_password(self, packet: bytes) -> Any:
+        password = getNS(packet[1:])[0]
+        creds = credentials.UsernamePassword(self.user or b"", password)
+        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
+        return self.portal.login(creds, None, IConchUser).addErrback(self._ebPassword)
 
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
             return {}
         algorithm, blob = self._key
-        return {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
+        fields: dict[str, Any] = {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
+        if is_certificate(blob):
+            try:
+                cert = parse_certificate(blob)
+                fields.update(
+                    fingerprint=fingerprint(public_blob(cert.public_key())),
+                    cert_key_id=sanitise(cert.key_id),
+                    cert_serial=cert.serial,
+                    ca_fingerprint=fingerprint(public_blob(cert.signature_key())),
+                )
+            except CertificateRefused:
+                pass
+        return fields
 
     def _user_name(self) -> str:
         return sanitise(self.user or b"", 64)
@@ -307,25 +367,20 @@ class UserAuthService(userauth.SSHUserAuthServer):
             logout()
             return
         log.info(
-            "Accepted {method} for {user} from {peer}: {key_type} {fp}",
+            "Accepted {method} for {user} from {peer}: {key_type} {fp} ({source})",
             method=identity.method,
             user=identity.user,
             peer=self.transport.peer,
             key_type=identity.key_type,
             fp=identity.fingerprint,
+            source=identity.grant.source,
         )
         self._audit_identity(identity, ok=True)
         super()._cbFinishedAuth(result)
 
     def _audit_identity(self, identity: Identity, **fields: Any) -> None:
         self.transport.factory.audit.record(
-            "auth",
-            user=identity.user,
-            peer=self.transport.peer,
-            method=identity.method,
-            key_type=identity.key_type,
-            fingerprint=identity.fingerprint,
-            **fields,
+            "auth", user=identity.user, peer=self.transport.peer, **identity.audit_fields(), **fields
         )
 
     def _ebBadAuth(self, reason: Failure) -> None:
@@ -435,6 +490,7 @@ class CommandServerFactory(SSHFactory):
         audit: AuditSink,
         clock: IReactorTime,
         settings: ServerSettings,
+        passwords: PasswordChecker | None = None,
     ):
         self.publicKeys = dict(host_keys.public)
         self.privateKeys = dict(host_keys.private)
@@ -443,6 +499,7 @@ class CommandServerFactory(SSHFactory):
         self.audit = audit
         self.clock = clock
         self.settings = settings
+        self.passwords = passwords
         self.slots = ClientSlots(settings.max_clients)
         self.admission = Admission(settings.limits, clock, audit)
         available = _kex.getSupportedKeyExchanges()

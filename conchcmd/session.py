@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.conch.ssh import channel, connection
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from conchcmd.audit import LOG_NAMESPACE, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
+from conchcmd.config import UserPolicy
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -53,8 +54,18 @@ class SessionContext:
     identity: Identity
     peer: str
     shell: ShellSettings
+    policy: UserPolicy = field(default_factory=UserPolicy)
 
-    def dispatch(self, line: str, stdout: Any, stderr: Any, *, interactive: bool, last_status: int = 0) -> Any:
+    def dispatch(
+        self,
+        line: str,
+        stdout: Any,
+        stderr: Any,
+        *,
+        interactive: bool,
+        last_status: int = 0,
+        original_command: str | None = None,
+    ) -> Any:
         return self.dispatcher.dispatch(
             line,
             stdout=stdout,
@@ -64,6 +75,8 @@ class SessionContext:
             fingerprint=self.identity.fingerprint,
             interactive=interactive,
             last_status=last_status,
+            policy=self.policy,
+            original_command=original_command,
         )
 
 
@@ -131,6 +144,14 @@ class SessionChannel(channel.SSHChannel):
 
     def request_pty_req(self, data: bytes) -> int:
         if self.handler is not None:
+            return 0
+        if not self.context.identity.grant.pty:
+            log.info(
+                "Refused pty for {user}@{peer}: not permitted by {source}",
+                user=self.context.identity.user,
+                peer=self.context.peer,
+                source=self.context.identity.grant.source,
+            )
             return 0
         term, (rows, columns, _, _), _ = parseRequest_pty_req(data)
         # `ssh -tt` with piped stdin asks for a 0x0 terminal; assume a classic size.
@@ -343,9 +364,10 @@ class CommandHandler:
 class ExecHandler(CommandHandler):
     """`ssh host CMD ARGS`: run one command line, then send its exit status."""
 
-    def __init__(self, chan: SessionChannel, context: SessionContext, line: str):
+    def __init__(self, chan: SessionChannel, context: SessionContext, line: str, original: str | None = None):
         super().__init__(chan, context)
         self.line = line
+        self.original = original  # what the client asked for, when `line` is a forced command
 
     def start(self) -> None:
         running = self.context.dispatch(
@@ -353,6 +375,7 @@ class ExecHandler(CommandHandler):
             self.chan.stream(),
             self.chan.stream(stderr=True),
             interactive=self.chan.terminal is not None,
+            original_command=self.original,
         )
         self.running = running
         running.addCallback(lambda outcome: self.chan.finish(outcome.status))

@@ -74,16 +74,13 @@ def test_unknown_user_is_refused(server, client_keys):
     assert (r.returncode, b"Permission denied" in r.stderr) == (255, True)
 
 
-def test_authorized_keys_line_with_options_does_not_authorize(server, client_keys):
+def test_forced_command_runs_instead_of_the_clients(server, client_keys):
     mark = server.audit_mark()
-    r = server.ssh("exit 0", user="bob", key=client_keys.optioned)
-    assert r.returncode == 255
-    assert b"Permission denied" in r.stderr
-    assert auth_records(server, mark, ok=True) == []
-    assert server.audit_since(mark, "command") == []
-    server.wait_log(r"not supported: command")
-    log = server.log_text()
-    assert re.search(r"authorized_keys/bob:1\b.*not supported: command", log), log
+    r = server.ssh("exit 7", user="bob", key=client_keys.optioned)  # bob's line: command="lastlog"
+    assert r.returncode == 0
+    assert r.stdout == server.tail(server.data.syslog, 10)
+    (command,) = server.audit_since(mark, "command")
+    assert command["argv"] == ["lastlog"] and command["original_command"] == "exit 7"
 
 
 def test_adduser_while_running_needs_no_restart(server, client_keys):

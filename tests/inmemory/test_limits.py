@@ -184,5 +184,5 @@ def test_shutdown_tells_clients_and_cancels_commands(tmp_path: Path) -> None:
     assert not w.factory.transports
     (record,) = w.audit.of("command")
     assert record["exit_code"] == 130
-    assert runner.jobs[0][1][-1].is_set()  # the hash thread was told to stop
+    assert runner.jobs[0][1][3].is_set()  # the hash thread was told to stop
     assert len(w.audit.of("disconnect")) == 2

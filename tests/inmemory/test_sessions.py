@@ -262,7 +262,7 @@ def test_client_vanishing_cancels_the_command(tmp_path: Path) -> None:
     conn.flush()
     assert runner.jobs  # the hash is waiting for its thread
     _, args, _ = runner.jobs[0]
-    cancelled = args[-1]
+    cancelled = args[3]
     conn.client.transport.loseConnection()
     conn.flush()
     assert cancelled.is_set()

@@ -11,9 +11,11 @@ from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.task import Clock
 
-from conchcmd.auth import Identity, PublicKeyChecker
+from conchcmd.auth import Identity, KeyAuthorizer, PublicKeyChecker
 from conchcmd.authorized_keys import AuthorizedKeysFiles
+from conchcmd.certs import RevokedKeys, TrustedCAs
 
 SIG_DATA = b"\x00\x00\x00\x20session-identifier-and-userauth-request"
 
@@ -23,7 +25,8 @@ def users(tmp_path: Path):
     """users(name, *lines) writes that user's authorized_keys file; returns the checker."""
     directory = tmp_path / "authorized_keys"
     directory.mkdir()
-    checker = PublicKeyChecker(AuthorizedKeysFiles(f"{directory}/%u"))
+    authorizer = KeyAuthorizer(AuthorizedKeysFiles(f"{directory}/%u"), TrustedCAs(None), RevokedKeys(None), Clock())
+    checker = PublicKeyChecker(authorizer)
 
     def write(name: str, *lines: str) -> PublicKeyChecker:
         path = directory / name
@@ -180,17 +183,24 @@ def test_malformed_signature_is_refused_as_unauthorized(users, ssh_key, sync, si
     assert failure.check(UnauthorizedLogin), failure.getTraceback()
 
 
-def test_key_on_a_line_with_options_is_refused(users, ssh_key, sync) -> None:
+def test_key_on_a_line_with_an_unknown_option_is_refused(users, ssh_key, sync) -> None:
     pair = ssh_key("ed25519")
-    checker = users("alice", f'command="uptime",no-pty {pair.public_line}')
+    checker = users("alice", f'no-pty,tunnel-device="tun0" {pair.public_line}')
     failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519")))
     assert failure.check(UnauthorizedLogin)
-    assert failure.getErrorMessage() == "authorized_keys option(s) not supported: command, no-pty"
+    assert failure.getErrorMessage() == "authorized_keys line refused: option 'tunnel-device' is not supported"
 
 
-def test_key_on_a_line_with_options_gets_no_pk_ok(users, ssh_key, sync) -> None:
+def test_key_on_a_line_with_enforced_options_logs_in_on_those_terms(users, ssh_key, sync) -> None:
     pair = ssh_key("ed25519")
-    checker = users("alice", f"restrict {pair.public_line}")
+    checker = users("alice", f'command="lastlog -n 5",no-pty {pair.public_line}')
+    identity = sync.success(checker.requestAvatarId(credentials(pair, b"ssh-ed25519")))
+    assert identity.grant.forced_command == "lastlog -n 5" and identity.grant.pty is False
+
+
+def test_key_on_a_refused_line_gets_no_pk_ok(users, ssh_key, sync) -> None:
+    pair = ssh_key("ed25519")
+    checker = users("alice", f'environment="A=b" {pair.public_line}')
     failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-ed25519", signature=None)))
     assert failure.check(UnauthorizedLogin)
     assert not failure.check(ValidPublicKey)

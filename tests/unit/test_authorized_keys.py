@@ -98,13 +98,14 @@ def test_comment_with_spaces_is_kept_whole(ssh_key) -> None:
     assert entry.comment == "alice on her  laptop"
 
 
-def test_line_with_options_is_kept_but_flagged_and_reported(ssh_key) -> None:
+def test_line_with_an_unknown_option_is_kept_but_refused_and_reported(ssh_key) -> None:
     pair = ssh_key("ed25519")
-    parsed = parse_authorized_keys(f'from="10.0.0.0/8",no-pty {pair.public_line}\n', "users/alice")
+    parsed = parse_authorized_keys(f'from="10.0.0.0/8",no-pty,frobnicate {pair.public_line}\n', "users/alice")
     [entry] = parsed.entries
-    assert entry.options == (("from", "10.0.0.0/8"), ("no-pty", None))
-    assert entry.unsupported_options == ["from", "no-pty"]
-    assert parsed.problems == ("users/alice:1: line refused: option(s) not supported: from, no-pty",)
+    assert entry.options == (("from", "10.0.0.0/8"), ("no-pty", None), ("frobnicate", None))
+    assert entry.unsupported_options == ["frobnicate"]
+    assert entry.refused == "option 'frobnicate' is not supported"
+    assert parsed.problems == ("users/alice:1: line refused: option 'frobnicate' is not supported",)
 
 
 def test_bad_options_syntax_is_a_problem_not_an_entry(ssh_key) -> None:

@@ -1,0 +1,272 @@
+"""OpenSSH user certificates: trusted CAs, revocation, and what a valid certificate grants.
+
+Conch has no certificate support; parsing and the CA signature check use the `cryptography`
+package (`load_ssh_public_identity`, `verify_cert_signature`).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
+from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.logger import Logger
+
+from conchcmd.audit import LOG_NAMESPACE, sanitise
+from conchcmd.authorized_keys import CERT_SUFFIX, fingerprint
+from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+#: Certificate algorithms (as used in userauth) and the signature type of the certified key.
+CERT_SIGNATURES: dict[bytes, bytes] = {
+    b"ssh-ed25519-cert-v01@openssh.com": b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256-cert-v01@openssh.com": b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384-cert-v01@openssh.com": b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521-cert-v01@openssh.com": b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-256-cert-v01@openssh.com": b"rsa-sha2-256",
+    b"rsa-sha2-512-cert-v01@openssh.com": b"rsa-sha2-512",
+}
+#: How many strings the certified public key occupies in the certificate, by blob type.
+_KEY_FIELDS = {
+    b"ssh-ed25519-cert-v01@openssh.com": 1,
+    b"ecdsa-sha2-nistp256-cert-v01@openssh.com": 2,
+    b"ecdsa-sha2-nistp384-cert-v01@openssh.com": 2,
+    b"ecdsa-sha2-nistp521-cert-v01@openssh.com": 2,
+    b"ssh-rsa-cert-v01@openssh.com": 2,
+}
+KNOWN_CRITICAL_OPTIONS = frozenset({b"force-command", b"source-address"})
+WEAK_CA_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
+
+
+class CertificateRefused(Exception):
+    """This certificate may not log in, for the stated reason."""
+
+
+@dataclass(frozen=True)
+class CertificateGrant:
+    """What a valid certificate allows, and what the audit log says about it."""
+
+    key: Key  # the certified public key, which signs the login
+    key_id: str
+    serial: int
+    ca_fingerprint: str
+    principals: tuple[str, ...]
+    force_command: str | None
+    source_address: tuple[str, ...] | None
+    pty: bool
+
+
+def is_certificate(blob: bytes) -> bool:
+    try:
+        kind, _ = getNS(blob)
+    except (struct.error, IndexError):
+        return False
+    return kind.endswith(CERT_SUFFIX.encode())
+
+
+def parse_certificate(blob: bytes) -> SSHCertificate:
+    """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
+    try:
+        kind, _ = getNS(blob)
+        identity = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
+    except (ValueError, struct.error, IndexError, TypeError) as e:
+        raise CertificateRefused(f"malformed certificate ({e})") from None
+    if not isinstance(identity, SSHCertificate):
+        raise CertificateRefused("not a certificate")
+    if identity.type != SSHCertificateType.USER:
+        raise CertificateRefused("a host certificate cannot log in")
+    return identity
+
+
+def ca_signature_algorithm(blob: bytes) -> bytes:
+    """The algorithm the CA signed with (the last field of the certificate)."""
+    kind, rest = getNS(blob)
+    _, rest = getNS(rest)  # nonce
+    for _ in range(_KEY_FIELDS.get(kind, 1)):
+        _, rest = getNS(rest)
+    rest = rest[12:]  # serial, type
+    for _ in range(2):  # key id, principals
+        _, rest = getNS(rest)
+    rest = rest[16:]  # valid after, valid before
+    for _ in range(4):  # critical options, extensions, reserved, signature key
+        _, rest = getNS(rest)
+    signature, _ = getNS(rest)
+    algorithm, _ = getNS(signature)
+    return algorithm
+
+
+def public_blob(key: object) -> bytes:
+    """The SSH wire blob of a `cryptography` public key."""
+    text = key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return base64.b64decode(text.split()[1])
+
+
+class RevokedKeys:
+    """conchcmd's `revoked_keys` file: public keys (plain or CA) and `serial:` / `id:` lines.
+
+    Each line is one of: an OpenSSH public key line (revokes that key, certificates of it, and
+    every certificate it signed as a CA); `serial: N` or `serial: N-M` (certificate serials);
+    `id: KEY_ID` (certificates with that key id). `#` starts a comment. The file is re-read when
+    it changes.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._signature: tuple[int, int] | None = None
+        self.blobs: frozenset[bytes] = frozenset()
+        self.serials: tuple[tuple[int, int], ...] = ()
+        self.ids: frozenset[str] = frozenset()
+
+    def _load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            st = Path(self.path).stat()
+        except OSError:
+            log.warn("revoked_keys {path} cannot be read: refusing every key until it can", path=self.path)
+            raise CertificateRefused("revocation list unreadable") from None
+        signature = (st.st_mtime_ns, st.st_size)
+        if signature == self._signature:
+            return
+        blobs, serials, ids = set(), [], set()
+        for number, raw in enumerate(Path(self.path).read_text(errors="replace").splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if line.startswith("serial:"):
+                low, _, high = line[7:].strip().partition("-")
+                try:
+                    serials.append((int(low), int(high or low)))
+                except ValueError:
+                    log.warn("{path}:{n}: bad serial line ignored", path=self.path, n=number)
+            elif line.startswith("id:"):
+                ids.add(line[3:].strip())
+            else:
+                try:
+                    blobs.add(Key.fromString(line.encode()).blob())
+                except (BadKeyError, ValueError, IndexError, struct.error):
+                    log.warn("{path}:{n}: not a public key, ignored", path=self.path, n=number)
+        self.blobs, self.serials, self.ids = frozenset(blobs), tuple(serials), frozenset(ids)
+        self._signature = signature
+
+    def check_key(self, blob: bytes) -> None:
+        self._load()
+        if blob in self.blobs:
+            raise CertificateRefused(f"key {fingerprint(blob)} is revoked")
+
+    def check_certificate(self, cert: SSHCertificate, key_blob: bytes, ca_blob: bytes) -> None:
+        self._load()
+        if ca_blob in self.blobs:
+            raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is revoked")
+        self.check_key(key_blob)
+        if any(low <= cert.serial <= high for low, high in self.serials):
+            raise CertificateRefused(f"certificate serial {cert.serial} is revoked")
+        key_id = cert.key_id.decode("utf-8", "replace")
+        if key_id in self.ids:
+            raise CertificateRefused(f"certificate id {sanitise(key_id)!r} is revoked")
+
+
+class TrustedCAs:
+    """`trusted_user_ca_keys`: CA public keys whose certificates log in as any listed principal."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._signature: tuple[int, int] | None = None
+        self.blobs: frozenset[bytes] = frozenset()
+
+    def contains(self, blob: bytes) -> bool:
+        if self.path is None:
+            return False
+        try:
+            st = Path(self.path).stat()
+        except OSError:
+            return False
+        if (st.st_mtime_ns, st.st_size) != self._signature:
+            blobs = set()
+            for raw in Path(self.path).read_text(errors="replace").splitlines():
+                line = raw.strip()
+                if line and not line.startswith("#"):
+                    try:
+                        blobs.add(Key.fromString(line.encode()).blob())
+                    except (BadKeyError, ValueError, IndexError, struct.error):
+                        log.warn("{path}: a line that is not a CA public key is ignored", path=self.path)
+            self.blobs, self._signature = frozenset(blobs), (st.st_mtime_ns, st.st_size)
+        return blob in self.blobs
+
+
+def validate_certificate(
+    blob: bytes,
+    *,
+    user: str,
+    peer_host: str | None,
+    now: float,
+    trusted: TrustedCAs,
+    authorities: list[tuple[bytes, tuple[str, ...] | None]],
+    revoked: RevokedKeys,
+) -> tuple[CertificateGrant, bytes]:
+    """Check a user certificate completely; returns the grant and the CA's blob.
+
+    `authorities` are (CA blob, principals= option) from the user's cert-authority lines; a CA
+    from `trusted` instead requires the user name among the certificate's principals.
+    """
+    cert = parse_certificate(blob)
+    ca_blob = public_blob(cert.signature_key())
+    if ca_signature_algorithm(blob) in WEAK_CA_SIGNATURES:
+        raise CertificateRefused("certificate signed with SHA-1")
+    try:
+        cert.verify_cert_signature()
+    except (InvalidSignature, ValueError, TypeError):
+        raise CertificateRefused("certificate signature is not valid") from None
+    principals = tuple(p.decode("utf-8", "replace") for p in cert.valid_principals)
+    if not principals:
+        raise CertificateRefused("certificate has no principals")
+    options = dict(authorities)
+    if ca_blob in options:
+        wanted = options[ca_blob]
+        allowed = set(wanted) if wanted is not None else {user}
+    elif trusted.contains(ca_blob):
+        allowed = {user}
+    else:
+        raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is not trusted")
+    if not allowed.intersection(principals):
+        raise CertificateRefused(f"certificate principals {', '.join(map(sanitise, principals))} do not include {user}")
+    if now < cert.valid_after:
+        raise CertificateRefused("certificate is not yet valid")
+    if now >= cert.valid_before:
+        raise CertificateRefused("certificate has expired")
+    unknown = set(cert.critical_options) - KNOWN_CRITICAL_OPTIONS
+    if unknown:
+        names = ", ".join(sanitise(n) for n in sorted(unknown))
+        raise CertificateRefused(f"certificate has unknown critical option(s): {names}")
+    source = cert.critical_options.get(b"source-address")
+    source_patterns = None
+    if source is not None:
+        try:
+            source_patterns = tuple(split_patterns(source.decode(), wildcards=False))
+        except (PatternError, UnicodeDecodeError):
+            raise CertificateRefused("certificate source-address is malformed") from None
+        if peer_host is None or not match_address_list(peer_host, list(source_patterns)):
+            raise CertificateRefused(f"certificate source-address does not allow {peer_host}")
+    key_blob = public_blob(cert.public_key())
+    revoked.check_certificate(cert, key_blob, ca_blob)
+    force = cert.critical_options.get(b"force-command")
+    grant = CertificateGrant(
+        key=Key(cert.public_key()),
+        key_id=cert.key_id.decode("utf-8", "replace"),
+        serial=cert.serial,
+        ca_fingerprint=fingerprint(ca_blob),
+        principals=principals,
+        force_command=force.decode("utf-8", "surrogateescape") if force is not None else None,
+        source_address=source_patterns,
+        pty=b"permit-pty" in cert.extensions,
+    )
+    return grant, ca_blob
