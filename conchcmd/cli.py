@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +24,7 @@ from twisted.logger import (
 from conchcmd import __version__
 from conchcmd.audit import LOG_NAMESPACE
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
-from conchcmd.config import Config, ConfigError, load_config
+from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -39,7 +41,7 @@ class CliError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conchcmd", description="A hardened SSH server for ops commands.")
     parser.add_argument("--version", action="version", version=f"conchcmd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="subcommand", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="config file (default: ./conchcmd.toml if present)")
@@ -55,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     adduser.add_argument("user")
     adduser.add_argument("pubkey_file", type=Path)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration"))
+    hash_password = sub.add_parser("hash-password", help="read a password from stdin, print its bcrypt hash")
+    hash_password.add_argument("--rounds", type=int, default=12, help="bcrypt cost (default 12)")
+    check = with_config(sub.add_parser("check", help="would this login and command be allowed? (a dry run)"))
+    check.add_argument("--user", required=True)
+    check.add_argument("--key", required=True, type=Path, help="public key or certificate file (.pub)")
+    check.add_argument("--from", dest="peer", metavar="ADDR", help="client address (for from= and source-address)")
+    check.add_argument("--command", help='the command line, e.g. "comphash /etc/hosts"')
     return parser
 
 
@@ -113,6 +122,80 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
             f.write("\n")
         f.write(line.splitlines()[0] + "\n")
     out.write(f"{args.user}: added {key.sshType().decode()} key {fingerprint(blob)} to {path}\n")
+    return EXIT_OK
+
+
+def cmd_hash_password(args: argparse.Namespace, out: TextIO) -> int:
+    import getpass
+
+    import bcrypt
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CliError("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise CliError("empty password", EXIT_USAGE)
+    if not 4 <= args.rounds <= 31:
+        raise CliError("--rounds must be between 4 and 31", EXIT_USAGE)
+    out.write(bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=args.rounds)).decode() + "\n")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    from twisted.internet.task import Clock
+
+    from conchcmd.auth import KeyAuthorizer, KeyRefused
+    from conchcmd.certs import CERT_SIGNATURES, RevokedKeys, TrustedCAs
+    from conchcmd.commands import UsageError, split_command_line
+
+    config = _load(args)
+    try:
+        line = args.key.read_text(encoding="utf-8").split()
+        kind = line[0].encode()
+        blob = base64.b64decode(line[1], validate=True)
+    except (OSError, UnicodeDecodeError, IndexError, ValueError) as e:
+        raise CliError(f"cannot read a public key or certificate from {args.key}: {e}", EXIT_USAGE) from None
+    algorithm = b"rsa-sha2-512" if kind == b"ssh-rsa" else kind
+    if kind == b"ssh-rsa-cert-v01@openssh.com":
+        algorithm = b"rsa-sha2-512-cert-v01@openssh.com"
+    clock = Clock()
+    clock.advance(time.time())
+    keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
+    authorizer = KeyAuthorizer(keys, TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys), clock)
+    try:
+        identity = authorizer.authorize(args.user, algorithm, blob, args.peer).identity
+    except KeyRefused as e:
+        out.write(f"login: REFUSED: {e}\n")
+        return EXIT_FAILURE
+    grant = identity.grant
+    terms = [f"by {grant.source}"]
+    if grant.forced_command is not None:
+        terms.append(f"forced command {grant.forced_command!r}")
+    terms.append("pty allowed" if grant.pty else "no pty")
+    if algorithm in CERT_SIGNATURES and identity.certificate:
+        terms.append(f"CA {identity.certificate['ca_fingerprint']}")
+    out.write(f"login: allowed for {args.user} from {args.peer or 'any address'} ({'; '.join(terms)})\n")
+    if args.command is None and grant.forced_command is None:
+        return EXIT_OK
+    policy = config.users.get(args.user)
+    line_to_run = grant.forced_command if grant.forced_command is not None else args.command
+    try:
+        argv = split_command_line(line_to_run)
+    except UsageError as e:
+        out.write(f"command: REFUSED: {e.message}\n")
+        return EXIT_FAILURE
+    name = argv[0] if argv else ""
+    if name not in COMMAND_NAMES:
+        out.write(f"command: REFUSED: {name}: command not found (status 127)\n")
+        return EXIT_FAILURE
+    if policy is not None and not policy.permits(name):
+        out.write(f"command: REFUSED: {name}: not permitted for {args.user} (status 126)\n")
+        return EXIT_FAILURE
+    forced = " (forced; the client's command is ignored)" if grant.forced_command is not None else ""
+    out.write(f"command: allowed: {line_to_run}{forced}\n")
     return EXIT_OK
 
 
@@ -218,6 +301,8 @@ COMMANDS = {
     "keygen": cmd_keygen,
     "adduser": cmd_adduser,
     "check-config": cmd_check_config,
+    "hash-password": cmd_hash_password,
+    "check": cmd_check,
 }
 
 
@@ -225,7 +310,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     out = out or sys.stdout
     try:
-        return COMMANDS[args.command](args, out)
+        return COMMANDS[args.subcommand](args, out)
     except CliError as e:
         sys.stderr.write(f"conchcmd: {e}\n")
         return e.code
