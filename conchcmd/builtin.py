@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorProcess
+from typing import Any
 
 from conchcmd.commands import (
     EXIT_STATUS_HELP,
@@ -60,10 +60,10 @@ def make_help(table: CommandTable) -> Command:
     return Command(name="help", summary="list commands, or show how to use one", usage="help [COMMAND]", run=run)
 
 
-def build_command_table(config: Config, runner: BlockingRunner, reactor: IReactorProcess) -> CommandTable:
+def build_command_table(config: Config, runner: BlockingRunner, reactor: Any) -> CommandTable:
     """The commands every session offers, each built from only what it needs."""
     table = CommandTable()
-    table.add(make_lastlog(config.lastlog, build_sources(config.lastlog, runner, reactor)))
+    table.add(make_lastlog(config.lastlog, build_sources(config.lastlog, runner, reactor, reactor)))
     table.add(make_comphash(config.comphash, Hasher(config.comphash, runner)))
     table.add(make_help(table))
     table.add(make_exit())

@@ -101,6 +101,8 @@ class Invocation:
     peer: str
     interactive: bool = False
     policy: UserPolicy = field(default_factory=UserPolicy)
+    #: Fires when the client closes its input (EOF): commands that follow a log stop then.
+    input_closed: defer.Deferred[None] = field(default_factory=defer.Deferred)
 
     @property
     def args(self) -> list[str]:
@@ -121,6 +123,7 @@ class Command:
     summary: str
     usage: str
     run: Callable[[Invocation], Awaitable[int]]
+    options: tuple[str, ...] = ()  # for completion
 
 
 class CommandTable:
@@ -205,6 +208,7 @@ class Dispatcher:
         last_status: int = 0,
         policy: UserPolicy | None = None,
         original_command: str | None = None,
+        input_closed: defer.Deferred[None] | None = None,
     ) -> defer.Deferred[Outcome]:
         """Run one line. Cancelling the Deferred interrupts the command (status 130).
 
@@ -233,7 +237,9 @@ class Dispatcher:
             if not policy.permits(command.name):
                 await _complain(stderr, f"{command.name}: not permitted")
                 return Outcome(ExitStatus.NOT_PERMITTED)
-            invocation = Invocation(argv, stdout, stderr, user, peer, interactive, policy)
+            invocation = Invocation(
+                argv, stdout, stderr, user, peer, interactive, policy, input_closed or defer.Deferred()
+            )
             try:
                 return Outcome(await command.run(invocation))
             except SessionExit as e:

@@ -1,15 +1,17 @@
-"""`lastlog`: the last lines of the system log, from a file's end or from the systemd journal."""
+"""`lastlog`: the last lines of the system log, from a file's end or from the systemd journal;
+with `-f`, followed like `tail -F` (rotation and truncation handled) or `journalctl -f`."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Callable
 from typing import IO, Any
 
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet import defer, error, task
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -29,9 +31,12 @@ from conchcmd.config import LastlogConfig
 JOURNAL = "journal"
 SCAN_BLOCK = 64 * 1024
 STREAM_CHUNK = 256 * 1024
+FOLLOW_POLL = 0.5  # seconds between looks at a followed file
 # In a terminal, log lines must not be able to drive the operator's terminal: control bytes
 # other than tab and newline are shown as '?'.
 _TTY_SAFE = bytes(c if c in (9, 10) or 32 <= c < 127 or c >= 128 else ord("?") for c in range(256))
+
+Writer = Callable[[bytes], defer.Deferred[None]]
 
 
 def find_tail_start(f: IO[bytes], size: int, lines: int) -> int:
@@ -62,9 +67,10 @@ def find_tail_start(f: IO[bytes], size: int, lines: int) -> int:
 class FileTail:
     """Streams the tail of a log file; cost depends on the lines asked for, not the file size."""
 
-    def __init__(self, path: str, runner: BlockingRunner):
+    def __init__(self, path: str, runner: BlockingRunner, clock: IReactorTime):
         self.path = path
         self.runner = runner
+        self.clock = clock
 
     def describe(self) -> str:
         return self.path
@@ -83,27 +89,62 @@ class FileTail:
             raise
         return f, start, size
 
-    async def tail(self, lines: int, out: Callable[[bytes], defer.Deferred[None]]) -> None:
+    async def tail(self, lines: int, out: Writer, *, follow: bool = False, stop: defer.Deferred[None]) -> None:
         try:
             f, start, size = await self.runner.run(self._open, lines)
         except OSError as e:
             raise CommandError(f"{self.path}: {e.strerror}") from None
         try:
-            remaining = size - start  # stop at the size seen at start: a growing log ends
-            while remaining > 0:
-                chunk = await self.runner.run(f.read, min(STREAM_CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                await out(chunk)
+            await self._copy(f, size - start, out)  # up to the size seen at start: a growing log ends
+            if follow:
+                f = await self._follow(f, out, stop)
         finally:
             f.close()
+
+    async def _copy(self, f: IO[bytes], remaining: int | None, out: Writer) -> None:
+        """Copy `remaining` bytes (None: whatever is there now) from f's position to out."""
+        while remaining is None or remaining > 0:
+            want = STREAM_CHUNK if remaining is None else min(STREAM_CHUNK, remaining)
+            chunk = await self.runner.run(f.read, want)
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            await out(chunk)
+
+    def _look(self, f: IO[bytes]) -> tuple[str, IO[bytes]]:
+        """Compare the open file with the path: 'same', 'truncated' (rewound) or 'rotated'."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return "same", f  # rotated away and not recreated yet: keep reading the old one
+        mine = os.fstat(f.fileno())
+        if (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
+            return "rotated", open(self.path, "rb")
+        if mine.st_size < f.tell():
+            f.seek(0)
+            return "truncated", f
+        return "same", f
+
+    async def _follow(self, f: IO[bytes], out: Writer, stop: defer.Deferred[None]) -> IO[bytes]:
+        """Like `tail -F`: new lines as they come, across rotation and truncation, until stopped."""
+        while not stop.called:
+            await task.deferLater(self.clock, FOLLOW_POLL, lambda: None)
+            await self._copy(f, None, out)  # what the current file still has
+            state, current = await self.runner.run(self._look, f)
+            if state == "rotated":
+                f.close()
+                f = current
+                await self._copy(f, None, out)
+            elif state == "truncated":
+                await self._copy(f, None, out)
+        return f
 
 
 class _JournalProtocol(ProcessProtocol):
     """Streams journalctl's stdout to the client, pausing the process when the client lags."""
 
-    def __init__(self, out: Callable[[bytes], defer.Deferred[None]]):
+    def __init__(self, out: Writer):
         self.out = out
         self.errors = bytearray()
         self.ended: defer.Deferred[None] = defer.Deferred()
@@ -128,7 +169,7 @@ class _JournalProtocol(ProcessProtocol):
 
 
 class JournalTail:
-    """The systemd journal, read with `journalctl -n N --no-pager` in a child process."""
+    """The systemd journal, read with `journalctl -n N [-f] --no-pager` in a child process."""
 
     def __init__(self, reactor: IReactorProcess, journalctl: str = "journalctl"):
         self.reactor = reactor
@@ -140,58 +181,114 @@ class JournalTail:
     def available(self) -> bool:
         return shutil.which(self.journalctl) is not None
 
-    async def tail(self, lines: int, out: Callable[[bytes], defer.Deferred[None]]) -> None:
+    async def tail(self, lines: int, out: Writer, *, follow: bool = False, stop: defer.Deferred[None]) -> None:
         executable = shutil.which(self.journalctl)
         if executable is None:
             raise CommandError("journalctl is not installed")
         protocol = _JournalProtocol(out)
-        argv = [executable, "-n", str(lines), "--no-pager", "-q"]
+        argv = [executable, "-n", str(lines), *(["-f"] if follow else []), "--no-pager", "-q"]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SYSTEMD_COLORS": "0"}
         process = self.reactor.spawnProcess(protocol, executable, argv, env=env)
 
-        def kill(_: Any) -> None:
+        def kill(_: Any = None) -> None:
             with contextlib.suppress(error.ProcessExitedAlready):
                 process.signalProcess("TERM")
 
+        if follow:
+            stop.addCallback(kill)  # end of input ends a follow
         waiting: defer.Deferred[None] = defer.Deferred(kill)
         protocol.ended.chainDeferred(waiting)
-        await waiting
+        try:
+            await waiting
+        except CommandError:
+            if not stop.called:  # killed because the client is done: not an error
+                raise
 
 
 LogSource = FileTail | JournalTail
 
 
-def build_sources(config: LastlogConfig, runner: BlockingRunner, reactor: IReactorProcess) -> list[LogSource]:
-    return [JournalTail(reactor) if name == JOURNAL else FileTail(name, runner) for name in config.sources]
+def build_sources(
+    config: LastlogConfig, runner: BlockingRunner, reactor: IReactorProcess, clock: IReactorTime
+) -> list[LogSource]:
+    return [JournalTail(reactor) if name == JOURNAL else FileTail(name, runner, clock) for name in config.sources]
+
+
+class JsonLines:
+    """Turns streamed log bytes into JSON: one object with all lines, or an object per line."""
+
+    def __init__(self, out: Output, source: str, *, per_line: bool):
+        self.out = out
+        self.source = source
+        self.per_line = per_line
+        self.partial = b""
+        self.count = 0
+
+    def _encode(self, line: bytes) -> bytes:
+        text = line.decode("utf-8", "replace")
+        if self.per_line:
+            return json.dumps({"source": self.source, "line": text}).encode() + b"\n"
+        prefix = b"" if self.count == 0 else b", "
+        return prefix + json.dumps(text).encode()
+
+    def start(self) -> defer.Deferred[None]:
+        if self.per_line:
+            return defer.succeed(None)
+        return self.out.write(b'{"source": ' + json.dumps(self.source).encode() + b', "lines": [')
+
+    def write(self, data: bytes) -> defer.Deferred[None]:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        encoded = b"".join(self._encode_counted(line) for line in lines)
+        return self.out.write(encoded) if encoded else defer.succeed(None)
+
+    def _encode_counted(self, line: bytes) -> bytes:
+        encoded = self._encode(line)
+        self.count += 1
+        return encoded
+
+    def finish(self) -> defer.Deferred[None]:
+        tail = self._encode_counted(self.partial) if self.partial else b""
+        self.partial = b""
+        return self.out.write(tail if self.per_line else tail + b"]}\n")
 
 
 def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
     """Build the `lastlog` command over the configured log sources (first available wins)."""
 
     async def run(inv: Invocation) -> int:
-        options, operands = parse_options(inv.args, "n:", ["lines="])
+        options, operands = parse_options(inv.args, "n:fj", ["lines=", "follow", "json"])
         if operands:
             raise UsageError(f"unexpected argument {operands[0]!r}")
         lines = config.lines
         for value in (options.get("-n"), options.get("--lines")):
             if value is not None:
                 lines = parse_int(value, "-n", 1, config.max_lines)
+        follow = "-f" in options or "--follow" in options
+        as_json = "-j" in options or "--json" in options
         source = next((s for s in sources if s.available()), None)
         if source is None:
             tried = ", ".join(s.describe() for s in sources)
             raise CommandError(f"no system log available (tried {tried})")
-        await source.tail(lines, _writer(inv.stdout, inv.interactive))
+        if not as_json:
+            await source.tail(lines, _writer(inv.stdout, inv.interactive), follow=follow, stop=inv.input_closed)
+            return ExitStatus.OK
+        name = JOURNAL if isinstance(source, JournalTail) else source.path
+        encoder = JsonLines(inv.stdout, name, per_line=follow)
+        await encoder.start()
+        await source.tail(lines, encoder.write, follow=follow, stop=inv.input_closed)
+        await encoder.finish()
         return ExitStatus.OK
 
     return Command(
         name="lastlog",
         summary=f"show the last N lines of the system log (default {config.lines}, at most {config.max_lines})",
-        usage="lastlog [-n N]",
+        usage="lastlog [-n N] [-f] [--json]",
         run=run,
+        options=("-n", "--lines", "-f", "--follow", "--json"),
     )
 
 
-def _writer(out: Output, interactive: bool) -> Callable[[bytes], defer.Deferred[None]]:
+def _writer(out: Output, interactive: bool) -> Writer:
     if not interactive:
         return out.write
     return lambda data: out.write(data.translate(_TTY_SAFE))

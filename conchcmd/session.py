@@ -65,6 +65,7 @@ class SessionContext:
         interactive: bool,
         last_status: int = 0,
         original_command: str | None = None,
+        input_closed: defer.Deferred[None] | None = None,
     ) -> Any:
         return self.dispatcher.dispatch(
             line,
@@ -77,6 +78,7 @@ class SessionContext:
             last_status=last_status,
             policy=self.policy,
             original_command=original_command,
+            input_closed=input_closed,
         )
 
 
@@ -349,6 +351,12 @@ class CommandHandler:
         self.chan = chan
         self.context = context
         self.running: defer.Deferred[Any] | None = None
+        self.input_closed: defer.Deferred[None] = defer.Deferred()
+
+    def end_of_input(self) -> None:
+        """The client sent EOF: a command following a log stops."""
+        if not self.input_closed.called:
+            self.input_closed.callback(None)
 
     def window_changed(self, columns: int, rows: int) -> None:
         pass
@@ -376,6 +384,7 @@ class ExecHandler(CommandHandler):
             self.chan.stream(stderr=True),
             interactive=self.chan.terminal is not None,
             original_command=self.original,
+            input_closed=self.input_closed,
         )
         self.running = running
         running.addCallback(lambda outcome: self.chan.finish(outcome.status))
@@ -384,4 +393,4 @@ class ExecHandler(CommandHandler):
         pass  # commands read no stdin
 
     def eof_received(self) -> None:
-        pass
+        self.end_of_input()

@@ -34,6 +34,7 @@ class _ShellBase(CommandHandler):
             self.chan.stream(stderr=True),
             interactive=interactive,
             last_status=self.last_status,
+            input_closed=self.input_closed,
         )
         self.running = running
 
@@ -102,6 +103,7 @@ class PlainShell(_ShellBase):
 
     def eof_received(self) -> None:
         self._eof = True
+        self.end_of_input()
         if self._partial and not self._discarding:
             self._lines.append(bytes(self._partial).rstrip(b"\r"))  # a last line without newline
         elif self._discarding:
@@ -371,6 +373,7 @@ class TerminalShell(_ShellBase):
 
     def eof_received(self) -> None:
         self._eof = True
+        self.end_of_input()
         if self.running is None:
             self.end(self.last_status)
 

@@ -42,7 +42,7 @@ def test_exec_reply_comes_before_output(world: World) -> None:
 def test_exec_exit_statuses_and_stderr(world: World) -> None:
     cases = {
         b"nosuch": (127, b"nosuch: command not found\n"),
-        b"lastlog -n 0": (2, b"lastlog: -n must be between 1 and 10000\nusage: lastlog [-n N]\n"),
+        b"lastlog -n 0": (2, b"lastlog: -n must be between 1 and 10000\nusage: lastlog [-n N] [-f] [--json]\n"),
         b"comphash /etc/hostname": (126, b"comphash: /etc/hostname: outside the allowed roots\n"),
         b"comphash " + str(world.root / "missing").encode(): (
             1,
@@ -93,7 +93,7 @@ def test_plain_shell_runs_lines_in_order_until_eof(world: World) -> None:
     conn.send(chan, b"lastlog -n 1\r\nnosuch\n")
     conn.send(chan, b"help lastlog\n")
     conn.send_eof(chan)
-    assert chan.out == b"line 20\nusage: lastlog [-n N]\n" + _summary_of_lastlog(world) + b"\n"
+    assert chan.out == b"line 20\nusage: lastlog [-n N] [-f] [--json]\n" + _summary_of_lastlog(world) + b"\n"
     assert chan.err == b"nosuch: command not found\n"
     assert b"\x1b" not in chan.out
     assert chan.exit_status == 0  # the last command's status

@@ -134,7 +134,7 @@ def test_help_lists_every_command_and_the_exit_statuses(builtin) -> None:
 def test_help_for_one_command_shows_its_usage(builtin) -> None:
     run = builtin.run("help lastlog")
     assert run.status == 0
-    assert run.out.splitlines()[0] == "usage: lastlog [-n N]"
+    assert run.out.splitlines()[0] == "usage: lastlog [-n N] [-f] [--json]"
     assert run.out.splitlines()[1].startswith("show the last N lines of the system log")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from conchcmd import lastlog
 from conchcmd.commands import InlineRunner
@@ -109,7 +110,7 @@ def lastlog_harness(harness, tmp_path: Path):
     def make(*paths: Path | str, lines: int = 10, max_lines: int = 50):
         config = LastlogConfig(sources=tuple(str(p) for p in paths), lines=lines, max_lines=max_lines)
         runner = InlineRunner()
-        return harness([make_lastlog(config, [FileTail(str(p), runner) for p in paths])])
+        return harness([make_lastlog(config, [FileTail(str(p), runner, Clock()) for p in paths])])
 
     return make
 
@@ -170,7 +171,7 @@ def test_lastlog_usage_errors(lastlog_harness, tmp_path: Path, line: str, messag
     run = lastlog_harness(log, max_lines=50).run(line)
     assert run.status == 2
     assert run.stdout == b""
-    assert run.err == f"{message}\nusage: lastlog [-n N]\n"
+    assert run.err == f"{message}\nusage: lastlog [-n N] [-f] [--json]\n"
 
 
 def test_lastlog_without_any_log_is_a_clear_error(lastlog_harness, tmp_path: Path) -> None:
@@ -241,7 +242,7 @@ def test_lastlog_audit_record(lastlog_harness, tmp_path: Path) -> None:
 
 def test_build_sources_maps_journal_to_journal_tail_and_paths_to_file_tails() -> None:
     config = LastlogConfig(sources=("/var/log/syslog", "journal"))
-    sources = build_sources(config, InlineRunner(), reactor=object())  # type: ignore[arg-type]
+    sources = build_sources(config, InlineRunner(), reactor=object(), clock=Clock())  # type: ignore[arg-type]
     assert [type(s) for s in sources] == [FileTail, JournalTail]
     assert [s.describe() for s in sources] == ["/var/log/syslog", "the systemd journal"]
 
@@ -283,5 +284,5 @@ def test_lastlog_stops_at_the_size_seen_at_start(tmp_path: Path, monkeypatch: py
             f.write(b"appended while streaming\n")
         return defer.succeed(None)
 
-    sync.success(defer.Deferred.fromCoroutine(FileTail(str(log), InlineRunner()).tail(10, out)))
+    sync.success(defer.Deferred.fromCoroutine(FileTail(str(log), InlineRunner(), Clock()).tail(10, out, stop=defer.Deferred())))
     assert b"".join(received) == data
