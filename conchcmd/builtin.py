@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from conchcmd.commands import (
@@ -14,6 +15,7 @@ from conchcmd.commands import (
     SessionExit,
     UsageError,
     parse_int,
+    parse_options,
 )
 from conchcmd.comphash import Hasher, make_comphash
 from conchcmd.config import Config
@@ -39,8 +41,19 @@ def make_help(table: CommandTable) -> Command:
     """`help` lists the table it is given, so it never disagrees with what runs."""
 
     async def run(inv: Invocation) -> int:
+        options, operands = parse_options(inv.args, "j", ["json"])
+        inv.argv = [inv.argv[0], *operands]
         if len(inv.args) > 1:
             raise UsageError("too many arguments")
+        if "-j" in options or "--json" in options:
+            listed = [c for c in table if inv.policy.permits(c.name)]
+            if inv.args:
+                listed = [c for c in listed if c.name == inv.args[0]]
+                if not listed:
+                    raise UsageError(f"no such command: {inv.args[0]}")
+            entries = [{"name": c.name, "summary": c.summary, "usage": c.usage} for c in listed]
+            await inv.say(json.dumps({"commands": entries}) + "\n")
+            return ExitStatus.OK
         if inv.args:
             command = table.get(inv.args[0])
             if command is None or not inv.policy.permits(command.name):
@@ -57,14 +70,20 @@ def make_help(table: CommandTable) -> Command:
         await inv.say("\n".join(lines) + "\n")
         return ExitStatus.OK
 
-    return Command(name="help", summary="list commands, or show how to use one", usage="help [COMMAND]", run=run)
+    return Command(
+        name="help",
+        summary="list commands, or show how to use one",
+        usage="help [--json] [COMMAND]",
+        run=run,
+        options=("--json",),
+    )
 
 
 def build_command_table(config: Config, runner: BlockingRunner, reactor: Any) -> CommandTable:
     """The commands every session offers, each built from only what it needs."""
     table = CommandTable()
     table.add(make_lastlog(config.lastlog, build_sources(config.lastlog, runner, reactor, reactor)))
-    table.add(make_comphash(config.comphash, Hasher(config.comphash, runner)))
+    table.add(make_comphash(config.comphash, Hasher(config.comphash, runner), reactor))
     table.add(make_help(table))
     table.add(make_exit())
     return table

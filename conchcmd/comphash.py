@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from conchcmd.commands import (
@@ -23,6 +25,9 @@ from conchcmd.commands import (
 from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
+MIB = 1 << 20
+PROGRESS_AFTER = 1.0  # seconds before a progress line appears (small files show none)
+PROGRESS_EVERY = 0.5
 
 
 class PathRefused(Exception):
@@ -55,8 +60,12 @@ def hash_file(
     algorithm: str,
     cancelled: threading.Event,
     user_roots: tuple[str, ...] | None = None,
+    progress: list[int] | None = None,
 ) -> HashResult:
-    """Resolve, check and hash one file. Blocking: run it in a thread."""
+    """Resolve, check and hash one file. Blocking: run it in a thread.
+
+    `progress`, if given, is kept as [bytes done, file size] for a progress display.
+    """
     if not os.path.isabs(path):
         raise PathRefused("path must be absolute", ExitStatus.USAGE)
     real = os.path.realpath(path)
@@ -79,6 +88,8 @@ def hash_file(
         os.close(fd)
         raise
     with open(fd, "rb", buffering=0) as f:
+        if progress is not None:
+            progress[1] = os.fstat(fd).st_size
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         digest = hashlib.new(algorithm)
@@ -96,6 +107,8 @@ def hash_file(
                 break
             digest.update(view[:n])
             size += n
+            if progress is not None:
+                progress[0] = size
     return HashResult(digest.hexdigest(), size)
 
 
@@ -107,11 +120,17 @@ class Hasher:
         self.runner = runner
         self.semaphore = defer.DeferredSemaphore(config.max_concurrent)
 
-    async def hash(self, path: str, algorithm: str, user_roots: tuple[str, ...] | None = None) -> HashResult:
+    async def hash(
+        self,
+        path: str,
+        algorithm: str,
+        user_roots: tuple[str, ...] | None = None,
+        progress: list[int] | None = None,
+    ) -> HashResult:
         await self.semaphore.acquire()
         cancelled = threading.Event()
         result: defer.Deferred[HashResult] = defer.Deferred(lambda _: cancelled.set())
-        work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled, user_roots)
+        work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled, user_roots, progress)
 
         def finished(outcome: Any) -> None:
             self.semaphore.release()  # only now: the thread is really done
@@ -135,12 +154,52 @@ def format_line(digest: str, path: str) -> str:
     return f"{digest}  {path}\n"
 
 
-def make_comphash(config: ComphashConfig, hasher: Hasher) -> Command:
+class ProgressLine:
+    """On a terminal only: a line showing bytes hashed and the rate, redrawn every half second
+    once a hash has taken more than a second, erased when it ends."""
+
+    def __init__(self, inv: Invocation, clock: IReactorTime, name: str):
+        self.inv = inv
+        self.clock = clock
+        self.name = name
+        self.progress = [0, 0]
+        self.started = clock.seconds()
+        self.shown = False
+        self.loop = task.LoopingCall(self._draw)
+        self.loop.clock = clock
+
+    def __enter__(self) -> list[int] | None:
+        if not self.inv.interactive:
+            return None
+        self.loop.start(PROGRESS_EVERY, now=False)
+        return self.progress
+
+    def _draw(self) -> None:
+        elapsed = self.clock.seconds() - self.started
+        if elapsed < PROGRESS_AFTER:
+            return
+        done, total = self.progress
+        percent = f" {100 * done // total}%" if total else ""
+        line = (
+            f"\r{self.name}: {done / MIB:,.0f}/{total / MIB:,.0f} MiB{percent} {done / MIB / elapsed:,.0f} MiB/s\x1b[K"
+        )
+        self.shown = True
+        self.inv.stdout.write(line.encode("utf-8", "surrogateescape"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.loop.running:
+            self.loop.stop()
+        if self.shown:
+            self.inv.stdout.write(b"\r\x1b[K")
+
+
+def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -> Command:
     """Build the `comphash` command."""
 
     async def run(inv: Invocation) -> int:
-        options, paths = parse_options(inv.args, "a:", ["algorithm="])
+        options, paths = parse_options(inv.args, "a:j", ["algorithm=", "json"])
         algorithm = options.get("-a") or options.get("--algorithm") or config.algorithm
+        as_json = "-j" in options or "--json" in options
         if algorithm not in HASH_ALGORITHMS:
             raise UsageError(f"unknown algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})")
         if not paths:
@@ -148,17 +207,26 @@ def make_comphash(config: ComphashConfig, hasher: Hasher) -> Command:
         status: int = ExitStatus.OK
         for path in paths:
             try:
-                result = await hasher.hash(path, algorithm, inv.policy.comphash_roots)
+                with ProgressLine(inv, clock, path) as progress:
+                    result = await hasher.hash(path, algorithm, inv.policy.comphash_roots, progress)
             except PathRefused as e:
-                await inv.complain(f"comphash: {path}: {e.reason}\n")
                 status = max(status, e.status)
+                if as_json:
+                    await inv.say(json.dumps({"path": path, "error": e.reason}) + "\n")
+                else:
+                    await inv.complain(f"comphash: {path}: {e.reason}\n")
                 continue
-            await inv.say(format_line(result.digest, path))
+            if as_json:
+                record = {"path": path, "algorithm": algorithm, "digest": result.digest, "bytes": result.size}
+                await inv.say(json.dumps(record) + "\n")
+            else:
+                await inv.say(format_line(result.digest, path))
         return status
 
     return Command(
         name="comphash",
         summary=f"print the hash of each file ({', '.join(HASH_ALGORITHMS)}; default {config.algorithm})",
-        usage="comphash [-a ALGORITHM] PATH...",
+        usage="comphash [-a ALGORITHM] [--json] PATH...",
         run=run,
+        options=("-a", "--algorithm", "--json"),
     )

@@ -6,7 +6,8 @@ import fnmatch
 import ipaddress
 import re
 
-_WILDCARD = re.compile(r"[0-9A-Fa-f:.*?]+")
+_IPV4_WILDCARD = re.compile(r"[0-9.*?]+")
+_IPV6_WILDCARD = re.compile(r"[0-9A-Fa-f:.*?]*:[0-9A-Fa-f:.*?]*")  # a colon: not a host name
 
 
 class PatternError(ValueError):
@@ -23,9 +24,24 @@ def check_pattern(pattern: str, *, wildcards: bool = True) -> None:
         return
     except ValueError:
         pass
-    if wildcards and ("*" in body or "?" in body) and _WILDCARD.fullmatch(body):
+    if (
+        wildcards
+        and ("*" in body or "?" in body)
+        and (_IPV4_WILDCARD.fullmatch(body) or _IPV6_WILDCARD.fullmatch(body))
+    ):
         return
     raise PatternError(f"{pattern!r} is not an address, CIDR block or address wildcard (host names are not resolved)")
+
+
+def _normalise(host: str) -> str:
+    """An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is matched as the IPv4 address it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _matches(host: str, pattern: str) -> bool:
@@ -34,16 +50,14 @@ def _matches(host: str, pattern: str) -> bool:
     except ValueError:
         return fnmatch.fnmatchcase(host.lower(), pattern.lower())
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host) in network
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address in network
 
 
 def match_address_list(host: str, patterns: list[str]) -> bool:
     """OpenSSH semantics: a matching negated pattern refuses outright; else any match admits."""
+    host = _normalise(host)
     admitted = False
     for pattern in patterns:
         if pattern.startswith("!"):

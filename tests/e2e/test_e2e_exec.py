@@ -103,7 +103,7 @@ def test_help_lists_the_commands(server):
         assert re.search(rb"^\s+" + name + rb"\s", r.stdout, re.M), r.stdout
     r = server.ssh("help comphash")
     assert (r.returncode, r.stderr) == (0, b"")
-    assert r.stdout.startswith(b"usage: comphash [-a ALGORITHM] PATH...\n")
+    assert r.stdout.startswith(b"usage: comphash [-a ALGORITHM] [--json] PATH...\n")
 
 
 def test_concurrent_connections_each_get_their_own_result(server, data):

@@ -141,7 +141,7 @@ def test_help_for_one_command_shows_its_usage(builtin) -> None:
 def test_help_for_unknown_command(builtin) -> None:
     run = builtin.run("help nope")
     assert run.status == 2
-    assert run.err == "help: no such command: nope\nusage: help [COMMAND]\n"
+    assert run.err == "help: no such command: nope\nusage: help [--json] [COMMAND]\n"
 
 
 def test_audit_record_per_command_line(builtin, tmp_path: Path) -> None:

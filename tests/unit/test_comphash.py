@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from conchcmd import comphash
@@ -244,7 +245,7 @@ def comphash_harness(harness, root: Path):
 
     def make(**overrides: Any):
         config = ComphashConfig(**{"roots": (str(root),), **overrides})
-        return harness([make_comphash(config, Hasher(config, InlineRunner()))])
+        return harness([make_comphash(config, Hasher(config, InlineRunner()), Clock())])
 
     return make
 
@@ -307,7 +308,7 @@ def test_comphash_unknown_algorithm(comphash_harness, root: Path) -> None:
     assert run.out == ""
     assert run.err == (
         "comphash: unknown algorithm 'crc32' (choose from sha256, sha1, sha512, blake2b, md5)\n"
-        "usage: comphash [-a ALGORITHM] PATH...\n"
+        "usage: comphash [-a ALGORITHM] [--json] PATH...\n"
     )
 
 
@@ -316,7 +317,7 @@ def test_comphash_without_a_path(comphash_harness) -> None:
     assert (run.status, run.out, run.err) == (
         2,
         "",
-        "comphash: no file given\nusage: comphash [-a ALGORITHM] PATH...\n",
+        "comphash: no file given\nusage: comphash [-a ALGORITHM] [--json] PATH...\n",
     )
 
 
@@ -439,7 +440,7 @@ def test_cancelling_a_waiting_hash_never_starts_it(root: Path, sync) -> None:
 def test_interrupting_comphash_command_gives_130_and_cancels_the_hash(harness, root: Path, sync) -> None:
     runner = ManualRunner()
     config = ComphashConfig(roots=(str(root),), max_concurrent=1)
-    h = harness([make_comphash(config, Hasher(config, runner))])
+    h = harness([make_comphash(config, Hasher(config, runner), Clock())])
     d, stdout, stderr = h.start(f"comphash {root}/data.bin")
     [(_, args, _)] = runner.calls
     d.cancel()

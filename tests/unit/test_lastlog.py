@@ -284,5 +284,7 @@ def test_lastlog_stops_at_the_size_seen_at_start(tmp_path: Path, monkeypatch: py
             f.write(b"appended while streaming\n")
         return defer.succeed(None)
 
-    sync.success(defer.Deferred.fromCoroutine(FileTail(str(log), InlineRunner(), Clock()).tail(10, out, stop=defer.Deferred())))
+    sync.success(
+        defer.Deferred.fromCoroutine(FileTail(str(log), InlineRunner(), Clock()).tail(10, out, stop=defer.Deferred()))
+    )
     assert b"".join(received) == data
