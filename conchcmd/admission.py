@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -48,6 +49,8 @@ class _Record:
     last_strike: float = 0.0
     refused: int = 0  # refusals not yet logged
     last_logged: float = float("-inf")
+    last_refusal: tuple[str, str] = ("", "")
+    report: Any = None  # a pending call that reports the refusals counted since the last report
 
 
 class Admission:
@@ -77,15 +80,33 @@ class Admission:
         return None
 
     def note_refused(self, source: str, peer: str, reason: str) -> None:
-        """Log and audit refusals, at most once per source every few seconds."""
+        """Log and audit refusals: the first at once, then a count at most every few seconds."""
         now = self.clock.seconds()
         record = self._record(source)
         record.refused += 1
-        if now - record.last_logged < REFUSAL_LOG_EVERY:
+        record.last_refusal = (peer, reason)
+        wait = record.last_logged + REFUSAL_LOG_EVERY - now
+        if wait <= 0:
+            self._report(source, record)
+        elif record.report is None:
+            record.report = self.clock.callLater(wait, self._report, source, record)
+
+    def _report(self, source: str, record: _Record) -> None:
+        if record.report is not None and record.report.active():
+            record.report.cancel()
+        record.report = None
+        if not record.refused:
             return
-        count, record.refused, record.last_logged = record.refused, 0, now
+        peer, reason = record.last_refusal
+        count, record.refused, record.last_logged = record.refused, 0, self.clock.seconds()
         log.info("Refused {count} connection(s) from {source}: {reason}", count=count, source=source, reason=reason)
         self.audit.record("refused", peer=peer, source=source, count=count, reason=reason)
+
+    def flush(self) -> None:
+        """Report every refusal not yet reported (at shutdown)."""
+        for source, record in list(self._records.items()):
+            if record.refused:
+                self._report(source, record)
 
     def _is_trusted(self, source: str, now: float) -> bool:
         seen = self._trusted.get(source)

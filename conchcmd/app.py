@@ -16,6 +16,7 @@ from conchcmd.authorized_keys import AuthorizedKeysFiles
 from conchcmd.builtin import build_command_table
 from conchcmd.certs import RevokedKeys, TrustedCAs
 from conchcmd.commands import BlockingRunner, Dispatcher
+from conchcmd.completion import Completer
 from conchcmd.config import Config
 from conchcmd.hostkeys import HostKeys
 from conchcmd.realm import CommandRealm
@@ -61,7 +62,11 @@ def build_server(
     dispatcher = Dispatcher(table, audit, reactor)
     keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
     authorizer = KeyAuthorizer(keys, TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys), reactor)
-    shell = ShellSettings(hostname=hostname or socket.gethostname())
+    shell = ShellSettings(
+        hostname=hostname or socket.gethostname(),
+        prompt=config.shell.prompt,
+        completer=Completer(table, runner, config.comphash.roots),
+    )
     checkers: list[Any] = [PublicKeyChecker(authorizer)]
     passwords = None
     if any(policy.password_bcrypt for policy in config.users.values()):

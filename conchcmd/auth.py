@@ -181,6 +181,8 @@ class KeyAuthorizer:
             authorities=[(e.blob, e.meaning.principals) for e in lines],
             revoked=self.revoked,
         )
+        if grant.key.type() == "RSA" and grant.key.size() < MIN_RSA_BITS:
+            raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")
         line = next((e for e in lines if e.blob == ca_blob), None)
         command, pty = grant.force_command, grant.pty
         via = "trusted_user_ca_keys"

@@ -45,6 +45,13 @@ class ComphashConfig:
 
 
 @dataclass(frozen=True)
+class ShellConfig:
+    """The interactive shell: its prompt, with `{user}` and `{host}` filled in."""
+
+    prompt: str = "{user}@{host}> "
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Connection limits and timers (top-level keys; each has an OpenSSH counterpart)."""
 
@@ -119,6 +126,7 @@ class Config:
     audit_log: str = "audit.jsonl"
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
+    shell: ShellConfig = field(default_factory=ShellConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
     trusted_user_ca_keys: str | None = None
@@ -153,6 +161,9 @@ class Config:
             f"roots = {_toml_list(self.comphash.roots)}",
             f"algorithm = {_toml_str(self.comphash.algorithm)}",
             f"max_concurrent = {self.comphash.max_concurrent}",
+            "",
+            "[shell]",
+            f"prompt = {_toml_str(self.shell.prompt)}",
         ]
         for name, policy in sorted(self.users.items()):
             out += ["", f"[users.{name}]"]
@@ -292,6 +303,13 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     max_concurrent = comphash_table.integer("max_concurrent", ComphashConfig.max_concurrent, minimum=1)
     comphash_table.reject_unknown()
 
+    shell_table = _Reader(top.table("shell"), "shell.", source)
+    prompt = shell_table.string("prompt", ShellConfig.prompt)
+    try:
+        prompt.format(user="u", host="h")
+    except (KeyError, IndexError, ValueError) as e:
+        raise shell_table.error("prompt", f"may use only {{user}} and {{host}} ({e})") from None
+    shell_table.reject_unknown()
     limits = _parse_limits(top)
     algorithms = AlgorithmsConfig(
         kex_algorithms=_algorithm_list(top, "kex_algorithms", KEX_ALGORITHMS, KEX_ALGORITHMS),
@@ -311,6 +329,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         audit_log=audit_log,
         lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
         comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
+        shell=ShellConfig(prompt=prompt),
         limits=limits,
         algorithms=algorithms,
         trusted_user_ca_keys=resolve(trusted) if trusted else None,

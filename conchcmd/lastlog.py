@@ -201,7 +201,7 @@ class JournalTail:
         try:
             await waiting
         except CommandError:
-            if not stop.called:  # killed because the client is done: not an error
+            if not (follow and stop.called):  # a follow we ended because input ended: no error
                 raise
 
 

@@ -37,6 +37,16 @@ log = Logger(namespace=LOG_NAMESPACE)
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 SHA1_HOST_KEY_ALGORITHMS = (b"ssh-rsa", b"ssh-dss")
+#: Disconnects we send because the peer broke the protocol (garbage, bad MACs, a 4 KB banner).
+PROTOCOL_VIOLATIONS = frozenset(
+    {
+        transport.DISCONNECT_PROTOCOL_ERROR,
+        transport.DISCONNECT_MAC_ERROR,
+        transport.DISCONNECT_CONNECTION_LOST,
+        transport.DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
+    }
+)
+ABORT_AFTER = 5.0  # seconds a closing connection may take to drain before it is cut
 PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
 
@@ -118,6 +128,9 @@ class ServerTransport(ModernServerTransport):
             set_nodelay(True)
         log.info("Client connection from {peer}", peer=self.peer)
         factory.audit.record("connect", peer=self.peer)
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            register(self, True)  # TCP tells us when its send buffer is full (see pauseProducing)
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
@@ -135,7 +148,8 @@ class ServerTransport(ModernServerTransport):
         try:
             super().dataReceived(data)
         except Exception as e:  # a malformed packet from this peer: end only this connection
-            self._protocol_error(f"{type(e).__name__}: {e}")
+            kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+            self._protocol_error(f"{kind}: {e}")
             return
 
     def max_packet_size(self) -> int:
@@ -155,6 +169,8 @@ class ServerTransport(ModernServerTransport):
         super()._unsupportedVersionReceived(remoteVersion)
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
+            self._failed = True  # counts against the source (see _maybe_strike)
         if self.end_reason == "closed":
             self.end_reason = desc.decode("utf-8", "replace")
         super().sendDisconnect(reason, desc)
@@ -183,6 +199,24 @@ class ServerTransport(ModernServerTransport):
         else:
             self.end_reason = "login grace time exceeded"
             self._drop()
+
+    # A client may open a huge SSH window and then stop reading its socket; without this, the
+    # channels would keep writing into Twisted's unbounded TCP buffer.
+    tcp_paused = False
+
+    def pauseProducing(self) -> None:
+        self.tcp_paused = True
+
+    def resumeProducing(self) -> None:
+        self.tcp_paused = False
+        service = self.service
+        for chan in list(getattr(service, "channels", {}).values()):
+            pump = getattr(chan, "pump", None)
+            if pump is not None:
+                pump()
+
+    def stopProducing(self) -> None:
+        self.tcp_paused = True
 
     def _drop(self) -> None:
         if self.transport is not None:
@@ -238,7 +272,20 @@ class ServerTransport(ModernServerTransport):
 
     def _close_for(self, why: str) -> None:
         log.info("Closing connection {peer} ({user}): {why}", peer=self.peer, user=self.user, why=why)
-        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why.encode())
+        self.close_with(why.encode())
+
+    def close_with(self, why: bytes) -> None:
+        """Disconnect with a reason; a peer too dead to take the last bytes is cut after a while."""
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why)
+        self._abort = self.factory.clock.callLater(ABORT_AFTER, self._cut)
+
+    _abort: Any = None
+
+    def _cut(self) -> None:
+        self._abort = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
 
     def _leave_startup(self) -> None:
         if self.in_startup:
@@ -254,6 +301,8 @@ class ServerTransport(ModernServerTransport):
             self.factory.slots.release()
         if self.liveness is not None:
             self.liveness.stop()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
         factory = self.factory
         if self.in_startup:
             self._leave_startup()
@@ -528,8 +577,9 @@ class CommandServerFactory(SSHFactory):
     def close_all(self, why: bytes) -> defer.Deferred[None]:
         """Disconnect every client with a reason; fires when all are gone, or after a grace time."""
         done: defer.Deferred[None] = defer.Deferred()
+        self.admission.flush()
         for t in list(self.transports):
-            t.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why)
+            t.close_with(why)
         deadline = self.clock.seconds() + SHUTDOWN_GRACE
 
         def poll() -> None:

@@ -41,8 +41,10 @@ class ShellSettings:
     """What the shells need to know besides the dispatcher."""
 
     hostname: str
+    prompt: str = "{user}@{host}> "
     max_line: int = 16 * 1024
     history_size: int = 500
+    completer: Any = None  # completion.Completer; None: Tab does nothing
 
 
 @dataclass(frozen=True)
@@ -277,8 +279,15 @@ class SessionChannel(channel.SSHChannel):
         self._drain_waiters.append(waiter)
         return waiter
 
+    def pump(self) -> None:
+        """Send queued output while the client's window and the TCP send buffer allow."""
+        self._pump()
+
     def _pump(self) -> None:
+        transport = getattr(self._connection, "transport", None)
         while self._queue and self.remoteWindowLeft > 0 and not self._gone:
+            if getattr(transport, "tcp_paused", False):
+                break  # resumed by the transport when its socket drains
             is_stderr, view = self._queue[0]
             n = min(len(view), self.remoteWindowLeft, self.remoteMaxPacket)
             chunk = bytes(view[:n])

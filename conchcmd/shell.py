@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -209,16 +210,28 @@ class LineEditor(HistoricRecvLine):
     def terminalSize(self, width: int, height: int) -> None:
         self.width, self.height = width, height  # the terminal re-wraps by itself
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.keyHandlers.update(
+            {
+                CTRL_C: self.handle_CTRL_C,
+                CTRL_D: self.handle_CTRL_D,
+                b"\x01": self.handle_HOME,  # Ctrl-A
+                b"\x05": self.handle_END,  # Ctrl-E
+                b"\x08": self.handle_BACKSPACE,  # Ctrl-H
+                b"\x0b": self.handle_CTRL_K,
+                b"\x0c": self.handle_CTRL_L,
+                b"\x15": self.handle_CTRL_U,
+                b"\x17": self.handle_CTRL_W,
+            }
+        )
+
     def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
         if modifier is not None:
             return  # Alt-combinations: not bound
         handler = self.keyHandlers.get(keyID)
         if handler is not None:
             handler()
-        elif keyID == CTRL_C:
-            self.handle_CTRL_C()
-        elif keyID == CTRL_D:
-            self.handle_CTRL_D()
         elif isinstance(keyID, bytes) and (0x20 <= keyID[0] < 0x7F or keyID[0] >= 0x80):
             try:
                 text = self._decoder.decode(keyID)
@@ -241,8 +254,56 @@ class LineEditor(HistoricRecvLine):
         if tail:
             self.terminal.cursorBackward(len(tail))
 
+    def _redraw(self) -> None:
+        """Rewrite the input after the prompt, leaving the cursor where lineBufferIndex says."""
+        self.terminal.write(b"\r" + self.ps[self.pn] + b"".join(self.lineBuffer) + b"\x1b[K")
+        behind = len(self.lineBuffer) - self.lineBufferIndex
+        if behind:
+            self.terminal.cursorBackward(behind)
+
+    def handle_CTRL_U(self) -> None:
+        del self.lineBuffer[: self.lineBufferIndex]
+        self.lineBufferIndex = 0
+        self._redraw()
+
+    def handle_CTRL_K(self) -> None:
+        del self.lineBuffer[self.lineBufferIndex :]
+        self.terminal.eraseToLineEnd()
+
+    def handle_CTRL_W(self) -> None:
+        start = self.lineBufferIndex
+        while start > 0 and self.lineBuffer[start - 1] == b" ":
+            start -= 1
+        while start > 0 and self.lineBuffer[start - 1] != b" ":
+            start -= 1
+        del self.lineBuffer[start : self.lineBufferIndex]
+        self.lineBufferIndex = start
+        self._redraw()
+
+    def handle_CTRL_L(self) -> None:
+        self.terminal.write(b"\n")  # a fresh line; the server never clears the screen
+        self._redraw()
+
     def handle_TAB(self) -> None:
-        pass  # completion comes with the command registry's help; no tab characters in lines
+        before = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
+        snapshot = (list(self.lineBuffer), self.lineBufferIndex)
+        self.shell.complete(before).addCallback(self._complete, before, snapshot)
+
+    def _complete(self, candidates: list[str], before: str, snapshot: tuple[list[bytes], int]) -> None:
+        if (self.lineBuffer, self.lineBufferIndex) != snapshot or self.shell.running is not None:
+            return  # the line changed while the directory was being listed
+        word = before.split(" ")[-1]
+        common = os.path.commonprefix(candidates) if candidates else ""  # noqa: RUF071 - strings, not paths
+        if len(common) > len(word):
+            addition = common[len(word) :] + (" " if len(candidates) == 1 and not common.endswith("/") else "")
+            for ch in addition:
+                self.characterReceived(ch.encode("utf-8"), True)
+        elif len(candidates) > 1:
+            names = [c.rstrip("/").rsplit("/", 1)[-1] + ("/" if c.endswith("/") else "") for c in candidates]
+            self.terminal.write(b"\n" + "  ".join(names).encode("utf-8", "replace") + b"\n")
+            self._redraw()
+        else:
+            self.terminal.write(BELL)
 
     def handle_CTRL_C(self) -> None:
         self.handle_END()  # like readline: the line stays visible, ^C goes after it
@@ -293,8 +354,14 @@ class TerminalShell(_ShellBase):
         self._typeahead = bytearray()
         self._eof = False
         settings = context.shell
-        prompt = f"{context.identity.user}@{settings.hostname}> ".encode("utf-8", "replace")
+        prompt = settings.prompt.format(user=context.identity.user, host=settings.hostname).encode("utf-8", "replace")
         self.editor = LineEditor(self, prompt, settings.max_line, settings.history_size)
+
+    def complete(self, before_cursor: str) -> defer.Deferred[list[str]]:
+        completer = self.context.shell.completer
+        if completer is None:
+            return defer.succeed([])
+        return completer.complete(before_cursor, self.context.policy)
 
     def banner(self) -> bytes:
         return f"conchcmd on {self.context.shell.hostname}: type 'help' for commands, 'exit' to leave.\n".encode()

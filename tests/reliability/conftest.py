@@ -1,0 +1,596 @@
+"""Reliability harness: the real `conchcmd serve` in a subprocess, abused on loopback only.
+
+Adapted (copied, not imported) from tests/e2e/conftest.py: each module starts its own server on
+`tcp:0:interface=127.0.0.1` with the limits it needs in the config file, parses the port from the
+`listening on` line, reads audit.jsonl, and drives the real OpenSSH client with
+`-o BindAddress=127.x.y.z`, so every client has its own loopback source address (the server's caps
+and penalties are per source). Raw sockets (for floods and garbage) bind their source the same way.
+
+Everything here is bounded: every wait has a deadline, every loop a count. Figures for the note are
+collected with `figure()` and written as JSON to FIGURES_PATH when the session ends.
+
+Test modules import the helpers as `reliability_harness` (an alias of this module, registered
+below): plain `import conftest` is ambiguous with several conftest.py files in the tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SSH = shutil.which("ssh")
+HAVE_OPENSSH = SSH is not None and shutil.which("ssh-keygen") is not None
+LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
+FIGURES_PATH = Path("/tmp/reliability-figures.json")
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+SSH_TIMEOUT = 20.0
+BIG_LOG_LINES = 10_000  # lastlog's max_lines
+BIG_LOG_LINE = 4_000  # bytes per line: 10000 lines are about 40 MB
+BIG_SPARSE_SIZE = 16 << 30  # hashing 16 GiB of holes takes several seconds: long enough to interrupt
+BANNER = b"SSH-2.0-conchcmd"
+
+FIGURES: dict[str, Any] = {}
+
+
+def figure(name: str, value: Any) -> None:
+    """Record a figure for the lead engineer's note: printed now, written to JSON at the end."""
+    FIGURES[name] = value
+    print(f"[figure] {name} = {json.dumps(value)}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+_sources = itertools.count()
+
+
+def next_source() -> str:
+    """A loopback address not used before in this run (127.2.0.2, 127.2.0.3, ...).
+
+    The scenarios that name their sources (127.0.0.2 flooder, 127.0.0.3 operator, ...) use
+    addresses outside this range, so nothing here collides with them.
+    """
+    n = next(_sources)
+    return f"127.2.{n // 250}.{n % 250 + 2}"
+
+
+def source_of_peer(peer: str) -> str:
+    return peer.rsplit(":", 1)[0]
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size (VmRSS) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class RssMonitor:
+    """Samples a process's RSS every few ms in a thread: `before`, `peak`, `after` (KiB).
+
+    Use as a context manager around a scenario; `growth_mib` is peak minus before.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02):
+        self.pid = pid
+        self.interval = interval
+        self.before = self.peak = self.after = rss_kib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-monitor", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError, AssertionError):
+                self.peak = max(self.peak, rss_kib(self.pid))
+
+    def __enter__(self) -> RssMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(OSError, AssertionError):
+            self.after = rss_kib(self.pid)
+            self.peak = max(self.peak, self.after)
+
+    @property
+    def growth_mib(self) -> float:
+        return round((self.peak - self.before) / 1024, 2)
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "before_mib": round(self.before / 1024, 2),
+            "peak_mib": round(self.peak / 1024, 2),
+            "after_mib": round(self.after / 1024, 2),
+            "peak_growth_mib": self.growth_mib,
+        }
+
+
+# -- raw sockets -----------------------------------------------------------------------------
+
+
+def raw_connect(port: int, source: str, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to the server from `source` (a 127.x address)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.settimeout(timeout)
+    try:
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float, limit: int = 1 << 20) -> tuple[bytes, bool]:
+    """Read what the server sends until it closes (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    got = bytearray()
+    while len(got) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(got), False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return bytes(got), False
+        except ConnectionResetError:
+            return bytes(got), True
+        if not chunk:
+            return bytes(got), True
+        got += chunk
+    return bytes(got), False
+
+
+def probe(port: int, source: str, timeout: float = 3.0) -> str:
+    """Connect from `source` and classify: "banner" (admitted) or "closed" (refused before the
+    banner). The probe then closes without sending anything, which is no strike against it."""
+    with raw_connect(port, source, timeout) as sock:
+        got, closed = b"", False
+        deadline = time.monotonic() + timeout
+        while b"\n" not in got and not closed and time.monotonic() < deadline:
+            more, closed = read_until_closed(sock, min(0.2, max(0.01, deadline - time.monotonic())), 256)
+            got += more
+        if got.startswith(BANNER):
+            return "banner"
+        if closed and not got:
+            return "closed"
+        raise AssertionError(f"unexpected answer from the server: {got!r} (closed={closed})")
+
+
+# -- client keys and data --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    good: Path  # authorized for alice
+    stranger: Path  # never authorized
+
+    @staticmethod
+    def pub_line(key: Path) -> str:
+        return key.with_name(key.name + ".pub").read_text().strip()
+
+
+@dataclass(frozen=True)
+class Data:
+    syslog: Path  # 10000 lines of 4000 bytes: about 40 MB
+    root: Path  # comphash root
+    small: Path
+    big: Path  # sparse, BIG_SPARSE_SIZE
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+@dataclass
+class Server:
+    """One running `conchcmd serve` and helpers to abuse it."""
+
+    base: Path
+    keys: ClientKeys
+    data: Data
+    limits: dict[str, Any] = field(default_factory=dict)  # top-level limit keys for the config
+    max_clients: int = 10
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    returncode: int | None = None
+    _log_file: Any = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Path:
+        return self.base / "conchcmd.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "server.log"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.base / "audit.jsonl"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def write_config(self) -> None:
+        lines = [
+            'listen = ["tcp:0:interface=127.0.0.1"]',
+            'host_keys_dir = "keys"',
+            'authorized_keys = "keys/authorized_keys/%u"',
+            f"max_clients = {self.max_clients}",
+            'audit_log = "audit.jsonl"',
+            *(f"{key} = {_toml_value(value)}" for key, value in self.limits.items()),
+            "[lastlog]",
+            f"path = {_toml_value(str(self.data.syslog))}",
+            "lines = 10",
+            "max_lines = 10000",
+            "[comphash]",
+            f"roots = [{_toml_value(str(self.data.root))}]",
+            "",
+        ]
+        self.config.write_text("\n".join(lines))
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        authorized = self.base / "keys" / "authorized_keys" / "alice"
+        authorized.parent.mkdir(parents=True, exist_ok=True)
+        authorized.write_text(self.keys.pub_line(self.keys.good) + "\n")
+        authorized.chmod(0o600)
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            env=env,
+            start_new_session=True,
+        )
+
+        def listening() -> int | None:
+            m = LISTENING.search(self.log_bytes())
+            if m:
+                return int(m.group(1))
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
+            return None
+
+        self.port = wait_for(listening, START_TIMEOUT, "the server's listening line")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def assert_alive(self) -> None:
+        assert self.alive(), f"the server died (rc {self.proc and self.proc.returncode}):\n{self.log_text()[-4000:]}"
+
+    def stop(self) -> None:
+        """SIGTERM; the server must exit within STOP_TIMEOUT seconds."""
+        proc = self.proc
+        if proc is None or self.returncode is not None:
+            return
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                self.returncode = proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
+                proc.wait(timeout=STOP_TIMEOUT)
+                self.returncode = -9
+                raise AssertionError(f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM") from None
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+
+    # -- logs ------------------------------------------------------------------------------
+
+    def log_bytes(self) -> bytes:
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
+
+    def log_text(self) -> str:
+        return self.log_bytes().decode("utf-8", "replace")
+
+    def log_mark(self) -> int:
+        return len(self.log_text())
+
+    def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
+        return wait_for(
+            lambda: re.search(pattern, self.log_text()[since:]), timeout, f"server log matching {pattern!r}"
+        )
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        text = self.audit_path.read_text(encoding="utf-8")
+        # A line being written may be incomplete: only whole lines count.
+        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+    def audit_mark(self) -> int:
+        return len(self.audit())
+
+    def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.audit()[mark:] if event is None or e["event"] == event]
+
+    def wait_audit(
+        self, predicate: Callable[[dict[str, Any]], bool], mark: int = 0, timeout: float = 10.0, what: str = "event"
+    ) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.audit_since(mark) if predicate(e)), None)
+
+        return wait_for(find, timeout, f"audit {what}")
+
+    def check_log(self) -> None:
+        text = self.log_text()
+        assert "Traceback" not in text, f"traceback in the server log:\n{text[-6000:]}"
+        assert "Unhandled" not in text, f"unhandled error in the server log:\n{text[-6000:]}"
+        assert "PRIVATE KEY" not in text, "key material in the server log"
+
+    # -- the OpenSSH client ------------------------------------------------------------------
+
+    def ssh_argv(
+        self,
+        remote: str | None = None,
+        *,
+        key: Path | None = None,
+        options: Sequence[str] = (),
+        log_level: str = "ERROR",
+        source: str | None = None,
+    ) -> list[str]:
+        """ssh argv; `options` come first, since for ssh the first value given for an option wins."""
+        argv = [
+            SSH or "ssh",
+            *options,
+            "-o",
+            f"BindAddress={source or next_source()}",
+            "-F",
+            "/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            f"LogLevel={log_level}",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            str(self.port),
+            "-i",
+            str(key or self.keys.good),
+            "alice@127.0.0.1",
+        ]
+        if remote is not None:
+            argv.append(remote)
+        return argv
+
+    def ssh(
+        self, remote: str | None = None, *, input: bytes | None = None, timeout: float = SSH_TIMEOUT, **kwargs: Any
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            self.ssh_argv(remote, **kwargs),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            env=client_env(),
+        )
+
+    def popen(
+        self,
+        remote: str | None = None,
+        *,
+        stdin: Any = subprocess.DEVNULL,
+        stdout: Any = subprocess.PIPE,
+        **kwargs: Any,
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.ssh_argv(remote, **kwargs), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=client_env()
+        )
+
+    def timed_login(self, source: str, remote: str = "exit 0") -> tuple[subprocess.CompletedProcess[bytes], float]:
+        started = time.monotonic()
+        r = self.ssh(remote, source=source)
+        return r, round(time.monotonic() - started, 3)
+
+
+def client_env() -> dict[str, str]:
+    """The environment for ssh: no agent, no DISPLAY."""
+    return {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DISPLAY", "SSH_ASKPASS")}
+
+
+def kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Kill client processes this test started (by their own handles) and reap them."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a stopped process must run to die cleanly
+                proc.kill()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def stop_and_check(server: Server) -> None:
+    server.stop()
+    assert server.returncode == 0, f"server exited with {server.returncode} after SIGTERM:\n{server.log_text()}"
+    server.check_log()
+
+
+def classify(socks: Sequence[socket.socket], timeout: float = 5.0) -> tuple[list[socket.socket], list[socket.socket]]:
+    """Split connections into (held, refused): held ones got the server's banner, refused ones were
+    closed before any byte. Fails if any is still undecided after `timeout` seconds."""
+    held: list[socket.socket] = []
+    refused: list[socket.socket] = []
+    got: dict[socket.socket, bytes] = {}
+    with selectors.DefaultSelector() as sel:
+        for sock in socks:
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ)
+            got[sock] = b""
+        deadline = time.monotonic() + timeout
+        while got and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.1):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    chunk = sock.recv(4096)
+                except (ConnectionResetError, BlockingIOError):
+                    chunk = b""
+                data = got[sock] + chunk
+                if data.startswith(BANNER):
+                    held.append(sock)
+                elif not chunk and not data:
+                    refused.append(sock)
+                elif chunk:
+                    got[sock] = data
+                    continue
+                else:
+                    raise AssertionError(f"connection closed after partial data {data!r}")
+                sel.unregister(sock)
+                del got[sock]
+    assert not got, f"{len(got)} connections neither got a banner nor were closed within {timeout:g} s"
+    return held, refused
+
+
+def close_all(socks: Sequence[socket.socket]) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send, ignoring a connection the server has already closed (a refused one)."""
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
+def client_messages(stderr: bytes) -> list[str]:
+    """What the OpenSSH client said, minus the known-hosts notice (our known_hosts is /dev/null)."""
+    lines = stderr.decode("utf-8", "replace").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("Warning: Permanently added")]
+
+
+# Test modules say `from reliability_harness import ...`: a name no other conftest.py can shadow.
+sys.modules.setdefault("reliability_harness", sys.modules[__name__])
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _write_figures() -> Iterator[None]:
+    yield
+    if FIGURES:
+        FIGURES_PATH.write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+        print(f"\n[figures] written to {FIGURES_PATH}")
+
+
+@pytest.fixture(scope="session")
+def client_keys(tmp_path_factory: pytest.TempPathFactory) -> ClientKeys:
+    if not HAVE_OPENSSH:
+        pytest.skip("the OpenSSH client (ssh, ssh-keygen) is not installed")
+    directory = tmp_path_factory.mktemp("client-keys")
+    paths = {}
+    for name in ("good", "stranger"):
+        path = directory / f"id_{name}"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"reliability-{name}", "-f", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            check=True,
+            timeout=30,
+        )
+        path.chmod(0o600)
+        paths[name] = path
+    return ClientKeys(**paths)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    base = tmp_path_factory.mktemp("data")
+    syslog = base / "syslog"
+    filler = (b"abcdefghijklmnopqrstuvwxyz0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:;-_=+()[]" * 60)[:BIG_LOG_LINE]
+    with open(syslog, "wb") as f:
+        for i in range(BIG_LOG_LINES):
+            prefix = f"Nov 26 12:{(i // 60) % 60:02d}:{i % 60:02d} relhost app[{i}]: ".encode()
+            f.write(prefix + filler[: BIG_LOG_LINE - len(prefix) - 1] + b"\n")
+    root = base / "root"
+    root.mkdir()
+    small = root / "small.txt"
+    small.write_bytes(b"hello, reliability\n")
+    big = root / "big.sparse"
+    with open(big, "wb") as f:
+        f.truncate(BIG_SPARSE_SIZE)
+    return Data(syslog=syslog, root=root, small=small, big=big)
+
+
+@pytest.fixture(scope="module")
+def make_server(
+    tmp_path_factory: pytest.TempPathFactory, client_keys: ClientKeys, data: Data
+) -> Iterator[Callable[..., Server]]:
+    """Start servers for this module; all are stopped (SIGTERM, exit 0) and their logs checked."""
+    servers: list[Server] = []
+
+    def start(**settings: Any) -> Server:
+        server = Server(tmp_path_factory.mktemp("server"), client_keys, data, **settings)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    errors = []
+    for server in servers:
+        try:
+            stop_and_check(server)
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n\n".join(errors)
