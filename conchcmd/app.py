@@ -43,8 +43,21 @@ class Server:
 
     factory: CommandServerFactory
     dispatcher: Dispatcher
-    keys: AuthorizedKeysFiles
     authorizer: KeyAuthorizer
+    realm: CommandRealm
+    passwords: PasswordChecker
+
+    def reload(self, config: Config) -> None:
+        """New users, keys and policy for logins from now on; sessions keep what they have."""
+        self.authorizer.keys = _authorized_keys(config)
+        self.authorizer.trusted = TrustedCAs(config.trusted_user_ca_keys)
+        self.authorizer.revoked = RevokedKeys(config.revoked_keys)
+        self.realm.users = config.users
+        self.passwords.users = config.users
+
+
+def _authorized_keys(config: Config) -> AuthorizedKeysFiles:
+    return AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
 
 
 def build_server(
@@ -60,19 +73,17 @@ def build_server(
     """Assemble commands, auth, realm and SSH factory; nothing listens yet."""
     table = build_command_table(config, runner, reactor)
     dispatcher = Dispatcher(table, audit, reactor)
-    keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
-    authorizer = KeyAuthorizer(keys, TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys), reactor)
+    trusted, revoked = TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys)
+    authorizer = KeyAuthorizer(_authorized_keys(config), trusted, revoked, reactor)
     shell = ShellSettings(
         hostname=hostname or socket.gethostname(),
         prompt=config.shell.prompt,
         completer=Completer(table, runner, config.comphash.roots),
     )
-    checkers: list[Any] = [PublicKeyChecker(authorizer)]
-    passwords = None
-    if any(policy.password_bcrypt for policy in config.users.values()):
-        passwords = PasswordChecker(config.users, runner)  # password auth exists only if some user has one
-        checkers.append(passwords)
-    portal = Portal(CommandRealm(dispatcher, reactor, shell, config.users), checkers)
+    # Password auth is offered only to users that have a password (see UserAuthService).
+    passwords = PasswordChecker(config.users, runner)
+    realm = CommandRealm(dispatcher, reactor, shell, config.users)
+    portal = Portal(realm, [PublicKeyChecker(authorizer), passwords])
     factory = CommandServerFactory(
         host_keys=host_keys,
         portal=portal,
@@ -82,4 +93,4 @@ def build_server(
         or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
         passwords=passwords,
     )
-    return Server(factory, dispatcher, keys, authorizer)
+    return Server(factory, dispatcher, authorizer, realm, passwords)

@@ -136,11 +136,11 @@ class KeyAuthorizer:
             raise KeyRefused(f"signature algorithm {sanitise(algorithm)} not accepted")
         if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
             raise KeyRefused(f"RSA key of {key.size()} bits is too small")
-        entry = self.keys.find(user, blob)
-        if entry is None:
+        entries = self.keys.find_all(user, blob)
+        if not entries:
             raise KeyRefused("key not in authorized_keys")
         self.revoked.check_key(blob)
-        self._apply_line(entry, user, blob, peer_host)
+        entry = self._first_line_that_passes(entries, user, blob, peer_host)
         meaning = entry.meaning
         identity = Identity(
             user=user,
@@ -150,6 +150,20 @@ class KeyAuthorizer:
             grant=Grant(forced_command=meaning.command, pty=meaning.pty, source=f"authorized_keys {entry.source}"),
         )
         return Authorized(identity, key, algorithm)
+
+    def _first_line_that_passes(
+        self, entries: list[AuthorizedKey], user: str, blob: bytes, peer_host: str | None
+    ) -> AuthorizedKey:
+        """sshd's rule for a key on several lines: the first line whose conditions pass."""
+        first_refusal: KeyRefused | None = None
+        for entry in entries:
+            try:
+                self._apply_line(entry, user, blob, peer_host)
+                return entry
+            except KeyRefused as e:
+                first_refusal = first_refusal or e
+        assert first_refusal is not None
+        raise first_refusal
 
     def _apply_line(self, entry: AuthorizedKey, user: str, blob: bytes, peer_host: str | None) -> None:
         """An authorized_keys line's own conditions: refused options, expiry-time, from=."""
@@ -170,6 +184,27 @@ class KeyAuthorizer:
         ):
             raise KeyRefused(f"from= does not allow {peer_host} ({entry.source})")
 
+    def _first_passing(
+        self, lines: list[AuthorizedKey], grant: Any, user: str, ca_blob: bytes, peer_host: str | None
+    ) -> tuple[str | None, bool, str]:
+        first_refusal: KeyRefused | None = None
+        for line in lines:
+            try:
+                allowed = set(line.meaning.principals) if line.meaning.principals is not None else {user}
+                if not allowed.intersection(grant.principals):
+                    raise KeyRefused(f"certificate principals do not match {line.source}")
+                self._apply_line(line, user, ca_blob, peer_host)
+                command = grant.force_command
+                if line.meaning.command is not None:
+                    if command is not None and command != line.meaning.command:
+                        raise KeyRefused("certificate and cert-authority line force different commands")
+                    command = line.meaning.command
+                return command, grant.pty and line.meaning.pty, f"cert-authority at {line.source}"
+            except KeyRefused as e:
+                first_refusal = first_refusal or e
+        assert first_refusal is not None
+        raise first_refusal
+
     def _certificate(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         lines = [e for e in self.keys.authorities(user) if e.refused is None]
         grant, ca_blob = validate_certificate(
@@ -183,17 +218,10 @@ class KeyAuthorizer:
         )
         if grant.key.type() == "RSA" and grant.key.size() < MIN_RSA_BITS:
             raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")
-        line = next((e for e in lines if e.blob == ca_blob), None)
-        command, pty = grant.force_command, grant.pty
-        via = "trusted_user_ca_keys"
-        if line is not None:
-            self._apply_line(line, user, ca_blob, peer_host)
-            if line.meaning.command is not None:
-                if command is not None and command != line.meaning.command:
-                    raise KeyRefused("certificate and cert-authority line force different commands")
-                command = line.meaning.command
-            pty = pty and line.meaning.pty
-            via = f"cert-authority at {line.source}"
+        command, pty, via = grant.force_command, grant.pty, "trusted_user_ca_keys"
+        candidates = [e for e in lines if e.blob == ca_blob]
+        if candidates:  # sshd's rule: the first cert-authority line whose conditions all pass
+            command, pty, via = self._first_passing(candidates, grant, user, ca_blob, peer_host)
         blob_type = getNS(blob)[0]
         expected = b"ssh-rsa-cert-v01@openssh.com" if algorithm.startswith(b"rsa-sha2-") else algorithm
         if blob_type != expected:

@@ -329,12 +329,14 @@ class AuthorizedKeysFiles:
         self._cache[path] = (signature, parsed)
         return parsed.entries
 
+    def find_all(self, user: str, blob: bytes) -> list[AuthorizedKey]:
+        """The user's lines for this key (cert-authority lines authorize only certificates)."""
+        return [e for e in self.entries_for(user) if e.blob == blob and not e.meaning.cert_authority]
+
     def find(self, user: str, blob: bytes) -> AuthorizedKey | None:
-        """The user's line for this key, if any (cert-authority lines authorize only certificates)."""
-        for entry in self.entries_for(user):
-            if entry.blob == blob and not entry.meaning.cert_authority:
-                return entry
-        return None
+        """The user's first line for this key, if any."""
+        lines = self.find_all(user, blob)
+        return lines[0] if lines else None
 
     def authorities(self, user: str) -> list[AuthorizedKey]:
         """The user's cert-authority lines: CAs whose certificates may log in as this user."""

@@ -137,24 +137,27 @@ class RevokedKeys:
         signature = (st.st_mtime_ns, st.st_size)
         if signature == self._signature:
             return
+        data = Path(self.path).read_bytes()
+        if data.startswith(b"SSHKRL\n\0"):
+            log.warn("{path} is a binary OpenSSH KRL, which conchcmd does not read: refusing every key", path=self.path)
+            raise CertificateRefused("revocation list in an unsupported format (KRL)")
         blobs, serials, ids = set(), [], set()
-        for number, raw in enumerate(Path(self.path).read_text(errors="replace").splitlines(), 1):
+        for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
-            if line.startswith("serial:"):
-                low, _, high = line[7:].strip().partition("-")
-                try:
+            try:
+                if line.startswith("serial:"):
+                    low, _, high = line[7:].strip().partition("-")
                     serials.append((int(low), int(high or low)))
-                except ValueError:
-                    log.warn("{path}:{n}: bad serial line ignored", path=self.path, n=number)
-            elif line.startswith("id:"):
-                ids.add(line[3:].strip())
-            else:
-                try:
-                    blobs.add(Key.fromString(line.encode()).blob())
-                except (BadKeyError, ValueError, IndexError, struct.error):
-                    log.warn("{path}:{n}: not a public key, ignored", path=self.path, n=number)
+                elif line.startswith("id:"):
+                    ids.add(line[3:].strip())
+                else:
+                    blobs.add(_revoked_blob(line))
+            except (BadKeyError, ValueError, IndexError, struct.error, TypeError):
+                # Fail closed, as sshd does: a revocation that cannot be read must not be lost.
+                log.warn("{path}:{n}: unreadable line: refusing every key until it is fixed", path=self.path, n=number)
+                raise CertificateRefused("revocation list has an unreadable line") from None
         self.blobs, self.serials, self.ids = frozenset(blobs), tuple(serials), frozenset(ids)
         self._signature = signature
 
@@ -173,6 +176,17 @@ class RevokedKeys:
         key_id = cert.key_id.decode("utf-8", "replace")
         if key_id in self.ids:
             raise CertificateRefused(f"certificate id {sanitise(key_id)!r} is revoked")
+
+
+def _revoked_blob(line: str) -> bytes:
+    """The key a revoked_keys line names: a public key, or the key of a certificate line."""
+    kind = line.split(None, 1)[0]
+    if kind.endswith(CERT_SUFFIX):
+        identity = serialization.load_ssh_public_identity(line.encode())
+        if not isinstance(identity, SSHCertificate):
+            raise ValueError("not a certificate")
+        return public_blob(identity.public_key())
+    return Key.fromString(line.encode()).blob()
 
 
 class TrustedCAs:
@@ -229,15 +243,14 @@ def validate_certificate(
     principals = tuple(p.decode("utf-8", "replace") for p in cert.valid_principals)
     if not principals:
         raise CertificateRefused("certificate has no principals")
-    options = dict(authorities)
-    if ca_blob in options:
-        wanted = options[ca_blob]
-        allowed = set(wanted) if wanted is not None else {user}
+    lines = [wanted for line_blob, wanted in authorities if line_blob == ca_blob]
+    if lines:  # each cert-authority line of this CA is judged on its own by the caller
+        allowed_sets = [set(wanted) if wanted is not None else {user} for wanted in lines]
     elif trusted.contains(ca_blob):
-        allowed = {user}
+        allowed_sets = [{user}]
     else:
         raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is not trusted")
-    if not allowed.intersection(principals):
+    if not any(allowed.intersection(principals) for allowed in allowed_sets):
         raise CertificateRefused(f"certificate principals {', '.join(map(sanitise, principals))} do not include {user}")
     if now < cert.valid_after:
         raise CertificateRefused("certificate is not yet valid")

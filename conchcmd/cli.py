@@ -199,90 +199,27 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _no_users_hint(config: Config) -> str | None:
-    """How to add a user, if the authorized_keys pattern's directory has no user files yet."""
-    pattern = Path(config.authorized_keys)
-    if "%u" not in pattern.name or "%u" in str(pattern.parent):
-        return None
-    directory = pattern.parent
-    if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
-        return None
-    config_arg = f" --config {config.source}" if config.source else ""
-    return (
-        "No users are configured yet. Authorize a key, for example:\n"
-        f"    conchcmd adduser{config_arg} admin ~/.ssh/id_ed25519.pub\n"
-        "then connect with: ssh -p PORT admin@HOST"
-    )
-
-
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from twisted.internet import reactor as global_reactor
-    from twisted.internet.endpoints import serverFromString
-    from twisted.python.threadpool import ThreadPool
+    import signal
 
-    from conchcmd.app import ThreadRunner, build_server
-    from conchcmd.audit import AuditLog
+    from twisted.internet import reactor as global_reactor
+
+    from conchcmd.service import ConchcmdService, StartupError
 
     reactor: Any = global_reactor
     config = _load(args)
-    listen = tuple(args.listen) if args.listen else config.listen
     _start_logging(out)
-    for path in ensure_host_keys(config.host_keys_dir):
-        out.write(f"conchcmd: created host key {path}\n")
+    listen = tuple(args.listen) if args.listen else None
+    service = ConchcmdService(config, reactor, out, listen=listen, config_path=config.source)
     try:
-        host_keys = load_host_keys(config.host_keys_dir)
-    except HostKeyError as e:
-        raise CliError(f"refusing to start: {e}") from None
-    try:
-        audit = AuditLog.open(config.audit_log, reactor)
-    except OSError as e:
-        raise CliError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
-    pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
-    server = build_server(config, reactor, host_keys=host_keys, audit=audit, runner=ThreadRunner(reactor, pool))
-    reactor.callWhenRunning(pool.start)
-    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
-    reactor.addSystemEventTrigger("after", "shutdown", audit.close)
-
+        service.prepare()
+    except StartupError as e:
+        raise CliError(str(e)) from None
     failures: list[str] = []
-    ports: list[Any] = []
-
-    def shutting_down() -> Any:
-        """Stop accepting, tell every client why, and give connections a moment to close."""
-        for port in ports:
-            port.stopListening()
-        return server.factory.close_all(b"server shutting down")
-
-    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-
-    def listening(port: Any, description: str) -> None:
-        ports.append(port)
-        address = port.getHost()
-        out.write(
-            f"conchcmd: listening on {description} ({getattr(address, 'host', '')}:{getattr(address, 'port', '')})\n"
-        )
-        out.flush()
-
-    def failed(failure: Any, description: str) -> None:
-        failures.append(f"cannot listen on {description}: {failure.getErrorMessage()}")
-        reactor.stop()
-
-    def start() -> None:
-        for description in listen:
-            try:
-                endpoint = serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
-                failures.append(f"cannot listen on {description}: bad endpoint: {e}")
-                reactor.stop()
-                return
-            d = endpoint.listen(server.factory)
-            d.addCallback(listening, description)
-            d.addErrback(failed, description)
-        hint = _no_users_hint(config)
-        if hint:
-            out.write(hint + "\n")
-            out.flush()
-
-    reactor.callWhenRunning(start)
+    service.ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.run()
     if failures:
         raise CliError("; ".join(failures))

@@ -241,6 +241,8 @@ class Server:
     max_clients: int = 10
     lastlog_path: Path | str | None = None  # default: the session's syslog file; "journal" works
     env_extra: dict[str, str] | None = None  # extra environment for the server process
+    config_top: str = ""  # extra top-level config lines (written before the first table)
+    config_tables: str = ""  # extra config tables, e.g. `[users.NAME]` (written last)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     returncode: int | None = None
@@ -281,12 +283,14 @@ class Server:
                     'authorized_keys = "keys/authorized_keys/%u"',
                     f"max_clients = {self.max_clients}",
                     'audit_log = "audit.jsonl"',
+                    self.config_top,
                     "[lastlog]",
                     f"path = {_toml_str(str(self.lastlog_path or self.data.syslog))}",
                     "lines = 10",
                     "max_lines = 10000",
                     "[comphash]",
                     f"roots = [{_toml_str(str(self.data.root))}]",
+                    self.config_tables,
                     "",
                 ]
             )

@@ -1,0 +1,176 @@
+"""The running server as a Twisted Service: shared by `conchcmd serve` and `twistd conchcmd`.
+
+Starting loads host keys, opens the audit log, starts the thread pool and listens on every
+endpoint; it then tells systemd it is ready (sd_notify, no dependency). Stopping stops
+accepting, tells clients why, and closes what it opened. `reload` re-reads the configuration
+(SIGHUP): users, keys and policy change for new logins, running sessions keep theirs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, TextIO
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from conchcmd.app import Server, ThreadRunner, build_server
+from conchcmd.audit import LOG_NAMESPACE, AuditLog
+from conchcmd.config import Config, ConfigError, load_config
+from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+
+class StartupError(Exception):
+    """The server cannot start (a bad host key, an endpoint that cannot listen, ...)."""
+
+
+def sd_notify(state: bytes, environ: dict[str, str] | None = None) -> bool:
+    """Send a state line to systemd's NOTIFY_SOCKET, if there is one (Type=notify units)."""
+    address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # the abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state)
+        except OSError as e:
+            log.warn("sd_notify to {address} failed: {error}", address=address, error=e.strerror)
+            return False
+    return True
+
+
+class ConchcmdService(Service):
+    """One conchcmd server: the factory listening on its endpoints, and what it owns."""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        out: TextIO,
+        *,
+        listen: tuple[str, ...] | None = None,
+        config_path: Path | None = None,
+    ):
+        self.config = config
+        self.reactor = reactor
+        self.out = out
+        self.listen = listen or config.listen
+        self.config_path = config_path
+        self.ports: list[Any] = []
+        self.server: Server | None = None
+        self.ready: defer.Deferred[None] = defer.Deferred()
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def prepare(self) -> None:
+        """Everything that can fail before the reactor runs: keys, audit log, the object graph."""
+        config = self.config
+        for path in ensure_host_keys(config.host_keys_dir):
+            self.say(f"conchcmd: created host key {path}")
+        try:
+            host_keys = load_host_keys(config.host_keys_dir)
+        except HostKeyError as e:
+            raise StartupError(f"refusing to start: {e}") from None
+        try:
+            self.audit = AuditLog.open(config.audit_log, self.reactor)
+        except OSError as e:
+            raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
+        self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
+        runner = ThreadRunner(self.reactor, self.pool)
+        self.server = build_server(config, self.reactor, host_keys=host_keys, audit=self.audit, runner=runner)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.server is None:
+            self.prepare()
+        self.pool.start()
+        listening = [self._listen(description) for description in self.listen]
+        done = defer.gatherResults(listening, consumeErrors=True)
+        done.addCallbacks(self._listening, self._failed_to_listen)
+
+    def _listen(self, description: str) -> defer.Deferred[Any]:
+        assert self.server is not None
+        try:
+            endpoint = serverFromString(self.reactor, description)
+        except (ValueError, TypeError, KeyError) as e:
+            return defer.fail(StartupError(f"cannot listen on {description}: bad endpoint: {e}"))
+        d = endpoint.listen(self.server.factory)
+
+        def listening(port: Any) -> None:
+            self.ports.append(port)
+            address = port.getHost()
+            where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+            self.say(f"conchcmd: listening on {description} ({where})")
+
+        def failed(failure: Any) -> None:
+            raise StartupError(f"cannot listen on {description}: {failure.getErrorMessage()}")
+
+        return d.addCallbacks(listening, failed)
+
+    def _listening(self, _: object) -> None:
+        hint = no_users_hint(self.config)
+        if hint:
+            self.say(hint)
+        sd_notify(b"READY=1\nSTATUS=listening")
+        self.ready.callback(None)
+
+    def _failed_to_listen(self, failure: Any) -> None:
+        error = failure.value.subFailure.value if hasattr(failure.value, "subFailure") else failure.value
+        self.ready.errback(error)
+        self.reactor.stop()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        sd_notify(b"STOPPING=1")
+        for port in self.ports:
+            port.stopListening()
+        closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
+
+        def release(_: object) -> None:
+            if self.pool.started:
+                self.pool.stop()
+            self.audit.close()
+
+        return closing.addBoth(release)
+
+    def reload(self) -> bool:
+        """Re-read the configuration file; keep the old one if the new one is bad."""
+        if self.config_path is None or self.server is None:
+            log.warn("SIGHUP: no configuration file to reload")
+            return False
+        try:
+            config = load_config(self.config_path, cwd=Path.cwd())
+        except ConfigError as e:
+            log.warn("Reload rejected, keeping the running configuration: {error}", error=str(e))
+            return False
+        self.server.reload(config)
+        self.config = config
+        log.info("Reloaded users, keys and policy from {path}", path=str(self.config_path))
+        return True
+
+
+def no_users_hint(config: Config) -> str | None:
+    """How to add a user, if the authorized_keys pattern's directory has no user files yet."""
+    pattern = Path(config.authorized_keys)
+    if "%u" not in pattern.name or "%u" in str(pattern.parent):
+        return None
+    directory = pattern.parent
+    if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
+        return None
+    config_arg = f" --config {config.source}" if config.source else ""
+    return (
+        "No users are configured yet. Authorize a key, for example:\n"
+        f"    conchcmd adduser{config_arg} admin ~/.ssh/id_ed25519.pub\n"
+        "then connect with: ssh -p PORT admin@HOST"
+    )

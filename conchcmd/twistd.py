@@ -1,0 +1,48 @@
+"""`twistd conchcmd`: the same server as `conchcmd serve`, the Twisted way (twistd handles
+daemonising, pid files and logging)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+from conchcmd.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    optParameters = [["config", "c", None, "config file (default: ./conchcmd.toml if present)"]]
+    optFlags: list[list[str]] = []
+
+
+@implementer(IServiceMaker, IPlugin)
+class ServiceMaker:
+    tapname = "conchcmd"
+    description = "A hardened SSH server for ops commands (lastlog, comphash)."
+    options = Options
+
+    def makeService(self, options: Options) -> Any:
+        import sys
+
+        from twisted.internet import reactor
+
+        from conchcmd.service import ConchcmdService, StartupError
+
+        path = Path(options["config"]) if options["config"] else None
+        try:
+            config = load_config(path, cwd=Path.cwd())
+        except ConfigError as e:
+            raise SystemExit(f"conchcmd: configuration error: {e}") from None
+        service = ConchcmdService(config, reactor, sys.stdout, config_path=config.source)
+        try:
+            service.prepare()
+        except StartupError as e:
+            raise SystemExit(f"conchcmd: {e}") from None
+        return service
+
+
+service_maker = ServiceMaker()
