@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     adduser.add_argument("user")
     adduser.add_argument("pubkey_file", type=Path)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration"))
+    with_config(sub.add_parser("doctor", help="check the configuration and its files; say what to fix"))
     hash_password = sub.add_parser("hash-password", help="read a password from stdin, print its bcrypt hash")
     hash_password.add_argument("--rounds", type=int, default=12, help="bcrypt cost (default 12)")
     check = with_config(sub.add_parser("check", help="would this login and command be allowed? (a dry run)"))
@@ -123,6 +124,22 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         f.write(line.splitlines()[0] + "\n")
     out.write(f"{args.user}: added {key.sshType().decode()} key {fingerprint(blob)} to {path}\n")
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    from conchcmd.doctor import PROBLEM, examine
+
+    try:
+        config = load_config(args.config, cwd=Path.cwd())
+    except ConfigError as e:
+        out.write(f"problem  configuration: {e}\n         fix: edit the file; `conchcmd check-config` shows it\n")
+        return EXIT_USAGE
+    findings = examine(config)
+    for finding in findings:
+        out.write(finding.line() + "\n")
+    problems = sum(f.level == PROBLEM for f in findings)
+    out.write(f"{problems} problem(s)\n" if problems else "all well\n")
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 def cmd_hash_password(args: argparse.Namespace, out: TextIO) -> int:
@@ -240,6 +257,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "hash-password": cmd_hash_password,
     "check": cmd_check,
+    "doctor": cmd_doctor,
 }
 
 

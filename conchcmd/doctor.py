@@ -1,0 +1,170 @@
+"""`conchcmd doctor`: look over a configuration and its files, and say what to fix."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.conch.ssh import _kex
+
+from conchcmd.authorized_keys import parse_authorized_keys
+from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
+from conchcmd.config import Config
+from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, load_host_keys
+from conchcmd.lastlog import JOURNAL
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:8} {self.message}" + (f"\n         fix: {self.fix}" if self.fix else "")
+
+
+def examine(config: Config) -> list[Finding]:
+    """Every finding, in the order an operator would go through them."""
+    return [
+        *_host_keys(config),
+        *_authorized_keys(config),
+        *_log_source(config),
+        *_roots(config),
+        *_certificates(config),
+        *_algorithms(config),
+        *_audit_log(config),
+    ]
+
+
+def _host_keys(config: Config) -> Iterator[Finding]:
+    directory = config.host_keys_dir
+    present = [directory / name for name in HOST_KEY_FILES if (directory / name).exists()]
+    if not present:
+        yield Finding(WARNING, f"no host key in {directory} yet", "`conchcmd keygen` (serve also creates one)")
+        return
+    for path in present:
+        try:
+            check_private_mode(path)
+        except HostKeyError as e:
+            yield Finding(PROBLEM, str(e), f"chmod 600 {path}")
+    try:
+        keys = load_host_keys(directory)
+    except HostKeyError as e:
+        yield Finding(PROBLEM, str(e), "replace the file: `conchcmd keygen` after moving it away")
+        return
+    names = ", ".join(k.decode() for k in keys.private)
+    yield Finding(OK, f"host keys: {names}")
+
+
+def _authorized_keys(config: Config) -> Iterator[Finding]:
+    pattern = Path(config.authorized_keys)
+    if "%u" not in pattern.name or "%u" in str(pattern.parent):
+        yield Finding(OK, f"authorized_keys pattern {pattern} (not a single directory: files not listed)")
+        return
+    directory = pattern.parent
+    files = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    if not files:
+        yield Finding(WARNING, f"no users: {directory} has no authorized_keys files", "`conchcmd adduser USER KEY.pub`")
+        return
+    for path in files:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o022:
+            yield Finding(
+                PROBLEM, f"{path} is writable by group or others (mode {mode:04o}): it is ignored", f"chmod 600 {path}"
+            )
+            continue
+        parsed = parse_authorized_keys(
+            path.read_text(errors="replace"), str(path), permit_environment=config.permit_user_environment
+        )
+        for problem in parsed.problems:
+            yield Finding(PROBLEM, problem, "fix or remove that line (see the README's option list)")
+        usable = [e for e in parsed.entries if e.refused is None]
+        yield Finding(OK if usable else WARNING, f"user {path.name}: {len(usable)} usable key line(s)")
+
+
+def _log_source(config: Config) -> Iterator[Finding]:
+    for source in config.lastlog.sources:
+        if source == JOURNAL:
+            if any(Path(d, "journalctl").exists() for d in os.environ.get("PATH", "").split(os.pathsep) if d):
+                yield Finding(OK, "lastlog reads the systemd journal (journalctl)")
+                return
+        elif Path(source).is_file():
+            if os.access(source, os.R_OK):
+                yield Finding(OK, f"lastlog reads {source}")
+            else:
+                yield Finding(PROBLEM, f"{source} is not readable by this user", "run as a user in the log's group")
+            return
+    tried = ", ".join(config.lastlog.sources)
+    yield Finding(PROBLEM, f"no system log found (tried {tried})", "set [lastlog] path to the log file")
+
+
+def _roots(config: Config) -> Iterator[Finding]:
+    for root in config.comphash.roots:
+        if not Path(root).is_dir():
+            yield Finding(PROBLEM, f"comphash root {root} is not a directory", "fix [comphash] roots")
+    for name, policy in config.users.items():
+        for root in policy.comphash_roots or ():
+            if not Path(root).is_dir():
+                yield Finding(
+                    PROBLEM,
+                    f"users.{name}: comphash root {root} is not a directory",
+                    f"fix [users.{name}] comphash_roots",
+                )
+    yield Finding(OK, f"comphash roots: {', '.join(config.comphash.roots)}")
+
+
+def _certificates(config: Config) -> Iterator[Finding]:
+    if config.trusted_user_ca_keys:
+        path = Path(config.trusted_user_ca_keys)
+        if not path.is_file():
+            yield Finding(PROBLEM, f"trusted_user_ca_keys {path} does not exist", "create it or remove the setting")
+        else:
+            trusted = TrustedCAs(str(path))
+            trusted.contains(b"")  # loads the file
+            level = OK if trusted.blobs else WARNING
+            yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
+    if config.revoked_keys:
+        revoked = RevokedKeys(config.revoked_keys)
+        try:
+            revoked.check_key(b"")  # loads the file; a list that cannot be read refuses every key
+        except CertificateRefused as e:
+            yield Finding(
+                PROBLEM,
+                f"revoked_keys: {e}: every key is refused",
+                f"fix {config.revoked_keys} (a public key, `serial:` or `id:` per line)",
+            )
+            return
+        yield Finding(OK, f"revoked_keys: {len(revoked.blobs)} key(s), {len(revoked.serials)} serial range(s)")
+
+
+def _algorithms(config: Config) -> Iterator[Finding]:
+    available = _kex.getSupportedKeyExchanges()
+    kex = [k for k in config.algorithms.kex_algorithms if k.encode() in available]
+    missing = [k for k in config.algorithms.kex_algorithms if k.encode() not in available]
+    if missing:
+        yield Finding(
+            WARNING,
+            f"key exchange not available in this build: {', '.join(missing)}",
+            "upgrade the cryptography package (ML-KEM needs OpenSSL 3.5+)",
+        )
+    if not kex:
+        yield Finding(PROBLEM, "no key exchange algorithm left", "allow curve25519-sha256 in kex_algorithms")
+        return
+    yield Finding(OK, f"offering kex {', '.join(kex)}; ciphers {', '.join(config.algorithms.ciphers)}")
+
+
+def _audit_log(config: Config) -> Iterator[Finding]:
+    if config.audit_log == "-":
+        yield Finding(OK, "audit log: stdout")
+        return
+    directory = Path(config.audit_log).parent
+    if not os.access(directory, os.W_OK):
+        yield Finding(PROBLEM, f"audit log directory {directory} is not writable", "create it or fix its owner")
+    else:
+        yield Finding(OK, f"audit log: {config.audit_log}")
