@@ -30,6 +30,22 @@ MARKERS = (STRICT_KEX_SERVER, STRICT_KEX_CLIENT, EXT_INFO_CLIENT, EXT_INFO_SERVE
 REKEY_BYTES = 1 << 30
 REKEY_SECONDS = 3600.0
 MAX_PACKET = 256 * 1024 + 1024
+
+
+class RandomPool:
+    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~30 packets)."""
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self.pool = b""
+
+    def take(self, n: int) -> bytes:
+        if len(self.pool) < n:
+            self.pool = os.urandom(self.size)
+        out, self.pool = self.pool[:n], self.pool[n:]
+        return out
+
+
 KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
 
 
@@ -82,6 +98,7 @@ class ModernFraming:
         # Conch's version installs its own SSHCiphers; ours start with the plain CipherSuite.
         self.transport.write(self.ourVersionString + b"\r\n")
         self.currentEncryptions = CipherSuite.plain()
+        self._padding = RandomPool()
         self._out_codec: PacketCodec = self.currentEncryptions.outgoing
         self._in_codec: PacketCodec = self.currentEncryptions.incoming
         self._keyed_at = self.now()
@@ -127,7 +144,8 @@ class ModernFraming:
         if self._dead:
             return
         codec = self._out_codec
-        data = codec.seal(self.outgoingPacketSequence, pad(bytes((messageType,)) + payload, codec, os.urandom))
+        packet = pad(bytes((messageType,)) + payload, codec, self._padding.take)
+        data = codec.seal(self.outgoingPacketSequence, packet)
         self.transport.write(data)
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
         if messageType == transport.MSG_NEWKEYS:

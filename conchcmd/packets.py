@@ -64,6 +64,9 @@ NONE = b"none"
 NULL_CIPHER = CipherSpec("none", 0, 0, 8)
 
 
+_BLOCK0 = bytes(64)
+
+
 def chacha20(key: bytes, data: bytes, seq: int, counter: int) -> bytes:
     """OpenSSH's ChaCha20: a 64-bit block counter and the 64-bit sequence number as the nonce.
 
@@ -181,23 +184,34 @@ class _ChaCha20Poly1305(PacketCodec):
 
     def __init__(self, key: bytes):
         self._main, self._header = key[:32], key[32:64]
+        self._length: tuple[int, bytes] = (-1, b"")
+
+    def _main_stream(self, seq: int, data: bytes) -> tuple[bytes, bytes]:
+        """One pass of K_2's keystream: block 0 gives the Poly1305 key, blocks 1.. encrypt data."""
+        out = chacha20(self._main, _BLOCK0 + data, seq, 0)
+        return out[:32], out[64:]
 
     def seal(self, seq: int, packet: bytes) -> bytes:
-        sealed = chacha20(self._header, packet[:4], seq, 0) + chacha20(self._main, packet[4:], seq, 1)
-        poly_key = chacha20(self._main, bytes(32), seq, 0)
+        poly_key, body = self._main_stream(seq, packet[4:])
+        sealed = chacha20(self._header, packet[:4], seq, 0) + body
         return sealed + Poly1305.generate_tag(poly_key, sealed)
 
     def packet_length(self, seq: int, head: bytes) -> int:
-        return int(struct.unpack(">L", chacha20(self._header, head[:4], seq, 0))[0])
+        plain = chacha20(self._header, head[:4], seq, 0)
+        self._length = (seq, plain)  # open() needs it again for the same packet
+        return int(struct.unpack(">L", plain)[0])
 
     def open(self, seq: int, data: bytes) -> bytes:
         sealed, tag = data[:-16], data[-16:]
-        poly_key = chacha20(self._main, bytes(32), seq, 0)
+        poly_key, body = self._main_stream(seq, sealed[4:])
         try:
             Poly1305.verify_tag(poly_key, sealed, tag)
         except InvalidSignature:
             raise BadPacket("bad Poly1305 tag") from None
-        return chacha20(self._header, sealed[:4], seq, 0) + chacha20(self._main, sealed[4:], seq, 1)
+        known_seq, length = self._length
+        if known_seq != seq:
+            length = chacha20(self._header, sealed[:4], seq, 0)
+        return length + body
 
 
 def make_codec(cipher: bytes, mac: bytes, key: bytes, iv: bytes, mac_key: bytes, *, out: bool) -> PacketCodec:
