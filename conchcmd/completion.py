@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 
 from twisted.internet import defer
 
@@ -11,9 +13,45 @@ from conchcmd.comphash import within_roots
 from conchcmd.config import UserPolicy
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
+_SPECIAL = re.compile(r"""([\s'"\\#;&|<>()$`*?!])""")
 
 
-def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES) -> list[str]:
+@dataclass(frozen=True)
+class Completion:
+    """Candidates for the word before the cursor; `complete` is False when the list was cut."""
+
+    candidates: list[str]
+    complete: bool = True
+
+
+def quote_word(text: str) -> str:
+    """Backslash-escape what the command-line parser would otherwise split or interpret."""
+    return _SPECIAL.sub(r"\\\1", text)
+
+
+def split_words(line: str) -> list[str]:
+    """The words of a partial command line, backslash escapes undone (quotes kept as typed)."""
+    words, current, escaped = [], [], False
+    for ch in line:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == " ":
+            words.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    words.append("".join(current))
+    return words
+
+
+def last_word(line: str) -> str:
+    return split_words(line)[-1]
+
+
+def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES) -> Completion:
     """Paths starting with `partial` that lead into the roots. Blocking: run it in a thread.
 
     Files are offered only inside the roots; directories also when they are on the way to one.
@@ -23,8 +61,8 @@ def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES
     try:
         entries = sorted(os.scandir(directory or "/"), key=lambda e: e.name)
     except OSError:
-        return []
-    candidates = []
+        return Completion([])
+    candidates: list[str] = []
     for entry in entries:
         name = entry.name
         if not name.startswith(stem) or (name.startswith(".") and not stem.startswith(".")):
@@ -37,10 +75,10 @@ def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES
         inside = within_roots(real, roots)
         on_the_way = is_dir and any(root.startswith(real.rstrip("/") + "/") for root in roots)
         if inside or on_the_way:
-            candidates.append(shown + name + ("/" if is_dir else ""))
             if len(candidates) >= limit:
-                break
-    return candidates
+                return Completion(candidates, complete=False)
+            candidates.append(shown + name + ("/" if is_dir else ""))
+    return Completion(candidates)
 
 
 class Completer:
@@ -51,21 +89,25 @@ class Completer:
         self.runner = runner
         self.roots = tuple(os.path.realpath(r) for r in roots)
 
-    def complete(self, line: str, policy: UserPolicy) -> defer.Deferred[list[str]]:
-        """Candidates (whole words) for the last word of `line`."""
-        words = line.split(" ")
+    def complete(self, line: str, policy: UserPolicy) -> defer.Deferred[Completion]:
+        """Candidates (whole, unquoted words) for the last word of `line`."""
+        words = split_words(line)
         word = words[-1]
         permitted = [c for c in self.table if policy.permits(c.name)]
+
+        def names(options: list[str]) -> defer.Deferred[Completion]:
+            return defer.succeed(Completion([o for o in options if o.startswith(word)]))
+
         if len(words) == 1:
-            return defer.succeed([c.name for c in permitted if c.name.startswith(word)])
+            return names([c.name for c in permitted])
         command = next((c for c in permitted if c.name == words[0]), None)
         if command is None:
-            return defer.succeed([])
+            return names([])
         if word.startswith("-"):
-            return defer.succeed([o for o in command.options if o.startswith(word)])
+            return names(list(command.options))
         if command.name == "help":
-            return defer.succeed([c.name for c in permitted if c.name.startswith(word)])
+            return names([c.name for c in permitted])
         if command.name == "comphash" and word.startswith("/"):
             roots = policy.comphash_roots or self.roots
             return self.runner.run(list_paths, word, tuple(os.path.realpath(r) for r in roots))
-        return defer.succeed([])
+        return names([])

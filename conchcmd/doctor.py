@@ -48,11 +48,15 @@ def _host_keys(config: Config) -> Iterator[Finding]:
     if not present:
         yield Finding(WARNING, f"no host key in {directory} yet", "`conchcmd keygen` (serve also creates one)")
         return
+    mode_problems = False
     for path in present:
         try:
             check_private_mode(path)
         except HostKeyError as e:
+            mode_problems = True
             yield Finding(PROBLEM, str(e), f"chmod 600 {path}")
+    if mode_problems:
+        return  # loading would fail on the same modes
     try:
         keys = load_host_keys(directory)
     except HostKeyError as e:

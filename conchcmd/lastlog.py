@@ -89,17 +89,36 @@ class FileTail:
             raise
         return f, start, size
 
+    def _owned(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run fn in a thread; a file it opens after the caller gave up is closed, not leaked."""
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def arrived(outcome: Any) -> None:
+            if result.called:  # cancelled meanwhile
+                for value in outcome if isinstance(outcome, tuple) else ():
+                    if hasattr(value, "close"):
+                        value.close()
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        self.runner.run(fn, *args).addBoth(arrived)
+        return result
+
     async def tail(self, lines: int, out: Writer, *, follow: bool = False, stop: defer.Deferred[None]) -> None:
         try:
-            f, start, size = await self.runner.run(self._open, lines)
+            f, start, size = await self._owned(self._open, lines)
         except OSError as e:
             raise CommandError(f"{self.path}: {e.strerror}") from None
+        current = [f]  # the file being read; following may replace it
         try:
             await self._copy(f, size - start, out)  # up to the size seen at start: a growing log ends
             if follow:
-                f = await self._follow(f, out, stop)
+                await self._follow(current, out, stop)
         finally:
-            f.close()
+            current[0].close()
 
     async def _copy(self, f: IO[bytes], remaining: int | None, out: Writer) -> None:
         """Copy `remaining` bytes (None: whatever is there now) from f's position to out."""
@@ -112,33 +131,33 @@ class FileTail:
                 remaining -= len(chunk)
             await out(chunk)
 
-    def _look(self, f: IO[bytes]) -> tuple[str, IO[bytes]]:
-        """Compare the open file with the path: 'same', 'truncated' (rewound) or 'rotated'."""
+    def _look(self, f: IO[bytes]) -> tuple[str, IO[bytes] | None]:
+        """Compare the open file with the path: 'same', 'truncated' (rewound) or 'rotated'
+        (with the new file, opened)."""
         try:
             st = os.stat(self.path)
         except OSError:
-            return "same", f  # rotated away and not recreated yet: keep reading the old one
+            return "same", None  # rotated away and not recreated yet: keep reading the old one
         mine = os.fstat(f.fileno())
         if (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
             return "rotated", open(self.path, "rb")
         if mine.st_size < f.tell():
             f.seek(0)
-            return "truncated", f
-        return "same", f
+            return "truncated", None
+        return "same", None
 
-    async def _follow(self, f: IO[bytes], out: Writer, stop: defer.Deferred[None]) -> IO[bytes]:
-        """Like `tail -F`: new lines as they come, across rotation and truncation, until stopped."""
+    async def _follow(self, current: list[IO[bytes]], out: Writer, stop: defer.Deferred[None]) -> None:
+        """Like `tail -F`: new lines as they come, across rotation and truncation, until stopped.
+        `current[0]` is always the open file, so the caller closes the right one."""
         while not stop.called:
             await task.deferLater(self.clock, FOLLOW_POLL, lambda: None)
-            await self._copy(f, None, out)  # what the current file still has
-            state, current = await self.runner.run(self._look, f)
-            if state == "rotated":
-                f.close()
-                f = current
-                await self._copy(f, None, out)
-            elif state == "truncated":
-                await self._copy(f, None, out)
-        return f
+            await self._copy(current[0], None, out)  # what the current file still has
+            state, new = await self._owned(self._look, current[0])
+            if new is not None:
+                current[0].close()
+                current[0] = new
+            if state != "same":
+                await self._copy(current[0], None, out)
 
 
 class _JournalProtocol(ProcessProtocol):
@@ -197,7 +216,17 @@ class JournalTail:
         if follow:
             stop.addCallback(kill)  # end of input ends a follow
         waiting: defer.Deferred[None] = defer.Deferred(kill)
-        protocol.ended.chainDeferred(waiting)
+
+        def relay(outcome: Any) -> None:
+            # After a cancel, journalctl still ends (we killed it): nothing is waiting any more.
+            if waiting.called:
+                return
+            if isinstance(outcome, Failure):
+                waiting.errback(outcome)
+            else:
+                waiting.callback(None)
+
+        protocol.ended.addBoth(relay)
         try:
             await waiting
         except CommandError:

@@ -103,7 +103,7 @@ class ConchcmdService(Service):
         assert self.server is not None
         try:
             endpoint = serverFromString(self.reactor, description)
-        except (ValueError, TypeError, KeyError) as e:
+        except Exception as e:  # any bad description, e.g. `systemd:` with no inherited socket
             return defer.fail(StartupError(f"cannot listen on {description}: bad endpoint: {e}"))
         d = endpoint.listen(self.server.factory)
 

@@ -399,7 +399,10 @@ class ExecHandler(CommandHandler):
         running.addCallback(lambda outcome: self.chan.finish(outcome.status))
 
     def data_received(self, data: bytes) -> None:
-        pass  # commands read no stdin
+        # Commands read no stdin; but with a pty the client's raw terminal sends Ctrl-C as a byte.
+        if self.chan.terminal is not None and b"\x03" in data and self.running is not None:
+            self.chan.send(b"^C\r\n")
+            self.interrupt()
 
     def eof_received(self) -> None:
         self.end_of_input()

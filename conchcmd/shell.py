@@ -13,6 +13,7 @@ from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer
 
 from conchcmd.commands import ExitStatus, Outcome
+from conchcmd.completion import Completion, last_word, quote_word
 from conchcmd.session import INPUT_HIGH_WATER, CommandHandler, SessionChannel, SessionContext, Terminal
 
 CTRL_C = b"\x03"
@@ -236,8 +237,12 @@ class LineEditor(HistoricRecvLine):
             try:
                 text = self._decoder.decode(keyID)
             except UnicodeDecodeError:
-                self._decoder.reset()
-                return
+                self._decoder.reset()  # drop the broken sequence, keep this byte if it starts anew
+                try:
+                    text = self._decoder.decode(keyID)
+                except UnicodeDecodeError:
+                    self._decoder.reset()
+                    return
             if text:
                 self.characterReceived(text.encode("utf-8"), False)
 
@@ -289,13 +294,16 @@ class LineEditor(HistoricRecvLine):
         snapshot = (list(self.lineBuffer), self.lineBufferIndex)
         self.shell.complete(before).addCallback(self._complete, before, snapshot)
 
-    def _complete(self, candidates: list[str], before: str, snapshot: tuple[list[bytes], int]) -> None:
+    def _complete(self, found: Completion, before: str, snapshot: tuple[list[bytes], int]) -> None:
         if (self.lineBuffer, self.lineBufferIndex) != snapshot or self.shell.running is not None:
             return  # the line changed while the directory was being listed
-        word = before.split(" ")[-1]
+        candidates = found.candidates
+        word = last_word(before)
         common = os.path.commonprefix(candidates) if candidates else ""  # noqa: RUF071 - strings, not paths
-        if len(common) > len(word):
-            addition = common[len(word) :] + (" " if len(candidates) == 1 and not common.endswith("/") else "")
+        if len(common) > len(word) and found.complete:  # a cut listing may hide other matches
+            addition = quote_word(common[len(word) :])
+            if len(candidates) == 1 and not common.endswith("/"):
+                addition += " "
             for ch in addition:
                 self.characterReceived(ch.encode("utf-8"), True)
         elif len(candidates) > 1:
@@ -335,9 +343,17 @@ class LineEditor(HistoricRecvLine):
             self.drawInputLine()
             return
         super().handle_RETURN()
-        if len(self.historyLines) > self.history_size:
-            del self.historyLines[: len(self.historyLines) - self.history_size]
-            self.historyPosition = len(self.historyLines)
+        self._trim_history()
+
+    def handle_UP(self) -> None:
+        super().handle_UP()  # may keep the line being typed as a draft in the history
+        self._trim_history()
+
+    def _trim_history(self) -> None:
+        excess = len(self.historyLines) - self.history_size
+        if excess > 0:
+            del self.historyLines[:excess]
+            self.historyPosition = max(0, self.historyPosition - excess)
 
     def lineReceived(self, line: bytes) -> None:
         self.shell.line_entered(line)
@@ -357,10 +373,10 @@ class TerminalShell(_ShellBase):
         prompt = settings.prompt.format(user=context.identity.user, host=settings.hostname).encode("utf-8", "replace")
         self.editor = LineEditor(self, prompt, settings.max_line, settings.history_size)
 
-    def complete(self, before_cursor: str) -> defer.Deferred[list[str]]:
+    def complete(self, before_cursor: str) -> defer.Deferred[Completion]:
         completer = self.context.shell.completer
         if completer is None:
-            return defer.succeed([])
+            return defer.succeed(Completion([]))
         return completer.complete(before_cursor, self.context.policy)
 
     def banner(self) -> bytes:

@@ -243,6 +243,11 @@ class Server:
     env_extra: dict[str, str] | None = None  # extra environment for the server process
     config_top: str = ""  # extra top-level config lines (written before the first table)
     config_tables: str = ""  # extra config tables, e.g. `[users.NAME]` (written last)
+    listen: str = "tcp:0:interface=127.0.0.1"  # the config's endpoint (e.g. "systemd:domain=INET:index=0")
+    #: The server command, given the Server (default: `python -m conchcmd serve --config CONFIG`).
+    command: Callable[[Server], Sequence[str]] | None = None
+    popen_extra: dict[str, Any] | None = None  # extra subprocess.Popen arguments (pass_fds, preexec_fn)
+    stop_status: int = 0  # the exit status expected after SIGTERM (twistd re-raises it: -15)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     returncode: int | None = None
@@ -278,7 +283,7 @@ class Server:
         self.config.write_text(
             "\n".join(
                 [
-                    'listen = ["tcp:0:interface=127.0.0.1"]',
+                    f"listen = [{_toml_str(self.listen)}]",
                     'host_keys_dir = "keys"',
                     'authorized_keys = "keys/authorized_keys/%u"',
                     f"max_clients = {self.max_clients}",
@@ -307,14 +312,20 @@ class Server:
         env.update(self.env_extra or {})
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        argv = (
+            self.command(self)
+            if self.command is not None
+            else [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)]
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)],
+            list(argv),
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             cwd=self.base,
             env=env,
             start_new_session=True,
+            **(self.popen_extra or {}),
         )
 
         def listening() -> int | None:
@@ -493,7 +504,9 @@ def client_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 def stop_and_check(server: Server, *, expect_activity: bool = True) -> None:
     server.stop()
-    assert server.returncode == 0, f"server exited with {server.returncode} after SIGTERM:\n{server.log_text()}"
+    assert server.returncode == server.stop_status, (
+        f"server exited with {server.returncode} after SIGTERM:\n{server.log_text()}"
+    )
     server.check_log(expect_activity=expect_activity)
 
 
@@ -524,3 +537,9 @@ def make_server(
 def server(make_server: Callable[..., Server]) -> Server:
     """The module's server: max_clients 10, users alice (3 keys) and bob (an options line)."""
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def server_class() -> type[Server]:
+    """The Server class, for tests that start and stop a server themselves (and check its log)."""
+    return Server

@@ -1,0 +1,659 @@
+"""The terminal shell as a person meets it, over a recording connection (no sockets, task.Clock):
+Tab completion, history, line editing keys, Ctrl-C/Ctrl-D, UTF-8 input, the prompt, and the
+comphash progress line. Every assertion is on the bytes the user's terminal receives, the exit
+status sent, or the command the audit log says ran."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.conch.ssh import common
+from twisted.internet import defer, task
+
+from conchcmd.audit import MemoryAuditLog
+from conchcmd.auth import Identity
+from conchcmd.builtin import build_command_table
+from conchcmd.commands import Command, Dispatcher, InlineRunner, Invocation
+from conchcmd.comphash import MIB, hash_file
+from conchcmd.completion import MAX_CANDIDATES, Completer
+from conchcmd.config import ComphashConfig, Config, LastlogConfig, UserPolicy
+from conchcmd.realm import make_handler
+from conchcmd.session import SessionChannel, SessionContext, ShellSettings
+from protocol.test_channel_and_shells import RecordingConnection
+
+UP, DOWN, LEFT, RIGHT = b"\x1b[A", b"\x1b[B", b"\x1b[D", b"\x1b[C"
+CTRL_A, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x03", b"\x04", b"\x05"
+CTRL_K, CTRL_L, CTRL_U, CTRL_W = b"\x0b", b"\x0c", b"\x15", b"\x17"
+TAB, BELL = b"\t", b"\x07"
+PROMPT = b"admin@testhost> "
+CLEARS = (b"\x1b[2J", b"\x1bc", b"\x1b[3J")
+
+
+class ManualRunner:
+    """A BlockingRunner whose jobs wait until the test runs them (a hash held mid-way)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((fn, args, d))
+        return d
+
+    def run_all(self) -> None:
+        while self.jobs:
+            fn, args, d = self.jobs.pop(0)
+            try:
+                result = fn(*args)
+            except Exception as e:
+                d.errback(e)
+            else:
+                d.callback(result)
+
+
+def winsize(columns: int, rows: int) -> bytes:
+    return struct.pack(">4L", rows, columns, 0, 0)
+
+
+class Term:
+    """A terminal shell on a recording connection with the real commands (lastlog, comphash,
+    help, exit), a few test commands, and the real Completer over a directory tree:
+
+        base/srv/root/            the comphash root: hello.txt, help.md, sub/, with space.txt
+        base/srv/rootless/        a sibling directory sharing the root's name prefix (outside)
+        base/srv/other/           outside, not on the way to the root
+        base/srv/notes.txt        a file outside the root
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        policy: UserPolicy | None = None,
+        prompt: str = "{user}@{host}> ",
+        history_size: int = 500,
+        runner: Any = None,
+        user: str = "admin",
+        pty: bool = True,
+        exec_line: str | None = None,
+    ):
+        self.base = base
+        self.srv = base / "srv"
+        self.root = self.srv / "root"
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            (self.root / "hello.txt").write_bytes(b"hello\n")
+            (self.root / "help.md").write_bytes(b"# help\n")
+            (self.root / "with space.txt").write_bytes(b"spaced\n")
+            (self.root / "sub").mkdir()
+            (self.root / "sub" / "deep.txt").write_bytes(b"deep\n")
+            (self.srv / "rootless").mkdir()
+            (self.srv / "other").mkdir()
+            (self.srv / "notes.txt").write_bytes(b"outside\n")
+            (base / "syslog").write_bytes(b"".join(b"log line %d\n" % i for i in range(1, 21)))
+        self.clock = task.Clock()
+        self.clock.advance(1_000)
+        self.runner = runner or InlineRunner()
+        self.audit = MemoryAuditLog()
+        config = Config(
+            lastlog=LastlogConfig(sources=(str(base / "syslog"),)),
+            comphash=ComphashConfig(roots=(str(self.root),)),
+        )
+        self.table = build_command_table(config, self.runner, self.clock)
+        self.gate: defer.Deferred[None] | None = None
+        self.table.add(Command("say", "print the arguments", "say WORDS", self._say))
+        self.table.add(Command("block", "wait until the test says so", "block", self._block))
+        self.table.add(Command("stat-one", "a test command", "stat-one", self._say))
+        self.table.add(Command("stat-two", "a test command", "stat-two", self._say))
+        self.dispatcher = Dispatcher(self.table, self.audit, self.clock)
+        completer = Completer(self.table, self.runner, config.comphash.roots)
+        settings = ShellSettings("testhost", prompt=prompt, history_size=history_size, completer=completer)
+        identity = Identity(user, "publickey", "ssh-ed25519", "SHA256:x")
+        context = SessionContext(
+            self.dispatcher, self.clock, identity, "10.0.0.1:40000", settings, policy or UserPolicy()
+        )
+        self.conn = RecordingConnection()
+        self.chan = SessionChannel(context, make_handler, remoteWindow=1 << 24, remoteMaxPacket=32768)
+        self.chan.conn = self.conn  # type: ignore[assignment]
+        if pty:
+            data = common.NS(b"xterm") + winsize(80, 24) + common.NS(b"")
+            assert self.chan.requestReceived(b"pty-req", data) == 1
+        if exec_line is not None:
+            assert self.chan.requestReceived(b"exec", common.NS(exec_line.encode())) == 1
+        else:
+            assert self.chan.requestReceived(b"shell", b"") == 1
+        self.clock.advance(0)
+
+    async def _say(self, inv: Invocation) -> int:
+        await inv.stdout.write(" ".join(inv.argv).encode() + b"\n")
+        return 0
+
+    async def _block(self, inv: Invocation) -> int:
+        self.gate = defer.Deferred()
+        await self.gate
+        return 0
+
+    @property
+    def screen(self) -> bytes:
+        return self.conn.data()
+
+    def keys(self, data: bytes) -> bytes:
+        """Send keystrokes; return what the terminal received in response."""
+        before = len(self.screen)
+        self.chan.dataReceived(data)
+        self.clock.advance(0)
+        return self.screen[before:]
+
+    def ran(self) -> list[list[str]]:
+        return [r["argv"] for r in self.audit.of("command")]
+
+    def statuses(self) -> list[int]:
+        return [r["exit_code"] for r in self.audit.of("command")]
+
+    def exit_status(self) -> int | None:
+        for kind, value in self.conn.sent:
+            if kind == "exit-status":
+                return int(struct.unpack(">L", value)[0])
+        return None
+
+
+@pytest.fixture
+def term(tmp_path: Path) -> Term:
+    return Term(tmp_path)
+
+
+# -- Tab completion: command names --------------------------------------------------------------
+
+
+def test_tab_completes_a_single_command_name_and_adds_a_space(term: Term) -> None:
+    assert term.keys(b"lastl") == b"lastl"
+    assert term.keys(TAB) == b"og "
+    term.keys(b"-n 1\r")
+    assert term.ran() == [["lastlog", "-n", "1"]]
+    assert term.screen.endswith(b"lastlog -n 1\r\nlog line 20\r\n" + PROMPT)
+
+
+def test_tab_extends_to_the_common_prefix_of_several_commands_without_a_space(term: Term) -> None:
+    term.keys(b"st")
+    assert term.keys(TAB) == b"at-"
+    assert term.keys(b"t" + TAB) == b"two "  # now unique
+
+
+def test_tab_on_an_ambiguous_word_lists_candidates_then_redraws_prompt_and_line(term: Term) -> None:
+    term.keys(b"stat-")
+    out = term.keys(TAB)
+    assert out == b"\r\nstat-one  stat-two\r\n\r" + PROMPT + b"stat-\x1b[K"
+    assert term.keys(b"one\r").startswith(b"one\r\nstat-one\r\n")
+    assert term.ran() == [["stat-one"]]
+
+
+def test_tab_with_the_cursor_inside_the_line_redraws_with_the_cursor_back_in_place(term: Term) -> None:
+    term.keys(b"stat- tail" + LEFT * 5)
+    out = term.keys(TAB)
+    assert out.startswith(b"\r\nstat-one  stat-two\r\n\r" + PROMPT + b"stat- tail\x1b[K")
+    assert out.endswith(b"\x1b[5D")  # back to just after "stat-"
+
+
+def test_tab_with_nothing_to_offer_rings_the_bell(term: Term) -> None:
+    term.keys(b"zz")
+    assert term.keys(TAB) == BELL
+    assert term.keys(b"\r").startswith(b"\r\n")
+    assert term.ran() == [["zz"]] and term.statuses() == [127]
+
+
+def test_tab_on_an_empty_line_lists_every_command(term: Term) -> None:
+    out = term.keys(TAB)
+    assert out.startswith(b"\r\nlastlog  comphash  help  exit  say  block  stat-one  stat-two\r\n")
+    assert out.endswith(b"\r" + PROMPT + b"\x1b[K")
+
+
+def test_tab_completes_options(term: Term) -> None:
+    term.keys(b"lastlog --f")
+    assert term.keys(TAB) == b"ollow "
+    term.keys(CTRL_U + b"comphash --j")
+    assert term.keys(TAB) == b"son "
+
+
+def test_tab_completes_command_names_after_help(term: Term) -> None:
+    term.keys(b"help l")
+    assert term.keys(TAB) == b"astlog "
+    out = term.keys(b"\r")
+    assert b"usage: lastlog [-n N] [-f] [--json]\r\n" in out
+    assert term.ran() == [["help", "lastlog"]]
+
+
+def test_tab_completes_nothing_for_arguments_of_commands_without_completion(term: Term) -> None:
+    term.keys(b"lastlog x")
+    assert term.keys(TAB) == BELL
+
+
+# -- Tab completion: comphash paths --------------------------------------------------------------
+
+
+def test_tab_completes_a_file_inside_the_root_with_a_space(term: Term) -> None:
+    term.keys(f"comphash {term.root}/hello".encode())
+    assert term.keys(TAB) == b".txt "
+    out = term.keys(b"\r")
+    digest = hashlib.sha256(b"hello\n").hexdigest()
+    assert f"{digest}  {term.root}/hello.txt\r\n".encode() in out
+    assert term.statuses() == [0]
+
+
+def test_tab_on_files_sharing_a_prefix_extends_then_lists_base_names(term: Term) -> None:
+    term.keys(f"comphash {term.root}/he".encode())
+    assert term.keys(TAB) == b"l"
+    out = term.keys(TAB)
+    line = f"comphash {term.root}/hel".encode()
+    assert out == b"\r\nhello.txt  help.md\r\n\r" + PROMPT + line + b"\x1b[K"
+
+
+def test_tab_gives_directories_a_trailing_slash_and_no_space(term: Term) -> None:
+    term.keys(f"comphash {term.root}/su".encode())
+    assert term.keys(TAB) == b"b/"
+    assert term.keys(TAB) == b"deep.txt "
+
+
+def test_tab_offers_a_directory_on_the_way_to_a_root_but_nothing_else_outside(term: Term) -> None:
+    """From base/srv/ only root/ leads into the roots: rootless/, other/ and notes.txt do not."""
+    term.keys(f"comphash {term.srv}/".encode())
+    assert term.keys(TAB) == b"root/"
+    term.keys(CTRL_U + f"comphash {term.srv}/ro".encode())
+    assert term.keys(TAB) == b"ot/"  # not ambiguous with rootless/
+
+
+def test_tab_offers_each_parent_directory_that_leads_to_a_root(term: Term) -> None:
+    parent, name = term.base.parent, term.base.name
+    term.keys(f"comphash {parent}/{name}".encode())
+    assert term.keys(TAB) == b"/"
+    assert term.keys(TAB) == b"srv/"
+    assert term.keys(TAB) == b"root/"
+
+
+@pytest.mark.parametrize("prefix", ["oth", "notes", "rootl"])
+def test_tab_never_offers_paths_outside_the_roots(term: Term, prefix: str) -> None:
+    term.keys(f"comphash {term.srv}/{prefix}".encode())
+    assert term.keys(TAB) == BELL
+
+
+def test_tab_completed_name_with_a_space_still_names_the_file(term: Term) -> None:
+    """A completed name must stay one argument when the line runs (quoted or escaped)."""
+    term.keys(f"comphash {term.root}/with".encode())
+    term.keys(TAB)
+    out = term.keys(b"\r")
+    digest = hashlib.sha256(b"spaced\n").hexdigest()
+    assert term.statuses() == [0], out
+    assert f"{digest}  {term.root}/with space.txt\r\n".encode() in out
+
+
+def test_tab_listing_is_capped(term: Term) -> None:
+    many = term.root / "many"
+    many.mkdir()
+    for i in range(MAX_CANDIDATES + 50):
+        (many / f"{i:03d}").write_bytes(b"")
+    term.keys(f"comphash {many}/".encode())
+    out = term.keys(TAB)
+    listed = out.split(b"\r\n")[1].split(b"  ")
+    assert len(listed) == MAX_CANDIDATES
+
+
+def test_tab_never_extends_past_what_all_matches_share_when_the_listing_is_capped(term: Term) -> None:
+    """With more matches than the cap, the common prefix of the first ones is not the common
+    prefix of all: completing `item-` to `item-a-` would hide `item-b`."""
+    many = term.root / "many"
+    many.mkdir()
+    for i in range(MAX_CANDIDATES):
+        (many / f"item-a-{i:04d}").write_bytes(b"")
+    (many / "item-b").write_bytes(b"")
+    term.keys(f"comphash {many}/item-".encode())
+    assert not term.keys(TAB).startswith(b"a-"), "completed to a prefix that excludes item-b"
+
+
+def test_tab_respects_the_user_policy(tmp_path: Path) -> None:
+    term = Term(tmp_path, policy=UserPolicy(commands=frozenset({"lastlog"})))
+    term.keys(b"comph")
+    assert term.keys(TAB) == BELL, "a command the user may not run is not completed"
+    term.keys(CTRL_U + f"comphash {term.root}/hel".encode())
+    assert term.keys(TAB) == BELL, "nor its paths"
+    term.keys(CTRL_U + b"s")
+    assert term.keys(TAB) == BELL
+    term.keys(CTRL_U + b"h")
+    assert term.keys(TAB) == b"elp ", "help and exit are always allowed"
+    term.keys(CTRL_U)
+    assert term.keys(TAB).startswith(b"\r\nlastlog  help  exit\r\n")
+
+
+def test_tab_paths_follow_the_users_own_roots(tmp_path: Path) -> None:
+    probe = Term(tmp_path)
+    sub = str(probe.root / "sub")
+    term = Term(tmp_path, policy=UserPolicy(comphash_roots=(sub,)))
+    term.keys(f"comphash {term.root}/".encode())
+    assert term.keys(TAB) == b"sub/"  # hello.txt and help.md are outside this user's root
+
+
+def test_tab_with_a_slow_listing_completes_when_the_listing_arrives(tmp_path: Path) -> None:
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    term.keys(f"comphash {term.root}/hello".encode())
+    assert term.keys(TAB) == b""  # the listing runs off the reactor thread
+    runner.run_all()
+    assert term.screen.endswith(b"hello.txt ")
+
+
+def test_tab_result_is_dropped_if_the_line_changed_meanwhile(tmp_path: Path) -> None:
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    term.keys(f"comphash {term.root}/hello".encode())
+    term.keys(TAB + b"X")
+    before = term.screen
+    runner.run_all()
+    assert term.screen == before
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+def test_up_recalls_previous_lines_and_down_comes_back(term: Term) -> None:
+    term.keys(b"say one\r")
+    term.keys(b"say two\r")
+    assert term.keys(UP).endswith(b"say two")
+    assert term.keys(UP).endswith(b"say one")
+    assert term.keys(UP) == b""  # the oldest: nothing more
+    assert term.keys(DOWN).endswith(b"say two")
+    term.keys(b" again\r")
+    assert term.ran()[-1] == ["say", "two", "again"]
+
+
+def test_down_past_the_newest_line_gives_an_empty_line(term: Term) -> None:
+    term.keys(b"say one\r")
+    term.keys(UP)
+    term.keys(DOWN)
+    term.keys(b"say fresh\r")
+    assert term.ran()[-1] == ["say", "fresh"]
+
+
+def test_history_keeps_only_history_size_lines(tmp_path: Path) -> None:
+    term = Term(tmp_path, history_size=3)
+    for i in range(1, 6):
+        term.keys(b"say %d\r" % i)
+    term.keys(UP * 10 + b"\r")
+    assert term.ran()[-1] == ["say", "3"], "the oldest line kept is the third"
+
+
+def test_history_cap_holds_even_without_pressing_return(tmp_path: Path) -> None:
+    """Typing and pressing Up stores the typed line; that must not grow history past its cap."""
+    term = Term(tmp_path, history_size=3)
+    for i in range(10):
+        term.keys(b"draft%d" % i + UP + DOWN + DOWN)  # type, look back, come back to an empty line
+    term.keys(UP * 20 + b"\r")
+    assert term.ran() in ([], [["draft7"]]), "Up reached further back than history_size lines"
+    handler: Any = term.chan.handler
+    assert len(handler.editor.historyLines) <= 3
+
+
+def test_history_is_per_session(tmp_path: Path) -> None:
+    first = Term(tmp_path)
+    first.keys(b"say secret\r")
+    second = Term(tmp_path)
+    assert second.keys(UP) == b""
+
+
+# -- line editing keys -------------------------------------------------------------------------------
+
+
+def test_ctrl_a_and_ctrl_e_move_to_the_start_and_the_end(term: Term) -> None:
+    term.keys(b"ay hello" + CTRL_A + b"s" + CTRL_E + b" there\r")
+    assert term.ran() == [["say", "hello", "there"]]
+
+
+def test_ctrl_w_deletes_the_word_before_the_cursor(term: Term) -> None:
+    out = term.keys(b"say one two" + CTRL_W)
+    assert out.endswith(b"\r" + PROMPT + b"say one \x1b[K")
+    term.keys(b"three\r")
+    assert term.ran() == [["say", "one", "three"]]
+
+
+def test_ctrl_w_also_takes_the_spaces_after_the_word(term: Term) -> None:
+    term.keys(b"say one two   " + CTRL_W + b"2\r")
+    assert term.ran() == [["say", "one", "2"]]
+
+
+def test_ctrl_w_in_the_middle_keeps_the_rest(term: Term) -> None:
+    out = term.keys(b"say bad good" + LEFT * 5 + CTRL_W)
+    assert out.endswith(b"\r" + PROMPT + b"say  good\x1b[K\x1b[5D")
+    term.keys(b"fine\r")
+    assert term.ran() == [["say", "fine", "good"]]
+
+
+def test_ctrl_u_deletes_to_the_start_of_the_line(term: Term) -> None:
+    out = term.keys(b"junk words" + CTRL_U)
+    assert out.endswith(b"\r" + PROMPT + b"\x1b[K")
+    term.keys(b"say ok\r")
+    assert term.ran() == [["say", "ok"]]
+
+
+def test_ctrl_u_in_the_middle_keeps_what_is_after_the_cursor(term: Term) -> None:
+    term.keys(b"xxsay mid" + LEFT * 7 + CTRL_U + b"\r")
+    assert term.ran() == [["say", "mid"]]
+
+
+def test_ctrl_k_deletes_to_the_end_of_the_line(term: Term) -> None:
+    out = term.keys(b"say keep cut" + LEFT * 4 + CTRL_K)
+    assert out.endswith(b"\x1b[K")
+    term.keys(b"\r")
+    assert term.ran() == [["say", "keep"]]
+
+
+def test_ctrl_l_redraws_on_a_new_line_and_never_clears_the_screen(term: Term) -> None:
+    out = term.keys(b"say abc" + CTRL_L)
+    assert out == b"say abc\r\n\r" + PROMPT + b"say abc\x1b[K"
+    out = term.keys(LEFT * 2 + CTRL_L)
+    assert out.endswith(b"\r" + PROMPT + b"say abc\x1b[K\x1b[2D")  # the cursor stays where it was
+    term.keys(b"X\r")
+    assert term.ran() == [["say", "aXbc"]]
+    for clear in CLEARS:
+        assert clear not in term.screen
+
+
+def test_window_change_sends_nothing_and_the_line_survives(term: Term) -> None:
+    term.keys(b"say wide")
+    before = term.screen
+    assert term.chan.requestReceived(b"window-change", winsize(132, 50)) == 1
+    assert term.chan.requestReceived(b"window-change", winsize(20, 5)) == 1
+    term.clock.advance(1)
+    assert term.screen == before
+    term.keys(b"r\r")
+    assert term.ran() == [["say", "wider"]]
+
+
+def test_the_session_never_clears_resets_or_sets_insert_mode(term: Term) -> None:
+    term.keys(b"say a" + CTRL_L + TAB + UP + DOWN + CTRL_C + b"exit\r")
+    out = term.screen
+    for bad in (*CLEARS, b"\x1b[4h", b"\x1b[?1049h", b"\x1b[H"):
+        assert bad not in out, bad
+
+
+# -- Ctrl-C, Ctrl-D ----------------------------------------------------------------------------------
+
+
+def test_ctrl_c_at_the_prompt_abandons_the_line(term: Term) -> None:
+    out = term.keys(b"say abc" + LEFT * 3 + CTRL_C)
+    assert out.endswith(b"\x1b[3C^C\r\n" + PROMPT)  # to the end of the line, then ^C
+    term.keys(b"say next\r")
+    assert term.ran() == [["say", "next"]]
+
+
+def test_ctrl_c_during_a_command_interrupts_it_with_130(term: Term) -> None:
+    term.keys(b"block\r")
+    assert term.gate is not None
+    out = term.keys(CTRL_C)
+    assert out == b"^C\r\n" + PROMPT
+    assert term.gate.called  # cancelled
+    assert term.ran() == [["block"]] and term.statuses() == [130]
+    term.keys(b"exit\r")
+    assert term.exit_status() == 130
+
+
+def test_ctrl_c_during_a_comphash_interrupts_the_hash(tmp_path: Path) -> None:
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    term.keys(f"comphash {term.root}/hello.txt\r".encode())
+    assert runner.jobs, "the hash waits in the runner"
+    term.keys(CTRL_C)
+    assert term.statuses() == [130]
+    runner.run_all()  # the thread finishing late changes nothing
+    assert term.screen.endswith(b"^C\r\n" + PROMPT)
+
+
+def test_ctrl_d_on_an_empty_line_ends_with_the_last_status(term: Term) -> None:
+    term.keys(b"nosuch\r")
+    out = term.keys(CTRL_D)
+    assert out == b"\r\n"
+    assert term.exit_status() == 127
+    assert term.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
+
+
+def test_ctrl_d_on_a_fresh_session_ends_with_0(term: Term) -> None:
+    term.keys(CTRL_D)
+    assert term.exit_status() == 0
+
+
+def test_ctrl_d_inside_a_line_deletes_the_character_under_the_cursor(term: Term) -> None:
+    term.keys(b"say abc" + LEFT * 2 + CTRL_D + b"\r")
+    assert term.ran() == [["say", "ac"]]
+    assert term.exit_status() is None
+
+
+def test_input_after_ctrl_d_is_ignored(term: Term) -> None:
+    term.keys(CTRL_D + b"say late\r")
+    assert term.ran() == []
+
+
+# -- UTF-8 ----------------------------------------------------------------------------------------------
+
+
+def test_utf8_split_across_packets_is_one_character(term: Term) -> None:
+    term.keys(b"say caf")
+    assert term.keys(b"\xc3") == b""  # half a character: nothing echoed yet
+    assert term.keys(b"\xa9") == "é".encode()
+    for byte in "🐍".encode():
+        term.keys(bytes([byte]))
+    out = term.keys(b"\r")
+    assert term.ran() == [["say", "café🐍"]]
+    assert "say café🐍\r\n".encode() in out
+
+
+def test_utf8_editing_moves_by_characters(term: Term) -> None:
+    term.keys("say añb".encode() + LEFT + b"\x7f" + b"n\r")
+    assert term.ran() == [["say", "anb"]]
+
+
+def test_invalid_utf8_bytes_are_dropped(term: Term) -> None:
+    term.keys(b"say a\xffb\xc3(\r")
+    assert term.ran() == [["say", "ab("]]
+
+
+def test_utf8_completion_of_a_non_ascii_file_name(term: Term) -> None:
+    (term.root / "grüße.txt").write_bytes(b"x")
+    term.keys(f"comphash {term.root}/gr".encode())
+    assert term.keys(TAB) == "üße.txt ".encode()
+
+
+# -- the prompt ---------------------------------------------------------------------------------------
+
+
+def test_default_prompt_names_user_and_host(term: Term) -> None:
+    assert term.screen == b"conchcmd on testhost: type 'help' for commands, 'exit' to leave.\r\n" + PROMPT
+
+
+def test_configured_prompt(tmp_path: Path) -> None:
+    term = Term(tmp_path, prompt="[{host}:{user}]$ ", user="carol")
+    assert term.screen.endswith(b"[testhost:carol]$ ")
+    assert term.keys(b"say x\r").endswith(b"x\r\n[testhost:carol]$ ")
+
+
+# -- comphash progress -----------------------------------------------------------------------------------
+
+
+def _hash_job(runner: ManualRunner) -> tuple[Any, ...]:
+    (fn, args, _), *_ = runner.jobs
+    assert fn is hash_file
+    return args
+
+
+def test_comphash_on_a_pty_shows_a_progress_line_and_erases_it(tmp_path: Path) -> None:
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    path = term.root / "hello.txt"
+    term.keys(f"comphash {path}\r".encode())
+    progress = _hash_job(runner)[5]
+    progress[:] = [0, 10 * MIB]
+    term.clock.advance(0.5)
+    assert term.keys(b"") == b"", "nothing in the first second"
+    before = len(term.screen)
+    progress[0] = 4 * MIB
+    term.clock.advance(0.5)
+    shown = term.screen[before:]
+    assert shown == f"\r{path}: 4/10 MiB 40% 4 MiB/s\x1b[K".encode()
+    progress[0] = 8 * MIB
+    term.clock.advance(1.0)
+    assert term.screen.endswith(f"\r{path}: 8/10 MiB 80% 4 MiB/s\x1b[K".encode())
+    before = len(term.screen)
+    runner.run_all()
+    digest = hashlib.sha256(b"hello\n").hexdigest()
+    assert term.screen[before:] == f"\r\x1b[K{digest}  {path}\r\n".encode() + PROMPT
+    term.clock.advance(5)
+    assert term.screen.endswith(PROMPT), "no progress after the end"
+    assert term.statuses() == [0]
+
+
+def test_comphash_progress_stops_when_interrupted(tmp_path: Path) -> None:
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    term.keys(f"comphash {term.root}/hello.txt\r".encode())
+    _hash_job(runner)[5][:] = [MIB, 2 * MIB]
+    term.clock.advance(1.0)
+    assert b"MiB" in term.screen
+    out = term.keys(CTRL_C)
+    assert out.startswith(b"^C\r\n")
+    assert b"\r\x1b[K" in out  # the progress line is erased
+    before = term.screen
+    term.clock.advance(5)
+    assert term.screen == before
+
+
+def test_quick_comphash_on_a_pty_shows_no_progress(tmp_path: Path) -> None:
+    term = Term(tmp_path)
+    out = term.keys(f"comphash {term.root}/hello.txt\r".encode())
+    assert b"MiB" not in out and b"\x1b" not in out
+
+
+@pytest.mark.parametrize("exec_", [True, False], ids=["exec", "shell"])
+def test_comphash_without_a_pty_never_shows_progress(tmp_path: Path, exec_: bool) -> None:
+    runner = ManualRunner()
+    line = f"comphash {tmp_path}/srv/root/hello.txt"
+    term = Term(tmp_path, runner=runner, pty=False, exec_line=line if exec_ else None)
+    if not exec_:
+        term.keys(line.encode() + b"\n")
+    assert _hash_job(runner)[5] is None  # no progress is even collected
+    term.clock.advance(10)
+    runner.run_all()
+    if not exec_:
+        term.chan.eofReceived()
+    digest = hashlib.sha256(b"hello\n").hexdigest()
+    assert term.screen == f"{digest}  {term.root}/hello.txt\n".encode()
+    assert term.exit_status() == 0
+
+
+def test_ctrl_c_interrupts_an_exec_with_a_pty(tmp_path: Path) -> None:
+    """`ssh -t host comphash BIG`: the client's terminal is raw, so Ctrl-C arrives as the byte
+    0x03; with a pty (emulated, as here) that byte is the interrupt character."""
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner, exec_line=f"comphash {tmp_path}/srv/root/hello.txt")
+    assert runner.jobs, "the hash is running"
+    term.keys(CTRL_C)
+    assert term.statuses() == [130]
+    assert term.exit_status() == 130

@@ -1,0 +1,191 @@
+"""`conchcmd doctor` and `conchcmd check-config` through cli.main: each finding names the file and
+says how to fix it; the exit status tells a script whether all is well."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.keys import authorized_line, ed25519_key
+
+from conchcmd import cli
+from conchcmd.hostkeys import ensure_host_keys
+
+
+@dataclass
+class Setup:
+    base: Path
+    config: Path
+    host_key: Path
+    alice: Path
+    log: Path
+    root: Path
+
+    def write_config(self, extra: str = "", *, log: Path | None = None, tables: str = "") -> None:
+        self.config.write_text(
+            "\n".join(
+                [
+                    'listen = ["tcp:0:interface=127.0.0.1"]',
+                    'host_keys_dir = "keys"',
+                    'authorized_keys = "keys/authorized_keys/%u"',
+                    'audit_log = "audit.jsonl"',
+                    extra,
+                    "[lastlog]",
+                    f'path = "{log or self.log}"',
+                    "[comphash]",
+                    f'roots = ["{self.root}"]',
+                    tables,
+                    "",
+                ]
+            )
+        )
+
+    def doctor(self) -> tuple[int, str]:
+        out = io.StringIO()
+        status = cli.main(["doctor", "--config", str(self.config)], out=out)
+        return status, out.getvalue()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    keys = tmp_path / "keys"
+    (host_key,) = ensure_host_keys(keys)
+    users = keys / "authorized_keys"
+    users.mkdir(mode=0o700)
+    alice = users / "alice"
+    alice.write_text(authorized_line(ed25519_key()))
+    alice.chmod(0o600)
+    log = tmp_path / "syslog"
+    log.write_text("a log line\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    s = Setup(tmp_path, tmp_path / "conchcmd.toml", host_key, alice, log, root)
+    s.write_config()
+    return s
+
+
+def problems(report: str) -> list[str]:
+    """Each problem with its fix line."""
+    lines = report.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith("problem "):
+            fix = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].lstrip().startswith("fix:") else ""
+            found.append(line + "\n" + fix)
+    return found
+
+
+def test_doctor_on_a_good_setup_says_all_well(setup: Setup) -> None:
+    status, report = setup.doctor()
+    assert status == 0, report
+    assert report.endswith("all well\n")
+    assert problems(report) == []
+    assert "ok       host keys: ssh-ed25519" in report
+    assert "ok       user alice: 1 usable key line(s)" in report
+    assert f"ok       lastlog reads {setup.log}" in report
+    assert "\x1b" not in report
+
+
+def test_doctor_host_key_readable_by_others(setup: Setup) -> None:
+    setup.host_key.chmod(0o644)
+    status, report = setup.doctor()
+    assert status == 1
+    (problem,) = problems(report)  # one problem, reported once, with the fix that solves it
+    assert problem.startswith("problem ")
+    assert f"fix: chmod 600 {setup.host_key}" in problem
+    assert report.endswith("problem(s)\n") and "all well" not in report
+
+
+def test_doctor_names_an_unknown_authorized_keys_option(setup: Setup) -> None:
+    setup.alice.write_text(authorized_line(ed25519_key(), "frobnicate,no-pty"))
+    status, report = setup.doctor()
+    assert status == 1
+    (problem,) = problems(report)
+    assert "frobnicate" in problem and str(setup.alice) in problem
+    assert "fix:" in problem
+
+
+def test_doctor_authorized_keys_file_writable_by_others(setup: Setup) -> None:
+    setup.alice.chmod(0o666)
+    status, report = setup.doctor()
+    assert status == 1
+    (problem,) = problems(report)
+    assert str(setup.alice) in problem and f"fix: chmod 600 {setup.alice}" in problem
+
+
+def test_doctor_a_missing_log_is_a_problem(setup: Setup) -> None:
+    missing = setup.base / "no-such-log"
+    setup.write_config(log=missing)
+    status, report = setup.doctor()
+    assert status == 1
+    (problem,) = problems(report)
+    assert str(missing) in problem and "fix:" in problem
+
+
+def test_doctor_a_missing_root_is_a_problem(setup: Setup) -> None:
+    setup.root.rmdir()
+    status, report = setup.doctor()
+    assert status == 1
+    (problem,) = problems(report)
+    assert str(setup.root) in problem and "fix:" in problem
+
+
+def test_doctor_counts_every_problem(setup: Setup) -> None:
+    setup.alice.write_text(authorized_line(ed25519_key(), "frobnicate"))
+    setup.root.rmdir()
+    setup.write_config(log=setup.base / "gone")
+    status, report = setup.doctor()
+    assert status == 1
+    assert len(problems(report)) == 3
+    assert report.endswith("3 problem(s)\n")
+
+
+def test_doctor_with_a_bad_config_names_file_and_key(setup: Setup) -> None:
+    setup.write_config("max_clients = 0")
+    status, report = setup.doctor()
+    assert status == 2
+    assert f"{setup.config}: max_clients: must be at least 1" in report
+
+
+def test_check_config_names_the_bad_key_and_the_file(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    setup.write_config(tables='algoritm = "sha256"')  # lands in [comphash]: a typo
+    status = cli.main(["check-config", "--config", str(setup.config)])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert captured.err == f"conchcmd: configuration error: {setup.config}: comphash.algoritm: unknown key\n"
+
+
+@pytest.mark.parametrize(
+    ("tables", "key"),
+    [
+        ('[shell]\nprompt = "{user}@{nope}> "', "shell.prompt"),
+        ('[shell]\ncolour = "red"', "shell.colour"),
+        ('[users.carol]\ncommands = ["rm"]', "users.carol.commands"),
+    ],
+)
+def test_check_config_errors_in_tables(setup: Setup, capsys: pytest.CaptureFixture[str], tables: str, key: str) -> None:
+    setup.write_config(tables=tables)
+    assert cli.main(["check-config", "--config", str(setup.config)]) == 2
+    assert f"{setup.config}: {key}: " in capsys.readouterr().err
+
+
+def test_check_config_prints_the_effective_settings_with_the_prompt(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup.write_config(tables='[shell]\nprompt = "[{host}] {user}$ "')
+    out = io.StringIO()
+    assert cli.main(["check-config", "--config", str(setup.config)], out=out) == 0
+    text = out.getvalue()
+    assert text.startswith(f"# effective configuration ({setup.config})\n")
+    assert '[shell]\nprompt = "[{host}] {user}$ "\n' in text
+    assert f'[lastlog]\npath = ["{setup.log}"]' in text
+
+
+def test_doctor_runs_from_the_config_directory_by_default(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(setup.base)
+    out = io.StringIO()
+    assert cli.main(["doctor"], out=out) == 0, out.getvalue()  # finds ./conchcmd.toml
+    assert f"lastlog reads {setup.log}" in out.getvalue()
