@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory, Connection, connect
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from conchcmd.app import Server, build_server
@@ -19,28 +18,6 @@ from conchcmd.commands import InlineRunner
 from conchcmd.config import ComphashConfig, Config, LastlogConfig
 from conchcmd.hostkeys import ensure_host_keys, load_host_keys
 from conchcmd.server import ServerSettings
-
-
-class ManualRunner:
-    """A BlockingRunner whose jobs wait until the test runs them (to hold a command mid-way)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.jobs.append((fn, args, d))
-        return d
-
-    def run_all(self) -> None:
-        while self.jobs:
-            fn, args, d = self.jobs.pop(0)
-            try:
-                result = fn(*args)
-            except Exception as e:
-                d.errback(e)
-            else:
-                d.callback(result)
 
 
 @dataclass

@@ -6,12 +6,13 @@ import hashlib
 import struct
 from pathlib import Path
 
+from support.runners import ManualRunner
 from support.sshclient import RecordingChannel, pty_request, result_of
 from twisted.conch.ssh import common, connection
 
 from conchcmd.session import OUTPUT_HIGH_WATER
 
-from .conftest import ManualRunner, World, make_world
+from .conftest import World, make_world
 
 
 def run_exec(world: World, command: bytes) -> RecordingChannel:

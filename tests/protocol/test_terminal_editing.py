@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.runners import ManualRunner
 from twisted.conch.ssh import common
 from twisted.internet import defer, task
 
@@ -31,28 +32,6 @@ CTRL_K, CTRL_L, CTRL_U, CTRL_W = b"\x0b", b"\x0c", b"\x15", b"\x17"
 TAB, BELL = b"\t", b"\x07"
 PROMPT = b"admin@testhost> "
 CLEARS = (b"\x1b[2J", b"\x1bc", b"\x1b[3J")
-
-
-class ManualRunner:
-    """A BlockingRunner whose jobs wait until the test runs them (a hash held mid-way)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.jobs.append((fn, args, d))
-        return d
-
-    def run_all(self) -> None:
-        while self.jobs:
-            fn, args, d = self.jobs.pop(0)
-            try:
-                result = fn(*args)
-            except Exception as e:
-                d.errback(e)
-            else:
-                d.callback(result)
 
 
 def winsize(columns: int, rows: int) -> bytes:

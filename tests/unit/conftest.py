@@ -14,31 +14,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support.outputs import RecordingOutput
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from conchcmd.audit import MemoryAuditLog
 from conchcmd.commands import Command, CommandTable, Dispatcher, Outcome
-
-
-class RecordingOutput:
-    """An Output that keeps every write; each write is acknowledged at once."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> defer.Deferred[None]:
-        self.writes.append(bytes(data))
-        return defer.succeed(None)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", "surrogateescape")
 
 
 def fired_result(d: defer.Deferred[Any]) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.outputs import RecordingOutput
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -26,25 +27,6 @@ from conchcmd.config import ComphashConfig, Config, LastlogConfig, UserPolicy
 from conchcmd.lastlog import FOLLOW_POLL, FileTail, JournalTail, make_lastlog
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-class RecordingOutput:
-    """An Output that keeps every write, each acknowledged at once."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> defer.Deferred[None]:
-        self.writes.append(bytes(data))
-        return defer.succeed(None)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", "surrogateescape")
 
 
 def parse_lines(data: bytes) -> list[dict[str, Any]]:
