@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.admission import Admission, source_of
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
@@ -472,6 +472,7 @@ class ConnectionService(connection.SSHConnection):
 
     transport: ServerTransport
     _warned_unknown_channel = False
+    _log = QuietLogger()  # Conch logs debug lines per channel (getChannel, sendEOF, ...)
 
     def serviceStarted(self) -> None:
         super().serviceStarted()

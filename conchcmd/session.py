@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from conchcmd.audit import LOG_NAMESPACE, sanitise
+from conchcmd.audit import LOG_NAMESPACE, QuietLogger, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
@@ -126,6 +126,7 @@ class SessionChannel(channel.SSHChannel):
     """One `session` channel: at most one exec or shell, its own state and exit status."""
 
     name = b"session"
+    _log = QuietLogger()  # Conch's per-channel info lines cost more than the channel's work
 
     def __init__(self, context: SessionContext, make_handler: HandlerFactory, **kwargs: Any):
         super().__init__(localWindow=LOCAL_WINDOW, **kwargs)
