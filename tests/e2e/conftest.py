@@ -14,16 +14,15 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.serverfiles import ServerFiles, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
@@ -32,20 +31,7 @@ LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
 SYSLOG_LINES = 12_000
 BIG_SPARSE_SIZE = 16 << 30  # hashing 16 GiB of holes takes seconds: long enough to interrupt
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
 SSH_TIMEOUT = 30.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- client keys -----------------------------------------------------------------------------
@@ -232,7 +218,7 @@ def next_source() -> str:
 
 
 @dataclass
-class Server:
+class Server(ServerFiles):
     """One running `conchcmd serve` and helpers to talk to it with the OpenSSH client."""
 
     base: Path
@@ -252,18 +238,6 @@ class Server:
     port: int = 0
     returncode: int | None = None
     _log_file: Any = field(default=None, repr=False)
-
-    @property
-    def config(self) -> Path:
-        return self.base / "conchcmd.toml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base / "server.log"
-
-    @property
-    def audit_path(self) -> Path:
-        return self.base / "audit.jsonl"
 
     @property
     def host_keys_dir(self) -> Path:
@@ -338,57 +312,11 @@ class Server:
 
         self.port = wait_for(listening, START_TIMEOUT, "the server's listening line")
 
-    def stop(self) -> None:
-        """SIGTERM; the server must exit within STOP_TIMEOUT seconds."""
-        proc = self.proc
-        if proc is None or self.returncode is not None:
-            return
-        try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                self.returncode = proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
-                proc.wait(timeout=STOP_TIMEOUT)
-                self.returncode = -9
-                raise AssertionError(f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM") from None
-        finally:
-            if self._log_file is not None:
-                self._log_file.close()
-
     # -- logs ------------------------------------------------------------------------------
-
-    def log_bytes(self) -> bytes:
-        return self.log_path.read_bytes() if self.log_path.exists() else b""
-
-    def log_text(self) -> str:
-        return self.log_bytes().decode("utf-8", "replace")
-
-    def audit(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        text = self.audit_path.read_text(encoding="utf-8")
-        # A line being written may be incomplete: only whole lines count.
-        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
-
-    def audit_mark(self) -> int:
-        return len(self.audit())
 
     def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
         events = self.audit()[mark:]
         return [e for e in events if event is None or e["event"] == event]
-
-    def wait_audit(
-        self, predicate: Callable[[dict[str, Any]], bool], mark: int = 0, timeout: float = 10.0, what: str = "event"
-    ) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
-            return next((e for e in self.audit_since(mark) if predicate(e)), None)
-
-        return wait_for(find, timeout, f"audit {what}")
-
-    def log_mark(self) -> int:
-        return len(self.log_text())
 
     def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
         """Wait for a server log line matching `pattern`, after `since` (a log_mark())."""

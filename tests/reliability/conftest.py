@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.serverfiles import ServerFiles, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
@@ -41,7 +42,6 @@ HAVE_OPENSSH = SSH is not None and shutil.which("ssh-keygen") is not None
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
 FIGURES_PATH = Path("/tmp/reliability-figures.json")
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
 SSH_TIMEOUT = 20.0
 BIG_LOG_LINES = 10_000  # lastlog's max_lines
 BIG_LOG_LINE = 4_000  # bytes per line: 10000 lines are about 40 MB
@@ -55,18 +55,6 @@ def figure(name: str, value: Any) -> None:
     """Record a figure for the lead engineer's note: printed now, written to JSON at the end."""
     FIGURES[name] = value
     print(f"[figure] {name} = {json.dumps(value)}")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -225,7 +213,7 @@ def _toml_value(value: Any) -> str:
 
 
 @dataclass
-class Server:
+class Server(ServerFiles):
     """One running `conchcmd serve` and helpers to abuse it."""
 
     base: Path
@@ -237,18 +225,6 @@ class Server:
     port: int = 0
     returncode: int | None = None
     _log_file: Any = field(default=None, repr=False)
-
-    @property
-    def config(self) -> Path:
-        return self.base / "conchcmd.toml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base / "server.log"
-
-    @property
-    def audit_path(self) -> Path:
-        return self.base / "audit.jsonl"
 
     @property
     def pid(self) -> int:
@@ -310,61 +286,15 @@ class Server:
     def assert_alive(self) -> None:
         assert self.alive(), f"the server died (rc {self.proc and self.proc.returncode}):\n{self.log_text()[-4000:]}"
 
-    def stop(self) -> None:
-        """SIGTERM; the server must exit within STOP_TIMEOUT seconds."""
-        proc = self.proc
-        if proc is None or self.returncode is not None:
-            return
-        try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                self.returncode = proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
-                proc.wait(timeout=STOP_TIMEOUT)
-                self.returncode = -9
-                raise AssertionError(f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM") from None
-        finally:
-            if self._log_file is not None:
-                self._log_file.close()
-
     # -- logs ------------------------------------------------------------------------------
-
-    def log_bytes(self) -> bytes:
-        return self.log_path.read_bytes() if self.log_path.exists() else b""
-
-    def log_text(self) -> str:
-        return self.log_bytes().decode("utf-8", "replace")
-
-    def log_mark(self) -> int:
-        return len(self.log_text())
 
     def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
         return wait_for(
             lambda: re.search(pattern, self.log_text()[since:]), timeout, f"server log matching {pattern!r}"
         )
 
-    def audit(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        text = self.audit_path.read_text(encoding="utf-8")
-        # A line being written may be incomplete: only whole lines count.
-        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
-
-    def audit_mark(self) -> int:
-        return len(self.audit())
-
     def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.audit()[mark:] if event is None or e["event"] == event]
-
-    def wait_audit(
-        self, predicate: Callable[[dict[str, Any]], bool], mark: int = 0, timeout: float = 10.0, what: str = "event"
-    ) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
-            return next((e for e in self.audit_since(mark) if predicate(e)), None)
-
-        return wait_for(find, timeout, f"audit {what}")
 
     def check_log(self) -> None:
         text = self.log_text()

@@ -1,0 +1,95 @@
+"""What the end-to-end and reliability harnesses share about a `conchcmd serve` process:
+its files (config, log, audit log), waiting for them, and stopping it with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STOP_TIMEOUT = 5.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class ServerFiles:
+    """Mixed into a harness's Server dataclass, which provides `base`, `proc`, `returncode` and
+    `_log_file`."""
+
+    base: Path
+    proc: subprocess.Popen[bytes] | None
+    returncode: int | None
+    _log_file: Any
+
+    @property
+    def config(self) -> Path:
+        return self.base / "conchcmd.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "server.log"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.base / "audit.jsonl"
+
+    def stop(self) -> None:
+        """SIGTERM; the server must exit within STOP_TIMEOUT seconds."""
+        proc = self.proc
+        if proc is None or self.returncode is not None:
+            return
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                self.returncode = proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
+                proc.wait(timeout=STOP_TIMEOUT)
+                self.returncode = -9
+                raise AssertionError(f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM") from None
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+
+    def log_bytes(self) -> bytes:
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
+
+    def log_text(self) -> str:
+        return self.log_bytes().decode("utf-8", "replace")
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        text = self.audit_path.read_text(encoding="utf-8")
+        # A line being written may be incomplete: only whole lines count.
+        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+    def audit_mark(self) -> int:
+        return len(self.audit())
+
+    def wait_audit(
+        self, predicate: Callable[[dict[str, Any]], bool], mark: int = 0, timeout: float = 10.0, what: str = "event"
+    ) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.audit_since(mark) if predicate(e)), None)
+
+        return wait_for(find, timeout, f"audit {what}")
+
+    def log_mark(self) -> int:
+        return len(self.log_text())
