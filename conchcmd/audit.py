@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
@@ -32,6 +34,25 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     if len(value) > limit:
         out.append("...")
     return "".join(out)
+
+
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udcff]")
+
+
+class TerminalSafe:
+    """For text shown on an operator's terminal: control characters (C0 except tab and newline,
+    DEL, C1 — raw or UTF-8 encoded) and undecodable bytes become '?'. Feed it a stream in chunks;
+    UTF-8 sequences split across chunks are kept whole."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+
+    def __call__(self, data: bytes) -> bytes:
+        return _TERMINAL_UNSAFE.sub("?", self._decoder.decode(data)).encode("utf-8")
+
+
+def terminal_safe(text: str) -> str:
+    return _TERMINAL_UNSAFE.sub("?", text)
 
 
 class QuietLogger(Logger):

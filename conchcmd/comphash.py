@@ -14,6 +14,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from conchcmd.audit import terminal_safe
 from conchcmd.commands import (
     BlockingRunner,
     Command,
@@ -68,6 +69,8 @@ def hash_file(
     """
     if not os.path.isabs(path):
         raise PathRefused("path must be absolute", ExitStatus.USAGE)
+    if "\0" in path:
+        raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
     real = os.path.realpath(path)
     if not within_roots(real, roots) or (
         user_roots is not None and not within_roots(real, tuple(os.path.realpath(r) for r in user_roots))
@@ -198,7 +201,7 @@ def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -
 
     async def run(inv: Invocation) -> int:
         options, paths = parse_options(inv.args, "a:j", ["algorithm=", "json"])
-        algorithm = options.get("-a") or options.get("--algorithm") or config.algorithm
+        algorithm = options.get("-a", options.get("--algorithm", config.algorithm))
         as_json = "-j" in options or "--json" in options
         if algorithm not in HASH_ALGORITHMS:
             raise UsageError(f"unknown algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})")
@@ -214,11 +217,14 @@ def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -
                 if as_json:
                     await inv.say(json.dumps({"path": path, "error": e.reason}) + "\n")
                 else:
-                    await inv.complain(f"comphash: {path}: {e.reason}\n")
+                    shown = terminal_safe(path) if inv.interactive else path
+                    await inv.complain(f"comphash: {shown}: {e.reason}\n")
                 continue
             if as_json:
                 record = {"path": path, "algorithm": algorithm, "digest": result.digest, "bytes": result.size}
                 await inv.say(json.dumps(record) + "\n")
+            elif inv.interactive:  # on a terminal a file name must not send control sequences
+                await inv.say(terminal_safe(format_line(result.digest, path)[:-1]) + "\n")
             else:
                 await inv.say(format_line(result.digest, path))
         return status

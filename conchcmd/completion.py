@@ -13,6 +13,7 @@ from conchcmd.comphash import within_roots
 from conchcmd.config import UserPolicy
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # C0, DEL, C1, undecodable bytes
 _SPECIAL = re.compile(r"""([\s'"\\#;&|<>()$`*?!])""")
 
 
@@ -67,6 +68,8 @@ def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES
         name = entry.name
         if not name.startswith(stem) or (name.startswith(".") and not stem.startswith(".")):
             continue
+        if _CONTROL.search(name):
+            continue  # a name that would send control sequences to the terminal is not offered
         try:
             is_dir = entry.is_dir()
         except OSError:
@@ -108,6 +111,6 @@ class Completer:
         if command.name == "help":
             return names([c.name for c in permitted])
         if command.name == "comphash" and word.startswith("/"):
-            roots = policy.comphash_roots or self.roots
+            roots = policy.comphash_roots if policy.comphash_roots is not None else self.roots
             return self.runner.run(list_paths, word, tuple(os.path.realpath(r) for r in roots))
         return names([])

@@ -292,4 +292,8 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
         if packet != b"":
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
             return
+        if self._keyExchangeState == self._KEY_EXCHANGE_NONE or not self.nextEncryptions.keyed:
+            # Conch would switch to keys that do not exist yet: plaintext with no session ID.
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS before the key exchange")
+            return
         self.take_new_keys()

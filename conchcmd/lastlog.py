@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from conchcmd.audit import TerminalSafe
 from conchcmd.commands import (
     BlockingRunner,
     Command,
@@ -32,9 +33,6 @@ JOURNAL = "journal"
 SCAN_BLOCK = 64 * 1024
 STREAM_CHUNK = 256 * 1024
 FOLLOW_POLL = 0.5  # seconds between looks at a followed file
-# In a terminal, log lines must not be able to drive the operator's terminal: control bytes
-# other than tab and newline are shown as '?'.
-_TTY_SAFE = bytes(c if c in (9, 10) or 32 <= c < 127 or c >= 128 else ord("?") for c in range(256))
 
 Writer = Callable[[bytes], defer.Deferred[None]]
 
@@ -207,11 +205,12 @@ class JournalTail:
         protocol = _JournalProtocol(out)
         argv = [executable, "-n", str(lines), *(["-f"] if follow else []), "--no-pager", "-q"]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SYSTEMD_COLORS": "0"}
-        process = self.reactor.spawnProcess(protocol, executable, argv, env=env)
+        running = [self.reactor.spawnProcess(protocol, executable, argv, env=env)]
 
         def kill(_: Any = None) -> None:
-            with contextlib.suppress(error.ProcessExitedAlready):
-                process.signalProcess("TERM")
+            for process in running:  # empty once this tail is over: nothing left to kill
+                with contextlib.suppress(error.ProcessExitedAlready):
+                    process.signalProcess("TERM")
 
         if follow:
             stop.addCallback(kill)  # end of input ends a follow
@@ -232,6 +231,8 @@ class JournalTail:
         except CommandError:
             if not (follow and stop.called):  # a follow we ended because input ended: no error
                 raise
+        finally:
+            running.clear()
 
 
 LogSource = FileTail | JournalTail
@@ -318,6 +319,8 @@ def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
 
 
 def _writer(out: Output, interactive: bool) -> Writer:
+    """Raw bytes for scripts (like tail); on a terminal, nothing that could drive it."""
     if not interactive:
         return out.write
-    return lambda data: out.write(data.translate(_TTY_SAFE))
+    safe = TerminalSafe()
+    return lambda data: out.write(safe(data))

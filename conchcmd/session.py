@@ -397,7 +397,12 @@ class ExecHandler(CommandHandler):
             input_closed=self.input_closed,
         )
         self.running = running
-        running.addCallback(lambda outcome: self.chan.finish(outcome.status))
+
+        def done(outcome: Any) -> None:
+            self.running = None  # no longer busy (idle timeout) once the command has ended
+            self.chan.finish(outcome.status)
+
+        running.addCallback(done)
 
     def data_received(self, data: bytes) -> None:
         # Commands read no stdin; but with a pty the client's raw terminal sends Ctrl-C as a byte.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,8 +73,8 @@ class PlainShell(_ShellBase):
         super().__init__(chan, context)
         self._partial = bytearray()
         self._discarding = False
-        self._lines: list[bytes | None] = []  # None marks a line that was too long
-        self._pending = 0
+        self._lines: deque[bytes | None] = deque()  # None marks a line that was too long
+        self._pending = 0  # bytes of queued input, each line counted with its newline
         self._eof = False
 
     def start(self) -> None:
@@ -93,12 +94,9 @@ class PlainShell(_ShellBase):
                 break
             line = bytes(self._partial[:index]).rstrip(b"\r")
             del self._partial[: index + 1]
-            if self._discarding or len(line) > limit:
-                self._discarding = False
-                self._lines.append(None)
-            else:
-                self._lines.append(line)
-                self._pending += len(line)
+            too_long = self._discarding or len(line) > limit
+            self._discarding = False
+            self._queue(None if too_long else line)
         if self._pending > INPUT_HIGH_WATER:
             self.chan.pause_input()
         self._next()
@@ -107,11 +105,15 @@ class PlainShell(_ShellBase):
         self._eof = True
         self.end_of_input()
         if self._partial and not self._discarding:
-            self._lines.append(bytes(self._partial).rstrip(b"\r"))  # a last line without newline
+            self._queue(bytes(self._partial).rstrip(b"\r"))  # a last line without newline
         elif self._discarding:
-            self._lines.append(None)
+            self._queue(None)
         self._partial.clear()
         self._next()
+
+    def _queue(self, line: bytes | None) -> None:
+        self._lines.append(line)
+        self._pending += len(line or b"") + 1  # empty lines count too: they cost memory
 
     def _next(self) -> None:
         while not self.ended and self.running is None:
@@ -119,13 +121,13 @@ class PlainShell(_ShellBase):
                 if self._eof:
                     self.end(self.last_status)
                 return
-            line = self._lines.pop(0)
+            line = self._lines.popleft()
+            self._pending -= len(line or b"") + 1
+            if self._pending <= INPUT_HIGH_WATER // 2:
+                self.chan.resume_input()
             if line is None:
                 self.report_line_too_long()
                 continue
-            self._pending -= len(line)
-            if self._pending <= INPUT_HIGH_WATER // 2:
-                self.chan.resume_input()
             d = self.run_line(line, interactive=False)
             if self.running is not None:  # still going: continue when it finishes
                 d.addCallback(lambda _: self._next())

@@ -12,7 +12,7 @@ from twisted.conch.ssh import common, transport
 
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import CIPHERS as SPECS
-from conchcmd.packets import pad
+from conchcmd.packets import PacketCodec, pad
 
 from .conftest import World, make_world
 
@@ -150,3 +150,27 @@ def test_a_forged_packet_ends_the_connection_with_a_mac_error(world: World) -> N
     assert conn.disconnected
     assert conn.factory.disconnect_reason is not None
     assert conn.factory.disconnect_reason[0] == transport.DISCONNECT_MAC_ERROR
+
+
+def test_newkeys_before_the_key_exchange_is_refused(world: World) -> None:
+    """Conch would switch to keys that do not exist: plaintext, no session ID."""
+    factory = client()
+    original = factory.buildProtocol
+
+    def build(addr: object) -> transport.SSHClientTransport:
+        proto = original(addr)
+        made = proto.connectionMade
+
+        def connection_made() -> None:
+            made()  # sends KEXINIT
+            proto.transport.write(pad(bytes((transport.MSG_NEWKEYS,)), PacketCodec(), os.urandom))  # unencrypted
+
+        proto.connectionMade = connection_made  # type: ignore[method-assign]
+        return proto
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    conn = connect(world.factory, world.clock, client_factory=factory)
+    assert conn.disconnected
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"] == "NEWKEYS before the key exchange"
+    assert world.audit.of("auth") == []

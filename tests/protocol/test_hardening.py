@@ -1,0 +1,52 @@
+"""What a hostile or careless client (or log) must not be able to do to a session."""
+
+from __future__ import annotations
+
+from conchcmd.audit import TerminalSafe, terminal_safe
+from conchcmd.completion import list_paths
+from conchcmd.session import INPUT_HIGH_WATER
+from protocol.test_channel_and_shells import Harness
+
+
+def test_empty_lines_count_toward_the_input_limit() -> None:
+    h = Harness()
+    h.shell()
+    h.chan.dataReceived(b"block\n")
+    h.chan.dataReceived(b"\n" * (INPUT_HIGH_WATER + 1))
+    assert h.chan.input_paused  # the client's window stays shut: memory is bounded
+    assert h.gate is not None
+    h.gate.callback(None)
+    assert not h.chan.input_paused
+
+
+def test_exec_is_not_busy_once_its_command_has_ended() -> None:
+    h = Harness(window=0)
+    h.exec(b"say hi")
+    assert not h.chan.busy  # the exit status waits for the window, but nothing runs any more
+
+
+def test_terminal_safe_output_replaces_c0_c1_and_broken_bytes() -> None:
+    safe = TerminalSafe()
+    text = "ok \x1b[2J \x9b7m \u0085 é\t|\n".encode()
+    assert safe(text[:-5]) + safe(text[-5:]) == "ok ?[2J ?7m ? é\t|\n".encode()  # é split across chunks
+    assert safe(b"raw \x9b and \xff\n") == b"raw ? and ?\n"
+    assert terminal_safe("a\x07b") == "a?b"
+
+
+def test_completion_does_not_offer_names_with_control_characters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "evil\x1b]0;x\x07.txt").write_text("x")
+    found = list_paths(f"{tmp_path}/", (str(tmp_path),))
+    assert found.candidates == [f"{tmp_path}/plain.txt"]
+
+
+def test_a_nul_byte_in_a_path_is_a_usage_error() -> None:
+    import threading
+
+    import pytest
+
+    from conchcmd.comphash import PathRefused, hash_file
+
+    with pytest.raises(PathRefused) as refused:
+        hash_file("/etc/hostname\0x", ("/",), "sha256", threading.Event())
+    assert (refused.value.reason, refused.value.status) == ("path contains a NUL byte", 2)
