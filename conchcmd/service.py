@@ -119,7 +119,8 @@ class ConchcmdService(Service):
         return d.addCallbacks(listening, failed)
 
     def _listening(self, _: object) -> None:
-        hint = no_users_hint(self.config)
+        port = getattr(self.ports[0].getHost(), "port", None) if self.ports else None
+        hint = no_users_hint(self.config, port)
         if hint:
             self.say(hint)
         sd_notify(b"READY=1\nSTATUS=listening")
@@ -160,7 +161,7 @@ class ConchcmdService(Service):
         return True
 
 
-def no_users_hint(config: Config) -> str | None:
+def no_users_hint(config: Config, port: int | None = None) -> str | None:
     """How to add a user, if the authorized_keys pattern's directory has no user files yet."""
     pattern = Path(config.authorized_keys)
     if "%u" not in pattern.name or "%u" in str(pattern.parent):
@@ -172,5 +173,5 @@ def no_users_hint(config: Config) -> str | None:
     return (
         "No users are configured yet. Authorize a key, for example:\n"
         f"    conchcmd adduser{config_arg} admin ~/.ssh/id_ed25519.pub\n"
-        "then connect with: ssh -p PORT admin@HOST"
+        f"then connect with: ssh -p {port or 'PORT'} admin@{'localhost' if port else 'HOST'}"
     )
