@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.serverfiles import ServerFiles, wait_for
+from support.serverfiles import ServerFiles, hermetic_ssh, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
@@ -341,34 +341,16 @@ class Server(ServerFiles):
         Each call comes from its own loopback address unless `source` is given: the server
         penalises a source after repeated failures, and tests must not penalise each other.
         """
-        argv = [
-            SSH or "ssh",
-            *options,
-            "-o",
-            f"BindAddress={source or next_source()}",
-            "-F",
-            "/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            f"LogLevel={log_level}",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            str(self.port),
-            "-i",
-            str(key or self.keys.ed25519),
-            f"{user}@127.0.0.1",
-        ]
-        if remote is not None:
-            argv.append(remote)
-        return argv
+        return hermetic_ssh(
+            self.port,
+            key or self.keys.ed25519,
+            user,
+            source or next_source(),
+            remote=remote,
+            options=options,
+            log_level=log_level,
+            ssh=SSH or "ssh",
+        )
 
     def ssh(
         self,

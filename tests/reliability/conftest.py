@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.serverfiles import ServerFiles, wait_for
+from support.serverfiles import ServerFiles, hermetic_ssh, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
@@ -314,34 +314,16 @@ class Server(ServerFiles):
         source: str | None = None,
     ) -> list[str]:
         """ssh argv; `options` come first, since for ssh the first value given for an option wins."""
-        argv = [
-            SSH or "ssh",
-            *options,
-            "-o",
-            f"BindAddress={source or next_source()}",
-            "-F",
-            "/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            f"LogLevel={log_level}",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            str(self.port),
-            "-i",
-            str(key or self.keys.good),
-            "alice@127.0.0.1",
-        ]
-        if remote is not None:
-            argv.append(remote)
-        return argv
+        return hermetic_ssh(
+            self.port,
+            key or self.keys.good,
+            "alice",
+            source or next_source(),
+            remote=remote,
+            options=options,
+            log_level=log_level,
+            ssh=SSH or "ssh",
+        )
 
     def ssh(
         self, remote: str | None = None, *, input: bytes | None = None, timeout: float = SSH_TIMEOUT, **kwargs: Any

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +93,28 @@ class ServerFiles:
 
     def log_mark(self) -> int:
         return len(self.log_text())
+
+
+def hermetic_ssh(
+    port: int,
+    key: Path,
+    user: str,
+    source: str,
+    *,
+    remote: str | None = None,
+    options: Sequence[str] = (),
+    log_level: str = "ERROR",
+    ssh: str = "ssh",
+) -> list[str]:
+    """An OpenSSH argv that reads no user config, trusts any host key, never prompts, and binds
+    to `source`. `options` come first: for ssh the first value given for an option wins."""
+    argv = [
+        ssh,
+        *options,
+        *("-o", f"BindAddress={source}", "-F", "/dev/null"),
+        *("-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"),
+        *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
+        *("-o", f"LogLevel={log_level}", "-o", "ConnectTimeout=10"),
+        *("-p", str(port), "-i", str(key), f"{user}@127.0.0.1"),
+    ]
+    return [*argv, remote] if remote is not None else argv
