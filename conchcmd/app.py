@@ -12,9 +12,7 @@ from twisted.python.threadpool import ThreadPool
 
 from conchcmd.audit import AuditSink
 from conchcmd.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
-from conchcmd.authorized_keys import AuthorizedKeysFiles
 from conchcmd.builtin import build_command_table
-from conchcmd.certs import RevokedKeys, TrustedCAs
 from conchcmd.commands import BlockingRunner, Dispatcher
 from conchcmd.completion import Completer
 from conchcmd.config import Config
@@ -49,15 +47,9 @@ class Server:
 
     def reload(self, config: Config) -> None:
         """New users, keys and policy for logins from now on; sessions keep what they have."""
-        self.authorizer.keys = _authorized_keys(config)
-        self.authorizer.trusted = TrustedCAs(config.trusted_user_ca_keys)
-        self.authorizer.revoked = RevokedKeys(config.revoked_keys)
+        self.authorizer.reload(config)
         self.realm.users = config.users
         self.passwords.users = config.users
-
-
-def _authorized_keys(config: Config) -> AuthorizedKeysFiles:
-    return AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
 
 
 def build_server(
@@ -73,8 +65,7 @@ def build_server(
     """Assemble commands, auth, realm and SSH factory; nothing listens yet."""
     table = build_command_table(config, runner, reactor)
     dispatcher = Dispatcher(table, audit, reactor)
-    trusted, revoked = TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys)
-    authorizer = KeyAuthorizer(_authorized_keys(config), trusted, revoked, reactor)
+    authorizer = KeyAuthorizer.from_config(config, reactor)
     shell = ShellSettings(
         hostname=hostname or socket.gethostname(),
         prompt=config.shell.prompt,

@@ -8,9 +8,9 @@ lines with options (parsed and enforced here), and has no certificates at all.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 from twisted.conch.error import ValidPublicKey
@@ -34,10 +34,11 @@ from conchcmd.certs import (
     validate_certificate,
 )
 from conchcmd.commands import BlockingRunner
-from conchcmd.config import UserPolicy
+from conchcmd.config import Config, UserPolicy
 from conchcmd.hostmatch import match_address_list
 
 log = Logger(namespace=LOG_NAMESPACE)
+T = TypeVar("T")
 
 #: Signature algorithms accepted per key type. No SHA-1 (`ssh-rsa`), no DSA.
 SIGNATURE_ALGORITHMS: dict[bytes, tuple[bytes, ...]] = {
@@ -116,6 +117,19 @@ class KeyAuthorizer:
         self.revoked = revoked
         self.clock = clock
 
+    @classmethod
+    def from_config(cls, config: Config, clock: IReactorTime) -> KeyAuthorizer:
+        authorizer = cls.__new__(cls)
+        authorizer.clock = clock
+        authorizer.reload(config)
+        return authorizer
+
+    def reload(self, config: Config) -> None:
+        """Take the key files, trusted CAs and revocations of a (new) configuration."""
+        self.keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
+        self.trusted = TrustedCAs(config.trusted_user_ca_keys)
+        self.revoked = RevokedKeys(config.revoked_keys)
+
     def authorize(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         if not valid_user_name(user):
             raise KeyRefused("invalid user name")
@@ -140,7 +154,11 @@ class KeyAuthorizer:
         if not entries:
             raise KeyRefused("key not in authorized_keys")
         self.revoked.check_key(blob)
-        entry = self._first_line_that_passes(entries, user, blob, peer_host)
+        def passes(entry: AuthorizedKey) -> AuthorizedKey:
+            self._apply_line(entry, user, blob, peer_host)
+            return entry
+
+        entry = _first_that_passes(entries, passes)
         meaning = entry.meaning
         identity = Identity(
             user=user,
@@ -150,20 +168,6 @@ class KeyAuthorizer:
             grant=Grant(forced_command=meaning.command, pty=meaning.pty, source=f"authorized_keys {entry.source}"),
         )
         return Authorized(identity, key, algorithm)
-
-    def _first_line_that_passes(
-        self, entries: list[AuthorizedKey], user: str, blob: bytes, peer_host: str | None
-    ) -> AuthorizedKey:
-        """sshd's rule for a key on several lines: the first line whose conditions pass."""
-        first_refusal: KeyRefused | None = None
-        for entry in entries:
-            try:
-                self._apply_line(entry, user, blob, peer_host)
-                return entry
-            except KeyRefused as e:
-                first_refusal = first_refusal or e
-        assert first_refusal is not None
-        raise first_refusal
 
     def _apply_line(self, entry: AuthorizedKey, user: str, blob: bytes, peer_host: str | None) -> None:
         """An authorized_keys line's own conditions: refused options, expiry-time, from=."""
@@ -184,26 +188,20 @@ class KeyAuthorizer:
         ):
             raise KeyRefused(f"from= does not allow {peer_host} ({entry.source})")
 
-    def _first_passing(
-        self, lines: list[AuthorizedKey], grant: Any, user: str, ca_blob: bytes, peer_host: str | None
+    def _ca_line_terms(
+        self, line: AuthorizedKey, grant: Any, user: str, ca_blob: bytes, peer_host: str | None
     ) -> tuple[str | None, bool, str]:
-        first_refusal: KeyRefused | None = None
-        for line in lines:
-            try:
-                allowed = set(line.meaning.principals) if line.meaning.principals is not None else {user}
-                if not allowed.intersection(grant.principals):
-                    raise KeyRefused(f"certificate principals do not match {line.source}")
-                self._apply_line(line, user, ca_blob, peer_host)
-                command = grant.force_command
-                if line.meaning.command is not None:
-                    if command is not None and command != line.meaning.command:
-                        raise KeyRefused("certificate and cert-authority line force different commands")
-                    command = line.meaning.command
-                return command, grant.pty and line.meaning.pty, f"cert-authority at {line.source}"
-            except KeyRefused as e:
-                first_refusal = first_refusal or e
-        assert first_refusal is not None
-        raise first_refusal
+        """A cert-authority line's conditions for this certificate; the login's terms if they pass."""
+        allowed = set(line.meaning.principals) if line.meaning.principals is not None else {user}
+        if not allowed.intersection(grant.principals):
+            raise KeyRefused(f"certificate principals do not match {line.source}")
+        self._apply_line(line, user, ca_blob, peer_host)
+        command = grant.force_command
+        if line.meaning.command is not None:
+            if command is not None and command != line.meaning.command:
+                raise KeyRefused("certificate and cert-authority line force different commands")
+            command = line.meaning.command
+        return command, grant.pty and line.meaning.pty, f"cert-authority at {line.source}"
 
     def _certificate(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         lines = [e for e in self.keys.authorities(user) if e.refused is None]
@@ -221,7 +219,9 @@ class KeyAuthorizer:
         command, pty, via = grant.force_command, grant.pty, "trusted_user_ca_keys"
         candidates = [e for e in lines if e.blob == ca_blob]
         if candidates:  # sshd's rule: the first cert-authority line whose conditions all pass
-            command, pty, via = self._first_passing(candidates, grant, user, ca_blob, peer_host)
+            command, pty, via = _first_that_passes(
+                candidates, lambda line: self._ca_line_terms(line, grant, user, ca_blob, peer_host)
+            )
         blob_type = getNS(blob)[0]
         expected = b"ssh-rsa-cert-v01@openssh.com" if algorithm.startswith(b"rsa-sha2-") else algorithm
         if blob_type != expected:
@@ -244,6 +244,19 @@ class KeyAuthorizer:
             certificate=certificate,
         )
         return Authorized(identity, grant.key, CERT_SIGNATURES[algorithm])
+
+
+def _first_that_passes(lines: list[AuthorizedKey], check: Callable[[AuthorizedKey], T]) -> T:
+    """sshd's rule for a key or CA on several lines: the first line whose conditions all pass;
+    if none does, the first line's refusal."""
+    first_refusal: KeyRefused | None = None
+    for line in lines:
+        try:
+            return check(line)
+        except KeyRefused as e:
+            first_refusal = first_refusal or e
+    assert first_refusal is not None
+    raise first_refusal
 
 
 @implementer(ICredentialsChecker)

@@ -165,7 +165,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from twisted.internet.task import Clock
 
     from conchcmd.auth import KeyAuthorizer, KeyRefused
-    from conchcmd.certs import CERT_SIGNATURES, RevokedKeys, TrustedCAs
+    from conchcmd.certs import CERT_SIGNATURES
     from conchcmd.commands import UsageError, split_command_line
 
     config = _load(args)
@@ -180,8 +180,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         algorithm = b"rsa-sha2-512-cert-v01@openssh.com"
     clock = Clock()
     clock.advance(time.time())
-    keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
-    authorizer = KeyAuthorizer(keys, TrustedCAs(config.trusted_user_ca_keys), RevokedKeys(config.revoked_keys), clock)
+    authorizer = KeyAuthorizer.from_config(config, clock)
     try:
         identity = authorizer.authorize(args.user, algorithm, blob, args.peer).identity
     except KeyRefused as e:

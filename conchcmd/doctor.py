@@ -12,9 +12,10 @@ from twisted.conch.ssh import _kex
 
 from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
+from conchcmd.commands import InlineRunner
 from conchcmd.config import Config
 from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, load_host_keys
-from conchcmd.lastlog import JOURNAL
+from conchcmd.lastlog import FileTail, build_sources
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -93,17 +94,15 @@ def _authorized_keys(config: Config) -> Iterator[Finding]:
 
 
 def _log_source(config: Config) -> Iterator[Finding]:
-    for source in config.lastlog.sources:
-        if source == JOURNAL:
-            if any(Path(d, "journalctl").exists() for d in os.environ.get("PATH", "").split(os.pathsep) if d):
-                yield Finding(OK, "lastlog reads the systemd journal (journalctl)")
-                return
-        elif Path(source).is_file():
-            if os.access(source, os.R_OK):
-                yield Finding(OK, f"lastlog reads {source}")
-            else:
-                yield Finding(PROBLEM, f"{source} is not readable by this user", "run as a user in the log's group")
-            return
+    # The same sources and the same test `lastlog` uses; nothing is read, so no runner or reactor.
+    for source in build_sources(config.lastlog, InlineRunner(), reactor=None, clock=None):  # type: ignore[arg-type]
+        if not source.available():
+            continue
+        if isinstance(source, FileTail) and not os.access(source.path, os.R_OK):
+            yield Finding(PROBLEM, f"{source.path} is not readable by this user", "run as a user in the log's group")
+        else:
+            yield Finding(OK, f"lastlog reads {source.describe()}")
+        return
     tried = ", ".join(config.lastlog.sources)
     yield Finding(PROBLEM, f"no system log found (tried {tried})", "set [lastlog] path to the log file")
 

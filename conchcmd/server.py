@@ -164,10 +164,6 @@ class ServerTransport(ModernServerTransport):
         log.warn("Protocol error from {peer}: {error}; disconnecting", peer=self.peer, error=sanitise(error, 200))
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
 
-    def _unsupportedVersionReceived(self, remoteVersion: bytes) -> None:
-        self._failed = True
-        super()._unsupportedVersionReceived(remoteVersion)
-
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
             self._failed = True  # counts against the source (see _maybe_strike)
