@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.serverfiles import ServerFiles, hermetic_ssh, wait_for
+from support.serverfiles import ServerFiles, hermetic_ssh, server_fleet, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
@@ -490,19 +490,8 @@ def make_server(
     tmp_path_factory: pytest.TempPathFactory, client_keys: ClientKeys, data: Data
 ) -> Iterator[Callable[..., Server]]:
     """Start servers for this module; all are stopped (SIGTERM, exit 0) and their logs checked."""
-    servers: list[Server] = []
 
-    def start(**settings: Any) -> Server:
-        server = Server(tmp_path_factory.mktemp("server"), client_keys, data, **settings)
-        servers.append(server)
-        server.start()
-        return server
+    def make(**settings: Any) -> Server:
+        return Server(tmp_path_factory.mktemp("server"), client_keys, data, **settings)
 
-    yield start
-    errors = []
-    for server in servers:
-        try:
-            stop_and_check(server)
-        except AssertionError as e:
-            errors.append(str(e))
-    assert not errors, "\n\n".join(errors)
+    yield from server_fleet(make, stop_and_check)

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +118,24 @@ def hermetic_ssh(
         *("-p", str(port), "-i", str(key), f"{user}@127.0.0.1"),
     ]
     return [*argv, remote] if remote is not None else argv
+
+
+def server_fleet(make: Callable[..., Any], check: Callable[[Any], None]) -> Iterator[Callable[..., Any]]:
+    """Body of a module fixture: yields `start(**settings)`, which makes and starts a server;
+    at teardown every server started is stopped and checked, and all failures are reported."""
+    servers: list[Any] = []
+
+    def start(**settings: Any) -> Any:
+        server = make(**settings)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    errors = []
+    for server in servers:
+        try:
+            check(server)
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n\n".join(errors)
