@@ -57,7 +57,7 @@ def layout(tmp_path: Path, kind: str, text: str) -> Layout:
         os.chown(_write(path, text), NOBODY, NOBODY)
         culprit = f"file {path}"
     elif kind == "group-writable":
-        _write(path, text, 0o620)
+        _write(path, text, 0o620)  # group root, which has no other member: still refused
         culprit = f"file {path}"
     elif kind == "world-writable-parent":
         _write(path, text)
@@ -149,15 +149,18 @@ def test_the_servers_own_user_may_own_the_files(tmp_path: Path, key_text: str) -
     assert AuthorizedKeysFiles(f"{tmp_path}/users/%u", trust=FileTrust(uid=1000)).entries_for("alice") == ()
 
 
-def test_a_fifo_is_refused_without_blocking_even_when_loose(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_non_regular_file_is_refused_without_blocking_even_when_loose(tmp_path: Path, kind: str) -> None:
     (tmp_path / "users").mkdir()
-    os.mkfifo(tmp_path / "users" / "alice", 0o600)
+    path = tmp_path / "users" / "alice"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)  # opening it for reading must not wait for a writer
+    else:
+        path.mkdir(mode=0o700)
     for trust in (STRICT, LOOSE):
         with capturedLogs() as events:
             assert AuthorizedKeysFiles(f"{tmp_path}/users/%u", trust=trust).entries_for("alice") == ()
-        assert [formatEvent(e) for e in events] == [
-            f"Ignoring {tmp_path}/users/alice: {tmp_path}/users/alice is not a regular file"
-        ]
+        assert [formatEvent(e) for e in events] == [f"Ignoring {path}: {path} is not a regular file"]
 
 
 def test_a_file_replaced_between_open_and_check_is_not_trusted(tmp_path: Path) -> None:
@@ -165,6 +168,27 @@ def test_a_file_replaced_between_open_and_check_is_not_trusted(tmp_path: Path) -
     second = _write(tmp_path / "b", "y")
     problem = file_problem(str(second), first.stat(), STRICT)
     assert problem is not None and problem.reason == f"{second} changed while it was checked"
+
+
+def test_the_test_suites_own_files_are_trusted(tmp_path: Path) -> None:
+    """tests/conftest.py keeps pytest's files out of /tmp, or every key-file test would be refused."""
+    assert directory_problem(str(tmp_path), FileTrust()) is None
+    assert not str(tmp_path).startswith("/tmp/")
+
+
+def test_adduser_warns_when_the_file_it_wrote_is_ignored(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.mkdir()
+    users.chmod(0o777)
+    config = tmp_path / "conchcmd.toml"
+    config.write_text('authorized_keys = "users/%u"\n')
+    pub = _write(tmp_path / "id.pub", authorized_line(ed25519_key()), 0o644)
+    out = io.StringIO()
+    assert cli.main(["adduser", "--config", str(config), "alice", str(pub)], out=out) == 0
+    assert out.getvalue().splitlines()[-1] == (
+        f"warning: {users}/alice is ignored until this is fixed: bad ownership or modes for directory {users}; "
+        f"fix: chmod go-w {users}, or move {users}/alice elsewhere"
+    )
 
 
 # -- fixes that doctor offers ----------------------------------------------------------------------
