@@ -14,7 +14,7 @@ from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
 from conchcmd.commands import InlineRunner
 from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
-from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, load_host_keys
+from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
 from conchcmd.lastlog import FileTail, build_sources
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -46,7 +46,7 @@ def examine(config: Config) -> list[Finding]:
 def _host_keys(config: Config) -> Iterator[Finding]:
     directory = config.host_keys_dir
     trust = FileTrust(strict=config.strict_modes)
-    unsafe = directory_problem(str(directory), trust) if directory.exists() else None
+    unsafe = directory_untrusted(directory, trust)
     if unsafe is not None:
         yield Finding(PROBLEM, f"host key directory {directory}: {unsafe.reason}: serve refuses to start", unsafe.fix)
         return

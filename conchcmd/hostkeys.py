@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh.keys import BadKeyError, Key
 
-from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, read_trusted
+from conchcmd.filetrust import FileTrust, Untrusted, UntrustedFile, directory_problem, read_trusted
 
 #: File names we look for, in preference order; ed25519 is the one we create.
 HOST_KEY_FILES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key")
@@ -62,12 +62,21 @@ def generate_host_key(path: Path, kind: str = "ed25519") -> None:
     _write_new(pub, public_bytes + b" conchcmd-host\n", 0o644)
 
 
+def directory_untrusted(directory: Path, trust: FileTrust) -> Untrusted | None:
+    """Why anyone but root or the server's user could write into the host key directory, if so.
+
+    A directory not made yet is judged by its nearest existing ancestor, where it would be made.
+    """
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return directory_problem(str(existing), trust)
+
+
 def check_directory(directory: Path, trust: FileTrust) -> None:
-    """Refuse a host key directory that anyone but root or the server's user could write into."""
-    if directory.exists():
-        problem = directory_problem(str(directory), trust)
-        if problem is not None:
-            raise HostKeyError(f"host key directory {directory}: {problem.reason}; fix: {problem.fix}")
+    problem = directory_untrusted(directory, trust)
+    if problem is not None:
+        raise HostKeyError(f"host key directory {directory}: {problem.reason}; fix: {problem.fix}")
 
 
 def ensure_host_keys(directory: Path, *, rsa_too: bool = False, trust: FileTrust | None = None) -> list[Path]:

@@ -304,6 +304,15 @@ def test_no_host_key_is_created_in_an_untrusted_directory(tmp_path: Path) -> Non
     assert list(keys.iterdir()) == []
 
 
+def test_no_host_key_directory_is_made_inside_a_shared_one(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(HostKeyError, match=f"host key directory {shared}/a/keys: bad ownership .* directory {shared}"):
+        ensure_host_keys(shared / "a" / "keys", trust=STRICT)
+    assert list(shared.iterdir()) == []
+
+
 def test_host_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     (key,) = ensure_host_keys(keys, trust=STRICT)
@@ -417,3 +426,15 @@ def test_doctor_reports_the_host_key_directory_ca_and_revoked_files(doctor: Doct
     ]
     status, report = doctor.run("strict_modes = false")
     assert (status, problems(report)) == (0, []), report
+
+
+def test_keygen_refuses_an_untrusted_host_key_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keys.chmod(0o777)
+    config = tmp_path / "conchcmd.toml"
+    config.write_text('host_keys_dir = "keys"\n')
+    assert cli.main(["keygen", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"conchcmd: host key directory {keys}: bad ownership or modes for directory {keys}; fix:")
+    assert list(keys.iterdir()) == []
