@@ -78,6 +78,14 @@ def layout(tmp_path: Path, kind: str, text: str) -> Layout:
         real = _write(shared / "alice-keys", text)  # root-owned, 0600: only its directory is wrong
         path.symlink_to(real)
         culprit = f"directory {shared}"
+    elif kind == "directory-symlink-into-sticky-dir":
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        _write(shared / "users" / "alice", text)  # the users directory itself is root's, 0755
+        users.rmdir()
+        users.symlink_to(shared / "users")
+        culprit = f"directory {shared}"
     else:
         raise AssertionError(kind)
     return Layout(f"{users}/%u", path, culprit)
@@ -90,6 +98,7 @@ KINDS = [
     "parent-owned-by-another",
     "group-writable-grandparent",
     "symlink-into-sticky-dir",
+    "directory-symlink-into-sticky-dir",
 ]
 
 
