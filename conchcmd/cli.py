@@ -190,6 +190,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         identity = authorizer.authorize(args.user, algorithm, blob, args.peer).identity
     except KeyRefused as e:
         out.write(f"login: REFUSED: {e}\n")
+        path = authorizer.keys.path_for(args.user)
+        problem = path_problem(path, authorizer.keys.trust) if path else None
+        if problem is not None:
+            out.write(f"note: {path} is ignored: {problem.reason}; fix: {problem.fix}\n")
         return EXIT_FAILURE
     grant = identity.grant
     terms = [f"by {grant.source}"]

@@ -200,6 +200,20 @@ def test_adduser_warns_when_the_file_it_wrote_is_ignored(tmp_path: Path) -> None
     )
 
 
+def test_check_says_why_the_users_file_is_ignored(tmp_path: Path, key_text: str) -> None:
+    site = layout(tmp_path, "symlink-into-sticky-dir", key_text)
+    config = tmp_path / "conchcmd.toml"
+    config.write_text(f'authorized_keys = "{site.pattern}"\n')
+    pub = _write(tmp_path / "id.pub", key_text, 0o644)
+    out = io.StringIO()
+    assert cli.main(["check", "--config", str(config), "--user", "alice", "--key", str(pub)], out=out) == 1
+    assert out.getvalue().splitlines() == [
+        "login: REFUSED: key not in authorized_keys",
+        f"note: {site.path} is ignored: bad ownership or modes for {site.culprit}; "
+        f"fix: move {site.path} to a directory only root can write",
+    ]
+
+
 # -- fixes that doctor offers ----------------------------------------------------------------------
 
 
