@@ -15,17 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conchcmd.filetrust import FileTrust, directory_problem
+from support.tempdirs import UntrustedTempParent, trusted_temp_parent
 
 #: Base directories of runs whose process is gone are removed once they are this old.
 STALE_SECONDS = 3600.0
 _BASE = pytest.StashKey[str]()
-
-
-def _tests_parent() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "conchcmd-tests"
 
 
 def _process_alive(pid: int) -> bool:
@@ -54,14 +48,10 @@ def _remove_stale(parent: Path) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is not None:
         return  # the caller chose one (it must be a trusted place, or key-file tests fail)
-    parent = _tests_parent()
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    problem = directory_problem(str(parent), FileTrust())
-    if problem is not None:
-        raise pytest.UsageError(
-            f"{parent} cannot hold test files that strict_modes trusts: {problem.reason} "
-            f"(fix: {problem.fix}; or set XDG_CACHE_HOME, or pass --basetemp)"
-        )
+    try:
+        parent = trusted_temp_parent()
+    except UntrustedTempParent as e:
+        raise pytest.UsageError(f"{e}, or pass --basetemp") from None
     _remove_stale(parent)
     base = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=parent)
     config.option.basetemp = base
