@@ -35,6 +35,7 @@ from conchcmd.certs import (
 )
 from conchcmd.commands import BlockingRunner
 from conchcmd.config import Config, UserPolicy
+from conchcmd.filetrust import FileTrust
 from conchcmd.hostmatch import match_address_list
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -126,9 +127,12 @@ class KeyAuthorizer:
 
     def reload(self, config: Config) -> None:
         """Take the key files, trusted CAs and revocations of a (new) configuration."""
-        self.keys = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
-        self.trusted = TrustedCAs(config.trusted_user_ca_keys)
-        self.revoked = RevokedKeys(config.revoked_keys)
+        trust = FileTrust(strict=config.strict_modes)
+        self.keys = AuthorizedKeysFiles(
+            config.authorized_keys, permit_environment=config.permit_user_environment, trust=trust
+        )
+        self.trusted = TrustedCAs(config.trusted_user_ca_keys, trust=trust)
+        self.revoked = RevokedKeys(config.revoked_keys, trust=trust)
 
     def authorize(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         if not valid_user_name(user):

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
-import stat
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 
 from conchcmd.audit import LOG_NAMESPACE
+from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.hostmatch import PatternError, split_patterns
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -278,20 +275,16 @@ def parse_authorized_keys(text: str, source: str, *, permit_environment: bool = 
 class AuthorizedKeysFiles:
     """Per-user authorized_keys files from a `%u` path pattern, read at authentication time.
 
-    Parsed files are cached by (inode, size, mtime), so each login costs a stat, and an edited
-    file is picked up by the next login without a restart.
+    Every attempt checks the file's ownership and modes and those of the directories above it
+    (`strict_modes`, see filetrust.py), so a loosened file is refused at the next login. Parsed
+    files are cached by (inode, size, mtime), so an unchanged file is not read again, and an
+    edited file is picked up by the next login without a restart.
     """
 
-    def __init__(
-        self,
-        pattern: str,
-        *,
-        permit_environment: bool = False,
-        stat_file: Callable[[str], os.stat_result] = os.stat,
-    ):
+    def __init__(self, pattern: str, *, permit_environment: bool = False, trust: FileTrust | None = None):
         self.pattern = pattern
         self.permit_environment = permit_environment
-        self._stat = stat_file
+        self.trust = trust or FileTrust()
         self._cache: dict[str, tuple[tuple[int, int, int], ParsedFile]] = {}
 
     def path_for(self, user: str) -> str | None:
@@ -304,23 +297,21 @@ class AuthorizedKeysFiles:
         if path is None:
             return ()
         try:
-            st = self._stat(path)
-        except OSError:
+            with CheckedFile(path, self.trust) as f:
+                signature = (f.stat.st_ino, f.stat.st_size, f.stat.st_mtime_ns)
+                cached = self._cache.get(path)
+                if cached and cached[0] == signature:
+                    return cached[1].entries
+                text = f.read().decode("utf-8", errors="replace")
+        except UntrustedFile as e:
+            self._cache.pop(path, None)
+            log.warn("Ignoring {path}: {reason}", path=path, reason=e.problem.reason)
+            return ()
+        except FileNotFoundError:
             self._cache.pop(path, None)
             return ()
-        if stat.S_IMODE(st.st_mode) & 0o022:
-            log.warn(
-                "Ignoring {path}: writable by group or others; chmod 600 it",
-                path=path,
-            )
-            return ()
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._cache.get(path)
-        if cached and cached[0] == signature:
-            return cached[1].entries
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
         except OSError as e:
+            self._cache.pop(path, None)
             log.warn("Cannot read {path}: {error}", path=path, error=e.strerror)
             return ()
         parsed = parse_authorized_keys(text, path, permit_environment=self.permit_environment)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 
 from conchcmd.audit import LOG_NAMESPACE, sanitise
 from conchcmd.authorized_keys import CERT_SUFFIX, fingerprint
+from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -119,8 +119,9 @@ class RevokedKeys:
     it changes.
     """
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, *, trust: FileTrust | None = None):
         self.path = path
+        self.trust = trust or FileTrust()
         self._signature: tuple[int, int] | None = None
         self.blobs: frozenset[bytes] = frozenset()
         self.serials: tuple[tuple[int, int], ...] = ()
@@ -129,15 +130,25 @@ class RevokedKeys:
     def _load(self) -> None:
         if self.path is None:
             return
+        # Checked on every attempt: a list anyone else could have edited cannot be relied on,
+        # and an empty one would revoke nothing, so it refuses every key (fail closed).
         try:
-            st = Path(self.path).stat()
+            with CheckedFile(self.path, self.trust) as f:
+                signature = (f.stat.st_mtime_ns, f.stat.st_size)
+                if signature == self._signature:
+                    return
+                data = f.read()
+        except UntrustedFile as e:
+            self._signature = None  # read it afresh once it is fixed
+            log.warn(
+                "revoked_keys {path} is not trusted ({reason}): refusing every key until it is fixed",
+                path=self.path,
+                reason=e.problem.reason,
+            )
+            raise CertificateRefused(f"revocation list not trusted: {e.problem.reason}") from None
         except OSError:
             log.warn("revoked_keys {path} cannot be read: refusing every key until it can", path=self.path)
             raise CertificateRefused("revocation list unreadable") from None
-        signature = (st.st_mtime_ns, st.st_size)
-        if signature == self._signature:
-            return
-        data = Path(self.path).read_bytes()
         if data.startswith(b"SSHKRL\n\0"):
             log.warn("{path} is a binary OpenSSH KRL, which conchcmd does not read: refusing every key", path=self.path)
             raise CertificateRefused("revocation list in an unsupported format (KRL)")
@@ -192,8 +203,9 @@ def _revoked_blob(line: str) -> bytes:
 class TrustedCAs:
     """`trusted_user_ca_keys`: CA public keys whose certificates log in as any listed principal."""
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, *, trust: FileTrust | None = None):
         self.path = path
+        self.trust = trust or FileTrust()
         self._signature: tuple[int, int] | None = None
         self.blobs: frozenset[bytes] = frozenset()
 
@@ -201,20 +213,28 @@ class TrustedCAs:
         if self.path is None:
             return False
         try:
-            st = Path(self.path).stat()
+            with CheckedFile(self.path, self.trust) as f:
+                signature = (f.stat.st_mtime_ns, f.stat.st_size)
+                if signature != self._signature:
+                    self.blobs, self._signature = self._parse(f.read()), signature
+        except UntrustedFile as e:
+            log.warn("Ignoring {path}: {reason}: no CA is trusted", path=self.path, reason=e.problem.reason)
+            self.blobs, self._signature = frozenset(), None
+            return False
         except OSError:
             return False
-        if (st.st_mtime_ns, st.st_size) != self._signature:
-            blobs = set()
-            for raw in Path(self.path).read_text(errors="replace").splitlines():
-                line = raw.strip()
-                if line and not line.startswith("#"):
-                    try:
-                        blobs.add(Key.fromString(line.encode()).blob())
-                    except (BadKeyError, ValueError, IndexError, struct.error):
-                        log.warn("{path}: a line that is not a CA public key is ignored", path=self.path)
-            self.blobs, self._signature = frozenset(blobs), (st.st_mtime_ns, st.st_size)
         return blob in self.blobs
+
+    def _parse(self, data: bytes) -> frozenset[bytes]:
+        blobs = set()
+        for raw in data.decode("utf-8", "replace").splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                try:
+                    blobs.add(Key.fromString(line.encode()).blob())
+                except (BadKeyError, ValueError, IndexError, struct.error):
+                    log.warn("{path}: a line that is not a CA public key is ignored", path=self.path)
+        return frozenset(blobs)
 
 
 def validate_certificate(

@@ -25,6 +25,7 @@ from conchcmd import __version__
 from conchcmd.audit import LOG_NAMESPACE
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
+from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -82,9 +83,10 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args)
-    created = ensure_host_keys(config.host_keys_dir, rsa_too=args.rsa)
+    trust = FileTrust(strict=config.strict_modes)
     try:
-        keys = load_host_keys(config.host_keys_dir)
+        created = ensure_host_keys(config.host_keys_dir, rsa_too=args.rsa, trust=trust)
+        keys = load_host_keys(config.host_keys_dir, trust=trust)
     except HostKeyError as e:
         raise CliError(str(e)) from None
     for path in keys.files:
@@ -110,7 +112,7 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
     if not key.isPublic():
         raise CliError(f"{args.pubkey_file} is a PRIVATE key; give the .pub file", EXIT_USAGE)
-    files = AuthorizedKeysFiles(config.authorized_keys)
+    files = AuthorizedKeysFiles(config.authorized_keys, trust=FileTrust(strict=config.strict_modes))
     path = Path(files.path_for(args.user) or "")
     blob = key.blob()
     if files.find(args.user, blob) is not None:
@@ -123,6 +125,9 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
             f.write("\n")
         f.write(line.splitlines()[0] + "\n")
     out.write(f"{args.user}: added {key.sshType().decode()} key {fingerprint(blob)} to {path}\n")
+    problem = path_problem(str(path), files.trust)
+    if problem is not None:
+        out.write(f"warning: {path} is ignored until this is fixed: {problem.reason}; fix: {problem.fix}\n")
     return EXIT_OK
 
 
@@ -185,6 +190,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         identity = authorizer.authorize(args.user, algorithm, blob, args.peer).identity
     except KeyRefused as e:
         out.write(f"login: REFUSED: {e}\n")
+        path = authorizer.keys.path_for(args.user)
+        problem = path_problem(path, authorizer.keys.trust) if path else None
+        if problem is not None:
+            out.write(f"note: {path} is ignored: {problem.reason}; fix: {problem.fix}\n")
         return EXIT_FAILURE
     grant = identity.grant
     terms = [f"by {grant.source}"]

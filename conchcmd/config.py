@@ -132,6 +132,7 @@ class Config:
     trusted_user_ca_keys: str | None = None
     revoked_keys: str | None = None
     permit_user_environment: bool = False
+    strict_modes: bool = True  # StrictModes: trust key files only if root or we can write them
     users: dict[str, UserPolicy] = field(default_factory=dict)
     source: Path | None = None
 
@@ -151,6 +152,7 @@ class Config:
             *([f"trusted_user_ca_keys = {_toml_str(self.trusted_user_ca_keys)}"] if self.trusted_user_ca_keys else []),
             *([f"revoked_keys = {_toml_str(self.revoked_keys)}"] if self.revoked_keys else []),
             f"permit_user_environment = {str(self.permit_user_environment).lower()}",
+            f"strict_modes = {str(self.strict_modes).lower()}",
             "",
             "[lastlog]",
             f"path = {_toml_list(self.lastlog.sources)}",
@@ -319,6 +321,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     trusted = top.string("trusted_user_ca_keys", "") or None
     revoked = top.string("revoked_keys", "") or None
     permit_environment = top.boolean("permit_user_environment", False)
+    strict_modes = top.boolean("strict_modes", Config.strict_modes)
     users = _parse_users(top, roots, resolve)
     top.reject_unknown()
     return Config(
@@ -335,6 +338,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         trusted_user_ca_keys=resolve(trusted) if trusted else None,
         revoked_keys=resolve(revoked) if revoked else None,
         permit_user_environment=permit_environment,
+        strict_modes=strict_modes,
         users=users,
         source=source,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,8 @@ from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
 from conchcmd.commands import InlineRunner
 from conchcmd.config import Config
-from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, load_host_keys
+from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
+from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
 from conchcmd.lastlog import FileTail, build_sources
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -45,6 +45,11 @@ def examine(config: Config) -> list[Finding]:
 
 def _host_keys(config: Config) -> Iterator[Finding]:
     directory = config.host_keys_dir
+    trust = FileTrust(strict=config.strict_modes)
+    unsafe = directory_untrusted(directory, trust)
+    if unsafe is not None:
+        yield Finding(PROBLEM, f"host key directory {directory}: {unsafe.reason}: serve refuses to start", unsafe.fix)
+        return
     present = [directory / name for name in HOST_KEY_FILES if (directory / name).exists()]
     if not present:
         yield Finding(WARNING, f"no host key in {directory} yet", "`conchcmd keygen` (serve also creates one)")
@@ -56,10 +61,15 @@ def _host_keys(config: Config) -> Iterator[Finding]:
         except HostKeyError as e:
             mode_problems = True
             yield Finding(PROBLEM, str(e), f"chmod 600 {path}")
+            continue
+        problem = path_problem(str(path), trust)
+        if problem is not None:
+            mode_problems = True
+            yield Finding(PROBLEM, f"host key {path}: {problem.reason}: serve refuses to start", problem.fix)
     if mode_problems:
         return  # loading would fail on the same modes
     try:
-        keys = load_host_keys(directory)
+        keys = load_host_keys(directory, trust=trust)
     except HostKeyError as e:
         yield Finding(PROBLEM, str(e), "replace the file: `conchcmd keygen` after moving it away")
         return
@@ -73,20 +83,25 @@ def _authorized_keys(config: Config) -> Iterator[Finding]:
         yield Finding(OK, f"authorized_keys pattern {pattern} (not a single directory: files not listed)")
         return
     directory = pattern.parent
+    trust = FileTrust(strict=config.strict_modes)
+    unsafe = directory_problem(str(directory), trust) if directory.is_dir() else None
+    if unsafe is not None:
+        yield Finding(PROBLEM, f"authorized_keys in {directory}: {unsafe.reason}: every file is ignored", unsafe.fix)
+        return
     files = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
     if not files:
         yield Finding(WARNING, f"no users: {directory} has no authorized_keys files", "`conchcmd adduser USER KEY.pub`")
         return
     for path in files:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o022:
-            yield Finding(
-                PROBLEM, f"{path} is writable by group or others (mode {mode:04o}): it is ignored", f"chmod 600 {path}"
-            )
+        try:
+            text = read_trusted(str(path), trust).decode("utf-8", "replace")
+        except UntrustedFile as e:
+            yield Finding(PROBLEM, f"{path}: {e.problem.reason}: it is ignored", e.problem.fix)
             continue
-        parsed = parse_authorized_keys(
-            path.read_text(errors="replace"), str(path), permit_environment=config.permit_user_environment
-        )
+        except OSError as e:
+            yield Finding(PROBLEM, f"cannot read {path}: {e.strerror}", "make it readable by the server's user")
+            continue
+        parsed = parse_authorized_keys(text, str(path), permit_environment=config.permit_user_environment)
         for problem in parsed.problems:
             yield Finding(PROBLEM, problem, "fix or remove that line (see the README's option list)")
         usable = [e for e in parsed.entries if e.refused is None]
@@ -123,17 +138,27 @@ def _roots(config: Config) -> Iterator[Finding]:
 
 
 def _certificates(config: Config) -> Iterator[Finding]:
+    trust = FileTrust(strict=config.strict_modes)
     if config.trusted_user_ca_keys:
         path = Path(config.trusted_user_ca_keys)
-        if not path.is_file():
+        unsafe = path_problem(str(path), trust)
+        if not path.exists():
             yield Finding(PROBLEM, f"trusted_user_ca_keys {path} does not exist", "create it or remove the setting")
+        elif unsafe is not None:
+            yield Finding(PROBLEM, f"trusted_user_ca_keys {path}: {unsafe.reason}: no CA is trusted", unsafe.fix)
         else:
-            trusted = TrustedCAs(str(path))
+            trusted = TrustedCAs(str(path), trust=trust)
             trusted.contains(b"")  # loads the file
             level = OK if trusted.blobs else WARNING
             yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
     if config.revoked_keys:
-        revoked = RevokedKeys(config.revoked_keys)
+        unsafe = path_problem(config.revoked_keys, trust)
+        if unsafe is not None:
+            yield Finding(
+                PROBLEM, f"revoked_keys {config.revoked_keys}: {unsafe.reason}: every key is refused", unsafe.fix
+            )
+            return
+        revoked = RevokedKeys(config.revoked_keys, trust=trust)
         try:
             revoked.check_key(b"")  # loads the file; a list that cannot be read refuses every key
         except CertificateRefused as e:

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh.keys import BadKeyError, Key
 
+from conchcmd.filetrust import FileTrust, Untrusted, UntrustedFile, directory_problem, read_trusted
+
 #: File names we look for, in preference order; ed25519 is the one we create.
 HOST_KEY_FILES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key")
 
@@ -60,8 +62,29 @@ def generate_host_key(path: Path, kind: str = "ed25519") -> None:
     _write_new(pub, public_bytes + b" conchcmd-host\n", 0o644)
 
 
-def ensure_host_keys(directory: Path, *, rsa_too: bool = False) -> list[Path]:
-    """Create the ed25519 host key (and RSA if asked) when missing; return what was created."""
+def directory_untrusted(directory: Path, trust: FileTrust) -> Untrusted | None:
+    """Why anyone but root or the server's user could write into the host key directory, if so.
+
+    A directory not made yet is judged by its nearest existing ancestor, where it would be made.
+    """
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return directory_problem(str(existing), trust)
+
+
+def check_directory(directory: Path, trust: FileTrust) -> None:
+    problem = directory_untrusted(directory, trust)
+    if problem is not None:
+        raise HostKeyError(f"host key directory {directory}: {problem.reason}; fix: {problem.fix}")
+
+
+def ensure_host_keys(directory: Path, *, rsa_too: bool = False, trust: FileTrust | None = None) -> list[Path]:
+    """Create the ed25519 host key (and RSA if asked) when missing; return what was created.
+
+    Nothing is created in a directory that fails `strict_modes` (HostKeyError).
+    """
+    check_directory(directory, trust or FileTrust())
     created = []
     wanted = [("ssh_host_ed25519_key", "ed25519")]
     if rsa_too:
@@ -83,8 +106,13 @@ def check_private_mode(path: Path) -> None:
         )
 
 
-def load_host_keys(directory: Path) -> HostKeys:
-    """Load every host key present in directory, checking permissions first."""
+def load_host_keys(directory: Path, *, trust: FileTrust | None = None) -> HostKeys:
+    """Load every host key present in directory, checking permissions first.
+
+    The 0600 rule always holds (as in sshd); `trust` adds ownership and the directories above.
+    """
+    trust = trust or FileTrust()
+    check_directory(directory, trust)
     private: dict[bytes, Key] = {}
     public: dict[bytes, Key] = {}
     files = []
@@ -94,7 +122,9 @@ def load_host_keys(directory: Path) -> HostKeys:
             continue
         check_private_mode(path)
         try:
-            key = Key.fromFile(str(path))
+            key = Key.fromString(read_trusted(str(path), trust))
+        except UntrustedFile as e:
+            raise HostKeyError(f"host key {path}: {e.problem.reason}; fix: {e.problem.fix}") from None
         except (BadKeyError, ValueError, OSError) as e:
             raise HostKeyError(f"cannot load host key {path}: {e}") from None
         if not key.isPublic():

@@ -22,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 from conchcmd.app import Server, ThreadRunner, build_server
 from conchcmd.audit import LOG_NAMESPACE, AuditLog
 from conchcmd.config import Config, ConfigError, load_config
+from conchcmd.filetrust import FileTrust
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -76,10 +77,11 @@ class ConchcmdService(Service):
     def prepare(self) -> None:
         """Everything that can fail before the reactor runs: keys, audit log, the object graph."""
         config = self.config
-        for path in ensure_host_keys(config.host_keys_dir):
-            self.say(f"conchcmd: created host key {path}")
+        trust = FileTrust(strict=config.strict_modes)
         try:
-            host_keys = load_host_keys(config.host_keys_dir)
+            for path in ensure_host_keys(config.host_keys_dir, trust=trust):
+                self.say(f"conchcmd: created host key {path}")
+            host_keys = load_host_keys(config.host_keys_dir, trust=trust)
         except HostKeyError as e:
             raise StartupError(f"refusing to start: {e}") from None
         try:

@@ -18,6 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
+from support.tempdirs import trusted_temp_parent
+
 CASES = [
     ("chacha20-poly1305@openssh.com", None),
     ("aes256-gcm@openssh.com", None),
@@ -40,7 +44,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     lines = args.mib * 1024 * 1024 // len(LINE)
-    with tempfile.TemporaryDirectory(prefix="conchcmd-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="conchcmd-bench-", dir=trusted_temp_parent()) as tmp:
         base = Path(tmp)
         key = base / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

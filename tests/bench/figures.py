@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
+from support.tempdirs import trusted_temp_parent
+
 LOG_LINE = b"Nov 26 15:02:03 lab CRON[4945]: (root) CMD (command -v debian-sa1 > /dev/null && debian-sa1 1 1)\n"
 
 
@@ -238,7 +242,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     quick = args.quick
-    with tempfile.TemporaryDirectory(prefix="conchcmd-figures-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="conchcmd-figures-", dir=trusted_temp_parent()) as tmp:
         bench = Bench(Path(tmp), 256 if quick else 1024)
         try:
             r: dict[str, Any] = {}

@@ -113,10 +113,42 @@ def test_group_writable_authorized_keys_is_ignored(server, client_keys):
     path = server.authorize("dave", client_keys.pub_line(client_keys.spare), mode=0o664)
     r = server.ssh("exit 0", user="dave", key=client_keys.spare)
     assert r.returncode == 255
-    server.wait_log(r"Ignoring \S*authorized_keys/dave: writable by group or others")
+    server.wait_log(rf"Ignoring {re.escape(str(path))}: bad ownership or modes for file {re.escape(str(path))}")
     path.chmod(0o600)
     r = server.ssh("exit 0", user="dave", key=client_keys.spare)
     assert r.returncode == 0
+
+
+def _link_into_a_sticky_shared_dir(server, user, line):
+    """authorized_keys/USER as a symlink to a root-owned 0600 file in a /tmp-like (1777) directory."""
+    shared = server.base / f"shared-{user}"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = shared / "keys"
+    target.write_text(line + "\n")
+    target.chmod(0o600)
+    link = server.authorized_keys(user)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link, shared
+
+
+def test_authorized_keys_through_a_symlink_into_a_sticky_dir_is_refused(server, client_keys):
+    """sshd's StrictModes resolves the link and checks every directory: 1777 fails, sticky or not."""
+    link, shared = _link_into_a_sticky_shared_dir(server, "erin", client_keys.pub_line(client_keys.spare))
+    mark = server.audit_mark()
+    r = server.ssh("exit 0", user="erin", key=client_keys.spare)
+    assert r.returncode == 255
+    assert b"Permission denied" in r.stderr
+    assert auth_records(server, mark, ok=True) == []
+    server.wait_log(rf"Ignoring {re.escape(str(link))}: bad ownership or modes for directory {re.escape(str(shared))}")
+
+
+def test_strict_modes_false_accepts_the_same_layout(make_server, client_keys):
+    loose = make_server(config_top="strict_modes = false")
+    _link_into_a_sticky_shared_dir(loose, "erin", client_keys.pub_line(client_keys.spare))
+    r = loose.ssh("exit 0", user="erin", key=client_keys.spare)
+    assert (r.returncode, r.stderr) == (0, b"")
 
 
 # -- host key and banner ------------------------------------------------------------------------
@@ -238,6 +270,27 @@ def test_serve_refuses_a_host_key_readable_by_others(tmp_path):
     assert b"listening on" not in r.stdout
     assert b"refusing to start" in r.stderr
     assert f"chmod 600 {key}".encode() in r.stderr
+
+
+def test_serve_refuses_a_host_key_directory_others_can_write(tmp_path):
+    config = tmp_path / "conchcmd.toml"
+    config.write_text('listen = ["tcp:0:interface=127.0.0.1"]\n')
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keys.chmod(0o777)
+    r = subprocess.run(
+        [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)],
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode != 0
+    assert b"listening on" not in r.stdout
+    assert (
+        f"refusing to start: host key directory {keys}: bad ownership or modes for directory {keys}; "
+        f"fix: chmod go-w {keys}"
+    ).encode() in r.stderr
+    assert list(keys.iterdir()) == []  # no key was written there
 
 
 @pytest.mark.parametrize(

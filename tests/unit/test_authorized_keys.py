@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.conch.ssh.keys import Key
 
+import conchcmd.authorized_keys as ak_module
 from conchcmd.authorized_keys import (
     AuthorizedKeysFiles,
     OptionsSyntaxError,
@@ -256,10 +257,14 @@ def test_unchanged_file_is_not_re_read(tmp_path: Path, ssh_key, monkeypatch: pyt
     files = AuthorizedKeysFiles(f"{tmp_path}/%u")
     assert len(files.entries_for("alice")) == 1
     reads: list[object] = []
-    original = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or original(self, *a, **k))
+    original = ak_module.parse_authorized_keys
+    monkeypatch.setattr(ak_module, "parse_authorized_keys", lambda *a, **k: reads.append(a) or original(*a, **k))
     assert len(files.entries_for("alice")) == 1
     assert reads == []
+    path = tmp_path / "alice"
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1))
+    assert len(files.entries_for("alice")) == 1
+    assert len(reads) == 1  # the patch does see a re-read
 
 
 @pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])

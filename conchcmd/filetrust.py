@@ -1,0 +1,174 @@
+"""Which files conchcmd may trust: sshd's StrictModes rule (OpenSSH misc.c `safe_path`).
+
+A file that decides who logs in is trusted only if it, and every directory from it up to `/`
+(after resolving symlinks), is owned by root or by the server's own user and is not writable by
+group or others. Anyone else who could write one of them could authorize their own key.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from dataclasses import dataclass, field
+from types import TracebackType
+
+
+@dataclass(frozen=True)
+class FileTrust:
+    """The `strict_modes` slice of the configuration, and whose files count as the server's own."""
+
+    strict: bool = True
+    uid: int = field(default_factory=os.geteuid)
+
+    def owner_ok(self, st: os.stat_result) -> bool:
+        return st.st_uid in (0, self.uid)
+
+    def owner_name(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+
+@dataclass(frozen=True)
+class Untrusted:
+    """Why a file or directory is not trusted, in sshd's words, and what an operator can do."""
+
+    path: str  # the file or directory at fault, symlinks resolved
+    reason: str
+    fix: str
+
+
+class UntrustedFile(Exception):
+    """A file failed the ownership and mode check, or is not a regular file."""
+
+    def __init__(self, problem: Untrusted):
+        super().__init__(problem.reason)
+        self.problem = problem
+
+
+def _bad(st: os.stat_result, trust: FileTrust) -> bool:
+    return not trust.owner_ok(st) or bool(st.st_mode & 0o022)
+
+
+def _fix(path: str, st: os.stat_result, trust: FileTrust, subject: str) -> str:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode) and mode & 0o002 and mode & stat.S_ISVTX:
+        # A shared directory such as /tmp: tightening it would break the system.
+        owners = "root" if trust.uid == 0 else f"root or {trust.owner_name()}"
+        return f"move {subject} to a directory only {owners} can write"
+    directory = stat.S_ISDIR(st.st_mode)
+    steps = []
+    if not trust.owner_ok(st):
+        steps.append(f"chown {trust.owner_name()} {path}")
+    if mode & 0o022:
+        steps.append(f"chmod go-w {path}" if directory else f"chmod 600 {path}")
+    return " && ".join(steps) + (f", or move {subject} elsewhere" if directory else "")
+
+
+def _directory_chain(start: str, trust: FileTrust, subject: str) -> Untrusted | None:
+    """Check `start` (a resolved directory) and every directory above it, up to `/`."""
+    directory = start
+    while True:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return Untrusted(directory, f"bad ownership or modes for directory {directory}", f"check {directory}")
+        if _bad(st, trust):
+            reason = f"bad ownership or modes for directory {directory}"
+            return Untrusted(directory, reason, _fix(directory, st, trust, subject))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def file_problem(path: str, file_stat: os.stat_result, trust: FileTrust) -> Untrusted | None:
+    """sshd's `safe_path` for a file already opened (`file_stat` is its fstat), or None if trusted.
+
+    The path is resolved first, so a symlink is judged by where it leads; the resolved file must
+    be the one that was opened, else it changed under us and is not trusted this time.
+    """
+    if not stat.S_ISREG(file_stat.st_mode):
+        return Untrusted(path, f"{path} is not a regular file", f"replace {path} with a regular file")
+    if not trust.strict:
+        return None
+    try:
+        real = os.path.realpath(path, strict=True)
+        real_stat = os.stat(real)
+    except OSError as e:
+        return Untrusted(path, f"realpath {path} failed: {e.strerror}", f"check {path}")
+    if (real_stat.st_dev, real_stat.st_ino) != (file_stat.st_dev, file_stat.st_ino):
+        return Untrusted(path, f"{path} changed while it was checked", "try again")
+    if _bad(file_stat, trust):
+        return Untrusted(real, f"bad ownership or modes for file {real}", _fix(real, file_stat, trust, path))
+    return _directory_chain(os.path.dirname(real), trust, path)
+
+
+def directory_problem(path: str, trust: FileTrust) -> Untrusted | None:
+    """The same rule for a directory that will hold trusted files (the host key directory)."""
+    if not trust.strict:
+        return None
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as e:
+        return Untrusted(path, f"realpath {path} failed: {e.strerror}", f"check {path}")
+    return _directory_chain(real, trust, f"the files in {path}")
+
+
+def path_problem(path: str, trust: FileTrust) -> Untrusted | None:
+    """`file_problem` for a path not yet opened (for `doctor`); a missing file is no problem here."""
+    try:
+        with CheckedFile(path, trust):
+            return None
+    except UntrustedFile as e:
+        return e.problem
+    except OSError:
+        return None
+
+
+class CheckedFile:
+    """A file opened for reading only after it passed `file_problem`.
+
+    The check is on the open descriptor, so what is read is what was checked; opening does not
+    block on a FIFO. Raises OSError if it cannot be opened, UntrustedFile if it is not trusted.
+    """
+
+    def __init__(self, path: str, trust: FileTrust):
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            self.stat = os.fstat(self._fd)
+            problem = file_problem(path, self.stat, trust)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        if problem is not None:
+            os.close(self._fd)
+            raise UntrustedFile(problem)
+
+    def read(self) -> bytes:
+        chunks = []
+        while chunk := os.read(self._fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> CheckedFile:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def read_trusted(path: str, trust: FileTrust) -> bytes:
+    """The whole content of a trusted file (OSError or UntrustedFile otherwise)."""
+    with CheckedFile(path, trust) as f:
+        return f.read()
