@@ -80,8 +80,7 @@ def build_server(
         portal=portal,
         audit=audit,
         clock=reactor,
-        settings=settings
-        or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
+        settings=settings or ServerSettings.from_config(config),
         passwords=passwords,
     )
     return Server(factory, dispatcher, authorizer, realm, passwords)
