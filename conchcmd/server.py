@@ -205,6 +205,13 @@ class ServerTransport(ModernServerTransport):
         self.end_reason = f"client disconnected: {sanitise(description, 200)}"
         self._drop()
 
+    def note_kex_order(self, messageNum: int) -> None:
+        log.info(
+            "Key-exchange message {number} out of order from {peer}: answered UNIMPLEMENTED, ignored",
+            number=messageNum,
+            peer=self.peer,
+        )
+
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         fixed = [
             (name, b",".join(USER_SIGNATURE_ALGORITHMS) if name == b"server-sig-algs" else value)
