@@ -336,3 +336,16 @@ def test_rekeys_spread_out_in_time_or_after_traffic_are_never_cut_off(tmp_path: 
         conn.client.sendKexInit()
         conn.flush()
     assert not conn.disconnected and conn.server.kex_count == 3 * REKEY_BURST + 3
+
+
+def test_a_second_kexinit_during_a_rekey_gets_unimplemented_and_the_rekey_completes(world: World) -> None:
+    def twice(client: ScriptedClient) -> None:
+        if client.kex_count:  # a rekey: send the same KEXINIT again, out of turn
+            force_send(client, KEXINIT, client.ourKexInitPayload[1:])
+
+    conn = logged_in(world, scripted(after_kexinit=twice))
+    conn.client.sendKexInit()
+    conn.flush()
+    assert not conn.disconnected and conn.server.kex_count == 2
+    assert UNIMPLEMENTED in [m for m, _ in conn.client.received]
+    assert works(conn)
