@@ -160,6 +160,7 @@ class ServerTransport(ModernServerTransport):
         register = getattr(self.transport, "registerProducer", None)
         if register is not None:
             register(self, True)  # TCP tells us when its send buffer is full (see pauseProducing)
+            self._producing = True
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
@@ -194,6 +195,8 @@ class ServerTransport(ModernServerTransport):
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if not self._dead:
+            self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
             self._failed = True  # counts against the source (see _maybe_strike)
         if self.end_reason == "closed":
@@ -252,7 +255,21 @@ class ServerTransport(ModernServerTransport):
 
     def _drop(self) -> None:
         if self.transport is not None:
+            self._closing()
             self.transport.loseConnection()
+
+    _producing = False
+
+    def _closing(self) -> None:
+        """This side closes: TCP may close once its buffer drains, and a peer that never takes
+        the last bytes is cut after ABORT_AFTER. Twisted's loseConnection waits for a paused
+        streaming producer to resume instead of closing, and nothing resumes a connection that
+        sends no more: it stayed open for good, holding its client slot."""
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        if self._abort is None:
+            self._abort = self.factory.clock.callLater(ABORT_AFTER, self._cut)
 
     def admit(self, avatar: CommandUser) -> bool:
         """Called on successful authentication: take a client slot or turn the client away."""
@@ -307,7 +324,7 @@ class ServerTransport(ModernServerTransport):
     def close_with(self, why: bytes) -> None:
         """Disconnect with a reason; a peer too dead to take the last bytes is cut after a while."""
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why)
-        self._abort = self.factory.clock.callLater(ABORT_AFTER, self._cut)
+        self._closing()  # already closing (a disconnect sent earlier): the cut still applies
 
     _abort: Any = None
 
