@@ -84,6 +84,7 @@ class AuditSink(Protocol):
 
 #: Records kept while the audit log cannot be written, to write when it can (oldest dropped first).
 BACKLOG_RECORDS = 1000
+BACKLOG_BYTES = 4 << 20  # and at most this much of them (a command record can be large)
 
 
 class LineTarget(Protocol):
@@ -151,7 +152,7 @@ class AuditLog:
 
     When the target cannot be written (a full disk, a read-only or vanished file, an I/O error),
     nothing raises: the first failure is logged at error level, the records are kept (up to
-    BACKLOG_RECORDS) and written, oldest first, as soon as a later write succeeds; `failure()`
+    BACKLOG_RECORDS and BACKLOG_BYTES) and written, oldest first, as soon as a later write succeeds; `failure()`
     says why in the meantime, so the dispatcher can refuse commands that would go unaudited.
     """
 
@@ -160,6 +161,7 @@ class AuditLog:
         self._clock = clock
         self._failure_mode = failure_mode
         self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
         self._lost = 0
         self._error: str | None = None
         self._failing_since = 0.0
@@ -178,9 +180,11 @@ class AuditLog:
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
         entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
         entry.update(fields)
-        self._backlog.append((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-        if len(self._backlog) > BACKLOG_RECORDS:
-            self._backlog.popleft()
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        self._backlog.append(line)
+        self._backlog_bytes += len(line)
+        while len(self._backlog) > 1 and (len(self._backlog) > BACKLOG_RECORDS or self._backlog_bytes > BACKLOG_BYTES):
+            self._backlog_bytes -= len(self._backlog.popleft())
             self._lost += 1
         self._drain()
 
@@ -198,7 +202,7 @@ class AuditLog:
             except OSError as e:
                 self._failed(e)
                 return
-            self._backlog.popleft()
+            self._backlog_bytes -= len(self._backlog.popleft())
             written += 1
         if self._error is not None:
             log.warn(

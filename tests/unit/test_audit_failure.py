@@ -14,7 +14,7 @@ from support.outputs import RecordingOutput
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from conchcmd.audit import BACKLOG_RECORDS, AppendFile, AuditLog
+from conchcmd.audit import BACKLOG_BYTES, BACKLOG_RECORDS, AppendFile, AuditLog
 from conchcmd.builtin import make_exit
 from conchcmd.commands import Command, CommandTable, Dispatcher, Invocation, Outcome
 
@@ -93,6 +93,18 @@ def test_the_backlog_is_bounded_and_what_was_dropped_is_counted(full_disk: Path)
     assert "1000 delayed record(s) written, 5 lost" in formatEvent(captured[0])
     kept = [json.loads(line)["n"] for line in full_disk.read_text().splitlines()]
     assert kept == list(range(5, BACKLOG_RECORDS + 5))  # the oldest went first
+
+
+def test_the_backlog_is_bounded_in_bytes_too(full_disk: Path) -> None:
+    """Large records (a command line of 100 KB) cannot make a full disk cost the server memory."""
+    audit = AuditLog.open(str(full_disk), Clock())
+    for n in range(60):
+        audit.record("command", n=n, argv=["x" * 100_000])
+    heal(full_disk)
+    with capturedLogs():
+        assert audit.failure() is None
+    kept = [json.loads(line)["n"] for line in full_disk.read_text().splitlines()]
+    assert kept == list(range(60 - len(kept), 60)) and len(kept) * 100_000 <= BACKLOG_BYTES < (len(kept) + 1) * 100_100
 
 
 def test_a_line_cut_short_by_a_full_disk_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
