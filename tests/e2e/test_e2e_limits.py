@@ -56,7 +56,7 @@ def test_max_clients(server, data):
 
 
 def server_sockets(port: int) -> list[str]:
-    """`ss` lines of the established TCP sockets on the server's side of `port`, with timers."""
+    """`ss` (iproute2) lines of the established TCP sockets on the server's side of `port`, with timers."""
     out = subprocess.run(
         ["ss", "-tnoH", "state", "established", f"( sport = :{port} )"],
         capture_output=True,
@@ -79,13 +79,11 @@ def test_one_user_holding_idle_connections_locks_out_nobody(make_server, data):
             lambda: len([e for e in server.audit_since(mark, "auth") if e["ok"]]) == 2, 10, "bob's two logins"
         )
         # ss shows one timer per socket: the keepalive timer once no data waits for an ACK.
-        server.wait_for(
-            lambda: (lambda s: len(s) == 2 and all("timer:(keepalive," in line for line in s))(
-                server_sockets(server.port)
-            ),
-            10,
-            "keepalive timers on the server's two sockets",
-        )
+        def keepalive_on_both() -> bool:
+            sockets = server_sockets(server.port)
+            return len(sockets) == 2 and all("timer:(keepalive," in line for line in sockets)
+
+        server.wait_for(keepalive_on_both, 10, "keepalive timers on the server's two sockets")
         r = server.ssh(key=server.keys.optioned, user="bob", options=["-N"], log_level="INFO")
         assert r.returncode == 255
         assert b"Too many connections for user bob (max_clients_per_user 2)" in r.stderr, r.stderr
