@@ -78,6 +78,7 @@ def test_one_user_holding_idle_connections_locks_out_nobody(make_server, data):
         server.wait_for(
             lambda: len([e for e in server.audit_since(mark, "auth") if e["ok"]]) == 2, 10, "bob's two logins"
         )
+
         # ss shows one timer per socket: the keepalive timer once no data waits for an ACK.
         def keepalive_on_both() -> bool:
             sockets = server_sockets(server.port)
