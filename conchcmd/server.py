@@ -118,7 +118,9 @@ class ServerTransport(ModernServerTransport):
     ed25519 host); a login grace timer from the first byte (Conch has none before userauth);
     TCP_QUICKACK re-armed after reads (avoids a 40 ms delayed-ACK stall during kex);
     packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
-    malformed packets end this connection with one log line; idle and keepalive timers.
+    malformed packets end this connection with one log line; idle and keepalive timers; TCP
+    keepalive; client slots per user and in total; closing unregisters the TCP producer (see
+    `_closing`).
     """
 
     factory: CommandServerFactory
