@@ -64,7 +64,7 @@ def build_server(
 ) -> Server:
     """Assemble commands, auth, realm and SSH factory; nothing listens yet."""
     table = build_command_table(config, runner, reactor)
-    dispatcher = Dispatcher(table, audit, reactor)
+    dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure)
     authorizer = KeyAuthorizer.from_config(config, reactor)
     shell = ShellSettings(
         hostname=hostname or socket.gethostname(),
@@ -80,8 +80,7 @@ def build_server(
         portal=portal,
         audit=audit,
         clock=reactor,
-        settings=settings
-        or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
+        settings=settings or ServerSettings.from_config(config),
         passwords=passwords,
     )
     return Server(factory, dispatcher, authorizer, realm, passwords)

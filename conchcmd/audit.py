@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
+import os
 import re
 import sys
+from collections import deque
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
@@ -14,6 +17,7 @@ from twisted.logger import Logger, LogLevel
 MAX_TEXT = 1024
 #: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
 LOG_NAMESPACE = "conchcmd.log"
+log = Logger(namespace=LOG_NAMESPACE)
 
 
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
@@ -73,33 +77,179 @@ class AuditSink(Protocol):
 
     def record(self, event: str, **fields: Any) -> None: ...
 
+    def failure(self) -> str | None:
+        """Why records cannot be written now (after trying again), or None when they can."""
+        ...
+
+
+#: Records kept while the audit log cannot be written, to write when it can (oldest dropped first).
+BACKLOG_RECORDS = 1000
+BACKLOG_BYTES = 4 << 20  # and at most this much of them (a command record can be large)
+
+
+class LineTarget(Protocol):
+    """Where audit lines go: `write` stores one whole line or raises OSError."""
+
+    name: str
+
+    def write(self, line: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StreamTarget:
+    """A text stream the caller owns (stdout, or one a test passes), flushed after each line."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.name = getattr(stream, "name", "stream")
+
+    def write(self, line: bytes) -> None:
+        self.stream.write(line.decode("utf-8"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass  # not ours to close
+
+
+class AppendFile:
+    """A file opened for appending, written a line per write(2) loop. A line that fails half-way
+    is cut off again (the file stays valid JSON lines), and the file is reopened on the next write,
+    so a full disk, a replaced file or a transient I/O error heal once the cause is gone."""
+
+    def __init__(self, path: str):
+        self.name = path
+        self._fd: int | None = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    def write(self, line: bytes) -> None:
+        if self._fd is None:
+            self._fd = self._open()
+        fd = self._fd
+        start = os.fstat(fd).st_size
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            if len(view) < len(line):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # remove the partial line
+            self.close()
+            raise
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
 
 class AuditLog:
-    """Writes events as JSON lines to a file object, flushing each one."""
+    """Writes events as JSON lines, one write per event.
 
-    def __init__(self, stream: IO[str], clock: Any, *, owns_stream: bool = False):
-        self._stream = stream
+    When the target cannot be written (a full disk, a read-only or vanished file, an I/O error),
+    nothing raises: the first failure is logged at error level, the records are kept (up to
+    BACKLOG_RECORDS and BACKLOG_BYTES) and written, oldest first, as soon as a later write succeeds; `failure()`
+    says why in the meantime, so the dispatcher can refuse commands that would go unaudited.
+    """
+
+    def __init__(self, target: LineTarget, clock: Any, *, failure_mode: str = "refuse"):
+        self._target = target
         self._clock = clock
-        self._owns_stream = owns_stream
+        self._failure_mode = failure_mode
+        self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._lost = 0
+        self._error: str | None = None
+        self._failing_since = 0.0
+        self._closed = False
 
     @classmethod
-    def open(cls, target: str, clock: Any) -> AuditLog:
+    def open(cls, target: str, clock: Any, *, failure_mode: str = "refuse") -> AuditLog:
         """Open the audit log named by the `audit_log` setting ("-" is stdout)."""
         if target == "-":
-            return cls(sys.stdout, clock)
-        stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        return cls(stream, clock, owns_stream=True)
+            return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode)
+        return cls(AppendFile(target), clock, failure_mode=failure_mode)
 
     def record(self, event: str, **fields: Any) -> None:
+        if self._closed:
+            raise ValueError("the audit log is closed")
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
         entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
         entry.update(fields)
-        self._stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._stream.flush()
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        self._backlog.append(line)
+        self._backlog_bytes += len(line)
+        while len(self._backlog) > 1 and (len(self._backlog) > BACKLOG_RECORDS or self._backlog_bytes > BACKLOG_BYTES):
+            self._backlog_bytes -= len(self._backlog.popleft())
+            self._lost += 1
+        self._drain()
+
+    def failure(self) -> str | None:
+        if self._error is not None and not self._closed:
+            self._drain()
+        return self._error
+
+    def _drain(self) -> None:
+        """Write what is waiting, oldest first; stop at the first error."""
+        written = 0
+        while self._backlog:
+            try:
+                self._target.write(self._backlog[0])
+            except OSError as e:
+                self._failed(e)
+                return
+            self._backlog_bytes -= len(self._backlog.popleft())
+            written += 1
+        if self._error is not None:
+            log.warn(
+                "Audit log {name} is writable again after {seconds:.0f} s: "
+                "{late} delayed record(s) written, {lost} lost",
+                name=self._target.name,
+                seconds=self._clock.seconds() - self._failing_since,
+                late=written,
+                lost=self._lost,
+            )
+            self._error, self._lost = None, 0
+
+    def _failed(self, e: OSError) -> None:
+        spell_started = self._error is None
+        self._error = e.strerror or str(e)  # the latest reason, for failure()
+        if not spell_started:
+            return  # one log line per failure spell
+        self._failing_since = self._clock.seconds()
+        consequence = (
+            "new commands are refused until it can be written"
+            if self._failure_mode == "refuse"
+            else "commands run unaudited until it can be written"
+        )
+        log.error(
+            "Audit log {name} cannot be written: {error}; {consequence} (audit_failure = {mode}); "
+            "up to {keep} records are kept for then",
+            name=self._target.name,
+            error=self._error,
+            consequence=consequence,
+            mode=self._failure_mode,
+            keep=BACKLOG_RECORDS,
+        )
 
     def close(self) -> None:
-        if self._owns_stream:
-            self._stream.close()
+        if self._closed:
+            return
+        if self._backlog:
+            self._drain()
+            if self._backlog:
+                log.error(
+                    "Audit log {name}: {count} record(s) could not be written before shutdown: {error}",
+                    name=self._target.name,
+                    count=len(self._backlog) + self._lost,
+                    error=self._error,
+                )
+        self._closed = True
+        self._target.close()
 
 
 class MemoryAuditLog:
@@ -110,6 +260,9 @@ class MemoryAuditLog:
 
     def record(self, event: str, **fields: Any) -> None:
         self.events.append({"event": event, **fields})
+
+    def failure(self) -> str | None:
+        return None
 
     def of(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == event]

@@ -44,7 +44,7 @@ EXIT_STATUS_HELP = (
     (ExitStatus.OK, "success"),
     (ExitStatus.FAILED, "the command ran and failed (e.g. a missing file)"),
     (ExitStatus.USAGE, "usage error (bad option or argument)"),
-    (ExitStatus.NOT_PERMITTED, "not permitted by policy (e.g. a path outside the roots)"),
+    (ExitStatus.NOT_PERMITTED, "not permitted by policy (e.g. a path outside the roots, or no audit log)"),
     (ExitStatus.UNKNOWN_COMMAND, "unknown command"),
     (ExitStatus.INTERRUPTED, "interrupted (Ctrl-C, or the client went away)"),
 )
@@ -196,10 +196,13 @@ async def _complain(stderr: Output, message: str) -> None:
 class Dispatcher:
     """Runs command lines: parse, look up, run, map errors to statuses, log and audit."""
 
-    def __init__(self, table: CommandTable, audit: AuditSink, clock: IReactorTime):
+    def __init__(self, table: CommandTable, audit: AuditSink, clock: IReactorTime, *, audit_failure: str = "refuse"):
         self.table = table
         self.audit = audit
         self.clock = clock
+        #: "refuse": while the audit log cannot be written, commands other than `exit` are
+        #: refused rather than run unaudited; "continue": they run (the audit log logs its failure).
+        self.refuse_unaudited = audit_failure == "refuse"
 
     def dispatch(
         self,
@@ -236,6 +239,11 @@ class Dispatcher:
             except UsageError as e:
                 await _complain(stderr, f"conchcmd: {e.message}")
                 return Outcome(e.status)
+            if self.refuse_unaudited and argv[0] != "exit":
+                why = self.audit.failure()
+                if why is not None:
+                    await _complain(stderr, f"conchcmd: refused: the audit log cannot be written ({why})")
+                    return Outcome(ExitStatus.NOT_PERMITTED)
             command = self.table.get(argv[0])
             if command is None:
                 await _complain(stderr, f"{argv[0]}: command not found")

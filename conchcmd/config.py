@@ -111,6 +111,14 @@ class UserPolicy:
         return self.commands is None or command in self.commands or command in SESSION_COMMANDS
 
 
+AUDIT_FAILURE_MODES = ("refuse", "continue")
+
+
+def default_clients_per_user(max_clients: int, configured: int | None = None) -> int:
+    """`max_clients_per_user`: as configured, else half of `max_clients`, at least 1."""
+    return configured if configured is not None else max(1, max_clients // 2)
+
+
 #: Limit keys, in the order check-config prints them.
 LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__)
 
@@ -123,7 +131,11 @@ class Config:
     host_keys_dir: Path = Path("keys")
     authorized_keys: str = "keys/authorized_keys/%u"
     max_clients: int = 10
+    #: None: half of max_clients, at least 1 (see `clients_per_user`).
+    max_clients_per_user: int | None = None
+    tcp_keepalive: bool = True  # sshd's TCPKeepAlive
     audit_log: str = "audit.jsonl"
+    audit_failure: str = "refuse"
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     shell: ShellConfig = field(default_factory=ShellConfig)
@@ -136,6 +148,11 @@ class Config:
     users: dict[str, UserPolicy] = field(default_factory=dict)
     source: Path | None = None
 
+    @property
+    def clients_per_user(self) -> int:
+        """The effective `max_clients_per_user`."""
+        return default_clients_per_user(self.max_clients, self.max_clients_per_user)
+
     def describe(self) -> str:
         """Render the effective settings as TOML, as `check-config` prints them."""
         out = [
@@ -144,7 +161,12 @@ class Config:
             f"host_keys_dir = {_toml_str(str(self.host_keys_dir))}",
             f"authorized_keys = {_toml_str(self.authorized_keys)}",
             f"max_clients = {self.max_clients}",
+            f"max_clients_per_user = {self.clients_per_user}"
+            if self.max_clients_per_user is not None
+            else f"# max_clients_per_user = {self.clients_per_user}  (the default: half of max_clients)",
+            f"tcp_keepalive = {str(self.tcp_keepalive).lower()}",
             f"audit_log = {_toml_str(self.audit_log)}",
+            f"audit_failure = {_toml_str(self.audit_failure)}",
             *(f"{key} = {_toml_value(getattr(self.limits, key))}" for key in LIMIT_KEYS),
             f"kex_algorithms = {_toml_list(self.algorithms.kex_algorithms)}",
             f"ciphers = {_toml_list(self.algorithms.ciphers)}",
@@ -280,9 +302,16 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     host_keys_dir = Path(resolve(top.string("host_keys_dir", "keys")))
     authorized_keys = resolve(top.string("authorized_keys", Config.authorized_keys))
     max_clients = top.integer("max_clients", Config.max_clients, minimum=1)
+    per_user = top.integer("max_clients_per_user", 0, minimum=1) if "max_clients_per_user" in data else None
+    if per_user is not None and per_user > max_clients:
+        raise top.error("max_clients_per_user", f"must not exceed max_clients ({max_clients})")
+    tcp_keepalive = top.boolean("tcp_keepalive", Config.tcp_keepalive)
     audit_log = top.string("audit_log", Config.audit_log)
     if audit_log != "-":
         audit_log = resolve(audit_log)
+    audit_failure = top.string("audit_failure", Config.audit_failure)
+    if audit_failure not in AUDIT_FAILURE_MODES:
+        raise top.error("audit_failure", f"must be one of {', '.join(AUDIT_FAILURE_MODES)}, not {audit_failure!r}")
 
     lastlog_table = _Reader(top.table("lastlog"), "lastlog.", source)
     sources = lastlog_table.strings("path", AUTO_LOG_SOURCES, allow_str=True)
@@ -329,7 +358,10 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         host_keys_dir=host_keys_dir,
         authorized_keys=authorized_keys,
         max_clients=max_clients,
+        max_clients_per_user=per_user,
+        tcp_keepalive=tcp_keepalive,
         audit_log=audit_log,
+        audit_failure=audit_failure,
         lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
         comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
         shell=ShellConfig(prompt=prompt),

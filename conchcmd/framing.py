@@ -10,11 +10,17 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
   counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
   are allowed, KEXINIT must come first, and sequence numbers restart at 0 after every NEWKEYS.
 - rekeying after 1 GiB or 1 hour (OpenSSH's RekeyLimit default), which Conch never starts.
+- (server) key-exchange messages out of order: Conch runs a KEX_ECDH_INIT whenever one arrives,
+  even with no key exchange in progress (a new host-key signature each time, and its keys switched
+  mid-connection). As sshd does, such a message gets UNIMPLEMENTED and nothing else (or a
+  disconnect during a strict initial key exchange); and a client that keeps starting key
+  exchanges without sending data is disconnected (REKEY_BURST).
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Any
 
 from twisted.conch.ssh import transport
@@ -30,6 +36,12 @@ MARKERS = (STRICT_KEX_SERVER, STRICT_KEX_CLIENT, EXT_INFO_CLIENT, EXT_INFO_SERVE
 REKEY_BYTES = 1 << 30
 REKEY_SECONDS = 3600.0
 MAX_PACKET = 256 * 1024 + 1024
+#: A client may start at most REKEY_BURST key exchanges within REKEY_WINDOW seconds that follow
+#: less than REKEY_FREE_BYTES of traffic since the previous one (rekeys a real client makes after
+#: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
+REKEY_BURST = 10
+REKEY_WINDOW = 60.0
+REKEY_FREE_BYTES = 1 << 20
 
 
 class RandomPool:
@@ -278,10 +290,47 @@ class ModernFraming:
 class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
+    _peer_kexinit = False  # the client's KEXINIT for the key exchange in progress has arrived
+    _warned_kex_order = False
+    _cheap_rekeys: deque[float] | None = None
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        # The key-exchange method messages (30-49) belong after the client's KEXINIT and before
+        # our NEWKEYS (sent once the keys are set); a KEXINIT, outside a key exchange.
+        if 30 <= messageNum <= 49:
+            in_order = self._peer_kexinit and not self.nextEncryptions.keyed
+        else:
+            in_order = messageNum != transport.MSG_KEXINIT or not self._peer_kexinit
+        if not in_order:
+            self.kex_out_of_order(messageNum)
+            return
+        super().dispatchMessage(messageNum, payload)
+
+    def kex_out_of_order(self, messageNum: int) -> None:
+        """What sshd does (kex_protocol_error): disconnect during a strict initial key exchange,
+        otherwise reply UNIMPLEMENTED and do nothing else."""
+        if self.strict_kex and not self._first_kex_done:
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"strict KEX violation: message %d out of order in the initial key exchange" % messageNum,
+            )
+            return
+        if not self._warned_kex_order:
+            self._warned_kex_order = True
+            self.note_kex_order(messageNum)
+        seq = (self.incomingPacketSequence - 1) & 0xFFFFFFFF  # that of the packet just read
+        self.sendPacket(transport.MSG_UNIMPLEMENTED, seq.to_bytes(4, "big"))
+
+    def note_kex_order(self, messageNum: int) -> None:
+        """Hook: the first out-of-order key-exchange message on this connection."""
+
     def ssh_KEXINIT(self, packet: bytes) -> None:
+        if self._first_kex_done and self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._count_rekey():
+            return
         negotiated = self.negotiate(packet)
         if negotiated is None:
             return
+        self._peer_kexinit = True
         kex, keys, rest = negotiated
         # SSHServerTransport's part: a wrongly guessed first kex packet must be ignored.
         guessed = rest[:1] not in (b"", b"\0")
@@ -292,8 +341,27 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
         if packet != b"":
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
             return
-        if self._keyExchangeState == self._KEY_EXCHANGE_NONE or not self.nextEncryptions.keyed:
-            # Conch would switch to keys that do not exist yet: plaintext with no session ID.
+        if not self._peer_kexinit or not self.nextEncryptions.keyed:
+            # Conch would switch to keys that do not exist yet: plaintext with no session ID (or,
+            # during a rekey we started, back to the keys in use, ending the exchange half-way).
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS before the key exchange")
             return
+        self._peer_kexinit = False
         self.take_new_keys()
+
+    def _count_rekey(self) -> bool:
+        """A key exchange the client starts: False (and disconnected) if it is one too many."""
+        if self._bytes_since_kex >= REKEY_FREE_BYTES:
+            return True
+        now = self.now()
+        times = self._cheap_rekeys = self._cheap_rekeys if self._cheap_rekeys is not None else deque()
+        times.append(now)
+        while times and times[0] <= now - REKEY_WINDOW:
+            times.popleft()
+        if len(times) <= REKEY_BURST:
+            return True
+        self.sendDisconnect(
+            transport.DISCONNECT_PROTOCOL_ERROR,
+            b"too many key exchanges (more than %d in %d s)" % (REKEY_BURST, REKEY_WINDOW),
+        )
+        return False

@@ -26,7 +26,7 @@ from conchcmd.audit import LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
-from conchcmd.config import AlgorithmsConfig, LimitsConfig
+from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
@@ -53,11 +53,23 @@ SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The server's slice of the configuration: authenticated-client cap, limits, timers."""
+    """The server's slice of the configuration: authenticated-client caps, limits, timers."""
 
     max_clients: int = 10
+    max_clients_per_user: int | None = None  # None: half of max_clients, at least 1
+    tcp_keepalive: bool = True
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ServerSettings:
+        return cls(
+            max_clients=config.max_clients,
+            max_clients_per_user=config.max_clients_per_user,
+            tcp_keepalive=config.tcp_keepalive,
+            limits=config.limits,
+            algorithms=config.algorithms,
+        )
 
 
 def format_peer(address: IAddress) -> str:
@@ -69,20 +81,33 @@ def format_peer(address: IAddress) -> str:
 
 
 class ClientSlots:
-    """Counts authenticated connections against `max_clients`."""
+    """Counts authenticated connections against `max_clients`, and each user's against
+    `max_clients_per_user`, so that one key holder cannot take every slot."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, per_user: int | None = None):
         self.limit = limit
+        self.per_user = default_clients_per_user(limit, per_user)
         self.used = 0
+        self.by_user: dict[str, int] = {}
 
-    def acquire(self) -> bool:
+    def acquire(self, user: str) -> str | None:
+        """Take a slot for `user`; if none is free, the refusal naming the limit that was hit."""
+        held = self.by_user.get(user, 0)
+        if held >= self.per_user:
+            return f"Too many connections for user {user} (max_clients_per_user {self.per_user})"
         if self.used >= self.limit:
-            return False
+            return f"Too many connections (max_clients {self.limit})"
         self.used += 1
-        return True
+        self.by_user[user] = held + 1
+        return None
 
-    def release(self) -> None:
+    def release(self, user: str) -> None:
         self.used -= 1
+        left = self.by_user.get(user, 0) - 1
+        if left > 0:
+            self.by_user[user] = left
+        else:
+            self.by_user.pop(user, None)
 
 
 class ServerTransport(ModernServerTransport):
@@ -93,7 +118,9 @@ class ServerTransport(ModernServerTransport):
     ed25519 host); a login grace timer from the first byte (Conch has none before userauth);
     TCP_QUICKACK re-armed after reads (avoids a 40 ms delayed-ACK stall during kex);
     packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
-    malformed packets end this connection with one log line; idle and keepalive timers.
+    malformed packets end this connection with one log line; idle and keepalive timers; TCP
+    keepalive; client slots per user and in total; closing unregisters the TCP producer (see
+    `_closing`).
     """
 
     factory: CommandServerFactory
@@ -103,6 +130,7 @@ class ServerTransport(ModernServerTransport):
     source = "?"
     user: str | None = None
     holds_slot = False
+    refusal = ""  # why admit() turned the client away
     in_startup = False  # counted by admission control until authenticated or gone
     auth_failures = 0
     liveness: Liveness | None = None
@@ -126,11 +154,15 @@ class ServerTransport(ModernServerTransport):
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             set_nodelay(True)
+        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
+        if set_keepalive is not None and factory.settings.tcp_keepalive:
+            set_keepalive(True)  # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
         log.info("Client connection from {peer}", peer=self.peer)
         factory.audit.record("connect", peer=self.peer)
         register = getattr(self.transport, "registerProducer", None)
         if register is not None:
             register(self, True)  # TCP tells us when its send buffer is full (see pauseProducing)
+            self._producing = True
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
@@ -165,6 +197,8 @@ class ServerTransport(ModernServerTransport):
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if not self._dead:
+            self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
             self._failed = True  # counts against the source (see _maybe_strike)
         if self.end_reason == "closed":
@@ -175,6 +209,13 @@ class ServerTransport(ModernServerTransport):
         # Conch logs every client disconnect at error level; it is the normal way to leave.
         self.end_reason = f"client disconnected: {sanitise(description, 200)}"
         self._drop()
+
+    def note_kex_order(self, messageNum: int) -> None:
+        log.info(
+            "Key-exchange message {number} out of order from {peer}: answered UNIMPLEMENTED, ignored",
+            number=messageNum,
+            peer=self.peer,
+        )
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         fixed = [
@@ -216,24 +257,36 @@ class ServerTransport(ModernServerTransport):
 
     def _drop(self) -> None:
         if self.transport is not None:
+            self._closing()
             self.transport.loseConnection()
+
+    _producing = False
+
+    def _closing(self) -> None:
+        """This side closes: TCP may close once its buffer drains, and a peer that never takes
+        the last bytes is cut after ABORT_AFTER. Twisted's loseConnection waits for a paused
+        streaming producer to resume instead of closing, and nothing resumes a connection that
+        sends no more: it stayed open for good, holding its client slot."""
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        if self._abort is None:
+            self._abort = self.factory.clock.callLater(ABORT_AFTER, self._cut)
 
     def admit(self, avatar: CommandUser) -> bool:
         """Called on successful authentication: take a client slot or turn the client away."""
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        if not self.factory.slots.acquire():
-            log.info(
-                "Too many connections ({limit}): turned away {user}@{peer}",
-                limit=self.factory.slots.limit,
-                user=avatar.identity.user,
-                peer=self.peer,
-            )
-            self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, b"Too many connections")
+        user = avatar.identity.user
+        refusal = self.factory.slots.acquire(user)
+        if refusal is not None:
+            self.refusal = refusal
+            log.info("{refusal}: turned away {user}@{peer}", refusal=refusal, user=user, peer=self.peer)
+            self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal.encode())
             return False
         self.holds_slot = True
-        self.user = avatar.identity.user
+        self.user = user
         avatar.peer = self.peer
         self._leave_startup()
         self.factory.admission.authenticated(self.source)
@@ -273,7 +326,7 @@ class ServerTransport(ModernServerTransport):
     def close_with(self, why: bytes) -> None:
         """Disconnect with a reason; a peer too dead to take the last bytes is cut after a while."""
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why)
-        self._abort = self.factory.clock.callLater(ABORT_AFTER, self._cut)
+        self._closing()  # already closing (a disconnect sent earlier): the cut still applies
 
     _abort: Any = None
 
@@ -292,9 +345,9 @@ class ServerTransport(ModernServerTransport):
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        if self.holds_slot:
+        if self.holds_slot and self.user is not None:
             self.holds_slot = False
-            self.factory.slots.release()
+            self.factory.slots.release(self.user)
         if self.liveness is not None:
             self.liveness.stop()
         if self._abort is not None and self._abort.active():
@@ -408,7 +461,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
         _, avatar, logout = result
         identity: Identity = avatar.identity
         if not self.transport.admit(avatar):
-            self._audit_identity(identity, ok=False, reason="too many connections")
+            self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
         log.info(
@@ -546,7 +599,7 @@ class CommandServerFactory(SSHFactory):
         self.clock = clock
         self.settings = settings
         self.passwords = passwords
-        self.slots = ClientSlots(settings.max_clients)
+        self.slots = ClientSlots(settings.max_clients, settings.max_clients_per_user)
         self.admission = Admission(settings.limits, clock, audit)
         available = _kex.getSupportedKeyExchanges()
         algorithms = settings.algorithms

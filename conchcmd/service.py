@@ -85,7 +85,7 @@ class ConchcmdService(Service):
         except HostKeyError as e:
             raise StartupError(f"refusing to start: {e}") from None
         try:
-            self.audit = AuditLog.open(config.audit_log, self.reactor)
+            self.audit = AuditLog.open(config.audit_log, self.reactor, failure_mode=config.audit_failure)
         except OSError as e:
             raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
         self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")

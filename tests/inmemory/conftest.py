@@ -80,8 +80,7 @@ def make_world(
         audit=audit,
         runner=runner or InlineRunner(),
         hostname="testhost",
-        settings=settings
-        or ServerSettings(max_clients=config.max_clients, limits=config.limits, algorithms=config.algorithms),
+        settings=settings or ServerSettings.from_config(config),
     )
     return World(server, clock, audit, root, log_file, config)
 

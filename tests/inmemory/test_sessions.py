@@ -16,10 +16,14 @@ from .conftest import World, make_world
 
 
 def run_exec(world: World, command: bytes) -> RecordingChannel:
+    """One `ssh host COMMAND`: like OpenSSH, leave once the channel has closed."""
     conn = world.login()
     chan = conn.open_session()
     conn.exec(chan, command)
     conn.flush()
+    if chan.is_closed:
+        conn.client.transport.loseConnection()
+        conn.flush()
     return chan
 
 

@@ -154,7 +154,10 @@ def test_max_clients_turns_away_and_frees_slots(tmp_path: Path) -> None:
     first = w.login()
     second = w.connect(peer="10.0.0.2")
     assert second.login(b"admin", ed25519_key()) != SUCCESS
-    assert second.factory.disconnect_reason == (transport.DISCONNECT_TOO_MANY_CONNECTIONS, b"Too many connections")
+    assert second.factory.disconnect_reason == (  # both limits are hit: the refusal names the user's
+        transport.DISCONNECT_TOO_MANY_CONNECTIONS,
+        b"Too many connections for user admin (max_clients_per_user 1)",
+    )
     first.client.transport.loseConnection()
     first.flush()
     third = w.connect(peer="10.0.0.3")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from conchcmd.audit import MAX_TEXT, AuditLog, MemoryAuditLog, sanitise
+from conchcmd.audit import MAX_TEXT, AuditLog, MemoryAuditLog, StreamTarget, sanitise
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_audit_log_writes_one_json_object_per_line_with_ts_and_event() -> None:
     stream = FlushCountingStream()
     clock = Clock()
     clock.advance(1_700_000_000.25)
-    log = AuditLog(stream, clock)
+    log = AuditLog(StreamTarget(stream), clock)
     log.record("connect", peer="192.0.2.1:4000")
     clock.advance(1.5)
     log.record("command", user="alice", argv=["comphash", "/etc/hostname"], exit_code=0, duration_ms=1.25)
@@ -87,7 +87,7 @@ def test_audit_log_writes_one_json_object_per_line_with_ts_and_event() -> None:
 
 def test_audit_log_flushes_every_event() -> None:
     stream = FlushCountingStream()
-    log = AuditLog(stream, Clock())
+    log = AuditLog(StreamTarget(stream), Clock())
     log.record("connect", peer="p")
     log.record("disconnect", peer="p")
     assert stream.flushes == 2
@@ -98,7 +98,7 @@ def test_audit_log_flushes_every_event() -> None:
 
 def test_audit_log_keeps_non_ascii_and_escapes_newlines_inside_values() -> None:
     stream = io.StringIO()
-    AuditLog(stream, Clock()).record("auth", user="jürgen\nfake", ok=False)
+    AuditLog(StreamTarget(stream), Clock()).record("auth", user="jürgen\nfake", ok=False)
     [line] = stream.getvalue().splitlines()
     assert "jürgen" in line
     assert json.loads(line)["user"] == "jürgen\nfake"

@@ -266,3 +266,43 @@ def test_describe_shows_the_source_and_every_section() -> None:
     assert "[comphash]" in text
     assert 'path = ["/var/log/app.log", "journal"]' in text
     assert AUTO_LOG_SOURCES[0] in parse_config("", base_dir=BASE).describe()
+
+
+@pytest.mark.parametrize(
+    ("text", "per_user"),
+    [
+        ("", 5),
+        ("max_clients = 3", 1),
+        ("max_clients = 1", 1),
+        ("max_clients = 1000", 500),
+        ("max_clients_per_user = 10", 10),
+    ],
+)
+def test_max_clients_per_user_defaults_to_half_of_max_clients(text: str, per_user: int) -> None:
+    config = parse(text)
+    assert config.clients_per_user == per_user
+    assert f"max_clients_per_user = {per_user}" in config.describe()
+    assert parse(config.describe()) == config
+
+
+def test_new_top_level_keys_and_their_defaults() -> None:
+    config = parse("")
+    assert (config.tcp_keepalive, config.audit_failure) == (True, "refuse")
+    assert "\ntcp_keepalive = true\n" in config.describe() and '\naudit_failure = "refuse"\n' in config.describe()
+    config = parse('tcp_keepalive = false\naudit_failure = "continue"')
+    assert (config.tcp_keepalive, config.audit_failure) == (False, "continue")
+    assert parse(config.describe()) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("max_clients_per_user = 0", "max_clients_per_user", "must be at least 1, not 0"),
+        ("max_clients_per_user = 11", "max_clients_per_user", "must not exceed max_clients (10)"),
+        ('max_clients_per_user = "2"', "max_clients_per_user", "must be an integer, not str"),
+        ('tcp_keepalive = "yes"', "tcp_keepalive", "must be true or false, not str"),
+        ('audit_failure = "ignore"', "audit_failure", "must be one of refuse, continue, not 'ignore'"),
+    ],
+)
+def test_new_keys_are_parsed_strictly(text: str, key: str, message: str) -> None:
+    assert str(config_error(text)) == f"{SOURCE}: {key}: {message}"
