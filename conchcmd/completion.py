@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from conchcmd.commands import BlockingRunner, CommandTable
-from conchcmd.comphash import within_roots
 from conchcmd.config import UserPolicy
+from conchcmd.safepath import within_roots
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # C0, DEL, C1, undecodable bytes

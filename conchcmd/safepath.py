@@ -1,0 +1,205 @@
+"""Resolving client-given paths against allowed roots without a check-then-open race.
+
+`realpath` followed by `open` checks one file and may open another: a directory on the way can
+be swapped for a symlink in between. Here every component is looked up relative to a directory
+descriptor already held, with O_NOFOLLOW; symlinks are read and their targets resolved the same
+way (at most MAX_SYMLINKS of them, like the kernel); `..` returns to the descriptor held for the
+parent, never through the file system. So the canonical path we track is the path of what we
+really opened, and the roots check is made on that. (Linux's openat2 RESOLVE_BENEATH would do
+the walk in the kernel, but it refuses absolute symlinks and Python has no binding for it.)
+
+What no path policy can see: a hard link inside a root to a file outside it. Roots, and the
+directories above them, must not be writable by untrusted users.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)  # O_PATH: lookups need only search permission
+_DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: O_NONBLOCK: a FIFO swapped in at the last moment must not hang the thread.
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+
+
+class OutsideRoots(Exception):
+    """The path leads outside every allowed root (or could not be resolved outside them)."""
+
+
+class NotAFile(Exception):
+    """The path names something other than a regular file; the message says what."""
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A regular file opened for reading, and the symlink-free path it was opened at."""
+
+    fd: int
+    path: str
+
+
+def within_roots(path: str, roots: tuple[str, ...]) -> bool:
+    """True if `path` (canonical, absolute) is one of the roots or below one."""
+    return any(os.path.commonpath([root, path]) == root for root in roots)
+
+
+def resolve_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """The operator's roots with their own symlinks followed (trusted configuration)."""
+    return tuple(os.path.realpath(r) for r in roots)
+
+
+def _components(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p]
+    if path.endswith("/") and parts:
+        parts.append(".")  # "file/" must be a directory, like the kernel says
+    return parts
+
+
+def _error(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class _Walk:
+    """A chain of open directory descriptors from "/" down to the current directory."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[int, str]] = [(os.open("/", _DIR_FLAGS), "")]
+        self.hops = 0
+
+    @property
+    def fd(self) -> int:
+        return self.stack[-1][0]
+
+    def path(self, name: str | None = None) -> str:
+        names = [n for _, n in self.stack[1:]]
+        if name is not None:
+            names.append(name)
+        return "/" + "/".join(names)
+
+    def up(self) -> None:
+        if len(self.stack) > 1:  # ".." of "/" is "/"
+            os.close(self.stack.pop()[0])
+
+    def to_top(self) -> None:
+        while len(self.stack) > 1:
+            os.close(self.stack.pop()[0])
+
+    def down(self, name: str) -> None:
+        self.stack.append((os.open(name, _DIR_FLAGS, dir_fd=self.fd), name))
+
+    def close(self) -> None:
+        self.to_top()
+        os.close(self.stack.pop()[0])
+
+    def follow(self, name: str, pending: deque[str]) -> bool:
+        """If `name` is a symlink, queue its target's components and return True."""
+        try:
+            target = os.readlink(name, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return False  # not a symlink (any more)
+            raise
+        self.hops += 1
+        if self.hops > MAX_SYMLINKS:
+            raise _error(errno.ELOOP)
+        if target.startswith("/"):
+            self.to_top()
+        pending.extendleft(reversed(_components(target)))
+        return True
+
+    def retry(self, name: str, pending: deque[str]) -> None:
+        """The object changed type under us: look it up again (bounded like symlinks)."""
+        self.hops += 1
+        if self.hops > MAX_SYMLINKS:
+            raise _error(errno.ELOOP)
+        pending.appendleft(name)
+
+
+@contextmanager
+def _walk() -> Iterator[_Walk]:
+    walk = _Walk()
+    try:
+        yield walk
+    finally:
+        walk.close()
+
+
+def open_file(path: str, roots: tuple[str, ...]) -> Opened:
+    """Open the regular file at absolute `path` for reading, if it lies within `roots`.
+
+    `roots` must be canonical (see resolve_roots). Raises OutsideRoots, NotAFile, or OSError
+    (missing, permission denied, too many symlinks). Failures on the way to a place outside the
+    roots are reported as OutsideRoots, so nothing outside can be probed. The caller closes fd.
+    """
+    with _walk() as walk:
+        pending = deque(_components(path))
+
+        def outside_or(error: OSError, name: str) -> Exception:
+            lexical = os.path.normpath("/".join([walk.path(name), *pending]))
+            return error if within_roots(lexical, roots) else OutsideRoots()
+
+        while pending:
+            name = pending.popleft()
+            if name == ".":
+                continue
+            if name == "..":
+                walk.up()
+                continue
+            if pending:  # a directory on the way
+                try:
+                    walk.down(name)
+                except OSError as e:
+                    if e.errno != errno.ENOTDIR:
+                        raise outside_or(e, name) from None
+                    try:
+                        if walk.follow(name, pending):
+                            continue
+                        mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
+                        if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                            walk.retry(name, pending)  # it changed type under us: look again
+                            continue
+                    except OSError as e2:
+                        raise outside_or(e2, name) from None
+                    raise outside_or(e, name) from None
+                continue
+            try:
+                mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
+                if stat.S_ISLNK(mode):
+                    if not walk.follow(name, pending):
+                        walk.retry(name, pending)
+                    continue
+            except OSError as e:
+                raise outside_or(e, name) from None
+            candidate = walk.path(name)
+            if not within_roots(candidate, roots):
+                raise OutsideRoots()
+            if stat.S_ISDIR(mode):
+                raise NotAFile(os.strerror(errno.EISDIR))
+            if not stat.S_ISREG(mode):
+                raise NotAFile("not a regular file")  # opening a device could have side effects
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=walk.fd)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                walk.retry(name, pending)  # swapped for a symlink since the stat
+                continue
+            try:
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode):  # swapped since the stat; O_NONBLOCK kept a FIFO from hanging
+                    raise NotAFile(os.strerror(errno.EISDIR) if stat.S_ISDIR(mode) else "not a regular file")
+            except BaseException:
+                os.close(fd)
+                raise
+            return Opened(fd, candidate)
+        # The path ended at a directory: "/", ".", "..", or a trailing slash.
+        if not within_roots(walk.path(), roots):
+            raise OutsideRoots()
+        raise NotAFile(os.strerror(errno.EISDIR))
