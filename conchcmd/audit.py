@@ -36,23 +36,31 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     return "".join(out)
 
 
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udcff]")
+#: What must not reach a terminal raw: C0 controls but tab and newline (ESC starts every control
+#: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), the bidi
+#: embedding/override/isolate marks that reorder what is shown (Trojan Source, CVE-2021-42574),
+#: and the Unicode line and paragraph separators.
+_TERMINAL_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_TEXT = re.compile(f"[{_TERMINAL_UNSAFE}]")
+_UNSAFE_LINE = re.compile(f"[\t\n{_TERMINAL_UNSAFE}]")
+
+
+def terminal_safe(text: str, *, single_line: bool = False) -> str:
+    """The one sanitiser for client- or file-derived text bound for a terminal: each unsafe
+    character becomes '?' (as `ls` shows them). `single_line` also replaces tab and newline, for
+    text placed inside a line the server draws (a file name in the progress line, a listing)."""
+    return (_UNSAFE_LINE if single_line else _UNSAFE_TEXT).sub("?", text)
 
 
 class TerminalSafe:
-    """For text shown on an operator's terminal: control characters (C0 except tab and newline,
-    DEL, C1 — raw or UTF-8 encoded) and undecodable bytes become '?'. Feed it a stream in chunks;
-    UTF-8 sequences split across chunks are kept whole."""
+    """terminal_safe over a byte stream fed in chunks: UTF-8 sequences split across chunks are
+    kept whole, broken ones become '?'."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
 
     def __call__(self, data: bytes) -> bytes:
-        return _TERMINAL_UNSAFE.sub("?", self._decoder.decode(data)).encode("utf-8")
-
-
-def terminal_safe(text: str) -> str:
-    return _TERMINAL_UNSAFE.sub("?", text)
+        return terminal_safe(self._decoder.decode(data)).encode("utf-8")
 
 
 class QuietLogger(Logger):

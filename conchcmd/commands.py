@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise, terminal_safe
 from conchcmd.config import UserPolicy
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -113,7 +113,9 @@ class Invocation:
         await self.stdout.write(text.encode("utf-8", "surrogateescape"))
 
     async def complain(self, text: str) -> None:
-        await self.stderr.write(text.encode("utf-8", "surrogateescape"))
+        """Write a diagnostic to stderr, through the terminal sanitiser: stderr is for people
+        (and reaches their terminal even without a pty), so never raw client or file text."""
+        await self.stderr.write(terminal_safe(text).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ class Outcome:
 
 
 async def _complain(stderr: Output, message: str) -> None:
-    await stderr.write((message + "\n").encode("utf-8", "surrogateescape"))
+    """A diagnostic (which may quote the client's words) to stderr, sanitised like complain()."""
+    await stderr.write(terminal_safe(message + "\n").encode("utf-8"))
 
 
 class Dispatcher:

@@ -185,7 +185,7 @@ class ProgressLine:
     def __init__(self, inv: Invocation, clock: IReactorTime, name: str):
         self.inv = inv
         self.clock = clock
-        self.name = name
+        self.name = terminal_safe(name, single_line=True)  # drawn inside the line, on a terminal
         self.progress = [0, 0]
         self.started = clock.seconds()
         self.shown = False
@@ -238,11 +238,16 @@ def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -
                 if as_json:
                     await inv.say(json.dumps({"path": path, "error": e.reason}) + "\n")
                 else:
-                    shown = terminal_safe(path) if inv.interactive else path
-                    await inv.complain(f"comphash: {shown}: {e.reason}\n")
+                    await inv.complain(f"comphash: {path}: {e.reason}\n")
                 continue
             if as_json:
-                record = {"path": path, "algorithm": algorithm, "digest": result.digest, "bytes": result.size}
+                record = {
+                    "path": path,
+                    "algorithm": algorithm,
+                    "digest": result.digest,
+                    "bytes": result.size,
+                    "opened": result.opened,
+                }
                 await inv.say(json.dumps(record) + "\n")
             elif inv.interactive:  # on a terminal a file name must not send control sequences
                 await inv.say(terminal_safe(format_line(result.digest, path)[:-1]) + "\n")

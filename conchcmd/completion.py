@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 
+from conchcmd.audit import terminal_safe
 from conchcmd.commands import BlockingRunner, CommandTable
 from conchcmd.config import UserPolicy
 from conchcmd.safepath import within_roots
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # C0, DEL, C1, undecodable bytes
 _SPECIAL = re.compile(r"""([\s'"\\#;&|<>()$`*?!])""")
 
 
@@ -68,8 +68,8 @@ def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES
         name = entry.name
         if not name.startswith(stem) or (name.startswith(".") and not stem.startswith(".")):
             continue
-        if _CONTROL.search(name):
-            continue  # a name that would send control sequences to the terminal is not offered
+        if terminal_safe(name, single_line=True) != name:
+            continue  # a name the terminal sanitiser would alter is not offered: it could not be typed back
         try:
             is_dir = entry.is_dir()
         except OSError:
