@@ -16,8 +16,21 @@ MAX_TEXT = 1024
 LOG_NAMESPACE = "conchcmd.log"
 
 
+#: Non-ASCII characters a line-based reader may split at (U+0085 is C1, escaped anyway) or that
+#: reorder the text around them when shown: escaped in log text and in every audit record.
+_LOG_UNSAFE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: In a JSON line: what str.splitlines() splits at beyond what json.dumps escapes already (the
+#: ASCII controls), and lone surrogates, which a UTF-8 file cannot hold.
+_JSON_UNSAFE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
-    """Make untrusted text safe to log: control and undecodable bytes become escapes."""
+    """Make untrusted text safe to log: control characters, undecodable bytes, line separators
+    and bidi controls become escapes."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "surrogateescape")
     out = []
@@ -29,6 +42,8 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
             out.append(f"\\x{code:02x}")
         elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
             out.append(f"\\x{code & 0xFF:02x}")
+        elif ch in _LOG_UNSAFE:  # line separators, bidi controls
+            out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     if len(value) > limit:
@@ -102,7 +117,8 @@ class AuditLog:
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
         entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
         entry.update(fields)
-        self._stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        line = _JSON_UNSAFE.sub(_json_escape, json.dumps(entry, ensure_ascii=False))
+        self._stream.write(line + "\n")  # one record per line for every line-based reader
         self._stream.flush()
 
     def close(self) -> None:

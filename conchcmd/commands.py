@@ -160,14 +160,17 @@ def parse_options(
     return dict(pairs), operands
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take "+5", "1_0", " 5", "٣"
+
+
 def parse_int(text: str, what: str, minimum: int, maximum: int) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise UsageError(f"{what} must be a number, not {text!r}") from None
-    if not minimum <= value <= maximum:
+    """A command-line integer: an optional minus and ASCII digits, within [minimum, maximum]."""
+    if not _INTEGER.fullmatch(text):
+        raise UsageError(f"{what} must be a number, not {text!r}")
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > len(str(max(abs(minimum), abs(maximum)))) or not minimum <= int(text, 10) <= maximum:
         raise UsageError(f"{what} must be between {minimum} and {maximum}")
-    return value
+    return int(text, 10)
 
 
 _WORD = re.compile(r"[^ \t\r\n]+")  # shlex.whitespace
