@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from twisted.internet import defer
@@ -11,7 +12,7 @@ from twisted.internet import defer
 from conchcmd.audit import terminal_safe
 from conchcmd.commands import BlockingRunner, CommandTable
 from conchcmd.config import UserPolicy
-from conchcmd.safepath import within_roots
+from conchcmd.safepath import locate, open_directory, within_roots
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
 _SPECIAL = re.compile(r"""([\s'"\\#;&|<>()$`*?!])""")
@@ -56,13 +57,23 @@ def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES
     """Paths starting with `partial` that lead into the roots. Blocking: run it in a thread.
 
     Files are offered only inside the roots; directories also when they are on the way to one.
+    The directory is opened and its entries judged by safepath's race-free resolution, so a
+    directory swapped for a symlink meanwhile cannot make names outside the roots appear.
     """
     directory, _, stem = partial.rpartition("/")
     shown = directory + "/"
     try:
-        entries = sorted(os.scandir(directory or "/"), key=lambda e: e.name)
+        opened = open_directory(directory or "/")
     except OSError:
         return Completion([])
+    try:
+        with os.scandir(opened.fd) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return Completion([])
+    finally:
+        os.close(opened.fd)
+    here = opened.path.rstrip("/")
     candidates: list[str] = []
     for entry in entries:
         name = entry.name
@@ -70,11 +81,15 @@ def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES
             continue
         if terminal_safe(name, single_line=True) != name:
             continue  # a name the terminal sanitiser would alter is not offered: it could not be typed back
+        real = f"{here}/{name}"
         try:
-            is_dir = entry.is_dir()
+            if entry.is_symlink():
+                real, mode = locate(real)
+                is_dir = stat.S_ISDIR(mode)
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             continue
-        real = os.path.realpath(shown + name)
         inside = within_roots(real, roots)
         on_the_way = is_dir and any(root.startswith(real.rstrip("/") + "/") for root in roots)
         if inside or on_the_way:

@@ -131,6 +131,54 @@ def _walk() -> Iterator[_Walk]:
         walk.close()
 
 
+def _settle(walk: _Walk, pending: deque[str], roots: tuple[str, ...] | None) -> tuple[str | None, int]:
+    """Walk `pending` down to its last component, following every symlink on the way and at
+    the end. Returns that component's name in the directory `walk` now holds, and its mode (not
+    opened yet); name None when the path ends at `walk`'s directory itself ("/", ".", "..", a
+    trailing slash). With `roots`, a failure on the way outside them raises OutsideRoots."""
+
+    def outside_or(error: OSError, name: str) -> Exception:
+        if roots is None:
+            return error
+        lexical = os.path.normpath("/".join([walk.path(name), *pending]))
+        return error if within_roots(lexical, roots) else OutsideRoots()
+
+    while pending:
+        name = pending.popleft()
+        if name == ".":
+            continue
+        if name == "..":
+            walk.up()
+            continue
+        if pending:  # a directory on the way
+            try:
+                walk.down(name)
+            except OSError as e:
+                if e.errno != errno.ENOTDIR:
+                    raise outside_or(e, name) from None
+                try:
+                    if walk.follow(name, pending):
+                        continue
+                    mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                        walk.retry(name, pending)  # it changed type under us: look again
+                        continue
+                except OSError as e2:
+                    raise outside_or(e2, name) from None
+                raise outside_or(e, name) from None
+            continue
+        try:
+            mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                if not walk.follow(name, pending):
+                    walk.retry(name, pending)
+                continue
+        except OSError as e:
+            raise outside_or(e, name) from None
+        return name, mode
+    return None, stat.S_IFDIR
+
+
 def open_file(path: str, roots: tuple[str, ...]) -> Opened:
     """Open the regular file at absolute `path` for reading, if it lies within `roots`.
 
@@ -140,47 +188,11 @@ def open_file(path: str, roots: tuple[str, ...]) -> Opened:
     """
     with _walk() as walk:
         pending = deque(_components(path))
-
-        def outside_or(error: OSError, name: str) -> Exception:
-            lexical = os.path.normpath("/".join([walk.path(name), *pending]))
-            return error if within_roots(lexical, roots) else OutsideRoots()
-
-        while pending:
-            name = pending.popleft()
-            if name == ".":
-                continue
-            if name == "..":
-                walk.up()
-                continue
-            if pending:  # a directory on the way
-                try:
-                    walk.down(name)
-                except OSError as e:
-                    if e.errno != errno.ENOTDIR:
-                        raise outside_or(e, name) from None
-                    try:
-                        if walk.follow(name, pending):
-                            continue
-                        mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
-                        if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
-                            walk.retry(name, pending)  # it changed type under us: look again
-                            continue
-                    except OSError as e2:
-                        raise outside_or(e2, name) from None
-                    raise outside_or(e, name) from None
-                continue
-            try:
-                mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
-                if stat.S_ISLNK(mode):
-                    if not walk.follow(name, pending):
-                        walk.retry(name, pending)
-                    continue
-            except OSError as e:
-                raise outside_or(e, name) from None
-            candidate = walk.path(name)
-            if not within_roots(candidate, roots):
+        while True:
+            name, mode = _settle(walk, pending, roots)
+            if not within_roots(walk.path(name), roots):
                 raise OutsideRoots()
-            if stat.S_ISDIR(mode):
+            if name is None or stat.S_ISDIR(mode):
                 raise NotAFile(os.strerror(errno.EISDIR))
             if not stat.S_ISREG(mode):
                 raise NotAFile("not a regular file")  # opening a device could have side effects
@@ -198,8 +210,31 @@ def open_file(path: str, roots: tuple[str, ...]) -> Opened:
             except BaseException:
                 os.close(fd)
                 raise
-            return Opened(fd, candidate)
-        # The path ended at a directory: "/", ".", "..", or a trailing slash.
-        if not within_roots(walk.path(), roots):
-            raise OutsideRoots()
-        raise NotAFile(os.strerror(errno.EISDIR))
+            return Opened(fd, walk.path(name))
+
+
+def open_directory(path: str) -> Opened:
+    """Open the directory at absolute `path` for listing (O_RDONLY), wherever it is, resolved
+    like open_file; `path` in the result is where it really is. Raises OSError."""
+    with _walk() as walk:
+        pending = deque(_components(path))
+        while True:
+            name, mode = _settle(walk, pending, None)
+            if not stat.S_ISDIR(mode):
+                raise _error(errno.ENOTDIR)
+            try:
+                fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=walk.fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR) or name is None:
+                    raise
+                walk.retry(name, pending)  # swapped for a symlink since the stat
+                continue
+            return Opened(fd, walk.path(name))
+
+
+def locate(path: str) -> tuple[str, int]:
+    """Where absolute `path` really leads (symlinks resolved as open_file does), and the mode
+    of what is there, without opening it. Raises OSError."""
+    with _walk() as walk:
+        name, mode = _settle(walk, deque(_components(path)), None)
+        return walk.path(name), mode

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conchcmd.comphash import PathRefused, hash_file
+from conchcmd.completion import list_paths
 from conchcmd.safepath import MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
 
 INSIDE = b"inside\n"
@@ -251,3 +252,29 @@ def test_moving_a_walked_directory_out_of_the_root_never_reaches_its_new_parent(
     seen = _hammer(f"{root}/dir/sub/../../f2", (str(root),), stop, ROUNDS)
     thread.join(10)
     assert set(seen) == {"hashed"}, seen
+
+
+def test_completion_never_lists_names_outside_while_a_directory_is_swapped(tree: Path) -> None:
+    root = tree / "root"
+    (tree / "outside" / "secret-name").write_bytes(SECRET)
+    (root / "spare").symlink_to(tree / "outside")
+    stop = threading.Event()
+    thread = swapping(root / "dir", root / "spare", stop)
+    seen: Counter[tuple[str, ...]] = Counter()
+    try:
+        for _ in range(ROUNDS // 3):
+            seen[tuple(list_paths(f"{root}/dir/", (str(root),)).candidates)] += 1
+    finally:
+        stop.set()
+    thread.join(10)
+    assert set(seen) <= {(f"{root}/dir/f",), ()}, seen
+    assert seen[(f"{root}/dir/f",)] > 0, seen
+
+
+def test_completion_through_a_symlink_into_a_root_lists_what_is_there(tree: Path) -> None:
+    (tree / "outside" / "in").symlink_to(tree / "root" / "dir")
+    (tree / "root" / "dir" / "sub").mkdir()
+    (tree / "root" / "dir" / "up").symlink_to("..")
+    (tree / "root" / "dir" / "out").symlink_to(tree / "outside")
+    found = list_paths(f"{tree}/outside/in/", (f"{tree}/root",))
+    assert found.candidates == [f"{tree}/outside/in/{n}" for n in ("f", "sub/", "up/")]
