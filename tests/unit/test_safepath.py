@@ -278,3 +278,9 @@ def test_completion_through_a_symlink_into_a_root_lists_what_is_there(tree: Path
     (tree / "root" / "dir" / "out").symlink_to(tree / "outside")
     found = list_paths(f"{tree}/outside/in/", (f"{tree}/root",))
     assert found.candidates == [f"{tree}/outside/in/{n}" for n in ("f", "sub/", "up/")]
+
+
+def test_a_hard_link_inside_a_root_is_hashed_which_is_why_roots_must_not_be_writable(tree: Path) -> None:
+    """The documented limit of any path policy: a hard link is the file itself, wherever it is."""
+    os.link(tree / "outside" / "f", tree / "root" / "hardlink")
+    assert read(f"{tree}/root/hardlink", (f"{tree}/root",)) == (SECRET, f"{tree}/root/hardlink")
