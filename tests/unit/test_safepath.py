@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import threading
@@ -10,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.races import swapping
 
 from conchcmd.comphash import PathRefused, hash_file
 from conchcmd.completion import list_paths
@@ -168,29 +168,6 @@ def test_a_user_root_that_resolves_outside_the_global_roots_allows_nothing(tree:
 
 
 # --- races: an attacker swaps things while the server resolves ------------------------------------
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-RENAME_EXCHANGE = 2
-
-
-def exchange(a: Path, b: Path) -> None:
-    """Atomically swap two names (renameat2 RENAME_EXCHANGE): the attacker's best tool."""
-    if _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), RENAME_EXCHANGE) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def swapping(a: Path, b: Path, stop: threading.Event) -> threading.Thread:
-    """A thread that keeps exchanging `a` and `b` until `stop` is set."""
-
-    def run() -> None:
-        while not stop.is_set():
-            exchange(a, b)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def _hammer(path: str, roots: tuple[str, ...], stop: threading.Event, rounds: int) -> Counter[str]:
