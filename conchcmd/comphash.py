@@ -23,7 +23,7 @@ from conchcmd.commands import (
     parse_options,
 )
 from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
-from conchcmd.safepath import NotAFile, OutsideRoots, open_file, resolve_roots, within_roots
+from conchcmd.safepath import NotAFile, OutsideRoots, allowed_roots, open_file
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
 MIB = 1 << 20
@@ -69,11 +69,8 @@ def hash_file(
         raise PathRefused("path must be absolute", ExitStatus.USAGE)
     if "\0" in path:
         raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
-    allowed = resolve_roots(roots)
-    if user_roots is not None:
-        allowed = tuple(r for r in resolve_roots(user_roots) if within_roots(r, allowed))
     try:
-        opened = open_file(path, allowed)
+        opened = open_file(path, allowed_roots(roots, user_roots))
     except OutsideRoots:
         raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED) from None
     except NotAFile as e:

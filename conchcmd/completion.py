@@ -12,7 +12,7 @@ from twisted.internet import defer
 from conchcmd.audit import terminal_safe
 from conchcmd.commands import BlockingRunner, CommandTable
 from conchcmd.config import UserPolicy
-from conchcmd.safepath import locate, open_directory, within_roots
+from conchcmd.safepath import allowed_roots, locate, open_directory, within_roots
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
 _SPECIAL = re.compile(r"""([\s'"\\#;&|<>()$`*?!])""")
@@ -53,13 +53,16 @@ def last_word(line: str) -> str:
     return split_words(line)[-1]
 
 
-def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES) -> Completion:
+def list_paths(
+    partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES, user_roots: tuple[str, ...] | None = None
+) -> Completion:
     """Paths starting with `partial` that lead into the roots. Blocking: run it in a thread.
 
     Files are offered only inside the roots; directories also when they are on the way to one.
     The directory is opened and its entries judged by safepath's race-free resolution, so a
     directory swapped for a symlink meanwhile cannot make names outside the roots appear.
     """
+    roots = allowed_roots(roots, user_roots)  # as comphash computes them, in this thread
     directory, _, stem = partial.rpartition("/")
     shown = directory + "/"
     try:
@@ -105,7 +108,7 @@ class Completer:
     def __init__(self, table: CommandTable, runner: BlockingRunner, roots: tuple[str, ...]):
         self.table = table
         self.runner = runner
-        self.roots = tuple(os.path.realpath(r) for r in roots)
+        self.roots = roots  # resolved by list_paths, in its thread, as comphash resolves them
 
     def complete(self, line: str, policy: UserPolicy) -> defer.Deferred[Completion]:
         """Candidates (whole, unquoted words) for the last word of `line`."""
@@ -126,6 +129,5 @@ class Completer:
         if command.name == "help":
             return names([c.name for c in permitted])
         if command.name == "comphash" and word.startswith("/"):
-            roots = policy.comphash_roots if policy.comphash_roots is not None else self.roots
-            return self.runner.run(list_paths, word, tuple(os.path.realpath(r) for r in roots))
+            return self.runner.run(list_paths, word, self.roots, MAX_CANDIDATES, policy.comphash_roots)
         return names([])

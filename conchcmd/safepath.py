@@ -55,6 +55,15 @@ def resolve_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(os.path.realpath(r) for r in roots)
 
 
+def allowed_roots(roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The canonical roots one user may read: the global ones, narrowed by the user's own (a
+    user root that resolves outside every global root allows nothing)."""
+    allowed = resolve_roots(roots)
+    if user_roots is None:
+        return allowed
+    return tuple(r for r in resolve_roots(user_roots) if within_roots(r, allowed))
+
+
 def _components(path: str) -> list[str]:
     parts = [p for p in path.split("/") if p]
     if path.endswith("/") and parts:

@@ -261,3 +261,11 @@ def test_a_hard_link_inside_a_root_is_hashed_which_is_why_roots_must_not_be_writ
     """The documented limit of any path policy: a hard link is the file itself, wherever it is."""
     os.link(tree / "outside" / "f", tree / "root" / "hardlink")
     assert read(f"{tree}/root/hardlink", (f"{tree}/root",)) == (SECRET, f"{tree}/root/hardlink")
+
+
+def test_completion_narrows_to_the_users_roots_as_comphash_does(tree: Path) -> None:
+    root = tree / "root"
+    (root / "sneaky").symlink_to(tree / "outside")
+    assert list_paths(f"{root}/sneaky/", (str(root),), user_roots=(f"{root}/sneaky",)).candidates == []
+    assert list_paths(f"{root}/", (str(root),), user_roots=(f"{root}/dir",)).candidates == [f"{root}/dir/"]
+    assert list_paths(f"{root}/dir/", (str(root),), user_roots=(f"{root}/dir",)).candidates == [f"{root}/dir/f"]
