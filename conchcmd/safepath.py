@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
+MAX_OPEN_DIRS = 16  # directory descriptors one walk holds besides "/"
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)  # O_PATH: lookups need only search permission
 _DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: O_NONBLOCK: a FIFO swapped in at the last moment must not hang the thread.
@@ -76,15 +77,19 @@ def _error(code: int) -> OSError:
 
 
 class _Walk:
-    """A chain of open directory descriptors from "/" down to the current directory."""
+    """The chain of directories from "/" down to the current one. "/" and the last
+    MAX_OPEN_DIRS of them are held open; one further up is reopened, by its names and without
+    following symlinks, only if `..` comes back to it (so a deep tree cannot exhaust descriptors)."""
 
     def __init__(self) -> None:
-        self.stack: list[tuple[int, str]] = [(os.open("/", _DIR_FLAGS), "")]
+        self.stack: list[tuple[int | None, str]] = [(os.open("/", _DIR_FLAGS), "")]
         self.hops = 0
 
     @property
     def fd(self) -> int:
-        return self.stack[-1][0]
+        fd = self.stack[-1][0]
+        assert fd is not None  # the current directory is always open
+        return fd
 
     def path(self, name: str | None = None) -> str:
         names = [n for _, n in self.stack[1:]]
@@ -92,20 +97,47 @@ class _Walk:
             names.append(name)
         return "/" + "/".join(names)
 
+    def _pop(self) -> None:
+        fd = self.stack.pop()[0]
+        if fd is not None:
+            os.close(fd)
+
     def up(self) -> None:
         if len(self.stack) > 1:  # ".." of "/" is "/"
-            os.close(self.stack.pop()[0])
+            self._pop()
+            if self.stack[-1][0] is None:
+                self._reopen_top()
+
+    def _reopen_top(self) -> None:
+        top = len(self.stack) - 1
+        base = max(i for i in range(top) if self.stack[i][0] is not None)  # "/" at least
+        current = self.stack[base][0]
+        assert current is not None
+        for i in range(base + 1, top + 1):
+            try:
+                opened = os.open(self.stack[i][1], _DIR_FLAGS, dir_fd=current)
+            finally:
+                if i - 1 > base:
+                    os.close(current)  # a directory in between, opened only to pass through
+            current = opened
+        self.stack[top] = (current, self.stack[top][1])
 
     def to_top(self) -> None:
         while len(self.stack) > 1:
-            os.close(self.stack.pop()[0])
+            self._pop()
 
     def down(self, name: str) -> None:
         self.stack.append((os.open(name, _DIR_FLAGS, dir_fd=self.fd), name))
+        oldest = len(self.stack) - 1 - MAX_OPEN_DIRS
+        if oldest > 0:
+            fd, name_there = self.stack[oldest]
+            if fd is not None:
+                os.close(fd)
+                self.stack[oldest] = (None, name_there)
 
     def close(self) -> None:
         self.to_top()
-        os.close(self.stack.pop()[0])
+        self._pop()
 
     def follow(self, name: str, pending: deque[str]) -> bool:
         """If `name` is a symlink, queue its target's components and return True."""
@@ -157,7 +189,10 @@ def _settle(walk: _Walk, pending: deque[str], roots: tuple[str, ...] | None) -> 
         if name == ".":
             continue
         if name == "..":
-            walk.up()
+            try:
+                walk.up()
+            except OSError as e:
+                raise outside_or(e, name) from None
             continue
         if pending:  # a directory on the way
             try:

@@ -13,7 +13,7 @@ from support.races import swapping
 
 from conchcmd.comphash import PathRefused, hash_file
 from conchcmd.completion import list_paths
-from conchcmd.safepath import MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
+from conchcmd.safepath import MAX_OPEN_DIRS, MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
 
 INSIDE = b"inside\n"
 SECRET = b"SECRET outside the roots\n"
@@ -269,3 +269,36 @@ def test_completion_narrows_to_the_users_roots_as_comphash_does(tree: Path) -> N
     assert list_paths(f"{root}/sneaky/", (str(root),), user_roots=(f"{root}/sneaky",)).candidates == []
     assert list_paths(f"{root}/", (str(root),), user_roots=(f"{root}/dir",)).candidates == [f"{root}/dir/"]
     assert list_paths(f"{root}/dir/", (str(root),), user_roots=(f"{root}/dir",)).candidates == [f"{root}/dir/f"]
+
+
+def test_a_deep_tree_holds_a_bounded_number_of_descriptors(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tree / "root"
+    for _ in range(200):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"deep\n")
+    (deep / "back").symlink_to("../" * 200 + "dir/f")  # all the way back up, by `..`
+    held: set[int] = set()
+    peak = [0]
+    real_open, real_close = os.open, os.close
+
+    def counting_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_open(*args, **kwargs)
+        held.add(fd)
+        peak[0] = max(peak[0], len(held))
+        return fd
+
+    def counting_close(fd: int) -> None:
+        held.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "close", counting_close)
+    roots = (f"{tree}/root",)
+    assert read(str(deep / "f"), roots) == (b"deep\n", str(deep / "f"))
+    assert read(str(deep / "back"), roots) == (INSIDE, f"{tree}/root/dir/f")
+    assert read(str(deep) + "/.." * 150 + "/" + "d/" * 150 + "f", roots) == (b"deep\n", str(deep / "f"))
+    assert peak[0] <= MAX_OPEN_DIRS + 3, peak  # "/", the window, a reopening, the file
+    with pytest.raises(OutsideRoots):
+        open_file(str(deep) + "/.." * 201 + "/outside/f", roots)
+    assert len(held) <= 3  # the files `read` closed through their file objects, nothing else
