@@ -123,8 +123,11 @@ class Hasher:
 
     def _release(self, user: str, slots: defer.DeferredSemaphore) -> None:
         slots.release()
+        self._forget_if_idle(user, slots)
+
+    def _forget_if_idle(self, user: str, slots: defer.DeferredSemaphore) -> None:
         if slots.tokens == slots.limit and not slots.waiting:
-            del self.user_slots[user]  # idle: keep no entry per user who ever hashed
+            del self.user_slots[user]  # keep no entry per user who ever hashed
 
     async def hash(
         self,
@@ -139,9 +142,8 @@ class Hasher:
         slots = self._slots_of(user)
         try:
             await slots.acquire()
-        except BaseException:
-            if slots.tokens == slots.limit and not slots.waiting:
-                del self.user_slots[user]
+        except BaseException:  # cancelled while waiting for the user's slot
+            self._forget_if_idle(user, slots)
             raise
         try:
             await self.semaphore.acquire()
