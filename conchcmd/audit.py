@@ -20,8 +20,21 @@ LOG_NAMESPACE = "conchcmd.log"
 log = Logger(namespace=LOG_NAMESPACE)
 
 
+#: Non-ASCII characters a line-based reader may split at (U+0085 is C1, escaped anyway) or that
+#: reorder the text around them when shown: escaped in log text and in every audit record.
+_LOG_UNSAFE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: In a JSON line: what str.splitlines() splits at beyond what json.dumps escapes already (the
+#: ASCII controls), and lone surrogates, which a UTF-8 file cannot hold.
+_JSON_UNSAFE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
-    """Make untrusted text safe to log: control and undecodable bytes become escapes."""
+    """Make untrusted text safe to log: control characters, undecodable bytes, line separators
+    and bidi controls become escapes."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "surrogateescape")
     out = []
@@ -33,6 +46,8 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
             out.append(f"\\x{code:02x}")
         elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
             out.append(f"\\x{code & 0xFF:02x}")
+        elif ch in _LOG_UNSAFE:  # line separators, bidi controls
+            out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     if len(value) > limit:
@@ -40,23 +55,31 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     return "".join(out)
 
 
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udcff]")
+#: What must not reach a terminal raw: C0 controls but tab and newline (ESC starts every control
+#: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), the bidi
+#: embedding/override/isolate marks that reorder what is shown (Trojan Source, CVE-2021-42574),
+#: and the Unicode line and paragraph separators.
+_TERMINAL_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_TEXT = re.compile(f"[{_TERMINAL_UNSAFE}]")
+_UNSAFE_LINE = re.compile(f"[\t\n{_TERMINAL_UNSAFE}]")
+
+
+def terminal_safe(text: str, *, single_line: bool = False) -> str:
+    """The one sanitiser for client- or file-derived text bound for a terminal: each unsafe
+    character becomes '?' (as `ls` shows them). `single_line` also replaces tab and newline, for
+    text placed inside a line the server draws (a file name in the progress line, a listing)."""
+    return (_UNSAFE_LINE if single_line else _UNSAFE_TEXT).sub("?", text)
 
 
 class TerminalSafe:
-    """For text shown on an operator's terminal: control characters (C0 except tab and newline,
-    DEL, C1 — raw or UTF-8 encoded) and undecodable bytes become '?'. Feed it a stream in chunks;
-    UTF-8 sequences split across chunks are kept whole."""
+    """terminal_safe over a byte stream fed in chunks: UTF-8 sequences split across chunks are
+    kept whole, broken ones become '?'."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
 
     def __call__(self, data: bytes) -> bytes:
-        return _TERMINAL_UNSAFE.sub("?", self._decoder.decode(data)).encode("utf-8")
-
-
-def terminal_safe(text: str) -> str:
-    return _TERMINAL_UNSAFE.sub("?", text)
+        return terminal_safe(self._decoder.decode(data)).encode("utf-8")
 
 
 class QuietLogger(Logger):
@@ -180,7 +203,8 @@ class AuditLog:
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
         entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
         entry.update(fields)
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        text = _JSON_UNSAFE.sub(_json_escape, json.dumps(entry, ensure_ascii=False))
+        line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
         self._backlog.append(line)
         self._backlog_bytes += len(line)
         while len(self._backlog) > 1 and (len(self._backlog) > BACKLOG_RECORDS or self._backlog_bytes > BACKLOG_BYTES):

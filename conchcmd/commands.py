@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise, terminal_safe
 from conchcmd.config import UserPolicy
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -113,7 +113,9 @@ class Invocation:
         await self.stdout.write(text.encode("utf-8", "surrogateescape"))
 
     async def complain(self, text: str) -> None:
-        await self.stderr.write(text.encode("utf-8", "surrogateescape"))
+        """Write a diagnostic to stderr, through the terminal sanitiser: stderr is for people
+        (and reaches their terminal even without a pty), so never raw client or file text."""
+        await self.stderr.write(terminal_safe(text).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -158,14 +160,17 @@ def parse_options(
     return dict(pairs), operands
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take "+5", "1_0", " 5", "٣"
+
+
 def parse_int(text: str, what: str, minimum: int, maximum: int) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise UsageError(f"{what} must be a number, not {text!r}") from None
-    if not minimum <= value <= maximum:
+    """A command-line integer: an optional minus and ASCII digits, within [minimum, maximum]."""
+    if not _INTEGER.fullmatch(text):
+        raise UsageError(f"{what} must be a number, not {text!r}")
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > len(str(max(abs(minimum), abs(maximum)))) or not minimum <= int(text, 10) <= maximum:
         raise UsageError(f"{what} must be between {minimum} and {maximum}")
-    return value
+    return int(text, 10)
 
 
 _WORD = re.compile(r"[^ \t\r\n]+")  # shlex.whitespace
@@ -190,7 +195,8 @@ class Outcome:
 
 
 async def _complain(stderr: Output, message: str) -> None:
-    await stderr.write((message + "\n").encode("utf-8", "surrogateescape"))
+    """A diagnostic (which may quote the client's words) to stderr, sanitised like complain()."""
+    await stderr.write(terminal_safe(message + "\n").encode("utf-8"))
 
 
 class Dispatcher:

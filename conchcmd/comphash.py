@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from conchcmd.commands import (
     parse_options,
 )
 from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
+from conchcmd.safepath import NotAFile, OutsideRoots, allowed_roots, open_file
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
 MIB = 1 << 20
@@ -48,11 +48,7 @@ class HashCancelled(Exception):
 class HashResult:
     digest: str
     size: int
-
-
-def within_roots(real_path: str, roots: tuple[str, ...]) -> bool:
-    """True if real_path (already resolved) is one of the roots or below one."""
-    return any(os.path.commonpath([root, real_path]) == root for root in roots)
+    opened: str  # the symlink-free path of the file actually hashed
 
 
 def hash_file(
@@ -65,31 +61,23 @@ def hash_file(
 ) -> HashResult:
     """Resolve, check and hash one file. Blocking: run it in a thread.
 
-    `progress`, if given, is kept as [bytes done, file size] for a progress display.
+    The roots (and the user's, which narrow them) are resolved on every call, so a root that is
+    a symlink follows the operator's current target. The file is opened by safepath's race-free
+    walk. `progress`, if given, is kept as [bytes done, file size] for a progress display.
     """
     if not os.path.isabs(path):
         raise PathRefused("path must be absolute", ExitStatus.USAGE)
     if "\0" in path:
         raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
-    real = os.path.realpath(path)
-    if not within_roots(real, roots) or (
-        user_roots is not None and not within_roots(real, tuple(os.path.realpath(r) for r in user_roots))
-    ):
-        raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED)
     try:
-        # O_NONBLOCK: opening a FIFO must not hang the thread; O_NOFOLLOW: no late symlink swap.
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+        opened = open_file(path, allowed_roots(roots, user_roots))
+    except OutsideRoots:
+        raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED) from None
+    except NotAFile as e:
+        raise PathRefused(str(e), ExitStatus.FAILED) from None
     except OSError as e:
         raise PathRefused(e.strerror or "cannot open", ExitStatus.FAILED) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise PathRefused("Is a directory", ExitStatus.FAILED)
-        if not stat.S_ISREG(mode):
-            raise PathRefused("not a regular file", ExitStatus.FAILED)
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = opened.fd
     with open(fd, "rb", buffering=0) as f:
         if progress is not None:
             progress[1] = os.fstat(fd).st_size
@@ -112,16 +100,34 @@ def hash_file(
             size += n
             if progress is not None:
                 progress[0] = size
-    return HashResult(digest.hexdigest(), size)
+    return HashResult(digest.hexdigest(), size, opened.path)
 
 
 class Hasher:
-    """Hashes files in threads, at most `max_concurrent` at once; cancellation stops the thread."""
+    """Hashes files in threads, at most `max_concurrent` at once and at most
+    `max_concurrent_per_user` for any one user (so one user cannot take every slot); a hash over
+    either limit waits for a slot. Cancellation stops the thread."""
 
     def __init__(self, config: ComphashConfig, runner: BlockingRunner):
-        self.roots = tuple(os.path.realpath(r) for r in config.roots)
+        self.roots = config.roots  # resolved on each hash: see hash_file
         self.runner = runner
         self.semaphore = defer.DeferredSemaphore(config.max_concurrent)
+        self.per_user_limit = config.per_user_limit
+        self.user_slots: dict[str, defer.DeferredSemaphore] = {}
+
+    def _slots_of(self, user: str) -> defer.DeferredSemaphore:
+        slots = self.user_slots.get(user)
+        if slots is None:
+            slots = self.user_slots[user] = defer.DeferredSemaphore(self.per_user_limit)
+        return slots
+
+    def _release(self, user: str, slots: defer.DeferredSemaphore) -> None:
+        slots.release()
+        self._forget_if_idle(user, slots)
+
+    def _forget_if_idle(self, user: str, slots: defer.DeferredSemaphore) -> None:
+        if slots.tokens == slots.limit and not slots.waiting:
+            del self.user_slots[user]  # keep no entry per user who ever hashed
 
     async def hash(
         self,
@@ -129,14 +135,28 @@ class Hasher:
         algorithm: str,
         user_roots: tuple[str, ...] | None = None,
         progress: list[int] | None = None,
+        *,
+        user: str = "",
     ) -> HashResult:
-        await self.semaphore.acquire()
+        # The user's own slot first: a user at their limit waits there, not in the shared queue.
+        slots = self._slots_of(user)
+        try:
+            await slots.acquire()
+        except BaseException:  # cancelled while waiting for the user's slot
+            self._forget_if_idle(user, slots)
+            raise
+        try:
+            await self.semaphore.acquire()
+        except BaseException:
+            self._release(user, slots)
+            raise
         cancelled = threading.Event()
         result: defer.Deferred[HashResult] = defer.Deferred(lambda _: cancelled.set())
         work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled, user_roots, progress)
 
         def finished(outcome: Any) -> None:
             self.semaphore.release()  # only now: the thread is really done
+            self._release(user, slots)
             if result.called:
                 return None  # the caller gave up; drop the outcome, failures included
             if isinstance(outcome, Failure):
@@ -164,7 +184,7 @@ class ProgressLine:
     def __init__(self, inv: Invocation, clock: IReactorTime, name: str):
         self.inv = inv
         self.clock = clock
-        self.name = name
+        self.name = terminal_safe(name, single_line=True)  # drawn inside the line, on a terminal
         self.progress = [0, 0]
         self.started = clock.seconds()
         self.shown = False
@@ -211,17 +231,22 @@ def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -
         for path in paths:
             try:
                 with ProgressLine(inv, clock, path) as progress:
-                    result = await hasher.hash(path, algorithm, inv.policy.comphash_roots, progress)
+                    result = await hasher.hash(path, algorithm, inv.policy.comphash_roots, progress, user=inv.user)
             except PathRefused as e:
                 status = max(status, e.status)
                 if as_json:
                     await inv.say(json.dumps({"path": path, "error": e.reason}) + "\n")
                 else:
-                    shown = terminal_safe(path) if inv.interactive else path
-                    await inv.complain(f"comphash: {shown}: {e.reason}\n")
+                    await inv.complain(f"comphash: {path}: {e.reason}\n")
                 continue
             if as_json:
-                record = {"path": path, "algorithm": algorithm, "digest": result.digest, "bytes": result.size}
+                record = {
+                    "path": path,
+                    "algorithm": algorithm,
+                    "digest": result.digest,
+                    "bytes": result.size,
+                    "opened": result.opened,
+                }
                 await inv.say(json.dumps(record) + "\n")
             elif inv.interactive:  # on a terminal a file name must not send control sequences
                 await inv.say(terminal_safe(format_line(result.digest, path)[:-1]) + "\n")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from twisted.internet import defer
 
+from conchcmd.audit import terminal_safe
 from conchcmd.commands import BlockingRunner, CommandTable
-from conchcmd.comphash import within_roots
 from conchcmd.config import UserPolicy
+from conchcmd.safepath import allowed_roots, locate, open_directory, within_roots
 
 MAX_CANDIDATES = 200  # a directory listing is cut here (huge directories stay cheap)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # C0, DEL, C1, undecodable bytes
 _SPECIAL = re.compile(r"""([\s'"\\#;&|<>()$`*?!])""")
 
 
@@ -52,29 +53,46 @@ def last_word(line: str) -> str:
     return split_words(line)[-1]
 
 
-def list_paths(partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES) -> Completion:
+def list_paths(
+    partial: str, roots: tuple[str, ...], limit: int = MAX_CANDIDATES, user_roots: tuple[str, ...] | None = None
+) -> Completion:
     """Paths starting with `partial` that lead into the roots. Blocking: run it in a thread.
 
     Files are offered only inside the roots; directories also when they are on the way to one.
+    The directory is opened and its entries judged by safepath's race-free resolution, so a
+    directory swapped for a symlink meanwhile cannot make names outside the roots appear.
     """
+    roots = allowed_roots(roots, user_roots)  # as comphash computes them, in this thread
     directory, _, stem = partial.rpartition("/")
     shown = directory + "/"
     try:
-        entries = sorted(os.scandir(directory or "/"), key=lambda e: e.name)
+        opened = open_directory(directory or "/")
     except OSError:
         return Completion([])
+    try:
+        with os.scandir(opened.fd) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return Completion([])
+    finally:
+        os.close(opened.fd)
+    here = opened.path.rstrip("/")
     candidates: list[str] = []
     for entry in entries:
         name = entry.name
         if not name.startswith(stem) or (name.startswith(".") and not stem.startswith(".")):
             continue
-        if _CONTROL.search(name):
-            continue  # a name that would send control sequences to the terminal is not offered
+        if terminal_safe(name, single_line=True) != name:
+            continue  # a name the terminal sanitiser would alter is not offered: it could not be typed back
+        real = f"{here}/{name}"
         try:
-            is_dir = entry.is_dir()
+            if entry.is_symlink():
+                real, mode = locate(real)
+                is_dir = stat.S_ISDIR(mode)
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             continue
-        real = os.path.realpath(shown + name)
         inside = within_roots(real, roots)
         on_the_way = is_dir and any(root.startswith(real.rstrip("/") + "/") for root in roots)
         if inside or on_the_way:
@@ -90,7 +108,7 @@ class Completer:
     def __init__(self, table: CommandTable, runner: BlockingRunner, roots: tuple[str, ...]):
         self.table = table
         self.runner = runner
-        self.roots = tuple(os.path.realpath(r) for r in roots)
+        self.roots = roots  # resolved by list_paths, in its thread, as comphash resolves them
 
     def complete(self, line: str, policy: UserPolicy) -> defer.Deferred[Completion]:
         """Candidates (whole, unquoted words) for the last word of `line`."""
@@ -111,6 +129,5 @@ class Completer:
         if command.name == "help":
             return names([c.name for c in permitted])
         if command.name == "comphash" and word.startswith("/"):
-            roots = policy.comphash_roots if policy.comphash_roots is not None else self.roots
-            return self.runner.run(list_paths, word, tuple(os.path.realpath(r) for r in roots))
+            return self.runner.run(list_paths, word, self.roots, MAX_CANDIDATES, policy.comphash_roots)
         return names([])

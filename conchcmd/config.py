@@ -42,6 +42,14 @@ class ComphashConfig:
     roots: tuple[str, ...] = ("/",)
     algorithm: str = "sha256"
     max_concurrent: int = 4
+    #: None: max_concurrent - 1 (at least 1), so one user always leaves a slot for the others.
+    max_concurrent_per_user: int | None = None
+
+    @property
+    def per_user_limit(self) -> int:
+        if self.max_concurrent_per_user is not None:
+            return self.max_concurrent_per_user
+        return max(1, self.max_concurrent - 1)
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,7 @@ class Config:
             f"roots = {_toml_list(self.comphash.roots)}",
             f"algorithm = {_toml_str(self.comphash.algorithm)}",
             f"max_concurrent = {self.comphash.max_concurrent}",
+            f"max_concurrent_per_user = {self.comphash.per_user_limit}",
             "",
             "[shell]",
             f"prompt = {_toml_str(self.shell.prompt)}",
@@ -332,6 +341,9 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         raise comphash_table.error("algorithm", f"must be one of {', '.join(HASH_ALGORITHMS)}")
     hashlib.new(algorithm)  # fails early if this Python lacks it
     max_concurrent = comphash_table.integer("max_concurrent", ComphashConfig.max_concurrent, minimum=1)
+    hashes_per_user = comphash_table.integer("max_concurrent_per_user", max(1, max_concurrent - 1), minimum=1)
+    if hashes_per_user > max_concurrent:
+        raise comphash_table.error("max_concurrent_per_user", f"must not exceed max_concurrent ({max_concurrent})")
     comphash_table.reject_unknown()
 
     shell_table = _Reader(top.table("shell"), "shell.", source)
@@ -363,7 +375,9 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         audit_log=audit_log,
         audit_failure=audit_failure,
         lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
-        comphash=ComphashConfig(roots=roots, algorithm=algorithm, max_concurrent=max_concurrent),
+        comphash=ComphashConfig(
+            roots=roots, algorithm=algorithm, max_concurrent=max_concurrent, max_concurrent_per_user=hashes_per_user
+        ),
         shell=ShellConfig(prompt=prompt),
         limits=limits,
         algorithms=algorithms,

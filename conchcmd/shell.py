@@ -13,6 +13,7 @@ from twisted.conch.insults import insults
 from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer
 
+from conchcmd.audit import terminal_safe
 from conchcmd.commands import ExitStatus, Outcome
 from conchcmd.completion import Completion, last_word, quote_word
 from conchcmd.session import INPUT_HIGH_WATER, CommandHandler, SessionChannel, SessionContext, Terminal
@@ -310,7 +311,7 @@ class LineEditor(HistoricRecvLine):
                 self.characterReceived(ch.encode("utf-8"), True)
         elif len(candidates) > 1:
             names = [c.rstrip("/").rsplit("/", 1)[-1] + ("/" if c.endswith("/") else "") for c in candidates]
-            self.terminal.write(b"\n" + "  ".join(names).encode("utf-8", "replace") + b"\n")
+            self.terminal.write(b"\n" + terminal_safe("  ".join(names)).encode("utf-8", "replace") + b"\n")
             self._redraw()
         else:
             self.terminal.write(BELL)
@@ -372,7 +373,9 @@ class TerminalShell(_ShellBase):
         self._typeahead = bytearray()
         self._eof = False
         settings = context.shell
-        prompt = settings.prompt.format(user=context.identity.user, host=settings.hostname).encode("utf-8", "replace")
+        # The names are sanitised, the operator's prompt template is not (it may hold colours).
+        user, host = (terminal_safe(v, single_line=True) for v in (context.identity.user, settings.hostname))
+        prompt = settings.prompt.format(user=user, host=host).encode("utf-8", "replace")
         self.editor = LineEditor(self, prompt, settings.max_line, settings.history_size)
 
     def complete(self, before_cursor: str) -> defer.Deferred[Completion]:

@@ -131,6 +131,7 @@ def test_comphash_json_over_ssh(op, data) -> None:
             "algorithm": "sha256",
             "digest": hashlib.sha256(content).hexdigest(),
             "bytes": len(content),
+            "opened": str(path),
         }
 
 

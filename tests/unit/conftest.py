@@ -77,14 +77,14 @@ class Harness:
         self.dispatcher = Dispatcher(self.table, self.audit, self.clock)
 
     def start(
-        self, line: str, *, interactive: bool = False, last_status: int = 0
+        self, line: str, *, interactive: bool = False, last_status: int = 0, user: str = "alice"
     ) -> tuple[defer.Deferred[Outcome], RecordingOutput, RecordingOutput]:
         stdout, stderr = RecordingOutput(), RecordingOutput()
         d = self.dispatcher.dispatch(
             line,
             stdout=stdout,
             stderr=stderr,
-            user="alice",
+            user=user,
             peer="192.0.2.7:50022",
             fingerprint="SHA256:testfingerprint",
             interactive=interactive,

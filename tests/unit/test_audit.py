@@ -27,6 +27,8 @@ from conchcmd.audit import MAX_TEXT, AuditLog, MemoryAuditLog, StreamTarget, san
         (b"\xff\xfeok".decode("utf-8", "surrogateescape"), "\\xff\\xfeok"),
         (b"bytes \x1b\xff", "bytes \\x1b\\xff"),
         (b"caf\xc3\xa9", "café"),
+        ("one\u2028two\u2029three", "one\\u2028two\\u2029three"),
+        ("abc\u202egnp.exe", "abc\\u202egnp.exe"),
     ],
 )
 def test_sanitise_escapes_what_could_drive_a_terminal_or_split_a_line(value: str | bytes, expected: str) -> None:
@@ -120,3 +122,26 @@ def test_memory_audit_log_filters_by_event() -> None:
     log.record("connect", peer="a")
     log.record("command", exit_code=0)
     assert log.of("command") == [{"event": "command", "exit_code": 0}]
+
+
+EVERY_CHARACTER = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+LONE_SURROGATES = "\ud800x\udfff"  # JSON readers join an escaped high+low pair: keep them apart
+
+
+def test_every_audit_record_is_one_line_for_any_line_based_reader(tmp_path: Path) -> None:
+    """U+2028, U+2029, U+0085 and every other character str.splitlines() splits at are escaped."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog.open(str(path), Clock())
+    log.record("command", user="x\u2028y", argv=["a\u2029b", "c\x85d", "e\x1cf\x0bg\x0ch"])
+    log.record("command", argv=[EVERY_CHARACTER, LONE_SURROGATES])  # a UTF-8 file cannot hold the last raw
+    log.record("disconnect", reason="\r\n\u2028")
+    log.close()
+    text = path.read_text(encoding="utf-8")
+    assert text.isascii() is False  # non-ASCII text is kept readable, not all escaped
+    for lines in (text.splitlines(), text.split("\n")[:-1]):
+        assert [json.loads(line)["event"] for line in lines] == ["command", "command", "disconnect"]
+    records = [json.loads(line) for line in text.split("\n")[:-1]]
+    assert records[0]["user"] == "x\u2028y"
+    assert records[0]["argv"] == ["a\u2029b", "c\x85d", "e\x1cf\x0bg\x0ch"]
+    assert records[1]["argv"] == [EVERY_CHARACTER, LONE_SURROGATES]  # escaped, not altered
+    assert records[2]["reason"] == "\r\n\u2028"

@@ -42,7 +42,7 @@ def refused(path: str | Path, roots: tuple[str, ...]) -> PathRefused:
 @pytest.mark.parametrize("algorithm", HASH_ALGORITHMS)
 def test_hash_file_matches_hashlib(root: Path, algorithm: str) -> None:
     result = hash_file(str(root / "data.bin"), (str(root),), algorithm, threading.Event())
-    assert result == HashResult(hashlib.new(algorithm, CONTENT).hexdigest(), len(CONTENT))
+    assert result == HashResult(hashlib.new(algorithm, CONTENT).hexdigest(), len(CONTENT), f"{root}/data.bin")
 
 
 @pytest.mark.parametrize("read_size", [1, 7, 256, len(CONTENT), len(CONTENT) + 1])
@@ -55,7 +55,7 @@ def test_hash_file_in_chunks_matches_hashlib(root: Path, monkeypatch: pytest.Mon
 def test_hash_of_empty_file(root: Path) -> None:
     (root / "empty").write_bytes(b"")
     result = hash_file(str(root / "empty"), (str(root),), "sha256", threading.Event())
-    assert result == HashResult(hashlib.sha256(b"").hexdigest(), 0)
+    assert result == HashResult(hashlib.sha256(b"").hexdigest(), 0, f"{root}/empty")
 
 
 def test_symlink_inside_root_to_a_file_inside_is_followed(root: Path) -> None:
@@ -357,8 +357,8 @@ class ManualRunner:
             d.callback(result)
 
 
-def start_hash(hasher: Hasher, path: Path) -> defer.Deferred[HashResult]:
-    return defer.Deferred.fromCoroutine(hasher.hash(str(path), "sha256"))
+def start_hash(hasher: Hasher, path: Path, user: str = "alice") -> defer.Deferred[HashResult]:
+    return defer.Deferred.fromCoroutine(hasher.hash(str(path), "sha256", user=user))
 
 
 def test_second_hash_waits_for_the_first(root: Path, sync) -> None:
@@ -381,7 +381,7 @@ def test_second_hash_waits_for_the_first(root: Path, sync) -> None:
 
 def test_max_concurrent_two_runs_two_at_once(root: Path) -> None:
     runner = ManualRunner()
-    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=2), runner)
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=2, max_concurrent_per_user=2), runner)
     for _ in range(3):
         start_hash(hasher, root / "data.bin")
     assert len(runner.calls) == 2
@@ -450,3 +450,78 @@ def test_interrupting_comphash_command_gives_130_and_cancels_the_hash(harness, r
     [record] = h.audit.of("command")
     assert record["exit_code"] == 130
     runner.complete(0)  # late completion is harmless
+
+
+# --- fairness: one user cannot take every slot ---------------------------------------------------
+
+
+def started_paths(runner: ManualRunner) -> list[str]:
+    return [Path(args[0]).name for _, args, _ in runner.calls]
+
+
+def test_one_user_leaves_a_slot_for_another(root: Path, sync) -> None:
+    for name in ("a1", "a2", "a3", "a4", "b1", "b2"):
+        (root / name).write_bytes(name.encode())
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=4), runner)  # 3 per user by default
+    a = [start_hash(hasher, root / f"a{i}", "alice") for i in range(1, 5)]
+    assert started_paths(runner) == ["a1", "a2", "a3"]  # alice's fourth waits for her own slot
+    b1 = start_hash(hasher, root / "b1", "bob")
+    assert started_paths(runner) == ["a1", "a2", "a3", "b1"]  # bob gets the slot alice cannot take
+    b2 = start_hash(hasher, root / "b2", "bob")
+    assert len(runner.calls) == 4  # every slot is busy: bob waits too
+    runner.complete(0)
+    assert sync.success(a[0]).digest == hashlib.sha256(b"a1").hexdigest()
+    assert started_paths(runner)[4:] == ["b2"]  # first in the shared queue; alice's a4 queues behind
+    runner.complete(3)
+    assert started_paths(runner)[5:] == ["a4"]
+    for i in (1, 2, 4, 5):
+        runner.complete(i)
+    assert [sync.success(d).digest for d in (*a[1:], b1, b2)] == [
+        hashlib.sha256(n.encode()).hexdigest() for n in ("a2", "a3", "a4", "b1", "b2")
+    ]
+    assert hasher.semaphore.tokens == 4
+    assert hasher.user_slots == {}  # idle users leave nothing behind
+
+
+@pytest.mark.parametrize(("max_concurrent", "per_user", "alone"), [(1, None, 1), (2, None, 1), (4, 4, 4), (4, 2, 2)])
+def test_per_user_limit_defaults_and_overrides(
+    root: Path, max_concurrent: int, per_user: int | None, alone: int
+) -> None:
+    runner = ManualRunner()
+    config = ComphashConfig(roots=(str(root),), max_concurrent=max_concurrent, max_concurrent_per_user=per_user)
+    hasher = Hasher(config, runner)
+    for _ in range(6):
+        start_hash(hasher, root / "data.bin", "alice")
+    assert len(runner.calls) == alone
+
+
+def test_cancelling_a_hash_waiting_for_its_users_slot_frees_nothing_it_did_not_take(root: Path, sync) -> None:
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=2), runner)  # 1 per user
+    first = start_hash(hasher, root / "data.bin", "alice")
+    waiting = start_hash(hasher, root / "data.bin", "alice")
+    waiting.cancel()
+    assert sync.failure(waiting).check(defer.CancelledError)
+    start_hash(hasher, root / "data.bin", "alice")
+    assert len(runner.calls) == 1  # alice still holds her one slot
+    start_hash(hasher, root / "data.bin", "bob")
+    assert len(runner.calls) == 2
+    runner.complete(0)
+    sync.success(first)
+    assert len(runner.calls) == 3  # alice's slot passes to her next hash
+    assert hasher.semaphore.tokens == 0
+
+
+def test_comphash_command_gives_another_user_a_slot(harness, root: Path, sync) -> None:
+    runner = ManualRunner()
+    config = ComphashConfig(roots=(str(root),), max_concurrent=3)
+    h = harness([make_comphash(config, Hasher(config, runner), Clock())])
+    held = [h.start(f"comphash {root}/data.bin", user="alice")[0] for _ in range(3)]
+    assert len(runner.calls) == 2
+    d, stdout, _ = h.start(f"comphash {root}/data.bin", user="bob")
+    assert len(runner.calls) == 3
+    runner.complete(2)
+    assert sync.success(d).status == 0
+    assert stdout.data == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n".encode()
+    assert not any(x.called for x in held)

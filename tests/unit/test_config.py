@@ -36,6 +36,7 @@ max_lines = 500
 roots = ["/srv", "/etc"]
 algorithm = "blake2b"
 max_concurrent = 2
+max_concurrent_per_user = 2
 """
 
 
@@ -58,7 +59,7 @@ def test_empty_file_gives_the_documented_defaults_resolved_against_base_dir() ->
         max_clients=10,
         audit_log=str(BASE / "audit.jsonl"),
         lastlog=LastlogConfig(sources=("/var/log/syslog", "/var/log/messages", "journal"), lines=10, max_lines=10000),
-        comphash=ComphashConfig(roots=("/",), algorithm="sha256", max_concurrent=4),
+        comphash=ComphashConfig(roots=("/",), algorithm="sha256", max_concurrent=4, max_concurrent_per_user=3),
         source=None,
     )
 
@@ -72,7 +73,9 @@ def test_every_key_is_parsed() -> None:
         max_clients=3,
         audit_log="/var/log/conchcmd/audit.jsonl",
         lastlog=LastlogConfig(sources=("/var/log/app.log", "journal"), lines=25, max_lines=500),
-        comphash=ComphashConfig(roots=("/srv", "/etc"), algorithm="blake2b", max_concurrent=2),
+        comphash=ComphashConfig(
+            roots=("/srv", "/etc"), algorithm="blake2b", max_concurrent=2, max_concurrent_per_user=2
+        ),
         source=SOURCE,
     )
 
@@ -140,6 +143,12 @@ def test_unknown_table_is_an_unknown_key() -> None:
         ("[lastlog]\nlines = false", "lastlog.lines", "must be an integer, not bool"),
         ('[lastlog]\nmax_lines = "many"', "lastlog.max_lines", "must be an integer, not str"),
         ('[comphash]\nmax_concurrent = "4"', "comphash.max_concurrent", "must be an integer, not str"),
+        ("[comphash]\nmax_concurrent_per_user = 0", "comphash.max_concurrent_per_user", "must be at least 1, not 0"),
+        (
+            "[comphash]\nmax_concurrent = 2\nmax_concurrent_per_user = 3",
+            "comphash.max_concurrent_per_user",
+            "must not exceed max_concurrent (2)",
+        ),
         ("listen = [2222, 2223]", "listen", "must be a list of non-empty strings"),
         ('listen = "tcp:2222"', "listen", "must be a list of strings, not str"),
         ("listen = []", "listen", "must not be an empty list"),

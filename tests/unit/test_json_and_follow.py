@@ -138,10 +138,20 @@ def test_comphash_json_fields_match_hashlib(comphash, root: Path, algorithm: str
             "algorithm": algorithm,
             "digest": hashlib.new(algorithm, p.read_bytes()).hexdigest(),
             "bytes": p.stat().st_size,
+            "opened": str(p),
         }
         for p in paths
     ]
-    assert all(list(r) == ["path", "algorithm", "digest", "bytes"] for r in records)
+    assert all(list(r) == ["path", "algorithm", "digest", "bytes", "opened"] for r in records)
+
+
+def test_comphash_json_reports_the_file_actually_opened(comphash, root: Path) -> None:
+    (root / "link").symlink_to("a.txt")
+    run = comphash.run(f"comphash --json {root}/link {root}/dir/../link")
+    assert [(r["path"], r["opened"]) for r in parse_lines(run.stdout)] == [
+        (f"{root}/link", f"{root}/a.txt"),
+        (f"{root}/dir/../link", f"{root}/a.txt"),
+    ]
 
 
 def test_comphash_json_missing_path_is_an_error_object_and_exit_1(comphash, root: Path) -> None:
@@ -175,7 +185,7 @@ def test_comphash_json_worst_status_wins(comphash, root: Path) -> None:
     assert [sorted(r) for r in parse_lines(run.stdout)] == [
         ["error", "path"],
         ["error", "path"],
-        ["algorithm", "bytes", "digest", "path"],
+        ["algorithm", "bytes", "digest", "opened", "path"],
     ]
 
 

@@ -159,6 +159,16 @@ def test_lastlog_n_equal_to_max_lines_is_allowed(lastlog_harness, tmp_path: Path
         ("lastlog -n 51", "lastlog: -n must be between 1 and 50"),
         ("lastlog -n -3", "lastlog: -n must be between 1 and 50"),
         ("lastlog -n ten", "lastlog: -n must be a number, not 'ten'"),
+        ("lastlog -n 1_0", "lastlog: -n must be a number, not '1_0'"),
+        ("lastlog -n +5", "lastlog: -n must be a number, not '+5'"),
+        ("lastlog -n ٣", "lastlog: -n must be a number, not '٣'"),
+        ("lastlog -n \uff11", "lastlog: -n must be a number, not '\uff11'"),  # fullwidth 1
+        ("lastlog -n ' 5'", "lastlog: -n must be a number, not ' 5'"),
+        ("lastlog -n '5 '", "lastlog: -n must be a number, not '5 '"),
+        ("lastlog -n ''", "lastlog: -n must be a number, not ''"),
+        ("lastlog -n -1", "lastlog: -n must be between 1 and 50"),
+        ("lastlog --lines=+5", "lastlog: -n must be a number, not '+5'"),
+        ("lastlog -n " + "9" * 5000, "lastlog: -n must be between 1 and 50"),
         ("lastlog -n", "lastlog: option -n requires argument"),
         ("lastlog -x", "lastlog: option -x not recognized"),
         ("lastlog extra", "lastlog: unexpected argument 'extra'"),
@@ -172,6 +182,13 @@ def test_lastlog_usage_errors(lastlog_harness, tmp_path: Path, line: str, messag
     assert run.status == 2
     assert run.stdout == b""
     assert run.err == f"{message}\nusage: lastlog [-n N] [-f] [--json]\n"
+
+
+def test_lastlog_n_with_leading_zeros_is_still_a_number(lastlog_harness, tmp_path: Path) -> None:
+    log = tmp_path / "syslog"
+    data = write_log(log, 10)
+    run = lastlog_harness(log, max_lines=50).run("lastlog -n 0000000000000000000000000000005")
+    assert (run.status, run.stdout) == (0, expected_tail(data, 5))
 
 
 def test_lastlog_without_any_log_is_a_clear_error(lastlog_harness, tmp_path: Path) -> None:

@@ -1,0 +1,284 @@
+"""Resolving client-given paths against allowed roots without a check-then-open race.
+
+`realpath` followed by `open` checks one file and may open another: a directory on the way can
+be swapped for a symlink in between. Here every component is looked up relative to a directory
+descriptor already held, with O_NOFOLLOW; symlinks are read and their targets resolved the same
+way (at most MAX_SYMLINKS of them, like the kernel); `..` returns to the descriptor held for the
+parent, never through the file system. So the canonical path we track is the path of what we
+really opened, and the roots check is made on that. (Linux's openat2 RESOLVE_BENEATH would do
+the walk in the kernel, but it refuses absolute symlinks and Python has no binding for it.)
+
+What no path policy can see: a hard link inside a root to a file outside it. Roots, and the
+directories above them, must not be writable by untrusted users.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
+MAX_OPEN_DIRS = 16  # directory descriptors one walk holds besides "/"
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)  # O_PATH: lookups need only search permission
+_DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: O_NONBLOCK: a FIFO swapped in at the last moment must not hang the thread.
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+
+
+class OutsideRoots(Exception):
+    """The path leads outside every allowed root (or could not be resolved outside them)."""
+
+
+class NotAFile(Exception):
+    """The path names something other than a regular file; the message says what."""
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A regular file opened for reading, and the symlink-free path it was opened at."""
+
+    fd: int
+    path: str
+
+
+def within_roots(path: str, roots: tuple[str, ...]) -> bool:
+    """True if `path` (canonical, absolute) is one of the roots or below one."""
+    return any(os.path.commonpath([root, path]) == root for root in roots)
+
+
+def resolve_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """The operator's roots with their own symlinks followed (trusted configuration)."""
+    return tuple(os.path.realpath(r) for r in roots)
+
+
+def allowed_roots(roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The canonical roots one user may read: the global ones, narrowed by the user's own (a
+    user root that resolves outside every global root allows nothing)."""
+    allowed = resolve_roots(roots)
+    if user_roots is None:
+        return allowed
+    return tuple(r for r in resolve_roots(user_roots) if within_roots(r, allowed))
+
+
+def _components(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p]
+    if path.endswith("/") and parts:
+        parts.append(".")  # "file/" must be a directory, like the kernel says
+    return parts
+
+
+def _error(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class _Walk:
+    """The chain of directories from "/" down to the current one. "/" and the last
+    MAX_OPEN_DIRS of them are held open; one further up is reopened, by its names and without
+    following symlinks, only if `..` comes back to it (so a deep tree cannot exhaust descriptors)."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[int | None, str]] = [(os.open("/", _DIR_FLAGS), "")]
+        self.hops = 0
+
+    @property
+    def fd(self) -> int:
+        fd = self.stack[-1][0]
+        assert fd is not None  # the current directory is always open
+        return fd
+
+    def path(self, name: str | None = None) -> str:
+        names = [n for _, n in self.stack[1:]]
+        if name is not None:
+            names.append(name)
+        return "/" + "/".join(names)
+
+    def _pop(self) -> None:
+        fd = self.stack.pop()[0]
+        if fd is not None:
+            os.close(fd)
+
+    def up(self) -> None:
+        if len(self.stack) > 1:  # ".." of "/" is "/"
+            self._pop()
+            if self.stack[-1][0] is None:
+                self._reopen_top()
+
+    def _reopen_top(self) -> None:
+        top = len(self.stack) - 1
+        base = max(i for i in range(top) if self.stack[i][0] is not None)  # "/" at least
+        current = self.stack[base][0]
+        assert current is not None
+        for i in range(base + 1, top + 1):
+            try:
+                opened = os.open(self.stack[i][1], _DIR_FLAGS, dir_fd=current)
+            finally:
+                if i - 1 > base:
+                    os.close(current)  # a directory in between, opened only to pass through
+            current = opened
+        self.stack[top] = (current, self.stack[top][1])
+
+    def to_top(self) -> None:
+        while len(self.stack) > 1:
+            self._pop()
+
+    def down(self, name: str) -> None:
+        self.stack.append((os.open(name, _DIR_FLAGS, dir_fd=self.fd), name))
+        oldest = len(self.stack) - 1 - MAX_OPEN_DIRS
+        if oldest > 0:
+            fd, name_there = self.stack[oldest]
+            if fd is not None:
+                os.close(fd)
+                self.stack[oldest] = (None, name_there)
+
+    def close(self) -> None:
+        self.to_top()
+        self._pop()
+
+    def follow(self, name: str, pending: deque[str]) -> bool:
+        """If `name` is a symlink, queue its target's components and return True."""
+        try:
+            target = os.readlink(name, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return False  # not a symlink (any more)
+            raise
+        self.hops += 1
+        if self.hops > MAX_SYMLINKS:
+            raise _error(errno.ELOOP)
+        if target.startswith("/"):
+            self.to_top()
+        pending.extendleft(reversed(_components(target)))
+        return True
+
+    def retry(self, name: str, pending: deque[str]) -> None:
+        """The object changed type under us: look it up again (bounded like symlinks)."""
+        self.hops += 1
+        if self.hops > MAX_SYMLINKS:
+            raise _error(errno.ELOOP)
+        pending.appendleft(name)
+
+
+@contextmanager
+def _walk() -> Iterator[_Walk]:
+    walk = _Walk()
+    try:
+        yield walk
+    finally:
+        walk.close()
+
+
+def _settle(walk: _Walk, pending: deque[str], roots: tuple[str, ...] | None) -> tuple[str | None, int]:
+    """Walk `pending` down to its last component, following every symlink on the way and at
+    the end. Returns that component's name in the directory `walk` now holds, and its mode (not
+    opened yet); name None when the path ends at `walk`'s directory itself ("/", ".", "..", a
+    trailing slash). With `roots`, a failure on the way outside them raises OutsideRoots."""
+
+    def outside_or(error: OSError, name: str) -> Exception:
+        if roots is None:
+            return error
+        lexical = os.path.normpath("/".join([walk.path(name), *pending]))
+        return error if within_roots(lexical, roots) else OutsideRoots()
+
+    while pending:
+        name = pending.popleft()
+        if name == ".":
+            continue
+        if name == "..":
+            try:
+                walk.up()
+            except OSError as e:
+                raise outside_or(e, name) from None
+            continue
+        if pending:  # a directory on the way
+            try:
+                walk.down(name)
+            except OSError as e:
+                if e.errno != errno.ENOTDIR:
+                    raise outside_or(e, name) from None
+                try:
+                    if walk.follow(name, pending):
+                        continue
+                    mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                        walk.retry(name, pending)  # it changed type under us: look again
+                        continue
+                except OSError as e2:
+                    raise outside_or(e2, name) from None
+                raise outside_or(e, name) from None
+            continue
+        try:
+            mode = os.stat(name, dir_fd=walk.fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                if not walk.follow(name, pending):
+                    walk.retry(name, pending)
+                continue
+        except OSError as e:
+            raise outside_or(e, name) from None
+        return name, mode
+    return None, stat.S_IFDIR
+
+
+def open_file(path: str, roots: tuple[str, ...]) -> Opened:
+    """Open the regular file at absolute `path` for reading, if it lies within `roots`.
+
+    `roots` must be canonical (see resolve_roots). Raises OutsideRoots, NotAFile, or OSError
+    (missing, permission denied, too many symlinks). Failures on the way to a place outside the
+    roots are reported as OutsideRoots, so nothing outside can be probed. The caller closes fd.
+    """
+    with _walk() as walk:
+        pending = deque(_components(path))
+        while True:
+            name, mode = _settle(walk, pending, roots)
+            if not within_roots(walk.path(name), roots):
+                raise OutsideRoots()
+            if name is None or stat.S_ISDIR(mode):
+                raise NotAFile(os.strerror(errno.EISDIR))
+            if not stat.S_ISREG(mode):
+                raise NotAFile("not a regular file")  # opening a device could have side effects
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=walk.fd)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                walk.retry(name, pending)  # swapped for a symlink since the stat
+                continue
+            try:
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode):  # swapped since the stat; O_NONBLOCK kept a FIFO from hanging
+                    raise NotAFile(os.strerror(errno.EISDIR) if stat.S_ISDIR(mode) else "not a regular file")
+            except BaseException:
+                os.close(fd)
+                raise
+            return Opened(fd, walk.path(name))
+
+
+def open_directory(path: str) -> Opened:
+    """Open the directory at absolute `path` for listing (O_RDONLY), wherever it is, resolved
+    like open_file; `path` in the result is where it really is. Raises OSError."""
+    with _walk() as walk:
+        pending = deque(_components(path))
+        while True:
+            name, mode = _settle(walk, pending, None)
+            if not stat.S_ISDIR(mode):
+                raise _error(errno.ENOTDIR)
+            try:
+                fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=walk.fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR) or name is None:
+                    raise
+                walk.retry(name, pending)  # swapped for a symlink since the stat
+                continue
+            return Opened(fd, walk.path(name))
+
+
+def locate(path: str) -> tuple[str, int]:
+    """Where absolute `path` really leads (symlinks resolved as open_file does), and the mode
+    of what is there, without opening it. Raises OSError."""
+    with _walk() as walk:
+        name, mode = _settle(walk, deque(_components(path)), None)
+        return walk.path(name), mode

@@ -1,0 +1,304 @@
+"""conchcmd.safepath: resolving paths inside roots on the real file system, races included."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support.races import swapping
+
+from conchcmd.comphash import PathRefused, hash_file
+from conchcmd.completion import list_paths
+from conchcmd.safepath import MAX_OPEN_DIRS, MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
+
+INSIDE = b"inside\n"
+SECRET = b"SECRET outside the roots\n"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """tmp/root (the allowed root) with root/dir/f; tmp/outside with outside/f (the secret)."""
+    base = Path(os.path.realpath(tmp_path))
+    (base / "root" / "dir").mkdir(parents=True)
+    (base / "root" / "dir" / "f").write_bytes(INSIDE)
+    (base / "outside").mkdir()
+    (base / "outside" / "f").write_bytes(SECRET)
+    return base
+
+
+def read(path: str, roots: tuple[str, ...]) -> tuple[bytes, str]:
+    opened = open_file(path, roots)
+    with open(opened.fd, "rb") as f:
+        return f.read(), opened.path
+
+
+def test_a_plain_file_is_opened_and_its_path_reported(tree: Path) -> None:
+    assert read(f"{tree}/root/dir/f", (f"{tree}/root",)) == (INSIDE, f"{tree}/root/dir/f")
+
+
+def test_the_reported_path_is_the_file_actually_opened_after_symlinks_and_dotdot(tree: Path) -> None:
+    (tree / "root" / "a").symlink_to("dir")  # relative
+    (tree / "root" / "dir" / "up").symlink_to(tree / "root")  # absolute
+    path = f"{tree}/root/a/up/./a/../dir//f"
+    assert read(path, (f"{tree}/root",)) == (INSIDE, f"{tree}/root/dir/f")
+
+
+def test_dotdot_after_a_symlink_is_the_physical_parent_like_the_kernel(tree: Path) -> None:
+    (tree / "root" / "deep" / "er").mkdir(parents=True)
+    (tree / "root" / "deep" / "f").write_bytes(b"deep\n")
+    (tree / "root" / "l").symlink_to("deep/er")
+    assert read(f"{tree}/root/l/../f", (f"{tree}/root",)) == (b"deep\n", f"{tree}/root/deep/f")
+    with open(f"{tree}/root/l/../f", "rb") as f:  # the kernel agrees
+        assert f.read() == b"deep\n"
+
+
+def test_a_symlink_from_outside_into_a_root_is_followed(tree: Path) -> None:
+    (tree / "outside" / "in").symlink_to(tree / "root" / "dir")
+    assert read(f"{tree}/outside/in/f", (f"{tree}/root",)) == (INSIDE, f"{tree}/root/dir/f")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: (t / "root" / "l").symlink_to(t / "outside" / "f"),
+        lambda t: (t / "root" / "l").symlink_to("../outside/f"),
+        lambda t: (t / "root" / "l").symlink_to("dir/../../outside/f"),
+        lambda t: (t / "root" / "l").symlink_to("/../../" + str(t.relative_to("/")) + "/outside/f"),
+    ],
+    ids=["absolute", "relative", "dotdot-inside-then-out", "dotdot-above-slash"],
+)
+def test_symlinks_leading_outside_are_refused(tree: Path, make) -> None:
+    make(tree)
+    with pytest.raises(OutsideRoots):
+        open_file(f"{tree}/root/l", (f"{tree}/root",))
+
+
+def test_a_symlinked_directory_leading_outside_is_refused(tree: Path) -> None:
+    (tree / "root" / "d").symlink_to(tree / "outside")
+    with pytest.raises(OutsideRoots):
+        open_file(f"{tree}/root/d/f", (f"{tree}/root",))
+
+
+def test_a_symlink_loop_is_refused_after_max_symlinks(tree: Path) -> None:
+    (tree / "root" / "a").symlink_to("b")
+    (tree / "root" / "b").symlink_to("a")
+    with pytest.raises(OSError) as info:
+        open_file(f"{tree}/root/a", (f"{tree}/root",))
+    assert info.value.strerror == "Too many levels of symbolic links"
+
+
+def test_a_chain_of_max_symlinks_is_followed_and_one_more_is_not(tree: Path) -> None:
+    root = tree / "root"
+    (root / "l0").symlink_to("dir/f")
+    for i in range(1, MAX_SYMLINKS + 1):
+        (root / f"l{i}").symlink_to(f"l{i - 1}")
+    assert read(f"{root}/l{MAX_SYMLINKS - 1}", (str(root),))[0] == INSIDE
+    with pytest.raises(OSError):
+        open_file(f"{root}/l{MAX_SYMLINKS}", (str(root),))
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/.", "/dir/..", "/dir/"])
+def test_a_directory_is_not_a_file(tree: Path, suffix: str) -> None:
+    with pytest.raises(NotAFile, match="Is a directory"):
+        open_file(f"{tree}/root{suffix}", (f"{tree}/root",))
+
+
+def test_a_file_with_a_trailing_slash_is_not_a_directory(tree: Path) -> None:
+    with pytest.raises(OSError) as info:
+        open_file(f"{tree}/root/dir/f/", (f"{tree}/root",))
+    assert info.value.strerror == "Not a directory"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["{t}/outside/f", "{t}/outside/missing", "{t}/nowhere/at/all", "{t}/outside/f/x", "/", "{t}/root/../outside/f"],
+)
+def test_anything_outside_reads_the_same_whether_it_exists_or_not(tree: Path, path: str) -> None:
+    with pytest.raises(OutsideRoots):
+        open_file(path.format(t=tree), (f"{tree}/root",))
+
+
+def test_missing_inside_is_reported_as_missing(tree: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        open_file(f"{tree}/root/nope/f", (f"{tree}/root",))
+
+
+def test_a_fifo_and_a_device_are_refused_without_being_opened(tree: Path) -> None:
+    os.mkfifo(tree / "root" / "pipe")
+    with pytest.raises(NotAFile, match="not a regular file"):
+        open_file(f"{tree}/root/pipe", (f"{tree}/root",))  # would block without O_NONBLOCK
+    with pytest.raises(NotAFile, match="not a regular file"):
+        open_file("/dev/null", ("/",))
+
+
+def test_a_root_that_is_a_symlink_follows_its_current_target(tree: Path) -> None:
+    (tree / "current").symlink_to(tree / "root")
+    roots = (f"{tree}/current",)
+    result = hash_file(f"{tree}/current/dir/f", roots, "sha256", threading.Event())
+    assert (result.digest, result.opened) == (hashlib.sha256(INSIDE).hexdigest(), f"{tree}/root/dir/f")
+    (tree / "current").unlink()
+    (tree / "current").symlink_to(tree / "outside")  # the operator repoints the root
+    result = hash_file(f"{tree}/current/f", roots, "sha256", threading.Event())
+    assert result.digest == hashlib.sha256(SECRET).hexdigest()
+    with pytest.raises(PathRefused):
+        hash_file(f"{tree}/root/dir/f", roots, "sha256", threading.Event())
+
+
+def test_user_roots_narrow_the_global_roots(tree: Path) -> None:
+    (tree / "root" / "other").mkdir()
+    (tree / "root" / "other" / "g").write_bytes(b"g")
+    global_roots = (f"{tree}/root",)
+    mine = (f"{tree}/root/dir",)
+    assert hash_file(f"{tree}/root/dir/f", global_roots, "md5", threading.Event(), mine).size == len(INSIDE)
+    for path in (f"{tree}/root/other/g", f"{tree}/root/dir/../other/g"):
+        with pytest.raises(PathRefused) as info:
+            hash_file(path, global_roots, "md5", threading.Event(), mine)
+        assert info.value.status == 126
+
+
+def test_a_user_root_that_resolves_outside_the_global_roots_allows_nothing(tree: Path) -> None:
+    (tree / "root" / "sneaky").symlink_to(tree / "outside")
+    with pytest.raises(PathRefused) as info:
+        hash_file(f"{tree}/root/sneaky/f", (f"{tree}/root",), "md5", threading.Event(), (f"{tree}/root/sneaky",))
+    assert info.value.status == 126
+
+
+# --- races: an attacker swaps things while the server resolves ------------------------------------
+
+
+def _hammer(path: str, roots: tuple[str, ...], stop: threading.Event, rounds: int) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    try:
+        for _ in range(rounds):
+            try:
+                result = hash_file(path, roots, "sha256", threading.Event())
+            except PathRefused as e:
+                seen[e.reason] += 1
+            else:
+                assert result.digest != hashlib.sha256(SECRET).hexdigest(), "hashed a file outside the roots"
+                assert result.digest == hashlib.sha256(INSIDE).hexdigest()
+                assert result.opened.startswith(roots[0] + "/")
+                seen["hashed"] += 1
+    finally:
+        stop.set()
+    return seen
+
+
+#: Against the realpath-then-open code each of these tests hashed the outside file 1-7 times per 3000.
+ROUNDS = int(os.environ.get("CONCHCMD_RACE_ROUNDS", "3000"))
+ALLOWED_OUTCOMES = {"hashed", "outside the allowed roots", "Too many levels of symbolic links"}
+
+
+def test_swapping_an_intermediate_directory_for_a_symlink_never_hashes_outside(tree: Path) -> None:
+    root = tree / "root"
+    (root / "spare").symlink_to(tree / "outside")
+    stop = threading.Event()
+    thread = swapping(root / "dir", root / "spare", stop)
+    seen = _hammer(f"{root}/dir/f", (str(root),), stop, ROUNDS)
+    thread.join(10)
+    assert seen["hashed"] > 0, seen  # the race really ran: both states were seen
+    assert seen["outside the allowed roots"] > 0, seen
+    assert set(seen) <= ALLOWED_OUTCOMES, seen
+
+
+def test_swapping_the_file_itself_for_a_symlink_never_hashes_outside(tree: Path) -> None:
+    root = tree / "root"
+    (root / "spare").symlink_to(tree / "outside" / "f")
+    stop = threading.Event()
+    thread = swapping(root / "dir" / "f", root / "spare", stop)
+    seen = _hammer(f"{root}/dir/f", (str(root),), stop, ROUNDS)
+    thread.join(10)
+    assert seen["hashed"] > 0, seen
+    assert seen["outside the allowed roots"] > 0, seen
+    assert set(seen) <= ALLOWED_OUTCOMES, seen
+
+
+def test_moving_a_walked_directory_out_of_the_root_never_reaches_its_new_parent(tree: Path) -> None:
+    """`..` goes back through the descriptors we hold, not through the directory's current parent."""
+    root = tree / "root"
+    (root / "dir" / "sub").mkdir()
+    (root / "f2").write_bytes(INSIDE)
+    (tree / "outside" / "dir" / "sub").mkdir(parents=True)
+    (tree / "outside" / "f2").write_bytes(SECRET)
+    stop = threading.Event()
+    thread = swapping(root / "dir", tree / "outside" / "dir", stop)
+    seen = _hammer(f"{root}/dir/sub/../../f2", (str(root),), stop, ROUNDS)
+    thread.join(10)
+    assert set(seen) == {"hashed"}, seen
+
+
+def test_completion_never_lists_names_outside_while_a_directory_is_swapped(tree: Path) -> None:
+    root = tree / "root"
+    (tree / "outside" / "secret-name").write_bytes(SECRET)
+    (root / "spare").symlink_to(tree / "outside")
+    stop = threading.Event()
+    thread = swapping(root / "dir", root / "spare", stop)
+    seen: Counter[tuple[str, ...]] = Counter()
+    try:
+        for _ in range(ROUNDS // 3):
+            seen[tuple(list_paths(f"{root}/dir/", (str(root),)).candidates)] += 1
+    finally:
+        stop.set()
+    thread.join(10)
+    assert set(seen) <= {(f"{root}/dir/f",), ()}, seen
+    assert seen[(f"{root}/dir/f",)] > 0, seen
+
+
+def test_completion_through_a_symlink_into_a_root_lists_what_is_there(tree: Path) -> None:
+    (tree / "outside" / "in").symlink_to(tree / "root" / "dir")
+    (tree / "root" / "dir" / "sub").mkdir()
+    (tree / "root" / "dir" / "up").symlink_to("..")
+    (tree / "root" / "dir" / "out").symlink_to(tree / "outside")
+    found = list_paths(f"{tree}/outside/in/", (f"{tree}/root",))
+    assert found.candidates == [f"{tree}/outside/in/{n}" for n in ("f", "sub/", "up/")]
+
+
+def test_a_hard_link_inside_a_root_is_hashed_which_is_why_roots_must_not_be_writable(tree: Path) -> None:
+    """The documented limit of any path policy: a hard link is the file itself, wherever it is."""
+    os.link(tree / "outside" / "f", tree / "root" / "hardlink")
+    assert read(f"{tree}/root/hardlink", (f"{tree}/root",)) == (SECRET, f"{tree}/root/hardlink")
+
+
+def test_completion_narrows_to_the_users_roots_as_comphash_does(tree: Path) -> None:
+    root = tree / "root"
+    (root / "sneaky").symlink_to(tree / "outside")
+    assert list_paths(f"{root}/sneaky/", (str(root),), user_roots=(f"{root}/sneaky",)).candidates == []
+    assert list_paths(f"{root}/", (str(root),), user_roots=(f"{root}/dir",)).candidates == [f"{root}/dir/"]
+    assert list_paths(f"{root}/dir/", (str(root),), user_roots=(f"{root}/dir",)).candidates == [f"{root}/dir/f"]
+
+
+def test_a_deep_tree_holds_a_bounded_number_of_descriptors(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tree / "root"
+    for _ in range(200):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"deep\n")
+    (deep / "back").symlink_to("../" * 200 + "dir/f")  # all the way back up, by `..`
+    held: set[int] = set()
+    peak = [0]
+    real_open, real_close = os.open, os.close
+
+    def counting_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_open(*args, **kwargs)
+        held.add(fd)
+        peak[0] = max(peak[0], len(held))
+        return fd
+
+    def counting_close(fd: int) -> None:
+        held.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "close", counting_close)
+    roots = (f"{tree}/root",)
+    assert read(str(deep / "f"), roots) == (b"deep\n", str(deep / "f"))
+    assert read(str(deep / "back"), roots) == (INSIDE, f"{tree}/root/dir/f")
+    assert read(str(deep) + "/.." * 150 + "/" + "d/" * 150 + "f", roots) == (b"deep\n", str(deep / "f"))
+    assert peak[0] <= MAX_OPEN_DIRS + 3, peak  # "/", the window, a reopening, the file
+    with pytest.raises(OutsideRoots):
+        open_file(str(deep) + "/.." * 201 + "/outside/f", roots)
+    assert len(held) <= 3  # the files `read` closed through their file objects, nothing else
