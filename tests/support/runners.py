@@ -27,3 +27,14 @@ class ManualRunner:
                 d.errback(e)
             else:
                 d.callback(result)
+
+
+class RecordingRunner:
+    """A BlockingRunner that runs each job at once, on the caller's thread, and remembers it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append((fn, args))
+        return defer.maybeDeferred(fn, *args)

@@ -266,3 +266,11 @@ def test_describe_shows_the_source_and_every_section() -> None:
     assert "[comphash]" in text
     assert 'path = ["/var/log/app.log", "journal"]' in text
     assert AUTO_LOG_SOURCES[0] in parse_config("", base_dir=BASE).describe()
+
+
+def test_max_password_checks_is_a_limit_of_at_least_one() -> None:
+    assert parse_config("", base_dir=BASE).limits.max_password_checks == 2
+    config = parse("max_password_checks = 3")
+    assert config.limits.max_password_checks == 3
+    assert "max_password_checks = 3" in config.describe().splitlines()
+    assert str(config_error("max_password_checks = 0")) == f"{SOURCE}: max_password_checks: must be at least 1, not 0"
