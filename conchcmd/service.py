@@ -28,6 +28,10 @@ from conchcmd.threads import ThreadRunner
 log = Logger(namespace=LOG_NAMESPACE)
 
 
+#: CPU priority of the password threads: guessing load yields to the reactor and the commands.
+PASSWORD_THREADS_NICE = 10
+
+
 class StartupError(Exception):
     """The server cannot start (a bad host key, an endpoint that cannot listen, ...)."""
 
@@ -98,7 +102,7 @@ class ConchcmdService(Service):
             host_keys=host_keys,
             audit=self.audit,
             runner=ThreadRunner(self.reactor, self.pool),
-            password_runner=ThreadRunner(self.reactor, self.password_pool),
+            password_runner=ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
         )
 
     def startService(self) -> None:

@@ -4,6 +4,9 @@ of work (e.g. password guesses) can never hold up another (an operator's `compha
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -27,11 +30,31 @@ class InlineRunner:
 
 
 class ThreadRunner:
-    """Runs blocking work in a thread pool owned by the server."""
+    """Runs blocking work in a thread pool owned by the server.
 
-    def __init__(self, reactor: Any, pool: ThreadPool):
+    With `nice` > 0 the pool's threads run at that lower CPU priority (Linux schedules threads
+    one by one), so that on a busy machine their work yields to the reactor and to other pools.
+    """
+
+    def __init__(self, reactor: Any, pool: ThreadPool, nice: int = 0):
         self.reactor = reactor
         self.pool = pool
+        self.nice = nice
 
     def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if self.nice:
+            return threads.deferToThreadPool(self.reactor, self.pool, _niced, self.nice, fn, *args)
         return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+
+_lowered = threading.local()
+
+
+def _niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` in a thread whose priority was lowered by `nice`, once, when it first ran here."""
+    if not getattr(_lowered, "done", False):
+        _lowered.done = True
+        with contextlib.suppress(OSError, AttributeError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    return fn(*args)
