@@ -412,7 +412,11 @@ class UserAuthService(userauth.SSHUserAuthServer):
         if isinstance(result, Failure):
             log.failure("Authentication request from {peer} failed", failure=result, peer=self.transport.peer)
         if self._waiting and not self._stopped and not self.transport.closing:
-            self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
+            try:
+                self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
+            except Exception as e:  # malformed, found only now: as ServerTransport.dataReceived does
+                self._waiting.clear()
+                self.transport.packet_error(f"{type(e).__name__} in a waiting authentication request: {e}")
         else:
             self._waiting.clear()
 
@@ -473,7 +477,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def _cbFinishedAuth(self, result: Any) -> None:
         _, avatar, logout = result
         identity: Identity = avatar.identity
-        if self._stopped:  # decided after the client left: no slot, no session
+        if self._stopped or self.transport.closing:  # decided after the client left: no slot, no session
             logout()
             return
         if not self.transport.admit(avatar):

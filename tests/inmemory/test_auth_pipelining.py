@@ -102,11 +102,12 @@ def test_the_right_password_after_six_pipelined_wrong_ones_is_refused(tmp_path: 
     assert bye["reason"] == "Too many authentication failures"
 
 
-def test_a_burst_of_pipelined_requests_is_cut(tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [MAX_WAITING_AUTH_REQUESTS + 2, 200])
+def test_a_burst_of_pipelined_requests_is_cut(tmp_path: Path, count: int) -> None:
     runner = RecordingRunner()
     world = password_world(tmp_path, password_runner=runner)
     conn, auth = start(world)
-    pipeline(conn, auth, *[b"guess%d" % n for n in range(200)])
+    pipeline(conn, auth, *[b"guess%d" % n for n in range(count)])
     assert conn.disconnected
     assert world.factory.transports == set()
     assert checked(runner) == [b"guess0"]  # only the first was ever checked
@@ -128,6 +129,19 @@ def test_requests_up_to_the_waiting_limit_are_all_answered_in_order(tmp_path: Pa
         assert checked(runner) == secrets[:n]  # the next waits for the answer to the last
         tick(world, conn)
     assert answers(auth) == [FAILURE] * 4 + [SUCCESS] and not conn.disconnected
+
+
+def test_a_malformed_request_found_waiting_ends_the_connection_cleanly(tmp_path: Path) -> None:
+    world = password_world(tmp_path)
+    conn, auth = start(world)
+    pipeline(conn, auth, b"wrong")
+    auth.send_request(b"password", b"\x00\x00\x00")  # a truncated password string
+    conn.flush()
+    assert not conn.disconnected  # it waits behind the first, unparsed
+    tick(world, conn)
+    assert answers(auth) == [FAILURE] and conn.disconnected
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"].startswith("protocol error: ") and "waiting authentication request" in bye["reason"]
 
 
 def test_pipelined_keys_stop_at_the_limit_too(world: World) -> None:
