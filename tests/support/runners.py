@@ -12,8 +12,10 @@ class ManualRunner:
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+        self.submitted = 0  # jobs ever given, run or not
 
     def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.submitted += 1
         d: defer.Deferred[Any] = defer.Deferred()
         self.jobs.append((fn, args, d))
         return d
