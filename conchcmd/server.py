@@ -400,6 +400,11 @@ class UserAuthService(userauth.SSHUserAuthServer):
             else:
                 self._waiting.append(packet)
             return None
+        if getNS(packet, 2)[1] != b"ssh-connection":
+            # Conch would look the service up only after a successful check: an unknown one raised
+            # there, `ssh-userauth` started a second round, and each success took another slot.
+            self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
+            return None
         self._in_progress = True
         d = super().ssh_USERAUTH_REQUEST(packet)
         if d is None:  # Conch has answered already

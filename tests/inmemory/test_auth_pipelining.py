@@ -157,6 +157,21 @@ def test_pipelined_keys_stop_at_the_limit_too(world: World) -> None:
     assert world.factory.slots.used == 0
 
 
+@pytest.mark.parametrize("service", [b"ssh-bogus", b"ssh-userauth", b""])
+def test_a_request_for_another_service_ends_the_connection_before_any_check(world: World, service: bytes) -> None:
+    """Even with the right key: before, each such success took a client slot that was never given
+    back (one connection could take them all), and an unknown name raised a KeyError."""
+    conn, auth = start(world, b"admin")
+    auth.next_service = service
+    for _ in range(3):
+        auth.send_request(b"publickey", auth.signed(ed25519_key()))
+    conn.flush()
+    assert conn.disconnected and world.factory.slots.used == 0
+    assert world.audit.of("auth") == []
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"] == "no such service"
+
+
 # -- the connection goes away ---------------------------------------------------------------------
 
 

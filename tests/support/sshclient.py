@@ -72,6 +72,7 @@ class AuthClient(service.SSHService):
     """ssh-userauth, client side, one explicit step at a time."""
 
     name = b"ssh-userauth"
+    next_service = b"ssh-connection"  # what the requests ask for
 
     def __init__(self, user: bytes, conn: ClientConnection):
         self.user = user
@@ -99,7 +100,7 @@ class AuthClient(service.SSHService):
         """Send a request without waiting for the answer (answers collect in `replies`): pipelining."""
         self.transport.sendPacket(
             userauth.MSG_USERAUTH_REQUEST,
-            common.NS(self.user) + common.NS(b"ssh-connection") + common.NS(method) + data,
+            common.NS(self.user) + common.NS(self.next_service) + common.NS(method) + data,
         )
 
     def probe(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
@@ -113,7 +114,7 @@ class AuthClient(service.SSHService):
             common.NS(self.transport.sessionID)
             + bytes((userauth.MSG_USERAUTH_REQUEST,))
             + common.NS(self.user)
-            + common.NS(b"ssh-connection")
+            + common.NS(self.next_service)
             + common.NS(b"publickey")
             + b"\x01"
             + common.NS(algorithm)
