@@ -122,7 +122,11 @@ class Bench:
     def stop(self) -> None:
         subprocess.run(["ssh", "-S", str(self.control), "-O", "exit", "x"], capture_output=True, timeout=10)
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # e.g. a server whose threads still have guesses queued
+            self.proc.kill()
+            self.proc.wait(timeout=10)
         self.log.close()
 
 
@@ -136,11 +140,14 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.1, help="seconds between two comphash runs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="auth-load-") as tmp:
+    # Not under /tmp: strict_modes rightly ignores key files in a directory anyone can write.
+    parent = Path.home() / ".cache" / "conchcmd-bench"
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="auth-load-", dir=parent) as tmp:
         bench = Bench(Path(tmp), args.tree.resolve(), args.cost)
         try:
             idle = bench.sample(args.runs, args.pause)
-            seconds = args.runs * (args.pause + 1.0) + 30  # outlasts the loaded sample
+            seconds = 3600  # they reconnect until stopped, after the loaded sample
             sources = [f"127.0.0.{10 + n}" for n in range(args.sources)]
             guessers = subprocess.Popen(
                 [
