@@ -24,7 +24,7 @@ pytestmark = pytest.mark.reliability
 PIPELINER = REPO / "tests" / "support" / "pipeliner.py"
 OPERATOR = "127.0.5.100"
 STEADY = [f"127.0.5.{n}" for n in range(1, 5)]  # 5 requests in flight, one more per failure
-BURSTS = [f"127.0.5.{n}" for n in range(11, 14)]  # 200 requests at once, reconnecting for 3 s
+BURSTS = [f"127.0.5.{n}" for n in range(11, 14)]  # 200 requests at once, reconnecting for 2 s
 CAP_REASON = "too many password checks in progress (max_password_checks = 2)"
 
 
@@ -57,7 +57,7 @@ def test_comphash_completes_while_guessers_pipeline_passwords(make_server) -> No
 
     procs = [
         guessers(server.port, STEADY, "--burst", "5", "--refill"),
-        guessers(server.port, BURSTS, "--burst", "200", "--seconds", "3"),
+        guessers(server.port, BURSTS, "--burst", "200", "--seconds", "2"),
     ]
     try:
         wait_for(lambda: len(carol_failures()) >= 4, 20, "the guessing to get going")
