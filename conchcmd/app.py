@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.cred.portal import Portal
-from twisted.internet import threads
-from twisted.python.threadpool import ThreadPool
 
 from conchcmd.audit import AuditSink
 from conchcmd.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
 from conchcmd.builtin import build_command_table
-from conchcmd.commands import BlockingRunner, Dispatcher
+from conchcmd.commands import Dispatcher
 from conchcmd.completion import Completer
 from conchcmd.config import Config
 from conchcmd.hostkeys import HostKeys
 from conchcmd.realm import CommandRealm
 from conchcmd.server import CommandServerFactory, ServerSettings
 from conchcmd.session import ShellSettings
-
-T = TypeVar("T")
-
-
-class ThreadRunner:
-    """Runs blocking work in a thread pool owned by the server."""
-
-    def __init__(self, reactor: Any, pool: ThreadPool):
-        self.reactor = reactor
-        self.pool = pool
-
-    def run(self, fn: Any, *args: Any) -> Any:
-        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+from conchcmd.threads import BlockingRunner
 
 
 @dataclass
@@ -49,7 +35,7 @@ class Server:
         """New users, keys and policy for logins from now on; sessions keep what they have."""
         self.authorizer.reload(config)
         self.realm.users = config.users
-        self.passwords.users = config.users
+        self.passwords.reload(config.users, config.limits.max_password_checks)
 
 
 def build_server(
@@ -59,10 +45,15 @@ def build_server(
     host_keys: HostKeys,
     audit: AuditSink,
     runner: BlockingRunner,
+    password_runner: BlockingRunner,
     hostname: str | None = None,
     settings: ServerSettings | None = None,
 ) -> Server:
-    """Assemble commands, auth, realm and SSH factory; nothing listens yet."""
+    """Assemble commands, auth, realm and SSH factory; nothing listens yet.
+
+    `runner` serves the commands (hashing, reading logs, completion); `password_runner` only the
+    password checks, so that authentication load never waits for, or delays, a command.
+    """
     table = build_command_table(config, runner, reactor)
     dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure)
     authorizer = KeyAuthorizer.from_config(config, reactor)
@@ -71,8 +62,8 @@ def build_server(
         prompt=config.shell.prompt,
         completer=Completer(table, runner, config.comphash.roots),
     )
-    # Password auth is offered only to users that have a password (see UserAuthService).
-    passwords = PasswordChecker(config.users, runner)
+    # Password auth is offered to every name when some user has a password, else to none.
+    passwords = PasswordChecker(config.users, password_runner, config.limits.max_password_checks)
     realm = CommandRealm(dispatcher, reactor, shell, config.users)
     portal = Portal(realm, [PublicKeyChecker(authorizer), passwords])
     factory = CommandServerFactory(

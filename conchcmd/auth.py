@@ -33,10 +33,10 @@ from conchcmd.certs import (
     TrustedCAs,
     validate_certificate,
 )
-from conchcmd.commands import BlockingRunner
 from conchcmd.config import Config, UserPolicy
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostmatch import match_address_list
+from conchcmd.threads import BlockingRunner
 
 log = Logger(namespace=LOG_NAMESPACE)
 T = TypeVar("T")
@@ -59,8 +59,11 @@ USER_SIGNATURE_ALGORITHMS: tuple[bytes, ...] = (
     b"rsa-sha2-256",
 )
 MIN_RSA_BITS = 2048
-#: Compared against when the user has no password, so failures cost the same either way.
-_DUMMY_BCRYPT = b"$2b$12$C6UzMDM.H6dfI/f/IKxGhu4kN/4Kg8HO0gAYbHk5NUqL7Gy5fPg2S"
+#: Salt and digest of the hash checked for names without a password (no password matches it); the
+#: cost is put in front at start-up and reload (see `dummy_hash`).
+_DUMMY_SALT_AND_DIGEST = b"C6UzMDM.H6dfI/f/IKxGhu4kN/4Kg8HO0gAYbHk5NUqL7Gy5fPg2S"
+#: bcrypt's own range of costs (log2 of the rounds).
+_BCRYPT_COSTS = range(4, 32)
 
 
 @dataclass(frozen=True)
@@ -296,38 +299,83 @@ class PublicKeyChecker:
         return authorized.identity
 
 
-def verify_password(password: bytes, hashed: bytes | None) -> bool:
-    """bcrypt's check; a user without a password costs the same work and always fails."""
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost of a `$2b$NN$...` hash (the config checks the format)."""
+    return int(hashed[4:6])
+
+
+def dummy_hash(users: Mapping[str, UserPolicy]) -> bytes | None:
+    """A hash at the highest cost among the users' hashes, checked for every name that has no
+    password (unknown names too) so that a failure costs the same bcrypt work whatever the name.
+    None when no user has a password: then password authentication is not offered at all."""
+    costs = [bcrypt_cost(p.password_bcrypt) for p in users.values() if p.password_bcrypt]
+    if not costs:
+        return None
+    cost = min(max(max(costs), _BCRYPT_COSTS.start), _BCRYPT_COSTS.stop - 1)
+    return b"$2b$%02d$" % cost + _DUMMY_SALT_AND_DIGEST
+
+
+def verify_password(password: bytes, hashed: bytes, real: bool) -> bool:
+    """bcrypt's check (blocking: run it in the password pool). `real` is False for the dummy hash
+    of a name without a password: the same work, and always a failure."""
     try:
-        ok = bcrypt.checkpw(password, hashed or _DUMMY_BCRYPT)
-    except ValueError:
+        ok = bcrypt.checkpw(password, hashed)
+    except ValueError:  # e.g. longer than bcrypt's 72 bytes: refused, never truncated
         return False
-    return ok and hashed is not None
+    return ok and real
+
+
+class PasswordChecksBusy(KeyRefused):
+    """More password checks at once than `max_password_checks`: this attempt fails (and counts)."""
 
 
 @implementer(ICredentialsChecker)
 class PasswordChecker:
-    """Passwords for users that have `password_bcrypt`, verified in a thread (bcrypt is slow)."""
+    """Passwords, verified with bcrypt in the password pool (never the commands' pool), at most
+    `max_checks` at once across all connections; over that an attempt fails at once.
+
+    Every name gets the same work when any user has a password: names without one are checked
+    against `dummy_hash`, so neither answers nor timing tell which names have a password.
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: Mapping[str, UserPolicy], runner: BlockingRunner):
-        self.users = users
+    def __init__(self, users: Mapping[str, UserPolicy], runner: BlockingRunner, max_checks: int):
         self.runner = runner
+        self.in_progress = 0
+        self.reload(users, max_checks)
 
-    def has_password(self, user: str) -> bool:
-        policy = self.users.get(user)
-        return bool(policy and policy.password_bcrypt)
+    def reload(self, users: Mapping[str, UserPolicy], max_checks: int) -> None:
+        """The users and cap of a (new) configuration; checks already running finish as they are."""
+        self.users = users
+        self.max_checks = max_checks
+        self.dummy = dummy_hash(users)
+
+    @property
+    def offered(self) -> bool:
+        """Whether `password` is an authentication method at all (some user has a password)."""
+        return self.dummy is not None
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        if self.dummy is None:
+            return defer.fail(KeyRefused("password authentication is not enabled"))
+        if self.in_progress >= self.max_checks:
+            return defer.fail(
+                PasswordChecksBusy(f"too many password checks in progress (max_password_checks = {self.max_checks})")
+            )
         user = credentials.username.decode("utf-8", "replace")
         policy = self.users.get(user)
         hashed = policy.password_bcrypt if policy else None
-        d = self.runner.run(verify_password, credentials.password, hashed)
+        self.in_progress += 1
+        d = self.runner.run(verify_password, credentials.password, hashed or self.dummy, hashed is not None)
 
         def decided(ok: bool) -> Identity:
             if not ok:
                 raise KeyRefused("wrong password")
             return Identity(user=user, method="password", key_type="", fingerprint="", grant=Grant(source="password"))
 
-        return d.addCallback(decided)
+        def finished(result: Any) -> Any:
+            self.in_progress -= 1
+            return result
+
+        return d.addBoth(finished).addCallback(decided)

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -22,8 +22,11 @@ from twisted.python.failure import Failure
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise, terminal_safe
 from conchcmd.config import UserPolicy
 
+# Re-exported for the command modules: the runners live in conchcmd.threads.
+from conchcmd.threads import BlockingRunner as BlockingRunner
+from conchcmd.threads import InlineRunner as InlineRunner
+
 log = Logger(namespace=LOG_NAMESPACE)
-T = TypeVar("T")
 
 
 ALL_PERMITTED = UserPolicy()
@@ -76,19 +79,6 @@ class Output(Protocol):
     """A byte stream to the client; the Deferred fires when the writer may write more."""
 
     def write(self, data: bytes) -> defer.Deferred[None]: ...
-
-
-class BlockingRunner(Protocol):
-    """Runs a blocking function away from the reactor thread."""
-
-    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
-
-
-class InlineRunner:
-    """Runs blocking functions right away, on the caller's thread: for tests and tools."""
-
-    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return defer.maybeDeferred(fn, *args)
 
 
 @dataclass

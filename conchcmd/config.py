@@ -69,6 +69,7 @@ class LimitsConfig:
     keepalive_interval: float = 0.0  # ClientAliveInterval; 0 = off
     keepalive_count_max: int = 3  # ClientAliveCountMax
     max_auth_tries: int = 6  # MaxAuthTries
+    max_password_checks: int = 2  # none (sshd's bcrypt runs in its per-connection process)
     max_sessions: int = 10  # MaxSessions
     max_startups: int = 100  # MaxStartups (without random early drop)
     max_startups_per_source: int = 10  # PerSourceMaxStartups
@@ -445,6 +446,7 @@ def _parse_limits(top: _Reader) -> LimitsConfig:
         keepalive_interval=top.number("keepalive_interval", d.keepalive_interval),
         keepalive_count_max=top.integer("keepalive_count_max", d.keepalive_count_max, minimum=1),
         max_auth_tries=top.integer("max_auth_tries", d.max_auth_tries, minimum=1),
+        max_password_checks=top.integer("max_password_checks", d.max_password_checks, minimum=1),
         max_sessions=top.integer("max_sessions", d.max_sessions, minimum=1),
         max_startups=top.integer("max_startups", d.max_startups, minimum=1),
         max_startups_per_source=top.integer("max_startups_per_source", d.max_startups_per_source, minimum=1),

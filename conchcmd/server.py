@@ -6,6 +6,7 @@ import contextlib
 import math
 import socket
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ PROTOCOL_VIOLATIONS = frozenset(
 ABORT_AFTER = 5.0  # seconds a closing connection may take to drain before it is cut
 PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
+#: Authentication requests a connection may have waiting behind the one being checked; one more
+#: and it is disconnected. OpenSSH's client sends one and waits for the answer.
+MAX_WAITING_AUTH_REQUESTS = 4
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,11 @@ class ServerTransport(ModernServerTransport):
     def max_packet_size(self) -> int:
         return super().max_packet_size() if self.holds_slot else PREAUTH_MAX_PACKET
 
+    @property
+    def closing(self) -> bool:
+        """A disconnect has been sent: nothing more from this peer is acted on."""
+        return self._dead
+
     def packet_error(self, reason: str) -> None:
         self._protocol_error(reason)
 
@@ -300,6 +309,8 @@ class ServerTransport(ModernServerTransport):
             why = "protocol errors"
         elif self.end_reason == "login grace time exceeded":
             why = "login grace time exceeded"
+        elif isinstance(self.service, UserAuthService) and self.service.pending:
+            why = "left during authentication"  # e.g. sent a password and closed before the answer
         else:
             return  # e.g. a scanner reading the banner: no strike
         self.factory.admission.strike(self.source, why)
@@ -374,22 +385,27 @@ class UserAuthService(userauth.SSHUserAuthServer):
     """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
 
     Overrides Conch's class-level global-reactor clock, its 10-hour login timeout and its 20
-    attempts; offers password auth only to users that have a password; accepts OpenSSH
-    certificates (Conch's auth_publickey refuses any blob its Key class cannot parse); and hands
-    the checkers the peer address (for `from=` and `source-address`).
+    attempts; answers requests one at a time (Conch checks every request as it arrives, so a
+    pipelining client had hundreds of password checks running at once, counted late); counts a
+    failure when it is decided, then holds the answer to a password failure back for
+    `passwordDelay`; offers password auth to every name or to none; accepts OpenSSH certificates
+    (Conch's auth_publickey refuses any blob its Key class cannot parse); and hands the checkers
+    the peer address (for `from=` and `source-address`).
     """
 
     transport: ServerTransport
     _key: tuple[bytes, bytes] | None = None
     _methods: list[bytes] = []
+    _listed = False  # Conch has filled in _methods
+    _in_progress = False  # a request is being checked (or its failure answer held back)
+    _stopped = False
+    _delay: Any = None
 
     @property
     def supportedAuthentications(self) -> list[bytes]:
         passwords = self.transport.factory.passwords
-        if self.user is None or passwords is None:
+        if not self._listed or (passwords is not None and passwords.offered):
             return self._methods  # Conch fills this list in serviceStarted
-        if passwords.has_password(self.user.decode("utf-8", "replace")):
-            return self._methods
         return [m for m in self._methods if m != b"password"]
 
     @supportedAuthentications.setter
@@ -401,7 +417,66 @@ class UserAuthService(userauth.SSHUserAuthServer):
         self.clock = factory.clock
         self.loginTimeout = math.ceil(factory.settings.limits.login_grace_time)
         self.max_auth_tries = factory.settings.limits.max_auth_tries
+        self._waiting: deque[bytes] = deque()
         super().serviceStarted()
+        self._listed = True
+
+    def serviceStopped(self) -> None:
+        """Authenticated or disconnected: what waits is dropped, a held-back answer is not sent."""
+        self._stopped = True
+        self._waiting.clear()
+        if self._delay is not None and self._delay.active():
+            self._delay.cancel()
+        self._delay = None
+        super().serviceStopped()
+
+    @property
+    def pending(self) -> bool:
+        """Whether a request is being checked or waits (for the strike of a connection closed then)."""
+        return self._in_progress or bool(self._waiting)
+
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        # RFC 4252 section 5, as sshd does it: each request is answered before the next is looked at.
+        if self._stopped or self.transport.closing:
+            return None
+        if self._in_progress:
+            if len(self._waiting) >= MAX_WAITING_AUTH_REQUESTS:
+                self._waiting.clear()
+                log.info(
+                    "More than {n} authentication requests waiting from {peer}; disconnecting",
+                    n=MAX_WAITING_AUTH_REQUESTS,
+                    peer=self.transport.peer,
+                )
+                self.transport.sendDisconnect(
+                    transport.DISCONNECT_PROTOCOL_ERROR, b"too many authentication requests pending"
+                )
+            else:
+                self._waiting.append(packet)
+            return None
+        if getNS(packet, 2)[1] != b"ssh-connection":
+            # Conch would look the service up only after a successful check: an unknown one raised
+            # there, `ssh-userauth` started a second round, and each success took another slot.
+            self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
+            return None
+        self._in_progress = True
+        d = super().ssh_USERAUTH_REQUEST(packet)
+        if d is None:  # Conch has answered already
+            self._request_done(None)
+            return None
+        return d.addBoth(self._request_done)
+
+    def _request_done(self, result: Any) -> None:
+        self._in_progress = False
+        if isinstance(result, Failure):
+            log.failure("Authentication request from {peer} failed", failure=result, peer=self.transport.peer)
+        if self._waiting and not self._stopped and not self.transport.closing:
+            try:
+                self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
+            except Exception as e:  # malformed, found only now: as ServerTransport.dataReceived does
+                self._waiting.clear()
+                self.transport.packet_error(f"{type(e).__name__} in a waiting authentication request: {e}")
+        else:
+            self._waiting.clear()
 
     def auth_publickey(self, packet: bytes) -> Any:
         has_signature = packet[0:1] != b"\0"
@@ -434,7 +509,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
         password = getNS(packet[1:])[0]
         creds = credentials.UsernamePassword(self.user or b"", password)
         creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
-        return self.portal.login(creds, None, IConchUser).addErrback(self._ebPassword)
+        return self.portal.login(creds, None, IConchUser)  # the failure delay: see _ebBadAuth
 
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
@@ -460,6 +535,9 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def _cbFinishedAuth(self, result: Any) -> None:
         _, avatar, logout = result
         identity: Identity = avatar.identity
+        if self._stopped or self.transport.closing:  # decided after the client left: no slot, no session
+            logout()
+            return
         if not self.transport.admit(avatar):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
@@ -481,7 +559,9 @@ class UserAuthService(userauth.SSHUserAuthServer):
             "auth", user=identity.user, peer=self.transport.peer, **identity.audit_fields(), **fields
         )
 
-    def _ebBadAuth(self, reason: Failure) -> None:
+    def _ebBadAuth(self, reason: Failure) -> Any:
+        if self._stopped:
+            return None  # decided after the client left (it was counted as abandoned)
         if not reason.check(conch_error.IgnoreAuthentication) and self.method != b"none":
             message = sanitise(reason.getErrorMessage(), 200)
             log.info(
@@ -510,8 +590,20 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
                 )
-                return
+                return None
+            if self.method == b"password" and b"password" in self.supportedAuthentications:
+                # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
+                # the next request waits for it too.
+                held: defer.Deferred[None] = defer.Deferred()
+                self._delay = self.clock.callLater(self.passwordDelay, held.callback, None)
+                return held.addCallback(lambda _: self._answer_failure(reason))
         super()._ebBadAuth(reason)
+        return None
+
+    def _answer_failure(self, reason: Failure) -> None:
+        self._delay = None
+        if not self._stopped and not self.transport.closing:
+            super()._ebBadAuth(reason)
 
 
 class ConnectionService(connection.SSHConnection):

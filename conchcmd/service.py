@@ -19,13 +19,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from conchcmd.app import Server, ThreadRunner, build_server
+from conchcmd.app import Server, build_server
 from conchcmd.audit import LOG_NAMESPACE, AuditLog
 from conchcmd.config import Config, ConfigError, load_config
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
+from conchcmd.threads import ThreadRunner
 
 log = Logger(namespace=LOG_NAMESPACE)
+
+
+#: CPU priority of the password threads: guessing load yields to the reactor and the commands.
+PASSWORD_THREADS_NICE = 10
 
 
 class StartupError(Exception):
@@ -89,14 +94,25 @@ class ConchcmdService(Service):
         except OSError as e:
             raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
         self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
-        runner = ThreadRunner(self.reactor, self.pool)
-        self.server = build_server(config, self.reactor, host_keys=host_keys, audit=self.audit, runner=runner)
+        # Password checks get threads of their own, as many as may run at once (max_password_checks).
+        self.password_pool = ThreadPool(
+            minthreads=0, maxthreads=config.limits.max_password_checks, name="conchcmd-passwords"
+        )
+        self.server = build_server(
+            config,
+            self.reactor,
+            host_keys=host_keys,
+            audit=self.audit,
+            runner=ThreadRunner(self.reactor, self.pool),
+            password_runner=ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
+        )
 
     def startService(self) -> None:
         super().startService()
         if self.server is None:
             self.prepare()
         self.pool.start()
+        self.password_pool.start()
         listening = [self._listen(description) for description in self.listen]
         done = defer.gatherResults(listening, consumeErrors=True)
         done.addCallbacks(self._listening, self._failed_to_listen)
@@ -141,8 +157,9 @@ class ConchcmdService(Service):
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
         def release(_: object) -> None:
-            if self.pool.started:
-                self.pool.stop()
+            for pool in (self.pool, self.password_pool):
+                if pool.started:
+                    pool.stop()
             self.audit.close()
 
         return closing.addBoth(release)
@@ -158,6 +175,7 @@ class ConchcmdService(Service):
             log.warn("Reload rejected, keeping the running configuration: {error}", error=str(e))
             return False
         self.server.reload(config)
+        self.password_pool.adjustPoolsize(maxthreads=config.limits.max_password_checks)
         self.config = config
         log.info("Reloaded users, keys and policy from {path}", path=str(self.config_path))
         return True

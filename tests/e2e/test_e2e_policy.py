@@ -365,7 +365,13 @@ def test_wrong_password_is_refused(policy, askpass) -> None:
     assert (record["ok"], record["method"], record["reason"]) == (False, "password", "wrong password")
 
 
-def test_user_without_a_password_is_not_offered_password(policy, askpass) -> None:
-    r = policy.ssh("exit 0", user="alice", options=PASSWORD_OPTIONS, env=askpass(PASSWORD))
+@pytest.mark.parametrize("user", ["alice", "nobody"])
+def test_names_without_a_password_look_like_a_wrong_password(policy, askpass, user) -> None:
+    """alice has no password and nobody does not exist: both are asked for one and refused exactly
+    as carol is with a wrong one, so the answers do not tell which names have a password."""
+    mark = policy.audit_mark()
+    r = policy.ssh("exit 0", user=user, options=PASSWORD_OPTIONS, env=askpass(PASSWORD))
     assert denied(r)
-    assert b"Permission denied (publickey)" in r.stderr
+    assert b"(publickey,password)" in r.stderr
+    record = policy.wait_audit(lambda e: e["event"] == "auth" and e.get("user") == user, mark, what="auth")
+    assert (record["ok"], record["method"], record["reason"]) == (False, "password", "wrong password")

@@ -48,6 +48,7 @@ def make_world(
     tmp_path: Path,
     *,
     runner: Any = None,
+    password_runner: Any = None,
     settings: ServerSettings | None = None,
     log_text: bytes | None = None,
     **config_changes: Any,
@@ -79,6 +80,7 @@ def make_world(
         host_keys=load_host_keys(keys_dir),
         audit=audit,
         runner=runner or InlineRunner(),
+        password_runner=password_runner or InlineRunner(),
         hostname="testhost",
         settings=settings or ServerSettings.from_config(config),
     )

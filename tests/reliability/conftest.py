@@ -221,6 +221,7 @@ class Server(ServerFiles):
     data: Data
     limits: dict[str, Any] = field(default_factory=dict)  # top-level limit keys for the config
     max_clients: int = 10
+    extra_config: str = ""  # TOML appended to the config, e.g. [users.NAME] tables
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     returncode: int | None = None
@@ -245,6 +246,7 @@ class Server(ServerFiles):
             "max_lines = 10000",
             "[comphash]",
             f"roots = [{_toml_value(str(self.data.root))}]",
+            self.extra_config,
             "",
         ]
         self.config.write_text("\n".join(lines))

@@ -12,8 +12,10 @@ class ManualRunner:
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+        self.submitted = 0  # jobs ever given, run or not
 
     def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.submitted += 1
         d: defer.Deferred[Any] = defer.Deferred()
         self.jobs.append((fn, args, d))
         return d
@@ -27,3 +29,14 @@ class ManualRunner:
                 d.errback(e)
             else:
                 d.callback(result)
+
+
+class RecordingRunner:
+    """A BlockingRunner that runs each job at once, on the caller's thread, and remembers it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append((fn, args))
+        return defer.maybeDeferred(fn, *args)

@@ -72,6 +72,7 @@ class AuthClient(service.SSHService):
     """ssh-userauth, client side, one explicit step at a time."""
 
     name = b"ssh-userauth"
+    next_service = b"ssh-connection"  # what the requests ask for
 
     def __init__(self, user: bytes, conn: ClientConnection):
         self.user = user
@@ -92,36 +93,46 @@ class AuthClient(service.SSHService):
 
     def _request(self, method: bytes, data: bytes) -> defer.Deferred[tuple[int, bytes]]:
         self.waiting = defer.Deferred()
+        self.send_request(method, data)
+        return self.waiting
+
+    def send_request(self, method: bytes, data: bytes) -> None:
+        """Send a request without waiting for the answer (answers collect in `replies`): pipelining."""
         self.transport.sendPacket(
             userauth.MSG_USERAUTH_REQUEST,
-            common.NS(self.user) + common.NS(b"ssh-connection") + common.NS(method) + data,
+            common.NS(self.user) + common.NS(self.next_service) + common.NS(method) + data,
         )
-        return self.waiting
 
     def probe(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
         algorithm = algorithm or key.sshType()
         return self._request(b"publickey", b"\x00" + common.NS(algorithm) + common.NS(key.blob()))
 
-    def login(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
+    def signed(self, key: Key, algorithm: bytes | None = None) -> bytes:
+        """The data of a signed publickey request with `key`."""
         algorithm = algorithm or key.sshType()
         signed = (
             common.NS(self.transport.sessionID)
             + bytes((userauth.MSG_USERAUTH_REQUEST,))
             + common.NS(self.user)
-            + common.NS(b"ssh-connection")
+            + common.NS(self.next_service)
             + common.NS(b"publickey")
             + b"\x01"
             + common.NS(algorithm)
             + common.NS(key.public().blob())
         )
         signature = key.sign(signed, signatureType=algorithm)
-        return self._request(
-            b"publickey",
-            b"\x01" + common.NS(algorithm) + common.NS(key.public().blob()) + common.NS(signature),
-        )
+        return b"\x01" + common.NS(algorithm) + common.NS(key.public().blob()) + common.NS(signature)
+
+    def login(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
+        return self._request(b"publickey", self.signed(key, algorithm))
 
     def password(self, secret: bytes) -> defer.Deferred[tuple[int, bytes]]:
-        return self._request(b"password", b"\x00" + common.NS(secret))
+        return self._request(b"password", password_data(secret))
+
+
+def password_data(secret: bytes) -> bytes:
+    """The data of a password request."""
+    return b"\x00" + common.NS(secret)
 
 
 class ClientConnection(connection.SSHConnection):

@@ -315,3 +315,11 @@ def test_new_top_level_keys_and_their_defaults() -> None:
 )
 def test_new_keys_are_parsed_strictly(text: str, key: str, message: str) -> None:
     assert str(config_error(text)) == f"{SOURCE}: {key}: {message}"
+
+
+def test_max_password_checks_is_a_limit_of_at_least_one() -> None:
+    assert parse_config("", base_dir=BASE).limits.max_password_checks == 2
+    config = parse("max_password_checks = 3")
+    assert config.limits.max_password_checks == 3
+    assert "max_password_checks = 3" in config.describe().splitlines()
+    assert str(config_error("max_password_checks = 0")) == f"{SOURCE}: max_password_checks: must be at least 1, not 0"

@@ -1,0 +1,60 @@
+"""Runners for blocking work: the contract the commands and the password checker share, and the
+pool-backed and inline implementations. Each user of threads gets a runner of its own, so one kind
+of work (e.g. password guesses) can never hold up another (an operator's `comphash`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+
+class BlockingRunner(Protocol):
+    """Runs a blocking function away from the reactor thread."""
+
+    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
+
+
+class InlineRunner:
+    """Runs blocking functions right away, on the caller's thread: for tests and tools."""
+
+    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(fn, *args)
+
+
+class ThreadRunner:
+    """Runs blocking work in a thread pool owned by the server.
+
+    With `nice` > 0 the pool's threads run at that lower CPU priority (Linux schedules threads
+    one by one), so that on a busy machine their work yields to the reactor and to other pools.
+    """
+
+    def __init__(self, reactor: Any, pool: ThreadPool, nice: int = 0):
+        self.reactor = reactor
+        self.pool = pool
+        self.nice = nice
+
+    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if self.nice:
+            return threads.deferToThreadPool(self.reactor, self.pool, _niced, self.nice, fn, *args)
+        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+
+_lowered = threading.local()
+
+
+def _niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` in a thread whose priority was lowered by `nice`, once, when it first ran here."""
+    if not getattr(_lowered, "done", False):
+        _lowered.done = True
+        with contextlib.suppress(OSError, AttributeError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    return fn(*args)

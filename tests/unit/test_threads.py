@@ -1,0 +1,71 @@
+"""conchcmd.threads and the server's two pools: password checks never run in the commands' threads,
+and their threads run at a lower CPU priority."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.python.threadpool import ThreadPool
+
+from conchcmd.config import Config, LimitsConfig
+from conchcmd.service import PASSWORD_THREADS_NICE, ConchcmdService
+from conchcmd.threads import ThreadRunner
+
+
+class ThreadedReactor:
+    """Just enough reactor for deferToThreadPool: results are delivered on the worker thread."""
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def run_in(runner: ThreadRunner, fn: Any) -> Any:
+    done = threading.Event()
+    results: list[Any] = []
+    runner.run(fn).addBoth(lambda r: (results.append(r), done.set()))
+    assert done.wait(10)
+    return results[0]
+
+
+def thread_priority() -> tuple[str, int]:
+    return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_a_niced_runner_lowers_its_threads_priority_once() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="niced")
+    pool.start()
+    try:
+        runner = ThreadRunner(ThreadedReactor(), pool, nice=3)
+        first = run_in(runner, thread_priority)
+        again = run_in(runner, thread_priority)  # the same thread: lowered once, not twice
+        assert first[1] == again[1] == min(19, base + 3)
+        plain = run_in(ThreadRunner(ThreadedReactor(), pool), thread_priority)
+        assert plain == first  # the pool's thread keeps its priority; a plain runner changes nothing
+    finally:
+        pool.stop()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread is untouched
+
+
+def test_the_server_checks_passwords_in_a_pool_of_their_own(tmp_path: Path) -> None:
+    config = Config(
+        host_keys_dir=tmp_path / "keys",
+        authorized_keys=str(tmp_path / "users" / "%u"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+        limits=LimitsConfig(max_password_checks=3),
+    )
+    service = ConchcmdService(config, reactor=ThreadedReactor(), out=io.StringIO())
+    service.prepare()
+    try:
+        assert service.server is not None
+        runner = service.server.passwords.runner
+        assert isinstance(runner, ThreadRunner)
+        assert runner.pool is service.password_pool is not service.pool
+        assert runner.nice == PASSWORD_THREADS_NICE > 0
+        assert (service.password_pool.max, service.server.passwords.max_checks) == (3, 3)
+    finally:
+        service.audit.close()
