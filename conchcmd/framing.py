@@ -41,7 +41,7 @@ MAX_PACKET = 256 * 1024 + 1024
 #: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
 REKEY_BURST = 10
 REKEY_WINDOW = 60.0
-REKEY_FREE_BYTES = 1 << 20
+REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH: 16K already rare)
 
 
 class RandomPool:
