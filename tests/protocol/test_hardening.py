@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from conchcmd.audit import TerminalSafe, terminal_safe
 from conchcmd.completion import list_paths
-from conchcmd.session import INPUT_HIGH_WATER
 from protocol.test_channel_and_shells import Harness
 
 
 def test_empty_lines_count_toward_the_input_limit() -> None:
     h = Harness()
     h.shell()
-    h.chan.dataReceived(b"block\n")
-    h.chan.dataReceived(b"\n" * (INPUT_HIGH_WATER + 1))
-    assert h.chan.input_paused  # the client's window stays shut: memory is bounded
+    h.client_sends(b"block\n")
+    sent = h.fill_window(b"\n")
+    assert h.chan.localWindowLeft == 0  # the client's window stays shut: memory is bounded
+    assert h.chan.input_held() == sent <= h.chan.input_limit
     assert h.gate is not None
     h.gate.callback(None)
-    assert not h.chan.input_paused
+    assert h.chan.input_held() == 0
+    assert h.chan.localWindowLeft > 0
 
 
 def test_exec_is_not_busy_once_its_command_has_ended() -> None:

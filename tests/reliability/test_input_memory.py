@@ -1,0 +1,102 @@
+"""Bounded memory for what an authenticated client sends: every input path, `max_sessions`
+channels on one connection, output never read (asyncssh client: tests/reliability/push_client.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from reliability_harness import RssMonitor, figure, kill_all, rss_kib, source_of_peer, wait_for
+
+pytestmark = pytest.mark.reliability
+
+PUSH_CLIENT = Path(__file__).with_name("push_client.py")
+CHANNELS = 10  # the default max_sessions
+PUSH_BYTES = 1024 * 1024  # per channel: four times what a channel may hold
+BOUND_MIB = 16
+SIZES = (str(CHANNELS), str(PUSH_BYTES))
+
+
+@pytest.fixture(scope="module")
+def server(make_server):
+    return make_server(limits={"max_sessions": CHANNELS})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(pid: int, timeout: float = 20.0) -> None:
+    """Wait until the server has stopped working (used < 20 ms CPU in 250 ms)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now - last < 0.02:
+            return
+        last = now
+    raise AssertionError(f"the server was still busy after {timeout:g} s")
+
+
+def push(server, pattern: str, source: str) -> dict:
+    """Run the pushing client from `source`; while it holds its connection, another client must
+    still be served. Returns the figures; the caller asserts the bound."""
+    pytest.importorskip("asyncssh")
+    mark, log_mark = server.audit_mark(), server.log_mark()
+    with RssMonitor(server.pid) as rss:
+        proc = subprocess.Popen(
+            [sys.executable, str(PUSH_CLIENT), str(server.keys.good), str(server.port), source, pattern, *SIZES],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            line = proc.stdout.readline()
+            if not line.startswith(b"{"):
+                proc.kill()
+                raise AssertionError(f"the pushing client failed: {line!r} {proc.communicate(timeout=10)}")
+            pushed = json.loads(line)
+            wait_until_idle(server.pid)  # what the client sent may still sit in the socket
+            other = server.ssh("lastlog -n 1")  # someone else, while the abuser holds its channels
+            held = rss.peak
+            proc.stdin.write(b"quit\n")
+            proc.stdin.flush()
+            proc.wait(timeout=10)
+        finally:
+            kill_all([proc])
+    wait_for(
+        lambda: [e for e in server.audit_since(mark, "disconnect") if source_of_peer(e["peer"]) == source],
+        10,
+        "the pushing client's disconnect",
+    )
+    server.assert_alive()
+    wait_until_idle(server.pid)
+    left = rss_kib(server.pid)
+    figures = {
+        "pattern": pattern,
+        "channels": CHANNELS,
+        "accepted_bytes": sum(pushed["accepted"]),
+        "channels_open": pushed["open"],
+        "rss_before_mib": round(rss.before / 1024, 2),
+        "rss_peak_mib": round(held / 1024, 2),
+        "rss_after_leaving_mib": round(left / 1024, 2),
+        "peak_growth_mib": round((held - rss.before) / 1024, 2),
+    }
+    figure(f"input_memory_{pattern}", figures)
+    assert other.returncode == 0 and other.stdout, other.stderr
+    return {**figures, "mark": mark, "log_mark": log_mark}
+
+
+@pytest.mark.parametrize("pattern", ["short", "blank", "long", "binary", "pty", "exec"])
+def test_input_memory_is_bounded(server, pattern):
+    source = {"short": "127.0.3.2", "blank": "127.0.3.3", "long": "127.0.3.4"}.get(pattern, "127.0.3.9")
+    result = push(server, pattern, source)
+    assert result["peak_growth_mib"] < BOUND_MIB, result
