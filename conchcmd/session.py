@@ -36,7 +36,7 @@ from conchcmd.config import UserPolicy
 log = Logger(namespace=LOG_NAMESPACE)
 
 OUTPUT_HIGH_WATER = 512 * 1024  # queued output above which writers wait
-OUTPUT_LOW_WATER = 128 * 1024  # ... until it drains below this
+OUTPUT_LOW_WATER = 128 * 1024  # ... until it drains below this (and above it, if over budget)
 OUTPUT_COALESCE = 64 * 1024  # small writes are appended to one buffer up to this size
 CHANNEL_INPUT_LIMIT = 256 * 1024  # input a channel holds plus the window it offers, at most
 CONNECTION_BUDGET = 4 * 1024 * 1024  # what all channels of a connection hold and offer, at most
@@ -68,6 +68,10 @@ class ConnectionBudget:
 
     def committed(self, excluding: SessionChannel | None = None) -> int:
         return sum(c.committed() for c in self.channels if c is not excluding)
+
+    def exceeded(self) -> bool:
+        """True when the channels hold and offer more than the budget: writers wait sooner."""
+        return self.committed() > self.limit
 
     def released(self, by: SessionChannel) -> None:
         """`by` holds less than before: let starved channels open their windows again."""
@@ -184,7 +188,7 @@ class SessionChannel(channel.SSHChannel):
         self._early_input: list[bytes] = []
         self._early_bytes = 0
         self._early_eof = False
-        self._queue: deque[tuple[bool, bytearray]] = deque()
+        self._queue: deque[tuple[bool, bytearray | memoryview]] = deque()
         self._queued = 0
         self._drain_waiters: list[defer.Deferred[None]] = []
         self._empty_waiters: list[defer.Deferred[None]] = []
@@ -350,13 +354,22 @@ class SessionChannel(channel.SSHChannel):
             return defer.succeed(None)
         if data:
             last = self._queue[-1] if self._queue else None
-            if last is not None and last[0] == stderr and len(last[1]) < OUTPUT_COALESCE:
+            if (
+                last is not None
+                and last[0] == stderr
+                and isinstance(last[1], bytearray)
+                and len(last[1]) < OUTPUT_COALESCE
+            ):
                 last[1].extend(data)  # many small writes (one per line) as one buffer, not one object each
-            else:
+            elif len(data) < OUTPUT_COALESCE:
                 self._queue.append((stderr, bytearray(data)))
+            else:
+                self._queue.append((stderr, memoryview(data)))  # a big write is kept, not copied
             self._queued += len(data)
             self._pump()
-        if self._queued <= OUTPUT_HIGH_WATER:
+        if self._queued <= OUTPUT_LOW_WATER:
+            return defer.succeed(None)
+        if self._queued <= OUTPUT_HIGH_WATER and not self.context.budget.exceeded():
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._drain_waiters.append(waiter)
@@ -377,8 +390,10 @@ class SessionChannel(channel.SSHChannel):
             chunk = bytes(buf[:n])
             if n == len(buf):
                 self._queue.popleft()
-            else:
+            elif isinstance(buf, bytearray):
                 del buf[:n]  # cheap: CPython's bytearray drops a prefix by moving its start
+            else:
+                self._queue[0] = (is_stderr, buf[n:])
             sent = True
             self.remoteWindowLeft -= n
             self._queued -= n

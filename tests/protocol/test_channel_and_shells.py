@@ -15,6 +15,7 @@ from conchcmd.commands import Command, CommandTable, Dispatcher, ExitStatus, Inv
 from conchcmd.realm import make_handler
 from conchcmd.session import (
     OUTPUT_HIGH_WATER,
+    OUTPUT_LOW_WATER,
     ConnectionBudget,
     SessionChannel,
     SessionContext,
@@ -290,6 +291,21 @@ def test_channels_of_a_connection_share_one_budget() -> None:
     second.closed()
     h.chan.closed()
     assert budget.channels == {}
+
+
+def test_output_waits_sooner_when_the_connection_is_over_budget() -> None:
+    """Two floods to clients that read nothing: each writer waits at the low-water mark once the
+    connection is over its budget, not at the (per-channel) high-water mark."""
+    h = Harness(window=0, budget=ConnectionBudget(limit=256 * 1024))
+    second = SessionChannel(h.context, make_handler, remoteWindow=0, remoteMaxPacket=32768)
+    second.conn = h.conn  # type: ignore[assignment]
+    h.exec(b"flood 5000000")
+    assert second.requestReceived(b"exec", common.NS(b"flood 5000000")) == 1
+    h.clock.advance(0)
+    assert h.chan.busy and second.busy
+    chunk = 100_000  # what `flood` writes at a time
+    assert h.chan._queued + second._queued <= 2 * (OUTPUT_LOW_WATER + chunk)
+    assert OUTPUT_LOW_WATER + chunk < OUTPUT_HIGH_WATER  # i.e. less than either could queue alone
 
 
 def test_ctrl_c_gets_through_while_output_fills_the_budget() -> None:

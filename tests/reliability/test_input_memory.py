@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,7 @@ def push(server, pattern: str, source: str) -> dict:
         "pattern": pattern,
         "channels": CHANNELS,
         "accepted_bytes": sum(pushed["accepted"]),
+        "commands_run": len([c for c in server.audit_since(mark, "command") if source_of_peer(c["peer"]) == source]),
         "channels_open": pushed["open"],
         "rss_before_mib": round(rss.before / 1024, 2),
         "rss_peak_mib": round(held / 1024, 2),
@@ -92,11 +94,33 @@ def push(server, pattern: str, source: str) -> dict:
     }
     figure(f"input_memory_{pattern}", figures)
     assert other.returncode == 0 and other.stdout, other.stderr
-    return {**figures, "mark": mark, "log_mark": log_mark}
+    return {**figures, "accepted": pushed["accepted"], "mark": mark, "log_mark": log_mark}
+
+
+# The server holds lines while their commands wait for output nobody reads: the window shuts.
+STALLING = {"short", "binary", "pty"}
+# Nothing waits (blank lines, an over-long line, exec stdin are consumed as they come): all goes in.
+CONSUMED = {"blank", "long", "exec"}
 
 
 @pytest.mark.parametrize("pattern", ["short", "blank", "long", "binary", "pty", "exec"])
 def test_input_memory_is_bounded(server, pattern):
-    source = {"short": "127.0.3.2", "blank": "127.0.3.3", "long": "127.0.3.4"}.get(pattern, "127.0.3.9")
+    """`max_sessions` channels on one connection push a fixed amount each and read no output:
+    the server's RSS grows by less than 16 MiB, no channel is closed (input is held back by the
+    window, not dropped), and another client is served meanwhile."""
+    source = f"127.0.3.{2 + sorted(STALLING | CONSUMED).index(pattern)}"
     result = push(server, pattern, source)
     assert result["peak_growth_mib"] < BOUND_MIB, result
+    assert result["channels_open"] == CHANNELS, result
+    accepted = result["accepted"]
+    if pattern in STALLING:
+        assert all(n < PUSH_BYTES for n in accepted), accepted  # the window shut before the end
+    else:
+        assert accepted == [PUSH_BYTES] * CHANNELS, accepted
+    mine = [c for c in server.audit_since(result["mark"], "command") if source_of_peer(c["peer"]) == source]
+    dispatched = re.findall(rf"Cmd received from alice@{re.escape(source)}:", server.log_text()[result["log_mark"] :])
+    if pattern == "blank":
+        assert (mine, dispatched) == ([], [])  # blank lines are not commands
+    if pattern in ("short", "pty"):
+        assert mine and all((c["argv"], c["exit_code"]) == (["a"], 127) for c in mine), mine[:3]
+        assert len(dispatched) == len(mine)
