@@ -69,6 +69,7 @@ class _ShellBase(CommandHandler):
 
 # A run of blank lines (only spaces, tabs, CRs): skipped at once, never dispatched.
 BLANK_LINES = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")
+HISTORY_BYTES = 64 * 1024  # a session's history, at most (500 lines of 16 K would be 8 MB)
 LINES_PER_TURN = 64  # commands that finish at once, run before yielding the reactor
 
 
@@ -388,7 +389,11 @@ class LineEditor(HistoricRecvLine):
         self._trim_history()
 
     def _trim_history(self) -> None:
-        excess = len(self.historyLines) - self.history_size
+        excess = max(0, len(self.historyLines) - self.history_size)
+        total = sum(len(line) for line in self.historyLines[excess:])
+        while total > HISTORY_BYTES and excess < len(self.historyLines) - 1:  # keep the last line
+            total -= len(self.historyLines[excess])
+            excess += 1
         if excess > 0:
             del self.historyLines[:excess]
             self.historyPosition = max(0, self.historyPosition - excess)

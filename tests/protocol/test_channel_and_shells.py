@@ -16,6 +16,7 @@ from conchcmd.realm import make_handler
 from conchcmd.session import (
     OUTPUT_HIGH_WATER,
     OUTPUT_LOW_WATER,
+    WINDOW_FLOOR,
     ConnectionBudget,
     SessionChannel,
     SessionContext,
@@ -239,6 +240,41 @@ def test_plain_shell_window_follows_what_it_holds() -> None:
     assert h.conn.data() == SAY_LINE[4:] * (sent // len(SAY_LINE))
     assert h.chan.localWindowLeft > h.chan.input_limit // 2  # the window opened again
     assert h.conn.granted() > 0
+
+
+def test_plain_shell_runs_the_next_line_once_the_output_has_left() -> None:
+    """Like `sh` writing to a pipe nobody reads: the second command waits for the first one's
+    output to go out, so a client that reads nothing cannot make the server run line after line."""
+    h = Harness(window=0)
+    h.shell()
+    h.client_sends(b"say one\nsay two\n")
+    assert [c["argv"] for c in h.audit.of("command")] == [["say", "one"]]
+    assert h.chan.input_held() == len(b"say two\n")
+    h.chan.addWindowBytes(1000)
+    assert [c["argv"] for c in h.audit.of("command")] == [["say", "one"], ["say", "two"]]
+    assert h.conn.data() == b"one\ntwo\n"
+
+
+def test_a_connection_holds_at_most_four_mib() -> None:
+    """Sixteen channels holding 256 KiB each use the default budget up: a seventeenth is offered
+    only the small window that lets a Ctrl-C through."""
+    h = Harness()
+    assert h.chan.input_limit == 256 * 1024
+    channels = [h.chan]
+    for _ in range(16):
+        chan = SessionChannel(h.context, make_handler, remoteWindow=1 << 20, remoteMaxPacket=32768)
+        chan.conn = h.conn  # type: ignore[assignment]
+        channels.append(chan)
+    for chan in channels:
+        assert chan.requestReceived(b"shell", b"") == 1
+    h.clock.advance(0)
+    for chan in channels:
+        h.client_sends(b"block\n", chan)
+        h.fill_window(SAY_LINE, chan)
+    assert h.budget.limit == 4 * 1024 * 1024
+    assert h.budget.committed() <= h.budget.limit + WINDOW_FLOOR
+    assert all(256 * 1024 - 6 <= c.input_held() <= 256 * 1024 for c in channels[:16])  # less `block`
+    assert channels[16].input_held() <= WINDOW_FLOOR
 
 
 def test_blank_lines_are_not_commands() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conchcmd.audit import TerminalSafe, terminal_safe
 from conchcmd.completion import list_paths
+from conchcmd.shell import HISTORY_BYTES
 from protocol.test_channel_and_shells import Harness
 
 
@@ -18,6 +19,23 @@ def test_empty_lines_count_toward_the_input_limit() -> None:
     h.gate.callback(None)
     assert h.chan.input_held() == 0
     assert h.chan.localWindowLeft > 0
+
+
+def test_history_is_bounded_in_bytes_too() -> None:
+    """500 lines of nearly 16 K each would be 8 MB per session: history keeps 64 KiB at most,
+    the newest lines, and Up still recalls the last one."""
+    h = Harness()
+    h.shell(pty=True)
+    editor = h.chan.handler.editor  # type: ignore[union-attr]
+    long_line = b"say " + b"y" * 15_000
+    for i in range(6):
+        h.client_sends(long_line + str(i).encode() + b"\r")
+        h.settle()
+    assert sum(len(line) for line in editor.historyLines) <= HISTORY_BYTES
+    assert editor.historyLines[-1] == long_line + b"5"
+    assert len(editor.historyLines) == HISTORY_BYTES // len(long_line + b"5")  # the 4 newest
+    h.client_sends(b"\x1b[A")  # Up
+    assert b"".join(editor.lineBuffer) == long_line + b"5"
 
 
 def test_exec_is_not_busy_once_its_command_has_ended() -> None:
