@@ -70,6 +70,7 @@ class _ShellBase(CommandHandler):
 # A run of blank lines (only spaces, tabs, CRs): skipped at once, never dispatched.
 BLANK_LINES = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")
 HISTORY_BYTES = 64 * 1024  # a session's history, at most (500 lines of 16 K would be 8 MB)
+MAX_CONTROL_SEQUENCE = 32  # bytes of `ESC [` parameters kept; real keys send a few
 LINES_PER_TURN = 64  # commands that finish at once, run before yielding the reactor
 
 
@@ -172,11 +173,18 @@ class PlainShell(_ShellBase):
 
 
 class _TerminalProtocol(insults.ServerProtocol):
-    """insults' terminal parser, minus the full terminal reset it sends when the session ends."""
+    """insults' terminal parser, minus the full terminal reset it sends when the session ends,
+    and with a cap on control sequences (insults collects `ESC [` parameters without bound)."""
 
     def loseConnection(self) -> None:
         assert self.transport is not None
         self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.state == b"bracket-escaped" and len(self.escBuf) > MAX_CONTROL_SEQUENCE:
+            del self.escBuf  # no key sends this: junk, dropped like a broken sequence
+            self.state = b"data"
 
 
 class _CoalescingTransport:

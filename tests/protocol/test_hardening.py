@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conchcmd.audit import TerminalSafe, terminal_safe
 from conchcmd.completion import list_paths
-from conchcmd.shell import HISTORY_BYTES
+from conchcmd.shell import HISTORY_BYTES, MAX_CONTROL_SEQUENCE
 from protocol.test_channel_and_shells import Harness
 
 
@@ -36,6 +36,20 @@ def test_history_is_bounded_in_bytes_too() -> None:
     assert len(editor.historyLines) == HISTORY_BYTES // len(long_line + b"5")  # the 4 newest
     h.client_sends(b"\x1b[A")  # Up
     assert b"".join(editor.lineBuffer) == long_line + b"5"
+
+
+def test_an_endless_control_sequence_is_not_collected() -> None:
+    """`ESC [` followed by a megabyte of parameters: insults would keep every byte (a list entry
+    each); the sequence is dropped once longer than any key sends, and the shell still works."""
+    h = Harness()
+    h.shell(pty=True)
+    protocol = h.chan.handler.protocol  # type: ignore[union-attr]
+    h.client_sends(b"\x1b[")
+    for _ in range(4):
+        h.client_sends(b"1;" * 16384)
+        assert len(getattr(protocol, "escBuf", [])) <= MAX_CONTROL_SEQUENCE
+    h.client_sends(b"\x03say ok\r")
+    assert b"ok\r\n" in h.conn.data()
 
 
 def test_exec_is_not_busy_once_its_command_has_ended() -> None:
