@@ -525,7 +525,14 @@ class ConnectionService(connection.SSHConnection):
 
     def grant_window(self, channel: SessionChannel, bytes_to_add: int) -> None:
         """Open a session channel's window by what its account can take (see update_window)."""
-        super().adjustWindow(channel, bytes_to_add)
+        if not self._stopping:  # closing channels free budget; the others need no window now
+            super().adjustWindow(channel, bytes_to_add)
+
+    _stopping = False
+
+    def serviceStopped(self) -> None:
+        self._stopping = True
+        super().serviceStopped()
 
 
 class CommandServerFactory(SSHFactory):
