@@ -169,6 +169,7 @@ class PlainShell(_ShellBase):
         resume, self._resume = self._resume, None
         if isinstance(resume, IDelayedCall) and resume.active():
             resume.cancel()  # (a Deferred waiting for output is dropped by the channel)
+        self._input = bytearray()  # now, not when the garbage collector breaks the channel's cycles
         super().connection_lost()
 
 
@@ -526,3 +527,10 @@ class TerminalShell(_ShellBase):
 
     def window_changed(self, columns: int, rows: int) -> None:
         self.editor.terminalSize(columns, rows)
+
+    def connection_lost(self) -> None:
+        # What the session held goes now, not when the garbage collector breaks its cycles.
+        self._typeahead = bytearray()
+        self.editor.historyLines = []
+        self.editor.lineBuffer = []
+        super().connection_lost()

@@ -46,55 +46,70 @@ def wait_until_idle(pid: int, timeout: float = 20.0) -> None:
     raise AssertionError(f"the server was still busy after {timeout:g} s")
 
 
-def push(server, pattern: str, source: str) -> dict:
-    """Run the pushing client from `source`; while it holds its connection, another client must
-    still be served. Returns the figures; the caller asserts the bound."""
+def push(server, pattern: str, source: str, connections: int = 1) -> dict:
+    """Run `connections` pushing clients, from `source` and the next addresses; while they hold
+    their connections, another client must still be served. Returns the figures; the caller
+    asserts the bound."""
     pytest.importorskip("asyncssh")
+    prefix, last = source.rsplit(".", 1)
+    sources = [f"{prefix}.{int(last) + i}" for i in range(connections)]
     mark, log_mark = server.audit_mark(), server.log_mark()
     with RssMonitor(server.pid) as rss:
-        proc = subprocess.Popen(
-            [sys.executable, str(PUSH_CLIENT), str(server.keys.good), str(server.port), source, pattern, *SIZES],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(PUSH_CLIENT), str(server.keys.good), str(server.port), src, pattern, *SIZES],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for src in sources
+        ]
         try:
-            assert proc.stdout is not None and proc.stdin is not None
-            line = proc.stdout.readline()
-            if not line.startswith(b"{"):
-                proc.kill()
-                raise AssertionError(f"the pushing client failed: {line!r} {proc.communicate(timeout=10)}")
-            pushed = json.loads(line)
-            wait_until_idle(server.pid)  # what the client sent may still sit in the socket
-            other = server.ssh("lastlog -n 1")  # someone else, while the abuser holds its channels
+            pushed = []
+            for proc in procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line.startswith(b"{"):
+                    proc.kill()
+                    raise AssertionError(f"a pushing client failed: {line!r} {proc.communicate(timeout=10)}")
+                pushed.append(json.loads(line))
+            wait_until_idle(server.pid)  # what the clients sent may still sit in the sockets
+            other = server.ssh("lastlog -n 1")  # someone else, while the abusers hold their channels
             held = rss.peak
-            proc.stdin.write(b"quit\n")
-            proc.stdin.flush()
-            proc.wait(timeout=10)
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"quit\n")
+                proc.stdin.flush()
+            for proc in procs:
+                proc.wait(timeout=10)
         finally:
-            kill_all([proc])
+            kill_all(procs)
     wait_for(
-        lambda: [e for e in server.audit_since(mark, "disconnect") if source_of_peer(e["peer"]) == source],
+        lambda: {source_of_peer(e["peer"]) for e in server.audit_since(mark, "disconnect")} >= set(sources),
         10,
-        "the pushing client's disconnect",
+        "the pushing clients' disconnects",
     )
     server.assert_alive()
     wait_until_idle(server.pid)
     left = rss_kib(server.pid)
+    accepted = [n for p in pushed for n in p["accepted"]]
+    commands = [c for c in server.audit_since(mark, "command") if source_of_peer(c["peer"]) in sources]
     figures = {
         "pattern": pattern,
-        "channels": CHANNELS,
-        "accepted_bytes": sum(pushed["accepted"]),
-        "commands_run": len([c for c in server.audit_since(mark, "command") if source_of_peer(c["peer"]) == source]),
-        "channels_open": pushed["open"],
+        "connections": connections,
+        "channels_each": CHANNELS,
+        "accepted_bytes": sum(accepted),
+        "commands_run": len(commands),
+        "channels_open": sum(p["open"] for p in pushed),
         "rss_before_mib": round(rss.before / 1024, 2),
         "rss_peak_mib": round(held / 1024, 2),
         "rss_after_leaving_mib": round(left / 1024, 2),
         "peak_growth_mib": round((held - rss.before) / 1024, 2),
     }
-    figure(f"input_memory_{pattern}", figures)
+    name = pattern if connections == 1 else f"{pattern}_x{connections}"
+    figure(f"input_memory_{name}", figures)
     assert other.returncode == 0 and other.stdout, other.stderr
-    return {**figures, "accepted": pushed["accepted"], "mark": mark, "log_mark": log_mark}
+    return {**figures, "accepted": accepted, "mark": mark, "log_mark": log_mark}
 
 
 # The server holds lines while their commands wait for output nobody reads: the window shuts.
@@ -124,3 +139,15 @@ def test_input_memory_is_bounded(server, pattern):
     if pattern in ("short", "pty"):
         assert mine and all((c["argv"], c["exit_code"]) == (["a"], 127) for c in mine), mine[:3]
         assert len(dispatched) == len(mine)
+
+
+def test_three_connections_of_short_lines(server):
+    """The report's case: three connections, each `max_sessions` channels of `a\\n`, reading
+    nothing (on the old code: 1.9 GiB, kept after they left). Each is bounded by its own budget."""
+    connections = 3
+    result = push(server, "short", "127.0.4.2", connections)
+    assert result["peak_growth_mib"] < BOUND_MIB * connections, result
+    assert result["channels_open"] == CHANNELS * connections, result
+    assert all(n < PUSH_BYTES for n in result["accepted"]), result["accepted"]
+    # ... and given back (or kept for reuse) once they have left: not hundreds of MiB.
+    assert result["rss_after_leaving_mib"] - result["rss_before_mib"] < BOUND_MIB, result
