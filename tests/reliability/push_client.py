@@ -8,7 +8,8 @@ is shut). The client then prints one JSON line with what the server accepted, ke
 connection open until a line arrives on stdin, and exits.
 
 Usage: push_client.py KEY PORT SOURCE PATTERN CHANNELS BYTES
-PATTERN: short, blank, long, binary (plain shells), pty (terminal shells), exec (`lastlog -n 10000` stdin)
+PATTERN: short, blank, long, binary (plain shells), pty, pty-long (terminal shells),
+exec (`lastlog -n 10000` stdin)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def pattern_chunk(pattern: str) -> bytes:
         return b"a\n" * (CHUNK // 2)
     if pattern == "pty":
         return b"a\r" * (CHUNK // 2)
+    if pattern == "pty-long":
+        return "é".encode() * (CHUNK // 2)  # one line, never ended: each character an object
     if pattern == "blank":
         return b"\n" * CHUNK
     if pattern == "long":
@@ -87,7 +90,7 @@ async def main() -> None:
         chan, _ = await conn.create_session(
             Quiet,
             "lastlog -n 10000" if pattern == "exec" else None,  # 40 MB of output, never read
-            term_type="xterm" if pattern == "pty" else None,
+            term_type="xterm" if pattern.startswith("pty") else None,
             window=OUTPUT_WINDOW,
             encoding=None,
         )

@@ -20,7 +20,9 @@ PUSH_CLIENT = Path(__file__).with_name("push_client.py")
 CHANNELS = 10  # the default max_sessions
 PUSH_BYTES = 1024 * 1024  # per channel: four times what a channel may hold
 BOUND_MIB = 16
-SIZES = (str(CHANNELS), str(PUSH_BYTES))
+# The terminal shell handles input a byte at a time: 96 KiB per channel fill its 16 K-character
+# line (two bytes each) three times over, in a few seconds.
+PTY_PUSH_BYTES = 96 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def wait_until_idle(pid: int, timeout: float = 20.0) -> None:
     raise AssertionError(f"the server was still busy after {timeout:g} s")
 
 
-def push(server, pattern: str, source: str, connections: int = 1) -> dict:
+def push(server, pattern: str, source: str, connections: int = 1, push_bytes: int = PUSH_BYTES) -> dict:
     """Run `connections` pushing clients, from `source` and the next addresses; while they hold
     their connections, another client must still be served. Returns the figures; the caller
     asserts the bound."""
@@ -54,10 +56,11 @@ def push(server, pattern: str, source: str, connections: int = 1) -> dict:
     prefix, last = source.rsplit(".", 1)
     sources = [f"{prefix}.{int(last) + i}" for i in range(connections)]
     mark, log_mark = server.audit_mark(), server.log_mark()
+    sizes = (str(CHANNELS), str(push_bytes))
     with RssMonitor(server.pid) as rss:
         procs = [
             subprocess.Popen(
-                [sys.executable, str(PUSH_CLIENT), str(server.keys.good), str(server.port), src, pattern, *SIZES],
+                [sys.executable, str(PUSH_CLIENT), str(server.keys.good), str(server.port), src, pattern, *sizes],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -114,24 +117,25 @@ def push(server, pattern: str, source: str, connections: int = 1) -> dict:
 
 # The server holds lines while their commands wait for output nobody reads: the window shuts.
 STALLING = {"short", "binary", "pty"}
-# Nothing waits (blank lines, an over-long line, exec stdin are consumed as they come): all goes in.
-CONSUMED = {"blank", "long", "exec"}
+# Nothing waits (blank lines, over-long lines, exec stdin are consumed as they come): all goes in.
+CONSUMED = {"blank", "long", "exec", "pty-long"}
 
 
-@pytest.mark.parametrize("pattern", ["short", "blank", "long", "binary", "pty", "exec"])
+@pytest.mark.parametrize("pattern", ["short", "blank", "long", "binary", "pty", "pty-long", "exec"])
 def test_input_memory_is_bounded(server, pattern):
     """`max_sessions` channels on one connection push a fixed amount each and read no output:
     the server's RSS grows by less than 16 MiB, no channel is closed (input is held back by the
     window, not dropped), and another client is served meanwhile."""
     source = f"127.0.3.{2 + sorted(STALLING | CONSUMED).index(pattern)}"
-    result = push(server, pattern, source)
+    push_bytes = PTY_PUSH_BYTES if pattern == "pty-long" else PUSH_BYTES
+    result = push(server, pattern, source, push_bytes=push_bytes)
     assert result["peak_growth_mib"] < BOUND_MIB, result
     assert result["channels_open"] == CHANNELS, result
     accepted = result["accepted"]
     if pattern in STALLING:
-        assert all(n < PUSH_BYTES for n in accepted), accepted  # the window shut before the end
+        assert all(n < push_bytes for n in accepted), accepted  # the window shut before the end
     else:
-        assert accepted == [PUSH_BYTES] * CHANNELS, accepted
+        assert accepted == [push_bytes] * CHANNELS, accepted
     mine = [c for c in server.audit_since(result["mark"], "command") if source_of_peer(c["peer"]) == source]
     dispatched = re.findall(rf"Cmd received from alice@{re.escape(source)}:", server.log_text()[result["log_mark"] :])
     if pattern == "blank":
