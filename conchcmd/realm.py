@@ -16,7 +16,14 @@ from conchcmd.audit import LOG_NAMESPACE, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
-from conchcmd.session import ChannelHandler, ExecHandler, SessionChannel, SessionContext, ShellSettings
+from conchcmd.session import (
+    ChannelHandler,
+    ConnectionBudget,
+    ExecHandler,
+    SessionChannel,
+    SessionContext,
+    ShellSettings,
+)
 from conchcmd.shell import PlainShell, TerminalShell
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -56,10 +63,13 @@ class CommandUser(ConchUser):
         self.clock = clock
         self.shell = shell
         self.peer = "?"  # set by the transport once the user is attached to a connection
+        self.budget = ConnectionBudget()  # one avatar per connection: its channels share this
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
-        context = SessionContext(self.dispatcher, self.clock, self.identity, self.peer, self.shell, self.policy)
+        context = SessionContext(
+            self.dispatcher, self.clock, self.identity, self.peer, self.shell, self.policy, self.budget
+        )
         return SessionChannel(
             context,
             make_handler,

@@ -32,6 +32,7 @@ from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
 from conchcmd.realm import CommandUser
+from conchcmd.session import SessionChannel
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -609,7 +610,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
 class ConnectionService(connection.SSHConnection):
     """ssh-connection that refuses non-session channels cleanly (Conch logs a traceback for
     each), tolerates messages for unknown channels, and holds back window adjustments for
-    channels whose input is paused (input flow control)."""
+    channels that hold as much input as they may (input flow control, see SessionChannel)."""
 
     transport: ServerTransport
     _warned_unknown_channel = False
@@ -661,9 +662,22 @@ class ConnectionService(connection.SSHConnection):
         super().packetReceived(messageNum, packet)
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
-        if getattr(channel, "input_paused", False):
-            return  # the channel opens the window again when it has consumed its input
+        # Conch re-opens a channel's window whenever half of it is used, however much input the
+        # channel still holds; session channels grant window from their byte account instead.
+        if isinstance(channel, SessionChannel):
+            return
         super().adjustWindow(channel, bytesToAdd)
+
+    def grant_window(self, channel: SessionChannel, bytes_to_add: int) -> None:
+        """Open a session channel's window by what its account can take (see update_window)."""
+        if not self._stopping:  # closing channels free budget; the others need no window now
+            super().adjustWindow(channel, bytes_to_add)
+
+    _stopping = False
+
+    def serviceStopped(self) -> None:
+        self._stopping = True
+        super().serviceStopped()
 
 
 class CommandServerFactory(SSHFactory):

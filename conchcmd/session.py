@@ -5,6 +5,11 @@ between early input and held-back output (losing output past the client's window
 EOF, may finish before the exec reply, and calls `connectionLost` twice. Here output is queued
 per channel, written only as the window allows, and writers wait (a Deferred) above a high-water
 mark, so a client that stops reading costs a bounded amount of memory.
+
+Input is bounded the same way, by SSH's own flow control: each channel keeps a byte account
+(input not yet processed, including lines waiting for a command, plus queued output), and the
+window it offers the client is what that account, and its connection's shared budget, can still
+take. A client that sends faster than its commands run simply finds the window shut.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from conchcmd.config import UserPolicy
 
 log = Logger(namespace=LOG_NAMESPACE)
 
-LOCAL_WINDOW = 2 * 1024 * 1024
 OUTPUT_HIGH_WATER = 512 * 1024  # queued output above which writers wait
-OUTPUT_LOW_WATER = 128 * 1024  # ... until it drains below this
-INPUT_HIGH_WATER = 64 * 1024  # unconsumed shell input above which the client's window stays shut
+OUTPUT_LOW_WATER = 128 * 1024  # ... until it drains below this (and above it, if over budget)
+OUTPUT_COALESCE = 64 * 1024  # small writes are appended to one buffer up to this size
+CHANNEL_INPUT_LIMIT = 256 * 1024  # input a channel holds plus the window it offers, at most
+CONNECTION_BUDGET = 4 * 1024 * 1024  # what all channels of a connection hold and offer, at most
+WINDOW_FLOOR = 4 * 1024  # window a channel keeps while its input is consumed (Ctrl-C must get through)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,35 @@ class ShellSettings:
     completer: Any = None  # completion.Completer; None: Tab does nothing
 
 
+class ConnectionBudget:
+    """The bytes one connection may hold or promise (open windows) for all its session channels.
+
+    Channels join it when opened; a channel limited by the budget marks it starved, and when any
+    channel's account goes down the starved ones get another chance to open their windows.
+    """
+
+    def __init__(self, limit: int = CONNECTION_BUDGET):
+        self.limit = limit
+        self.channels: dict[SessionChannel, None] = {}  # insertion-ordered set
+        self.starved = False
+
+    def committed(self, excluding: SessionChannel | None = None) -> int:
+        return sum(c.committed() for c in self.channels if c is not excluding)
+
+    def exceeded(self) -> bool:
+        """True when the channels hold and offer more than the budget: writers wait sooner."""
+        return self.committed() > self.limit
+
+    def released(self, by: SessionChannel) -> None:
+        """`by` holds less than before: let starved channels open their windows again."""
+        if not self.starved:
+            return
+        self.starved = False
+        for chan in list(self.channels):
+            if chan is not by:
+                chan.update_window()
+
+
 @dataclass(frozen=True)
 class SessionContext:
     """Everything a session channel needs: the server's pieces and who is connected."""
@@ -57,6 +93,7 @@ class SessionContext:
     peer: str
     shell: ShellSettings
     policy: UserPolicy = field(default_factory=UserPolicy)
+    budget: ConnectionBudget = field(default_factory=ConnectionBudget)  # one per connection
 
     def dispatch(
         self,
@@ -102,6 +139,15 @@ class ChannelHandler(Protocol):
     def window_changed(self, columns: int, rows: int) -> None: ...
     def interrupt(self) -> None: ...
     def connection_lost(self) -> None: ...
+    def input_held(self) -> int:
+        """Bytes of input received and not yet processed (partial and waiting lines)."""
+        ...
+
+
+class WindowGranter(Protocol):
+    """The connection side of flow control (ConnectionService; a recording stand-in in tests)."""
+
+    def grant_window(self, channel: Any, bytes_to_add: int) -> None: ...
 
 
 #: Builds the handler for a channel: an exec of the given command line, or a shell for None.
@@ -129,21 +175,26 @@ class SessionChannel(channel.SSHChannel):
     _log = QuietLogger()  # Conch's per-channel info lines cost more than the channel's work
 
     def __init__(self, context: SessionContext, make_handler: HandlerFactory, **kwargs: Any):
-        super().__init__(localWindow=LOCAL_WINDOW, **kwargs)
+        budget = context.budget
+        # Room for one whole line (and its CR LF) at least, or a plain shell could wait forever.
+        self.input_limit = max(CHANNEL_INPUT_LIMIT, context.shell.max_line + 2)
+        initial = min(self.input_limit, max(budget.limit - budget.committed(), WINDOW_FLOOR))
+        super().__init__(localWindow=initial, **kwargs)
         self.context = context
         self.make_handler = make_handler
         self.terminal: Terminal | None = None
         self.handler: ChannelHandler | None = None
         self._started = False
         self._early_input: list[bytes] = []
+        self._early_bytes = 0
         self._early_eof = False
-        self._queue: deque[tuple[bool, memoryview]] = deque()
+        self._queue: deque[tuple[bool, bytearray | memoryview]] = deque()
         self._queued = 0
         self._drain_waiters: list[defer.Deferred[None]] = []
         self._empty_waiters: list[defer.Deferred[None]] = []
         self._finishing = False
         self._gone = False
-        self.input_paused = False
+        budget.channels[self] = None
 
     # -- requests from the client ------------------------------------------------------------
 
@@ -213,11 +264,12 @@ class SessionChannel(channel.SSHChannel):
             return
         self._started = True
         self.handler.start()
-        early, self._early_input = self._early_input, []
+        early, self._early_input, self._early_bytes = self._early_input, [], 0
         for data in early:
             self.handler.data_received(data)
         if self._early_eof:
             self.handler.eof_received()
+        self.input_consumed()
 
     # -- input -------------------------------------------------------------------------------
 
@@ -226,9 +278,11 @@ class SessionChannel(channel.SSHChannel):
             self.handler.data_received(data)
         else:
             self._early_input.append(data)
+            self._early_bytes += len(data)
+        self.update_window()
 
     def extReceived(self, dataType: int, data: bytes) -> None:
-        pass  # clients have no business sending stderr; ignore it
+        self.update_window()  # clients have no business sending stderr; ignore it
 
     def eofReceived(self) -> None:
         if self.handler is not None and self._started:
@@ -246,17 +300,45 @@ class SessionChannel(channel.SSHChannel):
         """True while a command runs on this channel."""
         return self.handler is not None and getattr(self.handler, "running", None) is not None
 
-    def pause_input(self) -> None:
-        """Stop opening the client's window: input waits at the client (see ConnectionService)."""
-        self.input_paused = True
+    # -- the byte account and the window ------------------------------------------------------
 
-    def resume_input(self) -> None:
-        if not self.input_paused:
+    def input_held(self) -> int:
+        """Input received and not yet processed: early input, partial and waiting lines."""
+        held = self._early_bytes
+        if self.handler is not None and self._started:
+            held += self.handler.input_held()
+        return held
+
+    def committed(self) -> int:
+        """What this channel holds (input and queued output) plus the window it has offered."""
+        return self.input_held() + self._queued + max(self.localWindowLeft, 0)
+
+    def input_consumed(self) -> None:
+        """The handler processed input: the window may open again, for this channel or others."""
+        self.update_window()
+        self.context.budget.released(self)
+
+    def update_window(self) -> None:
+        """Offer the client the window the account can still take.
+
+        A channel may hold `input_limit` bytes of input (held plus offered); the connection's
+        channels together `budget.limit` bytes, output included. A channel whose input has been
+        consumed keeps a small window regardless, so that a Ctrl-C can reach a running command.
+        Adjustments are batched: the window is topped up once half of it is used.
+        """
+        if self._gone or self.localClosed:
             return
-        self.input_paused = False
-        owed = self.localWindowSize - self.localWindowLeft
-        if owed > self.localWindowSize // 2 and not self._gone:
-            self._connection.adjustWindow(self, owed)
+        budget = self.context.budget
+        held_input = self.input_held()
+        room = self.input_limit - held_input
+        free = budget.limit - budget.committed(excluding=self) - held_input - self._queued
+        target = max(min(room, free), WINDOW_FLOOR - held_input)
+        if free < room:
+            budget.starved = True
+        increase = target - self.localWindowLeft
+        if increase > 0 and self.localWindowLeft <= target // 2:
+            granter: WindowGranter = self._connection  # type: ignore[assignment]
+            granter.grant_window(self, increase)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -271,10 +353,23 @@ class SessionChannel(channel.SSHChannel):
         if self._gone:
             return defer.succeed(None)
         if data:
-            self._queue.append((stderr, memoryview(data)))
+            last = self._queue[-1] if self._queue else None
+            if (
+                last is not None
+                and last[0] == stderr
+                and isinstance(last[1], bytearray)
+                and len(last[1]) < OUTPUT_COALESCE
+            ):
+                last[1].extend(data)  # many small writes (one per line) as one buffer, not one object each
+            elif len(data) < OUTPUT_COALESCE:
+                self._queue.append((stderr, bytearray(data)))
+            else:
+                self._queue.append((stderr, memoryview(data)))  # a big write is kept, not copied
             self._queued += len(data)
             self._pump()
-        if self._queued <= OUTPUT_HIGH_WATER:
+        if self._queued <= OUTPUT_LOW_WATER:
+            return defer.succeed(None)
+        if self._queued <= OUTPUT_HIGH_WATER and not self.context.budget.exceeded():
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._drain_waiters.append(waiter)
@@ -286,16 +381,20 @@ class SessionChannel(channel.SSHChannel):
 
     def _pump(self) -> None:
         transport = getattr(self._connection, "transport", None)
+        sent = False
         while self._queue and self.remoteWindowLeft > 0 and not self._gone:
             if getattr(transport, "tcp_paused", False):
                 break  # resumed by the transport when its socket drains
-            is_stderr, view = self._queue[0]
-            n = min(len(view), self.remoteWindowLeft, self.remoteMaxPacket)
-            chunk = bytes(view[:n])
-            if n == len(view):
+            is_stderr, buf = self._queue[0]
+            n = min(len(buf), self.remoteWindowLeft, self.remoteMaxPacket)
+            chunk = bytes(buf[:n])
+            if n == len(buf):
                 self._queue.popleft()
+            elif isinstance(buf, bytearray):
+                del buf[:n]  # cheap: CPython's bytearray drops a prefix by moving its start
             else:
-                self._queue[0] = (is_stderr, view[n:])
+                self._queue[0] = (is_stderr, buf[n:])
+            sent = True
             self.remoteWindowLeft -= n
             self._queued -= n
             if is_stderr:
@@ -306,6 +405,8 @@ class SessionChannel(channel.SSHChannel):
             self._fire(self._drain_waiters)
         if not self._queue and self._empty_waiters:
             self._fire(self._empty_waiters)
+        if sent:
+            self.input_consumed()  # output gone: the account has room again
 
     @staticmethod
     def _fire(waiters: list[defer.Deferred[None]]) -> None:
@@ -319,6 +420,14 @@ class SessionChannel(channel.SSHChannel):
         # Conch's version flushes its own unbounded buffer; we pump our queue instead.
         self.remoteWindowLeft += data
         self._pump()
+
+    def flushed(self) -> defer.Deferred[None]:
+        """Fires once all queued output has gone out (into the client's window)."""
+        if not self._queue or self._gone:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._empty_waiters.append(waiter)
+        return waiter
 
     def finish(self, status: int) -> None:
         """Send the exit status and close, once all queued output has gone out."""
@@ -348,10 +457,16 @@ class SessionChannel(channel.SSHChannel):
         self._gone = True
         self._queue.clear()
         self._queued = 0
+        self._early_input.clear()
+        self._early_bytes = 0
         self._drain_waiters.clear()
         self._empty_waiters.clear()
         if self.handler is not None:
             self.handler.connection_lost()
+        budget = self.context.budget
+        budget.channels.pop(self, None)
+        budget.starved = True  # what this channel held and offered is free for the others
+        budget.released(self)
 
 
 class CommandHandler:
@@ -370,6 +485,9 @@ class CommandHandler:
 
     def window_changed(self, columns: int, rows: int) -> None:
         pass
+
+    def input_held(self) -> int:
+        return 0
 
     def interrupt(self) -> None:
         if self.running is not None:

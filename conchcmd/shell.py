@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
-from collections import deque
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,11 +12,12 @@ from typing import Any
 from twisted.conch.insults import insults
 from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 
 from conchcmd.audit import terminal_safe
 from conchcmd.commands import ExitStatus, Outcome
 from conchcmd.completion import Completion, last_word, quote_word
-from conchcmd.session import INPUT_HIGH_WATER, CommandHandler, SessionChannel, SessionContext, Terminal
+from conchcmd.session import CommandHandler, SessionChannel, SessionContext, Terminal
 
 CTRL_C = b"\x03"
 CTRL_D = b"\x04"
@@ -67,80 +68,125 @@ class _ShellBase(CommandHandler):
         self.interrupt()
 
 
+# A run of blank lines (only spaces, tabs, CRs): skipped at once, never dispatched.
+BLANK_LINES = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")
+HISTORY_BYTES = 64 * 1024  # a session's history, at most (500 lines of 16 K would be 8 MB)
+MAX_CONTROL_SEQUENCE = 32  # bytes of `ESC [` parameters kept; real keys send a few
+LINES_PER_TURN = 64  # commands that finish at once, run before yielding the reactor
+
+
 class PlainShell(_ShellBase):
-    """No pty: one command per input line, no prompt, no escape codes; ends at `exit` or EOF."""
+    """No pty: one command per input line, no prompt, no escape codes; ends at `exit` or EOF.
+
+    Input stays in one buffer until its line's turn comes (no object per line: a flood of short
+    lines costs its size, and the channel's account, hence the client's window, sees all of it).
+    Blank lines are not commands: skipped without dispatch, log line or audit record.
+    """
 
     def __init__(self, chan: SessionChannel, context: SessionContext):
         super().__init__(chan, context)
-        self._partial = bytearray()
-        self._discarding = False
-        self._lines: deque[bytes | None] = deque()  # None marks a line that was too long
-        self._pending = 0  # bytes of queued input, each line counted with its newline
+        self._input = bytearray()  # unprocessed input: waiting lines and the start of the next
+        self._discarding = False  # the line at the front is too long: dropped up to its newline
         self._eof = False
+        self._resume: IDelayedCall | defer.Deferred[None] | None = None  # what continues the lines
 
     def start(self) -> None:
         pass
 
+    def input_held(self) -> int:
+        return len(self._input)
+
     def data_received(self, data: bytes) -> None:
         if self.ended:
             return
-        limit = self.context.shell.max_line
-        self._partial += data
-        while True:
-            index = self._partial.find(b"\n")
-            if index < 0:
-                if len(self._partial) > limit:
-                    self._partial.clear()
-                    self._discarding = True
-                break
-            line = bytes(self._partial[:index]).rstrip(b"\r")
-            del self._partial[: index + 1]
-            too_long = self._discarding or len(line) > limit
-            self._discarding = False
-            self._queue(None if too_long else line)
-        if self._pending > INPUT_HIGH_WATER:
-            self.chan.pause_input()
+        self._input += data
         self._next()
 
     def eof_received(self) -> None:
         self._eof = True
         self.end_of_input()
-        if self._partial and not self._discarding:
-            self._queue(bytes(self._partial).rstrip(b"\r"))  # a last line without newline
-        elif self._discarding:
-            self._queue(None)
-        self._partial.clear()
         self._next()
 
-    def _queue(self, line: bytes | None) -> None:
-        self._lines.append(line)
-        self._pending += len(line or b"") + 1  # empty lines count too: they cost memory
-
     def _next(self) -> None:
-        while not self.ended and self.running is None:
-            if not self._lines:
-                if self._eof:
-                    self.end(self.last_status)
-                return
-            line = self._lines.popleft()
-            self._pending -= len(line or b"") + 1
-            if self._pending <= INPUT_HIGH_WATER // 2:
-                self.chan.resume_input()
-            if line is None:
+        self._resume = None
+        held = len(self._input)
+        try:
+            self._run_waiting_lines()
+        finally:
+            if len(self._input) < held:
+                self.chan.input_consumed()
+
+    def _run_waiting_lines(self) -> None:
+        limit = self.context.shell.max_line
+        buf = self._input
+        budget = LINES_PER_TURN
+        while not self.ended and self.running is None and self._resume is None:
+            if self._discarding:
+                index = buf.find(b"\n")
+                if index < 0 and not self._eof:
+                    buf.clear()
+                    return
+                del buf[: index + 1 if index >= 0 else len(buf)]
+                self._discarding = False
                 self.report_line_too_long()
+                continue
+            flushed = self.chan.flushed()
+            if not flushed.called:  # like a shell blocked on its stdout: the next command
+                self._resume = flushed  # waits until the last one's output has left
+                flushed.addCallback(lambda _: self._next())
+                return
+            blank = BLANK_LINES.match(buf)
+            if blank is not None:
+                del buf[: blank.end()]
+            index = buf.find(b"\n")
+            if index < 0:
+                if len(buf) > limit + 1:  # no room left for a newline: too long already
+                    buf.clear()
+                    self._discarding = True
+                    continue
+                if not self._eof:
+                    return
+                if not buf.strip():
+                    buf.clear()
+                    self.end(self.last_status)
+                    return
+                index = len(buf)  # a last line without newline
+            line = bytes(buf[:index]).rstrip(b"\r")
+            del buf[: index + 1]
+            if len(line) > limit:
+                self.report_line_too_long()
+                continue
+            if not line.strip():
                 continue
             d = self.run_line(line, interactive=False)
             if self.running is not None:  # still going: continue when it finishes
                 d.addCallback(lambda _: self._next())
                 return
+            budget -= 1
+            if budget == 0:  # let other connections have the reactor, then go on
+                self._resume = self.context.clock.callLater(0, self._next)
+
+    def connection_lost(self) -> None:
+        resume, self._resume = self._resume, None
+        if isinstance(resume, IDelayedCall) and resume.active():
+            resume.cancel()  # (a Deferred waiting for output is dropped by the channel)
+        self._input = bytearray()  # now, not when the garbage collector breaks the channel's cycles
+        super().connection_lost()
 
 
 class _TerminalProtocol(insults.ServerProtocol):
-    """insults' terminal parser, minus the full terminal reset it sends when the session ends."""
+    """insults' terminal parser, minus the full terminal reset it sends when the session ends,
+    and with a cap on control sequences (insults collects `ESC [` parameters without bound)."""
 
     def loseConnection(self) -> None:
         assert self.transport is not None
         self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.state == b"bracket-escaped" and len(self.escBuf) > MAX_CONTROL_SEQUENCE:
+            del self.escBuf  # no key sends this: junk, dropped like a broken sequence
+            self.state = b"data"
 
 
 class _CoalescingTransport:
@@ -353,7 +399,11 @@ class LineEditor(HistoricRecvLine):
         self._trim_history()
 
     def _trim_history(self) -> None:
-        excess = len(self.historyLines) - self.history_size
+        excess = max(0, len(self.historyLines) - self.history_size)
+        total = sum(len(line) for line in self.historyLines[excess:])
+        while total > HISTORY_BYTES and excess < len(self.historyLines) - 1:  # keep the last line
+            total -= len(self.historyLines[excess])
+            excess += 1
         if excess > 0:
             del self.historyLines[:excess]
             self.historyPosition = max(0, self.historyPosition - excess)
@@ -371,6 +421,7 @@ class TerminalShell(_ShellBase):
         self.transport = _CoalescingTransport(chan)
         self.protocol = _TerminalProtocol()
         self._typeahead = bytearray()
+        self._waiting_output = False
         self._eof = False
         settings = context.shell
         # The names are sanitised, the operator's prompt template is not (it may hold colours).
@@ -394,23 +445,29 @@ class TerminalShell(_ShellBase):
             self.editor.makeConnection(self.protocol)
             self.editor.terminalSize(self.terminal.columns, self.terminal.rows)
 
+    @property
+    def _busy(self) -> bool:
+        """A command runs, or its output has not left yet: input waits as typeahead."""
+        return self.running is not None or self._waiting_output
+
     def data_received(self, data: bytes) -> None:
         if self.ended:
             return
-        if self.running is not None:
+        if self._busy:
             if CTRL_C in data:
                 self._interrupt_running()
                 return
-            self._typeahead += data
-            if len(self._typeahead) > INPUT_HIGH_WATER:
-                self.chan.pause_input()
+            self._typeahead += data  # the channel's account counts it: the window shuts when full
             return
         self._feed(data)
+
+    def input_held(self) -> int:
+        return len(self._typeahead)
 
     def _interrupt_running(self) -> None:
         """Like a tty's INTR: interrupt the command and flush the typeahead."""
         self._typeahead.clear()
-        self.chan.resume_input()
+        self.chan.input_consumed()
         self.transport.flush()
         self.chan.send(b"^C\r\n")
         self.interrupt()
@@ -424,7 +481,7 @@ class TerminalShell(_ShellBase):
             for i in range(len(data)):
                 if self.ended:
                     return
-                if self.running is not None:  # a command started: the rest waits for it
+                if self._busy:  # a command started: the rest waits for it
                     rest = data[i:]
                     if CTRL_C in rest:
                         self._interrupt_running()
@@ -443,16 +500,22 @@ class TerminalShell(_ShellBase):
     def _command_done(self, outcome: Outcome) -> None:
         if self.ended:
             return
+        flushed = self.chan.flushed()
+        if not flushed.called:  # like a shell blocked on its terminal: the prompt and the next
+            self._waiting_output = True  # command wait until the output has left
+            flushed.addCallback(lambda _: self._command_done(outcome))
+            return
+        self._waiting_output = False
         typeahead = bytes(self._typeahead)
         self._typeahead.clear()
-        self.chan.resume_input()
         if self._eof and not typeahead:
             self.end(self.last_status)
             return
         self.editor.drawInputLine()
         if typeahead:
             self._feed(typeahead)
-        if self._eof and self.running is None:
+        self.chan.input_consumed()
+        if self._eof and not self._busy:
             self.end(self.last_status)
 
     def end(self, status: int) -> None:
@@ -462,8 +525,15 @@ class TerminalShell(_ShellBase):
     def eof_received(self) -> None:
         self._eof = True
         self.end_of_input()
-        if self.running is None:
+        if not self._busy:
             self.end(self.last_status)
 
     def window_changed(self, columns: int, rows: int) -> None:
         self.editor.terminalSize(columns, rows)
+
+    def connection_lost(self) -> None:
+        # What the session held goes now, not when the garbage collector breaks its cycles.
+        self._typeahead = bytearray()
+        self.editor.historyLines = []
+        self.editor.lineBuffer = []
+        super().connection_lost()

@@ -14,8 +14,10 @@ from conchcmd.auth import Identity
 from conchcmd.commands import Command, CommandTable, Dispatcher, ExitStatus, Invocation
 from conchcmd.realm import make_handler
 from conchcmd.session import (
-    INPUT_HIGH_WATER,
     OUTPUT_HIGH_WATER,
+    OUTPUT_LOW_WATER,
+    WINDOW_FLOOR,
+    ConnectionBudget,
     SessionChannel,
     SessionContext,
     ShellSettings,
@@ -49,9 +51,12 @@ class RecordingConnection:
     def sendClose(self, chan: Any) -> None:
         self.sent.append(("close", None))
 
-    def adjustWindow(self, chan: Any, n: int) -> None:
+    def grant_window(self, chan: Any, n: int) -> None:
         self.sent.append(("window", n))
         chan.localWindowLeft += n
+
+    def granted(self) -> int:
+        return sum(v for k, v in self.sent if k == "window")
 
     def kinds(self) -> list[str]:
         return [k for k, _ in self.sent]
@@ -63,7 +68,7 @@ class RecordingConnection:
 class Harness:
     """A SessionChannel on a RecordingConnection, with a command table the test controls."""
 
-    def __init__(self, window: int = 1 << 20, max_packet: int = 32768):
+    def __init__(self, window: int = 1 << 20, max_packet: int = 32768, budget: ConnectionBudget | None = None):
         self.clock = task.Clock()
         self.audit = MemoryAuditLog()
         self.gate: defer.Deferred[None] | None = None
@@ -76,10 +81,45 @@ class Harness:
         )
         self.dispatcher = Dispatcher(self.table, self.audit, self.clock)
         identity = Identity("admin", "publickey", "ssh-ed25519", "SHA256:x")
-        context = SessionContext(self.dispatcher, self.clock, identity, "10.0.0.1:40000", ShellSettings("testhost"))
+        self.budget = budget or ConnectionBudget()
+        self.context = SessionContext(
+            self.dispatcher,
+            self.clock,
+            identity,
+            "10.0.0.1:40000",
+            ShellSettings("testhost"),
+            budget=self.budget,
+        )
         self.conn = RecordingConnection()
-        self.chan = SessionChannel(context, make_handler, remoteWindow=window, remoteMaxPacket=max_packet)
+        self.chan = SessionChannel(self.context, make_handler, remoteWindow=window, remoteMaxPacket=max_packet)
         self.chan.conn = self.conn  # type: ignore[assignment]
+
+    def client_sends(self, data: bytes, chan: SessionChannel | None = None) -> None:
+        """What Conch's ssh_CHANNEL_DATA does: the window shrinks, then the channel gets the data.
+        A client cannot send more than the window (Conch would close the channel)."""
+        chan = chan or self.chan
+        assert len(data) <= chan.localWindowLeft, (len(data), chan.localWindowLeft)
+        chan.localWindowLeft -= len(data)
+        chan.dataReceived(data)
+
+    def settle(self) -> None:
+        """Run what is due now, including the shell's continuations (it yields every few lines)."""
+        for _ in range(100_000):
+            if not any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()):
+                return
+            self.clock.advance(0)
+        raise AssertionError("still busy after 100000 turns")
+
+    def fill_window(self, pattern: bytes, chan: SessionChannel | None = None, total: int = 1 << 30) -> int:
+        """Send `pattern` repeated, packet by packet, as long as the window allows (at most `total`)."""
+        chan = chan or self.chan
+        sent = 0
+        while chan.localWindowLeft > 0 and sent < total:
+            n = min(chan.localWindowLeft, 32768, total - sent)
+            offset = sent % len(pattern)  # the pattern runs on across packets
+            self.client_sends((pattern * (n // len(pattern) + 2))[offset : offset + n], chan)
+            sent += n
+        return sent
 
     async def _say(self, inv: Invocation) -> int:
         await inv.stdout.write(" ".join(inv.args).encode() + b"\n")
@@ -179,19 +219,146 @@ def test_plain_shell_input_before_start_is_kept() -> None:
     assert h.conn.sent[-2:] == [("exit-status", b"\0\0\0\0"), ("close", None)]
 
 
-def test_plain_shell_pauses_input_while_a_command_runs() -> None:
+SAY_LINE = b"say " + b"x" * 250 + b"\n"
+
+
+def test_plain_shell_window_follows_what_it_holds() -> None:
+    """While a command runs, waiting lines fill the channel's account: the window shuts at
+    `input_limit`, and no line is lost: all run, in order, once the command ends."""
     h = Harness()
     h.shell()
-    h.chan.dataReceived(b"block\n")
-    lines = INPUT_HIGH_WATER // 5 + 10
-    h.chan.localWindowLeft -= 1_500_000  # what the client has sent and Conch has counted
-    h.chan.dataReceived(b"say x\n" * lines)
-    assert h.chan.input_paused
+    h.client_sends(b"block\n")
+    sent = h.fill_window(SAY_LINE)
+    assert h.chan.localWindowLeft == 0
+    assert h.chan.input_held() == sent  # everything sent since `block` waits
+    assert h.chan.input_held() <= h.chan.input_limit  # shut at the limit, not beyond
+    assert h.conn.data() == b""
     assert h.gate is not None
     h.gate.callback(None)
-    assert not h.chan.input_paused
-    assert ("window", 1_500_000) in h.conn.sent  # the window opens again once input is consumed
-    assert h.conn.data().count(b"x\n") == lines
+    h.settle()
+    assert h.chan.input_held() == sent % len(SAY_LINE)  # only the partial line the window cut
+    assert h.conn.data() == SAY_LINE[4:] * (sent // len(SAY_LINE))
+    assert h.chan.localWindowLeft > h.chan.input_limit // 2  # the window opened again
+    assert h.conn.granted() > 0
+
+
+def test_plain_shell_runs_the_next_line_once_the_output_has_left() -> None:
+    """Like `sh` writing to a pipe nobody reads: the second command waits for the first one's
+    output to go out, so a client that reads nothing cannot make the server run line after line."""
+    h = Harness(window=0)
+    h.shell()
+    h.client_sends(b"say one\nsay two\n")
+    assert [c["argv"] for c in h.audit.of("command")] == [["say", "one"]]
+    assert h.chan.input_held() == len(b"say two\n")
+    h.chan.addWindowBytes(1000)
+    assert [c["argv"] for c in h.audit.of("command")] == [["say", "one"], ["say", "two"]]
+    assert h.conn.data() == b"one\ntwo\n"
+
+
+def test_a_connection_holds_at_most_four_mib() -> None:
+    """Sixteen channels holding 256 KiB each use the default budget up: a seventeenth is offered
+    only the small window that lets a Ctrl-C through."""
+    h = Harness()
+    assert h.chan.input_limit == 256 * 1024
+    channels = [h.chan]
+    for _ in range(16):
+        chan = SessionChannel(h.context, make_handler, remoteWindow=1 << 20, remoteMaxPacket=32768)
+        chan.conn = h.conn  # type: ignore[assignment]
+        channels.append(chan)
+    for chan in channels:
+        assert chan.requestReceived(b"shell", b"") == 1
+    h.clock.advance(0)
+    for chan in channels:
+        h.client_sends(b"block\n", chan)
+        h.fill_window(SAY_LINE, chan)
+    assert h.budget.limit == 4 * 1024 * 1024
+    assert h.budget.committed() <= h.budget.limit + WINDOW_FLOOR
+    assert all(256 * 1024 - 6 <= c.input_held() <= 256 * 1024 for c in channels[:16])  # less `block`
+    assert channels[16].input_held() <= WINDOW_FLOOR
+
+
+def test_blank_lines_are_not_commands() -> None:
+    """Blank lines (empty, spaces, CR) are skipped: no dispatch, no log line, no audit record;
+    they do not stop the window from reopening either."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness()
+        h.shell()
+        sent = h.fill_window(b"\n \r\n\t\n", total=4 * h.chan.input_limit)
+        assert sent == 4 * h.chan.input_limit  # consumed as fast as it came: the window stayed open
+        h.client_sends(b"\n\nsay done\n   \n")
+        h.chan.eofReceived()
+        h.clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["argv"] for e in h.audit.of("command")] == [["say", "done"]]
+    received = [e for e in events if "Cmd received" in str(e.get("log_format", ""))]
+    assert [e["line"] for e in received] == ["say done"]
+    assert h.conn.data() == b"done\n"
+    assert h.conn.sent[-2:] == [("exit-status", b"\0\0\0\0"), ("close", None)]
+
+
+def test_channels_of_a_connection_share_one_budget() -> None:
+    """Two channels whose commands stall: together they hold no more than the connection's
+    budget, and the second one's window opens once the first lets go."""
+    budget = ConnectionBudget(limit=300_000)
+    h = Harness(budget=budget)
+    h.shell()
+    h.client_sends(b"block\n")
+    first = h.fill_window(SAY_LINE)
+    second = SessionChannel(h.context, make_handler, remoteWindow=1 << 20, remoteMaxPacket=32768)
+    second.conn = h.conn  # type: ignore[assignment]
+    assert second.requestReceived(b"shell", b"") == 1
+    h.clock.advance(0)
+    assert second.localWindowLeft == 300_000 - first  # what the budget has left
+    gate = h.gate
+    assert gate is not None
+    h.client_sends(b"block\n", second)
+    h.fill_window(SAY_LINE, second)
+    assert budget.committed() <= budget.limit
+    assert second.localWindowLeft == 0
+    gate.callback(None)  # the first channel's lines run: its bytes are free again
+    h.settle()
+    assert second.localWindowLeft > 0  # ... and the starved channel was offered them
+    assert budget.committed() <= budget.limit
+    held = second.input_held()
+    assert held > 0
+    second.closed()  # its buffers go at once, not when the garbage collector gets to the channel
+    assert second.input_held() == 0 and second.handler._input == bytearray()  # type: ignore[union-attr]
+    h.chan.closed()
+    assert budget.channels == {}
+
+
+def test_output_waits_sooner_when_the_connection_is_over_budget() -> None:
+    """Two floods to clients that read nothing: each writer waits at the low-water mark once the
+    connection is over its budget, not at the (per-channel) high-water mark."""
+    h = Harness(window=0, budget=ConnectionBudget(limit=256 * 1024))
+    second = SessionChannel(h.context, make_handler, remoteWindow=0, remoteMaxPacket=32768)
+    second.conn = h.conn  # type: ignore[assignment]
+    h.exec(b"flood 5000000")
+    assert second.requestReceived(b"exec", common.NS(b"flood 5000000")) == 1
+    h.clock.advance(0)
+    assert h.chan.busy and second.busy
+    chunk = 100_000  # what `flood` writes at a time
+    assert h.chan._queued + second._queued <= 2 * (OUTPUT_LOW_WATER + chunk)
+    assert OUTPUT_LOW_WATER + chunk < OUTPUT_HIGH_WATER  # i.e. less than either could queue alone
+
+
+def test_ctrl_c_gets_through_while_output_fills_the_budget() -> None:
+    """A channel whose queued output uses the whole budget still offers a small window, so a
+    pty user can interrupt the command with Ctrl-C."""
+    h = Harness(window=0, budget=ConnectionBudget(limit=64 * 1024))
+    h.shell(pty=True)
+    h.client_sends(b"flood 5000000\r")
+    assert h.chan.busy
+    assert h.chan.committed() > 64 * 1024  # output alone is over budget
+    assert h.chan.localWindowLeft > 0
+    h.client_sends(b"\x03")
+    h.clock.advance(0)
+    assert not h.chan.busy
 
 
 def test_pty_echo_is_one_packet_per_batch() -> None:

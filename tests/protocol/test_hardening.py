@@ -4,19 +4,52 @@ from __future__ import annotations
 
 from conchcmd.audit import TerminalSafe, terminal_safe
 from conchcmd.completion import list_paths
-from conchcmd.session import INPUT_HIGH_WATER
+from conchcmd.shell import HISTORY_BYTES, MAX_CONTROL_SEQUENCE
 from protocol.test_channel_and_shells import Harness
 
 
 def test_empty_lines_count_toward_the_input_limit() -> None:
     h = Harness()
     h.shell()
-    h.chan.dataReceived(b"block\n")
-    h.chan.dataReceived(b"\n" * (INPUT_HIGH_WATER + 1))
-    assert h.chan.input_paused  # the client's window stays shut: memory is bounded
+    h.client_sends(b"block\n")
+    sent = h.fill_window(b"\n")
+    assert h.chan.localWindowLeft == 0  # the client's window stays shut: memory is bounded
+    assert h.chan.input_held() == sent <= h.chan.input_limit
     assert h.gate is not None
     h.gate.callback(None)
-    assert not h.chan.input_paused
+    assert h.chan.input_held() == 0
+    assert h.chan.localWindowLeft > 0
+
+
+def test_history_is_bounded_in_bytes_too() -> None:
+    """500 lines of nearly 16 K each would be 8 MB per session: history keeps 64 KiB at most,
+    the newest lines, and Up still recalls the last one."""
+    h = Harness()
+    h.shell(pty=True)
+    editor = h.chan.handler.editor  # type: ignore[union-attr]
+    long_line = b"say " + b"y" * 15_000
+    for i in range(6):
+        h.client_sends(long_line + str(i).encode() + b"\r")
+        h.settle()
+    assert sum(len(line) for line in editor.historyLines) <= HISTORY_BYTES
+    assert editor.historyLines[-1] == long_line + b"5"
+    assert len(editor.historyLines) == HISTORY_BYTES // len(long_line + b"5")  # the 4 newest
+    h.client_sends(b"\x1b[A")  # Up
+    assert b"".join(editor.lineBuffer) == long_line + b"5"
+
+
+def test_an_endless_control_sequence_is_not_collected() -> None:
+    """`ESC [` followed by a megabyte of parameters: insults would keep every byte (a list entry
+    each); the sequence is dropped once longer than any key sends, and the shell still works."""
+    h = Harness()
+    h.shell(pty=True)
+    protocol = h.chan.handler.protocol  # type: ignore[union-attr]
+    h.client_sends(b"\x1b[")
+    for _ in range(4):
+        h.client_sends(b"1;" * 16384)
+        assert len(getattr(protocol, "escBuf", [])) <= MAX_CONTROL_SEQUENCE
+    h.client_sends(b"\x03say ok\r")
+    assert b"ok\r\n" in h.conn.data()
 
 
 def test_exec_is_not_busy_once_its_command_has_ended() -> None:
