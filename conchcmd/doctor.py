@@ -85,7 +85,7 @@ def _authorized_keys(config: Config) -> Iterator[Finding]:
             )
             continue
         parsed = parse_authorized_keys(
-            path.read_text(errors="replace"), str(path), permit_environment=config.permit_user_environment
+            path.read_bytes(), str(path), permit_environment=config.permit_user_environment
         )
         for problem in parsed.problems:
             yield Finding(PROBLEM, problem, "fix or remove that line (see the README's option list)")

@@ -343,7 +343,7 @@ def test_source_address_refuses_other_peers(site: Site, sign, make_ca, peer) -> 
         site.check(sign("source-address=10.0.0.5/32,192.0.2.128/25"), peer=peer)
 
 
-@pytest.mark.parametrize("option", ["critical:foo=bar", "critical:foo", "critical:verify-required"])
+@pytest.mark.parametrize("option", ["critical:foo=bar", "critical:foo", "critical:permit-pty"])
 def test_unknown_critical_option_is_refused(site: Site, sign, make_ca, option: str) -> None:
     site.trust(make_ca("ed25519"))
     name = option.split(":", 1)[1].split("=", 1)[0]
@@ -594,7 +594,7 @@ def test_cert_authority_line_command_conflicting_with_force_command_is_refused(s
 
 
 def test_cert_authority_line_with_an_unknown_option_is_not_a_ca(site: Site, sign, make_ca) -> None:
-    site.authorize_lines("alice", f"cert-authority,verify-required {make_ca('ed25519-other').public_line}")
+    site.authorize_lines("alice", f"cert-authority,frobnicate {make_ca('ed25519-other').public_line}")
     with pytest.raises(KeyRefused):
         site.check(sign(ca="ed25519-other"))
 
@@ -606,13 +606,15 @@ def test_expired_cert_authority_line_is_refused(site: Site, sign, make_ca) -> No
 
 
 def test_cert_authority_line_and_trusted_file_together(site: Site, sign, make_ca) -> None:
-    """The user's own line (with principals=) decides for that CA, even if the CA is also trusted."""
+    """As in sshd, a certificate passes through either: the user's cert-authority line (with its
+    principals=), or, failing that, trusted_user_ca_keys (the user name as a principal)."""
     ca = make_ca("ed25519")
     site.trust(ca)
-    site.authorize_lines("alice", f'cert-authority,principals="ops" {ca.public_line}')
-    site.check(sign(principals="ops"))
+    site.authorize_lines("alice", f'cert-authority,principals="ops",command="lastlog" {ca.public_line}')
+    assert site.check(sign(principals="ops")).identity.grant.forced_command == "lastlog"
+    assert site.check(sign(principals="alice")).identity.grant.forced_command is None
     with pytest.raises(KeyRefused, match="do not include alice"):
-        site.check(sign(principals="alice"))
+        site.check(sign(principals="bob"))
 
 
 def test_each_cert_authority_line_for_the_same_ca_is_judged_on_its_own(site: Site, sign, make_ca) -> None:
