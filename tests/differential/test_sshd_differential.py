@@ -15,8 +15,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from differential.conftest import AttemptError, Pair, attempt
-from support.authcases import Case, generate
+from support.authcases import SEPARATORS, Case, generate, public_line
 
 pytestmark = pytest.mark.differential
 
@@ -87,6 +88,22 @@ def test_conchcmd_decides_like_sshd(server_pair: Pair) -> None:
     )
     # The generator must produce both outcomes, or the comparison proves little.
     assert 0.1 * len(cases) < accepted < 0.9 * len(cases), f"sshd accepted {accepted} of {len(cases)}"
+
+
+def test_a_separator_in_a_comment_does_not_bypass_from(server_pair: Pair) -> None:
+    """Issue 10, defect 3, end to end: a comment holding a line separator (for Python) and a bare
+    copy of the key must not let the key in from an address its from= forbids."""
+    cases = []
+    for separator in SEPARATORS:
+        if b"\n" in separator:  # a real line end, for sshd too
+            continue
+        key = ed25519.Ed25519PrivateKey.generate()
+        line = b'from="127.0.0.3" ' + public_line(key) + b" ops" + separator + public_line(key)
+        for source in ("127.0.0.2", "127.0.0.3"):
+            cases.append(Case(len(cases), f"separator {separator!r}", key, source, lines=[line]))
+    for case, by_sshd, by_conch in _run_batch(server_pair, cases):
+        expected = case.source == "127.0.0.3"
+        assert (by_sshd, by_conch) == (expected, expected), case.describe()
 
 
 def test_attempt_errors_are_not_refusals(server_pair: Pair) -> None:
