@@ -54,6 +54,7 @@ KNOWN_EXTENSIONS = frozenset(
         b"permit-user-rc",
     }
 )
+MAX_PRINCIPALS = 256  # SSHKEY_CERT_MAX_PRINCIPALS
 WEAK_CA_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
 
 
@@ -83,8 +84,10 @@ def is_certificate(blob: bytes) -> bool:
     return kind.endswith(CERT_SUFFIX.encode())
 
 
-def parse_certificate(blob: bytes) -> SSHCertificate:
-    """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
+def load_certificate(blob: bytes) -> SSHCertificate:
+    """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
+    formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
+    CertificateRefused otherwise."""
     try:
         kind, _ = getNS(blob)
         identity = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
@@ -92,6 +95,20 @@ def parse_certificate(blob: bytes) -> SSHCertificate:
         raise CertificateRefused(f"malformed certificate ({e})") from None
     if not isinstance(identity, SSHCertificate):
         raise CertificateRefused("not a certificate")
+    if b"\0" in identity.key_id or any(b"\0" in p for p in identity.valid_principals):
+        raise CertificateRefused("malformed certificate (NUL in the key id or a principal)")
+    if len(identity.valid_principals) > MAX_PRINCIPALS:
+        raise CertificateRefused(f"malformed certificate (more than {MAX_PRINCIPALS} principals)")
+    try:
+        identity.verify_cert_signature()
+    except (InvalidSignature, ValueError, TypeError):
+        raise CertificateRefused("certificate signature is not valid") from None
+    return identity
+
+
+def parse_certificate(blob: bytes) -> SSHCertificate:
+    """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
+    identity = load_certificate(blob)
     if identity.type != SSHCertificateType.USER:
         raise CertificateRefused("a host certificate cannot log in")
     return identity
@@ -173,22 +190,19 @@ def certificate_options(blob: bytes) -> dict[str, str]:
 
 
 def principals_allow(principals: tuple[str, ...], user: str, wanted: str | None) -> bool:
-    """Whether a certificate's principals pass an authorized_keys `principals=` option (sshd's
-    match_list: both sides split at commas, up to the first empty item, compared exactly), or,
-    without the option, name `user`."""
+    """Whether a certificate's principals pass an authorized_keys `principals=` option, or,
+    without the option, name `user`. As current sshd does (and Debian's 9.2 measurably): the
+    option is split at commas up to the first empty item, and each item must equal a whole
+    principal. (sshd 9.2 as released split the principals too, so a principal "x,admin"
+    matched principals="admin".)"""
     if wanted is None:
         return user in principals
-
-    def items(text: str) -> list[str]:
-        out = []
-        for item in text.split(","):
-            if not item:
-                break
-            out.append(item)
-        return out
-
-    allowed = items(wanted)
-    return any(item in allowed for principal in principals for item in items(principal))
+    for item in wanted.split(","):
+        if not item:
+            return False
+        if item in principals:
+            return True
+    return False
 
 
 def public_blob(key: object) -> bytes:
@@ -281,10 +295,12 @@ def _key_blob(field: KeyField) -> bytes:
 def _revoked_blob(field: KeyField) -> bytes:
     """The key a revoked_keys line names: a public key, or the key of a certificate line."""
     if field.key_type.endswith(CERT_SUFFIX):
-        identity = serialization.load_ssh_public_identity(field.key_type.encode() + b" " + base64.b64encode(field.blob))
-        if not isinstance(identity, SSHCertificate):
-            raise ValueError("not a certificate")
-        return public_blob(identity.public_key())
+        if getNS(field.blob)[0].decode(errors="replace") != LINE_KEY_TYPES[field.key_type]:
+            raise ValueError("certificate type does not match the line")
+        try:
+            return public_blob(load_certificate(field.blob).public_key())
+        except CertificateRefused as e:
+            raise ValueError(str(e)) from None
     return _key_blob(field)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 
 SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.1.2.3", "127.200.0.9")
@@ -37,6 +37,9 @@ SEPARATORS = (
     "\u2029".encode(),
     b"\x85",  # not UTF-8 on its own
 )
+#: The separators that do not end a line for sshd either. (The shared CA and revocation files get
+#: only these: a real second line there would be unreadable and refuse every case's key.)
+IN_LINE = tuple(s for s in SEPARATORS if b"\n" not in s)
 #: Every C0 control character but \n, DEL, the Unicode separators, and bytes that are not UTF-8.
 SPECIALS = (
     *(bytes([c]) for c in range(0x20) if c != 0x0A),
@@ -121,13 +124,17 @@ class Generator:
         self.user = user
         self.now = int(now if now is not None else time.time())
         self.count = 0
+        self.unreadable_cert = False
 
     # -- keys ------------------------------------------------------------------------------
 
     def new_key(self) -> Any:
         # Key material cannot come from the seeded Random; the lines around it do.
-        if self.rng.random() < 0.15:
-            return ec.generate_private_key(ec.SECP256R1())
+        roll = self.rng.random()
+        if roll < 0.03:
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if roll < 0.15:
+            return ec.generate_private_key(self.rng.choice([ec.SECP256R1(), ec.SECP256R1(), ec.SECP384R1()]))
         return ed25519.Ed25519PrivateKey.generate()
 
     # -- small pieces ----------------------------------------------------------------------
@@ -179,6 +186,7 @@ class Generator:
             (b"", None),
             (own + b"/32", None),
             (own + b"/", None),
+            (b"*" * 1100, None),  # longer than sshd's pattern buffer
             (b"localhost", "not an address"),
             (b"*.example.com", "not an address"),
             (b"Example.COM", "not an address"),
@@ -204,6 +212,8 @@ class Generator:
             time.strftime("%Y%m%d%H%M", future),
             time.strftime("%Y%m%d%H%M%S", past) + "Z",
             time.strftime("%Y%m%d%H%M%S", future) + "Z",
+            time.strftime("%Y%m%d%H%M%S", time.gmtime(self.now - 120)) + "Z",
+            time.strftime("%Y%m%d%H%M%S", time.gmtime(self.now + 120)) + "Z",
             time.strftime("%Y%m%d%H%M", future) + "z",
             time.strftime("%Y%m%d", future) + "UTC",
             time.strftime("%Y%m%d", past) + "utc",
@@ -279,6 +289,8 @@ class Generator:
     def line(self, key: Any, options: list[bytes], case: Case, comment: bytes | None = None) -> bytes:
         rng = self.rng
         key_part = public_line(key)
+        if key_part.startswith(b"ssh-rsa ") and rng.random() < 0.5:  # sshd reads these names as RSA too
+            key_part = rng.choice([b"rsa-sha2-256", b"rsa-sha2-512"]) + key_part[7:]
         if rng.random() < 0.15:
             key_part = key_part.replace(b" ", rng.choice([b"\t", b"  ", b" \t"]), 1)
         body = key_part
@@ -329,7 +341,11 @@ class Generator:
 
     def _fuzz(self, case: Case) -> None:
         line = self.line(case.key, self.options(case), case)
-        for _ in range(self.rng.choice([1, 1, 2])):
+        if self.rng.random() < 0.2:  # another type's name before this key's base64
+            names = [b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384", b"ssh-rsa", b"ssh-dss"]
+            line = line.replace(public_line(case.key).split(b" ")[0], self.rng.choice(names), 1)
+            case.notes.append("key type name swapped")
+        for _ in range(self.rng.choice([0, 1, 1, 2])):
             line = self.mutate(line)
         case.notes.append("mutated line")
         case.lines.append(line)
@@ -337,7 +353,7 @@ class Generator:
     def _revoked(self, case: Case) -> None:
         case.lines.append(self.line(case.key, self.options(case), case, comment=b""))
         if self.rng.random() < 0.7:
-            comment = self.rng.choice([b"", b"revoked", b"gone" + self.rng.choice(SEPARATORS) + b"x", self.noise()])
+            comment = self.rng.choice([b"", b"revoked", b"gone" + self.rng.choice(IN_LINE) + b"x", self.noise()])
             case.revoked.append(self.rng.choice([b"", b" ", b"\t"]) + public_line(case.key, comment))
         else:
             case.notes.append("revoked list names another key only")
@@ -348,11 +364,9 @@ class Generator:
     def certificate(self, case: Case, ca: Any) -> bytes:
         rng = self.rng
         now = self.now
+        key_id = rng.choice([b"id-" + self.noise(2), b"nul\0id"]) if rng.random() < 0.3 else b"case-%d" % case.number
         builder = (
-            SSHCertificateBuilder()
-            .public_key(case.key.public_key())
-            .serial(rng.randrange(1 << 32))
-            .key_id(b"id-" + self.noise(2) if rng.random() < 0.3 else f"case-{case.number}".encode())
+            SSHCertificateBuilder().public_key(case.key.public_key()).serial(rng.randrange(1 << 32)).key_id(key_id)
         )
         kind = SSHCertificateType.HOST if rng.random() < 0.06 else SSHCertificateType.USER
         builder = builder.type(kind)
@@ -368,6 +382,7 @@ class Generator:
                 [" " + self.user],
                 [self.user.upper()],
                 ["*"],
+                [self.user, "nul\0principal"],
             ]
         )
         if principals_choice:
@@ -383,7 +398,7 @@ class Generator:
             "forever": (0, (1 << 64) - 1),
         }[window]
         builder = builder.valid_after(after).valid_before(before)
-        case.notes.append(f"certificate {kind.name} principals={principals_choice} window={window}")
+        case.notes.append(f"certificate {kind.name} id={key_id!r} principals={principals_choice} window={window}")
         if rng.random() < 0.3:
             builder = builder.add_critical_option(b"force-command", rng.choice([b"lastlog", b"help", b""]))
         if rng.random() < 0.35:
@@ -412,14 +427,20 @@ class Generator:
             if rng.random() < 0.4:
                 builder = builder.add_extension(name, b"" if rng.random() < 0.85 else b"data")
         cert = builder.sign(ca)
+        # sshd cannot read such a certificate at all: in the shared revocation file it would make
+        # sshd (and conchcmd) refuse every key, so it is never listed there.
+        self.unreadable_cert = b"\0" in key_id or any("\0" in p for p in principals_choice)
         return cert.public_bytes()
 
     def _trusted_cert(self, case: Case) -> None:
         ca = self.new_key()
         case.cert = self.certificate(case, ca)
         if self.rng.random() < 0.85:
-            comment = self.rng.choice([b"", b"ca", b"ca" + self.rng.choice(SEPARATORS) + b"x", self.noise()])
-            case.trusted.append(public_line(ca, comment))
+            comment = self.rng.choice([b"", b"ca", b"ca" + self.rng.choice(IN_LINE) + b"x", self.noise()])
+            if self.rng.random() < 0.01:  # sshd stops reading the file here: no CA after it is trusted
+                case.trusted.append(b"not a key")
+                case.notes.append("an unreadable line before the CA")
+            case.trusted.append(self.rng.choice([b"", b" ", b"\t"]) + public_line(ca, comment))
         else:
             case.notes.append("CA not trusted")
         self._maybe_revoke_cert(case, ca)
@@ -438,6 +459,8 @@ class Generator:
             case.lines.append(self.line(ca, options, case))
         if self.rng.random() < 0.2:
             case.trusted.append(public_line(ca, b"also trusted"))
+        if self.rng.random() < 0.1:  # the certified key itself, as a plain key: no use to a certificate
+            case.lines.append(self.line(case.key, [], case))
         self._maybe_revoke_cert(case, ca)
 
     def _maybe_revoke_cert(self, case: Case, ca: Any) -> None:
@@ -446,7 +469,7 @@ class Generator:
             case.revoked.append(public_line(ca, b"revoked CA"))
         elif roll < 0.12:
             case.revoked.append(public_line(case.key, b"revoked key"))
-        elif roll < 0.16:
+        elif roll < 0.16 and not self.unreadable_cert:
             assert case.cert is not None
             case.revoked.append(case.cert.rstrip(b"\n"))
 

@@ -775,3 +775,98 @@ def test_check_cli_expired_certificate(tmp_path: Path, monkeypatch: pytest.Monke
     cert = sign(validity="-2d:-1d")
     assert main(["check", "--user", "alice", "--key", str(cert.path)]) == 1
     assert capsys.readouterr().out == "login: REFUSED: certificate has expired\n"
+
+
+# -- what the sshd differential tests found (tests/differential) ----------------------------------
+
+
+def test_a_principal_containing_a_comma_is_one_principal(site: Site) -> None:
+    """principals="admin" must not match a certificate principal "x,admin" (current sshd, and
+    Debian's 9.2, compare whole principals; 9.2 as released split them at commas)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ca = ed25519.Ed25519PrivateKey.generate()
+    ca_line = ca.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    site.authorize_lines("alice", f'cert-authority,principals="admin" {ca_line.decode()}')
+    algorithm = b"ssh-ed25519-cert-v01@openssh.com"
+    with pytest.raises(KeyRefused, match="principals"):
+        site.authorizer.authorize("alice", algorithm, _raw_certificate(principals=[b"x,admin"], ca=ca), "10.0.0.5")
+    site.authorizer.authorize("alice", algorithm, _raw_certificate(principals=[b"x", b"admin"], ca=ca), "10.0.0.5")
+
+
+@pytest.mark.parametrize("wanted", ["ops,,admin", ",admin"])
+def test_principals_option_stops_at_an_empty_item(site: Site, sign, make_ca, wanted: str) -> None:
+    ca = make_ca("ed25519-other")
+    site.authorize_lines("alice", f'cert-authority,principals="{wanted}" {ca.public_line}')
+    with pytest.raises(KeyRefused, match="principals"):
+        site.check(sign(ca="ed25519-other", principals="admin"))
+
+
+def test_verify_required_is_a_known_critical_option(site: Site, sign, make_ca) -> None:
+    """sshd knows it; it only concerns FIDO keys, which conchcmd does not accept."""
+    site.trust(make_ca("ed25519"))
+    site.check(sign("verify-required"))
+
+
+def _raw_certificate(
+    *, key_id: bytes = b"id", extensions=(), critical=(), principals=(b"alice",), ca=None
+) -> bytes:
+    """A certificate made with `cryptography`, which (unlike ssh-keygen) writes what it is given."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(ed25519.Ed25519PrivateKey.generate().public_key())
+        .serial(1)
+        .type(SSHCertificateType.USER)
+        .key_id(key_id)
+        .valid_principals(list(principals))
+        .valid_after(0)
+        .valid_before((1 << 64) - 1)
+    )
+    for name, value in extensions:
+        builder = builder.add_extension(name, value)
+    for name, value in critical:
+        builder = builder.add_critical_option(name, value)
+    signed = builder.sign(ca or ed25519.Ed25519PrivateKey.generate())
+    return base64.b64decode(signed.public_bytes().split()[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"key_id": b"a\0b"}, "NUL in the key id"),
+        ({"extensions": [(b"permit-pty", b"data")]}, "permit-pty is corrupt"),
+        ({"critical": [(b"force-command", b"")]}, "force-command cannot be parsed"),
+        ({"critical": [(b"source-address", b"10.0.0.1/8")]}, "source-address is malformed"),
+        ({"critical": [(b"source-address", b"10.0.0.1, 10.0.0.2")]}, "source-address is malformed"),
+    ],
+)
+def test_certificates_sshd_cannot_read_are_refused(kwargs: dict, message: str) -> None:
+    from conchcmd.certs import CertificateRefused, certificate_options, parse_certificate
+
+    blob = _raw_certificate(**kwargs)
+    with pytest.raises(CertificateRefused, match=message):
+        parse_certificate(blob)
+        certificate_options(blob)
+
+
+def test_an_unreadable_certificate_in_revoked_keys_refuses_everything(site: Site, sign, make_ca) -> None:
+    """sshd cannot read it either, and then treats every key as revoked."""
+    site.trust(make_ca("ed25519"))
+    blob = _raw_certificate(key_id=b"a\0b")
+    site.revoke("ssh-ed25519-cert-v01@openssh.com " + base64.b64encode(blob).decode())
+    with pytest.raises(KeyRefused, match="revocation list has an unreadable line"):
+        site.check(sign())
+
+
+def test_a_bad_line_in_the_trusted_file_hides_the_cas_after_it(site: Site, sign, make_ca) -> None:
+    """sshd stops reading TrustedUserCAKeys at a line it cannot read."""
+    ca = make_ca("ed25519")
+    site.trusted.write_text(f"not a key\n{ca.public_line}\n")
+    with pytest.raises(KeyRefused, match="not trusted"):
+        site.check(sign())
+    site.trusted.write_text(f"{ca.public_line}\nnot a key\n")
+    site.check(sign())
