@@ -46,7 +46,7 @@ FLAGS: dict[str, bool] = {
 #: sshd's options that take a quoted value.
 VALUE_OPTIONS = ("command", "principals", "from", "expiry-time", "environment", "permitopen", "permitlisten", "tunnel")
 SSH_TUNID_MAX = 0x7FFFFFFF - 2
-PERMIT_MAX = 4096
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # strncasecmp's
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _DECIMAL = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")  # what strtonum() takes
 
@@ -104,9 +104,9 @@ def _match_flag(text: str, i: int) -> tuple[str, int] | None:
     """opt_flag(): a flag name is matched as a case-insensitive prefix, as sshd does."""
     for flag, negatable in FLAGS.items():
         j, prefix = i, ""
-        if negatable and text[j : j + 3].lower() == "no-":
+        if negatable and text[j : j + 3].translate(_ASCII_LOWER) == "no-":
             j, prefix = j + 3, "no-"
-        if text[j : j + len(flag)].lower() == flag:
+        if text[j : j + len(flag)].translate(_ASCII_LOWER) == flag:
             return prefix + flag, j + len(flag)
     return None
 
@@ -138,9 +138,10 @@ def parse_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
             options.append((flag[0], None))
             i = flag[1]
         else:
-            for name in VALUE_OPTIONS:
-                if text[i : i + len(name)].lower() == name and text[i + len(name) : i + len(name) + 1] == "=":
-                    value, i = _dequote(text, i + len(name) + 1, name)
+            for name in VALUE_OPTIONS:  # opt_match(): NAME= in any case
+                stop = i + len(name)
+                if text[i:stop].translate(_ASCII_LOWER) == name and text[stop : stop + 1] == "=":
+                    value, i = _dequote(text, stop + 1, name)
                     options.append((name, value))
                     break
         if i >= len(text) or text[i] in " \t":
@@ -213,7 +214,7 @@ def _valid_permit(value: str, *, allow_bare_port: bool) -> bool:
         return 0 < int(port) <= 65535
     try:
         return socket.getservbyname(port, "tcp") > 0
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         return False
 
 
@@ -228,9 +229,11 @@ def interpret_options(options: list[tuple[str, str | None]], *, permit_environme
     the line needs something conchcmd does not do (environment= without permit_user_environment)."""
     fields: dict[str, Any] = {}
     environment: list[str] = []
+    seen: set[str] = set()
     for name, value in options:
-        if value is not None and name in ("command", "principals", "from") and name in fields:
+        if name in ("command", "principals", "from") and name in seen:
             raise OptionError(f'multiple "{name}" clauses')
+        seen.add(name)
         if name == "command":
             fields["command"] = _text(value)
         elif name == "from":
@@ -239,7 +242,6 @@ def interpret_options(options: list[tuple[str, str | None]], *, permit_environme
                 fields["from_patterns"] = tuple(split_patterns(value))
             except PatternError as e:
                 raise OptionError(f"from=: {e}") from None
-            fields["from"] = True
         elif name == "expiry-time":
             assert value is not None
             expiry = parse_expiry(value)
@@ -266,7 +268,6 @@ def interpret_options(options: list[tuple[str, str | None]], *, permit_environme
             fields["pty"] = True
         elif name == "cert-authority":
             fields["cert_authority"] = True
-    fields.pop("from", None)
     if environment and not permit_environment:
         raise OptionError("environment= is not permitted (permit_user_environment is off)")
     return KeyOptions(**fields, environment=tuple(environment))

@@ -75,6 +75,7 @@ def _in_network(address: Address, network: tuple[Address, int]) -> bool:
 
 def match_pattern(string: str, pattern: str) -> bool:
     """match_pattern(): `*` is any run of characters, `?` any one; everything else is literal."""
+    pattern = re.sub(r"\*+", "*", pattern)  # as sshd skips consecutive asterisks (and no regex blow-up)
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, string, re.S) is not None
 

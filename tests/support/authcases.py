@@ -300,7 +300,7 @@ class Generator:
             body += rng.choice([b" ", b"\t", b"  "]) + comment
         if options:
             body = b",".join(options) + rng.choice([b" ", b" ", b"\t", b"  "]) + body
-        lead = rng.choice([b"", b"", b"", b" ", b"\t"])
+        lead = rng.choice([b"", b"", b"", b" ", b"\t", b"\xef\xbb\xbf", b"\x0b"])
         tail = rng.choice([b"", b"", b"", b"\r", b" ", b"\t", b"\x00junk"])
         return lead + body + tail
 
