@@ -84,6 +84,11 @@ def is_certificate(blob: bytes) -> bool:
     return kind.endswith(CERT_SUFFIX.encode())
 
 
+def is_cstring(value: bytes) -> bool:
+    """sshbuf_get_cstring() accepts a string with no NUL but, possibly, a last one."""
+    return b"\0" not in value[:-1]
+
+
 def load_certificate(blob: bytes) -> SSHCertificate:
     """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
     formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
@@ -95,7 +100,7 @@ def load_certificate(blob: bytes) -> SSHCertificate:
         raise CertificateRefused(f"malformed certificate ({e})") from None
     if not isinstance(identity, SSHCertificate):
         raise CertificateRefused("not a certificate")
-    if b"\0" in identity.key_id or any(b"\0" in p for p in identity.valid_principals):
+    if not is_cstring(identity.key_id) or not all(is_cstring(p) for p in identity.valid_principals):
         raise CertificateRefused("malformed certificate (NUL in the key id or a principal)")
     if len(identity.valid_principals) > MAX_PRINCIPALS:
         raise CertificateRefused(f"malformed certificate (more than {MAX_PRINCIPALS} principals)")
@@ -144,9 +149,9 @@ def _cstring(data: bytes, what: str) -> tuple[str, bytes]:
         value, rest = getNS(data)
     except (struct.error, IndexError, ValueError):
         raise CertificateRefused(f"certificate option {what} cannot be parsed") from None
-    if b"\0" in value:
+    if not is_cstring(value):
         raise CertificateRefused(f"certificate option {what} cannot be parsed")
-    return value.decode("utf-8", "surrogateescape"), rest
+    return value.removesuffix(b"\0").decode("utf-8", "surrogateescape"), rest
 
 
 def certificate_options(blob: bytes) -> dict[str, str]:
@@ -365,7 +370,7 @@ def validate_certificate(
         raise CertificateRefused("certificate signature is not valid") from None
     key_blob = public_blob(cert.public_key())
     revoked.check_certificate(cert, key_blob, ca_blob)
-    principals = tuple(p.decode("utf-8", "surrogateescape") for p in cert.valid_principals)
+    principals = tuple(p.removesuffix(b"\0").decode("utf-8", "surrogateescape") for p in cert.valid_principals)
     if not principals:  # sshd would let such a certificate in through a cert-authority line
         raise CertificateRefused("certificate has no principals")
     lines = [wanted for line_blob, wanted in authorities if line_blob == ca_blob]
@@ -385,7 +390,7 @@ def validate_certificate(
     force = options.get("force-command")
     grant = CertificateGrant(
         key=Key(cert.public_key()),
-        key_id=cert.key_id.decode("utf-8", "replace"),
+        key_id=cert.key_id.removesuffix(b"\0").decode("utf-8", "replace"),
         serial=cert.serial,
         ca_fingerprint=fingerprint(ca_blob),
         principals=principals,

@@ -29,6 +29,7 @@ from support.sshd import Sshd, secure_directory, sshd_available, system_user
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
+LISTENING6 = re.compile(rb"conchcmd: listening on .* \(::1:(\d+)\)")
 ATTEMPT_TIMEOUT = 30.0
 
 
@@ -72,6 +73,7 @@ class ConchServer(ServerFiles):
     files: Files
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    port6: int = 0
     returncode: int | None = None
     _log_file: Any = field(default=None, repr=False)
 
@@ -80,7 +82,7 @@ class ConchServer(ServerFiles):
         syslog = self.base / "syslog"
         syslog.write_text("nothing\n")
         settings = {
-            "listen": ["tcp:0:interface=127.0.0.1"],
+            "listen": ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"],
             "host_keys_dir": "keys",
             "authorized_keys": str(self.files.directory / "authorized_keys" / "%u"),
             "trusted_user_ca_keys": str(self.files.trusted),
@@ -109,15 +111,27 @@ class ConchServer(ServerFiles):
             start_new_session=True,
         )
 
-        def listening() -> int | None:
-            m = LISTENING.search(self.log_bytes())
-            if m:
-                return int(m.group(1))
+        def listening() -> tuple[int, int] | None:
+            log = self.log_bytes()
+            v4, v6 = LISTENING.search(log), LISTENING6.search(log)
+            if v4 and v6:
+                return int(v4.group(1)), int(v6.group(1))
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"conchcmd exited with {self.proc.returncode}:\n{self.log_text()}")
             return None
 
-        self.port = wait_for(listening, 15.0, "conchcmd's listening line")
+        self.port, self.port6 = wait_for(listening, 15.0, "conchcmd's listening lines")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one server listens: a port on 127.0.0.1 and one on ::1."""
+
+    port: int
+    port6: int
+
+    def address(self, source: str) -> tuple[str, int]:
+        return ("::1", self.port6) if ":" in source else ("127.0.0.1", self.port)
 
 
 @dataclass
@@ -131,6 +145,14 @@ class Pair:
     @property
     def user(self) -> str:
         return self.files.user
+
+    @property
+    def sshd_target(self) -> Target:
+        return Target(self.sshd.port, self.sshd.port)
+
+    @property
+    def conch_target(self) -> Target:
+        return Target(self.conch.port, self.conch.port6)
 
 
 @pytest.fixture(scope="session")
@@ -189,15 +211,16 @@ def _certificate_pair(key: Any, case: Case) -> Any:
     return pair
 
 
-async def attempt(port: int, user: str, case: Case) -> bool:
+async def attempt(target: Target, user: str, case: Case) -> bool:
     """Authenticate with the case's key (or certificate) from its source; True if accepted."""
     key = asyncssh.import_private_key(private_openssh(case.key))
     client_keys: list[Any]
     client_keys = [_certificate_pair(key, case)] if case.cert is not None else [key]
+    host, port = target.address(case.source)
     try:
         conn = await asyncio.wait_for(
             asyncssh.connect(
-                "127.0.0.1",
+                host,
                 port,
                 username=user,
                 client_keys=client_keys,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from differential.conftest import AttemptError, Pair, attempt
+from differential.conftest import AttemptError, Pair, Target, attempt
 from support.authcases import SEPARATORS, Case, generate, public_line
 
 pytestmark = pytest.mark.differential
@@ -51,8 +51,8 @@ def _run_batch(pair: Pair, cases: list[Case]) -> list[tuple[Case, bool | BaseExc
     pair.files.write(cases)
     tasks: list[Awaitable[bool]] = []
     for case in cases:
-        tasks.append(attempt(pair.sshd.port, pair.user, case))
-        tasks.append(attempt(pair.conch.port, pair.user, case))
+        tasks.append(attempt(pair.sshd_target, pair.user, case))
+        tasks.append(attempt(pair.conch_target, pair.user, case))
     results = asyncio.run(_bounded(tasks, CONCURRENCY))
     return [(case, results[2 * i], results[2 * i + 1]) for i, case in enumerate(cases)]
 
@@ -111,4 +111,4 @@ def test_attempt_errors_are_not_refusals(server_pair: Pair) -> None:
     """A server that is not there is an error, never a quiet 'refused'."""
     case = generate(1, 1, server_pair.user)[0]
     with pytest.raises(AttemptError):
-        asyncio.run(attempt(1, server_pair.user, case))
+        asyncio.run(attempt(Target(1, 1), server_pair.user, case))

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 
-SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.1.2.3", "127.200.0.9")
+SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.1.2.3", "127.200.0.9", "::1")
 OTHER_USER = "someoneelse"
 
 #: Bytes that end lines, or look as if they might, for one parser or another.
@@ -187,6 +187,14 @@ class Generator:
             (own + b"/32", None),
             (own + b"/", None),
             (b"*" * 1100, None),  # longer than sshd's pattern buffer
+            (b"::1/128", None),
+            (b"::/0", None),
+            (b"0:0:0:0:0:0:0:1", None),
+            (b"::*", None),
+            (b"::?", None),
+            (b"::2", None),
+            (b"::1/64", None),  # host bits set
+            (b"fe80::/10", None),
             (b"localhost", "not an address"),
             (b"*.example.com", "not an address"),
             (b"Example.COM", "not an address"),
@@ -364,7 +372,9 @@ class Generator:
     def certificate(self, case: Case, ca: Any) -> bytes:
         rng = self.rng
         now = self.now
-        key_id = rng.choice([b"id-" + self.noise(2), b"nul\0id"]) if rng.random() < 0.3 else b"case-%d" % case.number
+        key_id = b"case-%d" % case.number
+        if rng.random() < 0.3:
+            key_id = rng.choice([b"id-" + self.noise(2), b"nul\0id", b"last-nul\0"])
         builder = (
             SSHCertificateBuilder().public_key(case.key.public_key()).serial(rng.randrange(1 << 32)).key_id(key_id)
         )
@@ -383,6 +393,7 @@ class Generator:
                 [self.user.upper()],
                 ["*"],
                 [self.user, "nul\0principal"],
+                [self.user + "\0"],  # a last NUL: sshd reads the C string before it
             ]
         )
         if principals_choice:
@@ -429,7 +440,7 @@ class Generator:
         cert = builder.sign(ca)
         # sshd cannot read such a certificate at all: in the shared revocation file it would make
         # sshd (and conchcmd) refuse every key, so it is never listed there.
-        self.unreadable_cert = b"\0" in key_id or any("\0" in p for p in principals_choice)
+        self.unreadable_cert = b"\0" in key_id[:-1] or any("\0" in p[:-1] for p in principals_choice)
         return cert.public_bytes()
 
     def _trusted_cert(self, case: Case) -> None:
@@ -485,7 +496,7 @@ def _address_like(entry: bytes) -> bool:
     """An address, a CIDR block without host bits, or an IPv4 wildcard (judged with `ipaddress`,
     independently of conchcmd's code)."""
     text = entry.removeprefix(b"!").decode("ascii", "replace")
-    if re.fullmatch(r"[0-9.*?]+", text) and ("*" in text or "?" in text):
+    if re.fullmatch(r"[0-9.*?]+|[0-9A-Fa-f:.*?]*:[0-9A-Fa-f:.*?]*", text) and ("*" in text or "?" in text):
         return True
     try:
         ipaddress.ip_network(text, strict=True)

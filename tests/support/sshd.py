@@ -39,9 +39,17 @@ def sshd_version() -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 and on ::1 (sshd listens on both)."""
+    for _ in range(50):
+        with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+            v4.bind(("127.0.0.1", 0))
+            port = int(v4.getsockname()[1])
+            try:
+                v6.bind(("::1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free on both 127.0.0.1 and ::1")
 
 
 @contextlib.contextmanager
@@ -77,7 +85,8 @@ def system_user(home: Path, name: str | None = None) -> Iterator[str]:
 
 @dataclass
 class Sshd:
-    """One sshd process; `start()` writes its config and waits until it listens."""
+    """One sshd process on 127.0.0.1 and ::1 (the same port); `start()` writes its config and
+    waits until it listens. UseDNS is off, so from= patterns are matched against addresses."""
 
     base: Path  # the host key, config and log live here
     authorized_keys: str  # AuthorizedKeysFile pattern (%u is the user)
@@ -101,7 +110,8 @@ class Sshd:
 
     def _settings(self) -> dict[str, str]:
         settings = {
-            "ListenAddress": f"127.0.0.1:{self.port}",
+            "Port": str(self.port),
+            "ListenAddress": "127.0.0.1",
             "HostKey": str(self.base / "ssh_host_ed25519_key"),
             "PidFile": "none",
             "AuthorizedKeysFile": self.authorized_keys,
@@ -129,6 +139,12 @@ class Sshd:
         settings.update(self.extra)
         return settings
 
+    def _config_text(self) -> str:
+        # ListenAddress may be given twice: a dict cannot hold that, so ::1 is added here.
+        lines = [f"{k} {v}" for k, v in self._settings().items()]
+        lines.insert(2, "ListenAddress ::1")
+        return "".join(line + "\n" for line in lines)
+
     def _known_keywords(self) -> set[str]:
         """The keywords this sshd knows, from `sshd -T` on a minimal config."""
         probe = self.base / "sshd_config.probe"
@@ -146,7 +162,7 @@ class Sshd:
             )
         for attempt in range(3):  # the free port may be taken between the probe and sshd's bind
             self.port = _free_port()
-            self.config.write_text("".join(f"{k} {v}\n" for k, v in self._settings().items()))
+            self.config.write_text(self._config_text())
             check = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True, timeout=30)
             assert check.returncode == 0, f"sshd rejects its config: {check.stderr.decode(errors='replace')}"
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -159,7 +175,8 @@ class Sshd:
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
-                if f"Server listening on 127.0.0.1 port {self.port}" in self.log_text():
+                log = self.log_text()
+                if f"Server listening on 127.0.0.1 port {self.port}." in log and f"on ::1 port {self.port}." in log:
                     return
                 if self.proc.poll() is not None:
                     break

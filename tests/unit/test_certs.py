@@ -870,3 +870,18 @@ def test_a_bad_line_in_the_trusted_file_hides_the_cas_after_it(site: Site, sign,
         site.check(sign())
     site.trusted.write_text(f"{ca.public_line}\nnot a key\n")
     site.check(sign())
+
+
+def test_a_last_nul_in_a_principal_or_key_id_is_allowed_and_not_part_of_it(site: Site) -> None:
+    """sshbuf_get_cstring() accepts one NUL at the very end; the C string stops before it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ca = ed25519.Ed25519PrivateKey.generate()
+    site.trusted.write_bytes(
+        ca.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
+    blob = _raw_certificate(key_id=b"laptop\0", principals=[b"alice\0"], ca=ca)
+    authorized = site.authorizer.authorize("alice", b"ssh-ed25519-cert-v01@openssh.com", blob, "10.0.0.5")
+    assert authorized.identity.certificate is not None
+    assert authorized.identity.certificate["cert_key_id"] == "laptop"
