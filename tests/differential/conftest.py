@@ -23,9 +23,9 @@ import asyncssh
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
-from support.authcases import Case, private_openssh
+from support.authcases import SOURCES, Case, private_openssh
 from support.serverfiles import ServerFiles, wait_for
-from support.sshd import Sshd, secure_directory, sshd_available, system_user
+from support.sshd import Sshd, ipv6_loopback, secure_directory, sshd_available, system_user
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
@@ -71,6 +71,7 @@ class ConchServer(ServerFiles):
 
     base: Path
     files: Files
+    ipv6: bool = True  # also listen on ::1
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     port6: int = 0
@@ -82,7 +83,7 @@ class ConchServer(ServerFiles):
         syslog = self.base / "syslog"
         syslog.write_text("nothing\n")
         settings = {
-            "listen": ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"],
+            "listen": ["tcp:0:interface=127.0.0.1", *(["tcp6:0:interface=\\:\\:1"] if self.ipv6 else [])],
             "host_keys_dir": "keys",
             "authorized_keys": str(self.files.directory / "authorized_keys" / "%u"),
             "trusted_user_ca_keys": str(self.files.trusted),
@@ -114,8 +115,8 @@ class ConchServer(ServerFiles):
         def listening() -> tuple[int, int] | None:
             log = self.log_bytes()
             v4, v6 = LISTENING.search(log), LISTENING6.search(log)
-            if v4 and v6:
-                return int(v4.group(1)), int(v6.group(1))
+            if v4 and (v6 or not self.ipv6):
+                return int(v4.group(1)), int(v6.group(1)) if v6 else 0
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"conchcmd exited with {self.proc.returncode}:\n{self.log_text()}")
             return None
@@ -147,6 +148,11 @@ class Pair:
         return self.files.user
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        """The generator's client addresses this machine can use (::1 only with IPv6)."""
+        return SOURCES if self.sshd.ipv6 else tuple(s for s in SOURCES if ":" not in s)
+
+    @property
     def sshd_target(self) -> Target:
         return Target(self.sshd.port, self.sshd.port)
 
@@ -170,8 +176,9 @@ def server_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             authorized_keys=str(directory / "authorized_keys" / "%u"),
             trusted_user_ca_keys=files.trusted,
             revoked_keys=files.revoked,
+            ipv6=ipv6_loopback(),
         )
-        conch = ConchServer(tmp_path_factory.mktemp("conchcmd"), files)
+        conch = ConchServer(tmp_path_factory.mktemp("conchcmd"), files, ipv6=sshd.ipv6)
         try:
             sshd.start()
             conch.start()

@@ -61,7 +61,7 @@ def test_conchcmd_decides_like_sshd(server_pair: Pair) -> None:
     count = int(os.environ.get("CONCHCMD_DIFF_CASES", DEFAULT_CASES))
     seed = int(os.environ.get("CONCHCMD_DIFF_SEED", random.randrange(1 << 31)))
     allowed = deliberate_differences()
-    cases = generate(seed, count, server_pair.user)
+    cases = generate(seed, count, server_pair.user, sources=server_pair.sources)
     outcomes = []
     for start in range(0, len(cases), BATCH):
         outcomes += _run_batch(server_pair, cases[start : start + BATCH])

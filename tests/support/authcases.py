@@ -119,7 +119,8 @@ def private_openssh(key: Any) -> bytes:
 class Generator:
     """Draws cases from a seeded random.Random: the same seed gives the same files."""
 
-    def __init__(self, seed: int, user: str, now: float | None = None):
+    def __init__(self, seed: int, user: str, now: float | None = None, sources: tuple[str, ...] = SOURCES):
+        self.sources = sources
         self.rng = random.Random(seed)
         self.user = user
         self.now = int(now if now is not None else time.time())
@@ -163,7 +164,7 @@ class Generator:
     def from_pattern(self, case: Case) -> bytes:
         rng = self.rng
         own = case.source.encode()
-        other = rng.choice([s for s in SOURCES if s != case.source]).encode()
+        other = rng.choice([s for s in self.sources if s != case.source]).encode()
         pool: list[tuple[bytes, str | None]] = [  # (pattern, what it is)
             (own, None),
             (other, None),
@@ -321,7 +322,7 @@ class Generator:
             weights=[30, 12, 10, 12, 6, 15, 15],
         )[0]
         key = self.new_key()
-        case = Case(self.count, kind, key, self.rng.choice(SOURCES))
+        case = Case(self.count, kind, key, self.rng.choice(self.sources))
         build: Callable[[Case], None] = getattr(self, "_" + kind.replace("-", "_"))
         build(case)
         if any(not _address_like(entry) for line in case.lines for entry in _from_entries(line)):
@@ -334,7 +335,7 @@ class Generator:
     def _separator(self, case: Case) -> None:
         # The issue's attack: a from= that refuses this source, and a comment that, split at the
         # wrong place, becomes a second line without from=.
-        others = [s for s in SOURCES if s != case.source]
+        others = [s for s in self.sources if s != case.source]
         options = [b'from="' + self.rng.choice(others).encode() + b'"']
         if self.rng.random() < 0.5:
             options.insert(0, b"restrict")
@@ -505,6 +506,8 @@ def _address_like(entry: bytes) -> bool:
     return True
 
 
-def generate(seed: int, count: int, user: str, now: float | None = None) -> list[Case]:
-    generator = Generator(seed, user, now)
+def generate(
+    seed: int, count: int, user: str, now: float | None = None, sources: tuple[str, ...] = SOURCES
+) -> list[Case]:
+    generator = Generator(seed, user, now, sources)
     return [generator.case() for _ in range(count)]

@@ -38,14 +38,25 @@ def sshd_version() -> str:
     return (out.stderr or out.stdout).decode(errors="replace").strip()
 
 
-def _free_port() -> int:
-    """A port free on 127.0.0.1 and on ::1 (sshd listens on both)."""
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (some containers have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _free_port(ipv6: bool) -> int:
+    """A port free on 127.0.0.1, and on ::1 too when sshd listens there."""
     for _ in range(50):
         with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
             v4.bind(("127.0.0.1", 0))
             port = int(v4.getsockname()[1])
             try:
-                v6.bind(("::1", port))
+                if ipv6:
+                    v6.bind(("::1", port))
             except OSError:
                 continue
             return port
@@ -93,6 +104,7 @@ class Sshd:
     trusted_user_ca_keys: Path
     revoked_keys: Path
     extra: dict[str, str] = field(default_factory=dict)
+    ipv6: bool = True  # also listen on ::1
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
@@ -142,7 +154,8 @@ class Sshd:
     def _config_text(self) -> str:
         # ListenAddress may be given twice: a dict cannot hold that, so ::1 is added here.
         lines = [f"{k} {v}" for k, v in self._settings().items()]
-        lines.insert(2, "ListenAddress ::1")
+        if self.ipv6:
+            lines.insert(2, "ListenAddress ::1")
         return "".join(line + "\n" for line in lines)
 
     def _known_keywords(self) -> set[str]:
@@ -161,7 +174,7 @@ class Sshd:
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True, timeout=30
             )
         for attempt in range(3):  # the free port may be taken between the probe and sshd's bind
-            self.port = _free_port()
+            self.port = _free_port(self.ipv6)
             self.config.write_text(self._config_text())
             check = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True, timeout=30)
             assert check.returncode == 0, f"sshd rejects its config: {check.stderr.decode(errors='replace')}"
@@ -176,7 +189,8 @@ class Sshd:
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
                 log = self.log_text()
-                if f"Server listening on 127.0.0.1 port {self.port}." in log and f"on ::1 port {self.port}." in log:
+                v6_up = not self.ipv6 or f"on ::1 port {self.port}." in log
+                if f"Server listening on 127.0.0.1 port {self.port}." in log and v6_up:
                     return
                 if self.proc.poll() is not None:
                     break
