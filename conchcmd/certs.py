@@ -316,6 +316,7 @@ class TrustedCAs:
         self.path = path
         self._signature: tuple[int, int] | None = None
         self.blobs: frozenset[bytes] = frozenset()
+        self.unreadable_line: int | None = None  # where reading stopped, as sshd stops
 
     def contains(self, blob: bytes) -> bool:
         if self.path is None:
@@ -325,7 +326,7 @@ class TrustedCAs:
         except OSError:
             return False
         if (st.st_mtime_ns, st.st_size) != self._signature:
-            blobs = set()
+            blobs, self.unreadable_line = set(), None
             for number, raw in file_lines(Path(self.path).read_bytes()):
                 line = raw[skip_space(raw, 0) :]
                 if not line or line.startswith("#"):
@@ -339,6 +340,7 @@ class TrustedCAs:
                 except (BadKeyError, ValueError, IndexError, struct.error):
                     # sshd stops reading the file at such a line: no CA after it is trusted.
                     log.warn("{path}:{n}: not a CA public key: no CA after it is trusted", path=self.path, n=number)
+                    self.unreadable_line = number
                     break
             self.blobs, self._signature = frozenset(blobs), (st.st_mtime_ns, st.st_size)
         return blob in self.blobs

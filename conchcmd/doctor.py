@@ -130,6 +130,13 @@ def _certificates(config: Config) -> Iterator[Finding]:
         else:
             trusted = TrustedCAs(str(path))
             trusted.contains(b"")  # loads the file
+            if trusted.unreadable_line is not None:
+                yield Finding(
+                    PROBLEM,
+                    f"trusted_user_ca_keys {path}:{trusted.unreadable_line} is not a CA public key: "
+                    "no CA after it is trusted (sshd stops there too)",
+                    "fix or remove that line",
+                )
             level = OK if trusted.blobs else WARNING
             yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
     if config.revoked_keys:
