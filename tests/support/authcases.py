@@ -277,9 +277,6 @@ class Generator:
         if opts and rng.random() < 0.15:
             i = rng.randrange(len(opts))
             opts[i] = self.mutate(opts[i])
-        for opt in opts:
-            if opt.lower() in (b"touch-required", b"verify-required"):
-                case.tags.add("sk-options")
         return opts
 
     def mutate(self, text: bytes) -> bytes:
