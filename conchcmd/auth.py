@@ -7,6 +7,7 @@ lines with options (parsed and enforced here), and has no certificates at all.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from conchcmd.certs import (
     CertificateRefused,
     RevokedKeys,
     TrustedCAs,
+    principals_allow,
     validate_certificate,
 )
 from conchcmd.config import Config, UserPolicy
@@ -188,7 +190,7 @@ class KeyAuthorizer:
             )
             raise KeyRefused(f"authorized_keys line refused: {entry.refused}")
         meaning = entry.meaning
-        if meaning.expiry is not None and self.clock.seconds() >= meaning.expiry:
+        if meaning.expiry is not None and math.floor(self.clock.seconds()) > meaning.expiry:  # sshd: expiry < now
             raise KeyRefused(f"key expired (expiry-time, {entry.source})")
         if meaning.from_patterns is not None and (
             peer_host is None or not match_address_list(peer_host, list(meaning.from_patterns))
@@ -199,8 +201,7 @@ class KeyAuthorizer:
         self, line: AuthorizedKey, grant: Any, user: str, ca_blob: bytes, peer_host: str | None
     ) -> tuple[str | None, bool, str]:
         """A cert-authority line's conditions for this certificate; the login's terms if they pass."""
-        allowed = set(line.meaning.principals) if line.meaning.principals is not None else {user}
-        if not allowed.intersection(grant.principals):
+        if not principals_allow(grant.principals, user, line.meaning.principals):
             raise KeyRefused(f"certificate principals do not match {line.source}")
         self._apply_line(line, user, ca_blob, peer_host)
         command = grant.force_command
@@ -225,10 +226,14 @@ class KeyAuthorizer:
             raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")
         command, pty, via = grant.force_command, grant.pty, "trusted_user_ca_keys"
         candidates = [e for e in lines if e.blob == ca_blob]
-        if candidates:  # sshd's rule: the first cert-authority line whose conditions all pass
-            command, pty, via = _first_that_passes(
-                candidates, lambda line: self._ca_line_terms(line, grant, user, ca_blob, peer_host)
-            )
+        if candidates:  # sshd's rule: the first cert-authority line whose conditions all pass,
+            try:  # and failing those, trusted_user_ca_keys
+                command, pty, via = _first_that_passes(
+                    candidates, lambda line: self._ca_line_terms(line, grant, user, ca_blob, peer_host)
+                )
+            except KeyRefused:
+                if not (user in grant.principals and self.trusted.contains(ca_blob)):
+                    raise
         blob_type = getNS(blob)[0]
         expected = b"ssh-rsa-cert-v01@openssh.com" if algorithm.startswith(b"rsa-sha2-") else algorithm
         if blob_type != expected:

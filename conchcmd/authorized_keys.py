@@ -7,12 +7,13 @@ so a line whose options conchcmd does not enforce is refused visibly instead (fa
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import re
+import socket
 import struct
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.conch.ssh.keys import BadKeyError, Key
@@ -21,54 +22,38 @@ from twisted.logger import Logger
 from conchcmd.audit import LOG_NAMESPACE
 from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.hostmatch import PatternError, split_patterns
+from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
 
 log = Logger(namespace=LOG_NAMESPACE)
 
-KEY_TYPES = frozenset(
-    {
-        "ssh-ed25519",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "ssh-rsa",
-        "ssh-dss",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    }
-)
-CERT_SUFFIX = "-cert-v01@openssh.com"
+KEY_TYPES = frozenset(LINE_KEY_TYPES)
 
-#: Options that take a value, and flags; names are compared in lower case, as sshd does.
-VALUE_OPTIONS = frozenset(
-    {"command", "from", "expiry-time", "principals", "environment", "permitopen", "permitlisten", "tunnel"}
-)
-FLAG_OPTIONS = frozenset(
-    {
-        "restrict",
-        "pty",
-        "no-pty",
-        "cert-authority",
-        "port-forwarding",
-        "no-port-forwarding",
-        "agent-forwarding",
-        "no-agent-forwarding",
-        "x11-forwarding",
-        "no-x11-forwarding",
-        "user-rc",
-        "no-user-rc",
-        "no-touch-required",
-    }
-)
-#: Options this version enforces or safely accepts. Any other makes its line refuse to authorize.
-SUPPORTED_OPTIONS: frozenset[str] = VALUE_OPTIONS | FLAG_OPTIONS
-SINGLE_OPTIONS = frozenset({"command", "from", "expiry-time", "principals"})
-_EXPIRY = re.compile(r"(\d{8})(\d{4}(\d{2})?)?(Z?)")
-
+#: sshd's flag options (auth-options.c): the ones marked True also take a "no-" prefix.
+FLAGS: dict[str, bool] = {
+    "restrict": False,
+    "cert-authority": False,
+    "port-forwarding": True,
+    "agent-forwarding": True,
+    "x11-forwarding": True,
+    "touch-required": True,
+    "verify-required": True,
+    "pty": True,
+    "user-rc": True,
+}
+#: sshd's options that take a quoted value.
+VALUE_OPTIONS = ("command", "principals", "from", "expiry-time", "environment", "permitopen", "permitlisten", "tunnel")
+SSH_TUNID_MAX = 0x7FFFFFFF - 2
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # strncasecmp's
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_DECIMAL = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")  # what strtonum() takes
 
 
-class OptionsSyntaxError(ValueError):
-    """The options field of an authorized_keys line is malformed."""
+class OptionError(ValueError):
+    """An option this line cannot be honoured with: the line refuses to authorize."""
+
+
+class OptionsSyntaxError(OptionError):
+    """The options field of an authorized_keys line is malformed (sshd's parser rejects it)."""
 
 
 def fingerprint(blob: bytes) -> str:
@@ -82,56 +67,88 @@ def valid_user_name(name: str) -> bool:
     return bool(_USER_NAME.fullmatch(name))
 
 
-def _is_key_type(word: str) -> bool:
-    return word in KEY_TYPES or word.endswith(CERT_SUFFIX)
+def advance_past_options(text: str, i: int = 0) -> int | None:
+    """sshkey_advance_past_options(): the end of the options field (the first space or tab
+    outside quotes, where \\" does not count as a quote); None for an unterminated quote."""
+    quoted = False
+    n = len(text)
+    while i < n and (quoted or text[i] not in " \t"):
+        if text[i] == "\\" and i + 1 < n and text[i + 1] == '"':
+            i += 1
+        elif text[i] == '"':
+            quoted = not quoted
+        i += 1
+    return None if quoted and i >= n else i
+
+
+def _dequote(text: str, i: int, name: str) -> tuple[str, int]:
+    """opt_dequote(): a double-quoted value in which \\" stands for a quote."""
+    if i >= len(text) or text[i] != '"':
+        raise OptionsSyntaxError(f"option {name!r}: missing start quote")
+    i += 1
+    chars = []
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] == '"':
+            i += 1
+        chars.append(text[i])
+        i += 1
+    if i >= len(text):
+        raise OptionsSyntaxError(f"option {name!r}: missing end quote")
+    return "".join(chars), i + 1
+
+
+def _match_flag(text: str, i: int) -> tuple[str, int] | None:
+    """opt_flag(): a flag name is matched as a case-insensitive prefix, as sshd does."""
+    for flag, negatable in FLAGS.items():
+        j, prefix = i, ""
+        if negatable and text[j : j + 3].translate(_ASCII_LOWER) == "no-":
+            j, prefix = j + 3, "no-"
+        if text[j : j + len(flag)].translate(_ASCII_LOWER) == flag:
+            return prefix + flag, j + len(flag)
+    return None
+
+
+def _option_name(text: str, i: int) -> str:
+    """The option sshd stopped at, for messages: from the last comma to the next , = space or tab."""
+    start = text.rfind(",", 0, i) + 1
+    end = start
+    while end < len(text) and text[end] not in ',= \t':
+        end += 1
+    return _text(text[start:end]) or text[start:end]
 
 
 def parse_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
-    """Split the leading options off an authorized_keys line, as sshd's auth-options.c does.
+    """Split the leading options off an authorized_keys line exactly as sshd does
+    (sshkey_advance_past_options, then sshauthopt_parse's syntax).
 
-    Options are comma-separated `name` or `name="value"` items; values may contain commas and
-    backslash-escaped quotes. Names are case-insensitive. Returns (options, rest of line).
+    Returns ([(name, value)], rest of line): names in lower case ("no-pty" for a negated flag),
+    values unquoted. Empty items between commas are skipped, as sshd skips them.
     """
+    end = advance_past_options(text)
+    if end is None:
+        raise OptionsSyntaxError("invalid key option string (unterminated quote)")
     options: list[tuple[str, str | None]] = []
-    i, n = 0, len(text)
-    while True:
-        m = re.match(r"[A-Za-z0-9_-]+", text[i:])
-        if not m:
-            raise OptionsSyntaxError(f"bad option name at column {i + 1}")
-        name = m.group(0).lower()
-        i += m.end()
-        value: str | None = None
-        if i < n and text[i] == "=":
-            i += 1
-            if i >= n or text[i] != '"':
-                raise OptionsSyntaxError(f"option {name!r}: value must be quoted")
-            i += 1
-            chars = []
-            while True:
-                if i >= n:
-                    raise OptionsSyntaxError(f"option {name!r}: missing closing quote")
-                ch = text[i]
-                if ch == "\\" and i + 1 < n and text[i + 1] == '"':
-                    chars.append('"')
-                    i += 2
-                    continue
-                if ch == '"':
-                    i += 1
+    i = 0
+    while i < len(text) and text[i] not in " \t":
+        flag = _match_flag(text, i)
+        if flag is not None:
+            options.append((flag[0], None))
+            i = flag[1]
+        else:
+            for name in VALUE_OPTIONS:  # opt_match(): NAME= in any case
+                stop = i + len(name)
+                if text[i:stop].translate(_ASCII_LOWER) == name and text[stop : stop + 1] == "=":
+                    value, i = _dequote(text, stop + 1, name)
+                    options.append((name, value))
                     break
-                chars.append(ch)
-                i += 1
-            value = "".join(chars)
-        options.append((name, value))
-        if i < n and text[i] == ",":
-            i += 1
-            continue
-        if i >= n or text[i] not in " \t":
-            raise OptionsSyntaxError(f"unexpected character after option {name!r}")
-        return options, text[i:].lstrip(" \t")
-
-
-class OptionError(ValueError):
-    """An option this line cannot be honoured with: the line refuses to authorize."""
+        if i >= len(text) or text[i] in " \t":
+            break
+        if text[i] != ",":
+            raise OptionsSyntaxError(f"unknown key option {_option_name(text, i)!r}")
+        i += 1
+        if i >= len(text):
+            raise OptionsSyntaxError("unexpected end-of-options")
+    return options, text[skip_space(text, end) :]
 
 
 @dataclass(frozen=True)
@@ -140,43 +157,82 @@ class KeyOptions:
 
     command: str | None = None
     from_patterns: tuple[str, ...] | None = None
-    expiry: float | None = None  # seconds since the epoch; the key is refused from then on
+    expiry: float | None = None  # seconds since the epoch; the key is refused after it
     pty: bool = True
     cert_authority: bool = False
-    principals: tuple[str, ...] | None = None
+    principals: str | None = None  # the principals= list as written (sshd's match_list splits it)
     environment: tuple[str, ...] = ()
 
 
 def parse_expiry(value: str) -> float:
-    """OpenSSH's expiry-time: YYYYMMDD[HHMM[SS]], local time, or UTC with a trailing Z."""
-    m = _EXPIRY.fullmatch(value)
-    if not m:
+    """OpenSSH's parse_absolute_time: YYYYMMDD[HHMM[SS]] in local time, or UTC with a trailing
+    Z or UTC (any case). Out-of-range days are normalised as mktime does (20300230 is 2 March)."""
+    text, utc = value, False
+    if len(text) > 1 and text[-1:].lower() == "z":
+        text, utc = text[:-1], True
+    elif len(text) > 3 and text[-3:].lower() == "utc":
+        text, utc = text[:-3], True
+    if len(text) not in (8, 12, 14) or not text.isascii() or not text.isdigit():
         raise OptionError(f"expiry-time {value!r} is not YYYYMMDD[HHMM[SS]][Z]")
-    digits = (m.group(1) + (m.group(2) or "0000")).ljust(14, "0")
+    year, month, day = int(text[:4]), int(text[4:6]), int(text[6:8])
+    hour, minute, second = int(text[8:10] or 0), int(text[10:12] or 0), int(text[12:14] or 0)
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 61):
+        raise OptionError(f"expiry-time {value!r} is not a valid date")
+    fields = (year, month, day, hour, minute, second)
     try:
-        when = datetime.strptime(digits, "%Y%m%d%H%M%S")
-    except ValueError:
-        raise OptionError(f"expiry-time {value!r} is not a valid date") from None
-    if m.group(4):
-        return when.replace(tzinfo=UTC).timestamp()
-    return time.mktime(when.timetuple())
+        when = calendar.timegm(fields) if utc else time.mktime((*fields, 0, 0, 0))
+    except (OverflowError, ValueError):
+        raise OptionError(f"expiry-time {value!r} is out of range") from None
+    if when <= 0:
+        raise OptionError(f"expiry-time {value!r} is out of range")
+    return float(when)
+
+
+def _valid_permit(value: str, *, allow_bare_port: bool) -> bool:
+    """handle_permit(): HOST:PORT (or [HOST]:PORT), PORT a number, a service name or `*`."""
+    if allow_bare_port and ":" not in value:
+        value = "*:" + value
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            return False
+        host, rest = value[: close + 1], value[close + 1 :]
+        if rest[:1] not in (":", "/"):
+            return False
+        port: str | None = rest[1:]
+    else:
+        cut = min((p for p in (value.find(":"), value.find("/")) if p >= 0), default=-1)
+        host, port = (value, None) if cut < 0 else (value[:cut], value[cut + 1 :])
+    if len(host.encode("utf-8", "surrogateescape")) >= 1025 or port is None:
+        return False
+    if port == "*":
+        return True
+    if _DECIMAL.fullmatch(port):
+        return 0 < int(port) <= 65535
+    try:
+        return socket.getservbyname(port, "tcp") > 0
+    except (OSError, UnicodeError, ValueError):
+        return False
+
+
+def _valid_tunnel(value: str) -> bool:
+    """a2tun(): `any` or a device number."""
+    return value.lower() == "any" or (bool(_DECIMAL.fullmatch(value)) and 0 <= int(value) <= SSH_TUNID_MAX)
 
 
 def interpret_options(options: list[tuple[str, str | None]], *, permit_environment: bool = False) -> KeyOptions:
-    """Apply options in order, as sshd does (`restrict,pty` allows a pty; `pty,restrict` does not)."""
-    seen: set[str] = set()
+    """Apply options in order, as sshd does (`restrict,pty` allows a pty; `pty,restrict` does not),
+    with sshd's checks of each value; OptionError when sshd would refuse the line too, or when
+    the line needs something conchcmd does not do (environment= without permit_user_environment)."""
     fields: dict[str, Any] = {}
     environment: list[str] = []
+    seen: set[str] = set()
     for name, value in options:
-        if name not in SUPPORTED_OPTIONS:
-            raise OptionError(f"option {name!r} is not supported")
-        if (name in VALUE_OPTIONS) != (value is not None):
-            raise OptionError(f"option {name!r} {'needs' if name in VALUE_OPTIONS else 'takes no'} value")
-        if name in SINGLE_OPTIONS and name in seen:
-            raise OptionError(f"option {name!r} given twice")
+        if name in ("command", "principals", "from") and name in seen:
+            raise OptionError(f'multiple "{name}" clauses')
         seen.add(name)
         if name == "command":
-            fields["command"] = value
+            fields["command"] = _text(value)
         elif name == "from":
             assert value is not None
             try:
@@ -185,22 +241,40 @@ def interpret_options(options: list[tuple[str, str | None]], *, permit_environme
                 raise OptionError(f"from=: {e}") from None
         elif name == "expiry-time":
             assert value is not None
-            fields["expiry"] = parse_expiry(value)
+            expiry = parse_expiry(value)
+            fields["expiry"] = min(expiry, fields.get("expiry", expiry))  # sshd keeps the earliest
         elif name == "principals":
-            assert value is not None
-            fields["principals"] = tuple(p.strip() for p in value.split(",") if p.strip())
+            fields["principals"] = value
         elif name == "environment":
-            if not permit_environment:
-                raise OptionError("environment= is not permitted (permit_user_environment is off)")
             assert value is not None
-            environment.append(value)
+            variable, equals, _ = value.partition("=")
+            if not equals or not variable or not all(c.isascii() and (c.isalnum() or c == "_") for c in variable):
+                raise OptionError(f"invalid environment string {_text(value)!r}")
+            environment.append(_text(value) or "")
+        elif name in ("permitopen", "permitlisten"):
+            assert value is not None
+            if not _valid_permit(value, allow_bare_port=name == "permitlisten"):
+                raise OptionError(f"{name}={_text(value)!r} is not HOST:PORT")
+        elif name == "tunnel":
+            assert value is not None
+            if not _valid_tunnel(value):
+                raise OptionError(f"invalid tun device {_text(value)!r}")
         elif name in ("restrict", "no-pty"):
             fields["pty"] = False
         elif name == "pty":
             fields["pty"] = True
         elif name == "cert-authority":
             fields["cert_authority"] = True
+    if environment and not permit_environment:
+        raise OptionError("environment= is not permitted (permit_user_environment is off)")
     return KeyOptions(**fields, environment=tuple(environment))
+
+
+def _text(value: str | None) -> str | None:
+    """An option value as text: bytes that are not UTF-8 become U+FFFD."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -215,10 +289,6 @@ class AuthorizedKey:
     meaning: KeyOptions = KeyOptions()
     refused: str | None = None  # why this line cannot authorize, if it cannot
 
-    @property
-    def unsupported_options(self) -> list[str]:
-        return [name for name, _ in self.options if name not in SUPPORTED_OPTIONS]
-
 
 @dataclass(frozen=True)
 class ParsedFile:
@@ -226,49 +296,59 @@ class ParsedFile:
     problems: tuple[str, ...]
 
 
-def parse_authorized_keys(text: str, source: str, *, permit_environment: bool = False) -> ParsedFile:
-    """Parse a whole authorized_keys file; bad lines become problems, never exceptions."""
+def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment: bool = False) -> ParsedFile:
+    """Parse a whole authorized_keys file as sshd reads it; bad lines become problems, never
+    exceptions. Lines end at \\n only; fields are separated by spaces and tabs only."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
     entries = []
     problems = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for number, raw in file_lines(data):
+        line = raw[skip_space(raw, 0) :]
         where = f"{source}:{number}"
         if not line or line.startswith("#"):
             continue
         options: list[tuple[str, str | None]] = []
+        syntax_error = None
+        field = read_key(line, 0)
         rest = line
-        first = line.split(None, 1)[0]
-        if not _is_key_type(first):
-            try:
-                options, rest = parse_options(line)
-            except OptionsSyntaxError as e:
-                problems.append(f"{where}: line refused: {e}")
+        if field is None:  # sshd's order: a key first; failing that, options and then a key
+            end = advance_past_options(line)
+            if end is None:
+                problems.append(f"{where}: line refused: invalid key option string (unterminated quote)")
                 continue
-        parts = rest.split(None, 2)
-        if len(parts) < 2 or not _is_key_type(parts[0]):
-            problems.append(f"{where}: line refused: no key type and key")
-            continue
-        key_type, b64 = parts[0], parts[1]
-        comment = parts[2] if len(parts) > 2 else ""
-        if key_type.endswith(CERT_SUFFIX):
+            rest = line[skip_space(line, end) :]
+            field = read_key(rest, 0)
+            if field is None:
+                problems.append(f"{where}: line refused: no key type and key")
+                continue
+            try:
+                options, _ = parse_options(line)
+            except OptionsSyntaxError as e:
+                syntax_error = str(e)
+        comment = _text(rest[field.comment_start :]) or ""
+        if field.key_type.endswith(CERT_SUFFIX):
             problems.append(f"{where}: line refused: certificates are not accepted here")
             continue
         try:
-            blob = base64.b64decode(b64, validate=True)
-            key = Key.fromString(blob)
+            key = Key.fromString(field.blob)
         except (ValueError, BadKeyError, struct.error, IndexError) as e:
             problems.append(f"{where}: line refused: bad key ({type(e).__name__})")
             continue
-        if key.sshType().decode() != key_type:
-            problems.append(f"{where}: line refused: key type {key_type} does not match the key")
+        if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
+            problems.append(f"{where}: line refused: key type {field.key_type} does not match the key")
             continue
         try:
+            if syntax_error is not None:
+                raise OptionsSyntaxError(syntax_error)
             meaning = interpret_options(options, permit_environment=permit_environment)
             refused = None
         except OptionError as e:
             meaning, refused = KeyOptions(), str(e)
             problems.append(f"{where}: line refused: {refused}")
-        entries.append(AuthorizedKey(key, blob, tuple(options), comment, where, meaning, refused))
+        if refused is None and meaning.principals is not None and not meaning.cert_authority:
+            refused = "principals= on a line without cert-authority"  # sshd: "principals on non-CA key"
+            problems.append(f"{where}: line refused: {refused}")
+        entries.append(AuthorizedKey(key, field.blob, tuple(options), comment, where, meaning, refused))
     return ParsedFile(tuple(entries), tuple(problems))
 
 
@@ -302,7 +382,7 @@ class AuthorizedKeysFiles:
                 cached = self._cache.get(path)
                 if cached and cached[0] == signature:
                     return cached[1].entries
-                text = f.read().decode("utf-8", errors="replace")
+                data = f.read()
         except UntrustedFile as e:
             self._cache.pop(path, None)
             log.warn("Ignoring {path}: {reason}", path=path, reason=e.problem.reason)
@@ -314,7 +394,7 @@ class AuthorizedKeysFiles:
             self._cache.pop(path, None)
             log.warn("Cannot read {path}: {error}", path=path, error=e.strerror)
             return ()
-        parsed = parse_authorized_keys(text, path, permit_environment=self.permit_environment)
+        parsed = parse_authorized_keys(data, path, permit_environment=self.permit_environment)
         for problem in parsed.problems:
             log.warn("{problem}", problem=problem)
         self._cache[path] = (signature, parsed)

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from conchcmd.audit import LOG_NAMESPACE, sanitise
 from conchcmd.authorized_keys import CERT_SUFFIX, fingerprint
 from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
-from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
+from conchcmd.hostmatch import addr_match_cidr_list, normalise_peer
+from conchcmd.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -41,7 +42,19 @@ _KEY_FIELDS = {
     b"ecdsa-sha2-nistp521-cert-v01@openssh.com": 2,
     b"ssh-rsa-cert-v01@openssh.com": 2,
 }
-KNOWN_CRITICAL_OPTIONS = frozenset({b"force-command", b"source-address"})
+KNOWN_CRITICAL_OPTIONS = frozenset({b"force-command", b"source-address", b"verify-required"})
+#: Extensions sshd knows; each must carry no data (sshd: "corrupt (extra data)").
+KNOWN_EXTENSIONS = frozenset(
+    {
+        b"no-touch-required",
+        b"permit-X11-forwarding",
+        b"permit-agent-forwarding",
+        b"permit-port-forwarding",
+        b"permit-pty",
+        b"permit-user-rc",
+    }
+)
+MAX_PRINCIPALS = 256  # SSHKEY_CERT_MAX_PRINCIPALS
 WEAK_CA_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
 
 
@@ -71,8 +84,15 @@ def is_certificate(blob: bytes) -> bool:
     return kind.endswith(CERT_SUFFIX.encode())
 
 
-def parse_certificate(blob: bytes) -> SSHCertificate:
-    """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
+def is_cstring(value: bytes) -> bool:
+    """sshbuf_get_cstring() accepts a string with no NUL but, possibly, a last one."""
+    return b"\0" not in value[:-1]
+
+
+def load_certificate(blob: bytes) -> SSHCertificate:
+    """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
+    formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
+    CertificateRefused otherwise."""
     try:
         kind, _ = getNS(blob)
         identity = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
@@ -80,13 +100,27 @@ def parse_certificate(blob: bytes) -> SSHCertificate:
         raise CertificateRefused(f"malformed certificate ({e})") from None
     if not isinstance(identity, SSHCertificate):
         raise CertificateRefused("not a certificate")
+    if not is_cstring(identity.key_id) or not all(is_cstring(p) for p in identity.valid_principals):
+        raise CertificateRefused("malformed certificate (NUL in the key id or a principal)")
+    if len(identity.valid_principals) > MAX_PRINCIPALS:
+        raise CertificateRefused(f"malformed certificate (more than {MAX_PRINCIPALS} principals)")
+    try:
+        identity.verify_cert_signature()
+    except (InvalidSignature, ValueError, TypeError):
+        raise CertificateRefused("certificate signature is not valid") from None
+    return identity
+
+
+def parse_certificate(blob: bytes) -> SSHCertificate:
+    """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
+    identity = load_certificate(blob)
     if identity.type != SSHCertificateType.USER:
         raise CertificateRefused("a host certificate cannot log in")
     return identity
 
 
-def ca_signature_algorithm(blob: bytes) -> bytes:
-    """The algorithm the CA signed with (the last field of the certificate)."""
+def _sections(blob: bytes) -> tuple[bytes, bytes, bytes]:
+    """The raw critical options, extensions and CA signature of a certificate blob."""
     kind, rest = getNS(blob)
     _, rest = getNS(rest)  # nonce
     for _ in range(_KEY_FIELDS.get(kind, 1)):
@@ -95,11 +129,85 @@ def ca_signature_algorithm(blob: bytes) -> bytes:
     for _ in range(2):  # key id, principals
         _, rest = getNS(rest)
     rest = rest[16:]  # valid after, valid before
-    for _ in range(4):  # critical options, extensions, reserved, signature key
+    critical, rest = getNS(rest)
+    extensions, rest = getNS(rest)
+    for _ in range(2):  # reserved, signature key
         _, rest = getNS(rest)
     signature, _ = getNS(rest)
-    algorithm, _ = getNS(signature)
+    return critical, extensions, signature
+
+
+def ca_signature_algorithm(blob: bytes) -> bytes:
+    """The algorithm the CA signed with (the last field of the certificate)."""
+    algorithm, _ = getNS(_sections(blob)[2])
     return algorithm
+
+
+def _cstring(data: bytes, what: str) -> tuple[str, bytes]:
+    """sshbuf_get_cstring(): a string without NUL bytes, and what follows it."""
+    try:
+        value, rest = getNS(data)
+    except (struct.error, IndexError, ValueError):
+        raise CertificateRefused(f"certificate option {what} cannot be parsed") from None
+    if not is_cstring(value):
+        raise CertificateRefused(f"certificate option {what} cannot be parsed")
+    return value.removesuffix(b"\0").decode("utf-8", "surrogateescape"), rest
+
+
+def certificate_options(blob: bytes) -> dict[str, str]:
+    """sshauthopt_from_cert(): the critical options and extensions exactly as sshd reads them.
+
+    Returns {"force-command": ..., "source-address": ..., "permit-pty": ""} for those present.
+    CertificateRefused for an unknown critical option, a repeated force-command or
+    source-address, a malformed source-address, or a known option carrying extra data."""
+    try:
+        critical, extensions, _ = _sections(blob)
+    except (struct.error, IndexError, ValueError):
+        raise CertificateRefused("malformed certificate") from None
+    found: dict[str, str] = {}
+    for section, is_critical in ((critical, True), (extensions, False)):
+        rest = section
+        while rest:
+            name_text, rest = _cstring(rest, "name")
+            try:
+                data, rest = getNS(rest)
+            except (struct.error, IndexError, ValueError):
+                raise CertificateRefused("certificate options cannot be parsed") from None
+            name = name_text.encode("utf-8", "surrogateescape")
+            shown = sanitise(name_text)
+            if not is_critical and name in KNOWN_EXTENSIONS:
+                found[name_text], extra = "", data
+            elif is_critical and name == b"verify-required":
+                extra = data
+            elif is_critical and name in (b"force-command", b"source-address"):
+                if name_text in found:
+                    raise CertificateRefused(f"certificate has multiple {shown} options")
+                found[name_text], extra = _cstring(data, shown)
+                if name == b"source-address" and addr_match_cidr_list(None, found[name_text]) == -1:
+                    raise CertificateRefused("certificate source-address is malformed")
+            elif is_critical:
+                raise CertificateRefused(f"certificate has unknown critical option(s): {shown}")
+            else:
+                continue  # sshd ignores extensions it does not know
+            if extra:
+                raise CertificateRefused(f"certificate option {shown} is corrupt (extra data)")
+    return found
+
+
+def principals_allow(principals: tuple[str, ...], user: str, wanted: str | None) -> bool:
+    """Whether a certificate's principals pass an authorized_keys `principals=` option, or,
+    without the option, name `user`. As current sshd does (and Debian's 9.2 measurably): the
+    option is split at commas up to the first empty item, and each item must equal a whole
+    principal. (sshd 9.2 as released split the principals too, so a principal "x,admin"
+    matched principals="admin".)"""
+    if wanted is None:
+        return user in principals
+    for item in wanted.split(","):
+        if not item:
+            return False
+        if item in principals:
+            return True
+    return False
 
 
 def public_blob(key: object) -> bytes:
@@ -153,18 +261,21 @@ class RevokedKeys:
             log.warn("{path} is a binary OpenSSH KRL, which conchcmd does not read: refusing every key", path=self.path)
             raise CertificateRefused("revocation list in an unsupported format (KRL)")
         blobs, serials, ids = set(), [], set()
-        for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
+        for number, raw in file_lines(data):
+            line = raw[skip_space(raw, 0) :]
+            if not line or line.startswith("#"):
                 continue
             try:
                 if line.startswith("serial:"):
-                    low, _, high = line[7:].strip().partition("-")
+                    low, _, high = line[7:].split("#", 1)[0].strip().partition("-")
                     serials.append((int(low), int(high or low)))
                 elif line.startswith("id:"):
-                    ids.add(line[3:].strip())
+                    ids.add(line[3:].split("#", 1)[0].strip())
                 else:
-                    blobs.add(_revoked_blob(line))
+                    field = read_key(line, 0)
+                    if field is None:
+                        raise ValueError("not a key")
+                    blobs.add(_revoked_blob(field))
             except (BadKeyError, ValueError, IndexError, struct.error, TypeError):
                 # Fail closed, as sshd does: a revocation that cannot be read must not be lost.
                 log.warn("{path}:{n}: unreadable line: refusing every key until it is fixed", path=self.path, n=number)
@@ -189,15 +300,24 @@ class RevokedKeys:
             raise CertificateRefused(f"certificate id {sanitise(key_id)!r} is revoked")
 
 
-def _revoked_blob(line: str) -> bytes:
+def _key_blob(field: KeyField) -> bytes:
+    """The blob of a plain public key read from a line, checked against the type the line names."""
+    key = Key.fromString(field.blob)
+    if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
+        raise ValueError("key type does not match the key")
+    return key.blob()
+
+
+def _revoked_blob(field: KeyField) -> bytes:
     """The key a revoked_keys line names: a public key, or the key of a certificate line."""
-    kind = line.split(None, 1)[0]
-    if kind.endswith(CERT_SUFFIX):
-        identity = serialization.load_ssh_public_identity(line.encode())
-        if not isinstance(identity, SSHCertificate):
-            raise ValueError("not a certificate")
-        return public_blob(identity.public_key())
-    return Key.fromString(line.encode()).blob()
+    if field.key_type.endswith(CERT_SUFFIX):
+        if getNS(field.blob)[0].decode(errors="replace") != LINE_KEY_TYPES[field.key_type]:
+            raise ValueError("certificate type does not match the line")
+        try:
+            return public_blob(load_certificate(field.blob).public_key())
+        except CertificateRefused as e:
+            raise ValueError(str(e)) from None
+    return _key_blob(field)
 
 
 class TrustedCAs:
@@ -208,6 +328,7 @@ class TrustedCAs:
         self.trust = trust or FileTrust()
         self._signature: tuple[int, int] | None = None
         self.blobs: frozenset[bytes] = frozenset()
+        self.unreadable_line: int | None = None  # where reading stopped, as sshd stops
 
     def contains(self, blob: bytes) -> bool:
         if self.path is None:
@@ -226,14 +347,22 @@ class TrustedCAs:
         return blob in self.blobs
 
     def _parse(self, data: bytes) -> frozenset[bytes]:
-        blobs = set()
-        for raw in data.decode("utf-8", "replace").splitlines():
-            line = raw.strip()
-            if line and not line.startswith("#"):
-                try:
-                    blobs.add(Key.fromString(line.encode()).blob())
-                except (BadKeyError, ValueError, IndexError, struct.error):
-                    log.warn("{path}: a line that is not a CA public key is ignored", path=self.path)
+        blobs, self.unreadable_line = set(), None
+        for number, raw in file_lines(data):
+            line = raw[skip_space(raw, 0) :]
+            if not line or line.startswith("#"):
+                continue
+            field = read_key(line, 0)
+            try:
+                if field is None:
+                    raise ValueError("not a key")
+                if not field.key_type.endswith(CERT_SUFFIX):  # a certificate line is never a CA key
+                    blobs.add(_key_blob(field))
+            except (BadKeyError, ValueError, IndexError, struct.error):
+                # sshd stops reading the file at such a line: no CA after it is trusted.
+                log.warn("{path}:{n}: not a CA public key: no CA after it is trusted", path=self.path, n=number)
+                self.unreadable_line = number
+                break
         return frozenset(blobs)
 
 
@@ -244,13 +373,14 @@ def validate_certificate(
     peer_host: str | None,
     now: float,
     trusted: TrustedCAs,
-    authorities: list[tuple[bytes, tuple[str, ...] | None]],
+    authorities: list[tuple[bytes, str | None]],
     revoked: RevokedKeys,
 ) -> tuple[CertificateGrant, bytes]:
     """Check a user certificate completely; returns the grant and the CA's blob.
 
-    `authorities` are (CA blob, principals= option) from the user's cert-authority lines; a CA
-    from `trusted` instead requires the user name among the certificate's principals.
+    `authorities` are (CA blob, principals= option) from the user's cert-authority lines; as in
+    sshd, the certificate may pass through any of them, or else through a CA in `trusted`
+    (which requires the user name among the certificate's principals).
     """
     cert = parse_certificate(blob)
     ca_blob = public_blob(cert.signature_key())
@@ -260,46 +390,34 @@ def validate_certificate(
         cert.verify_cert_signature()
     except (InvalidSignature, ValueError, TypeError):
         raise CertificateRefused("certificate signature is not valid") from None
-    principals = tuple(p.decode("utf-8", "replace") for p in cert.valid_principals)
-    if not principals:
+    key_blob = public_blob(cert.public_key())
+    revoked.check_certificate(cert, key_blob, ca_blob)
+    principals = tuple(p.removesuffix(b"\0").decode("utf-8", "surrogateescape") for p in cert.valid_principals)
+    if not principals:  # sshd would let such a certificate in through a cert-authority line
         raise CertificateRefused("certificate has no principals")
     lines = [wanted for line_blob, wanted in authorities if line_blob == ca_blob]
-    if lines:  # each cert-authority line of this CA is judged on its own by the caller
-        allowed_sets = [set(wanted) if wanted is not None else {user} for wanted in lines]
-    elif trusted.contains(ca_blob):
-        allowed_sets = [{user}]
-    else:
+    if not lines and not trusted.contains(ca_blob):
         raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is not trusted")
-    if not any(allowed.intersection(principals) for allowed in allowed_sets):
+    through_line = any(principals_allow(principals, user, wanted) for wanted in lines)
+    if not through_line and not (user in principals and trusted.contains(ca_blob)):
         raise CertificateRefused(f"certificate principals {', '.join(map(sanitise, principals))} do not include {user}")
     if now < cert.valid_after:
         raise CertificateRefused("certificate is not yet valid")
     if now >= cert.valid_before:
         raise CertificateRefused("certificate has expired")
-    unknown = set(cert.critical_options) - KNOWN_CRITICAL_OPTIONS
-    if unknown:
-        names = ", ".join(sanitise(n) for n in sorted(unknown))
-        raise CertificateRefused(f"certificate has unknown critical option(s): {names}")
-    source = cert.critical_options.get(b"source-address")
-    source_patterns = None
-    if source is not None:
-        try:
-            source_patterns = tuple(split_patterns(source.decode(), wildcards=False))
-        except (PatternError, UnicodeDecodeError):
-            raise CertificateRefused("certificate source-address is malformed") from None
-        if peer_host is None or not match_address_list(peer_host, list(source_patterns)):
-            raise CertificateRefused(f"certificate source-address does not allow {peer_host}")
-    key_blob = public_blob(cert.public_key())
-    revoked.check_certificate(cert, key_blob, ca_blob)
-    force = cert.critical_options.get(b"force-command")
+    options = certificate_options(blob)
+    source = options.get("source-address")
+    if source is not None and (peer_host is None or addr_match_cidr_list(normalise_peer(peer_host), source) != 1):
+        raise CertificateRefused(f"certificate source-address does not allow {peer_host}")
+    force = options.get("force-command")
     grant = CertificateGrant(
         key=Key(cert.public_key()),
-        key_id=cert.key_id.decode("utf-8", "replace"),
+        key_id=cert.key_id.removesuffix(b"\0").decode("utf-8", "replace"),
         serial=cert.serial,
         ca_fingerprint=fingerprint(ca_blob),
         principals=principals,
-        force_command=force.decode("utf-8", "surrogateescape") if force is not None else None,
-        source_address=source_patterns,
-        pty=b"permit-pty" in cert.extensions,
+        force_command=force,
+        source_address=tuple(source.split(",")) if source is not None else None,
+        pty="permit-pty" in options,
     )
     return grant, ca_blob

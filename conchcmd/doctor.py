@@ -94,14 +94,14 @@ def _authorized_keys(config: Config) -> Iterator[Finding]:
         return
     for path in files:
         try:
-            text = read_trusted(str(path), trust).decode("utf-8", "replace")
+            data = read_trusted(str(path), trust)
         except UntrustedFile as e:
             yield Finding(PROBLEM, f"{path}: {e.problem.reason}: it is ignored", e.problem.fix)
             continue
         except OSError as e:
             yield Finding(PROBLEM, f"cannot read {path}: {e.strerror}", "make it readable by the server's user")
             continue
-        parsed = parse_authorized_keys(text, str(path), permit_environment=config.permit_user_environment)
+        parsed = parse_authorized_keys(data, str(path), permit_environment=config.permit_user_environment)
         for problem in parsed.problems:
             yield Finding(PROBLEM, problem, "fix or remove that line (see the README's option list)")
         usable = [e for e in parsed.entries if e.refused is None]
@@ -149,6 +149,13 @@ def _certificates(config: Config) -> Iterator[Finding]:
         else:
             trusted = TrustedCAs(str(path), trust=trust)
             trusted.contains(b"")  # loads the file
+            if trusted.unreadable_line is not None:
+                yield Finding(
+                    PROBLEM,
+                    f"trusted_user_ca_keys {path}:{trusted.unreadable_line} is not a CA public key: "
+                    "no CA after it is trusted (sshd stops there too)",
+                    "fix or remove that line",
+                )
             level = OK if trusted.blobs else WARNING
             yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
     if config.revoked_keys:

@@ -343,7 +343,7 @@ def test_source_address_refuses_other_peers(site: Site, sign, make_ca, peer) -> 
         site.check(sign("source-address=10.0.0.5/32,192.0.2.128/25"), peer=peer)
 
 
-@pytest.mark.parametrize("option", ["critical:foo=bar", "critical:foo", "critical:verify-required"])
+@pytest.mark.parametrize("option", ["critical:foo=bar", "critical:foo", "critical:permit-pty"])
 def test_unknown_critical_option_is_refused(site: Site, sign, make_ca, option: str) -> None:
     site.trust(make_ca("ed25519"))
     name = option.split(":", 1)[1].split("=", 1)[0]
@@ -594,7 +594,7 @@ def test_cert_authority_line_command_conflicting_with_force_command_is_refused(s
 
 
 def test_cert_authority_line_with_an_unknown_option_is_not_a_ca(site: Site, sign, make_ca) -> None:
-    site.authorize_lines("alice", f"cert-authority,verify-required {make_ca('ed25519-other').public_line}")
+    site.authorize_lines("alice", f"cert-authority,frobnicate {make_ca('ed25519-other').public_line}")
     with pytest.raises(KeyRefused):
         site.check(sign(ca="ed25519-other"))
 
@@ -606,13 +606,15 @@ def test_expired_cert_authority_line_is_refused(site: Site, sign, make_ca) -> No
 
 
 def test_cert_authority_line_and_trusted_file_together(site: Site, sign, make_ca) -> None:
-    """The user's own line (with principals=) decides for that CA, even if the CA is also trusted."""
+    """As in sshd, a certificate passes through either: the user's cert-authority line (with its
+    principals=), or, failing that, trusted_user_ca_keys (the user name as a principal)."""
     ca = make_ca("ed25519")
     site.trust(ca)
-    site.authorize_lines("alice", f'cert-authority,principals="ops" {ca.public_line}')
-    site.check(sign(principals="ops"))
+    site.authorize_lines("alice", f'cert-authority,principals="ops",command="lastlog" {ca.public_line}')
+    assert site.check(sign(principals="ops")).identity.grant.forced_command == "lastlog"
+    assert site.check(sign(principals="alice")).identity.grant.forced_command is None
     with pytest.raises(KeyRefused, match="do not include alice"):
-        site.check(sign(principals="alice"))
+        site.check(sign(principals="bob"))
 
 
 def test_each_cert_authority_line_for_the_same_ca_is_judged_on_its_own(site: Site, sign, make_ca) -> None:
@@ -773,3 +775,113 @@ def test_check_cli_expired_certificate(tmp_path: Path, monkeypatch: pytest.Monke
     cert = sign(validity="-2d:-1d")
     assert main(["check", "--user", "alice", "--key", str(cert.path)]) == 1
     assert capsys.readouterr().out == "login: REFUSED: certificate has expired\n"
+
+
+# -- what the sshd differential tests found (tests/differential) ----------------------------------
+
+
+def test_a_principal_containing_a_comma_is_one_principal(site: Site) -> None:
+    """principals="admin" must not match a certificate principal "x,admin" (current sshd, and
+    Debian's 9.2, compare whole principals; 9.2 as released split them at commas)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ca = ed25519.Ed25519PrivateKey.generate()
+    ca_line = ca.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    site.authorize_lines("alice", f'cert-authority,principals="admin" {ca_line.decode()}')
+    algorithm = b"ssh-ed25519-cert-v01@openssh.com"
+    with pytest.raises(KeyRefused, match="principals"):
+        site.authorizer.authorize("alice", algorithm, _raw_certificate(principals=[b"x,admin"], ca=ca), "10.0.0.5")
+    site.authorizer.authorize("alice", algorithm, _raw_certificate(principals=[b"x", b"admin"], ca=ca), "10.0.0.5")
+
+
+@pytest.mark.parametrize("wanted", ["ops,,admin", ",admin"])
+def test_principals_option_stops_at_an_empty_item(site: Site, sign, make_ca, wanted: str) -> None:
+    ca = make_ca("ed25519-other")
+    site.authorize_lines("alice", f'cert-authority,principals="{wanted}" {ca.public_line}')
+    with pytest.raises(KeyRefused, match="principals"):
+        site.check(sign(ca="ed25519-other", principals="admin"))
+
+
+def test_verify_required_is_a_known_critical_option(site: Site, sign, make_ca) -> None:
+    """sshd knows it; it only concerns FIDO keys, which conchcmd does not accept."""
+    site.trust(make_ca("ed25519"))
+    site.check(sign("verify-required"))
+
+
+def _raw_certificate(
+    *, key_id: bytes = b"id", extensions=(), critical=(), principals=(b"alice",), ca=None
+) -> bytes:
+    """A certificate made with `cryptography`, which (unlike ssh-keygen) writes what it is given."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(ed25519.Ed25519PrivateKey.generate().public_key())
+        .serial(1)
+        .type(SSHCertificateType.USER)
+        .key_id(key_id)
+        .valid_principals(list(principals))
+        .valid_after(0)
+        .valid_before((1 << 64) - 1)
+    )
+    for name, value in extensions:
+        builder = builder.add_extension(name, value)
+    for name, value in critical:
+        builder = builder.add_critical_option(name, value)
+    signed = builder.sign(ca or ed25519.Ed25519PrivateKey.generate())
+    return base64.b64decode(signed.public_bytes().split()[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"key_id": b"a\0b"}, "NUL in the key id"),
+        ({"extensions": [(b"permit-pty", b"data")]}, "permit-pty is corrupt"),
+        ({"critical": [(b"force-command", b"")]}, "force-command cannot be parsed"),
+        ({"critical": [(b"source-address", b"10.0.0.1/8")]}, "source-address is malformed"),
+        ({"critical": [(b"source-address", b"10.0.0.1, 10.0.0.2")]}, "source-address is malformed"),
+    ],
+)
+def test_certificates_sshd_cannot_read_are_refused(kwargs: dict, message: str) -> None:
+    from conchcmd.certs import CertificateRefused, certificate_options, parse_certificate
+
+    blob = _raw_certificate(**kwargs)
+    with pytest.raises(CertificateRefused, match=message):
+        parse_certificate(blob)
+        certificate_options(blob)
+
+
+def test_an_unreadable_certificate_in_revoked_keys_refuses_everything(site: Site, sign, make_ca) -> None:
+    """sshd cannot read it either, and then treats every key as revoked."""
+    site.trust(make_ca("ed25519"))
+    blob = _raw_certificate(key_id=b"a\0b")
+    site.revoke("ssh-ed25519-cert-v01@openssh.com " + base64.b64encode(blob).decode())
+    with pytest.raises(KeyRefused, match="revocation list has an unreadable line"):
+        site.check(sign())
+
+
+def test_a_bad_line_in_the_trusted_file_hides_the_cas_after_it(site: Site, sign, make_ca) -> None:
+    """sshd stops reading TrustedUserCAKeys at a line it cannot read."""
+    ca = make_ca("ed25519")
+    site.trusted.write_text(f"not a key\n{ca.public_line}\n")
+    with pytest.raises(KeyRefused, match="not trusted"):
+        site.check(sign())
+    site.trusted.write_text(f"{ca.public_line}\nnot a key\n")
+    site.check(sign())
+
+
+def test_a_last_nul_in_a_principal_or_key_id_is_allowed_and_not_part_of_it(site: Site) -> None:
+    """sshbuf_get_cstring() accepts one NUL at the very end; the C string stops before it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ca = ed25519.Ed25519PrivateKey.generate()
+    site.trusted.write_bytes(
+        ca.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
+    blob = _raw_certificate(key_id=b"laptop\0", principals=[b"alice\0"], ca=ca)
+    authorized = site.authorizer.authorize("alice", b"ssh-ed25519-cert-v01@openssh.com", blob, "10.0.0.5")
+    assert authorized.identity.certificate is not None
+    assert authorized.identity.certificate["cert_key_id"] == "laptop"

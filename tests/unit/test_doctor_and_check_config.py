@@ -107,6 +107,19 @@ def test_doctor_names_an_unknown_authorized_keys_option(setup: Setup) -> None:
     assert "fix:" in problem
 
 
+def test_doctor_names_the_trusted_ca_line_where_reading_stops(setup: Setup) -> None:
+    """sshd stops reading TrustedUserCAKeys at a line that is not a key; so does conchcmd, and the
+    doctor says where."""
+    cas = setup.base / "trusted_cas"
+    cas.write_text("ssh-ed25519 not-base64\n" + authorized_line(ed25519_key(7)))
+    setup.write_config(f'trusted_user_ca_keys = "{cas}"')
+    status, report = setup.doctor()
+    assert status == 1
+    (problem,) = problems(report)
+    assert f"{cas}:1 is not a CA public key" in problem and "fix:" in problem
+    assert "trusted_user_ca_keys: 0 CA key(s)" in report
+
+
 def test_doctor_authorized_keys_file_writable_by_others(setup: Setup) -> None:
     setup.alice.chmod(0o666)
     status, report = setup.doctor()

@@ -1,0 +1,251 @@
+"""Differential harness: a real sshd and a real `conchcmd serve` reading the same files.
+
+Both read one authorized_keys file (in a directory sshd's StrictModes accepts), one
+TrustedUserCAKeys file and one RevokedKeys file; an asyncssh client tries each case's key
+against both, from the case's loopback source address, and only authenticates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from support.authcases import SOURCES, Case, private_openssh
+from support.serverfiles import ServerFiles, wait_for
+from support.sshd import Sshd, ipv6_loopback, secure_directory, sshd_available, system_user
+
+REPO = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
+LISTENING6 = re.compile(rb"conchcmd: listening on .* \(::1:(\d+)\)")
+ATTEMPT_TIMEOUT = 30.0
+
+
+@dataclass
+class Files:
+    """The files both servers read."""
+
+    directory: Path
+    user: str
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.directory / "authorized_keys" / self.user
+
+    @property
+    def trusted(self) -> Path:
+        return self.directory / "trusted_user_ca_keys"
+
+    @property
+    def revoked(self) -> Path:
+        return self.directory / "revoked_keys"
+
+    def write(self, cases: list[Case]) -> None:
+        """Replace all three files (each through a new inode, so no reader sees half a file)."""
+        for path, chunks in (
+            (self.authorized_keys, [line for case in cases for line in case.lines]),
+            (self.trusted, [line for case in cases for line in case.trusted]),
+            (self.revoked, [line for case in cases for line in case.revoked]),
+        ):
+            temporary = path.with_name(path.name + ".new")
+            temporary.write_bytes(b"".join(chunk + b"\n" for chunk in chunks))
+            temporary.chmod(0o644)
+            os.replace(temporary, path)
+
+
+@dataclass
+class ConchServer(ServerFiles):
+    """`conchcmd serve` with the shared files, and limits loose enough for hundreds of refusals."""
+
+    base: Path
+    files: Files
+    ipv6: bool = True  # also listen on ::1
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    port6: int = 0
+    returncode: int | None = None
+    _log_file: Any = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        syslog = self.base / "syslog"
+        syslog.write_text("nothing\n")
+        settings = {
+            "listen": ["tcp:0:interface=127.0.0.1", *(["tcp6:0:interface=\\:\\:1"] if self.ipv6 else [])],
+            "host_keys_dir": "keys",
+            "authorized_keys": str(self.files.directory / "authorized_keys" / "%u"),
+            "trusted_user_ca_keys": str(self.files.trusted),
+            "revoked_keys": str(self.files.revoked),
+            "audit_log": "audit.jsonl",
+            "max_clients": 100,
+            "max_startups": 200,
+            "max_startups_per_source": 100,
+            "max_auth_tries": 10,
+            "penalty_seconds": 0,
+            "penalty_max_seconds": 0,
+        }
+        text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+        text += f"[lastlog]\npath = {json.dumps(str(syslog))}\n"
+        self.config.write_text(text)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            env=env,
+            start_new_session=True,
+        )
+
+        def listening() -> tuple[int, int] | None:
+            log = self.log_bytes()
+            v4, v6 = LISTENING.search(log), LISTENING6.search(log)
+            if v4 and (v6 or not self.ipv6):
+                return int(v4.group(1)), int(v6.group(1)) if v6 else 0
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"conchcmd exited with {self.proc.returncode}:\n{self.log_text()}")
+            return None
+
+        self.port, self.port6 = wait_for(listening, 15.0, "conchcmd's listening lines")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one server listens: a port on 127.0.0.1 and one on ::1."""
+
+    port: int
+    port6: int
+
+    def address(self, source: str) -> tuple[str, int]:
+        return ("::1", self.port6) if ":" in source else ("127.0.0.1", self.port)
+
+
+@dataclass
+class Pair:
+    """sshd and conchcmd over the same files, and the user both authenticate."""
+
+    sshd: Sshd
+    conch: ConchServer
+    files: Files
+
+    @property
+    def user(self) -> str:
+        return self.files.user
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The generator's client addresses this machine can use (::1 only with IPv6)."""
+        return SOURCES if self.sshd.ipv6 else tuple(s for s in SOURCES if ":" not in s)
+
+    @property
+    def sshd_target(self) -> Target:
+        return Target(self.sshd.port, self.sshd.port)
+
+    @property
+    def conch_target(self) -> Target:
+        return Target(self.conch.port, self.conch.port6)
+
+
+@pytest.fixture(scope="session")
+def server_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    if not sshd_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("sshd (openssh-server) and root are needed for the differential tests")
+        pytest.skip("needs root and /usr/sbin/sshd (openssh-server)")
+    with secure_directory("conchcmd-diff-") as directory, system_user(directory) as user:
+        files = Files(directory, user)
+        files.authorized_keys.parent.mkdir(mode=0o755)
+        files.write([])
+        sshd = Sshd(
+            tmp_path_factory.mktemp("sshd"),
+            authorized_keys=str(directory / "authorized_keys" / "%u"),
+            trusted_user_ca_keys=files.trusted,
+            revoked_keys=files.revoked,
+            ipv6=ipv6_loopback(),
+        )
+        conch = ConchServer(tmp_path_factory.mktemp("conchcmd"), files, ipv6=sshd.ipv6)
+        try:
+            sshd.start()
+            conch.start()
+            yield Pair(sshd, conch, files)
+        finally:
+            sshd.stop()
+            conch.stop()
+        text = conch.log_text()
+        assert "Traceback" not in text and "Unhandled" not in text, f"conchcmd logged an error:\n{text[-20000:]}"
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+class AttemptError(Exception):
+    """An attempt ended neither in success nor in a refusal of the key."""
+
+
+def _certificate_pair(key: Any, case: Case) -> Any:
+    """asyncssh's key pair for a certificate it would refuse to parse (unknown critical options,
+    key ids that are not UTF-8, ...): made with a stand-in certificate for the same key, then
+    presenting the case's certificate blob exactly as generated."""
+    stand_in = (
+        SSHCertificateBuilder()
+        .public_key(case.key.public_key())
+        .serial(0)
+        .type(SSHCertificateType.USER)
+        .key_id(b"stand-in")
+        .valid_principals([b"stand-in"])
+        .valid_after(0)
+        .valid_before((1 << 64) - 1)
+        .sign(ed25519.Ed25519PrivateKey.generate())
+    )
+    cert = asyncssh.import_certificate(stand_in.public_bytes())
+    (pair,) = (p for p in asyncssh.load_keypairs([(key, cert)]) if p.algorithm.endswith(b"-cert-v01@openssh.com"))
+    pair.public_data = base64.b64decode(case.cert.split()[1])
+    return pair
+
+
+async def attempt(target: Target, user: str, case: Case) -> bool:
+    """Authenticate with the case's key (or certificate) from its source; True if accepted."""
+    key = asyncssh.import_private_key(private_openssh(case.key))
+    client_keys: list[Any]
+    client_keys = [_certificate_pair(key, case)] if case.cert is not None else [key]
+    host, port = target.address(case.source)
+    try:
+        conn = await asyncio.wait_for(
+            asyncssh.connect(
+                host,
+                port,
+                username=user,
+                client_keys=client_keys,
+                local_addr=(case.source, 0),
+                known_hosts=None,
+                agent_path=None,
+                config=(),
+                password=None,
+                kbdint_auth=False,
+                gss_auth=False,
+                preferred_auth="publickey",
+            ),
+            ATTEMPT_TIMEOUT,
+        )
+    except asyncssh.PermissionDenied:
+        return False
+    except (OSError, asyncssh.Error, TimeoutError) as e:
+        raise AttemptError(f"{type(e).__name__}: {e}") from e
+    conn.close()
+    await conn.wait_closed()
+    return True
