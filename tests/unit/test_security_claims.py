@@ -446,6 +446,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "output only as the client's window allows; commands wait when 512 KiB is queued": [
             P + "test_channel_and_shells.py::test_output_never_exceeds_the_window_and_packets_fit",
             P + "test_channel_and_shells.py::test_writers_wait_above_the_high_water_mark",
+            P + "test_channel_and_shells.py::test_a_command_waits_once_512_kib_of_output_is_queued",
             M + "test_sessions.py::test_bulk_output_respects_the_client_window",
         ],
         "the input window follows what a channel holds: 256 KiB per channel, 4 MiB per connection": [
@@ -468,10 +469,11 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_sessions.py::test_plain_shell_discards_an_overlong_line_and_continues",
             M + "test_limits.py::test_oversized_preauth_packet_ends_the_connection",
         ],
-        "a client that disconnects cancels its command; a hash stops at the next block": [
+        "a client that disconnects cancels its command; a hash stops at the next 1 MiB block": [
             P + "test_channel_and_shells.py::test_client_closing_cancels_the_command_and_drops_output",
             M + "test_sessions.py::test_client_vanishing_cancels_the_command",
             U + "test_comphash.py::test_cancel_event_set_mid_file_stops_between_reads",
+            U + "test_comphash.py::test_a_hash_reads_in_1_mib_blocks_and_stops_at_the_next_one",
             E + "test_e2e_refusals.py::test_client_vanishing_mid_hash_cancels_the_work",
         ],
         "malformed packets end only their own connection, with one log line": [
@@ -538,6 +540,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             P + "test_terminal_escapes.py::test_error_messages_quoting_a_path_are_sanitised_with_or_without_a_pty",
             P + "test_terminal_escapes.py::test_dispatcher_diagnostics_quoting_the_client_are_sanitised",
             P + "test_terminal_escapes.py::test_completion_lists_no_name_the_sanitiser_would_alter",
+            P + "test_hardening.py::test_completion_does_not_offer_names_with_control_characters",
             U + "test_lastlog.py::test_lastlog_interactive_neutralises_terminal_controls",
             E + "test_e2e_shell.py::test_pty_shell_log_control_bytes_are_neutralised",
         ],
@@ -554,26 +557,18 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
 
 
 @cache
-def readme_bullets() -> dict[str, str]:
-    """The bullets of README's "## Security model" section: bold lead -> whole bullet text.
-    A bullet without a bold lead is keyed by its first words, prefixed with '(no bold lead) '."""
+def readme_leads() -> tuple[str, ...]:
+    """The bold lead of each bullet of README's "## Security model" section, in order; a bullet
+    without one is named by its first words, prefixed with '(no bold lead) '."""
     text = README.read_text(encoding="utf-8")
     start = text.index("\n## Security model\n")
     end = text.find("\n## ", start + 1)
-    section = text[start:end] if end >= 0 else text[start:]
-    bullets: dict[str, str] = {}
-    current: list[str] = []
-    for line in [*section.splitlines(), "- "]:
-        if line.startswith("- ") and current:
-            whole = " ".join(current)
-            lead = re.match(r"- \*\*(.+?)\*\*", whole)
-            bullets[lead.group(1) if lead else "(no bold lead) " + whole[2:60]] = whole
-            current = []
+    leads = []
+    for line in text[start : end if end >= 0 else None].splitlines():
         if line.startswith("- "):
-            current = [line.strip()]
-        elif current and line.startswith("  "):
-            current.append(line.strip())
-    return bullets
+            lead = re.match(r"- \*\*(.+?)\*\*", line)
+            leads.append(lead.group(1) if lead else "(no bold lead) " + line[2:60])
+    return tuple(leads)
 
 
 @cache
@@ -592,17 +587,23 @@ def defined_tests(path: str) -> frozenset[str]:
 
 
 def test_every_security_model_bullet_has_its_claims_and_every_entry_a_bullet() -> None:
-    bullets = readme_bullets()
-    missing = [lead for lead in bullets if lead not in CLAIMS]
-    stale = [lead for lead in CLAIMS if lead not in bullets]
+    leads = readme_leads()
     problems = [
         f"README security model bullet {lead!r} has no entry in CLAIMS: list its claims and {HOW}"
         + (" (and give the bullet a bold lead: '- **Lead.** ...')" if lead.startswith("(no bold lead)") else "")
-        for lead in missing
-    ] + [
+        for lead in leads
+        if lead not in CLAIMS
+    ]
+    problems += [
         f"CLAIMS entry {lead!r} matches no bullet of README's security model: if the bullet was reworded, "
         "rename the entry to its bold lead; if the claim was dropped, remove the entry"
-        for lead in stale
+        for lead in CLAIMS
+        if lead not in leads
+    ]
+    problems += [
+        f"two security model bullets share the bold lead {lead!r}: give each its own"
+        for lead in set(leads)
+        if leads.count(lead) > 1
     ]
     assert not problems, "\n".join(problems)
 
