@@ -405,6 +405,8 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "unauthenticated connections are capped per source and in total": [
             P + "test_admission_liveness.py::test_per_source_cap_spares_other_sources",
             M + "test_limits.py::test_startup_cap_per_source",
+            P + "test_admission_liveness.py::test_total_cap_lets_recently_authenticated_sources_in",
+            M + "test_limits.py::test_global_cap_admits_known_operators",
             R + "test_flood.py::test_preauth_flood_from_one_source",
         ],
         "closed after the login grace time": [
