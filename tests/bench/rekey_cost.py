@@ -24,13 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from inmemory.conftest import make_world
 from support.keys import ed25519_key
 from support.sshclient import ClientFactory
+from support.tempdirs import trusted_temp_parent
 
 from conchcmd.config import KEX_ALGORITHMS
 from conchcmd.framing import REKEY_WINDOW
 
 
 def measure(kex: str, rekeys: int) -> list[float]:
-    world = make_world(Path(tempfile.mkdtemp()))
+    with tempfile.TemporaryDirectory(prefix="conchcmd-rekey-", dir=trusted_temp_parent()) as tmp:
+        return _measure(Path(tmp), kex, rekeys)
+
+
+def _measure(tmp: Path, kex: str, rekeys: int) -> list[float]:
+    world = make_world(tmp)
     factory = ClientFactory()
     factory.supportedKeyExchanges = [kex.encode()]
     conn = world.connect(client=factory)

@@ -116,3 +116,61 @@ def test_ssh_audit_finds_no_failure_and_only_the_post_quantum_warning(server):
     assert all("post-quantum" in note for _, note in warnings), warnings
     assert report["cves"] == [] and report["recommendations"] == {}
     assert report["banner"]["software"] == "conchcmd"
+
+
+# A second strict-KEX client besides OpenSSH (whose 9.2 has it only as Debian's backport): asyncssh
+# rekeys after `rekey_bytes` it has sent, and counts its key exchanges here by wrapping _send_kexinit.
+STRICT_REKEYING_CLIENT = """
+import asyncio, sys
+import asyncssh
+from asyncssh.connection import SSHConnection
+
+key, port, source, cipher, mac = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+exchanges = 0
+send_kexinit = SSHConnection._send_kexinit
+
+def counting(self):
+    global exchanges
+    exchanges += 1
+    return send_kexinit(self)
+
+SSHConnection._send_kexinit = counting
+
+async def main():
+    async with asyncssh.connect(
+        "127.0.0.1", port, username="alice", client_keys=[key], known_hosts=None, local_addr=(source, 0),
+        agent_path=None, connect_timeout=10, encryption_algs=[cipher], mac_algs=[mac], rekey_bytes=32 * 1024,
+    ) as conn:
+        strict = conn._strict_kex
+        result = await conn.run(input=b"\\n" * 256 * 1024 + b"lastlog -n 3000\\nexit 7\\n", encoding=None)
+    sys.stdout.buffer.write(result.stdout)
+    print(f"strict={strict} exchanges={exchanges} status={result.exit_status}", file=sys.stderr)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("cipher", "mac"),
+    [
+        ("chacha20-poly1305@openssh.com", "hmac-sha2-256-etm@openssh.com"),  # the MAC is chacha20's own
+        ("aes128-ctr", "hmac-sha2-512-etm@openssh.com"),
+    ],  # not GCM: its nonce counts on its own, so the sequence numbers cannot show there
+)
+def test_strict_kex_sequence_numbers_restart_at_every_rekey_with_asyncssh(server, tmp_path, cipher, mac):
+    """Strict KEX restarts the sequence numbers after every NEWKEYS, rekeys included; a server that
+    restarted them only after the first exchange would break the MAC at the client's first rekey."""
+    pytest.importorskip("asyncssh")
+    script = tmp_path / "client.py"
+    script.write_text(STRICT_REKEYING_CLIENT)
+    r = subprocess.run(
+        [sys.executable, script, server.keys.ed25519, str(server.port), "127.0.0.1", cipher, mac],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.stderr.decode().splitlines()[-1:] != [] and r.returncode == 0, r.stderr.decode()[-3000:]
+    summary = dict(word.split("=") for word in r.stderr.decode().split()[-3:])
+    assert summary["strict"] == "True" and summary["status"] == "7"
+    assert int(summary["exchanges"]) >= 5  # the initial exchange and at least four rekeys
+    assert r.stdout == server.tail(server.data.syslog, 3000)

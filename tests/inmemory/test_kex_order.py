@@ -317,6 +317,11 @@ def test_a_rekey_storm_is_cut_off_and_other_clients_are_unaffected(world: World)
     assert works(bystander) and not bystander.disconnected
 
 
+def test_the_rekey_limits_are_the_figures_the_readme_states() -> None:
+    """The tests around this one use the constants; README's Rekeying bullet states the numbers."""
+    assert (REKEY_BURST, REKEY_WINDOW, REKEY_FREE_BYTES) == (10, 60.0, 8 * 1024)
+
+
 def test_rekeys_spread_out_in_time_or_after_traffic_are_never_cut_off(tmp_path: Path) -> None:
     w = make_world(tmp_path)
     conn = logged_in(w)

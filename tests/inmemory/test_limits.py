@@ -151,6 +151,29 @@ def test_keepalives_detect_a_dead_peer(tmp_path: Path) -> None:
     assert bye["peer"].startswith("10.0.0.2:") and bye["reason"] == "no answer to 3 keepalives"
 
 
+def test_a_peer_that_takes_no_more_bytes_is_cut_five_seconds_after_the_close(tmp_path: Path) -> None:
+    """A close waits for the last bytes to leave; a peer that never takes them (its connection, and
+    its client slot, would stay for good) is cut 5 s later, one that does is never cut."""
+    w = limited(tmp_path, keepalive_interval=15, keepalive_count_max=3)
+    dead = w.login(peer="10.0.0.2")
+    gone = w.login(peer="10.0.0.3")
+    cuts: list[tuple[str, float]] = []
+    for name, conn in (("dead", dead), ("gone", gone)):
+        conn.server.transport.abortConnection = lambda name=name: cuts.append((name, w.clock.seconds()))
+    gone.server.close_with(b"shutting down")
+    gone.flush()  # this peer takes the last bytes: the connection ends normally
+    for _ in range(4):
+        w.clock.advance(15)  # `dead` never reads: keepalives go unanswered and the server closes
+    assert dead.server.transport.disconnecting and cuts == []
+    closed_at = w.clock.seconds()
+    w.clock.advance(4.9)
+    assert cuts == []
+    w.clock.advance(0.1)
+    assert cuts == [("dead", closed_at + 5)]
+    w.clock.advance(60)
+    assert cuts == [("dead", closed_at + 5)]
+
+
 def test_oversized_preauth_packet_ends_the_connection(world: World) -> None:
     conn = world.connect()
     sent_before = len(world.audit.of("disconnect"))

@@ -207,6 +207,35 @@ def test_refused_channels_and_requests_keep_the_connection(world: World) -> None
     assert not conn.disconnected
 
 
+def test_agent_x11_env_and_subsystem_requests_are_refused_and_the_channel_serves(world: World) -> None:
+    """Each gets a failure reply (not a success that is then ignored); a pty on the same channel is
+    granted, and the channel still runs its command."""
+    conn = world.login()
+    chan = conn.open_session()
+    replies: dict[bytes, str] = {}
+    for kind, data in (
+        (b"auth-agent-req@openssh.com", b""),
+        (b"x11-req", b"\0" + common.NS(b"MIT-MAGIC-COOKIE-1") + common.NS(b"00" * 16) + b"\0\0\0\0"),
+        (b"env", common.NS(b"LANG") + common.NS(b"C")),
+        (b"subsystem", common.NS(b"sftp")),
+        (b"pty-req", pty_request()),
+    ):
+        d = conn.request(chan, kind, data)
+        d.addCallbacks(
+            lambda _, k=kind: replies.setdefault(k, "granted"), lambda _, k=kind: replies.setdefault(k, "refused")
+        )
+    assert replies == {
+        b"auth-agent-req@openssh.com": "refused",
+        b"x11-req": "refused",
+        b"env": "refused",
+        b"subsystem": "refused",
+        b"pty-req": "granted",
+    }
+    conn.exec(chan, b"exit 3")
+    conn.flush()
+    assert chan.exit_status == 3 and not conn.disconnected
+
+
 def test_second_exec_on_one_channel_refused(tmp_path: Path) -> None:
     runner = ManualRunner()
     w = make_world(tmp_path, runner=runner)

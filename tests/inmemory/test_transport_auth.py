@@ -149,6 +149,23 @@ def test_max_auth_tries_disconnects(world: World) -> None:
     assert bye["reason"] == "Too many authentication failures"
 
 
+def test_six_probes_of_unknown_keys_end_the_connection(world: World) -> None:
+    """A key probe (no signature) is a failed attempt too: probing is no way around max_auth_tries."""
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    answers = []
+    for n in range(6):
+        assert not conn.disconnected, n
+        probe = auth.probe(ed25519_key(60 + n))
+        conn.flush()
+        answers.append(result_of(probe)[0] if probe.called else None)
+    assert answers[:5] == [FAILURE] * 5
+    assert conn.disconnected
+    assert len([e for e in world.audit.of("auth") if not e["ok"]]) == 6
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"] == "Too many authentication failures"
+
+
 def test_max_clients_turns_away_and_frees_slots(tmp_path: Path) -> None:
     w = make_world(tmp_path, max_clients=1)
     first = w.login()

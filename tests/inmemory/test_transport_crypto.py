@@ -96,6 +96,33 @@ def test_client_initiated_and_time_based_rekeys(world: World) -> None:
     assert conn.server.kex_count == 3 and chan.out == b"line 19\nline 20\n"
 
 
+def test_the_server_renews_the_keys_after_a_gib_or_an_hour_not_sooner(world: World) -> None:
+    """OpenSSH's RekeyLimit default. A real GiB through the in-memory stack takes too long, so the
+    count of bytes since the last exchange is set just short of it; the next traffic decides."""
+    conn = world.login()
+    server = conn.server
+
+    def lastlog() -> None:
+        chan = conn.open_session()
+        conn.exec(chan, b"lastlog -n 2")
+        conn.flush()
+        assert chan.out == b"line 19\nline 20\n" and chan.exit_status == 0
+
+    assert server.kex_count == 1
+    server._bytes_since_kex = (1 << 30) - 64 * 1024  # 64 KiB short: a short command does not reach it
+    lastlog()
+    assert server.kex_count == 1
+    server._bytes_since_kex = (1 << 30) - 16
+    lastlog()
+    assert server.kex_count == 2 and conn.client.kex_count == 2
+    world.clock.advance(3590)
+    lastlog()
+    assert server.kex_count == 2
+    world.clock.advance(11)
+    lastlog()
+    assert server.kex_count == 3 and conn.client.kex_count == 3
+
+
 def test_strict_kex_restarts_sequence_numbers(world: World) -> None:
     strict = connect(world.factory, world.clock, client_factory=client(strict=True))
     assert strict.server.strict_kex and strict.client.strict_kex

@@ -185,6 +185,13 @@ def test_writers_wait_above_the_high_water_mark() -> None:
     assert h.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
 
 
+def test_a_command_waits_once_512_kib_of_output_is_queued() -> None:
+    """The figure README states; `flood` writes 100 000 bytes at a time and none leaves (window 0)."""
+    h = Harness(window=0)
+    h.exec(b"flood 5000000")
+    assert 512 * 1024 < h.chan._queued <= 512 * 1024 + 100_000
+
+
 def test_client_closing_cancels_the_command_and_drops_output() -> None:
     h = Harness(window=0)
     h.exec(b"block")

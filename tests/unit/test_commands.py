@@ -117,6 +117,17 @@ def test_bad_exit_is_a_usage_error_and_does_not_end_the_session(builtin, line: s
     assert run.err == f"{message}\nusage: exit [N]\n"
 
 
+@pytest.mark.parametrize(
+    ("line", "number"),
+    [("exit \u0663", "\u0663"), ("exit \uff11", "\uff11"), ("exit +5", "+5"), ("exit 1_0", "1_0"), ("exit ' 5'", " 5")],
+)
+def test_exit_status_takes_ascii_digits_only(builtin, line: str, number: str) -> None:
+    """int() takes every one of these (an Arabic-Indic and a fullwidth digit among them); exit takes none."""
+    run = builtin.run(line)
+    assert run.outcome == Outcome(2, end_session=False)
+    assert run.err == f"exit: status must be a number, not {number!r}\nusage: exit [N]\n"
+
+
 def test_help_lists_every_command_and_the_exit_statuses(builtin) -> None:
     run = builtin.run("help")
     assert (run.status, run.stderr) == (0, b"")

@@ -215,6 +215,29 @@ def test_cancel_event_set_mid_file_stops_between_reads(root: Path, monkeypatch: 
     assert updates == [100]
 
 
+def test_a_hash_reads_in_1_mib_blocks_and_stops_at_the_next_one(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: a client that disconnects stops its hash at the next 1 MiB block."""
+    (root / "big.bin").write_bytes(b"x" * (3 << 20))
+    cancelled = threading.Event()
+    real_new = hashlib.new
+    updates = []
+
+    class Spy:
+        def __init__(self, name: str) -> None:
+            self.h = real_new(name)
+
+        def update(self, data: Any) -> None:
+            updates.append(len(data))
+            if len(updates) == 2:
+                cancelled.set()
+            self.h.update(data)
+
+    monkeypatch.setattr(comphash.hashlib, "new", Spy)
+    with pytest.raises(HashCancelled):
+        hash_file(str(root / "big.bin"), (str(root),), "sha256", cancelled)
+    assert updates == [1 << 20, 1 << 20]
+
+
 # --- format_line against sha256sum ---------------------------------------------------------
 
 NAMES = ["plain.txt", "with space", "back\\slash", "new\nline", "both\\and\nnew", "carriage\rreturn", "trailing\r"]

@@ -54,7 +54,7 @@ def test_load_returns_the_ed25519_key(tmp_path: Path) -> None:
     assert not loaded.private[b"ssh-ed25519"].isPublic()
 
 
-@pytest.mark.parametrize("bad_mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o004])
+@pytest.mark.parametrize("bad_mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o004, 0o620, 0o602])  # read or write
 def test_load_refuses_a_private_key_others_can_access(tmp_path: Path, bad_mode: int) -> None:
     ensure_host_keys(tmp_path)
     private = tmp_path / "ssh_host_ed25519_key"
