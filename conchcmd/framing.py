@@ -155,6 +155,8 @@ class ModernFraming:
         self._count(len(data))
 
     def getPacket(self) -> bytes | None:
+        if self._dead:
+            return None  # Conch's read loop would go on dispatching what the same read brought
         codec = self._in_codec
         if self._pending_length is None:
             head = codec.head_size()

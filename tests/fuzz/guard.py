@@ -1,0 +1,111 @@
+"""What every fuzz target shares: its budget, a per-example time bound, the log check, the corpus.
+
+A target fails on an exception it does not document, a hang (an example running longer than
+HANG_SECONDS), a traceback or error in the Twisted log, or a buffer growing past its bound.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hypothesis import settings
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+PROFILE = "conchcmd-fuzz"
+CORPUS = Path(__file__).parent / "corpus"
+#: Far above what any one example needs (milliseconds); only a hang, or a machine stalled for
+#: this long, reaches it.
+HANG_SECONDS = 20.0
+LONG_FACTOR = 200
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def budget(default: int) -> int:
+    """Examples for a target whose default run takes `default` examples."""
+    explicit = os.environ.get("CONCHCMD_FUZZ_EXAMPLES")
+    if explicit:
+        return int(explicit)
+    if os.environ.get("CONCHCMD_FUZZ", "") == "long":
+        return default * LONG_FACTOR
+    return default
+
+
+def fuzz(default_examples: int) -> Callable[[F], F]:
+    """The fuzz profile with this target's example budget, as a test decorator."""
+    return settings(settings.get_profile(PROFILE), max_examples=budget(default_examples))
+
+
+class Hang(Exception):
+    """An example ran longer than HANG_SECONDS."""
+
+
+@contextmanager
+def bounded(seconds: float = HANG_SECONDS) -> Iterator[None]:
+    """Raise Hang in the code under test if this block runs longer than `seconds` (SIGALRM)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise Hang(f"example still running after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class LogWatch:
+    """Collects Twisted log events at error level and above, and any carrying a Failure."""
+
+    def __init__(self, ignore_sources: tuple[type, ...] = ()) -> None:
+        self.bad: list[dict[str, Any]] = []
+        self.ignore_sources = ignore_sources  # the test client's own complaints are not the server's
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if isinstance(event.get("log_source"), self.ignore_sources):
+            return
+        level = event.get("log_level")
+        if "log_failure" in event or level in (LogLevel.error, LogLevel.critical) or event.get("isError"):
+            self.bad.append(event)
+
+    def start(self) -> None:
+        globalLogPublisher.addObserver(self)
+
+    def stop(self) -> None:
+        globalLogPublisher.removeObserver(self)
+
+    @contextmanager
+    def clean(self, *, collect: bool = False) -> Iterator[None]:
+        """Fail if this block (or, with `collect`, a Deferred it dropped) logs an error or traceback."""
+        before = len(self.bad)
+        yield
+        if collect:
+            gc.collect()  # "Unhandled error in Deferred" is logged when the Deferred is collected
+        new = self.bad[before:]
+        if new:
+            del self.bad[before:]
+            described = []
+            for event in new:
+                text = formatEvent(event)
+                failure = event.get("log_failure")
+                if failure is not None:
+                    text += "\n" + failure.getTraceback()
+                described.append(text)
+            raise AssertionError("logged at error level:\n" + "\n---\n".join(described))
+
+
+def corpus(target: str) -> list[Any]:
+    """The saved inputs of a target, as pytest params named by file."""
+    import pytest
+
+    folder = CORPUS / target
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return [pytest.param(p.read_bytes(), id=p.name) for p in files]

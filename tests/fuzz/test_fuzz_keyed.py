@@ -1,0 +1,221 @@
+"""Fuzz targets over the in-memory stack (real client, real crypto, MemoryReactorClock):
+
+- every cipher and MAC the server implements: a changed packet is never dispatched and ends the
+  connection with a DISCONNECT, while the same packet unchanged is accepted;
+- pre-authentication: generated USERAUTH_REQUESTs (every method, real and mangled keys and
+  certificates, bad signatures) and stray messages never authenticate, never log a traceback,
+  keep buffers bounded and end, if they end, with a DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from hypothesis import example, given
+from hypothesis import strategies as st
+from inmemory.conftest import World, make_world
+from support.keys import ecdsa_key, ed25519_key, rsa_key
+from support.sshclient import ClientFactory
+from twisted.conch.ssh import transport, userauth
+from twisted.conch.ssh.common import NS
+
+from conchcmd.certs import CERT_SIGNATURES
+from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
+from conchcmd.packets import pad
+from fuzz.guard import LogWatch, bounded, fuzz
+from fuzz.test_fuzz_packets import SUITE_IDS, SUITES
+from fuzz.wire import PACKET_BUFFER, Keyed
+
+CA = ed25519.Ed25519PrivateKey.generate()
+
+
+def certificate(principals: list[bytes], **critical: bytes) -> bytes:
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(ed25519_key()._keyObject.public_key())
+        .serial(7)
+        .type(SSHCertificateType.USER)
+        .key_id(b"fuzz")
+        .valid_principals(principals)
+        .valid_after(0)
+        .valid_before(2**63)
+    )
+    for name, value in critical.items():
+        builder = builder.add_critical_option(name.encode(), NS(value))
+    return base64.b64decode(builder.sign(CA).public_bytes().split()[1])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("fuzz-keyed")
+    ca_file = base / "trusted_ca"
+    ca_key = CA.public_key().public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.OpenSSH,
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"]).PublicFormat.OpenSSH,
+    )
+    ca_file.write_bytes(ca_key + b"\n")
+    yield make_world(
+        base,
+        algorithms=AlgorithmsConfig(macs=MACS + OPTIONAL_MACS),
+        trusted_user_ca_keys=str(ca_file),
+    )
+
+
+# -- every cipher and MAC: tampering is always caught ------------------------------------------
+
+
+def client_for(cipher: str, mac: str) -> ClientFactory:
+    factory = ClientFactory()
+    factory.supportedCiphers = [cipher.encode()]
+    factory.supportedMACs = [(mac or MACS[0]).encode()]
+    return factory
+
+
+@pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=SUITE_IDS)
+@fuzz(12)
+@given(payload=st.binary(min_size=0, max_size=600), data=st.data())
+def test_a_changed_packet_is_never_dispatched(
+    world: World, log_watch: LogWatch, cipher: str, mac: str, payload: bytes, data: st.DataObject
+) -> None:
+    with bounded(), log_watch.clean():
+        keyed = Keyed(world, client_for(cipher, mac))
+        try:
+            assert keyed.server.currentEncryptions.inCipType == cipher.encode()
+            client = keyed.conn.client
+            codec = client._out_codec
+
+            def seal(message: bytes) -> bytes:
+                sealed = codec.seal(client.outgoingPacketSequence, pad(message, codec, client._padding.take))
+                client.outgoingPacketSequence += 1
+                return bytes(sealed)
+
+            before = len(keyed.spy.dispatched)
+            keyed.raw(seal(bytes((transport.MSG_IGNORE,)) + NS(payload)))
+            assert keyed.spy.dispatched[before:] == [transport.MSG_IGNORE] and not keyed.closing
+
+            changed = bytearray(seal(bytes((transport.MSG_IGNORE,)) + NS(payload)))
+            positions = data.draw(st.lists(st.integers(0, len(changed) - 1), min_size=1, max_size=3, unique=True))
+            for p in positions:
+                changed[p] ^= data.draw(st.integers(1, 255))
+            keyed.raw(bytes(changed))
+            if not keyed.closing:  # a changed length may ask for more bytes: give them all
+                keyed.raw(bytes(PACKET_BUFFER))
+            assert keyed.closing, "the changed packet was neither refused nor is it still awaited"
+            assert keyed.spy.dispatched[before + 1 :] == []
+            reasons = [reason for reason, _ in keyed.spy.disconnects]
+            assert reasons[:1] in ([transport.DISCONNECT_MAC_ERROR], [transport.DISCONNECT_PROTOCOL_ERROR])
+        finally:
+            keyed.close()
+
+
+# -- pre-authentication: generated userauth requests -------------------------------------------
+
+KEYS = [ed25519_key(), rsa_key(), ecdsa_key(), ed25519_key(9)]  # the first three are admin's
+CERTS = [certificate([b"admin"]), certificate([b"root"]), certificate([b"admin"], **{"source-address": "0.0.0.0/0"})]
+BLOBS = [k.public().blob() for k in KEYS] + CERTS
+ALGORITHMS = [
+    b"ssh-ed25519",
+    b"rsa-sha2-256",
+    b"rsa-sha2-512",
+    b"ssh-rsa",
+    b"ecdsa-sha2-nistp256",
+    *CERT_SIGNATURES,
+    b"ssh-rsa-cert-v01@openssh.com",
+    b"",
+]
+
+
+@st.composite
+def mangled(draw: st.DrawFn, blob: bytes) -> bytes:
+    """A blob with a few bytes changed, cut short, or with something appended."""
+    out = bytearray(blob)
+    for _ in range(draw(st.integers(0, 3))):
+        out[draw(st.integers(0, len(out) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(out))))
+    if cut is not None:
+        out = out[:cut]
+    return bytes(out) + draw(st.sampled_from([b"", b"\0", b"\xff\xff\xff\xff"]))
+
+
+blobs = st.one_of(st.sampled_from(BLOBS), st.sampled_from(BLOBS).flatmap(mangled), st.binary(max_size=200))
+signatures = st.one_of(
+    st.binary(max_size=100),
+    st.tuples(st.sampled_from(ALGORITHMS), st.binary(max_size=600)).map(lambda t: NS(NS(t[0]) + NS(t[1]))),
+)
+publickey_data = st.tuples(st.sampled_from([b"\0", b"\1", b"\2"]), st.sampled_from(ALGORITHMS), blobs, signatures).map(
+    lambda t: t[0] + NS(t[1]) + NS(t[2]) + (NS(t[3]) if t[0] != b"\0" else b"")
+)
+password_data = st.tuples(st.sampled_from([b"\0", b"\1"]), st.binary(max_size=80), st.binary(max_size=80)).map(
+    lambda t: t[0] + NS(t[1]) + (NS(t[2]) if t[0] == b"\1" else b"")
+)
+methods = st.one_of(
+    publickey_data.map(lambda d: NS(b"publickey") + d),
+    password_data.map(lambda d: NS(b"password") + d),
+    st.just(NS(b"none")),
+    st.tuples(
+        st.sampled_from([b"keyboard-interactive", b"hostbased", b"gssapi-with-mic", b"publickey", b"password"]),
+        st.binary(max_size=60),
+    ).map(lambda t: NS(t[0]) + t[1]),
+)
+users = st.one_of(
+    st.sampled_from([b"admin", b"root", b"", b"admin\0", b"../admin", b"adm\xc3\xafn", b"a" * 300]),
+    st.binary(max_size=30),
+)
+services = st.sampled_from([b"ssh-connection", b"ssh-userauth", b"", b"ssh-connection\0"])
+
+
+@st.composite
+def userauth_requests(draw: st.DrawFn) -> bytes:
+    payload = NS(draw(users)) + NS(draw(services)) + draw(methods)
+    cut = draw(st.one_of(st.none(), st.none(), st.integers(0, len(payload))))
+    return payload if cut is None else payload[:cut]
+
+
+stray = st.tuples(
+    st.sampled_from([2, 4, 5, 6, 7, 20, 21, 50, 51, 60, 61, 80, 90, 94, 98, 255]), st.binary(max_size=120)
+)
+steps = st.lists(st.one_of(userauth_requests().map(lambda p: (userauth.MSG_USERAUTH_REQUEST, p)), stray), max_size=8)
+
+
+@fuzz(100)
+@given(steps=steps)
+@example(steps=[(50, NS(b"admin") + NS(b"ssh-connection") + NS(b"publickey") + b"\0" + NS(b"ssh-ed25519"))])
+@example(steps=[(50, NS(b"admin") + NS(b"ssh-connection") + NS(b"publickey") + b"\1" + NS(b"x") + NS(CERTS[0]))])
+@example(steps=[(50, NS(b"admin") + NS(b"ssh-connection") + NS(b"password") + b"\1" + NS(b"a"))])
+def test_generated_userauth_requests_never_authenticate(
+    world: World, log_watch: LogWatch, steps: list[tuple[int, bytes]]
+) -> None:
+    with bounded(), log_watch.clean():
+        keyed = Keyed(world)
+        try:
+            auth = keyed.conn.start_auth(b"admin")
+            for message, payload in steps:
+                keyed.send(message, payload)
+                world.clock.advance(1.5)  # failed attempts answer after a delay
+                keyed.conn.flush()
+                keyed.check()
+            replies = [number for number, _ in auth.replies]
+            assert userauth.MSG_USERAUTH_SUCCESS not in replies
+            assert not keyed.server.holds_slot
+            assert not [r for r in world.audit.of("auth") if r.get("ok")]
+        finally:
+            keyed.close()
+            world.clock.advance(60)
+
+
+def test_the_fuzzed_suites_are_all_the_server_implements() -> None:
+    assert {c for c, _ in SUITES} == set(CIPHERS)
+    assert {m for _, m in SUITES if m} == set(MACS + OPTIONAL_MACS)
+
+
+def test_a_real_login_still_works_in_the_fuzzed_world(world: World) -> None:
+    """The fuzzed server is one where the right key does log in (so 'never authenticates' means something)."""
+    conn = world.connect("10.200.0.1")
+    assert conn.login(b"admin", ed25519_key()) == userauth.MSG_USERAUTH_SUCCESS
+    conn.server.connectionLost(None)
+    assert Path(world.config.trusted_user_ca_keys or "").exists()
