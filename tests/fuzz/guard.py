@@ -86,12 +86,14 @@ class LogWatch:
     def clean(self, *, collect: bool = False) -> Iterator[None]:
         """Fail if this block (or, with `collect`, a Deferred it dropped) logs an error or traceback."""
         before = len(self.bad)
-        yield
-        if collect:
-            gc.collect()  # "Unhandled error in Deferred" is logged when the Deferred is collected
-        new = self.bad[before:]
+        try:
+            yield
+        finally:
+            if collect:
+                gc.collect()  # "Unhandled error in Deferred" is logged when the Deferred is collected
+            new = self.bad[before:]
+            del self.bad[before:]  # reported here, and only here
         if new:
-            del self.bad[before:]
             described = []
             for event in new:
                 text = formatEvent(event)

@@ -142,7 +142,15 @@ def mangled(draw: st.DrawFn, blob: bytes) -> bytes:
     return bytes(out) + draw(st.sampled_from([b"", b"\0", b"\xff\xff\xff\xff"]))
 
 
-blobs = st.one_of(st.sampled_from(BLOBS), st.sampled_from(BLOBS).flatmap(mangled), st.binary(max_size=200))
+# Certificate types cryptography does not know (ssh-dss-cert-v01@openssh.com, x-cert-v01@...) are
+# left out: they hit a known defect, test_a_certificate_of_an_unknown_type_gets_a_reply below.
+cert_kinds = st.sampled_from([b"ssh-ed25519-cert-v01@openssh.com", b"ecdsa-sha2-nistp256-cert-v01@openssh.com"])
+blobs = st.one_of(
+    st.sampled_from(BLOBS),
+    st.sampled_from(BLOBS).flatmap(mangled),
+    st.binary(max_size=200),
+    st.tuples(cert_kinds, st.binary(max_size=100)).map(lambda t: NS(t[0]) + t[1]),
+)
 signatures = st.one_of(
     st.binary(max_size=100),
     st.tuples(st.sampled_from(ALGORITHMS), st.binary(max_size=600)).map(lambda t: NS(NS(t[0]) + NS(t[1]))),
@@ -201,11 +209,44 @@ def test_generated_userauth_requests_never_authenticate(
                 keyed.check()
             replies = [number for number, _ in auth.replies]
             assert userauth.MSG_USERAUTH_SUCCESS not in replies
+            answers = [n for n in replies if n in (userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_PK_OK)]
+            asked = sum(1 for message, _ in steps if message == userauth.MSG_USERAUTH_REQUEST)
+            assert keyed.closing or len(answers) >= asked, f"{asked} requests, {len(answers)} answers"
             assert not keyed.server.holds_slot
             assert not [r for r in world.audit.of("auth") if r.get("ok")]
         finally:
             keyed.close()
             world.clock.advance(60)
+
+
+UNKNOWN_CERT_TYPE = (
+    NS(b"admin")
+    + NS(b"ssh-connection")
+    + NS(b"publickey")
+    + b"\0"
+    + NS(b"ssh-ed25519-cert-v01@openssh.com")
+    + NS(NS(b"ssh-dss-cert-v01@openssh.com") + NS(bytes(32)))
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="certs.parse_certificate lets cryptography's UnsupportedAlgorithm escape for a certificate type "
+    "it does not know (ssh-dss-cert-v01@openssh.com): server.UserAuthService._key_fields raises inside "
+    "_ebBadAuth, the request never gets a reply and 'Unhandled error in Deferred' is logged with a "
+    "traceback. Owner: certs.py",
+)
+def test_a_certificate_of_an_unknown_type_gets_a_reply(world: World, log_watch: LogWatch) -> None:
+    with log_watch.clean(collect=True):
+        keyed = Keyed(world)
+        auth = keyed.conn.start_auth(b"admin")
+        keyed.send(userauth.MSG_USERAUTH_REQUEST, UNKNOWN_CERT_TYPE)
+        world.clock.advance(1.5)
+        keyed.conn.flush()
+        replies = [n for n, _ in auth.replies]
+        keyed.close()
+        del keyed, auth
+    assert replies == [userauth.MSG_USERAUTH_FAILURE]
 
 
 def test_the_fuzzed_suites_are_all_the_server_implements() -> None:
