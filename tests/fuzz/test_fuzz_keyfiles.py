@@ -181,6 +181,7 @@ def check_certificate(blob: bytes, trusted: TrustedCAs, user: str = "admin") -> 
         NS(b"ssh-dss-cert-v01@openssh.com") + NS(bytes(32)),
         b"\0\0\0(\0",  # found by test_certificates: a length prefix longer than what follows
     ],
+    ids=["ssh-dss-cert", "short-type-string"],
 )
 def test_a_certificate_of_an_unknown_type_is_refused(blob: bytes) -> None:
     with pytest.raises(CertificateRefused):
