@@ -5,8 +5,9 @@
 
 TARGET is one of: authorized_keys, certificates, config, transport, terminal, command_line. Each
 runs the same check as the Hypothesis target of that name (same properties, same time bound),
-seeded from tests/fuzz/corpus/TARGET/. An input that fails is written by libFuzzer as crash-*;
-save it under tests/fuzz/corpus/TARGET/ as a regression.
+seeded from tests/fuzz/corpus/TARGET/ (read only: new inputs go to a scratch directory unless
+CORPUS_DIRs are given). An input that fails is written by libFuzzer as crash-*; save it under
+tests/fuzz/corpus/TARGET/ with a name that says what it is, as a regression.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in targets():
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(targets())}}} [libFuzzer options] [CORPUS_DIR ...]")
     name, rest = sys.argv[1], sys.argv[2:]
-    seeds = CORPUS / ("kexinit" if name == "transport" else name)
-    if seeds.is_dir() and not any(not a.startswith("-") for a in rest):
-        rest.append(str(seeds))
+    if not any(not a.startswith("-") for a in rest):
+        # libFuzzer adds what it finds to the first directory: a scratch one, never the saved corpus.
+        seeds = CORPUS / ("kexinit" if name == "transport" else name)
+        rest += [tempfile.mkdtemp(prefix=f"conchcmd-atheris-{name}-"), str(seeds)]
     atheris.Setup([sys.argv[0], *rest], targets()[name])
     atheris.Fuzz()
 
