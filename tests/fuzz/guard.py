@@ -21,7 +21,7 @@ PROFILE = "conchcmd-fuzz"
 CORPUS = Path(__file__).parent / "corpus"
 #: Far above what any one example needs (milliseconds); only a hang, or a machine stalled for
 #: this long, reaches it.
-HANG_SECONDS = 20.0
+HANG_SECONDS = 10.0
 LONG_FACTOR = 200
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,23 +43,72 @@ def fuzz(default_examples: int) -> Callable[[F], F]:
 
 
 class Hang(Exception):
-    """An example ran longer than HANG_SECONDS."""
+    """An example ran longer than HANG_SECONDS, or grew memory by more than MEMORY_HEADROOM."""
+
+
+#: Address space an example may add before its allocations fail (RLIMIT_AS, Linux).
+MEMORY_HEADROOM = 1 << 30
+#: After the first alarm, Hang is raised again this often (code under test may swallow one:
+#: Deferreds and the transport's catch-all do), and the process is ended after GIVE_UP more.
+REPEAT_SECONDS = 1.0
+GIVE_UP = 10
+
+
+def _address_space() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @contextmanager
 def bounded(seconds: float = HANG_SECONDS) -> Iterator[None]:
-    """Raise Hang in the code under test if this block runs longer than `seconds` (SIGALRM)."""
+    """Fail the block if it runs longer than `seconds` (SIGALRM raises Hang in it, again every
+    second until it leaves; the process ends if it never does) or if it allocates more than
+    MEMORY_HEADROOM (its allocations fail, MemoryError)."""
+    alarms = 0
 
     def expired(signum: int, frame: Any) -> None:
+        nonlocal alarms
+        alarms += 1
+        if alarms > GIVE_UP:
+            import faulthandler
+            import sys
+
+            sys.stderr.write(f"fuzz: example still running {seconds + GIVE_UP * REPEAT_SECONDS:g} s in; giving up\n")
+            faulthandler.dump_traceback()
+            os._exit(70)
         raise Hang(f"example still running after {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
+    limits = None
+    size = _address_space()
+    if size is not None:
+        import resource
+
+        limits = resource.getrlimit(resource.RLIMIT_AS)
+        if limits[0] == resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_AS, (size + MEMORY_HEADROOM, limits[1]))
+        else:
+            limits = None
     try:
         yield
+    except MemoryError:
+        raise Hang(f"example allocated more than {MEMORY_HEADROOM >> 20} MiB") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if limits is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, limits)
+    if alarms:
+        raise Hang(f"example ran longer than {seconds:g} s (the code under test swallowed the alarm)")
 
 
 class LogWatch:
@@ -89,19 +138,29 @@ class LogWatch:
         try:
             yield
         finally:
-            if collect:
-                gc.collect()  # "Unhandled error in Deferred" is logged when the Deferred is collected
             new = self.bad[before:]
             del self.bad[before:]  # reported here, and only here
-        if new:
-            described = []
-            for event in new:
-                text = formatEvent(event)
-                failure = event.get("log_failure")
-                if failure is not None:
-                    text += "\n" + failure.getTraceback()
-                described.append(text)
+            if collect:
+                described = self.describe(new)  # drop the Failures' frames, which hold Deferreds
+                new.clear()
+                gc.collect()  # "Unhandled error in Deferred" is logged when the Deferred is collected
+                described += self.describe(self.bad[before:])
+                del self.bad[before:]
+            else:
+                described = self.describe(new)
+        if described:
             raise AssertionError("logged at error level:\n" + "\n---\n".join(described))
+
+    @staticmethod
+    def describe(events: list[dict[str, Any]]) -> list[str]:
+        described = []
+        for event in events:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            described.append(text)
+        return described
 
 
 def corpus(target: str) -> list[Any]:

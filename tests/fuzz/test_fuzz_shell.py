@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from protocol.test_channel_and_shells import Harness, RecordingConnection
 from protocol.test_terminal_editing import Term
 
 from conchcmd.commands import ExitStatus
@@ -218,3 +220,41 @@ def test_plain_shell_input(base: Path, log_watch: LogWatch, data: list[bytes], e
         finish(term)
         assert len(term.audit.of("command")) <= script.count(b"\n") + 1
         assert b"\x1b[" not in term.screen or b"\x1b[" in script  # no escape codes of its own
+
+
+# -- found by test_fuzz_keyed.test_generated_connection_messages_after_login ---------------------
+
+
+class CountingConnection(RecordingConnection):
+    """Closes the channel after `limit` sends, ending a send loop that would otherwise spin (and
+    grow) forever, as a client hanging up would."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def sendData(self, chan: Any, data: bytes) -> None:
+        super().sendData(chan, data)
+        if len(self.sent) == self.limit:
+            chan.closed()
+
+    def sendExtendedData(self, chan: Any, kind: int, data: bytes) -> None:
+        super().sendExtendedData(chan, kind, data)
+        if len(self.sent) == self.limit:
+            chan.closed()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="session.SessionChannel._pump sends min(queued, window, remoteMaxPacket) bytes per packet: a client "
+    "that opens a session with maximum packet size 0 makes it loop forever sending empty CHANNEL_DATA, "
+    "which blocks the reactor for every connection and grows memory without bound (1.7 GB in a minute). "
+    "Any authenticated user can do it. Owner: session.py",
+)
+def test_a_channel_with_maximum_packet_size_zero_does_not_spin(log_watch: LogWatch) -> None:
+    with bounded(), log_watch.clean():
+        h = Harness(max_packet=0)
+        h.conn = CountingConnection(limit=1000)
+        h.chan.conn = h.conn  # type: ignore[assignment]
+        h.exec(b"say hello")
+        assert len(h.conn.sent) < 100, f"{len(h.conn.sent)} sends for one line of output"
