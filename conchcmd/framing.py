@@ -59,6 +59,7 @@ class ModernFraming:
     offer_strict_kex = True
     kex_count = 0  # completed key exchanges, rekeys included
     _first_kex_done = False
+    _peer_kexinit = False  # the peer's KEXINIT of the key exchange under way has arrived
     _pending_length: int | None = None
     _dead = False
     _bytes_since_kex = 0
@@ -223,6 +224,12 @@ class ModernFraming:
                 b"strict KEX violation: message %d during the initial key exchange" % messageNum,
             )
             return
+        if 30 <= messageNum < 50 and not self._peer_kexinit:
+            # Conch would run the kex method of whatever kexAlg holds (none yet: an AttributeError).
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR, b"key exchange message %d before KEXINIT" % messageNum
+            )
+            return
         super().dispatchMessage(messageNum, payload)  # type: ignore[misc]
 
     def negotiate(self, packet: bytes) -> tuple[list[bytes], list[bytes], bytes] | None:
@@ -258,6 +265,7 @@ class ModernFraming:
             self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"couldn't match all kex parts")
             return None
         self.nextEncryptions = CipherSuite(out_cipher, in_cipher, out_mac, in_mac)  # type: ignore[arg-type]
+        self._peer_kexinit = True
         self._peerSupportsExtensions = (EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex
         if self._keyExchangeState == self._KEY_EXCHANGE_REQUESTED:
             self._keyExchangeState = self._KEY_EXCHANGE_PROGRESSING
@@ -271,6 +279,7 @@ class ModernFraming:
         if self.strict_kex:
             self.incomingPacketSequence = 0
         self._first_kex_done = True
+        self._peer_kexinit = False
         self.kex_count += 1
         self._bytes_since_kex = 0
         self._keyed_at = self.now()
@@ -294,7 +303,8 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
         if packet != b"":
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
             return
-        if self._keyExchangeState == self._KEY_EXCHANGE_NONE or not self.nextEncryptions.keyed:
+        suite = getattr(self, "nextEncryptions", None)  # None before the peer's first KEXINIT
+        if self._keyExchangeState == self._KEY_EXCHANGE_NONE or suite is None or not suite.keyed:
             # Conch would switch to keys that do not exist yet: plaintext with no session ID.
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS before the key exchange")
             return

@@ -177,3 +177,21 @@ def test_kexinit_corpus(world: World, log_watch: LogWatch, data: bytes) -> None:
 def test_corpus_folders_exist() -> None:
     for target in ("version_line", "kexinit"):
         assert corpus(target), f"no corpus for {target} in {Path(__file__).parent / 'corpus'}"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (frame(30, NS(bytes(32))), b"key exchange message 30 before KEXINIT"),
+        (frame(32, NS(b"\1")), b"key exchange message 32 before KEXINIT"),
+        (frame(21, b""), b"NEWKEYS before the key exchange"),
+    ],
+    ids=["ecdh-init", "gex-init", "newkeys"],
+)
+def test_key_exchange_messages_before_kexinit_are_refused_by_name(
+    world: World, log_watch: LogWatch, data: bytes, reason: bytes
+) -> None:
+    """Found by test_kexinit_and_kex_messages: these ended in Conch with an AttributeError
+    (no kexAlg, no nextEncryptions yet) that the transport's catch-all turned into a protocol error."""
+    wire = run(world, log_watch, VERSION + data, [])
+    assert wire.spy.disconnects == [(transport.DISCONNECT_PROTOCOL_ERROR, reason)]
