@@ -12,14 +12,19 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    SSHCertificateBuilder,
+    SSHCertificateType,
+)
 from hypothesis import example, given
 from hypothesis import strategies as st
 from inmemory.conftest import World, make_world
+from inmemory.test_policy import cert_login
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory
 from twisted.conch.ssh import service, transport, userauth
@@ -55,11 +60,7 @@ def certificate(principals: list[bytes], **critical: bytes) -> bytes:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("fuzz-keyed")
     ca_file = base / "trusted_ca"
-    ca_key = CA.public_key().public_bytes(
-        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.OpenSSH,
-        __import__("cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"]).PublicFormat.OpenSSH,
-    )
-    ca_file.write_bytes(ca_key + b"\n")
+    ca_file.write_bytes(CA.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH) + b"\n")
     yield make_world(
         base,
         algorithms=AlgorithmsConfig(macs=MACS + OPTIONAL_MACS),
@@ -348,8 +349,11 @@ def test_the_fuzzed_suites_are_all_the_server_implements() -> None:
 
 
 def test_a_real_login_still_works_in_the_fuzzed_world(world: World) -> None:
-    """The fuzzed server is one where the right key does log in (so 'never authenticates' means something)."""
+    """The fuzzed server is one where the right key, and the right certificate, do log in (so
+    'never authenticates' means something)."""
     conn = world.connect("10.200.0.1")
     assert conn.login(b"admin", ed25519_key()) == userauth.MSG_USERAUTH_SUCCESS
     conn.server.connectionLost(None)
-    assert Path(world.config.trusted_user_ca_keys or "").exists()
+    conn = world.connect("10.200.0.2")
+    assert cert_login(conn, b"admin", ed25519_key(), base64.b64encode(CERTS[0])) == userauth.MSG_USERAUTH_SUCCESS
+    conn.server.connectionLost(None)
