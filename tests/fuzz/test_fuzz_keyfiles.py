@@ -146,6 +146,17 @@ def trusted(tmp_path_factory: pytest.TempPathFactory) -> TrustedCAs:
 ROUTED: tuple[type[Exception], ...] = (UnsupportedAlgorithm,)
 
 
+def hits_routed_defect(blob: bytes) -> bool:
+    """True for a blob that makes parse_certificate raise a ROUTED error (see ROUTED)."""
+    try:
+        parse_certificate(blob)
+    except ROUTED:
+        return True
+    except CertificateRefused:
+        pass
+    return False
+
+
 def check_certificate(blob: bytes, trusted: TrustedCAs, user: str = "admin") -> bool:
     """True if the certificate logs in as `user`; any other outcome must be CertificateRefused."""
     with bounded():
