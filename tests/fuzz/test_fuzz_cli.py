@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from twisted.conch.ssh.common import NS
 
 from conchcmd import cli
+from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
 from fuzz.guard import CORPUS, bounded, fuzz
 from fuzz.test_fuzz_keyfiles import CA_LINE, CERT_LINES, KEY_LINES, ROUTED
@@ -151,3 +152,27 @@ def test_address_patterns(value: str, host: str) -> None:
         negated = [p[1:] for p in listed if p.startswith("!")]
         if any(match_address_list(host, [p]) for p in negated if p):
             assert not admitted
+
+
+_added = iter(range(10**9))
+
+
+@fuzz(150)
+@given(key=key_texts, mangled=st.booleans(), comment=st.text(max_size=20), data=st.data())
+@example(key="(", mangled=False, comment="", data=None)  # Conch's LSH guess: AssertionError
+@example(key="ssh-ed25519 ew==", mangled=False, comment="", data=None)  # '{': Conch's SEXP guess
+@example(key=KEY_LINES[0].split()[0] + " " + KEY_LINES[4].split()[1], mangled=False, comment="", data=None)
+def test_adduser(setup: Path, key: str, mangled: bool, comment: str, data: st.DataObject) -> None:
+    """`conchcmd adduser` writes a line the authorized_keys parser accepts as it is, or refuses (2)."""
+    if mangled and key in KEY_LINES + CERT_LINES:
+        key = mangle(key, data)
+    user = f"u{next(_added)}"
+    key_file = setup / "add.pub"
+    key_file.write_text(f"{key} {comment}", encoding="utf-8", errors="surrogateescape")
+    code = run_check(["adduser", "--config", str(setup / "conchcmd.toml"), user, str(key_file)])
+    added = setup / "authorized_keys" / user
+    if code == 0:
+        parsed = parse_authorized_keys(added.read_text(), "added")
+        assert len(parsed.entries) == 1 and not parsed.problems, parsed.problems
+    else:
+        assert code == 2 and not added.exists()

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
 from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.keys import EncryptedKeyError
 
 from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.certs import (
@@ -80,9 +83,31 @@ lines = st.one_of(
 files = st.tuples(st.lists(lines, max_size=6), st.sampled_from(["\n", "\r\n"])).map(lambda t: t[1].join(t[0]))
 
 
+def conch_guess_trap(text: str) -> bool:
+    """True if a word of `text`, or a line, is what Conch's key format guessing sends to its
+    LSH/SEXP or private key parsers: base64 of data starting with '{', '(' or '-----BEGIN', or a
+    line starting with '(' or '{'. Known defect: test_a_bad_key_line_is_a_problem_not_an_exception."""
+    for line in text.split("\n"):
+        if line.split("#", 1)[0].strip()[:1] in ("(", "{"):
+            return True
+        for word in line.split():
+            try:
+                decoded = base64.b64decode(word, validate=True)
+            except ValueError:
+                continue
+            if decoded[:1] in (b"{", b"(") or decoded.startswith(b"-----BEGIN"):
+                return True
+    return False
+
+
 def check_authorized_keys(text: str, permit_environment: bool = False) -> None:
     with bounded():
-        parsed = parse_authorized_keys(text, "fuzz", permit_environment=permit_environment)
+        try:
+            parsed = parse_authorized_keys(text, "fuzz", permit_environment=permit_environment)
+        except (AssertionError, EncryptedKeyError):
+            if conch_guess_trap(text):
+                return  # the known defect, routed
+            raise
     if any(c in text.replace("\r\n", "\n") for c in "\r" + OTHER_LINE_BREAKS):
         return  # see test_a_comment_cannot_start_a_new_line (a known defect, routed)
     numbered = text.split("\n")
@@ -117,6 +142,31 @@ def test_a_comment_cannot_start_a_new_line(name: str) -> None:
     text = (CORPUS / "authorized_keys" / name).read_text()
     parsed = parse_authorized_keys(text, "fuzz")
     assert len(parsed.entries) == 1, [e.comment for e in parsed.entries]
+
+
+ENCRYPTED_PRIVATE_KEY = Ed25519PrivateKey.generate().private_bytes(
+    Encoding.PEM, PrivateFormat.OpenSSH, BestAvailableEncryption(b"passphrase")
+)
+BAD_KEY_LINES = {
+    "sexp-brace": "ssh-ed25519 ew==",  # found by test_authorized_keys_lines (long run): '{'
+    "lsh-paren": "ssh-ed25519 KA==",  # '('
+    "encrypted-private-key": "ssh-ed25519 " + base64.b64encode(ENCRYPTED_PRIVATE_KEY).decode(),
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(AssertionError, EncryptedKeyError),
+    reason="authorized_keys.parse_authorized_keys calls Key.fromString(blob) without type=: Conch guesses the "
+    "format, and a blob starting with '{' or '(' goes to its SEXP/LSH parser (AssertionError 'this should not "
+    "happen'), one starting with '-----BEGIN' to its private key parser (EncryptedKeyError). The exception "
+    "escapes the whole file: every key of that user stops working, with a traceback at each login. "
+    "Fix: Key.fromString(blob, type='blob'). Owner: authorized_keys.py",
+)
+@pytest.mark.parametrize("line", list(BAD_KEY_LINES.values()), ids=list(BAD_KEY_LINES))
+def test_a_bad_key_line_is_a_problem_not_an_exception(line: str) -> None:
+    parsed = parse_authorized_keys(f"{KEY_LINES[0]}\n{line}\n", "fuzz")
+    assert len(parsed.entries) == 1 and len(parsed.problems) == 1
 
 
 # -- certificates ---------------------------------------------------------------------------
@@ -240,6 +290,8 @@ revoked_lines = st.one_of(
 
 def check_revoked(path: Path, content: bytes, trusted_too: bool = True) -> None:
     path.write_bytes(content)
+    if conch_guess_trap(content.decode("utf-8", "replace")):
+        return  # the known defect: test_a_revocation_line_conch_cannot_guess_fails_closed_cleanly
     with bounded():
         for line in KEY_LINES:
             blob = base64.b64decode(line.split()[1])
@@ -263,3 +315,22 @@ def test_revoked_keys(tmp_path_factory: pytest.TempPathFactory, chosen: list[str
 @pytest.mark.parametrize("data", corpus("revoked_keys"))
 def test_revoked_keys_corpus(tmp_path: Path, data: bytes) -> None:
     check_revoked(tmp_path / "revoked_keys", data)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="certs.RevokedKeys and TrustedCAs parse lines with Key.fromString(line) without type=: a line "
+    "starting with '(' or '{' reaches Conch's LSH/SEXP parser and its AssertionError escapes (RevokedKeys "
+    "documents CertificateRefused; TrustedCAs ignores bad lines). Fix: type='public_openssh'. Owner: certs.py",
+)
+@pytest.mark.parametrize("which", ["revoked_keys", "trusted_user_ca_keys"])
+def test_a_revocation_line_conch_cannot_guess_fails_closed_cleanly(tmp_path: Path, which: str) -> None:
+    """Found by test_revoked_keys (long run): the line '('."""
+    path = tmp_path / which
+    path.write_text(f"{CA_LINE}\n(\n")
+    if which == "revoked_keys":
+        with pytest.raises(CertificateRefused, match="unreadable line"):
+            RevokedKeys(str(path)).check_key(b"x")
+    else:
+        assert TrustedCAs(str(path)).contains(base64.b64decode(CA_LINE.split()[1]))
