@@ -66,7 +66,7 @@ def _address_space() -> int | None:
 
 
 @contextmanager
-def bounded(seconds: float = HANG_SECONDS) -> Iterator[None]:
+def bounded(seconds: float = HANG_SECONDS, repeat: float = REPEAT_SECONDS) -> Iterator[None]:
     """Fail the block if it runs longer than `seconds` (SIGALRM raises Hang in it, again every
     second until it leaves; the process ends if it never does) or if it allocates more than
     MEMORY_HEADROOM (its allocations fail, MemoryError)."""
@@ -79,13 +79,13 @@ def bounded(seconds: float = HANG_SECONDS) -> Iterator[None]:
             import faulthandler
             import sys
 
-            sys.stderr.write(f"fuzz: example still running {seconds + GIVE_UP * REPEAT_SECONDS:g} s in; giving up\n")
+            sys.stderr.write(f"fuzz: example still running {seconds + GIVE_UP * repeat:g} s in; giving up\n")
             faulthandler.dump_traceback()
             os._exit(70)
         raise Hang(f"example still running after {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
+    signal.setitimer(signal.ITIMER_REAL, seconds, repeat)
     limits = None
     size = _address_space()
     if size is not None:
