@@ -34,7 +34,7 @@ from conchcmd.certs import CERT_SIGNATURES, is_certificate
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
-from fuzz.test_fuzz_keyfiles import hits_routed_defect
+from fuzz.test_fuzz_keyfiles import BROKEN_SIGNATURE_KEY, hits_routed_defect
 from fuzz.test_fuzz_packets import SUITE_IDS, SUITES
 from fuzz.wire import PACKET_BUFFER, Keyed
 
@@ -244,6 +244,9 @@ def publickey_request(algorithm: bytes, blob: bytes) -> bytes:
 UNKNOWN_CERT_TYPES = [
     publickey_request(b"ssh-ed25519-cert-v01@openssh.com", NS(b"ssh-dss-cert-v01@openssh.com") + NS(bytes(32))),
     publickey_request(b"ssh-ed25519-cert-v01@openssh.com", b"\0\0\0(\0"),  # found by the fuzzing above
+    publickey_request(  # test_fuzz_keyfiles.test_a_certificate_with_a_broken_key_field_is_refused
+        b"ecdsa-sha2-nistp384-cert-v01@openssh.com", base64.b64decode(BROKEN_SIGNATURE_KEY[1])
+    ),
 ]
 
 
@@ -253,9 +256,12 @@ UNKNOWN_CERT_TYPES = [
     "does not know: with a certificate algorithm, auth.KeyAuthorizer raises it and Conch logs 'Error checking "
     "auth' with a traceback; for an unknown *-cert-v01 type, server.UserAuthService._key_fields raises it "
     "inside _ebBadAuth, the request never gets a reply and 'Unhandled error in Deferred' is logged. "
-    "Owner: certs.py",
+    "Likewise a certificate whose signature key has a bad length (ValueError from cryptography's lazy "
+    "signature_key()). Owner: certs.py",
 )
-@pytest.mark.parametrize("payload", UNKNOWN_CERT_TYPES, ids=["ssh-dss-cert", "short-type-string"])
+@pytest.mark.parametrize(
+    "payload", UNKNOWN_CERT_TYPES, ids=["ssh-dss-cert", "short-type-string", "broken-signature-key"]
+)
 def test_a_certificate_of_an_unknown_type_gets_a_reply(world: World, log_watch: LogWatch, payload: bytes) -> None:
     with log_watch.clean(collect=True):
         keyed = Keyed(world)
