@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import (
     FilteringLogObserver,
@@ -110,7 +111,8 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         key = Key.fromString(line.encode(), type="public_openssh")
         if key.sshType().decode() != line.split()[0]:
             raise ValueError("key type does not match the key")
-    except (BadKeyError, ValueError, IndexError, struct.error, UnicodeDecodeError):
+    except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
+        # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
         raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
     files = AuthorizedKeysFiles(config.authorized_keys)
     path = Path(files.path_for(args.user) or "")

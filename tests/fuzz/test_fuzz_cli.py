@@ -161,6 +161,12 @@ _added = iter(range(10**9))
 @given(key=key_texts, mangled=st.booleans(), comment=st.text(max_size=20), data=st.data())
 @example(key="(", mangled=False, comment="", data=None)  # Conch's LSH guess: AssertionError
 @example(key="ssh-ed25519 ew==", mangled=False, comment="", data=None)  # '{': Conch's SEXP guess
+@example(  # found in a long run: cryptography's NotImplementedError for a compressed EC point
+    key=(CORPUS / "certificates" / "regression_compressed_ec_point.txt").read_text().strip(),
+    mangled=False,
+    comment="",
+    data=None,
+)
 @example(key=KEY_LINES[0].split()[0] + " " + KEY_LINES[4].split()[1], mangled=False, comment="", data=None)
 def test_adduser(setup: Path, key: str, mangled: bool, comment: str, data: st.DataObject) -> None:
     """`conchcmd adduser` writes a line the authorized_keys parser accepts as it is, or refuses (2)."""
