@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
+from cryptography.exceptions import UnsupportedAlgorithm
+from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -104,14 +105,17 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         line = args.pubkey_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
         raise CliError(f"cannot read {args.pubkey_file}: {e}", EXIT_USAGE) from None
-    try:
-        key = Key.fromString(line.encode())
-    except EncryptedKeyError:
-        raise CliError(f"{args.pubkey_file} is a PRIVATE key; give the .pub file", EXIT_USAGE) from None
-    except (BadKeyError, ValueError, IndexError, struct.error):
-        raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
-    if not key.isPublic():
+    if line.startswith("-----BEGIN ") and "PRIVATE KEY-----" in line.split("\n", 1)[0]:
         raise CliError(f"{args.pubkey_file} is a PRIVATE key; give the .pub file", EXIT_USAGE)
+    try:
+        # Only the OpenSSH public key format: Conch's format guessing sends text starting with
+        # '(' or a blob starting with '{' to its LSH/SEXP parser, which fails with an AssertionError.
+        key = Key.fromString(line.encode(), type="public_openssh")
+        if key.sshType().decode() != line.split()[0]:
+            raise ValueError("key type does not match the key")
+    except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
+        # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
+        raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
     files = AuthorizedKeysFiles(config.authorized_keys, trust=FileTrust(strict=config.strict_modes))
     path = Path(files.path_for(args.user) or "")
     blob = key.blob()

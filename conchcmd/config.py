@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ class Config:
             f"prompt = {_toml_str(self.shell.prompt)}",
         ]
         for name, policy in sorted(self.users.items()):
-            out += ["", f"[users.{name}]"]
+            out += ["", f"[users.{_toml_key(name)}]"]
             if policy.commands is not None:
                 out.append(f"commands = {_toml_list(tuple(sorted(policy.commands)))}")
             if policy.comphash_roots is not None:
@@ -214,6 +215,11 @@ def _toml_str(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     escaped = "".join(f"\\u{ord(c):04x}" if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F else c for c in escaped)
     return f'"{escaped}"'
+
+
+def _toml_key(name: str) -> str:
+    """A table key as TOML reads it back: bare if it can be, else quoted (`ops.team` has a dot)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_str(name)
 
 
 def _toml_value(value: object) -> str:
@@ -349,10 +355,9 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
 
     shell_table = _Reader(top.table("shell"), "shell.", source)
     prompt = shell_table.string("prompt", ShellConfig.prompt)
-    try:
-        prompt.format(user="u", host="h")
-    except (KeyError, IndexError, ValueError) as e:
-        raise shell_table.error("prompt", f"may use only {{user}} and {{host}} ({e})") from None
+    problem = _prompt_problem(prompt)
+    if problem is not None:
+        raise shell_table.error("prompt", f"may use only {{user}} and {{host}} ({problem})")
     shell_table.reject_unknown()
     limits = _parse_limits(top)
     algorithms = AlgorithmsConfig(
@@ -389,6 +394,22 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         users=users,
         source=source,
     )
+
+
+def _prompt_problem(prompt: str) -> str | None:
+    """Why the prompt is not plain text with {user} and {host} fields, if it is not.
+
+    A format spec or conversion is refused, not merely tried: `{user:999999999999}` would make
+    str.format allocate that many characters.
+    """
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(prompt)]
+    except ValueError as e:
+        return str(e)
+    for name, spec, conversion in fields:
+        if name is not None and (name not in ("user", "host") or spec or conversion):
+            return f"field {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+    return None
 
 
 _BANNER = re.compile(r"[!-,.-~]{1,64}")  # printable ASCII, no space, no '-' (RFC 4253 4.2)

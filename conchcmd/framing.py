@@ -71,6 +71,7 @@ class ModernFraming:
     offer_strict_kex = True
     kex_count = 0  # completed key exchanges, rekeys included
     _first_kex_done = False
+    _peer_kexinit = False  # the peer's KEXINIT of the key exchange under way has arrived
     _pending_length: int | None = None
     _dead = False
     _bytes_since_kex = 0
@@ -167,6 +168,8 @@ class ModernFraming:
         self._count(len(data))
 
     def getPacket(self) -> bytes | None:
+        if self._dead:
+            return None  # Conch's read loop would go on dispatching what the same read brought
         codec = self._in_codec
         if self._pending_length is None:
             head = codec.head_size()
@@ -233,6 +236,12 @@ class ModernFraming:
                 b"strict KEX violation: message %d during the initial key exchange" % messageNum,
             )
             return
+        if 30 <= messageNum < 50 and not self._peer_kexinit:
+            # Conch would run the kex method of whatever kexAlg holds (none yet: an AttributeError).
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR, b"key exchange message %d before KEXINIT" % messageNum
+            )
+            return
         super().dispatchMessage(messageNum, payload)  # type: ignore[misc]
 
     def negotiate(self, packet: bytes) -> tuple[list[bytes], list[bytes], bytes] | None:
@@ -268,6 +277,7 @@ class ModernFraming:
             self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"couldn't match all kex parts")
             return None
         self.nextEncryptions = CipherSuite(out_cipher, in_cipher, out_mac, in_mac)  # type: ignore[arg-type]
+        self._peer_kexinit = True
         self._peerSupportsExtensions = (EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex
         if self._keyExchangeState == self._KEY_EXCHANGE_REQUESTED:
             self._keyExchangeState = self._KEY_EXCHANGE_PROGRESSING
@@ -281,6 +291,7 @@ class ModernFraming:
         if self.strict_kex:
             self.incomingPacketSequence = 0
         self._first_kex_done = True
+        self._peer_kexinit = False
         self.kex_count += 1
         self._bytes_since_kex = 0
         self._keyed_at = self.now()

@@ -74,10 +74,27 @@ def _in_network(address: Address, network: tuple[Address, int]) -> bool:
 
 
 def match_pattern(string: str, pattern: str) -> bool:
-    """match_pattern(): `*` is any run of characters, `?` any one; everything else is literal."""
-    pattern = re.sub(r"\*+", "*", pattern)  # as sshd skips consecutive asterisks (and no regex blow-up)
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, string, re.S) is not None
+    """match_pattern(): `*` is any run of characters, `?` any one; everything else is literal.
+
+    The classic greedy matcher with one backtrack point (the last `*`): at most
+    len(string) * len(pattern) steps, where a regex backtracks exponentially on `*1*1*1...`.
+    """
+    s = p = 0
+    star = -1  # index in pattern just after the last `*` seen
+    resume = 0  # where in string that `*` currently stops
+    while s < len(string):
+        if p < len(pattern) and pattern[p] == "*":
+            star, resume = p + 1, s
+            p += 1
+        elif p < len(pattern) and (pattern[p] == "?" or pattern[p] == string[s]):
+            s += 1
+            p += 1
+        elif star >= 0:
+            resume += 1  # let the last `*` take one more character
+            s, p = resume, star
+        else:
+            return False
+    return all(c == "*" for c in pattern[p:])
 
 
 def match_pattern_list(string: str, patterns: str, *, lower: bool) -> int:

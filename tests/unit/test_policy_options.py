@@ -709,3 +709,24 @@ def test_hash_password_refuses_empty_passwords_and_bad_rounds(
     assert main(["hash-password", *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("conchcmd: ")
+
+
+def test_wildcard_matching_agrees_with_a_regex_and_never_backtracks_exponentially() -> None:
+    """match_pattern is the linear greedy matcher; a regex gives the same answers (on short inputs,
+    where its backtracking is harmless) and took minutes on `1*1*...*2` (found by tests/fuzz)."""
+    import random
+    import re
+
+    from conchcmd.hostmatch import match_pattern
+
+    def by_regex(string: str, pattern: str) -> bool:
+        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in re.sub(r"\*+", "*", pattern))
+        return re.fullmatch(regex, string, re.S) is not None
+
+    rng = random.Random(10)
+    for _ in range(20000):
+        string = "".join(rng.choice("ab1.") for _ in range(rng.randint(0, 8)))
+        pattern = "".join(rng.choice("ab1.*?") for _ in range(rng.randint(0, 8)))
+        assert match_pattern(string, pattern) == by_regex(string, pattern), (string, pattern)
+    assert not match_pattern("1" * 60, "1*" * 30 + "2")  # returns at once
+    assert match_pattern("1" * 60, "1*" * 30)
