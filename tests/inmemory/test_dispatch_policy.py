@@ -1,0 +1,252 @@
+"""The dispatch policy (conchcmd.dispatch), cell by cell: in each phase of a connection, each kind
+of message is sent as exact bytes by a client, and what comes back (a disconnect with its reason
+code and text, UNIMPLEMENTED naming that packet, or no refusal) must be what the table says.
+
+The table itself was written from sshd's dispatch tables (see conchcmd/dispatch.py); cells where
+conchcmd deliberately differs from sshd are listed in DIFFERS_FROM_SSHD with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from support.keys import ed25519_key
+from support.sshclient import ClientFactory, Connection, connect
+from twisted.conch.ssh import common, transport
+from twisted.logger import capturedLogs, formatEvent
+
+from conchcmd.dispatch import POLICY, Action, Phase, decide
+from conchcmd.server import ServerTransport
+
+from .conftest import World
+from .test_kex_order import ScriptedClient, force_send, scripted
+
+NS = common.NS
+SUCCESS = 52
+
+#: Representative messages of every range, with payloads a handler can take.
+PROBES: dict[int, Callable[[ScriptedClient], bytes]] = {
+    0: lambda c: b"",
+    2: lambda c: NS(b"x"),  # IGNORE
+    3: lambda c: struct.pack(">L", 0),  # UNIMPLEMENTED
+    4: lambda c: b"\0" + NS(b"m") + NS(b""),  # DEBUG
+    5: lambda c: NS(b"ssh-userauth"),  # SERVICE_REQUEST
+    6: lambda c: NS(b"ssh-userauth"),  # SERVICE_ACCEPT
+    7: lambda c: struct.pack(">L", 0),  # EXT_INFO
+    9: lambda c: b"",
+    20: lambda c: c.ourKexInitPayload[1:],  # KEXINIT
+    21: lambda c: b"",  # NEWKEYS
+    25: lambda c: b"",
+    30: lambda c: NS(bytes(range(32))),  # KEX_ECDH_INIT (only ever sent out of step here)
+    31: lambda c: b"",
+    49: lambda c: b"",
+    50: lambda c: NS(b"admin") + NS(b"ssh-connection") + NS(b"none"),  # USERAUTH_REQUEST
+    60: lambda c: b"",
+    80: lambda c: NS(b"probe@example.com") + b"\x01",  # GLOBAL_REQUEST
+    85: lambda c: b"",
+    90: lambda c: NS(b"session") + struct.pack(">3L", 7, 65536, 32768),  # CHANNEL_OPEN
+    93: lambda c: struct.pack(">2L", 999, 1),  # WINDOW_ADJUST, unknown channel
+    110: lambda c: b"",
+    192: lambda c: NS(b"ping"),  # OpenSSH's PING
+    255: lambda c: b"",
+}
+#: What a processed message visibly gets back.
+REPLIES = {5: transport.MSG_SERVICE_ACCEPT, 50: 51, 80: 82, 90: 91}
+
+#: Cells where conchcmd's table differs from sshd's, and why.
+DIFFERS_FROM_SSHD = {
+    (phase, 21): "NEWKEYS out of step: sshd answers UNIMPLEMENTED, then fails on the next MAC (the client "
+    "has switched keys); conchcmd says so at once with a disconnect"
+    for phase in Phase
+    if phase not in (Phase.KEX_NEWKEYS, Phase.REKEY_NEWKEYS, Phase.CLOSED)
+} | {
+    (Phase.AUTHENTICATED, 192): "PING: sshd answers PONG (packet.c) whether or not it advertised ping@openssh.com; "
+    "conchcmd does not advertise it, so UNIMPLEMENTED",
+    (Phase.REKEY_METHOD, 192): "PING, as above",
+    (Phase.REKEY_NEWKEYS, 192): "PING, as above",
+    (Phase.UNSERVICED, 192): "PING: sshd ignores it before authentication; conchcmd: UNIMPLEMENTED",
+    (Phase.AUTHENTICATING, 192): "PING, as above",
+    (Phase.AUTHENTICATING, 5): "a SERVICE_REQUEST other than ssh-userauth: sshd disconnects with PROTOCOL_ERROR, "
+    "conchcmd (Conch) with SERVICE_NOT_AVAILABLE",
+}
+
+
+class Probe(ScriptedClient):
+    """Records everything; survives replies it did not ask for (the probes provoke some)."""
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        with contextlib.suppress(Exception):  # e.g. an OPEN_CONFIRMATION for a channel it never opened
+            super().dispatchMessage(messageNum, payload)
+
+
+def client(strict: bool, **hooks: Callable[[ScriptedClient], None] | None) -> ClientFactory:
+    factory = scripted(strict, **hooks)
+    factory.protocol = Probe  # type: ignore[assignment]
+    return factory
+
+
+class Sent:
+    """The probe, once sent: its sequence number."""
+
+    seq: int | None = None
+
+
+def sender(message: int, sent: Sent) -> Callable[[ScriptedClient], None]:
+    def send(c: ScriptedClient) -> None:
+        if sent.seq is None:
+            sent.seq = c.outgoingPacketSequence
+            force_send(c, message, PROBES[message](c))
+
+    return send
+
+
+class BeforeKexProbe(Probe):
+    """Sends the probe before its KEXINIT."""
+
+    probe: Callable[[ScriptedClient], None] | None = None
+
+    def sendKexInit(self) -> None:
+        if self.kex_count == 0 and self.probe is not None:
+            self.probe(self)
+        super().sendKexInit()
+
+
+def run(world: World, phase: Phase, message: int, strict: bool) -> tuple[Connection, Sent]:
+    """A connection that sent `message` (exact bytes) when the server was in `phase`."""
+    sent = Sent()
+    probe = sender(message, sent)
+    if phase is Phase.BEFORE_KEX:
+        factory = client(strict)
+        factory.protocol = BeforeKexProbe  # type: ignore[assignment]
+        BeforeKexProbe.probe = staticmethod(probe)  # type: ignore[assignment]
+        try:
+            return connect(world.factory, world.clock, client_factory=factory), sent
+        finally:
+            BeforeKexProbe.probe = None
+    if phase is Phase.KEX_METHOD:
+        return connect(world.factory, world.clock, client_factory=client(strict, after_kexinit=probe)), sent
+    if phase is Phase.KEX_NEWKEYS:
+        return connect(world.factory, world.clock, client_factory=client(strict, before_newkeys=probe)), sent
+    conn = connect(world.factory, world.clock, client_factory=client(strict))
+    if phase is Phase.AUTHENTICATING:
+        conn.start_auth(b"admin")
+    elif phase is not Phase.UNSERVICED:
+        assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    c = conn.client
+    assert isinstance(c, Probe)
+    if phase is Phase.REKEY_METHOD:
+        c.after_kexinit = probe
+        c.sendKexInit()
+    elif phase is Phase.REKEY_NEWKEYS:
+        c.before_newkeys = probe
+        c.sendKexInit()
+    else:
+        probe(c)
+    conn.flush()
+    return conn, sent
+
+
+def cells() -> list[Any]:
+    out = []
+    for phase in Phase:
+        if phase is Phase.CLOSED:
+            continue
+        for message in PROBES:
+            for strict in (False, True) if phase in (Phase.KEX_METHOD, Phase.KEX_NEWKEYS) else (False,):
+                if decide(phase, message, strict).action is Action.PROCESS and message in (20, 21, 30):
+                    continue  # the key exchange itself: every connection runs these cells
+                name = f"{phase.name}-{message}-{'strict' if strict else 'plain'}"
+                out.append(pytest.param(phase, message, strict, id=name))
+    return out
+
+
+@pytest.fixture
+def phases_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Phase]]:
+    """(sequence number, phase) of every message the server dispatched."""
+    seen: list[tuple[int, Phase]] = []
+    original = ServerTransport.dispatchMessage
+
+    def recording(self: ServerTransport, messageNum: int, payload: bytes) -> None:
+        seen.append(((self.incomingPacketSequence - 1) & 0xFFFFFFFF, self.dispatch_phase()))
+        original(self, messageNum, payload)
+
+    monkeypatch.setattr(ServerTransport, "dispatchMessage", recording)
+    return seen
+
+
+@pytest.mark.parametrize(("phase", "message", "strict"), cells())
+def test_each_cell_gets_what_the_policy_says(
+    world: World, phases_seen: list[tuple[int, Phase]], phase: Phase, message: int, strict: bool
+) -> None:
+    with capturedLogs():
+        conn, sent = run(world, phase, message, strict)
+    assert sent.seq is not None
+    assert (sent.seq, phase) in phases_seen, "the probe did not arrive in the phase under test"
+    verdict = decide(phase, message, strict)
+    client = conn.client
+    assert isinstance(client, Probe)
+    unimplemented = (transport.MSG_UNIMPLEMENTED, struct.pack(">L", sent.seq)) in client.received
+    bye = conn.factory.disconnect_reason
+    if verdict.action is Action.DISCONNECT:
+        expected = verdict.text % message if "%d" in verdict.text else verdict.text
+        assert bye == (verdict.reason, expected.encode())
+        assert not unimplemented
+    elif verdict.action is Action.UNIMPLEMENTED:
+        assert unimplemented and bye is None
+    else:
+        assert not unimplemented and bye is None
+        if verdict.action is Action.PROCESS and message in REPLIES:
+            assert REPLIES[message] in [m for m, _ in client.received]
+
+
+def test_the_table_covers_every_phase_and_says_where_sshd_does_the_same() -> None:
+    assert set(POLICY) == set(Phase)
+    for phase in Phase:
+        for message in range(256):
+            verdict = decide(phase, message)
+            assert verdict.source or verdict.action is Action.PROCESS, (phase, message)
+
+
+def test_only_the_connection_protocol_runs_after_authentication() -> None:
+    """Finding 5's rule as data: no SERVICE_REQUEST, no USERAUTH_REQUEST once logged in."""
+    for phase in (Phase.AUTHENTICATED, Phase.REKEY_METHOD, Phase.REKEY_NEWKEYS):
+        assert decide(phase, 5).action is Action.UNIMPLEMENTED
+        assert decide(phase, 50).action is Action.UNIMPLEMENTED
+    processed = {m for m in range(50, 256) if decide(Phase.AUTHENTICATED, m).action is Action.PROCESS}
+    assert processed == {80, 81, 82, *range(90, 101)}
+
+
+# -- nothing after DISCONNECT (finding 7) ----------------------------------------------------
+
+
+def test_messages_buffered_behind_a_disconnect_are_not_dispatched(world: World) -> None:
+    """One read carries a packet that ends the connection and, behind it, a channel open and an
+    exec: before, the command ran after the server had said goodbye."""
+    conn = world.login()
+    client = conn.client
+    force_send(client, 0)  # invalid type 0: disconnect
+    force_send(client, 90, NS(b"session") + struct.pack(">3L", 0, 65536, 32768))
+    force_send(client, 98, struct.pack(">L", 0) + NS(b"exec") + b"\x01" + NS(b"lastlog -n 1"))
+    with capturedLogs() as events:
+        conn.flush()
+    assert conn.factory.disconnect_reason == (transport.DISCONNECT_PROTOCOL_ERROR, b"invalid packet type 0")
+    assert world.audit.of("exec") == [] and world.audit.of("command") == []
+    assert conn.server.service.channels == {}
+    assert not any("lastlog" in formatEvent(e) for e in events)
+
+
+# -- before any key exchange (finding 7) -----------------------------------------------------
+
+
+def test_service_and_userauth_requests_before_the_key_exchange_are_refused(world: World, phases_seen: Any) -> None:
+    conn, sent = run(world, Phase.BEFORE_KEX, 5, strict=False)
+    assert (transport.MSG_UNIMPLEMENTED, struct.pack(">L", sent.seq)) in conn.client.received  # type: ignore[attr-defined]
+    assert transport.MSG_SERVICE_ACCEPT not in [m for m, _ in conn.client.received]  # type: ignore[attr-defined]
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS  # and the connection goes on, as with sshd
+    conn, _ = run(world, Phase.BEFORE_KEX, 50, strict=False)
+    assert conn.disconnected
+    assert conn.factory.disconnect_reason == (transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error: rcvd type 50")
