@@ -353,6 +353,16 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
         if guessed and (kex[0] != self.supportedKeyExchanges[0] or keys[0] != self.supportedPublicKeys[0]):
             self.ignoreNextPacket = True
 
+    def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        # Message 30, the key-exchange method's INIT. A malformed public value raised out of
+        # Conch (a ValueError, reported as "protocol error"): it is KEY_EXCHANGE_FAILED.
+        try:
+            super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)
+        except ValueError as e:
+            self.sendDisconnect(
+                transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"invalid key exchange value: %s" % str(e)[:100].encode()
+            )
+
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         if packet != b"":
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")

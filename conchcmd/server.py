@@ -217,7 +217,9 @@ class ServerTransport(ModernServerTransport):
         log.warn("Protocol error from {peer}: {error}; disconnecting", peer=self.peer, error=sanitise(error, 200))
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
 
-    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+    def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
+        if isinstance(desc, str):  # Conch's hybrid key exchange passes str reasons
+            desc = desc.encode()
         if not self._dead:
             self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:

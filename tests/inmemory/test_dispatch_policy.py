@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from support.keys import ed25519_key
-from support.sshclient import ClientFactory, Connection, connect
+from support.sshclient import ClientFactory, ClientTransport, Connection, connect
 from twisted.conch.ssh import common, transport
 from twisted.logger import capturedLogs, formatEvent
 
@@ -250,3 +250,40 @@ def test_service_and_userauth_requests_before_the_key_exchange_are_refused(world
     conn, _ = run(world, Phase.BEFORE_KEX, 50, strict=False)
     assert conn.disconnected
     assert conn.factory.disconnect_reason == (transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error: rcvd type 50")
+
+
+# -- malformed key-exchange values (finding 7) -----------------------------------------------
+
+
+class BadInit(ClientTransport):
+    """Answers the server's KEXINIT with a method INIT carrying `blob` as its public value."""
+
+    blob = b""
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        if self.negotiate(packet) is not None:
+            self.sendPacket(30, NS(self.blob))
+
+
+@pytest.mark.parametrize(
+    ("kex", "blob", "why"),
+    [
+        (b"mlkem768x25519-sha256", b"", b"Invalid C_INIT length"),
+        (b"mlkem768x25519-sha256", b"\0" * 40, b"Invalid C_INIT length"),
+        (b"curve25519-sha256", b"", b"invalid key exchange value: "),
+        (b"curve25519-sha256", b"\0" * 32, b"invalid key exchange value: "),  # a low-order point
+    ],
+)
+def test_a_malformed_key_exchange_value_is_key_exchange_failed(
+    world: World, kex: bytes, blob: bytes, why: bytes
+) -> None:
+    """Before: an AttributeError inside the server ("protocol error"), Conch passing a str reason."""
+    factory = ClientFactory()
+    factory.protocol = BadInit  # type: ignore[assignment]
+    factory.supportedKeyExchanges = [kex]
+    BadInit.blob = blob
+    with capturedLogs():
+        conn = connect(world.factory, world.clock, client_factory=factory)
+    assert conn.factory.disconnect_reason is not None
+    code, text = conn.factory.disconnect_reason
+    assert code == transport.DISCONNECT_KEY_EXCHANGE_FAILED and text.startswith(why)
