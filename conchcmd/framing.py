@@ -41,9 +41,11 @@ MAX_PACKET = 256 * 1024 + 1024
 #: A client may start at most REKEY_BURST key exchanges within REKEY_WINDOW seconds that follow
 #: less than REKEY_FREE_BYTES of traffic since the previous one (rekeys a real client makes after
 #: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
+#: OpenSSH checks a small RekeyLimit as it sends, about once per window adjustment (1 MiB of
+#: data with its 2 MiB window), so 1 MiB here made such a client's rekeys count or not by a hair.
 REKEY_BURST = 10
 REKEY_WINDOW = 60.0
-REKEY_FREE_BYTES = 1 << 20
+REKEY_FREE_BYTES = 256 * 1024
 
 
 class RandomPool:

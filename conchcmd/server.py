@@ -55,6 +55,11 @@ PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
 #: A key exchange (ours or the client's) must finish within this time once it has started.
 KEX_TIMEOUT = 60.0
+#: Channel output queued behind a key exchange in progress, at most (then channels wait for the
+#: NEWKEYS): OpenSSH's default session window, what one channel may have in flight anyway. sshd
+#: stops at once; what is queued here is sent right after NEWKEYS and counts as the traffic
+#: that makes a client's frequent rekeys legitimate (see framing.REKEY_FREE_BYTES).
+KEX_OUTPUT_BUDGET = 2 * 1024 * 1024
 #: Channel opens with a smaller maximum packet size are refused: 0 left the output loop with
 #: nothing to send (it spun forever), 1 cost ~25 µs of CPU per byte. RFC 4254 sets no floor and
 #: sshd none either (serverloop.c takes the client's value; channels.c stops at a 0 length);
@@ -239,7 +244,9 @@ class ServerTransport(ModernServerTransport):
             kind = f"Key-exchange message {messageNum} out of order"
         else:
             kind = f"Message {messageNum} {phase.value}"
-        self.refusals.note(kind, "{kind} from {peer}: {answer}", kind=kind, answer=answer)
+        # Before authentication the connection's one line is the one that says how it ended.
+        quiet = phase is not Phase.AUTHENTICATED and not phase.name.startswith("REKEY")
+        self.refusals.note(kind, "{kind} from {peer}: {answer}", quiet=quiet, kind=kind, answer=answer)
 
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
         # The dispatch policy passes SERVICE_REQUEST only before and during authentication. A
@@ -266,6 +273,7 @@ class ServerTransport(ModernServerTransport):
 
     def take_new_keys(self) -> None:
         super().take_new_keys()  # Conch's _newKeys: what the key exchange held back is sent now
+        self._held_bytes = 0
         if self._kex_timer is not None:
             self._kex_timer.cancel()
             self._kex_timer = None
@@ -273,10 +281,19 @@ class ServerTransport(ModernServerTransport):
 
     @property
     def output_held(self) -> bool:
-        """Channels produce no output while a key exchange runs (as sshd: serverloop.c calls
-        channel_output_poll only when not rekeying) or while TCP's send buffer is full: what
-        Conch would queue behind a key exchange is bounded by what was in flight."""
-        return self._tcp_paused or self._keyExchangeState != self._KEY_EXCHANGE_NONE
+        """Channels produce no more output while TCP's send buffer is full, or while a key
+        exchange runs once KEX_OUTPUT_BUDGET waits behind it (sshd: serverloop.c polls channel
+        output only when not rekeying). Conch queued without limit behind a key exchange."""
+        return self._tcp_paused or (
+            self._keyExchangeState != self._KEY_EXCHANGE_NONE and self._held_bytes >= KEX_OUTPUT_BUDGET
+        )
+
+    _held_bytes = 0  # payload bytes queued behind the key exchange in progress
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
+            self._held_bytes += len(payload)
+        super().sendPacket(messageType, payload)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         fixed = [
@@ -429,18 +446,19 @@ class ServerTransport(ModernServerTransport):
         if self._kex_timer is not None:
             self._kex_timer.cancel()
             self._kex_timer = None
-        self.refusals.flush()
         factory = self.factory
         if self.in_startup:
             self._leave_startup()
             self._maybe_strike()
         factory.transports.discard(self)
         duration = round(factory.clock.seconds() - self.started, 3)
+        refused = self.refusals.summary()
         log.info(
-            "Lost client connection {peer} ({user}): {reason}",
+            "Lost client connection {peer} ({user}): {reason}{refused}",
             peer=self.peer,
             user=self.user or "not authenticated",
             reason=self.end_reason,
+            refused=f" (refused: {sanitise(refused, 1000)})" if refused else "",
         )
         factory.audit.record(
             "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration

@@ -133,7 +133,7 @@ def test_no_system_log_is_a_clear_error(make_server, tmp_path):
 
 def test_a_real_client_rekeying_often_is_not_cut_off(server, data):
     """OpenSSH with RekeyLimit=16K (its default is 1 GiB or more) starts more key exchanges than
-    REKEY_BURST in well under a minute while it moves 15 MB: each follows over 1 MiB of traffic
+    REKEY_BURST in well under a minute while it moves 15 MB: each follows about 1 MiB of traffic
     (OpenSSH checks its limit as it sends, about once per window adjustment), so none counts."""
     r = server.ssh("lastlog -n 10000", options=["-o", "RekeyLimit=16K"], log_level="DEBUG", timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -287,3 +287,20 @@ def test_a_malformed_key_exchange_value_is_key_exchange_failed(
     assert conn.factory.disconnect_reason is not None
     code, text = conn.factory.disconnect_reason
     assert code == transport.DISCONNECT_KEY_EXCHANGE_FAILED and text.startswith(why)
+
+
+def test_the_server_starts_no_rekey_before_login(world: World) -> None:
+    """Its limits reached during authentication, the server waits for the login to rekey (sshd
+    has no rekey before authentication, and refuses a client's)."""
+    conn = connect(world.factory, world.clock)
+    conn.server.rekey_seconds = 0.0  # every packet is past the time limit
+    auth = conn.start_auth(b"admin")
+    world.clock.advance(1)
+    auth.probe(ed25519_key())
+    conn.flush()
+    assert conn.server.kex_count == 1
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    conn.flush()
+    conn.conn.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=1)
+    conn.flush()
+    assert conn.server.kex_count >= 2 and not conn.disconnected
