@@ -776,6 +776,16 @@ class ConnectionService(connection.SSHConnection):
         if self._awaiting_confirmation(packet, b"failure"):
             super().ssh_CHANNEL_OPEN_FAILURE(packet)
 
+    def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
+        # An answer to no global request of ours is ignored, as sshd does (serverloop.c
+        # server_input_keep_alive); Conch raised IndexError (a "protocol error").
+        if self.deferreds["global"]:
+            super().ssh_REQUEST_SUCCESS(packet)
+
+    def ssh_REQUEST_FAILURE(self, packet: bytes) -> None:
+        if self.deferreds["global"]:
+            super().ssh_REQUEST_FAILURE(packet)
+
     def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
         local_id, add = struct.unpack(">2L", packet[:8])
         chan = self.channels[local_id]  # packetReceived has dropped unknown ones

@@ -47,6 +47,7 @@ PROBES: dict[int, Callable[[ScriptedClient], bytes]] = {
     50: lambda c: NS(b"admin") + NS(b"ssh-connection") + NS(b"none"),  # USERAUTH_REQUEST
     60: lambda c: b"",
     80: lambda c: NS(b"probe@example.com") + b"\x01",  # GLOBAL_REQUEST
+    81: lambda c: b"",  # REQUEST_SUCCESS, answering nothing
     85: lambda c: b"",
     90: lambda c: NS(b"session") + struct.pack(">3L", 7, 65536, 32768),  # CHANNEL_OPEN
     93: lambda c: struct.pack(">2L", 999, 1),  # WINDOW_ADJUST, unknown channel
