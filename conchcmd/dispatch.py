@@ -55,6 +55,10 @@ class Phase(Enum):
     def initial_kex(self) -> bool:
         return self in (Phase.BEFORE_KEX, Phase.KEX_METHOD, Phase.KEX_NEWKEYS)
 
+    @property
+    def authenticated(self) -> bool:
+        return self in (Phase.AUTHENTICATED, Phase.REKEY_METHOD, Phase.REKEY_NEWKEYS)
+
 
 class Action(Enum):
     PROCESS = "processed"

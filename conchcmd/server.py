@@ -140,7 +140,9 @@ class ServerTransport(ModernServerTransport):
     packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
     malformed packets end this connection with one log line; idle and keepalive timers; TCP
     keepalive; client slots per user and in total; closing unregisters the TCP producer (see
-    `_closing`).
+    `_closing`); refusals of the dispatch policy logged once per kind (`note_refused`); a
+    second SERVICE_REQUEST "ssh-userauth" answered without restarting userauth; a time limit
+    on key exchanges and channel output held behind one (`output_held`).
     """
 
     factory: CommandServerFactory
@@ -245,8 +247,9 @@ class ServerTransport(ModernServerTransport):
         else:
             kind = f"Message {messageNum} {phase.value}"
         # Before authentication the connection's one line is the one that says how it ended.
-        quiet = phase is not Phase.AUTHENTICATED and not phase.name.startswith("REKEY")
-        self.refusals.note(kind, "{kind} from {peer}: {answer}", quiet=quiet, kind=kind, answer=answer)
+        self.refusals.note(
+            kind, "{kind} from {peer}: {answer}", quiet=not phase.authenticated, kind=kind, answer=answer
+        )
 
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
         # The dispatch policy passes SERVICE_REQUEST only before and during authentication. A
@@ -693,8 +696,10 @@ class UserAuthService(userauth.SSHUserAuthServer):
 
 class ConnectionService(connection.SSHConnection):
     """ssh-connection that refuses non-session channels cleanly (Conch logs a traceback for
-    each), tolerates messages for unknown channels, and holds back window adjustments for
-    channels whose input is paused (input flow control)."""
+    each) and channels with a tiny maximum packet size, tolerates messages for unknown channels,
+    holds back window adjustments for channels whose input is paused (input flow control), and
+    enforces sshd's channel rules Conch lacks: no answer to an open nobody made, no window past
+    2^32-1, every channel closed when the connection ends."""
 
     transport: ServerTransport
     _log = QuietLogger()  # Conch logs debug lines per channel (getChannel, sendEOF, ...)
