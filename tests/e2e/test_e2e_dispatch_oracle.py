@@ -4,7 +4,7 @@ on loopback, and the outcome class it gives (disconnect with its reason code, UN
 that packet, or no refusal) compared with what conchcmd's table says.
 
 Cells where conchcmd deliberately differs are listed in DIFFERS_FROM_SSHD (in the in-memory test)
-with the reason, and must differ. Every cell runs with CONCHCMD_ORACLE=all (201 cells, about 45 s
+with the reason, and must differ. Every cell runs with CONCHCMD_ORACLE=all (211 cells, about 45 s
 here: sshd forks per connection); by default a sample of 12, one per phase and outcome class.
 """
 
