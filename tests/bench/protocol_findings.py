@@ -254,6 +254,20 @@ def finding_2(megabytes: int) -> None:
     )
 
 
+def finding_4(n: int) -> None:
+    w = world()
+    conn = w.connect(client=scripted())  # keys exchanged, not authenticated
+    blob = NS(bytes(range(32)))
+    started = time.process_time()
+    for _ in range(n):
+        force_send(conn.client, 30, blob)
+    sending = time.process_time() - started
+    started = time.process_time()
+    conn.flush()
+    cpu = time.process_time() - started
+    print(f"4  {n} unsolicited KEX_ECDH_INIT before login: {cpu:.2f} s CPU to handle (+{sending:.2f} s to send)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=float, default=3.0, help="CPU seconds before a spinning loop is stopped")
@@ -266,6 +280,7 @@ def main() -> None:
     finding_7_logs(1000)
     finding_7_after_disconnect()
     finding_2(4)
+    finding_4(15000)
 
 
 if __name__ == "__main__":
