@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import struct
 import sys
@@ -273,8 +274,15 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=3.0, help="CPU seconds before a spinning loop is stopped")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    finding_1(args.limit)
-    finding_6(args.limit * 10)
+    try:
+        run_all(args.limit)
+    finally:
+        shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def run_all(limit: float) -> None:
+    finding_1(limit)
+    finding_6(limit * 10)
     finding_3(200)
     finding_5()
     finding_7_logs(1000)
