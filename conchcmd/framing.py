@@ -10,10 +10,11 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
   counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
   are allowed, KEXINIT must come first, and sequence numbers restart at 0 after every NEWKEYS.
 - rekeying after 1 GiB or 1 hour (OpenSSH's RekeyLimit default), which Conch never starts.
-- (server) key-exchange messages out of order: Conch runs a KEX_ECDH_INIT whenever one arrives,
-  even with no key exchange in progress (a new host-key signature each time, and its keys switched
-  mid-connection). As sshd does, such a message gets UNIMPLEMENTED and nothing else (or a
-  disconnect during a strict initial key exchange); and a client that keeps starting key
+- (server) `dispatchMessage`: every incoming message goes through the dispatch policy
+  (`conchcmd.dispatch`, sshd's tables) first. Conch runs any message it has a method for, in any
+  state: a KEX_ECDH_INIT with no key exchange in progress (a new host-key signature each time,
+  and its keys switched mid-connection), a SERVICE_REQUEST after login. Nothing is dispatched
+  after our DISCONNECT; no rekey before authentication; and a client that keeps starting key
   exchanges without sending data is disconnected (REKEY_BURST).
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 
+from conchcmd.dispatch import Action, Phase, Verdict, decide, phase_of
 from conchcmd.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
 
 STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
@@ -39,6 +41,8 @@ MAX_PACKET = 256 * 1024 + 1024
 #: A client may start at most REKEY_BURST key exchanges within REKEY_WINDOW seconds that follow
 #: less than REKEY_FREE_BYTES of traffic since the previous one (rekeys a real client makes after
 #: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
+#: OpenSSH checks a small RekeyLimit as it sends, about once per window adjustment (1 MiB of
+#: data with its 2 MiB window), so 1 MiB here made such a client's rekeys count or not by a hair.
 REKEY_BURST = 10
 REKEY_WINDOW = 60.0
 REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH: 16K already rare)
@@ -219,6 +223,7 @@ class ModernFraming:
         self._bytes_since_kex += n
         if (
             self._first_kex_done
+            and self.may_rekey()
             and self._keyExchangeState == self._KEY_EXCHANGE_NONE
             and not self._dead
             and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
@@ -227,10 +232,16 @@ class ModernFraming:
             self._keyed_at = self.now()
             self.sendKexInit()
 
+    def may_rekey(self) -> bool:
+        """Whether this side may start a key exchange now (its traffic or time limit is reached)."""
+        return True
+
     # -- key exchange --------------------------------------------------------------------------
 
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
-        if self.strict_kex and not self._first_kex_done and messageNum not in KEX_MESSAGES:
+        # (The client's rule; the server's is in conchcmd.dispatch.) DISCONNECT is always
+        # processed, as sshd's packet layer does.
+        if self.strict_kex and not self._first_kex_done and messageNum not in KEX_MESSAGES | {transport.MSG_DISCONNECT}:
             self.sendDisconnect(
                 transport.DISCONNECT_PROTOCOL_ERROR,
                 b"strict KEX violation: message %d during the initial key exchange" % messageNum,
@@ -302,38 +313,45 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
     _peer_kexinit = False  # the client's KEXINIT for the key exchange in progress has arrived
-    _warned_kex_order = False
     _cheap_rekeys: deque[float] | None = None
 
+    def may_rekey(self) -> bool:
+        # As sshd: no rekey before authentication (the client's KEXINIT then gets UNIMPLEMENTED).
+        return self.dispatch_phase() is Phase.AUTHENTICATED
+
+    def dispatch_phase(self) -> Phase:
+        return phase_of(
+            closed=self._dead,
+            first_kex_done=self._first_kex_done,
+            peer_kexinit=self._peer_kexinit,
+            keys_sent=self._peer_kexinit and self.nextEncryptions.keyed,
+            service=getattr(self.service, "name", None),
+        )
+
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
-        # The key-exchange method messages (30-49) belong after the client's KEXINIT and before
-        # our NEWKEYS (sent once the keys are set); a KEXINIT, outside a key exchange.
-        if 30 <= messageNum <= 49:
-            in_order = self._peer_kexinit and not self.nextEncryptions.keyed
-        else:
-            in_order = messageNum != transport.MSG_KEXINIT or not self._peer_kexinit
-        if not in_order:
-            self.kex_out_of_order(messageNum)
-            return
-        super().dispatchMessage(messageNum, payload)
+        # Every message goes through the dispatch policy (conchcmd.dispatch) before Conch sees
+        # it: Conch acts on any message it has a method for, in any state.
+        phase = self.dispatch_phase()
+        verdict = decide(phase, messageNum, self.strict_kex)
+        if verdict.action is Action.PROCESS:
+            # Past ModernFraming's own strict-KEX check (the client's): the policy has decided.
+            super(ModernFraming, self).dispatchMessage(messageNum, payload)
+        elif verdict.action is Action.DISCONNECT:
+            text = verdict.text % messageNum if "%d" in verdict.text else verdict.text
+            self.sendDisconnect(verdict.reason, text.encode())
+        elif verdict.action is Action.UNIMPLEMENTED:
+            self.note_refused(messageNum, phase, verdict)
+            seq = (self.incomingPacketSequence - 1) & 0xFFFFFFFF  # that of the packet just read
+            self.sendPacket(transport.MSG_UNIMPLEMENTED, seq.to_bytes(4, "big"))
+        elif phase is not Phase.CLOSED:
+            self.note_refused(messageNum, phase, verdict)
 
-    def kex_out_of_order(self, messageNum: int) -> None:
-        """What sshd does (kex_protocol_error): disconnect during a strict initial key exchange,
-        otherwise reply UNIMPLEMENTED and do nothing else."""
-        if self.strict_kex and not self._first_kex_done:
-            self.sendDisconnect(
-                transport.DISCONNECT_PROTOCOL_ERROR,
-                b"strict KEX violation: message %d out of order in the initial key exchange" % messageNum,
-            )
-            return
-        if not self._warned_kex_order:
-            self._warned_kex_order = True
-            self.note_kex_order(messageNum)
-        seq = (self.incomingPacketSequence - 1) & 0xFFFFFFFF  # that of the packet just read
-        self.sendPacket(transport.MSG_UNIMPLEMENTED, seq.to_bytes(4, "big"))
+    def note_refused(self, messageNum: int, phase: Phase, verdict: Verdict) -> None:
+        """Hook: a message the policy refused (answered UNIMPLEMENTED, or ignored)."""
 
-    def note_kex_order(self, messageNum: int) -> None:
-        """Hook: the first out-of-order key-exchange message on this connection."""
+    def getPacket(self) -> bytes | None:
+        # Conch's dataReceived loop keeps taking packets from its buffer after a DISCONNECT.
+        return None if self._dead else super().getPacket()
 
     def ssh_KEXINIT(self, packet: bytes) -> None:
         if self._first_kex_done and self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._count_rekey():
@@ -348,15 +366,22 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
         if guessed and (kex[0] != self.supportedKeyExchanges[0] or keys[0] != self.supportedPublicKeys[0]):
             self.ignoreNextPacket = True
 
+    def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        # Message 30, the key-exchange method's INIT. A malformed public value raised out of
+        # Conch (a ValueError, reported as "protocol error"): it is KEY_EXCHANGE_FAILED.
+        try:
+            super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)
+        except ValueError as e:
+            self.sendDisconnect(
+                transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"invalid key exchange value: %s" % str(e)[:100].encode()
+            )
+
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         if packet != b"":
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
             return
-        if not self._peer_kexinit or not self.nextEncryptions.keyed:
-            # Conch would switch to keys that do not exist yet: plaintext with no session ID (or,
-            # during a rekey we started, back to the keys in use, ending the exchange half-way).
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS before the key exchange")
-            return
+        # The dispatch policy lets NEWKEYS through only once our NEWKEYS is out: Conch would
+        # switch to keys that do not exist yet (plaintext with no session ID).
         self._peer_kexinit = False
         self.take_new_keys()
 

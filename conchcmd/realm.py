@@ -16,6 +16,7 @@ from conchcmd.audit import LOG_NAMESPACE, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
+from conchcmd.refusals import RepeatLog
 from conchcmd.session import (
     ChannelHandler,
     ConnectionBudget,
@@ -64,6 +65,7 @@ class CommandUser(ConchUser):
         self.shell = shell
         self.peer = "?"  # set by the transport once the user is attached to a connection
         self.budget = ConnectionBudget()  # one avatar per connection: its channels share this
+        self.refusals = RepeatLog(log, self.peer)  # the connection's, likewise
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
@@ -81,11 +83,11 @@ class CommandUser(ConchUser):
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
         if requestType in (b"tcpip-forward", b"streamlocal-forward@openssh.com"):
-            log.info(
+            self.refusals.note(
+                f"Refused {sanitise(requestType)}",
                 "Refused {kind} for {user}@{peer}: forwarding is disabled",
                 kind=sanitise(requestType),
                 user=self.identity.user,
-                peer=self.peer,
             )
         return 0
 

@@ -18,6 +18,7 @@ from twisted.conch.ssh.factory import SSHFactory
 from twisted.cred import credentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,10 +29,12 @@ from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
+from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
 from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
 from conchcmd.realm import CommandUser
+from conchcmd.refusals import RepeatLog
 from conchcmd.session import SessionChannel
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -51,6 +54,19 @@ PROTOCOL_VIOLATIONS = frozenset(
 ABORT_AFTER = 5.0  # seconds a closing connection may take to drain before it is cut
 PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
+#: A key exchange (ours or the client's) must finish within this time once it has started.
+KEX_TIMEOUT = 60.0
+#: Channel output queued behind a key exchange in progress, at most (then channels wait for the
+#: NEWKEYS): OpenSSH's default session window, what one channel may have in flight anyway. sshd
+#: stops at once; what is queued here is sent right after NEWKEYS and counts as the traffic
+#: that makes a client's frequent rekeys legitimate (see framing.REKEY_FREE_BYTES).
+KEX_OUTPUT_BUDGET = 2 * 1024 * 1024
+#: Channel opens with a smaller maximum packet size are refused: 0 left the output loop with
+#: nothing to send (it spun forever), 1 cost ~25 µs of CPU per byte. RFC 4254 sets no floor and
+#: sshd none either (serverloop.c takes the client's value; channels.c stops at a 0 length);
+#: real clients offer 16 KiB (PuTTY) to 32 KiB (OpenSSH's CHAN_SES_PACKET_DEFAULT).
+MIN_CHANNEL_PACKET = 1024
+MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
 #: Authentication requests a connection may have waiting behind the one being checked; one more
 #: and it is disconnected. OpenSSH's client sends one and waits for the answer.
 MAX_WAITING_AUTH_REQUESTS = 4
@@ -125,7 +141,9 @@ class ServerTransport(ModernServerTransport):
     packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
     malformed packets end this connection with one log line; idle and keepalive timers; TCP
     keepalive; client slots per user and in total; closing unregisters the TCP producer (see
-    `_closing`).
+    `_closing`); refusals of the dispatch policy logged once per kind (`note_refused`); a
+    second SERVICE_REQUEST "ssh-userauth" answered without restarting userauth; a time limit
+    on key exchanges and channel output held behind one (`output_held`).
     """
 
     factory: CommandServerFactory
@@ -153,6 +171,7 @@ class ServerTransport(ModernServerTransport):
         self.source = source_of(getattr(address, "host", self.peer))
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
+        self.refusals = RepeatLog(log, self.peer)
         factory.transports.add(self)
         factory.admission.started(self.source)
         self.in_startup = True
@@ -206,7 +225,9 @@ class ServerTransport(ModernServerTransport):
         log.warn("Protocol error from {peer}: {error}; disconnecting", peer=self.peer, error=sanitise(error, 200))
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
 
-    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+    def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
+        if isinstance(desc, str):  # Conch's hybrid key exchange passes str reasons
+            desc = desc.encode()
         if not self._dead:
             self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
@@ -220,12 +241,63 @@ class ServerTransport(ModernServerTransport):
         self.end_reason = f"client disconnected: {sanitise(description, 200)}"
         self._drop()
 
-    def note_kex_order(self, messageNum: int) -> None:
-        log.info(
-            "Key-exchange message {number} out of order from {peer}: answered UNIMPLEMENTED, ignored",
-            number=messageNum,
-            peer=self.peer,
+    def note_refused(self, messageNum: int, phase: Phase, verdict: Verdict) -> None:
+        answer = "answered UNIMPLEMENTED" if verdict.action is Action.UNIMPLEMENTED else "ignored"
+        if verdict is KEX_ERROR:
+            kind = f"Key-exchange message {messageNum} out of order"
+        else:
+            kind = f"Message {messageNum} {phase.value}"
+        # Before authentication the connection's one line is the one that says how it ended.
+        self.refusals.note(
+            kind, "{kind} from {peer}: {answer}", quiet=not phase.authenticated, kind=kind, answer=answer
         )
+
+    def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
+        # The dispatch policy passes SERVICE_REQUEST only before and during authentication. A
+        # second "ssh-userauth" during authentication is accepted again, as sshd does
+        # (auth2.c input_service_request); Conch would start a new userauth service.
+        if isinstance(self.service, UserAuthService) and getNS(packet)[0] == b"ssh-userauth":
+            self.sendPacket(transport.MSG_SERVICE_ACCEPT, NS(b"ssh-userauth"))
+            return
+        super().ssh_SERVICE_REQUEST(packet)
+
+    _kex_timer: Any = None
+
+    def sendKexInit(self) -> None:
+        # Every key exchange, ours or the client's, starts with our KEXINIT (sent in reply to
+        # the client's): it must end within KEX_TIMEOUT. The initial one has the grace time.
+        super().sendKexInit()
+        if self._first_kex_done and self._kex_timer is None:
+            self._kex_timer = self.factory.clock.callLater(KEX_TIMEOUT, self._kex_expired)
+
+    def _kex_expired(self) -> None:
+        self._kex_timer = None
+        log.info("Key exchange with {peer} took longer than {t:g} s; disconnecting", peer=self.peer, t=KEX_TIMEOUT)
+        self.close_with(b"key exchange timed out", transport.DISCONNECT_KEY_EXCHANGE_FAILED)
+
+    def take_new_keys(self) -> None:
+        super().take_new_keys()  # Conch's _newKeys: what the key exchange held back is sent now
+        self._held_bytes = 0
+        if self._kex_timer is not None:
+            self._kex_timer.cancel()
+            self._kex_timer = None
+        self._pump_channels()
+
+    @property
+    def output_held(self) -> bool:
+        """Channels produce no more output while TCP's send buffer is full, or while a key
+        exchange runs once KEX_OUTPUT_BUDGET waits behind it (sshd: serverloop.c polls channel
+        output only when not rekeying). Conch queued without limit behind a key exchange."""
+        return self._tcp_paused or (
+            self._keyExchangeState != self._KEY_EXCHANGE_NONE and self._held_bytes >= KEX_OUTPUT_BUDGET
+        )
+
+    _held_bytes = 0  # payload bytes queued behind the key exchange in progress
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
+            self._held_bytes += len(payload)
+        super().sendPacket(messageType, payload)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         fixed = [
@@ -249,13 +321,23 @@ class ServerTransport(ModernServerTransport):
 
     # A client may open a huge SSH window and then stop reading its socket; without this, the
     # channels would keep writing into Twisted's unbounded TCP buffer.
-    tcp_paused = False
+    _tcp_paused = False
+
+    @property
+    def tcp_paused(self) -> bool:
+        """What channels check before sending (see `output_held`)."""
+        return self.output_held
 
     def pauseProducing(self) -> None:
-        self.tcp_paused = True
+        self._tcp_paused = True
 
     def resumeProducing(self) -> None:
-        self.tcp_paused = False
+        self._tcp_paused = False
+        self._pump_channels()
+
+    def _pump_channels(self) -> None:
+        if self.output_held:
+            return
         service = self.service
         for chan in list(getattr(service, "channels", {}).values()):
             pump = getattr(chan, "pump", None)
@@ -263,7 +345,7 @@ class ServerTransport(ModernServerTransport):
                 pump()
 
     def stopProducing(self) -> None:
-        self.tcp_paused = True
+        self._tcp_paused = True
 
     def _drop(self) -> None:
         if self.transport is not None:
@@ -298,6 +380,7 @@ class ServerTransport(ModernServerTransport):
         self.holds_slot = True
         self.user = user
         avatar.peer = self.peer
+        avatar.refusals = self.refusals
         self._leave_startup()
         self.factory.admission.authenticated(self.source)
         return True
@@ -335,9 +418,9 @@ class ServerTransport(ModernServerTransport):
         log.info("Closing connection {peer} ({user}): {why}", peer=self.peer, user=self.user, why=why)
         self.close_with(why.encode())
 
-    def close_with(self, why: bytes) -> None:
+    def close_with(self, why: bytes, reason: int = transport.DISCONNECT_BY_APPLICATION) -> None:
         """Disconnect with a reason; a peer too dead to take the last bytes is cut after a while."""
-        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why)
+        self.sendDisconnect(reason, why)
         self._closing()  # already closing (a disconnect sent earlier): the cut still applies
 
     _abort: Any = None
@@ -364,17 +447,22 @@ class ServerTransport(ModernServerTransport):
             self.liveness.stop()
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
+        if self._kex_timer is not None:
+            self._kex_timer.cancel()
+            self._kex_timer = None
         factory = self.factory
         if self.in_startup:
             self._leave_startup()
             self._maybe_strike()
         factory.transports.discard(self)
         duration = round(factory.clock.seconds() - self.started, 3)
+        refused = self.refusals.summary()
         log.info(
-            "Lost client connection {peer} ({user}): {reason}",
+            "Lost client connection {peer} ({user}): {reason}{refused}",
             peer=self.peer,
             user=self.user or "not authenticated",
             reason=self.end_reason,
+            refused=f" (refused: {sanitise(refused, 1000)})" if refused else "",
         )
         factory.audit.record(
             "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
@@ -609,11 +697,12 @@ class UserAuthService(userauth.SSHUserAuthServer):
 
 class ConnectionService(connection.SSHConnection):
     """ssh-connection that refuses non-session channels cleanly (Conch logs a traceback for
-    each), tolerates messages for unknown channels, and holds back window adjustments for
-    channels that hold as much input as they may (input flow control, see SessionChannel)."""
+    each) and channels with a tiny maximum packet size, tolerates messages for unknown channels,
+    holds back window adjustments for channels that hold as much input as they may (input flow
+    control, see SessionChannel), and enforces sshd's channel rules Conch lacks: no answer to an
+    open nobody made, no window past 2^32-1, every channel closed when the connection ends."""
 
     transport: ServerTransport
-    _warned_unknown_channel = False
     _log = QuietLogger()  # Conch logs debug lines per channel (getChannel, sendEOF, ...)
 
     def serviceStarted(self) -> None:
@@ -626,20 +715,29 @@ class ConnectionService(connection.SSHConnection):
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = getNS(packet)
-        sender = struct.unpack(">L", rest[:4])[0]
+        sender, _window, max_packet = struct.unpack(">3L", rest[:12])
         max_sessions = self.transport.factory.settings.limits.max_sessions
         if channel_type != b"session":
             self._refuse_channel(sender, channel_type, b"only session channels are allowed")
+        elif max_packet < MIN_CHANNEL_PACKET:
+            # Any window (a uint32) is fine: 0 is legal (opened later), and output waits for it.
+            self._refuse_channel(
+                sender,
+                channel_type,
+                b"maximum packet size %d is below %d" % (max_packet, MIN_CHANNEL_PACKET),
+                kind="maximum packet size too small",
+            )
         elif len(self.channels) >= max_sessions:
             self._refuse_channel(sender, channel_type, b"too many sessions (max %d)" % max_sessions)
         else:
             super().ssh_CHANNEL_OPEN(packet)
 
-    def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes) -> None:
-        log.info(
+    def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes, kind: str | None = None) -> None:
+        name = sanitise(channel_type, 64)
+        self.transport.refusals.note(
+            f"Refused {name} channel ({kind or why.decode()})",
             "Refused {kind} channel for {peer}: {why}",
-            kind=sanitise(channel_type, 64),
-            peer=self.transport.peer,
+            kind=name,
             why=why.decode(),
         )
         self.transport.sendPacket(
@@ -653,13 +751,81 @@ class ConnectionService(connection.SSHConnection):
         if 93 <= messageNum <= 98 and len(packet) >= 4:
             (local_id,) = struct.unpack(">L", packet[:4])
             if local_id not in self.channels:
-                if not self._warned_unknown_channel:
-                    self._warned_unknown_channel = True
-                    log.info(
-                        "Ignoring messages for unknown channel {id} from {peer}", id=local_id, peer=self.transport.peer
-                    )
+                self.transport.refusals.note(
+                    "Messages for unknown channels",
+                    "Ignoring messages for unknown channel {id} from {peer}",
+                    id=local_id,
+                )
                 return
         super().packetReceived(messageNum, packet)
+
+    def _awaiting_confirmation(self, packet: bytes, what: bytes) -> bool:
+        """Whether the channel a client's OPEN_CONFIRMATION / OPEN_FAILURE names is one this
+        server opened and the client has not answered yet; if not, the connection ends (sshd,
+        channels.c: "Received open failure for non-opening channel"). Conch would re-set an open
+        channel's window and packet size, or delete it without closing it (its command kept
+        running after the connection ended)."""
+        (local_id,) = struct.unpack(">L", packet[:4])
+        chan = self.channels.get(local_id)
+        if chan is not None and chan not in self.channelsToRemoteChannel:
+            return True
+        self.transport.sendDisconnect(
+            transport.DISCONNECT_PROTOCOL_ERROR, b"Received open %s for non-opening channel %d" % (what, local_id)
+        )
+        return False
+
+    def ssh_CHANNEL_OPEN_CONFIRMATION(self, packet: bytes) -> None:
+        if self._awaiting_confirmation(packet, b"confirmation"):
+            super().ssh_CHANNEL_OPEN_CONFIRMATION(packet)
+
+    def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
+        if self._awaiting_confirmation(packet, b"failure"):
+            super().ssh_CHANNEL_OPEN_FAILURE(packet)
+
+    def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
+        # An answer to no global request of ours is ignored, as sshd does (serverloop.c
+        # server_input_keep_alive); Conch raised IndexError (a "protocol error").
+        if self.deferreds["global"]:
+            super().ssh_REQUEST_SUCCESS(packet)
+
+    def ssh_REQUEST_FAILURE(self, packet: bytes) -> None:
+        if self.deferreds["global"]:
+            super().ssh_REQUEST_FAILURE(packet)
+
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        local_id, add = struct.unpack(">2L", packet[:8])
+        chan = self.channels[local_id]  # packetReceived has dropped unknown ones
+        if chan.remoteWindowLeft + add > MAX_WINDOW:
+            # RFC 4254 5.2; sshd: fatal "adjust %u overflows remote window %u" (channels.c)
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"window adjust %d overflows the window of channel %d (%d)" % (add, local_id, chan.remoteWindowLeft),
+            )
+            return
+        super().ssh_CHANNEL_WINDOW_ADJUST(packet)
+
+    def serviceStopped(self) -> None:
+        """Every channel is closed (its command interrupted), even if closing another raised:
+        Conch's loop stopped at the first exception and left the others running."""
+        self._stopping = True  # closing channels free budget; grant_window then opens no window
+        confirmed = list(self.channelsToRemoteChannel)
+        pending = [c for c in self.channels.values() if c not in self.channelsToRemoteChannel]
+        self.channels.clear()
+        self.channelsToRemoteChannel.clear()
+        self.localToRemoteChannel.clear()
+        for chan in confirmed + pending:
+            chan.localClosed = chan.remoteClosed = True
+            for d in self.deferreds.pop(chan.id, []):
+                d.addErrback(lambda _: None)
+                d.errback(conch_error.ConchError("Channel closed."))
+            try:
+                if chan in confirmed:
+                    chan.closed()
+                else:
+                    chan.openFailed(ConnectionLost())
+            except Exception:
+                log.failure("Closing channel {id} of {peer} failed", id=chan.id, peer=self.transport.peer)
+        self._cleanupGlobalDeferreds()
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         # Conch re-opens a channel's window whenever half of it is used, however much input the
@@ -674,10 +840,6 @@ class ConnectionService(connection.SSHConnection):
             super().adjustWindow(channel, bytes_to_add)
 
     _stopping = False
-
-    def serviceStopped(self) -> None:
-        self._stopping = True
-        super().serviceStopped()
 
 
 class CommandServerFactory(SSHFactory):

@@ -305,8 +305,12 @@ def storm(rekeys: int) -> Callable[[ScriptedClient], None]:
 def test_a_rekey_storm_is_cut_off_and_other_clients_are_unaffected(world: World) -> None:
     bystander = logged_in(world)
     assert works(bystander)
+    stormy = logged_in(world)
+    assert isinstance(stormy.client, ScriptedClient)
+    stormy.client.on_new_keys = storm(1000)
     with capturedLogs():
-        stormy = connect(world.factory, world.clock, client_factory=scripted(on_new_keys=storm(1000)))
+        stormy.client.sendKexInit()
+        stormy.flush()
     assert stormy.disconnected
     assert stormy.server.kex_count == REKEY_BURST + 1  # the initial exchange and REKEY_BURST rekeys
     assert stormy.factory.disconnect_reason == (

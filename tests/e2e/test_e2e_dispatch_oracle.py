@@ -1,0 +1,137 @@
+"""The dispatch policy against the oracle: the same cells as tests/inmemory/test_dispatch_policy.py
+(phase x message type, exact bytes from the project's test client) sent to a real sshd started
+on loopback, and the outcome class it gives (disconnect with its reason code, UNIMPLEMENTED for
+that packet, or no refusal) compared with what conchcmd's table says.
+
+Cells where conchcmd deliberately differs are listed in DIFFERS_FROM_SSHD (in the in-memory test)
+with the reason, and must differ. Every cell runs with CONCHCMD_ORACLE=all (211 cells, about 45 s
+here: sshd forks per connection); by default a sample of 12, one per phase and outcome class.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from inmemory.test_dispatch_policy import (
+    DIFFERS_FROM_SSHD,
+    PROBES,
+    SSHD_VERSION_DEPENDENT,
+    Dial,
+    expected_outcome,
+    outcome,
+    run,
+)
+from support.keys import authorized_line, ed25519_key
+from support.rawssh import dial
+from support.sshclient import ClientFactory, Connection
+from twisted.logger import capturedLogs
+
+from conchcmd.dispatch import Action, Phase, decide
+
+SSHD = "/usr/sbin/sshd"
+ALL = os.environ.get("CONCHCMD_ORACLE") == "all"
+#: The default run's sample: one cell per phase and outcome class.
+SAMPLE = {
+    (Phase.BEFORE_KEX, 5, False),
+    (Phase.BEFORE_KEX, 50, False),
+    (Phase.KEX_METHOD, 2, True),
+    (Phase.KEX_METHOD, 25, False),
+    (Phase.KEX_NEWKEYS, 90, False),
+    (Phase.UNSERVICED, 50, False),
+    (Phase.AUTHENTICATING, 90, False),
+    (Phase.AUTHENTICATED, 5, False),
+    (Phase.AUTHENTICATED, 50, False),
+    (Phase.AUTHENTICATED, 90, False),
+    (Phase.REKEY_METHOD, 90, False),
+    (Phase.REKEY_NEWKEYS, 30, False),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real sshd on loopback that lets root in with the test key; yields its port."""
+    if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
+        pytest.skip("openssh-server is not installed")
+    d = tmp_path_factory.mktemp("sshd")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True, timeout=30)
+    (d / "authorized_keys").write_text(authorized_line(ed25519_key()))
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {d / 'host'}\nPidFile none\nUsePAM no\n"
+        f"PermitRootLogin prohibit-password\nAuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\n"
+        "MaxStartups 100:30:200\nLoginGraceTime 30\nLogLevel ERROR\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    log = open(d / "sshd.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text()}")
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def cells() -> list[object]:
+    out = []
+    for phase in Phase:
+        if phase is Phase.CLOSED:
+            continue
+        for message in PROBES:
+            if (phase, message) in SSHD_VERSION_DEPENDENT:
+                continue
+            for strict in (False, True) if phase in (Phase.KEX_METHOD, Phase.KEX_NEWKEYS) else (False,):
+                if not ALL and (phase, message, strict) not in SAMPLE:
+                    continue
+                if decide(phase, message, strict).action is Action.PROCESS and message in (20, 21, 30):
+                    continue
+                name = f"{phase.name}-{message}-{'strict' if strict else 'plain'}"
+                out.append(pytest.param(phase, message, strict, id=name))
+    return out
+
+
+def sshd_dial(port: int) -> Dial:
+    def connect(factory: ClientFactory) -> Connection:
+        return dial(port, factory)
+
+    return connect
+
+
+@pytest.mark.parametrize(("phase", "message", "strict"), cells())
+def test_the_cell_agrees_with_sshd(sshd: int, phase: Phase, message: int, strict: bool) -> None:
+    with capturedLogs():
+        conn, sent = run(sshd_dial(sshd), phase, message, strict, user=b"root")
+    try:
+        assert sent.seq is not None, "the probe was never sent"
+        theirs = outcome(conn, sent)
+    finally:
+        conn.client.transport.loseConnection()
+    ours = expected_outcome(phase, message, strict)
+    # sshd often closes without sending its DISCONNECT (dispatch.c: sshpkt_disconnect, then the
+    # fatal exit before the packet is written): a close counts as a disconnect with any code.
+    agree = theirs == ours or (theirs == (Action.DISCONNECT, 0) and ours[0] is Action.DISCONNECT)
+    if (phase, message, strict) in DIFFERS_FROM_SSHD:
+        assert not agree, f"listed as a difference but sshd agrees: {DIFFERS_FROM_SSHD[phase, message, strict]}"
+    else:
+        assert agree, (theirs, ours)

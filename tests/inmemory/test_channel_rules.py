@@ -1,0 +1,320 @@
+"""Channel and session rules of the protocol-engine review (issue 15), each with the bound it
+protects: the reactor keeps turning (finding 1), CPU per byte (6), open files after a connection
+ends (3), client slots and timers (5), log lines (7), output queued behind a key exchange (2)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.keys import ed25519_key
+from support.sshclient import Connection, RecordingChannel
+from twisted.conch.ssh import common, connection, transport
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+
+from conchcmd.config import LimitsConfig
+from conchcmd.lastlog import FOLLOW_POLL
+from conchcmd.server import ABORT_AFTER, KEX_OUTPUT_BUDGET, KEX_TIMEOUT, MIN_CHANNEL_PACKET, ServerTransport
+
+from .conftest import World, make_world
+from .test_kex_order import ScriptedClient, force_send, scripted
+
+NS = common.NS
+SUCCESS = 52
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def refused_open(conn: Connection, max_packet: int) -> RecordingChannel:
+    chan = RecordingChannel(localWindow=65536, conn=conn.conn)
+    chan.localMaxPacket = max_packet  # (Conch's constructor takes 0 for "the default")
+    chan.opened.addErrback(lambda _: None)
+    conn.conn.openChannel(chan)
+    conn.flush()
+    return chan
+
+
+def works(conn: Connection) -> bool:
+    chan = conn.open_session()
+    conn.exec(chan, b"lastlog -n 1")
+    conn.flush()
+    return (chan.exit_status, bytes(chan.out)) == (0, b"line 20\n")
+
+
+def server_channel(conn: Connection, chan: RecordingChannel) -> Any:
+    return conn.server.service.channels[conn.conn.localToRemoteChannel[chan.id]]
+
+
+# -- findings 1 and 6: maximum packet size ---------------------------------------------------
+
+
+@pytest.mark.parametrize("max_packet", [0, 1, MIN_CHANNEL_PACKET - 1])
+def test_a_channel_with_a_tiny_maximum_packet_size_is_refused(world: World, max_packet: int) -> None:
+    """0 made the output loop spin for ever (with a rekey pending, the whole server stopped); 1
+    cost ~25 µs of CPU per byte of output. Refused at open: nothing runs, nothing spins."""
+    conn = world.login()
+    conn.server.sendKexInit()  # a rekey under way at the same time, as in the finding
+    with capturedLogs():
+        chan = refused_open(conn, max_packet)
+    assert chan.open_failure is not None
+    assert chan.open_failure.args == (
+        b"maximum packet size %d is below %d" % (max_packet, MIN_CHANNEL_PACKET),
+        connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+    )
+    assert conn.server.service.channels == {} and not conn.disconnected
+    assert works(conn) and works(world.login(peer="10.0.0.2"))
+
+
+def test_the_floor_itself_is_accepted_and_output_arrives_whole(tmp_path: Path) -> None:
+    w = make_world(tmp_path, log_text=b"".join(b"%05d %s\n" % (i, b"x" * 200) for i in range(200)))
+    conn = w.login()
+    chan = conn.open_session(max_packet=MIN_CHANNEL_PACKET)
+    conn.exec(chan, b"lastlog -n 200")
+    conn.flush()
+    assert chan.exit_status == 0 and bytes(chan.out) == w.log_file.read_bytes()
+
+
+def test_refused_opens_are_logged_once_with_a_count(world: World) -> None:
+    """Finding 7: 9,000 log lines a second from one user. Now one line, and the count at the end."""
+    conn = world.login()
+    with capturedLogs() as events:
+        for _ in range(200):
+            refused_open(conn, 0)
+        for _ in range(50):
+            conn.conn.sendGlobalRequest(b"tcpip-forward", NS(b"") + struct.pack(">L", 80))
+        conn.flush()
+        conn.client.transport.loseConnection()
+        conn.flush()
+    lines = [formatEvent(e) for e in events]
+    refusals = [line for line in lines if "Refused" in line]
+    assert refusals[:2] == [
+        "Refused session channel for 10.0.0.1:40000: maximum packet size 0 is below 1024",
+        "Refused tcpip-forward for admin@10.0.0.1:40000: forwarding is disabled",
+    ]
+    assert len(refusals) == 3 and refusals[2].startswith("Lost client connection 10.0.0.1:40000 (admin): ")
+    assert refusals[2].endswith(
+        " (refused: Refused session channel (maximum packet size too small) x200; Refused tcpip-forward x50)"
+    )
+
+
+# -- finding 3: OPEN_CONFIRMATION / OPEN_FAILURE for a channel not opening ------------------
+
+
+def follows(conn: Connection, n: int) -> list[RecordingChannel]:
+    chans = []
+    for _ in range(n):
+        chan = conn.open_session()
+        conn.exec(chan, b"lastlog -f")
+        chans.append(chan)
+    conn.flush()
+    return chans
+
+
+@pytest.mark.parametrize("message", [connection.MSG_CHANNEL_OPEN_FAILURE, connection.MSG_CHANNEL_OPEN_CONFIRMATION])
+def test_an_answer_to_an_open_nobody_made_ends_the_connection_and_every_command(world: World, message: int) -> None:
+    """Before: OPEN_FAILURE deleted the channel without closing it; 1,000 `lastlog -f` kept
+    running (1,000 open files) after the client left, and closing the others raised KeyError."""
+    before = open_files()
+    conn = world.login()
+    chans = follows(conn, 3)
+    assert open_files() >= before + 3
+    target = server_channel(conn, chans[0])
+    window, max_packet = target.remoteWindowLeft, target.remoteMaxPacket
+    if message == connection.MSG_CHANNEL_OPEN_FAILURE:
+        payload = struct.pack(">2L", target.id, 2) + NS(b"no") + NS(b"")
+        what = b"failure"
+    else:
+        payload = struct.pack(">4L", target.id, 77, 0xFFFFFFFF, 0)
+        what = b"confirmation"
+    force_send(conn.client, message, payload)
+    with capturedLogs() as events:
+        conn.flush()
+        world.clock.advance(2 * FOLLOW_POLL)
+    assert conn.factory.disconnect_reason == (
+        transport.DISCONNECT_PROTOCOL_ERROR,
+        b"Received open %s for non-opening channel %d" % (what, target.id),
+    )
+    assert (target.remoteWindowLeft, target.remoteMaxPacket) == (window, max_packet)  # not re-set
+    assert open_files() == before  # every follow ended, its file closed
+    assert not any(e.get("log_failure") for e in events)
+
+
+def test_closing_a_connection_closes_every_channel_even_if_one_close_raises(world: World) -> None:
+    before = open_files()
+    conn = world.login()
+    chans = follows(conn, 3)
+    broken = server_channel(conn, chans[1])
+    really_close = broken.closed
+
+    def fails() -> None:
+        raise KeyError("boom")
+
+    broken.closed = fails
+    with capturedLogs() as events:
+        conn.client.transport.loseConnection()
+        conn.flush()
+        world.clock.advance(2 * FOLLOW_POLL)
+    failures = [e for e in events if e.get("log_failure")]
+    assert [formatEvent(e) for e in failures] == [f"Closing channel {broken.id} of 10.0.0.1:40000 failed"]
+    assert open_files() == before + 1  # only the broken channel's follow still runs
+    really_close()
+    world.clock.advance(2 * FOLLOW_POLL)
+    assert open_files() == before
+
+
+# -- finding 7: window overflow ------------------------------------------------------------
+
+
+def test_a_window_adjust_past_2_32_minus_1_ends_the_connection(world: World) -> None:
+    conn = world.login()
+    chan = conn.open_session()
+    target = server_channel(conn, chan)
+    room = 0xFFFFFFFF - target.remoteWindowLeft
+    force_send(conn.client, connection.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", target.id, room))
+    conn.flush()
+    assert not conn.disconnected and target.remoteWindowLeft == 0xFFFFFFFF
+    force_send(conn.client, connection.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", target.id, 1))
+    conn.flush()
+    assert conn.factory.disconnect_reason == (
+        transport.DISCONNECT_PROTOCOL_ERROR,
+        b"window adjust 1 overflows the window of channel %d (4294967295)" % target.id,
+    )
+
+
+# -- finding 5: a second login on one connection --------------------------------------------
+
+
+def test_a_second_service_request_after_login_takes_no_slot_and_no_timer(tmp_path: Path) -> None:
+    w = make_world(tmp_path, max_clients=3, limits=replace(LimitsConfig(), keepalive_interval=15.0))
+    conn = w.connect(client=scripted())
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    server = conn.server
+    liveness = server.liveness
+    assert w.factory.slots.used == 1 and liveness is not None
+    client = conn.client
+    with capturedLogs():
+        for _ in range(3):
+            seq = client.outgoingPacketSequence
+            force_send(client, transport.MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+            conn.flush()
+            assert conn.auth is not None
+            conn.auth.send_request(b"publickey", conn.auth.signed(ed25519_key()))
+            conn.flush()
+    assert (transport.MSG_UNIMPLEMENTED, struct.pack(">L", seq)) in client.received  # type: ignore[attr-defined]
+    assert transport.MSG_SERVICE_ACCEPT not in [m for m, _ in client.received[-6:]]  # type: ignore[attr-defined]
+    assert w.factory.slots.used == 1 and server.liveness is liveness
+    assert works(conn)
+    conn.client.transport.loseConnection()
+    conn.flush()
+    assert w.factory.slots.used == 0
+
+
+# -- finding 2: output while keys change, and a time limit on a key exchange ----------------
+
+
+class Stalling(ScriptedClient):
+    """A client that can hold back the server's KEXINIT (and so never finish a key exchange)."""
+
+    hold = False
+    held: list[bytes]
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self.hold and messageNum == transport.MSG_KEXINIT:
+            self.held.append(payload)
+            return
+        super().dispatchMessage(messageNum, payload)
+
+    def release(self) -> None:
+        self.hold = False
+        for payload in self.held:
+            self.dispatchMessage(transport.MSG_KEXINIT, payload)
+        self.held = []
+
+
+def stalling(w: World) -> tuple[Connection, Stalling]:
+    factory = scripted()
+    factory.protocol = Stalling  # type: ignore[assignment]
+    conn = w.connect(client=factory)
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    client = conn.client
+    assert isinstance(client, Stalling)
+    client.held = []
+    return conn, client
+
+
+def queued(server: ServerTransport) -> int:
+    return sum(len(payload) for _, payload in server._blockedByKeyExchange or [])
+
+
+def test_no_channel_output_is_produced_while_keys_change(tmp_path: Path) -> None:
+    """Before: everything the client's window allowed was queued behind the key exchange (120 MB
+    a round in the finding). Now channels wait once KEX_OUTPUT_BUDGET is queued; output resumes
+    after NEWKEYS, whole."""
+    text = b"".join(b"%06d %s\n" % (i, b"y" * 1000) for i in range(4000))  # ~4 MB
+    w = make_world(tmp_path, log_text=text)
+    conn, client = stalling(w)
+    chan = conn.open_session(window=64 * 1024 * 1024)
+    client.hold = True
+    conn.server.sendKexInit()  # the server renews its keys; the client does not answer (yet)
+    conn.flush()
+    conn.exec(chan, b"lastlog -n 4000")
+    conn.flush()
+    assert KEX_OUTPUT_BUDGET <= queued(conn.server) < KEX_OUTPUT_BUDGET + 40 * 1024  # one packet more at most
+    assert bytes(chan.out) == b""
+    client.release()
+    conn.flush()
+    assert conn.server.kex_count == 2
+    assert chan.exit_status == 0 and bytes(chan.out) == text
+
+
+@pytest.mark.parametrize("who", ["server", "client"])
+def test_a_key_exchange_that_never_ends_is_cut_after_the_time_limit(tmp_path: Path, who: str) -> None:
+    w = make_world(tmp_path)
+    conn, client = stalling(w)
+    client.hold = True
+    start: Callable[[], None] = conn.server.sendKexInit if who == "server" else client.sendKexInit
+    start()
+    conn.flush()
+    with capturedLogs() as events:
+        w.clock.advance(KEX_TIMEOUT - 1)
+        conn.flush()
+        assert not conn.disconnected
+        w.clock.advance(1)
+        conn.flush()
+    assert conn.factory.disconnect_reason == (transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"key exchange timed out")
+    assert any("took longer than 60 s" in formatEvent(e) for e in events)
+    assert w.factory.slots.used == 0
+
+
+def test_a_completed_rekey_leaves_no_timer(world: World) -> None:
+    conn = world.login()
+    conn.client.sendKexInit()
+    conn.flush()
+    assert conn.server.kex_count == 2 and conn.server._kex_timer is None
+    world.clock.advance(KEX_TIMEOUT + 1)
+    assert not conn.disconnected and works(conn)
+
+
+# -- finding 7: a peer that never reads is cut after the grace time ---------------------------
+
+
+def test_after_the_grace_time_a_peer_that_never_reads_loses_its_connection(world: World) -> None:
+    server = world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 5555))
+    tcp = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 5555))
+    server.makeConnection(tcp)
+    with capturedLogs():
+        server.dataReceived(b"SSH-2.0-never-reads\r\n")
+        server.pauseProducing()  # its receive window is full: TCP tells us to stop
+        world.clock.advance(world.config.limits.login_grace_time)
+        assert tcp.disconnecting and not tcp.disconnected  # the DISCONNECT waits in the buffer
+        world.clock.advance(ABORT_AFTER)
+    assert tcp.disconnected  # aborted: the socket and what waited in it are gone
