@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from support.authcases import SOURCES, Case, private_openssh
 from support.serverfiles import ServerFiles, wait_for
 from support.sshd import Sshd, ipv6_loopback, secure_directory, sshd_available, system_user
 
-REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
 LISTENING6 = re.compile(rb"conchcmd: listening on .* \(::1:(\d+)\)")
 ATTEMPT_TIMEOUT = 30.0
@@ -99,18 +97,7 @@ class ConchServer(ServerFiles):
         text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
         text += f"[lastlog]\npath = {json.dumps(str(syslog))}\n"
         self.config.write_text(text)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.base,
-            env=env,
-            start_new_session=True,
-        )
+        self.spawn()
 
         def listening() -> tuple[int, int] | None:
             log = self.log_bytes()

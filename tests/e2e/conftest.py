@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 import pytest
 from support.serverfiles import ServerFiles, hermetic_ssh, server_fleet, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
 HAVE_OPENSSH = SSH is not None and shutil.which("ssh-keygen") is not None
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
@@ -281,26 +279,7 @@ class Server(ServerFiles):
         keys = self.keys
         self.authorize("alice", keys.pub_line(keys.ed25519), keys.pub_line(keys.rsa), keys.pub_line(keys.ecdsa))
         self.authorize("bob", f'command="lastlog" {keys.pub_line(keys.optioned)}')
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.env_extra or {})
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = (
-            self.command(self)
-            if self.command is not None
-            else [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)]
-        )
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.base,
-            env=env,
-            start_new_session=True,
-            **(self.popen_extra or {}),
-        )
+        self.spawn(self.command(self) if self.command is not None else None, self.env_extra, **(self.popen_extra or {}))
 
         def listening() -> int | None:
             m = LISTENING.search(self.log_bytes())

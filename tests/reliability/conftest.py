@@ -36,7 +36,6 @@ from typing import Any
 import pytest
 from support.serverfiles import ServerFiles, hermetic_ssh, server_fleet, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 SSH = shutil.which("ssh")
 HAVE_OPENSSH = SSH is not None and shutil.which("ssh-keygen") is not None
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
@@ -258,19 +257,7 @@ class Server(ServerFiles):
         authorized.parent.mkdir(parents=True, exist_ok=True)
         authorized.write_text(self.keys.pub_line(self.keys.good) + "\n")
         authorized.chmod(0o600)
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.base,
-            env=env,
-            start_new_session=True,
-        )
+        self.spawn()
 
         def listening() -> int | None:
             m = LISTENING.search(self.log_bytes())

@@ -17,7 +17,8 @@ from typing import Any
 
 import bcrypt
 import pytest
-from reliability_harness import REPO, SSH_TIMEOUT, kill_all, wait_for
+from reliability_harness import SSH_TIMEOUT, kill_all, wait_for
+from support.serverfiles import REPO
 
 pytestmark = pytest.mark.reliability
 

@@ -7,10 +7,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
 
 STOP_TIMEOUT = 5.0
 
@@ -66,6 +69,28 @@ class ServerFiles:
         finally:
             if self._log_file is not None:
                 self._log_file.close()
+
+    def spawn(
+        self,
+        argv: Sequence[str] | None = None,
+        env_extra: dict[str, str] | None = None,
+        **popen_extra: Any,
+    ) -> None:
+        """Start the server (by default `python -m conchcmd serve --config CONFIG`) in its own
+        session, importing this checkout's conchcmd, its output going to `log_path`."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(argv or [sys.executable, "-m", "conchcmd", "serve", "--config", str(self.config)]),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            env=env,
+            start_new_session=True,
+            **popen_extra,
+        )
 
     def log_bytes(self) -> bytes:
         return self.log_path.read_bytes() if self.log_path.exists() else b""
