@@ -392,6 +392,12 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             E + "test_e2e_refusals.py::test_sftp_subsystem_is_refused",
             E + "test_e2e_refusals.py::test_x11_forwarding_request_is_refused_and_the_command_runs",
         ],
+        "each kind of refusal logged once per connection, whatever the names; the counts on its last line": [
+            M + "test_channel_rules.py::test_refused_opens_are_logged_once_with_a_count",
+            M + "test_refusal_logs.py::test_channel_opens_of_ever_new_types_are_one_kind_of_refusal",
+            M + "test_refusal_logs.py::test_refused_subsystem_requests_are_logged_once_with_a_count",
+            M + "test_refusal_logs.py::test_refused_pty_and_malformed_requests_are_logged_once_each_with_a_count",
+        ],
     },
     "Host keys": {
         "created 0600": [
