@@ -70,7 +70,7 @@ class CommandUser(ConchUser):
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
         context = SessionContext(
-            self.dispatcher, self.clock, self.identity, self.peer, self.shell, self.policy, self.budget
+            self.dispatcher, self.clock, self.identity, self.peer, self.shell, self.policy, self.budget, self.refusals
         )
         return SessionChannel(
             context,

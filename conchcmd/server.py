@@ -734,8 +734,11 @@ class ConnectionService(connection.SSHConnection):
 
     def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes, kind: str | None = None) -> None:
         name = sanitise(channel_type, 64)
+        # The type is the client's to choose: keyed by it, each new name would be a line (and a
+        # counter) of its own.
+        group = "session" if channel_type == b"session" else "non-session"
         self.transport.refusals.note(
-            f"Refused {name} channel ({kind or why.decode()})",
+            f"Refused {group} channel ({kind or why.decode()})",
             "Refused {kind} channel for {peer}: {why}",
             kind=name,
             why=why.decode(),

@@ -32,6 +32,7 @@ from conchcmd.audit import LOG_NAMESPACE, QuietLogger, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
+from conchcmd.refusals import RepeatLog
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -94,6 +95,7 @@ class SessionContext:
     shell: ShellSettings
     policy: UserPolicy = field(default_factory=UserPolicy)
     budget: ConnectionBudget = field(default_factory=ConnectionBudget)  # one per connection
+    refusals: RepeatLog | None = None  # the connection's; None: the channel keeps its own
 
     def dispatch(
         self,
@@ -181,6 +183,8 @@ class SessionChannel(channel.SSHChannel):
         initial = min(self.input_limit, max(budget.limit - budget.committed(), WINDOW_FLOOR))
         super().__init__(localWindow=initial, **kwargs)
         self.context = context
+        # Repeated refusals are logged once per kind, their counts on the connection's last line.
+        self.refusals = context.refusals or RepeatLog(log, context.peer)
         self.make_handler = make_handler
         self.terminal: Terminal | None = None
         self.handler: ChannelHandler | None = None
@@ -202,10 +206,10 @@ class SessionChannel(channel.SSHChannel):
         if self.handler is not None:
             return 0
         if not self.context.identity.grant.pty:
-            log.info(
+            self.refusals.note(
+                "Refused pty",
                 "Refused pty for {user}@{peer}: not permitted by {source}",
                 user=self.context.identity.user,
-                peer=self.context.peer,
                 source=self.context.identity.grant.source,
             )
             return 0
@@ -231,7 +235,12 @@ class SessionChannel(channel.SSHChannel):
 
     def request_subsystem(self, data: bytes) -> int:
         name, _ = getNS(data)
-        log.info("Refused subsystem {name} for {peer}", name=sanitise(name), peer=self.context.peer)
+        self.refusals.note(
+            "Refused subsystem",  # one kind whatever the name: each name its own line would be no bound
+            "Refused subsystem {name} for {user}@{peer}",
+            name=sanitise(name, 200),
+            user=self.context.identity.user,
+        )
         return 0
 
     def request_signal(self, data: bytes) -> int:
@@ -247,7 +256,13 @@ class SessionChannel(channel.SSHChannel):
         try:
             return int(super().requestReceived(requestType, data))
         except (struct.error, ValueError, IndexError):
-            log.info("Malformed {kind} request from {peer}", kind=sanitise(requestType), peer=self.context.peer)
+            # One kind whatever the type: a type that is not ASCII gets here too (Conch decodes it).
+            self.refusals.note(
+                "Malformed request",
+                "Malformed {kind} request from {user}@{peer}",
+                kind=sanitise(requestType, 64),
+                user=self.context.identity.user,
+            )
             return 0
 
     def _begin(self, command: str | None) -> int:
@@ -382,11 +397,15 @@ class SessionChannel(channel.SSHChannel):
     def _pump(self) -> None:
         transport = getattr(self._connection, "transport", None)
         sent = False
-        while self._queue and self.remoteWindowLeft > 0 and not self._gone:
+        while self._queue and not self._gone:
             if getattr(transport, "tcp_paused", False):
                 break  # resumed by the transport when its socket drains
             is_stderr, buf = self._queue[0]
             n = min(len(buf), self.remoteWindowLeft, self.remoteMaxPacket)
+            if n <= 0:
+                # No window, or a maximum packet size of 0 (server.py refuses such opens, but this
+                # loop must not depend on it): an n of 0 would send empty packets for ever.
+                break
             chunk = bytes(buf[:n])
             if n == len(buf):
                 self._queue.popleft()

@@ -175,6 +175,35 @@ def test_output_never_exceeds_the_window_and_packets_fit() -> None:
     assert h.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
 
 
+def test_a_maximum_packet_size_of_0_stops_the_output_loop_instead_of_spinning() -> None:
+    """server.py refuses such opens, but the pump must not depend on it: min(len, window, 0) is 0,
+    and the loop sent empty packets for ever (the whole reactor stopped)."""
+    h = Harness(window=1 << 20, max_packet=0)
+    calls = 0
+    record = h.conn.sendData
+
+    def send_data(chan: Any, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls >= 1000:
+            h.chan._gone = True  # stop a spinning loop so that the test fails instead of hanging
+        record(chan, data)
+
+    h.conn.sendData = send_data  # type: ignore[method-assign]
+    h.exec(b"say hello")
+    h.chan.addWindowBytes(1000)
+    h.clock.advance(1)
+    assert calls == 0 and h.conn.sent == []  # nothing can be sent: no packet at all, empty or not
+    assert h.chan._queued == len(b"hello\n")  # the output waits, whole
+
+
+def test_a_maximum_packet_size_of_1_sends_everything_one_byte_a_packet() -> None:
+    h = Harness(window=1 << 20, max_packet=1)
+    h.exec(b"say hello")
+    assert [v for k, v in h.conn.sent if k == "data"] == [bytes([c]) for c in b"hello\n"]
+    assert h.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
+
+
 def test_writers_wait_above_the_high_water_mark() -> None:
     h = Harness(window=0)
     h.exec(b"flood 5000000")

@@ -285,24 +285,64 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_transport_crypto.py::test_encrypt_and_mac_is_off_by_default_but_can_be_named",
         ],
     },
-    "Key-exchange order.": {
-        "NEWKEYS twice, early, or in a rekey the server started: disconnected": [
+    "Each message only where sshd takes it.": {
+        "one table decides, per phase, which messages are processed; the rest get UNIMPLEMENTED or a "
+        "disconnect with a reason code": [
+            M + "test_dispatch_policy.py::test_each_cell_gets_what_the_policy_says",
+            M + "test_dispatch_policy.py::test_the_table_covers_every_phase_and_says_where_sshd_does_the_same",
+            M + "test_message_fuzz.py::test_any_message_sequence_leaves_nothing_behind",
+        ],
+        "as sshd would (the cells that differ are listed)": [
+            E + "test_e2e_dispatch_oracle.py::test_the_cell_agrees_with_sshd",
+        ],
+        "a stray ECDH_INIT signs nothing and switches no keys": [
+            M + "test_kex_order.py::test_an_unsolicited_ecdh_init_gets_unimplemented_and_changes_nothing",
+            M
+            + "test_kex_order.py::test_a_second_ecdh_init_without_strict_kex_gets_unimplemented_and_no_second_signature",  # noqa: E501
+        ],
+        "no SERVICE_REQUEST or USERAUTH_REQUEST before the key exchange or after login": [
+            M + "test_dispatch_policy.py::test_service_and_userauth_requests_before_the_key_exchange_are_refused",
+            M + "test_dispatch_policy.py::test_only_the_connection_protocol_runs_after_authentication",
+            M + "test_channel_rules.py::test_a_second_service_request_after_login_takes_no_slot_and_no_timer",
+        ],
+        "no rekey before login": [
+            M + "test_dispatch_policy.py::test_the_server_starts_no_rekey_before_login",
+            M + "test_dispatch_policy.py::test_each_cell_gets_what_the_policy_says",
+        ],
+        "KEXINIT and method messages only in their step; anything unexpected ends a strict initial exchange": [
+            M + "test_kex_order.py::test_a_second_kexinit_during_a_rekey_gets_unimplemented_and_the_rekey_completes",
+            M + "test_kex_order.py::test_a_second_kexinit_or_ecdh_init_in_the_initial_strict_exchange_ends_it",
+            M + "test_kex_order.py::test_strict_kex_ends_the_connection_at_any_message_in_the_initial_exchange",
+            M + "test_kex_order.py::test_ignore_and_debug_during_a_rekey_are_fine",
+        ],
+        "NEWKEYS only after the server's, otherwise a disconnect": [
             M + "test_kex_order.py::test_newkeys_twice_ends_the_connection",
             M + "test_transport_crypto.py::test_newkeys_before_the_key_exchange_is_refused",
             M + "test_kex_order.py::test_newkeys_during_a_rekey_the_server_started_ends_the_connection",
             M + "test_kex_order.py::test_newkeys_before_ecdh_init_in_a_rekey_ends_the_connection",
         ],
-        "a KEXINIT or key-exchange message out of place gets UNIMPLEMENTED and is ignored": [
-            M + "test_kex_order.py::test_an_unsolicited_ecdh_init_gets_unimplemented_and_changes_nothing",
-            M
-            + "test_kex_order.py::test_a_second_ecdh_init_without_strict_kex_gets_unimplemented_and_no_second_signature",  # noqa: E501
-            M + "test_kex_order.py::test_a_second_kexinit_during_a_rekey_gets_unimplemented_and_the_rekey_completes",
+        "nothing at all after the server's DISCONNECT": [
+            M + "test_dispatch_policy.py::test_messages_buffered_behind_a_disconnect_are_not_dispatched",
         ],
-        "... or ends a strict initial exchange": [
-            M + "test_kex_order.py::test_a_second_kexinit_or_ecdh_init_in_the_initial_strict_exchange_ends_it",
+        "refusals logged once per kind per connection, before authentication not on their own line; "
+        "the counts on the connection's last line": [
+            M + "test_refusal_logs.py::test_a_message_refused_after_login_is_logged_once_with_its_count",
+            M + "test_refusal_logs.py::test_before_login_refusals_have_no_line_of_their_own_only_the_count",
+            M + "test_channel_rules.py::test_refused_opens_are_logged_once_with_a_count",
+            M + "test_refusal_logs.py::test_refused_subsystem_requests_are_logged_once_with_a_count",
+            M + "test_refusal_logs.py::test_refused_pty_and_malformed_requests_are_logged_once_each_with_a_count",
         ],
-        "IGNORE and DEBUG are allowed in later exchanges": [
-            M + "test_kex_order.py::test_ignore_and_debug_during_a_rekey_are_fine",
+    },
+    "Channel rules.": {
+        "OPEN_CONFIRMATION or OPEN_FAILURE for a channel not waiting for one ends the connection": [
+            M + "test_channel_rules.py::test_an_answer_to_an_open_nobody_made_ends_the_connection_and_every_command",
+        ],
+        "a WINDOW_ADJUST past 2^32-1 ends the connection": [
+            M + "test_channel_rules.py::test_a_window_adjust_past_2_32_minus_1_ends_the_connection",
+        ],
+        "closing a connection closes every channel and stops every command, even if one fails to close": [
+            M + "test_channel_rules.py::test_an_answer_to_an_open_nobody_made_ends_the_connection_and_every_command",
+            M + "test_channel_rules.py::test_closing_a_connection_closes_every_channel_even_if_one_close_raises",
         ],
     },
     "Rekeying.": {
@@ -322,6 +362,13 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "rekeys after more traffic are never counted": [
             M + "test_kex_order.py::test_rekeys_spread_out_in_time_or_after_traffic_are_never_cut_off",
             E + "test_e2e_limits.py::test_a_real_client_rekeying_often_is_not_cut_off",
+        ],
+        "a key exchange that does not finish within 60 s ends the connection (KEY_EXCHANGE_FAILED)": [
+            M + "test_channel_rules.py::test_a_key_exchange_that_never_ends_is_cut_after_the_time_limit",
+            M + "test_channel_rules.py::test_a_completed_rekey_leaves_no_timer",
+        ],
+        "channels stop producing output once 2 MiB waits behind a key exchange": [
+            M + "test_channel_rules.py::test_no_channel_output_is_produced_while_keys_change",
         ],
     },
     "Quiet banner.": {
@@ -344,6 +391,12 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_sessions.py::test_agent_x11_env_and_subsystem_requests_are_refused_and_the_channel_serves",
             E + "test_e2e_refusals.py::test_sftp_subsystem_is_refused",
             E + "test_e2e_refusals.py::test_x11_forwarding_request_is_refused_and_the_command_runs",
+        ],
+        "each kind of refusal logged once per connection, whatever the names; the counts on its last line": [
+            M + "test_channel_rules.py::test_refused_opens_are_logged_once_with_a_count",
+            M + "test_refusal_logs.py::test_channel_opens_of_ever_new_types_are_one_kind_of_refusal",
+            M + "test_refusal_logs.py::test_refused_subsystem_requests_are_logged_once_with_a_count",
+            M + "test_refusal_logs.py::test_refused_pty_and_malformed_requests_are_logged_once_each_with_a_count",
         ],
     },
     "Host keys": {
