@@ -58,6 +58,25 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_policy.py::test_unknown_user_gets_the_same_failure_as_a_user_without_password",
             E + "test_e2e_policy.py::test_names_without_a_password_look_like_a_wrong_password",
         ],
+        "ed25519, ECDSA and RSA user keys; RSA with rsa-sha2-256/512": [
+            M + "test_transport_auth.py::test_rsa_sha2_and_ecdsa_logins_work",
+            E + "test_e2e_auth.py::test_ecdsa_user_key",
+        ],
+        "RSA user keys below 2048 bits are refused": [
+            U + "test_auth.py::test_small_rsa_key_is_refused",
+            U + "test_certs.py::test_certificate_of_a_small_rsa_key_is_refused",
+        ],
+        "SHA-1 ssh-rsa and ssh-dss signatures are refused": [
+            U + "test_auth.py::test_sha1_ssh_rsa_is_refused_even_with_a_valid_signature",
+            U + "test_auth.py::test_sha1_signature_under_rsa_sha2_name_is_refused",
+            U + "test_auth.py::test_ssh_dss_is_refused",
+            M + "test_transport_auth.py::test_sha1_rsa_signature_refused",
+            E + "test_e2e_auth.py::test_rsa_with_sha1_signatures_is_refused",
+        ],
+        "server-sig-algs lists the user-key algorithms: RSA keys work against the ed25519 host key": [
+            M + "test_transport_auth.py::test_server_sig_algs_lists_user_key_algorithms",
+            E + "test_e2e_auth.py::test_rsa_user_key_against_ed25519_only_host",
+        ],
     },
     "One authentication request at a time": {
         "pipelined requests wait and are answered in order": [
@@ -83,25 +102,6 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         ],
         "a service other than ssh-connection ends the connection before any check": [
             M + "test_auth_pipelining.py::test_a_request_for_another_service_ends_the_connection_before_any_check",
-        ],
-        "ed25519, ECDSA and RSA user keys; RSA with rsa-sha2-256/512": [
-            M + "test_transport_auth.py::test_rsa_sha2_and_ecdsa_logins_work",
-            E + "test_e2e_auth.py::test_ecdsa_user_key",
-        ],
-        "RSA user keys below 2048 bits are refused": [
-            U + "test_auth.py::test_small_rsa_key_is_refused",
-            U + "test_certs.py::test_certificate_of_a_small_rsa_key_is_refused",
-        ],
-        "SHA-1 ssh-rsa and ssh-dss signatures are refused": [
-            U + "test_auth.py::test_sha1_ssh_rsa_is_refused_even_with_a_valid_signature",
-            U + "test_auth.py::test_sha1_signature_under_rsa_sha2_name_is_refused",
-            U + "test_auth.py::test_ssh_dss_is_refused",
-            M + "test_transport_auth.py::test_sha1_rsa_signature_refused",
-            E + "test_e2e_auth.py::test_rsa_with_sha1_signatures_is_refused",
-        ],
-        "server-sig-algs lists the user-key algorithms: RSA keys work against the ed25519 host key": [
-            M + "test_transport_auth.py::test_server_sig_algs_lists_user_key_algorithms",
-            E + "test_e2e_auth.py::test_rsa_user_key_against_ed25519_only_host",
         ],
     },
     "No key oracle.": {
