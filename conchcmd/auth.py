@@ -151,7 +151,7 @@ class KeyAuthorizer:
 
     def _plain_key(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         try:
-            key = Key.fromString(blob)
+            key = Key.fromString(blob, type="blob")  # a client's blob: no guessing (SEXP/LSH parsers)
         except (BadKeyError, ValueError, struct.error, IndexError):
             raise KeyRefused("malformed public key") from None
         key_type = key.sshType()

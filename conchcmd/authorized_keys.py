@@ -330,7 +330,7 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
             problems.append(f"{where}: line refused: certificates are not accepted here")
             continue
         try:
-            key = Key.fromString(field.blob)
+            key = Key.fromString(field.blob, type="blob")  # no guessing: '{', '(' and PEM go elsewhere
         except (ValueError, BadKeyError, struct.error, IndexError) as e:
             problems.append(f"{where}: line refused: bad key ({type(e).__name__})")
             continue

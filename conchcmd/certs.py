@@ -10,7 +10,7 @@ import base64
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
 from twisted.conch.ssh.common import getNS
@@ -93,10 +93,12 @@ def load_certificate(blob: bytes) -> SSHCertificate:
     """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
     formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
     CertificateRefused otherwise."""
+    # cryptography raises UnsupportedAlgorithm for a type it does not know (ssh-dss certificates
+    # included) and NotImplementedError for a compressed EC point, besides ValueError.
     try:
         kind, _ = getNS(blob)
         identity = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
-    except (ValueError, struct.error, IndexError, TypeError) as e:
+    except (ValueError, struct.error, IndexError, TypeError, UnsupportedAlgorithm, NotImplementedError) as e:
         raise CertificateRefused(f"malformed certificate ({e})") from None
     if not isinstance(identity, SSHCertificate):
         raise CertificateRefused("not a certificate")
@@ -104,9 +106,9 @@ def load_certificate(blob: bytes) -> SSHCertificate:
         raise CertificateRefused("malformed certificate (NUL in the key id or a principal)")
     if len(identity.valid_principals) > MAX_PRINCIPALS:
         raise CertificateRefused(f"malformed certificate (more than {MAX_PRINCIPALS} principals)")
-    try:
+    try:  # also reads the CA key, which cryptography parses only now (ValueError if it is broken)
         identity.verify_cert_signature()
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError):
         raise CertificateRefused("certificate signature is not valid") from None
     return identity
 
@@ -302,7 +304,7 @@ class RevokedKeys:
 
 def _key_blob(field: KeyField) -> bytes:
     """The blob of a plain public key read from a line, checked against the type the line names."""
-    key = Key.fromString(field.blob)
+    key = Key.fromString(field.blob, type="blob")  # no format guessing (Conch's SEXP/LSH parsers)
     if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
         raise ValueError("key type does not match the key")
     return key.blob()
@@ -388,7 +390,7 @@ def validate_certificate(
         raise CertificateRefused("certificate signed with SHA-1")
     try:
         cert.verify_cert_signature()
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError):
         raise CertificateRefused("certificate signature is not valid") from None
     key_blob = public_blob(cert.public_key())
     revoked.check_certificate(cert, key_blob, ca_blob)

@@ -240,8 +240,9 @@ class LineEditor(HistoricRecvLine):
     """HistoricRecvLine with its defects fixed for a remote operator's terminal.
 
     Stock RecvLine resets the terminal on connect, clears the screen on every resize, switches
-    the terminal into insert mode (left on after logout), ignores Ctrl-C and Ctrl-D, drops
-    non-ASCII input byte by byte, and has no cap on line length or history.
+    the terminal into insert mode (at connect and at the Insert key; left on after logout),
+    ignores Ctrl-C and Ctrl-D, drops non-ASCII input byte by byte, and has no cap on line length
+    or history.
     """
 
     def __init__(self, shell: TerminalShell, prompt: bytes, max_line: int, history_size: int):
@@ -292,8 +293,13 @@ class LineEditor(HistoricRecvLine):
                 except UnicodeDecodeError:
                     self._decoder.reset()
                     return
+            text = "".join(c for c in text if not 0x80 <= ord(c) <= 0x9F)  # C1 controls, like C0 ones
             if text:
                 self.characterReceived(text.encode("utf-8"), False)
+
+    def handle_INSERT(self) -> None:
+        """Nothing: RecvLine toggles the terminal's insert mode (IRM, ESC[4h / ESC[4l), which the
+        editor's own insert emulation then garbles and which outlives the session."""
 
     def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
         if len(self.lineBuffer) >= self.max_line:

@@ -28,13 +28,13 @@ from inmemory.test_policy import cert_login
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory
 from twisted.conch.ssh import service, transport, userauth
-from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.common import NS
 
-from conchcmd.certs import CERT_SIGNATURES, is_certificate
+from conchcmd.certs import CERT_SIGNATURES
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
-from fuzz.test_fuzz_keyfiles import BROKEN_SIGNATURE_KEY, hits_routed_defect
+from fuzz.test_fuzz_keyfiles import BROKEN_SIGNATURE_KEY
 from fuzz.test_fuzz_packets import SUITE_IDS, SUITES
 from fuzz.wire import PACKET_BUFFER, Keyed
 
@@ -145,14 +145,23 @@ def mangled(draw: st.DrawFn, blob: bytes) -> bytes:
     return bytes(out) + draw(st.sampled_from([b"", b"\0", b"\xff\xff\xff\xff"]))
 
 
-# Certificate types cryptography does not know (ssh-dss-cert-v01@openssh.com, x-cert-v01@...) are
-# left out: they hit a known defect, test_a_certificate_of_an_unknown_type_gets_a_reply below.
-cert_kinds = st.sampled_from([b"ssh-ed25519-cert-v01@openssh.com", b"ecdsa-sha2-nistp256-cert-v01@openssh.com"])
+# With types cryptography does not know (ssh-dss-cert-v01@openssh.com, x-cert-v01@openssh.com):
+# test_a_certificate_of_an_unknown_type_gets_a_reply.
+cert_kinds = st.sampled_from(
+    [
+        b"ssh-ed25519-cert-v01@openssh.com",
+        b"ecdsa-sha2-nistp256-cert-v01@openssh.com",
+        b"ssh-dss-cert-v01@openssh.com",
+        b"x-cert-v01@openssh.com",
+    ]
+)
 blobs = st.one_of(
     st.sampled_from(BLOBS),
     st.sampled_from(BLOBS).flatmap(mangled),
     st.binary(max_size=200),
     st.tuples(cert_kinds, st.binary(max_size=100)).map(lambda t: NS(t[0]) + t[1]),
+    # Conch's format guessing: SEXP, LSH, PEM (test_a_key_blob_conch_cannot_guess_is_refused_without_a_traceback)
+    st.tuples(st.sampled_from([b"{", b"(", b"-----BEGIN "]), st.binary(max_size=40)).map(b"".join),
 )
 signatures = st.one_of(
     st.binary(max_size=100),
@@ -180,20 +189,6 @@ users = st.one_of(
 services = st.sampled_from([b"ssh-connection", b"ssh-userauth", b"", b"ssh-connection\0"])
 
 
-def routed(payload: bytes) -> bool:
-    """A publickey request whose blob hits a known defect (see the xfail tests below)."""
-    try:
-        _user, _service, method, rest = getNS(payload, 3)
-        if method != b"publickey":
-            return False
-        algorithm, blob, _ = getNS(rest[1:], 2)
-    except (struct.error, IndexError, ValueError):
-        return False
-    if blob[:1] in (b"{", b"(") or blob.startswith(b"-----BEGIN"):
-        return True  # test_a_key_blob_conch_cannot_guess_is_refused_without_a_traceback
-    return (algorithm in CERT_SIGNATURES or is_certificate(blob)) and hits_routed_defect(blob)
-
-
 @st.composite
 def userauth_requests(draw: st.DrawFn) -> bytes:
     payload = NS(draw(users)) + NS(draw(services)) + draw(methods)
@@ -219,7 +214,6 @@ def test_generated_userauth_requests_never_authenticate(
         keyed = Keyed(world)
         try:
             auth = keyed.conn.start_auth(b"admin")
-            steps = [(m, p) for m, p in steps if not (m == userauth.MSG_USERAUTH_REQUEST and routed(p))]
             for message, payload in steps:
                 keyed.send(message, payload)
                 world.clock.advance(1.5)  # failed attempts answer after a delay
@@ -250,19 +244,13 @@ UNKNOWN_CERT_TYPES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="certs.parse_certificate lets cryptography's UnsupportedAlgorithm escape for a blob whose type it "
-    "does not know: with a certificate algorithm, auth.KeyAuthorizer raises it and Conch logs 'Error checking "
-    "auth' with a traceback; for an unknown *-cert-v01 type, server.UserAuthService._key_fields raises it "
-    "inside _ebBadAuth, the request never gets a reply and 'Unhandled error in Deferred' is logged. "
-    "Likewise a certificate whose signature key has a bad length (ValueError from cryptography's lazy "
-    "signature_key()). Owner: certs.py",
-)
 @pytest.mark.parametrize(
     "payload", UNKNOWN_CERT_TYPES, ids=["ssh-dss-cert", "short-type-string", "broken-signature-key"]
 )
 def test_a_certificate_of_an_unknown_type_gets_a_reply(world: World, log_watch: LogWatch, payload: bytes) -> None:
+    """Found by test_generated_userauth_requests_never_authenticate: cryptography's UnsupportedAlgorithm
+    (and ValueError from its lazily parsed CA key) escaped certs.parse_certificate: an 'Error checking
+    auth' traceback, or, from server.UserAuthService._key_fields, a request that never got a reply."""
     with log_watch.clean(collect=True):
         keyed = Keyed(world)
         auth = keyed.conn.start_auth(b"admin")
@@ -316,10 +304,9 @@ channel_requests = st.sampled_from(sorted(request_data)).flatmap(
     )
 )
 connection_messages = st.one_of(
-    # A maximum packet size of 0 is left out: it hits a known defect (the server spins),
-    # test_fuzz_shell.test_a_channel_with_maximum_packet_size_zero_does_not_spin.
+    # A maximum packet size below 1024 is refused (tests/inmemory/test_channel_rules.py).
     st.tuples(st.sampled_from([b"session", b"direct-tcpip", b"x11", b""]), st.integers(0, 3), u32, u32).map(
-        lambda t: (90, NS(t[0]) + struct.pack(">L", t[1]) + t[2] + (t[3] if t[3] != bytes(4) else b"\0\0\0\1"))
+        lambda t: (90, NS(t[0]) + struct.pack(">L", t[1]) + t[2] + t[3])
     ),
     channel_requests,
     channel_requests,
@@ -367,17 +354,15 @@ def test_generated_connection_messages_after_login(
             world.clock.advance(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.KeyAuthorizer._plain_key calls Key.fromString(blob) on the client's blob without type=: "
-    "before authentication, a blob starting with '{' or '(' reaches Conch's SEXP/LSH parser and its "
-    "AssertionError is logged as 'Error checking auth' with a full traceback, once per request (a log "
-    "flood for anyone who can connect). Fix: Key.fromString(blob, type='blob'). Owner: auth.py",
+@pytest.mark.parametrize(
+    "blob", [b"{x", b"(x", b"-----BEGIN OPENSSH PRIVATE KEY-----\n"], ids=["sexp-brace", "lsh-paren", "pem"]
 )
-@pytest.mark.parametrize("blob", [b"{x", b"(x"], ids=["sexp-brace", "lsh-paren"])
 def test_a_key_blob_conch_cannot_guess_is_refused_without_a_traceback(
     world: World, log_watch: LogWatch, blob: bytes
 ) -> None:
+    """Found by test_generated_userauth_requests_never_authenticate: Key.fromString(blob) without type=
+    sent a blob starting with '{' or '(' to Conch's SEXP/LSH parser, whose AssertionError was logged as
+    'Error checking auth' with a full traceback, once per request, before authentication."""
     with log_watch.clean(collect=True):
         keyed = Keyed(world)
         auth = keyed.conn.start_auth(b"admin")

@@ -11,13 +11,11 @@ import base64
 from pathlib import Path
 
 import pytest
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
 from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.conch.ssh.common import NS
-from twisted.conch.ssh.keys import EncryptedKeyError
 
 from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.certs import (
@@ -65,7 +63,7 @@ option_items = st.one_of(
     st.text(max_size=12),
 )
 options = st.lists(option_items, max_size=4).map(",".join)
-comments = st.text(max_size=30)
+comments = st.one_of(st.text(max_size=30), st.text(alphabet=OTHER_LINE_BREAKS + "\r #ab", max_size=8))
 key_fields = st.one_of(
     st.sampled_from(KEY_LINES).map(lambda line: " ".join(line.split()[:2])),
     st.sampled_from(CERT_LINES).map(lambda line: " ".join(line.split()[:2])),
@@ -79,37 +77,14 @@ lines = st.one_of(
     st.tuples(key_fields, comments).map(" ".join),
     st.sampled_from(["", "#", "# comment", " \t "]),
     st.text(max_size=60),
+    st.sampled_from(["(", "{", "ssh-ed25519 ew==", "ssh-ed25519 KA=="]),  # Conch's format guessing
 )
 files = st.tuples(st.lists(lines, max_size=6), st.sampled_from(["\n", "\r\n"])).map(lambda t: t[1].join(t[0]))
 
 
-def conch_guess_trap(text: str) -> bool:
-    """True if a word of `text`, or a line, is what Conch's key format guessing sends to its
-    LSH/SEXP or private key parsers: base64 of data starting with '{', '(' or '-----BEGIN', or a
-    line starting with '(' or '{'. Known defect: test_a_bad_key_line_is_a_problem_not_an_exception."""
-    for line in {*text.split("\n"), *text.splitlines()}:  # the parsers split with splitlines (a defect)
-        if line.split("#", 1)[0].strip()[:1] in ("(", "{"):
-            return True
-        for word in line.split():
-            try:
-                decoded = base64.b64decode(word, validate=True)
-            except ValueError:
-                continue
-            if decoded[:1] in (b"{", b"(") or decoded.startswith(b"-----BEGIN"):
-                return True
-    return False
-
-
 def check_authorized_keys(text: str, permit_environment: bool = False) -> None:
     with bounded():
-        try:
-            parsed = parse_authorized_keys(text, "fuzz", permit_environment=permit_environment)
-        except (AssertionError, EncryptedKeyError):
-            if conch_guess_trap(text):
-                return  # the known defect, routed
-            raise
-    if any(c in text.replace("\r\n", "\n") for c in "\r" + OTHER_LINE_BREAKS):
-        return  # see test_a_comment_cannot_start_a_new_line (a known defect, routed)
+        parsed = parse_authorized_keys(text, "fuzz", permit_environment=permit_environment)
     numbered = text.split("\n")
     for entry in parsed.entries:
         number = int(entry.source.rsplit(":", 1)[1])
@@ -128,17 +103,13 @@ def test_authorized_keys_corpus(data: bytes) -> None:
     check_authorized_keys(data.decode("utf-8", "replace"), True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="authorized_keys.py splits lines with str.splitlines(): U+2028, U+0085, \\f or \\v in a comment "
-    "(or a lone \\r) starts a new line, so text hidden in a comment becomes a second key line without the first one's "
-    "options (OpenSSH ends lines at \\n only). Owner: authorized_keys.py",
-)
 @pytest.mark.parametrize(
     "name",
     ["regression_u2028_in_comment.txt", "regression_u0085_in_comment.txt", "regression_formfeed_in_comment.txt"],
 )
 def test_a_comment_cannot_start_a_new_line(name: str) -> None:
+    """Found by test_authorized_keys_lines: str.splitlines() made U+2028, U+0085 or \\f in a comment
+    start a second key line, without the first one's options (OpenSSH ends lines at \\n only)."""
     text = (CORPUS / "authorized_keys" / name).read_text()
     parsed = parse_authorized_keys(text, "fuzz")
     assert len(parsed.entries) == 1, [e.comment for e in parsed.entries]
@@ -154,17 +125,12 @@ BAD_KEY_LINES = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, EncryptedKeyError),
-    reason="authorized_keys.parse_authorized_keys calls Key.fromString(blob) without type=: Conch guesses the "
-    "format, and a blob starting with '{' or '(' goes to its SEXP/LSH parser (AssertionError 'this should not "
-    "happen'), one starting with '-----BEGIN' to its private key parser (EncryptedKeyError). The exception "
-    "escapes the whole file: every key of that user stops working, with a traceback at each login. "
-    "Fix: Key.fromString(blob, type='blob'). Owner: authorized_keys.py",
-)
 @pytest.mark.parametrize("line", list(BAD_KEY_LINES.values()), ids=list(BAD_KEY_LINES))
 def test_a_bad_key_line_is_a_problem_not_an_exception(line: str) -> None:
+    """Found by test_authorized_keys_lines: Key.fromString(blob) without type= guessed the format and
+    sent a blob starting with '{' or '(' to Conch's SEXP/LSH parser (AssertionError), one starting
+    with '-----BEGIN' to its private key parser (EncryptedKeyError): the exception escaped the whole
+    file, and every key of that user stopped working."""
     parsed = parse_authorized_keys(f"{KEY_LINES[0]}\n{line}\n", "fuzz")
     assert len(parsed.entries) == 1 and len(parsed.problems) == 1
 
@@ -192,29 +158,6 @@ def trusted(tmp_path_factory: pytest.TempPathFactory) -> TrustedCAs:
     return TrustedCAs(str(path))
 
 
-#: Known defects, each with an xfail(strict=True) test below; the fuzzing goes on around them.
-ROUTED: tuple[type[Exception], ...] = (UnsupportedAlgorithm, NotImplementedError, ValueError)
-
-
-def hits_routed_defect(blob: bytes) -> bool:
-    """True for a blob that hits a known certs.py defect: parse_certificate raising
-    UnsupportedAlgorithm (test_a_certificate_of_an_unknown_type_is_refused), or a certificate
-    that parses but whose signature key or certified key raises when read
-    (test_a_certificate_with_a_broken_key_field_is_refused)."""
-    try:
-        cert = parse_certificate(blob)
-    except (UnsupportedAlgorithm, NotImplementedError):
-        return True
-    except CertificateRefused:
-        return False
-    try:
-        cert.signature_key()
-        cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return True
-    return False
-
-
 def check_certificate(blob: bytes, trusted: TrustedCAs, user: str = "admin") -> bool:
     """True if the certificate logs in as `user`; any other outcome must be CertificateRefused."""
     with bounded():
@@ -233,27 +176,16 @@ def check_certificate(blob: bytes, trusted: TrustedCAs, user: str = "admin") -> 
             )
         except CertificateRefused:
             return False
-        except ROUTED:
-            if hits_routed_defect(blob):
-                return False
-            raise
     return True
 
 
 BROKEN_SIGNATURE_KEY = (CORPUS / "certificates" / "regression_broken_signature_key_length.txt").read_text().split()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="certs.validate_certificate reads cert.signature_key() (and public_key()) unguarded; cryptography "
-    "parses them lazily, so a certificate with a bad length inside its signature key passes "
-    "parse_certificate and then raises ValueError('Invalid data'): before authentication that is an "
-    "'Error checking auth' traceback, and in server.UserAuthService._key_fields a request with no reply. "
-    "Owner: certs.py",
-)
 def test_a_certificate_with_a_broken_key_field_is_refused(trusted: TrustedCAs) -> None:
-    """Found by test_certificates (long run): one length byte changed in an ssh-keygen certificate."""
+    """Found by test_certificates (long run): one length byte changed in an ssh-keygen certificate.
+    cryptography parses the CA key lazily, so signature_key() raised ValueError('Invalid data')
+    after the certificate had parsed."""
     with pytest.raises(CertificateRefused):
         validate_certificate(
             base64.b64decode(BROKEN_SIGNATURE_KEY[1]),
@@ -266,13 +198,6 @@ def test_a_certificate_with_a_broken_key_field_is_refused(trusted: TrustedCAs) -
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(UnsupportedAlgorithm, NotImplementedError),
-    reason="certs.parse_certificate documents CertificateRefused but lets cryptography's UnsupportedAlgorithm "
-    "escape for a key or certificate type it does not know, and NotImplementedError for a compressed EC "
-    "point. Owner: certs.py",
-)
 @pytest.mark.parametrize(
     "blob",
     [
@@ -285,6 +210,8 @@ def test_a_certificate_with_a_broken_key_field_is_refused(trusted: TrustedCAs) -
     ids=["ssh-dss-cert", "short-type-string", "compressed-ec-point"],
 )
 def test_a_certificate_of_an_unknown_type_is_refused(blob: bytes) -> None:
+    """parse_certificate raises only CertificateRefused: cryptography's UnsupportedAlgorithm (a type it
+    does not know) and NotImplementedError (a compressed EC point) escaped it."""
     with pytest.raises(CertificateRefused):
         parse_certificate(blob)
 
@@ -330,8 +257,6 @@ revoked_lines = st.one_of(
 
 def check_revoked(path: Path, content: bytes, trusted_too: bool = True) -> None:
     path.write_bytes(content)
-    if conch_guess_trap(content.decode("utf-8", "replace")):
-        return  # the known defect: test_a_revocation_line_conch_cannot_guess_fails_closed_cleanly
     with bounded():
         for line in KEY_LINES:
             blob = base64.b64decode(line.split()[1])
@@ -357,18 +282,14 @@ def test_revoked_keys_corpus(tmp_path: Path, data: bytes) -> None:
     check_revoked(tmp_path / "revoked_keys", data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="certs.RevokedKeys and TrustedCAs parse lines with Key.fromString(line) without type=: a line "
-    "starting with '(' or '{' reaches Conch's LSH/SEXP parser and its AssertionError escapes (RevokedKeys "
-    "documents CertificateRefused; TrustedCAs ignores bad lines). Fix: type='public_openssh'. Owner: certs.py",
-)
 @pytest.mark.parametrize("which", ["revoked_keys", "trusted_user_ca_keys"])
-def test_a_revocation_line_conch_cannot_guess_fails_closed_cleanly(tmp_path: Path, which: str) -> None:
-    """Found by test_revoked_keys (long run): the line '('."""
+@pytest.mark.parametrize("line", ["(", *list(BAD_KEY_LINES.values())], ids=["paren-line", *BAD_KEY_LINES])
+def test_a_revocation_line_conch_cannot_guess_fails_closed_cleanly(tmp_path: Path, which: str, line: str) -> None:
+    """Found by test_revoked_keys (long run): the line '(' reached Conch's LSH parser through its
+    format guessing, as does a key whose blob starts with '{' or '(' (AssertionError), or is a
+    private key (EncryptedKeyError)."""
     path = tmp_path / which
-    path.write_text(f"{CA_LINE}\n(\n")
+    path.write_text(f"{CA_LINE}\n{line}\n")
     if which == "revoked_keys":
         with pytest.raises(CertificateRefused, match="unreadable line"):
             RevokedKeys(str(path)).check_key(b"x")

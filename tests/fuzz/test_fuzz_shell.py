@@ -129,48 +129,38 @@ C0_ALLOWED = set(b"\r\n\x07\t")
 ESC = b"\x1b"
 
 
-#: Insert-mode switches sent when Insert is pressed: a known defect, test_the_insert_key_sends_no_mode_change.
-ROUTED_IRM = re.compile(rb"\x1b\[4[hl]")
-
-
-def check_screen(screen: bytes) -> None:
-    rest = EDITOR_CSI.sub(b"", ROUTED_IRM.sub(b"", screen))
-    escape = rest.find(ESC)
-    assert escape < 0, f"escape sequence on the terminal: {rest[escape : escape + 20]!r}"
-    controls = {b for b in rest if b < 0x20 or b == 0x7F} - C0_ALLOWED
-    assert not controls, f"control bytes on the terminal: {sorted(controls)}"
-    # C1 controls typed as UTF-8 are echoed: a known defect, test_typed_c1_controls_are_not_echoed.
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="shell.LineEditor keeps RecvLine.handle_INSERT, which toggles the terminal's insert mode (IRM): "
-    "pressing Insert twice sends ESC[4h, the editor's own insert emulation then garbles the line on screen, "
-    "and the terminal stays in insert mode after logout (initializeScreen was changed to avoid exactly "
-    "that). Owner: shell.py",
-)
-def test_the_insert_key_sends_no_mode_change(base: Path) -> None:
-    term = Term(base, pty=True)
-    term.keys(b"abc\x1b[D\x1b[D")
-    assert term.keys(b"\x1b[2~") + term.keys(b"\x1b[2~") == b""
-
-
 def c1_controls(screen: bytes) -> list[str]:
     return [c for c in screen.decode("utf-8", "replace") if 0x80 <= ord(c) <= 0x9F]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shell.LineEditor accepts C1 controls (U+0080-U+009F) typed as UTF-8: it echoes them, keeps them "
-    "in the line and history, and the dispatcher's 'command not found' prints them raw to the terminal "
-    "(U+009B is CSI for terminals that honour C1). Terminal output elsewhere is filtered (TerminalSafe). "
-    "Owner: shell.py",
-)
-def test_typed_c1_controls_are_not_echoed(base: Path) -> None:
+def check_screen(screen: bytes) -> None:
+    rest = EDITOR_CSI.sub(b"", screen)
+    escape = rest.find(ESC)
+    assert escape < 0, f"escape sequence on the terminal: {rest[escape : escape + 20]!r}"
+    controls = {b for b in rest if b < 0x20 or b == 0x7F} - C0_ALLOWED
+    assert not controls, f"control bytes on the terminal: {sorted(controls)}"
+    assert not c1_controls(screen), f"C1 controls on the terminal: {c1_controls(screen)}"
+
+
+def test_the_insert_key_sends_no_mode_change(base: Path) -> None:
+    """Found by test_terminal_keystrokes: RecvLine.handle_INSERT toggled the terminal's insert mode
+    (ESC[4h / ESC[4l), which garbled the editor's own insert emulation and outlived the session."""
     term = Term(base, pty=True)
-    term.keys("x\u009b2Jy\r".encode())
+    term.keys(b"abc\x1b[D\x1b[D")
+    assert term.keys(b"\x1b[2~") + term.keys(b"\x1b[2~") == b""
+    term.keys(b"Z")  # still inserting: the characters after the cursor move right
+    assert term.chan.handler.editor.lineBuffer == [b"a", b"Z", b"b", b"c"]  # type: ignore[union-attr]
+
+
+def test_typed_c1_controls_are_not_echoed(base: Path) -> None:
+    """Found by test_terminal_keystrokes: C1 controls (U+0080-U+009F) typed as UTF-8 were echoed, kept
+    in the line and history, and printed raw by 'command not found' (U+009B is CSI for terminals
+    that honour C1)."""
+    term = Term(base, pty=True)
+    term.keys("x\u009b2J\u0085y\r".encode())
     term.keys(b"\x1b[A")
     assert c1_controls(term.screen) == []
+    assert term.chan.handler.editor.lineBuffer == [b"x", b"2", b"J", b"y"]  # type: ignore[union-attr]
 
 
 def check_terminal(base: Path, log_watch: LogWatch, data: bytes, sizes: list[int]) -> None:
@@ -287,16 +277,12 @@ def test_sanitised_log_text(value: str | bytes, limit: int) -> None:
     out = sanitise(value, limit)
     assert len(out) <= 4 * limit + 3
     assert not [c for c in out if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) < 0xE000]
-    if not any(c in ("\u2028", "\u2029") for c in (value if isinstance(value, str) else "")):
-        assert len(out.splitlines()) <= 1  # U+2028/U+2029: test_sanitised_text_has_no_line_separators
+    assert len(out.splitlines()) <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit.sanitise escapes C0, DEL and C1 but passes U+2028/U+2029 (LINE/PARAGRAPH SEPARATOR) into log "
-    "lines: a command line or user name carrying one shows as two lines in viewers that honour it. Owner: audit.py",
-)
 def test_sanitised_text_has_no_line_separators() -> None:
+    """Found by test_sanitised_log_text: U+2028/U+2029 passed into log lines, so a command line or
+    user name carrying one showed as two lines in viewers that honour them."""
     from conchcmd.audit import sanitise
 
     assert len(sanitise("lastlog\u2028Accepted publickey for root").splitlines()) == 1

@@ -20,6 +20,7 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS
 
 from conchcmd.config import CIPHERS, KEX_ALGORITHMS, MACS, OPTIONAL_MACS
+from conchcmd.dispatch import Action, Phase, decide
 from conchcmd.framing import MARKERS
 from fuzz.guard import LogWatch, bounded, corpus, fuzz
 from fuzz.wire import Wire, frame
@@ -179,19 +180,36 @@ def test_corpus_folders_exist() -> None:
         assert corpus(target), f"no corpus for {target} in {Path(__file__).parent / 'corpus'}"
 
 
-@pytest.mark.parametrize(
-    ("data", "reason"),
-    [
-        (frame(30, NS(bytes(32))), b"key exchange message 30 before KEXINIT"),
-        (frame(32, NS(b"\1")), b"key exchange message 32 before KEXINIT"),
-        (frame(21, b""), b"NEWKEYS before the key exchange"),
-    ],
-    ids=["ecdh-init", "gex-init", "newkeys"],
-)
+def server_messages(wire: Wire) -> list[tuple[int, bytes]]:
+    """(message number, payload) of each cleartext packet the server sent after its version line."""
+    data = wire.transport.value()
+    data = data[data.index(b"\r\n") + 2 :]
+    out = []
+    while data:
+        length, padding = struct.unpack(">LB", data[:5])
+        payload = data[5 : 4 + length - padding]
+        out.append((payload[0], payload[1:]))
+        data = data[4 + length :]
+    return out
+
+
+@pytest.mark.parametrize("message", [30, 32, 21], ids=["ecdh-init", "gex-init", "newkeys"])
 def test_key_exchange_messages_before_kexinit_are_refused_by_name(
-    world: World, log_watch: LogWatch, data: bytes, reason: bytes
+    world: World, log_watch: LogWatch, message: int
 ) -> None:
-    """Found by test_kexinit_and_kex_messages: these ended in Conch with an AttributeError
-    (no kexAlg, no nextEncryptions yet) that the transport's catch-all turned into a protocol error."""
-    wire = run(world, log_watch, VERSION + data, [])
-    assert wire.spy.disconnects == [(transport.DISCONNECT_PROTOCOL_ERROR, reason)]
+    """Found by test_kexinit_and_kex_messages: these ended in Conch with an AttributeError (no kexAlg,
+    no nextEncryptions yet) that the transport's catch-all turned into a protocol error. Now each
+    gets what conchcmd.dispatch's table names for it before the client's KEXINIT (sshd's
+    kex_protocol_error: UNIMPLEMENTED naming the packet; NEWKEYS: a named DISCONNECT), on the wire."""
+    verdict = decide(Phase.BEFORE_KEX, message)
+    assert verdict.action in (Action.UNIMPLEMENTED, Action.DISCONNECT) and verdict.source
+    wire = run(world, log_watch, VERSION + frame(message, NS(bytes(32)) if message == 30 else NS(b"\1")), [])
+    sent = server_messages(wire)
+    assert sent[0][0] == transport.MSG_KEXINIT
+    if verdict.action is Action.UNIMPLEMENTED:
+        assert sent[1:] == [(transport.MSG_UNIMPLEMENTED, struct.pack(">L", 0))]  # the client's packet 0
+        assert wire.spy.disconnects == [] and not wire.closing
+    else:
+        reason = (verdict.text % message if "%d" in verdict.text else verdict.text).encode()
+        assert wire.spy.disconnects == [(verdict.reason, reason)]
+        assert sent[1:] == [(transport.MSG_DISCONNECT, struct.pack(">L", verdict.reason) + NS(reason) + NS(b""))]
