@@ -235,13 +235,6 @@ class CountingConnection(RecordingConnection):
             chan.closed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.SessionChannel._pump sends min(queued, window, remoteMaxPacket) bytes per packet: a client "
-    "that opens a session with maximum packet size 0 makes it loop forever sending empty CHANNEL_DATA, "
-    "which blocks the reactor for every connection and grows memory without bound (1.7 GB in a minute). "
-    "Any authenticated user can do it. Owner: session.py",
-)
 def test_a_channel_with_maximum_packet_size_zero_does_not_spin(log_watch: LogWatch) -> None:
     with bounded(), log_watch.clean():
         h = Harness(max_packet=0)
