@@ -365,7 +365,7 @@ class AuthorizedKeysFiles:
         self.pattern = pattern
         self.permit_environment = permit_environment
         self.trust = trust or FileTrust()
-        self._cache: dict[str, tuple[tuple[int, int, int], ParsedFile]] = {}
+        self._cache: dict[str, tuple[tuple[int, ...], ParsedFile]] = {}
 
     def path_for(self, user: str) -> str | None:
         if not valid_user_name(user):
@@ -378,7 +378,7 @@ class AuthorizedKeysFiles:
             return ()
         try:
             with CheckedFile(path, self.trust) as f:
-                signature = (f.stat.st_ino, f.stat.st_size, f.stat.st_mtime_ns)
+                signature = f.version
                 cached = self._cache.get(path)
                 if cached and cached[0] == signature:
                     return cached[1].entries

@@ -232,7 +232,7 @@ class RevokedKeys:
     def __init__(self, path: str | None, *, trust: FileTrust | None = None):
         self.path = path
         self.trust = trust or FileTrust()
-        self._signature: tuple[int, int] | None = None
+        self._signature: tuple[int, ...] | None = None
         self.blobs: frozenset[bytes] = frozenset()
         self.serials: tuple[tuple[int, int], ...] = ()
         self.ids: frozenset[str] = frozenset()
@@ -244,7 +244,7 @@ class RevokedKeys:
         # and an empty one would revoke nothing, so it refuses every key (fail closed).
         try:
             with CheckedFile(self.path, self.trust) as f:
-                signature = (f.stat.st_mtime_ns, f.stat.st_size)
+                signature = f.version
                 if signature == self._signature:
                     return
                 data = f.read()
@@ -328,7 +328,7 @@ class TrustedCAs:
     def __init__(self, path: str | None, *, trust: FileTrust | None = None):
         self.path = path
         self.trust = trust or FileTrust()
-        self._signature: tuple[int, int] | None = None
+        self._signature: tuple[int, ...] | None = None
         self.blobs: frozenset[bytes] = frozenset()
         self.unreadable_line: int | None = None  # where reading stopped, as sshd stops
 
@@ -337,7 +337,7 @@ class TrustedCAs:
             return False
         try:
             with CheckedFile(self.path, self.trust) as f:
-                signature = (f.stat.st_mtime_ns, f.stat.st_size)
+                signature = f.version
                 if signature != self._signature:
                     self.blobs, self._signature = self._parse(f.read()), signature
         except UntrustedFile as e:

@@ -148,6 +148,13 @@ class CheckedFile:
             os.close(self._fd)
             raise UntrustedFile(problem)
 
+    @property
+    def version(self) -> tuple[int, ...]:
+        """What a parse cache is keyed on: a replaced or rewritten file always has a new one, even
+        one copied with its size and mtime kept (`cp -p`, `rsync -t`): ctime cannot be set back."""
+        st = self.stat
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
     def read(self) -> bytes:
         chunks = []
         while chunk := os.read(self._fd, 1 << 16):
