@@ -225,6 +225,8 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_certs.py::test_revoked_by_key_id",
             U + "test_certs.py::test_revoked_by_the_ca_key",
             E + "test_e2e_policy.py::test_revoked_certificate",
+            U + "test_file_caches.py::test_a_revoked_serial_added_by_cp_p_refuses_at_once",
+            U + "test_file_caches.py::test_revoked_keys_re_read_after_a_same_size_same_mtime_replacement",
         ],
         "the audit names the key id, serial and CA fingerprint": [
             U + "test_certs.py::test_good_certificate_logs_in_with_its_details_in_the_audit",
