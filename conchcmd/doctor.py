@@ -9,6 +9,7 @@ from pathlib import Path
 
 from twisted.conch.ssh import _kex
 
+from conchcmd.auth import bcrypt_cost
 from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
 from conchcmd.commands import InlineRunner
@@ -38,6 +39,7 @@ def examine(config: Config) -> list[Finding]:
         *_log_source(config),
         *_roots(config),
         *_certificates(config),
+        *_passwords(config),
         *_algorithms(config),
         *_audit_log(config),
     ]
@@ -176,6 +178,20 @@ def _certificates(config: Config) -> Iterator[Finding]:
             )
             return
         yield Finding(OK, f"revoked_keys: {len(revoked.blobs)} key(s), {len(revoked.serials)} serial range(s)")
+
+
+def _passwords(config: Config) -> Iterator[Finding]:
+    """Failures cost the same for every name only if every password hash has the same cost: a
+    cheaper hash answers sooner, which tells that name has a password."""
+    costs = {name: bcrypt_cost(p.password_bcrypt) for name, p in config.users.items() if p.password_bcrypt}
+    if len(set(costs.values())) > 1:
+        cheaper = sorted(name for name, cost in costs.items() if cost < max(costs.values()))
+        yield Finding(
+            WARNING,
+            f"password hashes of different bcrypt costs ({', '.join(map(str, sorted(set(costs.values()))))}): "
+            f"a wrong password for {', '.join(cheaper)} is answered sooner than for other names",
+            "make every hash with the same cost: `conchcmd hash-password` for those users",
+        )
 
 
 def _algorithms(config: Config) -> Iterator[Finding]:

@@ -202,3 +202,25 @@ def test_doctor_runs_from_the_config_directory_by_default(setup: Setup, monkeypa
     out = io.StringIO()
     assert cli.main(["doctor"], out=out) == 0, out.getvalue()  # finds ./conchcmd.toml
     assert f"lastlog reads {setup.log}" in out.getvalue()
+
+
+def test_doctor_warns_when_password_hashes_differ_in_cost(setup: Setup) -> None:
+    """A cheaper hash answers a wrong password sooner than the dummy every other name is checked
+    against, so the timing tells that name has a password."""
+    salt = "C6UzMDM.H6dfI/f/IKxGhu4kN/4Kg8HO0gAYbHk5NUqL7Gy5fPg2S"
+
+    def users(admin_cost: str, deploy_cost: str) -> str:
+        return (
+            f'[users.admin]\npassword_bcrypt = "$2b${admin_cost}${salt}"\n'
+            f'[users.deploy]\npassword_bcrypt = "$2b${deploy_cost}${salt}"\n'
+        )
+
+    setup.write_config(tables=users("12", "08"))
+    report = setup.doctor()[1]
+    assert (
+        "warning  password hashes of different bcrypt costs (8, 12): "
+        "a wrong password for deploy is answered sooner" in report
+    )
+    assert "fix: make every hash with the same cost" in report
+    setup.write_config(tables=users("12", "12"))
+    assert "bcrypt costs" not in setup.doctor()[1]
