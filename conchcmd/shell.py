@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +22,7 @@ from conchcmd.session import CommandHandler, SessionChannel, SessionContext, Ter
 CTRL_C = b"\x03"
 CTRL_D = b"\x04"
 BELL = b"\x07"
+BATCH_LIMIT = 64 * 1024  # echo and redraw collected in one input batch before they are queued
 
 
 class _ShellBase(CommandHandler):
@@ -191,17 +192,38 @@ class _TerminalProtocol(insults.ServerProtocol):
 
 class _CoalescingTransport:
     """Gives the terminal protocol a transport whose writes during one input batch become one
-    SSH packet, instead of one packet per echoed character."""
+    SSH packet, instead of one packet per echoed character.
 
-    def __init__(self, chan: SessionChannel):
+    It also honours the channel's backpressure, which echo and redraw would otherwise ignore:
+    once the channel asks its writers to wait, `blocked` is true (the shell then holds input)
+    until the queued output drains, when `on_drained` is called.
+    """
+
+    def __init__(self, chan: SessionChannel, on_drained: Callable[[], None]):
         self.chan = chan
+        self.on_drained = on_drained
+        self.blocked = False
         self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
 
     def write(self, data: bytes) -> None:
         if self._batch is not None:
             self._batch.append(data)
+            self._batch_bytes += len(data)
+            if self._batch_bytes >= BATCH_LIMIT:  # a batch must not grow past the channel's limits
+                self.flush()
         else:
-            self.chan.send(data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        waiter = self.chan.send(data)
+        if not waiter.called and not self.blocked:
+            self.blocked = True
+            waiter.addCallback(self._drained)
+
+    def _drained(self, _: object) -> None:
+        self.blocked = False
+        self.on_drained()
 
     def writeSequence(self, data: list[bytes]) -> None:
         for chunk in data:
@@ -217,14 +239,17 @@ class _CoalescingTransport:
             yield
         finally:
             batch, self._batch = self._batch, None
+            self._batch_bytes = 0
             if batch:
-                self.chan.send(b"".join(batch))
+                self._send(b"".join(batch))
 
     def flush(self) -> None:
         """Send what the current batch holds now (before command output, to keep the order)."""
         if self._batch:
-            self.chan.send(b"".join(self._batch))
+            data = b"".join(self._batch)
             self._batch.clear()
+            self._batch_bytes = 0
+            self._send(data)
 
     def loseConnection(self) -> None:
         pass
@@ -252,6 +277,7 @@ class LineEditor(HistoricRecvLine):
         self.history_size = history_size
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._overflow = False
+        self._completing = False
 
     def initializeScreen(self) -> None:
         self.mode = "insert"  # emulated by redrawing; no IRM escape sent to the terminal
@@ -345,9 +371,18 @@ class LineEditor(HistoricRecvLine):
         self._redraw()
 
     def handle_TAB(self) -> None:
+        if self._completing:
+            return  # one listing at a time: a flood of Tabs must not fill the commands' pool
         before = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
         snapshot = (list(self.lineBuffer), self.lineBufferIndex)
-        self.shell.complete(before).addCallback(self._complete, before, snapshot)
+        self._completing = True
+        d = self.shell.complete(before)
+        d.addBoth(self._completion_done)
+        d.addCallback(self._complete, before, snapshot)
+
+    def _completion_done(self, result: Any) -> Any:
+        self._completing = False
+        return result
 
     def _complete(self, found: Completion, before: str, snapshot: tuple[list[bytes], int]) -> None:
         if (self.lineBuffer, self.lineBufferIndex) != snapshot or self.shell.running is not None:
@@ -424,7 +459,7 @@ class TerminalShell(_ShellBase):
     def __init__(self, chan: SessionChannel, context: SessionContext, terminal: Terminal):
         super().__init__(chan, context)
         self.terminal = terminal
-        self.transport = _CoalescingTransport(chan)
+        self.transport = _CoalescingTransport(chan, self._output_drained)
         self.protocol = _TerminalProtocol()
         self._typeahead = bytearray()
         self._waiting_output = False
@@ -453,8 +488,15 @@ class TerminalShell(_ShellBase):
 
     @property
     def _busy(self) -> bool:
-        """A command runs, or its output has not left yet: input waits as typeahead."""
-        return self.running is not None or self._waiting_output
+        """A command runs, or its output (or the editor's echo) has not left yet: input waits as
+        typeahead, so a client that reads nothing cannot make the editor queue output for ever."""
+        return self.running is not None or self._waiting_output or self.transport.blocked
+
+    def _output_drained(self) -> None:
+        """The echo queued while the client was not reading has drained: take the typeahead."""
+        if self.ended or self._busy:
+            return  # a running command's own completion takes the typeahead
+        self._take_typeahead()
 
     def data_received(self, data: bytes) -> None:
         if self.ended:
@@ -473,9 +515,17 @@ class TerminalShell(_ShellBase):
     def _interrupt_running(self) -> None:
         """Like a tty's INTR: interrupt the command and flush the typeahead."""
         self._typeahead.clear()
+        if self.running is None and not self._waiting_output:
+            # Only the echo is waiting for the client to read: the editor takes this Ctrl-C
+            # (clearing the line, drawing the prompt) once it has drained.
+            self._typeahead += CTRL_C
+            self.chan.input_consumed()
+            return
         self.chan.input_consumed()
         self.transport.flush()
-        self.chan.send(b"^C\r\n")
+        if not self.transport.blocked:  # a flood of Ctrl-C must not queue "^C" without bound
+            self.transport.write(b"^C\r\n")
+            self.transport.flush()  # now, ahead of whatever the interrupted command still writes
         self.interrupt()
 
     def report_line_too_long(self) -> None:
@@ -512,12 +562,15 @@ class TerminalShell(_ShellBase):
             flushed.addCallback(lambda _: self._command_done(outcome))
             return
         self._waiting_output = False
-        typeahead = bytes(self._typeahead)
-        self._typeahead.clear()
-        if self._eof and not typeahead:
+        if self._eof and not self._typeahead:
             self.end(self.last_status)
             return
         self.editor.drawInputLine()
+        self._take_typeahead()
+
+    def _take_typeahead(self) -> None:
+        typeahead = bytes(self._typeahead)
+        self._typeahead.clear()
         if typeahead:
             self._feed(typeahead)
         self.chan.input_consumed()

@@ -3,6 +3,8 @@ channel holds, a client cannot push more, and nothing it sent is lost."""
 
 from __future__ import annotations
 
+from support.sshclient import Connection, pty_request
+
 from conchcmd.session import CHANNEL_INPUT_LIMIT
 
 from .conftest import World
@@ -39,4 +41,44 @@ def test_a_client_that_reads_nothing_finds_the_window_shut_and_loses_no_line(wor
     assert len(commands) == LINES, (len(commands), held_by_server)
     assert all(c["argv"] == ["nosuch", "x" * 993] and c["exit_code"] == 127 for c in commands)
     assert bytes(chan.err) == b"nosuch: command not found\n" * LINES
+    assert not conn.disconnected
+
+
+def _pump(world: World, conn: Connection, rounds: int) -> None:
+    for _ in range(rounds):
+        world.clock.advance(0)
+        conn.flush()
+
+
+def test_a_pty_client_that_reads_nothing_cannot_make_line_redraws_pile_up(world: World) -> None:
+    """Each Ctrl-L redraws the whole line: 3 bytes of a 16,000-character line per byte of input.
+    Against a client that reads nothing, the editor holds input once its echo backs up, instead of
+    queueing redraw after redraw (before: 48 KB queued per Ctrl-L, without bound)."""
+    conn = world.login()
+    conn.conn.held_windows.add(0)
+    chan = conn.open_session(window=1)
+    conn.request(chan, b"pty-req", pty_request())
+    conn.request(chan, b"shell")
+    server_chan = conn.server.service.channels[0]
+    line = "\u20ac" * 16000
+    chan.write(line.encode())
+    _pump(world, conn, 20)
+    redraws = 100  # 4.8 MB of redraws
+    chan.write(b"\x0c" * redraws)
+    _pump(world, conn, 50)
+    assert server_chan._queued < 1024 * 1024
+    assert not conn.disconnected
+
+    conn.conn.held_windows.clear()  # the client reads again: every redraw arrives, in order
+    chan.localWindowSize = 1 << 22
+    conn.conn.adjustWindow(chan, 1 << 22)
+    chan.write(b"\r")
+    for _ in range(1000):
+        _pump(world, conn, 1)
+        if world.audit.of("command"):
+            break
+    redraw = line.encode() + b"\x1b[K"
+    assert bytes(chan.out).count(redraw) == redraws
+    (command,) = world.audit.of("command")
+    assert command["argv"][0].startswith("\u20ac" * 100) and command["exit_code"] == 127  # (logged cut)
     assert not conn.disconnected

@@ -322,6 +322,25 @@ def test_tab_with_a_slow_listing_completes_when_the_listing_arrives(tmp_path: Pa
     assert term.screen.endswith(b"hello.txt ")
 
 
+def test_a_flood_of_tabs_queues_one_listing_which_still_completes(tmp_path: Path) -> None:
+    """Each listing takes a thread of the commands' shared pool: a Tab while one is pending is
+    ignored (before: 1,000 Tabs queued 1,000 listings, delaying everyone's comphash)."""
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    term.keys(f"comphash {term.root}/hello".encode())
+    assert term.keys(TAB * 500) == b""
+    for _ in range(500):
+        assert term.keys(TAB) == b""
+    assert runner.submitted == 1
+    runner.run_all()
+    assert term.screen.endswith(b"hello.txt ")
+    term.keys(CTRL_U + f"comphash {term.root}/su".encode())
+    term.keys(TAB)  # the finished listing freed the slot
+    assert runner.submitted == 2
+    runner.run_all()
+    assert term.screen.endswith(b"sub/")
+
+
 def test_tab_result_is_dropped_if_the_line_changed_meanwhile(tmp_path: Path) -> None:
     runner = ManualRunner()
     term = Term(tmp_path, runner=runner)
@@ -636,3 +655,25 @@ def test_ctrl_c_interrupts_an_exec_with_a_pty(tmp_path: Path) -> None:
     term.keys(CTRL_C)
     assert term.statuses() == [130]
     assert term.exit_status() == 130
+
+
+# -- output backpressure ---------------------------------------------------------------------------
+
+
+def test_echo_waits_for_the_client_to_read_and_ctrl_c_still_clears_the_line(term: Term) -> None:
+    """Once the editor's echo backs up, further keys wait as typeahead (the channel counts them,
+    so the window shuts); a flood of Ctrl-C queues nothing; all is processed once the client reads."""
+    term.chan.remoteWindowLeft = 0  # the client reads nothing
+    term.keys(b"x" * 16000)
+    term.keys(CTRL_L * 100)  # 16 KB redrawn per Ctrl-L
+    queued = term.chan._queued
+    assert queued < 1024 * 1024
+    assert term.chan.input_held() > 0  # the rest of the Ctrl-Ls wait
+    term.keys(CTRL_C * 1000)
+    assert term.chan._queued == queued
+    term.chan.addWindowBytes(1 << 24)  # the client reads again
+    term.clock.advance(0)
+    assert term.screen.endswith(b"^C\r\n" + PROMPT)  # the Ctrl-C cleared the line
+    assert term.chan.input_held() == 0
+    term.keys(b"say hi\r")
+    assert term.ran() == [["say", "hi"]]
