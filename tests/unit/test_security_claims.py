@@ -518,6 +518,9 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             R + "test_memory.py::test_client_that_stops_reading",
             R + "test_memory.py::test_two_mib_shell_line",
             R + "test_memory.py::test_client_with_a_huge_window_that_stops_reading_its_socket",
+            M + "test_input_flow.py::test_a_pty_client_that_reads_nothing_cannot_make_line_redraws_pile_up",
+            P + "test_terminal_editing.py::test_echo_waits_for_the_client_to_read_and_ctrl_c_still_clears_the_line",
+            P + "test_terminal_editing.py::test_a_flood_of_tabs_queues_one_listing_which_still_completes",
         ],
         "lines, history and packets are capped": [
             P + "test_channel_and_shells.py::test_pty_line_too_long_is_refused_and_the_shell_goes_on",
