@@ -506,6 +506,9 @@ class UserAuthService(userauth.SSHUserAuthServer):
         self.clock = factory.clock
         self.loginTimeout = math.ceil(factory.settings.limits.login_grace_time)
         self.max_auth_tries = factory.settings.limits.max_auth_tries
+        # Conch's own counter (attemptsBeforeDisconnect = 20) would cut at 21 failures even when
+        # max_auth_tries is higher; _ebBadAuth counts and disconnects alone.
+        self.attemptsBeforeDisconnect = self.max_auth_tries + 1
         self._waiting: deque[bytes] = deque()
         super().serviceStarted()
         self._listed = True

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import result_of
-from twisted.conch.ssh import transport, userauth
+from twisted.conch.ssh import common, transport, userauth
 
+from conchcmd.config import LimitsConfig
 from conchcmd.server import ServerSettings
 
 from .conftest import World, make_world
@@ -216,3 +217,21 @@ def _fingerprint(key: object) -> str:
     from conchcmd.authorized_keys import fingerprint
 
     return fingerprint(key.public().blob())  # type: ignore[attr-defined]
+
+
+def test_max_auth_tries_above_twenty_is_honoured(tmp_path: Path) -> None:
+    """Conch's own limit (20 failures, then "too many bad auths") no longer cuts before max_auth_tries."""
+    w = make_world(tmp_path, limits=LimitsConfig(max_auth_tries=30))
+    conn = w.connect()
+    auth = conn.start_auth(b"admin")
+    for n in range(29):
+        auth.send_request(b"publickey", b"\x00" + common.NS(b"ssh-ed25519") + common.NS(ed25519_key(100 + n).blob()))
+        conn.flush()
+    assert not conn.disconnected
+    assert [r[0] for r in auth.replies] == [FAILURE] * 29
+    auth.send_request(b"publickey", b"\x00" + common.NS(b"ssh-ed25519") + common.NS(ed25519_key(200).blob()))
+    conn.flush()
+    assert conn.disconnected
+    assert conn.server.auth_failures == 30
+    (bye,) = w.audit.of("disconnect")
+    assert bye["reason"] == "Too many authentication failures"
