@@ -509,6 +509,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
         # Conch's own counter (attemptsBeforeDisconnect = 20) would cut at 21 failures even when
         # max_auth_tries is higher; _ebBadAuth counts and disconnects alone.
         self.attemptsBeforeDisconnect = self.max_auth_tries + 1
+        self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
         super().serviceStarted()
         self._listed = True
@@ -551,6 +552,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
             self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
             return None
         self._in_progress = True
+        self._requests += 1
         d = super().ssh_USERAUTH_REQUEST(packet)
         if d is None:  # Conch has answered already
             self._request_done(None)
@@ -654,7 +656,9 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def _ebBadAuth(self, reason: Failure) -> Any:
         if self._stopped:
             return None  # decided after the client left (it was counted as abandoned)
-        if not reason.check(conch_error.IgnoreAuthentication) and self.method != b"none":
+        # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
+        # never counted `none`, so a client could send them without end.
+        if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
             message = sanitise(reason.getErrorMessage(), 200)
             log.info(
                 "Failed {method} for {user} from {peer}: {reason}",
