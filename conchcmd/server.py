@@ -19,7 +19,7 @@ from twisted.cred import credentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -329,10 +329,18 @@ class ServerTransport(ModernServerTransport):
         return self.output_held
 
     def pauseProducing(self) -> None:
+        """TCP's send buffer is full: channels stop sending, and the socket is no longer read, so
+        that the answers to what the client keeps sending (failures, UNIMPLEMENTED, ...) cannot
+        pile up in Twisted's unbounded write buffer either. A peer that never reads is ended by
+        the grace time, idle timeout or keepalive, whose disconnect is cut after ABORT_AFTER."""
         self._tcp_paused = True
+        if IPushProducer.providedBy(self.transport):
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._tcp_paused = False
+        if IPushProducer.providedBy(self.transport):
+            self.transport.resumeProducing()
         self._pump_channels()
 
     def _pump_channels(self) -> None:
