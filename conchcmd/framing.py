@@ -312,7 +312,6 @@ class ModernFraming:
 class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
-    _peer_kexinit = False  # the client's KEXINIT for the key exchange in progress has arrived
     _cheap_rekeys: deque[float] | None = None
 
     def may_rekey(self) -> bool:
@@ -349,17 +348,12 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
     def note_refused(self, messageNum: int, phase: Phase, verdict: Verdict) -> None:
         """Hook: a message the policy refused (answered UNIMPLEMENTED, or ignored)."""
 
-    def getPacket(self) -> bytes | None:
-        # Conch's dataReceived loop keeps taking packets from its buffer after a DISCONNECT.
-        return None if self._dead else super().getPacket()
-
     def ssh_KEXINIT(self, packet: bytes) -> None:
         if self._first_kex_done and self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._count_rekey():
             return
         negotiated = self.negotiate(packet)
         if negotiated is None:
             return
-        self._peer_kexinit = True
         kex, keys, rest = negotiated
         # SSHServerTransport's part: a wrongly guessed first kex packet must be ignored.
         guessed = rest[:1] not in (b"", b"\0")
@@ -382,7 +376,6 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
             return
         # The dispatch policy lets NEWKEYS through only once our NEWKEYS is out: Conch would
         # switch to keys that do not exist yet (plaintext with no session ID).
-        self._peer_kexinit = False
         self.take_new_keys()
 
     def _count_rekey(self) -> bool:

@@ -65,7 +65,8 @@ class CommandUser(ConchUser):
         self.shell = shell
         self.peer = "?"  # set by the transport once the user is attached to a connection
         self.budget = ConnectionBudget()  # one avatar per connection: its channels share this
-        self.refusals = RepeatLog(log, self.peer)  # the connection's, likewise
+        # The connection's, set by the transport (its one owner) when it admits this user.
+        self.refusals: RepeatLog | None = None
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
@@ -83,7 +84,8 @@ class CommandUser(ConchUser):
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
         if requestType in (b"tcpip-forward", b"streamlocal-forward@openssh.com"):
-            self.refusals.note(
+            refusals = self.refusals or RepeatLog(log, self.peer)  # (admitted users have one)
+            refusals.note(
                 f"Refused {sanitise(requestType)}",
                 "Refused {kind} for {user}@{peer}: forwarding is disabled",
                 kind=sanitise(requestType),

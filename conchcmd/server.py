@@ -19,7 +19,7 @@ from twisted.cred import credentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -329,10 +329,18 @@ class ServerTransport(ModernServerTransport):
         return self.output_held
 
     def pauseProducing(self) -> None:
+        """TCP's send buffer is full: channels stop sending, and the socket is no longer read, so
+        that the answers to what the client keeps sending (failures, UNIMPLEMENTED, ...) cannot
+        pile up in Twisted's unbounded write buffer either. A peer that never reads is ended by
+        the grace time, idle timeout or keepalive, whose disconnect is cut after ABORT_AFTER."""
         self._tcp_paused = True
+        if IPushProducer.providedBy(self.transport):
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._tcp_paused = False
+        if IPushProducer.providedBy(self.transport):
+            self.transport.resumeProducing()
         self._pump_channels()
 
     def _pump_channels(self) -> None:
@@ -506,6 +514,10 @@ class UserAuthService(userauth.SSHUserAuthServer):
         self.clock = factory.clock
         self.loginTimeout = math.ceil(factory.settings.limits.login_grace_time)
         self.max_auth_tries = factory.settings.limits.max_auth_tries
+        # Conch's own counter (attemptsBeforeDisconnect = 20) would cut at 21 failures even when
+        # max_auth_tries is higher; _ebBadAuth counts and disconnects alone.
+        self.attemptsBeforeDisconnect = self.max_auth_tries + 1
+        self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
         super().serviceStarted()
         self._listed = True
@@ -548,6 +560,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
             self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
             return None
         self._in_progress = True
+        self._requests += 1
         d = super().ssh_USERAUTH_REQUEST(packet)
         if d is None:  # Conch has answered already
             self._request_done(None)
@@ -651,7 +664,9 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def _ebBadAuth(self, reason: Failure) -> Any:
         if self._stopped:
             return None  # decided after the client left (it was counted as abandoned)
-        if not reason.check(conch_error.IgnoreAuthentication) and self.method != b"none":
+        # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
+        # never counted `none`, so a client could send them without end.
+        if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
             message = sanitise(reason.getErrorMessage(), 200)
             log.info(
                 "Failed {method} for {user} from {peer}: {reason}",

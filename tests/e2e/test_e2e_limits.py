@@ -134,8 +134,11 @@ def test_no_system_log_is_a_clear_error(make_server, tmp_path):
 def test_a_real_client_rekeying_often_is_not_cut_off(server, data):
     """OpenSSH with RekeyLimit=16K (its default is 1 GiB or more) starts more key exchanges than
     REKEY_BURST in well under a minute while it moves 15 MB: each follows over 8 KiB (REKEY_FREE_BYTES) of traffic
-    (OpenSSH checks its limit as it sends, about once per window adjustment), so none counts."""
-    r = server.ssh("lastlog -n 10000", options=["-o", "RekeyLimit=16K"], log_level="DEBUG", timeout=60)
+    (OpenSSH checks its limit as it sends, about once per window adjustment or packet of input: the
+    256 KiB of input make it check often enough whatever the timing of the output), so none counts."""
+    r = server.ssh(
+        "lastlog -n 10000", options=["-o", "RekeyLimit=16K"], log_level="DEBUG", timeout=60, input=b"x" * (256 * 1024)
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == server.tail(data.syslog, 10000)
     assert r.stderr.count(b"SSH2_MSG_KEXINIT sent") > 10 + 1  # the initial exchange and over 10 rekeys

@@ -16,8 +16,12 @@ from support.keys import ed25519_key
 from support.sshclient import Connection, RecordingChannel
 from twisted.conch.ssh import common, connection, transport
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
 from conchcmd.config import LimitsConfig
 from conchcmd.lastlog import FOLLOW_POLL
@@ -318,3 +322,45 @@ def test_after_the_grace_time_a_peer_that_never_reads_loses_its_connection(world
         assert tcp.disconnecting and not tcp.disconnected  # the DISCONNECT waits in the buffer
         world.clock.advance(ABORT_AFTER)
     assert tcp.disconnected  # aborted: the socket and what waited in it are gone
+    assert tcp.producerState == "paused"  # and the socket was not read meanwhile
+
+
+# -- a client that sends and never reads: its answers must not pile up -----------------------
+
+
+def test_a_full_send_buffer_stops_reading_the_socket_too(world: World) -> None:
+    """Without this, the answers to what such a client sends (100,000 want-reply global requests:
+    2.8 MB) queued in Twisted's write buffer without limit; channel output alone was held."""
+    server = world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 5555))
+    tcp = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 5555))
+    server.makeConnection(tcp)
+    server.dataReceived(b"SSH-2.0-never-reads\r\n")
+    assert tcp.producerState == "producing"
+    server.pauseProducing()  # what TCP calls when its send buffer is full
+    assert tcp.producerState == "paused"
+    server.resumeProducing()  # ... and once the buffer has drained
+    assert tcp.producerState == "producing"
+    server.pauseProducing()
+    server.resumeProducing()
+    assert tcp.producerState == "producing" and not tcp.disconnecting
+
+
+def test_a_logged_in_peer_that_never_reads_is_still_cut_by_the_idle_timeout(tmp_path: Path) -> None:
+    w = make_world(tmp_path, limits=LimitsConfig(idle_timeout=60))
+    conn = w.login()
+    tcp = conn.server.transport
+    calls: list[str] = []
+    alsoProvides(tcp, IPushProducer)  # iosim's transport is no producer; TCP's is
+    tcp.pauseProducing = lambda: calls.append("pause")
+    tcp.resumeProducing = lambda: calls.append("resume")
+    tcp.abortConnection = lambda: calls.append("abort")
+    conn.server.pauseProducing()
+    assert calls == ["pause"]
+    with capturedLogs():
+        w.clock.advance(60)
+        assert tcp.disconnecting and calls == ["pause"]  # the DISCONNECT waits in the full buffer
+        w.clock.advance(ABORT_AFTER)
+    assert calls == ["pause", "abort"]
+    assert w.factory.slots.used == 1  # until TCP reports the connection lost
+    conn.server.connectionLost(Failure(ConnectionDone()))
+    assert w.factory.slots.used == 0

@@ -116,3 +116,18 @@ def test_channel_opens_of_ever_new_types_are_one_kind_of_refusal(world: World) -
     assert len(lines) == 2, lines
     assert lines[-1].endswith(f" (refused: Refused non-session channel (only session channels are allowed) x{REPEATS})")
     assert len(conn.server.refusals.counts) == 1
+
+
+def test_forwarding_refusals_are_counted_on_the_connections_last_line(world: World) -> None:
+    """The avatar notes refusals in its connection's log (the transport owns it), not one of its own."""
+    conn = world.login()
+    assert conn.server.avatar.refusals is conn.server.refusals
+    with capturedLogs() as events:
+        for _ in range(3):
+            conn.conn.sendGlobalRequest(b"tcpip-forward", common.NS(b"127.0.0.1") + struct.pack(">L", 8080))
+        conn.flush()
+        conn.client.loseConnection()
+        conn.flush()
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == LOG_NAMESPACE]
+    assert len([line for line in lines if "forwarding is disabled" in line]) == 1
+    assert any("Refused tcpip-forward x3" in line for line in lines), lines

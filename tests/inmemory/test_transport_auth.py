@@ -6,8 +6,9 @@ from pathlib import Path
 
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import result_of
-from twisted.conch.ssh import transport, userauth
+from twisted.conch.ssh import common, transport, userauth
 
+from conchcmd.config import LimitsConfig
 from conchcmd.server import ServerSettings
 
 from .conftest import World, make_world
@@ -216,3 +217,63 @@ def _fingerprint(key: object) -> str:
     from conchcmd.authorized_keys import fingerprint
 
     return fingerprint(key.public().blob())  # type: ignore[attr-defined]
+
+
+def test_max_auth_tries_above_twenty_is_honoured(tmp_path: Path) -> None:
+    """Conch's own limit (20 failures, then "too many bad auths") no longer cuts before max_auth_tries."""
+    w = make_world(tmp_path, limits=LimitsConfig(max_auth_tries=30))
+    conn = w.connect()
+    auth = conn.start_auth(b"admin")
+    for n in range(29):
+        auth.send_request(b"publickey", b"\x00" + common.NS(b"ssh-ed25519") + common.NS(ed25519_key(100 + n).blob()))
+        conn.flush()
+    assert not conn.disconnected
+    assert [r[0] for r in auth.replies] == [FAILURE] * 29
+    auth.send_request(b"publickey", b"\x00" + common.NS(b"ssh-ed25519") + common.NS(ed25519_key(200).blob()))
+    conn.flush()
+    assert conn.disconnected
+    assert conn.server.auth_failures == 30
+    (bye,) = w.audit.of("disconnect")
+    assert bye["reason"] == "Too many authentication failures"
+
+
+def test_only_the_first_none_request_is_free(world: World) -> None:
+    """As sshd: a client repeating `none` uses up max_auth_tries (6) like any failed attempt."""
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    for _ in range(6):
+        auth.send_request(b"none", b"")
+        conn.flush()
+    assert not conn.disconnected
+    assert [r[0] for r in auth.replies] == [FAILURE] * 6
+    assert conn.server.auth_failures == 5
+    auth.send_request(b"none", b"")
+    conn.flush()
+    assert conn.disconnected
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"] == "Too many authentication failures"
+
+
+def test_thousands_of_pipelined_none_requests_end_the_connection(world: World) -> None:
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    for i in range(5000):
+        auth.send_request(b"none", b"")
+        if i % 4 == 0:
+            conn.flush()
+    conn.flush()
+    assert conn.disconnected
+    assert conn.server.auth_failures == 6
+
+
+def test_a_key_after_a_first_none_still_has_all_its_tries(world: World) -> None:
+    """What OpenSSH does (`none` first, then keys): the `none` costs nothing."""
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    auth.send_request(b"none", b"")
+    conn.flush()
+    for n in range(5):
+        auth.send_request(b"publickey", b"\x00" + common.NS(b"ssh-ed25519") + common.NS(ed25519_key(70 + n).blob()))
+        conn.flush()
+    assert conn.server.auth_failures == 5
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
