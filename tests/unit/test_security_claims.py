@@ -114,6 +114,14 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_transport_auth.py::test_unknown_key_gets_no_pk_ok",
             M + "test_transport_auth.py::test_six_probes_of_unknown_keys_end_the_connection",
         ],
+        "every none request after the first counts as a failed attempt": [
+            M + "test_transport_auth.py::test_only_the_first_none_request_is_free",
+            M + "test_transport_auth.py::test_thousands_of_pipelined_none_requests_end_the_connection",
+            M + "test_transport_auth.py::test_a_key_after_a_first_none_still_has_all_its_tries",
+        ],
+        "max_auth_tries is honoured whatever its value (Conch's 20 out of the way)": [
+            M + "test_transport_auth.py::test_max_auth_tries_above_twenty_is_honoured",
+        ],
         "after 6 failures the connection is closed": [
             M + "test_transport_auth.py::test_max_auth_tries_disconnects",
             M + "test_transport_auth.py::test_six_probes_of_unknown_keys_end_the_connection",
@@ -535,6 +543,10 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_comphash.py::test_cancel_event_set_mid_file_stops_between_reads",
             U + "test_comphash.py::test_a_hash_reads_in_1_mib_blocks_and_stops_at_the_next_one",
             E + "test_e2e_refusals.py::test_client_vanishing_mid_hash_cancels_the_work",
+        ],
+        "while a client does not read, the server stops reading from it: answers cannot pile up": [
+            R + "test_unread_replies.py::test_answers_to_a_client_that_never_reads_do_not_pile_up",
+            M + "test_channel_rules.py::test_a_logged_in_peer_that_never_reads_is_still_cut_by_the_idle_timeout",
         ],
         "malformed packets end only their own connection, with one log line": [
             M + "test_transport_auth.py::test_garbage_ends_only_that_connection",
