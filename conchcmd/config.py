@@ -348,7 +348,9 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         raise comphash_table.error("algorithm", f"must be one of {', '.join(HASH_ALGORITHMS)}")
     hashlib.new(algorithm)  # fails early if this Python lacks it
     max_concurrent = comphash_table.integer("max_concurrent", ComphashConfig.max_concurrent, minimum=1)
-    hashes_per_user = comphash_table.integer("max_concurrent_per_user", max(1, max_concurrent - 1), minimum=1)
+    hashes_per_user = comphash_table.integer(
+        "max_concurrent_per_user", ComphashConfig(max_concurrent=max_concurrent).per_user_limit, minimum=1
+    )
     if hashes_per_user > max_concurrent:
         raise comphash_table.error("max_concurrent_per_user", f"must not exceed max_concurrent ({max_concurrent})")
     comphash_table.reject_unknown()

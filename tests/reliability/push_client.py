@@ -72,9 +72,9 @@ async def push(chan: asyncssh.SSHClientChannel[bytes], chunk: bytes, total: int,
     return written - chan.get_write_buffer_size()
 
 
-async def main() -> None:
-    key, port, source, pattern, channels, total = sys.argv[1:7]
-    conn = await asyncssh.connect(
+async def connect_as_alice(key: str, port: str, source: str) -> asyncssh.SSHClientConnection:
+    """The reliability server's user `alice`, from a chosen loopback source, trusting any host key."""
+    return await asyncssh.connect(
         "127.0.0.1",
         int(port),
         username="alice",
@@ -84,6 +84,11 @@ async def main() -> None:
         agent_path=None,
         connect_timeout=10,
     )
+
+
+async def main() -> None:
+    key, port, source, pattern, channels, total = sys.argv[1:7]
+    conn = await connect_as_alice(key, port, source)
     chunk = pattern_chunk(pattern)
     opened = []
     for _ in range(int(channels)):
@@ -103,4 +108,5 @@ async def main() -> None:
     conn.abort()
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())

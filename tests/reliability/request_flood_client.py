@@ -12,25 +12,16 @@ import json
 import sys
 import time
 
-import asyncssh
 from asyncssh.constants import MSG_GLOBAL_REQUEST
 from asyncssh.packet import Boolean, String
+from push_client import connect_as_alice  # this script's own folder is on sys.path
 
 DEADLINE = 15.0
 
 
 async def main() -> None:
     key, port, source, count = sys.argv[1:5]
-    conn = await asyncssh.connect(
-        "127.0.0.1",
-        int(port),
-        username="alice",
-        client_keys=[key],
-        known_hosts=None,
-        local_addr=(source, 0),
-        agent_path=None,
-        connect_timeout=10,
-    )
+    conn = await connect_as_alice(key, port, source)
     transport = conn._transport  # asyncssh offers no public way to stop reading a connection
     transport.pause_reading()
     deadline = time.monotonic() + DEADLINE
