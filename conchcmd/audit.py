@@ -17,6 +17,8 @@ from twisted.logger import Logger, LogLevel
 MAX_TEXT = 1024
 #: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
 LOG_NAMESPACE = "conchcmd.log"
+#: Namespace of the authentication lines (sshd's words; syslog facility authpriv, fail2ban reads them).
+AUTH_LOG_NAMESPACE = "conchcmd.auth"
 log = Logger(namespace=LOG_NAMESPACE)
 
 

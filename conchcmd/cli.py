@@ -23,7 +23,7 @@ from twisted.logger import (
 )
 
 from conchcmd import __version__
-from conchcmd.audit import LOG_NAMESPACE
+from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
 from conchcmd.filetrust import FileTrust, path_problem
@@ -258,6 +258,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 def _start_logging(out: TextIO) -> None:
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     predicate.setLogLevelForNamespace(LOG_NAMESPACE, LogLevel.info)
+    predicate.setLogLevelForNamespace(AUTH_LOG_NAMESPACE, LogLevel.info)
     observer = FilteringLogObserver(textFileLogObserver(out, timeFormat="%Y-%m-%d %H:%M:%S%z"), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
