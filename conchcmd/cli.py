@@ -26,6 +26,7 @@ from conchcmd import __version__
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
+from conchcmd.endpoints import endpoint_problem
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
@@ -237,8 +238,12 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     reactor: Any = global_reactor
     config = _load(args)
-    _start_logging(out)
     listen = tuple(args.listen) if args.listen else None
+    for description in listen or ():
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise CliError(f"--listen: {description!r} is not an endpoint Twisted can listen on: {problem}", EXIT_USAGE)
+    _start_logging(out)
     service = ConchcmdService(config, reactor, out, listen=listen, config_path=config.source)
     try:
         service.prepare()
