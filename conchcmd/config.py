@@ -517,6 +517,8 @@ def load_config(path: Path | None, *, cwd: Path) -> Config:
             return parse_config("", base_dir=cwd)
         path = candidate
     path = path if path.is_absolute() else cwd / path
+    if ".." in path.parts:
+        path = path.resolve()  # as the kernel follows it; printed paths then name the real directory
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
