@@ -44,20 +44,23 @@ class Invocation:
         return cls(euid=os.geteuid(), cwd=Path.cwd())
 
 
-def command_hint(config: Config, invocation: Invocation, command: str, arguments: str = "") -> str:
+def command_hint(
+    config: Config, invocation: Invocation, command: str, arguments: str = "", *, runner: str = ""
+) -> str:
     """`conchcmd COMMAND ...` acting on this configuration: with its `--config FILE`, or without a
-    file in the directory the built-in defaults were resolved against (they are relative to it)."""
+    file in the directory the built-in defaults were resolved against (they are relative to it).
+    `runner` goes before `conchcmd` (e.g. `runuser -u USER -- `)."""
     tail = f" {arguments}" if arguments else ""
     if config.source is not None:
-        return f"`conchcmd {command} --config {shlex.quote(str(config.source))}{tail}`"
-    return f"`cd {shlex.quote(str(invocation.cwd))} && conchcmd {command}{tail}`"
+        return f"`{runner}conchcmd {command} --config {shlex.quote(str(config.source))}{tail}`"
+    return f"`cd {shlex.quote(str(invocation.cwd))} && {runner}conchcmd {command}{tail}`"
 
 
 def examine(config: Config, invocation: Invocation | None = None) -> list[Finding]:
     """Every finding, in the order an operator would go through them."""
     invocation = invocation or Invocation.current()
     return [
-        *_privileges(invocation),
+        *_privileges(config, invocation),
         *_host_keys(config, invocation),
         *_authorized_keys(config, invocation),
         *_log_source(config),
@@ -69,14 +72,15 @@ def examine(config: Config, invocation: Invocation | None = None) -> list[Findin
     ]
 
 
-def _privileges(invocation: Invocation) -> Iterator[Finding]:
+def _privileges(config: Config, invocation: Invocation) -> Iterator[Finding]:
     if invocation.euid == 0:
+        doctor = command_hint(config, invocation, "doctor", runner="runuser -u conchcmd -- ")
         yield Finding(
             WARNING,
             "running as root: serve should not (a flaw in conchcmd or Twisted would then give root, and "
             "comphash could hash any file); these checks also see what root sees, not the server's user",
             "create a system user (`useradd --system --no-create-home conchcmd`), give it the key files, "
-            "and run serve and doctor as it (`User=conchcmd` in the unit, `runuser -u conchcmd -- conchcmd doctor`)",
+            f"and run serve and doctor as it (`User=conchcmd` in the unit; {doctor})",
         )
 
 
