@@ -64,6 +64,9 @@ def test_a_non_exempt_address_is_still_penalised_beside_an_exempt_one() -> None:
         (("0.0.0.0/0",), "203.0.113.1", True),
         (("0.0.0.0/0",), "2001:db8::1", False),  # families do not mix
         (("192.0.2.0/24",), "not-an-address", False),
+        ((), "127.0.0.1", False),  # loopback is not exempt by default
+        (("127.0.0.0/8", "::1"), "127.0.0.1", True),
+        (("127.0.0.0/8", "::1"), "::1", True),
     ],
 )
 def test_patterns_match_as_sshd_matches_them(patterns: tuple[str, ...], host: str, exempt: bool) -> None:
