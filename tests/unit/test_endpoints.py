@@ -86,3 +86,11 @@ def test_systemd_needs_no_inherited_socket_to_be_checked(monkeypatch: pytest.Mon
 
 def _toml(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def test_paths_in_endpoint_strings_are_left_to_twisted() -> None:
+    """Unlike the file keys, a relative `unix:` path is not resolved against the config's directory:
+    Twisted opens it relative to the server's working directory (as the README says)."""
+    config = parse_config('listen = ["unix:conchcmd.sock"]\nhost_keys_dir = "k"', base_dir=Path("/srv/conf"))
+    assert config.listen == ("unix:conchcmd.sock",)
+    assert config.host_keys_dir == Path("/srv/conf/k")
