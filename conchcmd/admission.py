@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from conchcmd.audit import LOG_NAMESPACE, AuditSink
 from conchcmd.config import LimitsConfig
+from conchcmd.hostmatch import addr_match_list, normalise_peer
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -67,11 +68,19 @@ class Admission:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def refusal(self, source: str) -> str | None:
-        """Why a new connection from `source` must be refused now, or None to admit it."""
+    def exempt(self, host: str | None) -> bool:
+        """Whether the client address `host` is in `penalty_exempt` (sshd's
+        PerSourcePenaltyExemptList, matched as sshd matches it: addr_match_list on the address)."""
+        patterns = self.limits.penalty_exempt
+        return bool(patterns) and host is not None and addr_match_list(normalise_peer(host), ",".join(patterns)) == 1
+
+    def refusal(self, source: str, host: str | None = None) -> str | None:
+        """Why a new connection from `source` (client address `host`) must be refused now, or None
+        to admit it. An exempt address is never refused for a penalty, not even one its IPv6 /64
+        earned from other addresses."""
         now = self.clock.seconds()
         record = self._records.get(source)
-        if record is not None and record.until > now:
+        if record is not None and record.until > now and not self.exempt(host):
             return f"penalised for {record.until - now:.0f} more seconds after repeated failures"
         if self.startups.get(source, 0) >= self.limits.max_startups_per_source:
             return f"too many unauthenticated connections from this source ({self.limits.max_startups_per_source})"
@@ -138,8 +147,11 @@ class Admission:
             record.strikes = 0
             record.level = 0
 
-    def strike(self, source: str, why: str) -> None:
-        """A connection from `source` ended badly (failed auth, garbage, timeout)."""
+    def strike(self, source: str, why: str, host: str | None = None) -> None:
+        """A connection from `source` (client address `host`) ended badly (failed auth, garbage,
+        timeout); an address in `penalty_exempt` is not counted."""
+        if self.exempt(host):
+            return
         now = self.clock.seconds()
         record = self._record(source)
         if now - record.last_strike > self.limits.penalty_max_seconds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shlex
 import struct
 import sys
 import time
@@ -26,6 +27,7 @@ from conchcmd import __version__
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
+from conchcmd.endpoints import endpoint_problem
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
@@ -77,6 +79,16 @@ def _load(args: argparse.Namespace) -> Config:
         raise CliError(f"configuration error: {e}", EXIT_USAGE) from None
 
 
+def _say_config(config: Config, out: TextIO) -> None:
+    """Which configuration a command that writes files used: without a file, the defaults are
+    relative to the working directory, and a second host key or user file would go unnoticed."""
+    if config.source is not None:
+        out.write(f"config: {config.source}\n")
+    else:
+        cwd = Path.cwd()
+        out.write(f"config: none (no --config FILE, no conchcmd.toml here): built-in defaults relative to {cwd}\n")
+
+
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     out.write(_load(args).describe())
     return EXIT_OK
@@ -84,6 +96,7 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args)
+    _say_config(config, out)
     trust = FileTrust(strict=config.strict_modes)
     try:
         created = ensure_host_keys(config.host_keys_dir, rsa_too=args.rsa, trust=trust)
@@ -118,6 +131,7 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
     files = AuthorizedKeysFiles(config.authorized_keys, trust=FileTrust(strict=config.strict_modes))
     path = Path(files.path_for(args.user) or "")
+    _say_config(config, out)
     blob = key.blob()
     if files.find(args.user, blob) is not None:
         out.write(f"{args.user}: key {fingerprint(blob)} is already in {path}\n")
@@ -136,14 +150,16 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
-    from conchcmd.doctor import PROBLEM, examine
+    from conchcmd.doctor import PROBLEM, Invocation, examine
 
     try:
         config = load_config(args.config, cwd=Path.cwd())
     except ConfigError as e:
-        out.write(f"problem  configuration: {e}\n         fix: edit the file; `conchcmd check-config` shows it\n")
+        config_arg = f" --config {shlex.quote(str(e.source))}" if e.source else ""
+        out.write(f"problem  configuration: {e}\n")
+        out.write(f"         fix: edit the file; `conchcmd check-config{config_arg}` shows it\n")
         return EXIT_USAGE
-    findings = examine(config)
+    findings = examine(config, Invocation.current())
     for finding in findings:
         out.write(finding.line() + "\n")
     problems = sum(f.level == PROBLEM for f in findings)
@@ -237,8 +253,12 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     reactor: Any = global_reactor
     config = _load(args)
-    _start_logging(out)
     listen = tuple(args.listen) if args.listen else None
+    for description in listen or ():
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise CliError(f"--listen: {description!r} is not an endpoint Twisted can listen on: {problem}", EXIT_USAGE)
+    _start_logging(out)
     service = ConchcmdService(config, reactor, out, listen=listen, config_path=config.source)
     try:
         service.prepare()

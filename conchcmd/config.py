@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conchcmd.endpoints import endpoint_problem
+from conchcmd.hostmatch import PatternError, addr_match_list, check_pattern
+
 DEFAULT_CONFIG_NAME = "conchcmd.toml"
 HASH_ALGORITHMS = ("sha256", "sha1", "sha512", "blake2b", "md5")
 AUTO_LOG_SOURCES = ("/var/log/syslog", "/var/log/messages", "journal")
@@ -76,6 +79,8 @@ class LimitsConfig:
     max_startups_per_source: int = 10  # PerSourceMaxStartups
     penalty_seconds: float = 30.0  # PerSourcePenalties
     penalty_max_seconds: float = 600.0  # PerSourcePenalties max
+    #: PerSourcePenaltyExemptList: address patterns (hostmatch.py syntax) never penalised.
+    penalty_exempt: tuple[str, ...] = ()
 
 
 KEX_ALGORITHMS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
@@ -223,6 +228,8 @@ def _toml_key(name: str) -> str:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, tuple):
+        return _toml_list(value)
     return _toml_str(value) if isinstance(value, str) else repr(value)
 
 
@@ -279,14 +286,16 @@ class _Reader:
             raise self.error(key, "must not be empty")
         return value
 
-    def strings(self, key: str, default: tuple[str, ...], *, allow_str: bool = False) -> tuple[str, ...]:
+    def strings(
+        self, key: str, default: tuple[str, ...], *, allow_str: bool = False, allow_empty: bool = False
+    ) -> tuple[str, ...]:
         kinds: tuple[type, ...] = (list, str) if allow_str else (list,)
         value = self._get(key, kinds, "a list of strings")
         if value is None:
             return default
         if isinstance(value, str):
             value = [value]
-        if not value:
+        if not value and not allow_empty:
             raise self.error(key, "must not be an empty list")
         for item in value:
             if not isinstance(item, str) or not item:
@@ -315,6 +324,10 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         return str(base_dir / path) if not Path(path).is_absolute() else path
 
     listen = top.strings("listen", Config.listen)
+    for description in listen:
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise top.error("listen", f"{description!r} is not an endpoint Twisted can listen on: {problem}")
     host_keys_dir = Path(resolve(top.string("host_keys_dir", "keys")))
     authorized_keys = resolve(top.string("authorized_keys", Config.authorized_keys))
     max_clients = top.integer("max_clients", Config.max_clients, minimum=1)
@@ -475,10 +488,25 @@ def _parse_limits(top: _Reader) -> LimitsConfig:
         max_startups_per_source=top.integer("max_startups_per_source", d.max_startups_per_source, minimum=1),
         penalty_seconds=top.number("penalty_seconds", d.penalty_seconds),
         penalty_max_seconds=top.number("penalty_max_seconds", d.penalty_max_seconds),
+        penalty_exempt=_address_patterns(top, "penalty_exempt"),
     )
     if limits.penalty_max_seconds < limits.penalty_seconds:
         raise top.error("penalty_max_seconds", "must not be less than penalty_seconds")
     return limits
+
+
+def _address_patterns(top: _Reader, key: str) -> tuple[str, ...]:
+    """A list of address patterns as `from=` takes them, each checked as sshd checks
+    PerSourcePenaltyExemptList: a host name, or a mask that does not fit its address, is an error."""
+    patterns = top.strings(key, (), allow_empty=True)
+    for pattern in patterns:
+        try:
+            check_pattern(pattern)
+        except PatternError as e:
+            raise top.error(key, str(e)) from None
+        if addr_match_list(None, pattern) != 0:
+            raise top.error(key, f"{pattern!r}: the mask length is longer than the address or leaves host bits set")
+    return patterns
 
 
 def load_config(path: Path | None, *, cwd: Path) -> Config:
@@ -489,6 +517,8 @@ def load_config(path: Path | None, *, cwd: Path) -> Config:
             return parse_config("", base_dir=cwd)
         path = candidate
     path = path if path.is_absolute() else cwd / path
+    if ".." in path.parts:
+        path = path.resolve()  # as the kernel follows it; printed paths then name the real directory
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,37 @@ class Finding:
         return f"{self.level:8} {self.message}" + (f"\n         fix: {self.fix}" if self.fix else "")
 
 
-def examine(config: Config) -> list[Finding]:
+@dataclass(frozen=True)
+class Invocation:
+    """Who runs the doctor, and where: the fixes it suggests must work from there."""
+
+    euid: int
+    cwd: Path
+
+    @classmethod
+    def current(cls) -> Invocation:
+        return cls(euid=os.geteuid(), cwd=Path.cwd())
+
+
+def command_hint(
+    config: Config, invocation: Invocation, command: str, arguments: str = "", *, runner: str = ""
+) -> str:
+    """`conchcmd COMMAND ...` acting on this configuration: with its `--config FILE`, or without a
+    file in the directory the built-in defaults were resolved against (they are relative to it).
+    `runner` goes before `conchcmd` (e.g. `runuser -u USER -- `)."""
+    tail = f" {arguments}" if arguments else ""
+    if config.source is not None:
+        return f"`{runner}conchcmd {command} --config {shlex.quote(str(config.source))}{tail}`"
+    return f"`cd {shlex.quote(str(invocation.cwd))} && {runner}conchcmd {command}{tail}`"
+
+
+def examine(config: Config, invocation: Invocation | None = None) -> list[Finding]:
     """Every finding, in the order an operator would go through them."""
+    invocation = invocation or Invocation.current()
     return [
-        *_host_keys(config),
-        *_authorized_keys(config),
+        *_privileges(config, invocation),
+        *_host_keys(config, invocation),
+        *_authorized_keys(config, invocation),
         *_log_source(config),
         *_roots(config),
         *_certificates(config),
@@ -45,7 +72,19 @@ def examine(config: Config) -> list[Finding]:
     ]
 
 
-def _host_keys(config: Config) -> Iterator[Finding]:
+def _privileges(config: Config, invocation: Invocation) -> Iterator[Finding]:
+    if invocation.euid == 0:
+        doctor = command_hint(config, invocation, "doctor", runner="runuser -u conchcmd -- ")
+        yield Finding(
+            WARNING,
+            "running as root: serve should not (a flaw in conchcmd or Twisted would then give root, and "
+            "comphash could hash any file); these checks also see what root sees, not the server's user",
+            "create a system user (`useradd --system --no-create-home conchcmd`), give it the key files, "
+            f"and run serve and doctor as it (`User=conchcmd` in the unit; {doctor})",
+        )
+
+
+def _host_keys(config: Config, invocation: Invocation) -> Iterator[Finding]:
     directory = config.host_keys_dir
     trust = FileTrust(strict=config.strict_modes)
     unsafe = directory_untrusted(directory, trust)
@@ -54,7 +93,8 @@ def _host_keys(config: Config) -> Iterator[Finding]:
         return
     present = [directory / name for name in HOST_KEY_FILES if (directory / name).exists()]
     if not present:
-        yield Finding(WARNING, f"no host key in {directory} yet", "`conchcmd keygen` (serve also creates one)")
+        keygen = command_hint(config, invocation, "keygen")
+        yield Finding(WARNING, f"no host key in {directory} yet", f"{keygen} (serve also creates one)")
         return
     mode_problems = False
     for path in present:
@@ -73,13 +113,13 @@ def _host_keys(config: Config) -> Iterator[Finding]:
     try:
         keys = load_host_keys(directory, trust=trust)
     except HostKeyError as e:
-        yield Finding(PROBLEM, str(e), "replace the file: `conchcmd keygen` after moving it away")
+        yield Finding(PROBLEM, str(e), f"move the file away, then {command_hint(config, invocation, 'keygen')}")
         return
     names = ", ".join(k.decode() for k in keys.private)
     yield Finding(OK, f"host keys: {names}")
 
 
-def _authorized_keys(config: Config) -> Iterator[Finding]:
+def _authorized_keys(config: Config, invocation: Invocation) -> Iterator[Finding]:
     pattern = Path(config.authorized_keys)
     if "%u" not in pattern.name or "%u" in str(pattern.parent):
         yield Finding(OK, f"authorized_keys pattern {pattern} (not a single directory: files not listed)")
@@ -92,7 +132,11 @@ def _authorized_keys(config: Config) -> Iterator[Finding]:
         return
     files = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
     if not files:
-        yield Finding(WARNING, f"no users: {directory} has no authorized_keys files", "`conchcmd adduser USER KEY.pub`")
+        yield Finding(
+            WARNING,
+            f"no users: {directory} has no authorized_keys files",
+            command_hint(config, invocation, "adduser", "USER KEY.pub"),
+        )
         return
     for path in files:
         try:
@@ -126,11 +170,24 @@ def _log_source(config: Config) -> Iterator[Finding]:
 
 def _roots(config: Config) -> Iterator[Finding]:
     for root in config.comphash.roots:
-        if not Path(root).is_dir():
+        if os.path.realpath(root) == "/":
+            yield Finding(
+                WARNING,
+                f"comphash roots include {root}: any file the server's user can read may be hashed "
+                "(a hash of a short secret, or of a known file, tells its content)",
+                'list only the directories operators need in [comphash] roots, e.g. ["/etc/ssh", "/srv/releases"]',
+            )
+        elif not Path(root).is_dir():
             yield Finding(PROBLEM, f"comphash root {root} is not a directory", "fix [comphash] roots")
     for name, policy in config.users.items():
         for root in policy.comphash_roots or ():
-            if not Path(root).is_dir():
+            if os.path.realpath(root) == "/":
+                yield Finding(
+                    WARNING,
+                    f"users.{name}: comphash_roots include {root}: {name} may hash any file the server's user can read",
+                    f"list only the directories {name} needs in [users.{name}] comphash_roots",
+                )
+            elif not Path(root).is_dir():
                 yield Finding(
                     PROBLEM,
                     f"users.{name}: comphash root {root} is not a directory",

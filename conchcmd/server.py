@@ -405,7 +405,7 @@ class ServerTransport(ModernServerTransport):
             why = "left during authentication"  # e.g. sent a password and closed before the answer
         else:
             return  # e.g. a scanner reading the banner: no strike
-        self.factory.admission.strike(self.source, why)
+        self.factory.admission.strike(self.source, why, self.peer_host)
 
     def start_liveness(self, conn: ConnectionService) -> None:
         """Idle and keepalive timers, once the connection service runs."""
@@ -898,7 +898,7 @@ class CommandServerFactory(SSHFactory):
         host = getattr(addr, "host", None)
         if host is not None:
             source = source_of(host)
-            refusal = self.admission.refusal(source)
+            refusal = self.admission.refusal(source, host)
             if refusal is not None:
                 self.admission.note_refused(source, format_peer(addr), refusal)
                 return None  # Twisted closes the socket at once: no banner, no kex, no CPU

@@ -23,6 +23,7 @@ TOP_KEYS = [
     "listen", "host_keys_dir", "authorized_keys", "max_clients", "audit_log", "banner_version",
     "login_grace_time", "idle_timeout", "keepalive_interval", "keepalive_count_max", "max_auth_tries",
     "max_sessions", "max_startups", "max_startups_per_source", "penalty_seconds", "penalty_max_seconds",
+    "penalty_exempt",
     "kex_algorithms", "ciphers", "macs", "trusted_user_ca_keys", "revoked_keys", "permit_user_environment",
 ]  # fmt: skip
 TABLES = {
@@ -35,7 +36,8 @@ WORDS = [
     *KEX_ALGORITHMS, *CIPHERS, *MACS, *OPTIONAL_MACS, "journal", "/", "/var/log/syslog", "relative/path", "-",
     "sha256", "md5", "sha3_256", "lastlog", "comphash", "help", "exit", "shell", "tcp:2222", "{user}@{host}> ",
     "{user:999999999999}", "{user:2000000000}", "{0}", "{user.__class__}", "{host!r}", "{", "}", "conchcmd", "a-b",
-    "$2b$12$" + "a" * 53, "\u2028", "\0", "x" * 70,
+    "$2b$12$" + "a" * 53, "\u2028", "\0", "x" * 70, "10.0.0.0/8", "10.0.0.1/8", "2001:db8::/33", "192.0.2.*",
+    "!192.0.2.1", "unix:/run/x.sock", "systemd:domain=INET:index=0", "haproxy:tcp:2222", "tcp:70000", "tcp:x",
 ]  # fmt: skip
 
 scalars = st.one_of(

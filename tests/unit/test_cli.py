@@ -22,6 +22,11 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def no_config(workdir: Path) -> str:
+    """The line keygen and adduser start with when they run on the built-in defaults."""
+    return f"config: none (no --config FILE, no conchcmd.toml here): built-in defaults relative to {workdir}\n"
+
+
 # --- check-config --------------------------------------------------------------------------
 
 
@@ -78,7 +83,7 @@ def test_adduser_creates_the_users_file_0600_with_the_key_line(
     assert mode(path) == 0o600
     out, err = capsys.readouterr()
     assert err == ""
-    assert out == f"alice: added ssh-ed25519 key {pair.fingerprint} to {path}\n"
+    assert out == no_config(workdir) + f"alice: added ssh-ed25519 key {pair.fingerprint} to {path}\n"
     # ... and the server's reader accepts the file it made.
     assert AuthorizedKeysFiles(f"{workdir}/keys/authorized_keys/%u").entries_for("alice")
 
@@ -90,7 +95,7 @@ def test_adduser_is_idempotent(workdir: Path, ssh_key, capsys: pytest.CaptureFix
     assert main(["adduser", "alice", str(pair.public)]) == 0
     path = workdir / "keys" / "authorized_keys" / "alice"
     assert path.read_text() == pair.public_line + "\n"
-    assert capsys.readouterr().out == f"alice: key {pair.fingerprint} is already in {path}\n"
+    assert capsys.readouterr().out == no_config(workdir) + f"alice: key {pair.fingerprint} is already in {path}\n"
 
 
 def test_adduser_appends_a_second_key(workdir: Path, ssh_key) -> None:
@@ -156,7 +161,7 @@ def test_keygen_creates_the_host_key_and_prints_its_fingerprint(
     assert main(["keygen"]) == 0
     private = workdir / "keys" / "ssh_host_ed25519_key"
     fp = keygen_fingerprint(private.with_name("ssh_host_ed25519_key.pub"))
-    assert capsys.readouterr().out == f"created: {private} ssh-ed25519 {fp}\n"
+    assert capsys.readouterr().out == no_config(workdir) + f"created: {private} ssh-ed25519 {fp}\n"
     assert mode(private) == 0o600
 
 
@@ -183,6 +188,7 @@ def test_keygen_rsa_creates_both_keys(workdir: Path, capsys: pytest.CaptureFixtu
     keys = workdir / "keys"
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
+        no_config(workdir).rstrip("\n"),
         f"created: {keys}/ssh_host_ed25519_key ssh-ed25519 {keygen_fingerprint(keys / 'ssh_host_ed25519_key.pub')}",
         f"created: {keys}/ssh_host_rsa_key ssh-rsa {keygen_fingerprint(keys / 'ssh_host_rsa_key.pub')}",
     ]

@@ -1,0 +1,69 @@
+"""Listen endpoint descriptions (`listen`, `serve --listen`), checked with Twisted's own parser
+without listening, so that a description `serve` would reject is a configuration error at load,
+the same in `serve`, `check-config` and `doctor`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    _parse,
+    _SystemdParser,
+    serverFromString,
+)
+from twisted.protocols.haproxy._parser import unparseEndpoint
+
+
+class _ParsingOnly:
+    """The reactor the parsed endpoints are given: they only keep it, since nothing here listens."""
+
+
+class _EveryDescriptor:
+    """Any index or name of an inherited descriptor, present (as -1)."""
+
+    def __getitem__(self, key: object) -> int:
+        return -1
+
+
+class _AnyInheritedSockets:
+    """Stands in for systemd's inherited sockets (twisted.python.systemd.ListenFDs): every index and
+    name is there, so that the description itself is checked without the sockets."""
+
+    def inheritedDescriptors(self) -> _EveryDescriptor:
+        return _EveryDescriptor()
+
+    def inheritedNamedDescriptors(self) -> _EveryDescriptor:
+        return _EveryDescriptor()
+
+
+class _SystemdDescriptionParser(_SystemdParser):
+    """Twisted's `systemd:` parser, which looks the inherited socket up while parsing; with every
+    socket present it checks the rest (domain, exactly one of index and name) as it would when
+    serving, and adopts nothing."""
+
+    _sddaemon = _AnyInheritedSockets()  # type: ignore[assignment]
+
+
+def endpoint_problem(description: str) -> str | None:
+    """Why Twisted cannot make a server endpoint of `description`, or None if it can.
+
+    `systemd:` endpoints are checked without the sockets systemd passes: those are needed only to
+    listen. `haproxy:` wraps another description, which is checked the same way.
+    """
+    reactor: Any = _ParsingOnly()
+    try:
+        args, kwargs = _parse(description)
+        while args and args[0].lower() == "haproxy":  # as Twisted's haproxy parser unwraps it
+            description = unparseEndpoint(args[1:], kwargs)
+            args, kwargs = _parse(description)
+        if args and args[0].lower() == "systemd":
+            endpoint = _SystemdDescriptionParser().parseStreamServer(reactor, *args[1:], **kwargs)
+        else:
+            endpoint = serverFromString(reactor, description)
+    except Exception as e:  # Twisted's parsers raise whatever their arguments cause
+        return str(e) or type(e).__name__
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) and not 0 <= endpoint._port <= 65535:
+        return f"port {endpoint._port} is not between 0 and 65535"  # Twisted parses it; bind() refuses it
+    return None
