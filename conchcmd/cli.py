@@ -225,7 +225,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from conchcmd.auth import KeyAuthorizer, KeyRefused
     from conchcmd.builtin import build_command_table
     from conchcmd.certs import CERT_SIGNATURES
-    from conchcmd.commands import InlineRunner, dry_run
+    from conchcmd.commands import ExitStatus, InlineRunner, dry_run
     from conchcmd.config import UserPolicy
     from conchcmd.keyfile import LINE_KEY_TYPES
 
@@ -266,8 +266,9 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     verdict = dry_run(table, line_to_run, policy)
     if verdict.status is not None:
         for refusal in verdict.refusals:
+            verdict_word = "would fail" if refusal.status == ExitStatus.FAILED else "REFUSED"
             reason = terminal_safe(refusal.message, single_line=True)
-            out.write(f"command: REFUSED: {reason} (status {refusal.status})\n")
+            out.write(f"command: {verdict_word}: {reason} (status {refusal.status})\n")
         return EXIT_FAILURE
     forced = " (forced; the client's command is ignored)" if grant.forced_command is not None else ""
     unchecked = "" if verdict.checked_arguments else " (its arguments are checked only when it runs)"

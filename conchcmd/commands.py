@@ -235,7 +235,8 @@ def dry_run(table: CommandTable, line: str, policy: UserPolicy) -> DryRun:
         return DryRun(argv, [e], True)
     if command.preflight is None:
         return DryRun(argv, [], False)
-    return DryRun(argv, command.preflight(argv, policy), True)
+    refusals = [CommandError(f"{command.name}: {e.message}", e.status) for e in command.preflight(argv, policy)]
+    return DryRun(argv, refusals, True)
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,19 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
     for name in names:
         state = files.read(name)
         policy = config.users.get(name)
+        keys = [_key_record(e, revoked, now) for e in state.parsed.entries]
+        refused_lines = [{"line": r.line, "reason": r.reason} for r in state.parsed.unreadable]
+        if state.ignored is not None and state.path is not None:
+            # Login reads nothing from it; show what it holds, each key refused with the reason.
+            with contextlib.suppress(OSError):
+                parsed = parse_authorized_keys(
+                    Path(state.path).read_bytes(), state.path, permit_environment=config.permit_user_environment
+                )
+                keys = [
+                    {**_key_record(e, revoked, now), "usable": False, "refused": f"file ignored: {state.ignored}"}
+                    for e in parsed.entries
+                ]
+                refused_lines = [{"line": r.line, "reason": r.reason} for r in parsed.unreadable]
         users.append(
             {
                 "user": name,
@@ -186,8 +199,8 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
                 "password": bool(policy and policy.password_bcrypt),
                 "commands": sorted(policy.commands) if policy and policy.commands is not None else None,
                 "comphash_roots": list(policy.comphash_roots) if policy and policy.comphash_roots is not None else None,
-                "keys": [_key_record(e, revoked, now) for e in state.parsed.entries],
-                "refused_lines": [{"line": r.line, "reason": r.reason} for r in state.parsed.unreadable],
+                "keys": keys,
+                "refused_lines": refused_lines,
             }
         )
     return {
