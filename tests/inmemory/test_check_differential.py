@@ -147,9 +147,7 @@ def case_id(case: Case) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_check_predicts_the_servers_exit_status(
-    tmp_path: Path, case: Case, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_predicts_the_servers_exit_status(tmp_path: Path, case: Case, capsys: pytest.CaptureFixture[str]) -> None:
     world, placed = build(tmp_path, case)
     line = placed["line"]
     status, err = server_status(world, line)
