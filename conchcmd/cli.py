@@ -32,6 +32,7 @@ from conchcmd.usercmds import (
     deluser_report,
     describe_users,
     format_users,
+    open_for_append,
     read_public_key_file,
     remove_keys,
     users_json,
@@ -123,8 +124,7 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{args.user}: key {fingerprint(blob)} is already in {path}\n")
         return EXIT_OK
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as f:
+    with os.fdopen(open_for_append(str(path)), "a", encoding="utf-8") as f:
         if f.tell() and not path.read_bytes().endswith(b"\n"):
             f.write("\n")
         f.write(pub.line + "\n")

@@ -6,6 +6,7 @@ share. Key files are read by the functions login uses (authorized_keys.py, auth.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -321,29 +322,44 @@ def remove_keys(config: Config, user: str, fingerprints: list[str]) -> Removed:
     except OSError as e:
         raise UserCommandError(f"cannot read {configured}: {e.strerror}") from None
     with os.fdopen(fd, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # adduser appends under the same lock (open_for_append)
         original = os.fstat(f.fileno())
         if not stat.S_ISREG(original.st_mode):
             raise UserCommandError(f"{configured} is not a regular file; nothing removed")
         data = f.read()
-    parsed = parse_authorized_keys(data, configured, permit_environment=config.permit_user_environment)
-    present = {fingerprint(e.blob) for e in parsed.entries}
-    unknown = [fp for fp in fingerprints if fp not in present]
-    if unknown:
-        raise UserCommandError(f"{user} has no key {', '.join(unknown)} in {configured}; nothing removed")
-    wanted = set(fingerprints)
-    taken = [e for e in parsed.entries if not wanted or fingerprint(e.blob) in wanted]
-    keys = [(e.line, e.key.sshType().decode("ascii"), fingerprint(e.blob)) for e in taken]
-    if not fingerprints:
-        if _file_version(os.stat(path)) != _file_version(original):
-            raise UserCommandError(f"{configured} changed while it was being read; nothing removed, try again")
-        os.unlink(configured)  # what login reads: a symlink goes, not the file it leads to
-        _fsync_directory(os.path.dirname(configured) or ".")
-        return Removed(configured, keys, True)
-    gone = {line for line, _, _ in keys}
-    pieces = data.split(b"\n")
-    kept = [piece for number, piece in enumerate(pieces, 1) if number not in gone]
-    replace_file(path, b"\n".join(kept), original)
-    return Removed(configured, keys, False)
+        parsed = parse_authorized_keys(data, configured, permit_environment=config.permit_user_environment)
+        present = {fingerprint(e.blob) for e in parsed.entries}
+        unknown = [fp for fp in fingerprints if fp not in present]
+        if unknown:
+            raise UserCommandError(f"{user} has no key {', '.join(unknown)} in {configured}; nothing removed")
+        wanted = set(fingerprints)
+        taken = [e for e in parsed.entries if not wanted or fingerprint(e.blob) in wanted]
+        keys = [(e.line, e.key.sshType().decode("ascii"), fingerprint(e.blob)) for e in taken]
+        if not fingerprints:
+            if _file_version(os.stat(path)) != _file_version(original):
+                raise UserCommandError(f"{configured} changed while it was being read; nothing removed, try again")
+            os.unlink(configured)  # what login reads: a symlink goes, not the file it leads to
+            _fsync_directory(os.path.dirname(configured) or ".")
+            return Removed(configured, keys, True)
+        gone = {line for line, _, _ in keys}
+        pieces = data.split(b"\n")
+        kept = [piece for number, piece in enumerate(pieces, 1) if number not in gone]
+        replace_file(path, b"\n".join(kept), original)
+        return Removed(configured, keys, False)
+
+
+def open_for_append(path: str) -> int:
+    """A descriptor appending to `path` (created 0600), holding the lock deluser takes, on the
+    file now at `path` (deluser may have renamed a new one over the one first opened)."""
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass  # deleted by deluser meanwhile: create it again
+        os.close(fd)
 
 
 def operator_name() -> str:

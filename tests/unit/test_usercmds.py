@@ -337,3 +337,30 @@ def test_replace_file_refuses_a_file_changed_since_it_was_read(workdir: Path) ->
         replace_file(str(path), b"", stale)
     assert path.read_text() == "one\ntwo, added meanwhile\n"
     assert sorted(p.name for p in workdir.iterdir()) == ["f", "keys"]
+
+
+def test_adduser_appends_to_the_file_deluser_renamed_into_place(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """adduser locks the file it opened; if deluser replaced it meanwhile (rename while adduser
+    waited for the lock), adduser appends to the new file, so no key is lost."""
+    import fcntl
+
+    from conchcmd import usercmds
+
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    path.write_text("old\n")
+    real_flock = fcntl.flock
+    replaced = []
+
+    def flock_after_a_rename(fd: int, operation: int) -> None:
+        if not replaced:
+            replaced.append(True)
+            new = workdir / "keys" / "authorized_keys" / ".alice.tmp"
+            new.write_text("new\n")
+            os.rename(new, path)  # what deluser does while adduser waits
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(usercmds.fcntl, "flock", flock_after_a_rename)
+    fd = usercmds.open_for_append(str(path))
+    with os.fdopen(fd, "a") as f:
+        f.write("added\n")
+    assert path.read_text() == "new\nadded\n"
