@@ -364,3 +364,17 @@ def test_adduser_appends_to_the_file_deluser_renamed_into_place(workdir: Path, m
     with os.fdopen(fd, "a") as f:
         f.write("added\n")
     assert path.read_text() == "new\nadded\n"
+
+
+def test_users_marks_revoked_and_dsa_keys_refused(workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]) -> None:
+    good, revoked, dsa = ssh_key("ed25519"), ssh_key("rsa"), ssh_key("dsa")
+    (workdir / "revoked").write_text(revoked.public_line + "\n")
+    (workdir / "revoked").chmod(0o600)
+    (workdir / "conchcmd.toml").write_text('revoked_keys = "revoked"\n')
+    users_file(workdir, "alice", f"{good.public_line}\n{revoked.public_line}\n{dsa.public_line}\n")
+    [alice] = users_json(capsys)["users"]
+    assert [(k["line"], k["refused"]) for k in alice["keys"]] == [
+        (1, None),
+        (2, f"key {revoked.fingerprint} is revoked"),
+        (3, "ssh-dss keys are not accepted"),
+    ]
