@@ -32,6 +32,7 @@ from conchcmd.usercmds import (
     deluser_report,
     describe_users,
     format_users,
+    log_deluser,
     open_for_append,
     read_public_key_file,
     remove_keys,
@@ -174,6 +175,7 @@ def cmd_deluser(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(str(e), EXIT_USAGE if e.usage else EXIT_FAILURE) from None
     for line in deluser_report(removed, args.user, config):
         out.write(line + "\n")
+    log_deluser(removed, args.user)
     if audit is not None:
         audit_deluser(audit.record, removed, args.user)
         failure = audit.failure()

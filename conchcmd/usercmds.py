@@ -14,6 +14,7 @@ import pwd
 import re
 import stat
 import struct
+import syslog
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -388,6 +389,22 @@ def deluser_report(removed: Removed, user: str, config: Config) -> list[str]:
         if problem is not None:
             lines.append(f"warning: {removed.path} is ignored by login: {problem.reason}; fix: {problem.fix}")
     return lines
+
+
+def log_deluser(removed: Removed, user: str) -> None:
+    """One system log line per key removed, as userdel logs: to syslog (/dev/log, facility
+    authpriv), where the server's authentication lines go too. Nothing happens without a syslog."""
+    syslog.openlog("conchcmd", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    try:
+        for line, kind, fp in removed.keys:
+            syslog.syslog(
+                syslog.LOG_NOTICE,
+                f"deluser: removed {kind} key {fp} of user {user} from {removed.path} line {line} by {operator_name()}",
+            )
+        if removed.whole_file:
+            syslog.syslog(syslog.LOG_NOTICE, f"deluser: deleted {removed.path} of user {user} by {operator_name()}")
+    finally:
+        syslog.closelog()
 
 
 def audit_deluser(record: Callable[..., None], removed: Removed, user: str) -> None:

@@ -18,6 +18,14 @@ from .conftest import World
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 
 
+@pytest.fixture(autouse=True)
+def no_system_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deluser logs to the machine's syslog: not from tests."""
+    from conchcmd import usercmds
+
+    monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: None)
+
+
 def write_config(world: World, tmp_path: Path) -> Path:
     path = tmp_path / "conchcmd.toml"
     path.write_text(f'authorized_keys = "{world.config.authorized_keys}"\naudit_log = "{tmp_path / "audit.jsonl"}"\n')

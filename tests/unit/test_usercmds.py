@@ -20,6 +20,14 @@ from conchcmd.usercmds import UserCommandError, replace_file
 PASSWORD_HASH = "$2b$04$abcdefghijklmnopqrstuu5bqGa5VIQ3Ru1c3gmsc4GgmrqsrwFIm"
 
 
+@pytest.fixture(autouse=True)
+def no_system_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deluser logs to the machine's syslog: not from tests (the test of it records the calls)."""
+    from conchcmd import usercmds
+
+    monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: None)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -378,3 +386,26 @@ def test_users_marks_revoked_and_dsa_keys_refused(workdir: Path, ssh_key, capsys
         (2, f"key {revoked.fingerprint} is revoked"),
         (3, "ssh-dss keys are not accepted"),
     ]
+
+
+def test_deluser_logs_each_key_to_syslog_authpriv(
+    workdir: Path, ssh_key, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import syslog
+
+    from conchcmd import usercmds
+
+    opened: list[tuple[str, int, int]] = []
+    logged: list[tuple[int, str]] = []
+    monkeypatch.setattr(usercmds.syslog, "openlog", lambda *a: opened.append(a))
+    monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: logged.append(a))
+    a = ssh_key("ed25519")
+    path = users_file(workdir, "alice", a.public_line + "\n")
+    assert main(["deluser", "alice"]) == 0
+    assert opened == [("conchcmd", syslog.LOG_PID, syslog.LOG_AUTHPRIV)]
+    assert [text.rsplit(" by ", 1)[0] for _, text in logged] == [
+        f"deluser: removed ssh-ed25519 key {a.fingerprint} of user alice from {path} line 1",
+        f"deluser: deleted {path} of user alice",
+    ]
+    assert {priority for priority, _ in logged} == {syslog.LOG_NOTICE}
+    capsys.readouterr()
