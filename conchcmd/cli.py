@@ -21,6 +21,7 @@ from twisted.logger import (
 
 from conchcmd import __version__
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import Config, ConfigError, load_config
 from conchcmd.filetrust import FileTrust, path_problem
@@ -130,6 +131,9 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
             f.write("\n")
         f.write(pub.line + "\n")
     out.write(f"{args.user}: added {key.sshType().decode()} key {fingerprint(blob)} to {path}\n")
+    refusal = key_refusal(key)
+    if refusal is not None:
+        out.write(f"warning: login refuses this key: {refusal}\n")
     problem = path_problem(str(path), files.trust)
     if problem is not None:
         out.write(f"warning: {path} is ignored until this is fixed: {problem.reason}; fix: {problem.fix}\n")

@@ -409,3 +409,10 @@ def test_deluser_logs_each_key_to_syslog_authpriv(
     ]
     assert {priority for priority, _ in logged} == {syslog.LOG_NOTICE}
     capsys.readouterr()
+
+
+def test_adduser_warns_that_login_refuses_a_small_rsa_key(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["adduser", "alice", str(ssh_key("rsa1024").public)]) == 0
+    assert "warning: login refuses this key: RSA key of 1024 bits is too small\n" in capsys.readouterr().out
