@@ -316,6 +316,14 @@ def remove_keys(config: Config, user: str, fingerprints: list[str]) -> Removed:
     configured = files.path_for(user)
     assert configured is not None
     path = os.path.realpath(configured)  # edit the file a symlink leads to, keep the symlink
+    if path != os.path.abspath(configured) and os.path.exists(path):
+        # Only where login would read it: a symlink planted by someone who can write the users'
+        # directory must not point an operator's deluser at another file.
+        problem = path_problem(configured, FileTrust(strict=config.strict_modes))
+        if problem is not None:
+            raise UserCommandError(
+                f"{configured} leads to {path}, which login ignores: {problem.reason}; nothing removed"
+            )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:

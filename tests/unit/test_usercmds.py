@@ -416,3 +416,16 @@ def test_adduser_warns_that_login_refuses_a_small_rsa_key(
 ) -> None:
     assert main(["adduser", "alice", str(ssh_key("rsa1024").public)]) == 0
     assert "warning: login refuses this key: RSA key of 1024 bits is too small\n" in capsys.readouterr().out
+
+
+def test_deluser_does_not_follow_a_symlink_to_a_file_login_ignores(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = ssh_key("ed25519")
+    other = workdir / "other-file"
+    other.write_text(a.public_line + "\n")
+    other.chmod(0o666)  # not a file login would trust
+    (workdir / "keys" / "authorized_keys" / "alice").symlink_to(other)
+    assert main(["deluser", "alice", a.fingerprint]) == 1
+    assert "which login ignores: bad ownership or modes" in capsys.readouterr().err
+    assert other.read_text() == a.public_line + "\n"
