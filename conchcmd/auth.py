@@ -97,6 +97,17 @@ class Identity:
         return fields
 
 
+def key_refusal(key: Key) -> str | None:
+    """Why login refuses this key whatever its authorized_keys line says (its type or its size),
+    or None. Login and `conchcmd users` both ask here."""
+    key_type = key.sshType()
+    if key_type not in SIGNATURE_ALGORITHMS:
+        return f"{sanitise(key_type)} keys are not accepted"
+    if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
+        return f"RSA key of {key.size()} bits is too small"
+    return None
+
+
 class KeyRefused(UnauthorizedLogin):
     """Authentication failed for a stated reason (kept for logs and the audit record)."""
 
@@ -157,8 +168,9 @@ class KeyAuthorizer:
         key_type = key.sshType()
         if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):
             raise KeyRefused(f"signature algorithm {sanitise(algorithm)} not accepted")
-        if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
-            raise KeyRefused(f"RSA key of {key.size()} bits is too small")
+        weak = key_refusal(key)
+        if weak is not None:
+            raise KeyRefused(weak)
         entries = self.keys.find_all(user, blob)
         if not entries:
             raise KeyRefused("key not in authorized_keys")

@@ -288,12 +288,24 @@ class AuthorizedKey:
     source: str  # "FILE:LINE", for log lines
     meaning: KeyOptions = KeyOptions()
     refused: str | None = None  # why this line cannot authorize, if it cannot
+    line: int = 0  # the line number in its file
+
+
+@dataclass(frozen=True)
+class RefusedLine:
+    """A line that holds no usable key line at all (so it is no AuthorizedKey), and why."""
+
+    line: int
+    reason: str
 
 
 @dataclass(frozen=True)
 class ParsedFile:
     entries: tuple[AuthorizedKey, ...]
     problems: tuple[str, ...]
+    #: The lines refused before a key could be read from them (lines whose options are refused
+    #: are entries with `refused` set).
+    unreadable: tuple[RefusedLine, ...] = ()
 
 
 def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment: bool = False) -> ParsedFile:
@@ -302,6 +314,12 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
     data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
     entries = []
     problems = []
+    unreadable = []
+
+    def skip(number: int, reason: str) -> None:
+        problems.append(f"{source}:{number}: line refused: {reason}")
+        unreadable.append(RefusedLine(number, reason))
+
     for number, raw in file_lines(data):
         line = raw[skip_space(raw, 0) :]
         where = f"{source}:{number}"
@@ -314,12 +332,12 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
         if field is None:  # sshd's order: a key first; failing that, options and then a key
             end = advance_past_options(line)
             if end is None:
-                problems.append(f"{where}: line refused: invalid key option string (unterminated quote)")
+                skip(number, "invalid key option string (unterminated quote)")
                 continue
             rest = line[skip_space(line, end) :]
             field = read_key(rest, 0)
             if field is None:
-                problems.append(f"{where}: line refused: no key type and key")
+                skip(number, "no key type and key")
                 continue
             try:
                 options, _ = parse_options(line)
@@ -327,15 +345,15 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
                 syntax_error = str(e)
         comment = _text(rest[field.comment_start :]) or ""
         if field.key_type.endswith(CERT_SUFFIX):
-            problems.append(f"{where}: line refused: certificates are not accepted here")
+            skip(number, "certificates are not accepted here")
             continue
         try:
             key = Key.fromString(field.blob, type="blob")  # no guessing: '{', '(' and PEM go elsewhere
         except (ValueError, BadKeyError, struct.error, IndexError) as e:
-            problems.append(f"{where}: line refused: bad key ({type(e).__name__})")
+            skip(number, f"bad key ({type(e).__name__})")
             continue
         if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
-            problems.append(f"{where}: line refused: key type {field.key_type} does not match the key")
+            skip(number, f"key type {field.key_type} does not match the key")
             continue
         try:
             if syntax_error is not None:
@@ -348,8 +366,25 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
         if refused is None and meaning.principals is not None and not meaning.cert_authority:
             refused = "principals= on a line without cert-authority"  # sshd: "principals on non-CA key"
             problems.append(f"{where}: line refused: {refused}")
-        entries.append(AuthorizedKey(key, field.blob, tuple(options), comment, where, meaning, refused))
-    return ParsedFile(tuple(entries), tuple(problems))
+        entries.append(AuthorizedKey(key, field.blob, tuple(options), comment, where, meaning, refused, number))
+    return ParsedFile(tuple(entries), tuple(problems), tuple(unreadable))
+
+
+EMPTY = ParsedFile((), ())
+
+
+@dataclass(frozen=True)
+class KeyFileState:
+    """One user's authorized_keys file as login reads it. A file that is `ignored` (it fails the
+    `strict_modes` check: `fix` says what to do), `missing` or unreadable (`error`) authorizes nothing."""
+
+    path: str | None
+    parsed: ParsedFile
+    missing: bool = False
+    ignored: str | None = None
+    fix: str | None = None
+    error: str | None = None
+    fresh: bool = False  # parsed now, not taken from the cache
 
 
 class AuthorizedKeysFiles:
@@ -373,32 +408,41 @@ class AuthorizedKeysFiles:
         return self.pattern.replace("%%", "\0").replace("%u", user).replace("\0", "%")
 
     def entries_for(self, user: str) -> tuple[AuthorizedKey, ...]:
+        state = self.read(user)
+        if state.ignored is not None:
+            log.warn("Ignoring {path}: {reason}", path=state.path, reason=state.ignored)
+        elif state.error is not None:
+            log.warn("Cannot read {path}: {error}", path=state.path, error=state.error)
+        elif state.fresh:
+            for problem in state.parsed.problems:
+                log.warn("{problem}", problem=problem)
+        return state.parsed.entries
+
+    def read(self, user: str) -> KeyFileState:
+        """The user's file as login sees it: parsed, or why it is ignored, missing or unreadable.
+        Logs nothing (`entries_for` logs for login; `conchcmd users` shows the same state)."""
         path = self.path_for(user)
         if path is None:
-            return ()
+            return KeyFileState(None, EMPTY, missing=True)
         try:
             with CheckedFile(path, self.trust) as f:
                 signature = f.version
                 cached = self._cache.get(path)
                 if cached and cached[0] == signature:
-                    return cached[1].entries
+                    return KeyFileState(path, cached[1])
                 data = f.read()
         except UntrustedFile as e:
             self._cache.pop(path, None)
-            log.warn("Ignoring {path}: {reason}", path=path, reason=e.problem.reason)
-            return ()
+            return KeyFileState(path, EMPTY, ignored=e.problem.reason, fix=e.problem.fix)
         except FileNotFoundError:
             self._cache.pop(path, None)
-            return ()
+            return KeyFileState(path, EMPTY, missing=True)
         except OSError as e:
             self._cache.pop(path, None)
-            log.warn("Cannot read {path}: {error}", path=path, error=e.strerror)
-            return ()
+            return KeyFileState(path, EMPTY, error=e.strerror or str(e))
         parsed = parse_authorized_keys(data, path, permit_environment=self.permit_environment)
-        for problem in parsed.problems:
-            log.warn("{problem}", problem=problem)
         self._cache[path] = (signature, parsed)
-        return parsed.entries
+        return KeyFileState(path, parsed, fresh=True)
 
     def find_all(self, user: str, blob: bytes) -> list[AuthorizedKey]:
         """The user's lines for this key (cert-authority lines authorize only certificates)."""

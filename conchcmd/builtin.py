@@ -9,6 +9,7 @@ from conchcmd.commands import (
     EXIT_STATUS_HELP,
     BlockingRunner,
     Command,
+    CommandError,
     CommandTable,
     ExitStatus,
     Invocation,
@@ -16,16 +17,21 @@ from conchcmd.commands import (
     UsageError,
     parse_int,
     parse_options,
+    usage_preflight,
 )
 from conchcmd.comphash import Hasher, make_comphash
-from conchcmd.config import Config
+from conchcmd.config import Config, UserPolicy
 from conchcmd.lastlog import build_sources, make_lastlog
 
 
-async def _exit(inv: Invocation) -> int:
-    if len(inv.args) > 1:
+def _exit_status(args: list[str]) -> int | None:
+    if len(args) > 1:
         raise UsageError("too many arguments")
-    raise SessionExit(parse_int(inv.args[0], "status", 0, 255) if inv.args else None)
+    return parse_int(args[0], "status", 0, 255) if args else None
+
+
+async def _exit(inv: Invocation) -> int:
+    raise SessionExit(_exit_status(inv.args))
 
 
 def make_exit() -> Command:
@@ -34,31 +40,39 @@ def make_exit() -> Command:
         summary="end the session, with status N (default: the last command's status)",
         usage="exit [N]",
         run=_exit,
+        preflight=usage_preflight(_exit_status),
     )
 
 
 def make_help(table: CommandTable) -> Command:
     """`help` lists the table it is given, so it never disagrees with what runs."""
 
-    async def run(inv: Invocation) -> int:
-        options, operands = parse_options(inv.args, "j", ["json"])
-        inv.argv = [inv.argv[0], *operands]
-        if len(inv.args) > 1:
+    def arguments(args: list[str], policy: UserPolicy) -> tuple[bool, Command | None]:
+        """(JSON output, the command asked about), or UsageError."""
+        options, operands = parse_options(args, "j", ["json"])
+        if len(operands) > 1:
             raise UsageError("too many arguments")
-        if "-j" in options or "--json" in options:
-            listed = [c for c in table if inv.policy.permits(c.name)]
-            if inv.args:
-                listed = [c for c in listed if c.name == inv.args[0]]
-                if not listed:
-                    raise UsageError(f"no such command: {inv.args[0]}")
+        command = table.get(operands[0]) if operands else None
+        if operands and (command is None or not policy.permits(command.name)):
+            raise UsageError(f"no such command: {operands[0]}")
+        return "-j" in options or "--json" in options, command
+
+    def preflight(argv: list[str], policy: UserPolicy) -> list[CommandError]:
+        try:
+            arguments(argv[1:], policy)
+        except UsageError as e:
+            return [e]
+        return []
+
+    async def run(inv: Invocation) -> int:
+        as_json, asked = arguments(inv.args, inv.policy)
+        if as_json:
+            listed = [c for c in table if inv.policy.permits(c.name)] if asked is None else [asked]
             entries = [{"name": c.name, "summary": c.summary, "usage": c.usage} for c in listed]
             await inv.say(json.dumps({"commands": entries}) + "\n")
             return ExitStatus.OK
-        if inv.args:
-            command = table.get(inv.args[0])
-            if command is None or not inv.policy.permits(command.name):
-                raise UsageError(f"no such command: {inv.args[0]}")
-            await inv.say(f"usage: {command.usage}\n{command.summary}\n")
+        if asked is not None:
+            await inv.say(f"usage: {asked.usage}\n{asked.summary}\n")
             return ExitStatus.OK
         commands = [c for c in table if inv.policy.permits(c.name)]
         width = max(len(c.name) for c in commands)
@@ -76,6 +90,7 @@ def make_help(table: CommandTable) -> Command:
         usage="help [--json] [COMMAND]",
         run=run,
         options=("--json",),
+        preflight=preflight,
     )
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import shlex
-import struct
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -25,11 +22,25 @@ from twisted.logger import (
 
 from conchcmd import __version__
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
-from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
+from conchcmd.config import Config, ConfigError, load_config
 from conchcmd.endpoints import endpoint_problem
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
+from conchcmd.usercmds import (
+    PublicKeyText,
+    UserCommandError,
+    audit_deluser,
+    deluser_report,
+    describe_users,
+    format_users,
+    log_deluser,
+    open_for_append,
+    read_public_key_file,
+    remove_keys,
+    users_json,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -69,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--key", required=True, type=Path, help="public key or certificate file (.pub)")
     check.add_argument("--from", dest="peer", metavar="ADDR", help="client address (for from= and source-address)")
     check.add_argument("--command", help='the command line, e.g. "comphash /etc/hosts"')
+    users = with_config(sub.add_parser("users", help="list every user, their keys and refused key lines"))
+    users.add_argument("--json", action="store_true", help="JSON output (schema in the README)")
+    deluser = with_config(sub.add_parser("deluser", help="remove a user's keys (all, or those named)"))
+    deluser.add_argument("user")
+    deluser.add_argument("fingerprints", nargs="*", metavar="FINGERPRINT", help="SHA256:... (default: all keys)")
     return parser
 
 
@@ -114,21 +130,8 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args)
     if not valid_user_name(args.user):
         raise CliError(f"invalid user name {args.user!r}: use letters, digits, '.', '_' and '-'", EXIT_USAGE)
-    try:
-        line = args.pubkey_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"cannot read {args.pubkey_file}: {e}", EXIT_USAGE) from None
-    if line.startswith("-----BEGIN ") and "PRIVATE KEY-----" in line.split("\n", 1)[0]:
-        raise CliError(f"{args.pubkey_file} is a PRIVATE key; give the .pub file", EXIT_USAGE)
-    try:
-        # Only the OpenSSH public key format: Conch's format guessing sends text starting with
-        # '(' or a blob starting with '{' to its LSH/SEXP parser, which fails with an AssertionError.
-        key = Key.fromString(line.encode(), type="public_openssh")
-        if key.sshType().decode() != line.split()[0]:
-            raise ValueError("key type does not match the key")
-    except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
-        # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
-        raise CliError(f"{args.pubkey_file} is not an OpenSSH public key", EXIT_USAGE) from None
+    pub = _read_public_key(args.pubkey_file, certificates=False)
+    key = Key.fromString(pub.blob, type="blob")
     files = AuthorizedKeysFiles(config.authorized_keys, trust=FileTrust(strict=config.strict_modes))
     path = Path(files.path_for(args.user) or "")
     _say_config(config, out)
@@ -137,15 +140,66 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{args.user}: key {fingerprint(blob)} is already in {path}\n")
         return EXIT_OK
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as f:
+    with os.fdopen(open_for_append(str(path)), "a", encoding="utf-8") as f:
         if f.tell() and not path.read_bytes().endswith(b"\n"):
             f.write("\n")
-        f.write(line.splitlines()[0] + "\n")
+        f.write(pub.line + "\n")
     out.write(f"{args.user}: added {key.sshType().decode()} key {fingerprint(blob)} to {path}\n")
+    refusal = key_refusal(key)
+    if refusal is not None:
+        out.write(f"warning: login refuses this key: {refusal}\n")
     problem = path_problem(str(path), files.trust)
     if problem is not None:
         out.write(f"warning: {path} is ignored until this is fixed: {problem.reason}; fix: {problem.fix}\n")
+    return EXIT_OK
+
+
+def _read_public_key(path: Path, *, certificates: bool) -> PublicKeyText:
+    """adduser's and check's one reader of a .pub file (the same messages for both)."""
+    try:
+        return read_public_key_file(path, certificates=certificates)
+    except UserCommandError as e:
+        raise CliError(str(e), EXIT_USAGE if e.usage else EXIT_FAILURE) from None
+
+
+def cmd_users(args: argparse.Namespace, out: TextIO) -> int:
+    report = describe_users(_load(args), time.time())
+    out.write(users_json(report) if args.json else format_users(report))
+    return EXIT_OK
+
+
+def cmd_deluser(args: argparse.Namespace, out: TextIO) -> int:
+    from twisted.internet.task import Clock
+
+    from conchcmd.audit import AuditLog
+
+    config = _load(args)
+    clock = Clock()
+    clock.advance(time.time())
+    try:
+        audit: AuditLog | None = AuditLog.open(config.audit_log, clock, failure_mode=config.audit_failure)
+    except OSError as e:
+        if config.audit_failure == "refuse":
+            raise CliError(f"cannot write the audit log {config.audit_log}: {e.strerror}; nothing removed") from None
+        sys.stderr.write(f"conchcmd: warning: cannot write the audit log {config.audit_log}: {e.strerror}\n")
+        audit = None
+    try:
+        removed = remove_keys(config, args.user, args.fingerprints)
+    except (UserCommandError, OSError) as e:
+        if audit is not None:
+            audit.close()
+        if isinstance(e, OSError):
+            raise CliError(f"cannot edit {e.filename or 'the file'}: {e.strerror}; nothing removed") from None
+        raise CliError(str(e), EXIT_USAGE if e.usage else EXIT_FAILURE) from None
+    for line in deluser_report(removed, args.user, config):
+        out.write(line + "\n")
+    log_deluser(removed, args.user)
+    if audit is not None:
+        audit_deluser(audit.record, removed, args.user)
+        failure = audit.failure()
+        audit.close()
+        if failure is not None:
+            raise CliError(f"removed, but the audit record could not be written: {failure}")
     return EXIT_OK
 
 
@@ -189,17 +243,17 @@ def cmd_hash_password(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from twisted.internet.task import Clock
 
+    from conchcmd.audit import terminal_safe
     from conchcmd.auth import KeyAuthorizer, KeyRefused
+    from conchcmd.builtin import build_command_table
     from conchcmd.certs import CERT_SIGNATURES
-    from conchcmd.commands import UsageError, split_command_line
+    from conchcmd.commands import ExitStatus, InlineRunner, dry_run
+    from conchcmd.config import UserPolicy
+    from conchcmd.keyfile import LINE_KEY_TYPES
 
     config = _load(args)
-    try:
-        line = args.key.read_text(encoding="utf-8").split()
-        kind = line[0].encode()
-        blob = base64.b64decode(line[1], validate=True)
-    except (OSError, UnicodeDecodeError, IndexError, ValueError) as e:
-        raise CliError(f"cannot read a public key or certificate from {args.key}: {e}", EXIT_USAGE) from None
+    pub = _read_public_key(args.key, certificates=True)
+    kind, blob = LINE_KEY_TYPES[pub.key_type].encode(), pub.blob  # the blob's type ("rsa-sha2-256" is ssh-rsa)
     algorithm = b"rsa-sha2-512" if kind == b"ssh-rsa" else kind
     if kind == b"ssh-rsa-cert-v01@openssh.com":
         algorithm = b"rsa-sha2-512-cert-v01@openssh.com"
@@ -225,22 +279,22 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"login: allowed for {args.user} from {args.peer or 'any address'} ({'; '.join(terms)})\n")
     if args.command is None and grant.forced_command is None:
         return EXIT_OK
-    policy = config.users.get(args.user)
+    policy = config.users.get(args.user) or UserPolicy()
     line_to_run = grant.forced_command if grant.forced_command is not None else args.command
-    try:
-        argv = split_command_line(line_to_run)
-    except UsageError as e:
-        out.write(f"command: REFUSED: {e.message}\n")
-        return EXIT_FAILURE
-    name = argv[0] if argv else ""
-    if name not in COMMAND_NAMES:
-        out.write(f"command: REFUSED: {name}: command not found (status 127)\n")
-        return EXIT_FAILURE
-    if policy is not None and not policy.permits(name):
-        out.write(f"command: REFUSED: {name}: not permitted for {args.user} (status 126)\n")
+    assert line_to_run is not None
+    # The server's own table and decisions (commands.dry_run: parse, look up, policy, then the
+    # command's preflight: comphash opens each path inside the roots as the server would).
+    table = build_command_table(config, InlineRunner(), clock)
+    verdict = dry_run(table, line_to_run, policy)
+    if verdict.status is not None:
+        for refusal in verdict.refusals:
+            verdict_word = "would fail" if refusal.status == ExitStatus.FAILED else "REFUSED"
+            reason = terminal_safe(refusal.message, single_line=True)
+            out.write(f"command: {verdict_word}: {reason} (status {refusal.status})\n")
         return EXIT_FAILURE
     forced = " (forced; the client's command is ignored)" if grant.forced_command is not None else ""
-    out.write(f"command: allowed: {line_to_run}{forced}\n")
+    unchecked = "" if verdict.checked_arguments else " (its arguments are checked only when it runs)"
+    out.write(f"command: allowed: {terminal_safe(line_to_run, single_line=True)}{forced}{unchecked}\n")
     return EXIT_OK
 
 
@@ -291,6 +345,8 @@ COMMANDS = {
     "hash-password": cmd_hash_password,
     "check": cmd_check,
     "doctor": cmd_doctor,
+    "users": cmd_users,
+    "deluser": cmd_deluser,
 }
 
 

@@ -117,6 +117,10 @@ class Command:
     usage: str
     run: Callable[[Invocation], Awaitable[int]]
     options: tuple[str, ...] = ()  # for completion
+    #: A dry run of the checks `run` makes before doing anything, for `conchcmd check`: the
+    #: refusals (CommandError) these arguments would meet under this policy, each with its status.
+    #: It calls the same functions `run` calls, so the two cannot disagree.
+    preflight: Callable[[list[str], UserPolicy], list[CommandError]] | None = None
 
 
 class CommandTable:
@@ -174,6 +178,65 @@ def split_command_line(line: str) -> list[str]:
         return shlex.split(line, comments=False, posix=True)
     except ValueError as e:
         raise UsageError(f"cannot parse the command line: {e}") from None
+
+
+def usage_preflight(parse: Callable[[list[str]], object]) -> Callable[[list[str], UserPolicy], list[CommandError]]:
+    """A preflight for a command whose only checks before running are its argument parser's."""
+
+    def preflight(argv: list[str], policy: UserPolicy) -> list[CommandError]:
+        try:
+            parse(argv[1:])
+        except CommandError as e:
+            return [e]
+        return []
+
+    return preflight
+
+
+def admit(table: CommandTable, argv: list[str], policy: UserPolicy) -> Command:
+    """The command a parsed line names, if the user's policy lets it run; else CommandError with
+    status 127 (no such command) or 126 (not permitted). The dispatcher and `conchcmd check` both
+    decide here."""
+    command = table.get(argv[0])
+    if command is None:
+        raise CommandError(f"{argv[0]}: command not found", ExitStatus.UNKNOWN_COMMAND)
+    if not policy.permits(command.name):
+        raise CommandError(f"{command.name}: not permitted", ExitStatus.NOT_PERMITTED)
+    return command
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What the dispatcher would do with a line, without running it: the refusals (empty: it
+    would run) and the status they end with."""
+
+    argv: list[str]
+    refusals: list[CommandError]
+    checked_arguments: bool  # False when the command has no preflight: its arguments were not looked at
+
+    @property
+    def status(self) -> int | None:
+        """The exit status the refusals end with (as the command reports the worst), or None."""
+        return max((r.status for r in self.refusals), default=None)
+
+
+def dry_run(table: CommandTable, line: str, policy: UserPolicy) -> DryRun:
+    """`Dispatcher.dispatch`'s decisions for `line` (parse, look up, policy, the command's own
+    preflight checks), without running anything. The audit-log state is not part of it."""
+    try:
+        argv = split_command_line(line)
+    except UsageError as e:
+        return DryRun([], [e], True)
+    if not argv:
+        return DryRun(argv, [], True)
+    try:
+        command = admit(table, argv, policy)
+    except CommandError as e:
+        return DryRun(argv, [e], True)
+    if command.preflight is None:
+        return DryRun(argv, [], False)
+    refusals = [CommandError(f"{command.name}: {e.message}", e.status) for e in command.preflight(argv, policy)]
+    return DryRun(argv, refusals, True)
 
 
 @dataclass(frozen=True)
@@ -240,13 +303,11 @@ class Dispatcher:
                 if why is not None:
                     await _complain(stderr, f"conchcmd: refused: the audit log cannot be written ({why})")
                     return Outcome(ExitStatus.NOT_PERMITTED)
-            command = self.table.get(argv[0])
-            if command is None:
-                await _complain(stderr, f"{argv[0]}: command not found")
-                return Outcome(ExitStatus.UNKNOWN_COMMAND)
-            if not policy.permits(command.name):
-                await _complain(stderr, f"{command.name}: not permitted")
-                return Outcome(ExitStatus.NOT_PERMITTED)
+            try:
+                command = admit(self.table, argv, policy)
+            except CommandError as e:
+                await _complain(stderr, e.message)
+                return Outcome(e.status)
             invocation = Invocation(
                 argv, stdout, stderr, user, peer, interactive, policy, input_closed or defer.Deferred()
             )

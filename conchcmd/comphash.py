@@ -17,13 +17,14 @@ from conchcmd.audit import terminal_safe
 from conchcmd.commands import (
     BlockingRunner,
     Command,
+    CommandError,
     ExitStatus,
     Invocation,
     UsageError,
     parse_options,
 )
-from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
-from conchcmd.safepath import NotAFile, OutsideRoots, allowed_roots, open_file
+from conchcmd.config import HASH_ALGORITHMS, ComphashConfig, UserPolicy
+from conchcmd.safepath import NotAFile, Opened, OutsideRoots, allowed_roots, open_file
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
 MIB = 1 << 20
@@ -51,6 +52,24 @@ class HashResult:
     opened: str  # the symlink-free path of the file actually hashed
 
 
+def open_within_roots(path: str, roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> Opened:
+    """Open a client-given path if it is a regular file inside the roots (the user's narrowing
+    the global ones); PathRefused with its exit status otherwise. Blocking. `hash_file` and
+    `conchcmd check` both decide here."""
+    if not os.path.isabs(path):
+        raise PathRefused("path must be absolute", ExitStatus.USAGE)
+    if "\0" in path:
+        raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
+    try:
+        return open_file(path, allowed_roots(roots, user_roots))
+    except OutsideRoots:
+        raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED) from None
+    except NotAFile as e:
+        raise PathRefused(str(e), ExitStatus.FAILED) from None
+    except OSError as e:
+        raise PathRefused(e.strerror or "cannot open", ExitStatus.FAILED) from None
+
+
 def hash_file(
     path: str,
     roots: tuple[str, ...],
@@ -65,18 +84,7 @@ def hash_file(
     a symlink follows the operator's current target. The file is opened by safepath's race-free
     walk. `progress`, if given, is kept as [bytes done, file size] for a progress display.
     """
-    if not os.path.isabs(path):
-        raise PathRefused("path must be absolute", ExitStatus.USAGE)
-    if "\0" in path:
-        raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
-    try:
-        opened = open_file(path, allowed_roots(roots, user_roots))
-    except OutsideRoots:
-        raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED) from None
-    except NotAFile as e:
-        raise PathRefused(str(e), ExitStatus.FAILED) from None
-    except OSError as e:
-        raise PathRefused(e.strerror or "cannot open", ExitStatus.FAILED) from None
+    opened = open_within_roots(path, roots, user_roots)
     fd = opened.fd
     with open(fd, "rb", buffering=0) as f:
         if progress is not None:
@@ -219,14 +227,31 @@ class ProgressLine:
 def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -> Command:
     """Build the `comphash` command."""
 
-    async def run(inv: Invocation) -> int:
-        options, paths = parse_options(inv.args, "a:j", ["algorithm=", "json"])
+    def arguments(args: list[str]) -> tuple[str, bool, list[str]]:
+        """(algorithm, JSON output, paths), or UsageError."""
+        options, paths = parse_options(args, "a:j", ["algorithm=", "json"])
         algorithm = options.get("-a", options.get("--algorithm", config.algorithm))
-        as_json = "-j" in options or "--json" in options
         if algorithm not in HASH_ALGORITHMS:
             raise UsageError(f"unknown algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})")
         if not paths:
             raise UsageError("no file given")
+        return algorithm, "-j" in options or "--json" in options, paths
+
+    def preflight(argv: list[str], policy: UserPolicy) -> list[CommandError]:
+        try:
+            _, _, paths = arguments(argv[1:])
+        except UsageError as e:
+            return [e]
+        refusals = []
+        for path in paths:
+            try:
+                os.close(open_within_roots(path, config.roots, policy.comphash_roots).fd)
+            except PathRefused as e:
+                refusals.append(CommandError(f"{path}: {e.reason}", e.status))
+        return refusals
+
+    async def run(inv: Invocation) -> int:
+        algorithm, as_json, paths = arguments(inv.args)
         status: int = ExitStatus.OK
         for path in paths:
             try:
@@ -260,4 +285,5 @@ def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -
         usage="comphash [-a ALGORITHM] [--json] PATH...",
         run=run,
         options=("-a", "--algorithm", "--json"),
+        preflight=preflight,
     )

@@ -26,6 +26,7 @@ from conchcmd.commands import (
     UsageError,
     parse_int,
     parse_options,
+    usage_preflight,
 )
 from conchcmd.config import LastlogConfig
 
@@ -285,16 +286,19 @@ class JsonLines:
 def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
     """Build the `lastlog` command over the configured log sources (first available wins)."""
 
-    async def run(inv: Invocation) -> int:
-        options, operands = parse_options(inv.args, "n:fj", ["lines=", "follow", "json"])
+    def arguments(args: list[str]) -> tuple[int, bool, bool]:
+        """(lines, follow, JSON output), or UsageError."""
+        options, operands = parse_options(args, "n:fj", ["lines=", "follow", "json"])
         if operands:
             raise UsageError(f"unexpected argument {operands[0]!r}")
         lines = config.lines
         for value in (options.get("-n"), options.get("--lines")):
             if value is not None:
                 lines = parse_int(value, "-n", 1, config.max_lines)
-        follow = "-f" in options or "--follow" in options
-        as_json = "-j" in options or "--json" in options
+        return lines, "-f" in options or "--follow" in options, "-j" in options or "--json" in options
+
+    async def run(inv: Invocation) -> int:
+        lines, follow, as_json = arguments(inv.args)
         source = next((s for s in sources if s.available()), None)
         if source is None:
             tried = ", ".join(s.describe() for s in sources)
@@ -315,6 +319,7 @@ def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
         usage="lastlog [-n N] [-f] [--json]",
         run=run,
         options=("-n", "--lines", "-f", "--follow", "--json"),
+        preflight=usage_preflight(arguments),
     )
 
 

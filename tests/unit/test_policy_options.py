@@ -650,7 +650,7 @@ def test_check_command_not_permitted_for_the_user(site, ssh_key, capsys) -> None
     site("alice", pair.public_line)
     code, out = run_check(capsys, "--user", "alice", "--key", str(pair.public), "--command", "comphash /etc/hosts")
     assert code == 1
-    assert out.splitlines()[-1] == "command: REFUSED: comphash: not permitted for alice (status 126)"
+    assert out.splitlines()[-1] == "command: REFUSED: comphash: not permitted (status 126)"
     code, out = run_check(capsys, "--user", "alice", "--key", str(pair.public), "--command", "lastlog -n 1")
     assert code == 0 and out.endswith("command: allowed: lastlog -n 1\n")
     code, out = run_check(capsys, "--user", "alice", "--key", str(pair.public), "--command", "help")
@@ -662,7 +662,7 @@ def test_check_forced_command_the_user_may_not_run(site, ssh_key, capsys) -> Non
     site("alice", f'command="comphash /etc/hosts" {pair.public_line}')
     code, out = run_check(capsys, "--user", "alice", "--key", str(pair.public))
     assert code == 1
-    assert out.splitlines()[-1] == "command: REFUSED: comphash: not permitted for alice (status 126)"
+    assert out.splitlines()[-1] == "command: REFUSED: comphash: not permitted (status 126)"
 
 
 def test_check_unknown_command(site, ssh_key, capsys) -> None:

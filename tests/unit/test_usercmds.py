@@ -1,0 +1,431 @@
+"""`conchcmd users`, `conchcmd deluser`, and the .pub reader adduser and check share."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from conchcmd.auth import KeyAuthorizer, KeyRefused
+from conchcmd.authorized_keys import AuthorizedKeysFiles
+from conchcmd.cli import main
+from conchcmd.config import load_config
+from conchcmd.usercmds import UserCommandError, replace_file
+
+PASSWORD_HASH = "$2b$04$abcdefghijklmnopqrstuu5bqGa5VIQ3Ru1c3gmsc4GgmrqsrwFIm"
+
+
+@pytest.fixture(autouse=True)
+def no_system_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deluser logs to the machine's syslog: not from tests (the test of it records the calls)."""
+    from conchcmd import usercmds
+
+    monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: None)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keys" / "authorized_keys").mkdir(parents=True)
+    return tmp_path
+
+
+def users_file(workdir: Path, user: str, text: str, mode: int = 0o600) -> Path:
+    path = workdir / "keys" / "authorized_keys" / user
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def users_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["users", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def audit_records(workdir: Path) -> list[dict[str, Any]]:
+    path = workdir / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- one reader of .pub files for adduser and check -------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["plain private", "encrypted private", "not a key", "empty"])
+def test_check_and_adduser_say_the_same_about_a_file_that_is_no_public_key(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Issue 11: `check --key PRIVATE` said "Incorrect padding"; it now says what adduser says."""
+    if kind == "plain private":
+        path = ssh_key("ed25519").private
+    elif kind == "encrypted private":
+        path = ssh_key("ed25519-encrypted").private
+    else:
+        path = workdir / "f.pub"
+        path.write_text("hello world\n" if kind == "not a key" else "")
+    assert main(["adduser", "alice", str(path)]) == 2
+    adduser_err = capsys.readouterr().err
+    assert main(["check", "--user", "alice", "--key", str(path)]) == 2
+    check_out, check_err = capsys.readouterr()
+    assert check_err == adduser_err
+    assert check_out == ""
+    expected = "is a PRIVATE key; give the .pub file" if "private" in kind else "is not an OpenSSH public key"
+    assert adduser_err == f"conchcmd: {path} {expected}\n"
+    assert "padding" not in check_err
+
+
+def test_adduser_refuses_a_certificate_and_says_what_to_do(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = ssh_key("ed25519")
+    cert = workdir / "id-cert.pub"
+    blob = pair.public_line.split()[1]
+    cert.write_text(f"ssh-ed25519-cert-v01@openssh.com {blob}\n")
+    assert main(["adduser", "alice", str(cert)]) == 2
+    assert "is a certificate; authorize its CA instead" in capsys.readouterr().err
+
+
+def test_adduser_writes_one_line_even_with_a_vertical_tab_in_the_comment(workdir: Path, ssh_key) -> None:
+    """The file's first line as sshd reads it (lines end at \\n only), written whole."""
+    pair = ssh_key("ed25519")
+    pub = workdir / "k.pub"
+    pub.write_bytes(pair.public_line.encode() + b" a\x0bb\r\n")
+    assert main(["adduser", "alice", str(pub)]) == 0
+    assert (workdir / "keys" / "authorized_keys" / "alice").read_bytes() == pair.public_line.encode() + b" a\x0bb\n"
+
+
+# --- users ---------------------------------------------------------------------------------------------
+
+
+def test_users_lists_keys_options_lines_and_refused_lines(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, weak, rsa = ssh_key("ed25519"), ssh_key("rsa1024"), ssh_key("rsa")
+    path = users_file(
+        workdir,
+        "alice",
+        f"# alice's keys\n{good.public_line}\n"
+        f'restrict,command="lastlog -n 5" {rsa.public_line}\n'
+        f"{weak.public_line}\n"
+        "garbage here\n"
+        f"frobnicate {good.public_line}\n"
+        f'expiry-time="20200101" {rsa.public_line}\n',
+    )
+    report = users_json(capsys)
+    assert report["schema"] == 1
+    [alice] = report["users"]
+    assert (alice["user"], alice["file"], alice["file_status"], alice["password"]) == ("alice", str(path), "ok", False)
+    rows = {k["line"]: k for k in alice["keys"]}
+    assert rows[2] == {
+        "line": 2,
+        "type": "ssh-ed25519",
+        "fingerprint": good.fingerprint,
+        "options": [],
+        "comment": "test ed25519 key",
+        "cert_authority": False,
+        "usable": True,
+        "refused": None,
+    }
+    assert rows[3]["options"] == ["restrict", 'command="lastlog -n 5"']
+    assert (rows[3]["fingerprint"], rows[3]["usable"]) == (rsa.fingerprint, True)
+    assert rows[4]["refused"] == "RSA key of 1024 bits is too small"
+    assert rows[6]["refused"] == "unknown key option 'frobnicate'"
+    assert rows[7]["refused"] == "key expired (expiry-time)"
+    assert alice["refused_lines"] == [{"line": 5, "reason": "no key type and key"}]
+
+    assert main(["users"]) == 0
+    text = capsys.readouterr().out
+    assert f"    line 2: ssh-ed25519 {good.fingerprint} (test ed25519 key)\n" in text
+    assert f'    line 3: ssh-rsa {rsa.fingerprint} options restrict,command="lastlog -n 5" (test rsa key)\n' in text
+    assert "    line 4: ssh-rsa " in text and ": REFUSED: RSA key of 1024 bits is too small\n" in text
+    assert "    line 5: REFUSED: no key type and key\n" in text
+
+
+def test_users_says_what_login_does_for_every_line(workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each key `users` calls usable logs in through the server's KeyAuthorizer; each it refuses does not."""
+    kinds = ["ed25519", "rsa1024", "rsa", "ecdsa256", "ecdsa384"]
+    lines = [
+        ssh_key("ed25519").public_line,
+        ssh_key("rsa1024").public_line,
+        f'expiry-time="20200101" {ssh_key("rsa").public_line}',
+        f'environment="A=b" {ssh_key("ecdsa256").public_line}',
+        f'no-pty,command="help" {ssh_key("ecdsa384").public_line}',
+    ]
+    users_file(workdir, "bob", "\n".join(lines) + "\n")
+    [bob] = users_json(capsys)["users"]
+    clock = Clock()
+    clock.advance(2_000_000_000)
+    authorizer = KeyAuthorizer.from_config(load_config(None, cwd=workdir), clock)
+    verdicts = {}
+    for kind in kinds:
+        blob = authorizer.keys.entries_for("bob")[kinds.index(kind)].blob
+        algorithm = (
+            b"rsa-sha2-512"
+            if kind.startswith("rsa")
+            else authorizer.keys.entries_for("bob")[kinds.index(kind)].key.sshType()
+        )
+        try:
+            authorizer.authorize("bob", algorithm, blob, None)
+            verdicts[kind] = True
+        except KeyRefused:
+            verdicts[kind] = False
+    assert [k["usable"] for k in bob["keys"]] == [verdicts[k] for k in kinds] == [True, False, False, False, True]
+
+
+def test_users_includes_config_users_and_password_users(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "conchcmd.toml").write_text(
+        f'[users.carol]\npassword_bcrypt = "{PASSWORD_HASH}"\n[users.dave]\ncommands = ["lastlog"]\n'
+    )
+    users = {u["user"]: u for u in users_json(capsys)["users"]}
+    assert set(users) == {"carol", "dave"}
+    assert (users["carol"]["password"], users["carol"]["file_status"], users["carol"]["keys"]) == (True, "missing", [])
+    assert users["dave"]["commands"] == ["lastlog"]
+    assert main(["users"]) == 0
+    text = capsys.readouterr().out
+    assert "carol (password)\n" in text and "dave (commands: lastlog)\n" in text
+
+
+def test_users_shows_an_ignored_file_and_why(workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]) -> None:
+    path = users_file(workdir, "eve", ssh_key("ed25519").public_line + "\n", mode=0o666)
+    [eve] = users_json(capsys)["users"]
+    assert eve["file_status"] == "ignored"
+    assert eve["file_problem"] == f"bad ownership or modes for file {path}; fix: chmod 600 {path}"
+    assert [(k["usable"], k["refused"]) for k in eve["keys"]] == [
+        (False, f"file ignored: bad ownership or modes for file {path}")
+    ]
+
+
+def test_users_finds_files_in_per_user_directories(workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "conchcmd.toml").write_text('authorized_keys = "home/%u/.ssh/authorized_keys"\n')
+    for name in ("ann", "ben"):
+        d = workdir / "home" / name / ".ssh"
+        d.mkdir(parents=True)
+        (d / "authorized_keys").write_text(ssh_key("ed25519").public_line + "\n")
+        (d / "authorized_keys").chmod(0o600)
+    (workdir / "home" / "not valid!" / ".ssh").mkdir(parents=True)
+    (workdir / "home" / "not valid!" / ".ssh" / "authorized_keys").write_text(ssh_key("ed25519").public_line)
+    assert [u["user"] for u in users_json(capsys)["users"]] == ["ann", "ben"]
+
+
+def test_users_escapes_terminal_controls_in_comments(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users_file(workdir, "mal", ssh_key("ed25519").public_line + " \x1b]0;owned\x07\n")
+    assert main(["users"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "?]0;owned?" in out
+
+
+# --- deluser -------------------------------------------------------------------------------------------
+
+
+def test_deluser_removes_the_named_key_keeping_everything_else(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = ssh_key("ed25519"), ssh_key("rsa")
+    original = f"# team key\n{a.public_line}\nbroken line\n{b.public_line}\n\n{a.public_line} again"
+    path = users_file(workdir, "alice", original, mode=0o640)
+    os.chown(path, os.geteuid(), 4322)  # a group of its own: kept (strict_modes trusts only our uid)
+    inode = path.stat().st_ino
+    files = AuthorizedKeysFiles(f"{workdir}/keys/authorized_keys/%u")
+    assert len(files.entries_for("alice")) == 3  # cached by the server until the file changes
+    assert main(["deluser", "alice", a.fingerprint]) == 0
+    assert path.read_text() == f"# team key\nbroken line\n{b.public_line}\n"
+    st = path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, os.geteuid(), 4322)
+    assert st.st_ino != inode  # replaced by rename, never rewritten in place
+    assert sorted(p.name for p in path.parent.iterdir()) == ["alice"]  # no temporary file left
+    assert capsys.readouterr().out == (
+        f"alice: removed ssh-ed25519 key {a.fingerprint} (line 2) from {path}\n"
+        f"alice: removed ssh-ed25519 key {a.fingerprint} (line 6) from {path}\n"
+    )
+    assert [e.blob for e in files.entries_for("alice")] == [files.entries_for("alice")[0].blob]
+    assert files.entries_for("alice")[0].key.sshType() == b"ssh-rsa"
+    [record] = audit_records(workdir)
+    assert {k: v for k, v in record.items() if k != "ts"} == {
+        "event": "deluser",
+        "user": "alice",
+        "fingerprints": [a.fingerprint, a.fingerprint],
+        "lines": [2, 6],
+        "file": str(path),
+        "whole_file": False,
+        "operator": "root" if os.geteuid() == 0 else record["operator"],
+    }
+
+
+def test_deluser_with_an_unknown_fingerprint_changes_nothing(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = ssh_key("ed25519"), ssh_key("rsa")
+    path = users_file(workdir, "alice", a.public_line + "\n")
+    before = path.stat()
+    assert main(["deluser", "alice", a.fingerprint, b.fingerprint]) == 1
+    assert capsys.readouterr().err == f"conchcmd: alice has no key {b.fingerprint} in {path}; nothing removed\n"
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, path.read_text()) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        a.public_line + "\n",
+    )
+    assert audit_records(workdir) == []
+
+
+@pytest.mark.parametrize("bad", ["abc", "SHA256:short", "MD5:aa:bb", "SHA256:" + "A" * 42 + "!"])
+def test_deluser_refuses_what_is_not_a_fingerprint(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    path = users_file(workdir, "alice", ssh_key("ed25519").public_line + "\n")
+    assert main(["deluser", "alice", bad]) == 2
+    assert "is not a SHA256 fingerprint" in capsys.readouterr().err
+    assert path.exists() and audit_records(workdir) == []
+
+
+@pytest.mark.parametrize("user", ["../alice", "a/b", ".hidden"])
+def test_deluser_refuses_an_invalid_user_name(workdir: Path, capsys: pytest.CaptureFixture[str], user: str) -> None:
+    assert main(["deluser", user]) == 2
+    assert capsys.readouterr().err.startswith(f"conchcmd: invalid user name {user!r}")
+
+
+def test_deluser_without_fingerprints_deletes_the_users_file(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = ssh_key("ed25519"), ssh_key("rsa")
+    path = users_file(workdir, "alice", f"{a.public_line}\n{b.public_line}\n")
+    assert main(["deluser", "alice"]) == 0
+    assert not path.exists()
+    out = capsys.readouterr().out
+    assert out.endswith(f"alice: deleted {path}\n") and a.fingerprint in out and b.fingerprint in out
+    [record] = audit_records(workdir)
+    assert (record["fingerprints"], record["whole_file"]) == ([a.fingerprint, b.fingerprint], True)
+    assert main(["deluser", "alice"]) == 1  # nothing left to remove
+    assert "has no authorized_keys file" in capsys.readouterr().err
+
+
+def test_deluser_edits_the_file_a_symlink_leads_to(workdir: Path, ssh_key) -> None:
+    a, b = ssh_key("ed25519"), ssh_key("rsa")
+    real = workdir / "keys" / "shared"
+    real.write_text(f"{a.public_line}\n{b.public_line}\n")
+    real.chmod(0o600)
+    link = workdir / "keys" / "authorized_keys" / "alice"
+    link.symlink_to(real)
+    assert main(["deluser", "alice", a.fingerprint]) == 0
+    assert link.is_symlink() and real.read_text() == f"{b.public_line}\n"
+
+
+def test_deluser_refuses_when_the_audit_log_cannot_be_written(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "conchcmd.toml").write_text('audit_log = "no/such/dir/audit.jsonl"\n')
+    a = ssh_key("ed25519")
+    path = users_file(workdir, "alice", a.public_line + "\n")
+    assert main(["deluser", "alice", a.fingerprint]) == 1
+    assert "cannot write the audit log" in capsys.readouterr().err
+    assert path.read_text() == a.public_line + "\n"
+
+
+def test_deluser_notes_a_password_that_still_logs_in(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "conchcmd.toml").write_text(f'[users.alice]\npassword_bcrypt = "{PASSWORD_HASH}"\n')
+    users_file(workdir, "alice", ssh_key("ed25519").public_line + "\n")
+    assert main(["deluser", "alice"]) == 0
+    assert "note: alice can still log in with a password" in capsys.readouterr().out
+
+
+def test_replace_file_refuses_a_file_changed_since_it_was_read(workdir: Path) -> None:
+    path = workdir / "f"
+    path.write_text("one\n")
+    stale = path.stat()
+    path.write_text("one\ntwo, added meanwhile\n")
+    with pytest.raises(UserCommandError, match="changed while it was being edited"):
+        replace_file(str(path), b"", stale)
+    assert path.read_text() == "one\ntwo, added meanwhile\n"
+    assert sorted(p.name for p in workdir.iterdir()) == ["f", "keys"]
+
+
+def test_adduser_appends_to_the_file_deluser_renamed_into_place(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """adduser locks the file it opened; if deluser replaced it meanwhile (rename while adduser
+    waited for the lock), adduser appends to the new file, so no key is lost."""
+    import fcntl
+
+    from conchcmd import usercmds
+
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    path.write_text("old\n")
+    real_flock = fcntl.flock
+    replaced = []
+
+    def flock_after_a_rename(fd: int, operation: int) -> None:
+        if not replaced:
+            replaced.append(True)
+            new = workdir / "keys" / "authorized_keys" / ".alice.tmp"
+            new.write_text("new\n")
+            os.rename(new, path)  # what deluser does while adduser waits
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(usercmds.fcntl, "flock", flock_after_a_rename)
+    fd = usercmds.open_for_append(str(path))
+    with os.fdopen(fd, "a") as f:
+        f.write("added\n")
+    assert path.read_text() == "new\nadded\n"
+
+
+def test_users_marks_revoked_and_dsa_keys_refused(workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]) -> None:
+    good, revoked, dsa = ssh_key("ed25519"), ssh_key("rsa"), ssh_key("dsa")
+    (workdir / "revoked").write_text(revoked.public_line + "\n")
+    (workdir / "revoked").chmod(0o600)
+    (workdir / "conchcmd.toml").write_text('revoked_keys = "revoked"\n')
+    users_file(workdir, "alice", f"{good.public_line}\n{revoked.public_line}\n{dsa.public_line}\n")
+    [alice] = users_json(capsys)["users"]
+    assert [(k["line"], k["refused"]) for k in alice["keys"]] == [
+        (1, None),
+        (2, f"key {revoked.fingerprint} is revoked"),
+        (3, "ssh-dss keys are not accepted"),
+    ]
+
+
+def test_deluser_logs_each_key_to_syslog_authpriv(
+    workdir: Path, ssh_key, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import syslog
+
+    from conchcmd import usercmds
+
+    opened: list[tuple[str, int, int]] = []
+    logged: list[tuple[int, str]] = []
+    monkeypatch.setattr(usercmds.syslog, "openlog", lambda *a: opened.append(a))
+    monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: logged.append(a))
+    a = ssh_key("ed25519")
+    path = users_file(workdir, "alice", a.public_line + "\n")
+    assert main(["deluser", "alice"]) == 0
+    assert opened == [("conchcmd", syslog.LOG_PID, syslog.LOG_AUTHPRIV)]
+    assert [text.rsplit(" by ", 1)[0] for _, text in logged] == [
+        f"deluser: removed ssh-ed25519 key {a.fingerprint} of user alice from {path} line 1",
+        f"deluser: deleted {path} of user alice",
+    ]
+    assert {priority for priority, _ in logged} == {syslog.LOG_NOTICE}
+    capsys.readouterr()
+
+
+def test_adduser_warns_that_login_refuses_a_small_rsa_key(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["adduser", "alice", str(ssh_key("rsa1024").public)]) == 0
+    assert "warning: login refuses this key: RSA key of 1024 bits is too small\n" in capsys.readouterr().out
+
+
+def test_deluser_does_not_follow_a_symlink_to_a_file_login_ignores(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = ssh_key("ed25519")
+    other = workdir / "other-file"
+    other.write_text(a.public_line + "\n")
+    other.chmod(0o666)  # not a file login would trust
+    (workdir / "keys" / "authorized_keys" / "alice").symlink_to(other)
+    assert main(["deluser", "alice", a.fingerprint]) == 1
+    assert "which login ignores: bad ownership or modes" in capsys.readouterr().err
+    assert other.read_text() == a.public_line + "\n"
