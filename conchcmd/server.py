@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
-from conchcmd.authlog import AuthLog, Client, KeyInfo
+from conchcmd.authlog import AuthLog, Client, KeyInfo, log_word
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
@@ -723,7 +723,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
             log.info(
                 "Refused {method} for {user} from {peer}: {reason}",
                 method=sanitise(self.method, 32),
-                user=self._user_name(),
+                user=log_word(self.user or b""),
                 peer=t.peer,
                 reason=message,
             )
