@@ -105,6 +105,27 @@ def test_each_kind_of_login_writes_sshds_line(world: World) -> None:
     assert (accepted["method"], accepted["key_type"], accepted["fingerprint"]) == ("publickey", "ED25519", ADMIN_FP)
 
 
+def test_the_reason_follows_on_a_conchcmd_log_line(world: World) -> None:
+    with capturedLogs() as events:
+        conn = world.connect("10.0.0.7")
+        assert conn.login(b"admin", STRANGER) == FAILURE
+    assert [formatEvent(e) for e in events if e.get("log_namespace") == LOG_NAMESPACE][-1] == (
+        "Refused publickey for admin from 10.0.0.7:40000: key not in authorized_keys"
+    )
+
+
+def test_with_trusted_user_ca_keys_no_name_is_invalid(tmp_path: Path) -> None:
+    """Any name may log in with a certificate from a trusted CA: none is an "invalid user"."""
+    ca = tmp_path / "ca.pub"
+    ca.write_text(ed25519_key(40).public().toString("openssh").decode() + "\n")
+    ca.chmod(0o600)
+    world = make_world(tmp_path, users=USERS, trusted_user_ca_keys=str(ca))
+    with capturedLogs() as events:
+        conn = world.connect("10.0.0.6")
+        assert conn.login(b"root", STRANGER) == FAILURE
+    assert auth_lines(events) == [f"Failed publickey for root from 10.0.0.6 port 40000 ssh2: ED25519 {STRANGER_FP}"]
+
+
 def test_max_auth_tries_writes_sshds_two_lines_and_nothing_after(world: World) -> None:
     with capturedLogs() as events:
         conn = world.connect("10.0.0.9")
