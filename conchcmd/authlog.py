@@ -44,10 +44,13 @@ def log_word(value: str | bytes, limit: int = MAX_USER) -> str:
     """Client-chosen text as one word of a log line: `sanitise` (control characters, line
     separators, bidi controls escaped) and every whitespace character escaped too, so the
     text can never look like more than one field."""
-    return "".join(
-        f"\\x{ord(ch):02x}" if ch.isspace() and ord(ch) < 0x100 else (f"\\u{ord(ch):04x}" if ch.isspace() else ch)
-        for ch in sanitise(value, limit)
-    )
+    return "".join(map(_word_char, sanitise(value, limit)))
+
+
+def _word_char(ch: str) -> str:
+    if not ch.isspace():
+        return ch
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
 def key_type_name(blob_type: bytes) -> str:
