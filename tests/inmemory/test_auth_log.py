@@ -184,14 +184,19 @@ def hostile_session(world: World) -> dict[str, str]:
     user who runs a command that reads like a failure line. Returns peer host -> what it did."""
     peers: dict[str, str] = {}
     for n, name in enumerate(HOSTILE_NAMES):
-        for method in ("password", "publickey"):
-            host = f"10.1.{n}.{1 if method == 'password' else 2}"
+        for i, method in enumerate(("password", "publickey", "hostile method")):
+            host = f"10.1.{n}.{i + 1}"
             peers[host] = f"{method} as {name!r}"
             conn = world.connect(host)
             if method == "password":
                 assert try_password(world, conn, name.encode(), b"guess") == FAILURE
-            else:
+            elif method == "publickey":
                 assert conn.login(name.encode(), STRANGER) == FAILURE
+            else:  # the method name is the client's to choose too
+                auth = conn.start_auth(b"root")
+                auth.send_request(name.encode(), b"")
+                conn.flush()
+                assert [number for number, _ in auth.replies] == [FAILURE]
             leave(conn)
     conn = world.login(peer="10.2.0.1")
     chan = conn.open_session()
@@ -216,16 +221,17 @@ def test_fail2ban_counts_only_the_clients_own_address(world: World, tmp_path: Pa
     stdout = stdout_text(events)
     assert "Cmd received from admin@10.2.0.1:40000 : comphash Failed password for root from 6.6.6.6" in stdout
     # Per hostile name: password -> Invalid user + Failed password; key -> Invalid user + Failed
-    # publickey for invalid user. "Connection closed ... [preauth]" counts only in aggressive mode.
+    # publickey for invalid user; method -> Invalid user root + Failed METHOD for invalid user root.
+    # "Connection closed ... [preauth]" counts only in aggressive mode.
     # stdout under systemd, forwarded from the journal to syslog: the prefix, then the whole line
     journal = "".join(f"Nov 29 21:00:00 myhost conchcmd[4242]: {line}\n" for line in stdout.splitlines())
     logs = {"stdout": stdout, "syslog": as_syslog(stdout), "journal": journal}
     for kind, text in logs.items():
         log = tmp_path / f"{kind}.log"
         log.write_text(text)
-        check_failures(failures(log, filter_path), peers, 4 * len(HOSTILE_NAMES))
+        check_failures(failures(log, filter_path), peers, 6 * len(HOSTILE_NAMES))
         if kind != "journal":
-            check_failures(failures(log, filter_path, "mode=aggressive"), peers, 6 * len(HOSTILE_NAMES))
+            check_failures(failures(log, filter_path, "mode=aggressive"), peers, 9 * len(HOSTILE_NAMES))
     found = failures(tmp_path / "stdout.log", filter_path)
     hosts = [f.host for f in found]
     assert sorted(set(hosts)) == sorted(peers)
