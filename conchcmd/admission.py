@@ -16,11 +16,12 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from conchcmd.audit import LOG_NAMESPACE, AuditSink
+from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, AuditSink
 from conchcmd.config import LimitsConfig
 from conchcmd.hostmatch import addr_match_list, normalise_peer
 
 log = Logger(namespace=LOG_NAMESPACE)
+auth_log = Logger(namespace=AUTH_LOG_NAMESPACE)  # penalties are authentication lines (facility authpriv)
 
 STRIKES_BEFORE_PENALTY = 3  # failed connections in a row before a source is refused
 TRUSTED_SOURCES = 4096  # remembered sources that authenticated (LRU)
@@ -108,7 +109,9 @@ class Admission:
             return
         peer, reason = record.last_refusal
         count, record.refused, record.last_logged = record.refused, 0, self.clock.seconds()
-        log.info("Refused {count} connection(s) from {source}: {reason}", count=count, source=source, reason=reason)
+        auth_log.info(
+            "Refused {count} connection(s) from {source}: {reason}", count=count, source=source, reason=reason
+        )
         self.audit.record("refused", peer=peer, source=source, count=count, reason=reason)
 
     def flush(self) -> None:
@@ -164,7 +167,7 @@ class Admission:
         record.level += 1
         record.strikes = STRIKES_BEFORE_PENALTY - 1  # one more failure after this penalty: the next
         record.until = now + seconds
-        log.info(
+        auth_log.info(
             "Penalising {source} for {seconds:g} s: {why}, {n} times in a row",
             source=source,
             seconds=seconds,

@@ -73,5 +73,6 @@ def build_server(
         clock=reactor,
         settings=settings or ServerSettings.from_config(config),
         passwords=passwords,
+        known_user=lambda user: user in realm.users or authorizer.knows(user),
     )
     return Server(factory, dispatcher, authorizer, realm, passwords)

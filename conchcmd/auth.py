@@ -150,6 +150,14 @@ class KeyAuthorizer:
         self.trusted = TrustedCAs(config.trusted_user_ca_keys, trust=trust)
         self.revoked = RevokedKeys(config.revoked_keys, trust=trust)
 
+    def knows(self, user: str) -> bool:
+        """Whether `user` could log in with a key or certificate at all: it has authorized_keys
+        lines, or some CA is trusted for any name (`trusted_user_ca_keys`). For the log's
+        "invalid user" (sshd's word for a name without an account)."""
+        if not valid_user_name(user):
+            return False
+        return bool(self.keys.entries_for(user)) or self.trusted.any_trusted()
+
     def authorize(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         if not valid_user_name(user):
             raise KeyRefused("invalid user name")

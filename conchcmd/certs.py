@@ -332,9 +332,17 @@ class TrustedCAs:
         self.blobs: frozenset[bytes] = frozenset()
         self.unreadable_line: int | None = None  # where reading stopped, as sshd stops
 
+    def any_trusted(self) -> bool:
+        """Whether some CA is trusted (the file is set, trusted and lists a key)."""
+        return bool(self._current())
+
     def contains(self, blob: bytes) -> bool:
+        return blob in self._current()
+
+    def _current(self) -> frozenset[bytes]:
+        """The trusted CA blobs as the file says now (re-read when it changed)."""
         if self.path is None:
-            return False
+            return frozenset()
         try:
             with CheckedFile(self.path, self.trust) as f:
                 signature = f.version
@@ -343,10 +351,10 @@ class TrustedCAs:
         except UntrustedFile as e:
             log.warn("Ignoring {path}: {reason}: no CA is trusted", path=self.path, reason=e.problem.reason)
             self.blobs, self._signature = frozenset(), None
-            return False
+            return frozenset()
         except OSError:
-            return False
-        return blob in self.blobs
+            return frozenset()
+        return self.blobs
 
     def _parse(self, data: bytes) -> frozenset[bytes]:
         blobs, self.unreadable_line = set(), None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from twisted.python.failure import Failure
 from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
+from conchcmd.authlog import AuthLog, Client, KeyInfo, log_word
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
@@ -101,6 +104,22 @@ def format_peer(address: IAddress) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def auth_client(address: IAddress, peer: str) -> Client:
+    """The client as the authentication lines name it: sshd's address text (no brackets; an
+    IPv4-mapped IPv6 address as IPv4, as sshd's ipv64_normalise_mapped does) and port."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return Client(host=peer, port=0, peer=peer)
+    try:
+        mapped = ipaddress.ip_address(host)
+        if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+            host = str(mapped.ipv4_mapped)
+    except ValueError:
+        pass
+    return Client(host=host, port=port if isinstance(port, int) else 0, peer=peer)
+
+
 class ClientSlots:
     """Counts authenticated connections against `max_clients`, and each user's against
     `max_clients_per_user`, so that one key holder cannot take every slot."""
@@ -156,6 +175,9 @@ class ServerTransport(ModernServerTransport):
     refusal = ""  # why admit() turned the client away
     in_startup = False  # counted by admission control until authenticated or gone
     auth_failures = 0
+    #: The user name the client last asked to authenticate as (raw), and whether it can log in.
+    auth_user: bytes | None = None
+    auth_user_valid = True
     liveness: Liveness | None = None
     _grace: Any = None
     _failed = False
@@ -167,6 +189,7 @@ class ServerTransport(ModernServerTransport):
         assert self.transport is not None
         address = self.transport.getPeer()
         self.peer = format_peer(address)
+        self.auth_log = AuthLog(auth_client(address, self.peer))
         self.peer_host: str | None = getattr(address, "host", None)
         self.source = source_of(getattr(address, "host", self.peer))
         self.started = factory.clock.seconds()
@@ -236,9 +259,13 @@ class ServerTransport(ModernServerTransport):
             self.end_reason = desc.decode("utf-8", "replace")
         super().sendDisconnect(reason, desc)
 
+    _client_disconnected = False
+    auth_end_logged = False  # the authentication line that says how the connection ended
+
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # Conch logs every client disconnect at error level; it is the normal way to leave.
         self.end_reason = f"client disconnected: {sanitise(description, 200)}"
+        self._client_disconnected = True
         self._drop()
 
     def note_refused(self, messageNum: int, phase: Phase, verdict: Verdict) -> None:
@@ -382,6 +409,7 @@ class ServerTransport(ModernServerTransport):
         refusal = self.factory.slots.acquire(user)
         if refusal is not None:
             self.refusal = refusal
+            self.auth_end_logged = True  # authenticated, then turned away: not an authentication failure
             log.info("{refusal}: turned away {user}@{peer}", refusal=refusal, user=user, peer=self.peer)
             self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal.encode())
             return False
@@ -472,6 +500,12 @@ class ServerTransport(ModernServerTransport):
             reason=self.end_reason,
             refused=f" (refused: {sanitise(refused, 1000)})" if refused else "",
         )
+        if self.user is not None:
+            self.auth_log.disconnected(self.user)
+        elif self.auth_user is not None and not self.auth_end_logged:
+            self.auth_log.closed_during_auth(
+                self.auth_user, self.auth_user_valid, client_disconnected=self._client_disconnected
+            )
         factory.audit.record(
             "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
         )
@@ -561,11 +595,27 @@ class UserAuthService(userauth.SSHUserAuthServer):
             return None
         self._in_progress = True
         self._requests += 1
+        self._note_user(getNS(packet)[0])
         d = super().ssh_USERAUTH_REQUEST(packet)
         if d is None:  # Conch has answered already
             self._request_done(None)
             return None
         return d.addBoth(self._request_done)
+
+    def _note_user(self, name: bytes) -> None:
+        """A request for a user name not seen on this connection: whether it is one that can log
+        in, and sshd's "Invalid user" line if not (sshd logs it once, as it allows no change of
+        name; Conch allows one, so each new name gets its line)."""
+        t = self.transport
+        if name == t.auth_user:
+            return
+        try:
+            valid = t.factory.known_user(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            valid = False
+        t.auth_user, t.auth_user_valid = name, valid
+        if not valid:
+            t.auth_log.invalid_user(name)
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
@@ -644,13 +694,12 @@ class UserAuthService(userauth.SSHUserAuthServer):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
+        key = KeyInfo.of(self._key[1]) if identity.method == "publickey" and self._key is not None else None
+        self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
-            "Accepted {method} for {user} from {peer}: {key_type} {fp} ({source})",
-            method=identity.method,
+            "Authorized {user}@{peer} by {source}",
             user=identity.user,
             peer=self.transport.peer,
-            key_type=identity.key_type,
-            fp=identity.fingerprint,
             source=identity.grant.source,
         )
         self._audit_identity(identity, ok=True)
@@ -668,11 +717,14 @@ class UserAuthService(userauth.SSHUserAuthServer):
         # never counted `none`, so a client could send them without end.
         if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
             message = sanitise(reason.getErrorMessage(), 200)
+            t = self.transport
+            key = KeyInfo.of(self._key[1]) if self.method == b"publickey" and self._key is not None else None
+            t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)
             log.info(
-                "Failed {method} for {user} from {peer}: {reason}",
+                "Refused {method} for {user} from {peer}: {reason}",
                 method=sanitise(self.method, 32),
-                user=self._user_name(),
-                peer=self.transport.peer,
+                user=log_word(self.user or b""),
+                peer=t.peer,
                 reason=message,
             )
             self.transport.factory.audit.record(
@@ -686,11 +738,8 @@ class UserAuthService(userauth.SSHUserAuthServer):
             )
             self.transport.auth_failures += 1
             if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
-                log.info(
-                    "Too many authentication failures for {user} from {peer}",
-                    user=self._user_name(),
-                    peer=self.transport.peer,
-                )
+                self.transport.auth_log.too_many_failures(self.user or b"", self.transport.auth_user_valid)
+                self.transport.auth_end_logged = True
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
                 )
@@ -876,6 +925,7 @@ class CommandServerFactory(SSHFactory):
         clock: IReactorTime,
         settings: ServerSettings,
         passwords: PasswordChecker | None = None,
+        known_user: Callable[[str], bool] | None = None,
     ):
         self.publicKeys = dict(host_keys.public)
         self.privateKeys = dict(host_keys.private)
@@ -885,6 +935,8 @@ class CommandServerFactory(SSHFactory):
         self.clock = clock
         self.settings = settings
         self.passwords = passwords
+        #: Whether a user name is one that can log in (else the auth lines say "invalid user").
+        self.known_user: Callable[[str], bool] = known_user or (lambda _name: True)
         self.slots = ClientSlots(settings.max_clients, settings.max_clients_per_user)
         self.admission = Admission(settings.limits, clock, audit)
         available = _kex.getSupportedKeyExchanges()

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.conch.ssh import channel, common, connection, service, transport, userauth
 from twisted.conch.ssh.keys import Key
 from twisted.internet import defer, protocol
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.test import iosim
 
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
@@ -311,18 +311,20 @@ def connect(
     client_factory = client_factory or ClientFactory()
     client = client_factory.buildProtocol(None)
     client.factory = client_factory
-    server = factory.buildProtocol(IPv4Address("TCP", peer, port))  # Twisted passes the peer
+    address = IPv6Address if ":" in peer else IPv4Address  # an IPv6 peer talks to ::1
+    local = "::1" if ":" in peer else "127.0.0.1"
+    server = factory.buildProtocol(address("TCP", peer, port))  # Twisted passes the peer
     server_io = iosim.FakeTransport(
         server,
         isServer=True,
-        hostAddress=IPv4Address("TCP", "127.0.0.1", 2222),
-        peerAddress=IPv4Address("TCP", peer, port),
+        hostAddress=address("TCP", local, 2222),
+        peerAddress=address("TCP", peer, port),
     )
     client_io = iosim.FakeTransport(
         client,
         isServer=False,
-        hostAddress=IPv4Address("TCP", peer, port),
-        peerAddress=IPv4Address("TCP", "127.0.0.1", 2222),
+        hostAddress=address("TCP", peer, port),
+        peerAddress=address("TCP", local, 2222),
     )
     pump = iosim.connect(server, server_io, client, client_io, clock=clock)
     return Connection(server, client, pump, client_factory)

@@ -625,6 +625,17 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_commands.py::test_exit_status_takes_ascii_digits_only",
         ],
     },
+    "Log lines.": {
+        "user names and certificate key IDs have controls, separators and whitespace escaped": [
+            U + "test_authlog.py::test_a_user_name_stays_one_word_of_one_line",
+            U + "test_authlog.py::test_log_word_escapes_are_unambiguous",
+            U + "test_authlog.py::test_certificate_in_sshds_words",
+        ],
+        "a user name cannot add an address fail2ban would ban (real fail2ban-regex)": [
+            M + "test_auth_log.py::test_fail2ban_counts_only_the_clients_own_address",
+            E + "test_e2e_fail2ban.py::test_real_logins_through_the_real_fail2ban_regex",
+        ],
+    },
 }
 
 
