@@ -138,8 +138,9 @@ class Admission:
             record.strikes = 0
             record.level = 0
 
-    def strike(self, source: str, why: str) -> None:
-        """A connection from `source` ended badly (failed auth, garbage, timeout)."""
+    def strike(self, source: str, why: str, *, connection: str | None = None) -> None:
+        """A connection from `source` ended badly (failed auth, garbage, timeout); `connection`
+        is its id, for the audit record of a penalty it brings."""
         now = self.clock.seconds()
         record = self._record(source)
         if now - record.last_strike > self.limits.penalty_max_seconds:
@@ -159,7 +160,8 @@ class Admission:
             why=why,
             n=STRIKES_BEFORE_PENALTY,
         )
-        self.audit.record("penalty", source=source, seconds=seconds, reason=why)
+        fields = {} if connection is None else {"connection": connection}
+        self.audit.record("penalty", **fields, source=source, seconds=seconds, reason=why)
 
     def _record(self, source: str) -> _Record:
         record = self._records.get(source)
