@@ -8,8 +8,10 @@ import gzip
 import json
 import re
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -129,3 +131,22 @@ def test_logrotate_on_a_live_server_loses_and_repeats_no_record(server: Any, tmp
     # What the new file had, and what the server wrote there since (a disconnect may come late).
     assert rotated.read_text().splitlines()[: len(new_lines)] == new_lines
     assert marks(server.audit_path.read_text().splitlines()) == ["mark-last"]
+
+
+def test_under_twistd_sighup_reopens_too(make_server: Any, tmp_path: Path) -> None:
+    """twistd leaves SIGHUP at its default action (the end of the process): the plugin handles it."""
+    twistd = Path(sys.executable).with_name("twistd")
+    server = make_server(
+        command=lambda s: [str(twistd), "-n", "--pidfile=", "conchcmd", "--config", str(s.config)],
+        stop_status=-signal.SIGTERM,  # twistd ends by re-raising the signal that stopped it
+    )
+    assert server.ssh("mark-twistd-before").returncode == 127
+    rotated = Path(f"{server.audit_path}.1")
+    server.audit_path.rename(rotated)
+    since = server.log_mark()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log(rf"Audit log {re.escape(str(server.audit_path))} reopened", since)
+    assert server.ssh("mark-twistd-after").returncode == 127
+    assert server.proc.poll() is None
+    assert marks(rotated.read_text().splitlines()) == ["mark-twistd-before"]
+    assert marks(server.audit_path.read_text().splitlines()) == ["mark-twistd-after"]
