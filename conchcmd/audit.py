@@ -117,7 +117,8 @@ class BoundAudit:
         self.fields = fields
 
     def record(self, event: str, **fields: Any) -> None:
-        self.sink.record(event, **{**self.fields, **fields})
+        # The bound fields come first and win: what joins records up is never overwritten.
+        self.sink.record(event, **{**self.fields, **fields, **self.fields})
 
     def failure(self) -> str | None:
         return self.sink.failure()

@@ -10,8 +10,9 @@ from typing import Any
 
 from support.keys import ed25519_key
 from support.sshclient import Connection, RecordingChannel, pty_request
+from twisted.internet.address import IPv4Address
 
-from conchcmd.config import UserPolicy
+from conchcmd.config import LimitsConfig, UserPolicy
 
 from .conftest import World, make_world
 
@@ -137,3 +138,17 @@ def test_the_rule_is_sanitised_like_every_audited_text(world: World) -> None:
     assert exec_on(conn, b"comphash '/etc/\x1b[2Jx'").exit_status == 126
     (record,) = world.audit.of("command")
     assert record["rule"] == "outside roots: /etc/\\x1b[2Jx"
+
+
+def test_a_penalty_names_the_connection_that_brought_it_and_a_refusal_none(tmp_path: Path) -> None:
+    world = make_world(tmp_path, limits=LimitsConfig(penalty_seconds=30))
+    for _ in range(3):
+        conn = world.connect(peer="10.0.0.5")
+        assert conn.login(b"admin", ed25519_key(77)) != 52
+        leave(conn)
+    assert world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.5", 5000)) is None  # refused before kex
+    last = world.audit.of("disconnect")[-1]
+    (penalty,) = world.audit.of("penalty")
+    assert penalty["connection"] == last["connection"]
+    (refused,) = world.audit.of("refused")
+    assert "connection" not in refused  # turned away before there was a connection

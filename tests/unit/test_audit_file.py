@@ -190,6 +190,8 @@ def test_bound_audit_adds_its_fields_and_binds_further() -> None:
         {"event": "command", "connection": "00aa", "channel": 3, "kind": "exec", "argv": ["help"]},
     ]
     assert channel.failure() is None
+    channel.record("command", connection="forged", channel=99)
+    assert memory.events[-1] == {"event": "command", "connection": "00aa", "channel": 3, "kind": "exec"}
 
 
 def test_a_connection_id_is_16_hex_digits_and_never_one_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
