@@ -256,3 +256,21 @@ def test_reload_reopens_the_audit_file_whatever_becomes_of_the_config(tmp_path: 
     assert argvs(tmp_path / "audit.jsonl.1") == ["before"]
     assert argvs(path) == ["after"]
     assert mode_of(path) == 0o600
+
+
+def test_a_group_that_cannot_be_given_leaves_it_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root and not in audit_group: chown fails; the file stays 0600 rather than 0640 with
+    the wrong group, and the warning says so."""
+
+    def refuse(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    path = tmp_path / "audit.jsonl"
+    with capturedLogs() as captured:
+        audit = AuditLog.open(str(path), Clock(), group=12345)
+    audit.record("connect")
+    audit.close()
+    assert mode_of(path) == 0o600
+    (warning,) = warnings(captured)
+    assert "cannot give it group 12345 and mode 0640 (Operation not permitted); it stays owner-only" in warning
