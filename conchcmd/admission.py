@@ -150,9 +150,10 @@ class Admission:
             record.strikes = 0
             record.level = 0
 
-    def strike(self, source: str, why: str, host: str | None = None) -> None:
+    def strike(self, source: str, why: str, host: str | None = None, *, connection: str | None = None) -> None:
         """A connection from `source` (client address `host`) ended badly (failed auth, garbage,
-        timeout); an address in `penalty_exempt` is not counted."""
+        timeout); an address in `penalty_exempt` is not counted. `connection` is its id, for the
+        audit record of a penalty it brings."""
         if self.exempt(host):
             return
         now = self.clock.seconds()
@@ -174,7 +175,8 @@ class Admission:
             why=why,
             n=STRIKES_BEFORE_PENALTY,
         )
-        self.audit.record("penalty", source=source, seconds=seconds, reason=why)
+        fields = {} if connection is None else {"connection": connection}
+        self.audit.record("penalty", **fields, source=source, seconds=seconds, reason=why)
 
     def _record(self, source: str) -> _Record:
         record = self._records.get(source)

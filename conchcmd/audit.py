@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import sys
 from collections import deque
 from datetime import UTC, datetime
@@ -107,6 +108,34 @@ class AuditSink(Protocol):
         ...
 
 
+class BoundAudit:
+    """An AuditSink that adds fixed fields to every record it passes on: a connection's id, a
+    channel's number and kind. Binding again adds to the fields already bound."""
+
+    def __init__(self, sink: AuditSink, **fields: Any):
+        self.sink = sink
+        self.fields = fields
+
+    def record(self, event: str, **fields: Any) -> None:
+        # The bound fields come first and win: what joins records up is never overwritten.
+        self.sink.record(event, **{**self.fields, **fields, **self.fields})
+
+    def failure(self) -> str | None:
+        return self.sink.failure()
+
+    def bind(self, **fields: Any) -> BoundAudit:
+        return BoundAudit(self.sink, **{**self.fields, **fields})
+
+
+def new_connection_id(in_use: set[str]) -> str:
+    """A random connection id (16 hex digits) not among `in_use`, which it is added to."""
+    while True:
+        connection_id = os.urandom(8).hex()
+        if connection_id not in in_use:
+            in_use.add(connection_id)
+            return connection_id
+
+
 #: Records kept while the audit log cannot be written, to write when it can (oldest dropped first).
 BACKLOG_RECORDS = 1000
 BACKLOG_BYTES = 4 << 20  # and at most this much of them (a command record can be large)
@@ -118,6 +147,10 @@ class LineTarget(Protocol):
     name: str
 
     def write(self, line: bytes) -> None: ...
+
+    def reopen(self) -> None:
+        """Start writing to the target's name afresh (after log rotation); may raise OSError."""
+        ...
 
     def close(self) -> None: ...
 
@@ -133,21 +166,80 @@ class StreamTarget:
         self.stream.write(line.decode("utf-8"))
         self.stream.flush()
 
+    def reopen(self) -> None:
+        pass  # a stream has no name to open again
+
     def close(self) -> None:
         pass  # not ours to close
+
+
+#: Mode of an audit file conchcmd creates, without and with `audit_group`: never readable by others.
+AUDIT_FILE_MODE = 0o600
+AUDIT_GROUP_FILE_MODE = 0o640
 
 
 class AppendFile:
     """A file opened for appending, written a line per write(2) loop. A line that fails half-way
     is cut off again (the file stays valid JSON lines), and the file is reopened on the next write,
-    so a full disk, a replaced file or a transient I/O error heal once the cause is gone."""
+    so a full disk, a replaced file or a transient I/O error heal once the cause is gone.
 
-    def __init__(self, path: str):
+    A file it creates gets exactly AUDIT_FILE_MODE (AUDIT_GROUP_FILE_MODE and group `group` when
+    given), whatever the umask; an existing file keeps its mode, with a warning if it is looser.
+    """
+
+    def __init__(self, path: str, *, group: int | None = None):
         self.name = path
+        self.group = group
+        self.mode = AUDIT_FILE_MODE if group is None else AUDIT_GROUP_FILE_MODE
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
-        return os.open(self.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            # Created owner-only: nobody else can open it before its mode and group are set.
+            fd = os.open(self.name, flags | os.O_CREAT | os.O_EXCL, AUDIT_FILE_MODE)
+        except FileExistsError:
+            try:
+                fd = os.open(self.name, flags)
+            except FileNotFoundError:
+                # Moved away in between, or a dangling symlink (O_EXCL does not follow it):
+                # created as before this change, owner-only at most.
+                fd = os.open(self.name, flags | os.O_CREAT, AUDIT_FILE_MODE)
+            self._check_existing(fd)
+            return fd
+        self._set_owner_and_mode(fd)
+        return fd
+
+    def _set_owner_and_mode(self, fd: int) -> None:
+        try:
+            if self.group is not None:
+                os.fchown(fd, -1, self.group)
+            os.fchmod(fd, self.mode)  # the exact mode: the umask may have taken bits away
+        except OSError as e:
+            log.warn(
+                "Audit log {name}: cannot give it group {gid} and mode {mode:04o} ({error}); it stays owner-only",
+                name=self.name,
+                gid=self.group,
+                mode=self.mode,
+                error=e.strerror,
+            )
+
+    def _check_existing(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return  # a device or a pipe (/dev/stdout, a FIFO a collector reads): not ours to judge
+        mode = stat.S_IMODE(st.st_mode)
+        looser = mode & ~self.mode & 0o777
+        other_group = self.group is not None and st.st_gid != self.group and mode & 0o070
+        if looser or other_group:
+            log.warn(
+                "Audit log {name} has mode {mode:04o} and group {gid}, looser than the {expected:04o} it would be "
+                "created with; left as it is: chmod {expected:o} {name}",
+                name=self.name,
+                mode=mode,
+                gid=st.st_gid,
+                expected=self.mode,
+            )
 
     def write(self, line: bytes) -> None:
         if self._fd is None:
@@ -165,6 +257,10 @@ class AppendFile:
             self.close()
             raise
 
+    def reopen(self) -> None:
+        self.close()
+        self._fd = self._open()
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -181,8 +277,9 @@ class AuditLog:
     says why in the meantime, so the dispatcher can refuse commands that would go unaudited.
     """
 
-    def __init__(self, target: LineTarget, clock: Any, *, failure_mode: str = "refuse"):
+    def __init__(self, target: LineTarget, clock: Any, *, failure_mode: str = "refuse", host: str | None = None):
         self._target = target
+        self._host = host  # the server's host name, in every record when given
         self._clock = clock
         self._failure_mode = failure_mode
         self._backlog: deque[bytes] = deque()
@@ -193,17 +290,22 @@ class AuditLog:
         self._closed = False
 
     @classmethod
-    def open(cls, target: str, clock: Any, *, failure_mode: str = "refuse") -> AuditLog:
-        """Open the audit log named by the `audit_log` setting ("-" is stdout)."""
+    def open(
+        cls, target: str, clock: Any, *, failure_mode: str = "refuse", host: str | None = None, group: int | None = None
+    ) -> AuditLog:
+        """Open the audit log named by the `audit_log` setting ("-" is stdout); a file is created
+        with `group` (a gid) and mode 0640 when given, else 0600."""
         if target == "-":
-            return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode)
-        return cls(AppendFile(target), clock, failure_mode=failure_mode)
+            return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode, host=host)
+        return cls(AppendFile(target, group=group), clock, failure_mode=failure_mode, host=host)
 
     def record(self, event: str, **fields: Any) -> None:
         if self._closed:
             raise ValueError("the audit log is closed")
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
         entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+        if self._host is not None:
+            entry["host"] = self._host
         entry.update(fields)
         text = _JSON_UNSAFE.sub(_json_escape, json.dumps(entry, ensure_ascii=False))
         line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
@@ -218,6 +320,20 @@ class AuditLog:
         if self._error is not None and not self._closed:
             self._drain()
         return self._error
+
+    def reopen(self) -> None:
+        """Close the target and open it again by its name (SIGHUP after a log rotation): what
+        comes next goes to the file now at that path, created if it was moved away. Each record
+        goes to exactly one file: those not yet written (the backlog) go to the new one."""
+        if self._closed:
+            return
+        try:
+            self._target.reopen()
+        except OSError as e:
+            self._failed(e)
+            return
+        log.info("Audit log {name} reopened", name=self._target.name)
+        self._drain()
 
     def _drain(self) -> None:
         """Write what is waiting, oldest first; stop at the first error."""

@@ -94,6 +94,15 @@ class Invocation:
     policy: UserPolicy = field(default_factory=UserPolicy)
     #: Fires when the client closes its input (EOF): commands that follow a log stop then.
     input_closed: defer.Deferred[None] = field(default_factory=defer.Deferred)
+    #: The rule that refused the command (its status 126), for the audit: see `refuse`.
+    rule: str | None = None
+
+    def refuse(self, rule: str) -> int:
+        """Note the rule that refuses (part of) this command, e.g. "outside roots: PATH"; the
+        first one noted is audited. Returns ExitStatus.NOT_PERMITTED."""
+        if self.rule is None:
+            self.rule = rule
+        return ExitStatus.NOT_PERMITTED
 
     @property
     def args(self) -> list[str]:
@@ -277,17 +286,21 @@ class Dispatcher:
         policy: UserPolicy | None = None,
         original_command: str | None = None,
         input_closed: defer.Deferred[None] | None = None,
+        audit: AuditSink | None = None,
     ) -> defer.Deferred[Outcome]:
         """Run one line. Cancelling the Deferred interrupts the command (status 130).
 
         `last_status` is what a bare `exit` ends the session with, as in a POSIX shell.
         `policy` is the user's (which commands, which roots); `original_command` is what the
-        client asked for when a forced command runs instead, for the audit record.
+        client asked for when a forced command runs instead, for the audit record. `audit` is
+        the sink of the channel (with its connection id, number and kind); default the server's.
         """
         policy = policy or ALL_PERMITTED
+        sink = audit or self.audit
         log.info("Cmd received from {user}@{peer} : {line}", user=user, peer=peer, line=sanitise(line))
         started = self.clock.seconds()
         argv: list[str] = []
+        rule: list[str] = []  # the rule that refused the command (status 126), if any
 
         async def run() -> Outcome:
             nonlocal argv
@@ -299,13 +312,16 @@ class Dispatcher:
                 await _complain(stderr, f"conchcmd: {e.message}")
                 return Outcome(e.status)
             if self.refuse_unaudited and argv[0] != "exit":
-                why = self.audit.failure()
+                why = sink.failure()
                 if why is not None:
+                    rule.append("audit log cannot be written")
                     await _complain(stderr, f"conchcmd: refused: the audit log cannot be written ({why})")
                     return Outcome(ExitStatus.NOT_PERMITTED)
             try:
                 command = admit(self.table, argv, policy)
             except CommandError as e:
+                if e.status == ExitStatus.NOT_PERMITTED:
+                    rule.append("command not permitted")
                 await _complain(stderr, e.message)
                 return Outcome(e.status)
             invocation = Invocation(
@@ -319,8 +335,13 @@ class Dispatcher:
                 await _complain(stderr, f"{command.name}: {e.message}\nusage: {command.usage}")
                 return Outcome(e.status)
             except CommandError as e:
+                if e.status == ExitStatus.NOT_PERMITTED:
+                    invocation.refuse(e.message)
                 await _complain(stderr, f"{command.name}: {e.message}")
                 return Outcome(e.status)
+            finally:
+                if invocation.rule is not None:
+                    rule.append(invocation.rule)
 
         def interrupted(failure: Failure) -> Outcome:
             failure.trap(defer.CancelledError)
@@ -336,7 +357,9 @@ class Dispatcher:
                 unparsed = {} if argv else {"line": sanitise(line)}
                 if original_command is not None:
                     unparsed["original_command"] = sanitise(original_command)
-                self.audit.record(
+                if outcome.status == ExitStatus.NOT_PERMITTED and rule:
+                    unparsed["rule"] = sanitise(rule[0])
+                sink.record(
                     "command",
                     user=user,
                     peer=peer,

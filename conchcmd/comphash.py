@@ -258,6 +258,8 @@ def make_comphash(config: ComphashConfig, hasher: Hasher, clock: IReactorTime) -
                 with ProgressLine(inv, clock, path) as progress:
                     result = await hasher.hash(path, algorithm, inv.policy.comphash_roots, progress, user=inv.user)
             except PathRefused as e:
+                if e.status == ExitStatus.NOT_PERMITTED:
+                    inv.refuse(f"outside roots: {path}")
                 status = max(status, e.status)
                 if as_json:
                     await inv.say(json.dumps({"path": path, "error": e.reason}) + "\n")

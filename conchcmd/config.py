@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import re
 import string
@@ -151,6 +152,7 @@ class Config:
     tcp_keepalive: bool = True  # sshd's TCPKeepAlive
     audit_log: str = "audit.jsonl"
     audit_failure: str = "refuse"
+    audit_group: str | None = None  # a group name: the audit file is then created 0640 with it
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     shell: ShellConfig = field(default_factory=ShellConfig)
@@ -182,6 +184,9 @@ class Config:
             f"tcp_keepalive = {str(self.tcp_keepalive).lower()}",
             f"audit_log = {_toml_str(self.audit_log)}",
             f"audit_failure = {_toml_str(self.audit_failure)}",
+            f"audit_group = {_toml_str(self.audit_group)}"
+            if self.audit_group
+            else "# audit_group unset: the audit file is created 0600",
             *(f"{key} = {_toml_value(getattr(self.limits, key))}" for key in LIMIT_KEYS),
             f"kex_algorithms = {_toml_list(self.algorithms.kex_algorithms)}",
             f"ciphers = {_toml_list(self.algorithms.ciphers)}",
@@ -312,6 +317,14 @@ class _Reader:
                 raise self.error(key, "unknown key")
 
 
+def audit_group_id(name: str) -> int | None:
+    """The gid of the group named by `audit_group`, or None if there is no such group."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        return None
+
+
 def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Config:
     """Parse TOML text into a Config; relative paths resolve against base_dir."""
     try:
@@ -341,6 +354,9 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     audit_failure = top.string("audit_failure", Config.audit_failure)
     if audit_failure not in AUDIT_FAILURE_MODES:
         raise top.error("audit_failure", f"must be one of {', '.join(AUDIT_FAILURE_MODES)}, not {audit_failure!r}")
+    audit_group = top.string("audit_group", "") or None
+    if audit_group is not None and audit_group_id(audit_group) is None:
+        raise top.error("audit_group", f"no such group: {audit_group!r}")
 
     lastlog_table = _Reader(top.table("lastlog"), "lastlog.", source)
     sources = lastlog_table.strings("path", AUTO_LOG_SOURCES, allow_str=True)
@@ -395,6 +411,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         tcp_keepalive=tcp_keepalive,
         audit_log=audit_log,
         audit_failure=audit_failure,
+        audit_group=audit_group,
         lastlog=LastlogConfig(sources=sources, lines=lines, max_lines=max_lines),
         comphash=ComphashConfig(
             roots=roots, algorithm=algorithm, max_concurrent=max_concurrent, max_concurrent_per_user=hashes_per_user

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,3 +277,36 @@ def _audit_log(config: Config) -> Iterator[Finding]:
         yield Finding(PROBLEM, f"audit log directory {directory} is not writable", "create it or fix its owner")
     else:
         yield Finding(OK, f"audit log: {config.audit_log}")
+    yield from _audit_file_mode(config)
+
+
+def _audit_file_mode(config: Config) -> Iterator[Finding]:
+    """An existing audit file must not be readable or writable by others (serve creates it 0600,
+    or 0640 with `audit_group`, but leaves an existing file's mode alone)."""
+    path = config.audit_log
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # not there yet: serve creates it with the right mode
+    if not stat.S_ISREG(st.st_mode):
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o007:
+        yield Finding(
+            PROBLEM,
+            f"audit log {path} has mode {mode:04o}: others can {_access(mode & 0o007)} it",
+            f"chmod o-rwx {path}",
+        )
+    if mode & 0o070 and not config.audit_group:
+        yield Finding(
+            WARNING,
+            f"audit log {path} has mode {mode:04o}: its group can {_access((mode >> 3) & 0o007)} it "
+            "and no audit_group is set",
+            f"chmod g-rwx {path}, or set audit_group to the group that may read it",
+        )
+
+
+def _access(bits: int) -> str:
+    """What rwx bits (0-7) allow, in words: "read and write"."""
+    words = [word for bit, word in ((4, "read"), (2, "write"), (1, "execute")) if bits & bit]
+    return " and ".join(words)

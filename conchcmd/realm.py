@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from conchcmd.audit import LOG_NAMESPACE, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
@@ -67,11 +67,20 @@ class CommandUser(ConchUser):
         self.budget = ConnectionBudget()  # one avatar per connection: its channels share this
         # The connection's, set by the transport (its one owner) when it admits this user.
         self.refusals: RepeatLog | None = None
+        self.audit: AuditSink | None = None  # the connection's (with its id), set the same way
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
         context = SessionContext(
-            self.dispatcher, self.clock, self.identity, self.peer, self.shell, self.policy, self.budget, self.refusals
+            self.dispatcher,
+            self.clock,
+            self.identity,
+            self.peer,
+            self.shell,
+            self.policy,
+            self.budget,
+            self.refusals,
+            self.audit or self.dispatcher.audit,
         )
         return SessionChannel(
             context,

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.admission import Admission, source_of
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, new_connection_id, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
 from conchcmd.authlog import AuthLog, Client, KeyInfo, log_word
 from conchcmd.authorized_keys import fingerprint
@@ -179,6 +179,8 @@ class ServerTransport(ModernServerTransport):
     auth_user: bytes | None = None
     auth_user_valid = True
     liveness: Liveness | None = None
+    connection_id = ""  # random, set on connectionMade
+    audit: BoundAudit  # the factory's audit sink with this connection's id
     _grace: Any = None
     _failed = False
 
@@ -195,6 +197,8 @@ class ServerTransport(ModernServerTransport):
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
         self.refusals = RepeatLog(log, self.peer)
+        self.connection_id = new_connection_id(factory.connection_ids)
+        self.audit = BoundAudit(factory.audit, connection=self.connection_id)  # joins this connection's records
         factory.transports.add(self)
         factory.admission.started(self.source)
         self.in_startup = True
@@ -205,7 +209,7 @@ class ServerTransport(ModernServerTransport):
         if set_keepalive is not None and factory.settings.tcp_keepalive:
             set_keepalive(True)  # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
         log.info("Client connection from {peer}", peer=self.peer)
-        factory.audit.record("connect", peer=self.peer)
+        self.audit.record("connect", peer=self.peer)
         register = getattr(self.transport, "registerProducer", None)
         if register is not None:
             register(self, True)  # TCP tells us when its send buffer is full (see pauseProducing)
@@ -417,6 +421,7 @@ class ServerTransport(ModernServerTransport):
         self.user = user
         avatar.peer = self.peer
         avatar.refusals = self.refusals
+        avatar.audit = self.audit
         self._leave_startup()
         self.factory.admission.authenticated(self.source)
         return True
@@ -433,7 +438,7 @@ class ServerTransport(ModernServerTransport):
             why = "left during authentication"  # e.g. sent a password and closed before the answer
         else:
             return  # e.g. a scanner reading the banner: no strike
-        self.factory.admission.strike(self.source, why, self.peer_host)
+        self.factory.admission.strike(self.source, why, self.peer_host, connection=self.connection_id)
 
     def start_liveness(self, conn: ConnectionService) -> None:
         """Idle and keepalive timers, once the connection service runs."""
@@ -506,9 +511,10 @@ class ServerTransport(ModernServerTransport):
             self.auth_log.closed_during_auth(
                 self.auth_user, self.auth_user_valid, client_disconnected=self._client_disconnected
             )
-        factory.audit.record(
+        self.audit.record(
             "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
         )
+        factory.connection_ids.discard(self.connection_id)
         super().connectionLost(reason)
 
 
@@ -706,7 +712,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
         super()._cbFinishedAuth(result)
 
     def _audit_identity(self, identity: Identity, **fields: Any) -> None:
-        self.transport.factory.audit.record(
+        self.transport.audit.record(
             "auth", user=identity.user, peer=self.transport.peer, **identity.audit_fields(), **fields
         )
 
@@ -727,7 +733,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 peer=t.peer,
                 reason=message,
             )
-            self.transport.factory.audit.record(
+            self.transport.audit.record(
                 "auth",
                 ok=False,
                 user=self._user_name(),
@@ -945,6 +951,7 @@ class CommandServerFactory(SSHFactory):
         self.ciphers = [c.encode() for c in algorithms.ciphers]
         self.macs = [m.encode() for m in algorithms.macs]
         self.transports: set[ServerTransport] = set()
+        self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
         host = getattr(addr, "host", None)

@@ -21,7 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from conchcmd.app import Server, build_server
 from conchcmd.audit import LOG_NAMESPACE, AuditLog
-from conchcmd.config import Config, ConfigError, load_config
+from conchcmd.config import Config, ConfigError, audit_group_id, load_config
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 from conchcmd.threads import ThreadRunner
@@ -89,8 +89,14 @@ class ConchcmdService(Service):
             host_keys = load_host_keys(config.host_keys_dir, trust=trust)
         except HostKeyError as e:
             raise StartupError(f"refusing to start: {e}") from None
+        hostname = socket.gethostname()
+        group = audit_group_id(config.audit_group) if config.audit_group else None
+        if config.audit_group and group is None:
+            raise StartupError(f"audit_group {config.audit_group!r}: no such group")
         try:
-            self.audit = AuditLog.open(config.audit_log, self.reactor, failure_mode=config.audit_failure)
+            self.audit = AuditLog.open(
+                config.audit_log, self.reactor, failure_mode=config.audit_failure, host=hostname, group=group
+            )
         except OSError as e:
             raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
         self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
@@ -105,6 +111,7 @@ class ConchcmdService(Service):
             audit=self.audit,
             runner=ThreadRunner(self.reactor, self.pool),
             password_runner=ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
+            hostname=hostname,
         )
 
     def startService(self) -> None:
@@ -165,7 +172,10 @@ class ConchcmdService(Service):
         return closing.addBoth(release)
 
     def reload(self) -> bool:
-        """Re-read the configuration file; keep the old one if the new one is bad."""
+        """Reopen the audit file (after log rotation) and re-read the configuration file; keep
+        the old configuration if the new one is bad."""
+        if self.server is not None:
+            self.audit.reopen()  # whatever becomes of the configuration
         if self.config_path is None or self.server is None:
             log.warn("SIGHUP: no configuration file to reload")
             return False

@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from conchcmd.audit import LOG_NAMESPACE, QuietLogger, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
@@ -96,6 +96,11 @@ class SessionContext:
     policy: UserPolicy = field(default_factory=UserPolicy)
     budget: ConnectionBudget = field(default_factory=ConnectionBudget)  # one per connection
     refusals: RepeatLog | None = None  # the connection's; None: the channel keeps its own
+    audit: AuditSink | None = None  # the connection's (with its id); None: the dispatcher's
+
+    def channel_audit(self, channel: int | None, kind: str) -> BoundAudit:
+        """The audit sink of one channel: the connection's, with the channel number and kind."""
+        return BoundAudit(self.audit or self.dispatcher.audit, channel=channel, kind=kind)
 
     def dispatch(
         self,
@@ -107,6 +112,7 @@ class SessionContext:
         last_status: int = 0,
         original_command: str | None = None,
         input_closed: defer.Deferred[None] | None = None,
+        audit: AuditSink | None = None,
     ) -> Any:
         return self.dispatcher.dispatch(
             line,
@@ -120,6 +126,7 @@ class SessionContext:
             policy=self.policy,
             original_command=original_command,
             input_closed=input_closed,
+            audit=audit,
         )
 
 
@@ -134,6 +141,9 @@ class Terminal:
 
 class ChannelHandler(Protocol):
     """What runs on a session channel: an exec'd command or one of the shells."""
+
+    #: For the audit: "exec", "shell" (no pty) or "pty-shell".
+    kind: str
 
     def start(self) -> None: ...
     def data_received(self, data: bytes) -> None: ...
@@ -188,6 +198,7 @@ class SessionChannel(channel.SSHChannel):
         self.make_handler = make_handler
         self.terminal: Terminal | None = None
         self.handler: ChannelHandler | None = None
+        self.audit: AuditSink = self.context.audit or self.context.dispatcher.audit  # + channel, kind: _begin
         self._started = False
         self._early_input: list[bytes] = []
         self._early_bytes = 0
@@ -269,6 +280,7 @@ class SessionChannel(channel.SSHChannel):
         if self.handler is not None:
             return 0
         self.handler = self.make_handler(self, command)
+        self.audit = self.context.channel_audit(self.id, self.handler.kind)
         # Start on the next reactor turn, so the reply to this request goes out before any
         # output or exit status.
         self.context.clock.callLater(0, self._start_handler)
@@ -519,6 +531,8 @@ class CommandHandler:
 class ExecHandler(CommandHandler):
     """`ssh host CMD ARGS`: run one command line, then send its exit status."""
 
+    kind = "exec"
+
     def __init__(self, chan: SessionChannel, context: SessionContext, line: str, original: str | None = None):
         super().__init__(chan, context)
         self.line = line
@@ -532,6 +546,7 @@ class ExecHandler(CommandHandler):
             interactive=self.chan.terminal is not None,
             original_command=self.original,
             input_closed=self.input_closed,
+            audit=self.chan.audit,
         )
         self.running = running
 

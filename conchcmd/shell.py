@@ -41,6 +41,7 @@ class _ShellBase(CommandHandler):
             interactive=interactive,
             last_status=self.last_status,
             input_closed=self.input_closed,
+            audit=self.chan.audit,
         )
         self.running = running
 
@@ -83,6 +84,8 @@ class PlainShell(_ShellBase):
     lines costs its size, and the channel's account, hence the client's window, sees all of it).
     Blank lines are not commands: skipped without dispatch, log line or audit record.
     """
+
+    kind = "shell"
 
     def __init__(self, chan: SessionChannel, context: SessionContext):
         super().__init__(chan, context)
@@ -455,6 +458,8 @@ class LineEditor(HistoricRecvLine):
 
 class TerminalShell(_ShellBase):
     """With a pty: a prompt, line editing and history; Ctrl-C interrupts, Ctrl-D leaves."""
+
+    kind = "pty-shell"
 
     def __init__(self, chan: SessionChannel, context: SessionContext, terminal: Terminal):
         super().__init__(chan, context)

@@ -3,6 +3,7 @@ daemonising, pid files and logging)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ class ServiceMaker:
             service.prepare()
         except StartupError as e:
             raise SystemExit(f"conchcmd: {e}") from None
+        # twistd leaves SIGHUP at its default, which ends the process: reopen and reload, as serve does.
+        signal.signal(signal.SIGHUP, lambda *_: service.reactor.callFromThread(service.reload))
         return service
 
 

@@ -446,7 +446,15 @@ def test_password_login_with_the_right_password(pw: World) -> None:
     conn = pw.connect("10.0.0.20")
     assert password_attempt(pw, conn, b"carol", PASSWORD) == SUCCESS
     (auth,) = pw.audit.of("auth")
-    assert auth == {"event": "auth", "user": "carol", "peer": "10.0.0.20:40000", "method": "password", "ok": True}
+    (connect,) = pw.audit.of("connect")
+    assert auth == {
+        "event": "auth",
+        "connection": connect["connection"],
+        "user": "carol",
+        "peer": "10.0.0.20:40000",
+        "method": "password",
+        "ok": True,
+    }
     chan = run(conn, b"comphash " + str(pw.root / "sub" / "inner.txt").encode())
     assert chan.exit_status == 0  # carol's own policy applies to a password login too
     assert run(conn, b"comphash " + str(pw.root / "hello.txt").encode()).exit_status == 126

@@ -573,6 +573,25 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_audit_failure.py::test_continue_runs_commands_and_logs_the_failure",
         ],
     },
+    "The audit file is not readable by others.": {
+        "created 0600, or 0640 with audit_group's group, whatever the umask": [
+            U + "test_audit_file.py::test_a_created_audit_file_is_0600_whatever_the_umask",
+            U + "test_audit_file.py::test_with_audit_group_it_is_0640_with_that_group_whatever_the_umask",
+        ],
+        "also when SIGHUP reopens it after a rotation": [
+            U + "test_audit_file.py::test_reopen_after_a_move_writes_to_a_new_file_at_the_path",
+            U + "test_audit_file.py::test_reload_reopens_the_audit_file_whatever_becomes_of_the_config",
+            E + "test_e2e_logrotate.py::test_logrotate_on_a_live_server_loses_and_repeats_no_record",
+        ],
+        "never loosens an existing file's mode, warns if it is looser": [
+            U + "test_audit_file.py::test_an_existing_looser_file_is_left_alone_with_a_warning",
+            U + "test_audit_file.py::test_an_existing_group_readable_file_is_looser_without_audit_group",
+        ],
+        "doctor reports a file others can read or write as a problem": [
+            U + "test_doctor_audit_mode.py::test_a_file_others_can_read_or_write_is_a_problem_with_its_fix",
+            U + "test_doctor_audit_mode.py::test_doctor_prints_the_problem_and_fails",
+        ],
+    },
     "comphash reads only inside the roots, race-free.": {
         "symlinks are resolved from held descriptors and checked again": [
             U + "test_safepath.py::test_symlinks_leading_outside_are_refused",

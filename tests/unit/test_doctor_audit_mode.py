@@ -1,0 +1,71 @@
+"""`conchcmd doctor` on the audit file's mode: readable or writable by others is a problem (with
+the chmod that fixes it), group access without `audit_group` a warning."""
+
+from __future__ import annotations
+
+import grp
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from conchcmd import cli
+from conchcmd.config import Config
+from conchcmd.doctor import OK, PROBLEM, WARNING, Finding, examine
+
+
+def audit_findings(config: Config) -> list[Finding]:
+    return [f for f in examine(config) if f.message.startswith(f"audit log {config.audit_log} ")]
+
+
+def audit_file(tmp_path: Path, mode: int) -> Path:
+    path = tmp_path / "audit.jsonl"
+    path.write_text("")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "access"),
+    [(0o604, "read"), (0o602, "write"), (0o606, "read and write"), (0o666, "read and write"), (0o777, "read")],
+)
+def test_a_file_others_can_read_or_write_is_a_problem_with_its_fix(tmp_path: Path, mode: int, access: str) -> None:
+    path = audit_file(tmp_path, mode)
+    findings = audit_findings(Config(audit_log=str(path), audit_group="root"))
+    (problem,) = [f for f in findings if f.level == PROBLEM]
+    assert problem.message.startswith(f"audit log {path} has mode {mode:04o}: others can {access}")
+    assert problem.fix == f"chmod o-rwx {path}"
+    os.chmod(path, mode & ~0o007)  # the fix, applied
+    assert [f for f in audit_findings(Config(audit_log=str(path), audit_group="root")) if f.level == PROBLEM] == []
+
+
+def test_a_group_readable_file_without_audit_group_is_a_warning(tmp_path: Path) -> None:
+    path = audit_file(tmp_path, 0o640)
+    (warning,) = audit_findings(Config(audit_log=str(path)))
+    assert warning.level == WARNING
+    assert "its group can read it and no audit_group is set" in warning.message
+    assert warning.fix.startswith(f"chmod g-rwx {path}")
+    group = grp.getgrgid(os.getegid()).gr_name
+    assert audit_findings(Config(audit_log=str(path), audit_group=group)) == []
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_an_owner_only_file_and_a_missing_one_are_fine(tmp_path: Path, mode: int) -> None:
+    path = audit_file(tmp_path, mode)
+    assert audit_findings(Config(audit_log=str(path))) == []
+    path.unlink()
+    assert audit_findings(Config(audit_log=str(path))) == []
+    assert [f.level for f in examine(Config(audit_log=str(path))) if f.message == f"audit log: {path}"] == [OK]
+
+
+def test_doctor_prints_the_problem_and_fails(tmp_path: Path) -> None:
+    path = audit_file(tmp_path, 0o644)
+    config = tmp_path / "conchcmd.toml"
+    config.write_text('audit_log = "audit.jsonl"\n')
+    out = io.StringIO()
+    status = cli.main(["doctor", "--config", str(config)], out=out)
+    assert status != 0
+    report = out.getvalue()
+    assert f"problem  audit log {path} has mode 0644: others can read it\n         fix: chmod o-rwx {path}" in report
+    assert f"warning  audit log {path} has mode 0644: its group can read it" in report
