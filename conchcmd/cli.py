@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--key", required=True, type=Path, help="public key or certificate file (.pub)")
     check.add_argument("--from", dest="peer", metavar="ADDR", help="client address (for from= and source-address)")
     check.add_argument("--command", help='the command line, e.g. "comphash /etc/hosts"')
+    contrib = sub.add_parser("contrib", help="list the shipped service files, or print one")
+    contrib.add_argument("name", nargs="?", help="the file to print (e.g. conchcmd.service)")
     return parser
 
 
@@ -228,6 +230,25 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_contrib(args: argparse.Namespace, out: TextIO) -> int:
+    from conchcmd.shipped import find, shipped_files
+
+    files = shipped_files()
+    if args.name is None:
+        width = max(len(f.name) for f in files)
+        for f in files:
+            where = f" (install as {f.install_as})" if f.install_as else ""
+            out.write(f"{f.name:<{width}}  {f.description}{where}\n")
+        out.write("Print one with: conchcmd contrib NAME\n")
+        return EXIT_OK
+    shipped = find(args.name)
+    if shipped is None:
+        names = ", ".join(f.name for f in files)
+        raise CliError(f"no shipped file {args.name!r}; the files are: {names}", EXIT_USAGE)
+    out.write(shipped.text())
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     import signal
 
@@ -247,12 +268,30 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     failures: list[str] = []
     service.ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
     reactor.callWhenRunning(service.startService)
+    reactor.callWhenRunning(_note_stop_signals, service)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.run()
     if failures:
         raise CliError("; ".join(failures))
     return EXIT_OK
+
+
+def _note_stop_signals(service: Any) -> None:
+    """Wrap the reactor's SIGTERM and SIGINT handlers (installed once it runs) so that the stop
+    line and `server_stop` name the signal."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(number: int, frame: Any, previous: Any = previous) -> None:
+            service.stop_reason = f"signal {signal.Signals(number).name}"
+            previous(number, frame)
+
+        signal.signal(signum, handler)
 
 
 def _start_logging(out: TextIO) -> None:
@@ -271,6 +310,7 @@ COMMANDS = {
     "hash-password": cmd_hash_password,
     "check": cmd_check,
     "doctor": cmd_doctor,
+    "contrib": cmd_contrib,
 }
 
 
