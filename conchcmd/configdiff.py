@@ -58,4 +58,3 @@ def config_digest(config: Config) -> str:
     line (a comment naming the file): the same settings give the same digest wherever they are."""
     text = config.describe().split("\n", 1)[1]
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-

@@ -231,6 +231,7 @@ class ConchcmdService(Service):
         sd_notify(b"READY=1\nSTATUS=listening")
         return True
 
+
 def host_key_fingerprints(host_keys: HostKeys | None) -> list[str]:
     """`TYPE SHA256:...` of each host key, as `ssh-keygen -lf` names them."""
     if host_keys is None:
