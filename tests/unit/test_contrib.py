@@ -164,11 +164,31 @@ def test_example_as_shipped_passes_check_config(capsys: pytest.CaptureFixture[st
     _assert_defaults_but_install_paths(out, tmp_path)
 
 
+def _directives(unit: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_unit_has_the_sandbox_the_readme_describes() -> None:
+    d = _directives((CONTRIB / "conchcmd.service").read_text(encoding="utf-8"))
+    assert d["Type"] == ["notify"] and d["User"] == ["conchcmd"]
+    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert d["SupplementaryGroups"] == ["adm systemd-journal"]
+    assert d["CapabilityBoundingSet"] == d["AmbientCapabilities"] == [""]
+    assert d["ProtectSystem"] == ["strict"] and d["ProtectHome"] == ["read-only"]
+    assert d["PrivateTmp"] == d["NoNewPrivileges"] == d["MemoryDenyWriteExecute"] == ["yes"]
+    assert d["LockPersonality"] == ["yes"]
+    assert d["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert d["SystemCallFilter"][0] == "@system-service"
+
+
 def test_example_paths_are_where_the_unit_lets_the_server_read_and_write() -> None:
     unit = (CONTRIB / "conchcmd.service").read_text(encoding="utf-8")
-    directives = dict(
-        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith(("#", "ExecStart"))
-    )
+    directives = {k: v[0] for k, v in _directives(unit).items()}
     assert directives["ReadWritePaths"].split() == ["/var/lib/conchcmd", "/var/log/conchcmd"]
     assert directives["StateDirectory"] == directives["LogsDirectory"] == directives["ConfigurationDirectory"]
     assert "--config /etc/conchcmd/conchcmd.toml" in unit
