@@ -3,6 +3,7 @@ against `check-config`, and the systemd units against the real `systemd-analyze`
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -55,10 +56,11 @@ def test_contrib_lists_every_shipped_file_with_where_it_goes(capsys: pytest.Capt
 
 def test_each_shipped_file_starts_with_a_comment_saying_where_it_is_installed() -> None:
     for path in CONTRIB.iterdir():
-        first = path.read_text(encoding="utf-8").splitlines()[0]
-        assert first.startswith("#"), f"{path.name}: the first line must be a comment: {first!r}"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert lines[0].startswith("#"), f"{path.name}: the first line must be a comment: {lines[0]!r}"
+        leading = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
         if path.name in shipped.DESCRIPTIONS:
-            assert shipped.DESCRIPTIONS[path.name][1] in first, f"{path.name}: {first!r}"
+            assert shipped.DESCRIPTIONS[path.name][1] in leading, f"{path.name}: {leading!r}"
 
 
 @pytest.mark.parametrize("name", ["conchcmd.service", "conchcmd.socket", "conchcmd.toml"])
