@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -205,7 +206,8 @@ class ConchcmdService(Service):
         if self.config_path is None or self.server is None:
             log.warn("SIGHUP: no configuration file to reload")
             return False
-        sd_notify(b"RELOADING=1")
+        # MONOTONIC_USEC: systemd's notify-reload protocol wants it; plain notify accepts it.
+        sd_notify(b"RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         try:
             config = load_config(self.config_path, cwd=Path.cwd())
         except ConfigError as e:

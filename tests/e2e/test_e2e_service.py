@@ -9,11 +9,13 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,24 @@ def check_config_digest(config: Path) -> str:
     return hashlib.sha256(out.split(b"\n", 1)[1]).hexdigest()
 
 
-def test_start_sighup_and_sigterm_lines_and_records(make_server: Callable[..., Any], data) -> None:
-    server = make_server()
+@pytest.fixture
+def notify_socket() -> Iterator[socket.socket]:
+    directory = tempfile.mkdtemp(prefix="sd")  # short: AF_UNIX paths are limited to 107 bytes
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(os.path.join(directory, "notify"))
+    sock.settimeout(10)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_start_sighup_and_sigterm_lines_and_records(
+    make_server: Callable[..., Any], data, notify_socket: socket.socket
+) -> None:
+    server = make_server(env_extra={"NOTIFY_SOCKET": notify_socket.getsockname()})
+    assert notify_socket.recv(4096).startswith(b"READY=1\n")
     fp = ssh_keygen_fingerprint(server.host_keys_dir / "ssh_host_ed25519_key.pub")
     server.wait_log(
         re.escape(
@@ -68,6 +86,9 @@ def test_start_sighup_and_sigterm_lines_and_records(make_server: Callable[..., A
         ),
         since,
     )
+    reloading = notify_socket.recv(4096).split(b"\n")
+    assert reloading[0] == b"RELOADING=1" and re.fullmatch(rb"MONOTONIC_USEC=\d+", reloading[1]), reloading
+    assert notify_socket.recv(4096).startswith(b"READY=1\n"), "systemd is told the reload is done"
     reload = server.wait_audit(lambda e: e["event"] == "reload", mark, what="reload")
     assert reload["changed"] == ["max_sessions", "revoked_keys", "users.alice"]
     assert reload["restart_needed"] == ["max_sessions"]
@@ -77,6 +98,7 @@ def test_start_sighup_and_sigterm_lines_and_records(make_server: Callable[..., A
 
     server.stop()
     assert server.returncode == 0
+    assert notify_socket.recv(4096) == b"STOPPING=1"
     match = re.search(r"Server stopping \(signal SIGTERM\) after (\d+) s\n", server.log_text())
     assert match, server.log_text()
     (stop,) = [e for e in server.audit() if e["event"] == "server_stop"]
