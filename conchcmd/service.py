@@ -181,10 +181,10 @@ class ConchcmdService(Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         sd_notify(b"STOPPING=1")
-        if self.started_at is not None:
-            uptime = round(self.reactor.seconds() - self.started_at, 3)
+        started_at = self.started_at
+        if started_at is not None:
+            uptime = self.reactor.seconds() - started_at
             log.info("Server stopping ({reason}) after {uptime:.0f} s", reason=self.stop_reason, uptime=uptime)
-            self.audit.record("server_stop", reason=self.stop_reason, uptime=uptime)
         for port in self.ports:
             port.stopListening()
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
@@ -193,6 +193,9 @@ class ConchcmdService(Service):
             for pool in (self.pool, self.password_pool):
                 if pool.started:
                     pool.stop()
+            if started_at is not None:  # the last record: after the clients' disconnects
+                uptime = round(self.reactor.seconds() - started_at, 3)
+                self.audit.record("server_stop", reason=self.stop_reason, uptime=uptime)
             self.audit.close()
 
         return closing.addBoth(release)
