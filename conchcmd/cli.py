@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     deluser = with_config(sub.add_parser("deluser", help="remove a user's keys (all, or those named)"))
     deluser.add_argument("user")
     deluser.add_argument("fingerprints", nargs="*", metavar="FINGERPRINT", help="SHA256:... (default: all keys)")
+    contrib = sub.add_parser("contrib", help="list the shipped service files, or print one")
+    contrib.add_argument("name", nargs="?", help="the file to print (e.g. conchcmd.service)")
     return parser
 
 
@@ -298,6 +300,25 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_contrib(args: argparse.Namespace, out: TextIO) -> int:
+    from conchcmd.shipped import find, shipped_files
+
+    files = shipped_files()
+    if args.name is None:
+        width = max(len(f.name) for f in files)
+        for f in files:
+            where = f" (install as {f.install_as})" if f.install_as else ""
+            out.write(f"{f.name:<{width}}  {f.description}{where}\n")
+        out.write("Print one with: conchcmd contrib NAME\n")
+        return EXIT_OK
+    shipped = find(args.name)
+    if shipped is None:
+        names = ", ".join(f.name for f in files)
+        raise CliError(f"no shipped file {args.name!r}; the files are: {names}", EXIT_USAGE)
+    out.write(shipped.text())
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     import signal
 
@@ -321,12 +342,30 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     failures: list[str] = []
     service.ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
     reactor.callWhenRunning(service.startService)
+    reactor.callWhenRunning(_note_stop_signals, service)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.run()
     if failures:
         raise CliError("; ".join(failures))
     return EXIT_OK
+
+
+def _note_stop_signals(service: Any) -> None:
+    """Wrap the reactor's SIGTERM and SIGINT handlers (installed once it runs) so that the stop
+    line and `server_stop` name the signal."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(number: int, frame: Any, previous: Any = previous) -> None:
+            service.stop_reason = f"signal {signal.Signals(number).name}"
+            previous(number, frame)
+
+        signal.signal(signum, handler)
 
 
 def _start_logging(out: TextIO) -> None:
@@ -347,6 +386,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "users": cmd_users,
     "deluser": cmd_deluser,
+    "contrib": cmd_contrib,
 }
 
 

@@ -3,13 +3,16 @@
 Starting loads host keys, opens the audit log, starts the thread pool and listens on every
 endpoint; it then tells systemd it is ready (sd_notify, no dependency). Stopping stops
 accepting, tells clients why, and closes what it opened. `reload` re-reads the configuration
-(SIGHUP): users, keys and policy change for new logins, running sessions keep theirs.
+(SIGHUP): users, keys and policy change for new logins, running sessions keep theirs. Start,
+stop and reload each write a log line and an audit record (`server_start`, `server_stop`,
+`reload`) with a digest of the configuration.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,11 +22,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from conchcmd import __version__
 from conchcmd.app import Server, build_server
 from conchcmd.audit import LOG_NAMESPACE, AuditLog
+from conchcmd.authorized_keys import fingerprint
 from conchcmd.config import Config, ConfigError, audit_group_id, load_config
+from conchcmd.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.filetrust import FileTrust
-from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
+from conchcmd.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
+from conchcmd.server import format_peer
 from conchcmd.threads import ThreadRunner
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -67,6 +74,7 @@ class ConchcmdService(Service):
         config_path: Path | None = None,
     ):
         self.config = config
+        self.started_config = config  # what the parts built once at start were built from
         self.reactor = reactor
         self.out = out
         self.listen = listen or config.listen
@@ -74,6 +82,10 @@ class ConchcmdService(Service):
         self.ports: list[Any] = []
         self.server: Server | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
+        self.host_keys: HostKeys | None = None
+        self.started_at: float | None = None
+        #: Why the server stops, for the stop line and `server_stop` (the caller may say better).
+        self.stop_reason = "shutdown"
 
     def say(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -86,7 +98,7 @@ class ConchcmdService(Service):
         try:
             for path in ensure_host_keys(config.host_keys_dir, trust=trust):
                 self.say(f"conchcmd: created host key {path}")
-            host_keys = load_host_keys(config.host_keys_dir, trust=trust)
+            host_keys = self.host_keys = load_host_keys(config.host_keys_dir, trust=trust)
         except HostKeyError as e:
             raise StartupError(f"refusing to start: {e}") from None
         hostname = socket.gethostname()
@@ -148,17 +160,38 @@ class ConchcmdService(Service):
         hint = no_users_hint(self.config, port)
         if hint:
             self.say(hint)
+        self.started_at = self.reactor.seconds()
+        listening = [format_peer(port.getHost()) for port in self.ports]
+        host_keys = host_key_fingerprints(self.host_keys)
+        log.info(
+            "Server started: conchcmd {version} listening on {listen}; host keys {host_keys}",
+            version=__version__,
+            listen=", ".join(listening),
+            host_keys=", ".join(host_keys),
+        )
+        self.audit.record(
+            "server_start",
+            version=__version__,
+            listen=listening,
+            host_keys=host_keys,
+            config_digest=config_digest(self.config),
+        )
         sd_notify(b"READY=1\nSTATUS=listening")
         self.ready.callback(None)
 
     def _failed_to_listen(self, failure: Any) -> None:
         error = failure.value.subFailure.value if hasattr(failure.value, "subFailure") else failure.value
+        self.stop_reason = f"startup failed: {error}"
         self.ready.errback(error)
         self.reactor.stop()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         sd_notify(b"STOPPING=1")
+        started_at = self.started_at
+        if started_at is not None:
+            uptime = self.reactor.seconds() - started_at
+            log.info("Server stopping ({reason}) after {uptime:.0f} s", reason=self.stop_reason, uptime=uptime)
         for port in self.ports:
             port.stopListening()
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
@@ -167,28 +200,58 @@ class ConchcmdService(Service):
             for pool in (self.pool, self.password_pool):
                 if pool.started:
                     pool.stop()
+            if started_at is not None:  # the last record: after the clients' disconnects
+                uptime = round(self.reactor.seconds() - started_at, 3)
+                self.audit.record("server_stop", reason=self.stop_reason, uptime=uptime)
             self.audit.close()
 
         return closing.addBoth(release)
 
     def reload(self) -> bool:
         """Reopen the audit file (after log rotation) and re-read the configuration file; keep
-        the old configuration if the new one is bad."""
+        the old configuration if the new one is bad.
+
+        Logs and audits which changed settings took effect and which need a restart (those
+        differing from what the server was started with, including ones changed by an earlier
+        reload)."""
         if self.server is not None:
             self.audit.reopen()  # whatever becomes of the configuration
         if self.config_path is None or self.server is None:
             log.warn("SIGHUP: no configuration file to reload")
             return False
+        # MONOTONIC_USEC: systemd's notify-reload protocol wants it; plain notify accepts it.
+        sd_notify(b"RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         try:
             config = load_config(self.config_path, cwd=Path.cwd())
         except ConfigError as e:
             log.warn("Reload rejected, keeping the running configuration: {error}", error=str(e))
+            self.audit.record("reload", ok=False, reason=str(e), config_digest=config_digest(self.config))
+            sd_notify(b"READY=1\nSTATUS=reload rejected")
             return False
         self.server.reload(config)
         self.password_pool.adjustPoolsize(maxthreads=config.limits.max_password_checks)
+        changed = changed_settings(self.config, config)
+        pending = [s for s in changed_settings(self.started_config, config) if not applies_on_reload(s)]
         self.config = config
-        log.info("Reloaded users, keys and policy from {path}", path=str(self.config_path))
+        applied = [s for s in changed if applies_on_reload(s)]
+        log.info(
+            "Reloaded users, keys and policy from {path}: {applied}; {pending}",
+            path=str(self.config_path),
+            applied=f"took effect: {', '.join(applied)}" if applied else "no change took effect",
+            pending=f"need a restart: {', '.join(pending)}" if pending else "nothing needs a restart",
+        )
+        self.audit.record(
+            "reload", ok=True, config_digest=config_digest(config), changed=changed, restart_needed=pending
+        )
+        sd_notify(b"READY=1\nSTATUS=listening")
         return True
+
+
+def host_key_fingerprints(host_keys: HostKeys | None) -> list[str]:
+    """`TYPE SHA256:...` of each host key, as `ssh-keygen -lf` names them."""
+    if host_keys is None:
+        return []
+    return [f"{kind.decode()} {fingerprint(key.blob())}" for kind, key in sorted(host_keys.public.items())]
 
 
 def no_users_hint(config: Config, port: int | None = None) -> str | None:

@@ -91,8 +91,8 @@ def test_sigterm_with_live_sessions(make_server, data, tmp_path):
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=2):
         pass
 
-    # The audit log ends with one disconnect per client ("server shutting down") and the hash's
-    # command record (cancelled: 130); nothing else happened after the SIGTERM.
+    # The audit log ends with one disconnect per client ("server shutting down"), the hash's
+    # command record (cancelled: 130) and server_stop; nothing else happened after the SIGTERM.
     tail = server.audit()[term_mark:]
     disconnects = {source_of_peer(e["peer"]): e for e in tail if e["event"] == "disconnect"}
     assert sorted(disconnects) == sorted([*shells, hasher_source]), tail
@@ -103,7 +103,8 @@ def test_sigterm_with_live_sessions(make_server, data, tmp_path):
     assert commands[0]["argv"] == ["comphash", str(data.big)]
     assert commands[0]["exit_code"] == 130
     assert source_of_peer(commands[0]["peer"]) == hasher_source
-    assert len(tail) == 4, tail
+    assert len(tail) == 5, tail
+    assert (tail[-1]["event"], tail[-1]["reason"]) == ("server_stop", "signal SIGTERM"), tail
     assert rss.growth_mib < 16, rss.figures()
     log = server.log_text()[since:]
     assert log.count("server shutting down") >= 3

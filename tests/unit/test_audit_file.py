@@ -26,7 +26,9 @@ def mode_of(path: Path) -> int:
 
 
 def argvs(path: Path) -> list[str]:
-    return [json.loads(line)["argv"][0] for line in path.read_text().splitlines()]
+    """The first word of each command record (reload and other records have none)."""
+    records = (json.loads(line) for line in path.read_text().splitlines())
+    return [r["argv"][0] for r in records if r["event"] == "command"]
 
 
 def warnings(captured: list[dict[str, Any]]) -> list[str]:
