@@ -1,6 +1,8 @@
 """A client that logs in, stops reading its socket and sends COUNT want-reply global requests
-(each answered with REQUEST_FAILURE), run as a subprocess by test_flood.py. Prints one JSON line
-once everything is handed to the socket or DEADLINE passes, then waits for a line on stdin.
+(each answered with REQUEST_FAILURE), run as a subprocess by test_unread_replies.py. Stops early once
+BACKED_UP bytes wait in its own buffer (the server has stopped reading: what the test looks for).
+Prints one JSON line once everything is handed to the socket, or it backed up, or DEADLINE passes,
+then waits for a line on stdin.
 
 Usage: request_flood_client.py KEY PORT SOURCE COUNT
 """
@@ -16,7 +18,8 @@ from asyncssh.constants import MSG_GLOBAL_REQUEST
 from asyncssh.packet import Boolean, String
 from push_client import connect_as_alice  # this script's own folder is on sys.path
 
-DEADLINE = 15.0
+DEADLINE = 60.0  # a bound on a slow machine, not a figure: the loop normally ends by BACKED_UP
+BACKED_UP = 4 << 20
 
 
 async def main() -> None:
@@ -26,7 +29,7 @@ async def main() -> None:
     transport.pause_reading()
     deadline = time.monotonic() + DEADLINE
     sent = 0
-    while sent < int(count) and time.monotonic() < deadline:
+    while sent < int(count) and time.monotonic() < deadline and transport.get_write_buffer_size() < BACKED_UP:
         for _ in range(1000):
             conn.send_packet(MSG_GLOBAL_REQUEST, String(b"flood@example.com"), Boolean(True))
         sent += 1000

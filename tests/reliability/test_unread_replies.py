@@ -50,5 +50,7 @@ def test_answers_to_a_client_that_never_reads_do_not_pile_up(make_server) -> Non
         {**flood, "peak_growth_mib": round(growth, 2), "rss_after_mib": round(rss_kib(server.pid) / 1024, 2)},
     )
     assert other.returncode == 0
-    assert flood["sent"] == REQUESTS
+    # Every request reached the socket, or the client's own buffer backed up (the server stopped
+    # reading): either way the server was offered more answers than the kernel's buffers hold.
+    assert flood["sent"] == REQUESTS or flood["unsent_bytes"] > 0, flood
     assert growth < BOUND_MIB
