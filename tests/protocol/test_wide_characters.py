@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from wcwidth import wcwidth
 
 from conchcmd.cells import LineLayout, split_clusters
-from protocol.test_terminal_editing import CTRL_A, CTRL_E, CTRL_K, CTRL_U, CTRL_W, LEFT, RIGHT, Term, winsize
+from protocol.test_terminal_editing import CTRL_A, CTRL_E, CTRL_K, CTRL_U, CTRL_W, DOWN, LEFT, RIGHT, UP, Term, winsize
 
 BACKSPACE, DELETE = b"\x7f", b"\x1b[3~"
 WIDE, WIDER = "中".encode(), "文".encode()
@@ -226,3 +226,11 @@ def test_layout_positions_by_hand() -> None:
     layout = LineLayout(5, [1, 1])  # "> " on 5 columns
     assert [layout.start(line, i) for i in range(len(line) + 1)] == [(0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
     assert layout.cursor(line, 2) == (1, 0)
+
+
+def test_history_replaces_a_wrapped_line_and_erases_its_rows(term: Term) -> None:
+    narrow(term, 10)
+    term.keys(b"say abcdefghij\r")  # 14 characters after "> ": two rows
+    assert term.keys(UP) == b"\x1b[Ksay abcdefghij"
+    assert term.keys(DOWN) == b"\x1b[1A\x1b[4D\x1b[J"  # back to the prompt's row; both rows erased
+    assert term.keys("中".encode() + UP) == "中".encode() + b"\x1b[2D\x1b[K" + b"say abcdefghij"  # the draft kept
