@@ -10,6 +10,7 @@ from the first cell of the prompt.
 from __future__ import annotations
 
 import re
+from array import array
 
 from wcwidth import wcwidth
 
@@ -71,8 +72,10 @@ class LineLayout:
         self.width = max(1, width)
         self.prompt = prompt
         self.prompt_end = self._run((0, 0), prompt)
-        self._starts: list[Position] = []  # where element i's first cell is (raw: may be past the edge)
-        self._ends: list[Position] = []  # the position just after element i
+        # The position just after element i (raw: may be past the edge), as row * (width + 1) +
+        # column: 8 bytes an element, not tuples (a 16 K-character line in each of ten channels
+        # must not cost tens of megabytes). Where it starts follows: a character never spans rows.
+        self._ends = array("q")
 
     def _advance(self, at: Position, cells: int) -> tuple[Position, Position]:
         row, column = at
@@ -87,30 +90,37 @@ class LineLayout:
 
     def changed(self, index: int) -> None:
         """Element `index` (and so every one after it) changed or moved."""
-        del self._starts[index:]
         del self._ends[index:]
 
+    def _pack(self, position: Position) -> int:
+        return position[0] * (self.width + 1) + position[1]
+
+    def _unpack(self, packed: int) -> Position:
+        row, column = divmod(packed, self.width + 1)
+        return row, column
+
     def _fill(self, line: list[bytes], upto: int) -> None:
-        while len(self._starts) < min(upto + 1, len(line)):
-            i = len(self._starts)
-            at = self._ends[-1] if self._ends else self.prompt_end
-            start, end = self._advance(at, cluster_width(line[i]))
-            self._starts.append(start)
-            self._ends.append(end)
+        while len(self._ends) < min(upto + 1, len(line)):
+            i = len(self._ends)
+            at = self._unpack(self._ends[-1]) if self._ends else self.prompt_end
+            _, end = self._advance(at, cluster_width(line[i]))
+            self._ends.append(self._pack(end))
 
     def start(self, line: list[bytes], index: int) -> Position:
         """Raw start of element `index`; `len(line)` gives the end of the line."""
         if index >= len(line):
             return self.end_before(line, len(line))
         self._fill(line, index)
-        return self._starts[index]
+        row, _ = self._unpack(self._ends[index])
+        before = self.end_before(line, index)
+        return (row, before[1]) if before[0] == row else (row, 0)  # wrapped: from the row's start
 
     def end_before(self, line: list[bytes], index: int) -> Position:
         """Raw position just after element index - 1 (the prompt's end for 0)."""
         if index == 0:
             return self.prompt_end
         self._fill(line, index - 1)
-        return self._ends[index - 1]
+        return self._unpack(self._ends[index - 1])
 
     def cursor(self, line: list[bytes], index: int) -> Position:
         """Where the cursor goes to stand before element `index` (after the line for len(line))."""
