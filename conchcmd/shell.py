@@ -440,13 +440,13 @@ class LineEditor(HistoricRecvLine):
 
     def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
         index = self.lineBufferIndex
-        old_end = self._end()
         if cluster_width(ch) == 0:
             # Combining or zero-width: part of the character before it, on the same cells (with
             # none before it, it would join the prompt's last cell: dropped).
             if index == 0 or len(self.lineBuffer[index - 1]) + len(ch) > MAX_CLUSTER:
                 self.terminal.write(BELL)
                 return
+            old_end = self._end()
             self.lineBuffer[index - 1] += ch
             self._layout.changed(index - 1)
             self._paint(index - 1, old_end)
@@ -456,6 +456,17 @@ class LineEditor(HistoricRecvLine):
                 self._overflow = True
                 self.terminal.write(BELL)
             return
+        if index == len(self.lineBuffer):  # typing at the end (and pastes): the short way
+            self.lineBuffer.append(ch)
+            self.lineBufferIndex += 1
+            width = self._layout.width
+            end = self._layout.end_before(self.lineBuffer, index + 1)
+            pad = end[0] > self._at[0] and not self._pending  # a wide character that did not fit
+            self.terminal.write(ERASE_LINE + ch if pad else ch)
+            self._pending = end[1] >= width
+            self._at = normal(end, width)
+            return
+        old_end = self._end()
         self.lineBuffer.insert(index, ch)
         self.lineBufferIndex += 1
         self._layout.changed(index)
