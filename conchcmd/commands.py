@@ -92,7 +92,8 @@ class Invocation:
     peer: str
     interactive: bool = False
     policy: UserPolicy = field(default_factory=UserPolicy)
-    #: Fires when the client closes its input (EOF): commands that follow a log stop then.
+    #: Fires when a shell's client closes its input (EOF): commands that follow a log stop then
+    #: (never in exec, where the command reads no input: see ExecHandler.eof_received).
     input_closed: defer.Deferred[None] = field(default_factory=defer.Deferred)
     #: The rule that refused the command (its status 126), for the audit: see `refuse`.
     rule: str | None = None

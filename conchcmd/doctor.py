@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import stat
@@ -18,7 +19,7 @@ from conchcmd.commands import InlineRunner
 from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
 from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
-from conchcmd.lastlog import FileTail, build_sources
+from conchcmd.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -157,16 +158,40 @@ def _authorized_keys(config: Config, invocation: Invocation) -> Iterator[Finding
 
 def _log_source(config: Config) -> Iterator[Finding]:
     # The same sources and the same test `lastlog` uses; nothing is read, so no runner or reactor.
+    skipped: list[str] = []
     for source in build_sources(config.lastlog, InlineRunner(), reactor=None, clock=None):  # type: ignore[arg-type]
         if not source.available():
+            if isinstance(source, FileTail):
+                skipped.append(source.path)
             continue
         if isinstance(source, FileTail) and not os.access(source.path, os.R_OK):
             yield Finding(PROBLEM, f"{source.path} is not readable by this user", "run as a user in the log's group")
         else:
-            yield Finding(OK, f"lastlog reads {source.describe()}")
+            yield _log_has_lines(source, skipped)
         return
     tried = ", ".join(config.lastlog.sources)
     yield Finding(PROBLEM, f"no system log found (tried {tried})", "set [lastlog] path to the log file")
+
+
+def _log_has_lines(source: FileTail | JournalTail, missing: list[str]) -> Finding:
+    """Where `lastlog` would print nothing: an empty file (status 0, a note) or a journal with no
+    entries this user may read (status 1). Checked as the user running doctor."""
+    if isinstance(source, FileTail):
+        with contextlib.suppress(OSError):
+            if os.stat(source.path).st_size == 0:
+                return Finding(
+                    WARNING,
+                    f"lastlog reads {source.path}, which is empty: it prints nothing until something is logged",
+                    "check that the system logger writes there, or set [lastlog] path",
+                )
+    elif not source.has_entries_blocking():
+        return Finding(
+            WARNING,
+            f"lastlog reads the systemd journal, but {empty_journal_message(missing, advice=False)}: "
+            "lastlog fails (status 1)",
+            "run doctor as the server's user; add that user to the systemd-journal group, or set [lastlog] path",
+        )
+    return Finding(OK, f"lastlog reads {source.describe()}")
 
 
 def _roots(config: Config) -> Iterator[Finding]:

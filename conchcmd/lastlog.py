@@ -4,9 +4,12 @@ with `-f`, followed like `tail -F` (rotation and truncation handled) or `journal
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
 import shutil
+import subprocess
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -109,6 +112,8 @@ class FileTail:
     async def tail(self, lines: int, out: Writer, *, follow: bool = False, stop: defer.Deferred[None]) -> None:
         try:
             f, start, size = await self._owned(self._open, lines)
+        except PermissionError:
+            raise CommandError(unreadable_file_message(self.path)) from None
         except OSError as e:
             raise CommandError(f"{self.path}: {e.strerror}") from None
         current = [f]  # the file being read; following may replace it
@@ -186,6 +191,49 @@ class _JournalProtocol(ProcessProtocol):
             self.ended.errback(CommandError(f"journalctl: {message}"))
 
 
+def _journal_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SYSTEMD_COLORS": "0"}
+
+
+def _this_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+JOURNAL_GROUPS = ("systemd-journal", "adm")  # the groups journald lets read the system journal
+
+
+def unreadable_file_message(path: str) -> str:
+    """What to say when the log file exists but this user may not read it."""
+    try:
+        group = _group_name(os.stat(path).st_gid)
+    except OSError:
+        group = "its group"
+    return f"{path}: permission denied for this user ({_this_user()}); add it to group {group} or set [lastlog] path"
+
+
+def empty_journal_message(missing_files: list[str], *, advice: bool = True) -> str:
+    """What to say when journalctl shows nothing: journald keeps boot messages at least, so an
+    empty answer means this user may not read the system journal, or that nothing is collected."""
+    before = f"no {' or '.join(missing_files)}, and " if missing_files else ""
+    hint = ""
+    if os.geteuid() != 0:
+        groups = {_group_name(g) for g in (os.getegid(), *os.getgroups())}
+        if not groups.intersection(JOURNAL_GROUPS):
+            hint = f" ({_this_user()} is in neither the {' nor the '.join(JOURNAL_GROUPS)} group)"
+    advise = "; set [lastlog] path" if advice else ""
+    return f"{before}the journal has no entries readable by this user{hint}{advise}"
+
+
 class JournalTail:
     """The systemd journal, read with `journalctl -n N [-f] --no-pager` in a child process."""
 
@@ -199,14 +247,38 @@ class JournalTail:
     def available(self) -> bool:
         return shutil.which(self.journalctl) is not None
 
+    async def has_entries(self) -> bool:
+        """Whether this user can read at least one entry. journalctl -f on a journal this user
+        cannot read (or an empty one) waits for ever, printing nothing; -q hides its hint."""
+        seen = bytearray()
+
+        def keep(data: bytes) -> defer.Deferred[None]:
+            seen.extend(data[:1])
+            return defer.succeed(None)
+
+        await self.tail(1, keep, stop=defer.Deferred())
+        return bool(seen)
+
+    def has_entries_blocking(self, timeout: float = 10.0) -> bool:
+        """has_entries() for `doctor`, which has no reactor running."""
+        executable = shutil.which(self.journalctl)
+        if executable is None:
+            return False
+        try:
+            done = subprocess.run(
+                [executable, "-n", "1", "--no-pager", "-q"], capture_output=True, timeout=timeout, env=_journal_env()
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0 and bool(done.stdout.strip())
+
     async def tail(self, lines: int, out: Writer, *, follow: bool = False, stop: defer.Deferred[None]) -> None:
         executable = shutil.which(self.journalctl)
         if executable is None:
             raise CommandError("journalctl is not installed")
         protocol = _JournalProtocol(out)
         argv = [executable, "-n", str(lines), *(["-f"] if follow else []), "--no-pager", "-q"]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SYSTEMD_COLORS": "0"}
-        running = [self.reactor.spawnProcess(protocol, executable, argv, env=env)]
+        running = [self.reactor.spawnProcess(protocol, executable, argv, env=_journal_env())]
 
         def kill(_: Any = None) -> None:
             for process in running:  # empty once this tail is over: nothing left to kill
@@ -254,6 +326,7 @@ class JsonLines:
         self.per_line = per_line
         self.partial = b""
         self.count = 0
+        self.started = False
 
     def _encode(self, line: bytes) -> bytes:
         text = line.decode("utf-8", "replace")
@@ -262,15 +335,18 @@ class JsonLines:
         prefix = b"" if self.count == 0 else b", "
         return prefix + json.dumps(text).encode()
 
-    def start(self) -> defer.Deferred[None]:
-        if self.per_line:
-            return defer.succeed(None)
-        return self.out.write(b'{"source": ' + json.dumps(self.source).encode() + b', "lines": [')
+    def _head(self) -> bytes:
+        """The object's opening, written with the first line or at the end: an error before any
+        line leaves stdout empty rather than half a document."""
+        if self.per_line or self.started:
+            return b""
+        self.started = True
+        return b'{"source": ' + json.dumps(self.source).encode() + b', "lines": ['
 
     def write(self, data: bytes) -> defer.Deferred[None]:
         *lines, self.partial = (self.partial + data).split(b"\n")
         encoded = b"".join(self._encode_counted(line) for line in lines)
-        return self.out.write(encoded) if encoded else defer.succeed(None)
+        return self.out.write(self._head() + encoded) if encoded else defer.succeed(None)
 
     def _encode_counted(self, line: bytes) -> bytes:
         encoded = self._encode(line)
@@ -280,7 +356,7 @@ class JsonLines:
     def finish(self) -> defer.Deferred[None]:
         tail = self._encode_counted(self.partial) if self.partial else b""
         self.partial = b""
-        return self.out.write(tail if self.per_line else tail + b"]}\n")
+        return self.out.write(tail if self.per_line else self._head() + tail + b"]}\n")
 
 
 def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
@@ -302,15 +378,31 @@ def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
         source = next((s for s in sources if s.available()), None)
         if source is None:
             tried = ", ".join(s.describe() for s in sources)
-            raise CommandError(f"no system log available (tried {tried})")
-        if not as_json:
-            await source.tail(lines, _writer(inv.stdout, inv.interactive), follow=follow, stop=inv.input_closed)
-            return ExitStatus.OK
-        name = JOURNAL if isinstance(source, JournalTail) else source.path
-        encoder = JsonLines(inv.stdout, name, per_line=follow)
-        await encoder.start()
-        await source.tail(lines, encoder.write, follow=follow, stop=inv.input_closed)
-        await encoder.finish()
+            raise CommandError(f"no system log available (tried {tried}); set [lastlog] path")
+        missing = [s.path for s in sources[: sources.index(source)] if isinstance(s, FileTail)]
+        if isinstance(source, JournalTail) and follow and not await source.has_entries():
+            raise CommandError(empty_journal_message(missing))  # journalctl -f would wait in silence
+        if as_json:
+            name = JOURNAL if isinstance(source, JournalTail) else source.path
+            encoder = JsonLines(inv.stdout, name, per_line=follow)
+            out: Writer = encoder.write
+        else:
+            out = _writer(inv.stdout, inv.interactive)
+        sent = [0]
+
+        def counted(data: bytes) -> defer.Deferred[None]:
+            sent[0] += len(data)
+            return out(data)
+
+        if isinstance(source, FileTail) and follow and _is_empty(source.path):
+            await _say_empty(inv, source.path)  # now: the follow may last for days
+        await source.tail(lines, counted, follow=follow, stop=inv.input_closed)
+        if not sent[0] and not follow:
+            if isinstance(source, JournalTail):
+                raise CommandError(empty_journal_message(missing))
+            await _say_empty(inv, source.path)
+        if as_json:
+            await encoder.finish()
         return ExitStatus.OK
 
     return Command(
@@ -321,6 +413,19 @@ def make_lastlog(config: LastlogConfig, sources: list[LogSource]) -> Command:
         options=("-n", "--lines", "-f", "--follow", "--json"),
         preflight=usage_preflight(arguments),
     )
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False  # opening it says what is wrong
+
+
+async def _say_empty(inv: Invocation, path: str) -> None:
+    """An existing, readable, empty file (just rotated, say) is a valid answer, status 0, as with
+    `tail`; stderr says why nothing was printed."""
+    await inv.complain(f"lastlog: {path} is empty\n")
 
 
 def _writer(out: Output, interactive: bool) -> Writer:

@@ -510,7 +510,7 @@ class CommandHandler:
         self.input_closed: defer.Deferred[None] = defer.Deferred()
 
     def end_of_input(self) -> None:
-        """The client sent EOF: a command following a log stops."""
+        """The client sent EOF to a shell: a command following a log stops."""
         if not self.input_closed.called:
             self.input_closed.callback(None)
 
@@ -563,4 +563,6 @@ class ExecHandler(CommandHandler):
             self.interrupt()
 
     def eof_received(self) -> None:
-        self.end_of_input()
+        """Nothing: an exec'd command reads no input, so its end ends nothing (`ssh -n host
+        lastlog -f`, as under cron, follows like `tail -F` under sshd until a signal or the
+        channel's close). Only the shells treat the end of input as the end of a follow."""

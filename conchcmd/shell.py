@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 
 from conchcmd.audit import terminal_safe
+from conchcmd.cells import LineLayout, Position, cluster_width, normal, prompt_widths, split_clusters
 from conchcmd.commands import ExitStatus, Outcome
 from conchcmd.completion import Completion, last_word, quote_word
 from conchcmd.session import CommandHandler, SessionChannel, SessionContext, Terminal
@@ -23,6 +24,7 @@ CTRL_C = b"\x03"
 CTRL_D = b"\x04"
 BELL = b"\x07"
 BATCH_LIMIT = 64 * 1024  # echo and redraw collected in one input batch before they are queued
+ERASE_LINE, ERASE_BELOW = b"\x1b[K", b"\x1b[J"
 
 
 class _ShellBase(CommandHandler):
@@ -72,6 +74,8 @@ class _ShellBase(CommandHandler):
 
 # A run of blank lines (only spaces, tabs, CRs): skipped at once, never dispatched.
 BLANK_LINES = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")
+MAX_CLUSTER = 32  # bytes of one character and the combining ones after it (Unicode's stream-safe
+# format allows 30 of those): each element then has a bound, and the line's element cap bounds it
 HISTORY_BYTES = 64 * 1024  # a session's history, at most (500 lines of 16 K would be 8 MB)
 MAX_CONTROL_SEQUENCE = 32  # bytes of `ESC [` parameters kept; real keys send a few
 LINES_PER_TURN = 64  # commands that finish at once, run before yielding the reactor
@@ -269,11 +273,15 @@ class LineEditor(HistoricRecvLine):
 
     Stock RecvLine resets the terminal on connect, clears the screen on every resize, switches
     the terminal into insert mode (at connect and at the Insert key; left on after logout),
-    ignores Ctrl-C and Ctrl-D, drops non-ASCII input byte by byte, and has no cap on line length
-    or history.
+    ignores Ctrl-C and Ctrl-D, drops non-ASCII input byte by byte, has no cap on line length
+    or history, and moves the cursor one column per character: a double-width character (CJK,
+    emoji), a combining one, or a line that wraps at the terminal's edge put what the screen
+    shows out of step with what runs. Here each element of `lineBuffer` is one character with
+    the zero-width ones that follow it, and the cursor goes to the cell `cells.LineLayout`
+    computes for it, across rows.
     """
 
-    def __init__(self, shell: TerminalShell, prompt: bytes, max_line: int, history_size: int):
+    def __init__(self, shell: TerminalShell, prompt: bytes, max_line: int, history_size: int, columns: int = 80):
         self.shell = shell
         self.ps = (prompt, prompt)
         self.max_line = max_line
@@ -281,14 +289,117 @@ class LineEditor(HistoricRecvLine):
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._overflow = False
         self._completing = False
+        self.width = columns
+        self._prompt_cells = prompt_widths(prompt)
+        self._layout = LineLayout(columns, self._prompt_cells)
+        self._at: Position = (0, 0)  # the terminal's cursor, from the prompt's first cell (never past the edge)
+        self._pending = False  # the terminal holds its cursor on the last column, see _settle
+        self._line: list[bytes] = []
+
+    @property
+    def lineBuffer(self) -> list[bytes]:
+        return self._line
+
+    @lineBuffer.setter
+    def lineBuffer(self, value: list[bytes]) -> None:
+        # RecvLine and HistoricRecvLine replace the list in several places: the layout follows.
+        self._line = value
+        self._layout.changed(0)
 
     def initializeScreen(self) -> None:
         self.mode = "insert"  # emulated by redrawing; no IRM escape sent to the terminal
         self.terminal.write(self.shell.banner())
-        self.terminal.write(self.ps[self.pn])
+        self.drawInputLine()
 
     def terminalSize(self, width: int, height: int) -> None:
-        self.width, self.height = width, height  # the terminal re-wraps by itself
+        self.height = height
+        if width != self.width:  # the terminal re-wraps by itself; the cursor is where it wraps to
+            self.width = width
+            self._layout = LineLayout(width, self._prompt_cells)
+            self._at = self._layout.cursor(self.lineBuffer, self.lineBufferIndex)
+
+    # -- where the cursor is, and drawing ------------------------------------------------------
+
+    def _end(self) -> Position:
+        return self._layout.cursor(self.lineBuffer, len(self.lineBuffer))
+
+    def _settle(self) -> None:
+        """After a character in a row's last column, terminals keep the cursor on it until the
+        next character comes (then wrap): the layout already counts it on the next row. Before
+        moving or erasing, a space and CR put it there (the space lies past the line's end)."""
+        if self._pending:
+            self._pending = False
+            self.terminal.write(b" \r")
+
+    def _move_to(self, target: Position) -> None:
+        if target == self._at:
+            return
+        self._settle()
+        (row, column), (to_row, to_column) = self._at, target
+        if to_row < row:
+            self.terminal.cursorUp(row - to_row)
+        elif to_row > row:
+            self.terminal.cursorDown(to_row - row)
+        if to_column < column:
+            self.terminal.cursorBackward(column - to_column)
+        elif to_column > column:
+            self.terminal.cursorForward(to_column - column)
+        self._at = target
+
+    def _paint(self, start: int, old_end: Position | None, *, erase: bool = False) -> None:
+        """Write the line from element `start` to its end, clear what it showed beyond that
+        before the change (up to `old_end`), and put the cursor before element lineBufferIndex."""
+        line, layout, width = self.lineBuffer, self._layout, self._layout.width
+        self._move_to(normal(layout.end_before(line, start), width))
+        row, column = self._at
+        parts: list[bytes] = []
+        for i in range(start, len(line)):
+            if layout.start(line, i)[0] > row and column < width:
+                parts.append(ERASE_LINE)  # the cell a double-width character could not use: blank
+            parts.append(line[i])
+            row, column = layout.end_before(line, i + 1)
+        if parts:
+            self.terminal.write(b"".join(parts))
+            self._pending = column >= width
+        self._at = normal((row, column), width)
+        if erase or (old_end is not None and old_end > self._at):
+            self._settle()
+            self.terminal.write(ERASE_BELOW if old_end is not None and old_end[0] > self._at[0] else ERASE_LINE)
+        self._move_to(layout.cursor(line, self.lineBufferIndex))
+
+    def _leave_line(self) -> None:
+        """Before a newline: down to the line's last row, so nothing after it overwrites the line."""
+        below = self._end()[0] - self._at[0]
+        if below > 0:
+            self._settle()
+            self.terminal.cursorDown(below)
+        # A held cursor needs nothing: the newline that follows starts the next row either way.
+        self._pending = False
+        self._at = (0, 0)
+
+    def drawInputLine(self) -> None:
+        """The prompt and the line, at the start of a fresh row."""
+        self._at, self._pending = (0, 0), False
+        self.terminal.write(self.ps[self.pn])
+        self._after_prompt()
+        self._paint(0, None)
+
+    def _after_prompt(self) -> None:
+        end = self._layout.prompt_end
+        self._pending = end[1] >= self._layout.width  # the prompt filled its last row
+        self._at = normal(end, self._layout.width)
+
+    def _redraw(self, old_end: Position | None = None) -> None:
+        """Rewrite the prompt and the input, leaving the cursor where lineBufferIndex says."""
+        self._settle()
+        if self._at[0]:
+            self.terminal.cursorUp(self._at[0])
+        self._at = (0, 0)
+        self.terminal.write(b"\r" + self.ps[self.pn])
+        self._after_prompt()
+        self._paint(0, old_end, erase=True)
+
+    # -- keys --------------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -331,45 +442,99 @@ class LineEditor(HistoricRecvLine):
         editor's own insert emulation then garbles and which outlives the session."""
 
     def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
+        index = self.lineBufferIndex
+        if cluster_width(ch) == 0:
+            # Combining or zero-width: part of the character before it, on the same cells (with
+            # none before it, it would join the prompt's last cell: dropped).
+            if index == 0 or len(self.lineBuffer[index - 1]) + len(ch) > MAX_CLUSTER:
+                self.terminal.write(BELL)
+                return
+            old_end = self._end()
+            self.lineBuffer[index - 1] += ch
+            self._layout.changed(index - 1)
+            self._paint(index - 1, old_end)
+            return
         if len(self.lineBuffer) >= self.max_line:
             if not self._overflow:
                 self._overflow = True
                 self.terminal.write(BELL)
             return
-        tail = self.lineBuffer[self.lineBufferIndex :]
-        self.lineBuffer.insert(self.lineBufferIndex, ch)
+        if index == len(self.lineBuffer):  # typing at the end (and pastes): the short way
+            self.lineBuffer.append(ch)
+            self.lineBufferIndex += 1
+            width = self._layout.width
+            end = self._layout.end_before(self.lineBuffer, index + 1)
+            pad = end[0] > self._at[0] and not self._pending  # a wide character that did not fit
+            self.terminal.write(ERASE_LINE + ch if pad else ch)
+            self._pending = end[1] >= width
+            self._at = normal(end, width)
+            return
+        old_end = self._end()
+        self.lineBuffer.insert(index, ch)
         self.lineBufferIndex += 1
-        self.terminal.write(ch + b"".join(tail))
-        if tail:
-            self.terminal.cursorBackward(len(tail))
+        self._layout.changed(index)
+        self._paint(index, old_end)
 
-    def _redraw(self) -> None:
-        """Rewrite the input after the prompt, leaving the cursor where lineBufferIndex says."""
-        self.terminal.write(b"\r" + self.ps[self.pn] + b"".join(self.lineBuffer) + b"\x1b[K")
-        behind = len(self.lineBuffer) - self.lineBufferIndex
-        if behind:
-            self.terminal.cursorBackward(behind)
+    def handle_LEFT(self) -> None:
+        if self.lineBufferIndex > 0:
+            self.lineBufferIndex -= 1
+            self._move_to(self._layout.cursor(self.lineBuffer, self.lineBufferIndex))
+
+    def handle_RIGHT(self) -> None:
+        if self.lineBufferIndex < len(self.lineBuffer):
+            self.lineBufferIndex += 1
+            self._move_to(self._layout.cursor(self.lineBuffer, self.lineBufferIndex))
+
+    def handle_HOME(self) -> None:
+        self.lineBufferIndex = 0
+        self._move_to(self._layout.cursor(self.lineBuffer, 0))
+
+    def handle_END(self) -> None:
+        self.lineBufferIndex = len(self.lineBuffer)
+        self._move_to(self._end())
+
+    def handle_BACKSPACE(self) -> None:
+        if self.lineBufferIndex > 0:
+            old_end = self._end()
+            self.lineBufferIndex -= 1
+            del self.lineBuffer[self.lineBufferIndex]
+            self._layout.changed(self.lineBufferIndex)
+            self._paint(self.lineBufferIndex, old_end)
+
+    def handle_DELETE(self) -> None:
+        if self.lineBufferIndex < len(self.lineBuffer):
+            old_end = self._end()
+            del self.lineBuffer[self.lineBufferIndex]
+            self._layout.changed(self.lineBufferIndex)
+            self._paint(self.lineBufferIndex, old_end)
 
     def handle_CTRL_U(self) -> None:
+        old_end = self._end()
         del self.lineBuffer[: self.lineBufferIndex]
+        self._layout.changed(0)
         self.lineBufferIndex = 0
-        self._redraw()
+        self._redraw(old_end)
 
     def handle_CTRL_K(self) -> None:
+        old_end = self._end()
         del self.lineBuffer[self.lineBufferIndex :]
-        self.terminal.eraseToLineEnd()
+        self._layout.changed(self.lineBufferIndex)
+        self._paint(self.lineBufferIndex, old_end, erase=True)
 
     def handle_CTRL_W(self) -> None:
+        old_end = self._end()
         start = self.lineBufferIndex
         while start > 0 and self.lineBuffer[start - 1] == b" ":
             start -= 1
         while start > 0 and self.lineBuffer[start - 1] != b" ":
             start -= 1
         del self.lineBuffer[start : self.lineBufferIndex]
+        self._layout.changed(start)
         self.lineBufferIndex = start
-        self._redraw()
+        self._redraw(old_end)
 
     def handle_CTRL_L(self) -> None:
+        self._leave_line()
         self.terminal.write(b"\n")  # a fresh line; the server never clears the screen
         self._redraw()
 
@@ -401,6 +566,7 @@ class LineEditor(HistoricRecvLine):
                 self.characterReceived(ch.encode("utf-8"), True)
         elif len(candidates) > 1:
             names = [c.rstrip("/").rsplit("/", 1)[-1] + ("/" if c.endswith("/") else "") for c in candidates]
+            self._leave_line()
             self.terminal.write(b"\n" + terminal_safe("  ".join(names)).encode("utf-8", "replace") + b"\n")
             self._redraw()
         else:
@@ -422,11 +588,8 @@ class LineEditor(HistoricRecvLine):
             self.terminal.write(b"\n")
             self.shell.end(self.shell.last_status)
 
-    def _deliverBuffer(self, buf: bytes) -> None:
-        for ch in buf.decode("utf-8", "replace"):
-            self.characterReceived(ch.encode("utf-8"), False)
-
     def handle_RETURN(self) -> None:
+        self._leave_line()
         overflow, self._overflow = self._overflow, False
         if overflow:
             self.lineBuffer = []
@@ -439,8 +602,26 @@ class LineEditor(HistoricRecvLine):
         self._trim_history()
 
     def handle_UP(self) -> None:
-        super().handle_UP()  # may keep the line being typed as a draft in the history
+        if self.lineBuffer and self.historyPosition == len(self.historyLines):
+            self.historyLines.append(b"".join(self.lineBuffer))  # the line being typed, as a draft
+        if self.historyPosition > 0:
+            self._show_history(self.historyPosition - 1)
         self._trim_history()
+
+    def handle_DOWN(self) -> None:
+        self._show_history(min(self.historyPosition + 1, len(self.historyLines)))
+
+    def _show_history(self, position: int) -> None:
+        """Replace the line with history line `position` (an empty line past the newest)."""
+        old_end = self._end()
+        self._move_to(self._layout.cursor(self.lineBuffer, 0))
+        self._settle()
+        self.terminal.write(ERASE_BELOW if old_end[0] > self._at[0] else ERASE_LINE)
+        self.historyPosition = position
+        text = self.historyLines[position] if position < len(self.historyLines) else b""
+        self.lineBuffer = [c.encode("utf-8") for c in split_clusters(text.decode("utf-8", "replace"), MAX_CLUSTER)]
+        self.lineBufferIndex = len(self.lineBuffer)
+        self._paint(0, None)
 
     def _trim_history(self) -> None:
         excess = max(0, len(self.historyLines) - self.history_size)
@@ -473,7 +654,7 @@ class TerminalShell(_ShellBase):
         # The names are sanitised, the operator's prompt template is not (it may hold colours).
         user, host = (terminal_safe(v, single_line=True) for v in (context.identity.user, settings.hostname))
         prompt = settings.prompt.format(user=user, host=host).encode("utf-8", "replace")
-        self.editor = LineEditor(self, prompt, settings.max_line, settings.history_size)
+        self.editor = LineEditor(self, prompt, settings.max_line, settings.history_size, terminal.columns)
 
     def complete(self, before_cursor: str) -> defer.Deferred[Completion]:
         completer = self.context.shell.completer

@@ -202,6 +202,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 # -- the server ------------------------------------------------------------------------------
 
 
+def _toml_paths(value: Path | str | list[str]) -> str:
+    """One path, or a list of them tried in order (`[lastlog] path`)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_str(v) for v in value) + "]"
+    return _toml_str(str(value))
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -223,7 +230,7 @@ class Server(ServerFiles):
     keys: ClientKeys
     data: Data
     max_clients: int = 10
-    lastlog_path: Path | str | None = None  # default: the session's syslog file; "journal" works
+    lastlog_path: Path | str | list[str] | None = None  # default: the session's syslog file; "journal" works
     env_extra: dict[str, str] | None = None  # extra environment for the server process
     config_top: str = ""  # extra top-level config lines (written before the first table)
     config_tables: str = ""  # extra config tables, e.g. `[users.NAME]` (written last)
@@ -262,7 +269,7 @@ class Server(ServerFiles):
                     'audit_log = "audit.jsonl"',
                     self.config_top,
                     "[lastlog]",
-                    f"path = {_toml_str(str(self.lastlog_path or self.data.syslog))}",
+                    f"path = {_toml_paths(self.lastlog_path or self.data.syslog)}",
                     "lines = 10",
                     "max_lines = 10000",
                     "[comphash]",

@@ -49,3 +49,23 @@ def test_a_failing_journalctl_is_a_clear_error(make_server: Callable[..., Any], 
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr == b"lastlog: journalctl: No journal files were found.\n"
+
+
+# What systemd 252's `journalctl -n N -q` does for a user who may not read the system journal, or on a
+# machine whose journal is empty: nothing on stdout, status 0 (measured as root and as nobody).
+SILENT_JOURNALCTL = "#!/bin/sh\nexit 0\n"
+
+
+def test_an_empty_journal_out_of_the_box_is_status_1_with_the_reason(
+    make_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The defaults on a machine without syslog files: used to print nothing and exit 0."""
+    path = f"{_fake_bin(tmp_path, SILENT_JOURNALCTL)}{os.pathsep}{os.environ.get('PATH', '')}"
+    missing = [tmp_path / "syslog", tmp_path / "messages"]
+    server = make_server(lastlog_path=[*map(str, missing), "journal"], env_extra={"PATH": path})
+    for command in ("lastlog", "lastlog --json", "lastlog -f"):  # -f would otherwise wait in silence for ever
+        result = server.ssh(command)
+        assert (result.returncode, result.stdout) == (1, b""), command
+        stderr = result.stderr.decode()
+        assert stderr.startswith(f"lastlog: no {missing[0]} or {missing[1]}, and the journal has no entries readable")
+        assert stderr.endswith("; set [lastlog] path\n")

@@ -128,7 +128,7 @@ def test_no_system_log_is_a_clear_error(make_server, tmp_path):
     logless = make_server(lastlog_path=missing)
     r = logless.ssh("lastlog")
     assert (r.returncode, r.stdout) == (1, b"")
-    assert r.stderr == f"lastlog: no system log available (tried {missing})\n".encode()
+    assert r.stderr == f"lastlog: no system log available (tried {missing}); set [lastlog] path\n".encode()
 
 
 def test_a_real_client_rekeying_often_is_not_cut_off(server, data):

@@ -198,9 +198,12 @@ def append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def test_follow_streams_appends_and_rotation_until_eof(follower) -> None:
+def test_follow_under_ssh_n_streams_appends_and_rotation_until_the_client_leaves(follower) -> None:
+    """`ssh -n host lastlog -f` (stdin closed, as under cron): EOF comes at once and does not end the
+    follow (it used to, with status 0); lines appended after the start arrive; killing ssh ends it."""
     log: Path = follower.followed
-    with client(follower.popen("lastlog -f -n 2", stdin=subprocess.PIPE)) as proc:
+    mark = follower.audit_mark()
+    with client(follower.popen("lastlog -f -n 2", options=["-n"])) as proc:
         out = Reader(proc)
         out.until(b"old 3\nold 4\n")
         append(log, b"appended 1\n")
@@ -209,11 +212,11 @@ def test_follow_streams_appends_and_rotation_until_eof(follower) -> None:
         log.rename(rotated)
         log.write_bytes(b"after rotation\n")
         out.until(b"after rotation\n")
-        assert proc.poll() is None
-        assert proc.stdin is not None
-        proc.stdin.close()  # EOF ends the follow
-        assert out.rest() == b"old 3\nold 4\nappended 1\nafter rotation\n"
-        assert proc.wait(timeout=5) == 0
+        assert proc.poll() is None, "the follow ended by itself"
+        assert out.data == b"old 3\nold 4\nappended 1\nafter rotation\n"
+        proc.kill()
+    record = follower.wait_audit(lambda e: e["event"] == "command" and e["argv"][:2] == ["lastlog", "-f"], mark)
+    assert record["exit_code"] == 130
 
 
 def test_follow_json_over_ssh_is_one_object_per_line(follower) -> None:
@@ -221,13 +224,13 @@ def test_follow_json_over_ssh_is_one_object_per_line(follower) -> None:
     with client(follower.popen("lastlog -f --json -n 1", stdin=subprocess.PIPE)) as proc:
         out = Reader(proc)
         out.until(b"}\n")
+        assert proc.stdin is not None
+        proc.stdin.close()  # exec: the end of input does not end the follow
         append(log, b"json \xff line\n")
         out.until(b"json")
         out.until(b"}\n", start=out.data.index(b"json"))
-        assert proc.stdin is not None
-        proc.stdin.close()
-        data = out.rest()
-        assert proc.wait(timeout=5) == 0
+        data = out.data
+        assert proc.poll() is None
     records = [json.loads(line) for line in data.decode().splitlines()]
     assert records[-1] == {"source": str(log), "line": "json \ufffd line"}
     assert all(set(r) == {"source", "line"} for r in records)
@@ -243,6 +246,7 @@ def test_follow_ends_when_the_client_leaves(follower) -> None:
 
 
 FAKE_FOLLOWING_JOURNALCTL = """#!/bin/sh
+case " $* " in *" -f "*) ;; *) echo "an entry"; exit 0;; esac  # lastlog -f first asks for one entry
 echo $$ > "{pidfile}"
 echo "args: $*"
 i=1
@@ -289,17 +293,14 @@ def _stop_and_check_the_log(server: Any) -> None:
     assert "Unhandled error" not in text and "Traceback" not in text, text
 
 
-def test_journal_follow_streams_and_journalctl_is_killed_at_eof(journal_server) -> None:
-    with client(journal_server.popen("lastlog -f -n 5", stdin=subprocess.PIPE)) as proc:
+def test_journal_follow_streams_and_journalctl_is_killed_when_the_client_leaves(journal_server) -> None:
+    with client(journal_server.popen("lastlog -f -n 5", options=["-n"])) as proc:
         out = Reader(proc)
         out.until(b"journal tick 3\n")
         assert out.data.startswith(b"args: -n 5 -f --no-pager -q\njournal tick 1\n")
         pid = _journal_pid(journal_server)
-        assert not pid_gone(pid)
-        assert proc.stdin is not None
-        proc.stdin.close()
-        out.rest()
-        assert proc.wait(timeout=5) == 0
+        assert not pid_gone(pid), "EOF (ssh -n) does not end an exec follow"
+        proc.kill()
     journal_server.wait_for(lambda: pid_gone(pid), 5, "journalctl to be killed")
     _stop_and_check_the_log(journal_server)
 

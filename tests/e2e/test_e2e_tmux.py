@@ -204,3 +204,44 @@ def test_ctrl_d_on_an_empty_line_leaves_with_the_last_status(terminal: Tmux) -> 
     terminal.key("C-d")
     terminal.wait_text("EXIT=127")
     assert re.search(r"EXIT=127", terminal.screen())
+
+
+def test_cjk_editing_on_a_wrapped_line_runs_what_the_screen_shows(tty_server: Any) -> None:
+    """Double-width characters on a line that wraps: Left/Right, insert, Backspace, Home/End. The
+    line that runs (the audit record) is the one tmux shows, character for character."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DISPLAY", "SSH_ASKPASS", "TMUX")}
+    env.update(TERM="xterm-256color", LC_ALL="C.UTF-8")
+    mark = tty_server.audit_mark()
+    terminal = Tmux(f"{shlex.join(tty_server.ssh_argv(options=['-tt']))}; echo EXIT=$?; sleep 600", env)
+    try:
+        terminal.wait_last_line(PROMPT)
+        terminal.tmux("resize-window", "-t", "t", "-x", "31", "-y", "30")
+        word = "中文字符漢字" * 4  # 48 columns: the line wraps at least once, wide characters at the edge
+        terminal.type("help " + word)
+        expected = word
+        terminal.key("Left", "Left", "Left")
+        terminal.type("x")
+        expected = expected[:-3] + "x" + expected[-3:]
+        terminal.key("C-a")
+        terminal.key(*["Right"] * 9)  # "help " and four wide characters
+        terminal.type("ab")
+        expected = expected[:4] + "ab" + expected[4:]
+        terminal.key("BSpace")
+        expected = expected[:5] + expected[6:]
+        terminal.key("C-e", "BSpace")
+        expected = expected[:-1]
+        shown = f"{PROMPT} help {expected}"
+
+        def shows_it(_: str) -> bool:
+            # The input's rows from the prompt down, joined: spaces left out, since a row may end in
+            # a blank cell (a wide character that did not fit) and rows are right-trimmed.
+            rows = terminal.lines()
+            start = max(i for i, row in enumerate(rows) if row.startswith(PROMPT))
+            return "".join(rows[start:]).replace(" ", "") == shown.replace(" ", "")
+
+        terminal.wait(shows_it, f"the screen to show {shown!r}")
+        terminal.key("Enter")
+        record = tty_server.wait_audit(lambda e: e["event"] == "command" and e["argv"][:1] == ["help"], mark)
+        assert record["argv"] == ["help", expected], "what ran is not what the screen showed"
+    finally:
+        terminal.kill()

@@ -21,6 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from protocol.test_channel_and_shells import Harness, RecordingConnection
 from protocol.test_terminal_editing import Term
+from twisted.conch.ssh import common
 
 from conchcmd.commands import ExitStatus
 from fuzz.guard import LogWatch, bounded, corpus, fuzz
@@ -35,12 +36,19 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield path
 
 
-def finish(term: Term) -> int:
-    """Close the input like a client at the end of its script; the session must end."""
+def finish(term: Term, *, exec_: bool = False) -> int:
+    """Close the input like a client at the end of its script; the session must end (an exec
+    that follows a log reads no input: EOF does not end it, a signal does, with 130)."""
     term.clock.advance(0)
     term.chan.eofReceived()
     for _ in range(5):
         term.clock.advance(1)
+    if exec_ and term.exit_status() is None:
+        assert term.audit.of("command") == [], "a command ended but its channel did not"
+        assert term.chan.requestReceived(b"signal", common.NS(b"INT")) == 1
+        term.clock.advance(0)
+        assert term.exit_status() == 130
+        assert term.audit.of("command")[0]["argv"][0] == "lastlog", "only a follow outlives EOF"
     status = term.exit_status()
     assert status is not None, f"no exit status after EOF; sent: {term.conn.kinds()[-5:]}"
     assert 0 <= status <= 255, status  # `exit N` may end with any N; the others with STATUSES
@@ -86,7 +94,7 @@ def check_exec(base: Path, log_watch: LogWatch, line: str) -> None:
     with bounded(), log_watch.clean():
         line = line.replace("ROOT", str(base / "srv" / "root"))
         term = Term(base, pty=False, exec_line=line)
-        finish(term)
+        finish(term, exec_=True)
         if line.strip():
             [record] = term.audit.of("command")
             assert record["exit_code"] == term.exit_status()

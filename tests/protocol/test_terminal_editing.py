@@ -35,7 +35,7 @@ CLEARS = (b"\x1b[2J", b"\x1bc", b"\x1b[3J")
 
 
 def winsize(columns: int, rows: int) -> bytes:
-    return struct.pack(">4L", rows, columns, 0, 0)
+    return struct.pack(">4L", columns, rows, 0, 0)  # RFC 4254: width (columns) first
 
 
 class Term:

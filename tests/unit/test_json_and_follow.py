@@ -571,9 +571,19 @@ def journal(harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 TERMINATED = Failure(error.ProcessTerminated(signal=15))
 
 
+def answer_probe(journal: Any, output: bytes = b"an entry\n") -> None:
+    """A follow first asks `journalctl -n 1` whether any entry is readable: answer it."""
+    protocol, _, argv, _ = journal.reactor.spawned[-1]
+    assert argv[1:] == ["-n", "1", "--no-pager", "-q"]
+    if output:
+        protocol.outReceived(output)
+    protocol.processEnded(Failure(error.ProcessDone(0)))
+
+
 def test_journal_follow_runs_journalctl_f_and_ends_it_at_eof(journal) -> None:
     run = Follow(journal, "lastlog -f -n 3")
-    ((protocol, _, argv, env),) = journal.reactor.spawned
+    answer_probe(journal)
+    (_, (protocol, _, argv, env)) = journal.reactor.spawned
     assert argv[1:] == ["-n", "3", "-f", "--no-pager", "-q"]
     assert env["SYSTEMD_COLORS"] == "0"
     protocol.outReceived(b"entry 1\nentry 2\n")
@@ -610,7 +620,8 @@ def test_journalctl_ending_after_an_interrupt_is_no_error(journal, line: str) ->
 
 def test_journal_follow_json_is_one_object_per_line(journal) -> None:
     run = Follow(journal, "lastlog --follow --json")
-    protocol = journal.reactor.spawned[0][0]
+    answer_probe(journal)
+    protocol = journal.reactor.spawned[1][0]
     protocol.outReceived(b"a\nb")
     protocol.outReceived(b"c\n")
     assert parse_lines(run.stdout.data) == [

@@ -195,7 +195,8 @@ def test_lastlog_without_any_log_is_a_clear_error(lastlog_harness, tmp_path: Pat
     run = lastlog_harness(tmp_path / "syslog", tmp_path / "messages").run("lastlog")
     assert run.status == 1
     assert run.stdout == b""
-    assert run.err == f"lastlog: no system log available (tried {tmp_path}/syslog, {tmp_path}/messages)\n"
+    tried = f"{tmp_path}/syslog, {tmp_path}/messages"
+    assert run.err == f"lastlog: no system log available (tried {tried}); set [lastlog] path\n"
 
 
 def test_lastlog_falls_back_to_the_next_source(lastlog_harness, tmp_path: Path) -> None:
