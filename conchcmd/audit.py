@@ -193,10 +193,22 @@ class AuditLog:
         self._closed = False
 
     @classmethod
-    def open(cls, target: str, clock: Any, *, failure_mode: str = "refuse") -> AuditLog:
-        """Open the audit log named by the `audit_log` setting ("-" is stdout)."""
+    def open(
+        cls, target: str, clock: Any, *, failure_mode: str = "refuse", syslog_address: str | None = None
+    ) -> AuditLog:
+        """Open the audit log named by the `audit_log` setting ("-" is stdout; "syslog" goes to
+        `[log] syslog_address`, "journal" to the journal). `clock` is the reactor for a stream syslog."""
         if target == "-":
             return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode)
+        if target in ("syslog", "journal"):
+            from conchcmd.logtargets import JournalLineTarget, SyslogLineTarget, parse_syslog_address
+
+            sink: LineTarget = (
+                SyslogLineTarget(parse_syslog_address(syslog_address), clock)
+                if target == "syslog"
+                else JournalLineTarget()
+            )
+            return cls(sink, clock, failure_mode=failure_mode)
         return cls(AppendFile(target), clock, failure_mode=failure_mode)
 
     def record(self, event: str, **fields: Any) -> None:

@@ -14,16 +14,9 @@ from typing import Any, TextIO
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, Key
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import globalLogBeginner
 
 from conchcmd import __version__
-from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import COMMAND_NAMES, Config, ConfigError, load_config
 from conchcmd.filetrust import FileTrust, path_problem
@@ -237,7 +230,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     reactor: Any = global_reactor
     config = _load(args)
-    _start_logging(out)
+    _start_logging(config, reactor, out)
     listen = tuple(args.listen) if args.listen else None
     service = ConchcmdService(config, reactor, out, listen=listen, config_path=config.source)
     try:
@@ -255,12 +248,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _start_logging(out: TextIO) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    predicate.setLogLevelForNamespace(LOG_NAMESPACE, LogLevel.info)
-    predicate.setLogLevelForNamespace(AUTH_LOG_NAMESPACE, LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(out, timeFormat="%Y-%m-%d %H:%M:%S%z"), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+def _start_logging(config: Config, reactor: Any, out: TextIO) -> None:
+    from conchcmd.logtargets import filtered, log_observer
+
+    target = log_observer(config.log.target, config.log.syslog_address, reactor, out, sys.stderr)
+    globalLogBeginner.beginLoggingTo([filtered(target)], redirectStandardIO=False)
 
 
 COMMANDS = {

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.admission import Admission, source_of
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
+from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, AuditSink, QuietLogger, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
@@ -38,6 +38,7 @@ from conchcmd.refusals import RepeatLog
 from conchcmd.session import SessionChannel
 
 log = Logger(namespace=LOG_NAMESPACE)
+auth_log = Logger(namespace=AUTH_LOG_NAMESPACE)  # syslog facility authpriv
 
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -644,7 +645,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
-        log.info(
+        auth_log.info(
             "Accepted {method} for {user} from {peer}: {key_type} {fp} ({source})",
             method=identity.method,
             user=identity.user,
@@ -668,7 +669,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
         # never counted `none`, so a client could send them without end.
         if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
             message = sanitise(reason.getErrorMessage(), 200)
-            log.info(
+            auth_log.info(
                 "Failed {method} for {user} from {peer}: {reason}",
                 method=sanitise(self.method, 32),
                 user=self._user_name(),
@@ -686,7 +687,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
             )
             self.transport.auth_failures += 1
             if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
-                log.info(
+                auth_log.info(
                     "Too many authentication failures for {user} from {peer}",
                     user=self._user_name(),
                     peer=self.transport.peer,

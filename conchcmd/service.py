@@ -90,7 +90,12 @@ class ConchcmdService(Service):
         except HostKeyError as e:
             raise StartupError(f"refusing to start: {e}") from None
         try:
-            self.audit = AuditLog.open(config.audit_log, self.reactor, failure_mode=config.audit_failure)
+            self.audit = AuditLog.open(
+                config.audit_log,
+                self.reactor,
+                failure_mode=config.audit_failure,
+                syslog_address=config.log.syslog_address,
+            )
         except OSError as e:
             raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
         self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
