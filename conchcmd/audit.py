@@ -119,7 +119,9 @@ class LineTarget(Protocol):
 
     def write(self, line: bytes) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> Any:
+        """Close; may return a Deferred that fires once what was written has been delivered."""
+        ...
 
 
 class StreamTarget:
@@ -274,9 +276,11 @@ class AuditLog:
             keep=BACKLOG_RECORDS,
         )
 
-    def close(self) -> None:
+    def close(self) -> Any:
+        """Write what waits if it can, then close the target; returns what the target's close does
+        (a Deferred for a syslog over TCP, which shutdown waits for)."""
         if self._closed:
-            return
+            return None
         if self._backlog:
             self._drain()
             if self._backlog:
@@ -287,7 +291,7 @@ class AuditLog:
                     error=self._error,
                 )
         self._closed = True
-        self._target.close()
+        return self._target.close()
 
 
 class MemoryAuditLog:

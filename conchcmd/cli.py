@@ -230,7 +230,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     reactor: Any = global_reactor
     config = _load(args)
-    _start_logging(config, reactor, out)
+    observer = _start_logging(config, reactor, out)
     listen = tuple(args.listen) if args.listen else None
     service = ConchcmdService(config, reactor, out, listen=listen, config_path=config.source)
     try:
@@ -240,7 +240,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     failures: list[str] = []
     service.ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
     reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: _stop(service, observer))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.run()
     if failures:
@@ -248,11 +248,23 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _start_logging(config: Config, reactor: Any, out: TextIO) -> None:
+def _start_logging(config: Config, reactor: Any, out: TextIO) -> Any:
+    """Send the log to `[log] target`; returns the observer (to close at shutdown)."""
     from conchcmd.logtargets import filtered, log_observer
 
     target = log_observer(config.log.target, config.log.syslog_address, reactor, out, sys.stderr)
     globalLogBeginner.beginLoggingTo([filtered(target)], redirectStandardIO=False)
+    return target
+
+
+def _stop(service: Any, observer: Any) -> Any:
+    """Stop the service, then let the log target send the lines the stop wrote (the reactor
+    drops unsent data when it shuts down)."""
+    from twisted.internet import defer
+
+    from conchcmd.logtargets import close_observer
+
+    return defer.maybeDeferred(service.stopService).addBoth(lambda _: close_observer(observer))
 
 
 COMMANDS = {

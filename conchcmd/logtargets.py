@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
+from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -59,6 +60,8 @@ MAX_JOURNAL_VALUE = 64 * 1024
 #: Frames kept for a stream syslog while it is unreachable or not reading (oldest dropped first).
 STREAM_QUEUE = 1000
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 30.0
+#: How long shutdown waits for a stream syslog to take what was written.
+DRAIN_SECONDS = 2.0
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S%z"
 
@@ -234,7 +237,7 @@ class Sender(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> defer.Deferred[None] | None: ...
 
 
 class DatagramSender:
@@ -324,6 +327,7 @@ class StreamSender:
         self.delay = RECONNECT_FIRST
         self.error = "not connected yet"
         self._retry: Any = None
+        self._drained: list[defer.Deferred[None]] = []
         self._connect()
 
     def _connect(self) -> None:
@@ -348,6 +352,8 @@ class StreamSender:
         if self.protocol is protocol:
             self.protocol = None
             self._schedule(error)
+        while self._drained:
+            self._drained.pop().callback(None)
 
     def _flush(self) -> None:
         while self.queue and self.protocol is not None and not self.paused:
@@ -357,6 +363,8 @@ class StreamSender:
         if threading.get_ident() != self._thread:  # a log line from a worker thread
             self.reactor.callFromThread(self._send_or_drop, data)
             return
+        if self.closed:
+            raise OSError(errno.ESHUTDOWN, "closed at shutdown")
         self.queue.append(octet_counted(data))
         self._flush()
         if len(self.queue) > self.limit:
@@ -371,12 +379,23 @@ class StreamSender:
     def connected(self) -> bool:
         return self.protocol is not None
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred[None]:
+        """Stop reconnecting and close once what is written has been sent: the Deferred fires
+        then, or after DRAIN_SECONDS (the connection is then aborted). Later lines are dropped."""
         self.closed = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        if self.protocol is not None:
-            self.protocol.transport.loseConnection()  # type: ignore[union-attr]
+        protocol = self.protocol
+        if protocol is None:
+            return defer.succeed(None)
+        self.paused = False  # the transport buffers what the peer has not read yet; closing sends it
+        self._flush()
+        done: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(done)
+        timer = self.reactor.callLater(DRAIN_SECONDS, protocol.transport.abortConnection)  # type: ignore[union-attr]
+        done.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        protocol.transport.loseConnection()  # type: ignore[union-attr]
+        return done
 
 
 # -- addresses ----------------------------------------------------------------------------------
@@ -459,6 +478,11 @@ class SenderObserver:
         else:
             self.drops.delivered()
 
+    def close(self) -> defer.Deferred[None]:
+        """At shutdown: the Deferred fires once what was logged has been sent (see StreamSender)."""
+        closing = self.sender.close()
+        return closing if closing is not None else defer.succeed(None)
+
 
 def syslog_observer(address: SyslogAddress, reactor: Any, err: TextIO) -> SenderObserver:
     sender, fmt = syslog_sender(address, reactor)
@@ -491,6 +515,12 @@ def log_observer(target: str, syslog_address: str | None, reactor: Any, out: Tex
     return stdout_observer(out, os.environ)
 
 
+def close_observer(observer: ILogObserver) -> defer.Deferred[None]:
+    """At shutdown, after the last lines: fires when the observer has sent them (a stream syslog
+    needs the reactor for that; the other targets have nothing pending)."""
+    return observer.close() if isinstance(observer, SenderObserver) else defer.succeed(None)
+
+
 class SyslogLineTarget:
     """An audit LineTarget: each JSON record one syslog message, facility authpriv, severity info."""
 
@@ -499,13 +529,13 @@ class SyslogLineTarget:
         self.name = self.sender.name
 
     def write(self, line: bytes) -> None:
-        if isinstance(self.sender, StreamSender) and not self.sender.connected:
-            raise OSError(errno.ENOTCONN, f"not connected: {self.sender.error}")  # the audit log keeps it
+        # Over TCP a record counts as written once queued (STREAM_QUEUE of them while the syslog is
+        # unreachable); past that, write raises and the audit log keeps records and refuses commands.
         text = line.decode("utf-8").rstrip("\n")
         self.sender.send(self._format(pri(FACILITY_AUTHPRIV, SEVERITY_INFO), time.time(), text, "audit"))
 
-    def close(self) -> None:
-        self.sender.close()
+    def close(self) -> defer.Deferred[None] | None:
+        return self.sender.close()
 
 
 class JournalLineTarget:

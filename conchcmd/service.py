@@ -161,11 +161,11 @@ class ConchcmdService(Service):
             port.stopListening()
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
-        def release(_: object) -> None:
+        def release(_: object) -> Any:
             for pool in (self.pool, self.password_pool):
                 if pool.started:
                     pool.stop()
-            self.audit.close()
+            return self.audit.close()  # a syslog over TCP: shutdown waits until it has the records
 
         return closing.addBoth(release)
 

@@ -386,3 +386,33 @@ def test_audit_records_to_the_journal(tmp_path: Path) -> None:
         "CONCHCMD_EVENT": b"command",
     }
     audit.close()
+
+
+def test_closing_a_tcp_syslog_sends_what_waits_then_fires() -> None:
+    reactor = MemoryReactorClock()
+    sender = lt.StreamSender(reactor, "tcp:127.0.0.1:6514")
+    factory = reactor.tcpClients[0][2]
+    protocol = factory.buildProtocol(None)
+    wire = StringTransport()
+    protocol.makeConnection(wire)
+    wire.producer.pauseProducing()
+    sender.send(b"last line")  # waits: the peer is not reading
+    done = sender.close()
+    assert wire.value() == b"9 last line" and wire.disconnecting  # flushed, then closed
+    assert not done.called
+    with pytest.raises(OSError, match="closed at shutdown"):
+        sender.send(b"after the end")
+    protocol.connectionLost(Failure(ConnectionError("closed")))
+    assert done.called
+    assert reactor.getDelayedCalls() == []  # no reconnection, no abort timer left
+
+
+def test_closing_a_tcp_syslog_that_does_not_take_its_data_aborts_after_a_while() -> None:
+    reactor = MemoryReactorClock()
+    sender = lt.StreamSender(reactor, "tcp:127.0.0.1:6514")
+    wire = StringTransport()
+    reactor.tcpClients[0][2].buildProtocol(None).makeConnection(wire)
+    done = sender.close()
+    reactor.advance(lt.DRAIN_SECONDS)
+    assert wire.disconnected  # StringTransport.abortConnection
+    assert not done.called  # fires when the connection is gone
