@@ -247,3 +247,38 @@ def test_under_systemd_stdout_lines_carry_sd_daemon_priorities(
     assert any(re.fullmatch(r"<4>Ignoring .*/carol: .*", line) for line in lines), lines
     assert any(re.fullmatch(r"<6>Cmd received from alice@\S+ : lastlog -n 1", line) for line in lines), lines
     assert all(re.match(r"<[0-7]>[A-Z]", line) for line in lines), lines  # no timestamp, no [namespace]
+
+
+def test_a_syslog_that_is_down_does_not_stop_the_server(
+    server_class: Any, client_keys: Any, data: Any, tmp_path: Path
+) -> None:
+    """No syslog daemon behind the socket: logins and commands go on, stderr says once that lines
+    are dropped, and when syslog is back, how many were; the lines after that arrive."""
+    path = tmp_path / "log.sock"
+    server = server_class(
+        tmp_path / "server",
+        client_keys,
+        data,
+        config_tables=f'[log]\ntarget = "syslog"\nsyslog_address = "unix:{path}"\n',
+    )
+    try:
+        server.start()
+        for _ in range(2):
+            assert server.ssh("lastlog -n 1").returncode == 0
+        server.wait_for(lambda: len(server.audit_since(0, "disconnect")) == 2, 10, "both sessions' ends audited")
+        dropping = server.log_text().count("dropping log lines until it works again")
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(path))
+        receiver.settimeout(10)
+        assert server.ssh("lastlog -n 1").returncode == 0
+        first = receiver.recv(9000).decode()
+        receiver.close()
+    finally:
+        server.stop()
+    assert server.returncode == 0, server.log_text()
+    assert dropping == 1
+    assert re.fullmatch(r"<30>\w{3} [ \d]\d \d\d:\d\d:\d\d conchcmd\[\d+\]: Client connection from \S+", first)
+    recovered = re.findall(
+        rf"log target syslog {re.escape(str(path))} works again; (\d+) log line\(s\) were dropped", server.log_text()
+    )
+    assert len(recovered) == 1 and int(recovered[0]) >= 8, server.log_text()  # 4 a session (connect .. lost)
