@@ -208,7 +208,7 @@ class AuditLog:
             sink: LineTarget = (
                 SyslogLineTarget(parse_syslog_address(syslog_address), clock)
                 if target == "syslog"
-                else JournalLineTarget()
+                else JournalLineTarget(reactor=clock)
             )
             return cls(sink, clock, failure_mode=failure_mode)
         return cls(AppendFile(target), clock, failure_mode=failure_mode)

@@ -60,8 +60,10 @@ MAX_JOURNAL_VALUE = 64 * 1024
 #: Frames kept for a stream syslog while it is unreachable or not reading (oldest dropped first).
 STREAM_QUEUE = 1000
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 30.0
-#: How long shutdown waits for a stream syslog to take what was written.
+#: How long shutdown waits for a syslog to take what was written.
 DRAIN_SECONDS = 2.0
+#: How soon a datagram refused by a full receiver is tried again.
+RETRY_SECONDS = 0.02
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S%z"
 
@@ -242,30 +244,98 @@ class Sender(Protocol):
 
 class DatagramSender:
     """One datagram per message on a non-blocking socket, addressed on every send (so a syslog
-    daemon restarted behind /dev/log is found again); a full receiver raises EAGAIN, never waits."""
+    daemon restarted behind /dev/log is found again). A receiver whose queue is full (Linux keeps
+    only net.unix.max_dgram_qlen datagrams, 10 by default, for a local socket) refuses with EAGAIN:
+    with a reactor, messages then wait (up to STREAM_QUEUE, the oldest dropped) and are retried
+    every RETRY_SECONDS; nothing ever waits for the receiver."""
 
-    def __init__(self, family: int, address: Any, name: str):
+    def __init__(self, family: int, address: Any, name: str, reactor: Any = None):
         self.name = name
         self.address = address
+        self.reactor = reactor
         self.sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self.pending: deque[bytes] = deque()
+        self._thread = threading.get_ident()  # the reactor's
+        self._retry: Any = None
+        self._deadline: float | None = None  # while closing: give up on what waits then
+        self._drained: list[defer.Deferred[None]] = []
 
-    def send(self, data: bytes) -> None:
+    def _sendto(self, data: bytes) -> None:
         self.sock.sendto(data, self.address)
 
-    def close(self) -> None:
+    def send(self, data: bytes) -> None:
+        if self.reactor is None:
+            self._sendto(data)
+            return
+        if threading.get_ident() != self._thread:  # a log line from a worker thread
+            self.reactor.callFromThread(_suppressed(self.send), data)
+            return
+        if self._deadline is not None:
+            raise OSError(errno.ESHUTDOWN, "closed at shutdown")
+        if not self.pending:
+            try:
+                self._sendto(data)
+                return
+            except BlockingIOError:
+                pass
+        self.pending.append(data)
+        if self._retry is None:
+            self._retry = self.reactor.callLater(RETRY_SECONDS, self._send_pending)
+        if len(self.pending) > STREAM_QUEUE:
+            self.pending.popleft()
+            raise OSError(errno.ENOBUFS, "the receiver is not reading; queue full")
+
+    def _send_pending(self) -> None:
+        self._retry = None
+        while self.pending:
+            try:
+                self._sendto(self.pending[0])
+            except BlockingIOError:
+                break
+            except OSError:
+                pass  # gone meanwhile: this one is lost
+            self.pending.popleft()
+        if self.pending and (self._deadline is None or self.reactor.seconds() < self._deadline):
+            self._retry = self.reactor.callLater(RETRY_SECONDS, self._send_pending)
+        elif self._deadline is not None:
+            self._finish()
+
+    def _finish(self) -> None:
         self.sock.close()
+        while self._drained:
+            self._drained.pop().callback(None)
+
+    def close(self) -> defer.Deferred[None] | None:
+        """Close once what waits has been sent (or DRAIN_SECONDS have passed)."""
+        if self.reactor is None or not self.pending:
+            self.sock.close()
+            return None
+        self._deadline = self.reactor.seconds() + DRAIN_SECONDS
+        done: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(done)
+        return done
+
+
+def _suppressed(send: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """`send` for callFromThread: a line that cannot be sent from there is dropped."""
+
+    def call(data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            send(data)
+
+    return call
 
 
 class JournalSender(DatagramSender):
     """The journal socket; an entry too big for a datagram goes in a sealed memfd (SCM_RIGHTS),
     as sd_journal_send does."""
 
-    def __init__(self, path: str = JOURNAL_SOCKET):
-        super().__init__(socket.AF_UNIX, path, f"journal {path}")
+    def __init__(self, path: str = JOURNAL_SOCKET, reactor: Any = None):
+        super().__init__(socket.AF_UNIX, path, f"journal {path}", reactor)
 
-    def send(self, data: bytes) -> None:
+    def _sendto(self, data: bytes) -> None:
         try:
-            super().send(data)
+            super()._sendto(data)
         except OSError as e:
             if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
                 raise
@@ -361,7 +431,7 @@ class StreamSender:
 
     def send(self, data: bytes) -> None:
         if threading.get_ident() != self._thread:  # a log line from a worker thread
-            self.reactor.callFromThread(self._send_or_drop, data)
+            self.reactor.callFromThread(_suppressed(self.send), data)
             return
         if self.closed:
             raise OSError(errno.ESHUTDOWN, "closed at shutdown")
@@ -370,10 +440,6 @@ class StreamSender:
         if len(self.queue) > self.limit:
             self.queue.popleft()
             raise OSError(errno.ENOBUFS, f"{self.error}; queue full")
-
-    def _send_or_drop(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            self.send(data)
 
     @property
     def connected(self) -> bool:
@@ -449,13 +515,14 @@ def syslog_sender(address: SyslogAddress, reactor: Any) -> tuple[Sender, Callabl
     """The sender for an address and the format it takes: RFC 3164 locally, RFC 5424 over the network."""
     pid, hostname = os.getpid(), socket.gethostname()
     if address.kind == "unix":
-        return DatagramSender(socket.AF_UNIX, address.path, f"syslog {address.path}"), (
+        return DatagramSender(socket.AF_UNIX, address.path, f"syslog {address.path}", reactor), (
             lambda p, when, text, msgid: rfc3164(p, when, pid, text)
         )
     sender: Sender
     if address.kind == "udp":
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        sender = DatagramSender(family, (address.host, address.port), f"syslog udp:{address.host}:{address.port}")
+        name = f"syslog udp:{address.host}:{address.port}"
+        sender = DatagramSender(family, (address.host, address.port), name, reactor)
     else:
         sender = StreamSender(reactor, address.description)
     return sender, lambda p, when, text, msgid: rfc5424(p, when, hostname, pid, text, msgid)
@@ -494,8 +561,8 @@ def syslog_observer(address: SyslogAddress, reactor: Any, err: TextIO) -> Sender
     return SenderObserver(sender, format, err)
 
 
-def journal_observer(err: TextIO, path: str = JOURNAL_SOCKET) -> SenderObserver:
-    return SenderObserver(JournalSender(path), lambda event: journal_entry(journal_fields(event)), err)
+def journal_observer(err: TextIO, path: str = JOURNAL_SOCKET, reactor: Any = None) -> SenderObserver:
+    return SenderObserver(JournalSender(path, reactor), lambda event: journal_entry(journal_fields(event)), err)
 
 
 def filtered(observer: ILogObserver) -> ILogObserver:
@@ -511,7 +578,7 @@ def log_observer(target: str, syslog_address: str | None, reactor: Any, out: Tex
     if target == "syslog":
         return syslog_observer(parse_syslog_address(syslog_address), reactor, err)
     if target == "journal":
-        return journal_observer(err)
+        return journal_observer(err, reactor=reactor)
     return stdout_observer(out, os.environ)
 
 
@@ -541,8 +608,8 @@ class SyslogLineTarget:
 class JournalLineTarget:
     """An audit LineTarget: MESSAGE is the JSON record, CONCHCMD_EVENT its event name."""
 
-    def __init__(self, path: str = JOURNAL_SOCKET):
-        self.sender = JournalSender(path)
+    def __init__(self, path: str = JOURNAL_SOCKET, reactor: Any = None):
+        self.sender = JournalSender(path, reactor)
         self.name = self.sender.name
 
     def write(self, line: bytes) -> None:
@@ -556,5 +623,5 @@ class JournalLineTarget:
         }
         self.sender.send(journal_entry(fields))
 
-    def close(self) -> None:
-        self.sender.close()
+    def close(self) -> defer.Deferred[None] | None:
+        return self.sender.close()

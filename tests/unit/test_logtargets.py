@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
@@ -416,3 +417,58 @@ def test_closing_a_tcp_syslog_that_does_not_take_its_data_aborts_after_a_while()
     reactor.advance(lt.DRAIN_SECONDS)
     assert wire.disconnected  # StringTransport.abortConnection
     assert not done.called  # fires when the connection is gone
+
+
+def _fill(sender: lt.DatagramSender) -> int:
+    """Send numbered lines until the receiver's queue is full and one waits; returns how many were sent."""
+    n = 0
+    while not sender.pending and n < 100_000:
+        sender.send(b"%d" % n)
+        n += 1
+    assert sender.pending, "the receiver's queue never filled"
+    return n
+
+
+def test_a_busy_local_syslog_gets_its_lines_late_and_in_order(tmp_path: Path) -> None:
+    clock = Clock()
+    receiver = bound_dgram(tmp_path / "log")
+    receiver.setblocking(False)
+    sender = lt.DatagramSender(socket.AF_UNIX, str(tmp_path / "log"), "syslog", clock)
+    n = _fill(sender)
+    for _ in range(5):
+        sender.send(b"%d" % n)
+        n += 1
+    assert len(sender.pending) == 6  # waiting, not dropped
+    got: list[bytes] = []
+    for _ in range(1000):
+        while True:
+            try:
+                got.append(receiver.recv(100))
+            except BlockingIOError:
+                break
+        if len(got) == n:
+            break
+        clock.advance(lt.RETRY_SECONDS)
+    assert got == [b"%d" % i for i in range(n)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_local_syslog_that_never_reads_loses_the_oldest_lines_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    receiver = bound_dgram(tmp_path / "log")  # never reads
+    observer = lt.SenderObserver(
+        lt.DatagramSender(socket.AF_UNIX, str(tmp_path / "log"), "syslog", clock), lambda e: b"x", io.StringIO()
+    )
+    _fill(observer.sender)  # type: ignore[arg-type]
+    for _ in range(lt.STREAM_QUEUE + 9):
+        observer(event("x"))
+    assert observer.drops.total == 10
+    assert "the receiver is not reading; queue full" in observer.drops.err.getvalue()  # type: ignore[attr-defined]
+    closing = observer.close()  # shutdown waits a while for it, then gives up
+    clock.advance(lt.DRAIN_SECONDS - lt.RETRY_SECONDS)
+    assert not closing.called
+    clock.advance(lt.RETRY_SECONDS * 2)
+    assert closing.called
+    with pytest.raises(OSError, match="closed at shutdown"):
+        observer.sender.send(b"late")
+    receiver.close()
