@@ -601,6 +601,9 @@ class SyslogLineTarget:
         text = line.decode("utf-8").rstrip("\n")
         self.sender.send(self._format(pri(FACILITY_AUTHPRIV, SEVERITY_INFO), time.time(), text, "audit"))
 
+    def reopen(self) -> None:
+        """Nothing to reopen after a log rotation: each record is a message of its own."""
+
     def close(self) -> defer.Deferred[None] | None:
         return self.sender.close()
 
@@ -622,6 +625,9 @@ class JournalLineTarget:
             "CONCHCMD_EVENT": str(json.loads(text).get("event", "")),
         }
         self.sender.send(journal_entry(fields))
+
+    def reopen(self) -> None:
+        """Nothing to reopen after a log rotation: each record is a message of its own."""
 
     def close(self) -> defer.Deferred[None] | None:
         return self.sender.close()
