@@ -152,7 +152,9 @@ class LineTarget(Protocol):
         """Start writing to the target's name afresh (after log rotation); may raise OSError."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> Any:
+        """Close; may return a Deferred that fires once what was written has been delivered."""
+        ...
 
 
 class StreamTarget:
@@ -291,12 +293,29 @@ class AuditLog:
 
     @classmethod
     def open(
-        cls, target: str, clock: Any, *, failure_mode: str = "refuse", host: str | None = None, group: int | None = None
+        cls,
+        target: str,
+        clock: Any,
+        *,
+        failure_mode: str = "refuse",
+        host: str | None = None,
+        group: int | None = None,
+        syslog_address: str | None = None,
     ) -> AuditLog:
-        """Open the audit log named by the `audit_log` setting ("-" is stdout); a file is created
-        with `group` (a gid) and mode 0640 when given, else 0600."""
+        """Open the audit log named by the `audit_log` setting ("-" is stdout; "syslog" goes to
+        `[log] syslog_address`, "journal" to the journal; `clock` is then the reactor); a file is
+        created with `group` (a gid) and mode 0640 when given, else 0600."""
         if target == "-":
             return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode, host=host)
+        if target in ("syslog", "journal"):
+            from conchcmd.logtargets import JournalLineTarget, SyslogLineTarget, parse_syslog_address
+
+            sink: LineTarget = (
+                SyslogLineTarget(parse_syslog_address(syslog_address), clock)
+                if target == "syslog"
+                else JournalLineTarget(reactor=clock)
+            )
+            return cls(sink, clock, failure_mode=failure_mode, host=host)
         return cls(AppendFile(target, group=group), clock, failure_mode=failure_mode, host=host)
 
     def record(self, event: str, **fields: Any) -> None:
@@ -378,9 +397,11 @@ class AuditLog:
             keep=BACKLOG_RECORDS,
         )
 
-    def close(self) -> None:
+    def close(self) -> Any:
+        """Write what waits if it can, then close the target; returns what the target's close does
+        (a Deferred for a syslog over TCP, which shutdown waits for)."""
         if self._closed:
-            return
+            return None
         if self._backlog:
             self._drain()
             if self._backlog:
@@ -391,7 +412,7 @@ class AuditLog:
                     error=self._error,
                 )
         self._closed = True
-        self._target.close()
+        return self._target.close()
 
 
 class MemoryAuditLog:

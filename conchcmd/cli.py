@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.conch.ssh.keys import Key
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import globalLogBeginner
 
 from conchcmd import __version__
-from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
 from conchcmd.config import Config, ConfigError, load_config
@@ -333,7 +326,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         problem = endpoint_problem(description)
         if problem is not None:
             raise CliError(f"--listen: {description!r} is not an endpoint Twisted can listen on: {problem}", EXIT_USAGE)
-    _start_logging(out)
+    observer = _start_logging(config, reactor, out)
     service = ConchcmdService(config, reactor, out, listen=listen, config_path=config.source)
     try:
         service.prepare()
@@ -343,7 +336,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     service.ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
     reactor.callWhenRunning(service.startService)
     reactor.callWhenRunning(_note_stop_signals, service)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: _stop(service, observer))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.run()
     if failures:
@@ -368,12 +361,23 @@ def _note_stop_signals(service: Any) -> None:
         signal.signal(signum, handler)
 
 
-def _start_logging(out: TextIO) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    predicate.setLogLevelForNamespace(LOG_NAMESPACE, LogLevel.info)
-    predicate.setLogLevelForNamespace(AUTH_LOG_NAMESPACE, LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(out, timeFormat="%Y-%m-%d %H:%M:%S%z"), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+def _start_logging(config: Config, reactor: Any, out: TextIO) -> Any:
+    """Send the log to `[log] target`; returns the observer (to close at shutdown)."""
+    from conchcmd.logtargets import filtered, log_observer
+
+    target = log_observer(config.log.target, config.log.syslog_address, reactor, out, sys.stderr)
+    globalLogBeginner.beginLoggingTo([filtered(target)], redirectStandardIO=False)
+    return target
+
+
+def _stop(service: Any, observer: Any) -> Any:
+    """Stop the service, then let the log target send the lines the stop wrote (the reactor
+    drops unsent data when it shuts down)."""
+    from twisted.internet import defer
+
+    from conchcmd.logtargets import close_observer
+
+    return defer.maybeDeferred(service.stopService).addBoth(lambda _: close_observer(observer))
 
 
 COMMANDS = {

@@ -128,6 +128,17 @@ class UserPolicy:
 
 
 AUDIT_FAILURE_MODES = ("refuse", "continue")
+#: `audit_log` values that are not file names ("-" is stdout).
+AUDIT_SINKS = ("-", "syslog", "journal")
+LOG_TARGETS = ("stdout", "syslog", "journal")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """`[log]`: where the log lines go, and the syslog address (None: /dev/log)."""
+
+    target: str = "stdout"
+    syslog_address: str | None = None
 
 
 def default_clients_per_user(max_clients: int, configured: int | None = None) -> int:
@@ -156,6 +167,7 @@ class Config:
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     shell: ShellConfig = field(default_factory=ShellConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
     trusted_user_ca_keys: str | None = None
@@ -209,6 +221,12 @@ class Config:
             "",
             "[shell]",
             f"prompt = {_toml_str(self.shell.prompt)}",
+            "",
+            "[log]",
+            f"target = {_toml_str(self.log.target)}",
+            f"syslog_address = {_toml_str(self.log.syslog_address)}"
+            if self.log.syslog_address
+            else '# syslog_address = "unix:/dev/log"  (the default)',
         ]
         for name, policy in sorted(self.users.items()):
             out += ["", f"[users.{_toml_key(name)}]"]
@@ -349,7 +367,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         raise top.error("max_clients_per_user", f"must not exceed max_clients ({max_clients})")
     tcp_keepalive = top.boolean("tcp_keepalive", Config.tcp_keepalive)
     audit_log = top.string("audit_log", Config.audit_log)
-    if audit_log != "-":
+    if audit_log not in AUDIT_SINKS:
         audit_log = resolve(audit_log)
     audit_failure = top.string("audit_failure", Config.audit_failure)
     if audit_failure not in AUDIT_FAILURE_MODES:
@@ -390,6 +408,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     if problem is not None:
         raise shell_table.error("prompt", f"may use only {{user}} and {{host}} ({problem})")
     shell_table.reject_unknown()
+    log_config = _parse_log(_Reader(top.table("log"), "log.", source))
     limits = _parse_limits(top)
     algorithms = AlgorithmsConfig(
         kex_algorithms=_algorithm_list(top, "kex_algorithms", KEX_ALGORITHMS, KEX_ALGORITHMS),
@@ -417,6 +436,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
             roots=roots, algorithm=algorithm, max_concurrent=max_concurrent, max_concurrent_per_user=hashes_per_user
         ),
         shell=ShellConfig(prompt=prompt),
+        log=log_config,
         limits=limits,
         algorithms=algorithms,
         trusted_user_ca_keys=resolve(trusted) if trusted else None,
@@ -485,6 +505,21 @@ def _algorithm_list(top: _Reader, key: str, default: tuple[str, ...], known: tup
     if len(set(names)) != len(names):
         raise top.error(key, "lists an algorithm twice")
     return names
+
+
+def _parse_log(table: _Reader) -> LogConfig:
+    from conchcmd.logtargets import parse_syslog_address
+
+    target = table.string("target", LogConfig.target)
+    if target not in LOG_TARGETS:
+        raise table.error("target", f"must be one of {', '.join(LOG_TARGETS)}, not {target!r}")
+    address = table.string("syslog_address", "") or None
+    try:
+        parse_syslog_address(address)
+    except ValueError as e:
+        raise table.error("syslog_address", str(e)) from None
+    table.reject_unknown()
+    return LogConfig(target=target, syslog_address=address)
 
 
 def _parse_limits(top: _Reader) -> LimitsConfig:

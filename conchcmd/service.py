@@ -107,7 +107,12 @@ class ConchcmdService(Service):
             raise StartupError(f"audit_group {config.audit_group!r}: no such group")
         try:
             self.audit = AuditLog.open(
-                config.audit_log, self.reactor, failure_mode=config.audit_failure, host=hostname, group=group
+                config.audit_log,
+                self.reactor,
+                failure_mode=config.audit_failure,
+                host=hostname,
+                group=group,
+                syslog_address=config.log.syslog_address,
             )
         except OSError as e:
             raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
@@ -196,14 +201,14 @@ class ConchcmdService(Service):
             port.stopListening()
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
-        def release(_: object) -> None:
+        def release(_: object) -> Any:
             for pool in (self.pool, self.password_pool):
                 if pool.started:
                     pool.stop()
             if started_at is not None:  # the last record: after the clients' disconnects
                 uptime = round(self.reactor.seconds() - started_at, 3)
                 self.audit.record("server_stop", reason=self.stop_reason, uptime=uptime)
-            self.audit.close()
+            return self.audit.close()  # a syslog over TCP: shutdown waits until it has the records
 
         return closing.addBoth(release)
 

@@ -38,6 +38,13 @@ class ServiceMaker:
             config = load_config(path, cwd=Path.cwd())
         except ConfigError as e:
             raise SystemExit(f"conchcmd: configuration error: {e}") from None
+        if config.log.target != "stdout":  # twistd keeps its own log file (or --syslog) as well
+            from twisted.logger import globalLogPublisher
+
+            from conchcmd.logtargets import filtered, log_observer
+
+            target = log_observer(config.log.target, config.log.syslog_address, reactor, sys.stdout, sys.stderr)
+            globalLogPublisher.addObserver(filtered(target))
         service = ConchcmdService(config, reactor, sys.stdout, config_path=config.source)
         try:
             service.prepare()

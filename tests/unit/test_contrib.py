@@ -155,11 +155,6 @@ def test_example_passes_check_config_and_is_the_defaults_but_paths(
     _assert_defaults_but_install_paths(out, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="[log] target and penalty_exempt are parsed by the logsink and doctor slices: "
-    "remove this marker (and _without_unparsed_keys) once they are merged",
-)
 def test_example_as_shipped_passes_check_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = _check_config(capsys, CONTRIB / "conchcmd.toml")
     assert (code, err) == (0, ""), err

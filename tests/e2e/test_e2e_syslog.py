@@ -1,0 +1,295 @@
+"""A real rsyslog receives a real `conchcmd serve`'s log lines (`[log] target = "syslog"`) over each
+kind of address: a local datagram socket as /dev/log is (imuxsock), UDP (imudp) and TCP with
+octet counting (imtcp). The scenario: a login with a command, a failed login, and a login to a
+user whose key file is ignored (a warning). The oracle is the same scenario on the stdout target,
+whose lines name each event's namespace and level: every one of its lines arrives in rsyslog once,
+with facility authpriv for namespace conchcmd.auth and daemon for the rest, at the severity of its
+level; with `audit_log = "syslog"` every audit record arrives once too, as JSON at authpriv.info.
+rsyslog's template records facility, severity, program name and PID (each server's own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.serverfiles import wait_for
+
+pytestmark = [pytest.mark.e2e]
+
+RSYSLOGD = "/usr/sbin/rsyslogd"
+HAVE_RSYSLOG = shutil.which(RSYSLOGD) is not None
+RSYSLOG_CONF = """\
+global(workDirectory="{dir}" maxMessageSize="64k")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" Socket="{dir}/log.sock" RateLimit.Interval="0")
+module(load="imudp")
+input(type="imudp" address="127.0.0.1" port="{udp}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{tcp}")
+template(name="fields" type="string"
+         string="%syslogfacility-text% %syslogseverity-text% %programname% %procid% %msg:::json%\\n")
+*.* action(type="omfile" file="{dir}/received.log" template="fields")
+"""
+
+
+@dataclass(frozen=True)
+class Received:
+    facility: str
+    severity: str
+    program: str
+    pid: str
+    message: str
+
+
+@dataclass
+class Rsyslog:
+    directory: Path
+    udp: int
+    tcp: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "log.sock"
+
+    def received(self) -> list[Received]:
+        path = self.directory / "received.log"
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+            facility, severity, program, pid, message = line.split(" ", 4)
+            text = json.loads(f'"{message}"')
+            out.append(Received(facility, severity, program, pid, text.removeprefix(" ")))  # RFC 3164: ": msg"
+        return out
+
+    def of(self, pid: int) -> list[Received]:
+        return [r for r in self.received() if r.pid == str(pid)]
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
+    if not HAVE_RSYSLOG:
+        pytest.skip("rsyslog is not installed (apt install rsyslog)")
+    directory = tmp_path_factory.mktemp("rsyslog")
+    udp, tcp = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    conf = directory / "rsyslog.conf"
+    conf.write_text(RSYSLOG_CONF.format(dir=directory, udp=udp, tcp=tcp))
+    proc = subprocess.Popen(
+        [RSYSLOGD, "-n", "-f", str(conf), "-i", str(directory / "rsyslogd.pid")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    server = Rsyslog(directory, udp, tcp, proc)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=10)[0]
+    assert proc.returncode == 0, output.decode(errors="replace")
+
+
+def _wait_ready(server: Rsyslog) -> None:
+    """Probe each input until rsyslog has written what it got (it listens a moment after it starts)."""
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def probe() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"rsyslogd exited: {server.proc.communicate()[0]!r}")
+        got = {r.message for r in server.of(1)}
+        if "probe unix" not in got and server.socket_path.exists():
+            unix.sendto(b"<14>Nov 29 00:00:00 probe[1]: probe unix", str(server.socket_path))
+        if "probe udp" not in got:
+            udp.sendto(b"<14>1 - - probe 1 - - probe udp", ("127.0.0.1", server.udp))
+        if "probe tcp" not in got:
+            try:
+                with socket.create_connection(("127.0.0.1", server.tcp), timeout=1) as tcp:
+                    tcp.sendall(b"31 <14>1 - - probe 1 - - probe tcp")
+            except ConnectionRefusedError:
+                pass
+        return got >= {"probe unix", "probe udp", "probe tcp"}
+
+    try:
+        wait_for(probe, 10, "rsyslog's inputs")
+    finally:
+        unix.close()
+        udp.close()
+
+
+#: Twisted's level names as syslog's severities (rsyslog's %syslogseverity-text%).
+SEVERITY_TEXT = {"critical": "crit", "error": "err", "warn": "warning", "info": "info", "debug": "debug"}
+#: A line of the stdout target: time stamp, [namespace#level], message.
+STDOUT_LINE = re.compile(r"\S+ \S+ \[([\w.]+)#(\w+)\] (.*)")
+
+
+def _scenario(server: Any, keys: Any) -> None:
+    """A login with a command, a failed login (a key nobody authorized), and a login to a user
+    whose key file is ignored (others may write it: a warning), then SIGTERM."""
+    try:
+        server.start()
+        server.authorize("carol", keys.pub_line(keys.ed25519), mode=0o666)
+        ok = server.ssh("lastlog -n 1")
+        assert ok.returncode == 0, ok.stderr
+        assert server.ssh("lastlog -n 1", key=keys.stranger).returncode == 255
+        assert server.ssh("help", user="carol").returncode == 255
+    finally:
+        server.stop()
+    assert server.returncode == 0, server.log_text()
+    server.check_log(expect_activity=False)
+
+
+def _normalise(text: str, base: Path) -> str:
+    """What differs between two runs of the scenario: directories, host keys, addresses, times."""
+    text = text.replace(str(base), "BASE")
+    text = re.sub(r"SHA256:[A-Za-z0-9+/=]+", "SHA256:*", text)
+    return re.sub(r"\d+", "N", text)
+
+
+@pytest.fixture(scope="module")
+def stdout_run(server_class: Any, client_keys: Any, data: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The oracle: the same scenario with the default stdout target, whose lines name each
+    event's namespace and level. Returns (facility, severity, line) of each, and the audit events."""
+    base = tmp_path_factory.mktemp("stdout-server")
+    server = server_class(base, client_keys, data)
+    _scenario(server, client_keys)
+    lines = []
+    for line in server.log_text().splitlines():
+        m = STDOUT_LINE.fullmatch(line)
+        if m:
+            namespace, level, text = m.groups()
+            facility = "authpriv" if namespace == "conchcmd.auth" else "daemon"
+            lines.append((facility, SEVERITY_TEXT[level], _normalise(text, base)))
+    return Counter(lines), Counter(e["event"] for e in server.audit())
+
+
+@pytest.mark.parametrize("kind", ["unix", "udp", "tcp"])
+def test_every_event_arrives_once_with_its_facility_and_severity(
+    kind: str, rsyslog: Rsyslog, stdout_run: Any, server_class: Any, client_keys: Any, data: Any, tmp_path: Path
+) -> None:
+    address = {
+        "unix": f"unix:{rsyslog.socket_path}",
+        "udp": f"udp:127.0.0.1:{rsyslog.udp}",
+        "tcp": f"tcp:127.0.0.1:{rsyslog.tcp}",
+    }[kind]
+    audit_to_syslog = kind != "udp"
+
+    class SyslogServer(server_class):  # type: ignore[misc, valid-type]
+        def write_config(self) -> None:
+            super().write_config()
+            if audit_to_syslog:
+                text = self.config.read_text().replace('audit_log = "audit.jsonl"', 'audit_log = "syslog"')
+                self.config.write_text(text)
+
+    base = tmp_path / "server"
+    server = SyslogServer(
+        base, client_keys, data, config_tables=f'[log]\ntarget = "syslog"\nsyslog_address = "{address}"\n'
+    )
+    _scenario(server, client_keys)
+    assert "Cmd received" not in server.log_text()  # the log lines went to syslog, not stdout
+    assert server.proc is not None
+    expected_lines, expected_events = stdout_run
+
+    def arrived() -> list[Received] | None:
+        got = rsyslog.of(server.proc.pid)
+        return (
+            got if len(got) >= sum(expected_lines.values()) + audit_to_syslog * sum(expected_events.values()) else None
+        )
+
+    got = wait_for(arrived, 10, "the server's lines in rsyslog's file")
+    assert {r.program for r in got} == {"conchcmd"}
+    lines = [r for r in got if not r.message.startswith("{")]
+    records = [r for r in got if r.message.startswith("{")]
+    # every line the stdout target showed, once, at the facility of its namespace and the severity of its level
+    assert Counter((r.facility, r.severity, _normalise(r.message, base)) for r in lines) == expected_lines
+    accepted = [r for r in lines if r.message.startswith("Accepted publickey for alice ")]
+    assert [(r.facility, r.severity) for r in accepted] == [("authpriv", "info")]
+    assert {(r.facility, r.severity) for r in lines if r.message.startswith("Ignoring ")} == {("daemon", "warning")}
+
+    if not audit_to_syslog:
+        assert records == []
+        return
+    assert {(r.facility, r.severity) for r in records} == {("authpriv", "info")}
+    events = [json.loads(r.message) for r in records]
+    assert len({json.dumps(e, sort_keys=True) for e in events}) == len(events), "an audit record arrived twice"
+    assert Counter(e["event"] for e in events) == expected_events
+    assert next(e for e in events if e["event"] == "command")["argv"] == ["lastlog", "-n", "1"]
+    assert not server.audit_path.exists()  # the records went to syslog only
+
+
+def test_under_systemd_stdout_lines_carry_sd_daemon_priorities(
+    server_class: Any, client_keys: Any, data: Any, tmp_path: Path
+) -> None:
+    """stdout is the journal stream (JOURNAL_STREAM names its device and inode, as systemd sets
+    it): each log line starts with its priority and has no timestamp, journald adds one."""
+    base = tmp_path / "server"
+    base.mkdir()
+    log = base / "server.log"
+    log.touch()  # the harness reopens it for the server's stdout: same inode
+    st = os.stat(log)
+    server = server_class(base, client_keys, data, env_extra={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        server.start()
+        server.authorize("carol", client_keys.pub_line(client_keys.ed25519), mode=0o666)
+        assert server.ssh("lastlog -n 1").returncode == 0
+        assert server.ssh("help", user="carol").returncode == 255
+    finally:
+        server.stop()
+    assert server.returncode == 0, server.log_text()
+    lines = [line for line in server.log_text().splitlines() if not line.startswith("conchcmd: ")]
+    assert os.stat(log).st_ino == st.st_ino
+    assert any(re.fullmatch(r"<6>Accepted publickey for alice from .*", line) for line in lines), lines
+    assert any(re.fullmatch(r"<4>Ignoring .*/carol: .*", line) for line in lines), lines
+    assert any(re.fullmatch(r"<6>Cmd received from alice@\S+ : lastlog -n 1", line) for line in lines), lines
+    assert all(re.match(r"<[0-7]>[^\d\[\s]", line) for line in lines), lines  # no timestamp, no [namespace]
+
+
+def test_a_syslog_that_is_down_does_not_stop_the_server(
+    server_class: Any, client_keys: Any, data: Any, tmp_path: Path
+) -> None:
+    """No syslog daemon behind the socket: logins and commands go on, stderr says once that lines
+    are dropped, and when syslog is back, how many were; the lines after that arrive."""
+    path = tmp_path / "log.sock"
+    server = server_class(
+        tmp_path / "server",
+        client_keys,
+        data,
+        config_tables=f'[log]\ntarget = "syslog"\nsyslog_address = "unix:{path}"\n',
+    )
+    try:
+        server.start()
+        for _ in range(2):
+            assert server.ssh("lastlog -n 1").returncode == 0
+        server.wait_for(lambda: len(server.audit_since(0, "disconnect")) == 2, 10, "both sessions' ends audited")
+        dropping = server.log_text().count("dropping log lines until it works again")
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(path))
+        receiver.settimeout(10)
+        assert server.ssh("lastlog -n 1").returncode == 0
+        first = receiver.recv(9000).decode()
+        receiver.close()
+    finally:
+        server.stop()
+    assert server.returncode == 0, server.log_text()
+    assert dropping == 1
+    assert re.fullmatch(r"<30>\w{3} [ \d]\d \d\d:\d\d:\d\d conchcmd\[\d+\]: Client connection from \S+", first)
+    recovered = re.findall(
+        rf"log target syslog {re.escape(str(path))} works again; (\d+) log line\(s\) were dropped", server.log_text()
+    )
+    assert len(recovered) == 1 and int(recovered[0]) >= 8, server.log_text()  # 4 a session (connect .. lost)
