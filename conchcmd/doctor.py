@@ -20,6 +20,7 @@ from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
 from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
 from conchcmd.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
+from conchcmd.logtargets import DEV_LOG, JOURNAL_SOCKET
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -297,12 +298,39 @@ def _audit_log(config: Config) -> Iterator[Finding]:
     if config.audit_log == "-":
         yield Finding(OK, "audit log: stdout")
         return
+    if config.audit_log in ("syslog", "journal"):
+        yield from _audit_socket(config)
+        return
     directory = Path(config.audit_log).parent
     if not os.access(directory, os.W_OK):
         yield Finding(PROBLEM, f"audit log directory {directory} is not writable", "create it or fix its owner")
     else:
         yield Finding(OK, f"audit log: {config.audit_log}")
     yield from _audit_file_mode(config)
+
+
+def _audit_socket(config: Config) -> Iterator[Finding]:
+    """`audit_log = "syslog"` or `"journal"`: the local socket the records go to must exist."""
+    address = config.log.syslog_address
+    socket_path: str | None
+    if config.audit_log == "journal":
+        socket_path = JOURNAL_SOCKET
+    elif address is None:
+        socket_path = DEV_LOG
+    elif address.startswith("unix:"):
+        socket_path = address.removeprefix("unix:")
+    else:
+        socket_path = None  # a network address: nothing to check without sending
+    if socket_path is None:
+        yield Finding(OK, f"audit log: syslog at {config.log.syslog_address}")
+    elif not Path(socket_path).exists():
+        yield Finding(
+            PROBLEM,
+            f"audit log: {config.audit_log}, but {socket_path} does not exist: every command would be refused",
+            "start the syslog daemon (or journald), or set audit_log to a file",
+        )
+    else:
+        yield Finding(OK, f"audit log: {config.audit_log} ({socket_path})")
 
 
 def _audit_file_mode(config: Config) -> Iterator[Finding]:

@@ -55,7 +55,12 @@ def marks(lines: list[str]) -> list[str]:
 
 def test_the_shipped_snippet_parses_clean(tmp_path: Path) -> None:
     assert SNIPPET.read_text().startswith("# /etc/logrotate.d/conchcmd\n")
-    r = logrotate("-d", "-s", str(tmp_path / "state"), str(SNIPPET))
+    # As installed (`conchcmd contrib logrotate > /etc/logrotate.d/conchcmd`): logrotate ignores a
+    # group-writable snippet, which a checkout made under umask 002 would be.
+    installed = tmp_path / "conchcmd"
+    installed.write_bytes(SNIPPET.read_bytes())
+    installed.chmod(0o644)
+    r = logrotate("-d", "-s", str(tmp_path / "state"), str(installed))
     assert r.returncode == 0, r.stderr
     output = r.stdout + r.stderr
     assert "error" not in output.lower(), output

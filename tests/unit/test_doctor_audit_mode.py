@@ -69,3 +69,28 @@ def test_doctor_prints_the_problem_and_fails(tmp_path: Path) -> None:
     report = out.getvalue()
     assert f"problem  audit log {path} has mode 0644: others can read it\n         fix: chmod o-rwx {path}" in report
     assert f"warning  audit log {path} has mode 0644: its group can read it" in report
+
+
+@pytest.mark.parametrize("target", ["syslog", "journal"])
+def test_audit_to_a_socket_that_does_not_exist_is_a_problem(tmp_path: Path, target: str) -> None:
+    """`audit_log = "syslog"` is not a file in the working directory: doctor checks the socket."""
+    from conchcmd.config import LogConfig
+
+    missing = tmp_path / "no-such-socket"
+    config = Config(audit_log=target, log=LogConfig(syslog_address=f"unix:{missing}"))
+    findings = [f for f in examine(config) if f.message.startswith("audit log")]
+    if target == "syslog":
+        (finding,) = findings
+        assert finding.level == PROBLEM
+        assert str(missing) in finding.message and "every command would be refused" in finding.message
+    else:
+        assert all(target in f.message for f in findings)
+        assert not any("directory" in f.message for f in findings)
+    present = tmp_path / "log.sock"
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(present))
+        config = Config(audit_log="syslog", log=LogConfig(syslog_address=f"unix:{present}"))
+        (finding,) = [f for f in examine(config) if f.message.startswith("audit log")]
+        assert finding.level == OK and str(present) in finding.message
