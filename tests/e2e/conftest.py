@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,23 @@ class ClientKeys:
             ["ssh-keygen", "-lf", str(ClientKeys.pub(key))], capture_output=True, check=True, timeout=10
         ).stdout.decode()
         return out.split()[1]
+
+
+@pytest.fixture(scope="session")
+def askpass(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, str]]:
+    """askpass(secret) -> the environment for ssh to answer its password prompt with `secret`."""
+    directory = tmp_path_factory.mktemp("askpass")
+    scripts = itertools.count()
+
+    def make(secret: str) -> dict[str, str]:
+        script = directory / f"askpass{next(scripts)}.sh"
+        secret_file = directory / f"{script.name}.secret"
+        secret_file.write_text(secret + "\n")
+        script.write_text(f'#!/bin/sh\ncat "{secret_file}"\n')
+        script.chmod(0o700)
+        return {"SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force"}
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +232,29 @@ def _toml_str(value: str) -> str:
 
 
 _sources = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def socket_activated() -> Callable[[int, str], dict[str, Any]]:
+    """socket_activated(fd, domain) -> make_server/Server arguments for a server started as systemd
+    starts a socket-activated unit: the socket `fd` as fd 3, LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES
+    set, `listen` its endpoint (`domain` INET or INET6)."""
+    return _socket_activated
+
+
+def _socket_activated(listener_fd: int, domain: str) -> dict[str, Any]:
+    return {
+        "listen": f"systemd:domain={domain}:index=0",
+        "command": lambda s: [
+            "sh",
+            "-c",
+            'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=conchcmd.socket exec "$0" -m conchcmd serve --config "$1"',
+            sys.executable,
+            str(s.config),
+        ],
+        # The inherited socket must be fd 3 in the child; every other fd of ours is CLOEXEC.
+        "popen_extra": {"preexec_fn": lambda: os.dup2(listener_fd, 3), "close_fds": False},
+    }
 
 
 def next_source() -> str:

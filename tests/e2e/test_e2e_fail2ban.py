@@ -72,22 +72,6 @@ def certify(ca: Authority, key: Path, directory: Path, key_id: str, serial: int)
     return directory / f"cert{serial}-cert.pub"
 
 
-@pytest.fixture(scope="module")
-def askpass(tmp_path_factory: pytest.TempPathFactory):
-    directory = tmp_path_factory.mktemp("askpass")
-    scripts = itertools.count()
-
-    def make(secret: str) -> dict[str, str]:
-        script = directory / f"askpass{next(scripts)}.sh"
-        secret_file = directory / f"{script.name}.secret"
-        secret_file.write_text(secret + "\n")
-        script.write_text(f'#!/bin/sh\ncat "{secret_file}"\n')
-        script.chmod(0o700)
-        return {"SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force"}
-
-    return make
-
-
 def test_real_logins_through_the_real_fail2ban_regex(make_server, client_keys, askpass, tmp_path: Path) -> None:
     k = client_keys
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()

@@ -457,25 +457,14 @@ def test_sd_notify_to_an_abstract_socket(make_server: Callable[..., Any], data) 
         assert server.ssh("exit 0").returncode == 0
 
 
-def test_socket_activation(make_server: Callable[..., Any], data) -> None:
+def test_socket_activation(make_server: Callable[..., Any], data, socket_activated) -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     port = listener.getsockname()[1]
     fd = listener.fileno()
     try:
-        server = make_server(
-            listen="systemd:domain=INET:index=0",
-            command=lambda s: [
-                "sh",
-                "-c",
-                'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=conchcmd.socket exec "$0" -m conchcmd serve --config "$1"',
-                sys.executable,
-                str(s.config),
-            ],
-            # The inherited socket must be fd 3 in the child; every other fd of ours is CLOEXEC.
-            popen_extra={"preexec_fn": lambda: os.dup2(fd, 3), "close_fds": False},
-        )
+        server = make_server(**socket_activated(fd, "INET"))
     finally:
         listener.close()  # the server has its own copy now
     assert server.port == port, "the server must listen on the socket it was given"

@@ -327,22 +327,6 @@ def test_certificate_without_permit_pty(policy, ca: Authority, client_keys, tmp_
 # -- passwords ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def askpass(tmp_path_factory: pytest.TempPathFactory):
-    """askpass(secret) -> the environment for ssh to answer its password prompt with `secret`."""
-    directory = tmp_path_factory.mktemp("askpass")
-    scripts = itertools.count()
-
-    def make(secret: str) -> dict[str, str]:
-        script = directory / f"askpass{next(scripts)}.sh"
-        (directory / f"{script.name}.secret").write_text(secret + "\n")
-        script.write_text(f'#!/bin/sh\ncat "{directory / (script.name + ".secret")}"\n')
-        script.chmod(0o700)
-        return {"SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force"}
-
-    return make
-
-
 def test_password_login(policy, askpass, data) -> None:
     mark = policy.audit_mark()
     r = policy.ssh("lastlog -n 1", user="carol", options=PASSWORD_OPTIONS, env=askpass(PASSWORD))

@@ -141,7 +141,7 @@ def test_the_server_works_without_writable_executable_memory(make_server: Callab
 
 
 def test_socket_unit_dual_stack_socket_as_systemd_passes_it(
-    server_class: type, tmp_path: Path, client_keys, data
+    server_class: type, tmp_path: Path, client_keys, data, socket_activated
 ) -> None:
     """conchcmd.socket's `ListenStream=2222`: one AF_INET6 socket taking IPv4 too, which the
     config names `systemd:domain=INET6:index=0`."""
@@ -156,15 +156,7 @@ def test_socket_unit_dual_stack_socket_as_systemd_passes_it(
         tmp_path / "server",
         client_keys,
         data,
-        listen="systemd:domain=INET6:index=0",
-        command=lambda s: [
-            "sh",
-            "-c",
-            'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=conchcmd.socket exec "$0" -m conchcmd serve --config "$1"',
-            sys.executable,
-            str(s.config),
-        ],
-        popen_extra={"preexec_fn": lambda: os.dup2(fd, 3), "close_fds": False},
+        **socket_activated(fd, "INET6"),
     )
     server.base.mkdir()
     server.write_config()
