@@ -30,6 +30,7 @@ from conchcmd.usercmds import (
     format_users,
     log_deluser,
     open_for_append,
+    open_operator_audit,
     read_public_key_file,
     remove_keys,
     users_json,
@@ -172,11 +173,12 @@ def cmd_deluser(args: argparse.Namespace, out: TextIO) -> int:
     clock = Clock()
     clock.advance(time.time())
     try:
-        audit: AuditLog | None = AuditLog.open(config.audit_log, clock, failure_mode=config.audit_failure)
-    except OSError as e:
+        audit: AuditLog | None = open_operator_audit(config, clock)
+    except (OSError, UserCommandError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e)
         if config.audit_failure == "refuse":
-            raise CliError(f"cannot write the audit log {config.audit_log}: {e.strerror}; nothing removed") from None
-        sys.stderr.write(f"conchcmd: warning: cannot write the audit log {config.audit_log}: {e.strerror}\n")
+            raise CliError(f"cannot write the audit log {config.audit_log}: {reason}; nothing removed") from None
+        sys.stderr.write(f"conchcmd: warning: cannot write the audit log {config.audit_log}: {reason}\n")
         audit = None
     try:
         removed = remove_keys(config, args.user, args.fingerprints)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import stat
 from collections.abc import Iterator
@@ -302,11 +303,41 @@ def _audit_log(config: Config) -> Iterator[Finding]:
         yield from _audit_socket(config)
         return
     directory = Path(config.audit_log).parent
+    unwritable = _audit_file_unwritable(config)
     if not os.access(directory, os.W_OK):
         yield Finding(PROBLEM, f"audit log directory {directory} is not writable", "create it or fix its owner")
+    elif unwritable is not None:
+        yield unwritable
     else:
         yield Finding(OK, f"audit log: {config.audit_log}")
     yield from _audit_file_mode(config)
+
+
+def _audit_file_unwritable(config: Config) -> Finding | None:
+    """An existing audit file this user cannot append to (e.g. created by root): serve, run as
+    this user, could audit nothing. A writable directory does not help: the file is reopened by name."""
+    path = config.audit_log
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or os.access(path, os.W_OK, effective_ids=True):
+        return None
+    owner, me = _user_name(st.st_uid), _user_name(os.geteuid())
+    consequence = "every command is refused" if config.audit_failure == "refuse" else "commands run unaudited"
+    return Finding(
+        PROBLEM,
+        f"audit log {path} is owned by {owner} with mode {stat.S_IMODE(st.st_mode):04o}: this user ({me}) "
+        f"cannot write it, so serve would audit nothing ({consequence})",
+        f"chown {me} {path}",
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _audit_socket(config: Config) -> Iterator[Finding]:

@@ -6,12 +6,14 @@ share. Key files are read by the functions login uses (authorized_keys.py, auth.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
 import os
 import pwd
 import re
+import socket
 import stat
 import struct
 import syslog
@@ -24,7 +26,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, Key
 
-from conchcmd.audit import terminal_safe
+from conchcmd.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, terminal_safe
 from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import (
     AuthorizedKey,
@@ -35,7 +37,7 @@ from conchcmd.authorized_keys import (
     valid_user_name,
 )
 from conchcmd.certs import CertificateRefused, RevokedKeys
-from conchcmd.config import Config
+from conchcmd.config import Config, audit_group_id
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
 
@@ -413,6 +415,77 @@ def log_deluser(removed: Removed, user: str) -> None:
             syslog.syslog(syslog.LOG_NOTICE, f"deluser: deleted {removed.path} of user {user} by {operator_name()}")
     finally:
         syslog.closelog()
+
+
+class OperatorAuditFile:
+    """The audit file as root appends to it from the command line when its directory belongs to
+    the server's user (systemd's LogsDirectory): the name is never followed as a symlink (that
+    user could point it at any file root may write), and a file root creates is given to the
+    directory's owner with the mode and group the server would create it with, or the server could
+    no longer write its own audit log."""
+
+    def __init__(self, path: str, directory: os.stat_result, group: int | None):
+        self.name = path
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            self._fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, AUDIT_FILE_MODE)
+        except FileExistsError:
+            self._fd = os.open(path, flags)  # ELOOP for a symlink
+        else:
+            try:
+                os.fchown(self._fd, directory.st_uid, directory.st_gid if group is None else group)
+                os.fchmod(self._fd, AUDIT_FILE_MODE if group is None else AUDIT_GROUP_FILE_MODE)
+            except OSError:
+                os.close(self._fd)
+                raise
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise OSError(errno.EINVAL, "not a regular file", path)
+
+    def write(self, line: bytes) -> None:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def reopen(self) -> None:
+        """One record, then closed: nothing to reopen."""
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def open_operator_audit(config: Config, clock: Any) -> AuditLog:
+    """The audit log an operator's command (deluser) writes to, set up as `serve` sets it up: the
+    same host name, audit_group and syslog_address. Raises OSError, or UserCommandError for an
+    audit_group that does not exist."""
+    group = audit_group_id(config.audit_group) if config.audit_group else None
+    if config.audit_group and group is None:
+        raise UserCommandError(f"audit_group {config.audit_group!r}: no such group")
+    host = socket.gethostname()
+    path = config.audit_log
+    if path == "syslog" and config.log.syslog_address is not None:
+        from conchcmd.logtargets import parse_syslog_address
+
+        if parse_syslog_address(config.log.syslog_address).kind == "stream":
+            # A stream connects on a running reactor; a one-shot command has none, and the record
+            # would be dropped unsent.
+            raise UserCommandError(
+                f"deluser cannot send its audit record to a stream syslog_address "
+                f"({config.log.syslog_address}); use udp: or unix:"
+            )
+    if path not in ("-", "syslog", "journal") and os.geteuid() == 0:
+        directory = os.stat(os.path.dirname(path) or ".")
+        if directory.st_uid != 0:
+            target = OperatorAuditFile(path, directory, group)
+            return AuditLog(target, clock, failure_mode=config.audit_failure, host=host)
+    return AuditLog.open(
+        path,
+        clock,
+        failure_mode=config.audit_failure,
+        host=host,
+        group=group,
+        syslog_address=config.log.syslog_address,
+    )
 
 
 def audit_deluser(record: Callable[..., None], removed: Removed, user: str) -> None:

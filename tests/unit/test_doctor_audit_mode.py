@@ -6,6 +6,8 @@ from __future__ import annotations
 import grp
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,9 +52,8 @@ def test_a_group_readable_file_without_audit_group_is_a_warning(tmp_path: Path) 
     assert audit_findings(Config(audit_log=str(path), audit_group=group)) == []
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o400])
-def test_an_owner_only_file_and_a_missing_one_are_fine(tmp_path: Path, mode: int) -> None:
-    path = audit_file(tmp_path, mode)
+def test_an_owner_only_file_and_a_missing_one_are_fine(tmp_path: Path) -> None:
+    path = audit_file(tmp_path, 0o600)
     assert audit_findings(Config(audit_log=str(path))) == []
     path.unlink()
     assert audit_findings(Config(audit_log=str(path))) == []
@@ -94,3 +95,42 @@ def test_audit_to_a_socket_that_does_not_exist_is_a_problem(tmp_path: Path, targ
         config = Config(audit_log="syslog", log=LogConfig(syslog_address=f"unix:{present}"))
         (finding,) = [f for f in examine(config) if f.message.startswith("audit log")]
         assert finding.level == OK and str(present) in finding.message
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks as another user: needs root")
+def test_a_file_the_user_cannot_write_is_a_problem_even_in_a_writable_directory() -> None:
+    # Found installing by the README: a root-owned 0600 audit.jsonl (left by `sudo conchcmd
+    # deluser`) in the service user's directory; doctor, as that user, said "ok" while serve
+    # refused every command ("the audit log cannot be written (Permission denied)").
+    base = Path(tempfile.mkdtemp(prefix="doctor-audit-"))
+    try:
+        base.chmod(0o755)
+        log_dir = base / "log"
+        log_dir.mkdir()
+        os.chown(log_dir, NOBODY, NOBODY)
+        path = log_dir / "audit.jsonl"
+        path.write_text("")
+        path.chmod(0o600)  # root's
+        config = Config(audit_log=str(path))
+        os.seteuid(NOBODY)  # doctor is run as the server's user; seteuid so that root can come back
+        try:
+            findings = audit_findings(config)
+            ok = [f for f in examine(config) if f.message == f"audit log: {path}"]
+        finally:
+            os.seteuid(0)
+        (problem,) = findings
+        assert problem.level == PROBLEM
+        assert problem.message.startswith(f"audit log {path} is owned by root with mode 0600: this user (")
+        assert "cannot write it, so serve would audit nothing (every command is refused)" in problem.message
+        assert problem.fix.startswith("chown ") and problem.fix.endswith(f" {path}") and ok == []
+        os.chown(path, NOBODY, NOBODY)  # the fix, applied
+        os.seteuid(NOBODY)
+        try:
+            assert audit_findings(config) == []
+        finally:
+            os.seteuid(0)
+    finally:
+        shutil.rmtree(base)

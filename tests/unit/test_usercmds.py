@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -254,6 +256,7 @@ def test_deluser_removes_the_named_key_keeping_everything_else(
         "file": str(path),
         "whole_file": False,
         "operator": "root" if os.geteuid() == 0 else record["operator"],
+        "host": socket.gethostname(),  # as on the server's records
     }
 
 
@@ -324,6 +327,77 @@ def test_deluser_refuses_when_the_audit_log_cannot_be_written(
     path = users_file(workdir, "alice", a.public_line + "\n")
     assert main(["deluser", "alice", a.fingerprint]) == 1
     assert "cannot write the audit log" in capsys.readouterr().err
+    assert path.read_text() == a.public_line + "\n"
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives files to another user: needs root")
+SERVER_UID = 4321  # the service user owning the log directory (systemd's LogsDirectory)
+
+
+def server_log_dir(workdir: Path, config: str = "") -> Path:
+    log_dir = workdir / "log"
+    log_dir.mkdir(mode=0o750)
+    os.chown(log_dir, SERVER_UID, SERVER_UID)
+    (workdir / "conchcmd.toml").write_text(f'audit_log = "log/audit.jsonl"\n{config}')
+    return log_dir / "audit.jsonl"
+
+
+@needs_root
+def test_deluser_as_root_creates_the_audit_file_the_server_can_still_write(workdir: Path, ssh_key) -> None:
+    # Found installing by the README: root's deluser created a missing audit file root:root 0600 in
+    # the service user's log directory, and the server could no longer write its audit log.
+    audit = server_log_dir(workdir, 'audit_group = "adm"\n')
+    a = ssh_key("ed25519")
+    users_file(workdir, "alice", a.public_line + "\n")
+    assert main(["deluser", "alice", a.fingerprint]) == 0
+    st = audit.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (SERVER_UID, grp.getgrnam("adm").gr_gid, 0o640)
+    [record] = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert (record["event"], record["host"]) == ("deluser", socket.gethostname())
+    assert record["fingerprints"] == [a.fingerprint]
+
+
+@needs_root
+def test_deluser_as_root_does_not_follow_a_symlink_the_service_user_put_there(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit = server_log_dir(workdir)
+    victim = workdir / "victim"  # a file only root may write, e.g. /etc/sudoers
+    victim.write_text("root ALL=(ALL) ALL\n")
+    audit.symlink_to(victim)
+    a = ssh_key("ed25519")
+    path = users_file(workdir, "alice", a.public_line + "\n")
+    assert main(["deluser", "alice", a.fingerprint]) == 1
+    assert "cannot write the audit log" in capsys.readouterr().err
+    assert victim.read_text() == "root ALL=(ALL) ALL\n" and path.read_text() == a.public_line + "\n"
+
+
+def test_deluser_sends_its_record_to_the_configured_syslog_address(workdir: Path, ssh_key) -> None:
+    # It went to /dev/log whatever [log] syslog_address said (and failed where there is none).
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    port = receiver.getsockname()[1]
+    (workdir / "conchcmd.toml").write_text(f'audit_log = "syslog"\n[log]\nsyslog_address = "udp:127.0.0.1:{port}"\n')
+    a = ssh_key("ed25519")
+    users_file(workdir, "alice", a.public_line + "\n")
+    with receiver:
+        assert main(["deluser", "alice"]) == 0
+        message = receiver.recv(65536).decode()
+    assert message.startswith("<86>1 ")  # authpriv.info, RFC 5424
+    record = json.loads(message[message.index("{") :])
+    assert (record["event"], record["user"], record["host"]) == ("deluser", "alice", socket.gethostname())
+
+
+def test_deluser_refuses_a_tcp_syslog_it_could_not_deliver_to(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A one-shot command has no running reactor to connect with: the record was dropped, rc 0.
+    (workdir / "conchcmd.toml").write_text('audit_log = "syslog"\n[log]\nsyslog_address = "tcp:127.0.0.1:9"\n')
+    a = ssh_key("ed25519")
+    path = users_file(workdir, "alice", a.public_line + "\n")
+    assert main(["deluser", "alice"]) == 1
+    assert "cannot send its audit record to a stream syslog_address" in capsys.readouterr().err
     assert path.read_text() == a.public_line + "\n"
 
 
