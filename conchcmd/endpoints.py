@@ -4,6 +4,7 @@ the same in `serve`, `check-config` and `doctor`."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet.endpoints import (
@@ -64,6 +65,21 @@ def endpoint_problem(description: str) -> str | None:
             endpoint = serverFromString(reactor, description)
     except Exception as e:  # Twisted's parsers raise whatever their arguments cause
         return str(e) or type(e).__name__
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) and not 0 <= endpoint._port <= 65535:
-        return f"port {endpoint._port} is not between 0 and 65535"  # Twisted parses it; bind() refuses it
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        # Twisted parses both as given; bind() refuses them only when serving.
+        if not 0 <= endpoint._port <= 65535:
+            return f"port {endpoint._port} is not between 0 and 65535"
+        interface = endpoint._interface
+        if interface and _looks_numeric(interface):
+            try:
+                ipaddress.ip_address(interface.split("%", 1)[0])
+            except ValueError:
+                return f"interface {interface!r} is not an IP address"
     return None
+
+
+def _looks_numeric(interface: str) -> bool:
+    """An address written as numbers (dots, colons, hex digits): a host name it cannot be."""
+    return all(c in "0123456789abcdefABCDEF.:" for c in interface.split("%", 1)[0]) and any(
+        c in ".:" for c in interface
+    )

@@ -27,6 +27,9 @@ GOOD = [
     "systemd:domain=INET6:index=1",
     "systemd:domain=UNIX:name=conchcmd",
     "haproxy:systemd:domain=INET:index=0",
+    "tcp:2222:interface=localhost",  # a host name: bind() resolves it
+    "tcp:2222:interface=\\:\\:1",  # Twisted's tcp: takes an IPv6 address too
+    "tcp6:2222:interface=fe80\\:\\:1%lo",
 ]
 #: description -> what the error says about it
 BAD = {
@@ -50,6 +53,8 @@ BAD = {
     "systemd:domain=INTERNET:index=0": "AF_INTERNET",
     "systemd:index=0": "missing 1 required positional argument: 'domain'",
     "tcp:2222\\": "StopIteration",  # a trailing escape
+    "tcp:2223:interface=300.1.1.1": "interface '300.1.1.1' is not an IP address",
+    "tcp6:2223:interface=\\:\\:1\\:\\:2\\:\\:3": "is not an IP address",
 }
 
 
