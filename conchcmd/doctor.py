@@ -53,7 +53,7 @@ def command_hint(
 ) -> str:
     """`conchcmd COMMAND ...` acting on this configuration: with its `--config FILE`, or without a
     file in the directory the built-in defaults were resolved against (they are relative to it).
-    `runner` goes before `conchcmd` (e.g. `runuser -u USER -- `)."""
+    `runner` goes before `conchcmd` (e.g. `setpriv --reuid=USER ... `)."""
     tail = f" {arguments}" if arguments else ""
     if config.source is not None:
         return f"`{runner}conchcmd {command} --config {shlex.quote(str(config.source))}{tail}`"
@@ -78,7 +78,7 @@ def examine(config: Config, invocation: Invocation | None = None) -> list[Findin
 
 def _privileges(config: Config, invocation: Invocation) -> Iterator[Finding]:
     if invocation.euid == 0:
-        doctor = command_hint(config, invocation, "doctor", runner="runuser -u conchcmd -- ")
+        doctor = command_hint(config, invocation, "doctor", runner="setpriv --reuid=conchcmd --regid=conchcmd --groups=adm,systemd-journal ")
         yield Finding(
             WARNING,
             "running as root: serve should not (a flaw in conchcmd or Twisted would then give root, and "

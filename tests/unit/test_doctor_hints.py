@@ -66,7 +66,10 @@ def test_root_gets_a_warning_with_a_fix_an_unprivileged_user_does_not(site: Path
     assert "serve should not" in as_root[0].message
     assert "useradd --system" in as_root[0].fix and "User=" in as_root[0].fix
     config = shlex.quote(str(site / "conchcmd.toml"))
-    assert f"`runuser -u conchcmd -- conchcmd doctor --config {config}`" in as_root[0].fix
+    assert (
+        f"`setpriv --reuid=conchcmd --regid=conchcmd --groups=adm,systemd-journal conchcmd doctor --config {config}`"
+        in as_root[0].fix
+    )
     assert not [f for f in findings(site, euid=1000) if "running as" in f.message]
 
 
