@@ -78,7 +78,8 @@ def examine(config: Config, invocation: Invocation | None = None) -> list[Findin
 
 def _privileges(config: Config, invocation: Invocation) -> Iterator[Finding]:
     if invocation.euid == 0:
-        doctor = command_hint(config, invocation, "doctor", runner="setpriv --reuid=conchcmd --regid=conchcmd --groups=adm,systemd-journal ")
+        as_service = "setpriv --reuid=conchcmd --regid=conchcmd --groups=adm,systemd-journal "  # the unit's groups
+        doctor = command_hint(config, invocation, "doctor", runner=as_service)
         yield Finding(
             WARNING,
             "running as root: serve should not (a flaw in conchcmd or Twisted would then give root, and "
