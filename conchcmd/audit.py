@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import json
 import os
 import re
@@ -187,6 +188,8 @@ class AppendFile:
 
     A file it creates gets exactly AUDIT_FILE_MODE (AUDIT_GROUP_FILE_MODE and group `group` when
     given), whatever the umask; an existing file keeps its mode, with a warning if it is looser.
+    Against whoever else can write its directory: a symlink there is not followed, a file they own
+    is refused, and a FIFO nobody reads fails instead of blocking (OSError each time).
     """
 
     def __init__(self, path: str, *, group: int | None = None):
@@ -196,21 +199,41 @@ class AppendFile:
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of freezing the reactor;
+        # its writes then fail rather than block, and the records wait in the backlog.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
+        if not self._may_follow_symlink():
+            flags |= os.O_NOFOLLOW  # a link someone else planted there is not followed
         try:
             # Created owner-only: nobody else can open it before its mode and group are set.
             fd = os.open(self.name, flags | os.O_CREAT | os.O_EXCL, AUDIT_FILE_MODE)
         except FileExistsError:
             try:
-                fd = os.open(self.name, flags)
-            except FileNotFoundError:
-                # Moved away in between, or a dangling symlink (O_EXCL does not follow it):
-                # created as before this change, owner-only at most.
-                fd = os.open(self.name, flags | os.O_CREAT, AUDIT_FILE_MODE)
+                try:
+                    fd = os.open(self.name, flags)
+                except FileNotFoundError:
+                    # Moved away in between, or a dangling symlink (O_EXCL does not follow it):
+                    # created as before this change, owner-only at most.
+                    fd = os.open(self.name, flags | os.O_CREAT, AUDIT_FILE_MODE)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    why = "it is a symlink in a directory others can write; not followed"
+                    raise OSError(errno.ELOOP, why) from None
+                raise
             self._check_existing(fd)
             return fd
         self._set_owner_and_mode(fd)
         return fd
+
+    def _may_follow_symlink(self) -> bool:
+        """Whether a symlink at the path is followed: only when the directory holding it is
+        owned by root or the server's user and writable by nobody else (as /dev for
+        /dev/stdout), so only someone who could replace the audit file anyway placed it."""
+        try:
+            st = os.stat(os.path.dirname(os.path.abspath(self.name)))
+        except OSError:
+            return False
+        return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
 
     def _set_owner_and_mode(self, fd: int) -> None:
         try:
@@ -230,6 +253,10 @@ class AppendFile:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return  # a device or a pipe (/dev/stdout, a FIFO a collector reads): not ours to judge
+        if st.st_uid not in (0, os.geteuid()):
+            # Its owner could read every record, chmod it or empty it: not an audit log.
+            os.close(fd)
+            raise OSError(errno.EPERM, f"it is owned by uid {st.st_uid}, not by root or the server's user")
         mode = stat.S_IMODE(st.st_mode)
         looser = mode & ~self.mode & 0o777
         other_group = self.group is not None and st.st_gid != self.group and mode & 0o070
