@@ -239,6 +239,10 @@ class Sender(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
+    def full(self) -> bool:
+        """Whether a message sent now would push a waiting one out of the queue."""
+        ...
+
     def close(self) -> defer.Deferred[None] | None: ...
 
 
@@ -284,6 +288,9 @@ class DatagramSender:
         if len(self.pending) > STREAM_QUEUE:
             self.pending.popleft()
             raise OSError(errno.ENOBUFS, "the receiver is not reading; queue full")
+
+    def full(self) -> bool:
+        return len(self.pending) >= STREAM_QUEUE
 
     def _send_pending(self) -> None:
         self._retry = None
@@ -441,6 +448,9 @@ class StreamSender:
             self.queue.popleft()
             raise OSError(errno.ENOBUFS, f"{self.error}; queue full")
 
+    def full(self) -> bool:
+        return len(self.queue) >= self.limit
+
     @property
     def connected(self) -> bool:
         return self.protocol is not None
@@ -588,6 +598,13 @@ def close_observer(observer: ILogObserver) -> defer.Deferred[None]:
     return observer.close() if isinstance(observer, SenderObserver) else defer.succeed(None)
 
 
+def _refuse_if_full(sender: Sender) -> None:
+    """For audit records: OSError while the sender's queue is full, so the audit log keeps the
+    record (and says records wait) rather than the sender dropping an older one it took."""
+    if sender.full():
+        raise OSError(errno.ENOBUFS, f"{sender.name}: the receiver is not taking records; queue full")
+
+
 class SyslogLineTarget:
     """An audit LineTarget: each JSON record one syslog message, facility authpriv, severity info."""
 
@@ -596,8 +613,10 @@ class SyslogLineTarget:
         self.name = self.sender.name
 
     def write(self, line: bytes) -> None:
-        # Over TCP a record counts as written once queued (STREAM_QUEUE of them while the syslog is
-        # unreachable); past that, write raises and the audit log keeps records and refuses commands.
+        # A record counts as written once queued (STREAM_QUEUE of them while the syslog is
+        # unreachable or not reading); past that, write raises and the audit log keeps records and
+        # refuses commands. A queued record is never pushed out (the sender's log-line policy).
+        _refuse_if_full(self.sender)
         text = line.decode("utf-8").rstrip("\n")
         self.sender.send(self._format(pri(FACILITY_AUTHPRIV, SEVERITY_INFO), time.time(), text, "audit"))
 
@@ -616,6 +635,7 @@ class JournalLineTarget:
         self.name = self.sender.name
 
     def write(self, line: bytes) -> None:
+        _refuse_if_full(self.sender)  # as SyslogLineTarget: queued records are never dropped
         text = line.decode("utf-8").rstrip("\n")
         fields: dict[str, str | bytes] = {
             "MESSAGE": text,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import io
+import json
 import os
 import socket
 import struct
@@ -471,4 +472,42 @@ def test_a_local_syslog_that_never_reads_loses_the_oldest_lines_counted(tmp_path
     assert closing.called
     with pytest.raises(OSError, match="closed at shutdown"):
         observer.sender.send(b"late")
+    receiver.close()
+
+
+@pytest.mark.parametrize("target", ["syslog", "journal"])
+def test_audit_records_to_a_full_local_socket_are_never_lost_silently(tmp_path: Path, target: str) -> None:
+    """A receiver that stops reading: records queue up to STREAM_QUEUE; past that the audit log
+    is told (failure(), commands refused) and keeps the rest, instead of the sender dropping
+    queued records it had already said were written. Once it reads again, every record arrives
+    once, in order."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)
+    receiver.setblocking(False)
+    sink: Any = (
+        lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock)
+        if target == "syslog"
+        else lt.JournalLineTarget(str(path), clock)
+    )
+    audit = AuditLog(sink, clock)
+    total = lt.STREAM_QUEUE + 200
+    for i in range(total):
+        audit.record("command", n=i)
+    assert audit.failure() is not None  # told, so commands are refused
+    got: list[int] = []
+    for _ in range(10_000):
+        while True:
+            try:
+                data = receiver.recv(1 << 16)
+            except BlockingIOError:
+                break
+            message = data.split(b": ", 1)[1] if target == "syslog" else lt.parse_journal_entry(data)["MESSAGE"]
+            got.append(json.loads(message)["n"])
+        if len(got) == total:
+            break
+        clock.advance(lt.RETRY_SECONDS)
+        audit.failure()  # (the dispatcher asks before each command; it retries the backlog)
+    assert got == list(range(total))
+    assert audit.failure() is None
     receiver.close()
