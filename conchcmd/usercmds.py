@@ -171,6 +171,27 @@ def _file_record(state: KeyFileState) -> dict[str, Any]:
     return {"file": state.path, "file_status": status, "file_problem": problem}
 
 
+#: How much of an ignored authorized_keys file `users` reads to show what it holds.
+MAX_IGNORED_BYTES = 1 << 20
+
+
+def _read_ignored(path: str) -> bytes:
+    """The start of a file login ignores, to show its keys: someone else may have made it, so
+    a FIFO or device (not a regular file) raises OSError instead of blocking or never ending,
+    and at most MAX_IGNORED_BYTES are read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        chunks, left = [], MAX_IGNORED_BYTES
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def describe_users(config: Config, now: float) -> dict[str, Any]:
     """Every user, with each key and refused line as login sees them: `conchcmd users --json`."""
     trust = FileTrust(strict=config.strict_modes)
@@ -187,7 +208,7 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
             # Login reads nothing from it; show what it holds, each key refused with the reason.
             with contextlib.suppress(OSError):
                 parsed = parse_authorized_keys(
-                    Path(state.path).read_bytes(), state.path, permit_environment=config.permit_user_environment
+                    _read_ignored(state.path), state.path, permit_environment=config.permit_user_environment
                 )
                 keys = [
                     {**_key_record(e, revoked, now), "usable": False, "refused": f"file ignored: {state.ignored}"}

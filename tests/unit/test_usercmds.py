@@ -429,3 +429,41 @@ def test_deluser_does_not_follow_a_symlink_to_a_file_login_ignores(
     assert main(["deluser", "alice", a.fingerprint]) == 1
     assert "which login ignores: bad ownership or modes" in capsys.readouterr().err
     assert other.read_text() == a.public_line + "\n"
+
+
+def test_users_does_not_hang_on_a_fifo_planted_as_a_users_file(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Login ignores a FIFO (not a regular file); `users` showed what an ignored file holds by
+    reading it, and opening a FIFO nobody writes blocks for ever."""
+    import threading
+
+    fifo = workdir / "keys" / "authorized_keys" / "mallory"
+    os.mkfifo(fifo)
+    done: list[int] = []
+    runner = threading.Thread(target=lambda: done.append(main(["users", "--json"])), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    if runner.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY))  # release it so the run can end
+        runner.join(timeout=30)
+        pytest.fail("conchcmd users blocked on a FIFO")
+    assert done == [0]
+    [mallory] = json.loads(capsys.readouterr().out)["users"]
+    assert mallory["file_status"] == "ignored" and mallory["keys"] == []
+
+
+def test_users_reads_at_most_a_bounded_prefix_of_an_ignored_file(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ignored file is another user's to fill (or a symlink to /dev/zero): `users` shows the
+    keys in its first MAX_IGNORED_BYTES only, never reads without end."""
+    from conchcmd import usercmds
+
+    monkeypatch.setattr(usercmds, "MAX_IGNORED_BYTES", 4096)
+    line = ssh_key("ed25519").public_line + "\n"
+    users_file(workdir, "eve", line + "#" * 10_000 + "\n" + line, mode=0o666)
+    (workdir / "keys" / "authorized_keys" / "zed").symlink_to("/dev/zero")
+    users = {u["user"]: u for u in users_json(capsys)["users"]}
+    assert len(users["eve"]["keys"]) == 1  # the second line is past the bound
+    assert users["zed"]["file_status"] == "ignored" and users["zed"]["keys"] == []
