@@ -328,19 +328,22 @@ class AuditLog:
         host: str | None = None,
         group: int | None = None,
         syslog_address: str | None = None,
+        one_shot: bool = False,
     ) -> AuditLog:
         """Open the audit log named by the `audit_log` setting ("-" is stdout; "syslog" goes to
-        `[log] syslog_address`, "journal" to the journal; `clock` is then the reactor); a file is
-        created with `group` (a gid) and mode 0640 when given, else 0600."""
+        `[log] syslog_address`, "journal" to the journal; `clock` is then the reactor, unless
+        `one_shot`: a command that sends each record at once or fails); a file is created with
+        `group` (a gid) and mode 0640 when given, else 0600."""
         if target == "-":
             return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode, host=host)
         if target in ("syslog", "journal"):
             from conchcmd.logtargets import JournalLineTarget, SyslogLineTarget, parse_syslog_address
 
+            reactor = None if one_shot else clock
             sink: LineTarget = (
-                SyslogLineTarget(parse_syslog_address(syslog_address), clock)
+                SyslogLineTarget(parse_syslog_address(syslog_address), reactor)
                 if target == "syslog"
-                else JournalLineTarget(reactor=clock)
+                else JournalLineTarget(reactor=reactor)
             )
             return cls(sink, clock, failure_mode=failure_mode, host=host)
         return cls(AppendFile(target, group=group), clock, failure_mode=failure_mode, host=host)

@@ -17,7 +17,7 @@ from twisted.logger import globalLogBeginner
 from conchcmd import __version__
 from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import AuthorizedKeysFiles, fingerprint, valid_user_name
-from conchcmd.config import Config, ConfigError, load_config
+from conchcmd.config import Config, ConfigError, audit_group_id, load_config
 from conchcmd.endpoints import endpoint_problem
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
@@ -172,7 +172,15 @@ def cmd_deluser(args: argparse.Namespace, out: TextIO) -> int:
     clock = Clock()
     clock.advance(time.time())
     try:
-        audit: AuditLog | None = AuditLog.open(config.audit_log, clock, failure_mode=config.audit_failure)
+        # As the server opens it: the same syslog address, the same group for a file it creates.
+        audit: AuditLog | None = AuditLog.open(
+            config.audit_log,
+            clock,
+            failure_mode=config.audit_failure,
+            group=audit_group_id(config.audit_group) if config.audit_group else None,
+            syslog_address=config.log.syslog_address,
+            one_shot=True,
+        )
     except OSError as e:
         if config.audit_failure == "refuse":
             raise CliError(f"cannot write the audit log {config.audit_log}: {e.strerror}; nothing removed") from None

@@ -609,6 +609,11 @@ class SyslogLineTarget:
     """An audit LineTarget: each JSON record one syslog message, facility authpriv, severity info."""
 
     def __init__(self, address: SyslogAddress, reactor: Any):
+        """`reactor` None (a one-shot command such as deluser): each record is sent at once or
+        write raises, so nothing waits on a reactor that will never run; a stream address
+        then cannot be used (OSError)."""
+        if reactor is None and address.kind == "stream":
+            raise OSError(errno.EOPNOTSUPP, f"{address.description} is a stream: only the server sends there")
         self.sender, self._format = syslog_sender(address, reactor)
         self.name = self.sender.name
 

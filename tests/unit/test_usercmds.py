@@ -467,3 +467,41 @@ def test_users_reads_at_most_a_bounded_prefix_of_an_ignored_file(
     users = {u["user"]: u for u in users_json(capsys)["users"]}
     assert len(users["eve"]["keys"]) == 1  # the second line is past the bound
     assert users["zed"]["file_status"] == "ignored" and users["zed"]["keys"] == []
+
+
+def test_deluser_audits_where_the_server_does(workdir: Path, ssh_key) -> None:
+    """deluser's record goes to the audit log as the server opens it: `audit_log = "syslog"`
+    to `[log] syslog_address` (not /dev/log), and an audit file it creates gets `audit_group`."""
+    import grp
+    import socket
+
+    key = ssh_key("ed25519")
+    users_file(workdir, "alice", key.public_line + "\n")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(workdir / "syslog"))
+    receiver.settimeout(5)
+    (workdir / "conchcmd.toml").write_text(f'audit_log = "syslog"\n[log]\nsyslog_address = "unix:{workdir}/syslog"\n')
+    assert main(["deluser", "alice", key.fingerprint]) == 0
+    record = json.loads(receiver.recv(1 << 16).split(b": ", 1)[1])
+    assert (record["event"], record["user"]) == ("deluser", "alice")
+    receiver.close()
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != os.getegid())
+    users_file(workdir, "bob", key.public_line + "\n")
+    (workdir / "conchcmd.toml").write_text(f'audit_group = "{group.gr_name}"\n')
+    assert main(["deluser", "bob"]) == 0
+    st = (workdir / "audit.jsonl").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, group.gr_gid)
+
+
+def test_deluser_with_a_tcp_syslog_audit_removes_nothing_rather_than_queue_a_record_for_ever(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream syslog needs a running reactor to take the record; deluser has none, so the
+    record would wait in a queue and vanish at exit. It refuses instead (audit_failure = refuse)."""
+    key = ssh_key("ed25519")
+    path = users_file(workdir, "alice", key.public_line + "\n")
+    (workdir / "conchcmd.toml").write_text('audit_log = "syslog"\n[log]\nsyslog_address = "tcp:127.0.0.1:9"\n')
+    assert main(["deluser", "alice", key.fingerprint]) == 1
+    assert "nothing removed" in capsys.readouterr().err
+    assert path.read_text() == key.public_line + "\n"
