@@ -34,6 +34,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     eventAsText,
@@ -42,6 +43,8 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+
+_log = Logger(namespace=LOG_NAMESPACE)
 
 #: Syslog severities (RFC 5424 6.2.1) of Twisted's levels; also sd-daemon(3)'s and the journal's PRIORITY.
 SEVERITY = {LogLevel.critical: 2, LogLevel.error: 3, LogLevel.warn: 4, LogLevel.info: 6, LogLevel.debug: 7}
@@ -243,6 +246,10 @@ class Sender(Protocol):
         """Whether a message sent now would push a waiting one out of the queue."""
         ...
 
+    def waiting(self) -> int:
+        """How many messages are queued, not yet taken by the receiver (after close: abandoned)."""
+        ...
+
     def close(self) -> defer.Deferred[None] | None: ...
 
 
@@ -291,6 +298,9 @@ class DatagramSender:
 
     def full(self) -> bool:
         return len(self.pending) >= STREAM_QUEUE
+
+    def waiting(self) -> int:
+        return len(self.pending)
 
     def _send_pending(self) -> None:
         self._retry = None
@@ -451,6 +461,9 @@ class StreamSender:
     def full(self) -> bool:
         return len(self.queue) >= self.limit
 
+    def waiting(self) -> int:
+        return len(self.queue)
+
     @property
     def connected(self) -> bool:
         return self.protocol is not None
@@ -605,6 +618,24 @@ def _refuse_if_full(sender: Sender) -> None:
         raise OSError(errno.ENOBUFS, f"{sender.name}: the receiver is not taking records; queue full")
 
 
+def _close_reporting(sender: Sender) -> defer.Deferred[None] | None:
+    """Close an audit sender; records it still held when it gave up waiting are logged as lost."""
+
+    def report(result: object) -> object:
+        if sender.waiting():
+            _log.error(
+                "Audit log {name}: {count} audit record(s) never delivered before shutdown",
+                name=sender.name,
+                count=sender.waiting(),
+            )
+        return result
+
+    closing = sender.close()
+    if closing is None:
+        return None
+    return closing.addBoth(report)
+
+
 class SyslogLineTarget:
     """An audit LineTarget: each JSON record one syslog message, facility authpriv, severity info."""
 
@@ -629,7 +660,7 @@ class SyslogLineTarget:
         """Nothing to reopen after a log rotation: each record is a message of its own."""
 
     def close(self) -> defer.Deferred[None] | None:
-        return self.sender.close()
+        return _close_reporting(self.sender)
 
 
 class JournalLineTarget:
@@ -655,4 +686,4 @@ class JournalLineTarget:
         """Nothing to reopen after a log rotation: each record is a message of its own."""
 
     def close(self) -> defer.Deferred[None] | None:
-        return self.sender.close()
+        return _close_reporting(self.sender)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import Logger, LogLevel, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from conchcmd import logtargets as lt
@@ -510,4 +510,27 @@ def test_audit_records_to_a_full_local_socket_are_never_lost_silently(tmp_path: 
         audit.failure()  # (the dispatcher asks before each command; it retries the backlog)
     assert got == list(range(total))
     assert audit.failure() is None
+    receiver.close()
+
+
+def test_audit_records_still_queued_when_shutdown_gives_up_are_reported(tmp_path: Path) -> None:
+    """A local syslog that never reads: at shutdown the server waits DRAIN_SECONDS for the
+    queued records, then closes; how many were abandoned is logged at error level, not lost
+    in silence."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)  # never reads
+    audit = AuditLog(lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock), clock)
+    sent = 0
+    while not audit._target.sender.pending:  # type: ignore[attr-defined]
+        audit.record("command", n=sent)
+        sent += 1
+    for i in range(5):
+        audit.record("command", n=sent + i)
+    with capturedLogs() as captured:
+        closing = audit.close()
+        clock.advance(lt.DRAIN_SECONDS + lt.RETRY_SECONDS * 2)
+    assert closing.called
+    errors = [formatEvent(e) for e in captured if e["log_level"] == LogLevel.error]
+    assert any("6 audit record(s)" in text and "never delivered" in text for text in errors), errors
     receiver.close()
