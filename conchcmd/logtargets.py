@@ -304,16 +304,20 @@ class DatagramSender:
 
     def _send_pending(self) -> None:
         self._retry = None
+        delay = RETRY_SECONDS
         while self.pending:
             try:
                 self._sendto(self.pending[0])
             except BlockingIOError:
                 break
             except OSError:
-                pass  # gone meanwhile: this one is lost
+                # Gone meanwhile (a syslog restarting): what waits, audit records among them,
+                # is kept for when it is back; tried again less often meanwhile.
+                delay = RECONNECT_FIRST
+                break
             self.pending.popleft()
         if self.pending and (self._deadline is None or self.reactor.seconds() < self._deadline):
-            self._retry = self.reactor.callLater(RETRY_SECONDS, self._send_pending)
+            self._retry = self.reactor.callLater(delay, self._send_pending)
         elif self._deadline is not None:
             self._finish()
 

@@ -534,3 +534,33 @@ def test_audit_records_still_queued_when_shutdown_gives_up_are_reported(tmp_path
     errors = [formatEvent(e) for e in captured if e["log_level"] == LogLevel.error]
     assert any("6 audit record(s)" in text and "never delivered" in text for text in errors), errors
     receiver.close()
+
+
+def test_audit_records_queued_for_a_syslog_that_restarts_arrive_once_it_is_back(tmp_path: Path) -> None:
+    """Records waiting for a busy local syslog when it goes away (a restart: the socket is
+    removed and bound again) are kept and sent to the new one, not dropped in silence."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)
+    sink = lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock)
+    audit = AuditLog(sink, clock)
+    total = 0
+    while len(sink.sender.pending) < 5:  # type: ignore[attr-defined]
+        audit.record("command", n=total)
+        total += 1
+    receiver.close()
+    path.unlink()  # the daemon stops
+    clock.advance(lt.RETRY_SECONDS * 5)
+    receiver = bound_dgram(path)  # and starts again
+    receiver.setblocking(False)
+    got: list[int] = []
+    for _ in range(200):
+        clock.advance(1.0)
+        while True:
+            try:
+                got.append(json.loads(receiver.recv(1 << 16).split(b": ", 1)[1])["n"])
+            except BlockingIOError:
+                break
+    queued_when_it_went = list(range(total - 5, total))
+    assert got == queued_when_it_went
+    receiver.close()
