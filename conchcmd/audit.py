@@ -16,6 +16,8 @@ from typing import IO, Any, Protocol
 
 from twisted.logger import Logger, LogLevel
 
+from conchcmd.filetrust import symlink_followable
+
 MAX_TEXT = 1024
 #: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
 LOG_NAMESPACE = "conchcmd.log"
@@ -202,7 +204,7 @@ class AppendFile:
         # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of freezing the reactor;
         # its writes then fail rather than block, and the records wait in the backlog.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
-        if not self._may_follow_symlink():
+        if not symlink_followable(self.name):
             flags |= os.O_NOFOLLOW  # a link someone else planted there is not followed
         try:
             # Created owner-only: nobody else can open it before its mode and group are set.
@@ -224,16 +226,6 @@ class AppendFile:
             return fd
         self._set_owner_and_mode(fd)
         return fd
-
-    def _may_follow_symlink(self) -> bool:
-        """Whether a symlink at the path is followed: only when the directory holding it is
-        owned by root or the server's user and writable by nobody else (as /dev for
-        /dev/stdout), so only someone who could replace the audit file anyway placed it."""
-        try:
-            st = os.stat(os.path.dirname(os.path.abspath(self.name)))
-        except OSError:
-            return False
-        return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
 
     def _set_owner_and_mode(self, fd: int) -> None:
         try:

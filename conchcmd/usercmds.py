@@ -6,6 +6,7 @@ share. Key files are read by the functions login uses (authorized_keys.py, auth.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -36,7 +37,7 @@ from conchcmd.authorized_keys import (
 )
 from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config
-from conchcmd.filetrust import FileTrust, path_problem
+from conchcmd.filetrust import FileTrust, path_problem, symlink_followable
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
@@ -381,8 +382,24 @@ def remove_keys(config: Config, user: str, fingerprints: list[str]) -> Removed:
 def open_for_append(path: str) -> int:
     """A descriptor appending to `path` (created 0600), holding the lock deluser takes, on the
     file now at `path` (deluser may have renamed a new one over the one first opened)."""
+    # Whoever else can write its directory may have put a symlink (to root's OpenSSH
+    # authorized_keys, say) or a FIFO there: the first is not followed, the second refused.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    if not symlink_followable(path):
+        flags |= os.O_NOFOLLOW
     while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                why = "it is a symlink in a directory others can write; not followed"
+                raise OSError(errno.ELOOP, why, path) from None
+            if e.errno == errno.ENXIO:
+                raise OSError(errno.ENXIO, "not a regular file", path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):

@@ -505,3 +505,53 @@ def test_deluser_with_a_tcp_syslog_audit_removes_nothing_rather_than_queue_a_rec
     assert main(["deluser", "alice", key.fingerprint]) == 1
     assert "nothing removed" in capsys.readouterr().err
     assert path.read_text() == key.public_line + "\n"
+
+
+def test_adduser_does_not_append_through_a_symlink_planted_in_a_directory_others_can_write(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone who can write the keys directory links alice's file to root's OpenSSH
+    authorized_keys: the operator's `adduser alice` must not put alice's key there."""
+    victim = workdir / "root_authorized_keys"
+    victim.write_text("")
+    keys = workdir / "keys" / "authorized_keys"
+    keys.chmod(0o1777)
+    (keys / "alice").symlink_to(victim)
+    pub = workdir / "alice.pub"
+    pub.write_text(ssh_key("ed25519").public_line + "\n")
+    assert main(["adduser", "alice", str(pub)]) == 1
+    assert "symlink" in capsys.readouterr().err
+    assert victim.read_text() == ""
+
+
+def test_adduser_fails_at_once_on_a_fifo_planted_as_the_users_file(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    fifo = workdir / "keys" / "authorized_keys" / "alice"
+    os.mkfifo(fifo)
+    pub = workdir / "alice.pub"
+    pub.write_text(ssh_key("ed25519").public_line + "\n")
+    done: list[int] = []
+    runner = threading.Thread(target=lambda: done.append(main(["adduser", "alice", str(pub)])), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    if runner.is_alive():
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        pytest.fail("adduser blocked on a FIFO")
+    assert done == [1]
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_adduser_follows_a_symlink_in_a_directory_only_the_server_can_write(workdir: Path, ssh_key) -> None:
+    real = workdir / "elsewhere"
+    real.mkdir(mode=0o700)
+    keys = workdir / "keys" / "authorized_keys"
+    keys.chmod(0o700)
+    (keys / "alice").symlink_to(real / "alice")
+    pub = workdir / "alice.pub"
+    key = ssh_key("ed25519")
+    pub.write_text(key.public_line + "\n")
+    assert main(["adduser", "alice", str(pub)]) == 0
+    assert (real / "alice").read_text() == key.public_line + "\n"
