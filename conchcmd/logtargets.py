@@ -615,6 +615,42 @@ def close_observer(observer: ILogObserver) -> defer.Deferred[None]:
     return observer.close() if isinstance(observer, SenderObserver) else defer.succeed(None)
 
 
+#: Room left in a syslog message for the record after its header (generous: hostnames vary).
+_SYSLOG_HEADER_ROOM = 400
+
+
+def fit_record(text: str, limit: int) -> str:
+    """A JSON audit record in at most `limit` UTF-8 bytes, still one valid JSON object: the
+    biggest field is shrunk until it fits (a list loses its last items and gets `NAME_count`,
+    the number it had; a string is cut, ending "..."), and `"truncated": true` says so. A
+    message cut blindly at the limit was half an object, and what came after the cut vanished.
+    A shrunk record is ASCII (\\u escapes): no line separator or lone surrogate can come back."""
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    record = json.loads(text)
+    record["truncated"] = True
+    while True:
+        text = json.dumps(record)
+        size = len(text.encode("utf-8"))
+        if size <= limit:
+            return text
+        name = max(
+            (k for k, v in record.items() if isinstance(v, str | list) and k not in ("event", "ts")),
+            key=lambda k: len(json.dumps(record[k]).encode("utf-8")),
+            default=None,
+        )
+        if name is None:
+            return json.dumps({k: record[k] for k in ("ts", "event", "host", "truncated") if k in record})
+        value = record[name]
+        if isinstance(value, list) and value:
+            record.setdefault(f"{name}_count", len(value))
+            record[name] = value[: len(value) // 2] if len(value) > 1 else []
+        elif isinstance(value, str) and len(value) > 3:
+            record[name] = value[: max(len(value) - (size - limit) - 3, len(value) // 2)] + "..."
+        else:
+            record.pop(name)
+
+
 def _refuse_if_full(sender: Sender) -> None:
     """For audit records: OSError while the sender's queue is full, so the audit log keeps the
     record (and says records wait) rather than the sender dropping an older one it took."""
@@ -657,7 +693,7 @@ class SyslogLineTarget:
         # unreachable or not reading); past that, write raises and the audit log keeps records and
         # refuses commands. A queued record is never pushed out (the sender's log-line policy).
         _refuse_if_full(self.sender)
-        text = line.decode("utf-8").rstrip("\n")
+        text = fit_record(line.decode("utf-8").rstrip("\n"), MAX_SYSLOG_BYTES - _SYSLOG_HEADER_ROOM)
         self.sender.send(self._format(pri(FACILITY_AUTHPRIV, SEVERITY_INFO), time.time(), text, "audit"))
 
     def reopen(self) -> None:
@@ -676,7 +712,7 @@ class JournalLineTarget:
 
     def write(self, line: bytes) -> None:
         _refuse_if_full(self.sender)  # as SyslogLineTarget: queued records are never dropped
-        text = line.decode("utf-8").rstrip("\n")
+        text = fit_record(line.decode("utf-8").rstrip("\n"), MAX_JOURNAL_VALUE)
         fields: dict[str, str | bytes] = {
             "MESSAGE": text,
             "PRIORITY": str(SEVERITY_INFO),

@@ -564,3 +564,45 @@ def test_audit_records_queued_for_a_syslog_that_restarts_arrive_once_it_is_back(
     queued_when_it_went = list(range(total - 5, total))
     assert got == queued_when_it_went
     receiver.close()
+
+
+@pytest.mark.parametrize("target", ["syslog", "journal"])
+def test_an_audit_record_too_big_for_one_message_stays_valid_json_and_says_what_was_cut(
+    tmp_path: Path, target: str
+) -> None:
+    """An authenticated client can make a command record as big as it likes (many arguments):
+    cut at the message limit it was half a JSON object, the arguments past the cut (the file
+    that mattered, at the end) gone without a trace. It is shrunk to fit instead, marked, with
+    every argument's count kept."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)
+    sink: Any = (
+        lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock)
+        if target == "syslog"
+        else lt.JournalLineTarget(str(path), clock)
+    )
+    audit = AuditLog(sink, clock)
+    limit = lt.MAX_SYSLOG_BYTES if target == "syslog" else lt.MAX_JOURNAL_VALUE
+    argv = ["comphash"] + [f"/srv/junk/{i:06d}" + "x" * 1000 for i in range(limit // 1000 + 10)] + ["/etc/shadow"]
+    audit.record("command", user="eve", argv=argv, exit_code=0)
+    data = receiver.recv(1 << 20)
+    if target == "syslog":
+        assert len(data) <= lt.MAX_SYSLOG_BYTES
+        message = data.split(b": ", 1)[1]
+    else:
+        message = lt.parse_journal_entry(data)["MESSAGE"]
+    record = json.loads(message)
+    assert (record["event"], record["user"], record["exit_code"]) == ("command", "eve", 0)
+    assert record["truncated"] is True
+    assert record["argv_count"] == len(argv)
+    assert record["argv"][:2] == argv[:2] and len(record["argv"]) < len(argv)
+    receiver.close()
+
+
+def test_a_shrunk_audit_record_keeps_escapes_escaped() -> None:
+    """Undecodable bytes (lone surrogates) and line separators the audit log escaped stay escaped."""
+    text = json.dumps({"ts": "t", "event": "command", "argv": ["\udcff\u2028" * 5000]})
+    fitted = lt.fit_record(text, 2000)
+    assert len(fitted.encode("utf-8")) <= 2000 and fitted.isascii()
+    assert json.loads(fitted)["truncated"] is True
