@@ -190,8 +190,8 @@ class AppendFile:
 
     A file it creates gets exactly AUDIT_FILE_MODE (AUDIT_GROUP_FILE_MODE and group `group` when
     given), whatever the umask; an existing file keeps its mode, with a warning if it is looser.
-    Against whoever else can write its directory: a symlink there is not followed, a file they own
-    is refused, and a FIFO nobody reads fails instead of blocking (OSError each time).
+    Against whoever else can write its directory: a symlink there is not followed, a file or FIFO
+    they own is refused, and a FIFO nobody reads fails instead of blocking (OSError each time).
     """
 
     def __init__(self, path: str, *, group: int | None = None):
@@ -201,8 +201,8 @@ class AppendFile:
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
-        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of freezing the reactor;
-        # its writes then fail rather than block, and the records wait in the backlog.
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of freezing the reactor
+        # (cleared once open: a collector's FIFO is written whole lines, as before).
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
         if not symlink_followable(self.name):
             flags |= os.O_NOFOLLOW  # a link someone else planted there is not followed
@@ -223,8 +223,10 @@ class AppendFile:
                     raise OSError(errno.ELOOP, why) from None
                 raise
             self._check_existing(fd)
+            os.set_blocking(fd, True)
             return fd
         self._set_owner_and_mode(fd)
+        os.set_blocking(fd, True)
         return fd
 
     def _set_owner_and_mode(self, fd: int) -> None:
@@ -243,12 +245,13 @@ class AppendFile:
 
     def _check_existing(self, fd: int) -> None:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return  # a device or a pipe (/dev/stdout, a FIFO a collector reads): not ours to judge
         if st.st_uid not in (0, os.geteuid()):
-            # Its owner could read every record, chmod it or empty it: not an audit log.
+            # Its owner could read every record, chmod it or empty it (or, for a FIFO, stop
+            # reading and freeze the server): not an audit log.
             os.close(fd)
             raise OSError(errno.EPERM, f"it is owned by uid {st.st_uid}, not by root or the server's user")
+        if not stat.S_ISREG(st.st_mode):
+            return  # a device or a pipe (/dev/stdout, a FIFO a collector reads): not ours to judge
         mode = stat.S_IMODE(st.st_mode)
         looser = mode & ~self.mode & 0o777
         other_group = self.group is not None and st.st_gid != self.group and mode & 0o070

@@ -112,3 +112,32 @@ def _unopened(path: Path) -> AppendFile:
     f = AppendFile.__new__(AppendFile)
     f.name, f.group, f.mode, f._fd = str(path), None, 0o600, None
     return f
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a FIFO to another user needs root")
+def test_a_fifo_owned_by_another_user_is_refused_even_with_a_reader(shared_dir: Path) -> None:
+    """Its owner could stop reading at any time and freeze every write."""
+    fifo = shared_dir / "audit.jsonl"
+    os.mkfifo(fifo)
+    os.chown(fifo, 65534, 65534)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(OSError, match="owned by uid 65534"):
+            AppendFile(str(fifo))
+    finally:
+        os.close(reader)
+
+
+def test_a_collectors_fifo_gets_whole_lines(tmp_path: Path) -> None:
+    """A FIFO the operator made (owned by the server's user) with a reader works as before."""
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        log = AuditLog(AppendFile(str(fifo)), Clock())
+        log.record("auth", user="x" * 3000)
+        assert log.failure() is None
+        data = os.read(reader, 1 << 16)
+        assert data.endswith(b"\n") and data.count(b"\n") == 1
+    finally:
+        os.close(reader)
