@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import json
 import os
 import re
@@ -14,6 +15,8 @@ from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 from twisted.logger import Logger, LogLevel
+
+from conchcmd.filetrust import symlink_followable
 
 MAX_TEXT = 1024
 #: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
@@ -187,6 +190,8 @@ class AppendFile:
 
     A file it creates gets exactly AUDIT_FILE_MODE (AUDIT_GROUP_FILE_MODE and group `group` when
     given), whatever the umask; an existing file keeps its mode, with a warning if it is looser.
+    Against whoever else can write its directory: a symlink there is not followed, a file or FIFO
+    they own is refused, and a FIFO nobody reads fails instead of blocking (OSError each time).
     """
 
     def __init__(self, path: str, *, group: int | None = None):
@@ -196,20 +201,32 @@ class AppendFile:
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of freezing the reactor
+        # (cleared once open: a collector's FIFO is written whole lines, as before).
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
+        if not symlink_followable(self.name):
+            flags |= os.O_NOFOLLOW  # a link someone else planted there is not followed
         try:
             # Created owner-only: nobody else can open it before its mode and group are set.
             fd = os.open(self.name, flags | os.O_CREAT | os.O_EXCL, AUDIT_FILE_MODE)
         except FileExistsError:
             try:
-                fd = os.open(self.name, flags)
-            except FileNotFoundError:
-                # Moved away in between, or a dangling symlink (O_EXCL does not follow it):
-                # created as before this change, owner-only at most.
-                fd = os.open(self.name, flags | os.O_CREAT, AUDIT_FILE_MODE)
+                try:
+                    fd = os.open(self.name, flags)
+                except FileNotFoundError:
+                    # Moved away in between, or a dangling symlink (O_EXCL does not follow it):
+                    # created as before this change, owner-only at most.
+                    fd = os.open(self.name, flags | os.O_CREAT, AUDIT_FILE_MODE)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    why = "it is a symlink in a directory others can write; not followed"
+                    raise OSError(errno.ELOOP, why) from None
+                raise
             self._check_existing(fd)
+            os.set_blocking(fd, True)
             return fd
         self._set_owner_and_mode(fd)
+        os.set_blocking(fd, True)
         return fd
 
     def _set_owner_and_mode(self, fd: int) -> None:
@@ -228,6 +245,11 @@ class AppendFile:
 
     def _check_existing(self, fd: int) -> None:
         st = os.fstat(fd)
+        if st.st_uid not in (0, os.geteuid()):
+            # Its owner could read every record, chmod it or empty it (or, for a FIFO, stop
+            # reading and freeze the server): not an audit log.
+            os.close(fd)
+            raise OSError(errno.EPERM, f"it is owned by uid {st.st_uid}, not by root or the server's user")
         if not stat.S_ISREG(st.st_mode):
             return  # a device or a pipe (/dev/stdout, a FIFO a collector reads): not ours to judge
         mode = stat.S_IMODE(st.st_mode)
@@ -301,19 +323,22 @@ class AuditLog:
         host: str | None = None,
         group: int | None = None,
         syslog_address: str | None = None,
+        one_shot: bool = False,
     ) -> AuditLog:
         """Open the audit log named by the `audit_log` setting ("-" is stdout; "syslog" goes to
-        `[log] syslog_address`, "journal" to the journal; `clock` is then the reactor); a file is
-        created with `group` (a gid) and mode 0640 when given, else 0600."""
+        `[log] syslog_address`, "journal" to the journal; `clock` is then the reactor, unless
+        `one_shot`: a command that sends each record at once or fails); a file is created with
+        `group` (a gid) and mode 0640 when given, else 0600."""
         if target == "-":
             return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode, host=host)
         if target in ("syslog", "journal"):
             from conchcmd.logtargets import JournalLineTarget, SyslogLineTarget, parse_syslog_address
 
+            reactor = None if one_shot else clock
             sink: LineTarget = (
-                SyslogLineTarget(parse_syslog_address(syslog_address), clock)
+                SyslogLineTarget(parse_syslog_address(syslog_address), reactor)
                 if target == "syslog"
-                else JournalLineTarget(reactor=clock)
+                else JournalLineTarget(reactor=reactor)
             )
             return cls(sink, clock, failure_mode=failure_mode, host=host)
         return cls(AppendFile(target, group=group), clock, failure_mode=failure_mode, host=host)

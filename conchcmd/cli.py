@@ -136,7 +136,11 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{args.user}: key {fingerprint(blob)} is already in {path}\n")
         return EXIT_OK
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with os.fdopen(open_for_append(str(path)), "a", encoding="utf-8") as f:
+    try:
+        fd = open_for_append(str(path))
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror}; nothing added") from None
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
         if f.tell() and not path.read_bytes().endswith(b"\n"):
             f.write("\n")
         f.write(pub.line + "\n")

@@ -179,3 +179,15 @@ def read_trusted(path: str, trust: FileTrust) -> bytes:
     """The whole content of a trusted file (OSError or UntrustedFile otherwise)."""
     with CheckedFile(path, trust) as f:
         return f.read()
+
+
+def symlink_followable(path: str, uid: int | None = None) -> bool:
+    """Whether a symlink at `path` may be followed when writing there: only when the directory
+    holding it is owned by root or the server's user (`uid`, default this process's) and
+    writable by nobody else, so that only someone who could replace the file anyway placed it
+    (as /dev for /dev/stdout). Callers add O_NOFOLLOW otherwise."""
+    try:
+        st = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.st_uid in (0, os.geteuid() if uid is None else uid) and not st.st_mode & 0o022

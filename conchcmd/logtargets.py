@@ -34,6 +34,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     eventAsText,
@@ -42,6 +43,8 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+
+_log = Logger(namespace=LOG_NAMESPACE)
 
 #: Syslog severities (RFC 5424 6.2.1) of Twisted's levels; also sd-daemon(3)'s and the journal's PRIORITY.
 SEVERITY = {LogLevel.critical: 2, LogLevel.error: 3, LogLevel.warn: 4, LogLevel.info: 6, LogLevel.debug: 7}
@@ -239,6 +242,14 @@ class Sender(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
+    def full(self) -> bool:
+        """Whether a message sent now would push a waiting one out of the queue."""
+        ...
+
+    def waiting(self) -> int:
+        """How many messages are queued, not yet taken by the receiver (after close: abandoned)."""
+        ...
+
     def close(self) -> defer.Deferred[None] | None: ...
 
 
@@ -285,18 +296,28 @@ class DatagramSender:
             self.pending.popleft()
             raise OSError(errno.ENOBUFS, "the receiver is not reading; queue full")
 
+    def full(self) -> bool:
+        return len(self.pending) >= STREAM_QUEUE
+
+    def waiting(self) -> int:
+        return len(self.pending)
+
     def _send_pending(self) -> None:
         self._retry = None
+        delay = RETRY_SECONDS
         while self.pending:
             try:
                 self._sendto(self.pending[0])
             except BlockingIOError:
                 break
             except OSError:
-                pass  # gone meanwhile: this one is lost
+                # Gone meanwhile (a syslog restarting): what waits, audit records among them,
+                # is kept for when it is back; tried again less often meanwhile.
+                delay = RECONNECT_FIRST
+                break
             self.pending.popleft()
         if self.pending and (self._deadline is None or self.reactor.seconds() < self._deadline):
-            self._retry = self.reactor.callLater(RETRY_SECONDS, self._send_pending)
+            self._retry = self.reactor.callLater(delay, self._send_pending)
         elif self._deadline is not None:
             self._finish()
 
@@ -440,6 +461,12 @@ class StreamSender:
         if len(self.queue) > self.limit:
             self.queue.popleft()
             raise OSError(errno.ENOBUFS, f"{self.error}; queue full")
+
+    def full(self) -> bool:
+        return len(self.queue) >= self.limit
+
+    def waiting(self) -> int:
+        return len(self.queue)
 
     @property
     def connected(self) -> bool:
@@ -588,24 +615,92 @@ def close_observer(observer: ILogObserver) -> defer.Deferred[None]:
     return observer.close() if isinstance(observer, SenderObserver) else defer.succeed(None)
 
 
+#: Room left in a syslog message for the record after its header (generous: hostnames vary).
+_SYSLOG_HEADER_ROOM = 400
+
+
+def fit_record(text: str, limit: int) -> str:
+    """A JSON audit record in at most `limit` UTF-8 bytes, still one valid JSON object: the
+    biggest field is shrunk until it fits (a list loses its last items and gets `NAME_count`,
+    the number it had; a string is cut, ending "..."), and `"truncated": true` says so. A
+    message cut blindly at the limit was half an object, and what came after the cut vanished.
+    A shrunk record is ASCII (\\u escapes): no line separator or lone surrogate can come back."""
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    record = json.loads(text)
+    record["truncated"] = True
+    while True:
+        text = json.dumps(record)
+        size = len(text.encode("utf-8"))
+        if size <= limit:
+            return text
+        name = max(
+            (k for k, v in record.items() if isinstance(v, str | list) and k not in ("event", "ts")),
+            key=lambda k: len(json.dumps(record[k]).encode("utf-8")),
+            default=None,
+        )
+        if name is None:
+            return json.dumps({k: record[k] for k in ("ts", "event", "host", "truncated") if k in record})
+        value = record[name]
+        if isinstance(value, list) and value:
+            record.setdefault(f"{name}_count", len(value))
+            record[name] = value[: len(value) // 2] if len(value) > 1 else []
+        elif isinstance(value, str) and len(value) > 3:
+            record[name] = value[: max(len(value) - (size - limit) - 3, len(value) // 2)] + "..."
+        else:
+            record.pop(name)
+
+
+def _refuse_if_full(sender: Sender) -> None:
+    """For audit records: OSError while the sender's queue is full, so the audit log keeps the
+    record (and says records wait) rather than the sender dropping an older one it took."""
+    if sender.full():
+        raise OSError(errno.ENOBUFS, f"{sender.name}: the receiver is not taking records; queue full")
+
+
+def _close_reporting(sender: Sender) -> defer.Deferred[None] | None:
+    """Close an audit sender; records it still held when it gave up waiting are logged as lost."""
+
+    def report(result: object) -> object:
+        if sender.waiting():
+            _log.error(
+                "Audit log {name}: {count} audit record(s) never delivered before shutdown",
+                name=sender.name,
+                count=sender.waiting(),
+            )
+        return result
+
+    closing = sender.close()
+    if closing is None:
+        return None
+    return closing.addBoth(report)
+
+
 class SyslogLineTarget:
     """An audit LineTarget: each JSON record one syslog message, facility authpriv, severity info."""
 
     def __init__(self, address: SyslogAddress, reactor: Any):
+        """`reactor` None (a one-shot command such as deluser): each record is sent at once or
+        write raises, so nothing waits on a reactor that will never run; a stream address
+        then cannot be used (OSError)."""
+        if reactor is None and address.kind == "stream":
+            raise OSError(errno.EOPNOTSUPP, f"{address.description} is a stream: only the server sends there")
         self.sender, self._format = syslog_sender(address, reactor)
         self.name = self.sender.name
 
     def write(self, line: bytes) -> None:
-        # Over TCP a record counts as written once queued (STREAM_QUEUE of them while the syslog is
-        # unreachable); past that, write raises and the audit log keeps records and refuses commands.
-        text = line.decode("utf-8").rstrip("\n")
+        # A record counts as written once queued (STREAM_QUEUE of them while the syslog is
+        # unreachable or not reading); past that, write raises and the audit log keeps records and
+        # refuses commands. A queued record is never pushed out (the sender's log-line policy).
+        _refuse_if_full(self.sender)
+        text = fit_record(line.decode("utf-8").rstrip("\n"), MAX_SYSLOG_BYTES - _SYSLOG_HEADER_ROOM)
         self.sender.send(self._format(pri(FACILITY_AUTHPRIV, SEVERITY_INFO), time.time(), text, "audit"))
 
     def reopen(self) -> None:
         """Nothing to reopen after a log rotation: each record is a message of its own."""
 
     def close(self) -> defer.Deferred[None] | None:
-        return self.sender.close()
+        return _close_reporting(self.sender)
 
 
 class JournalLineTarget:
@@ -616,7 +711,8 @@ class JournalLineTarget:
         self.name = self.sender.name
 
     def write(self, line: bytes) -> None:
-        text = line.decode("utf-8").rstrip("\n")
+        _refuse_if_full(self.sender)  # as SyslogLineTarget: queued records are never dropped
+        text = fit_record(line.decode("utf-8").rstrip("\n"), MAX_JOURNAL_VALUE)
         fields: dict[str, str | bytes] = {
             "MESSAGE": text,
             "PRIORITY": str(SEVERITY_INFO),
@@ -630,4 +726,4 @@ class JournalLineTarget:
         """Nothing to reopen after a log rotation: each record is a message of its own."""
 
     def close(self) -> defer.Deferred[None] | None:
-        return self.sender.close()
+        return _close_reporting(self.sender)

@@ -38,7 +38,7 @@ from conchcmd.authorized_keys import (
 )
 from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config, audit_group_id
-from conchcmd.filetrust import FileTrust, path_problem
+from conchcmd.filetrust import FileTrust, path_problem, symlink_followable
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
@@ -173,6 +173,27 @@ def _file_record(state: KeyFileState) -> dict[str, Any]:
     return {"file": state.path, "file_status": status, "file_problem": problem}
 
 
+#: How much of an ignored authorized_keys file `users` reads to show what it holds.
+MAX_IGNORED_BYTES = 1 << 20
+
+
+def _read_ignored(path: str) -> bytes:
+    """The start of a file login ignores, to show its keys: someone else may have made it, so
+    a FIFO or device (not a regular file) raises OSError instead of blocking or never ending,
+    and at most MAX_IGNORED_BYTES are read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        chunks, left = [], MAX_IGNORED_BYTES
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def describe_users(config: Config, now: float) -> dict[str, Any]:
     """Every user, with each key and refused line as login sees them: `conchcmd users --json`."""
     trust = FileTrust(strict=config.strict_modes)
@@ -189,7 +210,7 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
             # Login reads nothing from it; show what it holds, each key refused with the reason.
             with contextlib.suppress(OSError):
                 parsed = parse_authorized_keys(
-                    Path(state.path).read_bytes(), state.path, permit_environment=config.permit_user_environment
+                    _read_ignored(state.path), state.path, permit_environment=config.permit_user_environment
                 )
                 keys = [
                     {**_key_record(e, revoked, now), "usable": False, "refused": f"file ignored: {state.ignored}"}
@@ -362,8 +383,24 @@ def remove_keys(config: Config, user: str, fingerprints: list[str]) -> Removed:
 def open_for_append(path: str) -> int:
     """A descriptor appending to `path` (created 0600), holding the lock deluser takes, on the
     file now at `path` (deluser may have renamed a new one over the one first opened)."""
+    # Whoever else can write its directory may have put a symlink (to root's OpenSSH
+    # authorized_keys, say) or a FIFO there: the first is not followed, the second refused.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    if not symlink_followable(path):
+        flags |= os.O_NOFOLLOW
     while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                why = "it is a symlink in a directory others can write; not followed"
+                raise OSError(errno.ELOOP, why, path) from None
+            if e.errno == errno.ENXIO:
+                raise OSError(errno.ENXIO, "not a regular file", path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -485,6 +522,7 @@ def open_operator_audit(config: Config, clock: Any) -> AuditLog:
         host=host,
         group=group,
         syslog_address=config.log.syslog_address,
+        one_shot=True,  # each record sent at once or failed: deluser has no running reactor
     )
 
 

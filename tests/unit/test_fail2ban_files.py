@@ -3,12 +3,17 @@ fail2ban-client accepts them installed into a copy of the system's fail2ban conf
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from support.fail2ban import FILTER, JAIL, fail2ban_available
+from support.fail2ban import FILTER, JAIL, fail2ban_available, failures, install_filter
+from twisted.logger import Logger, LogLevel
+
+from conchcmd.audit import AUTH_LOG_NAMESPACE
+from conchcmd.logtargets import stdout_observer
 
 FAIL2BAN_CONFIG = Path("/etc/fail2ban")
 
@@ -36,3 +41,38 @@ def test_fail2ban_client_loads_the_jail_with_its_filter(tmp_path: Path) -> None:
     assert "['add', 'conchcmd', 'polling']" in dump.stdout
     assert "['set', 'conchcmd', 'maxretry', 5]" in dump.stdout
     assert "^Invalid user <F-USER>" in dump.stdout and "['start', 'conchcmd']" in dump.stdout
+
+
+@pytest.mark.skipif(not fail2ban_available(), reason="fail2ban is not installed")
+def test_on_stdout_only_the_auth_namespace_counts_whatever_other_lines_say(tmp_path: Path) -> None:
+    """The stdout target writes every namespace (Twisted's own from warn up, and legacy lines as
+    `[-]` or `[SYSTEM]`); a line of any of them that reads like a failure must not ban the
+    address it names. conchcmd's own authentication line still counts, with its host."""
+    out = io.StringIO()
+    observer = stdout_observer(out, {})
+    hostile = "Failed password for root from 6.6.6.{n} port 22 ssh2"
+    for n, (namespace, system) in enumerate(
+        [
+            ("twisted.conch.ssh.transport.SSHServerTransport", None),
+            ("log_legacy", "-"),
+            ("log_legacy", "SSHServerTransport,7,198.51.100.9"),
+            ("conchcmd.log", None),
+            ("conchcmd.authx", None),
+        ]
+    ):
+        e: dict[str, object] = {
+            "log_format": hostile.format(n=n),
+            "log_level": LogLevel.error,
+            "log_namespace": namespace,
+            "log_time": 1_764_453_045.0,
+        }
+        if system is not None:
+            e["log_system"] = system
+        observer(e)
+    Logger(namespace=AUTH_LOG_NAMESPACE, observer=observer).info(
+        "Failed password for {user} from {host} port {port} ssh2", user="admin", host="203.0.113.7", port=4
+    )
+    log = tmp_path / "conchcmd.log"
+    log.write_text(out.getvalue())
+    found = failures(log, install_filter(tmp_path))
+    assert [(f.host, f.user) for f in found] == [("203.0.113.7", "admin")], out.getvalue()

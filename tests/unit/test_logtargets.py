@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import io
+import json
 import os
 import socket
 import struct
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import Logger, LogLevel, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from conchcmd import logtargets as lt
@@ -472,3 +473,136 @@ def test_a_local_syslog_that_never_reads_loses_the_oldest_lines_counted(tmp_path
     with pytest.raises(OSError, match="closed at shutdown"):
         observer.sender.send(b"late")
     receiver.close()
+
+
+@pytest.mark.parametrize("target", ["syslog", "journal"])
+def test_audit_records_to_a_full_local_socket_are_never_lost_silently(tmp_path: Path, target: str) -> None:
+    """A receiver that stops reading: records queue up to STREAM_QUEUE; past that the audit log
+    is told (failure(), commands refused) and keeps the rest, instead of the sender dropping
+    queued records it had already said were written. Once it reads again, every record arrives
+    once, in order."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)
+    receiver.setblocking(False)
+    sink: Any = (
+        lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock)
+        if target == "syslog"
+        else lt.JournalLineTarget(str(path), clock)
+    )
+    audit = AuditLog(sink, clock)
+    total = lt.STREAM_QUEUE + 200
+    for i in range(total):
+        audit.record("command", n=i)
+    assert audit.failure() is not None  # told, so commands are refused
+    got: list[int] = []
+    for _ in range(10_000):
+        while True:
+            try:
+                data = receiver.recv(1 << 16)
+            except BlockingIOError:
+                break
+            message = data.split(b": ", 1)[1] if target == "syslog" else lt.parse_journal_entry(data)["MESSAGE"]
+            got.append(json.loads(message)["n"])
+        if len(got) == total:
+            break
+        clock.advance(lt.RETRY_SECONDS)
+        audit.failure()  # (the dispatcher asks before each command; it retries the backlog)
+    assert got == list(range(total))
+    assert audit.failure() is None
+    receiver.close()
+
+
+def test_audit_records_still_queued_when_shutdown_gives_up_are_reported(tmp_path: Path) -> None:
+    """A local syslog that never reads: at shutdown the server waits DRAIN_SECONDS for the
+    queued records, then closes; how many were abandoned is logged at error level, not lost
+    in silence."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)  # never reads
+    audit = AuditLog(lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock), clock)
+    sent = 0
+    while not audit._target.sender.pending:  # type: ignore[attr-defined]
+        audit.record("command", n=sent)
+        sent += 1
+    for i in range(5):
+        audit.record("command", n=sent + i)
+    with capturedLogs() as captured:
+        closing = audit.close()
+        clock.advance(lt.DRAIN_SECONDS + lt.RETRY_SECONDS * 2)
+    assert closing.called
+    errors = [formatEvent(e) for e in captured if e["log_level"] == LogLevel.error]
+    assert any("6 audit record(s)" in text and "never delivered" in text for text in errors), errors
+    receiver.close()
+
+
+def test_audit_records_queued_for_a_syslog_that_restarts_arrive_once_it_is_back(tmp_path: Path) -> None:
+    """Records waiting for a busy local syslog when it goes away (a restart: the socket is
+    removed and bound again) are kept and sent to the new one, not dropped in silence."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)
+    sink = lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock)
+    audit = AuditLog(sink, clock)
+    total = 0
+    while len(sink.sender.pending) < 5:  # type: ignore[attr-defined]
+        audit.record("command", n=total)
+        total += 1
+    receiver.close()
+    path.unlink()  # the daemon stops
+    clock.advance(lt.RETRY_SECONDS * 5)
+    receiver = bound_dgram(path)  # and starts again
+    receiver.setblocking(False)
+    got: list[int] = []
+    for _ in range(200):
+        clock.advance(1.0)
+        while True:
+            try:
+                got.append(json.loads(receiver.recv(1 << 16).split(b": ", 1)[1])["n"])
+            except BlockingIOError:
+                break
+    queued_when_it_went = list(range(total - 5, total))
+    assert got == queued_when_it_went
+    receiver.close()
+
+
+@pytest.mark.parametrize("target", ["syslog", "journal"])
+def test_an_audit_record_too_big_for_one_message_stays_valid_json_and_says_what_was_cut(
+    tmp_path: Path, target: str
+) -> None:
+    """An authenticated client can make a command record as big as it likes (many arguments):
+    cut at the message limit it was half a JSON object, the arguments past the cut (the file
+    that mattered, at the end) gone without a trace. It is shrunk to fit instead, marked, with
+    every argument's count kept."""
+    clock = Clock()
+    path = tmp_path / "log"
+    receiver = bound_dgram(path)
+    sink: Any = (
+        lt.SyslogLineTarget(lt.parse_syslog_address(f"unix:{path}"), clock)
+        if target == "syslog"
+        else lt.JournalLineTarget(str(path), clock)
+    )
+    audit = AuditLog(sink, clock)
+    limit = lt.MAX_SYSLOG_BYTES if target == "syslog" else lt.MAX_JOURNAL_VALUE
+    argv = ["comphash"] + [f"/srv/junk/{i:06d}" + "x" * 1000 for i in range(limit // 1000 + 10)] + ["/etc/shadow"]
+    audit.record("command", user="eve", argv=argv, exit_code=0)
+    data = receiver.recv(1 << 20)
+    if target == "syslog":
+        assert len(data) <= lt.MAX_SYSLOG_BYTES
+        message = data.split(b": ", 1)[1]
+    else:
+        message = lt.parse_journal_entry(data)["MESSAGE"]
+    record = json.loads(message)
+    assert (record["event"], record["user"], record["exit_code"]) == ("command", "eve", 0)
+    assert record["truncated"] is True
+    assert record["argv_count"] == len(argv)
+    assert record["argv"][:2] == argv[:2] and len(record["argv"]) < len(argv)
+    receiver.close()
+
+
+def test_a_shrunk_audit_record_keeps_escapes_escaped() -> None:
+    """Undecodable bytes (lone surrogates) and line separators the audit log escaped stay escaped."""
+    text = json.dumps({"ts": "t", "event": "command", "argv": ["\udcff\u2028" * 5000]})
+    fitted = lt.fit_record(text, 2000)
+    assert len(fitted.encode("utf-8")) <= 2000 and fitted.isascii()
+    assert json.loads(fitted)["truncated"] is True

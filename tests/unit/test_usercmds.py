@@ -503,3 +503,129 @@ def test_deluser_does_not_follow_a_symlink_to_a_file_login_ignores(
     assert main(["deluser", "alice", a.fingerprint]) == 1
     assert "which login ignores: bad ownership or modes" in capsys.readouterr().err
     assert other.read_text() == a.public_line + "\n"
+
+
+def test_users_does_not_hang_on_a_fifo_planted_as_a_users_file(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Login ignores a FIFO (not a regular file); `users` showed what an ignored file holds by
+    reading it, and opening a FIFO nobody writes blocks for ever."""
+    import threading
+
+    fifo = workdir / "keys" / "authorized_keys" / "mallory"
+    os.mkfifo(fifo)
+    done: list[int] = []
+    runner = threading.Thread(target=lambda: done.append(main(["users", "--json"])), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    if runner.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY))  # release it so the run can end
+        runner.join(timeout=30)
+        pytest.fail("conchcmd users blocked on a FIFO")
+    assert done == [0]
+    [mallory] = json.loads(capsys.readouterr().out)["users"]
+    assert mallory["file_status"] == "ignored" and mallory["keys"] == []
+
+
+def test_users_reads_at_most_a_bounded_prefix_of_an_ignored_file(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ignored file is another user's to fill (or a symlink to /dev/zero): `users` shows the
+    keys in its first MAX_IGNORED_BYTES only, never reads without end."""
+    from conchcmd import usercmds
+
+    monkeypatch.setattr(usercmds, "MAX_IGNORED_BYTES", 4096)
+    line = ssh_key("ed25519").public_line + "\n"
+    users_file(workdir, "eve", line + "#" * 10_000 + "\n" + line, mode=0o666)
+    (workdir / "keys" / "authorized_keys" / "zed").symlink_to("/dev/zero")
+    users = {u["user"]: u for u in users_json(capsys)["users"]}
+    assert len(users["eve"]["keys"]) == 1  # the second line is past the bound
+    assert users["zed"]["file_status"] == "ignored" and users["zed"]["keys"] == []
+
+
+def test_deluser_audits_where_the_server_does(workdir: Path, ssh_key) -> None:
+    """deluser's record goes to the audit log as the server opens it: `audit_log = "syslog"`
+    to `[log] syslog_address` (not /dev/log), and an audit file it creates gets `audit_group`."""
+    import grp
+    import socket
+
+    key = ssh_key("ed25519")
+    users_file(workdir, "alice", key.public_line + "\n")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(workdir / "syslog"))
+    receiver.settimeout(5)
+    (workdir / "conchcmd.toml").write_text(f'audit_log = "syslog"\n[log]\nsyslog_address = "unix:{workdir}/syslog"\n')
+    assert main(["deluser", "alice", key.fingerprint]) == 0
+    record = json.loads(receiver.recv(1 << 16).split(b": ", 1)[1])
+    assert (record["event"], record["user"]) == ("deluser", "alice")
+    receiver.close()
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != os.getegid())
+    users_file(workdir, "bob", key.public_line + "\n")
+    (workdir / "conchcmd.toml").write_text(f'audit_group = "{group.gr_name}"\n')
+    assert main(["deluser", "bob"]) == 0
+    st = (workdir / "audit.jsonl").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, group.gr_gid)
+
+
+def test_deluser_with_a_tcp_syslog_audit_removes_nothing_rather_than_queue_a_record_for_ever(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream syslog needs a running reactor to take the record; deluser has none, so the
+    record would wait in a queue and vanish at exit. It refuses instead (audit_failure = refuse)."""
+    key = ssh_key("ed25519")
+    path = users_file(workdir, "alice", key.public_line + "\n")
+    (workdir / "conchcmd.toml").write_text('audit_log = "syslog"\n[log]\nsyslog_address = "tcp:127.0.0.1:9"\n')
+    assert main(["deluser", "alice", key.fingerprint]) == 1
+    assert "nothing removed" in capsys.readouterr().err
+    assert path.read_text() == key.public_line + "\n"
+
+
+def test_adduser_does_not_append_through_a_symlink_planted_in_a_directory_others_can_write(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone who can write the keys directory links alice's file to root's OpenSSH
+    authorized_keys: the operator's `adduser alice` must not put alice's key there."""
+    victim = workdir / "root_authorized_keys"
+    victim.write_text("")
+    keys = workdir / "keys" / "authorized_keys"
+    keys.chmod(0o1777)
+    (keys / "alice").symlink_to(victim)
+    pub = workdir / "alice.pub"
+    pub.write_text(ssh_key("ed25519").public_line + "\n")
+    assert main(["adduser", "alice", str(pub)]) == 1
+    assert "symlink" in capsys.readouterr().err
+    assert victim.read_text() == ""
+
+
+def test_adduser_fails_at_once_on_a_fifo_planted_as_the_users_file(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    fifo = workdir / "keys" / "authorized_keys" / "alice"
+    os.mkfifo(fifo)
+    pub = workdir / "alice.pub"
+    pub.write_text(ssh_key("ed25519").public_line + "\n")
+    done: list[int] = []
+    runner = threading.Thread(target=lambda: done.append(main(["adduser", "alice", str(pub)])), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    if runner.is_alive():
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        pytest.fail("adduser blocked on a FIFO")
+    assert done == [1]
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_adduser_follows_a_symlink_in_a_directory_only_the_server_can_write(workdir: Path, ssh_key) -> None:
+    real = workdir / "elsewhere"
+    real.mkdir(mode=0o700)
+    keys = workdir / "keys" / "authorized_keys"
+    keys.chmod(0o700)
+    (keys / "alice").symlink_to(real / "alice")
+    pub = workdir / "alice.pub"
+    key = ssh_key("ed25519")
+    pub.write_text(key.public_line + "\n")
+    assert main(["adduser", "alice", str(pub)]) == 0
+    assert (real / "alice").read_text() == key.public_line + "\n"
