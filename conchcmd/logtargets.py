@@ -101,10 +101,18 @@ def journal_stream_matches(stream: TextIO, environ: Mapping[str, str]) -> bool:
     return f"{st.st_dev}:{st.st_ino}" == expected
 
 
+#: Starts every line of a message but the first (a traceback's, say) under JOURNAL_STREAM: journald
+#: makes each line an entry of its own, and a continuation must not read as a line of its own
+#: (text from a client inside an exception could otherwise forge "Failed password ... from X").
+CONTINUATION = "| "
+
+
 def sd_daemon_lines(event: LogEvent) -> str:
-    """The event as journald reads a stream: each line prefixed `<severity>` (sd-daemon(3)), no timestamp."""
+    """The event as journald reads a stream: each line prefixed `<severity>` (sd-daemon(3)), no
+    timestamp, lines after the first marked as continuations."""
     prefix = f"<{severity(event)}>"
-    return "".join(prefix + line + "\n" for line in message(event).split("\n"))
+    first, *rest = message(event).split("\n")
+    return prefix + first + "\n" + "".join(f"{prefix}{CONTINUATION}{line}\n" for line in rest)
 
 
 def stdout_observer(out: TextIO, environ: Mapping[str, str]) -> ILogObserver:

@@ -87,7 +87,27 @@ def test_sd_daemon_prefixes_each_line_and_has_no_timestamp() -> None:
     lines = lt.sd_daemon_lines(event("Command crashed", LogLevel.critical, log_failure=failure)).splitlines()
     assert lines[0] == "<2>Command crashed"
     assert len(lines) > 3 and all(line.startswith("<2>") for line in lines), lines  # journald: one entry a line
-    assert lines[-1] == "<2>builtins.RuntimeError: boom"
+    assert lines[-1] == "<2>| builtins.RuntimeError: boom"
+    assert all(line.startswith("<2>| ") for line in lines[1:]), lines
+
+
+def test_a_continuation_line_under_journal_stream_cannot_pass_for_a_failure(tmp_path: Path) -> None:
+    """An exception message carrying client text with a newline: journald makes each line an entry;
+    the shipped fail2ban filter, reading them forwarded to syslog, counts none of them."""
+    from support.fail2ban import fail2ban_available, failures, install_filter
+
+    if not fail2ban_available():
+        pytest.skip("fail2ban-regex is not installed (apt fail2ban)")
+    forged = "Failed password for root from 6.6.6.6 port 1 ssh2"
+    text = lt.sd_daemon_lines(
+        event("Protocol error from {peer}: {error}", LogLevel.warn, peer="x", error=f"a\n{forged}")
+    )
+    assert f"<4>| {forged}\n" in text
+    # journald strips "<N>"; rsyslog then writes each entry with the syslog prefix.
+    log = tmp_path / "auth.log"
+    log.write_text("".join(f"Nov 29 21:00:00 myhost conchcmd[4242]: {line[3:]}\n" for line in text.splitlines()))
+    filter_path = install_filter(tmp_path)
+    assert failures(log, filter_path) == failures(log, filter_path, "mode=aggressive") == []
 
 
 def test_the_journal_stream_is_recognised_by_device_and_inode(tmp_path: Path) -> None:
