@@ -36,11 +36,20 @@ SHIPPED_SIGNAL = (
 )
 
 
+#: The service user the snippet rotates as; the test's files are root's (there is no conchcmd user).
+SHIPPED_SU = "su conchcmd conchcmd"
+
+
+def as_tests_user(text: str) -> str:
+    assert text.count(SHIPPED_SU) == 1, "the snippet rotates as the service user"
+    return text.replace(SHIPPED_SU, "su root root")
+
+
 def snippet_for(audit_path: Path, pid: int) -> str:
     text = SNIPPET.read_text()
     assert text.count(SHIPPED_PATH) == 1, "the snippet names the audit file once"
     assert text.count(SHIPPED_SIGNAL) == 1, "the snippet's postrotate sends SIGHUP through systemd"
-    return text.replace(SHIPPED_PATH, str(audit_path)).replace(SHIPPED_SIGNAL, f"kill -HUP {pid}")
+    return as_tests_user(text.replace(SHIPPED_PATH, str(audit_path)).replace(SHIPPED_SIGNAL, f"kill -HUP {pid}"))
 
 
 def logrotate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +67,7 @@ def test_the_shipped_snippet_parses_clean(tmp_path: Path) -> None:
     # As installed (`conchcmd contrib logrotate > /etc/logrotate.d/conchcmd`): logrotate ignores a
     # group-writable snippet, which a checkout made under umask 002 would be.
     installed = tmp_path / "conchcmd"
-    installed.write_bytes(SNIPPET.read_bytes())
+    installed.write_text(as_tests_user(SNIPPET.read_text()))
     installed.chmod(0o644)
     r = logrotate("-d", "-s", str(tmp_path / "state"), str(installed))
     assert r.returncode == 0, r.stderr
