@@ -345,6 +345,21 @@ class Server(ServerFiles):
         events = self.audit()[mark:]
         return [e for e in events if event is None or e["event"] == event]
 
+    def wait_no_clients(self, timeout: float = 10.0) -> None:
+        """Wait until no TCP connection to the server's port is established (the server has seen
+        every client go: an ssh client may exit before the server reads its close)."""
+
+        def established() -> int:
+            count = 0
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with open(table) as f:
+                    for row in f.readlines()[1:]:
+                        local, state = row.split()[1], row.split()[3]
+                        count += state == "01" and int(local.rsplit(":", 1)[1], 16) == self.port
+            return count
+
+        wait_for(lambda: established() == 0, timeout, f"no client connected to port {self.port}")
+
     def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
         """Wait for a server log line matching `pattern`, after `since` (a log_mark())."""
         return wait_for(

@@ -149,6 +149,7 @@ def _scenario(server: Any, keys: Any) -> None:
         assert ok.returncode == 0, ok.stderr
         assert server.ssh("lastlog -n 1", key=keys.stranger).returncode == 255
         assert server.ssh("help", user="carol").returncode == 255
+        server.wait_no_clients()  # each close logged as "closed", never as "server shutting down"
     finally:
         server.stop()
     assert server.returncode == 0, server.log_text()
@@ -249,6 +250,7 @@ def test_under_systemd_stdout_lines_carry_sd_daemon_priorities(
         server.authorize("carol", client_keys.pub_line(client_keys.ed25519), mode=0o666)
         assert server.ssh("lastlog -n 1").returncode == 0
         assert server.ssh("help", user="carol").returncode == 255
+        server.wait_no_clients()  # each close logged as "closed", never as "server shutting down"
     finally:
         server.stop()
     assert server.returncode == 0, server.log_text()
