@@ -25,7 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, Key
 
 from conchcmd.audit import terminal_safe
-from conchcmd.auth import key_refusal
+from conchcmd.auth import SIGNATURE_ALGORITHMS, key_refusal
 from conchcmd.authorized_keys import (
     AuthorizedKey,
     AuthorizedKeysFiles,
@@ -136,9 +136,12 @@ def _option_text(name: str, value: str | None) -> str:
     return f'{name}="{text.replace(chr(34), chr(92) + chr(34))}"'
 
 
-def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[str, Any]:
+def line_refusal(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> str | None:
+    """Why login refuses every login through this authorized_keys line, or None. The key type is
+    judged by login's own rule (`auth.key_refusal`), for a cert-authority line's CA key too (its
+    size is not: login does not judge a CA's size). `users` and `doctor` both ask here."""
     refused = entry.refused
-    if refused is None and not entry.meaning.cert_authority:
+    if refused is None and (not entry.meaning.cert_authority or entry.key.sshType() not in SIGNATURE_ALGORITHMS):
         refused = key_refusal(entry.key)
     if refused is None:
         try:
@@ -147,6 +150,11 @@ def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[
             refused = str(e)
     if refused is None and entry.meaning.expiry is not None and int(now) > entry.meaning.expiry:
         refused = "key expired (expiry-time)"
+    return refused
+
+
+def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[str, Any]:
+    refused = line_refusal(entry, revoked, now)
     return {
         "line": entry.line,
         "type": entry.key.sshType().decode("ascii"),
