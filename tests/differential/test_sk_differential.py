@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from differential.conftest import ConchServer, Pair, SkKeyPair, Target, login
 from differential.test_sshd_differential import deliberate_differences
 from support.authcases import private_openssh, public_line
-from support.skauth import ECDSA_SK, UP, UV, SoftwareAuthenticator, ssh_keygen_certificate
+from support.skauth import ECDSA_SK, UP, UV, SoftwareAuthenticator, signed_message, ssh_keygen_certificate
 from support.sshd import Sshd
-from twisted.conch.ssh.common import MP, NS
+from twisted.conch.ssh.common import MP, NS, getNS
 
 from conchcmd.config import Config
 
@@ -58,6 +58,7 @@ POLICIES = ("", "touch-required", "verify-required")  # "" is sshd's default, Pu
 KINDS = ("ed25519", "ecdsa")
 LINE_OPTIONS = ("", "no-touch-required", "verify-required", "no-touch-required,verify-required", "touch-required")
 FLAG_SETS = (0, UP, UV, UP | UV)
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def flag_name(flags: int) -> str:
@@ -384,6 +385,47 @@ class Builder:
             ("restrict,verify-required", UP | UV, True),
         ):
             plain("ed25519", f"line {options!r} flags {flag_name(flags)}", expected, own, options=options, flags=flags)
+
+        # Application strings sshd does not restrict, and ones it cannot read (a C string).
+        for application, expected in (
+            (b"", True),
+            (b"https://example.com", True),
+            (b"ssh:\xff\xfe", True),
+            (b"ssh:" + b"a" * 2000, True),
+            (b"ssh:\0hidden", False),
+        ):
+            plain("ed25519", f"key of application {application[:24]!r}", expected, own, application=application)
+
+        # The shape of the signature itself.
+        def high_s(t: SoftwareAuthenticator) -> Callable[[bytes], bytes]:
+            def sign(data: bytes) -> bytes:  # (r, n - s): as valid as (r, s) for ECDSA
+                message = signed_message(t.application, UP, 1, data)
+                r, s = decode_dss_signature(t.private.sign(message, ec.ECDSA(hashes.SHA256())))  # type: ignore[call-arg]
+                s = P256_ORDER - s if s < P256_ORDER // 2 else s
+                return NS(t.key_type) + NS(MP(r) + MP(s)) + struct.pack(">BL", UP, 1)
+
+            return sign
+
+        def ecdsa_parts(r: int, s: int) -> Callable[[SoftwareAuthenticator], Callable[[bytes], bytes]]:
+            return lambda t: lambda d: NS(t.key_type) + NS(MP(r) + MP(s)) + struct.pack(">BL", UP, 1)
+
+        plain("ecdsa", "signature with a high s (r, n - s)", True, high_s)
+        plain("ecdsa", "signature r = 0, s = 0", False, ecdsa_parts(0, 0))
+        plain("ecdsa", "signature r = n, s = 1", False, ecdsa_parts(P256_ORDER, 1))
+        plain(
+            "ecdsa",
+            "signature with a byte after s",
+            False,
+            lambda t: (
+                lambda d: NS(t.key_type) + NS(getNS(t.sign(d)[len(NS(t.key_type)) :])[0] + b"\0") + t.sign(d)[-5:]
+            ),
+        )
+        plain(
+            "ed25519",
+            "signature of 63 bytes",
+            False,
+            lambda t: lambda d: NS(t.key_type) + NS(getNS(t.sign(d)[len(NS(t.key_type)) :])[0][:63]) + t.sign(d)[-5:],
+        )
 
         # RevokedKeys names a key by its whole blob, the application included.
         token = SoftwareAuthenticator.generate("ed25519")
