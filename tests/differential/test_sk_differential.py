@@ -34,6 +34,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from differential.conftest import ConchServer, Pair, SkKeyPair, Target, login
 from differential.test_sshd_differential import deliberate_differences
 from support.authcases import private_openssh, public_line
@@ -426,6 +427,55 @@ class Builder:
             False,
             lambda t: lambda d: NS(t.key_type) + NS(getNS(t.sign(d)[len(NS(t.key_type)) :])[0][:63]) + t.sign(d)[-5:],
         )
+
+        # Public key blobs sshd cannot read (the same blob on the line and in the request; the
+        # token signs as usual).
+        def reshaped(kind: str, change: Callable[[SoftwareAuthenticator], bytes]) -> SoftwareAuthenticator:
+            token = SoftwareAuthenticator.generate(kind)
+            return token.with_certificate(change(token))  # presented instead of the key's own blob
+
+        def ecdsa_blob(curve: bytes, point: bytes, application: bytes = b"ssh:") -> bytes:
+            return NS(ECDSA_SK) + NS(curve) + NS(point) + NS(application)
+
+        def point(t: SoftwareAuthenticator, encoding: PublicFormat) -> bytes:
+            return t.private.public_key().public_bytes(Encoding.X962, encoding)  # type: ignore[union-attr]
+
+        for name, kind, expected, change in (
+            ("sk-ed25519 blob with a byte after the application", "ed25519", False, lambda t: t.key_blob() + b"\0"),
+            ("sk-ecdsa blob with a byte after the application", "ecdsa", False, lambda t: t.key_blob() + b"\0"),
+            (
+                "sk-ed25519 blob with a 31-byte key",
+                "ed25519",
+                False,
+                lambda t: NS(t.key_type) + NS(getNS(t.key_blob()[len(NS(t.key_type)) :])[0][:31]) + NS(b"ssh:"),
+            ),
+            (
+                "sk-ecdsa blob naming curve nistp384",
+                "ecdsa",
+                False,
+                lambda t: ecdsa_blob(b"nistp384", point(t, PublicFormat.UncompressedPoint)),
+            ),
+            (
+                "sk-ecdsa blob with a compressed point",
+                "ecdsa",
+                False,
+                lambda t: ecdsa_blob(b"nistp256", point(t, PublicFormat.CompressedPoint)),
+            ),
+            (
+                "sk-ecdsa blob with a point off the curve",
+                "ecdsa",
+                False,
+                lambda t: ecdsa_blob(b"nistp256", point(t, PublicFormat.UncompressedPoint)[:-1] + b"\x01"),
+            ),
+            (
+                "sk-ecdsa blob as it should be, rebuilt (control)",
+                "ecdsa",
+                True,
+                lambda t: ecdsa_blob(b"nistp256", point(t, PublicFormat.UncompressedPoint)),
+            ),
+        ):
+            token = reshaped(kind, change)
+            self.add(name, "", expected, SkKeyPair(token), lines=[line_for(token, "")])
 
         # RevokedKeys names a key by its whole blob, the application included.
         token = SoftwareAuthenticator.generate("ed25519")
