@@ -56,7 +56,8 @@ def _word_char(ch: str) -> str:
 def key_type_name(blob_type: bytes) -> str:
     """sshd's name for a key or certificate type ("ED25519", "RSA-CERT"), "unknown" if none."""
     if blob_type.endswith(_CERT_SUFFIX):
-        base = _KEY_TYPES.get(blob_type[: -len(_CERT_SUFFIX)])
+        plain = blob_type[: -len(_CERT_SUFFIX)]  # sk-ssh-ed25519-cert-v01@openssh.com: sk-ssh-ed25519@openssh.com
+        base = _KEY_TYPES.get(plain) or _KEY_TYPES.get(plain + b"@openssh.com")
         return f"{base}-CERT" if base else "unknown"
     return _KEY_TYPES.get(blob_type, "unknown")
 
@@ -133,28 +134,51 @@ class AuthLog:
         return {"user": log_word(user), "invalid": "" if valid else "invalid user ", **self.client.fields()}
 
     @staticmethod
-    def _key(key: KeyInfo | None) -> dict[str, Any]:
+    def _key(key: KeyInfo | None, info: str | None = None) -> dict[str, Any]:
+        """sshd's format_method_key: the key, then ", " and the method's info (a security key's
+        "signature count = N"); the info alone when there is no key."""
         if key is None:
-            return {"info": ""}
-        return {"info": f": {key.text()}", "key_type": key.key_type, "fingerprint": key.fingerprint}
+            return {"info": f": {info}" if info else ""}
+        extra = f", {info}" if info else ""
+        return {"info": f": {key.text()}{extra}", "key_type": key.key_type, "fingerprint": key.fingerprint}
 
     def invalid_user(self, user: str | bytes) -> None:
         self.log.info("Invalid user {user} from {host} port {port}", **self._user(user, False))
 
-    def accepted(self, method: str, user: str | bytes, key: KeyInfo | None = None) -> None:
+    def accepted(self, method: str, user: str | bytes, key: KeyInfo | None = None, *, info: str | None = None) -> None:
         self.log.info(
             "Accepted {method} for {user} from {host} port {port} ssh2{info}",
             method=log_word(method, 32),
             **self._user(user, True),
-            **self._key(key),
+            **self._key(key, info),
         )
 
-    def failed(self, method: str | bytes, user: str | bytes, valid: bool, key: KeyInfo | None = None) -> None:
+    def failed(
+        self,
+        method: str | bytes,
+        user: str | bytes,
+        valid: bool,
+        key: KeyInfo | None = None,
+        *,
+        info: str | None = None,
+    ) -> None:
         self.log.info(
             "Failed {method} for {invalid}{user} from {host} port {port} ssh2{info}",
             method=log_word(method, 32),
             **self._user(user, valid),
-            **self._key(key),
+            **self._key(key, info),
+        )
+
+    def sk_requirement_not_met(self, user: str | bytes, valid: bool, key: KeyInfo | None, requirement: str) -> None:
+        """sshd's error for a good security-key signature without the touch or verification
+        required (auth2-pubkey.c; its trailing space included). The key as sshd's format_key:
+        type and fingerprint only."""
+        shown = f"{key.key_type} {key.fingerprint}" if key is not None else "(unknown)"
+        self.log.error(
+            "public key {key} signature for {invalid}{user} from {host} port {port} rejected: {requirement} ",
+            key=shown,
+            requirement=requirement,
+            **self._user(user, valid),
         )
 
     def too_many_failures(self, user: str | bytes, valid: bool) -> None:

@@ -162,6 +162,8 @@ class KeyOptions:
     cert_authority: bool = False
     principals: str | None = None  # the principals= list as written (sshd's match_list splits it)
     environment: tuple[str, ...] = ()
+    no_touch_required: bool = False  # security keys: a signature without the touch flag will do
+    verify_required: bool = False  # security keys: the signature must carry the user-verified flag
 
 
 def parse_expiry(value: str) -> float:
@@ -265,6 +267,10 @@ def interpret_options(options: list[tuple[str, str | None]], *, permit_environme
             fields["pty"] = True
         elif name == "cert-authority":
             fields["cert_authority"] = True
+        elif name in ("touch-required", "no-touch-required"):
+            fields["no_touch_required"] = name == "no-touch-required"
+        elif name in ("verify-required", "no-verify-required"):
+            fields["verify_required"] = name == "verify-required"
     if environment and not permit_environment:
         raise OptionError("environment= is not permitted (permit_user_environment is off)")
     return KeyOptions(**fields, environment=tuple(environment))

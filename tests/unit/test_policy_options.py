@@ -193,8 +193,6 @@ def test_environment_is_refused_unless_permitted() -> None:
         "no-X11-forwarding",
         "no-user-rc",
         "port-forwarding,agent-forwarding,x11-forwarding,user-rc",
-        "no-touch-required",
-        "touch-required,verify-required",  # FIDO-only: no effect on the keys conchcmd accepts
         'tunnel="0"',
         'tunnel="any"',
         'permitopen="host:ssh"',
@@ -203,6 +201,21 @@ def test_environment_is_refused_unless_permitted() -> None:
 )
 def test_forwarding_options_are_accepted_and_change_nothing(options: str) -> None:
     assert options_of(f"{options} {KEY}") == KeyOptions()
+
+
+@pytest.mark.parametrize(
+    ("options", "no_touch", "verify"),
+    [
+        ("no-touch-required", True, False),
+        ("no-touch-required,touch-required", False, False),  # in order, as sshd applies them
+        ("verify-required", False, True),
+        ("verify-required,no-verify-required", False, False),
+        ("restrict,no-touch-required,verify-required", True, True),
+    ],
+)
+def test_security_key_options_are_kept(options: str, no_touch: bool, verify: bool) -> None:
+    meaning = options_of(f"{options} {KEY}")
+    assert (meaning.no_touch_required, meaning.verify_required) == (no_touch, verify)
 
 
 @pytest.mark.parametrize("name", ["tunnel-device", "foo", "no-pty-please", "restricted"])

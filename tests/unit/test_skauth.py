@@ -18,7 +18,7 @@ from twisted.conch.ssh.common import NS
 def sshsig(token: SoftwareAuthenticator, message: bytes, **kw: object) -> str:
     """An SSHSIG (ssh-keygen -Y sign) armoured signature of `message` made by the token."""
     hashed = hashlib.sha512(message).digest()
-    signature = token.sign(b"SSHSIG" + NS(b"file") + NS(b"") + NS(b"sha512") + NS(hashed), **kw)  # type: ignore[arg-type]
+    signature = token.sign(b"SSHSIG" + NS(b"file") + NS(b"") + NS(b"sha512") + NS(hashed), **kw)
     blob = b"SSHSIG" + struct.pack(">L", 1) + NS(token.blob()) + NS(b"file") + NS(b"") + NS(b"sha512") + NS(signature)
     text = base64.b64encode(blob).decode()
     lines = "\n".join(text[i : i + 70] for i in range(0, len(text), 70))
