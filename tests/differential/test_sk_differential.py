@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import dataclasses
 import hashlib
 import os
 import struct
@@ -42,16 +41,7 @@ from support.skauth import ECDSA_SK, UP, UV, SoftwareAuthenticator, signed_messa
 from support.sshd import Sshd
 from twisted.conch.ssh.common import MP, NS, getNS
 
-from conchcmd.config import Config
-
-pytestmark = [
-    pytest.mark.differential,
-    # Until the sk verification (branch wip-sk) is merged, conchcmd refuses every sk login and has no
-    # pubkey_auth_options: the comparison must fail then. Removed with that merge.
-    pytest.mark.xfail(
-        "pubkey_auth_options" not in {f.name for f in dataclasses.fields(Config)}, reason="needs wip-sk", strict=True
-    ),
-]
+pytestmark = pytest.mark.differential
 
 SOURCE = "127.0.0.1"
 CONCURRENCY = 8

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.skauth import ECDSA_SK, ED25519_SK, SoftwareAuthenticator
+from support.skauth import SoftwareAuthenticator
 from twisted.conch.ssh.common import getNS
 from twisted.internet.task import Clock
 
@@ -21,12 +21,6 @@ from conchcmd.auth import SIGNATURE_ALGORITHMS, KeyAuthorizer, KeyRefused
 from conchcmd.cli import main
 from conchcmd.config import load_config
 
-#: Until the sk verification (branch wip-sk) is merged, login refuses sk keys: so must the rest.
-SK_PENDING = pytest.mark.xfail(
-    ED25519_SK not in SIGNATURE_ALGORITHMS or ECDSA_SK not in SIGNATURE_ALGORITHMS,
-    reason="needs wip-sk",
-    strict=True,
-)
 #: Key kind -> whether login accepts it.
 KINDS = {
     "ed25519": True,
@@ -37,7 +31,6 @@ KINDS = {
     "sk-ed25519": True,
     "sk-ecdsa": True,
 }
-PARAMS = [pytest.param(kind, marks=SK_PENDING) if kind.startswith("sk-") else kind for kind in KINDS]
 
 
 @pytest.fixture
@@ -79,7 +72,7 @@ def login_refusal(user: str, line: str, workdir: Path) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("kind", PARAMS)
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_login_users_doctor_and_adduser_agree_on_a_key_type(
     workdir: Path, ssh_key: Any, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
