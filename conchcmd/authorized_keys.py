@@ -23,6 +23,7 @@ from conchcmd.audit import LOG_NAMESPACE
 from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.hostmatch import PatternError, split_patterns
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.sk import SK_KEY_TYPES, SkError, parse_sk_public_key
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -361,6 +362,12 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
         if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
             skip(number, f"key type {field.key_type} does not match the key")
             continue
+        if key.sshType() in SK_KEY_TYPES:  # Conch reads these loosely; login reads them as sshd does
+            try:
+                parse_sk_public_key(field.blob)
+            except SkError as e:
+                skip(number, f"bad key ({e})")
+                continue
         try:
             if syntax_error is not None:
                 raise OptionsSyntaxError(syntax_error)

@@ -38,6 +38,7 @@ from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.sk import SK_KEY_TYPES, parse_sk_public_key
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
 USERS_SCHEMA = 1
@@ -92,6 +93,8 @@ def read_public_key_file(path: Path, *, certificates: bool = False) -> PublicKey
         key = Key.fromString(field.blob, type="blob")
         if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
             raise ValueError("key type does not match the key")
+        if key.sshType() in SK_KEY_TYPES:  # read as login reads it (SkError is a ValueError)
+            parse_sk_public_key(field.blob)
     except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
         # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
         raise UserCommandError(f"{path} is not an OpenSSH public key", usage=True) from None

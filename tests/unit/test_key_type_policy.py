@@ -134,3 +134,33 @@ def test_doctor_reports_revoked_and_expired_lines_as_login_refuses_them(
     assert f"alice:2: key {expired.fingerprint} is refused at login: key expired (expiry-time)" in report
     assert "user alice: 1 usable key line(s)" in report
     assert f"alice:3: key {good.fingerprint}" not in report
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa"])
+def test_an_sk_key_login_cannot_read_is_refused_by_adduser_users_and_doctor(
+    workdir: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Conch reads sk blobs loosely (a byte after the application goes unnoticed); login reads them
+    as sshd does and refuses this one, so adduser, users and doctor must not take it either."""
+    good = SoftwareAuthenticator.generate(kind)
+    bad_token = SoftwareAuthenticator.generate(kind)
+    bad = bad_token.with_certificate(bad_token.key_blob() + b"\0").public_line().strip()
+    pub = workdir / "bad.pub"
+    pub.write_text(bad + "\n")
+    assert main(["adduser", "alice", str(pub)]) == 2
+    assert capsys.readouterr().err == f"conchcmd: {pub} is not an OpenSSH public key\n"
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    assert not path.exists()
+
+    path.write_text(bad + "\n" + good.public_line())
+    path.chmod(0o600)
+    assert login_refusal("alice", bad, workdir) == "malformed public key (trailing data after the key)"
+    assert login_refusal("alice", good.public_line(), workdir) is None
+    assert main(["users", "--json"]) == 0
+    (user,) = json.loads(capsys.readouterr().out)["users"]
+    assert [(k["line"], k["usable"]) for k in user["keys"]] == [(2, True)]
+    assert [r["line"] for r in user["refused_lines"]] == [1]
+    assert user["refused_lines"][0]["reason"].startswith("bad key (")
+    report = doctor(workdir)
+    assert f"problem  {path}:1: line refused: bad key (" in report
+    assert "user alice: 1 usable key line(s)" in report
