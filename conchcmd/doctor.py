@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.conch.ssh import _kex
+from twisted.conch.ssh.common import getNS
 
 from conchcmd.auth import bcrypt_cost
 from conchcmd.authorized_keys import fingerprint, parse_authorized_keys
@@ -22,7 +23,7 @@ from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path
 from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
 from conchcmd.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
 from conchcmd.logtargets import DEV_LOG, JOURNAL_SOCKET
-from conchcmd.usercmds import line_refusal
+from conchcmd.usercmds import ca_key_refusal, line_refusal
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -265,6 +266,14 @@ def _certificates(config: Config) -> Iterator[Finding]:
                 )
             level = OK if trusted.blobs else WARNING
             yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
+            for blob in sorted(trusted.blobs):
+                refused = ca_key_refusal(getNS(blob)[0])
+                if refused is not None:
+                    yield Finding(
+                        PROBLEM,
+                        f"trusted_user_ca_keys: CA {fingerprint(blob)}: {refused}",
+                        "sign user certificates with an ed25519, ECDSA or RSA CA key kept offline",
+                    )
     if config.revoked_keys:
         unsafe = path_problem(config.revoked_keys, trust)
         if unsafe is not None:

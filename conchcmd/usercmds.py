@@ -24,8 +24,8 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, Key
 
-from conchcmd.audit import terminal_safe
-from conchcmd.auth import SIGNATURE_ALGORITHMS, key_refusal
+from conchcmd.audit import sanitise, terminal_safe
+from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import (
     AuthorizedKey,
     AuthorizedKeysFiles,
@@ -139,13 +139,27 @@ def _option_text(name: str, value: str | None) -> str:
     return f'{name}="{text.replace(chr(34), chr(92) + chr(34))}"'
 
 
+#: The CA key types whose certificates login verifies (with cryptography, and conchcmd.sk for sk
+#: certificates): no ssh-dss (SHA-1 signatures), no CA on a security key (README: `sk-ca`).
+CA_KEY_TYPES = frozenset(
+    {b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521", b"ssh-rsa"}
+)
+
+
+def ca_key_refusal(key_type: bytes) -> str | None:
+    """Why login refuses every certificate a CA key of this type signs, or None."""
+    if key_type in CA_KEY_TYPES:
+        return None
+    return f"{sanitise(key_type)} CA keys are not accepted (login refuses the certificates they sign)"
+
+
 def line_refusal(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> str | None:
-    """Why login refuses every login through this authorized_keys line, or None. The key type is
-    judged by login's own rule (`auth.key_refusal`), for a cert-authority line's CA key too (its
-    size is not: login does not judge a CA's size). `users` and `doctor` both ask here."""
+    """Why login refuses every login through this authorized_keys line, or None. A user key's
+    type and size are judged by login's own rule (`auth.key_refusal`), a cert-authority line's
+    CA key by the CA types login verifies. `users` and `doctor` both ask here."""
     refused = entry.refused
-    if refused is None and (not entry.meaning.cert_authority or entry.key.sshType() not in SIGNATURE_ALGORITHMS):
-        refused = key_refusal(entry.key)
+    if refused is None:
+        refused = ca_key_refusal(entry.key.sshType()) if entry.meaning.cert_authority else key_refusal(entry.key)
     if refused is None:
         try:
             revoked.check_key(entry.blob)

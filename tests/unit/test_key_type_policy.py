@@ -105,19 +105,42 @@ def test_login_users_doctor_and_adduser_agree_on_a_key_type(
         assert f"conchcmd deluser alice {fingerprint}`" in report
 
 
-@pytest.mark.parametrize(("kind", "usable"), [("ed25519", True), ("dsa", False), ("rsa1024", True)])
+CA_KINDS = [("ed25519", True), ("ecdsa256", True), ("rsa1024", True), ("dsa", False), ("sk-ed25519", False)]
+
+
+@pytest.mark.parametrize(("kind", "usable"), [*CA_KINDS, ("sk-ecdsa", False)])
 def test_a_cert_authority_line_is_judged_by_its_key_type(
     workdir: Path, ssh_key: Any, capsys: pytest.CaptureFixture[str], kind: str, usable: bool
 ) -> None:
-    """A DSA CA can sign no certificate login accepts (ssh-dss signatures are refused): its line is
-    reported as refused. The RSA size rule is login's for user keys only, so a small RSA CA's line
-    stays usable in the report, as it is at login."""
+    """A DSA CA can sign no certificate login accepts (ssh-dss signatures are refused), nor can a CA
+    on a security key (README, Differences from sshd: sk-ca): such a line is reported as refused.
+    The RSA size rule is login's for user keys only, so a small RSA CA's line stays usable in the
+    report, as it is at login."""
     path = workdir / "keys" / "authorized_keys" / "alice"
-    path.write_text(f"cert-authority {ssh_key(kind).public_line}\n")
+    path.write_text(f"cert-authority {public_line(kind, ssh_key, workdir)}\n")
     path.chmod(0o600)
     (key,) = json.loads(main(["users", "--json"]) == 0 and capsys.readouterr().out)["users"][0]["keys"]
     assert (key["cert_authority"], key["usable"]) == (True, usable), key
+    if not usable:
+        assert key["refused"].endswith(" CA keys are not accepted (login refuses the certificates they sign)")
     assert f"user alice: {int(usable)} usable key line(s)" in doctor(workdir)
+
+
+@pytest.mark.parametrize(("kind", "usable"), CA_KINDS)
+def test_doctor_names_a_trusted_ca_whose_certificates_login_refuses(
+    workdir: Path, ssh_key: Any, kind: str, usable: bool
+) -> None:
+    line = public_line(kind, ssh_key, workdir)
+    (workdir / "cas").write_text(line + "\n")
+    (workdir / "conchcmd.toml").write_text('trusted_user_ca_keys = "cas"\n')
+    pub = workdir / "ca.pub"
+    pub.write_text(line + "\n")
+    report = doctor(workdir)
+    assert "trusted_user_ca_keys: 1 CA key(s)" in report
+    problem = (
+        f"problem  trusted_user_ca_keys: CA {ssh_keygen_fingerprint(pub)}: {line.split()[0]} CA keys are not accepted"
+    )
+    assert (problem in report) is not usable, report
 
 
 def test_doctor_reports_revoked_and_expired_lines_as_login_refuses_them(
