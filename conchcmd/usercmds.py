@@ -38,7 +38,7 @@ from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
-from conchcmd.sk import SK_KEY_TYPES, parse_sk_public_key
+from conchcmd.sk import SK_KEY_TYPES, PubkeyAuthOptions, parse_sk_public_key
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
 USERS_SCHEMA = 1
@@ -170,7 +170,23 @@ def line_refusal(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> str 
     return refused
 
 
-def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[str, Any]:
+def _security_key(entry: AuthorizedKey, options: PubkeyAuthOptions) -> dict[str, Any] | None:
+    """An sk user key's application and what each of its logins must show, from its line's
+    options and `pubkey_auth_options` (the rule login applies); None for any other line."""
+    if entry.meaning.cert_authority or entry.key.sshType() not in SK_KEY_TYPES:
+        return None
+    application = parse_sk_public_key(entry.blob).application  # the reader kept only readable ones
+    needs = options.requirements(
+        no_touch_required=entry.meaning.no_touch_required, verify_required=entry.meaning.verify_required, where="line"
+    )
+    return {
+        "application": application.decode("utf-8", "replace"),
+        "touch_required": needs.touch,
+        "verify_required": needs.verify,
+    }
+
+
+def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float, options: PubkeyAuthOptions) -> dict[str, Any]:
     refused = line_refusal(entry, revoked, now)
     return {
         "line": entry.line,
@@ -181,6 +197,7 @@ def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[
         "cert_authority": entry.meaning.cert_authority,
         "usable": refused is None,
         "refused": refused,
+        "security_key": _security_key(entry, options),
     }
 
 
@@ -201,12 +218,13 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
     trust = FileTrust(strict=config.strict_modes)
     files = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment, trust=trust)
     revoked = RevokedKeys(config.revoked_keys, trust=trust)
+    options = PubkeyAuthOptions.from_names(config.pubkey_auth_options)
     names = sorted(set(users_with_key_files(config.authorized_keys)) | set(config.users))
     users = []
     for name in names:
         state = files.read(name)
         policy = config.users.get(name)
-        keys = [_key_record(e, revoked, now) for e in state.parsed.entries]
+        keys = [_key_record(e, revoked, now, options) for e in state.parsed.entries]
         refused_lines = [{"line": r.line, "reason": r.reason} for r in state.parsed.unreadable]
         if state.ignored is not None and state.path is not None:
             # Login reads nothing from it; show what it holds, each key refused with the reason.
@@ -214,10 +232,8 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
                 parsed = parse_authorized_keys(
                     Path(state.path).read_bytes(), state.path, permit_environment=config.permit_user_environment
                 )
-                keys = [
-                    {**_key_record(e, revoked, now), "usable": False, "refused": f"file ignored: {state.ignored}"}
-                    for e in parsed.entries
-                ]
+                ignored = {"usable": False, "refused": f"file ignored: {state.ignored}"}
+                keys = [{**_key_record(e, revoked, now, options), **ignored} for e in parsed.entries]
                 refused_lines = [{"line": r.line, "reason": r.reason} for r in parsed.unreadable]
         users.append(
             {
@@ -271,6 +287,10 @@ def format_users(report: dict[str, Any]) -> str:
                 text += " options " + safe(",".join(row["options"]))
             if row["comment"]:
                 text += f" ({safe(row['comment'])})"
+            sk = row["security_key"]
+            if sk is not None:
+                needs = [need for need, on in (("touch", sk["touch_required"]), ("PIN", sk["verify_required"])) if on]
+                text += f" [security key ({safe(sk['application'])}): {' + '.join(needs) or 'no touch'} at each login]"
             if not row["usable"]:
                 text += f": REFUSED: {safe(row['refused'])}"
             out.append(text)

@@ -187,3 +187,47 @@ def test_an_sk_key_login_cannot_read_is_refused_by_adduser_users_and_doctor(
     report = doctor(workdir)
     assert f"problem  {path}:1: line refused: bad key (" in report
     assert "user alice: 1 usable key line(s)" in report
+
+
+@pytest.mark.parametrize(
+    "server", [(), ("touch-required",), ("verify-required",), ("touch-required", "verify-required")]
+)
+def test_users_shows_what_each_sk_login_must_show_as_login_decides_it(
+    workdir: Path, capsys: pytest.CaptureFixture[str], server: tuple[str, ...]
+) -> None:
+    """`users` says, per sk line, whether each login needs a touch and a PIN: the requirements
+    login's authorizer derives from the line and `pubkey_auth_options`."""
+    options = ["", "no-touch-required", "verify-required", "no-touch-required,verify-required", "touch-required"]
+    tokens = [SoftwareAuthenticator.generate("ecdsa" if i % 2 else "ed25519", b"ssh:ops%d" % i) for i in range(5)]
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    path.write_text("".join(t.public_line(options=o) for t, o in zip(tokens, options, strict=True)))
+    path.chmod(0o600)
+    (workdir / "conchcmd.toml").write_text(f"pubkey_auth_options = {json.dumps(list(server))}\n")
+    authorizer = KeyAuthorizer.from_config(load_config(None, cwd=workdir), Clock())
+    assert main(["users", "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)["users"][0]["keys"]
+    for token, key in zip(tokens, keys, strict=True):
+        needs = authorizer.authorize("alice", token.key_type, token.key_blob(), "127.0.0.1").requirements
+        assert key["security_key"] == {
+            "application": token.application.decode(),
+            "touch_required": needs.touch,
+            "verify_required": needs.verify,
+        }
+    assert main(["users"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("    line ")]
+    for line, key in zip(lines, keys, strict=True):
+        sk = key["security_key"]
+        needs = " + ".join(n for n, on in (("touch", sk["touch_required"]), ("PIN", sk["verify_required"])) if on)
+        assert line.endswith(f" [security key ({sk['application']}): {needs or 'no touch'} at each login]"), line
+
+
+def test_users_shows_no_security_key_for_other_lines(
+    workdir: Path, ssh_key: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = SoftwareAuthenticator.generate("ed25519")
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    path.write_text(f"verify-required {ssh_key('ed25519').public_line}\ncert-authority {ca.public_line()}")
+    path.chmod(0o600)
+    assert main(["users", "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)["users"][0]["keys"]
+    assert [k["security_key"] for k in keys] == [None, None]
