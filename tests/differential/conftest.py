@@ -225,7 +225,8 @@ class SkKeyPair(asyncssh.SSHKeyPair):
     def __init__(self, token: SoftwareAuthenticator, sign: Callable[[bytes], bytes] | None = None):
         algorithm = token.sshType()
         super().__init__(algorithm, token.key_type, (token.key_type,), (algorithm,), token.blob(), None)
-        self._token = token
+        self.token = token
+        self.own_signature = sign is None  # the token's signature, with its flags and counter
         self._sign = sign or token.sign
 
     def set_sig_algorithm(self, sig_algorithm: bytes) -> None:

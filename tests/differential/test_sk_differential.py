@@ -41,6 +41,8 @@ from support.skauth import ECDSA_SK, UP, UV, SoftwareAuthenticator, signed_messa
 from support.sshd import Sshd
 from twisted.conch.ssh.common import MP, NS, getNS
 
+from conchcmd.authorized_keys import fingerprint
+
 pytestmark = pytest.mark.differential
 
 SOURCE = "127.0.0.1"
@@ -541,6 +543,7 @@ class PolicyServers:
 
     sshd: Target
     conch: Target
+    conch_server: ConchServer
 
 
 def sshd_policy(policy: str) -> dict[str, str]:
@@ -554,7 +557,7 @@ def conch_policy(policy: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def policy_servers(server_pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, PolicyServers]]:
     """The session's pair serves the default policy; one more pair per other policy."""
-    servers = {"": PolicyServers(server_pair.sshd_target, server_pair.conch_target)}
+    servers = {"": PolicyServers(server_pair.sshd_target, server_pair.conch_target, server_pair.conch)}
     started: list[Sshd | ConchServer] = []
     try:
         for policy in POLICIES[1:]:
@@ -571,7 +574,7 @@ def policy_servers(server_pair: Pair, tmp_path_factory: pytest.TempPathFactory) 
             started += [sshd, conch]
             sshd.start()
             conch.start()
-            servers[policy] = PolicyServers(Target(sshd.port, sshd.port), Target(conch.port, conch.port6))
+            servers[policy] = PolicyServers(Target(sshd.port, sshd.port), Target(conch.port, conch.port6), conch)
         yield servers
     finally:
         for server in started:
@@ -620,12 +623,26 @@ def test_sk_logins_are_decided_like_sshd(
                 f"sshd {'accepts' if by_sshd else 'refuses'}, conchcmd {'accepts' if by_conch else 'refuses'}: "
                 f"{case.describe()}"
             )
+    # conchcmd's audit record of each sk login it accepts carries the token's flags and counter.
+    audits = {policy: server.conch_server.audit() for policy, server in policy_servers.items()}
+    audited = 0
+    for case, (_, by_conch) in zip(cases, outcomes, strict=True):
+        key = case.client_key
+        if by_conch is True and isinstance(key, SkKeyPair) and key.own_signature and key.token.certificate is None:
+            fp = fingerprint(key.token.key_blob())
+            records = [r for r in audits[case.policy] if r["event"] == "auth" and r.get("fingerprint") == fp]
+            assert [(r["ok"], r["sk_flags"], r["sk_counter"]) for r in records] == [
+                (True, key.token.flags, key.token.counter)
+            ], case.describe()
+            audited += 1
+    assert audited > 50, f"only {audited} accepted sk logins had their audit records checked"
+
     # A difference the README lists must still be one: else the README says what is no longer so.
     stale = {tag for case in cases for tag in case.tags & allowed} - set(excused)
     accepted = sum(1 for s, _ in outcomes if s is True)
     print(
         f"[sk differential] cases={len(cases)} sshd_accepts={accepted} disagreements={len(disagreements)} "
-        f"excused={dict(excused)}"
+        f"excused={dict(excused)} audited={audited}"
     )
     assert not errors, f"{len(errors)} attempts failed oddly:\n\n" + "\n\n".join(errors[:5])
     assert not surprises, f"{len(surprises)} cases where sshd broke the stated rules:\n\n" + "\n\n".join(surprises[:20])
