@@ -256,7 +256,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     clock.advance(time.time())
     authorizer = KeyAuthorizer.from_config(config, clock)
     try:
-        identity = authorizer.authorize(args.user, algorithm, blob, args.peer).identity
+        authorized = authorizer.authorize(args.user, algorithm, blob, args.peer)
     except KeyRefused as e:
         out.write(f"login: REFUSED: {e}\n")
         path = authorizer.keys.path_for(args.user)
@@ -264,6 +264,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         if problem is not None:
             out.write(f"note: {path} is ignored: {problem.reason}; fix: {problem.fix}\n")
         return EXIT_FAILURE
+    identity = authorized.identity
     grant = identity.grant
     terms = [f"by {grant.source}"]
     if grant.forced_command is not None:
@@ -271,6 +272,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     terms.append("pty allowed" if grant.pty else "no pty")
     if algorithm in CERT_SIGNATURES and identity.certificate:
         terms.append(f"CA {identity.certificate['ca_fingerprint']}")
+    if authorized.sk is not None:  # what the signature must show is decided only then
+        must = authorized.requirements
+        needs = [n for n, on in (("touch", must.touch), ("PIN", must.verify)) if on]
+        terms.append(f"security key: {' + '.join(needs) or 'no touch'} at each login")
     out.write(f"login: allowed for {args.user} from {args.peer or 'any address'} ({'; '.join(terms)})\n")
     if args.command is None and grant.forced_command is None:
         return EXIT_OK

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.skauth import SoftwareAuthenticator
+from support.skauth import SoftwareAuthenticator, ssh_keygen_certificate
 from twisted.conch.ssh.common import getNS
 from twisted.internet.task import Clock
 
@@ -231,3 +231,43 @@ def test_users_shows_no_security_key_for_other_lines(
     assert main(["users", "--json"]) == 0
     keys = json.loads(capsys.readouterr().out)["users"][0]["keys"]
     assert [k["security_key"] for k in keys] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("line_options", "server", "needs"),
+    [
+        ("", [], "touch"),
+        ("verify-required", [], "touch + PIN"),
+        ("no-touch-required", [], "no touch"),
+        ("no-touch-required", ["touch-required"], "touch"),
+        ("no-touch-required", ["verify-required"], "PIN"),
+    ],
+)
+def test_check_says_what_an_sk_login_must_show(
+    workdir: Path, capsys: pytest.CaptureFixture[str], line_options: str, server: list[str], needs: str
+) -> None:
+    """`check` cannot see a signature, so it says what the signature will have to show."""
+    token = SoftwareAuthenticator.generate("ed25519")
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    path.write_text(token.public_line(options=line_options))
+    path.chmod(0o600)
+    (workdir / "conchcmd.toml").write_text(f"pubkey_auth_options = {json.dumps(server)}\n")
+    pub = workdir / "sk.pub"
+    pub.write_text(token.public_line(comment="yubikey"))
+    assert main(["check", "--user", "alice", "--key", str(pub)]) == 0
+    assert capsys.readouterr().out.endswith(f"; pty allowed; security key: {needs} at each login)\n")
+
+
+def test_check_says_what_an_sk_certificate_login_must_show(
+    workdir: Path, ssh_key: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = SoftwareAuthenticator.generate("ecdsa")
+    blob = ssh_keygen_certificate(
+        token, ssh_key("ed25519").private, workdir / "certs", principals=["alice"], options=("no-touch-required",)
+    )
+    (workdir / "cas").write_text(ssh_key("ed25519").public_line + "\n")
+    (workdir / "conchcmd.toml").write_text('trusted_user_ca_keys = "cas"\n')
+    pub = workdir / "sk-cert.pub"
+    pub.write_text(f"{token.with_certificate(blob).sshType().decode()} {base64.b64encode(blob).decode()}\n")
+    assert main(["check", "--user", "alice", "--key", str(pub)]) == 0
+    assert capsys.readouterr().out.endswith("; security key: no touch at each login)\n")
