@@ -353,6 +353,11 @@ class SkRequirements:
     touch_because: str = ""
     verify_because: str = ""
 
+    def describe(self) -> str:
+        """What a signature must show, in words (`conchcmd check`)."""
+        needs = [name for name, on in (("touch", self.touch), ("user verification", self.verify)) if on]
+        return " and ".join(needs) + " required" if needs else "no touch required"
+
     def refusal(self, signature: SkSignature) -> tuple[str, str] | None:
         """sshd's words for the first requirement the signature does not meet and what set it, or None."""
         if self.touch and not signature.user_present:
