@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,15 @@ def test_server_touch_required_overrides_no_touch_required(tmp_path: Path) -> No
     answer, record, _ = attempt(world, token.with_(flags=0))
     assert answer == FAILURE and record["reason"].startswith(PRESENCE + ": pubkey_auth_options has touch-required")
     assert attempt(world, token.with_(flags=UP))[0] == SUCCESS
+
+
+def test_a_reload_applies_pubkey_auth_options_to_the_next_login(tmp_path: Path) -> None:
+    token = TOKENS["ed25519"].with_(flags=UP)
+    world = sk_world(tmp_path, token.public_line())
+    assert attempt(world, token)[0] == SUCCESS
+    world.server.reload(replace(world.config, pubkey_auth_options=("verify-required",)))
+    answer, record, _ = attempt(world, token)
+    assert answer == FAILURE and record["reason"].startswith(VERIFICATION + ": pubkey_auth_options has verify-required")
 
 
 @pytest.mark.parametrize(
