@@ -52,6 +52,13 @@ class SkError(ValueError):
     """An sk key, certificate or signature that sshd would not accept; the message says why."""
 
 
+class SkBadSignature(SkError):
+    """A well-formed signature that does not verify."""
+
+    def __init__(self) -> None:
+        super().__init__("bad signature")
+
+
 class WireReader:
     """sshbuf's readers over one buffer: every read checks the length; `end` refuses trailing bytes."""
 
@@ -179,7 +186,7 @@ class SkPublicKey:
             else:
                 self.public.verify(parsed.raw, message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
-            raise SkError("bad signature") from None
+            raise SkBadSignature() from None
         return SkSignature(parsed.flags, parsed.counter)
 
 
