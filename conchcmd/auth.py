@@ -43,6 +43,7 @@ from conchcmd.sk import (
     SK_ED25519,
     SK_KEY_TYPES,
     PubkeyAuthOptions,
+    SkBadSignature,
     SkError,
     SkPublicKey,
     SkRequirements,
@@ -397,8 +398,10 @@ class PublicKeyChecker:
         assert authorized.sk is not None
         try:
             reported = authorized.sk.verify(signature, signed)
+        except SkBadSignature:
+            raise KeyRefused("bad signature") from None
         except SkError as e:
-            raise KeyRefused("bad signature" if str(e) == "bad signature" else f"malformed signature ({e})") from None
+            raise KeyRefused(f"malformed signature ({e})") from None
         refusal = authorized.requirements.refusal(reported)
         if refusal is not None:
             raise SkRequirementNotMet(*refusal, reported)

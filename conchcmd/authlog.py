@@ -134,45 +134,34 @@ class AuthLog:
         return {"user": log_word(user), "invalid": "" if valid else "invalid user ", **self.client.fields()}
 
     @staticmethod
-    def _key(key: KeyInfo | None, info: str | None = None) -> dict[str, Any]:
-        """sshd's format_method_key: the key, then ", " and the method's info (a security key's
-        "signature count = N"); the info alone when there is no key."""
+    def _key(key: KeyInfo | None) -> dict[str, Any]:
         if key is None:
-            return {"info": f": {info}" if info else ""}
-        extra = f", {info}" if info else ""
-        return {"info": f": {key.text()}{extra}", "key_type": key.key_type, "fingerprint": key.fingerprint}
+            return {"info": ""}
+        return {"info": f": {key.text()}", "key_type": key.key_type, "fingerprint": key.fingerprint}
 
     def invalid_user(self, user: str | bytes) -> None:
         self.log.info("Invalid user {user} from {host} port {port}", **self._user(user, False))
 
-    def accepted(self, method: str, user: str | bytes, key: KeyInfo | None = None, *, info: str | None = None) -> None:
+    def accepted(self, method: str, user: str | bytes, key: KeyInfo | None = None) -> None:
         self.log.info(
             "Accepted {method} for {user} from {host} port {port} ssh2{info}",
             method=log_word(method, 32),
             **self._user(user, True),
-            **self._key(key, info),
+            **self._key(key),
         )
 
-    def failed(
-        self,
-        method: str | bytes,
-        user: str | bytes,
-        valid: bool,
-        key: KeyInfo | None = None,
-        *,
-        info: str | None = None,
-    ) -> None:
+    def failed(self, method: str | bytes, user: str | bytes, valid: bool, key: KeyInfo | None = None) -> None:
         self.log.info(
             "Failed {method} for {invalid}{user} from {host} port {port} ssh2{info}",
             method=log_word(method, 32),
             **self._user(user, valid),
-            **self._key(key, info),
+            **self._key(key),
         )
 
     def sk_requirement_not_met(self, user: str | bytes, valid: bool, key: KeyInfo | None, requirement: str) -> None:
         """sshd's error for a good security-key signature without the touch or verification
-        required (auth2-pubkey.c; its trailing space included). The key as sshd's format_key:
-        type and fingerprint only."""
+        required (auth2-pubkey.c; its trailing space included), before its "Failed publickey"
+        line. The key as sshd's format_key: type and fingerprint only, for a certificate too."""
         shown = f"{key.key_type} {key.fingerprint}" if key is not None else "(unknown)"
         self.log.error(
             "public key {key} signature for {invalid}{user} from {host} port {port} rejected: {requirement} ",

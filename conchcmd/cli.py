@@ -264,18 +264,15 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         if problem is not None:
             out.write(f"note: {path} is ignored: {problem.reason}; fix: {problem.fix}\n")
         return EXIT_FAILURE
-    identity = authorized.identity
-    grant = identity.grant
+    identity, grant = authorized.identity, authorized.identity.grant
     terms = [f"by {grant.source}"]
     if grant.forced_command is not None:
         terms.append(f"forced command {grant.forced_command!r}")
     terms.append("pty allowed" if grant.pty else "no pty")
     if algorithm in CERT_SIGNATURES and identity.certificate:
         terms.append(f"CA {identity.certificate['ca_fingerprint']}")
-    if authorized.sk is not None:  # what the signature must show is decided only then
-        must = authorized.requirements
-        needs = [n for n, on in (("touch", must.touch), ("PIN", must.verify)) if on]
-        terms.append(f"security key: {' + '.join(needs) or 'no touch'} at each login")
+    if authorized.sk is not None:  # what the token's signature must show
+        terms.append(f"security key: {authorized.requirements.describe()}")
     out.write(f"login: allowed for {args.user} from {args.peer or 'any address'} ({'; '.join(terms)})\n")
     if args.command is None and grant.forced_command is None:
         return EXIT_OK

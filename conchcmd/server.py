@@ -701,8 +701,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
             logout()
             return
         key = KeyInfo.of(self._key[1]) if identity.method == "publickey" and self._key is not None else None
-        info = f"signature count = {identity.sk.counter}" if identity.sk is not None else None
-        self.transport.auth_log.accepted(identity.method, identity.user, key, info=info)
+        self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
             user=identity.user,
@@ -726,11 +725,9 @@ class UserAuthService(userauth.SSHUserAuthServer):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             key = KeyInfo.of(self._key[1]) if self.method == b"publickey" and self._key is not None else None
-            info = None
-            if isinstance(reason.value, SkRequirementNotMet):  # sshd's error line, then no key: the count
+            if isinstance(reason.value, SkRequirementNotMet):
                 t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
-                key, info = None, f"signature count = {reason.value.signature.counter}"
-            t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key, info=info)
+            t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)
             log.info(
                 "Refused {method} for {user} from {peer}: {reason}",
                 method=sanitise(self.method, 32),

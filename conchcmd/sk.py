@@ -52,6 +52,13 @@ class SkError(ValueError):
     """An sk key, certificate or signature that sshd would not accept; the message says why."""
 
 
+class SkBadSignature(SkError):
+    """A well-formed signature that does not verify."""
+
+    def __init__(self) -> None:
+        super().__init__("bad signature")
+
+
 class WireReader:
     """sshbuf's readers over one buffer: every read checks the length; `end` refuses trailing bytes."""
 
@@ -179,7 +186,7 @@ class SkPublicKey:
             else:
                 self.public.verify(parsed.raw, message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
-            raise SkError("bad signature") from None
+            raise SkBadSignature() from None
         return SkSignature(parsed.flags, parsed.counter)
 
 
@@ -352,6 +359,11 @@ class SkRequirements:
     verify: bool = False
     touch_because: str = ""
     verify_because: str = ""
+
+    def describe(self) -> str:
+        """What a signature must show, in words (`conchcmd check`)."""
+        needs = [name for name, on in (("touch", self.touch), ("user verification", self.verify)) if on]
+        return " and ".join(needs) + " required" if needs else "no touch required"
 
     def refusal(self, signature: SkSignature) -> tuple[str, str] | None:
         """sshd's words for the first requirement the signature does not meet and what set it, or None."""

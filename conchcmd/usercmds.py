@@ -38,7 +38,7 @@ from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, path_problem
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
-from conchcmd.sk import SK_KEY_TYPES, PubkeyAuthOptions, parse_sk_public_key
+from conchcmd.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
 USERS_SCHEMA = 1
@@ -289,8 +289,8 @@ def format_users(report: dict[str, Any]) -> str:
                 text += f" ({safe(row['comment'])})"
             sk = row["security_key"]
             if sk is not None:
-                needs = [need for need, on in (("touch", sk["touch_required"]), ("PIN", sk["verify_required"])) if on]
-                text += f" [security key ({safe(sk['application'])}): {' + '.join(needs) or 'no touch'} at each login]"
+                needs = SkRequirements(touch=sk["touch_required"], verify=sk["verify_required"]).describe()
+                text += f" [security key ({safe(sk['application'])}): {needs}]"
             if not row["usable"]:
                 text += f": REFUSED: {safe(row['refused'])}"
             out.append(text)

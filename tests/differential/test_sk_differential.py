@@ -490,7 +490,7 @@ class Builder:
         )
 
         # WebAuthn signatures (sk-ecdsa only), under the key's own algorithm name.
-        webauthn = frozenset({"sk-webauthn"})
+        webauthn = frozenset({"webauthn"})
         for name, expected, flags, options, challenge in (
             ("flags UP", True, UP, "", None),
             ("flags none", False, 0, "", None),

@@ -121,12 +121,6 @@ def test_sk_keys_from_an_agent_are_decided_like_sshd(agent_logins: Run) -> None:
     assert got == [(name, ok, ok) for name, _, ok, _, _ in agent_logins.decisions]
 
 
-@pytest.mark.xfail(
-    reason="conchcmd's auth log adds ', signature count = N' to an sk Accepted line and writes "
-    "'ssh2: signature count = N' instead of the key on the Failed line; sshd 9.2 logs neither "
-    "(privilege separation drops the count)",
-    strict=True,
-)
 def test_sk_logins_from_an_agent_give_sshds_log_lines(agent_logins: Run) -> None:
     for name, source, *_ in agent_logins.decisions:
         expected = lines_from(agent_logins.sshd_text, source)

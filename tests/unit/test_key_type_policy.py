@@ -217,8 +217,10 @@ def test_users_shows_what_each_sk_login_must_show_as_login_decides_it(
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("    line ")]
     for line, key in zip(lines, keys, strict=True):
         sk = key["security_key"]
-        needs = " + ".join(n for n, on in (("touch", sk["touch_required"]), ("PIN", sk["verify_required"])) if on)
-        assert line.endswith(f" [security key ({sk['application']}): {needs or 'no touch'} at each login]"), line
+        needs = " and ".join(
+            n for n, on in (("touch", sk["touch_required"]), ("user verification", sk["verify_required"])) if on
+        )
+        assert line.endswith(f" [security key ({sk['application']}): {needs or 'no touch'} required]"), line
 
 
 def test_users_shows_no_security_key_for_other_lines(
@@ -237,10 +239,10 @@ def test_users_shows_no_security_key_for_other_lines(
     ("line_options", "server", "needs"),
     [
         ("", [], "touch"),
-        ("verify-required", [], "touch + PIN"),
+        ("verify-required", [], "touch and user verification"),
         ("no-touch-required", [], "no touch"),
         ("no-touch-required", ["touch-required"], "touch"),
-        ("no-touch-required", ["verify-required"], "PIN"),
+        ("no-touch-required", ["verify-required"], "user verification"),
     ],
 )
 def test_check_says_what_an_sk_login_must_show(
@@ -255,7 +257,7 @@ def test_check_says_what_an_sk_login_must_show(
     pub = workdir / "sk.pub"
     pub.write_text(token.public_line(comment="yubikey"))
     assert main(["check", "--user", "alice", "--key", str(pub)]) == 0
-    assert capsys.readouterr().out.endswith(f"; pty allowed; security key: {needs} at each login)\n")
+    assert capsys.readouterr().out.endswith(f"; pty allowed; security key: {needs} required)\n")
 
 
 def test_check_says_what_an_sk_certificate_login_must_show(
@@ -270,4 +272,4 @@ def test_check_says_what_an_sk_certificate_login_must_show(
     pub = workdir / "sk-cert.pub"
     pub.write_text(f"{token.with_certificate(blob).sshType().decode()} {base64.b64encode(blob).decode()}\n")
     assert main(["check", "--user", "alice", "--key", str(pub)]) == 0
-    assert capsys.readouterr().out.endswith("; security key: no touch at each login)\n")
+    assert capsys.readouterr().out.endswith("; security key: no touch required)\n")

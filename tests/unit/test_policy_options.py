@@ -743,3 +743,22 @@ def test_wildcard_matching_agrees_with_a_regex_and_never_backtracks_exponentiall
         assert match_pattern(string, pattern) == by_regex(string, pattern), (string, pattern)
     assert not match_pattern("1" * 60, "1*" * 30 + "2")  # returns at once
     assert match_pattern("1" * 60, "1*" * 30)
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        ("", "security key: touch required"),
+        ("no-touch-required", "security key: no touch required"),
+        ("verify-required", "security key: touch and user verification required"),
+        ("no-touch-required,verify-required", "security key: user verification required"),
+    ],
+)
+def test_check_names_what_a_security_keys_signature_must_show(site, tmp_path, capsys, options, shown) -> None:
+    from support.skauth import SoftwareAuthenticator
+
+    token = SoftwareAuthenticator.generate("ecdsa")
+    site("bob", token.public_line(options=options).rstrip("\n"))
+    (tmp_path / "sk.pub").write_text(token.public_line(comment="token"))
+    code, out = run_check(capsys, "--user", "bob", "--key", str(tmp_path / "sk.pub"))
+    assert code == 0 and out.rstrip("\n").endswith(f"pty allowed; {shown})"), out

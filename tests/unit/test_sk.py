@@ -294,3 +294,60 @@ def test_requirements_combine_as_sshds(
         refusal = reqs.refusal(SkSignature(flags, 0))
         expected_ok = (not touch_needed or flags & UP) and (not verify_needed or flags & UV)
         assert (refusal is None) == bool(expected_ok)
+
+
+# -- the checker: algorithm and key confusion ------------------------------------------------------------------
+
+
+@pytest.fixture
+def checker(tmp_path):  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from conchcmd.auth import KeyAuthorizer, PublicKeyChecker
+    from conchcmd.authorized_keys import AuthorizedKeysFiles
+    from conchcmd.certs import RevokedKeys, TrustedCAs
+
+    (tmp_path / "alice").write_text(TOKENS["ed25519"].public_line() + TOKENS["ecdsa"].public_line())
+    (tmp_path / "alice").chmod(0o600)
+    authorizer = KeyAuthorizer(AuthorizedKeysFiles(f"{tmp_path}/%u"), TrustedCAs(None), RevokedKeys(None), Clock())
+    return PublicKeyChecker(authorizer)
+
+
+def refusal(checker, algorithm: bytes, blob: bytes, signature: bytes) -> str:  # type: ignore[no-untyped-def]
+    from twisted.cred.credentials import SSHPrivateKey
+
+    from conchcmd.auth import KeyRefused
+
+    with pytest.raises(KeyRefused) as e:
+        checker._check(SSHPrivateKey(b"alice", algorithm, blob, DATA, signature))
+    return str(e.value)
+
+
+def test_the_same_key_pair_signing_as_a_plain_key_is_refused(checker) -> None:  # type: ignore[no-untyped-def]
+    """The token's private key is an ordinary Ed25519/P-256 key: a plain signature by it (what a
+    stolen key could make without the token's envelope) must not pass as an sk signature."""
+    from twisted.conch.ssh.keys import Key
+
+    for token in TOKENS.values():
+        plain = Key(token.private)
+        plain_type = plain.sshType()
+        signature = plain.sign(DATA)
+        assert refusal(checker, token.key_type, token.key_blob(), signature) == (
+            "signature type does not match the algorithm"
+        )
+        relabelled = NS(token.key_type) + signature[4 + len(plain_type) :] + struct.pack(">BL", UP, 1)
+        assert refusal(checker, token.key_type, token.key_blob(), relabelled) == "bad signature"
+        assert refusal(checker, plain_type, token.key_blob(), signature).startswith("signature algorithm")
+        assert refusal(checker, plain_type, plain.public().blob(), signature) == "key not in authorized_keys"
+
+
+def test_a_good_sk_signature_logs_in_through_the_checker(checker) -> None:  # type: ignore[no-untyped-def]
+    from twisted.cred.credentials import SSHPrivateKey
+
+    token = TOKENS["ecdsa"]
+    identity = checker._check(SSHPrivateKey(b"alice", SK_ECDSA, token.key_blob(), DATA, token.sign(DATA, counter=3)))
+    assert identity.sk == SkSignature(UP, 3) and identity.audit_fields()["sk_counter"] == 3
+    ed = TOKENS["ed25519"]  # a signature by the other authorized token, for this token's key
+    assert refusal(checker, SK_ECDSA, token.key_blob(), ed.sign(DATA)) == "signature type does not match the algorithm"
+    forged = NS(SK_ECDSA) + ed.sign(DATA)[4 + len(SK_ED25519) :]  # its 64 bytes are no pair of mpints
+    assert refusal(checker, SK_ECDSA, token.key_blob(), forged).startswith("malformed signature")
