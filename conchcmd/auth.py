@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import bcrypt
@@ -38,6 +38,18 @@ from conchcmd.certs import (
 from conchcmd.config import Config, UserPolicy
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostmatch import match_address_list
+from conchcmd.sk import (
+    SK_ECDSA,
+    SK_ED25519,
+    SK_KEY_TYPES,
+    PubkeyAuthOptions,
+    SkBadSignature,
+    SkError,
+    SkPublicKey,
+    SkRequirements,
+    SkSignature,
+    parse_sk_public_key,
+)
 from conchcmd.threads import BlockingRunner
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -50,13 +62,17 @@ SIGNATURE_ALGORITHMS: dict[bytes, tuple[bytes, ...]] = {
     b"ecdsa-sha2-nistp384": (b"ecdsa-sha2-nistp384",),
     b"ecdsa-sha2-nistp521": (b"ecdsa-sha2-nistp521",),
     b"ssh-rsa": (b"rsa-sha2-512", b"rsa-sha2-256"),
+    SK_ED25519: (SK_ED25519,),  # security keys (not their webauthn signatures)
+    SK_ECDSA: (SK_ECDSA,),
 }
 #: What `server-sig-algs` advertises: the user-key algorithms above, best first.
 USER_SIGNATURE_ALGORITHMS: tuple[bytes, ...] = (
     b"ssh-ed25519",
+    SK_ED25519,
     b"ecdsa-sha2-nistp256",
     b"ecdsa-sha2-nistp384",
     b"ecdsa-sha2-nistp521",
+    SK_ECDSA,
     b"rsa-sha2-512",
     b"rsa-sha2-256",
 )
@@ -87,6 +103,7 @@ class Identity:
     fingerprint: str
     grant: Grant = field(default=Grant(), compare=False)
     certificate: dict[str, Any] | None = field(default=None, compare=False)
+    sk: SkSignature | None = field(default=None, compare=False)  # a security key's flags and counter
 
     def audit_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"method": self.method}
@@ -94,6 +111,8 @@ class Identity:
             fields.update(key_type=self.key_type, fingerprint=self.fingerprint)
         if self.certificate:
             fields.update(self.certificate)
+        if self.sk is not None:
+            fields.update(self.sk.audit_fields())
         return fields
 
 
@@ -111,6 +130,22 @@ def key_refusal(key: Key) -> str | None:
 class KeyRefused(UnauthorizedLogin):
     """Authentication failed for a stated reason (kept for logs and the audit record)."""
 
+    def audit_fields(self) -> dict[str, Any]:
+        """What the audit record of this refusal says besides the reason."""
+        return {}
+
+
+class SkRequirementNotMet(KeyRefused):
+    """A good security-key signature without the touch or verification the policy asks for."""
+
+    def __init__(self, requirement: str, why: str, signature: SkSignature):
+        super().__init__(f"{requirement}: {why}; the signature's flags are 0x{signature.flags:02x}")
+        self.requirement = requirement  # sshd's words, for the auth log
+        self.signature = signature
+
+    def audit_fields(self) -> dict[str, Any]:
+        return self.signature.audit_fields()
+
 
 @dataclass(frozen=True)
 class Authorized:
@@ -119,6 +154,8 @@ class Authorized:
     identity: Identity
     key: Key
     signature_algorithm: bytes
+    sk: SkPublicKey | None = None  # a security key: its signatures are checked by conchcmd.sk
+    requirements: SkRequirements = field(default_factory=SkRequirements)  # what a security key's signature must show
 
 
 class KeyAuthorizer:
@@ -128,11 +165,19 @@ class KeyAuthorizer:
     as a dry run.
     """
 
-    def __init__(self, keys: AuthorizedKeysFiles, trusted: TrustedCAs, revoked: RevokedKeys, clock: IReactorTime):
+    def __init__(
+        self,
+        keys: AuthorizedKeysFiles,
+        trusted: TrustedCAs,
+        revoked: RevokedKeys,
+        clock: IReactorTime,
+        options: PubkeyAuthOptions | None = None,
+    ):
         self.keys = keys
         self.trusted = trusted
         self.revoked = revoked
         self.clock = clock
+        self.options = options or PubkeyAuthOptions()
 
     @classmethod
     def from_config(cls, config: Config, clock: IReactorTime) -> KeyAuthorizer:
@@ -149,6 +194,7 @@ class KeyAuthorizer:
         )
         self.trusted = TrustedCAs(config.trusted_user_ca_keys, trust=trust)
         self.revoked = RevokedKeys(config.revoked_keys, trust=trust)
+        self.options = PubkeyAuthOptions.from_names(config.pubkey_auth_options)
 
     def knows(self, user: str) -> bool:
         """Whether `user` could log in with a key or certificate at all: it has authorized_keys
@@ -179,6 +225,12 @@ class KeyAuthorizer:
         weak = key_refusal(key)
         if weak is not None:
             raise KeyRefused(weak)
+        sk = None
+        if key_type in SK_KEY_TYPES:  # Conch's parser is lax with these: read them as sshd does
+            try:
+                sk = parse_sk_public_key(blob)
+            except SkError as e:
+                raise KeyRefused(f"malformed public key ({e})") from None
         entries = self.keys.find_all(user, blob)
         if not entries:
             raise KeyRefused("key not in authorized_keys")
@@ -196,7 +248,12 @@ class KeyAuthorizer:
             fingerprint=fingerprint(blob),
             grant=Grant(forced_command=meaning.command, pty=meaning.pty, source=f"authorized_keys {entry.source}"),
         )
-        return Authorized(identity, key, algorithm)
+        requirements = self.options.requirements(
+            no_touch_required=meaning.no_touch_required,
+            verify_required=meaning.verify_required,
+            where=f"authorized_keys line ({entry.source})",
+        )
+        return Authorized(identity, key, algorithm, sk, requirements)
 
     def _apply_line(self, entry: AuthorizedKey, user: str, blob: bytes, peer_host: str | None) -> None:
         """An authorized_keys line's own conditions: refused options, expiry-time, from=."""
@@ -219,8 +276,10 @@ class KeyAuthorizer:
 
     def _ca_line_terms(
         self, line: AuthorizedKey, grant: Any, user: str, ca_blob: bytes, peer_host: str | None
-    ) -> tuple[str | None, bool, str]:
-        """A cert-authority line's conditions for this certificate; the login's terms if they pass."""
+    ) -> tuple[str | None, bool, str, SkRequirements]:
+        """A cert-authority line's conditions for this certificate; the login's terms if they pass
+        (sshd merges the line's options with the certificate's: no-touch-required must be in
+        both, verify-required in either)."""
         if not principals_allow(grant.principals, user, line.meaning.principals):
             raise KeyRefused(f"certificate principals do not match {line.source}")
         self._apply_line(line, user, ca_blob, peer_host)
@@ -229,7 +288,12 @@ class KeyAuthorizer:
             if command is not None and command != line.meaning.command:
                 raise KeyRefused("certificate and cert-authority line force different commands")
             command = line.meaning.command
-        return command, grant.pty and line.meaning.pty, f"cert-authority at {line.source}"
+        requirements = self.options.requirements(
+            no_touch_required=grant.no_touch_required and line.meaning.no_touch_required,
+            verify_required=grant.verify_required or line.meaning.verify_required,
+            where=f"certificate and its cert-authority line ({line.source})",
+        )
+        return command, grant.pty and line.meaning.pty, f"cert-authority at {line.source}", requirements
 
     def _certificate(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         lines = [e for e in self.keys.authorities(user) if e.refused is None]
@@ -245,10 +309,13 @@ class KeyAuthorizer:
         if grant.key.type() == "RSA" and grant.key.size() < MIN_RSA_BITS:
             raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")
         command, pty, via = grant.force_command, grant.pty, "trusted_user_ca_keys"
+        requirements = self.options.requirements(
+            no_touch_required=grant.no_touch_required, verify_required=grant.verify_required, where="certificate"
+        )
         candidates = [e for e in lines if e.blob == ca_blob]
         if candidates:  # sshd's rule: the first cert-authority line whose conditions all pass,
             try:  # and failing those, trusted_user_ca_keys
-                command, pty, via = _first_that_passes(
+                command, pty, via, requirements = _first_that_passes(
                     candidates, lambda line: self._ca_line_terms(line, grant, user, ca_blob, peer_host)
                 )
             except KeyRefused:
@@ -275,7 +342,7 @@ class KeyAuthorizer:
             ),
             certificate=certificate,
         )
-        return Authorized(identity, grant.key, CERT_SIGNATURES[algorithm])
+        return Authorized(identity, grant.key, CERT_SIGNATURES[algorithm], grant.sk_key, requirements)
 
 
 def _first_that_passes(lines: list[AuthorizedKey], check: Callable[[AuthorizedKey], T]) -> T:
@@ -316,12 +383,29 @@ class PublicKeyChecker:
             sig_type, _ = getNS(credentials.signature)
             if sig_type != authorized.signature_algorithm:
                 raise KeyRefused("signature type does not match the algorithm")
+            if authorized.sk is not None:
+                return self._security_key(authorized, credentials.signature, credentials.sigData)
             verified = authorized.key.verify(credentials.signature, credentials.sigData)
         except (struct.error, ValueError, IndexError):
             raise KeyRefused("malformed signature") from None
         if not verified:
             raise KeyRefused("bad signature")
         return authorized.identity
+
+    @staticmethod
+    def _security_key(authorized: Authorized, signature: bytes, signed: bytes) -> Identity:
+        """PROTOCOL.u2f's signature check, then sshd's touch and verification requirements."""
+        assert authorized.sk is not None
+        try:
+            reported = authorized.sk.verify(signature, signed)
+        except SkBadSignature:
+            raise KeyRefused("bad signature") from None
+        except SkError as e:
+            raise KeyRefused(f"malformed signature ({e})") from None
+        refusal = authorized.requirements.refusal(reported)
+        if refusal is not None:
+            raise SkRequirementNotMet(*refusal, reported)
+        return replace(authorized.identity, sk=reported)
 
 
 def bcrypt_cost(hashed: bytes) -> int:

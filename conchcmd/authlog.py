@@ -56,7 +56,8 @@ def _word_char(ch: str) -> str:
 def key_type_name(blob_type: bytes) -> str:
     """sshd's name for a key or certificate type ("ED25519", "RSA-CERT"), "unknown" if none."""
     if blob_type.endswith(_CERT_SUFFIX):
-        base = _KEY_TYPES.get(blob_type[: -len(_CERT_SUFFIX)])
+        plain = blob_type[: -len(_CERT_SUFFIX)]  # sk-ssh-ed25519-cert-v01@openssh.com: sk-ssh-ed25519@openssh.com
+        base = _KEY_TYPES.get(plain) or _KEY_TYPES.get(plain + b"@openssh.com")
         return f"{base}-CERT" if base else "unknown"
     return _KEY_TYPES.get(blob_type, "unknown")
 
@@ -155,6 +156,18 @@ class AuthLog:
             method=log_word(method, 32),
             **self._user(user, valid),
             **self._key(key),
+        )
+
+    def sk_requirement_not_met(self, user: str | bytes, valid: bool, key: KeyInfo | None, requirement: str) -> None:
+        """sshd's error for a good security-key signature without the touch or verification
+        required (auth2-pubkey.c; its trailing space included), before its "Failed publickey"
+        line. The key as sshd's format_key: type and fingerprint only, for a certificate too."""
+        shown = f"{key.key_type} {key.fingerprint}" if key is not None else "(unknown)"
+        self.log.error(
+            "public key {key} signature for {invalid}{user} from {host} port {port} rejected: {requirement} ",
+            key=shown,
+            requirement=requirement,
+            **self._user(user, valid),
         )
 
     def too_many_failures(self, user: str | bytes, valid: bool) -> None:

@@ -23,6 +23,7 @@ from conchcmd.audit import LOG_NAMESPACE
 from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.hostmatch import PatternError, split_patterns
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.sk import SK_KEY_TYPES, SkError, parse_sk_public_key
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -162,6 +163,8 @@ class KeyOptions:
     cert_authority: bool = False
     principals: str | None = None  # the principals= list as written (sshd's match_list splits it)
     environment: tuple[str, ...] = ()
+    no_touch_required: bool = False  # security keys: a signature without the touch flag will do
+    verify_required: bool = False  # security keys: the signature must carry the user-verified flag
 
 
 def parse_expiry(value: str) -> float:
@@ -265,6 +268,10 @@ def interpret_options(options: list[tuple[str, str | None]], *, permit_environme
             fields["pty"] = True
         elif name == "cert-authority":
             fields["cert_authority"] = True
+        elif name in ("touch-required", "no-touch-required"):
+            fields["no_touch_required"] = name == "no-touch-required"
+        elif name in ("verify-required", "no-verify-required"):
+            fields["verify_required"] = name == "verify-required"
     if environment and not permit_environment:
         raise OptionError("environment= is not permitted (permit_user_environment is off)")
     return KeyOptions(**fields, environment=tuple(environment))
@@ -355,6 +362,12 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
         if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
             skip(number, f"key type {field.key_type} does not match the key")
             continue
+        if key.sshType() in SK_KEY_TYPES:  # Conch reads these loosely; login reads them as sshd does
+            try:
+                parse_sk_public_key(field.blob)
+            except SkError as e:
+                skip(number, f"bad key ({e})")
+                continue
         try:
             if syntax_error is not None:
                 raise OptionsSyntaxError(syntax_error)

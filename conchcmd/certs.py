@@ -1,7 +1,8 @@
 """OpenSSH user certificates: trusted CAs, revocation, and what a valid certificate grants.
 
 Conch has no certificate support; parsing and the CA signature check use the `cryptography`
-package (`load_ssh_public_identity`, `verify_cert_signature`).
+package (`load_ssh_public_identity`, `verify_cert_signature`), and conchcmd.sk for certificates
+of security keys, which `cryptography` cannot read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from conchcmd.authorized_keys import CERT_SUFFIX, fingerprint
 from conchcmd.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
+from conchcmd.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -33,6 +35,7 @@ CERT_SIGNATURES: dict[bytes, bytes] = {
     b"ecdsa-sha2-nistp521-cert-v01@openssh.com": b"ecdsa-sha2-nistp521",
     b"rsa-sha2-256-cert-v01@openssh.com": b"rsa-sha2-256",
     b"rsa-sha2-512-cert-v01@openssh.com": b"rsa-sha2-512",
+    **SK_CERT_TYPES,
 }
 #: How many strings the certified public key occupies in the certificate, by blob type.
 _KEY_FIELDS = {
@@ -41,6 +44,8 @@ _KEY_FIELDS = {
     b"ecdsa-sha2-nistp384-cert-v01@openssh.com": 2,
     b"ecdsa-sha2-nistp521-cert-v01@openssh.com": 2,
     b"ssh-rsa-cert-v01@openssh.com": 2,
+    b"sk-ssh-ed25519-cert-v01@openssh.com": 2,  # the key, the application
+    b"sk-ecdsa-sha2-nistp256-cert-v01@openssh.com": 3,  # curve, point, application
 }
 KNOWN_CRITICAL_OPTIONS = frozenset({b"force-command", b"source-address", b"verify-required"})
 #: Extensions sshd knows; each must carry no data (sshd: "corrupt (extra data)").
@@ -74,6 +79,9 @@ class CertificateGrant:
     force_command: str | None
     source_address: tuple[str, ...] | None
     pty: bool
+    no_touch_required: bool = False  # the no-touch-required extension (security keys)
+    verify_required: bool = False  # the verify-required critical option (security keys)
+    sk_key: SkPublicKey | None = None  # the certified key, when it is a security key
 
 
 def is_certificate(blob: bytes) -> bool:
@@ -89,18 +97,26 @@ def is_cstring(value: bytes) -> bool:
     return b"\0" not in value[:-1]
 
 
-def load_certificate(blob: bytes) -> SSHCertificate:
+#: A certificate as read: `cryptography`'s, or conchcmd.sk's for security keys (same attributes).
+AnyCertificate = SSHCertificate | SkCertificate
+
+
+def load_certificate(blob: bytes) -> AnyCertificate:
     """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
     formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
     CertificateRefused otherwise."""
     # cryptography raises UnsupportedAlgorithm for a type it does not know (ssh-dss certificates
     # included) and NotImplementedError for a compressed EC point, besides ValueError.
+    identity: object
     try:
         kind, _ = getNS(blob)
-        identity = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
+        if kind in SK_CERT_TYPES:
+            identity = parse_sk_certificate(blob)
+        else:
+            identity = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
     except (ValueError, struct.error, IndexError, TypeError, UnsupportedAlgorithm, NotImplementedError) as e:
         raise CertificateRefused(f"malformed certificate ({e})") from None
-    if not isinstance(identity, SSHCertificate):
+    if not isinstance(identity, (SSHCertificate, SkCertificate)):
         raise CertificateRefused("not a certificate")
     if not is_cstring(identity.key_id) or not all(is_cstring(p) for p in identity.valid_principals):
         raise CertificateRefused("malformed certificate (NUL in the key id or a principal)")
@@ -113,7 +129,7 @@ def load_certificate(blob: bytes) -> SSHCertificate:
     return identity
 
 
-def parse_certificate(blob: bytes) -> SSHCertificate:
+def parse_certificate(blob: bytes) -> AnyCertificate:
     """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
     identity = load_certificate(blob)
     if identity.type != SSHCertificateType.USER:
@@ -159,7 +175,8 @@ def _cstring(data: bytes, what: str) -> tuple[str, bytes]:
 def certificate_options(blob: bytes) -> dict[str, str]:
     """sshauthopt_from_cert(): the critical options and extensions exactly as sshd reads them.
 
-    Returns {"force-command": ..., "source-address": ..., "permit-pty": ""} for those present.
+    Returns {"force-command": ..., "source-address": ..., "permit-pty": "", "verify-required": ""}
+    for those present.
     CertificateRefused for an unknown critical option, a repeated force-command or
     source-address, a malformed source-address, or a known option carrying extra data."""
     try:
@@ -177,10 +194,8 @@ def certificate_options(blob: bytes) -> dict[str, str]:
                 raise CertificateRefused("certificate options cannot be parsed") from None
             name = name_text.encode("utf-8", "surrogateescape")
             shown = sanitise(name_text)
-            if not is_critical and name in KNOWN_EXTENSIONS:
+            if (not is_critical and name in KNOWN_EXTENSIONS) or (is_critical and name == b"verify-required"):
                 found[name_text], extra = "", data
-            elif is_critical and name == b"verify-required":
-                extra = data
             elif is_critical and name in (b"force-command", b"source-address"):
                 if name_text in found:
                     raise CertificateRefused(f"certificate has multiple {shown} options")
@@ -213,7 +228,9 @@ def principals_allow(principals: tuple[str, ...], user: str, wanted: str | None)
 
 
 def public_blob(key: object) -> bytes:
-    """The SSH wire blob of a `cryptography` public key."""
+    """The SSH wire blob of a `cryptography` public key, or of an sk key."""
+    if isinstance(key, SkPublicKey):
+        return key.blob
     text = key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
@@ -290,7 +307,7 @@ class RevokedKeys:
         if blob in self.blobs:
             raise CertificateRefused(f"key {fingerprint(blob)} is revoked")
 
-    def check_certificate(self, cert: SSHCertificate, key_blob: bytes, ca_blob: bytes) -> None:
+    def check_certificate(self, cert: AnyCertificate, key_blob: bytes, ca_blob: bytes) -> None:
         self._load()
         if ca_blob in self.blobs:
             raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is revoked")
@@ -421,7 +438,7 @@ def validate_certificate(
         raise CertificateRefused(f"certificate source-address does not allow {peer_host}")
     force = options.get("force-command")
     grant = CertificateGrant(
-        key=Key(cert.public_key()),
+        key=Key.fromString(key_blob, type="blob") if isinstance(cert, SkCertificate) else Key(cert.public_key()),
         key_id=cert.key_id.removesuffix(b"\0").decode("utf-8", "replace"),
         serial=cert.serial,
         ca_fingerprint=fingerprint(ca_blob),
@@ -429,5 +446,8 @@ def validate_certificate(
         force_command=force,
         source_address=tuple(source.split(",")) if source is not None else None,
         pty="permit-pty" in options,
+        no_touch_required="no-touch-required" in options,
+        verify_required="verify-required" in options,
+        sk_key=cert.key if isinstance(cert, SkCertificate) else None,
     )
     return grant, ca_blob

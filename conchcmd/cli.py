@@ -262,7 +262,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     clock.advance(time.time())
     authorizer = KeyAuthorizer.from_config(config, clock)
     try:
-        identity = authorizer.authorize(args.user, algorithm, blob, args.peer).identity
+        authorized = authorizer.authorize(args.user, algorithm, blob, args.peer)
     except KeyRefused as e:
         out.write(f"login: REFUSED: {e}\n")
         path = authorizer.keys.path_for(args.user)
@@ -270,13 +270,15 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         if problem is not None:
             out.write(f"note: {path} is ignored: {problem.reason}; fix: {problem.fix}\n")
         return EXIT_FAILURE
-    grant = identity.grant
+    identity, grant = authorized.identity, authorized.identity.grant
     terms = [f"by {grant.source}"]
     if grant.forced_command is not None:
         terms.append(f"forced command {grant.forced_command!r}")
     terms.append("pty allowed" if grant.pty else "no pty")
     if algorithm in CERT_SIGNATURES and identity.certificate:
         terms.append(f"CA {identity.certificate['ca_fingerprint']}")
+    if authorized.sk is not None:  # what the token's signature must show
+        terms.append(f"security key: {authorized.requirements.describe()}")
     out.write(f"login: allowed for {args.user} from {args.peer or 'any address'} ({'; '.join(terms)})\n")
     if args.command is None and grant.forced_command is None:
         return EXIT_OK

@@ -173,6 +173,8 @@ class Config:
     trusted_user_ca_keys: str | None = None
     revoked_keys: str | None = None
     permit_user_environment: bool = False
+    #: sshd's PubkeyAuthOptions for security keys: "touch-required", "verify-required" (none by default).
+    pubkey_auth_options: tuple[str, ...] = ()
     strict_modes: bool = True  # StrictModes: trust key files only if root or we can write them
     users: dict[str, UserPolicy] = field(default_factory=dict)
     source: Path | None = None
@@ -206,6 +208,7 @@ class Config:
             *([f"trusted_user_ca_keys = {_toml_str(self.trusted_user_ca_keys)}"] if self.trusted_user_ca_keys else []),
             *([f"revoked_keys = {_toml_str(self.revoked_keys)}"] if self.revoked_keys else []),
             f"permit_user_environment = {str(self.permit_user_environment).lower()}",
+            f"pubkey_auth_options = {_toml_list(self.pubkey_auth_options)}",
             f"strict_modes = {str(self.strict_modes).lower()}",
             "",
             "[lastlog]",
@@ -418,6 +421,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     trusted = top.string("trusted_user_ca_keys", "") or None
     revoked = top.string("revoked_keys", "") or None
     permit_environment = top.boolean("permit_user_environment", False)
+    pubkey_auth_options = _pubkey_auth_options(top)
     strict_modes = top.boolean("strict_modes", Config.strict_modes)
     users = _parse_users(top, roots, resolve)
     top.reject_unknown()
@@ -442,6 +446,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         trusted_user_ca_keys=resolve(trusted) if trusted else None,
         revoked_keys=resolve(revoked) if revoked else None,
         permit_user_environment=permit_environment,
+        pubkey_auth_options=pubkey_auth_options,
         strict_modes=strict_modes,
         users=users,
         source=source,
@@ -504,6 +509,20 @@ def _algorithm_list(top: _Reader, key: str, default: tuple[str, ...], known: tup
             raise top.error(key, f"{name!r} is not implemented; choose from {', '.join(known)}")
     if len(set(names)) != len(names):
         raise top.error(key, "lists an algorithm twice")
+    return names
+
+
+PUBKEY_AUTH_OPTIONS = ("touch-required", "verify-required")
+
+
+def _pubkey_auth_options(top: _Reader) -> tuple[str, ...]:
+    """`pubkey_auth_options`: a list of "touch-required" / "verify-required", each at most once."""
+    names = top.strings("pubkey_auth_options", (), allow_empty=True)
+    for name in names:
+        if name not in PUBKEY_AUTH_OPTIONS:
+            raise top.error("pubkey_auth_options", f"{name!r} is not one of {', '.join(PUBKEY_AUTH_OPTIONS)}")
+    if len(set(names)) != len(names):
+        raise top.error("pubkey_auth_options", "lists an option twice")
     return names
 
 

@@ -13,13 +13,14 @@ FLATTENED = frozenset({"limits", "algorithms"})
 #: TOML names of fields whose Python name differs.
 RENAMED = {"lastlog.sources": "lastlog.path"}
 #: What `Server.reload` (and the service's password pool) apply to logins from then on: key
-#: files and the trust in them, CAs, revocations, users, the password-check cap. Anything else
+#: files and the trust in them, CAs, revocations, the security-key policy, users, the password-check cap. Anything else
 #: (listen, host keys, limits, algorithms, the commands' settings, the audit log, settings added
 #: later) is built once at start and needs a restart.
 APPLIED_ON_RELOAD = frozenset(
     {
         "authorized_keys",
         "permit_user_environment",
+        "pubkey_auth_options",
         "strict_modes",
         "trusted_user_ca_keys",
         "revoked_keys",

@@ -7,14 +7,16 @@ import os
 import pwd
 import shlex
 import stat
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.conch.ssh import _kex
+from twisted.conch.ssh.common import getNS
 
 from conchcmd.auth import bcrypt_cost
-from conchcmd.authorized_keys import parse_authorized_keys
+from conchcmd.authorized_keys import fingerprint, parse_authorized_keys
 from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
 from conchcmd.commands import InlineRunner
 from conchcmd.config import Config
@@ -22,6 +24,7 @@ from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path
 from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
 from conchcmd.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
 from conchcmd.logtargets import DEV_LOG, JOURNAL_SOCKET
+from conchcmd.usercmds import ca_key_refusal, line_refusal
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -38,10 +41,12 @@ class Finding:
 
 @dataclass(frozen=True)
 class Invocation:
-    """Who runs the doctor, and where: the fixes it suggests must work from there."""
+    """Who runs the doctor, where and when: the fixes it suggests must work from there, and a key
+    past its expiry-time is refused from then on."""
 
     euid: int
     cwd: Path
+    now: float = field(default_factory=time.time)
 
     @classmethod
     def current(cls) -> Invocation:
@@ -143,6 +148,11 @@ def _authorized_keys(config: Config, invocation: Invocation) -> Iterator[Finding
             command_hint(config, invocation, "adduser", "USER KEY.pub"),
         )
         return
+    revoked = RevokedKeys(config.revoked_keys, trust=trust)
+    try:
+        revoked.check_key(b"")  # loads the list
+    except CertificateRefused:
+        revoked = RevokedKeys(None)  # a list that refuses every key is reported once, under revoked_keys
     for path in files:
         try:
             data = read_trusted(str(path), trust)
@@ -155,7 +165,19 @@ def _authorized_keys(config: Config, invocation: Invocation) -> Iterator[Finding
         parsed = parse_authorized_keys(data, str(path), permit_environment=config.permit_user_environment)
         for problem in parsed.problems:
             yield Finding(PROBLEM, problem, "fix or remove that line (see the README's option list)")
-        usable = [e for e in parsed.entries if e.refused is None]
+        usable = []
+        for entry in parsed.entries:
+            refused = line_refusal(entry, revoked, invocation.now)
+            if refused is None:
+                usable.append(entry)
+            elif entry.refused is None:  # refused options are among parsed.problems already
+                fp = fingerprint(entry.blob)
+                yield Finding(
+                    PROBLEM,
+                    f"{entry.source}: key {fp} is refused at login: {refused}",
+                    "replace it (an ed25519 or hardware key: `ssh-keygen -t ed25519-sk`), then "
+                    + command_hint(config, invocation, "deluser", f"{path.name} {fp}"),
+                )
         yield Finding(OK if usable else WARNING, f"user {path.name}: {len(usable)} usable key line(s)")
 
 
@@ -246,6 +268,14 @@ def _certificates(config: Config) -> Iterator[Finding]:
                 )
             level = OK if trusted.blobs else WARNING
             yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
+            for blob in sorted(trusted.blobs):
+                refused = ca_key_refusal(getNS(blob)[0])
+                if refused is not None:
+                    yield Finding(
+                        PROBLEM,
+                        f"trusted_user_ca_keys: CA {fingerprint(blob)}: {refused}",
+                        "sign user certificates with an ed25519, ECDSA or RSA CA key kept offline",
+                    )
     if config.revoked_keys:
         unsafe = path_problem(config.revoked_keys, trust)
         if unsafe is not None:

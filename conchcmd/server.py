@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, new_connection_id, sanitise
-from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, PasswordChecker
+from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, KeyRefused, PasswordChecker, SkRequirementNotMet
 from conchcmd.authlog import AuthLog, Client, KeyInfo, log_word
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
@@ -725,6 +725,8 @@ class UserAuthService(userauth.SSHUserAuthServer):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             key = KeyInfo.of(self._key[1]) if self.method == b"publickey" and self._key is not None else None
+            if isinstance(reason.value, SkRequirementNotMet):
+                t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
             t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)
             log.info(
                 "Refused {method} for {user} from {peer}: {reason}",
@@ -740,6 +742,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 peer=self.transport.peer,
                 method=sanitise(self.method, 32),
                 **self._key_fields(),
+                **(reason.value.audit_fields() if isinstance(reason.value, KeyRefused) else {}),
                 reason=message,
             )
             self.transport.auth_failures += 1

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, Key
 
-from conchcmd.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, terminal_safe
+from conchcmd.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, sanitise, terminal_safe
 from conchcmd.auth import key_refusal
 from conchcmd.authorized_keys import (
     AuthorizedKey,
@@ -40,6 +40,7 @@ from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config, audit_group_id
 from conchcmd.filetrust import FileTrust, path_problem, symlink_followable
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
 USERS_SCHEMA = 1
@@ -94,6 +95,8 @@ def read_public_key_file(path: Path, *, certificates: bool = False) -> PublicKey
         key = Key.fromString(field.blob, type="blob")
         if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
             raise ValueError("key type does not match the key")
+        if key.sshType() in SK_KEY_TYPES:  # read as login reads it (SkError is a ValueError)
+            parse_sk_public_key(field.blob)
     except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
         # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
         raise UserCommandError(f"{path} is not an OpenSSH public key", usage=True) from None
@@ -138,10 +141,27 @@ def _option_text(name: str, value: str | None) -> str:
     return f'{name}="{text.replace(chr(34), chr(92) + chr(34))}"'
 
 
-def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[str, Any]:
+#: The CA key types whose certificates login verifies (with cryptography, and conchcmd.sk for sk
+#: certificates): no ssh-dss (SHA-1 signatures), no CA on a security key (README: `sk-ca`).
+CA_KEY_TYPES = frozenset(
+    {b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521", b"ssh-rsa"}
+)
+
+
+def ca_key_refusal(key_type: bytes) -> str | None:
+    """Why login refuses every certificate a CA key of this type signs, or None."""
+    if key_type in CA_KEY_TYPES:
+        return None
+    return f"{sanitise(key_type)} CA keys are not accepted (login refuses the certificates they sign)"
+
+
+def line_refusal(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> str | None:
+    """Why login refuses every login through this authorized_keys line, or None. A user key's
+    type and size are judged by login's own rule (`auth.key_refusal`), a cert-authority line's
+    CA key by the CA types login verifies. `users` and `doctor` both ask here."""
     refused = entry.refused
-    if refused is None and not entry.meaning.cert_authority:
-        refused = key_refusal(entry.key)
+    if refused is None:
+        refused = ca_key_refusal(entry.key.sshType()) if entry.meaning.cert_authority else key_refusal(entry.key)
     if refused is None:
         try:
             revoked.check_key(entry.blob)
@@ -149,6 +169,27 @@ def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[
             refused = str(e)
     if refused is None and entry.meaning.expiry is not None and int(now) > entry.meaning.expiry:
         refused = "key expired (expiry-time)"
+    return refused
+
+
+def _security_key(entry: AuthorizedKey, options: PubkeyAuthOptions) -> dict[str, Any] | None:
+    """An sk user key's application and what each of its logins must show, from its line's
+    options and `pubkey_auth_options` (the rule login applies); None for any other line."""
+    if entry.meaning.cert_authority or entry.key.sshType() not in SK_KEY_TYPES:
+        return None
+    application = parse_sk_public_key(entry.blob).application  # the reader kept only readable ones
+    needs = options.requirements(
+        no_touch_required=entry.meaning.no_touch_required, verify_required=entry.meaning.verify_required, where="line"
+    )
+    return {
+        "application": application.decode("utf-8", "replace"),
+        "touch_required": needs.touch,
+        "verify_required": needs.verify,
+    }
+
+
+def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float, options: PubkeyAuthOptions) -> dict[str, Any]:
+    refused = line_refusal(entry, revoked, now)
     return {
         "line": entry.line,
         "type": entry.key.sshType().decode("ascii"),
@@ -158,6 +199,7 @@ def _key_record(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> dict[
         "cert_authority": entry.meaning.cert_authority,
         "usable": refused is None,
         "refused": refused,
+        "security_key": _security_key(entry, options),
     }
 
 
@@ -199,12 +241,13 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
     trust = FileTrust(strict=config.strict_modes)
     files = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment, trust=trust)
     revoked = RevokedKeys(config.revoked_keys, trust=trust)
+    options = PubkeyAuthOptions.from_names(config.pubkey_auth_options)
     names = sorted(set(users_with_key_files(config.authorized_keys)) | set(config.users))
     users = []
     for name in names:
         state = files.read(name)
         policy = config.users.get(name)
-        keys = [_key_record(e, revoked, now) for e in state.parsed.entries]
+        keys = [_key_record(e, revoked, now, options) for e in state.parsed.entries]
         refused_lines = [{"line": r.line, "reason": r.reason} for r in state.parsed.unreadable]
         if state.ignored is not None and state.path is not None:
             # Login reads nothing from it; show what it holds, each key refused with the reason.
@@ -212,10 +255,8 @@ def describe_users(config: Config, now: float) -> dict[str, Any]:
                 parsed = parse_authorized_keys(
                     _read_ignored(state.path), state.path, permit_environment=config.permit_user_environment
                 )
-                keys = [
-                    {**_key_record(e, revoked, now), "usable": False, "refused": f"file ignored: {state.ignored}"}
-                    for e in parsed.entries
-                ]
+                ignored = {"usable": False, "refused": f"file ignored: {state.ignored}"}
+                keys = [{**_key_record(e, revoked, now, options), **ignored} for e in parsed.entries]
                 refused_lines = [{"line": r.line, "reason": r.reason} for r in parsed.unreadable]
         users.append(
             {
@@ -269,6 +310,10 @@ def format_users(report: dict[str, Any]) -> str:
                 text += " options " + safe(",".join(row["options"]))
             if row["comment"]:
                 text += f" ({safe(row['comment'])})"
+            sk = row["security_key"]
+            if sk is not None:
+                needs = SkRequirements(touch=sk["touch_required"], verify=sk["verify_required"]).describe()
+                text += f" [security key ({safe(sk['application'])}): {needs}]"
             if not row["usable"]:
                 text += f": REFUSED: {safe(row['refused'])}"
             out.append(text)

@@ -2,7 +2,8 @@
 
 Both read one authorized_keys file (in a directory sshd's StrictModes accepts), one
 TrustedUserCAKeys file and one RevokedKeys file; an asyncssh client tries each case's key
-against both, from the case's loopback source address, and only authenticates.
+against both, from the case's loopback source address, and only authenticates. `SkKeyPair`
+lets that client sign with a software FIDO2 authenticator (support.skauth), flags and all.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 import pytest
@@ -24,11 +25,20 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 from support.authcases import SOURCES, Case, private_openssh
 from support.serverfiles import ServerFiles, wait_for
+from support.skauth import SoftwareAuthenticator
 from support.sshd import Sshd, ipv6_loopback, secure_directory, sshd_available, system_user
 
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
 LISTENING6 = re.compile(rb"conchcmd: listening on .* \(::1:(\d+)\)")
 ATTEMPT_TIMEOUT = 30.0
+
+
+class FileLines(Protocol):
+    """What a case puts in the shared files (authcases.Case, and the sk cases)."""
+
+    lines: list[bytes]
+    trusted: list[bytes]
+    revoked: list[bytes]
 
 
 @dataclass
@@ -50,7 +60,7 @@ class Files:
     def revoked(self) -> Path:
         return self.directory / "revoked_keys"
 
-    def write(self, cases: list[Case]) -> None:
+    def write(self, cases: Sequence[FileLines]) -> None:
         """Replace all three files (each through a new inode, so no reader sees half a file)."""
         for path, chunks in (
             (self.authorized_keys, [line for case in cases for line in case.lines]),
@@ -70,6 +80,7 @@ class ConchServer(ServerFiles):
     base: Path
     files: Files
     ipv6: bool = True  # also listen on ::1
+    extra: dict[str, Any] = field(default_factory=dict)  # more settings (e.g. pubkey_auth_options)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     port6: int = 0
@@ -93,6 +104,7 @@ class ConchServer(ServerFiles):
             "max_auth_tries": 10,
             "penalty_seconds": 0,
             "penalty_max_seconds": 0,
+            **self.extra,
         }
         text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
         text += f"[lastlog]\npath = {json.dumps(str(syslog))}\n"
@@ -205,12 +217,29 @@ def _certificate_pair(key: Any, case: Case) -> Any:
     return pair
 
 
-async def attempt(target: Target, user: str, case: Case) -> bool:
-    """Authenticate with the case's key (or certificate) from its source; True if accepted."""
-    key = asyncssh.import_private_key(private_openssh(case.key))
-    client_keys: list[Any]
-    client_keys = [_certificate_pair(key, case)] if case.cert is not None else [key]
-    host, port = target.address(case.source)
+class SkKeyPair(asyncssh.SSHKeyPair):
+    """asyncssh's client key for a software sk authenticator: it presents the token's key (or the
+    certificate the token carries) and signs with `sign` (by default the token's own signature,
+    with the flags and counter the token is set to), so a test can send any signature it builds."""
+
+    def __init__(self, token: SoftwareAuthenticator, sign: Callable[[bytes], bytes] | None = None):
+        algorithm = token.sshType()
+        super().__init__(algorithm, token.key_type, (token.key_type,), (algorithm,), token.blob(), None)
+        self.token = token
+        self.own_signature = sign is None  # the token's signature, with its flags and counter
+        self._sign = sign or token.sign
+
+    def set_sig_algorithm(self, sig_algorithm: bytes) -> None:
+        """One signature algorithm per sk key; asyncssh would otherwise name a certificate by its
+        plain key type."""
+
+    def sign(self, data: bytes) -> bytes:
+        return self._sign(data)
+
+
+async def login(target: Target, user: str, client_keys: list[Any], source: str) -> bool:
+    """Authenticate with `client_keys` from `source`; True if accepted, False if refused."""
+    host, port = target.address(source)
     try:
         conn = await asyncio.wait_for(
             asyncssh.connect(
@@ -218,7 +247,7 @@ async def attempt(target: Target, user: str, case: Case) -> bool:
                 port,
                 username=user,
                 client_keys=client_keys,
-                local_addr=(case.source, 0),
+                local_addr=(source, 0),
                 known_hosts=None,
                 agent_path=None,
                 config=(),
@@ -236,3 +265,11 @@ async def attempt(target: Target, user: str, case: Case) -> bool:
     conn.close()
     await conn.wait_closed()
     return True
+
+
+async def attempt(target: Target, user: str, case: Case) -> bool:
+    """Authenticate with the case's key (or certificate) from its source; True if accepted."""
+    key = asyncssh.import_private_key(private_openssh(case.key))
+    client_keys: list[Any]
+    client_keys = [_certificate_pair(key, case)] if case.cert is not None else [key]
+    return await login(target, user, client_keys, case.source)

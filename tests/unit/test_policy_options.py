@@ -193,8 +193,6 @@ def test_environment_is_refused_unless_permitted() -> None:
         "no-X11-forwarding",
         "no-user-rc",
         "port-forwarding,agent-forwarding,x11-forwarding,user-rc",
-        "no-touch-required",
-        "touch-required,verify-required",  # FIDO-only: no effect on the keys conchcmd accepts
         'tunnel="0"',
         'tunnel="any"',
         'permitopen="host:ssh"',
@@ -203,6 +201,21 @@ def test_environment_is_refused_unless_permitted() -> None:
 )
 def test_forwarding_options_are_accepted_and_change_nothing(options: str) -> None:
     assert options_of(f"{options} {KEY}") == KeyOptions()
+
+
+@pytest.mark.parametrize(
+    ("options", "no_touch", "verify"),
+    [
+        ("no-touch-required", True, False),
+        ("no-touch-required,touch-required", False, False),  # in order, as sshd applies them
+        ("verify-required", False, True),
+        ("verify-required,no-verify-required", False, False),
+        ("restrict,no-touch-required,verify-required", True, True),
+    ],
+)
+def test_security_key_options_are_kept(options: str, no_touch: bool, verify: bool) -> None:
+    meaning = options_of(f"{options} {KEY}")
+    assert (meaning.no_touch_required, meaning.verify_required) == (no_touch, verify)
 
 
 @pytest.mark.parametrize("name", ["tunnel-device", "foo", "no-pty-please", "restricted"])
@@ -730,3 +743,22 @@ def test_wildcard_matching_agrees_with_a_regex_and_never_backtracks_exponentiall
         assert match_pattern(string, pattern) == by_regex(string, pattern), (string, pattern)
     assert not match_pattern("1" * 60, "1*" * 30 + "2")  # returns at once
     assert match_pattern("1" * 60, "1*" * 30)
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        ("", "security key: touch required"),
+        ("no-touch-required", "security key: no touch required"),
+        ("verify-required", "security key: touch and user verification required"),
+        ("no-touch-required,verify-required", "security key: user verification required"),
+    ],
+)
+def test_check_names_what_a_security_keys_signature_must_show(site, tmp_path, capsys, options, shown) -> None:
+    from support.skauth import SoftwareAuthenticator
+
+    token = SoftwareAuthenticator.generate("ecdsa")
+    site("bob", token.public_line(options=options).rstrip("\n"))
+    (tmp_path / "sk.pub").write_text(token.public_line(comment="token"))
+    code, out = run_check(capsys, "--user", "bob", "--key", str(tmp_path / "sk.pub"))
+    assert code == 0 and out.rstrip("\n").endswith(f"pty allowed; {shown})"), out

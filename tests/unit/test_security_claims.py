@@ -184,6 +184,10 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "forwarding options are accepted and change nothing": [
             U + "test_policy_options.py::test_forwarding_options_are_accepted_and_change_nothing",
         ],
+        "[no-]touch-required and [no-]verify-required apply to security keys, in order": [
+            U + "test_policy_options.py::test_security_key_options_are_kept",
+            M + "test_security_keys.py::test_no_touch_required_on_the_line_waives_the_touch",
+        ],
         "any other option or a malformed value refuses the line, and the log names it": [
             U + "test_policy_options.py::test_unknown_options_are_refused_by_name",
             U + "test_policy_options.py::test_invalid_expiry_time_refuses_the_line",
@@ -239,6 +243,61 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "the audit names the key id, serial and CA fingerprint": [
             U + "test_certs.py::test_good_certificate_logs_in_with_its_details_in_the_audit",
             M + "test_policy.py::test_refused_certificate_is_audited_with_its_details",
+        ],
+    },
+    "Security keys (FIDO2).": {
+        "sk-ssh-ed25519 and sk-ecdsa-sha2-nistp256 keys and their certificates log in, verified as PROTOCOL.u2f": [
+            U + "test_sk.py::test_openssh_token_signatures_verify",
+            U + "test_sk.py::test_openssh_sk_certificates_are_read_and_their_ca_signature_checked",
+            U + "test_skauth.py::test_openssh_accepts_the_software_tokens_signatures",
+            M + "test_security_keys.py::test_a_touched_signature_logs_in_with_flags_and_counter_audited",
+            M + "test_security_keys.py::test_certificate_of_an_sk_key_logs_in",
+        ],
+        "changed flags, counter, application or data do not verify": [
+            U + "test_sk.py::test_flags_or_counter_changed_after_signing_are_a_bad_signature",
+            U + "test_sk.py::test_wrong_application_and_wrong_data_are_a_bad_signature",
+            M + "test_security_keys.py::test_an_sk_key_enrolled_for_another_application_is_another_key",
+        ],
+        "keys, signatures and certificates read as sshd reads them; anything else refused": [
+            U + "test_sk.py::test_bad_ecdsa_points_and_curves_are_refused",
+            U + "test_sk.py::test_ed25519_public_key_length_and_application_strings",
+            U + "test_sk.py::test_trailing_bytes_are_refused",
+            U + "test_sk.py::test_every_truncation_is_a_clean_refusal",
+            U + "test_sk.py::test_ecdsa_signature_numbers",
+            U + "test_sk.py::test_ed25519_signature_length",
+            U + "test_sk.py::test_signature_type_must_be_the_keys_plain_sk_type",
+            "tests/fuzz/test_fuzz_sk.py::test_sk_signatures",
+            "tests/fuzz/test_fuzz_sk.py::test_sk_public_keys",
+            "tests/fuzz/test_fuzz_sk.py::test_sk_certificates",
+        ],
+        "touch required unless no-touch-required on the line or in the certificate (both via cert-authority)": [
+            M + "test_security_keys.py::test_no_touch_is_refused_by_default",
+            M + "test_security_keys.py::test_no_touch_required_on_the_line_waives_the_touch",
+            M + "test_security_keys.py::test_certificate_policy",
+        ],
+        "verify-required on the line or in the certificate (either) requires user verification": [
+            M + "test_security_keys.py::test_verification_policy",
+            M + "test_security_keys.py::test_certificate_policy",
+        ],
+        "pubkey_auth_options adds either requirement; its touch-required overrides no-touch-required": [
+            U + "test_sk.py::test_requirements_combine_as_sshds",
+            M + "test_security_keys.py::test_server_touch_required_overrides_no_touch_required",
+            M + "test_security_keys.py::test_server_touch_required_overrides_the_certificates_no_touch_required",
+            M + "test_security_keys.py::test_verification_policy",
+        ],
+        "ordinary keys are unaffected": [
+            M + "test_security_keys.py::test_server_options_leave_ordinary_keys_alone",
+        ],
+        "audit carries sk_flags and sk_counter; a refusal says which requirement and what set it; sshd's log lines": [
+            M + "test_security_keys.py::test_a_touched_signature_logs_in_with_flags_and_counter_audited",
+            M + "test_security_keys.py::test_no_touch_is_refused_by_default",
+            M + "test_security_keys.py::test_certificate_refusal_is_logged_as_sshd_logs_it",
+        ],
+        "the counter is recorded, not compared with earlier ones": [
+            U + "test_sk.py::test_good_signatures_report_flags_and_counter",
+        ],
+        "server-sig-algs lists both algorithms": [
+            M + "test_security_keys.py::test_server_sig_algs_lists_the_sk_algorithms",
         ],
     },
     "Modern algorithms only.": {

@@ -131,6 +131,7 @@ def test_users_lists_keys_options_lines_and_refused_lines(
         "cert_authority": False,
         "usable": True,
         "refused": None,
+        "security_key": None,
     }
     assert rows[3]["options"] == ["restrict", 'command="lastlog -n 5"']
     assert (rows[3]["fingerprint"], rows[3]["usable"]) == (rsa.fingerprint, True)
