@@ -19,14 +19,15 @@ from typing import Any
 
 import pytest
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed"),
-]
-
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "conchcmd" / "contrib" / "logrotate"
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"  # apt logrotate (in .ci/run's list)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed"),
+    pytest.mark.skipif(not Path(LOGROTATE).exists(), reason="logrotate is not installed (apt install logrotate)"),
+]
 #: What the test rewrites in the shipped snippet: the audit file's path, and the signal command
 #: (systemd's, for conchcmd.service) by a kill of the test's server.
 SHIPPED_PATH = "/var/log/conchcmd/audit.jsonl"
