@@ -10,20 +10,20 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch import error as conch_error
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import _kex, connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
-from twisted.cred import credentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, IReactorTime, ISystemHandle, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, new_connection_id, sanitise
@@ -33,9 +33,11 @@ from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
+from conchcmd.flow import ChannelConnection, FlowControlledChannel, PausableTransport
 from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
+from conchcmd.peer import Peer, PeerSSHPrivateKey, PeerUsernamePassword, format_peer, host_and_port
 from conchcmd.realm import CommandUser
 from conchcmd.refusals import RepeatLog
 from conchcmd.session import SessionChannel
@@ -96,28 +98,20 @@ class ServerSettings:
         )
 
 
-def format_peer(address: IAddress) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def auth_client(address: IAddress, peer: str) -> Client:
     """The client as the authentication lines name it: sshd's address text (no brackets; an
     IPv4-mapped IPv6 address as IPv4, as sshd's ipv64_normalise_mapped does) and port."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
+    ip = host_and_port(address)
+    if ip is None:
         return Client(host=peer, port=0, peer=peer)
+    host, port = ip
     try:
         mapped = ipaddress.ip_address(host)
         if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
             host = str(mapped.ipv4_mapped)
     except ValueError:
         pass
-    return Client(host=host, port=port if isinstance(port, int) else 0, peer=peer)
+    return Client(host=host, port=port, peer=peer)
 
 
 class ClientSlots:
@@ -150,6 +144,7 @@ class ClientSlots:
             self.by_user.pop(user, None)
 
 
+@implementer(IPushProducer)  # TCP pauses it when its send buffer is full
 class ServerTransport(ModernServerTransport):
     """The SSH transport with a modern-only algorithm list and the fixes Conch lacks.
 
@@ -190,10 +185,11 @@ class ServerTransport(ModernServerTransport):
         self.ourVersionString = b"SSH-2.0-" + limits.banner_version.encode("ascii")
         assert self.transport is not None
         address = self.transport.getPeer()
-        self.peer = format_peer(address)
+        self.peer_address = Peer.of(address)
+        self.peer = self.peer_address.text
         self.auth_log = AuthLog(auth_client(address, self.peer))
-        self.peer_host: str | None = getattr(address, "host", None)
-        self.source = source_of(getattr(address, "host", self.peer))
+        self.peer_host = self.peer_address.host
+        self.source = source_of(self.peer_host or self.peer)
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
         self.refusals = RepeatLog(log, self.peer)
@@ -202,25 +198,23 @@ class ServerTransport(ModernServerTransport):
         factory.transports.add(self)
         factory.admission.started(self.source)
         self.in_startup = True
-        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_nodelay is not None:
-            set_nodelay(True)
-        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
-        if set_keepalive is not None and factory.settings.tcp_keepalive:
-            set_keepalive(True)  # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+            if factory.settings.tcp_keepalive:
+                # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
+                self.transport.setTcpKeepAlive(True)
         log.info("Client connection from {peer}", peer=self.peer)
         self.audit.record("connect", peer=self.peer)
-        register = getattr(self.transport, "registerProducer", None)
-        if register is not None:
-            register(self, True)  # TCP tells us when its send buffer is full (see pauseProducing)
+        if IConsumer.providedBy(self.transport):
+            # TCP tells us when its send buffer is full (see pauseProducing)
+            self.transport.registerProducer(self, True)
             self._producing = True
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
-        if TCP_QUICKACK is not None:
-            handle = getattr(self.transport, "getHandle", None)
-            sock = handle() if handle is not None else None
+        if TCP_QUICKACK is not None and ISystemHandle.providedBy(self.transport):
+            sock = self.transport.getHandle()
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
@@ -377,11 +371,9 @@ class ServerTransport(ModernServerTransport):
     def _pump_channels(self) -> None:
         if self.output_held:
             return
-        service = self.service
-        for chan in list(getattr(service, "channels", {}).values()):
-            pump = getattr(chan, "pump", None)
-            if pump is not None:
-                pump()
+        if isinstance(self.service, ConnectionService):
+            for chan in self.service.flow_channels():
+                chan.pump()
 
     def stopProducing(self) -> None:
         self._tcp_paused = True
@@ -419,7 +411,6 @@ class ServerTransport(ModernServerTransport):
             return False
         self.holds_slot = True
         self.user = user
-        avatar.peer = self.peer
         avatar.refusals = self.refusals
         avatar.audit = self.audit
         self._leave_startup()
@@ -468,6 +459,7 @@ class ServerTransport(ModernServerTransport):
 
     def _cut(self) -> None:
         self._abort = None
+        # ITCPTransport's, but Twisted's test transports (StringTransport) have it undeclared.
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -656,18 +648,16 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 + NS(algorithm)
                 + NS(blob)
             )
-        creds = credentials.SSHPrivateKey(user, algorithm, blob, signed, signature)
-        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
-        d = self.portal.login(creds, None, IConchUser)
+        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address)
+        d = self.portal.login(creds, self.transport.peer_address, IConchUser)
         if not has_signature:
             d.addErrback(self._ebCheckKey, packet[1:])  # an authorized key's probe gets PK_OK
         return d
 
     def auth_password(self, packet: bytes) -> Any:
         password = getNS(packet[1:])[0]
-        creds = credentials.UsernamePassword(self.user or b"", password)
-        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
-        return self.portal.login(creds, None, IConchUser)  # the failure delay: see _ebBadAuth
+        creds = PeerUsernamePassword(self.user or b"", password, self.transport.peer_address)
+        return self.portal.login(creds, self.transport.peer_address, IConchUser)  # the failure delay: see _ebBadAuth
 
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
@@ -784,7 +774,11 @@ class ConnectionService(connection.SSHConnection):
 
     def busy(self) -> bool:
         """True while a command runs on any channel (so the connection is not idle)."""
-        return any(getattr(c, "busy", False) for c in self.channels.values())
+        return any(c.busy for c in self.flow_channels())
+
+    def flow_channels(self) -> list[FlowControlledChannel]:
+        """The open channels, as flow control sees them (the avatar opens session channels only)."""
+        return [c for c in self.channels.values() if isinstance(c, SessionChannel)]
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = getNS(packet)
@@ -957,8 +951,9 @@ class CommandServerFactory(SSHFactory):
         self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
-        host = getattr(addr, "host", None)
-        if host is not None:
+        ip = host_and_port(addr)
+        if ip is not None:
+            host = ip[0]
             source = source_of(host)
             refusal = self.admission.refusal(source, host)
             if refusal is not None:
@@ -988,3 +983,8 @@ class CommandServerFactory(SSHFactory):
 
         poll()
         return done
+
+
+if TYPE_CHECKING:  # mypy holds the server's classes to the contracts the session channels rely on
+    _connection_contract: type[ChannelConnection] = ConnectionService
+    _transport_contract: type[PausableTransport] = ServerTransport

@@ -30,7 +30,7 @@ from conchcmd.config import Config, ConfigError, audit_group_id, load_config
 from conchcmd.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
-from conchcmd.server import format_peer
+from conchcmd.peer import format_peer, host_and_port
 from conchcmd.threads import ThreadRunner
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -151,8 +151,8 @@ class ConchcmdService(Service):
 
         def listening(port: Any) -> None:
             self.ports.append(port)
-            address = port.getHost()
-            where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+            ip = host_and_port(port.getHost())
+            where = f"{ip[0]}:{ip[1]}" if ip is not None else ":"
             self.say(f"conchcmd: listening on {description} ({where})")
 
         def failed(failure: Any) -> None:
@@ -161,7 +161,8 @@ class ConchcmdService(Service):
         return d.addCallbacks(listening, failed)
 
     def _listening(self, _: object) -> None:
-        port = getattr(self.ports[0].getHost(), "port", None) if self.ports else None
+        ip = host_and_port(self.ports[0].getHost()) if self.ports else None
+        port = ip[1] if ip is not None else None
         hint = no_users_hint(self.config, port)
         if hint:
             self.say(hint)
@@ -185,7 +186,7 @@ class ConchcmdService(Service):
         self.ready.callback(None)
 
     def _failed_to_listen(self, failure: Any) -> None:
-        error = failure.value.subFailure.value if hasattr(failure.value, "subFailure") else failure.value
+        error = failure.value.subFailure.value if isinstance(failure.value, defer.FirstError) else failure.value
         self.stop_reason = f"startup failed: {error}"
         self.ready.errback(error)
         self.reactor.stop()
