@@ -469,6 +469,16 @@ class ServerTransport(ModernServerTransport):
             self.in_startup = False
             self.factory.admission.left_startup(self.source)
 
+    _lost_waiters: list[defer.Deferred[None]] | None = None
+
+    def when_lost(self) -> defer.Deferred[None]:
+        """Fires once this connection is gone (the server's shutdown waits for it)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._lost_waiters is None:
+            self._lost_waiters = []
+        self._lost_waiters.append(d)
+        return d
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._grace is not None:
             self._grace.cancel()
@@ -507,7 +517,13 @@ class ServerTransport(ModernServerTransport):
             "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
         )
         factory.connection_ids.discard(self.connection_id)
-        super().connectionLost(reason)
+        try:
+            super().connectionLost(reason)
+        finally:  # after this connection's last record: the shutdown's own come after it
+            waiters, self._lost_waiters = self._lost_waiters or [], None
+            for d in waiters:
+                if not d.called:  # not cancelled by the shutdown's grace time
+                    d.callback(None)
 
 
 class UserAuthService(userauth.SSHUserAuthServer):
@@ -969,20 +985,15 @@ class CommandServerFactory(SSHFactory):
 
     def close_all(self, why: bytes) -> defer.Deferred[None]:
         """Disconnect every client with a reason; fires when all are gone, or after a grace time."""
-        done: defer.Deferred[None] = defer.Deferred()
         self.admission.flush()
-        for t in list(self.transports):
+        open_now = list(self.transports)
+        gone = [t.when_lost() for t in open_now]
+        for t in open_now:
             t.close_with(why)
-        deadline = self.clock.seconds() + SHUTDOWN_GRACE
-
-        def poll() -> None:
-            if not self.transports or self.clock.seconds() >= deadline:
-                done.callback(None)
-            else:
-                self.clock.callLater(0.05, poll)
-
-        poll()
-        return done
+        everyone: defer.Deferred[Any] = defer.DeferredList(gone, consumeErrors=True)
+        # After the grace time the server stops anyway: those still open end with the process.
+        everyone.addTimeout(SHUTDOWN_GRACE, self.clock, onTimeoutCancel=lambda _result, _timeout: None)
+        return everyone.addCallback(lambda _: None)
 
 
 if TYPE_CHECKING:  # mypy holds the server's classes to the contracts the session channels rely on

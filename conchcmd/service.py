@@ -80,6 +80,7 @@ class ConchcmdService(Service):
         self.listen = listen or config.listen
         self.config_path = config_path
         self.ports: list[Any] = []
+        self._binding: defer.Deferred[Any] | None = None  # the endpoints' listen, once started
         self.server: Server | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.host_keys: HostKeys | None = None
@@ -131,15 +132,28 @@ class ConchcmdService(Service):
             hostname=hostname,
         )
 
+    def privilegedStartService(self) -> None:
+        """Bind the endpoints now: twistd calls this before `--uid`/`--gid` drop privileges, so
+        an unprivileged server can serve port 22. Readiness waits for startService."""
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> defer.Deferred[Any]:
+        if self._binding is None:
+            if self.server is None:
+                self.prepare()
+            listening = [self._listen(description) for description in self.listen]
+            self._binding = defer.gatherResults(listening, consumeErrors=True)
+        return self._binding
+
     def startService(self) -> None:
         super().startService()
-        if self.server is None:
-            self.prepare()
+        binding = self._bind()  # bound already under twistd (privilegedStartService)
         self.pool.start()
         self.password_pool.start()
-        listening = [self._listen(description) for description in self.listen]
-        done = defer.gatherResults(listening, consumeErrors=True)
-        done.addCallbacks(self._listening, self._failed_to_listen)
+        binding.addCallbacks(self._listening, self._failed_to_listen).addErrback(
+            lambda failure: log.failure("Starting the server failed", failure)
+        )
 
     def _listen(self, description: str) -> defer.Deferred[Any]:
         assert self.server is not None
@@ -266,7 +280,10 @@ def no_users_hint(config: Config, port: int | None = None) -> str | None:
     if "%u" not in pattern.name or "%u" in str(pattern.parent):
         return None
     directory = pattern.parent
-    if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
+    try:
+        if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
+            return None
+    except OSError:  # e.g. not searchable by the user twistd --uid switched to: no hint
         return None
     config_arg = f" --config {config.source}" if config.source else ""
     return (
