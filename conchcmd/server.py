@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch import error as conch_error
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import _kex, connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.keys import BadKeyError
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -112,6 +114,56 @@ def auth_client(address: IAddress, peer: str) -> Client:
     except ValueError:
         pass
     return Client(host=host, port=port, peer=peer)
+
+
+#: What malformed input raises while Conch or conchcmd parses it: short reads (struct.error,
+#: IndexError), bad values (ValueError, UnicodeDecodeError among them), keys and errors that
+#: Conch or cryptography raise by name.
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    struct.error,
+    IndexError,
+    ValueError,
+    BadKeyError,
+    conch_error.ConchError,
+    UnsupportedAlgorithm,
+)
+
+
+def is_parse_error(e: Exception) -> bool:
+    """Whether `e` comes from a peer's malformed packet rather than from a bug here."""
+    if isinstance(e, PARSE_ERRORS):
+        return True
+    # Conch reads a packet's booleans with ord(packet[0:1]): a truncated packet raises TypeError.
+    return isinstance(e, TypeError) and str(e).startswith("ord() expected") and _raised_in_conch(e)
+
+
+def _raised_in_conch(e: BaseException) -> bool:
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("twisted.conch.")
+
+
+class InternalErrors:
+    """The places (exception type, file, line) where packets have hit a bug: each gets its
+    traceback logged once, so a client that can provoke one cannot flood the log."""
+
+    LIMIT = 100  # places remembered; past this, no more tracebacks
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def first(self, e: BaseException) -> bool:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        place = (type(e).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        if place in self.seen or len(self.seen) >= self.LIMIT:
+            return False
+        self.seen.add(place)
+        return True
 
 
 class ClientSlots:
@@ -218,16 +270,39 @@ class ServerTransport(ModernServerTransport):
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-        if self._failed:
+        if self._failed or self._broken:
             return
         if self.liveness is not None:
             self.liveness.received()
         try:
             super().dataReceived(data)
-        except Exception as e:  # a malformed packet from this peer: end only this connection
-            kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
-            self._protocol_error(f"{kind}: {e}")
+        except Exception as e:  # whatever it is, it ends only this connection
+            self.packet_raised(e)
+
+    def packet_raised(self, e: Exception, where: str = "") -> None:
+        """A packet from this peer raised `e` (`where`: what was being handled, if not the packet
+        just read). Malformed input is a protocol error, counted against the client's source;
+        anything else is a bug of ours: logged with its traceback, the client not blamed."""
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        described = f"{kind}{where}: {e}"
+        if is_parse_error(e):
+            self._protocol_error(described)
             return
+        self._broken = True  # nothing more from this peer is acted on
+        self.end_reason = sanitise(f"internal error: {described}", 200)
+        if self.factory.internal_errors.first(e):
+            log.failure(
+                "Internal error handling a packet from {peer}; disconnecting",
+                failure=Failure(e, type(e), e.__traceback__),
+                peer=self.peer,
+            )
+        else:  # the same bug again (maybe provoked on purpose): one line, not a traceback each time
+            log.error(
+                "Internal error handling a packet from {peer} ({error}, traceback logged before); disconnecting",
+                peer=self.peer,
+                error=sanitise(described, 200),
+            )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"internal error")
 
     def max_packet_size(self) -> int:
         return super().max_packet_size() if self.holds_slot else PREAUTH_MAX_PACKET
@@ -287,6 +362,7 @@ class ServerTransport(ModernServerTransport):
         super().ssh_SERVICE_REQUEST(packet)
 
     _kex_timer: Any = None
+    _broken = False  # a packet hit a bug here: the connection ends, not counted against the source
 
     def sendKexInit(self) -> None:
         # Every key exchange, ours or the client's, starts with our KEXINIT (sent in reply to
@@ -640,7 +716,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
             except Exception as e:  # malformed, found only now: as ServerTransport.dataReceived does
                 self._waiting.clear()
-                self.transport.packet_error(f"{type(e).__name__} in a waiting authentication request: {e}")
+                self.transport.packet_raised(e, " in a waiting authentication request")
         else:
             self._waiting.clear()
 
@@ -964,6 +1040,7 @@ class CommandServerFactory(SSHFactory):
         self.ciphers = [c.encode() for c in algorithms.ciphers]
         self.macs = [m.encode() for m in algorithms.macs]
         self.transports: set[ServerTransport] = set()
+        self.internal_errors = InternalErrors()
         self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
