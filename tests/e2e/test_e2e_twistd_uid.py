@@ -4,6 +4,7 @@ serves as the unprivileged user."""
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import socket
@@ -20,7 +21,8 @@ NOBODY = 65534
 
 
 def free_privileged_port() -> int:
-    for port in range(600, 1024):
+    # In random order: engineers' runs on one machine should not all race for the same port.
+    for port in random.sample(range(600, 1024), 424):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
