@@ -61,6 +61,7 @@ PROTOCOL_VIOLATIONS = frozenset(
 ABORT_AFTER = 5.0  # seconds a closing connection may take to drain before it is cut
 PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
+CUT_GRACE = 1.0  # then, seconds for the cut of those still open to take effect
 #: A key exchange (ours or the client's) must finish within this time once it has started.
 KEX_TIMEOUT = 60.0
 #: Channel output queued behind a key exchange in progress, at most (then channels wait for the
@@ -532,6 +533,12 @@ class ServerTransport(ModernServerTransport):
         self._closing()  # already closing (a disconnect sent earlier): the cut still applies
 
     _abort: Any = None
+
+    def cut(self) -> None:
+        """Drop the connection now, whatever it has not sent yet."""
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._cut()
 
     def _cut(self) -> None:
         self._abort = None
@@ -1068,9 +1075,20 @@ class CommandServerFactory(SSHFactory):
         for t in open_now:
             t.close_with(why)
         everyone: defer.Deferred[Any] = defer.DeferredList(gone, consumeErrors=True)
-        # After the grace time the server stops anyway: those still open end with the process.
         everyone.addTimeout(SHUTDOWN_GRACE, self.clock, onTimeoutCancel=lambda _result, _timeout: None)
-        return everyone.addCallback(lambda _: None)
+        return everyone.addCallback(lambda _: self._cut_the_rest())
+
+    def _cut_the_rest(self) -> defer.Deferred[None]:
+        """Connections still open after the grace time (a client that reads nothing) are cut, so
+        that their last records come before the server's (the reactor would end them after the
+        audit log is closed); one that does not end even then is left to the process's end."""
+        left = list(self.transports)
+        gone = [t.when_lost() for t in left]
+        for t in left:
+            t.cut()
+        rest: defer.Deferred[Any] = defer.DeferredList(gone, consumeErrors=True)
+        rest.addTimeout(CUT_GRACE, self.clock, onTimeoutCancel=lambda _result, _timeout: None)
+        return rest.addCallback(lambda _: None)
 
 
 if TYPE_CHECKING:  # mypy holds the server's classes to the contracts the session channels rely on

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from conchcmd.config import load_config
-from conchcmd.server import SHUTDOWN_GRACE
+from conchcmd.server import CUT_GRACE, SHUTDOWN_GRACE
 from conchcmd.service import ConchcmdService
 
 CONFIG = """\
@@ -76,25 +76,65 @@ def test_shutdown_ends_when_the_last_client_has_gone(tmp_path: Path) -> None:
     service.startService()
     first, first_tcp = connect(service, "10.0.0.1")
     second, second_tcp = connect(service, "10.0.0.2")
-    stopped = service.stopService()
+    stopped: list[object] = []
+    service.stopService().addBoth(stopped.append)
     assert first_tcp.disconnecting and second_tcp.disconnecting  # both told to go
     first.connectionLost(Failure(ConnectionDone()))
-    assert not stopped.called  # the second client is still there
+    assert not stopped  # the second client is still there
     second.connectionLost(Failure(ConnectionDone()))
-    assert stopped.called  # at once: no polling, no clock advanced
+    assert stopped == [None]  # at once: no polling, no clock advanced
     events = audit_events(tmp_path)
     assert events[-3:] == ["disconnect", "disconnect", "server_stop"]  # the stop record comes last
 
 
-def test_shutdown_gives_up_on_a_client_that_stays_after_the_grace_time(tmp_path: Path) -> None:
+class TCPLikeTransport(StringTransport):
+    """A StringTransport whose abortConnection ends the connection on the next reactor turn,
+    as Twisted's TCP transport does."""
+
+    def __init__(self, reactor: MemoryReactorClock, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.reactor = reactor
+        self.ends: Any = None  # the protocol
+
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        self.reactor.callLater(0, self.ends.connectionLost, Failure(ConnectionAborted()))
+
+
+def test_shutdown_cuts_a_client_that_stays_and_records_its_end_before_the_stop(tmp_path: Path) -> None:
+    """A client that reads nothing keeps its DISCONNECT unsent: after the grace time it is cut,
+    and its disconnect record still comes before server_stop (the reactor would otherwise end it
+    after the audit log has closed)."""
     service, reactor = make_service(tmp_path)
     service.startService()
-    proto, _tcp = connect(service, "10.0.0.1")
     assert service.server is not None
-    stopped = service.stopService()
+    proto = service.server.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))
+    tcp = TCPLikeTransport(reactor, peerAddress=IPv4Address("TCP", "10.0.0.1", 40000))
+    tcp.ends = proto
+    proto.makeConnection(tcp)
+    stopped: list[object] = []
+    service.stopService().addBoth(stopped.append)
     reactor.advance(SHUTDOWN_GRACE * 0.99)
-    assert not stopped.called
+    assert not stopped and not tcp.disconnected
     reactor.advance(SHUTDOWN_GRACE * 0.02)
-    assert stopped.called
+    assert tcp.disconnected  # cut
+    reactor.advance(0)
+    assert stopped == [None]
+    assert audit_events(tmp_path)[-2:] == ["disconnect", "server_stop"]
+    assert proto not in service.server.factory.transports
+
+
+def test_shutdown_gives_up_on_a_connection_that_does_not_end_even_when_cut(tmp_path: Path) -> None:
+    service, reactor = make_service(tmp_path)
+    service.startService()
+    proto, _tcp = connect(service, "10.0.0.1")  # its abortConnection ends nothing
+    assert service.server is not None
+    stopped: list[object] = []
+    service.stopService().addBoth(stopped.append)
+    reactor.advance(SHUTDOWN_GRACE)  # the grace time is over: it is cut
+    reactor.advance(CUT_GRACE * 0.99)
+    assert not stopped
+    reactor.advance(CUT_GRACE * 0.02)
+    assert stopped == [None]
     assert audit_events(tmp_path)[-1] == "server_stop"
     assert proto in service.server.factory.transports  # still there: it ends with the process
