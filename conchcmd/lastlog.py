@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import io
 import json
 import os
 import pwd
@@ -98,7 +99,7 @@ class FileTail:
         def arrived(outcome: Any) -> None:
             if result.called:  # cancelled meanwhile
                 for value in outcome if isinstance(outcome, tuple) else ():
-                    if hasattr(value, "close"):
+                    if isinstance(value, io.IOBase):  # a file the thread opened
                         value.close()
                 return
             if isinstance(outcome, Failure):

@@ -16,6 +16,7 @@ from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
+from conchcmd.peer import Peer
 from conchcmd.refusals import RepeatLog
 from conchcmd.session import (
     ChannelHandler,
@@ -63,7 +64,7 @@ class CommandUser(ConchUser):
         self.dispatcher = dispatcher
         self.clock = clock
         self.shell = shell
-        self.peer = "?"  # set by the transport once the user is attached to a connection
+        self.peer = "?"  # the client's address, from the login's mind (see CommandRealm)
         self.budget = ConnectionBudget()  # one avatar per connection: its channels share this
         # The connection's, set by the transport (its one owner) when it admits this user.
         self.refusals: RepeatLog | None = None
@@ -123,4 +124,6 @@ class CommandRealm:
         if IConchUser not in interfaces or not isinstance(avatarId, Identity):
             raise NotImplementedError("conchcmd serves only SSH users")
         user = CommandUser(avatarId, self.dispatcher, self.clock, self.shell, self.users.get(avatarId.user))
+        if isinstance(mind, Peer):  # the transport logs in with the client's address as the mind
+            user.peer = mind.text
         return IConchUser, user, lambda: None

@@ -10,20 +10,22 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch import error as conch_error
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import _kex, connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
-from twisted.cred import credentials
+from twisted.conch.ssh.keys import BadKeyError
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, IReactorTime, ISystemHandle, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from conchcmd.admission import Admission, source_of
 from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, new_connection_id, sanitise
@@ -33,9 +35,11 @@ from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
+from conchcmd.flow import ChannelConnection, FlowControlledChannel, PausableTransport
 from conchcmd.framing import ModernServerTransport
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
+from conchcmd.peer import Peer, PeerSSHPrivateKey, PeerUsernamePassword, format_peer, host_and_port
 from conchcmd.realm import CommandUser
 from conchcmd.refusals import RepeatLog
 from conchcmd.session import SessionChannel
@@ -57,6 +61,7 @@ PROTOCOL_VIOLATIONS = frozenset(
 ABORT_AFTER = 5.0  # seconds a closing connection may take to drain before it is cut
 PREAUTH_MAX_PACKET = 64 * 1024  # kex and userauth packets are a few KiB
 SHUTDOWN_GRACE = 3.0  # seconds to let connections close on shutdown
+CUT_GRACE = 1.0  # then, seconds for the cut of those still open to take effect
 #: A key exchange (ours or the client's) must finish within this time once it has started.
 KEX_TIMEOUT = 60.0
 #: Channel output queued behind a key exchange in progress, at most (then channels wait for the
@@ -96,28 +101,70 @@ class ServerSettings:
         )
 
 
-def format_peer(address: IAddress) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def auth_client(address: IAddress, peer: str) -> Client:
     """The client as the authentication lines name it: sshd's address text (no brackets; an
     IPv4-mapped IPv6 address as IPv4, as sshd's ipv64_normalise_mapped does) and port."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
+    ip = host_and_port(address)
+    if ip is None:
         return Client(host=peer, port=0, peer=peer)
+    host, port = ip
     try:
         mapped = ipaddress.ip_address(host)
         if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
             host = str(mapped.ipv4_mapped)
     except ValueError:
         pass
-    return Client(host=host, port=port if isinstance(port, int) else 0, peer=peer)
+    return Client(host=host, port=port, peer=peer)
+
+
+#: What malformed input raises while Conch or conchcmd parses it: short reads (struct.error,
+#: IndexError), bad values (ValueError, UnicodeDecodeError among them), keys and errors that
+#: Conch or cryptography raise by name.
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    struct.error,
+    IndexError,
+    ValueError,
+    BadKeyError,
+    conch_error.ConchError,
+    UnsupportedAlgorithm,
+)
+
+
+def is_parse_error(e: Exception) -> bool:
+    """Whether `e` comes from a peer's malformed packet rather than from a bug here."""
+    if isinstance(e, PARSE_ERRORS):
+        return True
+    # Conch reads a packet's booleans with ord(packet[0:1]): a truncated packet raises TypeError.
+    return isinstance(e, TypeError) and str(e).startswith("ord() expected") and _raised_in_conch(e)
+
+
+def _raised_in_conch(e: BaseException) -> bool:
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("twisted.conch.")
+
+
+class InternalErrors:
+    """The places (exception type, file, line) where packets have hit a bug: each gets its
+    traceback logged once, so a client that can provoke one cannot flood the log."""
+
+    LIMIT = 100  # places remembered; past this, no more tracebacks
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def first(self, e: BaseException) -> bool:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        place = (type(e).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        if place in self.seen or len(self.seen) >= self.LIMIT:
+            return False
+        self.seen.add(place)
+        return True
 
 
 class ClientSlots:
@@ -150,6 +197,7 @@ class ClientSlots:
             self.by_user.pop(user, None)
 
 
+@implementer(IPushProducer)  # TCP pauses it when its send buffer is full
 class ServerTransport(ModernServerTransport):
     """The SSH transport with a modern-only algorithm list and the fixes Conch lacks.
 
@@ -190,10 +238,11 @@ class ServerTransport(ModernServerTransport):
         self.ourVersionString = b"SSH-2.0-" + limits.banner_version.encode("ascii")
         assert self.transport is not None
         address = self.transport.getPeer()
-        self.peer = format_peer(address)
+        self.peer_address = Peer.of(address)
+        self.peer = self.peer_address.text
         self.auth_log = AuthLog(auth_client(address, self.peer))
-        self.peer_host: str | None = getattr(address, "host", None)
-        self.source = source_of(getattr(address, "host", self.peer))
+        self.peer_host = self.peer_address.host
+        self.source = source_of(self.peer_host or self.peer)
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
         self.refusals = RepeatLog(log, self.peer)
@@ -202,38 +251,59 @@ class ServerTransport(ModernServerTransport):
         factory.transports.add(self)
         factory.admission.started(self.source)
         self.in_startup = True
-        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_nodelay is not None:
-            set_nodelay(True)
-        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
-        if set_keepalive is not None and factory.settings.tcp_keepalive:
-            set_keepalive(True)  # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+            if factory.settings.tcp_keepalive:
+                # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
+                self.transport.setTcpKeepAlive(True)
         log.info("Client connection from {peer}", peer=self.peer)
         self.audit.record("connect", peer=self.peer)
-        register = getattr(self.transport, "registerProducer", None)
-        if register is not None:
-            register(self, True)  # TCP tells us when its send buffer is full (see pauseProducing)
+        if IConsumer.providedBy(self.transport):
+            # TCP tells us when its send buffer is full (see pauseProducing)
+            self.transport.registerProducer(self, True)
             self._producing = True
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
-        if TCP_QUICKACK is not None:
-            handle = getattr(self.transport, "getHandle", None)
-            sock = handle() if handle is not None else None
+        if TCP_QUICKACK is not None and ISystemHandle.providedBy(self.transport):
+            sock = self.transport.getHandle()
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-        if self._failed:
+        if self._failed or self._broken:
             return
         if self.liveness is not None:
             self.liveness.received()
         try:
             super().dataReceived(data)
-        except Exception as e:  # a malformed packet from this peer: end only this connection
-            kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
-            self._protocol_error(f"{kind}: {e}")
+        except Exception as e:  # whatever it is, it ends only this connection
+            self.packet_raised(e)
+
+    def packet_raised(self, e: Exception, where: str = "") -> None:
+        """A packet from this peer raised `e` (`where`: what was being handled, if not the packet
+        just read). Malformed input is a protocol error, counted against the client's source;
+        anything else is a bug of ours: logged with its traceback, the client not blamed."""
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        described = f"{kind}{where}: {e}"
+        if is_parse_error(e):
+            self._protocol_error(described)
             return
+        self._broken = True  # nothing more from this peer is acted on
+        self.end_reason = sanitise(f"internal error: {described}", 200)
+        if self.factory.internal_errors.first(e):
+            log.failure(
+                "Internal error handling a packet from {peer}; disconnecting",
+                failure=Failure(e, type(e), e.__traceback__),
+                peer=self.peer,
+            )
+        else:  # the same bug again (maybe provoked on purpose): one line, not a traceback each time
+            log.error(
+                "Internal error handling a packet from {peer} ({error}, traceback logged before); disconnecting",
+                peer=self.peer,
+                error=sanitise(described, 200),
+            )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"internal error")
 
     def max_packet_size(self) -> int:
         return super().max_packet_size() if self.holds_slot else PREAUTH_MAX_PACKET
@@ -293,6 +363,7 @@ class ServerTransport(ModernServerTransport):
         super().ssh_SERVICE_REQUEST(packet)
 
     _kex_timer: Any = None
+    _broken = False  # a packet hit a bug here: the connection ends, not counted against the source
 
     def sendKexInit(self) -> None:
         # Every key exchange, ours or the client's, starts with our KEXINIT (sent in reply to
@@ -377,11 +448,9 @@ class ServerTransport(ModernServerTransport):
     def _pump_channels(self) -> None:
         if self.output_held:
             return
-        service = self.service
-        for chan in list(getattr(service, "channels", {}).values()):
-            pump = getattr(chan, "pump", None)
-            if pump is not None:
-                pump()
+        if isinstance(self.service, ConnectionService):
+            for chan in self.service.flow_channels():
+                chan.pump()
 
     def stopProducing(self) -> None:
         self._tcp_paused = True
@@ -419,7 +488,6 @@ class ServerTransport(ModernServerTransport):
             return False
         self.holds_slot = True
         self.user = user
-        avatar.peer = self.peer
         avatar.refusals = self.refusals
         avatar.audit = self.audit
         self._leave_startup()
@@ -466,8 +534,15 @@ class ServerTransport(ModernServerTransport):
 
     _abort: Any = None
 
+    def cut(self) -> None:
+        """Drop the connection now, whatever it has not sent yet."""
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._cut()
+
     def _cut(self) -> None:
         self._abort = None
+        # ITCPTransport's, but Twisted's test transports (StringTransport) have it undeclared.
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -476,6 +551,16 @@ class ServerTransport(ModernServerTransport):
         if self.in_startup:
             self.in_startup = False
             self.factory.admission.left_startup(self.source)
+
+    _lost_waiters: list[defer.Deferred[None]] | None = None
+
+    def when_lost(self) -> defer.Deferred[None]:
+        """Fires once this connection is gone (the server's shutdown waits for it)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._lost_waiters is None:
+            self._lost_waiters = []
+        self._lost_waiters.append(d)
+        return d
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._grace is not None:
@@ -515,7 +600,13 @@ class ServerTransport(ModernServerTransport):
             "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
         )
         factory.connection_ids.discard(self.connection_id)
-        super().connectionLost(reason)
+        try:
+            super().connectionLost(reason)
+        finally:  # after this connection's last record: the shutdown's own come after it
+            waiters, self._lost_waiters = self._lost_waiters or [], None
+            for d in waiters:
+                if not d.called:  # not cancelled by the shutdown's grace time
+                    d.callback(None)
 
 
 class UserAuthService(userauth.SSHUserAuthServer):
@@ -632,7 +723,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
             except Exception as e:  # malformed, found only now: as ServerTransport.dataReceived does
                 self._waiting.clear()
-                self.transport.packet_error(f"{type(e).__name__} in a waiting authentication request: {e}")
+                self.transport.packet_raised(e, " in a waiting authentication request")
         else:
             self._waiting.clear()
 
@@ -656,18 +747,16 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 + NS(algorithm)
                 + NS(blob)
             )
-        creds = credentials.SSHPrivateKey(user, algorithm, blob, signed, signature)
-        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
-        d = self.portal.login(creds, None, IConchUser)
+        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address)
+        d = self.portal.login(creds, self.transport.peer_address, IConchUser)
         if not has_signature:
             d.addErrback(self._ebCheckKey, packet[1:])  # an authorized key's probe gets PK_OK
         return d
 
     def auth_password(self, packet: bytes) -> Any:
         password = getNS(packet[1:])[0]
-        creds = credentials.UsernamePassword(self.user or b"", password)
-        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
-        return self.portal.login(creds, None, IConchUser)  # the failure delay: see _ebBadAuth
+        creds = PeerUsernamePassword(self.user or b"", password, self.transport.peer_address)
+        return self.portal.login(creds, self.transport.peer_address, IConchUser)  # the failure delay: see _ebBadAuth
 
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
@@ -784,7 +873,11 @@ class ConnectionService(connection.SSHConnection):
 
     def busy(self) -> bool:
         """True while a command runs on any channel (so the connection is not idle)."""
-        return any(getattr(c, "busy", False) for c in self.channels.values())
+        return any(c.busy for c in self.flow_channels())
+
+    def flow_channels(self) -> list[FlowControlledChannel]:
+        """The open channels, as flow control sees them (the avatar opens session channels only)."""
+        return [c for c in self.channels.values() if isinstance(c, SessionChannel)]
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = getNS(packet)
@@ -954,11 +1047,13 @@ class CommandServerFactory(SSHFactory):
         self.ciphers = [c.encode() for c in algorithms.ciphers]
         self.macs = [m.encode() for m in algorithms.macs]
         self.transports: set[ServerTransport] = set()
+        self.internal_errors = InternalErrors()
         self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
-        host = getattr(addr, "host", None)
-        if host is not None:
+        ip = host_and_port(addr)
+        if ip is not None:
+            host = ip[0]
             source = source_of(host)
             refusal = self.admission.refusal(source, host)
             if refusal is not None:
@@ -974,17 +1069,28 @@ class CommandServerFactory(SSHFactory):
 
     def close_all(self, why: bytes) -> defer.Deferred[None]:
         """Disconnect every client with a reason; fires when all are gone, or after a grace time."""
-        done: defer.Deferred[None] = defer.Deferred()
         self.admission.flush()
-        for t in list(self.transports):
+        open_now = list(self.transports)
+        gone = [t.when_lost() for t in open_now]
+        for t in open_now:
             t.close_with(why)
-        deadline = self.clock.seconds() + SHUTDOWN_GRACE
+        everyone: defer.Deferred[Any] = defer.DeferredList(gone, consumeErrors=True)
+        everyone.addTimeout(SHUTDOWN_GRACE, self.clock, onTimeoutCancel=lambda _result, _timeout: None)
+        return everyone.addCallback(lambda _: self._cut_the_rest())
 
-        def poll() -> None:
-            if not self.transports or self.clock.seconds() >= deadline:
-                done.callback(None)
-            else:
-                self.clock.callLater(0.05, poll)
+    def _cut_the_rest(self) -> defer.Deferred[None]:
+        """Connections still open after the grace time (a client that reads nothing) are cut, so
+        that their last records come before the server's (the reactor would end them after the
+        audit log is closed); one that does not end even then is left to the process's end."""
+        left = list(self.transports)
+        gone = [t.when_lost() for t in left]
+        for t in left:
+            t.cut()
+        rest: defer.Deferred[Any] = defer.DeferredList(gone, consumeErrors=True)
+        rest.addTimeout(CUT_GRACE, self.clock, onTimeoutCancel=lambda _result, _timeout: None)
+        return rest.addCallback(lambda _: None)
 
-        poll()
-        return done
+
+if TYPE_CHECKING:  # mypy holds the server's classes to the contracts the session channels rely on
+    _connection_contract: type[ChannelConnection] = ConnectionService
+    _transport_contract: type[PausableTransport] = ServerTransport

@@ -30,7 +30,7 @@ from conchcmd.config import Config, ConfigError, audit_group_id, load_config
 from conchcmd.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
-from conchcmd.server import format_peer
+from conchcmd.peer import format_peer, host_and_port
 from conchcmd.threads import ThreadRunner
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -80,6 +80,7 @@ class ConchcmdService(Service):
         self.listen = listen or config.listen
         self.config_path = config_path
         self.ports: list[Any] = []
+        self._binding: defer.Deferred[Any] | None = None  # the endpoints' listen, once started
         self.server: Server | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.host_keys: HostKeys | None = None
@@ -131,15 +132,28 @@ class ConchcmdService(Service):
             hostname=hostname,
         )
 
+    def privilegedStartService(self) -> None:
+        """Bind the endpoints now: twistd calls this before `--uid`/`--gid` drop privileges, so
+        an unprivileged server can serve port 22. Readiness waits for startService."""
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> defer.Deferred[Any]:
+        if self._binding is None:
+            if self.server is None:
+                self.prepare()
+            listening = [self._listen(description) for description in self.listen]
+            self._binding = defer.gatherResults(listening, consumeErrors=True)
+        return self._binding
+
     def startService(self) -> None:
         super().startService()
-        if self.server is None:
-            self.prepare()
+        binding = self._bind()  # bound already under twistd (privilegedStartService)
         self.pool.start()
         self.password_pool.start()
-        listening = [self._listen(description) for description in self.listen]
-        done = defer.gatherResults(listening, consumeErrors=True)
-        done.addCallbacks(self._listening, self._failed_to_listen)
+        binding.addCallbacks(self._listening, self._failed_to_listen).addErrback(
+            lambda failure: log.failure("Starting the server failed", failure)
+        )
 
     def _listen(self, description: str) -> defer.Deferred[Any]:
         assert self.server is not None
@@ -151,8 +165,8 @@ class ConchcmdService(Service):
 
         def listening(port: Any) -> None:
             self.ports.append(port)
-            address = port.getHost()
-            where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+            ip = host_and_port(port.getHost())
+            where = f"{ip[0]}:{ip[1]}" if ip is not None else ":"
             self.say(f"conchcmd: listening on {description} ({where})")
 
         def failed(failure: Any) -> None:
@@ -161,7 +175,8 @@ class ConchcmdService(Service):
         return d.addCallbacks(listening, failed)
 
     def _listening(self, _: object) -> None:
-        port = getattr(self.ports[0].getHost(), "port", None) if self.ports else None
+        ip = host_and_port(self.ports[0].getHost()) if self.ports else None
+        port = ip[1] if ip is not None else None
         hint = no_users_hint(self.config, port)
         if hint:
             self.say(hint)
@@ -185,7 +200,7 @@ class ConchcmdService(Service):
         self.ready.callback(None)
 
     def _failed_to_listen(self, failure: Any) -> None:
-        error = failure.value.subFailure.value if hasattr(failure.value, "subFailure") else failure.value
+        error = failure.value.subFailure.value if isinstance(failure.value, defer.FirstError) else failure.value
         self.stop_reason = f"startup failed: {error}"
         self.ready.errback(error)
         self.reactor.stop()
@@ -265,7 +280,10 @@ def no_users_hint(config: Config, port: int | None = None) -> str | None:
     if "%u" not in pattern.name or "%u" in str(pattern.parent):
         return None
     directory = pattern.parent
-    if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
+    try:
+        if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
+            return None
+    except OSError:  # e.g. not searchable by the user twistd --uid switched to: no hint
         return None
     config_arg = f" --config {config.source}" if config.source else ""
     return (

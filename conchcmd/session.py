@@ -18,11 +18,10 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.conch.ssh import channel, connection
 from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -32,6 +31,7 @@ from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, sa
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
+from conchcmd.flow import ChannelConnection
 from conchcmd.refusals import RepeatLog
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -144,6 +144,8 @@ class ChannelHandler(Protocol):
 
     #: For the audit: "exec", "shell" (no pty) or "pty-shell".
     kind: str
+    #: The command running now, if any (the channel is busy: the connection is not idle).
+    running: defer.Deferred[Any] | None
 
     def start(self) -> None: ...
     def data_received(self, data: bytes) -> None: ...
@@ -154,12 +156,6 @@ class ChannelHandler(Protocol):
     def input_held(self) -> int:
         """Bytes of input received and not yet processed (partial and waiting lines)."""
         ...
-
-
-class WindowGranter(Protocol):
-    """The connection side of flow control (ConnectionService; a recording stand-in in tests)."""
-
-    def grant_window(self, channel: Any, bytes_to_add: int) -> None: ...
 
 
 #: Builds the handler for a channel: an exec of the given command line, or a shell for None.
@@ -318,14 +314,17 @@ class SessionChannel(channel.SSHChannel):
             self._early_eof = True
 
     @property
-    def _connection(self) -> SSHConnection:
+    def _connection(self) -> ChannelConnection:
+        """The connection, as flow control sees it: Conch types `conn` as its SSHConnection, the
+        channel relies on ChannelConnection (ConnectionService implements it, mypy checks that
+        in server.py)."""
         assert self.conn is not None, "a channel in use always has its connection"
-        return self.conn
+        return cast(ChannelConnection, self.conn)
 
     @property
     def busy(self) -> bool:
         """True while a command runs on this channel."""
-        return self.handler is not None and getattr(self.handler, "running", None) is not None
+        return self.handler is not None and self.handler.running is not None
 
     # -- the byte account and the window ------------------------------------------------------
 
@@ -364,8 +363,7 @@ class SessionChannel(channel.SSHChannel):
             budget.starved = True
         increase = target - self.localWindowLeft
         if increase > 0 and self.localWindowLeft <= target // 2:
-            granter: WindowGranter = self._connection  # type: ignore[assignment]
-            granter.grant_window(self, increase)
+            self._connection.grant_window(self, increase)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -407,10 +405,10 @@ class SessionChannel(channel.SSHChannel):
         self._pump()
 
     def _pump(self) -> None:
-        transport = getattr(self._connection, "transport", None)
+        transport = self._connection.transport
         sent = False
         while self._queue and not self._gone:
-            if getattr(transport, "tcp_paused", False):
+            if transport.tcp_paused:
                 break  # resumed by the transport when its socket drains
             is_stderr, buf = self._queue[0]
             n = min(len(buf), self.remoteWindowLeft, self.remoteMaxPacket)

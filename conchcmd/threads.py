@@ -47,12 +47,18 @@ class ThreadRunner:
         return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
 
 
-_lowered = threading.local()
+class _Lowered(threading.local):
+    """Per thread: whether its priority has been lowered already."""
+
+    done = False
+
+
+_lowered = _Lowered()
 
 
 def _niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
     """Run `fn` in a thread whose priority was lowered by `nice`, once, when it first ran here."""
-    if not getattr(_lowered, "done", False):
+    if not _lowered.done:
         _lowered.done = True
         with contextlib.suppress(OSError, AttributeError):
             tid = threading.get_native_id()

@@ -1,5 +1,6 @@
 """`twistd conchcmd`: the same server as `conchcmd serve`, the Twisted way (twistd handles
-daemonising, pid files and logging)."""
+daemonising, pid files and logging). Under `twistd --uid/--gid` the service binds its endpoints in
+privilegedStartService, before the switch; host keys and the audit log are opened in makeService."""
 
 from __future__ import annotations
 

@@ -10,8 +10,10 @@ from support.keys import authorized_line, ed25519_key
 from support.sshclient import Connection
 from twisted.conch.ssh import transport
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer
 
 from .conftest import World, make_world
 
@@ -87,6 +89,7 @@ def test_slots_are_per_user_and_freed_when_a_connection_ends(tmp_path: Path) -> 
     assert w.factory.slots.used == 1 and w.factory.slots.by_user == {"admin": 1}
 
 
+@implementer(ITCPTransport)
 class TCPTransport(StringTransport):
     """A StringTransport with ITCPTransport's socket options, recorded."""
 

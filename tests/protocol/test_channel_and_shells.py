@@ -30,6 +30,7 @@ class RecordingConnection:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
         self.transport = self
+        self.tcp_paused = False  # the transport side of conchcmd.flow.ChannelConnection
 
     def getPeer(self) -> IPv4Address:
         return IPv4Address("TCP", "10.0.0.1", 40000)

@@ -414,6 +414,15 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_channel_rules.py::test_closing_a_connection_closes_every_channel_even_if_one_close_raises",
         ],
     },
+    "A bug is not the client's fault.": {
+        "a malformed packet is a protocol error counted against the source": [
+            M + "test_internal_errors.py::test_a_truncated_packet_is_a_protocol_error_that_counts",
+        ],
+        "a bug ends only that connection, logged with its traceback once per place, and does not count": [
+            M + "test_internal_errors.py::test_a_bug_is_logged_once_with_its_traceback_and_not_held_against_the_client",
+            M + "test_internal_errors.py::test_parse_errors_and_bugs_are_told_apart",
+        ],
+    },
     "Rekeying.": {
         "the server renews keys after 1 GiB or 1 hour": [
             M + "test_transport_crypto.py::test_client_initiated_and_time_based_rekeys",

@@ -1,0 +1,63 @@
+"""The client's address through cred's own channels: credentials that carry it to the checkers
+(for `from=` and a certificate's `source-address`) and the `mind` that carries it to the realm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.cred import credentials
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress
+
+
+def host_and_port(address: IAddress) -> tuple[str, int] | None:
+    """An IP address's host and port; None for other addresses (a UNIX socket)."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host, address.port
+    return None
+
+
+def format_peer(address: IAddress) -> str:
+    """`host:port`, `[v6host]:port`, or the address's own text if it is not an IP address."""
+    ip = host_and_port(address)
+    if ip is None:
+        return str(address)
+    host, port = ip
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is connecting: the IP host (None when not an IP connection) and the text logs show."""
+
+    host: str | None
+    text: str
+
+    @classmethod
+    def of(cls, address: IAddress) -> Peer:
+        ip = host_and_port(address)
+        return cls(ip[0] if ip is not None else None, format_peer(address))
+
+
+class PeerSSHPrivateKey(credentials.SSHPrivateKey):
+    """Conch's public-key credentials, plus the peer the request came from."""
+
+    def __init__(
+        self,
+        username: bytes,
+        algName: bytes,
+        blob: bytes,
+        sigData: bytes | None,
+        signature: bytes | None,
+        peer: Peer,
+    ):
+        super().__init__(username, algName, blob, sigData, signature)
+        self.peer = peer
+
+
+class PeerUsernamePassword(credentials.UsernamePassword):
+    """Conch's password credentials, plus the peer the request came from."""
+
+    def __init__(self, username: bytes, password: bytes, peer: Peer):
+        super().__init__(username, password)
+        self.peer = peer
