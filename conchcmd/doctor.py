@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.conch.ssh import _kex
+from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import getNS
 
 from conchcmd.auth import bcrypt_cost
@@ -311,7 +311,7 @@ def _passwords(config: Config) -> Iterator[Finding]:
 
 
 def _algorithms(config: Config) -> Iterator[Finding]:
-    available = _kex.getSupportedKeyExchanges()
+    available = transport.SSHTransportBase.supportedKeyExchanges
     kex = [k for k in config.algorithms.kex_algorithms if k.encode() in available]
     missing = [k for k in config.algorithms.kex_algorithms if k.encode() not in available]
     if missing:
