@@ -25,6 +25,7 @@ import os
 from collections import deque
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 from twisted.internet.interfaces import IReactorTime
@@ -63,6 +64,29 @@ class RandomPool:
             self.pool = os.urandom(self.size)
         out, self.pool = self.pool[:n], self.pool[n:]
         return out
+
+
+MLKEM_KEX = b"mlkem768x25519-sha256"
+
+
+def usable_key_exchanges() -> list[bytes]:
+    """Conch's key exchanges that work with the installed cryptography. Conch lists
+    mlkem768x25519-sha256 whenever cryptography has its `hpke` module, which cryptography 47 has
+    without an ML-KEM backend: a client choosing it would fail in the middle of the handshake."""
+    names = list(transport.SSHTransportBase.supportedKeyExchanges)
+    if MLKEM_KEX in names and not _mlkem_works():
+        names.remove(MLKEM_KEX)
+    return names
+
+
+def _mlkem_works() -> bool:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mlkem
+
+        mlkem.MLKEM768PrivateKey.generate()
+    except (ImportError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))

@@ -34,7 +34,7 @@ from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate
 from conchcmd.conchprivate import QuietConnection, UserAuthHooks
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
-from conchcmd.framing import ModernServerTransport
+from conchcmd.framing import ModernServerTransport, usable_key_exchanges
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
 from conchcmd.realm import CommandUser
@@ -947,7 +947,7 @@ class CommandServerFactory(SSHFactory):
         self.known_user: Callable[[str], bool] = known_user or (lambda _name: True)
         self.slots = ClientSlots(settings.max_clients, settings.max_clients_per_user)
         self.admission = Admission(settings.limits, clock, audit)
-        available = transport.SSHTransportBase.supportedKeyExchanges
+        available = usable_key_exchanges()
         algorithms = settings.algorithms
         self.key_exchanges = [k.encode() for k in algorithms.kex_algorithms if k.encode() in available]
         self.ciphers = [c.encode() for c in algorithms.ciphers]
