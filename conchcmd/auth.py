@@ -38,7 +38,6 @@ from conchcmd.certs import (
 from conchcmd.config import Config, UserPolicy
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostmatch import match_address_list
-from conchcmd.peercreds import peer_host_of
 from conchcmd.sk import (
     SK_ECDSA,
     SK_ED25519,
@@ -376,7 +375,8 @@ class PublicKeyChecker:
             user = credentials.username.decode("utf-8")
         except UnicodeDecodeError:
             raise KeyRefused("user name is not UTF-8") from None
-        authorized = self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host_of(credentials))
+        peer_host = getattr(credentials, "peer_host", None)
+        authorized = self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host)
         if credentials.signature is None:
             raise ValidPublicKey()  # the key may be used: Conch answers PK_OK
         try:

@@ -16,7 +16,6 @@ from conchcmd.audit import LOG_NAMESPACE, AuditSink, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
 from conchcmd.config import UserPolicy
-from conchcmd.peercreds import ConnectionMind
 from conchcmd.refusals import RepeatLog
 from conchcmd.session import (
     ChannelHandler,
@@ -64,11 +63,11 @@ class CommandUser(ConchUser):
         self.dispatcher = dispatcher
         self.clock = clock
         self.shell = shell
-        self.peer = "?"  # the connection's, from the login's mind (ConnectionMind)
+        self.peer = "?"  # set by the transport once the user is attached to a connection
         self.budget = ConnectionBudget()  # one avatar per connection: its channels share this
-        # The connection's, from the login's mind as well.
+        # The connection's, set by the transport (its one owner) when it admits this user.
         self.refusals: RepeatLog | None = None
-        self.audit: AuditSink | None = None  # the connection's (with its id)
+        self.audit: AuditSink | None = None  # the connection's (with its id), set the same way
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
@@ -124,6 +123,4 @@ class CommandRealm:
         if IConchUser not in interfaces or not isinstance(avatarId, Identity):
             raise NotImplementedError("conchcmd serves only SSH users")
         user = CommandUser(avatarId, self.dispatcher, self.clock, self.shell, self.users.get(avatarId.user))
-        if isinstance(mind, ConnectionMind):  # the connection this avatar serves (None outside SSH logins)
-            user.peer, user.refusals, user.audit = mind.peer, mind.refusals, mind.audit
         return IConchUser, user, lambda: None

@@ -17,6 +17,7 @@ from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
+from twisted.cred import credentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -36,7 +37,6 @@ from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
 from conchcmd.framing import ModernServerTransport, usable_key_exchanges
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
-from conchcmd.peercreds import ConnectionMind, PeerSSHPrivateKey, PeerUsernamePassword
 from conchcmd.realm import CommandUser
 from conchcmd.refusals import RepeatLog
 from conchcmd.session import SessionChannel
@@ -419,13 +419,12 @@ class ServerTransport(ModernServerTransport):
             return False
         self.holds_slot = True
         self.user = user
+        avatar.peer = self.peer
+        avatar.refusals = self.refusals
+        avatar.audit = self.audit
         self._leave_startup()
         self.factory.admission.authenticated(self.source)
         return True
-
-    def mind(self) -> ConnectionMind:
-        """What the realm learns of this connection at login (cred's `mind`)."""
-        return ConnectionMind(peer=self.peer, audit=self.audit, refusals=self.refusals)
 
     def _maybe_strike(self) -> None:
         """An unauthenticated connection that failed, misbehaved or stalled counts against its source."""
@@ -657,16 +656,18 @@ class UserAuthService(UserAuthHooks):
                 + NS(algorithm)
                 + NS(blob)
             )
-        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_host)
-        d = self.portal.login(creds, self.transport.mind(), IConchUser)
+        creds = credentials.SSHPrivateKey(user, algorithm, blob, signed, signature)
+        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
+        d = self.portal.login(creds, None, IConchUser)
         if not has_signature:
             d.addErrback(self.answer_key_probe, packet[1:])  # an authorized key's probe gets PK_OK
         return d
 
     def auth_password(self, packet: bytes) -> Any:
         password = getNS(packet[1:])[0]
-        creds = PeerUsernamePassword(self.user or b"", password, self.transport.peer_host)
-        return self.portal.login(creds, self.transport.mind(), IConchUser)  # the failure delay: see auth_failed
+        creds = credentials.UsernamePassword(self.user or b"", password)
+        creds.peer_host = self.transport.peer_host  # type: ignore[attr-defined]
+        return self.portal.login(creds, None, IConchUser)  # the failure delay: see auth_failed
 
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
