@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.conch.ssh import _kex
 from twisted.conch.ssh.common import getNS
 
 from conchcmd.auth import bcrypt_cost
@@ -21,6 +20,7 @@ from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
 from conchcmd.commands import InlineRunner
 from conchcmd.config import Config
 from conchcmd.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
+from conchcmd.framing import usable_key_exchanges
 from conchcmd.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
 from conchcmd.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
 from conchcmd.logtargets import DEV_LOG, JOURNAL_SOCKET
@@ -311,14 +311,14 @@ def _passwords(config: Config) -> Iterator[Finding]:
 
 
 def _algorithms(config: Config) -> Iterator[Finding]:
-    available = _kex.getSupportedKeyExchanges()
+    available = usable_key_exchanges()
     kex = [k for k in config.algorithms.kex_algorithms if k.encode() in available]
     missing = [k for k in config.algorithms.kex_algorithms if k.encode() not in available]
     if missing:
         yield Finding(
             WARNING,
             f"key exchange not available in this build: {', '.join(missing)}",
-            "upgrade the cryptography package (ML-KEM needs OpenSSL 3.5+)",
+            "upgrade the cryptography package (ML-KEM needs cryptography 48+ with OpenSSL 3.5+)",
         )
     if not kex:
         yield Finding(PROBLEM, "no key exchange algorithm left", "allow curve25519-sha256 in kex_algorithms")

@@ -9,7 +9,8 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
 - `dispatchMessage` / `ssh_NEWKEYS`: strict KEX (kex-strict-s-v00@openssh.com, the Terrapin
   counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
   are allowed, KEXINIT must come first, and sequence numbers restart at 0 after every NEWKEYS.
-- rekeying after 1 GiB or 1 hour (OpenSSH's RekeyLimit default), which Conch never starts.
+- rekeying after 1 GiB or 1 hour (OpenSSH's RekeyLimit default), which Conch never starts; the
+  hour is timed by the factory's `clock`, which a transport must have.
 - (server) `dispatchMessage`: every incoming message goes through the dispatch policy
   (`conchcmd.dispatch`, sshd's tables) first. Conch runs any message it has a method for, in any
   state: a KEX_ECDH_INIT with no key exchange in progress (a new host-key signature each time,
@@ -24,9 +25,12 @@ import os
 from collections import deque
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
+from twisted.internet.interfaces import IReactorTime
 
+from conchcmd.conchprivate import KexState
 from conchcmd.dispatch import Action, Phase, Verdict, decide, phase_of
 from conchcmd.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
 
@@ -62,12 +66,38 @@ class RandomPool:
         return out
 
 
+MLKEM_KEX = b"mlkem768x25519-sha256"
+
+
+def usable_key_exchanges() -> list[bytes]:
+    """Conch's key exchanges that work with the installed cryptography. Conch lists
+    mlkem768x25519-sha256 whenever cryptography has its `hpke` module, which cryptography 47 has
+    without an ML-KEM backend: a client choosing it would fail in the middle of the handshake."""
+    names = list(transport.SSHTransportBase.supportedKeyExchanges)
+    if MLKEM_KEX in names and not _mlkem_works():
+        names.remove(MLKEM_KEX)
+    return names
+
+
+def _mlkem_works() -> bool:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mlkem
+
+        mlkem.MLKEM768PrivateKey.generate()
+    except (ImportError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
 
 
-class ModernFraming:
+class ModernFraming(KexState):
     """Packet framing, negotiation and strict KEX shared by our server transport and the test
     client; mixed in before Conch's SSHServerTransport / SSHClientTransport."""
+
+    # Our codecs know no compression; Conch's default list also offers zlib.
+    supportedCompressions = [b"none"]
 
     nextEncryptions: Any  # a CipherSuite here, not Conch's SSHCiphers
     currentEncryptions: Any
@@ -86,7 +116,7 @@ class ModernFraming:
     # Provided by Conch's transport classes:
     isClient: bool
     transport: Any
-    factory: Any
+    factory: Any  # has a `clock` (IReactorTime), which times the rekey after REKEY_SECONDS
     buf: bytes
     incomingPacketSequence: int
     outgoingPacketSequence: int
@@ -94,25 +124,23 @@ class ModernFraming:
     supportedPublicKeys: list[bytes]
     supportedCiphers: list[bytes]
     supportedMACs: list[bytes]
-    supportedCompressions: list[bytes]
-    _keyExchangeState: str
-    _blockedByKeyExchange: Any
-    _KEY_EXCHANGE_NONE: str
-    _KEY_EXCHANGE_REQUESTED: str
-    _KEY_EXCHANGE_PROGRESSING: str
     ourVersionString: bytes
-    _allowedKeyExchangeMessageType: Any
-    _newKeys: Any
+
+    clock: IReactorTime
 
     def now(self) -> float:
-        clock = getattr(self.factory, "clock", None)
-        return float(clock.seconds()) if clock is not None else 0.0
+        return float(self.clock.seconds())
 
     def max_packet_size(self) -> int:
         return MAX_PACKET
 
     def connectionMade(self) -> None:
         # Conch's version installs its own SSHCiphers; ours start with the plain CipherSuite.
+        clock = getattr(self.factory, "clock", None)
+        if not IReactorTime.providedBy(clock):
+            # Without a clock the rekey after REKEY_SECONDS would never happen.
+            raise TypeError(f"{type(self.factory).__name__} has no clock (IReactorTime): rekeying by time needs one")
+        self.clock = clock
         self.transport.write(self.ourVersionString + b"\r\n")
         self.currentEncryptions = CipherSuite.plain()
         self._padding = RandomPool()
@@ -128,8 +156,8 @@ class ModernFraming:
         return [EXT_INFO_SERVER, *([STRICT_KEX_SERVER] if self.offer_strict_kex else [])]
 
     def sendKexInit(self) -> None:
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
-            raise RuntimeError(f"Cannot send KEXINIT while key exchange state is {self._keyExchangeState!r}")
+        if not self.kex_idle():
+            raise RuntimeError(f"Cannot send KEXINIT while key exchange state is {self.kex_state()!r}")
         markers = [] if self._first_kex_done else self.kex_markers()
         self.ourKexInitPayload = b"".join(
             [
@@ -149,14 +177,13 @@ class ModernFraming:
             ]
         )
         self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
-        self._keyExchangeState = self._KEY_EXCHANGE_REQUESTED
-        self._blockedByKeyExchange = []
+        self.kex_requested()
 
     # -- packets -------------------------------------------------------------------------------
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
-            self._blockedByKeyExchange.append((messageType, payload))
+        if self.held_by_kex(messageType):
+            self.hold_for_kex(messageType, payload)
             return
         if self._dead:
             return
@@ -224,7 +251,7 @@ class ModernFraming:
         if (
             self._first_kex_done
             and self.may_rekey()
-            and self._keyExchangeState == self._KEY_EXCHANGE_NONE
+            and self.kex_idle()
             and not self._dead
             and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
         ):
@@ -289,10 +316,7 @@ class ModernFraming:
             return None
         self.nextEncryptions = CipherSuite(out_cipher, in_cipher, out_mac, in_mac)  # type: ignore[arg-type]
         self._peer_kexinit = True
-        self._peerSupportsExtensions = (EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex
-        if self._keyExchangeState == self._KEY_EXCHANGE_REQUESTED:
-            self._keyExchangeState = self._KEY_EXCHANGE_PROGRESSING
-        else:
+        if self.kex_peer_init((EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex):
             self.sendKexInit()
         return kex, keys, rest
 
@@ -306,7 +330,7 @@ class ModernFraming:
         self.kex_count += 1
         self._bytes_since_kex = 0
         self._keyed_at = self.now()
-        self._newKeys()
+        self.conch_new_keys()
 
 
 class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
@@ -349,7 +373,7 @@ class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
         """Hook: a message the policy refused (answered UNIMPLEMENTED, or ignored)."""
 
     def ssh_KEXINIT(self, packet: bytes) -> None:
-        if self._first_kex_done and self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._count_rekey():
+        if self._first_kex_done and self.kex_idle() and not self._count_rekey():
             return
         negotiated = self.negotiate(packet)
         if negotiated is None:

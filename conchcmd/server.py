@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch import error as conch_error
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh import _kex, connection, transport, userauth
+from twisted.conch.ssh import connection, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.keys import BadKeyError
@@ -28,15 +28,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conchcmd.admission import Admission, source_of
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, new_connection_id, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, new_connection_id, sanitise
 from conchcmd.auth import USER_SIGNATURE_ALGORITHMS, Identity, KeyRefused, PasswordChecker, SkRequirementNotMet
 from conchcmd.authlog import AuthLog, Client, KeyInfo, log_word
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
+from conchcmd.conchprivate import QuietConnection, UserAuthHooks
 from conchcmd.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
 from conchcmd.flow import ChannelConnection, FlowControlledChannel, PausableTransport
-from conchcmd.framing import ModernServerTransport
+from conchcmd.framing import ModernServerTransport, usable_key_exchanges
 from conchcmd.hostkeys import HostKeys
 from conchcmd.liveness import Liveness
 from conchcmd.peer import Peer, PeerSSHPrivateKey, PeerUsernamePassword, format_peer, host_and_port
@@ -214,7 +215,6 @@ class ServerTransport(ModernServerTransport):
     """
 
     factory: CommandServerFactory
-    supportedCompressions = [b"none"]
 
     peer = "?"
     source = "?"
@@ -378,7 +378,7 @@ class ServerTransport(ModernServerTransport):
         self.close_with(b"key exchange timed out", transport.DISCONNECT_KEY_EXCHANGE_FAILED)
 
     def take_new_keys(self) -> None:
-        super().take_new_keys()  # Conch's _newKeys: what the key exchange held back is sent now
+        super().take_new_keys()  # what the key exchange held back is sent now
         self._held_bytes = 0
         if self._kex_timer is not None:
             self._kex_timer.cancel()
@@ -391,13 +391,13 @@ class ServerTransport(ModernServerTransport):
         exchange runs once KEX_OUTPUT_BUDGET waits behind it (sshd: serverloop.c polls channel
         output only when not rekeying). Conch queued without limit behind a key exchange."""
         return self._tcp_paused or (
-            self._keyExchangeState != self._KEY_EXCHANGE_NONE and self._held_bytes >= KEX_OUTPUT_BUDGET
+            not self.kex_idle() and self._held_bytes >= KEX_OUTPUT_BUDGET
         )
 
     _held_bytes = 0  # payload bytes queued behind the key exchange in progress
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
+        if self.held_by_kex(messageType):
             self._held_bytes += len(payload)
         super().sendPacket(messageType, payload)
 
@@ -609,7 +609,7 @@ class ServerTransport(ModernServerTransport):
                     d.callback(None)
 
 
-class UserAuthService(userauth.SSHUserAuthServer):
+class UserAuthService(UserAuthHooks):
     """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
 
     Overrides Conch's class-level global-reactor clock, its 10-hour login timeout and its 20
@@ -646,7 +646,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
         self.loginTimeout = math.ceil(factory.settings.limits.login_grace_time)
         self.max_auth_tries = factory.settings.limits.max_auth_tries
         # Conch's own counter (attemptsBeforeDisconnect = 20) would cut at 21 failures even when
-        # max_auth_tries is higher; _ebBadAuth counts and disconnects alone.
+        # max_auth_tries is higher; auth_failed counts and disconnects alone.
         self.attemptsBeforeDisconnect = self.max_auth_tries + 1
         self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
@@ -750,13 +750,13 @@ class UserAuthService(userauth.SSHUserAuthServer):
         creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address)
         d = self.portal.login(creds, self.transport.peer_address, IConchUser)
         if not has_signature:
-            d.addErrback(self._ebCheckKey, packet[1:])  # an authorized key's probe gets PK_OK
+            d.addErrback(self.answer_key_probe, packet[1:])  # an authorized key's probe gets PK_OK
         return d
 
     def auth_password(self, packet: bytes) -> Any:
         password = getNS(packet[1:])[0]
         creds = PeerUsernamePassword(self.user or b"", password, self.transport.peer_address)
-        return self.portal.login(creds, self.transport.peer_address, IConchUser)  # the failure delay: see _ebBadAuth
+        return self.portal.login(creds, self.transport.peer_address, IConchUser)  # the failure delay: see auth_failed
 
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
@@ -779,7 +779,7 @@ class UserAuthService(userauth.SSHUserAuthServer):
     def _user_name(self) -> str:
         return sanitise(self.user or b"", 64)
 
-    def _cbFinishedAuth(self, result: Any) -> None:
+    def auth_succeeded(self, result: Any) -> None:
         _, avatar, logout = result
         identity: Identity = avatar.identity
         if self._stopped or self.transport.closing:  # decided after the client left: no slot, no session
@@ -798,14 +798,14 @@ class UserAuthService(userauth.SSHUserAuthServer):
             source=identity.grant.source,
         )
         self._audit_identity(identity, ok=True)
-        super()._cbFinishedAuth(result)
+        super().auth_succeeded(result)
 
     def _audit_identity(self, identity: Identity, **fields: Any) -> None:
         self.transport.audit.record(
             "auth", user=identity.user, peer=self.transport.peer, **identity.audit_fields(), **fields
         )
 
-    def _ebBadAuth(self, reason: Failure) -> Any:
+    def auth_failed(self, reason: Failure) -> Any:
         if self._stopped:
             return None  # decided after the client left (it was counted as abandoned)
         # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
@@ -848,16 +848,16 @@ class UserAuthService(userauth.SSHUserAuthServer):
                 held: defer.Deferred[None] = defer.Deferred()
                 self._delay = self.clock.callLater(self.passwordDelay, held.callback, None)
                 return held.addCallback(lambda _: self._answer_failure(reason))
-        super()._ebBadAuth(reason)
+        super().auth_failed(reason)
         return None
 
     def _answer_failure(self, reason: Failure) -> None:
         self._delay = None
         if not self._stopped and not self.transport.closing:
-            super()._ebBadAuth(reason)
+            super().auth_failed(reason)
 
 
-class ConnectionService(connection.SSHConnection):
+class ConnectionService(QuietConnection):
     """ssh-connection that refuses non-session channels cleanly (Conch logs a traceback for
     each) and channels with a tiny maximum packet size, tolerates messages for unknown channels,
     holds back window adjustments for channels that hold as much input as they may (input flow
@@ -865,7 +865,6 @@ class ConnectionService(connection.SSHConnection):
     open nobody made, no window past 2^32-1, every channel closed when the connection ends."""
 
     transport: ServerTransport
-    _log = QuietLogger()  # Conch logs debug lines per channel (getChannel, sendEOF, ...)
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -994,7 +993,7 @@ class ConnectionService(connection.SSHConnection):
                     chan.openFailed(ConnectionLost())
             except Exception:
                 log.failure("Closing channel {id} of {peer} failed", id=chan.id, peer=self.transport.peer)
-        self._cleanupGlobalDeferreds()
+        self.fail_global_requests()
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         # Conch re-opens a channel's window whenever half of it is used, however much input the
@@ -1041,7 +1040,7 @@ class CommandServerFactory(SSHFactory):
         self.known_user: Callable[[str], bool] = known_user or (lambda _name: True)
         self.slots = ClientSlots(settings.max_clients, settings.max_clients_per_user)
         self.admission = Admission(settings.limits, clock, audit)
-        available = _kex.getSupportedKeyExchanges()
+        available = usable_key_exchanges()
         algorithms = settings.algorithms
         self.key_exchanges = [k.encode() for k in algorithms.kex_algorithms if k.encode() in available]
         self.ciphers = [c.encode() for c in algorithms.ciphers]

@@ -20,16 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from twisted.conch.ssh import channel, connection
+from twisted.conch.ssh import connection
 from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, QuietLogger, sanitise
+from conchcmd.audit import LOG_NAMESPACE, AuditSink, BoundAudit, sanitise
 from conchcmd.auth import Identity
 from conchcmd.commands import Dispatcher
+from conchcmd.conchprivate import QuietChannel
 from conchcmd.config import UserPolicy
 from conchcmd.flow import ChannelConnection
 from conchcmd.refusals import RepeatLog
@@ -176,11 +177,10 @@ class ChannelStream:
         return self.chan.send(data, stderr=self.stderr)
 
 
-class SessionChannel(channel.SSHChannel):
+class SessionChannel(QuietChannel):
     """One `session` channel: at most one exec or shell, its own state and exit status."""
 
     name = b"session"
-    _log = QuietLogger()  # Conch's per-channel info lines cost more than the channel's work
 
     def __init__(self, context: SessionContext, make_handler: HandlerFactory, **kwargs: Any):
         budget = context.budget

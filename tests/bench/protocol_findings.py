@@ -248,7 +248,7 @@ def finding_2(megabytes: int) -> None:
     for chan in chans:
         conn.exec(chan, b"lastlog -n %d" % (megabytes * 1000))
         conn.flush()
-    queued = sum(len(p) for _, p in conn.server._blockedByKeyExchange or [])
+    queued = sum(len(p) for _, p in conn.server.held_messages())
     print(
         f"2  3 x {megabytes} MB of output behind a stalled rekey: {queued / 1e6:.1f} MB queued,"
         f" RSS +{rss_mb() - rss:.0f} MB"

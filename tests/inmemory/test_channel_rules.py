@@ -256,7 +256,7 @@ def stalling(w: World) -> tuple[Connection, Stalling]:
 
 
 def queued(server: ServerTransport) -> int:
-    return sum(len(payload) for _, payload in server._blockedByKeyExchange or [])
+    return sum(len(payload) for _, payload in server.held_messages())
 
 
 def test_no_channel_output_is_produced_while_keys_change(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def step(rng: random.Random) -> Callable[[Probe, list[int]], tuple[int, bytes] |
                 ">3L", rng.getrandbits(16), window, packet
             )
         if roll < 0.55:
-            if c._keyExchangeState == c._KEY_EXCHANGE_NONE:
+            if c.kex_idle():
                 c.sendKexInit()
             return None
         fatal = rng.random() < 0.05  # the messages that end a connection whatever they carry

@@ -9,6 +9,7 @@ import pytest
 from support.keys import ed25519_key
 from support.sshclient import ClientFactory, Connection, connect
 from twisted.conch.ssh import common, transport
+from twisted.internet.testing import StringTransport
 
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import CIPHERS as SPECS
@@ -94,6 +95,25 @@ def test_client_initiated_and_time_based_rekeys(world: World) -> None:
     conn.exec(chan, b"lastlog -n 2")
     conn.flush()
     assert conn.server.kex_count == 3 and chan.out == b"line 19\nline 20\n"
+
+
+def test_a_transport_without_a_clock_does_not_start() -> None:
+    """Rekeying by time needs a clock: a factory without one made the hourly rekey silently never happen."""
+    factory = ClientFactory()  # no clock, and not connected through `connect`, which gives one
+    client = factory.buildProtocol(None)
+    client.factory = factory
+    with pytest.raises(TypeError, match="ClientFactory has no clock"):
+        client.makeConnection(StringTransport())
+
+
+def test_the_client_side_of_the_framing_also_rekeys_after_an_hour(world: World) -> None:
+    conn = world.connect()
+    assert conn.login(b"admin", ed25519_key()) == 52
+    world.clock.advance(3601)
+    conn.server.rekey_seconds = 7200.0  # the server is not the one to start it this time
+    conn.conn.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=1)
+    conn.flush()
+    assert conn.client.kex_count == conn.server.kex_count == 2 and not conn.disconnected
 
 
 def test_the_server_renews_the_keys_after_a_gib_or_an_hour_not_sooner(world: World) -> None:

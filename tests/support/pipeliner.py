@@ -60,8 +60,8 @@ class Guesser(AuthClient):
 class Attempt(ClientFactory):
     """One connection from one source; reports when it ends."""
 
-    def __init__(self, source: str, args: argparse.Namespace, done: Any):
-        super().__init__()
+    def __init__(self, source: str, args: argparse.Namespace, done: Any, clock: Any):
+        super().__init__(clock)
         self.source = source
         self.done = done
         self.record: dict[str, Any] = {
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     live: set[Attempt] = set()
 
     def dial(source: str) -> None:
-        attempt = Attempt(source, args, ended)
+        attempt = Attempt(source, args, ended, reactor)
         live.add(attempt)
         reactor.connectTCP(args.host, args.port, attempt, timeout=10, bindAddress=(source, 0))  # type: ignore[attr-defined]
 

@@ -80,6 +80,10 @@ def dial(port: int, client_factory: ClientFactory | None = None, host: str = "12
     """Connect the test client to a server on `port` and run until the first key exchange is
     over (or the server has gone quiet or away)."""
     client_factory = client_factory or ClientFactory()
+    if client_factory.clock is None:
+        from twisted.internet import reactor  # wall-clock time, for the client's hourly rekey
+
+        client_factory.clock = reactor  # type: ignore[assignment]
     sock = socket.create_connection((host, port), timeout=LIMIT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client = client_factory.buildProtocol(None)

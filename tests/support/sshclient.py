@@ -14,6 +14,7 @@ from twisted.conch.ssh import channel, common, connection, service, transport, u
 from twisted.conch.ssh.keys import Key
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReactorTime
 from twisted.test import iosim
 
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
@@ -30,7 +31,6 @@ class ClientTransport(ModernFraming, transport.SSHClientTransport):
     factory: ClientFactory
     supportedCiphers = [c.encode() for c in CIPHERS]
     supportedMACs = [m.encode() for m in (*MACS, *OPTIONAL_MACS)]
-    supportedCompressions = [b"none"]
     _gotNewKeys = 0
 
     def connectionMade(self) -> None:
@@ -222,7 +222,9 @@ class RecordingChannel(channel.SSHChannel):
 class ClientFactory(protocol.ClientFactory):
     protocol = ClientTransport
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        #: Times the client's rekey after an hour; `connect` gives it the server's clock if None.
+        self.clock = clock
         self.secure: defer.Deferred[ClientTransport] = defer.Deferred()
         self.supportedCiphers: list[bytes] | None = None
         self.supportedMACs: list[bytes] | None = None
@@ -309,6 +311,8 @@ def connect(
 ) -> Connection:
     """Open an in-memory connection from `peer` to the server and complete key exchange."""
     client_factory = client_factory or ClientFactory()
+    if client_factory.clock is None:
+        client_factory.clock = clock
     client = client_factory.buildProtocol(None)
     client.factory = client_factory
     address = IPv6Address if ":" in peer else IPv4Address  # an IPv6 peer talks to ::1

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import mlkem
 from support.keys import authorized_line, ed25519_key
 
 from conchcmd import cli
@@ -224,3 +226,16 @@ def test_doctor_warns_when_password_hashes_differ_in_cost(setup: Setup) -> None:
     assert "fix: make every hash with the same cost" in report
     setup.write_config(tables=users("12", "12"))
     assert "bcrypt costs" not in setup.doctor()[1]
+
+
+def test_doctor_names_ml_kem_missing_from_the_cryptography_backend(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cryptography 47: Conch lists mlkem768x25519-sha256, the OpenSSL backend lacks ML-KEM."""
+
+    def generate() -> mlkem.MLKEM768PrivateKey:
+        raise UnsupportedAlgorithm("ML-KEM-768 is not supported by this backend.")
+
+    monkeypatch.setattr(mlkem.MLKEM768PrivateKey, "generate", staticmethod(generate))
+    _, report = setup.doctor()
+    assert "key exchange not available in this build: mlkem768x25519-sha256" in report
