@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import re
 import subprocess
@@ -106,9 +105,7 @@ class ConchServer(ServerFiles):
             "penalty_max_seconds": 0,
             **self.extra,
         }
-        text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-        text += f"[lastlog]\npath = {json.dumps(str(syslog))}\n"
-        self.config.write_text(text)
+        self.write_settings(settings, {"lastlog": {"path": str(syslog)}})
         self.spawn()
 
         def listening() -> tuple[int, int] | None:

@@ -9,7 +9,6 @@ the server's log is checked for the expected lines and for tracebacks.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import re
@@ -220,17 +219,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 # -- the server ------------------------------------------------------------------------------
 
 
-def _toml_paths(value: Path | str | list[str]) -> str:
-    """One path, or a list of them tried in order (`[lastlog] path`)."""
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_str(v) for v in value) + "]"
-    return _toml_str(str(value))
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
 _sources = itertools.count()
 
 
@@ -273,8 +261,8 @@ class Server(ServerFiles):
     max_clients: int = 10
     lastlog_path: Path | str | list[str] | None = None  # default: the session's syslog file; "journal" works
     env_extra: dict[str, str] | None = None  # extra environment for the server process
-    config_top: str = ""  # extra top-level config lines (written before the first table)
-    config_tables: str = ""  # extra config tables, e.g. `[users.NAME]` (written last)
+    #: Configuration laid over the defaults (tables merge), e.g. {"users": {"carol": {...}}}.
+    settings: dict[str, Any] = field(default_factory=dict)
     listen: str = "tcp:0:interface=127.0.0.1"  # the config's endpoint (e.g. "systemd:domain=INET:index=0")
     #: The server command, given the Server (default: `python -m conchcmd serve --config CONFIG`).
     command: Callable[[Server], Sequence[str]] | None = None
@@ -299,27 +287,25 @@ class Server(ServerFiles):
         path.chmod(mode)
         return path
 
+    def default_settings(self) -> dict[str, Any]:
+        """The configuration every test server starts from."""
+        lastlog = self.lastlog_path or self.data.syslog
+        return {
+            "listen": [self.listen],
+            "host_keys_dir": "keys",
+            "authorized_keys": "keys/authorized_keys/%u",
+            "max_clients": self.max_clients,
+            "audit_log": "audit.jsonl",
+            "lastlog": {
+                "path": lastlog if isinstance(lastlog, list) else str(lastlog),
+                "lines": 10,
+                "max_lines": 10000,
+            },
+            "comphash": {"roots": [str(self.data.root)]},
+        }
+
     def write_config(self) -> None:
-        self.config.write_text(
-            "\n".join(
-                [
-                    f"listen = [{_toml_str(self.listen)}]",
-                    'host_keys_dir = "keys"',
-                    'authorized_keys = "keys/authorized_keys/%u"',
-                    f"max_clients = {self.max_clients}",
-                    'audit_log = "audit.jsonl"',
-                    self.config_top,
-                    "[lastlog]",
-                    f"path = {_toml_paths(self.lastlog_path or self.data.syslog)}",
-                    "lines = 10",
-                    "max_lines = 10000",
-                    "[comphash]",
-                    f"roots = [{_toml_str(str(self.data.root))}]",
-                    self.config_tables,
-                    "",
-                ]
-            )
-        )
+        self.write_settings(self.default_settings(), self.settings)
 
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)

@@ -203,14 +203,6 @@ class Data:
     big: Path  # sparse, BIG_SPARSE_SIZE
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    return repr(value)
-
-
 @dataclass
 class Server(ServerFiles):
     """One running `conchcmd serve` and helpers to abuse it."""
@@ -220,7 +212,8 @@ class Server(ServerFiles):
     data: Data
     limits: dict[str, Any] = field(default_factory=dict)  # top-level limit keys for the config
     max_clients: int = 10
-    extra_config: str = ""  # TOML appended to the config, e.g. [users.NAME] tables
+    #: Configuration laid over the defaults and `limits` (tables merge), e.g. {"users": {...}}.
+    settings: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     returncode: int | None = None
@@ -232,23 +225,16 @@ class Server(ServerFiles):
         return self.proc.pid
 
     def write_config(self) -> None:
-        lines = [
-            'listen = ["tcp:0:interface=127.0.0.1"]',
-            'host_keys_dir = "keys"',
-            'authorized_keys = "keys/authorized_keys/%u"',
-            f"max_clients = {self.max_clients}",
-            'audit_log = "audit.jsonl"',
-            *(f"{key} = {_toml_value(value)}" for key, value in self.limits.items()),
-            "[lastlog]",
-            f"path = {_toml_value(str(self.data.syslog))}",
-            "lines = 10",
-            "max_lines = 10000",
-            "[comphash]",
-            f"roots = [{_toml_value(str(self.data.root))}]",
-            self.extra_config,
-            "",
-        ]
-        self.config.write_text("\n".join(lines))
+        defaults = {
+            "listen": ["tcp:0:interface=127.0.0.1"],
+            "host_keys_dir": "keys",
+            "authorized_keys": "keys/authorized_keys/%u",
+            "max_clients": self.max_clients,
+            "audit_log": "audit.jsonl",
+            "lastlog": {"path": str(self.data.syslog), "lines": 10, "max_lines": 10000},
+            "comphash": {"roots": [str(self.data.root)]},
+        }
+        self.write_settings(defaults, self.limits, self.settings)
 
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)

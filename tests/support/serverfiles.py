@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +32,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.02)
 
 
+def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The layers laid over each other in order: tables merge key by key, any other value replaces."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def toml_text(*layers: Mapping[str, Any]) -> str:
+    """The merged layers as a TOML document (tomli-w writes it: strings and keys quoted for us)."""
+    return tomli_w.dumps(merged(*layers))
+
+
 class ServerFiles:
     """Mixed into a harness's Server dataclass, which provides `base`, `proc`, `returncode` and
     `_log_file`."""
@@ -42,6 +61,10 @@ class ServerFiles:
     @property
     def config(self) -> Path:
         return self.base / "conchcmd.toml"
+
+    def write_settings(self, *layers: Mapping[str, Any]) -> None:
+        """Write the config file: the layers merged (see `merged`), as TOML."""
+        self.config.write_text(toml_text(*layers))
 
     @property
     def log_path(self) -> Path:
