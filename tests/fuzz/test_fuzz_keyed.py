@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
-from inmemory.conftest import World, make_world
-from inmemory.test_policy import cert_login
+from support.certlogin import cert_login
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory
+from support.world import World, make_world
 from twisted.conch.ssh import service, transport, userauth
 from twisted.conch.ssh.common import NS
 

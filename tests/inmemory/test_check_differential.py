@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 from support.keys import authorized_line, ed25519_key
 from support.sshclient import RecordingChannel
+from support.world import World, make_world
 
 from conchcmd.cli import main
 from conchcmd.config import ComphashConfig, Config, UserPolicy, _toml_key, _toml_list, _toml_str
-
-from .conftest import World, make_world
 
 USER_KEY = 21
 # Paths in the table: ROOT is the world's root (holding hello.txt, sub/inner.txt, a symlink
