@@ -34,8 +34,7 @@ from conchcmd.certs import CERT_SIGNATURES
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
-from fuzz.test_fuzz_keyfiles import BROKEN_SIGNATURE_KEY
-from fuzz.test_fuzz_packets import SUITE_IDS, SUITES
+from fuzz.samples import BROKEN_SIGNATURE_KEY, SUITE_IDS, SUITES
 from fuzz.wire import PACKET_BUFFER, Keyed
 
 CA = ed25519.Ed25519PrivateKey.generate()

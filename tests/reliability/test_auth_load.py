@@ -17,7 +17,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-from reliability_harness import SSH_TIMEOUT, kill_all, wait_for
+from support.reliability import SSH_TIMEOUT, kill_all, wait_for
 from support.serverfiles import REPO
 
 pytestmark = pytest.mark.reliability

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from reliability_harness import (
+from support.reliability import (
     RssMonitor,
     classify,
     close_all,

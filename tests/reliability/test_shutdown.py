@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from reliability_harness import (
+from support.reliability import (
     RssMonitor,
     client_messages,
     close_all,
