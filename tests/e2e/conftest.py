@@ -314,22 +314,9 @@ class Server(ServerFiles):
         self.authorize("alice", keys.pub_line(keys.ed25519), keys.pub_line(keys.rsa), keys.pub_line(keys.ecdsa))
         self.authorize("bob", f'command="lastlog" {keys.pub_line(keys.optioned)}')
         self.spawn(self.command(self) if self.command is not None else None, self.env_extra, **(self.popen_extra or {}))
-
-        def listening() -> int | None:
-            m = LISTENING.search(self.log_bytes())
-            if m:
-                return int(m.group(1))
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
-            return None
-
-        self.port = wait_for(listening, START_TIMEOUT, "the server's listening line")
+        self.port = self.wait_listening(LISTENING, START_TIMEOUT)
 
     # -- logs ------------------------------------------------------------------------------
-
-    def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
-        events = self.audit()[mark:]
-        return [e for e in events if event is None or e["event"] == event]
 
     def wait_no_clients(self, timeout: float = 10.0) -> None:
         """Wait until no TCP connection to the server's port is established (the server has seen
@@ -345,12 +332,6 @@ class Server(ServerFiles):
             return count
 
         wait_for(lambda: established() == 0, timeout, f"no client connected to port {self.port}")
-
-    def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
-        """Wait for a server log line matching `pattern`, after `since` (a log_mark())."""
-        return wait_for(
-            lambda: re.search(pattern, self.log_text()[since:]), timeout, f"server log matching {pattern!r}"
-        )
 
     # -- the OpenSSH client ------------------------------------------------------------------
 

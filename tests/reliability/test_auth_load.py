@@ -17,8 +17,8 @@ from typing import Any
 
 import bcrypt
 import pytest
-from support.reliability import SSH_TIMEOUT, kill_all, wait_for
-from support.serverfiles import REPO
+from support.reliability import SSH_TIMEOUT, kill_all
+from support.serverfiles import REPO, wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -27,8 +27,8 @@ from support.reliability import (
     raw_connect,
     read_until_closed,
     send_quietly,
-    wait_for,
 )
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

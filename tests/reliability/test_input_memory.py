@@ -10,15 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.reliability import (
-    RssMonitor,
-    figure,
-    kill_all,
-    rss_kib,
-    source_of_peer,
-    wait_for,
-    wait_until_idle,
-)
+from support.reliability import RssMonitor, figure, kill_all, rss_kib, source_of_peer, wait_until_idle
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -19,8 +19,8 @@ from support.reliability import (
     read_until_closed,
     send_quietly,
     source_of_peer,
-    wait_for,
 )
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -19,8 +19,8 @@ from support.reliability import (
     raw_connect,
     read_until_closed,
     source_of_peer,
-    wait_for,
 )
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.serverfiles import ServerFiles, hermetic_ssh, wait_for
+from support.serverfiles import ServerFiles, hermetic_ssh
 
 SSH = shutil.which("ssh")
 HAVE_OPENSSH = SSH is not None and shutil.which("ssh-keygen") is not None
@@ -240,16 +240,7 @@ class Server(ServerFiles):
         authorized.write_text(self.keys.pub_line(self.keys.good) + "\n")
         authorized.chmod(0o600)
         self.spawn()
-
-        def listening() -> int | None:
-            m = LISTENING.search(self.log_bytes())
-            if m:
-                return int(m.group(1))
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
-            return None
-
-        self.port = wait_for(listening, START_TIMEOUT, "the server's listening line")
+        self.port = self.wait_listening(LISTENING, START_TIMEOUT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -258,14 +249,6 @@ class Server(ServerFiles):
         assert self.alive(), f"the server died (rc {self.proc and self.proc.returncode}):\n{self.log_text()[-4000:]}"
 
     # -- logs ------------------------------------------------------------------------------
-
-    def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
-        return wait_for(
-            lambda: re.search(pattern, self.log_text()[since:]), timeout, f"server log matching {pattern!r}"
-        )
-
-    def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.audit()[mark:] if event is None or e["event"] == event]
 
     def check_log(self) -> None:
         text = self.log_text()

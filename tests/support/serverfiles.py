@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,8 +140,32 @@ class ServerFiles:
 
         return wait_for(find, timeout, f"audit {what}")
 
+    def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
+        """Audit records after `mark` (an audit_mark()), only those of `event` if given."""
+        return [e for e in self.audit()[mark:] if event is None or e["event"] == event]
+
     def log_mark(self) -> int:
         return len(self.log_text())
+
+    def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
+        """Wait for a server log line matching `pattern`, after `since` (a log_mark())."""
+        return wait_for(
+            lambda: re.search(pattern, self.log_text()[since:]), timeout, f"server log matching {pattern!r}"
+        )
+
+    def wait_listening(self, line: re.Pattern[bytes], timeout: float) -> int:
+        """The port the server's `listening on` log line (`line`, the port its group 1) names; fails
+        at once if the server exits first."""
+
+        def listening() -> int | None:
+            m = line.search(self.log_bytes())
+            if m:
+                return int(m.group(1))
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
+            return None
+
+        return int(wait_for(listening, timeout, "the server's listening line"))
 
 
 def hermetic_ssh(
