@@ -32,15 +32,14 @@ REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one source's refusal
 
 def source_of(host: str) -> str:
     """The unit penalties and caps apply to: an IPv4 address, or an IPv6 /64."""
+    host = normalise_peer(host)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
-    return str(address)
+    return host
 
 
 @dataclass

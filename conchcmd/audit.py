@@ -27,8 +27,10 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 
 #: Non-ASCII characters a line-based reader may split at (U+0085 is C1, escaped anyway) or that
-#: reorder the text around them when shown: escaped in log text and in every audit record.
-_LOG_UNSAFE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: reorder the text around them when shown (the bidi embedding/override/isolate marks, Trojan
+#: Source, CVE-2021-42574): escaped in log text and in every audit record, '?' on a terminal.
+_REORDERING = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_LOG_UNSAFE = re.compile(f"[{_REORDERING}]")
 #: In a JSON line: what str.splitlines() splits at beyond what json.dumps escapes already (the
 #: ASCII controls), and lone surrogates, which a UTF-8 file cannot hold.
 _JSON_UNSAFE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
@@ -52,7 +54,7 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
             out.append(f"\\x{code:02x}")
         elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
             out.append(f"\\x{code & 0xFF:02x}")
-        elif ch in _LOG_UNSAFE:  # line separators, bidi controls
+        elif _LOG_UNSAFE.match(ch):  # line separators, bidi controls
             out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
@@ -62,10 +64,9 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
 
 
 #: What must not reach a terminal raw: C0 controls but tab and newline (ESC starts every control
-#: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), the bidi
-#: embedding/override/isolate marks that reorder what is shown (Trojan Source, CVE-2021-42574),
-#: and the Unicode line and paragraph separators.
-_TERMINAL_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+#: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), and the
+#: characters that reorder or split what is shown.
+_TERMINAL_UNSAFE = f"\x00-\x08\x0b-\x1f\x7f-\x9f{_REORDERING}\ud800-\udfff"
 _UNSAFE_TEXT = re.compile(f"[{_TERMINAL_UNSAFE}]")
 _UNSAFE_LINE = re.compile(f"[\t\n{_TERMINAL_UNSAFE}]")
 

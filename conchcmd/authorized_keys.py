@@ -45,7 +45,7 @@ FLAGS: dict[str, bool] = {
 VALUE_OPTIONS = ("command", "principals", "from", "expiry-time", "environment", "permitopen", "permitlisten", "tunnel")
 SSH_TUNID_MAX = 0x7FFFFFFF - 2
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # strncasecmp's
-_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _DECIMAL = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")  # what strtonum() takes
 
 
@@ -64,7 +64,8 @@ def fingerprint(blob: bytes) -> str:
 
 
 def valid_user_name(name: str) -> bool:
-    """True for names safe to put into a file path pattern (no slashes, no leading dot)."""
+    """True for names safe to put into a file path pattern (no slashes, no leading dot); the one rule for
+    user names in the configuration, on the wire and in the operator's commands."""
     return bool(_USER_NAME.fullmatch(name))
 
 
@@ -113,7 +114,7 @@ def _option_name(text: str, i: int) -> str:
     """The option sshd stopped at, for messages: from the last comma to the next , = space or tab."""
     start = text.rfind(",", 0, i) + 1
     end = start
-    while end < len(text) and text[end] not in ',= \t':
+    while end < len(text) and text[end] not in ",= \t":
         end += 1
     return _text(text[start:end]) or text[start:end]
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from conchcmd.audit import terminal_safe
 from conchcmd.commands import (
@@ -25,6 +24,7 @@ from conchcmd.commands import (
 )
 from conchcmd.config import HASH_ALGORITHMS, ComphashConfig, UserPolicy
 from conchcmd.safepath import NotAFile, Opened, OutsideRoots, allowed_roots, open_file
+from conchcmd.threads import abandonable
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
 MIB = 1 << 20
@@ -159,22 +159,14 @@ class Hasher:
             self._release(user, slots)
             raise
         cancelled = threading.Event()
-        result: defer.Deferred[HashResult] = defer.Deferred(lambda _: cancelled.set())
         work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled, user_roots, progress)
 
-        def finished(outcome: Any) -> None:
+        def finished(outcome: Any) -> Any:
             self.semaphore.release()  # only now: the thread is really done
             self._release(user, slots)
-            if result.called:
-                return None  # the caller gave up; drop the outcome, failures included
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-            return None
+            return outcome
 
-        work.addBoth(finished)
-        return await result
+        return await abandonable(work.addBoth(finished), lambda _: cancelled.set())
 
 
 def format_line(digest: str, path: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conchcmd.authorized_keys import valid_user_name
 from conchcmd.endpoints import endpoint_problem
 from conchcmd.hostmatch import PatternError, addr_match_list, check_pattern
 
@@ -111,7 +112,6 @@ class AlgorithmsConfig:
 COMMAND_NAMES = ("lastlog", "comphash", "help", "exit")
 #: Always allowed: they only describe or end the session.
 SESSION_COMMANDS = frozenset({"help", "exit"})
-_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 
 
@@ -475,7 +475,7 @@ _BANNER = re.compile(r"[!-,.-~]{1,64}")  # printable ASCII, no space, no '-' (RF
 def _parse_users(top: _Reader, roots: tuple[str, ...], resolve: Any) -> dict[str, UserPolicy]:
     users: dict[str, UserPolicy] = {}
     for name, table in top.table("users").items():
-        if not _USER.fullmatch(name):
+        if not valid_user_name(name):
             raise top.error(f"users.{name}", "is not a valid user name")
         if not isinstance(table, dict):
             raise top.error(f"users.{name}", "must be a table")

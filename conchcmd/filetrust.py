@@ -128,6 +128,12 @@ def path_problem(path: str, trust: FileTrust) -> Untrusted | None:
         return None
 
 
+def file_version(st: os.stat_result) -> tuple[int, ...]:
+    """Which file, at which content: (device, inode, size, mtime, ctime), for caches and for noticing
+    a file changed under a rewrite."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class CheckedFile:
     """A file opened for reading only after it passed `file_problem`.
 
@@ -152,8 +158,7 @@ class CheckedFile:
     def version(self) -> tuple[int, ...]:
         """What a parse cache is keyed on: a replaced or rewritten file always has a new one, even
         one copied with its size and mtime kept (`cp -p`, `rsync -t`): ctime cannot be set back."""
-        st = self.stat
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return file_version(self.stat)
 
     def read(self) -> bytes:
         chunks = []
@@ -169,9 +174,7 @@ class CheckedFile:
     def __enter__(self) -> CheckedFile:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
 

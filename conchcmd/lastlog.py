@@ -33,6 +33,7 @@ from conchcmd.commands import (
     usage_preflight,
 )
 from conchcmd.config import LastlogConfig
+from conchcmd.threads import abandonable
 
 JOURNAL = "journal"
 SCAN_BLOCK = 64 * 1024
@@ -94,21 +95,13 @@ class FileTail:
 
     def _owned(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """Run fn in a thread; a file it opens after the caller gave up is closed, not leaked."""
-        result: defer.Deferred[Any] = defer.Deferred()
 
-        def arrived(outcome: Any) -> None:
-            if result.called:  # cancelled meanwhile
-                for value in outcome if isinstance(outcome, tuple) else ():
-                    if isinstance(value, io.IOBase):  # a file the thread opened
-                        value.close()
-                return
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
+        def close_opened(outcome: Any) -> None:
+            for value in outcome if isinstance(outcome, tuple) else ():
+                if isinstance(value, io.IOBase):  # a file the thread opened
+                    value.close()
 
-        self.runner.run(fn, *args).addBoth(arrived)
-        return result
+        return abandonable(self.runner.run(fn, *args), late=close_opened)
 
     async def tail(self, lines: int, out: Writer, *, follow: bool = False, stop: defer.Deferred[None]) -> None:
         try:
@@ -288,18 +281,8 @@ class JournalTail:
 
         if follow:
             stop.addCallback(kill)  # end of input ends a follow
-        waiting: defer.Deferred[None] = defer.Deferred(kill)
-
-        def relay(outcome: Any) -> None:
-            # After a cancel, journalctl still ends (we killed it): nothing is waiting any more.
-            if waiting.called:
-                return
-            if isinstance(outcome, Failure):
-                waiting.errback(outcome)
-            else:
-                waiting.callback(None)
-
-        protocol.ended.addBoth(relay)
+        # After a cancel, journalctl still ends (we killed it): nothing is waiting any more.
+        waiting = abandonable(protocol.ended, kill)
         try:
             await waiting
         except CommandError:

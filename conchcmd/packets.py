@@ -29,9 +29,8 @@ class BadPacket(Exception):
 
 @dataclass(frozen=True)
 class CipherSpec:
-    kind: str  # "chacha", "gcm", "ctr" or "none"
+    kind: str  # "chacha", "gcm" or "ctr"
     key_size: int
-    iv_size: int
     block_size: int
 
     @property
@@ -47,12 +46,12 @@ class MacSpec:
 
 
 CIPHERS: dict[bytes, CipherSpec] = {
-    b"chacha20-poly1305@openssh.com": CipherSpec("chacha", 64, 0, 8),
-    b"aes256-gcm@openssh.com": CipherSpec("gcm", 32, 12, 16),
-    b"aes128-gcm@openssh.com": CipherSpec("gcm", 16, 12, 16),
-    b"aes256-ctr": CipherSpec("ctr", 32, 16, 16),
-    b"aes192-ctr": CipherSpec("ctr", 24, 16, 16),
-    b"aes128-ctr": CipherSpec("ctr", 16, 16, 16),
+    b"chacha20-poly1305@openssh.com": CipherSpec("chacha", 64, 8),
+    b"aes256-gcm@openssh.com": CipherSpec("gcm", 32, 16),
+    b"aes128-gcm@openssh.com": CipherSpec("gcm", 16, 16),
+    b"aes256-ctr": CipherSpec("ctr", 32, 16),
+    b"aes192-ctr": CipherSpec("ctr", 24, 16),
+    b"aes128-ctr": CipherSpec("ctr", 16, 16),
 }
 MACS: dict[bytes, MacSpec] = {
     b"hmac-sha2-256-etm@openssh.com": MacSpec(sha256, 32, True),
@@ -61,7 +60,6 @@ MACS: dict[bytes, MacSpec] = {
     b"hmac-sha2-512": MacSpec(sha512, 64, False),
 }
 NONE = b"none"
-NULL_CIPHER = CipherSpec("none", 0, 0, 8)
 
 
 _BLOCK0 = bytes(64)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
@@ -64,3 +65,26 @@ def _niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     return fn(*args)
+
+
+def abandonable(
+    work: defer.Deferred[T],
+    canceller: Callable[[defer.Deferred[T]], None] | None = None,
+    late: Callable[[Any], None] | None = None,
+) -> defer.Deferred[T]:
+    """A Deferred with `work`'s outcome that the caller may cancel (`canceller` then asks the work
+    to stop). A thread or a process cannot be stopped mid-way, so an outcome that arrives after the
+    cancel is handed to `late` (to close what it opened), if given, and dropped, failures included."""
+    result: defer.Deferred[T] = defer.Deferred(canceller)
+
+    def arrived(outcome: Any) -> None:
+        if result.called:
+            if late is not None:
+                late(outcome)
+        elif isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    work.addBoth(arrived)
+    return result

@@ -38,7 +38,7 @@ from conchcmd.authorized_keys import (
 )
 from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config, audit_group_id
-from conchcmd.filetrust import FileTrust, path_problem, symlink_followable
+from conchcmd.filetrust import FileTrust, file_version, path_problem, symlink_followable
 from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
 from conchcmd.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key
 
@@ -334,10 +334,6 @@ class Removed:
     whole_file: bool
 
 
-def _file_version(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _fsync_directory(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -360,7 +356,7 @@ def replace_file(path: str, data: bytes, original: os.stat_result) -> None:
             os.fchown(fd, original.st_uid, original.st_gid)
         os.fchmod(fd, stat.S_IMODE(original.st_mode))
         os.fsync(fd)
-        if _file_version(os.stat(path)) != _file_version(original):
+        if file_version(os.stat(path)) != file_version(original):
             raise UserCommandError(f"{path} changed while it was being edited; nothing removed, try again")
         os.rename(temporary, path)
     except BaseException:
@@ -413,7 +409,7 @@ def remove_keys(config: Config, user: str, fingerprints: list[str]) -> Removed:
         taken = [e for e in parsed.entries if not wanted or fingerprint(e.blob) in wanted]
         keys = [(e.line, e.key.sshType().decode("ascii"), fingerprint(e.blob)) for e in taken]
         if not fingerprints:
-            if _file_version(os.stat(path)) != _file_version(original):
+            if file_version(os.stat(path)) != file_version(original):
                 raise UserCommandError(f"{configured} changed while it was being read; nothing removed, try again")
             os.unlink(configured)  # what login reads: a symlink goes, not the file it leads to
             _fsync_directory(os.path.dirname(configured) or ".")

@@ -9,7 +9,6 @@ pytest run: `python tests/bench/cipher_throughput.py [--mib 100] [--runs 3]`.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
+from support.reliability import cpu_seconds
 from support.tempdirs import trusted_temp_parent
 
 CASES = [
@@ -31,11 +31,6 @@ CASES = [
     ("aes128-ctr", "hmac-sha2-512-etm@openssh.com"),
 ]
 LINE = b"Nov 26 15:02:03 lab app[42]: " + b"x" * 4066 + b"\n"  # 4 KiB lines
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

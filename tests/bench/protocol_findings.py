@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inmemory.conftest import World, make_world
-from inmemory.test_kex_order import ScriptedClient, force_send, scripted
 from support.keys import ed25519_key
+from support.scripted import ScriptedClient, force_send, scripted
 from support.sshclient import Connection
+from support.world import World, make_world
 from twisted.conch.ssh import common, connection, transport
 from twisted.logger import globalLogPublisher
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inmemory.conftest import make_world
 from support.keys import ed25519_key
 from support.sshclient import ClientFactory
 from support.tempdirs import trusted_temp_parent
+from support.world import make_world
 
 from conchcmd.config import KEX_ALGORITHMS
 from conchcmd.framing import REKEY_WINDOW

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from differential.conftest import Pair
 from support.authcases import Case
+from support.differential import ONLY_CONCHCMD, Pair
 from support.serverfiles import hermetic_ssh, wait_for
 
 pytestmark = [
@@ -23,7 +23,6 @@ pytestmark = [
 
 #: The kinds of line conchcmd writes in sshd's words.
 KINDS = re.compile(r"(Accepted|Failed|Invalid user|Connection closed by|Disconnected from|maximum|Disconnecting) ")
-ONLY_CONCHCMD = re.compile(r"Failed \S+ for invalid user ")
 _sources = itertools.count(2)
 
 

@@ -34,9 +34,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from differential.conftest import ConchServer, Pair, SkKeyPair, Target, login
-from differential.test_sshd_differential import deliberate_differences
 from support.authcases import private_openssh, public_line
+from support.differential import ConchServer, Pair, SkKeyPair, Target, deliberate_differences, login
 from support.skauth import ECDSA_SK, UP, UV, SoftwareAuthenticator, signed_message, ssh_keygen_certificate
 from support.sshd import Sshd
 from twisted.conch.ssh.common import MP, NS, getNS

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from differential.conftest import Pair
-from differential.test_auth_log_differential import ONLY_CONCHCMD
 from support.authcases import Case
+from support.differential import ONLY_CONCHCMD, Pair
 from support.serverfiles import hermetic_ssh, wait_for
 from support.skagent import SkAgent
 from support.skauth import UP, UV, SoftwareAuthenticator, ssh_keygen_certificate

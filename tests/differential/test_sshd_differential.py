@@ -11,30 +11,18 @@ import asyncio
 import collections
 import os
 import random
-import re
 from collections.abc import Awaitable
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from differential.conftest import AttemptError, Pair, Target, attempt
 from support.authcases import SEPARATORS, Case, generate, public_line
+from support.differential import AttemptError, Pair, Target, attempt, deliberate_differences
 
 pytestmark = pytest.mark.differential
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 DEFAULT_CASES = 300
 BATCH = 400  # cases per set of files
 CONCURRENCY = 8
-
-
-def deliberate_differences() -> set[str]:
-    """The tags listed in the README's "Differences from sshd" section: cases carrying one may be
-    refused by conchcmd where sshd accepts them (never the other way round)."""
-    text = README.read_text()
-    section = re.search(r"^### Differences from sshd\n(.*?)(?=^#)", text, re.S | re.M)
-    assert section, "README has no '### Differences from sshd' section"
-    return set(re.findall(r"^- `([a-z0-9-]+)`", section.group(1), re.M))
 
 
 async def _bounded(tasks: list[Awaitable[bool]], limit: int) -> list[bool | BaseException]:

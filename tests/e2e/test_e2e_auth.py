@@ -145,7 +145,7 @@ def test_authorized_keys_through_a_symlink_into_a_sticky_dir_is_refused(server, 
 
 
 def test_strict_modes_false_accepts_the_same_layout(make_server, client_keys):
-    loose = make_server(config_top="strict_modes = false")
+    loose = make_server(settings={"strict_modes": False})
     _link_into_a_sticky_shared_dir(loose, "erin", client_keys.pub_line(client_keys.spare))
     r = loose.ssh("exit 0", user="erin", key=client_keys.spare)
     assert (r.returncode, r.stderr) == (0, b"")

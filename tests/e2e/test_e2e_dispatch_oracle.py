@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from inmemory.test_dispatch_policy import (
+from support.dispatchprobe import (
     DIFFERS_FROM_SSHD,
     PROBES,
     SSHD_VERSION_DEPENDENT,

@@ -9,7 +9,6 @@ Each client binds its own loopback address, so each address stands for one scena
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import shutil
 import subprocess
@@ -75,7 +74,7 @@ def certify(ca: Authority, key: Path, directory: Path, key_id: str, serial: int)
 def test_real_logins_through_the_real_fail2ban_regex(make_server, client_keys, askpass, tmp_path: Path) -> None:
     k = client_keys
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    server = make_server(config_tables=f"[users.carol]\npassword_bcrypt = {json.dumps(hashed)}")
+    server = make_server(settings={"users": {"carol": {"password_bcrypt": hashed}}})
     ca, rogue = make_ca(tmp_path, "ca"), make_ca(tmp_path, "rogue")
     # A CA trusted for alice alone (a cert-authority line, not trusted_user_ca_keys, which would
     # make every name one that can log in): "root" stays an invalid user.

@@ -16,7 +16,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(make_server):
-    return make_server(max_clients=2, config_top="max_clients_per_user = 2")
+    return make_server(max_clients=2, settings={"max_clients_per_user": 2})
 
 
 def test_max_clients(server, data):

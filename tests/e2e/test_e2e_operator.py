@@ -108,7 +108,7 @@ def pid_gone(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def op(make_server: Callable[..., Any], client_keys) -> Any:
     """A server with carol, who may only run lastlog (and help/exit)."""
-    server = make_server(config_tables='[users.carol]\ncommands = ["lastlog"]\n')
+    server = make_server(settings={"users": {"carol": {"commands": ["lastlog"]}}})
     server.authorize("carol", client_keys.pub_line(client_keys.spare))
     return server
 
@@ -174,7 +174,7 @@ def test_plain_shell_json_and_no_escape_codes(op, data) -> None:
 
 
 def test_configured_prompt_over_ssh(make_server: Callable[..., Any]) -> None:
-    server = make_server(config_tables='[shell]\nprompt = "{user} on {host} $ "\n')
+    server = make_server(settings={"shell": {"prompt": "{user} on {host} $ "}})
     r = server.ssh(options=["-tt"], input=b"exit 5\n")
     assert r.returncode == 5
     assert f"alice on {socket.gethostname()} $ exit 5\r\n".encode() in r.stdout, r.stdout
@@ -514,7 +514,7 @@ def test_sighup_reloads_policy_for_new_logins_and_keeps_sessions(
         out.until(digest)
 
         since = server.log_mark()
-        server.config_tables = '[users.alice]\ncommands = ["lastlog"]\n'
+        server.settings = {"users": {"alice": {"commands": ["lastlog"]}}}
         server.write_config()
         assert server.proc is not None
         server.proc.send_signal(signal.SIGHUP)
@@ -545,11 +545,11 @@ def test_sighup_reloads_policy_for_new_logins_and_keeps_sessions(
 
 
 def test_sighup_picks_up_a_new_user(make_server: Callable[..., Any], client_keys) -> None:
-    server = make_server(config_tables='[users.dave]\ncommands = ["lastlog"]\n')
+    server = make_server(settings={"users": {"dave": {"commands": ["lastlog"]}}})
     server.authorize("dave", client_keys.pub_line(client_keys.spare))
     assert server.ssh("comphash /x", user="dave", key=client_keys.spare).returncode == 126
     since = server.log_mark()
-    server.config_tables = ""
+    server.settings = {}
     server.write_config()
     server.proc.send_signal(signal.SIGHUP)
     server.wait_log(r"Reloaded users", since)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import pty
 import shutil
@@ -63,21 +62,14 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Authority:
 def policy(make_server, ca: Authority, client_keys):
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     server = make_server(
-        config_top="\n".join(
-            [
-                f"trusted_user_ca_keys = {json.dumps(str(ca.private) + '.pub')}",
-                f"revoked_keys = {json.dumps(str(ca.directory / 'revoked'))}",
-            ]
-        ),
-        config_tables="\n".join(
-            [
-                "[users.carol]",
-                'commands = ["lastlog"]',
-                f"password_bcrypt = {json.dumps(hashed)}",
-                "[users.dana]",
-                'commands = ["lastlog"]',
-            ]
-        ),
+        settings={
+            "trusted_user_ca_keys": str(ca.private) + ".pub",
+            "revoked_keys": str(ca.directory / "revoked"),
+            "users": {
+                "carol": {"commands": ["lastlog"], "password_bcrypt": hashed},
+                "dana": {"commands": ["lastlog"]},
+            },
+        },
     )
     k = client_keys
     server.authorize("near", f'from="127.0.0.0/8,!10.0.0.0/8" {k.pub_line(k.ed25519)}')

@@ -75,8 +75,7 @@ def test_start_sighup_and_sigterm_lines_and_records(
 
     since, mark = server.log_mark(), server.audit_mark()
     (server.base / "revoked").write_text("")  # empty: nothing revoked (a missing file refuses every key)
-    server.config_top = "max_sessions = 3\nrevoked_keys = 'revoked'"
-    server.config_tables = '[users.alice]\ncommands = ["lastlog"]\n'
+    server.settings = {"max_sessions": 3, "revoked_keys": "revoked", "users": {"alice": {"commands": ["lastlog"]}}}
     server.write_config()
     server.proc.send_signal(signal.SIGHUP)
     server.wait_log(

@@ -191,17 +191,11 @@ def test_every_event_arrives_once_with_its_facility_and_severity(
     }[kind]
     audit_to_syslog = kind != "udp"
 
-    class SyslogServer(server_class):  # type: ignore[misc, valid-type]
-        def write_config(self) -> None:
-            super().write_config()
-            if audit_to_syslog:
-                text = self.config.read_text().replace('audit_log = "audit.jsonl"', 'audit_log = "syslog"')
-                self.config.write_text(text)
-
+    settings: dict[str, Any] = {"log": {"target": "syslog", "syslog_address": address}}
+    if audit_to_syslog:
+        settings["audit_log"] = "syslog"
     base = tmp_path / "server"
-    server = SyslogServer(
-        base, client_keys, data, config_tables=f'[log]\ntarget = "syslog"\nsyslog_address = "{address}"\n'
-    )
+    server = server_class(base, client_keys, data, settings=settings)
     _scenario(server, client_keys)
     assert "Cmd received" not in server.log_text()  # the log lines went to syslog, not stdout
     assert server.proc is not None
@@ -272,7 +266,7 @@ def test_a_syslog_that_is_down_does_not_stop_the_server(
         tmp_path / "server",
         client_keys,
         data,
-        config_tables=f'[log]\ntarget = "syslog"\nsyslog_address = "unix:{path}"\n',
+        settings={"log": {"target": "syslog", "syslog_address": f"unix:{path}"}},
     )
     try:
         server.start()

@@ -23,9 +23,9 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 
 with atheris.instrument_imports(include=["conchcmd"]):
-    from inmemory.conftest import make_world
-    from protocol.test_terminal_editing import Term
     from support.sshclient import ClientTransport
+    from support.terminal import Term
+    from support.world import make_world
 
     import fuzz.conftest  # noqa: F401  (registers the Hypothesis profile the target modules use)
     from fuzz import test_fuzz_config, test_fuzz_keyfiles, test_fuzz_shell, test_fuzz_transport

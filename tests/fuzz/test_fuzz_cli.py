@@ -23,7 +23,7 @@ from conchcmd import cli
 from conchcmd.authorized_keys import parse_authorized_keys
 from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
 from fuzz.guard import CORPUS, bounded, fuzz
-from fuzz.test_fuzz_keyfiles import CA_LINE, CERT_LINES, KEY_LINES
+from fuzz.samples import CA_LINE, CERT_LINES, KEY_LINES
 
 
 @pytest.fixture(scope="module")

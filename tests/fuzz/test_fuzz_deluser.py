@@ -16,7 +16,7 @@ from conchcmd.authorized_keys import fingerprint, parse_authorized_keys
 from conchcmd.config import Config
 from conchcmd.usercmds import remove_keys
 from fuzz.guard import bounded, fuzz
-from fuzz.test_fuzz_keyfiles import KEY_LINES, OTHER_LINE_BREAKS
+from fuzz.samples import KEY_LINES, OTHER_LINE_BREAKS
 
 lines = st.one_of(
     st.sampled_from(KEY_LINES),

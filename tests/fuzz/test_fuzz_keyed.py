@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
-from inmemory.conftest import World, make_world
-from inmemory.test_policy import cert_login
+from support.certlogin import cert_login
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory
+from support.world import World, make_world
 from twisted.conch.ssh import service, transport, userauth
 from twisted.conch.ssh.common import NS
 
@@ -34,8 +34,7 @@ from conchcmd.certs import CERT_SIGNATURES
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
-from fuzz.test_fuzz_keyfiles import BROKEN_SIGNATURE_KEY
-from fuzz.test_fuzz_packets import SUITE_IDS, SUITES
+from fuzz.samples import BROKEN_SIGNATURE_KEY, SUITE_IDS, SUITES
 from fuzz.wire import PACKET_BUFFER, Keyed
 
 CA = ed25519.Ed25519PrivateKey.generate()

@@ -28,13 +28,7 @@ from conchcmd.certs import (
     validate_certificate,
 )
 from fuzz.guard import CORPUS, bounded, corpus, fuzz
-
-KEY_LINES = (CORPUS / "authorized_keys" / "openssh_keys.txt").read_text().splitlines()
-CERT_LINES = [p.read_text().strip() for p in sorted((CORPUS / "certificates").glob("*-cert.txt"))]
-CERT_BLOBS = [base64.b64decode(line.split()[1]) for line in CERT_LINES]
-CA_LINE = (CORPUS / "certificates" / "ca.pub.txt").read_text().strip()
-#: What str.splitlines() ends a line at besides \n and \r; OpenSSH files end lines at \n only.
-OTHER_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+from fuzz.samples import BROKEN_SIGNATURE_KEY, CA_LINE, CERT_BLOBS, CERT_LINES, KEY_LINES, OTHER_LINE_BREAKS
 
 option_items = st.one_of(
     st.sampled_from(
@@ -177,9 +171,6 @@ def check_certificate(blob: bytes, trusted: TrustedCAs, user: str = "admin") -> 
         except CertificateRefused:
             return False
     return True
-
-
-BROKEN_SIGNATURE_KEY = (CORPUS / "certificates" / "regression_broken_signature_key_length.txt").read_text().split()
 
 
 def test_a_certificate_with_a_broken_key_field_is_refused(trusted: TrustedCAs) -> None:

@@ -11,13 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
 from conchcmd.packets import NONE, BadPacket, PacketCodec, make_codec, pad
 from fuzz.guard import bounded, fuzz
-
-AEAD = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
-SUITES = [(c, "") for c in AEAD] + [(c, m) for c in CIPHERS if c not in AEAD for m in (*MACS, *OPTIONAL_MACS)]
-SUITE_IDS = [f"{c}+{m}" if m else c for c, m in SUITES]
+from fuzz.samples import SUITE_IDS, SUITES
 
 keys = st.binary(min_size=64, max_size=64)
 ivs = st.binary(min_size=16, max_size=16)

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from protocol.test_channel_and_shells import Harness, RecordingConnection
-from protocol.test_terminal_editing import Term
+from support.channels import Harness, RecordingConnection
+from support.terminal import Term
 from twisted.conch.ssh import common
 
 from conchcmd.commands import ExitStatus

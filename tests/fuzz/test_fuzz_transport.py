@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from inmemory.conftest import World, make_world
+from support.world import World, make_world
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS
 

@@ -10,11 +10,10 @@ from typing import Any
 
 from support.keys import ed25519_key
 from support.sshclient import Connection, RecordingChannel, pty_request
+from support.world import World, make_world
 from twisted.internet.address import IPv4Address
 
 from conchcmd.config import LimitsConfig, UserPolicy
-
-from .conftest import World, make_world
 
 CONNECTION_ID = re.compile(r"[0-9a-f]{16}")
 

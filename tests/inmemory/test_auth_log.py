@@ -13,14 +13,13 @@ import pytest
 from support.fail2ban import Failure, fail2ban_available, failures, install_filter
 from support.keys import ed25519_key
 from support.sshclient import Connection
+from support.world import World, make_world
 from twisted.conch.ssh import userauth
 from twisted.logger import LogEvent, capturedLogs, formatEvent, textFileLogObserver
 
 from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.config import UserPolicy
-
-from .conftest import World, make_world
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"the right one"

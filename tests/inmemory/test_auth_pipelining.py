@@ -16,14 +16,13 @@ import pytest
 from support.keys import ed25519_key
 from support.runners import ManualRunner, RecordingRunner
 from support.sshclient import AuthClient, Connection, password_data
+from support.world import World, make_world
 from twisted.conch.ssh import common, userauth
 from twisted.internet.address import IPv4Address
 
 from conchcmd.auth import bcrypt_cost, verify_password
 from conchcmd.config import LimitsConfig, UserPolicy
 from conchcmd.server import MAX_WAITING_AUTH_REQUESTS
-
-from .conftest import World, make_world
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"correct horse battery staple"

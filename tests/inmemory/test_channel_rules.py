@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from support.keys import ed25519_key
+from support.scripted import ScriptedClient, force_send, scripted
 from support.sshclient import Connection, RecordingChannel
+from support.world import World, make_world
 from twisted.conch.ssh import common, connection, transport
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -26,9 +28,6 @@ from zope.interface import alsoProvides
 from conchcmd.config import LimitsConfig
 from conchcmd.lastlog import FOLLOW_POLL
 from conchcmd.server import ABORT_AFTER, KEX_OUTPUT_BUDGET, KEX_TIMEOUT, MIN_CHANNEL_PACKET, ServerTransport
-
-from .conftest import World, make_world
-from .test_kex_order import ScriptedClient, force_send, scripted
 
 NS = common.NS
 SUCCESS = 52

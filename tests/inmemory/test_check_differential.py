@@ -8,15 +8,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.keys import authorized_line, ed25519_key
+from support.serverfiles import toml_text
 from support.sshclient import RecordingChannel
+from support.world import World, make_world
 
 from conchcmd.cli import main
-from conchcmd.config import ComphashConfig, Config, UserPolicy, _toml_key, _toml_list, _toml_str
-
-from .conftest import World, make_world
+from conchcmd.config import ComphashConfig, Config, UserPolicy
 
 USER_KEY = 21
 # Paths in the table: ROOT is the world's root (holding hello.txt, sub/inner.txt, a symlink
@@ -75,22 +76,23 @@ def status_from_check(out: str) -> int:
 
 def config_toml(config: Config) -> str:
     """The world's configuration as the file `check` reads (every setting the decision uses)."""
-    out = [
-        f"host_keys_dir = {_toml_str(str(config.host_keys_dir))}",
-        f"authorized_keys = {_toml_str(config.authorized_keys)}",
-        f"strict_modes = {str(config.strict_modes).lower()}",
-        "[lastlog]",
-        f"path = {_toml_list(config.lastlog.sources)}",
-        "[comphash]",
-        f"roots = {_toml_list(config.comphash.roots)}",
-    ]
+    users: dict[str, Any] = {}
     for name, policy in config.users.items():
-        out.append(f"[users.{_toml_key(name)}]")
+        users[name] = {}
         if policy.commands is not None:
-            out.append(f"commands = {_toml_list(tuple(sorted(policy.commands)))}")
+            users[name]["commands"] = sorted(policy.commands)
         if policy.comphash_roots is not None:
-            out.append(f"comphash_roots = {_toml_list(policy.comphash_roots)}")
-    return "\n".join(out) + "\n"
+            users[name]["comphash_roots"] = list(policy.comphash_roots)
+    return toml_text(
+        {
+            "host_keys_dir": str(config.host_keys_dir),
+            "authorized_keys": config.authorized_keys,
+            "strict_modes": config.strict_modes,
+            "lastlog": {"path": list(config.lastlog.sources)},
+            "comphash": {"roots": list(config.comphash.roots)},
+            "users": users,
+        }
+    )
 
 
 def build(tmp_path: Path, case: Case) -> tuple[World, dict[str, str]]:

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from support.keys import authorized_line, ed25519_key
 from support.sshclient import Connection
+from support.world import World, make_world
 from twisted.conch.ssh import transport
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
-
-from .conftest import World, make_world
 
 SUCCESS = 52
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from support.keys import ecdsa_key, ed25519_key, rsa_key
+from support.world import World
 from twisted.conch.ssh import userauth
 
 from conchcmd.authorized_keys import fingerprint
 from conchcmd.cli import main
-
-from .conftest import World
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from support.sshclient import Connection, RecordingChannel
+from support.world import World
 from twisted.conch.ssh import common
 
 from conchcmd.lastlog import FOLLOW_POLL
-
-from .conftest import World
 
 
 def append(path: Path, data: bytes) -> None:

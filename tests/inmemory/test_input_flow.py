@@ -4,10 +4,9 @@ channel holds, a client cannot push more, and nothing it sent is lost."""
 from __future__ import annotations
 
 from support.sshclient import Connection, pty_request
+from support.world import World
 
 from conchcmd.session import CHANNEL_INPUT_LIMIT
-
-from .conftest import World
 
 LINE = b"nosuch " + b"x" * 993 + b"\n"  # 1000 bytes; each one a command (not found)
 LINES = 600  # 600 KB: more than a channel may hold

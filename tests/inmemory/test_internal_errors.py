@@ -7,13 +7,12 @@ from __future__ import annotations
 import struct
 
 import pytest
+from support.world import World
 from twisted.conch.ssh import transport
 from twisted.logger import LogLevel, capturedLogs
 
 from conchcmd.admission import STRIKES_BEFORE_PENALTY, source_of
 from conchcmd.server import ServerTransport, is_parse_error
-
-from .conftest import World
 
 PEER = "10.0.0.7"
 

@@ -8,12 +8,11 @@ from pathlib import Path
 from support.keys import ed25519_key
 from support.runners import ManualRunner
 from support.sshclient import RecordingChannel, result_of
+from support.world import World, make_world
 from twisted.conch.ssh import connection, transport
 from twisted.internet.address import IPv4Address
 
 from conchcmd.config import LimitsConfig
-
-from .conftest import World, make_world
 
 SUCCESS, FAILURE = 52, 51
 

@@ -12,13 +12,12 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from support.dispatchprobe import PROBES, Probe, client
 from support.keys import ed25519_key
+from support.scripted import force_send
+from support.world import World
 from twisted.conch.ssh import common
 from twisted.logger import capturedLogs, formatEvent
-
-from .conftest import World
-from .test_dispatch_policy import PROBES, Probe, client
-from .test_kex_order import force_send
 
 NS = common.NS
 SEEDS = int(os.environ.get("CONCHCMD_FUZZ_SEEDS", "60"))

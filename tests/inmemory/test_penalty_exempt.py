@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from support.keys import ed25519_key
+from support.world import World, make_world
 from twisted.internet.address import IPv4Address
 
 from conchcmd.config import LimitsConfig
-
-from .conftest import World, make_world
 
 FAILURE = 51
 

@@ -3,7 +3,6 @@ refused ptys, certificates, and bcrypt passwords (offered to every name once som
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,10 @@ import bcrypt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from support.certlogin import cert_login
 from support.keys import authorized_line, ed25519_key
 from support.sshclient import Connection, RecordingChannel, pty_request, result_of
+from support.world import World, add_user, make_world
 from twisted.conch.ssh import common, userauth
 from twisted.conch.ssh.keys import Key
 
@@ -20,19 +21,11 @@ from conchcmd.authorized_keys import fingerprint
 from conchcmd.certs import public_blob
 from conchcmd.config import LimitsConfig, UserPolicy
 
-from .conftest import World, make_world
-
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"correct horse battery staple"
 HASHED = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4))
 ALICE_KEY = 11
 CAROL_KEY = 12
-
-
-def add_user(world: World, name: str, *lines: str) -> None:
-    path = Path(world.config.authorized_keys.replace("%u", name))
-    path.write_text("".join(lines))
-    os.chmod(path, 0o600)
 
 
 def policy_world(tmp_path: Path, **changes: Any) -> World:
@@ -353,28 +346,6 @@ def make_cert(ca: ed25519.Ed25519PrivateKey, user_key: Key, *, principals: list[
         builder = builder.add_critical_option(name.replace("_", "-").encode(), value)
     cert = builder.sign(ca)
     return cert.public_bytes().split()[1]
-
-
-def cert_login(conn: Connection, user: bytes, user_key: Key, cert_b64: bytes) -> int:
-    import base64
-
-    blob = base64.b64decode(cert_b64)
-    algorithm = b"ssh-ed25519-cert-v01@openssh.com"
-    auth = conn.start_auth(user)
-    signed = (
-        common.NS(conn.client.sessionID)
-        + bytes((userauth.MSG_USERAUTH_REQUEST,))
-        + common.NS(user)
-        + common.NS(b"ssh-connection")
-        + common.NS(b"publickey")
-        + b"\x01"
-        + common.NS(algorithm)
-        + common.NS(blob)
-    )
-    signature = user_key.sign(signed, signatureType=b"ssh-ed25519")
-    d = auth._request(b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature))
-    conn.flush()
-    return result_of(d)[0] if d.called else 0
 
 
 def test_certificate_login_with_force_command_and_no_pty(tmp_path: Path) -> None:

@@ -8,15 +8,13 @@ import struct
 from collections.abc import Callable
 
 from support.keys import authorized_line, ed25519_key
+from support.scripted import force_send
 from support.sshclient import Connection, RecordingChannel, pty_request
+from support.world import World, add_user
 from twisted.conch.ssh import common, transport
 from twisted.logger import capturedLogs, formatEvent
 
 from conchcmd.audit import LOG_NAMESPACE
-
-from .conftest import World
-from .test_kex_order import force_send
-from .test_policy import add_user
 
 NS = common.NS
 REPEATS = 1000

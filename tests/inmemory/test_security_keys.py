@@ -16,13 +16,12 @@ import pytest
 from support.keys import authorized_line, ed25519_key
 from support.skauth import UP, UV, SoftwareAuthenticator, ssh_keygen_certificate
 from support.sshclient import Connection
+from support.world import World, make_world
 from twisted.conch.ssh import userauth
 from twisted.logger import capturedLogs, formatEvent
 
 from conchcmd.audit import AUTH_LOG_NAMESPACE
 from conchcmd.authorized_keys import fingerprint
-
-from .conftest import World, make_world
 
 SUCCESS, FAILURE, PK_OK = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_PK_OK
 TOKENS = {kind: SoftwareAuthenticator.generate(kind, counter=7) for kind in ("ed25519", "ecdsa")}

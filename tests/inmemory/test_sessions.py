@@ -8,11 +8,10 @@ from pathlib import Path
 
 from support.runners import ManualRunner
 from support.sshclient import RecordingChannel, pty_request, result_of
+from support.world import World, make_world
 from twisted.conch.ssh import common, connection
 
 from conchcmd.session import OUTPUT_HIGH_WATER
-
-from .conftest import World, make_world
 
 
 def run_exec(world: World, command: bytes) -> RecordingChannel:

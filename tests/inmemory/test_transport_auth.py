@@ -6,12 +6,11 @@ from pathlib import Path
 
 from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import result_of
+from support.world import World, make_world
 from twisted.conch.ssh import common, transport, userauth
 
 from conchcmd.config import LimitsConfig
 from conchcmd.server import ServerSettings
-
-from .conftest import World, make_world
 
 SUCCESS, FAILURE, PK_OK = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE, 60
 

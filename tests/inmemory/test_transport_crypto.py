@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from support.keys import ed25519_key
 from support.sshclient import ClientFactory, Connection, connect
+from support.world import World, make_world
 from twisted.conch.ssh import common, transport
 from twisted.internet.testing import StringTransport
 
 from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.packets import CIPHERS as SPECS
 from conchcmd.packets import PacketCodec, pad
-
-from .conftest import World, make_world
 
 LINE = b"y" * 199 + b"\n"
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from support.channels import Harness
+
 from conchcmd.audit import TerminalSafe, terminal_safe
 from conchcmd.completion import list_paths
 from conchcmd.shell import HISTORY_BYTES, MAX_CONTROL_SEQUENCE
-from protocol.test_channel_and_shells import Harness
 
 
 def test_empty_lines_count_toward_the_input_limit() -> None:

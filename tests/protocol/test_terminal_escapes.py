@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from support.runners import ManualRunner
+from support.terminal import Term
 
 from conchcmd.audit import TerminalSafe, terminal_safe
 from conchcmd.comphash import MIB
 from conchcmd.completion import list_paths
-from protocol.test_terminal_editing import Term
 
 OSC_TITLE = "\x1b]0;pwned\x07"  # sets the terminal's window title
 NAMES = {

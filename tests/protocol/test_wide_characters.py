@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.channels import winsize
+from support.terminal import CTRL_A, CTRL_E, CTRL_K, CTRL_U, CTRL_W, DOWN, LEFT, RIGHT, UP, Term
 from wcwidth import wcwidth
 
 from conchcmd.cells import LineLayout, split_clusters
-from protocol.test_terminal_editing import CTRL_A, CTRL_E, CTRL_K, CTRL_U, CTRL_W, DOWN, LEFT, RIGHT, UP, Term, winsize
 
 BACKSPACE, DELETE = b"\x7f", b"\x1b[3~"
 WIDE, WIDER = "中".encode(), "文".encode()

@@ -17,8 +17,8 @@ from typing import Any
 
 import bcrypt
 import pytest
-from reliability_harness import SSH_TIMEOUT, kill_all, wait_for
-from support.serverfiles import REPO
+from support.reliability import SSH_TIMEOUT, kill_all
+from support.serverfiles import REPO, wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -46,9 +46,7 @@ def records(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
 
 def test_comphash_completes_while_guessers_pipeline_passwords(make_server) -> None:
     hashed = bcrypt.hashpw(b"never guessed", bcrypt.gensalt(rounds=12)).decode()
-    server = make_server(
-        limits={"max_auth_tries": 3}, extra_config=f"[users.carol]\npassword_bcrypt = {json.dumps(hashed)}"
-    )
+    server = make_server(limits={"max_auth_tries": 3}, settings={"users": {"carol": {"password_bcrypt": hashed}}})
     small = server.data.small
     expected = f"{hashlib.sha256(small.read_bytes()).hexdigest()}  {small}\n".encode()
     mark = server.audit_mark()

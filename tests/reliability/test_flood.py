@@ -10,16 +10,8 @@ import threading
 import time
 
 import pytest
-from reliability_harness import (
-    RssMonitor,
-    classify,
-    close_all,
-    figure,
-    raw_connect,
-    send_quietly,
-    source_of_peer,
-    wait_for,
-)
+from support.reliability import RssMonitor, classify, close_all, figure, raw_connect, send_quietly, source_of_peer
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

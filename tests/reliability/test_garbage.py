@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from reliability_harness import (
+from support.reliability import (
     BANNER,
     RssMonitor,
     close_all,
@@ -27,8 +27,8 @@ from reliability_harness import (
     raw_connect,
     read_until_closed,
     send_quietly,
-    wait_for,
 )
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -184,6 +184,7 @@ def test_repeated_garbage_penalises_the_source(server, kind):
             send_quietly(sock, GARBAGE_KINDS[kind](rng))
             _, closed = read_until_closed(sock, 3)
             assert closed, f"{kind}: the server did not end the connection"
+
     # Other tests' connections may end in the same window: count this source's disconnects only.
     def disconnects() -> list[dict]:
         return [e for e in server.audit_since(mark, "disconnect") if e["peer"].startswith(f"{source}:")]

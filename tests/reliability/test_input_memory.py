@@ -4,15 +4,14 @@ channels on one connection, output never read (asyncssh client: tests/reliabilit
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from reliability_harness import RssMonitor, figure, kill_all, rss_kib, source_of_peer, wait_for
+from support.reliability import RssMonitor, figure, kill_all, rss_kib, source_of_peer, wait_until_idle
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -28,24 +27,6 @@ PTY_PUSH_BYTES = 96 * 1024
 @pytest.fixture(scope="module")
 def server(make_server):
     return make_server(limits={"max_sessions": CHANNELS})
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until_idle(pid: int, timeout: float = 20.0) -> None:
-    """Wait until the server has stopped working (used < 20 ms CPU in 250 ms)."""
-    deadline = time.monotonic() + timeout
-    last = cpu_seconds(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = cpu_seconds(pid)
-        if now - last < 0.02:
-            return
-        last = now
-    raise AssertionError(f"the server was still busy after {timeout:g} s")
 
 
 def push(server, pattern: str, source: str, connections: int = 1, push_bytes: int = PUSH_BYTES) -> dict:

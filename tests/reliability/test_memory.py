@@ -7,7 +7,8 @@ import sys
 import time
 
 import pytest
-from reliability_harness import BIG_LOG_LINES, RssMonitor, figure, kill_all, source_of_peer, wait_for
+from support.reliability import BIG_LOG_LINES, RssMonitor, figure, kill_all, source_of_peer
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from reliability_harness import RssMonitor, probe, source_of_peer, wait_for
+from support.reliability import RssMonitor, probe, source_of_peer
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from reliability_harness import RssMonitor, client_messages, figure, kill_all, source_of_peer, wait_for
+from support.reliability import RssMonitor, client_messages, figure, kill_all, source_of_peer
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

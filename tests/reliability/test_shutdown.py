@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from reliability_harness import (
+from support.reliability import (
     RssMonitor,
     client_messages,
     close_all,
@@ -19,8 +19,8 @@ from reliability_harness import (
     read_until_closed,
     send_quietly,
     source_of_peer,
-    wait_for,
 )
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from reliability_harness import kill_all
+from support.reliability import kill_all
 
 pytestmark = pytest.mark.reliability
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from reliability_harness import (
+from support.reliability import (
     BANNER,
     RssMonitor,
     client_messages,
@@ -19,8 +19,8 @@ from reliability_harness import (
     raw_connect,
     read_until_closed,
     source_of_peer,
-    wait_for,
 )
+from support.serverfiles import wait_for
 
 pytestmark = pytest.mark.reliability
 

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliability.test_input_memory import wait_until_idle
-from reliability_harness import RssMonitor, figure, kill_all, next_source, rss_kib
+from support.reliability import RssMonitor, figure, kill_all, next_source, rss_kib, wait_until_idle
 
 pytestmark = pytest.mark.reliability
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +33,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.02)
 
 
+def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The layers laid over each other in order: tables merge key by key, any other value replaces."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def toml_text(*layers: Mapping[str, Any]) -> str:
+    """The merged layers as a TOML document (tomli-w writes it: strings and keys quoted for us)."""
+    return tomli_w.dumps(merged(*layers))
+
+
 class ServerFiles:
     """Mixed into a harness's Server dataclass, which provides `base`, `proc`, `returncode` and
     `_log_file`."""
@@ -42,6 +62,10 @@ class ServerFiles:
     @property
     def config(self) -> Path:
         return self.base / "conchcmd.toml"
+
+    def write_settings(self, *layers: Mapping[str, Any]) -> None:
+        """Write the config file: the layers merged (see `merged`), as TOML."""
+        self.config.write_text(toml_text(*layers))
 
     @property
     def log_path(self) -> Path:
@@ -116,8 +140,32 @@ class ServerFiles:
 
         return wait_for(find, timeout, f"audit {what}")
 
+    def audit_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
+        """Audit records after `mark` (an audit_mark()), only those of `event` if given."""
+        return [e for e in self.audit()[mark:] if event is None or e["event"] == event]
+
     def log_mark(self) -> int:
         return len(self.log_text())
+
+    def wait_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match[str]:
+        """Wait for a server log line matching `pattern`, after `since` (a log_mark())."""
+        return wait_for(
+            lambda: re.search(pattern, self.log_text()[since:]), timeout, f"server log matching {pattern!r}"
+        )
+
+    def wait_listening(self, line: re.Pattern[bytes], timeout: float) -> int:
+        """The port the server's `listening on` log line (`line`, the port its group 1) names; fails
+        at once if the server exits first."""
+
+        def listening() -> int | None:
+            m = line.search(self.log_bytes())
+            if m:
+                return int(m.group(1))
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
+            return None
+
+        return int(wait_for(listening, timeout, "the server's listening line"))
 
 
 def hermetic_ssh(

@@ -7,14 +7,13 @@ import hashlib
 import os
 import subprocess
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.runners import ManualRunner
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from conchcmd import comphash
 from conchcmd.commands import InlineRunner
@@ -357,27 +356,6 @@ def test_comphash_escaped_name_line(comphash_harness, root: Path) -> None:
 
 
 # --- the Hasher: concurrency limit and cancellation ----------------------------------------
-
-
-class ManualRunner:
-    """A BlockingRunner whose work runs only when the test says so."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.calls.append((fn, args, d))
-        return d
-
-    def complete(self, index: int) -> None:
-        fn, args, d = self.calls[index]
-        try:
-            result = fn(*args)
-        except Exception:
-            d.errback(Failure())
-        else:
-            d.callback(result)
 
 
 def start_hash(hasher: Hasher, path: Path, user: str = "alice") -> defer.Deferred[HashResult]:

@@ -213,6 +213,8 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_certs.py::test_tampered_certificate_is_refused",
             U + "test_certs.py::test_certificate_signed_with_sha1_is_refused",
             U + "test_certs.py::test_sha1_ssh_rsa_cert_algorithm_is_refused",
+            U + "test_cert_vectors.py::test_a_sha1_ca_signature_is_refused_though_it_verifies",
+            U + "test_cert_vectors.py::test_a_sha1_signature_relabelled_as_sha2_does_not_verify",
         ],
         "the validity window": [
             U + "test_certs.py::test_time_window_edges",

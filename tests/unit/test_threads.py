@@ -9,11 +9,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
 from conchcmd.config import Config, LimitsConfig
 from conchcmd.service import PASSWORD_THREADS_NICE, ConchcmdService
-from conchcmd.threads import ThreadRunner
+from conchcmd.threads import ThreadRunner, abandonable
 
 
 class ThreadedReactor:
@@ -69,3 +70,35 @@ def test_the_server_checks_passwords_in_a_pool_of_their_own(tmp_path: Path) -> N
         assert (service.password_pool.max, service.server.passwords.max_checks) == (3, 3)
     finally:
         service.audit.close()
+
+
+def test_abandonable_passes_the_outcome_until_cancelled() -> None:
+    work: defer.Deferred[str] = defer.Deferred()
+    result = abandonable(work)
+    work.callback("done")
+    assert result.result == "done"
+    failing: defer.Deferred[str] = defer.Deferred()
+    refused = abandonable(failing)
+    failing.errback(ValueError("no"))
+    assert refused.result.check(ValueError)
+    refused.addErrback(lambda _: None)
+
+
+def test_abandonable_hands_a_late_outcome_to_late_and_drops_it() -> None:
+    asked: list[str] = []
+    late: list[Any] = []
+    work: defer.Deferred[str] = defer.Deferred()
+    result = abandonable(work, lambda _: asked.append("stop"), late.append)
+    result.cancel()
+    assert asked == ["stop"]
+    assert isinstance(result.result.value, defer.CancelledError)
+    result.addErrback(lambda _: None)
+    work.callback("opened file")
+    assert late == ["opened file"]
+    assert work.result is None  # nothing left on the work's chain to be logged as unhandled
+    failing: defer.Deferred[str] = defer.Deferred()
+    gone = abandonable(failing)
+    gone.cancel()
+    gone.addErrback(lambda _: None)
+    failing.errback(ValueError("late failure"))
+    assert failing.result is None  # dropped, not an unhandled error in the log

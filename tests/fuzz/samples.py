@@ -1,0 +1,21 @@
+"""Inputs the fuzz targets share: key, certificate and CA lines from the corpus, and the cipher/MAC
+suites. (A module of its own, as guard.py and wire.py are: test modules import it, not each other.)"""
+
+from __future__ import annotations
+
+import base64
+
+from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
+from fuzz.guard import CORPUS
+
+KEY_LINES = (CORPUS / "authorized_keys" / "openssh_keys.txt").read_text().splitlines()
+CERT_LINES = [p.read_text().strip() for p in sorted((CORPUS / "certificates").glob("*-cert.txt"))]
+CERT_BLOBS = [base64.b64decode(line.split()[1]) for line in CERT_LINES]
+CA_LINE = (CORPUS / "certificates" / "ca.pub.txt").read_text().strip()
+#: What str.splitlines() ends a line at besides \n and \r; OpenSSH files end lines at \n only.
+OTHER_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+BROKEN_SIGNATURE_KEY = (CORPUS / "certificates" / "regression_broken_signature_key_length.txt").read_text().split()
+
+AEAD = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
+SUITES = [(c, "") for c in AEAD] + [(c, m) for c in CIPHERS if c not in AEAD for m in (*MACS, *OPTIONAL_MACS)]
+SUITE_IDS = [f"{c}+{m}" if m else c for c, m in SUITES]

@@ -1,0 +1,32 @@
+"""Logging in with an OpenSSH user certificate over the in-memory test client."""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.conch.ssh import common, userauth
+from twisted.conch.ssh.keys import Key
+
+from support.sshclient import Connection, result_of
+
+
+def cert_login(conn: Connection, user: bytes, user_key: Key, cert_b64: bytes) -> int:
+    """Sign in as `user` with the certificate (base64 blob) of `user_key`; the USERAUTH reply number
+    (0 if none came yet)."""
+    blob = base64.b64decode(cert_b64)
+    algorithm = b"ssh-ed25519-cert-v01@openssh.com"
+    auth = conn.start_auth(user)
+    signed = (
+        common.NS(conn.client.sessionID)
+        + bytes((userauth.MSG_USERAUTH_REQUEST,))
+        + common.NS(user)
+        + common.NS(b"ssh-connection")
+        + common.NS(b"publickey")
+        + b"\x01"
+        + common.NS(algorithm)
+        + common.NS(blob)
+    )
+    signature = user_key.sign(signed, signatureType=b"ssh-ed25519")
+    d = auth._request(b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature))
+    conn.flush()
+    return result_of(d)[0] if d.called else 0
