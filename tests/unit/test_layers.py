@@ -124,3 +124,14 @@ def test_the_check_catches_an_arrow_that_runs_up(module: str, source: str) -> No
 )
 def test_the_check_lets_imports_that_go_down_pass(module: str, source: str) -> None:
     assert violations(module, source) == []
+
+
+def test_the_readme_architecture_names_every_module() -> None:
+    """The README's Architecture section is drawn from the code: each module by its path, each layer in
+    the picture of the floors."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## Architecture\n") :].split("\n## ", 1)[0]
+    named = {p.relative_to(PACKAGE).as_posix() for p in sources() if p.name != "__init__.py" and p != PLUGIN}
+    named.discard("__main__.py")
+    assert sorted(path for path in named if f"`{path}`" not in section) == []
+    assert [layer for layer in FLOOR if (PACKAGE / layer).is_dir() and f"  {layer}/" not in section] == []
