@@ -19,8 +19,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conchcmd.core.audit import LOG_NAMESPACE, AuditSink, sanitise, terminal_safe
+from conchcmd.core.audit import AuditSink, sanitise, terminal_safe
 from conchcmd.core.config import UserPolicy
+from conchcmd.core.logtargets import LOG_NAMESPACE
 
 # Re-exported for the command modules: the runners live in conchcmd.threads.
 from conchcmd.core.threads import BlockingRunner as BlockingRunner

@@ -17,12 +17,9 @@ from typing import IO, Any, Protocol
 from twisted.logger import Logger, LogLevel
 
 from conchcmd.core.filetrust import symlink_followable
+from conchcmd.core.logtargets import LOG_NAMESPACE, JournalLineTarget, SyslogLineTarget, parse_syslog_address
 
 MAX_TEXT = 1024
-#: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
-LOG_NAMESPACE = "conchcmd.log"
-#: Namespace of the authentication lines (sshd's words; syslog facility authpriv, fail2ban reads them).
-AUTH_LOG_NAMESPACE = "conchcmd.auth"
 log = Logger(namespace=LOG_NAMESPACE)
 
 
@@ -333,8 +330,6 @@ class AuditLog:
         if target == "-":
             return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode, host=host)
         if target in ("syslog", "journal"):
-            from conchcmd.core.logtargets import JournalLineTarget, SyslogLineTarget, parse_syslog_address
-
             reactor = None if one_shot else clock
             sink: LineTarget = (
                 SyslogLineTarget(parse_syslog_address(syslog_address), reactor)

@@ -42,7 +42,10 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from conchcmd.core.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+#: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
+LOG_NAMESPACE = "conchcmd.log"
+#: Namespace of the authentication lines (sshd's words; syslog facility authpriv, fail2ban reads them).
+AUTH_LOG_NAMESPACE = "conchcmd.auth"
 
 _log = Logger(namespace=LOG_NAMESPACE)
 

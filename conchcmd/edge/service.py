@@ -24,9 +24,10 @@ from twisted.python.threadpool import ThreadPool
 
 from conchcmd import __version__
 from conchcmd.app import Server, build_server
-from conchcmd.core.audit import LOG_NAMESPACE, AuditLog
+from conchcmd.core.audit import AuditLog
 from conchcmd.core.config import Config, ConfigError, audit_group_id, load_config
 from conchcmd.core.filetrust import FileTrust
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.threads import ThreadRunner
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest

@@ -25,10 +25,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from conchcmd.core.audit import LOG_NAMESPACE, sanitise
+from conchcmd.core.audit import sanitise
 from conchcmd.core.config import Config, UserPolicy, valid_user_name
 from conchcmd.core.filetrust import FileTrust
 from conchcmd.core.hostmatch import match_address_list
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, fingerprint

@@ -19,10 +19,10 @@ from typing import Any
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 
-from conchcmd.core.audit import LOG_NAMESPACE
 from conchcmd.core.config import valid_user_name
 from conchcmd.core.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.core.hostmatch import PatternError, split_patterns
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.policy.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
 from conchcmd.policy.sk import SK_KEY_TYPES, SkError, parse_sk_public_key
 

@@ -18,9 +18,10 @@ from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 
-from conchcmd.core.audit import LOG_NAMESPACE, sanitise
+from conchcmd.core.audit import sanitise
 from conchcmd.core.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.policy.authorized_keys import CERT_SUFFIX, fingerprint
 from conchcmd.policy.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
 from conchcmd.policy.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate

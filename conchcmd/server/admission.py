@@ -16,9 +16,10 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from conchcmd.core.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, AuditSink
+from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import LimitsConfig
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 
 log = Logger(namespace=LOG_NAMESPACE)
 auth_log = Logger(namespace=AUTH_LOG_NAMESPACE)  # penalties are authentication lines (facility authpriv)

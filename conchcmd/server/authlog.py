@@ -18,7 +18,8 @@ from typing import Any
 from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 
-from conchcmd.core.audit import AUTH_LOG_NAMESPACE, sanitise
+from conchcmd.core.audit import sanitise
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 

@@ -27,9 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchcmd.core.audit import LOG_NAMESPACE, AuditSink, BoundAudit, new_connection_id, sanitise
+from conchcmd.core.audit import AuditSink, BoundAudit, new_connection_id, sanitise
 from conchcmd.core.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.core.flow import ChannelConnection, FlowControlledChannel, PausableTransport
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import Peer, PeerSSHPrivateKey, PeerUsernamePassword, format_peer, host_and_port
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS, Identity, KeyRefused, PasswordChecker, SkRequirementNotMet

@@ -28,9 +28,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from conchcmd.commands.framework import Dispatcher
-from conchcmd.core.audit import LOG_NAMESPACE, AuditSink, BoundAudit, sanitise
+from conchcmd.core.audit import AuditSink, BoundAudit, sanitise
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.flow import ChannelConnection
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import Identity
 from conchcmd.wire.conchprivate import QuietChannel

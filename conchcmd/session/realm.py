@@ -13,8 +13,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from conchcmd.commands.framework import Dispatcher
-from conchcmd.core.audit import LOG_NAMESPACE, AuditSink, sanitise
+from conchcmd.core.audit import AuditSink, sanitise
 from conchcmd.core.config import UserPolicy
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import Peer
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import Identity

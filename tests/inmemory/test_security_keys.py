@@ -20,7 +20,7 @@ from support.world import World, make_world
 from twisted.conch.ssh import userauth
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.core.audit import AUTH_LOG_NAMESPACE
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
 from conchcmd.policy.authorized_keys import fingerprint
 
 SUCCESS, FAILURE, PK_OK = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_PK_OK

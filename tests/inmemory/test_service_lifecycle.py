@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 import conchcmd
-from conchcmd.core.audit import LOG_NAMESPACE
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.edge.cli import main
 from conchcmd.edge.service import ConchcmdService
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.core.audit import AUTH_LOG_NAMESPACE
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.server.authlog import AuthLog, Client, KeyInfo, key_type_name, log_word
 from conchcmd.server.services import auth_client, format_peer

@@ -22,8 +22,9 @@ from twisted.logger import Logger, LogLevel, LogPublisher, capturedLogs, formatE
 from twisted.python.failure import Failure
 
 from conchcmd.core import logtargets as lt
-from conchcmd.core.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, AuditLog
+from conchcmd.core.audit import AuditLog
 from conchcmd.core.config import ConfigError, LogConfig, parse_config
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 
 WHEN = 1_764_453_045.25  # 2025-11-29 21:50:45.25 UTC
 
