@@ -255,7 +255,9 @@ class RevokedKeys:
         self.serials: tuple[tuple[int, int], ...] = ()
         self.ids: frozenset[str] = frozenset()
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Read the list if it changed since last time. CertificateRefused when it cannot be relied
+        on (untrusted, unreadable, a KRL, an unreadable line): every key is then refused."""
         if self.path is None:
             return
         # Checked on every attempt: a list anyone else could have edited cannot be relied on,
@@ -304,12 +306,12 @@ class RevokedKeys:
         self._signature = signature
 
     def check_key(self, blob: bytes) -> None:
-        self._load()
+        self.load()
         if blob in self.blobs:
             raise CertificateRefused(f"key {fingerprint(blob)} is revoked")
 
     def check_certificate(self, cert: AnyCertificate, key_blob: bytes, ca_blob: bytes) -> None:
-        self._load()
+        self.load()
         if ca_blob in self.blobs:
             raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is revoked")
         self.check_key(key_blob)
@@ -349,13 +351,14 @@ class TrustedCAs:
 
     def any_trusted(self) -> bool:
         """Whether some CA is trusted (the file is set, trusted and lists a key)."""
-        return bool(self._current())
+        return bool(self.load())
 
     def contains(self, blob: bytes) -> bool:
-        return blob in self._current()
+        return blob in self.load()
 
-    def _current(self) -> frozenset[bytes]:
-        """The trusted CA blobs as the file says now (re-read when it changed)."""
+    def load(self) -> frozenset[bytes]:
+        """The trusted CA blobs as the file says now (re-read when it changed); `unreadable_line`
+        says where reading stopped, if it did."""
         if self.path is None:
             return frozenset()
         try:

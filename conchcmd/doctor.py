@@ -165,7 +165,7 @@ def _authorized_keys(config: Config, invocation: Invocation) -> Iterator[Finding
         return
     revoked = RevokedKeys(config.revoked_keys, trust=trust)
     try:
-        revoked.check_key(b"")  # loads the list
+        revoked.load()
     except CertificateRefused:
         revoked = RevokedKeys(None)  # a list that refuses every key is reported once, under revoked_keys
     for path in files:
@@ -273,7 +273,7 @@ def _certificates(config: Config) -> Iterator[Finding]:
             yield Finding(PROBLEM, f"trusted_user_ca_keys {path}: {unsafe.reason}: no CA is trusted", unsafe.fix)
         else:
             trusted = TrustedCAs(str(path), trust=trust)
-            trusted.contains(b"")  # loads the file
+            trusted.load()
             if trusted.unreadable_line is not None:
                 yield Finding(
                     PROBLEM,
@@ -300,7 +300,7 @@ def _certificates(config: Config) -> Iterator[Finding]:
             return
         revoked = RevokedKeys(config.revoked_keys, trust=trust)
         try:
-            revoked.check_key(b"")  # loads the file; a list that cannot be read refuses every key
+            revoked.load()  # a list that cannot be read refuses every key
         except CertificateRefused as e:
             yield Finding(
                 PROBLEM,
