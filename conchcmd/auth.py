@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import bcrypt
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -38,6 +38,7 @@ from conchcmd.certs import (
 from conchcmd.config import Config, UserPolicy
 from conchcmd.filetrust import FileTrust
 from conchcmd.hostmatch import match_address_list
+from conchcmd.keyparse import KeyParseError, public_key_from_blob
 from conchcmd.peer import PeerSSHPrivateKey
 from conchcmd.sk import (
     SK_ECDSA,
@@ -217,8 +218,8 @@ class KeyAuthorizer:
 
     def _plain_key(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         try:
-            key = Key.fromString(blob, type="blob")  # a client's blob: no guessing (SEXP/LSH parsers)
-        except (BadKeyError, ValueError, struct.error, IndexError):
+            key = public_key_from_blob(blob)
+        except KeyParseError:
             raise KeyRefused("malformed public key") from None
         key_type = key.sshType()
         if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):

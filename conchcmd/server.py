@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 import socket
 import struct
@@ -39,6 +38,7 @@ from conchcmd.dispatch import KEX_ERROR, Action, Phase, Verdict
 from conchcmd.flow import ChannelConnection, FlowControlledChannel, PausableTransport
 from conchcmd.framing import ModernServerTransport, usable_key_exchanges
 from conchcmd.hostkeys import HostKeys
+from conchcmd.hostmatch import normalise_peer
 from conchcmd.liveness import Liveness
 from conchcmd.peer import Peer, PeerSSHPrivateKey, PeerUsernamePassword, format_peer, host_and_port
 from conchcmd.realm import CommandUser
@@ -109,13 +109,7 @@ def auth_client(address: IAddress, peer: str) -> Client:
     if ip is None:
         return Client(host=peer, port=0, peer=peer)
     host, port = ip
-    try:
-        mapped = ipaddress.ip_address(host)
-        if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
-            host = str(mapped.ipv4_mapped)
-    except ValueError:
-        pass
-    return Client(host=host, port=port, peer=peer)
+    return Client(host=normalise_peer(host), port=port, peer=peer)
 
 
 #: What malformed input raises while Conch or conchcmd parses it: short reads (struct.error,

@@ -15,16 +15,12 @@ import pwd
 import re
 import socket
 import stat
-import struct
 import syslog
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from twisted.conch.ssh.keys import BadKeyError, Key
 
 from conchcmd.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, sanitise, terminal_safe
 from conchcmd.auth import key_refusal
@@ -39,7 +35,8 @@ from conchcmd.authorized_keys import (
 from conchcmd.certs import CertificateRefused, RevokedKeys
 from conchcmd.config import Config, audit_group_id
 from conchcmd.filetrust import FileTrust, file_version, path_problem, symlink_followable
-from conchcmd.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
+from conchcmd.keyparse import KeyParseError, public_key_from_line
 from conchcmd.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
@@ -91,14 +88,8 @@ def read_public_key_file(path: Path, *, certificates: bool = False) -> PublicKey
             )
         return PublicKeyText(first, field.key_type, field.blob, True)
     try:
-        # No format guessing: Conch sends text starting with '(' or '{' to parsers that assert.
-        key = Key.fromString(field.blob, type="blob")
-        if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
-            raise ValueError("key type does not match the key")
-        if key.sshType() in SK_KEY_TYPES:  # read as login reads it (SkError is a ValueError)
-            parse_sk_public_key(field.blob)
-    except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
-        # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
+        public_key_from_line(field)  # read as login reads it
+    except KeyParseError:
         raise UserCommandError(f"{path} is not an OpenSSH public key", usage=True) from None
     return PublicKeyText(first, field.key_type, field.blob, False)
 
