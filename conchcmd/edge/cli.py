@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.conch.ssh.keys import Key
 from twisted.logger import globalLogBeginner
 
 from conchcmd import __version__
@@ -32,6 +31,7 @@ from conchcmd.edge.usercmds import (
     remove_keys,
     users_json,
 )
+from conchcmd.keys.keyparse import public_key_from_blob
 from conchcmd.policy.auth import key_refusal
 from conchcmd.policy.authorized_keys import AuthorizedKeysFiles, fingerprint
 from conchcmd.wire.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
@@ -115,8 +115,7 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
         keys = load_host_keys(config.host_keys_dir, trust=trust)
     except HostKeyError as e:
         raise CliError(str(e)) from None
-    for path in keys.files:
-        key = Key.fromFile(str(path))
+    for path, key in zip(keys.files, keys.private.values(), strict=True):
         state = "created" if path in created else "exists"
         out.write(f"{state}: {path} {key.sshType().decode()} {fingerprint(key.public().blob())}\n")
     return EXIT_OK
@@ -127,7 +126,7 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
     if not valid_user_name(args.user):
         raise CliError(f"invalid user name {args.user!r}: use letters, digits, '.', '_' and '-'", EXIT_USAGE)
     pub = _read_public_key(args.pubkey_file, certificates=False)
-    key = Key.fromString(pub.blob, type="blob")
+    key = public_key_from_blob(pub.blob)  # read_public_key has read it already
     files = AuthorizedKeysFiles(config.authorized_keys, trust=FileTrust(strict=config.strict_modes))
     path = Path(files.path_for(args.user) or "")
     _say_config(config, out)
@@ -248,9 +247,9 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from conchcmd.commands.framework import ExitStatus, InlineRunner, dry_run
     from conchcmd.core.audit import terminal_safe
     from conchcmd.core.config import UserPolicy
+    from conchcmd.keys.keyfile import LINE_KEY_TYPES
     from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
     from conchcmd.policy.certs import CERT_SIGNATURES
-    from conchcmd.policy.keyfile import LINE_KEY_TYPES
 
     config = _load(args)
     pub = _read_public_key(args.key, certificates=True)

@@ -24,7 +24,14 @@ from conchcmd.policy.auth import bcrypt_cost
 from conchcmd.policy.authorized_keys import fingerprint, parse_authorized_keys
 from conchcmd.policy.certs import CertificateRefused, RevokedKeys, TrustedCAs
 from conchcmd.wire.framing import usable_key_exchanges
-from conchcmd.wire.hostkeys import HOST_KEY_FILES, HostKeyError, check_private_mode, directory_untrusted, load_host_keys
+from conchcmd.wire.hostkeys import (
+    HOST_KEY_FILES,
+    EncryptedHostKey,
+    HostKeyError,
+    check_private_mode,
+    directory_untrusted,
+    load_host_keys,
+)
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -122,6 +129,14 @@ def _host_keys(config: Config, invocation: Invocation) -> Iterator[Finding]:
         return  # loading would fail on the same modes
     try:
         keys = load_host_keys(directory, trust=trust)
+    except EncryptedHostKey as e:
+        yield Finding(
+            PROBLEM,
+            f"host key {e.path} is encrypted with a passphrase: serve refuses to start "
+            "(conchcmd needs an unencrypted host key: nobody is there to type the passphrase)",
+            e.fix,
+        )
+        return
     except HostKeyError as e:
         yield Finding(PROBLEM, str(e), f"move the file away, then {command_hint(config, invocation, 'keygen')}")
         return
@@ -150,7 +165,7 @@ def _authorized_keys(config: Config, invocation: Invocation) -> Iterator[Finding
         return
     revoked = RevokedKeys(config.revoked_keys, trust=trust)
     try:
-        revoked.check_key(b"")  # loads the list
+        revoked.load()
     except CertificateRefused:
         revoked = RevokedKeys(None)  # a list that refuses every key is reported once, under revoked_keys
     for path in files:
@@ -258,7 +273,7 @@ def _certificates(config: Config) -> Iterator[Finding]:
             yield Finding(PROBLEM, f"trusted_user_ca_keys {path}: {unsafe.reason}: no CA is trusted", unsafe.fix)
         else:
             trusted = TrustedCAs(str(path), trust=trust)
-            trusted.contains(b"")  # loads the file
+            trusted.load()
             if trusted.unreadable_line is not None:
                 yield Finding(
                     PROBLEM,
@@ -285,7 +300,7 @@ def _certificates(config: Config) -> Iterator[Finding]:
             return
         revoked = RevokedKeys(config.revoked_keys, trust=trust)
         try:
-            revoked.check_key(b"")  # loads the file; a list that cannot be read refuses every key
+            revoked.load()  # a list that cannot be read refuses every key
         except CertificateRefused as e:
             yield Finding(
                 PROBLEM,

@@ -15,7 +15,6 @@ import pwd
 import re
 import socket
 import stat
-import struct
 import syslog
 import tempfile
 from collections.abc import Callable
@@ -23,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from twisted.conch.ssh.keys import BadKeyError, Key
-
 from conchcmd.core.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, sanitise, terminal_safe
 from conchcmd.core.config import Config, audit_group_id, valid_user_name
 from conchcmd.core.filetrust import FileTrust, file_version, path_problem, symlink_followable
+from conchcmd.keys.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
+from conchcmd.keys.keyparse import KeyParseError, public_key_from_line
+from conchcmd.keys.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key
 from conchcmd.policy.auth import key_refusal
 from conchcmd.policy.authorized_keys import (
     AuthorizedKey,
@@ -38,8 +37,6 @@ from conchcmd.policy.authorized_keys import (
     parse_authorized_keys,
 )
 from conchcmd.policy.certs import CertificateRefused, RevokedKeys
-from conchcmd.policy.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
-from conchcmd.policy.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key
 
 #: The version of `conchcmd users --json`'s output (README: "conchcmd users").
 USERS_SCHEMA = 1
@@ -90,14 +87,8 @@ def read_public_key_file(path: Path, *, certificates: bool = False) -> PublicKey
             )
         return PublicKeyText(first, field.key_type, field.blob, True)
     try:
-        # No format guessing: Conch sends text starting with '(' or '{' to parsers that assert.
-        key = Key.fromString(field.blob, type="blob")
-        if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
-            raise ValueError("key type does not match the key")
-        if key.sshType() in SK_KEY_TYPES:  # read as login reads it (SkError is a ValueError)
-            parse_sk_public_key(field.blob)
-    except (BadKeyError, ValueError, IndexError, struct.error, NotImplementedError, UnsupportedAlgorithm):
-        # cryptography: NotImplementedError for a compressed EC point, UnsupportedAlgorithm for an unknown type
+        public_key_from_line(field)  # read as login reads it
+    except KeyParseError:
         raise UserCommandError(f"{path} is not an OpenSSH public key", usage=True) from None
     return PublicKeyText(first, field.key_type, field.blob, False)
 
@@ -140,7 +131,7 @@ def _option_text(name: str, value: str | None) -> str:
     return f'{name}="{text.replace(chr(34), chr(92) + chr(34))}"'
 
 
-#: The CA key types whose certificates login verifies (with cryptography, and conchcmd.policy.sk for sk
+#: The CA key types whose certificates login verifies (with cryptography, and conchcmd.keys.sk for sk
 #: certificates): no ssh-dss (SHA-1 signatures), no CA on a security key (README: `sk-ca`).
 CA_KEY_TYPES = frozenset(
     {b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521", b"ssh-rsa"}

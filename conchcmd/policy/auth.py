@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import bcrypt
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -32,16 +32,8 @@ from conchcmd.core.hostmatch import match_address_list
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
-from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, fingerprint
-from conchcmd.policy.certs import (
-    CERT_SIGNATURES,
-    CertificateRefused,
-    RevokedKeys,
-    TrustedCAs,
-    principals_allow,
-    validate_certificate,
-)
-from conchcmd.policy.sk import (
+from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob
+from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
     SK_KEY_TYPES,
@@ -52,6 +44,15 @@ from conchcmd.policy.sk import (
     SkRequirements,
     SkSignature,
     parse_sk_public_key,
+)
+from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, fingerprint
+from conchcmd.policy.certs import (
+    CERT_SIGNATURES,
+    CertificateRefused,
+    RevokedKeys,
+    TrustedCAs,
+    principals_allow,
+    validate_certificate,
 )
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -156,7 +157,7 @@ class Authorized:
     identity: Identity
     key: Key
     signature_algorithm: bytes
-    sk: SkPublicKey | None = None  # a security key: its signatures are checked by conchcmd.policy.sk
+    sk: SkPublicKey | None = None  # a security key: its signatures are checked by conchcmd.keys.sk
     requirements: SkRequirements = field(default_factory=SkRequirements)  # what a security key's signature must show
 
 
@@ -218,8 +219,8 @@ class KeyAuthorizer:
 
     def _plain_key(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         try:
-            key = Key.fromString(blob, type="blob")  # a client's blob: no guessing (SEXP/LSH parsers)
-        except (BadKeyError, ValueError, struct.error, IndexError):
+            key = public_key_from_blob(blob)
+        except KeyParseError:
             raise KeyRefused("malformed public key") from None
         key_type = key.sshType()
         if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):

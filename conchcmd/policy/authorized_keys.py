@@ -11,20 +11,19 @@ import calendar
 import hashlib
 import re
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.config import valid_user_name
 from conchcmd.core.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
-from conchcmd.policy.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
-from conchcmd.policy.sk import SK_KEY_TYPES, SkError, parse_sk_public_key
+from conchcmd.keys.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.keys.keyparse import KeyParseError, KeyTypeMismatch, public_key_from_line
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -350,19 +349,13 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
             skip(number, "certificates are not accepted here")
             continue
         try:
-            key = Key.fromString(field.blob, type="blob")  # no guessing: '{', '(' and PEM go elsewhere
-        except (ValueError, BadKeyError, struct.error, IndexError) as e:
-            skip(number, f"bad key ({type(e).__name__})")
+            key = public_key_from_line(field)
+        except KeyTypeMismatch as e:
+            skip(number, str(e))
             continue
-        if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
-            skip(number, f"key type {field.key_type} does not match the key")
+        except KeyParseError as e:
+            skip(number, f"bad key ({e})")
             continue
-        if key.sshType() in SK_KEY_TYPES:  # Conch reads these loosely; login reads them as sshd does
-            try:
-                parse_sk_public_key(field.blob)
-            except SkError as e:
-                skip(number, f"bad key ({e})")
-                continue
         try:
             if syntax_error is not None:
                 raise OptionsSyntaxError(syntax_error)

@@ -1,7 +1,7 @@
 """OpenSSH user certificates: trusted CAs, revocation, and what a valid certificate grants.
 
 Conch has no certificate support; parsing and the CA signature check use the `cryptography`
-package (`load_ssh_public_identity`, `verify_cert_signature`), and conchcmd.policy.sk for certificates
+package (`load_ssh_public_identity`, `verify_cert_signature`), and conchcmd.keys.sk for certificates
 of security keys, which `cryptography` cannot read.
 """
 
@@ -15,16 +15,17 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
 from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.audit import sanitise
 from conchcmd.core.filetrust import CheckedFile, FileTrust, UntrustedFile
 from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
+from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob, public_key_from_line
+from conchcmd.keys.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate
 from conchcmd.policy.authorized_keys import CERT_SUFFIX, fingerprint
-from conchcmd.policy.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
-from conchcmd.policy.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -98,7 +99,7 @@ def is_cstring(value: bytes) -> bool:
     return b"\0" not in value[:-1]
 
 
-#: A certificate as read: `cryptography`'s, or conchcmd.policy.sk's for security keys (same attributes).
+#: A certificate as read: `cryptography`'s, or conchcmd.keys.sk's for security keys (same attributes).
 AnyCertificate = SSHCertificate | SkCertificate
 
 
@@ -255,7 +256,9 @@ class RevokedKeys:
         self.serials: tuple[tuple[int, int], ...] = ()
         self.ids: frozenset[str] = frozenset()
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Read the list if it changed since last time. CertificateRefused when it cannot be relied
+        on (untrusted, unreadable, a KRL, an unreadable line): every key is then refused."""
         if self.path is None:
             return
         # Checked on every attempt: a list anyone else could have edited cannot be relied on,
@@ -296,7 +299,7 @@ class RevokedKeys:
                     if field is None:
                         raise ValueError("not a key")
                     blobs.add(_revoked_blob(field))
-            except (BadKeyError, ValueError, IndexError, struct.error, TypeError):
+            except (KeyParseError, ValueError, IndexError, struct.error, TypeError):
                 # Fail closed, as sshd does: a revocation that cannot be read must not be lost.
                 log.warn("{path}:{n}: unreadable line: refusing every key until it is fixed", path=self.path, n=number)
                 raise CertificateRefused("revocation list has an unreadable line") from None
@@ -304,12 +307,12 @@ class RevokedKeys:
         self._signature = signature
 
     def check_key(self, blob: bytes) -> None:
-        self._load()
+        self.load()
         if blob in self.blobs:
             raise CertificateRefused(f"key {fingerprint(blob)} is revoked")
 
     def check_certificate(self, cert: AnyCertificate, key_blob: bytes, ca_blob: bytes) -> None:
-        self._load()
+        self.load()
         if ca_blob in self.blobs:
             raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is revoked")
         self.check_key(key_blob)
@@ -322,10 +325,7 @@ class RevokedKeys:
 
 def _key_blob(field: KeyField) -> bytes:
     """The blob of a plain public key read from a line, checked against the type the line names."""
-    key = Key.fromString(field.blob, type="blob")  # no format guessing (Conch's SEXP/LSH parsers)
-    if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
-        raise ValueError("key type does not match the key")
-    return key.blob()
+    return public_key_from_line(field).blob()
 
 
 def _revoked_blob(field: KeyField) -> bytes:
@@ -352,13 +352,14 @@ class TrustedCAs:
 
     def any_trusted(self) -> bool:
         """Whether some CA is trusted (the file is set, trusted and lists a key)."""
-        return bool(self._current())
+        return bool(self.load())
 
     def contains(self, blob: bytes) -> bool:
-        return blob in self._current()
+        return blob in self.load()
 
-    def _current(self) -> frozenset[bytes]:
-        """The trusted CA blobs as the file says now (re-read when it changed)."""
+    def load(self) -> frozenset[bytes]:
+        """The trusted CA blobs as the file says now (re-read when it changed); `unreadable_line`
+        says where reading stopped, if it did."""
         if self.path is None:
             return frozenset()
         try:
@@ -386,7 +387,7 @@ class TrustedCAs:
                     raise ValueError("not a key")
                 if not field.key_type.endswith(CERT_SUFFIX):  # a certificate line is never a CA key
                     blobs.add(_key_blob(field))
-            except (BadKeyError, ValueError, IndexError, struct.error):
+            except (KeyParseError, ValueError):
                 # sshd stops reading the file at such a line: no CA after it is trusted.
                 log.warn("{path}:{n}: not a CA public key: no CA after it is trusted", path=self.path, n=number)
                 self.unreadable_line = number
@@ -439,7 +440,7 @@ def validate_certificate(
         raise CertificateRefused(f"certificate source-address does not allow {peer_host}")
     force = options.get("force-command")
     grant = CertificateGrant(
-        key=Key.fromString(key_blob, type="blob") if isinstance(cert, SkCertificate) else Key(cert.public_key()),
+        key=public_key_from_blob(key_blob) if isinstance(cert, SkCertificate) else Key(cert.public_key()),
         key_id=cert.key_id.removesuffix(b"\0").decode("utf-8", "replace"),
         serial=cert.serial,
         ca_fingerprint=fingerprint(ca_blob),

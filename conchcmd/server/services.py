@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 import socket
 import struct
@@ -30,6 +29,7 @@ from zope.interface import implementer
 from conchcmd.core.audit import AuditSink, BoundAudit, new_connection_id, sanitise
 from conchcmd.core.config import AlgorithmsConfig, Config, LimitsConfig, default_clients_per_user
 from conchcmd.core.flow import ChannelConnection, FlowControlledChannel, PausableTransport
+from conchcmd.core.hostmatch import normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import Peer, PeerSSHPrivateKey, PeerUsernamePassword, format_peer, host_and_port
 from conchcmd.core.refusals import RepeatLog
@@ -110,13 +110,7 @@ def auth_client(address: IAddress, peer: str) -> Client:
     if ip is None:
         return Client(host=peer, port=0, peer=peer)
     host, port = ip
-    try:
-        mapped = ipaddress.ip_address(host)
-        if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
-            host = str(mapped.ipv4_mapped)
-    except ValueError:
-        pass
-    return Client(host=host, port=port, peer=peer)
+    return Client(host=normalise_peer(host), port=port, peer=peer)
 
 
 #: What malformed input raises while Conch or conchcmd parses it: short reads (struct.error,

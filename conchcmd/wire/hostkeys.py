@@ -9,9 +9,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 
 from conchcmd.core.filetrust import FileTrust, Untrusted, UntrustedFile, directory_problem, read_trusted
+from conchcmd.keys.keyparse import EncryptedKeyFile, KeyParseError, private_key_from_file
 
 #: File names we look for, in preference order; ed25519 is the one we create.
 HOST_KEY_FILES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key")
@@ -19,6 +20,15 @@ HOST_KEY_FILES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_ke
 
 class HostKeyError(Exception):
     """A host key is missing, unreadable, malformed or not private enough."""
+
+
+class EncryptedHostKey(HostKeyError):
+    """A host key file has a passphrase: serve cannot use it (nobody is there to type it)."""
+
+    def __init__(self, path: Path, fix: str):
+        self.path = path
+        self.fix = fix
+        super().__init__(f"host key {path} is encrypted with a passphrase; conchcmd needs an unencrypted key: {fix}")
 
 
 @dataclass(frozen=True)
@@ -122,10 +132,12 @@ def load_host_keys(directory: Path, *, trust: FileTrust | None = None) -> HostKe
             continue
         check_private_mode(path)
         try:
-            key = Key.fromString(read_trusted(str(path), trust))
+            key = private_key_from_file(read_trusted(str(path), trust), str(path))
         except UntrustedFile as e:
             raise HostKeyError(f"host key {path}: {e.problem.reason}; fix: {e.problem.fix}") from None
-        except (BadKeyError, ValueError, OSError) as e:
+        except EncryptedKeyFile as e:
+            raise EncryptedHostKey(path, e.fix) from None
+        except (KeyParseError, OSError) as e:
             raise HostKeyError(f"cannot load host key {path}: {e}") from None
         if not key.isPublic():
             private[key.sshType()] = key

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from support.keys import write_encrypted_key
 
 pytestmark = [
     pytest.mark.e2e,
@@ -291,6 +292,25 @@ def test_serve_refuses_a_host_key_directory_others_can_write(tmp_path):
         f"fix: chmod go-w {keys}"
     ).encode() in r.stderr
     assert list(keys.iterdir()) == []  # no key was written there
+
+
+def test_serve_refuses_an_encrypted_host_key_without_a_traceback(tmp_path):
+    """A host key with a passphrase (nobody is there to type it): serve names the file and the fix."""
+    config = tmp_path / "conchcmd.toml"
+    config.write_text('listen = ["tcp:0:interface=127.0.0.1"]\n')
+    key = write_encrypted_key(tmp_path / "keys" / "ssh_host_ed25519_key")
+    r = subprocess.run(
+        [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)],
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 1
+    assert b"listening on" not in r.stdout
+    assert r.stderr.decode() == (
+        f"conchcmd: refusing to start: host key {key} is encrypted with a passphrase; conchcmd needs an unencrypted "
+        f'key: remove the passphrase with `ssh-keygen -p -N "" -f {key}`, or move the file away\n'
+    )
 
 
 @pytest.mark.parametrize(

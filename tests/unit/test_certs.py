@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.keys import authorized_line, ed25519_key
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh.keys import Key
 from twisted.cred.credentials import SSHPrivateKey
@@ -885,3 +886,37 @@ def test_a_last_nul_in_a_principal_or_key_id_is_allowed_and_not_part_of_it(site:
     authorized = site.authorizer.authorize("alice", b"ssh-ed25519-cert-v01@openssh.com", blob, "10.0.0.5")
     assert authorized.identity.certificate is not None
     assert authorized.identity.certificate["cert_key_id"] == "laptop"
+
+
+# -- loading, as doctor does it -------------------------------------------------------------------
+
+
+def test_revoked_keys_load_reads_the_list_or_refuses_every_key(tmp_path: Path) -> None:
+    """`load` is what doctor calls: the list is read (or found unusable) without a query."""
+    path = tmp_path / "revoked"
+    path.write_text(authorized_line(ed25519_key(7)) + "serial: 5-9\nid: lost-laptop\n")
+    path.chmod(0o600)
+    revoked = RevokedKeys(str(path))
+    revoked.load()
+    assert (revoked.blobs, revoked.serials, revoked.ids) == (
+        frozenset({ed25519_key(7).public().blob()}),
+        ((5, 9),),
+        frozenset({"lost-laptop"}),
+    )
+    path.write_text("serial: 5-9\nssh-ed25519 AAAA-not-base64\n")
+    with pytest.raises(CertificateRefused, match="revocation list has an unreadable line"):
+        revoked.load()
+    with pytest.raises(CertificateRefused):  # and so does every key, at login
+        revoked.check_key(ed25519_key(8).public().blob())
+
+
+def test_trusted_cas_load_returns_the_keys_and_where_reading_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "cas"
+    good, after = ed25519_key(7), ed25519_key(8)
+    mislabelled = "ssh-rsa " + authorized_line(good).split()[1] + "\n"
+    path.write_text(authorized_line(good) + mislabelled + authorized_line(after))
+    path.chmod(0o600)
+    trusted = TrustedCAs(str(path))
+    assert trusted.load() == frozenset({good.public().blob()})  # the mislabelled line stops reading
+    assert trusted.unreadable_line == 2
+    assert not trusted.contains(after.public().blob())

@@ -18,6 +18,7 @@ PLUGIN = PACKAGE / "_devpath" / "twisted" / "plugins" / "conchcmd_plugin.py"
 FLOORS: list[tuple[str, ...]] = [
     ("conchcmd",),  # the package itself: only __version__
     ("core",),
+    ("keys",),
     ("wire", "policy", "commands"),
     ("session",),
     ("server",),

@@ -488,6 +488,12 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_hostkeys.py::test_load_refuses_a_private_key_others_can_access",
             E + "test_e2e_auth.py::test_serve_refuses_a_host_key_readable_by_others",
         ],
+        "a host key with a passphrase stops serve; serve, keygen and doctor name the file and the fix": [
+            U + "test_keyparse.py::test_serve_start_up_refuses_an_encrypted_host_key",
+            U + "test_keyparse.py::test_keygen_says_the_host_key_is_encrypted",
+            U + "test_keyparse.py::test_doctor_says_the_host_key_is_encrypted",
+            E + "test_e2e_auth.py::test_serve_refuses_an_encrypted_host_key_without_a_traceback",
+        ],
         "user names are checked before they are put into a path": [
             U + "test_authorized_keys.py::test_invalid_user_names",
             U + "test_authorized_keys.py::test_invalid_user_name_has_no_path_and_no_entries",

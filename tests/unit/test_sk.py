@@ -1,4 +1,4 @@
-"""conchcmd.policy.sk: security-key public keys, certificates and signatures checked as sshd checks them.
+"""conchcmd.keys.sk: security-key public keys, certificates and signatures checked as sshd checks them.
 
 Known answers come from OpenSSH's own regression data (regress/unittests/sshsig/testdata and
 regress/unittests/sshkey/testdata in openssh-portable): signatures a token made, certificates
@@ -18,9 +18,7 @@ from cryptography.hazmat.primitives.serialization import SSHCertificateType
 from support.skauth import UP, UV, SoftwareAuthenticator
 from twisted.conch.ssh.common import MP, NS
 
-from conchcmd.policy.authorized_keys import fingerprint
-from conchcmd.policy.certs import CertificateRefused, load_certificate, parse_certificate
-from conchcmd.policy.sk import (
+from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
     PubkeyAuthOptions,
@@ -30,6 +28,8 @@ from conchcmd.policy.sk import (
     parse_sk_public_key,
     parse_sk_signature,
 )
+from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.policy.certs import CertificateRefused, load_certificate, parse_certificate
 
 # -- OpenSSH's vectors ----------------------------------------------------------------------------------------
 
