@@ -1,3 +1,3 @@
-from conchcmd.cli import run
+from conchcmd.edge.cli import run
 
 run()

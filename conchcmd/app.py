@@ -8,17 +8,17 @@ from typing import Any
 
 from twisted.cred.portal import Portal
 
-from conchcmd.audit import AuditSink
-from conchcmd.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
-from conchcmd.builtin import build_command_table
-from conchcmd.commands import Dispatcher
-from conchcmd.completion import Completer
-from conchcmd.config import Config
-from conchcmd.hostkeys import HostKeys
-from conchcmd.realm import CommandRealm
-from conchcmd.server import CommandServerFactory, ServerSettings
-from conchcmd.session import ShellSettings
-from conchcmd.threads import BlockingRunner
+from conchcmd.commands.builtin import build_command_table
+from conchcmd.commands.framework import Dispatcher
+from conchcmd.core.audit import AuditSink
+from conchcmd.core.config import Config
+from conchcmd.core.threads import BlockingRunner
+from conchcmd.policy.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
+from conchcmd.server.services import CommandServerFactory, ServerSettings
+from conchcmd.session.channel import ShellSettings
+from conchcmd.session.completion import Completer
+from conchcmd.session.realm import CommandRealm
+from conchcmd.wire.hostkeys import HostKeys
 
 
 @dataclass

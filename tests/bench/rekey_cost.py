@@ -26,8 +26,8 @@ from support.sshclient import ClientFactory
 from support.tempdirs import trusted_temp_parent
 from support.world import make_world
 
-from conchcmd.config import KEX_ALGORITHMS
-from conchcmd.framing import REKEY_WINDOW
+from conchcmd.core.config import KEX_ALGORITHMS
+from conchcmd.wire.framing import REKEY_WINDOW
 
 
 def measure(kex: str, rekeys: int) -> list[float]:

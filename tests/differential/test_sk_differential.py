@@ -40,7 +40,7 @@ from support.skauth import ECDSA_SK, UP, UV, SoftwareAuthenticator, signed_messa
 from support.sshd import Sshd
 from twisted.conch.ssh.common import MP, NS, getNS
 
-from conchcmd.authorized_keys import fingerprint
+from conchcmd.policy.authorized_keys import fingerprint
 
 pytestmark = pytest.mark.differential
 

@@ -34,7 +34,7 @@ from support.rawssh import dial
 from support.sshclient import ClientFactory, Connection
 from twisted.logger import capturedLogs
 
-from conchcmd.dispatch import Action, Phase, decide
+from conchcmd.wire.dispatch import Action, Phase, decide
 
 SSHD = "/usr/sbin/sshd"
 ALL = os.environ.get("CONCHCMD_ORACLE", "all") != "sample"

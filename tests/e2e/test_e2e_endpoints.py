@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conchcmd import cli
+from conchcmd.edge import cli
 
 pytestmark = pytest.mark.e2e
 

@@ -92,4 +92,4 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path: Path) -> None
     ).splitlines()
     assert str(site / "twisted" / "plugins") in found[:-1]
     assert (site / "twisted" / "plugins" / "conchcmd_plugin.py").is_file()
-    assert Path(found[-1]) == site / "conchcmd" / "twistd.py"
+    assert Path(found[-1]) == site / "conchcmd" / "edge" / "twistd.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
+from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
 from fuzz.guard import CORPUS
 
 KEY_LINES = (CORPUS / "authorized_keys" / "openssh_keys.txt").read_text().splitlines()

@@ -19,9 +19,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.conch.ssh.common import NS
 
-from conchcmd import cli
-from conchcmd.authorized_keys import parse_authorized_keys
-from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
+from conchcmd.core.hostmatch import PatternError, match_address_list, split_patterns
+from conchcmd.edge import cli
+from conchcmd.policy.authorized_keys import parse_authorized_keys
 from fuzz.guard import CORPUS, bounded, fuzz
 from fuzz.samples import CA_LINE, CERT_LINES, KEY_LINES
 

@@ -1,4 +1,4 @@
-"""Fuzz target: the configuration parser (conchcmd.config.parse_config).
+"""Fuzz target: the configuration parser (conchcmd.core.config.parse_config).
 
 Any text either parses or raises ConfigError (never another exception, never unbounded memory);
 what parses is printed by `check-config` (describe()) as TOML that parses back to the same Config.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from conchcmd.config import CIPHERS, KEX_ALGORITHMS, MACS, OPTIONAL_MACS, ConfigError, parse_config
+from conchcmd.core.config import CIPHERS, KEX_ALGORITHMS, MACS, OPTIONAL_MACS, ConfigError, parse_config
 from fuzz.guard import bounded, corpus, fuzz
 
 BASE = Path("/srv/conchcmd")

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conchcmd.authorized_keys import fingerprint, parse_authorized_keys
-from conchcmd.config import Config
-from conchcmd.usercmds import remove_keys
+from conchcmd.core.config import Config
+from conchcmd.edge.usercmds import remove_keys
+from conchcmd.policy.authorized_keys import fingerprint, parse_authorized_keys
 from fuzz.guard import bounded, fuzz
 from fuzz.samples import KEY_LINES, OTHER_LINE_BREAKS
 

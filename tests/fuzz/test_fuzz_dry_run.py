@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from support.outputs import RecordingOutput
 from twisted.internet.task import Clock
 
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.builtin import build_command_table
-from conchcmd.commands import CommandTable, Dispatcher, InlineRunner, SessionExit, dry_run
-from conchcmd.config import COMMAND_NAMES, ComphashConfig, Config, LastlogConfig, UserPolicy
+from conchcmd.commands.builtin import build_command_table
+from conchcmd.commands.framework import CommandTable, Dispatcher, InlineRunner, SessionExit, dry_run
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.core.config import COMMAND_NAMES, ComphashConfig, Config, LastlogConfig, UserPolicy
 from fuzz.guard import bounded, fuzz
 
 

@@ -30,9 +30,9 @@ from support.world import World, make_world
 from twisted.conch.ssh import service, transport, userauth
 from twisted.conch.ssh.common import NS
 
-from conchcmd.certs import CERT_SIGNATURES
-from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
-from conchcmd.packets import pad
+from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
+from conchcmd.policy.certs import CERT_SIGNATURES
+from conchcmd.wire.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
 from fuzz.samples import BROKEN_SIGNATURE_KEY, SUITE_IDS, SUITES
 from fuzz.wire import PACKET_BUFFER, Keyed

@@ -17,8 +17,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.conch.ssh.common import NS
 
-from conchcmd.authorized_keys import parse_authorized_keys
-from conchcmd.certs import (
+from conchcmd.policy.authorized_keys import parse_authorized_keys
+from conchcmd.policy.certs import (
     CertificateRefused,
     RevokedKeys,
     TrustedCAs,

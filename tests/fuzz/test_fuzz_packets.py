@@ -1,4 +1,4 @@
-"""Fuzz target: packet protection (conchcmd.packets) for every cipher and MAC.
+"""Fuzz target: packet protection (conchcmd.wire.packets) for every cipher and MAC.
 
 Properties: a sealed packet of any payload, at any sequence number, opens to itself with the
 length the receiver computes from its head; changing any byte of it makes `open` raise BadPacket
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conchcmd.packets import NONE, BadPacket, PacketCodec, make_codec, pad
+from conchcmd.wire.packets import NONE, BadPacket, PacketCodec, make_codec, pad
 from fuzz.guard import bounded, fuzz
 from fuzz.samples import SUITE_IDS, SUITES
 

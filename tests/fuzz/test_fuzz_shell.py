@@ -23,7 +23,7 @@ from support.channels import Harness, RecordingConnection
 from support.terminal import Term
 from twisted.conch.ssh import common
 
-from conchcmd.commands import ExitStatus
+from conchcmd.commands.framework import ExitStatus
 from fuzz.guard import LogWatch, bounded, corpus, fuzz
 
 STATUSES = {int(s) for s in ExitStatus}
@@ -259,7 +259,7 @@ def test_a_channel_with_maximum_packet_size_zero_does_not_spin(log_watch: LogWat
 @given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=6))
 @example(data="ok \x1b[2J \u009b7m \u0085 é\t|\n".encode() + b"\xff\xc3", cuts=[5, 6])
 def test_terminal_safe_output_in_any_chunking(data: bytes, cuts: list[int]) -> None:
-    from conchcmd.audit import TerminalSafe
+    from conchcmd.core.audit import TerminalSafe
 
     whole = TerminalSafe()(data)
     safe = TerminalSafe()
@@ -273,7 +273,7 @@ def test_terminal_safe_output_in_any_chunking(data: bytes, cuts: list[int]) -> N
 @fuzz(300)
 @given(value=st.one_of(st.text(max_size=80), st.binary(max_size=80)), limit=st.integers(0, 100))
 def test_sanitised_log_text(value: str | bytes, limit: int) -> None:
-    from conchcmd.audit import sanitise
+    from conchcmd.core.audit import sanitise
 
     out = sanitise(value, limit)
     assert len(out) <= 4 * limit + 3
@@ -284,6 +284,6 @@ def test_sanitised_log_text(value: str | bytes, limit: int) -> None:
 def test_sanitised_text_has_no_line_separators() -> None:
     """Found by test_sanitised_log_text: U+2028/U+2029 passed into log lines, so a command line or
     user name carrying one showed as two lines in viewers that honour them."""
-    from conchcmd.audit import sanitise
+    from conchcmd.core.audit import sanitise
 
     assert len(sanitise("lastlog\u2028Accepted publickey for root").splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Fuzz targets: security-key public keys, signatures and certificates (conchcmd.sk).
+"""Fuzz targets: security-key public keys, signatures and certificates (conchcmd.keys.sk).
 
 Each may fail only in its documented way: a public key, signature or sk certificate parser raises
 only SkError; verification raises only SkError, and a mangled signature never verifies unless it
@@ -18,8 +18,15 @@ from hypothesis import strategies as st
 from support.skauth import UP, SoftwareAuthenticator, ssh_keygen_certificate
 from twisted.conch.ssh.common import NS
 
-from conchcmd.certs import CertificateRefused, load_certificate
-from conchcmd.sk import SK_ECDSA, SK_ED25519, SkError, parse_sk_certificate, parse_sk_public_key, parse_sk_signature
+from conchcmd.keys.sk import (
+    SK_ECDSA,
+    SK_ED25519,
+    SkError,
+    parse_sk_certificate,
+    parse_sk_public_key,
+    parse_sk_signature,
+)
+from conchcmd.policy.certs import CertificateRefused, load_certificate
 from fuzz.guard import bounded, fuzz
 
 DATA = b"\x00\x00\x00\x20session-id-and-userauth-request"

@@ -19,9 +19,9 @@ from support.world import World, make_world
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS
 
-from conchcmd.config import CIPHERS, KEX_ALGORITHMS, MACS, OPTIONAL_MACS
-from conchcmd.dispatch import Action, Phase, decide
-from conchcmd.framing import MARKERS
+from conchcmd.core.config import CIPHERS, KEX_ALGORITHMS, MACS, OPTIONAL_MACS
+from conchcmd.wire.dispatch import Action, Phase, decide
+from conchcmd.wire.framing import MARKERS
 from fuzz.guard import LogWatch, bounded, corpus, fuzz
 from fuzz.wire import Wire, frame
 
@@ -199,7 +199,7 @@ def test_key_exchange_messages_before_kexinit_are_refused_by_name(
 ) -> None:
     """Found by test_kexinit_and_kex_messages: these ended in Conch with an AttributeError (no kexAlg,
     no nextEncryptions yet) that the transport's catch-all turned into a protocol error. Now each
-    gets what conchcmd.dispatch's table names for it before the client's KEXINIT (sshd's
+    gets what conchcmd.wire.dispatch's table names for it before the client's KEXINIT (sshd's
     kex_protocol_error: UNIMPLEMENTED naming the packet; NEWKEYS: a named DISCONNECT), on the wire."""
     verdict = decide(Phase.BEFORE_KEX, message)
     assert verdict.action in (Action.UNIMPLEMENTED, Action.DISCONNECT) and verdict.source

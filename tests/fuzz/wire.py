@@ -22,7 +22,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from conchcmd import framing, server
+from conchcmd.server import services as server
+from conchcmd.wire import framing
 
 #: Conch keeps at most 4 KiB waiting for a version line; after it, one partial packet:
 #: the length field, the largest packet allowed before authentication, and the largest tag.

@@ -13,7 +13,7 @@ from support.sshclient import Connection, RecordingChannel, pty_request
 from support.world import World, make_world
 from twisted.internet.address import IPv4Address
 
-from conchcmd.config import LimitsConfig, UserPolicy
+from conchcmd.core.config import LimitsConfig, UserPolicy
 
 CONNECTION_ID = re.compile(r"[0-9a-f]{16}")
 

@@ -17,9 +17,9 @@ from support.world import World, make_world
 from twisted.conch.ssh import userauth
 from twisted.logger import LogEvent, capturedLogs, formatEvent, textFileLogObserver
 
-from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
-from conchcmd.authorized_keys import fingerprint
-from conchcmd.config import UserPolicy
+from conchcmd.core.config import UserPolicy
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.policy.authorized_keys import fingerprint
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"the right one"

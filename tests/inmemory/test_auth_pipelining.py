@@ -20,9 +20,9 @@ from support.world import World, make_world
 from twisted.conch.ssh import common, userauth
 from twisted.internet.address import IPv4Address
 
-from conchcmd.auth import bcrypt_cost, verify_password
-from conchcmd.config import LimitsConfig, UserPolicy
-from conchcmd.server import MAX_WAITING_AUTH_REQUESTS
+from conchcmd.core.config import LimitsConfig, UserPolicy
+from conchcmd.policy.auth import bcrypt_cost, verify_password
+from conchcmd.server.services import MAX_WAITING_AUTH_REQUESTS
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"correct horse battery staple"

@@ -25,9 +25,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
-from conchcmd.config import LimitsConfig
-from conchcmd.lastlog import FOLLOW_POLL
-from conchcmd.server import ABORT_AFTER, KEX_OUTPUT_BUDGET, KEX_TIMEOUT, MIN_CHANNEL_PACKET, ServerTransport
+from conchcmd.commands.lastlog import FOLLOW_POLL
+from conchcmd.core.config import LimitsConfig
+from conchcmd.server.services import ABORT_AFTER, KEX_OUTPUT_BUDGET, KEX_TIMEOUT, MIN_CHANNEL_PACKET, ServerTransport
 
 NS = common.NS
 SUCCESS = 52

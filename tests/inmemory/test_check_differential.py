@@ -16,8 +16,8 @@ from support.serverfiles import toml_text
 from support.sshclient import RecordingChannel
 from support.world import World, make_world
 
-from conchcmd.cli import main
-from conchcmd.config import ComphashConfig, Config, UserPolicy
+from conchcmd.core.config import ComphashConfig, Config, UserPolicy
+from conchcmd.edge.cli import main
 
 USER_KEY = 21
 # Paths in the table: ROOT is the world's root (holding hello.txt, sub/inner.txt, a symlink

@@ -11,8 +11,8 @@ from support.keys import ecdsa_key, ed25519_key, rsa_key
 from support.world import World
 from twisted.conch.ssh import userauth
 
-from conchcmd.authorized_keys import fingerprint
-from conchcmd.cli import main
+from conchcmd.edge.cli import main
+from conchcmd.policy.authorized_keys import fingerprint
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 
@@ -20,7 +20,7 @@ SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 @pytest.fixture(autouse=True)
 def no_system_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """deluser logs to the machine's syslog: not from tests."""
-    from conchcmd import usercmds
+    from conchcmd.edge import usercmds
 
     monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: None)
 

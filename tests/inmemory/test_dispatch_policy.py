@@ -1,8 +1,8 @@
-"""The dispatch policy (conchcmd.dispatch), cell by cell: in each phase of a connection, each kind
+"""The dispatch policy (conchcmd.wire.dispatch), cell by cell: in each phase of a connection, each kind
 of message is sent as exact bytes by a client, and what comes back (a disconnect with its reason
 code and text, UNIMPLEMENTED naming that packet, or no refusal) must be what the table says.
 
-The table itself was written from sshd's dispatch tables (see conchcmd/dispatch.py); cells where
+The table itself was written from sshd's dispatch tables (see conchcmd/wire/dispatch.py); cells where
 conchcmd deliberately differs from sshd are listed in DIFFERS_FROM_SSHD with the reason.
 """
 
@@ -20,8 +20,8 @@ from support.world import World
 from twisted.conch.ssh import transport
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.dispatch import POLICY, Action, Phase, decide
-from conchcmd.server import ServerTransport
+from conchcmd.server.services import ServerTransport
+from conchcmd.wire.dispatch import POLICY, Action, Phase, decide
 
 
 def cells() -> list[Any]:

@@ -9,7 +9,7 @@ from support.sshclient import Connection, RecordingChannel
 from support.world import World
 from twisted.conch.ssh import common
 
-from conchcmd.lastlog import FOLLOW_POLL
+from conchcmd.commands.lastlog import FOLLOW_POLL
 
 
 def append(path: Path, data: bytes) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from support.sshclient import Connection, pty_request
 from support.world import World
 
-from conchcmd.session import CHANNEL_INPUT_LIMIT
+from conchcmd.session.channel import CHANNEL_INPUT_LIMIT
 
 LINE = b"nosuch " + b"x" * 993 + b"\n"  # 1000 bytes; each one a command (not found)
 LINES = 600  # 600 KB: more than a channel may hold

@@ -11,8 +11,8 @@ from support.world import World
 from twisted.conch.ssh import transport
 from twisted.logger import LogLevel, capturedLogs
 
-from conchcmd.admission import STRIKES_BEFORE_PENALTY, source_of
-from conchcmd.server import ServerTransport, is_parse_error
+from conchcmd.server.admission import STRIKES_BEFORE_PENALTY, source_of
+from conchcmd.server.services import ServerTransport, is_parse_error
 
 PEER = "10.0.0.7"
 

@@ -18,7 +18,7 @@ from support.world import World, make_world
 from twisted.conch.ssh import common, transport
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.framing import REKEY_BURST, REKEY_FREE_BYTES, REKEY_WINDOW
+from conchcmd.wire.framing import REKEY_BURST, REKEY_FREE_BYTES, REKEY_WINDOW
 
 IGNORE, UNIMPLEMENTED, DEBUG = transport.MSG_IGNORE, transport.MSG_UNIMPLEMENTED, transport.MSG_DEBUG
 KEXINIT, NEWKEYS, ECDH_INIT, ECDH_REPLY = 20, 21, 30, 31

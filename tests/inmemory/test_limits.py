@@ -12,7 +12,7 @@ from support.world import World, make_world
 from twisted.conch.ssh import connection, transport
 from twisted.internet.address import IPv4Address
 
-from conchcmd.config import LimitsConfig
+from conchcmd.core.config import LimitsConfig
 
 SUCCESS, FAILURE = 52, 51
 

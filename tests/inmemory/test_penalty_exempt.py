@@ -9,7 +9,7 @@ from support.keys import ed25519_key
 from support.world import World, make_world
 from twisted.internet.address import IPv4Address
 
-from conchcmd.config import LimitsConfig
+from conchcmd.core.config import LimitsConfig
 
 FAILURE = 51
 

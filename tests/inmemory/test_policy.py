@@ -17,9 +17,9 @@ from support.world import World, add_user, make_world
 from twisted.conch.ssh import common, userauth
 from twisted.conch.ssh.keys import Key
 
-from conchcmd.authorized_keys import fingerprint
-from conchcmd.certs import public_blob
-from conchcmd.config import LimitsConfig, UserPolicy
+from conchcmd.core.config import LimitsConfig, UserPolicy
+from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.policy.certs import public_blob
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"correct horse battery staple"

@@ -14,7 +14,7 @@ from support.world import World, add_user
 from twisted.conch.ssh import common, transport
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.audit import LOG_NAMESPACE
+from conchcmd.core.logtargets import LOG_NAMESPACE
 
 NS = common.NS
 REPEATS = 1000

@@ -20,8 +20,8 @@ from support.world import World, make_world
 from twisted.conch.ssh import userauth
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.audit import AUTH_LOG_NAMESPACE
-from conchcmd.authorized_keys import fingerprint
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
+from conchcmd.policy.authorized_keys import fingerprint
 
 SUCCESS, FAILURE, PK_OK = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_PK_OK
 TOKENS = {kind: SoftwareAuthenticator.generate(kind, counter=7) for kind in ("ed25519", "ecdsa")}

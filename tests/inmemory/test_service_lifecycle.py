@@ -17,9 +17,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 import conchcmd
-from conchcmd.audit import LOG_NAMESPACE
-from conchcmd.cli import main
-from conchcmd.service import ConchcmdService
+from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.edge.cli import main
+from conchcmd.edge.service import ConchcmdService
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_CONFIG = """\
@@ -45,7 +45,7 @@ def log_lines() -> Iterator[list[str]]:
 
 class Running:
     def __init__(self, base: Path, config_text: str = BASE_CONFIG):
-        from conchcmd.config import load_config
+        from conchcmd.core.config import load_config
 
         self.base = base
         self.config_path = base / "conchcmd.toml"
@@ -133,7 +133,7 @@ def test_stop_before_listening_records_no_stop(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "conchcmd.toml").write_text(BASE_CONFIG.replace('"tcp:2222", ', '"systemd:domain=INET:index=0", '))
     r = Running.__new__(Running)
     r.base = tmp_path
-    from conchcmd.config import load_config
+    from conchcmd.core.config import load_config
 
     config = load_config(tmp_path / "conchcmd.toml", cwd=tmp_path)
     clock = MemoryReactorClock()

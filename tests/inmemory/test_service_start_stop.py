@@ -14,9 +14,9 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from conchcmd.config import load_config
-from conchcmd.server import CUT_GRACE, SHUTDOWN_GRACE
-from conchcmd.service import ConchcmdService
+from conchcmd.core.config import load_config
+from conchcmd.edge.service import ConchcmdService
+from conchcmd.server.services import CUT_GRACE, SHUTDOWN_GRACE
 
 CONFIG = """\
 listen = ["tcp:2222", "tcp6:2223:interface=\\\\:\\\\:1"]

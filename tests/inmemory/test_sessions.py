@@ -11,7 +11,7 @@ from support.sshclient import RecordingChannel, pty_request, result_of
 from support.world import World, make_world
 from twisted.conch.ssh import common, connection
 
-from conchcmd.session import OUTPUT_HIGH_WATER
+from conchcmd.session.channel import OUTPUT_HIGH_WATER
 
 
 def run_exec(world: World, command: bytes) -> RecordingChannel:

@@ -9,8 +9,8 @@ from support.sshclient import result_of
 from support.world import World, make_world
 from twisted.conch.ssh import common, transport, userauth
 
-from conchcmd.config import LimitsConfig
-from conchcmd.server import ServerSettings
+from conchcmd.core.config import LimitsConfig
+from conchcmd.server.services import ServerSettings
 
 SUCCESS, FAILURE, PK_OK = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE, 60
 
@@ -53,14 +53,14 @@ def test_server_sig_algs_lists_user_key_algorithms(world: World) -> None:
 
 
 def test_rsa_host_key_never_offers_sha1(tmp_path: Path) -> None:
-    from conchcmd.hostkeys import generate_host_key
+    from conchcmd.wire.hostkeys import generate_host_key
 
     w = make_world(tmp_path)
     generate_host_key(w.config.host_keys_dir / "ssh_host_rsa_key", "rsa")
     w2 = make_world(tmp_path / "again")
     generate_host_key(w2.config.host_keys_dir / "ssh_host_rsa_key", "rsa")
-    from conchcmd.hostkeys import load_host_keys
-    from conchcmd.server import CommandServerFactory
+    from conchcmd.server.services import CommandServerFactory
+    from conchcmd.wire.hostkeys import load_host_keys
 
     keys = load_host_keys(w2.config.host_keys_dir)
     factory = CommandServerFactory(
@@ -213,7 +213,7 @@ def test_garbage_ends_only_that_connection(world: World) -> None:
 
 
 def _fingerprint(key: object) -> str:
-    from conchcmd.authorized_keys import fingerprint
+    from conchcmd.policy.authorized_keys import fingerprint
 
     return fingerprint(key.public().blob())  # type: ignore[attr-defined]
 

@@ -12,9 +12,9 @@ from support.world import World, make_world
 from twisted.conch.ssh import common, transport
 from twisted.internet.testing import StringTransport
 
-from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
-from conchcmd.packets import CIPHERS as SPECS
-from conchcmd.packets import PacketCodec, pad
+from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
+from conchcmd.wire.packets import CIPHERS as SPECS
+from conchcmd.wire.packets import PacketCodec, pad
 
 LINE = b"y" * 199 + b"\n"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
-from conchcmd.admission import STRIKES_BEFORE_PENALTY, Admission, source_of
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.config import LimitsConfig
-from conchcmd.liveness import Liveness
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.core.config import LimitsConfig
+from conchcmd.server.admission import STRIKES_BEFORE_PENALTY, Admission, source_of
+from conchcmd.server.liveness import Liveness
 
 
 def make(**limits: object) -> tuple[Admission, task.Clock, MemoryAuditLog]:

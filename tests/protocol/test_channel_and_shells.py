@@ -8,15 +8,15 @@ import pytest
 from support.channels import Harness, winsize
 from twisted.conch.ssh import common
 
-from conchcmd.commands import ExitStatus
-from conchcmd.realm import make_handler
-from conchcmd.session import (
+from conchcmd.commands.framework import ExitStatus
+from conchcmd.session.channel import (
     OUTPUT_HIGH_WATER,
     OUTPUT_LOW_WATER,
     WINDOW_FLOOR,
     ConnectionBudget,
     SessionChannel,
 )
+from conchcmd.session.realm import make_handler
 
 
 def test_exec_starts_on_the_next_reactor_turn() -> None:
@@ -39,7 +39,7 @@ def test_output_never_exceeds_the_window_and_packets_fit() -> None:
 
 
 def test_a_maximum_packet_size_of_0_stops_the_output_loop_instead_of_spinning() -> None:
-    """server.py refuses such opens, but the pump must not depend on it: min(len, window, 0) is 0,
+    """server/services.py refuses such opens, but the pump must not depend on it: min(len, window, 0) is 0,
     and the loop sent empty packets for ever (the whole reactor stopped)."""
     h = Harness(window=1 << 20, max_packet=0)
     calls = 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from support.channels import Harness
 
-from conchcmd.audit import TerminalSafe, terminal_safe
-from conchcmd.completion import list_paths
-from conchcmd.shell import HISTORY_BYTES, MAX_CONTROL_SEQUENCE
+from conchcmd.core.audit import TerminalSafe, terminal_safe
+from conchcmd.session.completion import list_paths
+from conchcmd.session.shell import HISTORY_BYTES, MAX_CONTROL_SEQUENCE
 
 
 def test_empty_lines_count_toward_the_input_limit() -> None:
@@ -79,7 +79,7 @@ def test_a_nul_byte_in_a_path_is_a_usage_error() -> None:
 
     import pytest
 
-    from conchcmd.comphash import PathRefused, hash_file
+    from conchcmd.commands.comphash import PathRefused, hash_file
 
     with pytest.raises(PathRefused) as refused:
         hash_file("/etc/hostname\0x", ("/",), "sha256", threading.Event())

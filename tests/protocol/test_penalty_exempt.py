@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from twisted.internet import task
 
-from conchcmd.admission import STRIKES_BEFORE_PENALTY, Admission, source_of
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.config import LimitsConfig
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.core.config import LimitsConfig
+from conchcmd.server.admission import STRIKES_BEFORE_PENALTY, Admission, source_of
 
 
 def make(*patterns: str) -> tuple[Admission, task.Clock, MemoryAuditLog]:

@@ -31,9 +31,9 @@ from support.terminal import (
     Term,
 )
 
-from conchcmd.comphash import MIB, hash_file
-from conchcmd.completion import MAX_CANDIDATES
-from conchcmd.config import UserPolicy
+from conchcmd.commands.comphash import MIB, hash_file
+from conchcmd.core.config import UserPolicy
+from conchcmd.session.completion import MAX_CANDIDATES
 
 
 @pytest.fixture

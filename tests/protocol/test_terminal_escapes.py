@@ -12,9 +12,9 @@ import pytest
 from support.runners import ManualRunner
 from support.terminal import Term
 
-from conchcmd.audit import TerminalSafe, terminal_safe
-from conchcmd.comphash import MIB
-from conchcmd.completion import list_paths
+from conchcmd.commands.comphash import MIB
+from conchcmd.core.audit import TerminalSafe, terminal_safe
+from conchcmd.session.completion import list_paths
 
 OSC_TITLE = "\x1b]0;pwned\x07"  # sets the terminal's window title
 NAMES = {

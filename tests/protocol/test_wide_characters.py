@@ -19,7 +19,7 @@ from support.channels import winsize
 from support.terminal import CTRL_A, CTRL_E, CTRL_K, CTRL_U, CTRL_W, DOWN, LEFT, RIGHT, UP, Term
 from wcwidth import wcwidth
 
-from conchcmd.cells import LineLayout, split_clusters
+from conchcmd.session.cells import LineLayout, split_clusters
 
 BACKSPACE, DELETE = b"\x7f", b"\x1b[3~"
 WIDE, WIDER = "中".encode(), "文".encode()

@@ -10,11 +10,11 @@ from twisted.conch.ssh import common
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.auth import Identity
-from conchcmd.commands import Command, CommandTable, Dispatcher, Invocation
-from conchcmd.realm import make_handler
-from conchcmd.session import ConnectionBudget, SessionChannel, SessionContext, ShellSettings
+from conchcmd.commands.framework import Command, CommandTable, Dispatcher, Invocation
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.policy.auth import Identity
+from conchcmd.session.channel import ConnectionBudget, SessionChannel, SessionContext, ShellSettings
+from conchcmd.session.realm import make_handler
 
 
 def winsize(columns: int, rows: int) -> bytes:
@@ -28,7 +28,7 @@ class RecordingConnection:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
         self.transport = self
-        self.tcp_paused = False  # the transport side of conchcmd.flow.ChannelConnection
+        self.tcp_paused = False  # the transport side of conchcmd.core.flow.ChannelConnection
 
     def getPeer(self) -> IPv4Address:
         return IPv4Address("TCP", "10.0.0.1", 40000)

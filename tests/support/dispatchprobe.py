@@ -1,4 +1,4 @@
-"""Probing the dispatch policy (conchcmd.dispatch) from the client side: a message of each range sent
+"""Probing the dispatch policy (conchcmd.wire.dispatch) from the client side: a message of each range sent
 as exact bytes in a chosen phase of a connection, and what came back. Shared by the in-memory
 cell-by-cell test and the e2e oracle that runs the same probes against sshd and conchcmd."""
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from twisted.conch.ssh import common, transport
 
-from conchcmd.dispatch import Action, Phase, decide
+from conchcmd.wire.dispatch import Action, Phase, decide
 from support.keys import ed25519_key
 from support.scripted import ScriptedClient, force_send, scripted
 from support.sshclient import ClientFactory, Connection, connect

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from twisted.conch.ssh import common
 
-from conchcmd.packets import PacketCodec, pad
+from conchcmd.wire.packets import PacketCodec, pad
 from support.sshclient import ClientFactory, ClientTransport
 
 

@@ -17,9 +17,9 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.test import iosim
 
-from conchcmd.config import CIPHERS, MACS, OPTIONAL_MACS
-from conchcmd.framing import ModernFraming
-from conchcmd.server import CommandServerFactory
+from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
+from conchcmd.server.services import CommandServerFactory
+from conchcmd.wire.framing import ModernFraming
 
 
 class ClientTransport(ModernFraming, transport.SSHClientTransport):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conchcmd.filetrust import FileTrust, directory_problem
+from conchcmd.core.filetrust import FileTrust, directory_problem
 
 
 class UntrustedTempParent(Exception):

@@ -11,14 +11,14 @@ from typing import Any
 from twisted.conch.ssh import common
 from twisted.internet import defer, task
 
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.auth import Identity
-from conchcmd.builtin import build_command_table
-from conchcmd.commands import Command, Dispatcher, InlineRunner, Invocation
-from conchcmd.completion import Completer
-from conchcmd.config import ComphashConfig, Config, LastlogConfig, UserPolicy
-from conchcmd.realm import make_handler
-from conchcmd.session import SessionChannel, SessionContext, ShellSettings
+from conchcmd.commands.builtin import build_command_table
+from conchcmd.commands.framework import Command, Dispatcher, InlineRunner, Invocation
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.core.config import ComphashConfig, Config, LastlogConfig, UserPolicy
+from conchcmd.policy.auth import Identity
+from conchcmd.session.channel import SessionChannel, SessionContext, ShellSettings
+from conchcmd.session.completion import Completer
+from conchcmd.session.realm import make_handler
 from support.channels import RecordingConnection, winsize
 
 UP, DOWN, LEFT, RIGHT = b"\x1b[A", b"\x1b[B", b"\x1b[D", b"\x1b[C"

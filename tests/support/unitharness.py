@@ -17,8 +17,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.commands import Command, CommandTable, Dispatcher, Outcome
+from conchcmd.commands.framework import Command, CommandTable, Dispatcher, Outcome
+from conchcmd.core.audit import MemoryAuditLog
 from support.outputs import RecordingOutput
 
 

@@ -11,11 +11,11 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 
 from conchcmd.app import Server, build_server
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.commands import InlineRunner
-from conchcmd.config import ComphashConfig, Config, LastlogConfig
-from conchcmd.hostkeys import ensure_host_keys, load_host_keys
-from conchcmd.server import ServerSettings
+from conchcmd.commands.framework import InlineRunner
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.core.config import ComphashConfig, Config, LastlogConfig
+from conchcmd.server.services import ServerSettings
+from conchcmd.wire.hostkeys import ensure_host_keys, load_host_keys
 from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory, Connection, connect
 

@@ -10,8 +10,8 @@ import pytest
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from conchcmd.config import KEX_ALGORITHMS
-from conchcmd.framing import usable_key_exchanges
+from conchcmd.core.config import KEX_ALGORITHMS
+from conchcmd.wire.framing import usable_key_exchanges
 
 
 def test_every_default_key_exchange_is_usable_here() -> None:

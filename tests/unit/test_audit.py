@@ -1,4 +1,4 @@
-"""conchcmd.audit: sanitise() and the JSON-lines AuditLog."""
+"""conchcmd.core.audit: sanitise() and the JSON-lines AuditLog."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from conchcmd.audit import MAX_TEXT, AuditLog, MemoryAuditLog, StreamTarget, sanitise
+from conchcmd.core.audit import MAX_TEXT, AuditLog, MemoryAuditLog, StreamTarget, sanitise
 
 
 @pytest.mark.parametrize(

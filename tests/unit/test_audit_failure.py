@@ -14,9 +14,9 @@ from support.outputs import RecordingOutput
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from conchcmd.audit import BACKLOG_BYTES, BACKLOG_RECORDS, AppendFile, AuditLog
-from conchcmd.builtin import make_exit
-from conchcmd.commands import Command, CommandTable, Dispatcher, Invocation, Outcome
+from conchcmd.commands.builtin import make_exit
+from conchcmd.commands.framework import Command, CommandTable, Dispatcher, Invocation, Outcome
+from conchcmd.core.audit import BACKLOG_BYTES, BACKLOG_RECORDS, AppendFile, AuditLog
 
 FULL = "/dev/full"  # every write fails with ENOSPC: a full disk
 

@@ -16,9 +16,9 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from conchcmd.audit import AppendFile, AuditLog, BoundAudit, MemoryAuditLog, StreamTarget, new_connection_id
-from conchcmd.config import Config, ConfigError, parse_config
-from conchcmd.service import ConchcmdService
+from conchcmd.core.audit import AppendFile, AuditLog, BoundAudit, MemoryAuditLog, StreamTarget, new_connection_id
+from conchcmd.core.config import Config, ConfigError, parse_config
+from conchcmd.edge.service import ConchcmdService
 
 
 def mode_of(path: Path) -> int:

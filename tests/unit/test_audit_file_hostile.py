@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from conchcmd.audit import AppendFile, AuditLog
+from conchcmd.core.audit import AppendFile, AuditLog
 
 
 @pytest.fixture

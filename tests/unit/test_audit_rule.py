@@ -8,9 +8,9 @@ from typing import Any
 
 from support.outputs import RecordingOutput
 
-from conchcmd.audit import BoundAudit, MemoryAuditLog
-from conchcmd.commands import Command, CommandError, ExitStatus, Invocation
-from conchcmd.config import UserPolicy
+from conchcmd.commands.framework import Command, CommandError, ExitStatus, Invocation
+from conchcmd.core.audit import BoundAudit, MemoryAuditLog
+from conchcmd.core.config import UserPolicy
 
 
 async def _refuses_twice(inv: Invocation) -> int:

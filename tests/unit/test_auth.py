@@ -1,4 +1,4 @@
-"""conchcmd.auth.PublicKeyChecker with real keys from ssh-keygen and real signatures."""
+"""conchcmd.policy.auth.PublicKeyChecker with real keys from ssh-keygen and real signatures."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
 
-from conchcmd.auth import Identity, KeyAuthorizer, PublicKeyChecker
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.certs import RevokedKeys, TrustedCAs
+from conchcmd.policy.auth import Identity, KeyAuthorizer, PublicKeyChecker
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
+from conchcmd.policy.certs import RevokedKeys, TrustedCAs
 
 SIG_DATA = b"\x00\x00\x00\x20session-identifier-and-userauth-request"
 

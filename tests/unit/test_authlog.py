@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.audit import AUTH_LOG_NAMESPACE
-from conchcmd.authlog import AuthLog, Client, KeyInfo, key_type_name, log_word
-from conchcmd.authorized_keys import fingerprint
-from conchcmd.server import auth_client, format_peer
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
+from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.server.authlog import AuthLog, Client, KeyInfo, key_type_name, log_word
+from conchcmd.server.services import auth_client, format_peer
 
 CLIENT = Client(host="203.0.113.7", port=55844, peer="203.0.113.7:55844")
 

@@ -1,4 +1,4 @@
-"""conchcmd.authorized_keys: the OpenSSH options parser, the file parser, and the per-user key files."""
+"""conchcmd.policy.authorized_keys: the OpenSSH options parser, the file parser, and the per-user key files."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from twisted.conch.ssh.keys import Key
 
-import conchcmd.authorized_keys as ak_module
-from conchcmd.authorized_keys import (
+import conchcmd.policy.authorized_keys as ak_module
+from conchcmd.core.config import valid_user_name
+from conchcmd.policy.authorized_keys import (
     AuthorizedKeysFiles,
     OptionsSyntaxError,
     fingerprint,
     parse_authorized_keys,
     parse_options,
-    valid_user_name,
 )
 
 # --- parse_options -------------------------------------------------------------------------

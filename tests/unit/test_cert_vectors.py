@@ -17,7 +17,7 @@ import cryptography_vectors
 import pytest
 from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
 
-from conchcmd.certs import (
+from conchcmd.policy.certs import (
     WEAK_CA_SIGNATURES,
     CertificateRefused,
     RevokedKeys,

@@ -21,16 +21,16 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
 
-from conchcmd.auth import Authorized, KeyAuthorizer, KeyRefused, PublicKeyChecker
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.certs import (
+from conchcmd.edge.cli import main
+from conchcmd.policy.auth import Authorized, KeyAuthorizer, KeyRefused, PublicKeyChecker
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
+from conchcmd.policy.certs import (
     CertificateRefused,
     RevokedKeys,
     TrustedCAs,
     is_certificate,
     validate_certificate,
 )
-from conchcmd.cli import main
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
 
@@ -846,7 +846,7 @@ def _raw_certificate(
     ],
 )
 def test_certificates_sshd_cannot_read_are_refused(kwargs: dict, message: str) -> None:
-    from conchcmd.certs import CertificateRefused, certificate_options, parse_certificate
+    from conchcmd.policy.certs import CertificateRefused, certificate_options, parse_certificate
 
     blob = _raw_certificate(**kwargs)
     with pytest.raises(CertificateRefused, match=message):

@@ -1,4 +1,4 @@
-"""conchcmd.cli.main: check-config, adduser and keygen, run in a temporary working directory."""
+"""conchcmd.edge.cli.main: check-config, adduser and keygen, run in a temporary working directory."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.cli import main
-from conchcmd.config import load_config
+from conchcmd.core.config import load_config
+from conchcmd.edge.cli import main
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
 
 
 @pytest.fixture

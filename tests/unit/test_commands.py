@@ -1,4 +1,4 @@
-"""conchcmd.commands.Dispatcher and the built-in `help` and `exit`: statuses, stderr, audit records."""
+"""conchcmd.commands.framework.Dispatcher and the built-in `help` and `exit`: statuses, stderr, audit records."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
-from conchcmd.builtin import build_command_table
-from conchcmd.commands import (
+from conchcmd.commands.builtin import build_command_table
+from conchcmd.commands.framework import (
     EXIT_STATUS_HELP,
     Command,
     CommandError,
@@ -20,7 +20,7 @@ from conchcmd.commands import (
     parse_int,
     split_command_line,
 )
-from conchcmd.config import parse_config
+from conchcmd.core.config import parse_config
 
 
 @pytest.fixture

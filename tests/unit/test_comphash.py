@@ -1,4 +1,4 @@
-"""conchcmd.comphash: hash_file's policy checks, sha256sum-compatible lines, the command, the Hasher."""
+"""conchcmd.commands.comphash: hash_file's policy checks, sha256sum-compatible lines, the command, the Hasher."""
 
 from __future__ import annotations
 
@@ -15,10 +15,18 @@ from support.runners import ManualRunner
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from conchcmd import comphash
-from conchcmd.commands import InlineRunner
-from conchcmd.comphash import HashCancelled, Hasher, HashResult, PathRefused, format_line, hash_file, make_comphash
-from conchcmd.config import HASH_ALGORITHMS, ComphashConfig
+from conchcmd.commands import comphash
+from conchcmd.commands.comphash import (
+    HashCancelled,
+    Hasher,
+    HashResult,
+    PathRefused,
+    format_line,
+    hash_file,
+    make_comphash,
+)
+from conchcmd.commands.framework import InlineRunner
+from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig
 
 CONTENT = bytes(range(256)) * 41 + b"tail"
 

@@ -1,7 +1,7 @@
 """The Twisted internals conchcmd relies on are still those the code was written against.
 
-`conchcmd.framing` copies and overrides parts of Conch's transport, `conchcmd.conchprivate` uses
-Conch's private names, the server's services override Conch methods, `conchcmd.endpoints` uses
+`conchcmd.wire.framing` copies and overrides parts of Conch's transport, `conchcmd.wire.conchprivate` uses
+Conch's private names, the server's services override Conch methods, `conchcmd.core.endpoints` uses
 private parsers of Twisted's endpoints. A Twisted release that changes any of them fails here,
 naming what to re-synchronise, instead of every connection failing with a "protocol error".
 
@@ -27,32 +27,32 @@ import conchcmd
 
 #: Private names we use, and where (the part to re-synchronise when one changes).
 PRIVATE: dict[str, str] = {
-    "twisted.conch.ssh.transport:SSHTransportBase._keyExchangeState": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._blockedByKeyExchange": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_NONE": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_REQUESTED": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_PROGRESSING": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._peerSupportsExtensions": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._allowedKeyExchangeMessageType": "conchcmd.conchprivate.KexState",
-    "twisted.conch.ssh.transport:SSHTransportBase._newKeys": "conchcmd.conchprivate.KexState.conch_new_keys",
-    "twisted.conch.ssh.userauth:SSHUserAuthServer._cbFinishedAuth": "conchcmd.conchprivate.UserAuthHooks",
-    "twisted.conch.ssh.userauth:SSHUserAuthServer._ebBadAuth": "conchcmd.conchprivate.UserAuthHooks",
-    "twisted.conch.ssh.userauth:SSHUserAuthServer._ebCheckKey": "conchcmd.conchprivate.UserAuthHooks",
-    "twisted.conch.ssh.connection:SSHConnection._log": "conchcmd.conchprivate.QuietConnection",
-    "twisted.conch.ssh.connection:SSHConnection._cleanupGlobalDeferreds": "conchcmd.conchprivate.QuietConnection",
-    "twisted.conch.ssh.channel:SSHChannel._log": "conchcmd.conchprivate.QuietChannel",
+    "twisted.conch.ssh.transport:SSHTransportBase._keyExchangeState": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._blockedByKeyExchange": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_NONE": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_REQUESTED": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_PROGRESSING": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._peerSupportsExtensions": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._allowedKeyExchangeMessageType": "conchcmd.wire.conchprivate.KexState",
+    "twisted.conch.ssh.transport:SSHTransportBase._newKeys": "conchcmd.wire.conchprivate.KexState.conch_new_keys",
+    "twisted.conch.ssh.userauth:SSHUserAuthServer._cbFinishedAuth": "conchcmd.wire.conchprivate.UserAuthHooks",
+    "twisted.conch.ssh.userauth:SSHUserAuthServer._ebBadAuth": "conchcmd.wire.conchprivate.UserAuthHooks",
+    "twisted.conch.ssh.userauth:SSHUserAuthServer._ebCheckKey": "conchcmd.wire.conchprivate.UserAuthHooks",
+    "twisted.conch.ssh.connection:SSHConnection._log": "conchcmd.wire.conchprivate.QuietConnection",
+    "twisted.conch.ssh.connection:SSHConnection._cleanupGlobalDeferreds": "conchcmd.wire.conchprivate.QuietConnection",
+    "twisted.conch.ssh.channel:SSHChannel._log": "conchcmd.wire.conchprivate.QuietChannel",
     # The test client (tests/support/sshclient.py) drives Conch's client key exchange by hand.
     "twisted.conch.ssh.transport:SSHClientTransport._generateECPrivateKey": "tests/support/sshclient.py",
     "twisted.conch.ssh.transport:SSHClientTransport._encodeECPublicKey": "tests/support/sshclient.py",
     # (also its `_gotNewKeys`, an instance attribute: set in connectionMade, read in _keySetup)
     "twisted.conch.ssh.transport:SSHClientTransport._keySetup": "tests/support/sshclient.py",
-    # Not Conch: the endpoint checks of `check-config` and `doctor` (conchcmd/endpoints.py).
-    "twisted.internet.endpoints:_parse": "conchcmd.endpoints.endpoint_problem",
-    "twisted.internet.endpoints:_SystemdParser._sddaemon": "conchcmd.endpoints._SystemdDescriptionParser",
-    "twisted.internet.endpoints:_SystemdParser.parseStreamServer": "conchcmd.endpoints._SystemdDescriptionParser",
-    "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "conchcmd.endpoints (reads ._port, ._interface)",
-    "twisted.internet.endpoints:TCP6ServerEndpoint.__init__": "conchcmd.endpoints (reads ._port, ._interface)",
-    "twisted.protocols.haproxy._parser:unparseEndpoint": "conchcmd.endpoints.endpoint_problem",
+    # Not Conch: the endpoint checks of `check-config` and `doctor` (conchcmd/core/endpoints.py).
+    "twisted.internet.endpoints:_parse": "conchcmd.core.endpoints.endpoint_problem",
+    "twisted.internet.endpoints:_SystemdParser._sddaemon": "conchcmd.core.endpoints._SystemdDescriptionParser",
+    "twisted.internet.endpoints:_SystemdParser.parseStreamServer": "conchcmd.core.endpoints._SystemdDescriptionParser",
+    "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "conchcmd.core.endpoints (reads ._port, ._interface)",
+    "twisted.internet.endpoints:TCP6ServerEndpoint.__init__": "conchcmd.core.endpoints (reads ._port, ._interface)",
+    "twisted.protocols.haproxy._parser:unparseEndpoint": "conchcmd.core.endpoints.endpoint_problem",
 }
 
 #: Our classes outside the package that subclass Conch's (their overrides are recorded too).
@@ -270,7 +270,7 @@ PRIVATE_IMPORT = re.compile(r"^\s*(from twisted\.conch[\w.]* import [^\n]*\b_[a-
 
 
 def test_no_module_but_the_adapter_names_a_conch_private() -> None:
-    """Every use of a Conch private name is in conchcmd/conchprivate.py."""
+    """Every use of a Conch private name is in conchcmd/wire/conchprivate.py."""
     # `_log` is also a common name of our own loggers; Conch's is recorded above all the same.
     conch_private = {path.rpartition(".")[2] for path in PRIVATE if path.startswith("twisted.conch.")} - {"_log"}
     package = Path(conchcmd.__file__).parent

@@ -1,4 +1,4 @@
-"""conchcmd.config: strict TOML parsing, path resolution, load_config's file choice, describe()."""
+"""conchcmd.core.config: strict TOML parsing, path resolution, load_config's file choice, describe()."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conchcmd.config import (
+from conchcmd.core.config import (
     AUTO_LOG_SOURCES,
     DEFAULT_CONFIG_NAME,
     ComphashConfig,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from conchcmd.config import Config, UserPolicy, parse_config
-from conchcmd.configdiff import APPLIED_ON_RELOAD, applies_on_reload, changed_settings, config_digest
+from conchcmd.core.config import Config, UserPolicy, parse_config
+from conchcmd.edge.configdiff import APPLIED_ON_RELOAD, applies_on_reload, changed_settings, config_digest
 
 
 def _other(value: Any) -> Any:

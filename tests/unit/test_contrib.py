@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conchcmd import shipped
-from conchcmd.cli import main
-from conchcmd.config import load_config, parse_config
+from conchcmd.core.config import load_config, parse_config
+from conchcmd.edge import shipped
+from conchcmd.edge.cli import main
 
-CONTRIB = Path(shipped.__file__).with_name("contrib")
+CONTRIB = Path(shipped.__file__).parents[1] / "contrib"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None and os.environ.get("CI") != "true", reason="systemd-analyze (apt systemd) is not installed"

@@ -12,8 +12,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from support.keys import authorized_line, ed25519_key
 
-from conchcmd import cli
-from conchcmd.hostkeys import ensure_host_keys
+from conchcmd.edge import cli
+from conchcmd.wire.hostkeys import ensure_host_keys
 
 
 @dataclass

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conchcmd import cli
-from conchcmd.config import Config
-from conchcmd.doctor import OK, PROBLEM, WARNING, Finding, examine
+from conchcmd.core.config import Config
+from conchcmd.edge import cli
+from conchcmd.edge.doctor import OK, PROBLEM, WARNING, Finding, examine
 
 
 def audit_findings(config: Config) -> list[Finding]:
@@ -75,7 +75,7 @@ def test_doctor_prints_the_problem_and_fails(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", ["syslog", "journal"])
 def test_audit_to_a_socket_that_does_not_exist_is_a_problem(tmp_path: Path, target: str) -> None:
     """`audit_log = "syslog"` is not a file in the working directory: doctor checks the socket."""
-    from conchcmd.config import LogConfig
+    from conchcmd.core.config import LogConfig
 
     missing = tmp_path / "no-such-socket"
     config = Config(audit_log=target, log=LogConfig(syslog_address=f"unix:{missing}"))

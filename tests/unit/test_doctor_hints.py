@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support.keys import authorized_line, ed25519_key
 
-from conchcmd import cli
-from conchcmd.config import load_config
-from conchcmd.doctor import OK, PROBLEM, WARNING, Finding, Invocation, examine
+from conchcmd.core.config import load_config
+from conchcmd.edge import cli
+from conchcmd.edge.doctor import OK, PROBLEM, WARNING, Finding, Invocation, examine
 
 
 @pytest.fixture

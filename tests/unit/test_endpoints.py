@@ -11,8 +11,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 
-from conchcmd.config import ConfigError, parse_config
-from conchcmd.endpoints import endpoint_problem
+from conchcmd.core.config import ConfigError, parse_config
+from conchcmd.core.endpoints import endpoint_problem
 
 GOOD = [
     "tcp:2222",

@@ -12,8 +12,7 @@ import pytest
 from support.fail2ban import FILTER, JAIL, fail2ban_available, failures, install_filter
 from twisted.logger import Logger, LogLevel
 
-from conchcmd.audit import AUTH_LOG_NAMESPACE
-from conchcmd.logtargets import stdout_observer
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, stdout_observer
 
 FAIL2BAN_CONFIG = Path("/etc/fail2ban")
 

@@ -11,8 +11,8 @@ import pytest
 from support.keys import authorized_line, ed25519_key
 from twisted.conch.ssh.keys import Key
 
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
+from conchcmd.policy.certs import CertificateRefused, RevokedKeys, TrustedCAs
 
 
 def replace_keeping_size_and_mtime(path: Path, text: str) -> None:

@@ -1,4 +1,4 @@
-"""conchcmd.hostkeys: creating host keys on first start, and refusing private keys others can read."""
+"""conchcmd.wire.hostkeys: creating host keys on first start, and refusing private keys others can read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.conch.ssh.keys import Key
 
-from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
+from conchcmd.wire.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
 
 def mode(path: Path) -> int:

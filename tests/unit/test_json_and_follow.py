@@ -19,12 +19,12 @@ from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from conchcmd import lastlog
-from conchcmd.builtin import build_command_table, make_exit, make_help
-from conchcmd.commands import EXIT_STATUS_HELP, CommandTable, InlineRunner, Outcome
-from conchcmd.comphash import Hasher, make_comphash
-from conchcmd.config import ComphashConfig, Config, LastlogConfig, UserPolicy
-from conchcmd.lastlog import FOLLOW_POLL, FileTail, JournalTail, make_lastlog
+from conchcmd.commands import lastlog
+from conchcmd.commands.builtin import build_command_table, make_exit, make_help
+from conchcmd.commands.comphash import Hasher, make_comphash
+from conchcmd.commands.framework import EXIT_STATUS_HELP, CommandTable, InlineRunner, Outcome
+from conchcmd.commands.lastlog import FOLLOW_POLL, FileTail, JournalTail, make_lastlog
+from conchcmd.core.config import ComphashConfig, Config, LastlogConfig, UserPolicy
 
 # -- helpers ---------------------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ from support.skauth import SoftwareAuthenticator, ssh_keygen_certificate
 from twisted.conch.ssh.common import getNS
 from twisted.internet.task import Clock
 
-from conchcmd.auth import SIGNATURE_ALGORITHMS, KeyAuthorizer, KeyRefused
-from conchcmd.cli import main
-from conchcmd.config import load_config
+from conchcmd.core.config import load_config
+from conchcmd.edge.cli import main
+from conchcmd.policy.auth import SIGNATURE_ALGORITHMS, KeyAuthorizer, KeyRefused
 
 #: Key kind -> whether login accepts it.
 KINDS = {

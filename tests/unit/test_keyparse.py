@@ -1,4 +1,4 @@
-"""conchcmd.keyparse, and what an operator sees when a host key has a passphrase: `keygen`, `doctor`
+"""conchcmd.keys.keyparse, and what an operator sees when a host key has a passphrase: `keygen`, `doctor`
 and `serve` (its start-up, in process) name the file, say conchcmd needs an unencrypted key and how
 to get one, and exit with a status instead of a traceback."""
 
@@ -16,11 +16,11 @@ from support.keys import ecdsa_key, ed25519_key, write_encrypted_key
 from twisted.conch.ssh.common import NS
 from twisted.internet.task import Clock
 
-from conchcmd.cli import main
-from conchcmd.config import parse_config
-from conchcmd.hostkeys import EncryptedHostKey, load_host_keys
-from conchcmd.keyfile import KeyField
-from conchcmd.keyparse import (
+from conchcmd.core.config import parse_config
+from conchcmd.edge.cli import main
+from conchcmd.edge.service import ConchcmdService, StartupError
+from conchcmd.keys.keyfile import KeyField
+from conchcmd.keys.keyparse import (
     EncryptedKeyFile,
     KeyParseError,
     KeyTypeMismatch,
@@ -28,7 +28,7 @@ from conchcmd.keyparse import (
     public_key_from_blob,
     public_key_from_line,
 )
-from conchcmd.service import ConchcmdService, StartupError
+from conchcmd.wire.hostkeys import EncryptedHostKey, load_host_keys
 
 
 def fix_for(path: Path) -> str:

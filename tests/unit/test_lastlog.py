@@ -1,4 +1,4 @@
-"""conchcmd.lastlog: reading a file's tail from its end, and the `lastlog` command via the Dispatcher."""
+"""conchcmd.commands.lastlog: reading a file's tail from its end, and the `lastlog` command via the Dispatcher."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from conchcmd import lastlog
-from conchcmd.commands import InlineRunner
-from conchcmd.config import LastlogConfig
-from conchcmd.lastlog import FileTail, JournalTail, build_sources, find_tail_start, make_lastlog
+from conchcmd.commands import lastlog
+from conchcmd.commands.framework import InlineRunner
+from conchcmd.commands.lastlog import FileTail, JournalTail, build_sources, find_tail_start, make_lastlog
+from conchcmd.core.config import LastlogConfig
 
 
 class CountingReader:

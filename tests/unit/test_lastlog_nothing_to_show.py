@@ -26,10 +26,10 @@ from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from conchcmd import cli
-from conchcmd.commands import InlineRunner
-from conchcmd.config import LastlogConfig
-from conchcmd.lastlog import FOLLOW_POLL, FileTail, JournalTail, empty_journal_message, make_lastlog
+from conchcmd.commands.framework import InlineRunner
+from conchcmd.commands.lastlog import FOLLOW_POLL, FileTail, JournalTail, empty_journal_message, make_lastlog
+from conchcmd.core.config import LastlogConfig
+from conchcmd.edge import cli
 
 DONE = Failure(error.ProcessDone(0))
 

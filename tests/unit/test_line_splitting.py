@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.task import Clock
 
-from conchcmd.auth import KeyAuthorizer, KeyRefused
-from conchcmd.authorized_keys import AuthorizedKeysFiles, parse_authorized_keys
-from conchcmd.certs import RevokedKeys, TrustedCAs
-from conchcmd.keyfile import file_lines
+from conchcmd.keys.keyfile import file_lines
+from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles, parse_authorized_keys
+from conchcmd.policy.certs import RevokedKeys, TrustedCAs
 
 SEPARATORS = ["\v", "\f", "\r", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 ALLOWED, FORBIDDEN = "10.0.0.1", "10.0.0.99"

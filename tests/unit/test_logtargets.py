@@ -21,9 +21,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel, LogPublisher, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from conchcmd import logtargets as lt
-from conchcmd.audit import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, AuditLog
-from conchcmd.config import ConfigError, LogConfig, parse_config
+from conchcmd.core import logtargets as lt
+from conchcmd.core.audit import AuditLog
+from conchcmd.core.config import ConfigError, LogConfig, parse_config
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 
 WHEN = 1_764_453_045.25  # 2025-11-29 21:50:45.25 UTC
 

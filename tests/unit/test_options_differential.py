@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conchcmd.authorized_keys import parse_authorized_keys
+from conchcmd.policy.authorized_keys import parse_authorized_keys
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
 KEY_FIELDS = KEY.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + " someone@example"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import cryptography_vectors
 import pytest
 
-from conchcmd.packets import (
+from conchcmd.wire.packets import (
     CIPHERS,
     MACS,
     BadPacket,

@@ -13,14 +13,14 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 
-from conchcmd.audit import MemoryAuditLog
-from conchcmd.auth import Identity, KeyAuthorizer, KeyRefused, PublicKeyChecker
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.certs import RevokedKeys, TrustedCAs
-from conchcmd.commands import CommandTable, Dispatcher
-from conchcmd.peer import Peer, PeerSSHPrivateKey, format_peer
-from conchcmd.realm import CommandRealm
-from conchcmd.session import ShellSettings
+from conchcmd.commands.framework import CommandTable, Dispatcher
+from conchcmd.core.audit import MemoryAuditLog
+from conchcmd.core.peer import Peer, PeerSSHPrivateKey, format_peer
+from conchcmd.policy.auth import Identity, KeyAuthorizer, KeyRefused, PublicKeyChecker
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
+from conchcmd.policy.certs import RevokedKeys, TrustedCAs
+from conchcmd.session.channel import ShellSettings
+from conchcmd.session.realm import CommandRealm
 
 
 @pytest.mark.parametrize(

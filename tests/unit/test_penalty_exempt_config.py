@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conchcmd import cli
-from conchcmd.config import ConfigError, parse_config
+from conchcmd.core.config import ConfigError, parse_config
+from conchcmd.edge import cli
 
 
 def exempt(value: str) -> tuple[str, ...]:

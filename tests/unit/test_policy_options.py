@@ -14,8 +14,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.auth import KeyAuthorizer, KeyRefused
-from conchcmd.authorized_keys import (
+from conchcmd.core.hostmatch import PatternError, match_address_list, split_patterns
+from conchcmd.edge.cli import main
+from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import (
     AuthorizedKeysFiles,
     KeyOptions,
     OptionError,
@@ -25,9 +27,7 @@ from conchcmd.authorized_keys import (
     parse_expiry,
     parse_options,
 )
-from conchcmd.certs import RevokedKeys, TrustedCAs
-from conchcmd.cli import main
-from conchcmd.hostmatch import PatternError, match_address_list, split_patterns
+from conchcmd.policy.certs import RevokedKeys, TrustedCAs
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBPsUyXmMVKVpG1ELXNg7KyYVaQS5YUWxyw5ApwB45Dv k"
 
@@ -705,7 +705,7 @@ def test_hash_password_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys) -> No
 def test_hash_password_output_is_accepted_by_the_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from conchcmd.config import parse_config
+    from conchcmd.core.config import parse_config
 
     monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
     assert main(["hash-password", "--rounds", "4"]) == 0
@@ -730,7 +730,7 @@ def test_wildcard_matching_agrees_with_a_regex_and_never_backtracks_exponentiall
     import random
     import re
 
-    from conchcmd.hostmatch import match_pattern
+    from conchcmd.core.hostmatch import match_pattern
 
     def by_regex(string: str, pattern: str) -> bool:
         regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in re.sub(r"\*+", "*", pattern))

@@ -1,4 +1,4 @@
-"""conchcmd.safepath: resolving paths inside roots on the real file system, races included."""
+"""conchcmd.commands.safepath: resolving paths inside roots on the real file system, races included."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support.races import swapping
 
-from conchcmd.comphash import PathRefused, hash_file
-from conchcmd.completion import list_paths
-from conchcmd.safepath import MAX_OPEN_DIRS, MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
+from conchcmd.commands.comphash import PathRefused, hash_file
+from conchcmd.commands.safepath import MAX_OPEN_DIRS, MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
+from conchcmd.session.completion import list_paths
 
 INSIDE = b"inside\n"
 SECRET = b"SECRET outside the roots\n"

@@ -1,4 +1,4 @@
-"""conchcmd.sk: security-key public keys, certificates and signatures checked as sshd checks them.
+"""conchcmd.keys.sk: security-key public keys, certificates and signatures checked as sshd checks them.
 
 Known answers come from OpenSSH's own regression data (regress/unittests/sshsig/testdata and
 regress/unittests/sshkey/testdata in openssh-portable): signatures a token made, certificates
@@ -18,9 +18,7 @@ from cryptography.hazmat.primitives.serialization import SSHCertificateType
 from support.skauth import UP, UV, SoftwareAuthenticator
 from twisted.conch.ssh.common import MP, NS
 
-from conchcmd.authorized_keys import fingerprint
-from conchcmd.certs import CertificateRefused, load_certificate, parse_certificate
-from conchcmd.sk import (
+from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
     PubkeyAuthOptions,
@@ -30,6 +28,8 @@ from conchcmd.sk import (
     parse_sk_public_key,
     parse_sk_signature,
 )
+from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.policy.certs import CertificateRefused, load_certificate, parse_certificate
 
 # -- OpenSSH's vectors ----------------------------------------------------------------------------------------
 
@@ -303,9 +303,9 @@ def test_requirements_combine_as_sshds(
 def checker(tmp_path):  # type: ignore[no-untyped-def]
     from twisted.internet.task import Clock
 
-    from conchcmd.auth import KeyAuthorizer, PublicKeyChecker
-    from conchcmd.authorized_keys import AuthorizedKeysFiles
-    from conchcmd.certs import RevokedKeys, TrustedCAs
+    from conchcmd.policy.auth import KeyAuthorizer, PublicKeyChecker
+    from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
+    from conchcmd.policy.certs import RevokedKeys, TrustedCAs
 
     (tmp_path / "alice").write_text(TOKENS["ed25519"].public_line() + TOKENS["ecdsa"].public_line())
     (tmp_path / "alice").chmod(0o600)
@@ -316,7 +316,7 @@ def checker(tmp_path):  # type: ignore[no-untyped-def]
 def refusal(checker, algorithm: bytes, blob: bytes, signature: bytes) -> str:  # type: ignore[no-untyped-def]
     from twisted.cred.credentials import SSHPrivateKey
 
-    from conchcmd.auth import KeyRefused
+    from conchcmd.policy.auth import KeyRefused
 
     with pytest.raises(KeyRefused) as e:
         checker._check(SSHPrivateKey(b"alice", algorithm, blob, DATA, signature))

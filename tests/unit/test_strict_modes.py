@@ -15,13 +15,13 @@ from support.keys import authorized_line, ed25519_key
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd import cli
-from conchcmd.auth import KeyAuthorizer, KeyRefused
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.certs import CertificateRefused, RevokedKeys, TrustedCAs
-from conchcmd.config import parse_config
-from conchcmd.filetrust import FileTrust, directory_problem, file_problem, path_problem
-from conchcmd.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
+from conchcmd.core.config import parse_config
+from conchcmd.core.filetrust import FileTrust, directory_problem, file_problem, path_problem
+from conchcmd.edge import cli
+from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
+from conchcmd.policy.certs import CertificateRefused, RevokedKeys, TrustedCAs
+from conchcmd.wire.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another uid needs root (CI runs as root)")
 

@@ -1,4 +1,4 @@
-"""conchcmd.threads and the server's two pools: password checks never run in the commands' threads,
+"""conchcmd.core.threads and the server's two pools: password checks never run in the commands' threads,
 and their threads run at a lower CPU priority."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
-from conchcmd.config import Config, LimitsConfig
-from conchcmd.service import PASSWORD_THREADS_NICE, ConchcmdService
-from conchcmd.threads import ThreadRunner, abandonable
+from conchcmd.core.config import Config, LimitsConfig
+from conchcmd.core.threads import ThreadRunner, abandonable
+from conchcmd.edge.service import PASSWORD_THREADS_NICE, ConchcmdService
 
 
 class ThreadedReactor:

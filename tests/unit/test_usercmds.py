@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from conchcmd.auth import KeyAuthorizer, KeyRefused
-from conchcmd.authorized_keys import AuthorizedKeysFiles
-from conchcmd.cli import main
-from conchcmd.config import load_config
-from conchcmd.usercmds import UserCommandError, replace_file
+from conchcmd.core.config import load_config
+from conchcmd.edge.cli import main
+from conchcmd.edge.usercmds import UserCommandError, replace_file
+from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
 
 PASSWORD_HASH = "$2b$04$abcdefghijklmnopqrstuu5bqGa5VIQ3Ru1c3gmsc4GgmrqsrwFIm"
 
@@ -25,7 +25,7 @@ PASSWORD_HASH = "$2b$04$abcdefghijklmnopqrstuu5bqGa5VIQ3Ru1c3gmsc4GgmrqsrwFIm"
 @pytest.fixture(autouse=True)
 def no_system_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """deluser logs to the machine's syslog: not from tests (the test of it records the calls)."""
-    from conchcmd import usercmds
+    from conchcmd.edge import usercmds
 
     monkeypatch.setattr(usercmds.syslog, "syslog", lambda *a: None)
 
@@ -427,7 +427,7 @@ def test_adduser_appends_to_the_file_deluser_renamed_into_place(workdir: Path, m
     waited for the lock), adduser appends to the new file, so no key is lost."""
     import fcntl
 
-    from conchcmd import usercmds
+    from conchcmd.edge import usercmds
 
     path = workdir / "keys" / "authorized_keys" / "alice"
     path.write_text("old\n")
@@ -468,7 +468,7 @@ def test_deluser_logs_each_key_to_syslog_authpriv(
 ) -> None:
     import syslog
 
-    from conchcmd import usercmds
+    from conchcmd.edge import usercmds
 
     opened: list[tuple[str, int, int]] = []
     logged: list[tuple[int, str]] = []
@@ -533,7 +533,7 @@ def test_users_reads_at_most_a_bounded_prefix_of_an_ignored_file(
 ) -> None:
     """An ignored file is another user's to fill (or a symlink to /dev/zero): `users` shows the
     keys in its first MAX_IGNORED_BYTES only, never reads without end."""
-    from conchcmd import usercmds
+    from conchcmd.edge import usercmds
 
     monkeypatch.setattr(usercmds, "MAX_IGNORED_BYTES", 4096)
     line = ssh_key("ed25519").public_line + "\n"

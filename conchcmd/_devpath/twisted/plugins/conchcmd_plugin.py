@@ -1,5 +1,5 @@
 """Twisted plugin: makes `twistd conchcmd` available (installed as twisted/plugins/conchcmd_plugin.py)."""
 
-from conchcmd.twistd import service_maker
+from conchcmd.edge.twistd import service_maker
 
 __all__ = ["service_maker"]

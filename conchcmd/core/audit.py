@@ -1,0 +1,452 @@
+"""The audit log: one JSON object per line, flushed per event, untrusted text sanitised."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import errno
+import json
+import os
+import re
+import stat
+import sys
+from collections import deque
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol
+
+from twisted.logger import Logger, LogLevel
+
+from conchcmd.core.filetrust import symlink_followable
+from conchcmd.core.logtargets import LOG_NAMESPACE, JournalLineTarget, SyslogLineTarget, parse_syslog_address
+
+MAX_TEXT = 1024
+log = Logger(namespace=LOG_NAMESPACE)
+
+
+#: Non-ASCII characters a line-based reader may split at (U+0085 is C1, escaped anyway) or that
+#: reorder the text around them when shown (the bidi embedding/override/isolate marks, Trojan
+#: Source, CVE-2021-42574): escaped in log text and in every audit record, '?' on a terminal.
+_REORDERING = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_LOG_UNSAFE = re.compile(f"[{_REORDERING}]")
+#: In a JSON line: what str.splitlines() splits at beyond what json.dumps escapes already (the
+#: ASCII controls), and lone surrogates, which a UTF-8 file cannot hold.
+_JSON_UNSAFE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
+    """Make untrusted text safe to log: control characters, undecodable bytes, line separators
+    and bidi controls become escapes."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in value[:limit]:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")  # so an escape we write is never confused with typed text
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
+            out.append(f"\\x{code & 0xFF:02x}")
+        elif _LOG_UNSAFE.match(ch):  # line separators, bidi controls
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    if len(value) > limit:
+        out.append("...")
+    return "".join(out)
+
+
+#: What must not reach a terminal raw: C0 controls but tab and newline (ESC starts every control
+#: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), and the
+#: characters that reorder or split what is shown.
+_TERMINAL_UNSAFE = f"\x00-\x08\x0b-\x1f\x7f-\x9f{_REORDERING}\ud800-\udfff"
+_UNSAFE_TEXT = re.compile(f"[{_TERMINAL_UNSAFE}]")
+_UNSAFE_LINE = re.compile(f"[\t\n{_TERMINAL_UNSAFE}]")
+
+
+def terminal_safe(text: str, *, single_line: bool = False) -> str:
+    """The one sanitiser for client- or file-derived text bound for a terminal: each unsafe
+    character becomes '?' (as `ls` shows them). `single_line` also replaces tab and newline, for
+    text placed inside a line the server draws (a file name in the progress line, a listing)."""
+    return (_UNSAFE_LINE if single_line else _UNSAFE_TEXT).sub("?", text)
+
+
+class TerminalSafe:
+    """terminal_safe over a byte stream fed in chunks: UTF-8 sequences split across chunks are
+    kept whole, broken ones become '?'."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+
+    def __call__(self, data: bytes) -> bytes:
+        return terminal_safe(self._decoder.decode(data)).encode("utf-8")
+
+
+class QuietLogger(Logger):
+    """A Logger that drops debug and info events at once.
+
+    Conch logs several info/debug lines per channel ("channel open", "sending close", ...);
+    filtering them at the observer still costs their formatting and dispatch, ~25 us each.
+    Warnings and errors pass as usual.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if level >= LogLevel.warn:
+            super().emit(level, format, **kwargs)
+
+
+class AuditSink(Protocol):
+    """Anything that records audit events."""
+
+    def record(self, event: str, **fields: Any) -> None: ...
+
+    def failure(self) -> str | None:
+        """Why records cannot be written now (after trying again), or None when they can."""
+        ...
+
+
+class BoundAudit:
+    """An AuditSink that adds fixed fields to every record it passes on: a connection's id, a
+    channel's number and kind. Binding again adds to the fields already bound."""
+
+    def __init__(self, sink: AuditSink, **fields: Any):
+        self.sink = sink
+        self.fields = fields
+
+    def record(self, event: str, **fields: Any) -> None:
+        # The bound fields come first and win: what joins records up is never overwritten.
+        self.sink.record(event, **{**self.fields, **fields, **self.fields})
+
+    def failure(self) -> str | None:
+        return self.sink.failure()
+
+    def bind(self, **fields: Any) -> BoundAudit:
+        return BoundAudit(self.sink, **{**self.fields, **fields})
+
+
+def new_connection_id(in_use: set[str]) -> str:
+    """A random connection id (16 hex digits) not among `in_use`, which it is added to."""
+    while True:
+        connection_id = os.urandom(8).hex()
+        if connection_id not in in_use:
+            in_use.add(connection_id)
+            return connection_id
+
+
+#: Records kept while the audit log cannot be written, to write when it can (oldest dropped first).
+BACKLOG_RECORDS = 1000
+BACKLOG_BYTES = 4 << 20  # and at most this much of them (a command record can be large)
+
+
+class LineTarget(Protocol):
+    """Where audit lines go: `write` stores one whole line or raises OSError."""
+
+    name: str
+
+    def write(self, line: bytes) -> None: ...
+
+    def reopen(self) -> None:
+        """Start writing to the target's name afresh (after log rotation); may raise OSError."""
+        ...
+
+    def close(self) -> Any:
+        """Close; may return a Deferred that fires once what was written has been delivered."""
+        ...
+
+
+class StreamTarget:
+    """A text stream the caller owns (stdout, or one a test passes), flushed after each line."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.name = getattr(stream, "name", "stream")
+
+    def write(self, line: bytes) -> None:
+        self.stream.write(line.decode("utf-8"))
+        self.stream.flush()
+
+    def reopen(self) -> None:
+        pass  # a stream has no name to open again
+
+    def close(self) -> None:
+        pass  # not ours to close
+
+
+#: Mode of an audit file conchcmd creates, without and with `audit_group`: never readable by others.
+AUDIT_FILE_MODE = 0o600
+AUDIT_GROUP_FILE_MODE = 0o640
+
+
+class AppendFile:
+    """A file opened for appending, written a line per write(2) loop. A line that fails half-way
+    is cut off again (the file stays valid JSON lines), and the file is reopened on the next write,
+    so a full disk, a replaced file or a transient I/O error heal once the cause is gone.
+
+    A file it creates gets exactly AUDIT_FILE_MODE (AUDIT_GROUP_FILE_MODE and group `group` when
+    given), whatever the umask; an existing file keeps its mode, with a warning if it is looser.
+    Against whoever else can write its directory: a symlink there is not followed, a file or FIFO
+    they own is refused, and a FIFO nobody reads fails instead of blocking (OSError each time).
+    """
+
+    def __init__(self, path: str, *, group: int | None = None):
+        self.name = path
+        self.group = group
+        self.mode = AUDIT_FILE_MODE if group is None else AUDIT_GROUP_FILE_MODE
+        self._fd: int | None = self._open()
+
+    def _open(self) -> int:
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of freezing the reactor
+        # (cleared once open: a collector's FIFO is written whole lines, as before).
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
+        if not symlink_followable(self.name):
+            flags |= os.O_NOFOLLOW  # a link someone else planted there is not followed
+        try:
+            # Created owner-only: nobody else can open it before its mode and group are set.
+            fd = os.open(self.name, flags | os.O_CREAT | os.O_EXCL, AUDIT_FILE_MODE)
+        except FileExistsError:
+            try:
+                try:
+                    fd = os.open(self.name, flags)
+                except FileNotFoundError:
+                    # Moved away in between, or a dangling symlink (O_EXCL does not follow it):
+                    # created as before this change, owner-only at most.
+                    fd = os.open(self.name, flags | os.O_CREAT, AUDIT_FILE_MODE)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    why = "it is a symlink in a directory others can write; not followed"
+                    raise OSError(errno.ELOOP, why) from None
+                raise
+            self._check_existing(fd)
+            os.set_blocking(fd, True)
+            return fd
+        self._set_owner_and_mode(fd)
+        os.set_blocking(fd, True)
+        return fd
+
+    def _set_owner_and_mode(self, fd: int) -> None:
+        try:
+            if self.group is not None:
+                os.fchown(fd, -1, self.group)
+            os.fchmod(fd, self.mode)  # the exact mode: the umask may have taken bits away
+        except OSError as e:
+            log.warn(
+                "Audit log {name}: cannot give it group {gid} and mode {mode:04o} ({error}); it stays owner-only",
+                name=self.name,
+                gid=self.group,
+                mode=self.mode,
+                error=e.strerror,
+            )
+
+    def _check_existing(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if st.st_uid not in (0, os.geteuid()):
+            # Its owner could read every record, chmod it or empty it (or, for a FIFO, stop
+            # reading and freeze the server): not an audit log.
+            os.close(fd)
+            raise OSError(errno.EPERM, f"it is owned by uid {st.st_uid}, not by root or the server's user")
+        if not stat.S_ISREG(st.st_mode):
+            return  # a device or a pipe (/dev/stdout, a FIFO a collector reads): not ours to judge
+        mode = stat.S_IMODE(st.st_mode)
+        looser = mode & ~self.mode & 0o777
+        other_group = self.group is not None and st.st_gid != self.group and mode & 0o070
+        if looser or other_group:
+            log.warn(
+                "Audit log {name} has mode {mode:04o} and group {gid}, looser than the {expected:04o} it would be "
+                "created with; left as it is: chmod {expected:o} {name}",
+                name=self.name,
+                mode=mode,
+                gid=st.st_gid,
+                expected=self.mode,
+            )
+
+    def write(self, line: bytes) -> None:
+        if self._fd is None:
+            self._fd = self._open()
+        fd = self._fd
+        start = os.fstat(fd).st_size
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            if len(view) < len(line):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # remove the partial line
+            self.close()
+            raise
+
+    def reopen(self) -> None:
+        self.close()
+        self._fd = self._open()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class AuditLog:
+    """Writes events as JSON lines, one write per event.
+
+    When the target cannot be written (a full disk, a read-only or vanished file, an I/O error),
+    nothing raises: the first failure is logged at error level, the records are kept (up to
+    BACKLOG_RECORDS and BACKLOG_BYTES) and written, oldest first, as soon as a later write succeeds; `failure()`
+    says why in the meantime, so the dispatcher can refuse commands that would go unaudited.
+    """
+
+    def __init__(self, target: LineTarget, clock: Any, *, failure_mode: str = "refuse", host: str | None = None):
+        self._target = target
+        self._host = host  # the server's host name, in every record when given
+        self._clock = clock
+        self._failure_mode = failure_mode
+        self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._lost = 0
+        self._error: str | None = None
+        self._failing_since = 0.0
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        target: str,
+        clock: Any,
+        *,
+        failure_mode: str = "refuse",
+        host: str | None = None,
+        group: int | None = None,
+        syslog_address: str | None = None,
+        one_shot: bool = False,
+    ) -> AuditLog:
+        """Open the audit log named by the `audit_log` setting ("-" is stdout; "syslog" goes to
+        `[log] syslog_address`, "journal" to the journal; `clock` is then the reactor, unless
+        `one_shot`: a command that sends each record at once or fails); a file is created with
+        `group` (a gid) and mode 0640 when given, else 0600."""
+        if target == "-":
+            return cls(StreamTarget(sys.stdout), clock, failure_mode=failure_mode, host=host)
+        if target in ("syslog", "journal"):
+            reactor = None if one_shot else clock
+            sink: LineTarget = (
+                SyslogLineTarget(parse_syslog_address(syslog_address), reactor)
+                if target == "syslog"
+                else JournalLineTarget(reactor=reactor)
+            )
+            return cls(sink, clock, failure_mode=failure_mode, host=host)
+        return cls(AppendFile(target, group=group), clock, failure_mode=failure_mode, host=host)
+
+    def record(self, event: str, **fields: Any) -> None:
+        if self._closed:
+            raise ValueError("the audit log is closed")
+        when = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+        if self._host is not None:
+            entry["host"] = self._host
+        entry.update(fields)
+        text = _JSON_UNSAFE.sub(_json_escape, json.dumps(entry, ensure_ascii=False))
+        line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
+        self._backlog.append(line)
+        self._backlog_bytes += len(line)
+        while len(self._backlog) > 1 and (len(self._backlog) > BACKLOG_RECORDS or self._backlog_bytes > BACKLOG_BYTES):
+            self._backlog_bytes -= len(self._backlog.popleft())
+            self._lost += 1
+        self._drain()
+
+    def failure(self) -> str | None:
+        if self._error is not None and not self._closed:
+            self._drain()
+        return self._error
+
+    def reopen(self) -> None:
+        """Close the target and open it again by its name (SIGHUP after a log rotation): what
+        comes next goes to the file now at that path, created if it was moved away. Each record
+        goes to exactly one file: those not yet written (the backlog) go to the new one."""
+        if self._closed:
+            return
+        try:
+            self._target.reopen()
+        except OSError as e:
+            self._failed(e)
+            return
+        log.info("Audit log {name} reopened", name=self._target.name)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write what is waiting, oldest first; stop at the first error."""
+        written = 0
+        while self._backlog:
+            try:
+                self._target.write(self._backlog[0])
+            except OSError as e:
+                self._failed(e)
+                return
+            self._backlog_bytes -= len(self._backlog.popleft())
+            written += 1
+        if self._error is not None:
+            log.warn(
+                "Audit log {name} is writable again after {seconds:.0f} s: "
+                "{late} delayed record(s) written, {lost} lost",
+                name=self._target.name,
+                seconds=self._clock.seconds() - self._failing_since,
+                late=written,
+                lost=self._lost,
+            )
+            self._error, self._lost = None, 0
+
+    def _failed(self, e: OSError) -> None:
+        spell_started = self._error is None
+        self._error = e.strerror or str(e)  # the latest reason, for failure()
+        if not spell_started:
+            return  # one log line per failure spell
+        self._failing_since = self._clock.seconds()
+        consequence = (
+            "new commands are refused until it can be written"
+            if self._failure_mode == "refuse"
+            else "commands run unaudited until it can be written"
+        )
+        log.error(
+            "Audit log {name} cannot be written: {error}; {consequence} (audit_failure = {mode}); "
+            "up to {keep} records are kept for then",
+            name=self._target.name,
+            error=self._error,
+            consequence=consequence,
+            mode=self._failure_mode,
+            keep=BACKLOG_RECORDS,
+        )
+
+    def close(self) -> Any:
+        """Write what waits if it can, then close the target; returns what the target's close does
+        (a Deferred for a syslog over TCP, which shutdown waits for)."""
+        if self._closed:
+            return None
+        if self._backlog:
+            self._drain()
+            if self._backlog:
+                log.error(
+                    "Audit log {name}: {count} record(s) could not be written before shutdown: {error}",
+                    name=self._target.name,
+                    count=len(self._backlog) + self._lost,
+                    error=self._error,
+                )
+        self._closed = True
+        return self._target.close()
+
+
+class MemoryAuditLog:
+    """Keeps events in a list: for tests and for dry runs."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    def failure(self) -> str | None:
+        return None
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]

@@ -1,0 +1,294 @@
+"""The running server as a Twisted Service: shared by `conchcmd serve` and `twistd conchcmd`.
+
+Starting loads host keys, opens the audit log, starts the thread pool and listens on every
+endpoint; it then tells systemd it is ready (sd_notify, no dependency). Stopping stops
+accepting, tells clients why, and closes what it opened. `reload` re-reads the configuration
+(SIGHUP): users, keys and policy change for new logins, running sessions keep theirs. Start,
+stop and reload each write a log line and an audit record (`server_start`, `server_stop`,
+`reload`) with a digest of the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from conchcmd import __version__
+from conchcmd.app import Server, build_server
+from conchcmd.core.audit import AuditLog
+from conchcmd.core.config import Config, ConfigError, audit_group_id, load_config
+from conchcmd.core.filetrust import FileTrust
+from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.core.peer import format_peer, host_and_port
+from conchcmd.core.threads import ThreadRunner
+from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
+from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.wire.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+
+#: CPU priority of the password threads: guessing load yields to the reactor and the commands.
+PASSWORD_THREADS_NICE = 10
+
+
+class StartupError(Exception):
+    """The server cannot start (a bad host key, an endpoint that cannot listen, ...)."""
+
+
+def sd_notify(state: bytes, environ: dict[str, str] | None = None) -> bool:
+    """Send a state line to systemd's NOTIFY_SOCKET, if there is one (Type=notify units)."""
+    address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # the abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state)
+        except OSError as e:
+            log.warn("sd_notify to {address} failed: {error}", address=address, error=e.strerror)
+            return False
+    return True
+
+
+class ConchcmdService(Service):
+    """One conchcmd server: the factory listening on its endpoints, and what it owns."""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        out: TextIO,
+        *,
+        listen: tuple[str, ...] | None = None,
+        config_path: Path | None = None,
+    ):
+        self.config = config
+        self.started_config = config  # what the parts built once at start were built from
+        self.reactor = reactor
+        self.out = out
+        self.listen = listen or config.listen
+        self.config_path = config_path
+        self.ports: list[Any] = []
+        self._binding: defer.Deferred[Any] | None = None  # the endpoints' listen, once started
+        self.server: Server | None = None
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self.host_keys: HostKeys | None = None
+        self.started_at: float | None = None
+        #: Why the server stops, for the stop line and `server_stop` (the caller may say better).
+        self.stop_reason = "shutdown"
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def prepare(self) -> None:
+        """Everything that can fail before the reactor runs: keys, audit log, the object graph."""
+        config = self.config
+        trust = FileTrust(strict=config.strict_modes)
+        try:
+            for path in ensure_host_keys(config.host_keys_dir, trust=trust):
+                self.say(f"conchcmd: created host key {path}")
+            host_keys = self.host_keys = load_host_keys(config.host_keys_dir, trust=trust)
+        except HostKeyError as e:
+            raise StartupError(f"refusing to start: {e}") from None
+        hostname = socket.gethostname()
+        group = audit_group_id(config.audit_group) if config.audit_group else None
+        if config.audit_group and group is None:
+            raise StartupError(f"audit_group {config.audit_group!r}: no such group")
+        try:
+            self.audit = AuditLog.open(
+                config.audit_log,
+                self.reactor,
+                failure_mode=config.audit_failure,
+                host=hostname,
+                group=group,
+                syslog_address=config.log.syslog_address,
+            )
+        except OSError as e:
+            raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
+        self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
+        # Password checks get threads of their own, as many as may run at once (max_password_checks).
+        self.password_pool = ThreadPool(
+            minthreads=0, maxthreads=config.limits.max_password_checks, name="conchcmd-passwords"
+        )
+        self.server = build_server(
+            config,
+            self.reactor,
+            host_keys=host_keys,
+            audit=self.audit,
+            runner=ThreadRunner(self.reactor, self.pool),
+            password_runner=ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
+            hostname=hostname,
+        )
+
+    def privilegedStartService(self) -> None:
+        """Bind the endpoints now: twistd calls this before `--uid`/`--gid` drop privileges, so
+        an unprivileged server can serve port 22. Readiness waits for startService."""
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> defer.Deferred[Any]:
+        if self._binding is None:
+            if self.server is None:
+                self.prepare()
+            listening = [self._listen(description) for description in self.listen]
+            self._binding = defer.gatherResults(listening, consumeErrors=True)
+        return self._binding
+
+    def startService(self) -> None:
+        super().startService()
+        binding = self._bind()  # bound already under twistd (privilegedStartService)
+        self.pool.start()
+        self.password_pool.start()
+        binding.addCallbacks(self._listening, self._failed_to_listen).addErrback(
+            lambda failure: log.failure("Starting the server failed", failure)
+        )
+
+    def _listen(self, description: str) -> defer.Deferred[Any]:
+        assert self.server is not None
+        try:
+            endpoint = serverFromString(self.reactor, description)
+        except Exception as e:  # any bad description, e.g. `systemd:` with no inherited socket
+            return defer.fail(StartupError(f"cannot listen on {description}: bad endpoint: {e}"))
+        d = endpoint.listen(self.server.factory)
+
+        def listening(port: Any) -> None:
+            self.ports.append(port)
+            ip = host_and_port(port.getHost())
+            where = f"{ip[0]}:{ip[1]}" if ip is not None else ":"
+            self.say(f"conchcmd: listening on {description} ({where})")
+
+        def failed(failure: Any) -> None:
+            raise StartupError(f"cannot listen on {description}: {failure.getErrorMessage()}")
+
+        return d.addCallbacks(listening, failed)
+
+    def _listening(self, _: object) -> None:
+        ip = host_and_port(self.ports[0].getHost()) if self.ports else None
+        port = ip[1] if ip is not None else None
+        hint = no_users_hint(self.config, port)
+        if hint:
+            self.say(hint)
+        self.started_at = self.reactor.seconds()
+        listening = [format_peer(port.getHost()) for port in self.ports]
+        host_keys = host_key_fingerprints(self.host_keys)
+        log.info(
+            "Server started: conchcmd {version} listening on {listen}; host keys {host_keys}",
+            version=__version__,
+            listen=", ".join(listening),
+            host_keys=", ".join(host_keys),
+        )
+        self.audit.record(
+            "server_start",
+            version=__version__,
+            listen=listening,
+            host_keys=host_keys,
+            config_digest=config_digest(self.config),
+        )
+        sd_notify(b"READY=1\nSTATUS=listening")
+        self.ready.callback(None)
+
+    def _failed_to_listen(self, failure: Any) -> None:
+        error = failure.value.subFailure.value if isinstance(failure.value, defer.FirstError) else failure.value
+        self.stop_reason = f"startup failed: {error}"
+        self.ready.errback(error)
+        self.reactor.stop()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        sd_notify(b"STOPPING=1")
+        started_at = self.started_at
+        if started_at is not None:
+            uptime = self.reactor.seconds() - started_at
+            log.info("Server stopping ({reason}) after {uptime:.0f} s", reason=self.stop_reason, uptime=uptime)
+        for port in self.ports:
+            port.stopListening()
+        closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
+
+        def release(_: object) -> Any:
+            for pool in (self.pool, self.password_pool):
+                if pool.started:
+                    pool.stop()
+            if started_at is not None:  # the last record: after the clients' disconnects
+                uptime = round(self.reactor.seconds() - started_at, 3)
+                self.audit.record("server_stop", reason=self.stop_reason, uptime=uptime)
+            return self.audit.close()  # a syslog over TCP: shutdown waits until it has the records
+
+        return closing.addBoth(release)
+
+    def reload(self) -> bool:
+        """Reopen the audit file (after log rotation) and re-read the configuration file; keep
+        the old configuration if the new one is bad.
+
+        Logs and audits which changed settings took effect and which need a restart (those
+        differing from what the server was started with, including ones changed by an earlier
+        reload)."""
+        if self.server is not None:
+            self.audit.reopen()  # whatever becomes of the configuration
+        if self.config_path is None or self.server is None:
+            log.warn("SIGHUP: no configuration file to reload")
+            return False
+        # MONOTONIC_USEC: systemd's notify-reload protocol wants it; plain notify accepts it.
+        sd_notify(b"RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
+        try:
+            config = load_config(self.config_path, cwd=Path.cwd())
+        except ConfigError as e:
+            log.warn("Reload rejected, keeping the running configuration: {error}", error=str(e))
+            self.audit.record("reload", ok=False, reason=str(e), config_digest=config_digest(self.config))
+            sd_notify(b"READY=1\nSTATUS=reload rejected")
+            return False
+        self.server.reload(config)
+        self.password_pool.adjustPoolsize(maxthreads=config.limits.max_password_checks)
+        changed = changed_settings(self.config, config)
+        pending = [s for s in changed_settings(self.started_config, config) if not applies_on_reload(s)]
+        self.config = config
+        applied = [s for s in changed if applies_on_reload(s)]
+        log.info(
+            "Reloaded users, keys and policy from {path}: {applied}; {pending}",
+            path=str(self.config_path),
+            applied=f"took effect: {', '.join(applied)}" if applied else "no change took effect",
+            pending=f"need a restart: {', '.join(pending)}" if pending else "nothing needs a restart",
+        )
+        self.audit.record(
+            "reload", ok=True, config_digest=config_digest(config), changed=changed, restart_needed=pending
+        )
+        sd_notify(b"READY=1\nSTATUS=listening")
+        return True
+
+
+def host_key_fingerprints(host_keys: HostKeys | None) -> list[str]:
+    """`TYPE SHA256:...` of each host key, as `ssh-keygen -lf` names them."""
+    if host_keys is None:
+        return []
+    return [f"{kind.decode()} {fingerprint(key.blob())}" for kind, key in sorted(host_keys.public.items())]
+
+
+def no_users_hint(config: Config, port: int | None = None) -> str | None:
+    """How to add a user, if the authorized_keys pattern's directory has no user files yet."""
+    pattern = Path(config.authorized_keys)
+    if "%u" not in pattern.name or "%u" in str(pattern.parent):
+        return None
+    directory = pattern.parent
+    try:
+        if directory.is_dir() and any(p.is_file() for p in directory.iterdir()):
+            return None
+    except OSError:  # e.g. not searchable by the user twistd --uid switched to: no hint
+        return None
+    config_arg = f" --config {config.source}" if config.source else ""
+    return (
+        "No users are configured yet. Authorize a key, for example:\n"
+        f"    conchcmd adduser{config_arg} admin ~/.ssh/id_ed25519.pub\n"
+        f"then connect with: ssh -p {port or 'PORT'} admin@{'localhost' if port else 'HOST'}"
+    )

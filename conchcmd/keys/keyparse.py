@@ -1,0 +1,85 @@
+"""Reading SSH keys with Conch's parser, with every way it can fail turned into one conchcmd error.
+
+Conch and cryptography raise BadKeyError, ValueError, struct.error, IndexError, TypeError,
+NotImplementedError (a compressed EC point), UnsupportedAlgorithm or EncryptedKeyError for input
+they cannot read; callers catch KeyParseError alone.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
+
+from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField
+from conchcmd.keys.sk import SK_KEY_TYPES, SkError, parse_sk_public_key
+
+#: What Conch's and cryptography's key parsers raise for input they cannot read.
+_PARSER_ERRORS: tuple[type[Exception], ...] = (
+    BadKeyError,
+    ValueError,
+    struct.error,
+    IndexError,
+    TypeError,
+    NotImplementedError,
+    UnsupportedAlgorithm,
+)
+
+
+class KeyParseError(ValueError):
+    """A key conchcmd cannot read: malformed, of an unknown type, or not the type its line names.
+
+    The message says why, without naming Python exception classes only a programmer knows."""
+
+
+class KeyTypeMismatch(KeyParseError):
+    """A line names one key type and its blob holds another."""
+
+
+class EncryptedKeyFile(KeyParseError):
+    """A private key protected by a passphrase: conchcmd runs unattended and has no one to ask for it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fix = f'remove the passphrase with `ssh-keygen -p -N "" -f {path}`, or move the file away'
+        super().__init__(f"{path} is encrypted with a passphrase; conchcmd needs an unencrypted host key")
+
+
+def public_key_from_blob(blob: bytes) -> Key:
+    """A public key from its SSH wire blob (a client's or a file's), with no format guessing:
+    Conch sends text starting with '(' or '{' to SEXP/LSH parsers that assert."""
+    try:
+        return Key.fromString(blob, type="blob")
+    except _PARSER_ERRORS as e:
+        raise KeyParseError(_reason(e)) from None
+
+
+def public_key_from_line(field: KeyField) -> Key:
+    """The public key a `TYPE BASE64` line names, read as sshd reads it: the blob's own type must be
+    the one the line names, and sk keys (which Conch reads loosely) are read with sshd's rules."""
+    key = public_key_from_blob(field.blob)
+    if key.sshType().decode() != LINE_KEY_TYPES[field.key_type]:
+        raise KeyTypeMismatch(f"key type {field.key_type} does not match the key")
+    if key.sshType() in SK_KEY_TYPES:
+        try:
+            parse_sk_public_key(field.blob)
+        except SkError as e:
+            raise KeyParseError(str(e)) from None
+    return key
+
+
+def private_key_from_file(data: bytes, path: str) -> Key:
+    """A private key from the contents of the key file at `path` (OpenSSH or PEM). EncryptedKeyFile
+    when it has a passphrase; KeyParseError when it cannot be read."""
+    try:
+        return Key.fromString(data)
+    except EncryptedKeyError:
+        raise EncryptedKeyFile(path) from None
+    except _PARSER_ERRORS as e:
+        raise KeyParseError(_reason(e)) from None
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    return text if isinstance(e, BadKeyError | ValueError) and text else f"unreadable key ({type(e).__name__})"

@@ -1,0 +1,112 @@
+"""Every use of a private name of Twisted Conch, behind public names of our own.
+
+Conch keeps the transport's key-exchange state, the messages held back during a key exchange,
+userauth's success and failure callbacks and its channels' loggers in private names; the framing
+(`conchcmd.wire.framing`), the server's services and the session channel must read, write or override
+them. They do it only through this module, so a new Twisted breaks here, where
+tests/unit/test_conch_contract.py names what to re-synchronise, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.conch.ssh import channel, connection, userauth
+from twisted.python.failure import Failure
+
+from conchcmd.core.audit import QuietLogger
+
+
+class KexState:
+    """The transport's key-exchange state machine (Conch's `_keyExchangeState` with its three
+    `_KEY_EXCHANGE_*` values) and the queue of messages it holds back until NEWKEYS
+    (`_blockedByKeyExchange`), for a mixin placed before Conch's transport class."""
+
+    # Provided by Conch's SSHTransportBase:
+    _keyExchangeState: str
+    _blockedByKeyExchange: Any  # None between key exchanges, else a list of (type, payload)
+    _KEY_EXCHANGE_NONE: str
+    _KEY_EXCHANGE_REQUESTED: str
+    _KEY_EXCHANGE_PROGRESSING: str
+    _peerSupportsExtensions: bool
+    _allowedKeyExchangeMessageType: Any
+    _newKeys: Any
+
+    def kex_idle(self) -> bool:
+        """No key exchange is under way."""
+        return self._keyExchangeState == self._KEY_EXCHANGE_NONE
+
+    def kex_state(self) -> str:
+        """Conch's name of the key-exchange state (for error messages)."""
+        return self._keyExchangeState
+
+    def kex_requested(self) -> None:
+        """Our KEXINIT is out: from now on, non-kex messages wait for NEWKEYS (as Conch's sendKexInit)."""
+        self._keyExchangeState = self._KEY_EXCHANGE_REQUESTED
+        self._blockedByKeyExchange = []
+
+    def kex_peer_init(self, peer_supports_extensions: bool) -> bool:
+        """The peer's KEXINIT arrived (the end of Conch's ssh_KEXINIT); True if we must answer it
+        with our own KEXINIT (the peer started this key exchange)."""
+        self._peerSupportsExtensions = peer_supports_extensions
+        if self._keyExchangeState == self._KEY_EXCHANGE_REQUESTED:
+            self._keyExchangeState = self._KEY_EXCHANGE_PROGRESSING
+            return False
+        return True
+
+    def held_by_kex(self, messageType: int) -> bool:
+        """Whether a message of this type must wait for the key exchange under way to end."""
+        return not self.kex_idle() and not self._allowedKeyExchangeMessageType(messageType)
+
+    def hold_for_kex(self, messageType: int, payload: bytes) -> None:
+        """Queue a message until NEWKEYS (Conch sends the queue in `_newKeys`)."""
+        assert self._blockedByKeyExchange is not None
+        self._blockedByKeyExchange.append((messageType, payload))
+
+    def held_messages(self) -> list[tuple[int, bytes]]:
+        """The messages waiting for the key exchange under way to end."""
+        return list(self._blockedByKeyExchange or [])
+
+    def conch_new_keys(self) -> None:
+        """Conch's `_newKeys`: adopt the next keys and send what the key exchange held back."""
+        self._newKeys()
+
+
+class UserAuthHooks(userauth.SSHUserAuthServer):
+    """SSHUserAuthServer whose private success and failure callbacks call public hooks."""
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        self.auth_succeeded(result)
+
+    def _ebBadAuth(self, reason: Failure) -> Any:
+        return self.auth_failed(reason)
+
+    def auth_succeeded(self, result: Any) -> None:
+        """A login succeeded; Conch's answer: USERAUTH_SUCCESS and the next service."""
+        super()._cbFinishedAuth(result)
+
+    def auth_failed(self, reason: Failure) -> Any:
+        """A login failed; Conch's answer: USERAUTH_FAILURE (or a disconnect after too many)."""
+        return super()._ebBadAuth(reason)
+
+    def answer_key_probe(self, reason: Failure, packet: bytes) -> Any:
+        """Conch's errback for a key offered without a signature: PK_OK if the key is valid."""
+        return self._ebCheckKey(reason, packet)
+
+
+class QuietConnection(connection.SSHConnection):
+    """SSHConnection without Conch's per-channel debug lines, and with its pending-global-request
+    cleanup callable by name."""
+
+    _log = QuietLogger()
+
+    def fail_global_requests(self) -> None:
+        """Errback every global request still waiting for an answer (as Conch's serviceStopped)."""
+        self._cleanupGlobalDeferreds()
+
+
+class QuietChannel(channel.SSHChannel):
+    """SSHChannel without Conch's per-channel info lines (they cost more than the channel's work)."""
+
+    _log = QuietLogger()
+

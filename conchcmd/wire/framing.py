@@ -1,0 +1,420 @@
+"""The transport's packet layer and key-exchange rules, replacing the parts of Conch that lack
+AEAD ciphers, encrypt-then-MAC, strict KEX and server-initiated rekeying.
+
+Overrides of `SSHServerTransport`, each because Conch's version cannot do the job:
+- `sendPacket` / `getPacket`: frame packets through `packets.PacketCodec` (AEAD and EtM need the
+  whole packet and the sequence number; Conch's SSHCiphers only encrypts blocks and MACs). The
+  outgoing keys change right after our NEWKEYS, the incoming ones after the peer's (RFC 4253 7.3).
+- `ssh_KEXINIT`: negotiation where an AEAD cipher implies its MAC, and detection of strict KEX.
+- `dispatchMessage` / `ssh_NEWKEYS`: strict KEX (kex-strict-s-v00@openssh.com, the Terrapin
+  counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
+  are allowed, KEXINIT must come first, and sequence numbers restart at 0 after every NEWKEYS.
+- rekeying after 1 GiB or 1 hour (OpenSSH's RekeyLimit default), which Conch never starts; the
+  hour is timed by the factory's `clock`, which a transport must have.
+- (server) `dispatchMessage`: every incoming message goes through the dispatch policy
+  (`conchcmd.wire.dispatch`, sshd's tables) first. Conch runs any message it has a method for, in any
+  state: a KEX_ECDH_INIT with no key exchange in progress (a new host-key signature each time,
+  and its keys switched mid-connection), a SERVICE_REQUEST after login. Nothing is dispatched
+  after our DISCONNECT; no rekey before authentication; and a client that keeps starting key
+  exchanges without sending data is disconnected (REKEY_BURST).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from twisted.conch.ssh import transport
+from twisted.conch.ssh.common import NS, ffs, getNS
+from twisted.internet.interfaces import IReactorTime
+
+from conchcmd.wire.conchprivate import KexState
+from conchcmd.wire.dispatch import Action, Phase, Verdict, decide, phase_of
+from conchcmd.wire.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
+
+STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
+STRICT_KEX_CLIENT = b"kex-strict-c-v00@openssh.com"
+EXT_INFO_CLIENT = b"ext-info-c"
+EXT_INFO_SERVER = b"ext-info-s"
+MARKERS = (STRICT_KEX_SERVER, STRICT_KEX_CLIENT, EXT_INFO_CLIENT, EXT_INFO_SERVER)
+REKEY_BYTES = 1 << 30
+REKEY_SECONDS = 3600.0
+MAX_PACKET = 256 * 1024 + 1024
+#: A client may start at most REKEY_BURST key exchanges within REKEY_WINDOW seconds that follow
+#: less than REKEY_FREE_BYTES of traffic since the previous one (rekeys a real client makes after
+#: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
+#: OpenSSH checks a small RekeyLimit as it sends, about once per window adjustment (1 MiB of
+#: data with its 2 MiB window), so 1 MiB here made such a client's rekeys count or not by a hair.
+REKEY_BURST = 10
+REKEY_WINDOW = 60.0
+REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH: 16K already rare)
+
+
+class RandomPool:
+    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~30 packets)."""
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self.pool = b""
+
+    def take(self, n: int) -> bytes:
+        if len(self.pool) < n:
+            self.pool = os.urandom(self.size)
+        out, self.pool = self.pool[:n], self.pool[n:]
+        return out
+
+
+MLKEM_KEX = b"mlkem768x25519-sha256"
+
+
+def usable_key_exchanges() -> list[bytes]:
+    """Conch's key exchanges that work with the installed cryptography. Conch lists
+    mlkem768x25519-sha256 whenever cryptography has its `hpke` module, which cryptography 47 has
+    without an ML-KEM backend: a client choosing it would fail in the middle of the handshake."""
+    names = list(transport.SSHTransportBase.supportedKeyExchanges)
+    if MLKEM_KEX in names and not _mlkem_works():
+        names.remove(MLKEM_KEX)
+    return names
+
+
+def _mlkem_works() -> bool:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mlkem
+
+        mlkem.MLKEM768PrivateKey.generate()
+    except (ImportError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
+
+
+class ModernFraming(KexState):
+    """Packet framing, negotiation and strict KEX shared by our server transport and the test
+    client; mixed in before Conch's SSHServerTransport / SSHClientTransport."""
+
+    # Our codecs know no compression; Conch's default list also offers zlib.
+    supportedCompressions = [b"none"]
+
+    nextEncryptions: Any  # a CipherSuite here, not Conch's SSHCiphers
+    currentEncryptions: Any
+    strict_kex = False
+    offer_strict_kex = True
+    kex_count = 0  # completed key exchanges, rekeys included
+    _first_kex_done = False
+    _peer_kexinit = False  # the peer's KEXINIT of the key exchange under way has arrived
+    _pending_length: int | None = None
+    _dead = False
+    _bytes_since_kex = 0
+    _keyed_at = 0.0
+    rekey_bytes = REKEY_BYTES
+    rekey_seconds = REKEY_SECONDS
+
+    # Provided by Conch's transport classes:
+    isClient: bool
+    transport: Any
+    factory: Any  # has a `clock` (IReactorTime), which times the rekey after REKEY_SECONDS
+    buf: bytes
+    incomingPacketSequence: int
+    outgoingPacketSequence: int
+    supportedKeyExchanges: list[bytes]
+    supportedPublicKeys: list[bytes]
+    supportedCiphers: list[bytes]
+    supportedMACs: list[bytes]
+    ourVersionString: bytes
+
+    clock: IReactorTime
+
+    def now(self) -> float:
+        return float(self.clock.seconds())
+
+    def max_packet_size(self) -> int:
+        return MAX_PACKET
+
+    def connectionMade(self) -> None:
+        # Conch's version installs its own SSHCiphers; ours start with the plain CipherSuite.
+        clock = getattr(self.factory, "clock", None)
+        if not IReactorTime.providedBy(clock):
+            # Without a clock the rekey after REKEY_SECONDS would never happen.
+            raise TypeError(f"{type(self.factory).__name__} has no clock (IReactorTime): rekeying by time needs one")
+        self.clock = clock
+        self.transport.write(self.ourVersionString + b"\r\n")
+        self.currentEncryptions = CipherSuite.plain()
+        self._padding = RandomPool()
+        self._out_codec: PacketCodec = self.currentEncryptions.outgoing
+        self._in_codec: PacketCodec = self.currentEncryptions.incoming
+        self._keyed_at = self.now()
+        self.sendKexInit()
+
+    def kex_markers(self) -> list[bytes]:
+        """Names appended to the first KEXINIT's kex list: extension info and strict KEX."""
+        if self.isClient:
+            return [EXT_INFO_CLIENT, *([STRICT_KEX_CLIENT] if self.offer_strict_kex else [])]
+        return [EXT_INFO_SERVER, *([STRICT_KEX_SERVER] if self.offer_strict_kex else [])]
+
+    def sendKexInit(self) -> None:
+        if not self.kex_idle():
+            raise RuntimeError(f"Cannot send KEXINIT while key exchange state is {self.kex_state()!r}")
+        markers = [] if self._first_kex_done else self.kex_markers()
+        self.ourKexInitPayload = b"".join(
+            [
+                bytes((transport.MSG_KEXINIT,)),
+                os.urandom(16),
+                NS(b",".join([*self.supportedKeyExchanges, *markers])),
+                NS(b",".join(self.supportedPublicKeys)),
+                NS(b",".join(self.supportedCiphers)),
+                NS(b",".join(self.supportedCiphers)),
+                NS(b",".join(self.supportedMACs)),
+                NS(b",".join(self.supportedMACs)),
+                NS(b",".join(self.supportedCompressions)),
+                NS(b",".join(self.supportedCompressions)),
+                NS(b""),
+                NS(b""),
+                b"\0\0\0\0\0",
+            ]
+        )
+        self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
+        self.kex_requested()
+
+    # -- packets -------------------------------------------------------------------------------
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self.held_by_kex(messageType):
+            self.hold_for_kex(messageType, payload)
+            return
+        if self._dead:
+            return
+        codec = self._out_codec
+        packet = pad(bytes((messageType,)) + payload, codec, self._padding.take)
+        data = codec.seal(self.outgoingPacketSequence, packet)
+        self.transport.write(data)
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        if messageType == transport.MSG_NEWKEYS:
+            self._out_codec = self.nextEncryptions.outgoing
+            if self.strict_kex:
+                self.outgoingPacketSequence = 0
+        self._count(len(data))
+
+    def getPacket(self) -> bytes | None:
+        if self._dead:
+            return None  # Conch's read loop would go on dispatching what the same read brought
+        codec = self._in_codec
+        if self._pending_length is None:
+            head = codec.head_size()
+            if len(self.buf) < head:
+                return None
+            length = codec.packet_length(self.incomingPacketSequence, self.buf[:head])
+            limit = self.max_packet_size()
+            aligned = length if codec.length_excluded else length + 4
+            if length > limit or length < 5 or aligned % max(codec.block_size, 8):
+                reason = f"packet larger than {limit} bytes" if length > limit else f"bad packet length {length}"
+                self.packet_error(reason)
+                return None
+            self._pending_length = length
+        total = 4 + self._pending_length + codec.tag_size
+        if len(self.buf) < total:
+            return None
+        data, self.buf = self.buf[:total], self.buf[total:]
+        self._pending_length = None
+        try:
+            packet = codec.open(self.incomingPacketSequence, data)
+        except BadPacket as e:
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(e).encode())
+            return None
+        padding = packet[4]
+        if padding < 4 or padding > len(packet) - 6:
+            self.packet_error(f"bad padding length {padding}")
+            return None
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        self._count(total)
+        return packet[5 : len(packet) - padding]
+
+    def packet_error(self, reason: str) -> None:
+        """A packet that cannot be framed: the connection ends."""
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, reason.encode())
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self._dead:
+            return
+        super().sendDisconnect(reason, desc)  # type: ignore[misc]
+        self._dead = True  # nothing more is read or sent on this connection
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._dead:
+            super().dataReceived(data)  # type: ignore[misc]
+
+    def _count(self, n: int) -> None:
+        self._bytes_since_kex += n
+        if (
+            self._first_kex_done
+            and self.may_rekey()
+            and self.kex_idle()
+            and not self._dead
+            and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
+        ):
+            self._bytes_since_kex = 0
+            self._keyed_at = self.now()
+            self.sendKexInit()
+
+    def may_rekey(self) -> bool:
+        """Whether this side may start a key exchange now (its traffic or time limit is reached)."""
+        return True
+
+    # -- key exchange --------------------------------------------------------------------------
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        # (The client's rule; the server's is in conchcmd.dispatch.) DISCONNECT is always
+        # processed, as sshd's packet layer does.
+        if self.strict_kex and not self._first_kex_done and messageNum not in KEX_MESSAGES | {transport.MSG_DISCONNECT}:
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"strict KEX violation: message %d during the initial key exchange" % messageNum,
+            )
+            return
+        if 30 <= messageNum < 50 and not self._peer_kexinit:
+            # Conch would run the kex method of whatever kexAlg holds (none yet: an AttributeError).
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR, b"key exchange message %d before KEXINIT" % messageNum
+            )
+            return
+        super().dispatchMessage(messageNum, payload)  # type: ignore[misc]
+
+    def negotiate(self, packet: bytes) -> tuple[list[bytes], list[bytes], bytes] | None:
+        """Conch's SSHTransportBase.ssh_KEXINIT, where an AEAD cipher implies its MAC and the
+        peer's strict-KEX marker is noticed. Returns (kex, host key algorithms, rest) or None."""
+        self.otherKexInitPayload = bytes((transport.MSG_KEXINIT,)) + packet
+        *strings, rest = getNS(packet[16:], 10)
+        kex, keys, enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc, _, _ = (s.split(b",") for s in strings)
+        peer_strict = STRICT_KEX_SERVER if self.isClient else STRICT_KEX_CLIENT
+        if not self._first_kex_done and self.offer_strict_kex and peer_strict in kex:
+            self.strict_kex = True
+            if self.incomingPacketSequence != 1:
+                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"strict KEX violation: KEXINIT was not first")
+                return None
+
+        def choose(ours: list[bytes], theirs: list[bytes]) -> bytes | None:
+            return ffs(ours, theirs) if self.isClient else ffs(theirs, ours)  # the client's order wins
+
+        if self.isClient:
+            enc_out, enc_in, mac_out, mac_in, comp_out, comp_in = enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc
+        else:
+            enc_out, enc_in, mac_out, mac_in, comp_out, comp_in = enc_sc, enc_cs, mac_sc, mac_cs, comp_sc, comp_cs
+        self.kexAlg = choose(self.supportedKeyExchanges, kex)
+        self.keyAlg = choose(self.supportedPublicKeys, keys)
+        out_cipher = choose(self.supportedCiphers, enc_out)
+        in_cipher = choose(self.supportedCiphers, enc_in)
+        out_mac = implicit_mac(out_cipher) or choose(self.supportedMACs, mac_out)
+        in_mac = implicit_mac(in_cipher) or choose(self.supportedMACs, mac_in)
+        self.outgoingCompressionType = choose(self.supportedCompressions, comp_out)
+        self.incomingCompressionType = choose(self.supportedCompressions, comp_in)
+        chosen = (self.kexAlg, self.keyAlg, out_cipher, in_cipher, out_mac, in_mac)
+        if None in chosen or None in (self.outgoingCompressionType, self.incomingCompressionType):
+            self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"couldn't match all kex parts")
+            return None
+        self.nextEncryptions = CipherSuite(out_cipher, in_cipher, out_mac, in_mac)  # type: ignore[arg-type]
+        self._peer_kexinit = True
+        if self.kex_peer_init((EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex):
+            self.sendKexInit()
+        return kex, keys, rest
+
+    def take_new_keys(self) -> None:
+        """The peer's NEWKEYS arrived: read with the new keys from now on."""
+        self._in_codec = self.nextEncryptions.incoming
+        if self.strict_kex:
+            self.incomingPacketSequence = 0
+        self._first_kex_done = True
+        self._peer_kexinit = False
+        self.kex_count += 1
+        self._bytes_since_kex = 0
+        self._keyed_at = self.now()
+        self.conch_new_keys()
+
+
+class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
+    """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
+
+    _cheap_rekeys: deque[float] | None = None
+
+    def may_rekey(self) -> bool:
+        # As sshd: no rekey before authentication (the client's KEXINIT then gets UNIMPLEMENTED).
+        return self.dispatch_phase() is Phase.AUTHENTICATED
+
+    def dispatch_phase(self) -> Phase:
+        return phase_of(
+            closed=self._dead,
+            first_kex_done=self._first_kex_done,
+            peer_kexinit=self._peer_kexinit,
+            keys_sent=self._peer_kexinit and self.nextEncryptions.keyed,
+            service=getattr(self.service, "name", None),
+        )
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        # Every message goes through the dispatch policy (conchcmd.wire.dispatch) before Conch sees
+        # it: Conch acts on any message it has a method for, in any state.
+        phase = self.dispatch_phase()
+        verdict = decide(phase, messageNum, self.strict_kex)
+        if verdict.action is Action.PROCESS:
+            # Past ModernFraming's own strict-KEX check (the client's): the policy has decided.
+            super(ModernFraming, self).dispatchMessage(messageNum, payload)
+        elif verdict.action is Action.DISCONNECT:
+            text = verdict.text % messageNum if "%d" in verdict.text else verdict.text
+            self.sendDisconnect(verdict.reason, text.encode())
+        elif verdict.action is Action.UNIMPLEMENTED:
+            self.note_refused(messageNum, phase, verdict)
+            seq = (self.incomingPacketSequence - 1) & 0xFFFFFFFF  # that of the packet just read
+            self.sendPacket(transport.MSG_UNIMPLEMENTED, seq.to_bytes(4, "big"))
+        elif phase is not Phase.CLOSED:
+            self.note_refused(messageNum, phase, verdict)
+
+    def note_refused(self, messageNum: int, phase: Phase, verdict: Verdict) -> None:
+        """Hook: a message the policy refused (answered UNIMPLEMENTED, or ignored)."""
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        if self._first_kex_done and self.kex_idle() and not self._count_rekey():
+            return
+        negotiated = self.negotiate(packet)
+        if negotiated is None:
+            return
+        kex, keys, rest = negotiated
+        # SSHServerTransport's part: a wrongly guessed first kex packet must be ignored.
+        guessed = rest[:1] not in (b"", b"\0")
+        if guessed and (kex[0] != self.supportedKeyExchanges[0] or keys[0] != self.supportedPublicKeys[0]):
+            self.ignoreNextPacket = True
+
+    def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        # Message 30, the key-exchange method's INIT. A malformed public value raised out of
+        # Conch (a ValueError, reported as "protocol error"): it is KEY_EXCHANGE_FAILED.
+        try:
+            super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)
+        except ValueError as e:
+            self.sendDisconnect(
+                transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"invalid key exchange value: %s" % str(e)[:100].encode()
+            )
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        if packet != b"":
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
+            return
+        # The dispatch policy lets NEWKEYS through only once our NEWKEYS is out: Conch would
+        # switch to keys that do not exist yet (plaintext with no session ID).
+        self.take_new_keys()
+
+    def _count_rekey(self) -> bool:
+        """A key exchange the client starts: False (and disconnected) if it is one too many."""
+        if self._bytes_since_kex >= REKEY_FREE_BYTES:
+            return True
+        now = self.now()
+        times = self._cheap_rekeys = self._cheap_rekeys if self._cheap_rekeys is not None else deque()
+        times.append(now)
+        while times and times[0] <= now - REKEY_WINDOW:
+            times.popleft()
+        if len(times) <= REKEY_BURST:
+            return True
+        self.sendDisconnect(
+            transport.DISCONNECT_PROTOCOL_ERROR,
+            b"too many key exchanges (more than %d in %d s)" % (REKEY_BURST, REKEY_WINDOW),
+        )
+        return False
