@@ -18,7 +18,7 @@ from conchcmd.commands.framework import InlineRunner
 from conchcmd.commands.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
 from conchcmd.core.config import Config
 from conchcmd.core.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
-from conchcmd.core.logtargets import DEV_LOG, JOURNAL_SOCKET
+from conchcmd.core.logtargets import JOURNAL_SOCKET, parse_syslog_address
 from conchcmd.edge.usercmds import ca_key_refusal, line_refusal
 from conchcmd.policy.auth import bcrypt_cost
 from conchcmd.policy.authorized_keys import fingerprint, parse_authorized_keys
@@ -388,16 +388,10 @@ def _user_name(uid: int) -> str:
 
 def _audit_socket(config: Config) -> Iterator[Finding]:
     """`audit_log = "syslog"` or `"journal"`: the local socket the records go to must exist."""
-    address = config.log.syslog_address
-    socket_path: str | None
-    if config.audit_log == "journal":
-        socket_path = JOURNAL_SOCKET
-    elif address is None:
-        socket_path = DEV_LOG
-    elif address.startswith("unix:"):
-        socket_path = address.removeprefix("unix:")
-    else:
-        socket_path = None  # a network address: nothing to check without sending
+    # The address was checked when the configuration loaded; only a Unix socket can be looked at
+    # (a network address has nothing to check without sending).
+    address = parse_syslog_address(config.log.syslog_address)
+    socket_path = JOURNAL_SOCKET if config.audit_log == "journal" else address.path or None
     if socket_path is None:
         yield Finding(OK, f"audit log: syslog at {config.log.syslog_address}")
     elif not Path(socket_path).exists():
