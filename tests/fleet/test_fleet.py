@@ -54,6 +54,7 @@ def _need_tools() -> None:
         pytest.skip("the ForceCommand wrapper needs jq (apt install jq)")
 
 
+RESULT = re.compile(r"^ok: \[(\S+)\] => (\{.*\})$", re.M)  # a task's result, as -v shows it
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -62,10 +63,16 @@ def _recap(result: Any) -> dict[str, tuple[int, ...]]:
     return {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in RECAP.finditer(result.stdout)}
 
 
-def _check_play(result: Any, names: list[str]) -> None:
+def _check_play(result: Any, hosts: list[str]) -> None:
     assert result.returncode == 0, f"ansible-playbook failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     # every host ran the two raw tasks and the assert, nothing failed or was unreachable
-    assert _recap(result) == {name: (3, 0, 0, 0) for name in names}, result.stdout[-6000:]
+    assert _recap(result) == {name: (3, 0, 0, 0) for name in hosts}, result.stdout[-6000:]
+    # both raw tasks ran with a pty, as Ansible's `ssh -tt` asks: its line discipline ends lines with \r\n
+    raw = [(name, json.loads(text)) for name, text in RESULT.findall(result.stdout)]
+    raw = [(name, r) for name, r in raw if "rc" in r]
+    assert Counter(name for name, _ in raw) == Counter({name: 2 for name in hosts}), result.stdout[:3000]
+    for name, r in raw:
+        assert r["stdout"].endswith("}\r\n") and "\n" not in r["stdout"].replace("\r\n", ""), (name, r)
 
 
 def _central_records(rsyslog: Rsyslog, fleet: Fleet) -> tuple[dict[str, str], list[tuple[str, dict[str, Any]]]]:

@@ -194,7 +194,8 @@ class Fleet:
     def play(self, kind: str, extra_vars: Path) -> tuple[subprocess.CompletedProcess[str], float]:
         """Run the shipped playbook against the `kind` hosts: the result and its wall time (s)."""
         assert ANSIBLE_PLAYBOOK is not None, "ansible-playbook is not installed (pip install ansible-core)"
-        argv = [ANSIBLE_PLAYBOOK, "-i", str(self.inventory(kind)), "-e", f"@{extra_vars}", str(PLAYBOOK)]
+        # -v prints each raw task's result: its stderr shows whether ssh ran it with a pty (-tt)
+        argv = [ANSIBLE_PLAYBOOK, "-v", "-i", str(self.inventory(kind)), "-e", f"@{extra_vars}", str(PLAYBOOK)]
         started = time.monotonic()
         result = subprocess.run(argv, env=self.ansible_env(), capture_output=True, text=True, timeout=900)
         return result, time.monotonic() - started
