@@ -128,6 +128,7 @@ def run_fleet(size: int, tmp_path: Path) -> dict[str, Any]:
         host_of, records = _central_records(rsyslog, fleet)
         lines = [r.message for r in rsyslog.received() if r.program == "conchcmd" and r.pid in host_of]
         sshd_logs = [s.log_text() for s in fleet.sshd]
+        own_logs = [h.log_text() for h in fleet.conch]
 
     names = sorted(host_of.values())
     commands = [(host, e) for host, e in records if e["event"] == "command"]
@@ -155,6 +156,8 @@ def run_fleet(size: int, tmp_path: Path) -> dict[str, Any]:
     refused = {(e["key_type"], e["reason"]) for _, e in auths if not e["ok"]}
     assert refused <= {("ssh-ed25519", "key not in authorized_keys")}, refused
     assert not [line for line in lines if "Traceback" in line or "Unhandled" in line]
+    for log in own_logs:  # each host's own log (stdout) has its listening line, and no first-run hint: the CA has users
+        assert "conchcmd: listening on" in log and "Traceback" not in log and "No users are configured" not in log, log
     for log in sshd_logs:  # sshd too served the play over one multiplexed connection
         assert log.count(f"Accepted publickey for {user} ") == 1, log
 
