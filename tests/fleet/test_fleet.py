@@ -116,6 +116,7 @@ def run_fleet(size: int, tmp_path: Path) -> dict[str, Any]:
             sshd_play, sshd_wall = fleet.play("sshd", extra_vars)
             _check_play(sshd_play, [f"sshd{i + 1:03d}" for i in range(size)])
             sshd_pss = fleet.sshd_pss()
+            sshd_processes = len(fleet.sshd_children) + size
         finally:
             problems = fleet.close()
         assert not problems, "\n".join(problems)
@@ -168,6 +169,7 @@ def run_fleet(size: int, tmp_path: Path) -> dict[str, Any]:
         "sshd_playbook_s": round(sshd_wall, 2),
         "conchcmd_pss_mib": round(mib(conch_pss), 2),
         "sshd_pss_mib": round(mib(sshd_pss), 2),
+        "sshd_processes": sshd_processes,
         "audit_records_central": len(records),
         "command_records_central": len(commands),
     }
