@@ -143,7 +143,7 @@ def run_fleet(size: int, tmp_path: Path) -> dict[str, Any]:
             ["comphash", "--json", str(data.file)],
             ["lastlog", "--json"],
         ], mine
-        assert {(e["exit_code"], e["user"]) for e in mine} == {(0, user)}
+        assert {(e["exit_code"], e["user"], e["kind"]) for e in mine} == {(0, user, "exec")}  # a pty, still exec
         # Ansible's ControlMaster: both commands came over one connection, on two channels
         assert len({e["connection"] for e in mine}) == 1 and len({e["channel"] for e in mine}) == 2
     events = Counter((host, e["event"]) for host, e in records)

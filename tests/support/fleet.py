@@ -173,6 +173,7 @@ class Fleet:
             "host_key_checking = False\n"
             "retry_files_enabled = False\n"
             "nocolor = True\n"
+            "timeout = 60\n"  # ssh's ConnectTimeout (10 s by default): the machine may be busy
             f"local_tmp = {self.base / 'ansible-tmp'}\n"
             "[ssh_connection]\n"
             f"ssh_args = {ssh_args}\n"
