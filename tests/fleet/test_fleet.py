@@ -90,9 +90,9 @@ def run_fleet(size: int, tmp_path: Path) -> dict[str, Any]:
     with (
         secure_directory("conchcmd-fleet-") as shared,  # sshd's user reads the data and the wrapper here
         system_user(shared, f"cfleet{os.getpid()}", shell="/bin/sh") as user,
-        fleet_data(shared / "data", syslog_lines(LOG_LINES), file_bytes) as data,
         running_rsyslog(_mkdir(tmp_path / "rsyslog"), max_sessions=size + 50) as rsyslog,
     ):
+        data = fleet_data(shared / "data", syslog_lines(LOG_LINES), file_bytes)
         wrapper = shared / "forcecmd.sh"
         shutil.copyfile(FORCECMD, wrapper)
         wrapper.chmod(0o755)

@@ -363,8 +363,8 @@ def mib(values: Sequence[int]) -> float:
     return sum(values) / len(values) / (1 << 20) if values else 0.0
 
 
-@contextlib.contextmanager
-def fleet_data(directory: Path, lines: Iterator[bytes], file_bytes: bytes) -> Iterator[FleetData]:
+def fleet_data(directory: Path, lines: Iterator[bytes], file_bytes: bytes) -> FleetData:
+    """Write the log and the file every host serves, readable by sshd's user."""
     directory.mkdir(exist_ok=True)
     log = directory / "syslog"
     log.write_bytes(b"".join(lines))
@@ -372,4 +372,4 @@ def fleet_data(directory: Path, lines: Iterator[bytes], file_bytes: bytes) -> It
     file.write_bytes(file_bytes)
     for path in (log, file):
         path.chmod(0o644)
-    yield FleetData(directory, log, file)
+    return FleetData(directory, log, file)
