@@ -276,7 +276,10 @@ def host_key_fingerprints(host_keys: HostKeys | None) -> list[str]:
 
 
 def no_users_hint(config: Config, port: int | None = None) -> str | None:
-    """How to add a user, if the authorized_keys pattern's directory has no user files yet."""
+    """How to add a user, if the authorized_keys pattern's directory has no user files yet and no
+    CA is trusted (with `trusted_user_ca_keys` users come with their certificates)."""
+    if config.trusted_user_ca_keys:
+        return None
     pattern = Path(config.authorized_keys)
     if "%u" not in pattern.name or "%u" in str(pattern.parent):
         return None
