@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end layer; the harness itself is support/e2e.py."""
+"""Fixtures for the end-to-end layer; the server is support/server.py, what this layer gives it support/e2e.py."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from support.server import stop_and_check
+from support.serverfiles import toml_text
 
 pytestmark = [
     pytest.mark.e2e,
@@ -472,7 +473,7 @@ def test_systemd_endpoint_without_a_socket_is_a_clear_startup_error(tmp_path: Pa
     """Started by hand (or by a supervisor that passed no socket), the server must say what is
     wrong and exit, not log a traceback and hang without listening."""
     config = tmp_path / "conchcmd.toml"
-    config.write_text(f'listen = ["systemd:domain=INET:index=0"]\n[lastlog]\npath = "{data.syslog}"\n')
+    config.write_text(toml_text({"listen": ["systemd:domain=INET:index=0"], "lastlog": {"path": str(data.syslog)}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""Fixtures for the reliability layer; the harness itself is support/reliability.py."""
+"""Fixtures for the reliability layer; the server is support/server.py, what this layer gives it
+support/reliability.py."""
 
 from __future__ import annotations
 
