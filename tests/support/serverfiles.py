@@ -1,5 +1,6 @@
-"""What the end-to-end and reliability harnesses share about a `conchcmd serve` process:
-its files (config, log, audit log), waiting for them, and stopping it with SIGTERM."""
+"""What every test's `conchcmd serve` process shares (support/server.py's Server, the one of the
+end-to-end and reliability layers, and the differential layer's ConchServer): its files (config,
+log, audit log), waiting for them, and stopping it with SIGTERM."""
 
 from __future__ import annotations
 
