@@ -90,7 +90,10 @@ class ServerFiles:
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
                 proc.wait(timeout=STOP_TIMEOUT)
                 self.returncode = -9
-                raise AssertionError(f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM") from None
+                raise AssertionError(
+                    f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM; its log ends:\n"
+                    + self.log_text()[-3000:]
+                ) from None
         finally:
             if self._log_file is not None:
                 self._log_file.close()
