@@ -161,13 +161,18 @@ class Server(ServerFiles):
         """Wait until no TCP connection to the server's port is established (the server has seen
         every client go: an ssh client may exit before the server reads its close)."""
 
+        # The server's end of a connection: local port = the server's port, and not a client of
+        # another test bound to another 127.x address that happened to get the same port number.
+        # /proc/net/tcp writes 127.0.0.1 as 0100007F; tcp6 as its IPv4-mapped form.
+        ours = (f"0100007F:{self.port:04X}", f"0000000000000000FFFF00000100007F:{self.port:04X}")
+
         def established() -> int:
             count = 0
             for table in ("/proc/net/tcp", "/proc/net/tcp6"):
                 with open(table) as f:
                     for row in f.readlines()[1:]:
                         local, state = row.split()[1], row.split()[3]
-                        count += state == "01" and int(local.rsplit(":", 1)[1], 16) == self.port
+                        count += state == "01" and local in ours
             return count
 
         wait_for(lambda: established() == 0, timeout, f"no client connected to port {self.port}")
