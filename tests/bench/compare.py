@@ -34,14 +34,11 @@ import contextlib
 import json
 import os
 import platform
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,120 +46,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
 from support import sshbench
-from support.serverfiles import wait_for
 from support.sshbench import BenchFiles, Target
-from support.sshd import Sshd, secure_directory, sshd_version
+from support.sshd import secure_directory, sshd_version
 from support.tempdirs import trusted_temp_parent
 
 import conchcmd
 
-HERE = Path(__file__).resolve().parent
-USER = sshbench.USER
 SERVERS = ("openssh", "asyncssh", "conchcmd")
 LABELS = {"openssh": "OpenSSH + ForceCommand", "asyncssh": "AsyncSSH", "conchcmd": "conchcmd"}
-START_TIMEOUT = sshbench.START_TIMEOUT
-
-
-def ensure_bench_user() -> None:
-    """The account sshd logs the benchmark in as: a shell (ForceCommand runs through it) and a `*`
-    password field (sshd without PAM refuses the `!` of a locked account)."""
-    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True, timeout=30)
-    subprocess.run(["usermod", "-p", "*", USER], check=True, capture_output=True, timeout=30)
-
-
-@contextlib.contextmanager
-def openssh(work: Path, files: BenchFiles) -> Iterator[Target]:
-    """sshd with a ForceCommand wrapper (the sshd_config run.py writes; LogLevel INFO rather than
-    ERROR, since the shared Sshd harness waits for its `Server listening` line)."""
-    if os.geteuid() != 0:
-        raise RuntimeError("the OpenSSH server needs root (a `bench` account, sshd's privilege separation)")
-    ensure_bench_user()
-    base = work / "openssh"
-    base.mkdir(mode=0o755)
-    authorized = base / "authorized_keys"
-    authorized.write_text(files.public_line)
-    script = base / "forcecmd.sh"  # a copy the bench user can reach (the checkout may be under /root)
-    shutil.copyfile(HERE / "anchors" / "forcecmd.sh", script)
-    script.chmod(0o755)
-    sshd = Sshd(
-        base=base,
-        authorized_keys=str(authorized),
-        trusted_user_ca_keys=Path("none"),  # sshd_config's own word for "no file"
-        revoked_keys=Path("none"),
-        ipv6=False,
-        extra={
-            "AllowUsers": USER,
-            "SetEnv": f"BENCH_LOG={files.log}",
-            "ForceCommand": str(script),
-            "AllowTcpForwarding": "no",
-            "X11Forwarding": "no",
-            "MaxStartups": "1000",
-            "MaxSessions": "100",
-            "LogLevel": "INFO",
-        },
-    )
-    sshd.start()
-    try:
-        assert sshd.proc is not None
-        proc = sshd.proc
-        yield sshbench.ready(
-            Target("openssh", sshd.port, proc.pid, USER, files.key), files, lambda: proc.poll() is None, sshd.log_text
-        )
-    finally:
-        sshd.stop()
-
-
-@contextlib.contextmanager
-def asyncssh_anchor(work: Path, files: BenchFiles) -> Iterator[Target]:
-    """anchors/asyncssh_server.py on a port of its choosing, with its own ed25519 host key."""
-    base = work / "asyncssh"
-    base.mkdir(mode=0o755)
-    host_key = base / "ssh_host_ed25519_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True, timeout=30)
-    authorized = base / "authorized_keys"
-    authorized.write_text(files.public_line)
-    log_path = base / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "anchors" / "asyncssh_server.py"),
-                "0",
-                str(host_key),
-                str(authorized),
-                str(files.log),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=base,
-            start_new_session=True,
-        )
-
-    def log_text() -> str:
-        return log_path.read_text(errors="replace")
-
-    try:
-
-        def port() -> int | None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"asyncssh exited:\n{log_text()[-2000:]}")
-            m = re.search(r"listening on (\d+)", log_text())
-            return int(m.group(1)) if m else None
-
-        listening = int(wait_for(port, START_TIMEOUT, "the asyncssh anchor's listening line"))
-        yield sshbench.ready(
-            Target("asyncssh", listening, proc.pid, USER, files.key), files, lambda: proc.poll() is None, log_text
-        )
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def conchcmd_server(work: Path, files: BenchFiles) -> contextlib.AbstractContextManager[Target]:
@@ -170,7 +61,7 @@ def conchcmd_server(work: Path, files: BenchFiles) -> contextlib.AbstractContext
     return sshbench.conchcmd_server(work / "conchcmd", files)
 
 
-RUNNERS = {"openssh": openssh, "asyncssh": asyncssh_anchor, "conchcmd": conchcmd_server}
+RUNNERS = {"openssh": sshbench.openssh, "asyncssh": sshbench.asyncssh_anchor, "conchcmd": conchcmd_server}
 
 
 @dataclass(frozen=True)

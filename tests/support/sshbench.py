@@ -13,9 +13,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from support.e2e import LISTENING
-from support.serverfiles import ServerFiles, hermetic_ssh, wait_for
+from support.serverfiles import REPO, ServerFiles, hermetic_ssh, wait_for
+from support.sshd import Sshd
 
 LOG_LINE = b"Nov 26 15:02:03 lab CRON[4945]: (root) CMD (command -v debian-sa1 > /dev/null && debian-sa1 1 1)\n"
 SSH_TIMEOUT = 300.0
 START_TIMEOUT = 60.0
 USER = "bench"
+ANCHORS = REPO / "tests" / "bench" / "anchors"
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,110 @@ def ready(target: Target, files: BenchFiles, alive: Callable[[], bool], log: Cal
 
     wait_for(answers, START_TIMEOUT, f"{target.name} to answer")
     return target
+
+
+def ensure_bench_user() -> None:
+    """The account sshd logs the benchmark in as: a shell (ForceCommand runs through it) and a `*`
+    password field (sshd without PAM refuses the `!` of a locked account)."""
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True, timeout=30)
+    subprocess.run(["usermod", "-p", "*", USER], check=True, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def openssh(work: Path, files: BenchFiles) -> Iterator[Target]:
+    """sshd with tests/bench/anchors/forcecmd.sh as its ForceCommand, in `work`/openssh (which must
+    satisfy StrictModes: sshd.secure_directory), logging USER in: the sshd_config run.py writes,
+    except LogLevel INFO rather than ERROR (the Sshd harness waits for its `Server listening` line)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the OpenSSH server needs root (a `bench` account, sshd's privilege separation)")
+    ensure_bench_user()
+    base = work / "openssh"
+    base.mkdir(mode=0o755)
+    authorized = base / "authorized_keys"
+    authorized.write_text(files.public_line)
+    script = base / "forcecmd.sh"  # a copy the bench user can reach (the checkout may be under /root)
+    shutil.copyfile(ANCHORS / "forcecmd.sh", script)
+    script.chmod(0o755)
+    sshd = Sshd(
+        base=base,
+        authorized_keys=str(authorized),
+        trusted_user_ca_keys=Path("none"),  # sshd_config's own word for "no file"
+        revoked_keys=Path("none"),
+        ipv6=False,
+        extra={
+            "AllowUsers": USER,
+            "SetEnv": f"BENCH_LOG={files.log}",
+            "ForceCommand": str(script),
+            "AllowTcpForwarding": "no",
+            "X11Forwarding": "no",
+            "MaxStartups": "1000",
+            "MaxSessions": "100",
+            "LogLevel": "INFO",
+        },
+    )
+    sshd.start()
+    try:
+        assert sshd.proc is not None
+        proc = sshd.proc
+        yield ready(
+            Target("openssh", sshd.port, proc.pid, USER, files.key), files, lambda: proc.poll() is None, sshd.log_text
+        )
+    finally:
+        sshd.stop()
+
+
+@contextlib.contextmanager
+def asyncssh_anchor(work: Path, files: BenchFiles) -> Iterator[Target]:
+    """tests/bench/anchors/asyncssh_server.py in `work`/asyncssh, on a port of its choosing, with its
+    own ed25519 host key."""
+    base = work / "asyncssh"
+    base.mkdir(mode=0o755)
+    host_key = base / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True, timeout=30)
+    authorized = base / "authorized_keys"
+    authorized.write_text(files.public_line)
+    log_path = base / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ANCHORS / "asyncssh_server.py"),
+                "0",
+                str(host_key),
+                str(authorized),
+                str(files.log),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=base,
+            start_new_session=True,
+        )
+
+    def log_text() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+
+        def port() -> int | None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"asyncssh exited:\n{log_text()[-2000:]}")
+            m = re.search(r"listening on (\d+)", log_text())
+            return int(m.group(1)) if m else None
+
+        listening = int(wait_for(port, START_TIMEOUT, "the asyncssh anchor's listening line"))
+        yield ready(
+            Target("asyncssh", listening, proc.pid, USER, files.key), files, lambda: proc.poll() is None, log_text
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def conchcmd_settings(files: BenchFiles) -> dict[str, Any]:
