@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import os
 import re
@@ -35,6 +36,7 @@ SSH_TIMEOUT = 300.0
 START_TIMEOUT = 60.0
 USER = "bench"
 ANCHORS = REPO / "tests" / "bench" / "anchors"
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,25 @@ def tree_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def become_subreaper() -> None:
+    """Make the calling process a child subreaper (kept across execve): its orphaned descendants
+    are reparented to it, not to init, and their CPU joins its cutime when it reaps them. sshd's
+    privileged connection process exits without reaping the user's session process; without this,
+    that process's CPU (the session, the ForceCommand shell) would leave the server's tree uncounted.
+    Meant for a child's preexec_fn."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def settled_cpu_s(pid: int, timeout: float = 10.0) -> float:
+    """tree_cpu_s once `pid` has no child processes left (a server at rest has none): an sshd
+    connection process that is still exiting, or not yet reaped, would take its CPU with it."""
+    deadline = time.monotonic() + timeout
+    while len(_tree(pid)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return tree_cpu_s(pid)
+
+
 def tree_pss_kib(pid: int) -> int:
     """Proportional set size of `pid` and its descendants."""
     total = 0
@@ -176,7 +197,7 @@ def exec_latency(t: Target, files: BenchFiles, runs: int) -> dict[str, float]:
     CPU per exec (its capacity per core) and the `ssh` client's own CPU per exec (the floor no
     server can go below; the clients are the only children this process reaps meanwhile)."""
     times = []
-    cpu0, client0 = tree_cpu_s(t.pid), children_cpu_s()
+    cpu0, client0 = settled_cpu_s(t.pid), children_cpu_s()
     for _ in range(runs):
         started = time.perf_counter()
         out = t.ssh(f"comphash {files.small}").stdout
@@ -185,7 +206,7 @@ def exec_latency(t: Target, files: BenchFiles, runs: int) -> dict[str, float]:
     client = children_cpu_s() - client0
     return {
         "exec_latency_ms": round(statistics.median(times), 1),
-        "server_cpu_ms_per_exec": round((tree_cpu_s(t.pid) - cpu0) * 1000 / runs, 2),
+        "server_cpu_ms_per_exec": round((settled_cpu_s(t.pid) - cpu0) * 1000 / runs, 2),
         "client_cpu_ms_per_exec": round(client * 1000 / runs, 2),
     }
 
@@ -236,9 +257,9 @@ def mux_per_s(t: Target, files: BenchFiles, count: int, concurrency: int = 16, r
     """Exec channels per second on ONE asyncssh connection, `concurrency` at a time: the median of
     `rounds` rounds of `count` execs, with the spread (one round is too noisy to compare), and the
     server's CPU per exec over all rounds."""
-    cpu0 = tree_cpu_s(t.pid)
+    cpu0 = settled_cpu_s(t.pid)
     rates = asyncio.run(_mux_rounds(t, files, count, concurrency, rounds))
-    cpu = tree_cpu_s(t.pid) - cpu0  # the connection's kex and auth too: one in `rounds * count` execs
+    cpu = settled_cpu_s(t.pid) - cpu0  # the connection's kex and auth too: one in `rounds * count` execs
     return {
         "mux_exec_per_s": statistics.median(rates),
         "mux_exec_spread": [min(rates), max(rates)],
@@ -352,6 +373,7 @@ def openssh(work: Path, files: BenchFiles) -> Iterator[Target]:
         trusted_user_ca_keys=Path("none"),  # sshd_config's own word for "no file"
         revoked_keys=Path("none"),
         ipv6=False,
+        popen_extra={"preexec_fn": become_subreaper},  # count every connection process's CPU
         extra={
             "AllowUsers": USER,
             "SetEnv": f"BENCH_LOG={files.log}",

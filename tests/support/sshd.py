@@ -106,6 +106,7 @@ class Sshd:
     extra: dict[str, str] = field(default_factory=dict)
     ipv6: bool = True  # also listen on ::1
     port: int = 0
+    popen_extra: dict[str, Any] = field(default_factory=dict)  # e.g. preexec_fn (tests/bench)
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -185,6 +186,7 @@ class Sshd:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **self.popen_extra,
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
