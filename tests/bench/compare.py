@@ -17,7 +17,11 @@ ratios conchcmd / AsyncSSH (and --json OUT writes every figure). Ratios between 
 in one run are what count on a shared or noisy machine; absolute figures move with the load.
 
 The methodology is the development team's `../shared/bench/run.py` (same fixtures, counts and
-measurements), so the two cross-check.
+measurements), so the two cross-check, with three differences: the multiplexed figure is the
+median of 8 rounds (run.py: 5); the server's CPU per multiplexed exec is recorded too; and sshd
+runs as a child subreaper, because its privileged connection process exits without reaping the
+session process: run.py loses that process's CPU (the session and its ForceCommand shell), so its
+OpenSSH CPU figures are lower than sshd's real cost.
 
 Needs root for the OpenSSH server: sshd authenticates a real account, so this creates a system
 user `bench` (shell /bin/sh, for ForceCommand) if there is none, and leaves it in place, as
@@ -118,6 +122,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, str):
         return "error" if value.startswith("error") else value
     if isinstance(value, float):
+        value = value if abs(value) >= 0.005 else 0.0  # no "-0.00"
         return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
 
@@ -217,7 +222,7 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, from: " + ", ".join(SERVERS))
-    ap.add_argument("--quick", action="store_true", help="256 MiB files and run.py's quick counts (a few minutes)")
+    ap.add_argument("--quick", action="store_true", help="256 MiB files and run.py's quick counts (about a minute)")
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
