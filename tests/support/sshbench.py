@@ -1,5 +1,8 @@
 """What the benchmarks in tests/bench/ measure, the same way for any SSH server serving `lastlog`,
-`comphash PATH` and `exit` on 127.0.0.1 (conchcmd, OpenSSH + ForceCommand, AsyncSSH).
+`comphash PATH` and `exit` on 127.0.0.1, and the three servers they measure, each started as a
+context manager yielding a `Target`: conchcmd (`conchcmd_server`), OpenSSH's sshd with a
+ForceCommand script (`openssh`) and an AsyncSSH server (`asyncssh_anchor`), the last two from
+tests/bench/anchors/.
 
 The methods follow the development team's side-by-side bench (`../shared/bench/run.py`), so that
 figures from tests/bench/compare.py and tests/bench/figures.py cross-check against it: the real
