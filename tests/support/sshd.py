@@ -108,6 +108,7 @@ class Sshd:
     ipv6: bool = True  # also listen on ::1
     address: str = "127.0.0.1"  # the IPv4 loopback address to listen on
     port: int = 0
+    popen_extra: dict[str, Any] = field(default_factory=dict)  # e.g. preexec_fn (tests/bench)
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -185,6 +186,7 @@ class Sshd:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **self.popen_extra,
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
