@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.e2e import LISTENING
+from support.server import LISTENING
 from support.serverfiles import REPO, ServerFiles, hermetic_ssh, wait_for
 from support.sshd import Sshd
 
