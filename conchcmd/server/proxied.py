@@ -66,9 +66,7 @@ class ProxyHeaderFactory(WrappingFactory):
     `ProxiedConnection` until its header names the client. Twisted's WrappingFactory builds the
     wrapped protocol at accept; `buildProtocol` here does not."""
 
-    def __init__(
-        self, wrapped: Any, *, admissions: Admissions, clock: IReactorTime, settings: ProxySettings
-    ) -> None:
+    def __init__(self, wrapped: Any, *, admissions: Admissions, clock: IReactorTime, settings: ProxySettings) -> None:
         super().__init__(wrapped)
         self.admissions = admissions
         self.clock = clock
