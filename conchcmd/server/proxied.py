@@ -42,6 +42,8 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 #: Seconds a proxy has to send the header once connected (HAProxy sends it with the connection).
 HEADER_TIMEOUT = 5.0
+#: Proxies whose first health check is logged, at most.
+MAX_PROXIES_REMEMBERED = 256
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.admissions = admissions
         self.clock = clock
         self.settings = settings
+        self._checking: set[str] = set()  # proxies whose health checks were logged
 
     @classmethod
     def serving(cls, ssh: CommandServerFactory, settings: ProxySettings) -> ProxyHeaderFactory:
@@ -89,6 +92,20 @@ class ProxyHeaderFactory(WrappingFactory):
         ip = host_and_port(proxy)
         peer = format_peer(proxy)
         self.admissions.sources.note_refused(source_of(ip[0] if ip else peer), peer, reason)
+
+    def health_check(self, proxy: IAddress, version: int) -> None:
+        """A LOCAL/UNKNOWN header: logged the first time a proxy sends one, not each time
+        (HAProxy's `check` with `send-proxy-v2` sends one every 2 s)."""
+        host = format_peer(proxy).rsplit(":", 1)[0]
+        if host in self._checking or len(self._checking) >= MAX_PROXIES_REMEMBERED:
+            return
+        self._checking.add(host)
+        log.info(
+            "PROXY v{version} header naming no client (LOCAL/UNKNOWN: a health check) from {proxy}; "
+            "closed, as its next ones will be without a log line",
+            version=version,
+            proxy=format_peer(proxy),
+        )
 
     def close_pending(self) -> None:
         """Close the connections still waiting for their header (at shutdown)."""
@@ -143,11 +160,7 @@ class ProxiedConnection(ProtocolWrapper):
         self._stop_deadline()
         self._reader = None
         if header.source is None:
-            log.info(
-                "PROXY v{version} header naming no client (LOCAL/UNKNOWN: a health check) from {proxy}; closing",
-                version=header.version,
-                proxy=self.proxy_text,
-            )
+            self.factory.health_check(self.proxy, header.version)
             self.transport.loseConnection()
             return
         self.client = header.source

@@ -49,7 +49,8 @@ class HAProxy:
             f"    bind 127.0.0.1:{self.port}\n"
             "    default_backend conchcmd\n"
             "backend conchcmd\n"
-            f"    server s1 127.0.0.1:{backend_port} send-proxy-v2\n"
+            # HAProxy's health checks send a LOCAL header (send-proxy-v2): closed, logged once.
+            f"    server s1 127.0.0.1:{backend_port} send-proxy-v2 check inter 300ms\n"
         )
         check = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, timeout=30)
         assert check.returncode == 0, check.stderr.decode()
@@ -139,6 +140,15 @@ def test_a_penalty_falls_on_the_failing_client_and_not_on_its_neighbour(behind: 
         "the refusal in the audit log",
     )
     assert len(connects(server, FAILING)) == 3  # the fourth never reached SSH
+
+
+def test_haproxys_health_checks_are_closed_and_logged_once(behind: tuple[Server, HAProxy]) -> None:
+    server, _ = behind
+    said = "PROXY v2 header naming no client (LOCAL/UNKNOWN: a health check) from 127.0.0.1:"
+    server.wait_for(lambda: said in server.log_text(), 10.0, "a health check in the log")
+    time.sleep(1.0)  # three more checks at least: HAProxy checks every 300 ms here
+    assert server.log_text().count(said) == 1
+    assert not any(r["event"] == "refused" and r["source"] == "127.0.0.1" for r in server.audit())
 
 
 def test_a_client_reaching_the_proxy_listener_directly_is_refused(behind: tuple[Server, HAProxy]) -> None:

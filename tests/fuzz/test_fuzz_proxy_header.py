@@ -113,7 +113,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 @fuzz(150)
 @given(streams(), st.lists(st.integers(1, 64), max_size=6))
 @example(v2("203.0.113.7") + b"SSH-2.0-fuzz\r\n", [3])
-def test_a_connection_serves_ssh_only_for_a_good_header_and_releases_everything(
+def test_ssh_only_after_a_good_header_and_everything_released(
     world: World, log_watch: LogWatch, data: bytes, sizes: list[int]
 ) -> None:
     factory = ProxyHeaderFactory.serving(world.factory, ProxySettings())

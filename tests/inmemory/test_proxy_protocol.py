@@ -127,7 +127,7 @@ def test_certificate_source_address_is_checked_against_the_headers_address(tmp_p
     assert "certificate source-address does not allow 198.51.100.9" in refused["reason"]
 
 
-def test_a_penalty_falls_on_the_failing_client_not_on_the_proxy_or_its_other_clients(lb: Balanced) -> None:
+def test_a_penalty_falls_on_the_client_not_on_the_proxy_or_its_neighbours(lb: Balanced) -> None:
     for _ in range(3):
         lb.fail_login("203.0.113.66")
     (penalty,) = lb.world.audit.of("penalty")
