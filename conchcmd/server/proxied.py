@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -58,7 +58,10 @@ class ProxySettings:
         return cls(trusted=config.proxy_from)
 
     def trusts(self, address: IAddress) -> bool:
-        """Whether `address` is a proxy in `proxy_from` (sshd's address-list matching)."""
+        """Whether `address` is a proxy in `proxy_from` (sshd's address-list matching); on a
+        `haproxy:unix:PATH` listener every peer is, the socket file's mode deciding who connects."""
+        if isinstance(address, UNIXAddress):
+            return True
         ip = host_and_port(address)
         return ip is not None and addr_match_list(normalise_peer(ip[0]), ",".join(self.trusted)) == 1
 

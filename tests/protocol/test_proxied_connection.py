@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from support.proxyheaders import v1, v2, v2_claiming, v2_local
 from twisted.internet import task
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -125,6 +125,16 @@ def test_proxy_from_patterns_decide_as_from_does() -> None:
     assert settings.trusts(IPv6Address("TCP", "::ffff:10.1.0.1", 1))  # IPv4-mapped: as IPv4
     assert not ProxySettings().trusts(IPv4Address("TCP", "192.0.2.1", 1))  # the default: loopback only
     assert ProxySettings().trusts(IPv6Address("TCP", "::1", 1))
+    assert ProxySettings().trusts(UNIXAddress(b"/run/conchcmd/proxy.sock"))  # its file mode decides
+
+
+def test_a_proxy_on_a_unix_socket_passes_its_clients_address() -> None:
+    rig = Rig()
+    conn, _ = rig.accept(UNIXAddress(b"/run/conchcmd/proxy.sock"))
+    assert conn is not None
+    conn.dataReceived(v2("203.0.113.7", sport=5555))
+    (ssh,) = rig.wrapped.protocols
+    assert ssh.peer == IPv4Address("TCP", "203.0.113.7", 5555) and ssh.via is not None
 
 
 @pytest.mark.parametrize(
