@@ -52,3 +52,16 @@ def test_a_haproxy_endpoint_inside_another_is_refused() -> None:
     assert proxy_problem("haproxy:haproxy:tcp:2222") is not None
     with pytest.raises(ConfigError, match="one PROXY header is read"):
         parse('listen = ["haproxy:haproxy:tcp:2222"]')
+
+
+def test_doctor_names_the_trusted_proxies_and_refuses_a_list_that_trusts_the_internet() -> None:
+    from conchcmd.edge.doctor import OK, PROBLEM, Invocation, _proxies, examine
+
+    assert list(_proxies(parse(""))) == []  # no haproxy: listener, nothing to say
+    (ok,) = _proxies(parse('listen = ["haproxy:tcp:2222"]\nproxy_from = ["10.0.0.0/8"]'))
+    assert ok.level == OK and ok.message == "haproxy:tcp:2222: PROXY headers accepted from 10.0.0.0/8 only"
+    for wide in ('["*"]', '["0.0.0.0/0", "::/0"]', '["10.0.0.0/8", "8.*"]'):
+        (bad,) = _proxies(parse(f'listen = ["haproxy:tcp:2222"]\nproxy_from = {wide}'))
+        assert bad.level == PROBLEM and "claim any client address" in bad.message, wide
+    everything = examine(parse('listen = ["haproxy:tcp:2222"]\nproxy_from = ["*"]'), Invocation(1000, Path("/srv")))
+    assert any(f.level == PROBLEM and "claim any client address" in f.message for f in everything)
