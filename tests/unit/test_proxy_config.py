@@ -54,7 +54,7 @@ def test_a_haproxy_endpoint_inside_another_is_refused() -> None:
         parse('listen = ["haproxy:haproxy:tcp:2222"]')
 
 
-def test_doctor_names_the_trusted_proxies_and_refuses_a_list_that_trusts_the_internet() -> None:
+def test_doctor_refuses_a_proxy_from_that_trusts_the_internet() -> None:
     from conchcmd.edge.doctor import OK, PROBLEM, Invocation, _proxies, examine
 
     assert list(_proxies(parse(""))) == []  # no haproxy: listener, nothing to say

@@ -612,6 +612,9 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_proxy_config.py::test_proxy_from_defaults_to_loopback_only",
             E + "test_e2e_haproxy.py::test_a_client_reaching_the_proxy_listener_directly_is_refused",
         ],
+        "doctor reports a proxy_from that matches public addresses": [
+            U + "test_proxy_config.py::test_doctor_refuses_a_proxy_from_that_trusts_the_internet",
+        ],
         "late, oversized (refused at the length field), malformed or missing headers: closed and counted": [
             P + "test_proxied_connection.py::test_a_bad_header_closes_the_connection_and_is_counted_against_the_proxy",
             P + "test_proxied_connection.py::test_a_header_not_complete_within_the_deadline_is_refused",
