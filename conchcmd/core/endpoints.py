@@ -58,3 +58,20 @@ def _looks_numeric(interface: str) -> bool:
     return all(c in "0123456789abcdefABCDEF.:" for c in interface.split("%", 1)[0]) and any(
         c in ".:" for c in interface
     )
+
+
+def proxied_description(description: str) -> str | None:
+    """The endpoint a `haproxy:DESCRIPTION` wraps (the text after `haproxy:`, escapes and all:
+    Twisted's parser unwraps it to the same), or None for a description that is not `haproxy:`.
+    conchcmd listens on it itself, reading the PROXY header with `conchcmd.server.proxied`."""
+    kind, colon, inner = description.partition(":")
+    return inner if colon and kind.lower() == "haproxy" else None
+
+
+def proxy_problem(description: str) -> str | None:
+    """Why conchcmd will not serve a `haproxy:` description Twisted accepts: one wrapped in
+    another (two PROXY headers, the first of them from anyone)."""
+    inner = proxied_description(description)
+    if inner is not None and proxied_description(inner) is not None:
+        return "a haproxy: endpoint inside another: one PROXY header is read"
+    return None

@@ -7,6 +7,10 @@ check of `listen` without listening (`conchcmd.core.endpoints`) therefore reads 
 parser, the `systemd:` parser, the haproxy unwrapping and the TCP endpoints' fields, all private.
 It does so only here, so a new Twisted breaks here, where tests/unit/test_conch_contract.py names
 what to re-synchronise, and nowhere else.
+
+The PROXY protocol parsers (`twisted.protocols.haproxy._v1parser`, `._v2parser`) are in
+private modules; its public `haproxy:` endpoint wraps the protocol in a way conchcmd cannot use
+(see `conchcmd.server.proxied`). conchcmd reads headers with those parsers, here.
 """
 
 from __future__ import annotations
@@ -14,8 +18,39 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, _parse, _SystemdParser
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._parser import unparseEndpoint
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+
+#: The first bytes of a v2 header (its "signature"), and of a v1 header.
+PROXY_V2_SIGNATURE: bytes = V2Parser.PREFIX
+PROXY_V1_SIGNATURE: bytes = V1Parser.PROXYSTR + b" "
+
+
+class ProxyParseError(ValueError):
+    """Twisted's parser refused the header (or raised on it: its v1 parser lets `int()` fail)."""
+
+
+def parse_proxy_v1(line: bytes) -> tuple[IAddress | None, IAddress | None]:
+    """The source and destination of a v1 header line (without its CRLF), as Twisted's
+    `V1Parser.parse` reads them; (None, None) for `PROXY UNKNOWN`."""
+    try:
+        info = V1Parser.parse(line)
+    except (InvalidProxyHeader, ValueError, UnicodeDecodeError) as e:
+        raise ProxyParseError(type(e).__name__) from None
+    return info.source, info.destination
+
+
+def parse_proxy_v2(header: bytes) -> tuple[IAddress | None, IAddress | None]:
+    """The source and destination of a whole v2 header (16 bytes and its length), as Twisted's
+    `V2Parser.parse` reads them; (None, None) for LOCAL and for the UNSPEC family or protocol."""
+    try:
+        info = V2Parser.parse(header)
+    except (InvalidProxyHeader, KeyError, ValueError, UnicodeDecodeError) as e:
+        raise ProxyParseError(type(e).__name__) from None
+    return info.source, info.destination
 
 
 def split_description(description: str) -> tuple[list[str], dict[str, str]]:

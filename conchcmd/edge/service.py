@@ -26,12 +26,14 @@ from conchcmd import __version__
 from conchcmd.app import Server, build_server
 from conchcmd.core.audit import AuditLog
 from conchcmd.core.config import Config, ConfigError, audit_group_id, load_config
+from conchcmd.core.endpoints import proxied_description, proxy_problem
 from conchcmd.core.filetrust import FileTrust
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.threads import ThreadRunner
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.server.proxied import ProxyHeaderFactory, ProxySettings
 from conchcmd.wire.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -81,6 +83,7 @@ class ConchcmdService(Service):
         self.listen = listen or config.listen
         self.config_path = config_path
         self.ports: list[Any] = []
+        self.proxy_factories: list[ProxyHeaderFactory] = []  # of the haproxy: endpoints
         self._binding: defer.Deferred[Any] | None = None  # the endpoints' listen, once started
         self.server: Server | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
@@ -158,11 +161,19 @@ class ConchcmdService(Service):
 
     def _listen(self, description: str) -> defer.Deferred[Any]:
         assert self.server is not None
+        factory: Any = self.server.factory
+        inner = proxied_description(description)
+        if inner is not None:  # haproxy:, served by conchcmd's PROXY reader (server/proxied.py)
+            problem = proxy_problem(description)
+            if problem is not None:
+                return defer.fail(StartupError(f"cannot listen on {description}: {problem}"))
+            factory = ProxyHeaderFactory.serving(factory, ProxySettings.from_config(self.config))
+            self.proxy_factories.append(factory)
         try:
-            endpoint = serverFromString(self.reactor, description)
+            endpoint = serverFromString(self.reactor, inner if inner is not None else description)
         except Exception as e:  # any bad description, e.g. `systemd:` with no inherited socket
             return defer.fail(StartupError(f"cannot listen on {description}: bad endpoint: {e}"))
-        d = endpoint.listen(self.server.factory)
+        d = endpoint.listen(factory)
 
         def listening(port: Any) -> None:
             self.ports.append(port)
@@ -215,6 +226,8 @@ class ConchcmdService(Service):
             log.info("Server stopping ({reason}) after {uptime:.0f} s", reason=self.stop_reason, uptime=uptime)
         for port in self.ports:
             port.stopListening()
+        for proxied in self.proxy_factories:
+            proxied.close_pending()
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
         def release(_: object) -> Any:

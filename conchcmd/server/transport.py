@@ -30,6 +30,7 @@ from conchcmd.server.admission import Ticket
 from conchcmd.server.authlog import AuthLog, Client
 from conchcmd.server.connection import ConnectionService
 from conchcmd.server.liveness import Liveness
+from conchcmd.server.proxied import proxy_of
 from conchcmd.server.userauth import UserAuthService
 from conchcmd.session.realm import CommandUser
 from conchcmd.wire.dispatch import KEX_ERROR, Action, Phase, Verdict
@@ -159,7 +160,8 @@ class ServerTransport(ModernServerTransport):
         limits = factory.settings.limits
         self.ourVersionString = b"SSH-2.0-" + limits.banner_version.encode("ascii")
         assert self.transport is not None
-        address = self.transport.getPeer()
+        address = self.transport.getPeer()  # behind a proxy: the client's, from the PROXY header
+        proxy = proxy_of(self.transport)
         self.peer_address = Peer.of(address)
         self.peer = self.peer_address.text
         self.auth_log = AuthLog(auth_client(address, self.peer))
@@ -175,8 +177,8 @@ class ServerTransport(ModernServerTransport):
             if factory.settings.tcp_keepalive:
                 # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
                 self.transport.setTcpKeepAlive(True)
-        log.info("Client connection from {peer}", peer=self.peer)
-        self.audit.record("connect", peer=self.peer)
+        log.info("Client connection from {peer}{via}", peer=self.peer, via=f" via {proxy}" if proxy else "")
+        self.audit.record("connect", peer=self.peer, **({"proxy": proxy} if proxy else {}))
         if IConsumer.providedBy(self.transport):
             # TCP tells us when its send buffer is full (see pauseProducing)
             self.transport.registerProducer(self, True)

@@ -57,6 +57,12 @@ PRIVATE: dict[str, str] = {
     "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "conchcmd.core.twistedprivate.tcp_port_and_interface",
     "twisted.internet.endpoints:TCP6ServerEndpoint.__init__": "conchcmd.core.twistedprivate.tcp_port_and_interface",
     "twisted.protocols.haproxy._parser:unparseEndpoint": "conchcmd.core.twistedprivate.join_description",
+    # Not Conch: Twisted's PROXY header parsers, read by conchcmd.core.proxyheader through the adapter.
+    "twisted.protocols.haproxy._v1parser:V1Parser.parse": "conchcmd.core.twistedprivate.parse_proxy_v1",
+    "twisted.protocols.haproxy._v1parser:V1Parser.PROXYSTR": "conchcmd.core.twistedprivate.PROXY_V1_SIGNATURE",
+    "twisted.protocols.haproxy._v2parser:V2Parser.parse": "conchcmd.core.twistedprivate.parse_proxy_v2",
+    "twisted.protocols.haproxy._v2parser:V2Parser.PREFIX": "conchcmd.core.twistedprivate.PROXY_V2_SIGNATURE",
+    "twisted.protocols.haproxy._exceptions:InvalidProxyHeader": "conchcmd.core.twistedprivate (caught)",
 }
 
 #: Private attributes a recorded `__init__` sets on Twisted's objects (invisible on the class): for
@@ -186,7 +192,12 @@ RECORDED: dict[str, str] = {
     'twisted.internet.endpoints:_SystemdParser._sddaemon': 'attribute ListenFDs',
     'twisted.internet.endpoints:_SystemdParser.parseStreamServer': '(self, reactor, *args, **kwargs) sha256:08a273c2a068de6281caf92c694dc2a8fc807d86ed36b161546ec4d552d148e3',
     'twisted.internet.endpoints:_parse': '(description) sha256:91037a29d4450903713b007cd342dc0850b51659d7c6731df1f1ec01a8c633e1',
+    'twisted.protocols.haproxy._exceptions:InvalidProxyHeader': 'class sha256:b925950ef1aabab7a212947ee0dad63829cd6de8cc05b54a3df0cd02a11b96bc',
     'twisted.protocols.haproxy._parser:unparseEndpoint': '(args: tuple[object, ...], kwargs: collections.abc.Mapping[str, object]) -> str sha256:48791c8cca8c5105e3c5a2c208e3e4f7059b870f16eb2df35e9a85af40e93114',
+    'twisted.protocols.haproxy._v1parser:V1Parser.PROXYSTR': 'attribute bytes',
+    'twisted.protocols.haproxy._v1parser:V1Parser.parse': "(cls, line: 'bytes') -> '_info.ProxyInfo' sha256:16dc561b83b151803d4687c6b7953af47e5b9f9beb392ad035ab546df16c5579",
+    'twisted.protocols.haproxy._v2parser:V2Parser.PREFIX': 'attribute bytes',
+    'twisted.protocols.haproxy._v2parser:V2Parser.parse': "(cls, line: 'bytes') -> '_info.ProxyInfo' sha256:95b5990be4008b5fc1f9ef558f88c0a5cf7a7b63b467c17d710f8a498980f616",
 }
 # --- end of RECORDED ---
 
@@ -391,7 +402,10 @@ def test_the_private_name_scan_finds_what_the_adapter_does() -> None:
     assert without_lines(private_twisted_names(text, conch=False)) == [
         "imports twisted.internet.endpoints._parse",
         "imports twisted.internet.endpoints._SystemdParser",
+        "imports twisted.protocols.haproxy._exceptions.InvalidProxyHeader",
         "imports twisted.protocols.haproxy._parser.unparseEndpoint",
+        "imports twisted.protocols.haproxy._v1parser.V1Parser",
+        "imports twisted.protocols.haproxy._v2parser.V2Parser",
         "reads ._port",
         "reads ._interface",
     ]
