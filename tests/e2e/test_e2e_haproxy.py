@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.e2e import SSH_TIMEOUT, ClientKeys, Server, client_env
+from support.e2e import ClientKeys
+from support.server import SSH_TIMEOUT, Server, client_env
 from support.serverfiles import hermetic_ssh
 
 pytestmark = pytest.mark.e2e
