@@ -161,6 +161,8 @@ class Config:
     """The whole effective configuration of one server."""
 
     listen: tuple[str, ...] = ("tcp:2222",)
+    #: Where Prometheus scrapes /metrics (a server endpoint description); None: no metrics.
+    metrics_listen: str | None = None
     host_keys_dir: Path = Path("keys")
     authorized_keys: str = "keys/authorized_keys/%u"
     max_clients: int = 10
@@ -195,6 +197,9 @@ class Config:
         out = [
             f"# effective configuration ({self.source or 'built-in defaults'})",
             f"listen = {_toml_list(self.listen)}",
+            f"metrics_listen = {_toml_str(self.metrics_listen)}"
+            if self.metrics_listen
+            else "# metrics_listen unset: no metrics are served",
             f"host_keys_dir = {_toml_str(str(self.host_keys_dir))}",
             f"authorized_keys = {_toml_str(self.authorized_keys)}",
             f"max_clients = {self.max_clients}",
@@ -368,6 +373,11 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
         problem = endpoint_problem(description)
         if problem is not None:
             raise top.error("listen", f"{description!r} is not an endpoint Twisted can listen on: {problem}")
+    metrics_listen = top.string("metrics_listen", "") or None
+    if metrics_listen is not None:
+        problem = endpoint_problem(metrics_listen)
+        if problem is not None:
+            raise top.error("metrics_listen", f"{metrics_listen!r} is not an endpoint Twisted can listen on: {problem}")
     host_keys_dir = Path(resolve(top.string("host_keys_dir", "keys")))
     authorized_keys = resolve(top.string("authorized_keys", Config.authorized_keys))
     max_clients = top.integer("max_clients", Config.max_clients, minimum=1)
@@ -433,6 +443,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     top.reject_unknown()
     return Config(
         listen=listen,
+        metrics_listen=metrics_listen,
         host_keys_dir=host_keys_dir,
         authorized_keys=authorized_keys,
         max_clients=max_clients,

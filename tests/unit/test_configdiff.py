@@ -47,7 +47,8 @@ def _leaves(config: Config) -> list[tuple[str, str | None]]:
 def _printed_keys(tmp_path: Path) -> set[str]:
     """`table.key` (or `key` at the top) of every setting check-config prints, optional ones set."""
     config = parse_config(
-        'trusted_user_ca_keys = "ca"\nrevoked_keys = "r"\nmax_clients_per_user = 2\naudit_group = "root"\n',
+        'trusted_user_ca_keys = "ca"\nrevoked_keys = "r"\nmax_clients_per_user = 2\naudit_group = "root"\n'
+        'metrics_listen = "tcp:9122"\n',
         base_dir=tmp_path,
     )
     keys, table = set(), ""
