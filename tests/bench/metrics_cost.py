@@ -27,7 +27,6 @@ from support.sshclient import Connection
 from support.tempdirs import trusted_temp_parent
 from support.world import World, make_world
 
-
 ROOMY: dict[str, Any] = {"max_clients": 200, "max_clients_per_user": 200}  # room for the scrape's connections
 
 
