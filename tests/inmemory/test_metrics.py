@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.keys import ed25519_key
 from support.sshclient import Connection, RecordingChannel
@@ -245,3 +246,20 @@ def test_a_request_body_is_never_kept(tmp_path: Path) -> None:
     for _ in range(10):
         request.handleContentChunk(b"x" * 100_000)
     assert request.content.getvalue() == b""
+
+
+def test_a_metrics_endpoint_that_cannot_listen_stops_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for `listen`: a systemd: endpoint parses at load time but needs systemd's socket."""
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    (tmp_path / "conchcmd.toml").write_text(
+        SERVICE_CONFIG.replace("tcp:9122:interface=127.0.0.1", "systemd:domain=INET:index=0")
+    )
+    reactor = Reactor()
+    service = ConchcmdService(load_config(tmp_path / "conchcmd.toml", cwd=tmp_path), reactor, io.StringIO())
+    service.startService()
+    failures: list[Any] = []
+    service.ready.addErrback(failures.append)
+    assert failures, "the server started without its metrics endpoint"
+    assert service.stop_reason.startswith("startup failed: cannot serve metrics on systemd:domain=INET:index=0")
+    assert "serving metrics" not in service.out.getvalue()  # type: ignore[attr-defined]

@@ -88,7 +88,9 @@ def test_users_are_reported_each_by_name() -> None:
     assert changed_settings(old, old) == []
 
 
-@pytest.mark.parametrize("setting", ["listen", "host_keys_dir", "max_sessions", "comphash.roots", "audit_log"])
+@pytest.mark.parametrize(
+    "setting", ["listen", "metrics_listen", "host_keys_dir", "max_sessions", "comphash.roots", "audit_log"]
+)
 def test_what_is_built_at_start_needs_a_restart(setting: str) -> None:
     assert not applies_on_reload(setting)
 
