@@ -255,8 +255,8 @@ class _Collector:
         yield _labelled(
             CounterMetricFamily(
                 "conchcmd_auth_attempts",
-                "Authentication attempts (those audited: not key probes, not a first `none`) by method and "
-                "result (success, failure, refused: authenticated but turned away by max_clients)",
+                "Authentication attempts as audited (not a key probe answered PK_OK, not a first `none`) by "
+                "method and result (success, failure, refused: authenticated but turned away by max_clients)",
                 labels=["method", "result"],
             ),
             m.auth,
