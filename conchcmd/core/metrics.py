@@ -108,7 +108,7 @@ class Metrics:
         self.version = version
         #: The command names a label may hold (others are "other"); the exit statuses likewise.
         self.commands = frozenset(commands)
-        self.statuses = {status: str(status) for status in statuses}
+        self.statuses = {int(status): str(int(status)) for status in statuses}
         self.accepted = 0
         self.refused: dict[str, int] = {}  # by reason
         self.auth: dict[tuple[str, str], int] = {}  # by (method, result)

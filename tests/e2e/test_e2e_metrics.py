@@ -52,8 +52,10 @@ def metered(make_server: Callable[..., Server]) -> Iterator[Metered]:
     for _ in range(2):
         assert server.ssh("help", key=server.keys.stranger).returncode == 255  # Permission denied
     refused_once(server)
-    server.wait_no_clients()
-    yield Metered(server, port, small.stat().st_size)
+    metered = Metered(server, port, small.stat().st_size)
+    # Every connection has ended on the server's side (an ssh client may exit before that).
+    server.wait_for(lambda: len(server.audit_since(0, "disconnect")) == 6, 20, "the six disconnect records")
+    yield metered
 
 
 EXPECTED = {
