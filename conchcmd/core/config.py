@@ -376,6 +376,8 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     metrics_listen = top.string("metrics_listen", "") or None
     if metrics_listen is not None:
         problem = endpoint_problem(metrics_listen)
+        if problem is None and metrics_listen.split(":", 1)[0].lower() == "haproxy":
+            problem = "a PROXY header is for the SSH listeners, not for metrics"
         if problem is not None:
             raise top.error("metrics_listen", f"{metrics_listen!r} is not an endpoint Twisted can listen on: {problem}")
     host_keys_dir = Path(resolve(top.string("host_keys_dir", "keys")))

@@ -214,6 +214,7 @@ def test_metrics_listen_is_kept_and_shown() -> None:
         ('metrics_listen = "tcp:99999"', "'tcp:99999' is not an endpoint Twisted can listen on: port 99999"),
         ('metrics_listen = "bogus:1"', "'bogus:1' is not an endpoint Twisted can listen on: "),
         ('metrics_listen = "tcp:9122:interface=1.2.3"', "is not an endpoint Twisted can listen on: interface"),
+        ('metrics_listen = "haproxy:tcp:9122"', "a PROXY header is for the SSH listeners, not for metrics"),
         ('metrics_listen = ""', "must not be empty"),
         ("metrics_listen = 9122", "must be a string, not int"),
         ('metrics_listen = ["tcp:9122"]', "must be a string, not list"),
