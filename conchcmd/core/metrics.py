@@ -142,7 +142,7 @@ class Metrics:
     def _auth(self, fields: dict[str, Any]) -> None:
         method = fields.get("method")
         method = method if method in AUTH_METHODS else OTHER
-        if fields.get("ok", True):
+        if fields.get("ok") is True:
             result = "success"
         else:
             kind = refusal_kind(str(fields.get("reason", "")))
