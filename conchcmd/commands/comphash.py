@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +117,9 @@ class Hasher:
     `max_concurrent_per_user` for any one user (so one user cannot take every slot); a hash over
     either limit waits for a slot. Cancellation stops the thread."""
 
-    def __init__(self, config: ComphashConfig, runner: BlockingRunner):
+    def __init__(self, config: ComphashConfig, runner: BlockingRunner, on_hashed: Callable[[int], None] | None = None):
         self.roots = config.roots  # resolved on each hash: see hash_file
+        self.on_hashed = on_hashed  # told each file's size once it is hashed to the end (the metrics)
         self.runner = runner
         self.semaphore = defer.DeferredSemaphore(config.max_concurrent)
         self.per_user_limit = config.per_user_limit
@@ -164,6 +166,8 @@ class Hasher:
         def finished(outcome: Any) -> Any:
             self.semaphore.release()  # only now: the thread is really done
             self._release(user, slots)
+            if self.on_hashed is not None and isinstance(outcome, HashResult):
+                self.on_hashed(outcome.size)
             return outcome
 
         return await abandonable(work.addBoth(finished), lambda _: cancelled.set())

@@ -21,6 +21,7 @@ from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import LimitsConfig, default_clients_per_user
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.core.peer import format_peer, host_and_port
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -90,6 +91,11 @@ class Admission:
         if self.total_startups >= self.limits.max_startups and not self._is_trusted(source, now):
             return f"too many unauthenticated connections ({self.limits.max_startups})"
         return None
+
+    def penalised(self) -> int:
+        """How many sources are refused now for a penalty."""
+        now = self.clock.seconds()
+        return sum(1 for record in self._records.values() if record.until > now)
 
     def note_refused(self, source: str, peer: str, reason: str) -> None:
         """Log and audit refusals: the first at once, then a count at most every few seconds."""
@@ -246,7 +252,9 @@ class Admissions:
         *,
         max_clients: int,
         max_clients_per_user: int | None = None,
+        metrics: ConnectionMetrics = NO_METRICS,
     ):
+        self.metrics = metrics
         self.sources = Admission(limits, clock, audit)
         self.slots = ClientSlots(max_clients, max_clients_per_user)
 
@@ -262,6 +270,7 @@ class Admissions:
         if refusal is None:
             return False
         self.sources.note_refused(source, format_peer(address), refusal)
+        self.metrics.connection_refused(refusal)
         return True
 
     def start(self, host: str | None, peer: str, connection_id: str) -> Ticket:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import AlgorithmsConfig, Config, LimitsConfig
+from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.policy.auth import PasswordChecker
 from conchcmd.server.admission import Admissions
 from conchcmd.server.connection import ConnectionService
@@ -65,6 +66,7 @@ class CommandServerFactory(SSHFactory):
         settings: ServerSettings,
         passwords: PasswordChecker | None = None,
         known_user: Callable[[str], bool] | None = None,
+        metrics: ConnectionMetrics = NO_METRICS,
     ):
         self.publicKeys = dict(host_keys.public)
         self.privateKeys = dict(host_keys.private)
@@ -76,12 +78,14 @@ class CommandServerFactory(SSHFactory):
         self.passwords = passwords
         #: Whether a user name is one that can log in (else the auth lines say "invalid user").
         self.known_user: Callable[[str], bool] = known_user or (lambda _name: True)
+        self.metrics = metrics
         self.admissions = Admissions(
             settings.limits,
             clock,
             audit,
             max_clients=settings.max_clients,
             max_clients_per_user=settings.max_clients_per_user,
+            metrics=metrics,
         )
         available = usable_key_exchanges()
         algorithms = settings.algorithms

@@ -499,6 +499,7 @@ class ServerTransport(ModernServerTransport):
         if self.ticket is not None:
             factory.admissions.release(self.ticket, self._strike())
         factory.transports.discard(self)
+        factory.metrics.connection_closed(self.bytes_sent, max(self.kex_count - 1, 0))
         duration = round(factory.clock.seconds() - self.started, 3)
         refused = self.refusals.summary()
         log.info(

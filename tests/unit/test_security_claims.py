@@ -778,6 +778,25 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             E + "test_e2e_fail2ban.py::test_real_logins_through_the_real_fail2ban_regex",
         ],
     },
+    "Metrics carry no client text.": {
+        "off by default": [
+            U + "test_metrics.py::test_metrics_listen_is_unset_by_default_and_said_so",
+            M + "test_metrics.py::test_no_metrics_without_metrics_listen",
+        ],
+        "label values from fixed sets only; a hostile command line counts as other": [
+            U + "test_metrics.py::test_command_labels_come_from_fixed_sets",
+            U + "test_metrics.py::test_auth_method_labels_are_the_rfc_names_or_other",
+            U + "test_metrics.py::test_every_refusal_text_of_the_admission_control_has_its_kind",
+            M + "test_metrics.py::test_client_text_never_becomes_a_label",
+        ],
+        "only GET /metrics; anything else 404": [
+            M + "test_metrics.py::test_the_service_serves_get_metrics_on_metrics_listen_only",
+            E + "test_e2e_metrics.py::test_only_get_metrics_is_served",
+        ],
+        "a request body is never stored": [
+            M + "test_metrics.py::test_a_request_body_is_never_kept",
+        ],
+    },
 }
 
 
