@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.server import Server, next_source
 from support.prometheus import PROMETHEUS, Prometheus, http_get
+from support.server import Server, next_source
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")]
 
