@@ -73,7 +73,10 @@ class KexState:
 
 
 class UserAuthHooks(userauth.SSHUserAuthServer):
-    """SSHUserAuthServer whose private success and failure callbacks call public hooks."""
+    """SSHUserAuthServer whose private success and failure callbacks call public hooks, without
+    Conch's debug lines per attempt ("trying auth", "failed auth": `serve` filters them out)."""
+
+    _log = QuietLogger()
 
     def _cbFinishedAuth(self, result: Any) -> None:
         self.auth_succeeded(result)
@@ -109,4 +112,3 @@ class QuietChannel(channel.SSHChannel):
     """SSHChannel without Conch's per-channel info lines (they cost more than the channel's work)."""
 
     _log = QuietLogger()
-
