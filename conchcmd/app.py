@@ -14,7 +14,7 @@ from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import Config
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.policy.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
-from conchcmd.server.services import CommandServerFactory, ServerSettings
+from conchcmd.server.factory import CommandServerFactory, ServerSettings
 from conchcmd.session.channel import ShellSettings
 from conchcmd.session.completion import Completer
 from conchcmd.session.realm import CommandRealm

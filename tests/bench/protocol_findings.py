@@ -182,13 +182,13 @@ def finding_5() -> None:
             conn.auth.send_request(b"publickey", conn.auth.signed(ed25519_key()))
             conn.flush()
         conns.append(conn)
-    held = w.factory.slots.used
+    held = w.factory.admissions.slots.used
     for conn in conns:
         conn.client.transport.loseConnection()
         conn.flush()
     print(
         f"5  2 clients, each logging in again twice on its connection: {refused} turned away; slots used"
-        f" {held} of 3 while connected, {w.factory.slots.used} after they left"
+        f" {held} of 3 while connected, {w.factory.admissions.slots.used} after they left"
     )
 
 

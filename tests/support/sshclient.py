@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.test import iosim
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
-from conchcmd.server.services import CommandServerFactory
+from conchcmd.server.factory import CommandServerFactory
 from conchcmd.wire.framing import ModernFraming
 
 
