@@ -249,12 +249,13 @@ class ModernFraming(KexState):
 
     def _count(self, n: int) -> None:
         self._bytes_since_kex += n
+        # The limits first: they are rarely reached, and the phase and state checks cost calls.
         if (
             self._first_kex_done
-            and self.may_rekey()
-            and self.kex_idle()
             and not self._dead
             and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
+            and self.may_rekey()
+            and self.kex_idle()
         ):
             self._bytes_since_kex = 0
             self._keyed_at = self.now()
