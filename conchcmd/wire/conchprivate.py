@@ -72,6 +72,14 @@ class KexState:
         self._newKeys()
 
 
+class QuietTransportLog:
+    """For a mixin placed before Conch's server transport: its `_log` without the debug and info
+    lines of every connection ("NEW KEYS", "starting service", "connection lost"...), which
+    `serve` filters out anyway, after they have cost their dispatch; warnings and errors pass."""
+
+    _log = QuietLogger()
+
+
 class UserAuthHooks(userauth.SSHUserAuthServer):
     """SSHUserAuthServer whose private success and failure callbacks call public hooks, without
     Conch's debug lines per attempt ("trying auth", "failed auth": `serve` filters them out)."""

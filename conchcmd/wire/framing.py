@@ -30,8 +30,7 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 from twisted.internet.interfaces import IReactorTime
 
-from conchcmd.core.audit import QuietLogger
-from conchcmd.wire.conchprivate import KexState
+from conchcmd.wire.conchprivate import KexState, QuietTransportLog
 from conchcmd.wire.dispatch import Action, Phase, Verdict, decide, phase_of
 from conchcmd.wire.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
 
@@ -335,12 +334,9 @@ class ModernFraming(KexState):
         self.conch_new_keys()
 
 
-class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
+class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
-    # Conch's debug/info lines per connection ("NEW KEYS", "starting service", "connection
-    # lost"...) are filtered out by `serve` anyway, after costing their dispatch; warnings pass.
-    _log = QuietLogger()
     _cheap_rekeys: deque[float] | None = None
 
     def may_rekey(self) -> bool:
