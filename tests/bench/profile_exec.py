@@ -18,6 +18,7 @@ process (all its threads) from /proc/PID/stat across the execs, divided by their
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import os
@@ -42,6 +43,16 @@ def cpu_s(pid: int) -> float:
     """utime+stime (and reaped children) of pid, all threads, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_ns(pid: int) -> int:
+    """CPU time on a core of pid's live threads, in ns (/proc/PID/task/*/schedstat): the same time
+    as utime+stime without its 10 ms ticks, for short rounds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that has just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def children_cpu_s() -> float:
@@ -112,13 +123,14 @@ class Server:
         out = subprocess.run(argv, capture_output=True, check=True, timeout=60).stdout
         assert len(out.split()[0]) == 64, out
 
-    def execs(self, n: int) -> tuple[float, float]:
-        """Run n fresh execs; returns (server CPU ms per exec, client CPU ms per exec)."""
-        server0, client0 = cpu_s(self.proc.pid), children_cpu_s()
+    def execs(self, n: int) -> tuple[float, float, float]:
+        """Run n fresh execs; returns ms per exec: server CPU (utime+stime), server CPU (schedstat),
+        client CPU."""
+        server0, ns0, client0 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
         for _ in range(n):
             self.ssh()
-        server1, client1 = cpu_s(self.proc.pid), children_cpu_s()
-        return (server1 - server0) * 1000 / n, (client1 - client0) * 1000 / n
+        server1, ns1, client1 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
+        return (server1 - server0) * 1000 / n, (ns1 - ns0) / 1e6 / n, (client1 - client0) * 1000 / n
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -171,7 +183,7 @@ def profile(fx: Fixture, tree: Path, execs: int, top: int, keep: Path | None) ->
         server.execs(10)  # warm-up: imports, first-use caches
         os.kill(server.proc.pid, signal.SIGUSR1)
         time.sleep(0.2)
-        per_exec, client = server.execs(execs)
+        per_exec, _, client = server.execs(execs)
         os.kill(server.proc.pid, signal.SIGUSR2)
         deadline = time.time() + 30
         while not stats_file.exists() and time.time() < deadline:
@@ -188,10 +200,11 @@ def profile(fx: Fixture, tree: Path, execs: int, top: int, keep: Path | None) ->
 
 
 def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: Path | None) -> None:
-    servers = [Server(fx, tree, f"tree{i}") for i, tree in enumerate(trees)]
+    servers: list[Server] = [Server(fx, tree, f"tree{i}") for i, tree in enumerate(trees)]
     if asyncssh is not None:
         servers.append(AsyncsshServer(fx, asyncssh))
-    per: dict[int, list[float]] = {i: [] for i in range(len(servers))}
+    ticks: dict[int, list[float]] = {i: [] for i in range(len(servers))}
+    sched: dict[int, list[float]] = {i: [] for i in range(len(servers))}
     clients: list[float] = []
     try:
         for s in servers:
@@ -199,23 +212,34 @@ def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: P
         for r in range(rounds):
             order = list(range(len(servers))) if r % 2 == 0 else list(reversed(range(len(servers))))
             for i in order:
-                server_ms, client_ms = servers[i].execs(execs)
-                per[i].append(server_ms)
+                by_ticks, by_sched, client_ms = servers[i].execs(execs)
+                ticks[i].append(by_ticks)
+                sched[i].append(by_sched)
                 clients.append(client_ms)
     finally:
         for s in servers:
             s.stop()
-    print(f"server CPU ms per fresh exec, {rounds} interleaved rounds of {execs} execs")
+    print(f"server CPU ms per fresh exec, {rounds} interleaved rounds of {execs} execs; median (min-max)")
+    print("  utime+stime (as ../shared/bench/run.py)   schedstat (ns)   server")
     for i, server in enumerate(servers):
-        xs = per[i]
-        print(f"  {server}: median {statistics.median(xs):.2f} (min {min(xs):.2f}, max {max(xs):.2f})")
+        a, b = ticks[i], sched[i]
+        print(
+            f"  {statistics.median(a):5.2f} ({min(a):.2f}-{max(a):.2f})"
+            f"                  {statistics.median(b):5.2f} ({min(b):.2f}-{max(b):.2f})   {server}"
+        )
     print(f"  ssh client CPU per exec (the floor): median {statistics.median(clients):.2f}")
-    if len(trees) == 2:
-        print(f"  ratio after/before: {statistics.median(per[1]) / statistics.median(per[0]):.2f}")
+
+    def paired(i: int, j: int) -> str:
+        """Median over rounds of the per-round ratio: both measured minutes apart at most."""
+        by_ticks = statistics.median(x / y for x, y in zip(ticks[i], ticks[j], strict=True))
+        by_sched = statistics.median(x / y for x, y in zip(sched[i], sched[j], strict=True))
+        return f"{by_ticks:.2f} (utime+stime), {by_sched:.2f} (schedstat)"
+
+    for i in range(1, len(trees)):
+        print(f"  {trees[i]} / {trees[0]}: {paired(i, 0)}")
     if asyncssh is not None:
-        theirs = statistics.median(per[len(trees)])
         for i, tree in enumerate(trees):
-            print(f"  {tree} / asyncssh: {statistics.median(per[i]) / theirs:.2f}")
+            print(f"  {tree} / asyncssh: {paired(i, len(trees))}")
 
 
 def serve_profiled(stats_file: str, config: str) -> None:
