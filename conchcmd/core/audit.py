@@ -37,11 +37,18 @@ def _json_escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
+#: Every character sanitise() escapes; text without any is returned as it is, without the loop.
+_NEEDS_ESCAPE = re.compile(f"[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff{_REORDERING}]")
+
+
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     """Make untrusted text safe to log: control characters, undecodable bytes, line separators
     and bidi controls become escapes."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "surrogateescape")
+    head = value[:limit]
+    if _NEEDS_ESCAPE.search(head) is None:
+        return head + "..." if len(value) > limit else head
     out = []
     for ch in value[:limit]:
         code = ord(ch)

@@ -7,6 +7,7 @@ group or others. Anyone else who could write one of them could authorize their o
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import stat
@@ -67,10 +68,18 @@ def _fix(path: str, st: os.stat_result, trust: FileTrust, subject: str) -> str:
     return " && ".join(steps) + (f", or move {subject} elsewhere" if directory else "")
 
 
+@functools.lru_cache(maxsize=256)
+def _ancestors(start: str) -> tuple[str, ...]:
+    """`start` and every directory above it, up to `/` (names only: each is stat'ed every time)."""
+    chain = [start]
+    while (parent := os.path.dirname(chain[-1])) != chain[-1]:
+        chain.append(parent)
+    return tuple(chain)
+
+
 def _directory_chain(start: str, trust: FileTrust, subject: str) -> Untrusted | None:
     """Check `start` (a resolved directory) and every directory above it, up to `/`."""
-    directory = start
-    while True:
+    for directory in _ancestors(start):
         try:
             st = os.stat(directory)
         except OSError:
@@ -78,24 +87,24 @@ def _directory_chain(start: str, trust: FileTrust, subject: str) -> Untrusted | 
         if _bad(st, trust):
             reason = f"bad ownership or modes for directory {directory}"
             return Untrusted(directory, reason, _fix(directory, st, trust, subject))
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+    return None
 
 
-def file_problem(path: str, file_stat: os.stat_result, trust: FileTrust) -> Untrusted | None:
+def file_problem(
+    path: str, file_stat: os.stat_result, trust: FileTrust, *, resolved: str | None = None
+) -> Untrusted | None:
     """sshd's `safe_path` for a file already opened (`file_stat` is its fstat), or None if trusted.
 
-    The path is resolved first, so a symlink is judged by where it leads; the resolved file must
-    be the one that was opened, else it changed under us and is not trusted this time.
+    The path is resolved first (`resolved`, when the caller has the kernel's name for the opened
+    file), so a symlink is judged by where it leads; the resolved file must be the one that was
+    opened, else it changed under us and is not trusted this time.
     """
     if not stat.S_ISREG(file_stat.st_mode):
         return Untrusted(path, f"{path} is not a regular file", f"replace {path} with a regular file")
     if not trust.strict:
         return None
     try:
-        real = os.path.realpath(path, strict=True)
+        real = resolved if resolved is not None else os.path.realpath(path, strict=True)
         real_stat = os.stat(real)
     except OSError as e:
         return Untrusted(path, f"realpath {path} failed: {e.strerror}", f"check {path}")
@@ -115,6 +124,17 @@ def directory_problem(path: str, trust: FileTrust) -> Untrusted | None:
     except OSError as e:
         return Untrusted(path, f"realpath {path} failed: {e.strerror}", f"check {path}")
     return _directory_chain(real, trust, f"the files in {path}")
+
+
+def opened_path(fd: int) -> str | None:
+    """The kernel's absolute, symlink-free name for an open file (/proc/self/fd): what realpath
+    works out component by component in Python, in one readlink. None without /proc, or for a
+    file unlinked since (the name then ends " (deleted)")."""
+    try:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return name if name.startswith("/") and not name.endswith(" (deleted)") else None
 
 
 def path_problem(path: str, trust: FileTrust) -> Untrusted | None:
@@ -146,7 +166,8 @@ class CheckedFile:
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         try:
             self.stat = os.fstat(self._fd)
-            problem = file_problem(path, self.stat, trust)
+            resolved = opened_path(self._fd) if trust.strict and stat.S_ISREG(self.stat.st_mode) else None
+            problem = file_problem(path, self.stat, trust, resolved=resolved)
         except BaseException:
             os.close(self._fd)
             raise

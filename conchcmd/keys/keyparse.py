@@ -69,11 +69,12 @@ def public_key_from_line(field: KeyField) -> Key:
     return key
 
 
-def private_key_from_file(data: bytes, path: str) -> Key:
-    """A private key from the contents of the key file at `path` (OpenSSH or PEM). EncryptedKeyFile
-    when it has a passphrase; KeyParseError when it cannot be read."""
+def private_key_from_file(data: bytes, path: str, *, kind: type[Key] = Key) -> Key:
+    """A private key from the contents of the key file at `path` (OpenSSH or PEM), as a `kind`
+    (Key or a subclass). EncryptedKeyFile when it has a passphrase; KeyParseError when it cannot
+    be read."""
     try:
-        return Key.fromString(data)
+        return kind.fromString(data)
     except EncryptedKeyError:
         raise EncryptedKeyFile(path) from None
     except _PARSER_ERRORS as e:

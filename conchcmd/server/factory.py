@@ -92,6 +92,13 @@ class CommandServerFactory(SSHFactory):
         self.key_exchanges = [k.encode() for k in algorithms.kex_algorithms if k.encode() in available]
         self.ciphers = [c.encode() for c in algorithms.ciphers]
         self.macs = [m.encode() for m in algorithms.macs]
+        # Conch advertises SHA-1 `ssh-rsa` for RSA host keys: left out.
+        self.host_key_algorithms = [
+            algorithm
+            for key in self.privateKeys.values()
+            for algorithm in key.supportedSignatureAlgorithms()
+            if algorithm not in SHA1_HOST_KEY_ALGORITHMS
+        ]
         self.transports: set[ServerTransport] = set()
         self.internal_errors = InternalErrors()
         self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
@@ -99,13 +106,16 @@ class CommandServerFactory(SSHFactory):
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
         if self.admissions.refuse(addr):
             return None  # Twisted closes the socket at once: no banner, no kex, no CPU
-        t = super().buildProtocol(addr)
-        # Conch advertises SHA-1 `ssh-rsa` for RSA host keys, overwritten here after the fact.
-        t.supportedPublicKeys = [a for a in t.supportedPublicKeys if a not in SHA1_HOST_KEY_ALGORITHMS]
+        # Built as Factory does it, not through SSHFactory.buildProtocol: what that works out for
+        # every connection (the host-key algorithms, a key-exchange list without group exchange, a
+        # log line saying so) is the same for all of them, and set here from lists made once.
+        t = self.protocol()
+        t.factory = self
+        t.supportedPublicKeys = self.host_key_algorithms
         t.supportedKeyExchanges = self.key_exchanges
         t.supportedCiphers = self.ciphers
         t.supportedMACs = self.macs
-        return t  # type: ignore[return-value]
+        return t
 
     def close_all(self, why: bytes) -> defer.Deferred[None]:
         """Disconnect every client with a reason; fires when all are gone, or after a grace time."""

@@ -117,11 +117,24 @@ class UserAuthService(UserAuthHooks):
         self._in_progress = True
         self._requests += 1
         self._note_user(getNS(packet)[0])
-        d = super().ssh_USERAUTH_REQUEST(packet)
+        if getNS(packet, 3)[2] not in self.supportedAuthentications:
+            d = self._refuse_method(packet)
+        else:
+            d = super().ssh_USERAUTH_REQUEST(packet)
         if d is None:  # Conch has answered already
             self._request_done(None)
             return None
         return d.addBoth(self._request_done)
+
+    def _refuse_method(self, packet: bytes) -> Any:
+        """A method not offered (`none` above all: OpenSSH's first question on every connection),
+        answered as Conch answers it (its ssh_USERAUTH_REQUEST state, then auth_failed with
+        tryAuth's ConchError), without the Deferred chain that re-raises the Failure on the way."""
+        user, next_service, method, _ = getNS(packet, 3)
+        if user != self.user or next_service != self.nextService:
+            self.authenticatedWith = []
+        self.user, self.nextService, self.method = user, next_service, method
+        return self.auth_failed(Failure(conch_error.ConchError("unsupported authentication, failing")))
 
     def _note_user(self, name: bytes) -> None:
         """A request for a user name not seen on this connection: whether it is one that can log

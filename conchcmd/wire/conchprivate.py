@@ -72,8 +72,19 @@ class KexState:
         self._newKeys()
 
 
+class QuietTransportLog:
+    """For a mixin placed before Conch's server transport: its `_log` without the debug and info
+    lines of every connection ("NEW KEYS", "starting service", "connection lost"...), which
+    `serve` filters out anyway, after they have cost their dispatch; warnings and errors pass."""
+
+    _log = QuietLogger()
+
+
 class UserAuthHooks(userauth.SSHUserAuthServer):
-    """SSHUserAuthServer whose private success and failure callbacks call public hooks."""
+    """SSHUserAuthServer whose private success and failure callbacks call public hooks, without
+    Conch's debug lines per attempt ("trying auth", "failed auth": `serve` filters them out)."""
+
+    _log = QuietLogger()
 
     def _cbFinishedAuth(self, result: Any) -> None:
         self.auth_succeeded(result)
@@ -109,4 +120,3 @@ class QuietChannel(channel.SSHChannel):
     """SSHChannel without Conch's per-channel info lines (they cost more than the channel's work)."""
 
     _log = QuietLogger()
-

@@ -30,7 +30,7 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 from twisted.internet.interfaces import IReactorTime
 
-from conchcmd.wire.conchprivate import KexState
+from conchcmd.wire.conchprivate import KexState, QuietTransportLog
 from conchcmd.wire.dispatch import Action, Phase, Verdict, decide, phase_of
 from conchcmd.wire.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
 
@@ -250,12 +250,13 @@ class ModernFraming(KexState):
 
     def _count(self, n: int) -> None:
         self._bytes_since_kex += n
+        # The limits first: they are rarely reached, and the phase and state checks cost calls.
         if (
             self._first_kex_done
-            and self.may_rekey()
-            and self.kex_idle()
             and not self._dead
             and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
+            and self.may_rekey()
+            and self.kex_idle()
         ):
             self._bytes_since_kex = 0
             self._keyed_at = self.now()
@@ -335,7 +336,7 @@ class ModernFraming(KexState):
         self.conch_new_keys()
 
 
-class ModernServerTransport(ModernFraming, transport.SSHServerTransport):
+class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
     _cheap_rekeys: deque[float] | None = None

@@ -6,6 +6,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -29,6 +30,31 @@ class EncryptedHostKey(HostKeyError):
         self.path = path
         self.fix = fix
         super().__init__(f"host key {path} is encrypted with a passphrase; conchcmd needs an unencrypted key: {fix}")
+
+
+class HostKey(Key):
+    """Conch's Key for a loaded host key, with what Conch asks of it in every key exchange (its
+    type, SSH type name and public blob, each worked out from isinstance checks against
+    cryptography's ABCs) worked out once: a loaded host key does not change."""
+
+    _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
+    _ssh_type: bytes | None = None
+    _blob: bytes | None = None
+
+    def type(self) -> Literal["RSA", "DSA", "EC", "Ed25519"]:
+        if self._type is None:
+            self._type = super().type()
+        return self._type
+
+    def sshType(self) -> bytes:
+        if self._ssh_type is None:
+            self._ssh_type = super().sshType()
+        return self._ssh_type
+
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = super().blob()
+        return self._blob
 
 
 @dataclass(frozen=True)
@@ -132,7 +158,7 @@ def load_host_keys(directory: Path, *, trust: FileTrust | None = None) -> HostKe
             continue
         check_private_mode(path)
         try:
-            key = private_key_from_file(read_trusted(str(path), trust), str(path))
+            key = private_key_from_file(read_trusted(str(path), trust), str(path), kind=HostKey)
         except UntrustedFile as e:
             raise HostKeyError(f"host key {path}: {e.problem.reason}; fix: {e.problem.fix}") from None
         except EncryptedKeyFile as e:
@@ -141,7 +167,7 @@ def load_host_keys(directory: Path, *, trust: FileTrust | None = None) -> HostKe
             raise HostKeyError(f"cannot load host key {path}: {e}") from None
         if not key.isPublic():
             private[key.sshType()] = key
-            public[key.sshType()] = key.public()
+            public[key.sshType()] = HostKey.fromString(key.public().blob(), type="blob")
             files.append(path)
     if not private:
         raise HostKeyError(f"no host key in {directory}; run `conchcmd keygen`")

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from conchcmd.core.config import parse_config
-from conchcmd.core.filetrust import FileTrust, directory_problem, file_problem, path_problem
+from conchcmd.core.filetrust import CheckedFile, FileTrust, directory_problem, file_problem, opened_path, path_problem
 from conchcmd.edge import cli
 from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
 from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
@@ -170,6 +170,43 @@ def test_a_non_regular_file_is_refused_without_blocking_even_when_loose(tmp_path
         with capturedLogs() as events:
             assert AuthorizedKeysFiles(f"{tmp_path}/users/%u", trust=trust).entries_for("alice") == ()
         assert [formatEvent(e) for e in events] == [f"Ignoring {path}: {path} is not a regular file"]
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "trusted"])
+def test_the_kernel_s_name_for_the_opened_file_gives_realpath_s_verdict(
+    tmp_path: Path, key_text: str, kind: str
+) -> None:
+    """CheckedFile resolves the opened file by /proc/self/fd (one readlink) rather than realpath:
+    the same file, the same directories checked, the same reason and fix, in every layout."""
+    if kind == "trusted":
+        (tmp_path / "users").mkdir(mode=0o755)
+        path = _write(tmp_path / "users" / "alice", key_text)
+    else:
+        path = layout(tmp_path, kind, key_text).path
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert opened_path(fd) == os.path.realpath(path)
+        by_proc = file_problem(str(path), os.fstat(fd), STRICT, resolved=opened_path(fd))
+        by_realpath = file_problem(str(path), os.fstat(fd), STRICT)
+    finally:
+        os.close(fd)
+    assert by_proc == by_realpath
+    assert (by_proc is None) == (kind == "trusted")
+    if by_proc is None:
+        with CheckedFile(str(path), STRICT) as f:
+            assert f.read() == key_text.encode()
+
+
+def test_a_file_unlinked_after_it_was_opened_has_no_kernel_name_and_is_not_trusted(tmp_path: Path) -> None:
+    path = _write(tmp_path / "alice", "x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        path.unlink()
+        assert opened_path(fd) is None  # "... (deleted)": realpath's answer is used, and fails
+        problem = file_problem(str(path), os.fstat(fd), STRICT, resolved=opened_path(fd))
+    finally:
+        os.close(fd)
+    assert problem is not None and problem.reason.startswith(f"realpath {path} failed")
 
 
 def test_a_file_replaced_between_open_and_check_is_not_trusted(tmp_path: Path) -> None:

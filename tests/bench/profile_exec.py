@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""Server CPU per fresh `ssh host comphash SMALL`, and a profile of where it goes.
+
+Two modes, both against real `conchcmd serve` processes on 127.0.0.1 and the real OpenSSH client:
+
+  profile  (default) one server under cProfile, switched on only around N fresh execs (after a
+           warm-up): prints the server CPU per exec and the top entries by tottime and cumulative.
+               python tests/bench/profile_exec.py [--execs 200] [--top 30]
+  compare  one unprofiled server per source tree, run side by side and interleaved (rounds of
+           --execs execs, each tree in turn), so that a shared, noisy machine affects all alike:
+               python tests/bench/profile_exec.py --compare BEFORE_TREE AFTER_TREE [--rounds 6]
+
+Server CPU is what ../shared/bench/run.py's m_exec_latency measures: utime+stime of the server
+process (all its threads) from /proc/PID/stat across the execs, divided by their number; the
+`ssh` client's own CPU (the floor) is this script's children's CPU. Not part of the pytest run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[2]
+
+LISTENING = re.compile(rb"\(127\.0\.0\.1:(\d+)\)")
+
+
+def cpu_s(pid: int) -> float:
+    """utime+stime (and reaped children) of pid, all threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_ns(pid: int) -> int:
+    """CPU time on a core of pid's live threads, in ns (/proc/PID/task/*/schedstat): the same time
+    as utime+stime without its 10 ms ticks, for short rounds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that has just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def children_cpu_s() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+class Fixture:
+    """A client key, a 4 KiB file to hash, and a log for lastlog, in a directory strict_modes trusts."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.key = root / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        self.small = root / "small.bin"
+        self.small.write_bytes(os.urandom(4096))
+        self.log = root / "syslog"
+        self.log.write_bytes(b"Nov 26 15:02:03 lab CRON[4945]: (root) CMD (true)\n" * 100)
+
+
+class Server:
+    """`python -m conchcmd serve` from `tree` (PYTHONPATH), optionally under this script's
+    profiling wrapper; its own directory, host key and audit log, as ../shared/bench/run.py sets up."""
+
+    def __init__(self, fx: Fixture, tree: Path, name: str, profile_to: Path | None = None):
+        self.fx, self.tree, self.name = fx, tree, name
+        d = fx.root / name
+        users = d / "keys" / "authorized_keys"
+        users.mkdir(parents=True)
+        (users / "bench").write_text(fx.key.with_suffix(".pub").read_text())
+        (users / "bench").chmod(0o600)
+        config = d / "conchcmd.toml"
+        config.write_text(
+            f'listen = ["tcp:0:interface=127.0.0.1"]\nhost_keys_dir = "keys"\n'
+            f'authorized_keys = "keys/authorized_keys/%u"\naudit_log = "audit.jsonl"\n'
+            f"max_clients = 10000\nmax_sessions = 100\nmax_startups = 1000\n"
+            f'[lastlog]\npath = "{fx.log}"\nlines = 10\n[comphash]\nroots = ["{fx.root}"]\n'
+        )
+        if profile_to is None:
+            argv = [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)]
+        else:
+            argv = [sys.executable, str(HERE), "--serve-profiled", str(profile_to), "--config", str(config)]
+        self.log = d / "server.log"
+        self.out = self.log.open("wb")
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, cwd=d, env=env)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            m = LISTENING.search(self.log.read_bytes())
+            if m:
+                self.port = int(m.group(1))
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit(self.log.read_text())
+        if self.proc.poll() is not None:
+            raise SystemExit(self.log.read_text())
+
+    def __str__(self) -> str:
+        return str(self.tree)
+
+    def ssh(self) -> None:
+        argv = ["ssh", "-F", "/dev/null", "-q", "-p", str(self.port), "-i", str(self.fx.key),
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "IdentitiesOnly=yes", "bench@127.0.0.1", "comphash", str(self.fx.small)]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, check=True, timeout=60).stdout
+        assert len(out.split()[0]) == 64, out
+
+    def execs(self, n: int) -> tuple[float, float, float]:
+        """Run n fresh execs; returns ms per exec: server CPU (utime+stime), server CPU (schedstat),
+        client CPU."""
+        server0, ns0, client0 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
+        for _ in range(n):
+            self.ssh()
+        server1, ns1, client1 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
+        return (server1 - server0) * 1000 / n, (ns1 - ns0) / 1e6 / n, (client1 - client0) * 1000 / n
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        self.out.close()
+
+
+class AsyncsshServer(Server):
+    """The AsyncSSH anchor (../shared/bench/anchors/asyncssh_server.py: PORT HOSTKEY AUTHORIZED_KEYS
+    LOG), for the ratio the issue's target is stated in."""
+
+    def __init__(self, fx: Fixture, script: Path):
+        self.fx, self.tree, self.name = fx, script, "asyncssh"
+        d = fx.root / "asyncssh"
+        d.mkdir()
+        hostkey = d / "host_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        argv = [sys.executable, str(script), str(self.port), str(hostkey), str(fx.key.with_suffix(".pub")), str(fx.log)]
+        self.log = d / "server.log"
+        self.out = self.log.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, cwd=d)
+        deadline = time.time() + 30
+        while b"ready" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(self.log.read_text())
+            time.sleep(0.05)
+
+
+def summary(stats_file: Path, top: int) -> str:
+    """The top entries by own time and by cumulative time, paths shortened to the package."""
+    text = io.StringIO()
+    st = pstats.Stats(str(stats_file), stream=text)
+    st.strip_dirs()
+    for order in ("tottime", "cumulative"):
+        text.write(f"--- top {top} by {order} ---\n")
+        st.sort_stats(order).print_stats(top)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    return "\n".join(line for line in lines if not line.lstrip().startswith(("Ordered by", "List reduced"))) + "\n"
+
+
+def profile(fx: Fixture, tree: Path, execs: int, top: int, keep: Path | None) -> None:
+    stats_file = keep.resolve() if keep else fx.root / "exec.prof"
+    stats_file.unlink(missing_ok=True)
+    server = Server(fx, tree, "profiled", profile_to=stats_file)
+    try:
+        server.execs(10)  # warm-up: imports, first-use caches
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        time.sleep(0.2)
+        per_exec, _, client = server.execs(execs)
+        os.kill(server.proc.pid, signal.SIGUSR2)
+        deadline = time.time() + 30
+        while not stats_file.exists() and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    print(f"{execs} fresh execs of `ssh host comphash 4KiB` (tree {tree})")
+    print(f"server CPU per exec under cProfile: {per_exec:.2f} ms; ssh client CPU per exec: {client:.2f} ms")
+    stats = pstats.Stats(str(stats_file))
+    calls = stats.total_calls  # type: ignore[attr-defined]
+    print(f"reactor thread, per exec: {calls / execs:.0f} function calls (the figure a busy machine does not move)")
+    print("(times below are wall-clock under cProfile: shares, not CPU figures; epoll.poll is the idle wait)")
+    print(summary(stats_file, top))
+
+
+def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: Path | None) -> None:
+    servers: list[Server] = [Server(fx, tree, f"tree{i}") for i, tree in enumerate(trees)]
+    if asyncssh is not None:
+        servers.append(AsyncsshServer(fx, asyncssh))
+    ticks: dict[int, list[float]] = {i: [] for i in range(len(servers))}
+    sched: dict[int, list[float]] = {i: [] for i in range(len(servers))}
+    clients: list[float] = []
+    try:
+        for s in servers:
+            s.execs(10)  # warm-up
+        for r in range(rounds):
+            order = list(range(len(servers))) if r % 2 == 0 else list(reversed(range(len(servers))))
+            for i in order:
+                by_ticks, by_sched, client_ms = servers[i].execs(execs)
+                ticks[i].append(by_ticks)
+                sched[i].append(by_sched)
+                clients.append(client_ms)
+    finally:
+        for s in servers:
+            s.stop()
+    print(f"server CPU ms per fresh exec, {rounds} interleaved rounds of {execs} execs; median (min-max)")
+    print("  utime+stime (as ../shared/bench/run.py)   schedstat (ns)   server")
+    for i, server in enumerate(servers):
+        a, b = ticks[i], sched[i]
+        print(
+            f"  {statistics.median(a):5.2f} ({min(a):.2f}-{max(a):.2f})"
+            f"                  {statistics.median(b):5.2f} ({min(b):.2f}-{max(b):.2f})   {server}"
+        )
+    print(f"  ssh client CPU per exec (the floor): median {statistics.median(clients):.2f}")
+
+    def paired(i: int, j: int) -> str:
+        """Median over rounds of the per-round ratio: both measured minutes apart at most."""
+        by_ticks = statistics.median(x / y for x, y in zip(ticks[i], ticks[j], strict=True))
+        by_sched = statistics.median(x / y for x, y in zip(sched[i], sched[j], strict=True))
+        return f"{by_ticks:.2f} (utime+stime), {by_sched:.2f} (schedstat)"
+
+    for i in range(1, len(trees)):
+        print(f"  {trees[i]} / {trees[0]}: {paired(i, 0)}")
+    if asyncssh is not None:
+        for i, tree in enumerate(trees):
+            print(f"  {tree} / asyncssh: {paired(i, len(trees))}")
+
+
+def serve_profiled(stats_file: str, config: str) -> None:
+    """The server side of `profile`: conchcmd serve, with cProfile on between SIGUSR1 and SIGUSR2."""
+    from conchcmd.edge import cli
+
+    # The default (wall-clock) timer: a CPU-time timer is a system call per event and distorts the
+    # profile more than a busy machine does (preemption lands in functions in proportion to their time).
+    profiler = cProfile.Profile()
+
+    def on(*_: object) -> None:
+        profiler.enable()
+
+    def off(*_: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(stats_file)
+
+    signal.signal(signal.SIGUSR1, on)
+    signal.signal(signal.SIGUSR2, off)
+    sys.exit(cli.main(["serve", "--config", config]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--execs", type=int, default=200)
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--tree", type=Path, default=REPO, help="the source tree to profile (default: this one)")
+    ap.add_argument("--keep", type=Path, help="also write the raw cProfile stats here (for pstats/snakeviz)")
+    ap.add_argument("--compare", type=Path, nargs="+", metavar="TREE")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--asyncssh", type=Path, metavar="SCRIPT", help="also run this AsyncSSH server in the comparison")
+    ap.add_argument("--serve-profiled", metavar="STATS", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_profiled:
+        serve_profiled(args.serve_profiled, args.config)
+        return
+    # Only here: the profiled server (above) must import conchcmd from its own PYTHONPATH tree.
+    sys.path[:0] = [str(HERE.parents[1]), str(REPO)]  # tests/, for support; the repository
+    from support.tempdirs import trusted_temp_parent
+
+    with tempfile.TemporaryDirectory(prefix="conchcmd-profile-", dir=trusted_temp_parent()) as tmp:
+        fx = Fixture(Path(tmp))
+        if args.compare:
+            compare(fx, [t.resolve() for t in args.compare], args.execs, args.rounds, args.asyncssh)
+        else:
+            profile(fx, args.tree.resolve(), args.execs, args.top, args.keep)
+
+
+if __name__ == "__main__":
+    main()
