@@ -143,6 +143,14 @@ class Server(ServerFiles):
             self.authorize(user, *lines)
         self.spawn(self.command(self) if self.command is not None else None, self.env_extra, **(self.popen_extra or {}))
         self.port = self.wait_listening(LISTENING, START_TIMEOUT)
+        if self.audit_to_file():
+            # the server_start record follows the listening line: a mark taken before it would count it
+            wait_for(lambda: any(e["event"] == "server_start" for e in self.audit()), START_TIMEOUT, "server_start")
+
+    def audit_to_file(self) -> bool:
+        """Whether this server's audit records go to its audit.jsonl (not syslog, journal or off)."""
+        merged = {**self.default_settings(), **self.settings}
+        return merged.get("audit_log") == "audit.jsonl"
 
     # -- the process -----------------------------------------------------------------------
 
