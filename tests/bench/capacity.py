@@ -11,7 +11,13 @@ Starts `python -m conchcmd serve` on 127.0.0.1 with the admission limits raised 
      of `--sessions` in turn;
   3. at each level: the server's PSS per session ((PSS now - PSS before) / sessions), the same
      fresh-exec rate and CPU per exec with the sessions open, and that the last session opened
-     still answers (`comphash` through its shell).
+     still answers (`comphash` through its shell);
+  4. once every session is closed, the idle figures again (the 2 cores are shared: the two idle
+     figures bracket the machine's drift during the run).
+
+`--tracemalloc FRAMES` runs the server under tracemalloc (slow: the figures are then not
+comparable) and prints the allocation sites that grew per session, after a gc.collect(), with
+the sessions open and again once they are closed (what is left then would be a leak).
 
 File descriptors: the server holds one per session, each client process one per session it
 opens, so the soft RLIMIT_NOFILE is raised to the hard limit here, and the server and the
@@ -54,10 +60,11 @@ EXEC_SOURCE = "127.0.0.2"  # the OpenSSH clients' source; the idle sessions' are
 FDS_SPARE = 100  # descriptors besides the sessions': listening socket, logs, exec clients, Python
 #: `--tracemalloc`: the server runs under tracemalloc and dumps a snapshot on SIGUSR1.
 TRACED_SERVER = """
-import os, runpy, signal, sys, tracemalloc
+import gc, os, runpy, signal, sys, tracemalloc
 tracemalloc.start(int(os.environ["CAPACITY_TRACE_FRAMES"]))
 def dump(_signum, _frame):
     path = os.environ["CAPACITY_SNAPSHOT"]
+    print("capacity: gc.collect() found", gc.collect(), "unreachable objects", flush=True)
     tracemalloc.take_snapshot().dump(path + ".tmp")
     os.replace(path + ".tmp", path)
 signal.signal(signal.SIGUSR1, dump)
@@ -149,12 +156,10 @@ class Server(ServerFiles):
         assert self.proc is not None
         return self.proc.pid
 
-    def transports_open(self) -> int:
-        """TCP connections established to the server's port (the idle sessions and any exec)."""
-        out = subprocess.run(
-            ["ss", "-Htn", "state", "established", f"( sport = :{self.port} )"], capture_output=True, text=True
-        ).stdout
-        return len(out.splitlines())
+    def all_connections_lost(self) -> bool:
+        """Every connection the server logged as made it has also logged as lost."""
+        text = self.log_text()
+        return text.count("Client connection from") == text.count("Lost client connection")
 
     def exec_argv(self) -> list[str]:
         return hermetic_ssh(self.port, self.key, USER, EXEC_SOURCE, remote=f"comphash {self.small}", options=["-q"])
@@ -324,7 +329,7 @@ def traced_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, ses
     total = sum(d.size_diff for d in diffs)
     lines = [f"traced growth: {total / sessions / 1024:.2f} KiB per session (Python allocations only)"]
     for d in diffs[:top]:
-        frames = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in d.traceback[:4])
+        frames = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in list(reversed(d.traceback))[:5])
         lines.append(f"{d.size_diff / sessions:9.1f} B/session {d.count_diff / sessions:6.2f} blocks/session  {frames}")
     return lines
 
@@ -380,10 +385,21 @@ def run(
             pool = None
             # The idle server again, after the sessions have gone: brackets the machine's drift
             # (the 2 cores are shared) between the first idle figure and this one.
-            wait_for(lambda: not server.transports_open(), 120.0, "the sessions to close")
+            wait_for(server.all_connections_lost, 120.0, "the server to see every session close")
+            if before is not None:
+                time.sleep(2.0)
+                print("after the sessions closed:", flush=True)
+                for line in traced_growth(before, server.snapshot(), max(levels), 30):
+                    print(line, flush=True)
             again = exec_rate(server, execs, rounds)
             out["idle_after"] = {"pss_mib": round(pss_kib(server.pid) / 1024, 1), **again}
             print("0 sessions again:", json.dumps(out["idle_after"]), flush=True)
+            text = server.log_text()
+            out["connections_logged"] = {
+                "made": text.count("Client connection from"),
+                "lost": text.count("Lost client connection"),
+            }
+            print("connections logged:", json.dumps(out["connections_logged"]), flush=True)
         finally:
             if pool is not None:
                 pool.close()
