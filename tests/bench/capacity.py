@@ -60,11 +60,15 @@ EXEC_SOURCE = "127.0.0.2"  # the OpenSSH clients' source; the idle sessions' are
 FDS_SPARE = 100  # descriptors besides the sessions': listening socket, logs, exec clients, Python
 #: `--tracemalloc`: the server runs under tracemalloc and dumps a snapshot on SIGUSR1.
 TRACED_SERVER = """
-import gc, os, runpy, signal, sys, tracemalloc
+import gc, os, runpy, signal, sys, time, tracemalloc
 tracemalloc.start(int(os.environ["CAPACITY_TRACE_FRAMES"]))
 def dump(_signum, _frame):
     path = os.environ["CAPACITY_SNAPSHOT"]
-    print("capacity: gc.collect() found", gc.collect(), "unreachable objects", flush=True)
+    tracked, started = len(gc.get_objects()), time.perf_counter()
+    found = gc.collect()
+    took = (time.perf_counter() - started) * 1000
+    with open(path + ".gc", "w") as f:
+        f.write(f"gc.collect(): {found} unreachable of {tracked} tracked objects, {took:.0f} ms (traced)")
     tracemalloc.take_snapshot().dump(path + ".tmp")
     os.replace(path + ".tmp", path)
 signal.signal(signal.SIGUSR1, dump)
@@ -149,6 +153,7 @@ class Server(ServerFiles):
         assert self.proc is not None
         self.proc.send_signal(signal.SIGUSR1)
         wait_for(self.snapshot_path.exists, 120.0, "the tracemalloc snapshot")
+        print(Path(f"{self.snapshot_path}.gc").read_text(), flush=True)
         return tracemalloc.Snapshot.load(str(self.snapshot_path))
 
     @property
