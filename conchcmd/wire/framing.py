@@ -397,6 +397,14 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
                 transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"invalid key exchange value: %s" % str(e)[:100].encode()
             )
 
+    def take_new_keys(self) -> None:
+        # Both KEXINIT payloads served only this key exchange's hash, computed before our
+        # NEWKEYS went out (a rekey brings new ones): Conch kept them for the connection's life,
+        # 2-3 KiB of each idle session (a client's KEXINIT lists every algorithm it knows).
+        # Dropped first: what the key exchange held back, sent now, may start the next one.
+        self.ourKexInitPayload = self.otherKexInitPayload = b""
+        super().take_new_keys()
+
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         if packet != b"":
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS takes no data")
