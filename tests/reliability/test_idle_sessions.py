@@ -64,7 +64,7 @@ def pss_kib(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server(make_server):
     room = {"max_clients_per_user": SESSIONS + 10, "max_startups": 100, "max_startups_per_source": 100}
-    return make_server(max_clients=SESSIONS + 10, limits=room)
+    return make_server(max_clients=SESSIONS + 10, settings=room)
 
 
 def test_idle_sessions_cost_at_most_16_kib_each(server, data, tmp_path):
