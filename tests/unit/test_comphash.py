@@ -26,6 +26,7 @@ from conchcmd.commands.comphash import (
     make_comphash,
 )
 from conchcmd.commands.framework import InlineRunner
+from conchcmd.commands.safepath import Opened
 from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig
 
 CONTENT = bytes(range(256)) * 41 + b"tail"
@@ -534,3 +535,14 @@ def test_comphash_command_gives_another_user_a_slot(harness, root: Path, sync) -
     assert sync.success(d).status == 0
     assert stdout.data == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n".encode()
     assert not any(x.called for x in held)
+
+
+def test_a_small_file_that_grew_after_it_was_opened_is_read_to_its_end(root: Path) -> None:
+    """The one-read path for small files takes the size seen at open as a hint, not a limit."""
+    grown = CONTENT * 3  # bigger than the size below, and than one read of size + 1
+    (root / "log").write_bytes(grown)
+    fd = os.open(root / "log", os.O_RDONLY)
+    result = comphash._hash_small(Opened(fd, f"{root}/log", size=10), "sha256", threading.Event())
+    assert (result.digest, result.size) == (hashlib.sha256(grown).hexdigest(), len(grown))
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
