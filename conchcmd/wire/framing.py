@@ -250,10 +250,11 @@ class ModernFraming(KexState):
         self._bytes_since_kex += n
         if (
             self._first_kex_done
+            and not self._dead
+            # the limits first: may_rekey works out the connection's phase, on every packet before
+            and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
             and self.may_rekey()
             and self.kex_idle()
-            and not self._dead
-            and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
         ):
             self._bytes_since_kex = 0
             self._keyed_at = self.now()

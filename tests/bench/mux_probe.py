@@ -291,6 +291,7 @@ async def run_mux(fx: Fixture, servers: list[Server], args: argparse.Namespace) 
                     "reactor_sleeps": round(r[2] / args.n, 1),  # per exec: epoll_wait or futex (GIL) waits
                     "reactor_idle": round(1 - (r[0] + r[1]) / 1e9 / wall, 2),  # share of the wall time asleep
                     "workers_cpu_ms": round(w[0] / 1e6 / args.n, 3),
+                    "workers_runq": round(w[1] / 1e9 / wall, 2),  # summed over the worker threads
                     "workers_sleeps": round(w[2] / args.n, 1),
                 }
                 schedstat[s.name].append(row)
@@ -323,6 +324,7 @@ async def run_mux(fx: Fixture, servers: list[Server], args: argparse.Namespace) 
             "reactor_sleeps",
             "reactor_idle",
             "workers_cpu_ms",
+            "workers_runq",
             "workers_sleeps",
         ):
             result[s.name][k] = round(statistics.median(row[k] for row in schedstat[s.name]), 3)
