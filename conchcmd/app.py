@@ -48,13 +48,15 @@ def build_server(
     password_runner: BlockingRunner,
     hostname: str | None = None,
     settings: ServerSettings | None = None,
+    bulk_runner: BlockingRunner | None = None,
 ) -> Server:
     """Assemble commands, auth, realm and SSH factory; nothing listens yet.
 
     `runner` serves the commands (hashing, reading logs, completion); `password_runner` only the
-    password checks, so that authentication load never waits for, or delays, a command.
+    password checks, so that authentication load never waits for, or delays, a command;
+    `bulk_runner` (default `runner`) the hashes of big files, so that they yield to the rest.
     """
-    table = build_command_table(config, runner, reactor)
+    table = build_command_table(config, runner, reactor, bulk_runner)
     dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure)
     authorizer = KeyAuthorizer.from_config(config, reactor)
     shell = ShellSettings(

@@ -94,11 +94,14 @@ def make_help(table: CommandTable) -> Command:
     )
 
 
-def build_command_table(config: Config, runner: BlockingRunner, reactor: Any) -> CommandTable:
-    """The commands every session offers, each built from only what it needs."""
+def build_command_table(
+    config: Config, runner: BlockingRunner, reactor: Any, bulk_runner: BlockingRunner | None = None
+) -> CommandTable:
+    """The commands every session offers, each built from only what it needs. `bulk_runner`
+    hashes big files (see Hasher); default `runner`."""
     table = CommandTable()
     table.add(make_lastlog(config.lastlog, build_sources(config.lastlog, runner, reactor, reactor)))
-    table.add(make_comphash(config.comphash, Hasher(config.comphash, runner), reactor))
+    table.add(make_comphash(config.comphash, Hasher(config.comphash, runner, bulk_runner), reactor))
     table.add(make_help(table))
     table.add(make_exit())
     return table

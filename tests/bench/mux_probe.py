@@ -332,10 +332,11 @@ async def run_mux(fx: Fixture, servers: list[Server], args: argparse.Namespace) 
 
 
 async def run_responsive(fx: Fixture, servers: list[Server], args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for s in servers:
-        meds = []
-        for _ in range(args.rounds):
+    """run.py's `_responsive`: two `comphash BIG` on one connection, then 10 `lastlog` on it, their
+    median ms; one round per server in turn, `--rounds` times."""
+    medians: dict[str, list[float]] = {s.name: [] for s in servers}
+    for i in range(args.rounds):
+        for s in servers if i % 2 == 0 else list(reversed(servers)):
             async with await connect(fx, s.port) as conn:
                 big = [asyncio.create_task(conn.run(f"comphash {fx.big}")) for _ in range(2)]
                 await asyncio.sleep(0.3)
@@ -345,10 +346,12 @@ async def run_responsive(fx: Fixture, servers: list[Server], args: argparse.Name
                     await conn.run("lastlog", check=True)
                     ts.append((time.perf_counter() - t) * 1000)
                 await asyncio.gather(*big)
-                meds.append(statistics.median(ts))
+                medians[s.name].append(statistics.median(ts))
                 print(s.name, [round(t, 1) for t in ts], flush=True)
-        out[s.name] = {"medians_ms": [round(m, 2) for m in meds], "median_ms": round(statistics.median(meds), 2)}
-    return out
+    return {
+        name: {"medians_ms": [round(m, 2) for m in ms], "median_ms": round(statistics.median(ms), 2)}
+        for name, ms in medians.items()
+    }
 
 
 def main() -> None:
