@@ -8,13 +8,16 @@ from typing import Any
 
 from twisted.cred.portal import Portal
 
+from conchcmd import __version__
 from conchcmd.commands.builtin import build_command_table
-from conchcmd.commands.framework import Dispatcher
+from conchcmd.commands.framework import Dispatcher, ExitStatus
 from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import Config
+from conchcmd.core.metrics import NO_METRICS, Metrics
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.policy.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
-from conchcmd.server.services import CommandServerFactory, ServerSettings
+from conchcmd.server.factory import CommandServerFactory, ServerSettings
+from conchcmd.server.livestate import FactoryState
 from conchcmd.session.channel import ShellSettings
 from conchcmd.session.completion import Completer
 from conchcmd.session.realm import CommandRealm
@@ -30,6 +33,7 @@ class Server:
     authorizer: KeyAuthorizer
     realm: CommandRealm
     passwords: PasswordChecker
+    metrics: Metrics | None = None  # with `metrics_listen` only
 
     def reload(self, config: Config) -> None:
         """New users, keys and policy for logins from now on; sessions keep what they have."""
@@ -56,7 +60,15 @@ def build_server(
     password checks, so that authentication load never waits for, or delays, a command;
     `bulk_runner` (default `runner`) the hashes of big files, so that they yield to the rest.
     """
-    table = build_command_table(config, runner, reactor, bulk_runner)
+    metrics = None
+    if config.metrics_listen is not None:
+        metrics = Metrics(version=__version__, statuses=ExitStatus)
+        audit = metrics.audit_sink(audit)  # counts what the audit records say
+    table = build_command_table(
+        config, runner, reactor, bulk_runner, on_hashed=metrics.file_hashed if metrics else None
+    )
+    if metrics is not None:
+        metrics.commands = frozenset(command.name for command in table)  # any other name counts as "other"
     dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure)
     authorizer = KeyAuthorizer.from_config(config, reactor)
     shell = ShellSettings(
@@ -76,5 +88,8 @@ def build_server(
         settings=settings or ServerSettings.from_config(config),
         passwords=passwords,
         known_user=lambda user: user in realm.users or authorizer.knows(user),
+        metrics=metrics or NO_METRICS,
     )
-    return Server(factory, dispatcher, authorizer, realm, passwords)
+    if metrics is not None:
+        metrics.watch(FactoryState(factory))
+    return Server(factory, dispatcher, authorizer, realm, passwords, metrics)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,8 +176,15 @@ class Hasher:
     through the reactor and the threads waited for a CPU (12 ms for a `lastlog`, 1 ms idle).
     """
 
-    def __init__(self, config: ComphashConfig, runner: BlockingRunner, bulk_runner: BlockingRunner | None = None):
+    def __init__(
+        self,
+        config: ComphashConfig,
+        runner: BlockingRunner,
+        on_hashed: Callable[[int], None] | None = None,
+        bulk_runner: BlockingRunner | None = None,
+    ):
         self.roots = config.roots  # resolved on each hash: see hash_file
+        self.on_hashed = on_hashed  # told each file's size once it is hashed to the end (the metrics)
         self.runner = runner
         self.bulk_runner = bulk_runner or runner
         self.semaphore = defer.DeferredSemaphore(config.max_concurrent)
@@ -234,6 +242,8 @@ class Hasher:
         def finished(outcome: Any) -> Any:
             self.semaphore.release()  # only now: the thread is really done
             self._release(user, slots)
+            if self.on_hashed is not None and isinstance(outcome, HashResult):
+                self.on_hashed(outcome.size)
             return outcome
 
         return await abandonable(work.addBoth(finished), lambda _: cancelled.set())

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conchcmd.core.endpoints import endpoint_problem
+from conchcmd.core.endpoints import endpoint_problem, proxy_problem
 from conchcmd.core.hostmatch import PatternError, addr_match_list, check_pattern
 
 DEFAULT_CONFIG_NAME = "conchcmd.toml"
@@ -161,6 +161,11 @@ class Config:
     """The whole effective configuration of one server."""
 
     listen: tuple[str, ...] = ("tcp:2222",)
+    #: Address patterns of the proxies a `haproxy:` listener accepts connections (and their
+    #: PROXY headers, which name the client) from; anyone else is refused.
+    proxy_from: tuple[str, ...] = ("127.0.0.1", "::1")
+    #: Where Prometheus scrapes /metrics (a server endpoint description); None: no metrics.
+    metrics_listen: str | None = None
     host_keys_dir: Path = Path("keys")
     authorized_keys: str = "keys/authorized_keys/%u"
     max_clients: int = 10
@@ -195,6 +200,10 @@ class Config:
         out = [
             f"# effective configuration ({self.source or 'built-in defaults'})",
             f"listen = {_toml_list(self.listen)}",
+            f"proxy_from = {_toml_list(self.proxy_from)}",
+            f"metrics_listen = {_toml_str(self.metrics_listen)}"
+            if self.metrics_listen
+            else "# metrics_listen unset: no metrics are served",
             f"host_keys_dir = {_toml_str(str(self.host_keys_dir))}",
             f"authorized_keys = {_toml_str(self.authorized_keys)}",
             f"max_clients = {self.max_clients}",
@@ -365,9 +374,17 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
 
     listen = top.strings("listen", Config.listen)
     for description in listen:
-        problem = endpoint_problem(description)
+        problem = endpoint_problem(description) or proxy_problem(description)
         if problem is not None:
             raise top.error("listen", f"{description!r} is not an endpoint Twisted can listen on: {problem}")
+    proxy_from = _address_patterns(top, "proxy_from", Config.proxy_from, allow_empty=False)
+    metrics_listen = top.string("metrics_listen", "") or None
+    if metrics_listen is not None:
+        problem = endpoint_problem(metrics_listen)
+        if problem is None and metrics_listen.split(":", 1)[0].lower() == "haproxy":
+            problem = "a PROXY header is for the SSH listeners, not for metrics"
+        if problem is not None:
+            raise top.error("metrics_listen", f"{metrics_listen!r} is not an endpoint Twisted can listen on: {problem}")
     host_keys_dir = Path(resolve(top.string("host_keys_dir", "keys")))
     authorized_keys = resolve(top.string("authorized_keys", Config.authorized_keys))
     max_clients = top.integer("max_clients", Config.max_clients, minimum=1)
@@ -433,6 +450,8 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None) -> Co
     top.reject_unknown()
     return Config(
         listen=listen,
+        proxy_from=proxy_from,
+        metrics_listen=metrics_listen,
         host_keys_dir=host_keys_dir,
         authorized_keys=authorized_keys,
         max_clients=max_clients,
@@ -572,10 +591,12 @@ def _parse_limits(top: _Reader) -> LimitsConfig:
     return limits
 
 
-def _address_patterns(top: _Reader, key: str) -> tuple[str, ...]:
+def _address_patterns(
+    top: _Reader, key: str, default: tuple[str, ...] = (), *, allow_empty: bool = True
+) -> tuple[str, ...]:
     """A list of address patterns as `from=` takes them, each checked as sshd checks
     PerSourcePenaltyExemptList: a host name, or a mask that does not fit its address, is an error."""
-    patterns = top.strings(key, (), allow_empty=True)
+    patterns = top.strings(key, default, allow_empty=allow_empty)
     for pattern in patterns:
         try:
             check_pattern(pattern)

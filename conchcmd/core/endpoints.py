@@ -7,44 +7,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.internet.endpoints import (
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    _parse,
-    _SystemdParser,
-    serverFromString,
+from twisted.internet.endpoints import serverFromString
+
+from conchcmd.core.twistedprivate import (
+    join_description,
+    split_description,
+    systemd_endpoint_unadopted,
+    tcp_port_and_interface,
 )
-from twisted.protocols.haproxy._parser import unparseEndpoint
 
 
 class _ParsingOnly:
     """The reactor the parsed endpoints are given: they only keep it, since nothing here listens."""
-
-
-class _EveryDescriptor:
-    """Any index or name of an inherited descriptor, present (as -1)."""
-
-    def __getitem__(self, key: object) -> int:
-        return -1
-
-
-class _AnyInheritedSockets:
-    """Stands in for systemd's inherited sockets (twisted.python.systemd.ListenFDs): every index and
-    name is there, so that the description itself is checked without the sockets."""
-
-    def inheritedDescriptors(self) -> _EveryDescriptor:
-        return _EveryDescriptor()
-
-    def inheritedNamedDescriptors(self) -> _EveryDescriptor:
-        return _EveryDescriptor()
-
-
-class _SystemdDescriptionParser(_SystemdParser):
-    """Twisted's `systemd:` parser, which looks the inherited socket up while parsing; with every
-    socket present it checks the rest (domain, exactly one of index and name) as it would when
-    serving, and adopts nothing."""
-
-    _sddaemon = _AnyInheritedSockets()  # type: ignore[assignment]
 
 
 def endpoint_problem(description: str) -> str | None:
@@ -55,21 +29,22 @@ def endpoint_problem(description: str) -> str | None:
     """
     reactor: Any = _ParsingOnly()
     try:
-        args, kwargs = _parse(description)
+        args, kwargs = split_description(description)
         while args and args[0].lower() == "haproxy":  # as Twisted's haproxy parser unwraps it
-            description = unparseEndpoint(args[1:], kwargs)
-            args, kwargs = _parse(description)
+            description = join_description(args[1:], kwargs)
+            args, kwargs = split_description(description)
         if args and args[0].lower() == "systemd":
-            endpoint = _SystemdDescriptionParser().parseStreamServer(reactor, *args[1:], **kwargs)
+            endpoint = systemd_endpoint_unadopted(reactor, args[1:], kwargs)
         else:
             endpoint = serverFromString(reactor, description)
     except Exception as e:  # Twisted's parsers raise whatever their arguments cause
         return str(e) or type(e).__name__
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+    tcp = tcp_port_and_interface(endpoint)
+    if tcp is not None:
         # Twisted parses both as given; bind() refuses them only when serving.
-        if not 0 <= endpoint._port <= 65535:
-            return f"port {endpoint._port} is not between 0 and 65535"
-        interface = endpoint._interface
+        port, interface = tcp
+        if not 0 <= port <= 65535:
+            return f"port {port} is not between 0 and 65535"
         if interface and _looks_numeric(interface):
             try:
                 ipaddress.ip_address(interface.split("%", 1)[0])
@@ -83,3 +58,20 @@ def _looks_numeric(interface: str) -> bool:
     return all(c in "0123456789abcdefABCDEF.:" for c in interface.split("%", 1)[0]) and any(
         c in ".:" for c in interface
     )
+
+
+def proxied_description(description: str) -> str | None:
+    """The endpoint a `haproxy:DESCRIPTION` wraps (the text after `haproxy:`, escapes and all:
+    Twisted's parser unwraps it to the same), or None for a description that is not `haproxy:`.
+    conchcmd listens on it itself, reading the PROXY header with `conchcmd.server.proxied`."""
+    kind, colon, inner = description.partition(":")
+    return inner if colon and kind.lower() == "haproxy" else None
+
+
+def proxy_problem(description: str) -> str | None:
+    """Why conchcmd will not serve a `haproxy:` description Twisted accepts: one wrapped in
+    another (two PROXY headers, the first of them from anyone)."""
+    inner = proxied_description(description)
+    if inner is not None and proxied_description(inner) is not None:
+        return "a haproxy: endpoint inside another: one PROXY header is read"
+    return None

@@ -26,12 +26,16 @@ from conchcmd import __version__
 from conchcmd.app import Server, build_server
 from conchcmd.core.audit import AuditLog
 from conchcmd.core.config import Config, ConfigError, audit_group_id, load_config
+from conchcmd.core.endpoints import proxied_description, proxy_problem
 from conchcmd.core.filetrust import FileTrust
 from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.core.metrics import Metrics
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.threads import ThreadRunner
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
+from conchcmd.edge.metricsweb import MetricsSite
 from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.server.proxied import ProxyHeaderFactory, ProxySettings
 from conchcmd.wire.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -83,6 +87,8 @@ class ConchcmdService(Service):
         self.listen = listen or config.listen
         self.config_path = config_path
         self.ports: list[Any] = []
+        self.proxy_factories: list[ProxyHeaderFactory] = []  # of the haproxy: endpoints
+        self.metrics_ports: list[Any] = []  # `metrics_listen`'s
         self._binding: defer.Deferred[Any] | None = None  # the endpoints' listen, once started
         self.server: Server | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
@@ -149,6 +155,8 @@ class ConchcmdService(Service):
             if self.server is None:
                 self.prepare()
             listening = [self._listen(description) for description in self.listen]
+            if self.server is not None and self.server.metrics is not None and self.config.metrics_listen:
+                listening.append(self._serve_metrics(self.config.metrics_listen, self.server.metrics))
             self._binding = defer.gatherResults(listening, consumeErrors=True)
         return self._binding
 
@@ -164,20 +172,40 @@ class ConchcmdService(Service):
 
     def _listen(self, description: str) -> defer.Deferred[Any]:
         assert self.server is not None
+        factory: Any = self.server.factory
+        inner = proxied_description(description)
+        if inner is not None:  # haproxy:, served by conchcmd's PROXY reader (server/proxied.py)
+            problem = proxy_problem(description)
+            if problem is not None:
+                return defer.fail(StartupError(f"cannot listen on {description}: {problem}"))
+            factory = ProxyHeaderFactory.serving(factory, ProxySettings.from_config(self.config))
+            self.proxy_factories.append(factory)
+        return self._open(description, inner or description, factory, self.ports, "listen on", "listening on")
+
+    def _serve_metrics(self, description: str, metrics: Metrics) -> defer.Deferred[Any]:
+        """Listen on `metrics_listen` for Prometheus's scrapes, as on a `listen` endpoint."""
+        site = MetricsSite(metrics, self.reactor)
+        return self._open(description, description, site, self.metrics_ports, "serve metrics on", "serving metrics on")
+
+    def _open(
+        self, description: str, endpoint_description: str, factory: Any, ports: list[Any], verb: str, doing: str
+    ) -> defer.Deferred[Any]:
+        """Listen with `factory` on the endpoint `endpoint_description` (`description` less any
+        `haproxy:`), adding the port to `ports`; the messages name `description`."""
         try:
-            endpoint = serverFromString(self.reactor, description)
+            endpoint = serverFromString(self.reactor, endpoint_description)
         except Exception as e:  # any bad description, e.g. `systemd:` with no inherited socket
-            return defer.fail(StartupError(f"cannot listen on {description}: bad endpoint: {e}"))
-        d = endpoint.listen(self.server.factory)
+            return defer.fail(StartupError(f"cannot {verb} {description}: bad endpoint: {e}"))
+        d = endpoint.listen(factory)
 
         def listening(port: Any) -> None:
-            self.ports.append(port)
+            ports.append(port)
             ip = host_and_port(port.getHost())
             where = f"{ip[0]}:{ip[1]}" if ip is not None else ":"
-            self.say(f"conchcmd: listening on {description} ({where})")
+            self.say(f"conchcmd: {doing} {description} ({where})")
 
         def failed(failure: Any) -> None:
-            raise StartupError(f"cannot listen on {description}: {failure.getErrorMessage()}")
+            raise StartupError(f"cannot {verb} {description}: {failure.getErrorMessage()}")
 
         return d.addCallbacks(listening, failed)
 
@@ -219,8 +247,10 @@ class ConchcmdService(Service):
         if started_at is not None:
             uptime = self.reactor.seconds() - started_at
             log.info("Server stopping ({reason}) after {uptime:.0f} s", reason=self.stop_reason, uptime=uptime)
-        for port in self.ports:
+        for port in self.ports + self.metrics_ports:
             port.stopListening()
+        for proxied in self.proxy_factories:
+            proxied.close_pending()
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
         def release(_: object) -> Any:
@@ -282,7 +312,10 @@ def host_key_fingerprints(host_keys: HostKeys | None) -> list[str]:
 
 
 def no_users_hint(config: Config, port: int | None = None) -> str | None:
-    """How to add a user, if the authorized_keys pattern's directory has no user files yet."""
+    """How to add a user, if the authorized_keys pattern's directory has no user files yet and no
+    CA is trusted (with `trusted_user_ca_keys` users come with their certificates)."""
+    if config.trusted_user_ca_keys:
+        return None
     pattern = Path(config.authorized_keys)
     if "%u" not in pattern.name or "%u" in str(pattern.parent):
         return None

@@ -1,4 +1,5 @@
-"""Admission control before key exchange: unauthenticated caps, per-source penalties.
+"""Admission control: unauthenticated caps and per-source penalties before key exchange, client
+slots after authentication, both behind one object the factory owns (`Admissions`).
 
 OpenSSH's MaxStartups drops connections at random once full, operators included. Here each
 source has its own cap, sources that keep failing are refused outright for a doubling time,
@@ -13,13 +14,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 
 from conchcmd.core.audit import AuditSink
-from conchcmd.core.config import LimitsConfig
+from conchcmd.core.config import LimitsConfig, default_clients_per_user
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
+from conchcmd.core.peer import format_peer, host_and_port
 
 log = Logger(namespace=LOG_NAMESPACE)
 auth_log = Logger(namespace=AUTH_LOG_NAMESPACE)  # penalties are authentication lines (facility authpriv)
@@ -88,6 +91,11 @@ class Admission:
         if self.total_startups >= self.limits.max_startups and not self._is_trusted(source, now):
             return f"too many unauthenticated connections ({self.limits.max_startups})"
         return None
+
+    def penalised(self) -> int:
+        """How many sources are refused now for a penalty."""
+        now = self.clock.seconds()
+        return sum(1 for record in self._records.values() if record.until > now)
 
     def note_refused(self, source: str, peer: str, reason: str) -> None:
         """Log and audit refusals: the first at once, then a count at most every few seconds."""
@@ -187,3 +195,119 @@ class Admission:
         else:
             self._records.move_to_end(source)
         return record
+
+
+class ClientSlots:
+    """Counts authenticated connections against `max_clients`, and each user's against
+    `max_clients_per_user`, so that one key holder cannot take every slot."""
+
+    def __init__(self, limit: int, per_user: int | None = None):
+        self.limit = limit
+        self.per_user = default_clients_per_user(limit, per_user)
+        self.used = 0
+        self.by_user: dict[str, int] = {}
+
+    def acquire(self, user: str) -> str | None:
+        """Take a slot for `user`; if none is free, the refusal naming the limit that was hit."""
+        held = self.by_user.get(user, 0)
+        if held >= self.per_user:
+            return f"Too many connections for user {user} (max_clients_per_user {self.per_user})"
+        if self.used >= self.limit:
+            return f"Too many connections (max_clients {self.limit})"
+        self.used += 1
+        self.by_user[user] = held + 1
+        return None
+
+    def release(self, user: str) -> None:
+        self.used -= 1
+        left = self.by_user.get(user, 0) - 1
+        if left > 0:
+            self.by_user[user] = left
+        else:
+            self.by_user.pop(user, None)
+
+
+@dataclass
+class Ticket:
+    """One connection's standing with admission control, from its first byte to its end."""
+
+    source: str  # what caps and penalties count against (see source_of)
+    host: str | None  # the client address, for `penalty_exempt`
+    connection_id: str  # for the audit record of a penalty
+    in_startup: bool = True  # counted as unauthenticated until admitted or gone
+    user: str | None = None  # the user admitted (kept after the slot is released, for the last lines)
+    holds_slot: bool = False
+
+
+class Admissions:
+    """Every admission decision and count of the server: which new connections may start (per
+    source and in total, penalties), which authenticated users get a client slot, and what a
+    connection's end teaches. A connection holds a `Ticket` and reports to this object only."""
+
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        clock: IReactorTime,
+        audit: AuditSink,
+        *,
+        max_clients: int,
+        max_clients_per_user: int | None = None,
+        metrics: ConnectionMetrics = NO_METRICS,
+    ):
+        self.metrics = metrics
+        self.sources = Admission(limits, clock, audit)
+        self.slots = ClientSlots(max_clients, max_clients_per_user)
+
+    def refuse(self, address: IAddress) -> bool:
+        """Whether a new connection from `address` must be closed before it starts (the refusal
+        is logged and audited, counted per source)."""
+        ip = host_and_port(address)
+        if ip is None:
+            return False
+        host = ip[0]
+        source = source_of(host)
+        refusal = self.sources.refusal(source, host)
+        if refusal is None:
+            return False
+        self.sources.note_refused(source, format_peer(address), refusal)
+        self.metrics.connection_refused(refusal)
+        return True
+
+    def start(self, host: str | None, peer: str, connection_id: str) -> Ticket:
+        """A connection has started (from client address `host`, else described as `peer`)."""
+        ticket = Ticket(source=source_of(host or peer), host=host, connection_id=connection_id)
+        self.sources.started(ticket.source)
+        return ticket
+
+    def admit(self, ticket: Ticket, user: str) -> str | None:
+        """`user` has authenticated on `ticket`'s connection: take a client slot, or say which
+        limit turns the client away (the connection then still counts as a startup)."""
+        refusal = self.slots.acquire(user)
+        if refusal is not None:
+            return refusal
+        ticket.holds_slot = True
+        ticket.user = user
+        self._leave_startup(ticket)
+        self.sources.authenticated(ticket.source)
+        return None
+
+    def release(self, ticket: Ticket, strike: str | None = None) -> None:
+        """The connection has ended: its slot or startup is freed. `strike` says how it misbehaved
+        (failed authentication, protocol errors, ...), counted against its source if it never got
+        in."""
+        if ticket.holds_slot and ticket.user is not None:
+            ticket.holds_slot = False
+            self.slots.release(ticket.user)
+        if ticket.in_startup:
+            self._leave_startup(ticket)
+            if strike is not None:
+                self.sources.strike(ticket.source, strike, ticket.host, connection=ticket.connection_id)
+
+    def flush(self) -> None:
+        """Report every refusal not yet reported (at shutdown)."""
+        self.sources.flush()
+
+    def _leave_startup(self, ticket: Ticket) -> None:
+        if ticket.in_startup:
+            ticket.in_startup = False
+            self.sources.left_startup(ticket.source)

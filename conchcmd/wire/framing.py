@@ -104,6 +104,7 @@ class ModernFraming(KexState):
     strict_kex = False
     offer_strict_kex = True
     kex_count = 0  # completed key exchanges, rekeys included
+    bytes_sent = 0  # SSH bytes written to the peer (for the metrics)
     _first_kex_done = False
     _peer_kexinit = False  # the peer's KEXINIT of the key exchange under way has arrived
     _pending_length: int | None = None
@@ -191,6 +192,7 @@ class ModernFraming(KexState):
         packet = pad(bytes((messageType,)) + payload, codec, self._padding.take)
         data = codec.seal(self.outgoingPacketSequence, packet)
         self.transport.write(data)
+        self.bytes_sent += len(data)
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
         if messageType == transport.MSG_NEWKEYS:
             self._out_codec = self.nextEncryptions.outgoing

@@ -29,6 +29,9 @@ from typing import Any
 
 import bcrypt
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
+from support.serverfiles import toml_text
+
 REPO = Path(__file__).resolve().parents[2]
 PIPELINER = REPO / "tests" / "support" / "pipeliner.py"
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
@@ -59,19 +62,16 @@ class Bench:
         hashed = bcrypt.hashpw(b"the operator's own", bcrypt.gensalt(rounds=cost)).decode()
         config = root / "conchcmd.toml"
         config.write_text(
-            "\n".join(
-                [
-                    'listen = ["tcp:0:interface=127.0.0.1"]',
-                    'host_keys_dir = "keys"',
-                    'authorized_keys = "keys/authorized_keys/%u"',
-                    'audit_log = "audit.jsonl"',
-                    "penalty_seconds = 0",
-                    "[comphash]",
-                    f"roots = [{json.dumps(str(data))}]",
-                    "[users.carol]",
-                    f"password_bcrypt = {json.dumps(hashed)}",
-                    "",
-                ]
+            toml_text(
+                {
+                    "listen": ["tcp:0:interface=127.0.0.1"],
+                    "host_keys_dir": "keys",
+                    "authorized_keys": "keys/authorized_keys/%u",
+                    "audit_log": "audit.jsonl",
+                    "penalty_seconds": 0,
+                    "comphash": {"roots": [str(data)]},
+                    "users": {"carol": {"password_bcrypt": hashed}},
+                }
             )
         )
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONUNBUFFERED="1")

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
 from support.reliability import cpu_seconds
+from support.serverfiles import toml_text
 from support.tempdirs import trusted_temp_parent
 
 CASES = [
@@ -53,8 +54,13 @@ def main() -> None:
                 f.write(LINE * 1000)
         config = base / "conchcmd.toml"
         config.write_text(
-            f'listen = ["tcp:0:interface=127.0.0.1"]\naudit_log = "audit.jsonl"\n'
-            f'[lastlog]\npath = "{log}"\nmax_lines = {lines + 10}\n'
+            toml_text(
+                {
+                    "listen": ["tcp:0:interface=127.0.0.1"],
+                    "audit_log": "audit.jsonl",
+                    "lastlog": {"path": str(log), "max_lines": lines + 10},
+                }
+            )
         )
         out = (base / "server.log").open("wb")
         server = subprocess.Popen(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -35,7 +36,12 @@ from twisted.conch.ssh import common, connection, transport
 from twisted.logger import globalLogPublisher
 
 NS = common.NS
-ROOT = Path(tempfile.mkdtemp(dir=os.path.expanduser("~/.cache")))
+
+
+@functools.cache
+def scratch() -> Path:
+    """This run's scratch directory, made on first use (not at import: `--help` leaves nothing)."""
+    return Path(tempfile.mkdtemp(dir=os.path.expanduser("~/.cache")))
 
 
 class Spun(Exception):
@@ -43,7 +49,7 @@ class Spun(Exception):
 
 
 def world(**changes: Any) -> World:
-    return make_world(Path(tempfile.mkdtemp(dir=ROOT)), **changes)
+    return make_world(Path(tempfile.mkdtemp(dir=scratch())), **changes)
 
 
 class Tolerant(ScriptedClient):
@@ -182,13 +188,13 @@ def finding_5() -> None:
             conn.auth.send_request(b"publickey", conn.auth.signed(ed25519_key()))
             conn.flush()
         conns.append(conn)
-    held = w.factory.slots.used
+    held = w.factory.admissions.slots.used
     for conn in conns:
         conn.client.transport.loseConnection()
         conn.flush()
     print(
         f"5  2 clients, each logging in again twice on its connection: {refused} turned away; slots used"
-        f" {held} of 3 while connected, {w.factory.slots.used} after they left"
+        f" {held} of 3 while connected, {w.factory.admissions.slots.used} after they left"
     )
 
 
@@ -277,7 +283,7 @@ def main() -> None:
     try:
         run_all(args.limit)
     finally:
-        shutil.rmtree(ROOT, ignore_errors=True)
+        shutil.rmtree(scratch(), ignore_errors=True)
 
 
 def run_all(limit: float) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end layer; the harness itself is support/e2e.py."""
+"""Fixtures for the end-to-end layer; the server is support/server.py, what this layer gives it support/e2e.py."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ from typing import Any
 import pytest
 from support.e2e import (
     BIG_SPARSE_SIZE,
-    HAVE_OPENSSH,
     SYSLOG_LINES,
     ClientKeys,
     Data,
-    Server,
     socket_activation,
-    stop_and_check,
     syslog_lines,
 )
-from support.serverfiles import server_fleet
+from support.server import HAVE_OPENSSH, Server, module_servers
 
 
 @pytest.fixture(scope="session")
@@ -151,11 +148,7 @@ def make_server(
     tmp_path_factory: pytest.TempPathFactory, client_keys: ClientKeys, data: Data
 ) -> Iterator[Callable[..., Server]]:
     """Start servers for this module; all are stopped and their logs checked at module teardown."""
-
-    def make(**settings: Any) -> Server:
-        return Server(tmp_path_factory.mktemp("server"), client_keys, data, **settings)
-
-    yield from server_fleet(make, stop_and_check)
+    yield from module_servers(tmp_path_factory, client_keys, data)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.server import stop_and_check
+from support.serverfiles import toml_text
 
 pytestmark = [
     pytest.mark.e2e,
@@ -286,13 +288,6 @@ def _journal_pid(server: Any) -> int:
     return server.wait_for(read, 10, "journalctl's pid")
 
 
-def _stop_and_check_the_log(server: Any) -> None:
-    server.stop()
-    assert server.returncode == 0
-    text = server.log_text()
-    assert "Unhandled error" not in text and "Traceback" not in text, text
-
-
 def test_journal_follow_streams_and_journalctl_is_killed_when_the_client_leaves(journal_server) -> None:
     with client(journal_server.popen("lastlog -f -n 5", options=["-n"])) as proc:
         out = Reader(proc)
@@ -302,7 +297,7 @@ def test_journal_follow_streams_and_journalctl_is_killed_when_the_client_leaves(
         assert not pid_gone(pid), "EOF (ssh -n) does not end an exec follow"
         proc.kill()
     journal_server.wait_for(lambda: pid_gone(pid), 5, "journalctl to be killed")
-    _stop_and_check_the_log(journal_server)
+    stop_and_check(journal_server, expect_activity=False)
 
 
 def test_journal_follow_ctrl_c_in_a_terminal(journal_server) -> None:
@@ -320,7 +315,7 @@ def test_journal_follow_ctrl_c_in_a_terminal(journal_server) -> None:
         assert proc.wait(timeout=5) == 130
     record = journal_server.wait_audit(lambda e: e["event"] == "command" and e["argv"][:1] == ["lastlog"])
     assert record["exit_code"] == 130
-    _stop_and_check_the_log(journal_server)  # journalctl's end after the interrupt is no error
+    stop_and_check(journal_server, expect_activity=False)  # journalctl's end after the interrupt is no error
 
 
 # -- the comphash progress line -------------------------------------------------------------------------------
@@ -478,7 +473,7 @@ def test_systemd_endpoint_without_a_socket_is_a_clear_startup_error(tmp_path: Pa
     """Started by hand (or by a supervisor that passed no socket), the server must say what is
     wrong and exit, not log a traceback and hang without listening."""
     config = tmp_path / "conchcmd.toml"
-    config.write_text(f'listen = ["systemd:domain=INET:index=0"]\n[lastlog]\npath = "{data.syslog}"\n')
+    config.write_text(toml_text({"listen": ["systemd:domain=INET:index=0"], "lastlog": {"path": str(data.syslog)}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen(

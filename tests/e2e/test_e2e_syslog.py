@@ -12,125 +12,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.rsyslog import HAVE_RSYSLOG, Received, Rsyslog, running_rsyslog
 from support.serverfiles import wait_for
 
 pytestmark = [pytest.mark.e2e]
-
-RSYSLOGD = "/usr/sbin/rsyslogd"
-HAVE_RSYSLOG = shutil.which(RSYSLOGD) is not None
-RSYSLOG_CONF = """\
-global(workDirectory="{dir}" maxMessageSize="64k")
-module(load="imuxsock" SysSock.Use="off")
-input(type="imuxsock" Socket="{dir}/log.sock" RateLimit.Interval="0")
-module(load="imudp")
-input(type="imudp" address="127.0.0.1" port="{udp}")
-module(load="imtcp")
-input(type="imtcp" address="127.0.0.1" port="{tcp}")
-template(name="fields" type="string"
-         string="%syslogfacility-text% %syslogseverity-text% %programname% %procid% %msg:::json%\\n")
-*.* action(type="omfile" file="{dir}/received.log" template="fields")
-"""
-
-
-@dataclass(frozen=True)
-class Received:
-    facility: str
-    severity: str
-    program: str
-    pid: str
-    message: str
-
-
-@dataclass
-class Rsyslog:
-    directory: Path
-    udp: int
-    tcp: int
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def socket_path(self) -> Path:
-        return self.directory / "log.sock"
-
-    def received(self) -> list[Received]:
-        path = self.directory / "received.log"
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-            facility, severity, program, pid, message = line.split(" ", 4)
-            text = json.loads(f'"{message}"')
-            out.append(Received(facility, severity, program, pid, text.removeprefix(" ")))  # RFC 3164: ": msg"
-        return out
-
-    def of(self, pid: int) -> list[Received]:
-        return [r for r in self.received() if r.pid == str(pid)]
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
     if not HAVE_RSYSLOG:
         pytest.skip("rsyslog is not installed (apt install rsyslog)")
-    directory = tmp_path_factory.mktemp("rsyslog")
-    udp, tcp = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
-    conf = directory / "rsyslog.conf"
-    conf.write_text(RSYSLOG_CONF.format(dir=directory, udp=udp, tcp=tcp))
-    proc = subprocess.Popen(
-        [RSYSLOGD, "-n", "-f", str(conf), "-i", str(directory / "rsyslogd.pid")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    server = Rsyslog(directory, udp, tcp, proc)
-    try:
-        _wait_ready(server)
+    with running_rsyslog(tmp_path_factory.mktemp("rsyslog")) as server:
         yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=10)[0]
-    assert proc.returncode == 0, output.decode(errors="replace")
-
-
-def _wait_ready(server: Rsyslog) -> None:
-    """Probe each input until rsyslog has written what it got (it listens a moment after it starts)."""
-    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-
-    def probe() -> bool:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"rsyslogd exited: {server.proc.communicate()[0]!r}")
-        got = {r.message for r in server.of(1)}
-        if "probe unix" not in got and server.socket_path.exists():
-            unix.sendto(b"<14>Nov 29 00:00:00 probe[1]: probe unix", str(server.socket_path))
-        if "probe udp" not in got:
-            udp.sendto(b"<14>1 - - probe 1 - - probe udp", ("127.0.0.1", server.udp))
-        if "probe tcp" not in got:
-            try:
-                with socket.create_connection(("127.0.0.1", server.tcp), timeout=1) as tcp:
-                    tcp.sendall(b"31 <14>1 - - probe 1 - - probe tcp")
-            except ConnectionRefusedError:
-                pass
-        return got >= {"probe unix", "probe udp", "probe tcp"}
-
-    try:
-        wait_for(probe, 10, "rsyslog's inputs")
-    finally:
-        unix.close()
-        udp.close()
 
 
 #: Twisted's level names as syslog's severities (rsyslog's %syslogseverity-text%).

@@ -22,7 +22,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from conchcmd.server import services as server
+from conchcmd.server import transport as server
 from conchcmd.wire import framing
 
 #: Conch keeps at most 4 KiB waiting for a version line; after it, one partial packet:
@@ -139,8 +139,8 @@ def check_server(proto: Any, spy: Spy, closing: bool, sent: int, received: int) 
 def check_released(world: Any, proto: Any) -> None:
     factory = world.factory
     assert proto not in factory.transports
-    assert factory.slots.used == 0
-    assert factory.admission.total_startups == 0
+    assert factory.admissions.slots.used == 0
+    assert factory.admissions.sources.total_startups == 0
 
 
 class Keyed:

@@ -22,7 +22,7 @@ from twisted.internet.address import IPv4Address
 
 from conchcmd.core.config import LimitsConfig, UserPolicy
 from conchcmd.policy.auth import bcrypt_cost, verify_password
-from conchcmd.server.services import MAX_WAITING_AUTH_REQUESTS
+from conchcmd.server.userauth import MAX_WAITING_AUTH_REQUESTS
 
 SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
 PASSWORD = b"correct horse battery staple"
@@ -153,7 +153,7 @@ def test_pipelined_keys_stop_at_the_limit_too(world: World) -> None:
     conn.flush()
     assert conn.disconnected
     assert [ok for ok, _ in auth_records(world)] == [False] * 6
-    assert world.factory.slots.used == 0
+    assert world.factory.admissions.slots.used == 0
 
 
 @pytest.mark.parametrize("service", [b"ssh-bogus", b"ssh-userauth", b""])
@@ -165,7 +165,7 @@ def test_a_request_for_another_service_ends_the_connection_before_any_check(worl
     for _ in range(3):
         auth.send_request(b"publickey", auth.signed(ed25519_key()))
     conn.flush()
-    assert conn.disconnected and world.factory.slots.used == 0
+    assert conn.disconnected and world.factory.admissions.slots.used == 0
     assert world.audit.of("auth") == []
     (bye,) = world.audit.of("disconnect")
     assert bye["reason"] == "no such service"
@@ -198,7 +198,7 @@ def test_a_right_password_decided_after_the_client_left_takes_no_slot(tmp_path: 
     conn.client.transport.loseConnection()
     conn.flush()
     runner.run_all()
-    assert world.factory.slots.used == 0 and world.audit.of("auth") == []
+    assert world.factory.admissions.slots.used == 0 and world.audit.of("auth") == []
     assert world.login(peer="10.0.1.9") is not None  # the only slot is still free
 
 

@@ -27,7 +27,8 @@ from zope.interface import alsoProvides
 
 from conchcmd.commands.lastlog import FOLLOW_POLL
 from conchcmd.core.config import LimitsConfig
-from conchcmd.server.services import ABORT_AFTER, KEX_OUTPUT_BUDGET, KEX_TIMEOUT, MIN_CHANNEL_PACKET, ServerTransport
+from conchcmd.server.connection import MIN_CHANNEL_PACKET
+from conchcmd.server.transport import ABORT_AFTER, KEX_OUTPUT_BUDGET, KEX_TIMEOUT, ServerTransport
 
 NS = common.NS
 SUCCESS = 52
@@ -202,7 +203,7 @@ def test_a_second_service_request_after_login_takes_no_slot_and_no_timer(tmp_pat
     assert conn.login(b"admin", ed25519_key()) == SUCCESS
     server = conn.server
     liveness = server.liveness
-    assert w.factory.slots.used == 1 and liveness is not None
+    assert w.factory.admissions.slots.used == 1 and liveness is not None
     client = conn.client
     with capturedLogs():
         for _ in range(3):
@@ -214,11 +215,11 @@ def test_a_second_service_request_after_login_takes_no_slot_and_no_timer(tmp_pat
             conn.flush()
     assert (transport.MSG_UNIMPLEMENTED, struct.pack(">L", seq)) in client.received  # type: ignore[attr-defined]
     assert transport.MSG_SERVICE_ACCEPT not in [m for m, _ in client.received[-6:]]  # type: ignore[attr-defined]
-    assert w.factory.slots.used == 1 and server.liveness is liveness
+    assert w.factory.admissions.slots.used == 1 and server.liveness is liveness
     assert works(conn)
     conn.client.transport.loseConnection()
     conn.flush()
-    assert w.factory.slots.used == 0
+    assert w.factory.admissions.slots.used == 0
 
 
 # -- finding 2: output while keys change, and a time limit on a key exchange ----------------
@@ -295,7 +296,7 @@ def test_a_key_exchange_that_never_ends_is_cut_after_the_time_limit(tmp_path: Pa
         conn.flush()
     assert conn.factory.disconnect_reason == (transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"key exchange timed out")
     assert any("took longer than 60 s" in formatEvent(e) for e in events)
-    assert w.factory.slots.used == 0
+    assert w.factory.admissions.slots.used == 0
 
 
 def test_a_completed_rekey_leaves_no_timer(world: World) -> None:
@@ -360,6 +361,6 @@ def test_a_logged_in_peer_that_never_reads_is_still_cut_by_the_idle_timeout(tmp_
         assert tcp.disconnecting and calls == ["pause"]  # the DISCONNECT waits in the full buffer
         w.clock.advance(ABORT_AFTER)
     assert calls == ["pause", "abort"]
-    assert w.factory.slots.used == 1  # until TCP reports the connection lost
+    assert w.factory.admissions.slots.used == 1  # until TCP reports the connection lost
     conn.server.connectionLost(Failure(ConnectionDone()))
-    assert w.factory.slots.used == 0
+    assert w.factory.admissions.slots.used == 0

@@ -82,10 +82,10 @@ def test_slots_are_per_user_and_freed_when_a_connection_ends(tmp_path: Path) -> 
     assert login(w, "admin", 0, "10.0.4.2")[1] != SUCCESS
     first.client.transport.loseConnection()
     first.flush()
-    assert w.factory.slots.used == 0 and w.factory.slots.by_user == {}
+    assert w.factory.admissions.slots.used == 0 and w.factory.admissions.slots.by_user == {}
     assert login(w, "admin", 0, "10.0.4.3")[1] == SUCCESS
     # A refused connection never held a slot: nothing to release when it goes.
-    assert w.factory.slots.used == 1 and w.factory.slots.by_user == {"admin": 1}
+    assert w.factory.admissions.slots.used == 1 and w.factory.admissions.slots.by_user == {"admin": 1}
 
 
 @implementer(ITCPTransport)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from support.keys import ecdsa_key, ed25519_key, rsa_key
+from support.serverfiles import toml_text
 from support.world import World
 from twisted.conch.ssh import userauth
 
@@ -27,7 +28,8 @@ def no_system_log(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def write_config(world: World, tmp_path: Path) -> Path:
     path = tmp_path / "conchcmd.toml"
-    path.write_text(f'authorized_keys = "{world.config.authorized_keys}"\naudit_log = "{tmp_path / "audit.jsonl"}"\n')
+    audit = tmp_path / "audit.jsonl"
+    path.write_text(toml_text({"authorized_keys": world.config.authorized_keys, "audit_log": str(audit)}))
     return path
 
 

@@ -20,7 +20,7 @@ from support.world import World
 from twisted.conch.ssh import transport
 from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.server.services import ServerTransport
+from conchcmd.server.transport import ServerTransport
 from conchcmd.wire.dispatch import POLICY, Action, Phase, decide
 
 

@@ -12,7 +12,7 @@ from twisted.conch.ssh import transport
 from twisted.logger import LogLevel, capturedLogs
 
 from conchcmd.server.admission import STRIKES_BEFORE_PENALTY, source_of
-from conchcmd.server.services import ServerTransport, is_parse_error
+from conchcmd.server.transport import ServerTransport, is_parse_error
 
 PEER = "10.0.0.7"
 
@@ -40,7 +40,7 @@ def test_a_bug_is_logged_once_with_its_traceback_and_not_held_against_the_client
     reasons = [r["reason"] for r in world.audit.of("disconnect")]
     assert reasons == ["internal error: KeyError: 'simulated bug'"] * (STRIKES_BEFORE_PENALTY + 2)
     assert world.audit.of("penalty") == []  # our bug, not the client's doing
-    assert world.factory.admission.refusal(source_of(PEER), PEER) is None
+    assert world.factory.admissions.sources.refusal(source_of(PEER), PEER) is None
 
 
 def test_a_truncated_packet_is_a_protocol_error_that_counts(world: World) -> None:
@@ -57,7 +57,7 @@ def test_a_truncated_packet_is_a_protocol_error_that_counts(world: World) -> Non
     reasons = [r["reason"] for r in world.audit.of("disconnect")]
     assert all(r.startswith("protocol error: TypeError: ord() expected") for r in reasons), reasons
     assert [p["source"] for p in world.audit.of("penalty")] == [PEER]
-    assert world.factory.admission.refusal(source_of(PEER), PEER) is not None
+    assert world.factory.admissions.sources.refusal(source_of(PEER), PEER) is not None
 
 
 def test_parse_errors_and_bugs_are_told_apart() -> None:

@@ -106,5 +106,5 @@ def test_any_message_sequence_leaves_nothing_behind(world: World, seed: int) -> 
     assert failures == [], failures
     bye = world.audit.of("disconnect")
     assert len(bye) == 1 and bye[0]["reason"], bye
-    assert world.factory.slots.used == 0 and not world.factory.transports
+    assert world.factory.admissions.slots.used == 0 and not world.factory.transports
     assert open_files() == before, f"seed {seed}: open files left (alive until the end: {alive})"

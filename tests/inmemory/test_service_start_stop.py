@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from conchcmd.core.config import load_config
 from conchcmd.edge.service import ConchcmdService
-from conchcmd.server.services import CUT_GRACE, SHUTDOWN_GRACE
+from conchcmd.server.factory import CUT_GRACE, SHUTDOWN_GRACE
 
 CONFIG = """\
 listen = ["tcp:2222", "tcp6:2223:interface=\\\\:\\\\:1"]

@@ -10,7 +10,7 @@ from support.world import World, make_world
 from twisted.conch.ssh import common, transport, userauth
 
 from conchcmd.core.config import LimitsConfig
-from conchcmd.server.services import ServerSettings
+from conchcmd.server.factory import ServerSettings
 
 SUCCESS, FAILURE, PK_OK = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE, 60
 
@@ -59,7 +59,7 @@ def test_rsa_host_key_never_offers_sha1(tmp_path: Path) -> None:
     generate_host_key(w.config.host_keys_dir / "ssh_host_rsa_key", "rsa")
     w2 = make_world(tmp_path / "again")
     generate_host_key(w2.config.host_keys_dir / "ssh_host_rsa_key", "rsa")
-    from conchcmd.server.services import CommandServerFactory
+    from conchcmd.server.factory import CommandServerFactory
     from conchcmd.wire.hostkeys import load_host_keys
 
     keys = load_host_keys(w2.config.host_keys_dir)

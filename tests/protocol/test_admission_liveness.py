@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 
 from conchcmd.core.audit import MemoryAuditLog
 from conchcmd.core.config import LimitsConfig
-from conchcmd.server.admission import STRIKES_BEFORE_PENALTY, Admission, source_of
+from conchcmd.server.admission import STRIKES_BEFORE_PENALTY, Admission, Admissions, source_of
 from conchcmd.server.liveness import Liveness
 
 
@@ -127,6 +128,50 @@ def liveness(clock: task.Clock, peer: Peer, **kw: float) -> Liveness:
         send_keepalive=peer.send,
         close=peer.closed.append,
     )
+
+
+def make_admissions(max_clients: int = 3, per_user: int | None = 1) -> tuple[Admissions, MemoryAuditLog]:
+    audit = MemoryAuditLog()
+    limits = LimitsConfig(max_startups_per_source=5, penalty_seconds=30)
+    return Admissions(limits, task.Clock(), audit, max_clients=max_clients, max_clients_per_user=per_user), audit
+
+
+def test_a_ticket_counts_as_a_startup_until_admitted_then_holds_a_slot_until_released() -> None:
+    adm, _ = make_admissions()
+    ticket = adm.start("192.0.2.7", "192.0.2.7:4000", "c1")
+    assert ticket.source == "192.0.2.7" and adm.sources.startups == {"192.0.2.7": 1}
+    assert adm.admit(ticket, "admin") is None
+    assert ticket.holds_slot and not ticket.in_startup and adm.sources.total_startups == 0
+    assert adm.slots.by_user == {"admin": 1}
+    adm.release(ticket, "failed authentication")  # an admitted connection's end is never a strike
+    assert adm.slots.used == 0 and not ticket.holds_slot and ticket.user == "admin"
+    adm.release(ticket)  # released twice (connectionLost after a cut): counted once
+    assert adm.slots.used == 0 and adm.sources.total_startups == 0
+    assert adm.sources.refusal(ticket.source, ticket.host) is None
+
+
+def test_a_user_over_its_slots_is_turned_away_and_stays_a_startup() -> None:
+    adm, _ = make_admissions(per_user=1)
+    first, second = (adm.start("192.0.2.7", "p", f"c{n}") for n in (1, 2))
+    assert adm.admit(first, "admin") is None
+    assert adm.admit(second, "admin") == "Too many connections for user admin (max_clients_per_user 1)"
+    assert second.in_startup and not second.holds_slot and adm.sources.total_startups == 1
+    adm.release(second)
+    adm.release(first)
+    assert adm.slots.used == 0 and adm.sources.total_startups == 0
+
+
+def test_strikes_reported_on_release_bring_a_penalty_that_refuses_new_connections() -> None:
+    adm, audit = make_admissions()
+    address = IPv4Address("TCP", "198.51.100.9", 5555)
+    for n in range(STRIKES_BEFORE_PENALTY):
+        assert not adm.refuse(address)
+        adm.release(adm.start("198.51.100.9", "p", f"c{n}"), "protocol errors")
+    assert adm.refuse(address)
+    assert not adm.refuse(IPv4Address("TCP", "198.51.100.10", 5555))
+    (penalty,) = audit.of("penalty")
+    assert penalty["connection"] == f"c{STRIKES_BEFORE_PENALTY - 1}" and penalty["reason"] == "protocol errors"
+    assert audit.of("refused")[0]["peer"] == "198.51.100.9:5555"
 
 
 def test_idle_timeout_counts_from_the_last_activity() -> None:

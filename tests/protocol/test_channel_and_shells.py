@@ -39,7 +39,7 @@ def test_output_never_exceeds_the_window_and_packets_fit() -> None:
 
 
 def test_a_maximum_packet_size_of_0_stops_the_output_loop_instead_of_spinning() -> None:
-    """server/services.py refuses such opens, but the pump must not depend on it: min(len, window, 0) is 0,
+    """server/connection.py refuses such opens, but the pump must not depend on it: min(len, window, 0) is 0,
     and the loop sent empty packets for ever (the whole reactor stopped)."""
     h = Harness(window=1 << 20, max_packet=0)
     calls = 0

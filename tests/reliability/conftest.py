@@ -1,11 +1,11 @@
-"""Fixtures for the reliability layer; the harness itself is support/reliability.py."""
+"""Fixtures for the reliability layer; the server is support/server.py, what this layer gives it
+support/reliability.py."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from support.reliability import (
@@ -14,13 +14,10 @@ from support.reliability import (
     BIG_SPARSE_SIZE,
     FIGURES,
     FIGURES_PATH,
-    HAVE_OPENSSH,
     ClientKeys,
     Data,
-    Server,
-    stop_and_check,
 )
-from support.serverfiles import server_fleet
+from support.server import HAVE_OPENSSH, Server, module_servers
 
 # -- fixtures --------------------------------------------------------------------------------
 
@@ -77,8 +74,4 @@ def make_server(
     tmp_path_factory: pytest.TempPathFactory, client_keys: ClientKeys, data: Data
 ) -> Iterator[Callable[..., Server]]:
     """Start servers for this module; all are stopped (SIGTERM, exit 0) and their logs checked."""
-
-    def make(**settings: Any) -> Server:
-        return Server(tmp_path_factory.mktemp("server"), client_keys, data, **settings)
-
-    yield from server_fleet(make, stop_and_check)
+    yield from module_servers(tmp_path_factory, client_keys, data, expect_activity=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-from support.reliability import SSH_TIMEOUT, kill_all
+from support.reliability import kill_all
 from support.serverfiles import REPO, wait_for
 
 pytestmark = pytest.mark.reliability
@@ -46,7 +46,7 @@ def records(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
 
 def test_comphash_completes_while_guessers_pipeline_passwords(make_server) -> None:
     hashed = bcrypt.hashpw(b"never guessed", bcrypt.gensalt(rounds=12)).decode()
-    server = make_server(limits={"max_auth_tries": 3}, settings={"users": {"carol": {"password_bcrypt": hashed}}})
+    server = make_server(settings={"max_auth_tries": 3, "users": {"carol": {"password_bcrypt": hashed}}})
     small = server.data.small
     expected = f"{hashlib.sha256(small.read_bytes()).hexdigest()}  {small}\n".encode()
     mark = server.audit_mark()
@@ -61,7 +61,7 @@ def test_comphash_completes_while_guessers_pipeline_passwords(make_server) -> No
     try:
         wait_for(lambda: len(carol_failures()) >= 4, 20, "the guessing to get going")
         for _ in range(3):
-            r = server.ssh(f"comphash {small}", source=OPERATOR, timeout=SSH_TIMEOUT)
+            r = server.ssh(f"comphash {small}", source=OPERATOR)
             assert (r.returncode, r.stdout, r.stderr) == (0, expected, b"")
         steady, bursts = (records(p) for p in procs)
     finally:

@@ -41,7 +41,7 @@ RSS_BOUND_MIB = 16
 
 @pytest.fixture(scope="module")
 def server(make_server):
-    return make_server(limits={"login_grace_time": GRACE, "max_startups": 200})
+    return make_server(settings={"login_grace_time": GRACE, "max_startups": 200})
 
 
 def _no_version(data: bytes) -> bytes:

@@ -26,7 +26,7 @@ PTY_PUSH_BYTES = 96 * 1024
 
 @pytest.fixture(scope="module")
 def server(make_server):
-    return make_server(limits={"max_sessions": CHANNELS})
+    return make_server(settings={"max_sessions": CHANNELS})
 
 
 def push(server, pattern: str, source: str, connections: int = 1, push_bytes: int = PUSH_BYTES) -> dict:

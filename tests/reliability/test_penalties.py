@@ -23,7 +23,7 @@ REFUSED_BEFORE_BANNER = (b"kex_exchange_identification", b"Connection closed")
 
 @pytest.fixture(scope="module")
 def server(make_server):
-    return make_server(limits={"penalty_seconds": PENALTY, "penalty_max_seconds": 60})
+    return make_server(settings={"penalty_seconds": PENALTY, "penalty_max_seconds": 60})
 
 
 def fail_logins(server, source: str, times: int) -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.reliability
 
 
 def test_max_sessions_through_a_control_master(make_server, data, tmp_path):
-    server = make_server(limits={"max_sessions": 2})
+    server = make_server(settings={"max_sessions": 2})
     source = "127.0.0.30"
     control = tmp_path / "cm"
     mark, since = server.audit_mark(), server.log_mark()

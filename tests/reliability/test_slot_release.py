@@ -48,7 +48,7 @@ asyncio.run(main())
 
 def test_a_connection_ended_while_its_output_was_backed_up_frees_its_slot(make_server, tmp_path):
     pytest.importorskip("asyncssh")
-    server = make_server(limits={"max_clients_per_user": 1})
+    server = make_server(settings={"max_clients_per_user": 1})
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     since = server.log_mark()

@@ -31,7 +31,7 @@ def test_login_grace_time(make_server):
     """A socket that sends nothing, one that sends only a version line, and one that trickles a
     byte every 0.25 s are all closed when the grace time (from the first byte) runs out; three
     such connections in a row from one source earn it a penalty."""
-    server = make_server(limits={"login_grace_time": GRACE, "penalty_seconds": 5})
+    server = make_server(settings={"login_grace_time": GRACE, "penalty_seconds": 5})
     mark = server.audit_mark()
     silent_source, repeat_source = "127.0.0.20", "127.0.0.21"
     plan = {
@@ -100,7 +100,7 @@ def test_login_grace_time(make_server):
 
 def test_idle_timeout(make_server, data, tmp_path):
     """An idle shell is disconnected with a message; a session whose command runs is not."""
-    server = make_server(limits={"idle_timeout": 2})
+    server = make_server(settings={"idle_timeout": 2})
     mark = server.audit_mark()
     idle_source, busy_source = "127.0.0.24", "127.0.0.25"
     err_path = tmp_path / "idle.err"
@@ -155,7 +155,7 @@ def test_idle_timeout(make_server, data, tmp_path):
 def test_keepalive_detects_a_dead_peer(make_server, tmp_path):
     """A client that stops answering (SIGSTOP) is disconnected after 2 unanswered keepalives; a
     live idle client, answering them, stays connected."""
-    server = make_server(limits={"keepalive_interval": 1, "keepalive_count_max": 2})
+    server = make_server(settings={"keepalive_interval": 1, "keepalive_count_max": 2})
     mark = server.audit_mark()
     dead_source, live_source = "127.0.0.26", "127.0.0.27"
     procs: list[subprocess.Popen[bytes]] = []

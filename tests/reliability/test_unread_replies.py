@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.reliability import RssMonitor, figure, kill_all, next_source, rss_kib, wait_until_idle
+from support.reliability import RssMonitor, figure, kill_all, rss_kib, wait_until_idle
+from support.server import next_source
 
 pytestmark = pytest.mark.reliability
 

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 
 from support.authcases import SOURCES, Case, private_openssh
+from support.server import LISTENING
 from support.serverfiles import ServerFiles, wait_for
 from support.skauth import SoftwareAuthenticator
 from support.sshd import Sshd
 
-LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
 LISTENING6 = re.compile(rb"conchcmd: listening on .* \(::1:(\d+)\)")
 ATTEMPT_TIMEOUT = 30.0
 

@@ -1,11 +1,10 @@
-"""Reliability harness: the real `conchcmd serve` in a subprocess, abused on loopback only.
-(Its fixtures are in tests/reliability/conftest.py.)
+"""Reliability harness: the shared test server (support/server.py, the one the end-to-end layer
+uses) abused on loopback only. (Its fixtures are in tests/reliability/conftest.py.)
 
-Adapted (copied, not imported) from tests/e2e/conftest.py: each module starts its own server on
-`tcp:0:interface=127.0.0.1` with the limits it needs in the config file, parses the port from the
-`listening on` line, reads audit.jsonl, and drives the real OpenSSH client with
+Each module starts its own server with the limits it needs in `settings`; the OpenSSH client binds
 `-o BindAddress=127.x.y.z`, so every client has its own loopback source address (the server's caps
-and penalties are per source). Raw sockets (for floods and garbage) bind their source the same way.
+and penalties are per source). Raw sockets (for floods and garbage) bind their source the same way;
+memory is watched with RssMonitor.
 
 Everything here is bounded: every wait has a deadline, every loop a count. Figures for the note are
 collected with `figure()` and written as JSON to FIGURES_PATH when the session ends.
@@ -14,30 +13,22 @@ collected with `figure()` and written as JSON to FIGURES_PATH when the session e
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
-import re
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.serverfiles import ServerFiles, hermetic_ssh
+from support.server import public_line
 
-SSH = shutil.which("ssh")
-HAVE_OPENSSH = SSH is not None and shutil.which("ssh-keygen") is not None
-LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
 FIGURES_PATH = Path("/tmp/reliability-figures.json")
-START_TIMEOUT = 15.0
-SSH_TIMEOUT = 20.0
 BIG_LOG_LINES = 10_000  # lastlog's max_lines
 BIG_LOG_LINE = 4_000  # bytes per line: 10000 lines are about 40 MB
 BIG_SPARSE_SIZE = 16 << 30  # hashing 16 GiB of holes takes several seconds: long enough to interrupt
@@ -53,18 +44,6 @@ def figure(name: str, value: Any) -> None:
 
 
 # -- sources ---------------------------------------------------------------------------------
-
-_sources = itertools.count()
-
-
-def next_source() -> str:
-    """A loopback address not used before in this run (127.2.0.2, 127.2.0.3, ...).
-
-    The scenarios that name their sources (127.0.0.2 flooder, 127.0.0.3 operator, ...) use
-    addresses outside this range, so nothing here collides with them.
-    """
-    n = next(_sources)
-    return f"127.2.{n // 250}.{n % 250 + 2}"
 
 
 def source_of_peer(peer: str) -> str:
@@ -186,9 +165,12 @@ class ClientKeys:
     good: Path  # authorized for alice
     stranger: Path  # never authorized
 
-    @staticmethod
-    def pub_line(key: Path) -> str:
-        return key.with_name(key.name + ".pub").read_text().strip()
+    @property
+    def default(self) -> Path:
+        return self.good
+
+    def authorized(self) -> dict[str, list[str]]:
+        return {"alice": [public_line(self.good)]}
 
 
 @dataclass(frozen=True)
@@ -197,121 +179,6 @@ class Data:
     root: Path  # comphash root
     small: Path
     big: Path  # sparse, BIG_SPARSE_SIZE
-
-
-@dataclass
-class Server(ServerFiles):
-    """One running `conchcmd serve` and helpers to abuse it."""
-
-    base: Path
-    keys: ClientKeys
-    data: Data
-    limits: dict[str, Any] = field(default_factory=dict)  # top-level limit keys for the config
-    max_clients: int = 10
-    #: Configuration laid over the defaults and `limits` (tables merge), e.g. {"users": {...}}.
-    settings: dict[str, Any] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    returncode: int | None = None
-    _log_file: Any = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def write_config(self) -> None:
-        defaults = {
-            "listen": ["tcp:0:interface=127.0.0.1"],
-            "host_keys_dir": "keys",
-            "authorized_keys": "keys/authorized_keys/%u",
-            "max_clients": self.max_clients,
-            "audit_log": "audit.jsonl",
-            "lastlog": {"path": str(self.data.syslog), "lines": 10, "max_lines": 10000},
-            "comphash": {"roots": [str(self.data.root)]},
-        }
-        self.write_settings(defaults, self.limits, self.settings)
-
-    def start(self) -> None:
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.write_config()
-        authorized = self.base / "keys" / "authorized_keys" / "alice"
-        authorized.parent.mkdir(parents=True, exist_ok=True)
-        authorized.write_text(self.keys.pub_line(self.keys.good) + "\n")
-        authorized.chmod(0o600)
-        self.spawn()
-        self.port = self.wait_listening(LISTENING, START_TIMEOUT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def assert_alive(self) -> None:
-        assert self.alive(), f"the server died (rc {self.proc and self.proc.returncode}):\n{self.log_text()[-4000:]}"
-
-    # -- logs ------------------------------------------------------------------------------
-
-    def check_log(self) -> None:
-        text = self.log_text()
-        assert "Traceback" not in text, f"traceback in the server log:\n{text[-6000:]}"
-        assert "Unhandled" not in text, f"unhandled error in the server log:\n{text[-6000:]}"
-        assert "PRIVATE KEY" not in text, "key material in the server log"
-
-    # -- the OpenSSH client ------------------------------------------------------------------
-
-    def ssh_argv(
-        self,
-        remote: str | None = None,
-        *,
-        key: Path | None = None,
-        options: Sequence[str] = (),
-        log_level: str = "ERROR",
-        source: str | None = None,
-    ) -> list[str]:
-        """ssh argv; `options` come first, since for ssh the first value given for an option wins."""
-        return hermetic_ssh(
-            self.port,
-            key or self.keys.good,
-            "alice",
-            source or next_source(),
-            remote=remote,
-            options=options,
-            log_level=log_level,
-            ssh=SSH or "ssh",
-        )
-
-    def ssh(
-        self, remote: str | None = None, *, input: bytes | None = None, timeout: float = SSH_TIMEOUT, **kwargs: Any
-    ) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            self.ssh_argv(remote, **kwargs),
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            env=client_env(),
-        )
-
-    def popen(
-        self,
-        remote: str | None = None,
-        *,
-        stdin: Any = subprocess.DEVNULL,
-        stdout: Any = subprocess.PIPE,
-        **kwargs: Any,
-    ) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            self.ssh_argv(remote, **kwargs), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=client_env()
-        )
-
-    def timed_login(self, source: str, remote: str = "exit 0") -> tuple[subprocess.CompletedProcess[bytes], float]:
-        started = time.monotonic()
-        r = self.ssh(remote, source=source)
-        return r, round(time.monotonic() - started, 3)
-
-
-def client_env() -> dict[str, str]:
-    """The environment for ssh: no agent, no DISPLAY."""
-    return {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DISPLAY", "SSH_ASKPASS")}
 
 
 def kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -324,12 +191,6 @@ def kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-
-
-def stop_and_check(server: Server) -> None:
-    server.stop()
-    assert server.returncode == 0, f"server exited with {server.returncode} after SIGTERM:\n{server.log_text()}"
-    server.check_log()
 
 
 def classify(socks: Sequence[socket.socket], timeout: float = 5.0) -> tuple[list[socket.socket], list[socket.socket]]:

@@ -1,5 +1,6 @@
-"""What the end-to-end and reliability harnesses share about a `conchcmd serve` process:
-its files (config, log, audit log), waiting for them, and stopping it with SIGTERM."""
+"""What every test's `conchcmd serve` process shares (support/server.py's Server, the one of the
+end-to-end and reliability layers, and the differential layer's ConchServer): its files (config,
+log, audit log), waiting for them, and stopping it with SIGTERM."""
 
 from __future__ import annotations
 
@@ -89,7 +90,10 @@ class ServerFiles:
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
                 proc.wait(timeout=STOP_TIMEOUT)
                 self.returncode = -9
-                raise AssertionError(f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM") from None
+                raise AssertionError(
+                    f"server did not exit within {STOP_TIMEOUT:g} s of SIGTERM; its log ends:\n"
+                    + self.log_text()[-3000:]
+                ) from None
         finally:
             if self._log_file is not None:
                 self._log_file.close()

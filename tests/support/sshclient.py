@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.test import iosim
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
-from conchcmd.server.services import CommandServerFactory
+from conchcmd.server.factory import CommandServerFactory
 from conchcmd.wire.framing import ModernFraming
 
 
@@ -308,8 +308,11 @@ def connect(
     peer: str = "10.0.0.1",
     port: int = 40000,
     client_factory: ClientFactory | None = None,
+    *,
+    preamble: bytes = b"",
 ) -> Connection:
-    """Open an in-memory connection from `peer` to the server and complete key exchange."""
+    """Open an in-memory connection from `peer` to the server and complete key exchange;
+    `preamble` (a PROXY header) is sent before the client's first byte."""
     client_factory = client_factory or ClientFactory()
     if client_factory.clock is None:
         client_factory.clock = clock
@@ -330,5 +333,7 @@ def connect(
         hostAddress=address("TCP", peer, port),
         peerAddress=address("TCP", local, 2222),
     )
+    if preamble:
+        client_io.write(preamble)
     pump = iosim.connect(server, server_io, client, client_io, clock=clock)
     return Connection(server, client, pump, client_factory)

@@ -48,11 +48,11 @@ def ipv6_loopback() -> bool:
     return True
 
 
-def _free_port(ipv6: bool) -> int:
-    """A port free on 127.0.0.1, and on ::1 too when sshd listens there."""
+def _free_port(ipv6: bool, address: str = "127.0.0.1") -> int:
+    """A port free on `address` (IPv4), and on ::1 too when sshd listens there."""
     for _ in range(50):
         with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
-            v4.bind(("127.0.0.1", 0))
+            v4.bind((address, 0))
             port = int(v4.getsockname()[1])
             try:
                 if ipv6:
@@ -76,11 +76,12 @@ def secure_directory(prefix: str = "conchcmd-sshd-") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def system_user(home: Path, name: str | None = None) -> Iterator[str]:
-    """A system account sshd will authenticate: home `home`, shell nologin, and a `*` password
-    field (without PAM, sshd treats the `!` that useradd writes as a locked account)."""
+def system_user(home: Path, name: str | None = None, shell: str | None = None) -> Iterator[str]:
+    """A system account sshd will authenticate: home `home`, shell nologin (or `shell`: sshd runs a
+    ForceCommand through it), and a `*` password field (without PAM, sshd treats the `!` that
+    useradd writes as a locked account)."""
     name = name or f"cdiff{os.getpid()}"
-    shell = shutil.which("nologin") or "/usr/sbin/nologin"
+    shell = shell or shutil.which("nologin") or "/usr/sbin/nologin"
     subprocess.run(
         ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", shell, "--password", "*", name],
         check=True,
@@ -96,7 +97,7 @@ def system_user(home: Path, name: str | None = None) -> Iterator[str]:
 
 @dataclass
 class Sshd:
-    """One sshd process on 127.0.0.1 and ::1 (the same port); `start()` writes its config and
+    """One sshd process on 127.0.0.1 (or `address`) and ::1 (the same port); `start()` writes its config and
     waits until it listens. UseDNS is off, so from= patterns are matched against addresses."""
 
     base: Path  # the host key, config and log live here
@@ -105,7 +106,9 @@ class Sshd:
     revoked_keys: Path
     extra: dict[str, str] = field(default_factory=dict)
     ipv6: bool = True  # also listen on ::1
+    address: str = "127.0.0.1"  # the IPv4 loopback address to listen on
     port: int = 0
+    popen_extra: dict[str, Any] = field(default_factory=dict)  # e.g. preexec_fn (tests/bench)
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -123,7 +126,7 @@ class Sshd:
     def _settings(self) -> dict[str, str]:
         settings = {
             "Port": str(self.port),
-            "ListenAddress": "127.0.0.1",
+            "ListenAddress": self.address,
             "HostKey": str(self.base / "ssh_host_ed25519_key"),
             "PidFile": "none",
             "AuthorizedKeysFile": self.authorized_keys,
@@ -170,11 +173,9 @@ class Sshd:
         self.base.mkdir(parents=True, exist_ok=True)
         host_key = self.base / "ssh_host_ed25519_key"
         if not host_key.exists():
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True, timeout=30
-            )
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True, timeout=30)
         for attempt in range(3):  # the free port may be taken between the probe and sshd's bind
-            self.port = _free_port(self.ipv6)
+            self.port = _free_port(self.ipv6, self.address)
             self.config.write_text(self._config_text())
             check = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True, timeout=30)
             assert check.returncode == 0, f"sshd rejects its config: {check.stderr.decode(errors='replace')}"
@@ -185,12 +186,13 @@ class Sshd:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **self.popen_extra,
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
                 log = self.log_text()
                 v6_up = not self.ipv6 or f"on ::1 port {self.port}." in log
-                if f"Server listening on 127.0.0.1 port {self.port}." in log and v6_up:
+                if f"Server listening on {self.address} port {self.port}." in log and v6_up:
                     return
                 if self.proc.poll() is not None:
                     break

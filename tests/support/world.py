@@ -14,7 +14,7 @@ from conchcmd.app import Server, build_server
 from conchcmd.commands.framework import InlineRunner
 from conchcmd.core.audit import MemoryAuditLog
 from conchcmd.core.config import ComphashConfig, Config, LastlogConfig
-from conchcmd.server.services import ServerSettings
+from conchcmd.server.factory import ServerSettings
 from conchcmd.wire.hostkeys import ensure_host_keys, load_host_keys
 from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import ClientFactory, Connection, connect

@@ -14,9 +14,10 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import capturedLogs, formatEvent
 
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
+from conchcmd.core.peer import format_peer
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.server.authlog import AuthLog, Client, KeyInfo, key_type_name, log_word
-from conchcmd.server.services import auth_client, format_peer
+from conchcmd.server.transport import auth_client
 
 CLIENT = Client(host="203.0.113.7", port=55844, peer="203.0.113.7:55844")
 

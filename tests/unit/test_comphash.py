@@ -558,7 +558,7 @@ def test_with_a_bulk_runner_a_small_file_is_hashed_where_it_is_opened_and_a_big_
     monkeypatch.setattr(comphash, "READ_SIZE", 4096)  # data.bin (10 KiB) is big, b is small
     (root / "b").write_bytes(b"b")
     runner, bulk = ManualRunner(), ManualRunner()
-    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk)
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk_runner=bulk)
     small = start_hash(hasher, root / "b")
     runner.complete(0)
     assert sync.success(small).digest == hashlib.sha256(b"b").hexdigest()
@@ -580,7 +580,7 @@ def test_a_big_hash_cancelled_between_its_two_threads_closes_its_file_and_frees_
 ) -> None:
     monkeypatch.setattr(comphash, "READ_SIZE", 4096)
     runner, bulk = ManualRunner(), ManualRunner()
-    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk)
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk_runner=bulk)
     big = start_hash(hasher, root / "data.bin")
     runner.complete(0)
     [(_, (opened, _, cancelled, _), _)] = bulk.jobs

@@ -1,8 +1,8 @@
 """The Twisted internals conchcmd relies on are still those the code was written against.
 
 `conchcmd.wire.framing` copies and overrides parts of Conch's transport, `conchcmd.wire.conchprivate` uses
-Conch's private names, the server's services override Conch methods, `conchcmd.core.endpoints` uses
-private parsers of Twisted's endpoints. A Twisted release that changes any of them fails here,
+Conch's private names, the server's services override Conch methods, `conchcmd.core.twistedprivate` uses
+private parsers and fields of Twisted's endpoints (each adapter the only module that names its privates). A Twisted release that changes any of them fails here,
 naming what to re-synchronise, instead of every connection failing with a "protocol error".
 
 Recorded: each name's signature, and a SHA-256 digest of the source of every Conch method we call
@@ -13,6 +13,7 @@ too). After re-synchronising the code, record the new state with
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
@@ -22,6 +23,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import conchcmd
 
@@ -46,14 +49,43 @@ PRIVATE: dict[str, str] = {
     "twisted.conch.ssh.transport:SSHClientTransport._encodeECPublicKey": "tests/support/sshclient.py",
     # (also its `_gotNewKeys`, an instance attribute: set in connectionMade, read in _keySetup)
     "twisted.conch.ssh.transport:SSHClientTransport._keySetup": "tests/support/sshclient.py",
-    # Not Conch: the endpoint checks of `check-config` and `doctor` (conchcmd/core/endpoints.py).
-    "twisted.internet.endpoints:_parse": "conchcmd.core.endpoints.endpoint_problem",
-    "twisted.internet.endpoints:_SystemdParser._sddaemon": "conchcmd.core.endpoints._SystemdDescriptionParser",
-    "twisted.internet.endpoints:_SystemdParser.parseStreamServer": "conchcmd.core.endpoints._SystemdDescriptionParser",
-    "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "conchcmd.core.endpoints (reads ._port, ._interface)",
-    "twisted.internet.endpoints:TCP6ServerEndpoint.__init__": "conchcmd.core.endpoints (reads ._port, ._interface)",
-    "twisted.protocols.haproxy._parser:unparseEndpoint": "conchcmd.core.endpoints.endpoint_problem",
+    # Not Conch: Twisted's core, for the endpoint checks of `check-config` and `doctor`, all in
+    # conchcmd/core/twistedprivate.py.
+    "twisted.internet.endpoints:_parse": "conchcmd.core.twistedprivate.split_description",
+    "twisted.internet.endpoints:_SystemdParser._sddaemon": "conchcmd.core.twistedprivate._SystemdDescriptionParser",
+    "twisted.internet.endpoints:_SystemdParser.parseStreamServer": "conchcmd.core.twistedprivate.systemd_endpoint_unadopted",
+    "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "conchcmd.core.twistedprivate.tcp_port_and_interface",
+    "twisted.internet.endpoints:TCP6ServerEndpoint.__init__": "conchcmd.core.twistedprivate.tcp_port_and_interface",
+    "twisted.protocols.haproxy._parser:unparseEndpoint": "conchcmd.core.twistedprivate.join_description",
+    # Not Conch: Twisted's PROXY header parsers, read by conchcmd.core.proxyheader through the adapter.
+    "twisted.protocols.haproxy._v1parser:V1Parser.parse": "conchcmd.core.twistedprivate.parse_proxy_v1",
+    "twisted.protocols.haproxy._v1parser:V1Parser.PROXYSTR": "conchcmd.core.twistedprivate.PROXY_V1_SIGNATURE",
+    "twisted.protocols.haproxy._v2parser:V2Parser.parse": "conchcmd.core.twistedprivate.parse_proxy_v2",
+    "twisted.protocols.haproxy._v2parser:V2Parser.PREFIX": "conchcmd.core.twistedprivate.PROXY_V2_SIGNATURE",
+    "twisted.protocols.haproxy._exceptions:InvalidProxyHeader": "conchcmd.core.twistedprivate (caught)",
 }
+
+#: Private attributes a recorded `__init__` sets on Twisted's objects (invisible on the class): for
+#: each class, a description `serverFromString` makes one of, the attributes read, where, and the
+#: (port, interface) the adapter must read back.
+INSTANCE_ATTRIBUTES: dict[str, tuple[str, tuple[str, ...], str, tuple[int, str]]] = {
+    "twisted.internet.endpoints:TCP4ServerEndpoint": (
+        "tcp:2222:interface=127.0.0.1",
+        ("_port", "_interface"),
+        "conchcmd.core.twistedprivate.tcp_port_and_interface",
+        (2222, "127.0.0.1"),
+    ),
+    "twisted.internet.endpoints:TCP6ServerEndpoint": (
+        "tcp6:2223:interface=\\:\\:1",
+        ("_port", "_interface"),
+        "conchcmd.core.twistedprivate.tcp_port_and_interface",
+        (2223, "::1"),
+    ),
+}
+
+#: The adapters: the only modules of the package that may name a private of Conch, or of Twisted's core.
+CONCH_ADAPTER = "conchcmd/wire/conchprivate.py"
+CORE_ADAPTER = "conchcmd/core/twistedprivate.py"
 
 #: Our classes outside the package that subclass Conch's (their overrides are recorded too).
 SUPPORT_MODULES = ("support.sshclient",)
@@ -160,7 +192,12 @@ RECORDED: dict[str, str] = {
     'twisted.internet.endpoints:_SystemdParser._sddaemon': 'attribute ListenFDs',
     'twisted.internet.endpoints:_SystemdParser.parseStreamServer': '(self, reactor, *args, **kwargs) sha256:08a273c2a068de6281caf92c694dc2a8fc807d86ed36b161546ec4d552d148e3',
     'twisted.internet.endpoints:_parse': '(description) sha256:91037a29d4450903713b007cd342dc0850b51659d7c6731df1f1ec01a8c633e1',
+    'twisted.protocols.haproxy._exceptions:InvalidProxyHeader': 'class sha256:b925950ef1aabab7a212947ee0dad63829cd6de8cc05b54a3df0cd02a11b96bc',
     'twisted.protocols.haproxy._parser:unparseEndpoint': '(args: tuple[object, ...], kwargs: collections.abc.Mapping[str, object]) -> str sha256:48791c8cca8c5105e3c5a2c208e3e4f7059b870f16eb2df35e9a85af40e93114',
+    'twisted.protocols.haproxy._v1parser:V1Parser.PROXYSTR': 'attribute bytes',
+    'twisted.protocols.haproxy._v1parser:V1Parser.parse': "(cls, line: 'bytes') -> '_info.ProxyInfo' sha256:16dc561b83b151803d4687c6b7953af47e5b9f9beb392ad035ab546df16c5579",
+    'twisted.protocols.haproxy._v2parser:V2Parser.PREFIX': 'attribute bytes',
+    'twisted.protocols.haproxy._v2parser:V2Parser.parse': "(cls, line: 'bytes') -> '_info.ProxyInfo' sha256:95b5990be4008b5fc1f9ef558f88c0a5cf7a7b63b467c17d710f8a498980f616",
 }
 # --- end of RECORDED ---
 
@@ -237,6 +274,13 @@ def current() -> dict[str, str]:
 
 
 def test_every_conch_internal_we_rely_on_is_unchanged() -> None:
+    problems = contract_problems()
+    assert not problems, "\n".join(problems)
+
+
+def contract_problems() -> list[str]:
+    """What of the recorded Twisted internals the installed Twisted no longer has as recorded, each
+    naming what to re-synchronise."""
     import twisted
 
     names = relied_on()
@@ -254,7 +298,69 @@ def test_every_conch_internal_we_rely_on_is_unchanged() -> None:
                 f"re-synchronise {what}, then record it again"
             )
     problems += [f"{path} is recorded but no longer used: remove it from RECORDED" for path in RECORDED.keys() - names]
-    assert not problems, "\n".join(problems)
+    return problems + instance_attribute_problems()
+
+
+def instance_attribute_problems() -> list[str]:
+    """The private attributes of INSTANCE_ATTRIBUTES, on an object Twisted makes, read back by the adapter."""
+    import twisted
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    from conchcmd.core.twistedprivate import tcp_port_and_interface
+
+    problems = []
+    for path, (description, attributes, where, expected) in INSTANCE_ATTRIBUTES.items():
+        endpoint = serverFromString(MemoryReactor(), description)
+        made = f"{type(endpoint).__module__}:{type(endpoint).__qualname__}"
+        if made != path:
+            problems.append(f"Twisted {twisted.__version__} makes a {made} of {description!r}, not a {path}: re-synchronise {where}")
+            continue
+        missing = [name for name in attributes if name not in vars(endpoint)]
+        if missing:
+            problems.append(
+                f"Twisted {twisted.__version__}'s {path} no longer sets {', '.join(missing)}: re-synchronise its use in {where}"
+            )
+        elif tcp_port_and_interface(endpoint) != expected:
+            problems.append(
+                f"Twisted {twisted.__version__}'s {path} made of {description!r} holds "
+                f"{tcp_port_and_interface(endpoint)!r}, not {expected!r}: re-synchronise {where}"
+            )
+    return problems
+
+
+def test_a_changed_twisted_core_name_fails_naming_what_to_resynchronise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a new Twisted would: the systemd parser's `_sddaemon` gone, `_parse` with another
+    signature, the TCP endpoint keeping its port under another name. Each is named with the
+    adapter's part to re-synchronise."""
+    import twisted
+    from twisted.internet import endpoints
+
+    parse = endpoints._parse
+
+    def _parse(description, strict=False):  # type: ignore[no-untyped-def]
+        return parse(description)
+
+    def __init__(self, reactor, port, backlog=50, interface=""):  # type: ignore[no-untyped-def]
+        self._reactor, self._portNumber, self._backlog, self._interface = reactor, port, backlog, interface
+
+    assert contract_problems() == []
+    monkeypatch.delattr(endpoints._SystemdParser, "_sddaemon")
+    monkeypatch.setattr(endpoints, "_parse", _parse)
+    monkeypatch.setattr(endpoints.TCP4ServerEndpoint, "__init__", __init__)
+    v = twisted.__version__
+    assert contract_problems() == [
+        f"Twisted {v} changed twisted.internet.endpoints:TCP4ServerEndpoint.__init__ (was: "
+        f"{RECORDED['twisted.internet.endpoints:TCP4ServerEndpoint.__init__']}; now: {describe(__init__)}): re-read it "
+        "and re-synchronise its use in conchcmd.core.twistedprivate.tcp_port_and_interface, then record it again",
+        f"Twisted {v} has no twisted.internet.endpoints:_SystemdParser._sddaemon: "
+        "re-synchronise its use in conchcmd.core.twistedprivate._SystemdDescriptionParser",
+        f"Twisted {v} changed twisted.internet.endpoints:_parse (was: {RECORDED['twisted.internet.endpoints:_parse']}; "
+        f"now: {describe(_parse)}): re-read it and re-synchronise its use in "
+        "conchcmd.core.twistedprivate.split_description, then record it again",
+        f"Twisted {v}'s twisted.internet.endpoints:TCP4ServerEndpoint no longer sets _port: "
+        "re-synchronise its use in conchcmd.core.twistedprivate.tcp_port_and_interface",
+    ]
 
 
 def test_the_contract_covers_the_copied_transport_methods() -> None:
@@ -266,23 +372,107 @@ def test_the_contract_covers_the_copied_transport_methods() -> None:
         assert f"twisted.conch.ssh.transport:SSHClientTransport.{name}" in relied_on(), name
 
 
-PRIVATE_IMPORT = re.compile(r"^\s*(from twisted\.conch[\w.]* import [^\n]*\b_[a-z]|(from|import) twisted\.conch[\w.]*\._)", re.M)
-
-
 def test_no_module_but_the_adapter_names_a_conch_private() -> None:
     """Every use of a Conch private name is in conchcmd/wire/conchprivate.py."""
     # `_log` is also a common name of our own loggers; Conch's is recorded above all the same.
     conch_private = {path.rpartition(".")[2] for path in PRIVATE if path.startswith("twisted.conch.")} - {"_log"}
-    package = Path(conchcmd.__file__).parent
     found = []
-    for source in sorted(package.rglob("*.py")):
-        if source.name == "conchprivate.py":
+    for source, text in package_sources():
+        if source == CONCH_ADAPTER:
             continue
-        text = source.read_text()
-        found += [f"{source.name}: {name}" for name in sorted(conch_private) if name in text]
-        if PRIVATE_IMPORT.search(text):
-            found.append(f"{source.name}: imports a private Conch name")
+        found += [f"{source}: {name}" for name in sorted(conch_private) if name in text]
+        found += [f"{source}: {what}" for what in private_twisted_names(text, conch=True)]
     assert found == []
+
+
+def test_no_module_but_the_adapter_names_a_twisted_core_private() -> None:
+    """Every use of a private name of Twisted outside Conch is in conchcmd/core/twistedprivate.py:
+    no other module imports one (or a private module), or reads one as an attribute."""
+    found = []
+    for source, text in package_sources():
+        if source != CORE_ADAPTER:
+            found += [f"{source}: {what}" for what in private_twisted_names(text, conch=False)]
+    assert found == []
+
+
+def test_the_private_name_scan_finds_what_the_adapter_does() -> None:
+    """The scans above are no tests that cannot fail: over the adapter's own text, and over the way
+    core/endpoints.py used to reach the privates itself, they find each private used."""
+    text = (Path(conchcmd.__file__).parent.parent / CORE_ADAPTER).read_text()
+    assert without_lines(private_twisted_names(text, conch=False)) == [
+        "imports twisted.internet.endpoints._parse",
+        "imports twisted.internet.endpoints._SystemdParser",
+        "imports twisted.protocols.haproxy._exceptions.InvalidProxyHeader",
+        "imports twisted.protocols.haproxy._parser.unparseEndpoint",
+        "imports twisted.protocols.haproxy._v1parser.V1Parser",
+        "imports twisted.protocols.haproxy._v2parser.V2Parser",
+        "reads ._port",
+        "reads ._interface",
+    ]
+    assert private_twisted_names(text, conch=True) == []
+    before = (
+        "from twisted.internet.endpoints import (\n    TCP4ServerEndpoint,\n    _parse,\n)\n"
+        "import twisted.protocols.haproxy._parser\n"
+        "from twisted.conch.ssh.transport import (\n    SSHServerTransport,\n    _MACParams,\n)\n"
+        "def problem(endpoint, d):\n    self._port = endpoints._SystemdParser\n    return endpoint._port\n"
+    )
+    assert without_lines(private_twisted_names(before, conch=False)) == [
+        "imports twisted.internet.endpoints._parse",
+        "imports twisted.protocols.haproxy._parser",
+        "reads ._SystemdParser",
+        "reads ._port",
+    ]
+    assert private_twisted_names(before, conch=True) == ["imports twisted.conch.ssh.transport._MACParams"]
+
+
+def without_lines(found: list[str]) -> list[str]:
+    return [re.sub(r" \(line \d+\)$", "", what) for what in found]
+
+
+def package_sources() -> Iterator[tuple[str, str]]:
+    """(path relative to the repository, text) of each source file of the package."""
+    package = Path(conchcmd.__file__).parent
+    for source in sorted(package.rglob("*.py")):
+        yield source.relative_to(package.parent).as_posix(), source.read_text()
+
+
+def core_private_attributes() -> set[str]:
+    """The private names of Twisted's core we rely on, as attribute names (`_parse`, `_port`, ...)."""
+    names = {part for path in PRIVATE if not path.startswith("twisted.conch.") for part in re.split(r"[:.]", path)}
+    names |= {name for _, attributes, _, _ in INSTANCE_ATTRIBUTES.values() for name in attributes}
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def private_twisted_names(text: str, *, conch: bool) -> list[str]:
+    """Where `text` imports a private name or module of Twisted (of Conch if `conch`, else of the
+    rest of Twisted), or reads one of the core's private names we rely on as an attribute of
+    something other than `self` or `cls`."""
+
+    def private(dotted: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+    def ours(module: str) -> bool:
+        return module.startswith("twisted.") and module.startswith("twisted.conch.") == conch
+
+    found = []
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and ours(node.module or ""):
+            found += [
+                f"imports {node.module}.{alias.name}" for alias in node.names if private(f"{node.module}.{alias.name}")
+            ]
+        elif isinstance(node, ast.Import):
+            found += [f"imports {alias.name}" for alias in node.names if ours(alias.name) and private(alias.name)]
+    if not conch:
+        attributes = core_private_attributes()
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in attributes
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                found.append(f"reads .{node.attr} (line {node.lineno})")
+    return found
 
 
 def write_record() -> None:

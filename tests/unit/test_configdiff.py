@@ -47,7 +47,8 @@ def _leaves(config: Config) -> list[tuple[str, str | None]]:
 def _printed_keys(tmp_path: Path) -> set[str]:
     """`table.key` (or `key` at the top) of every setting check-config prints, optional ones set."""
     config = parse_config(
-        'trusted_user_ca_keys = "ca"\nrevoked_keys = "r"\nmax_clients_per_user = 2\naudit_group = "root"\n',
+        'trusted_user_ca_keys = "ca"\nrevoked_keys = "r"\nmax_clients_per_user = 2\naudit_group = "root"\n'
+        'metrics_listen = "tcp:9122"\n',
         base_dir=tmp_path,
     )
     keys, table = set(), ""
@@ -87,7 +88,9 @@ def test_users_are_reported_each_by_name() -> None:
     assert changed_settings(old, old) == []
 
 
-@pytest.mark.parametrize("setting", ["listen", "host_keys_dir", "max_sessions", "comphash.roots", "audit_log"])
+@pytest.mark.parametrize(
+    "setting", ["listen", "metrics_listen", "host_keys_dir", "max_sessions", "comphash.roots", "audit_log"]
+)
 def test_what_is_built_at_start_needs_a_restart(setting: str) -> None:
     assert not applies_on_reload(setting)
 

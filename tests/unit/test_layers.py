@@ -102,10 +102,10 @@ def test_every_layer_is_a_folder_with_modules() -> None:
     [
         ("conchcmd.core.config", "from conchcmd.policy.authorized_keys import valid_user_name\n"),
         ("conchcmd.core.audit", "def f():\n    from conchcmd.edge import cli\n"),  # lazy, one floor over the other
-        ("conchcmd.wire.framing", "import conchcmd.server.services\n"),
+        ("conchcmd.wire.framing", "import conchcmd.server.transport\n"),
         ("conchcmd.policy.auth", "from conchcmd.commands.framework import BlockingRunner\n"),  # a sibling
-        ("conchcmd.session.channel", "from ..server import services\n"),  # relative
-        ("conchcmd.server.services", "from conchcmd import app\n"),
+        ("conchcmd.session.channel", "from ..server import factory\n"),  # relative
+        ("conchcmd.server.factory", "from conchcmd import app\n"),
         ("conchcmd.app", "from conchcmd.edge.service import ConchService\n"),
         ("conchcmd.newmodule", ""),  # in no layer
     ],

@@ -24,6 +24,7 @@ P = "tests/protocol/"
 M = "tests/inmemory/"
 E = "tests/e2e/"
 R = "tests/reliability/"
+F = "tests/fuzz/"
 
 CLAIMS: dict[str, dict[str, list[str]]] = {
     "Keys first.": {
@@ -583,6 +584,52 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_limits.py::test_a_peer_that_takes_no_more_bytes_is_cut_five_seconds_after_the_close",
         ],
     },
+    "Behind a load balancer": {
+        "from= is checked against the header's address": [
+            M + "test_proxy_protocol.py::test_from_is_checked_against_the_headers_address",
+            E + "test_e2e_haproxy.py::test_from_admits_the_clients_address_through_the_proxy",
+        ],
+        "certificate source-address is checked against the header's address": [
+            M + "test_proxy_protocol.py::test_certificate_source_address_is_checked_against_the_headers_address",
+        ],
+        "per-source caps and penalties count the client, not the proxy": [
+            P + "test_proxied_connection.py::test_admission_decides_on_the_clients_address",
+            M + "test_proxy_protocol.py::test_a_penalty_falls_on_the_client_not_on_the_proxy_or_its_neighbours",
+            M + "test_proxy_protocol.py::test_per_source_startups_count_the_client_not_the_proxy",
+            E + "test_e2e_haproxy.py::test_a_penalty_falls_on_the_failing_client_and_not_on_its_neighbour",
+        ],
+        "auth lines name the client only; the log and the audit name the proxy too": [
+            M + "test_proxy_protocol.py::test_a_login_through_the_proxy_is_the_clients_in_logs_and_audit",
+            E + "test_e2e_haproxy.py::test_from_admits_the_clients_address_through_the_proxy",
+        ],
+        "the header is read before anything looks at an address, in any pieces": [
+            P + "test_proxied_connection.py::test_the_ssh_protocol_starts_after_the_header_with_the_clients_address",
+            U + "test_proxy_header.py::test_ipv4_header_in_any_pieces_gives_the_client_and_the_bytes_after",
+        ],
+        "only proxy_from (default loopback) may connect; anyone else is refused before a byte is read": [
+            P + "test_proxied_connection.py::test_a_connection_from_an_untrusted_address_is_refused_counted_and_logged",
+            P + "test_proxied_connection.py::test_proxy_from_patterns_decide_as_from_does",
+            U + "test_proxy_config.py::test_proxy_from_defaults_to_loopback_only",
+            E + "test_e2e_haproxy.py::test_a_client_reaching_the_proxy_listener_directly_is_refused",
+        ],
+        "doctor reports a proxy_from that matches public addresses": [
+            U + "test_proxy_config.py::test_doctor_refuses_a_proxy_from_that_trusts_the_internet",
+        ],
+        "late, oversized (refused at the length field), malformed or missing headers: closed and counted": [
+            P + "test_proxied_connection.py::test_a_bad_header_closes_the_connection_and_is_counted_against_the_proxy",
+            P + "test_proxied_connection.py::test_a_header_not_complete_within_the_deadline_is_refused",
+            U + "test_proxy_header.py::test_an_oversized_v2_header_is_refused_at_its_16th_byte",
+            U + "test_proxy_header.py::test_anything_but_a_good_header_is_refused_with_a_reason",
+            M + "test_proxy_protocol.py::test_a_client_speaking_ssh_straight_to_the_proxy_port_is_refused",
+            F + "test_fuzz_proxy_header.py::test_the_reader_holds_a_bounded_buffer_and_returns_only_ip_addresses",
+            F + "test_fuzz_proxy_header.py::test_ssh_only_after_a_good_header_and_everything_released",
+        ],
+        "a LOCAL or UNKNOWN header names no client: closed, not counted": [
+            U + "test_proxy_header.py::test_local_and_unknown_headers_name_no_client",
+            P + "test_proxied_connection.py::test_a_health_check_header_is_closed_without_a_client_or_a_refusal",
+            E + "test_e2e_haproxy.py::test_haproxys_health_checks_are_closed_and_logged_once",
+        ],
+    },
     "Bounded resources.": {
         "output only as the client's window allows; commands wait when 512 KiB is queued": [
             P + "test_channel_and_shells.py::test_output_never_exceeds_the_window_and_packets_fit",
@@ -729,6 +776,25 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "a user name cannot add an address fail2ban would ban (real fail2ban-regex)": [
             M + "test_auth_log.py::test_fail2ban_counts_only_the_clients_own_address",
             E + "test_e2e_fail2ban.py::test_real_logins_through_the_real_fail2ban_regex",
+        ],
+    },
+    "Metrics carry no client text.": {
+        "off by default": [
+            U + "test_metrics.py::test_metrics_listen_is_unset_by_default_and_said_so",
+            M + "test_metrics.py::test_no_metrics_without_metrics_listen",
+        ],
+        "label values from fixed sets only; a hostile command line counts as other": [
+            U + "test_metrics.py::test_command_labels_come_from_fixed_sets",
+            U + "test_metrics.py::test_auth_method_labels_are_the_rfc_names_or_other",
+            U + "test_metrics.py::test_every_refusal_text_of_the_admission_control_has_its_kind",
+            M + "test_metrics.py::test_client_text_never_becomes_a_label",
+        ],
+        "only GET /metrics; anything else 404": [
+            M + "test_metrics.py::test_the_service_serves_get_metrics_on_metrics_listen_only",
+            E + "test_e2e_metrics.py::test_only_get_metrics_is_served",
+        ],
+        "a request body is never stored": [
+            M + "test_metrics.py::test_a_request_body_is_never_kept",
         ],
     },
 }

@@ -1,0 +1,187 @@
+"""ssh-connection: Conch's connection service with sshd's channel rules and input flow control."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from twisted.conch import error as conch_error
+from twisted.conch.ssh import connection, transport
+from twisted.conch.ssh.common import NS, getNS
+from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
+
+from conchcmd.core.audit import sanitise
+from conchcmd.core.flow import ChannelConnection, FlowControlledChannel
+from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.session.channel import SessionChannel
+from conchcmd.wire.conchprivate import QuietConnection
+
+if TYPE_CHECKING:
+    from conchcmd.server.transport import ServerTransport
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+#: Channel opens with a smaller maximum packet size are refused: 0 left the output loop with
+#: nothing to send (it spun forever), 1 cost ~25 µs of CPU per byte. RFC 4254 sets no floor and
+#: sshd none either (serverloop.c takes the client's value; channels.c stops at a 0 length);
+#: real clients offer 16 KiB (PuTTY) to 32 KiB (OpenSSH's CHAN_SES_PACKET_DEFAULT).
+MIN_CHANNEL_PACKET = 1024
+MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
+
+
+class ConnectionService(QuietConnection):
+    """ssh-connection that refuses non-session channels cleanly (Conch logs a traceback for
+    each) and channels with a tiny maximum packet size, tolerates messages for unknown channels,
+    holds back window adjustments for channels that hold as much input as they may (input flow
+    control, see SessionChannel), and enforces sshd's channel rules Conch lacks: no answer to an
+    open nobody made, no window past 2^32-1, every channel closed when the connection ends."""
+
+    transport: ServerTransport
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.transport.start_liveness(self)
+
+    def busy(self) -> bool:
+        """True while a command runs on any channel (so the connection is not idle)."""
+        return any(c.busy for c in self.flow_channels())
+
+    def flow_channels(self) -> list[FlowControlledChannel]:
+        """The open channels, as flow control sees them (the avatar opens session channels only)."""
+        return [c for c in self.channels.values() if isinstance(c, SessionChannel)]
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        channel_type, rest = getNS(packet)
+        sender, _window, max_packet = struct.unpack(">3L", rest[:12])
+        max_sessions = self.transport.factory.settings.limits.max_sessions
+        if channel_type != b"session":
+            self._refuse_channel(sender, channel_type, b"only session channels are allowed")
+        elif max_packet < MIN_CHANNEL_PACKET:
+            # Any window (a uint32) is fine: 0 is legal (opened later), and output waits for it.
+            self._refuse_channel(
+                sender,
+                channel_type,
+                b"maximum packet size %d is below %d" % (max_packet, MIN_CHANNEL_PACKET),
+                kind="maximum packet size too small",
+            )
+        elif len(self.channels) >= max_sessions:
+            self._refuse_channel(sender, channel_type, b"too many sessions (max %d)" % max_sessions)
+        else:
+            super().ssh_CHANNEL_OPEN(packet)
+
+    def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes, kind: str | None = None) -> None:
+        name = sanitise(channel_type, 64)
+        # The type is the client's to choose: keyed by it, each new name would be a line (and a
+        # counter) of its own.
+        group = "session" if channel_type == b"session" else "non-session"
+        self.transport.refusals.note(
+            f"Refused {group} channel ({kind or why.decode()})",
+            "Refused {kind} channel for {peer}: {why}",
+            kind=name,
+            why=why.decode(),
+        )
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED) + NS(why) + NS(b""),
+        )
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if 90 <= messageNum <= 100 and self.transport.liveness is not None:
+            self.transport.liveness.activity()
+        if 93 <= messageNum <= 98 and len(packet) >= 4:
+            (local_id,) = struct.unpack(">L", packet[:4])
+            if local_id not in self.channels:
+                self.transport.refusals.note(
+                    "Messages for unknown channels",
+                    "Ignoring messages for unknown channel {id} from {peer}",
+                    id=local_id,
+                )
+                return
+        super().packetReceived(messageNum, packet)
+
+    def _awaiting_confirmation(self, packet: bytes, what: bytes) -> bool:
+        """Whether the channel a client's OPEN_CONFIRMATION / OPEN_FAILURE names is one this
+        server opened and the client has not answered yet; if not, the connection ends (sshd,
+        channels.c: "Received open failure for non-opening channel"). Conch would re-set an open
+        channel's window and packet size, or delete it without closing it (its command kept
+        running after the connection ended)."""
+        (local_id,) = struct.unpack(">L", packet[:4])
+        chan = self.channels.get(local_id)
+        if chan is not None and chan not in self.channelsToRemoteChannel:
+            return True
+        self.transport.sendDisconnect(
+            transport.DISCONNECT_PROTOCOL_ERROR, b"Received open %s for non-opening channel %d" % (what, local_id)
+        )
+        return False
+
+    def ssh_CHANNEL_OPEN_CONFIRMATION(self, packet: bytes) -> None:
+        if self._awaiting_confirmation(packet, b"confirmation"):
+            super().ssh_CHANNEL_OPEN_CONFIRMATION(packet)
+
+    def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
+        if self._awaiting_confirmation(packet, b"failure"):
+            super().ssh_CHANNEL_OPEN_FAILURE(packet)
+
+    def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
+        # An answer to no global request of ours is ignored, as sshd does (serverloop.c
+        # server_input_keep_alive); Conch raised IndexError (a "protocol error").
+        if self.deferreds["global"]:
+            super().ssh_REQUEST_SUCCESS(packet)
+
+    def ssh_REQUEST_FAILURE(self, packet: bytes) -> None:
+        if self.deferreds["global"]:
+            super().ssh_REQUEST_FAILURE(packet)
+
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        local_id, add = struct.unpack(">2L", packet[:8])
+        chan = self.channels[local_id]  # packetReceived has dropped unknown ones
+        if chan.remoteWindowLeft + add > MAX_WINDOW:
+            # RFC 4254 5.2; sshd: fatal "adjust %u overflows remote window %u" (channels.c)
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"window adjust %d overflows the window of channel %d (%d)" % (add, local_id, chan.remoteWindowLeft),
+            )
+            return
+        super().ssh_CHANNEL_WINDOW_ADJUST(packet)
+
+    def serviceStopped(self) -> None:
+        """Every channel is closed (its command interrupted), even if closing another raised:
+        Conch's loop stopped at the first exception and left the others running."""
+        self._stopping = True  # closing channels free budget; grant_window then opens no window
+        confirmed = list(self.channelsToRemoteChannel)
+        pending = [c for c in self.channels.values() if c not in self.channelsToRemoteChannel]
+        self.channels.clear()
+        self.channelsToRemoteChannel.clear()
+        self.localToRemoteChannel.clear()
+        for chan in confirmed + pending:
+            chan.localClosed = chan.remoteClosed = True
+            for d in self.deferreds.pop(chan.id, []):
+                d.addErrback(lambda _: None)
+                d.errback(conch_error.ConchError("Channel closed."))
+            try:
+                if chan in confirmed:
+                    chan.closed()
+                else:
+                    chan.openFailed(ConnectionLost())
+            except Exception:
+                log.failure("Closing channel {id} of {peer} failed", id=chan.id, peer=self.transport.peer)
+        self.fail_global_requests()
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        # Conch re-opens a channel's window whenever half of it is used, however much input the
+        # channel still holds; session channels grant window from their byte account instead.
+        if isinstance(channel, SessionChannel):
+            return
+        super().adjustWindow(channel, bytesToAdd)
+
+    def grant_window(self, channel: SessionChannel, bytes_to_add: int) -> None:
+        """Open a session channel's window by what its account can take (see update_window)."""
+        if not self._stopping:  # closing channels free budget; the others need no window now
+            super().adjustWindow(channel, bytes_to_add)
+
+    _stopping = False
+
+
+if TYPE_CHECKING:  # mypy holds the connection to the contract the session channels rely on
+    _connection_contract: type[ChannelConnection] = ConnectionService

@@ -1,0 +1,281 @@
+"""ssh-userauth: Conch's userauth service with sshd's pacing, limits and audit (see UserAuthService)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.conch import error as conch_error
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import transport, userauth
+from twisted.conch.ssh.common import NS, getNS
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from conchcmd.core.audit import sanitise
+from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
+from conchcmd.policy.auth import Identity, KeyRefused, SkRequirementNotMet
+from conchcmd.policy.authorized_keys import fingerprint
+from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
+from conchcmd.server.authlog import KeyInfo, log_word
+from conchcmd.wire.conchprivate import UserAuthHooks
+
+if TYPE_CHECKING:
+    from conchcmd.server.transport import ServerTransport
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+#: Authentication requests a connection may have waiting behind the one being checked; one more
+#: and it is disconnected. OpenSSH's client sends one and waits for the answer.
+MAX_WAITING_AUTH_REQUESTS = 4
+
+
+class UserAuthService(UserAuthHooks):
+    """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
+
+    Overrides Conch's class-level global-reactor clock, its 10-hour login timeout and its 20
+    attempts; answers requests one at a time (Conch checks every request as it arrives, so a
+    pipelining client had hundreds of password checks running at once, counted late); counts a
+    failure when it is decided, then holds the answer to a password failure back for
+    `passwordDelay`; offers password auth to every name or to none; accepts OpenSSH certificates
+    (Conch's auth_publickey refuses any blob its Key class cannot parse); and hands the checkers
+    the peer address (for `from=` and `source-address`).
+    """
+
+    transport: ServerTransport
+    _key: tuple[bytes, bytes] | None = None
+    _methods: list[bytes] = []
+    _listed = False  # Conch has filled in _methods
+    _in_progress = False  # a request is being checked (or its failure answer held back)
+    _stopped = False
+    _delay: Any = None
+
+    @property
+    def supportedAuthentications(self) -> list[bytes]:
+        passwords = self.transport.factory.passwords
+        if not self._listed or (passwords is not None and passwords.offered):
+            return self._methods  # Conch fills this list in serviceStarted
+        return [m for m in self._methods if m != b"password"]
+
+    @supportedAuthentications.setter
+    def supportedAuthentications(self, methods: list[bytes]) -> None:
+        self._methods = methods
+
+    def serviceStarted(self) -> None:
+        factory = self.transport.factory
+        self.clock = factory.clock
+        self.loginTimeout = math.ceil(factory.settings.limits.login_grace_time)
+        self.max_auth_tries = factory.settings.limits.max_auth_tries
+        # Conch's own counter (attemptsBeforeDisconnect = 20) would cut at 21 failures even when
+        # max_auth_tries is higher; auth_failed counts and disconnects alone.
+        self.attemptsBeforeDisconnect = self.max_auth_tries + 1
+        self._requests = 0  # requests looked at (sshd's authctxt->attempt)
+        self._waiting: deque[bytes] = deque()
+        super().serviceStarted()
+        self._listed = True
+
+    def serviceStopped(self) -> None:
+        """Authenticated or disconnected: what waits is dropped, a held-back answer is not sent."""
+        self._stopped = True
+        self._waiting.clear()
+        if self._delay is not None and self._delay.active():
+            self._delay.cancel()
+        self._delay = None
+        super().serviceStopped()
+
+    @property
+    def pending(self) -> bool:
+        """Whether a request is being checked or waits (for the strike of a connection closed then)."""
+        return self._in_progress or bool(self._waiting)
+
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        # RFC 4252 section 5, as sshd does it: each request is answered before the next is looked at.
+        if self._stopped or self.transport.closing:
+            return None
+        if self._in_progress:
+            if len(self._waiting) >= MAX_WAITING_AUTH_REQUESTS:
+                self._waiting.clear()
+                log.info(
+                    "More than {n} authentication requests waiting from {peer}; disconnecting",
+                    n=MAX_WAITING_AUTH_REQUESTS,
+                    peer=self.transport.peer,
+                )
+                self.transport.sendDisconnect(
+                    transport.DISCONNECT_PROTOCOL_ERROR, b"too many authentication requests pending"
+                )
+            else:
+                self._waiting.append(packet)
+            return None
+        if getNS(packet, 2)[1] != b"ssh-connection":
+            # Conch would look the service up only after a successful check: an unknown one raised
+            # there, `ssh-userauth` started a second round, and each success took another slot.
+            self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
+            return None
+        self._in_progress = True
+        self._requests += 1
+        self._note_user(getNS(packet)[0])
+        d = super().ssh_USERAUTH_REQUEST(packet)
+        if d is None:  # Conch has answered already
+            self._request_done(None)
+            return None
+        return d.addBoth(self._request_done)
+
+    def _note_user(self, name: bytes) -> None:
+        """A request for a user name not seen on this connection: whether it is one that can log
+        in, and sshd's "Invalid user" line if not (sshd logs it once, as it allows no change of
+        name; Conch allows one, so each new name gets its line)."""
+        t = self.transport
+        if name == t.auth_user:
+            return
+        try:
+            valid = t.factory.known_user(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            valid = False
+        t.auth_user, t.auth_user_valid = name, valid
+        if not valid:
+            t.auth_log.invalid_user(name)
+
+    def _request_done(self, result: Any) -> None:
+        self._in_progress = False
+        if isinstance(result, Failure):
+            log.failure("Authentication request from {peer} failed", failure=result, peer=self.transport.peer)
+        if self._waiting and not self._stopped and not self.transport.closing:
+            try:
+                self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
+            except Exception as e:  # malformed, found only now: as ServerTransport.dataReceived does
+                self._waiting.clear()
+                self.transport.packet_raised(e, " in a waiting authentication request")
+        else:
+            self._waiting.clear()
+
+    def auth_publickey(self, packet: bytes) -> Any:
+        has_signature = packet[0:1] != b"\0"
+        algorithm, blob, rest = getNS(packet[1:], 2)
+        user, service = self.user or b"", self.nextService or b""
+        self._key = (algorithm, blob)
+        signed = None
+        signature = None
+        if has_signature:
+            signature = getNS(rest)[0]
+            assert self.transport.sessionID is not None
+            signed = (
+                NS(self.transport.sessionID)
+                + bytes((userauth.MSG_USERAUTH_REQUEST,))
+                + NS(user)
+                + NS(service)
+                + NS(b"publickey")
+                + b"\x01"
+                + NS(algorithm)
+                + NS(blob)
+            )
+        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address)
+        d = self.portal.login(creds, self.transport.peer_address, IConchUser)
+        if not has_signature:
+            d.addErrback(self.answer_key_probe, packet[1:])  # an authorized key's probe gets PK_OK
+        return d
+
+    def auth_password(self, packet: bytes) -> Any:
+        password = getNS(packet[1:])[0]
+        creds = PeerUsernamePassword(self.user or b"", password, self.transport.peer_address)
+        return self.portal.login(creds, self.transport.peer_address, IConchUser)  # the failure delay: see auth_failed
+
+    def _key_fields(self) -> dict[str, Any]:
+        if self.method != b"publickey" or self._key is None:
+            return {}
+        algorithm, blob = self._key
+        fields: dict[str, Any] = {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
+        if is_certificate(blob):
+            try:
+                cert = parse_certificate(blob)
+                fields.update(
+                    fingerprint=fingerprint(public_blob(cert.public_key())),
+                    cert_key_id=sanitise(cert.key_id),
+                    cert_serial=cert.serial,
+                    ca_fingerprint=fingerprint(public_blob(cert.signature_key())),
+                )
+            except CertificateRefused:
+                pass
+        return fields
+
+    def _user_name(self) -> str:
+        return sanitise(self.user or b"", 64)
+
+    def auth_succeeded(self, result: Any) -> None:
+        _, avatar, logout = result
+        identity: Identity = avatar.identity
+        if self._stopped or self.transport.closing:  # decided after the client left: no slot, no session
+            logout()
+            return
+        if not self.transport.admit(avatar):
+            self._audit_identity(identity, ok=False, reason=self.transport.refusal)
+            logout()
+            return
+        key = KeyInfo.of(self._key[1]) if identity.method == "publickey" and self._key is not None else None
+        self.transport.auth_log.accepted(identity.method, identity.user, key)
+        log.info(
+            "Authorized {user}@{peer} by {source}",
+            user=identity.user,
+            peer=self.transport.peer,
+            source=identity.grant.source,
+        )
+        self._audit_identity(identity, ok=True)
+        super().auth_succeeded(result)
+
+    def _audit_identity(self, identity: Identity, **fields: Any) -> None:
+        self.transport.audit.record(
+            "auth", user=identity.user, peer=self.transport.peer, **identity.audit_fields(), **fields
+        )
+
+    def auth_failed(self, reason: Failure) -> Any:
+        if self._stopped:
+            return None  # decided after the client left (it was counted as abandoned)
+        # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
+        # never counted `none`, so a client could send them without end.
+        if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
+            message = sanitise(reason.getErrorMessage(), 200)
+            t = self.transport
+            key = KeyInfo.of(self._key[1]) if self.method == b"publickey" and self._key is not None else None
+            if isinstance(reason.value, SkRequirementNotMet):
+                t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
+            t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)
+            log.info(
+                "Refused {method} for {user} from {peer}: {reason}",
+                method=sanitise(self.method, 32),
+                user=log_word(self.user or b""),
+                peer=t.peer,
+                reason=message,
+            )
+            self.transport.audit.record(
+                "auth",
+                ok=False,
+                user=self._user_name(),
+                peer=self.transport.peer,
+                method=sanitise(self.method, 32),
+                **self._key_fields(),
+                **(reason.value.audit_fields() if isinstance(reason.value, KeyRefused) else {}),
+                reason=message,
+            )
+            self.transport.auth_failures += 1
+            if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
+                self.transport.auth_log.too_many_failures(self.user or b"", self.transport.auth_user_valid)
+                self.transport.auth_end_logged = True
+                self.transport.sendDisconnect(
+                    transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
+                )
+                return None
+            if self.method == b"password" and b"password" in self.supportedAuthentications:
+                # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
+                # the next request waits for it too.
+                held: defer.Deferred[None] = defer.Deferred()
+                self._delay = self.clock.callLater(self.passwordDelay, held.callback, None)
+                return held.addCallback(lambda _: self._answer_failure(reason))
+        super().auth_failed(reason)
+        return None
+
+    def _answer_failure(self, reason: Failure) -> None:
+        self._delay = None
+        if not self._stopped and not self.transport.closing:
+            super().auth_failed(reason)

@@ -1,0 +1,166 @@
+"""conchcmd behind a REAL HAProxy (Debian `haproxy`, `mode tcp`, `send-proxy-v2`) on loopback:
+OpenSSH clients bound to distinct 127.x sources connect through it; `from=` and penalties act on
+their addresses, not on HAProxy's; the audit names each client and the proxy; a client that
+reaches the PROXY listener directly, not through a trusted proxy, is refused."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.e2e import ClientKeys
+from support.server import SSH_TIMEOUT, Server, client_env
+from support.serverfiles import hermetic_ssh
+
+pytestmark = pytest.mark.e2e
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+ADMITTED, OTHER = "127.3.0.7", "127.3.0.8"  # from= admits the first only
+FAILING, NEIGHBOUR = "127.3.1.9", "127.3.1.10"
+DIRECT = "127.3.2.2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HAProxy:
+    """One haproxy process in the foreground, its configuration in `base`."""
+
+    def __init__(self, base: Path, backend_port: int) -> None:
+        self.port = free_port()
+        self.config = base / "haproxy.cfg"
+        self.config.write_text(
+            "global\n"
+            "    maxconn 64\n"
+            "defaults\n"
+            "    mode tcp\n"
+            "    timeout connect 5s\n"
+            "    timeout client 30s\n"
+            "    timeout server 30s\n"
+            "frontend ssh\n"
+            f"    bind 127.0.0.1:{self.port}\n"
+            "    default_backend conchcmd\n"
+            "backend conchcmd\n"
+            # HAProxy's health checks send a LOCAL header (send-proxy-v2): closed, logged once.
+            f"    server s1 127.0.0.1:{backend_port} send-proxy-v2 check inter 300ms\n"
+        )
+        check = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, timeout=30)
+        assert check.returncode == 0, check.stderr.decode()
+        self.log = (base / "haproxy.log").open("wb")
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            assert self.proc.poll() is None, "haproxy exited at start"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "haproxy is not listening"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def behind(
+    make_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, HAProxy]]:
+    if not Path(HAPROXY).exists():
+        pytest.skip("haproxy is not installed (Debian package haproxy)")
+    server = make_server(listen="haproxy:tcp:0:interface=127.0.0.1", settings={"penalty_seconds": 60})
+    keys = server.keys
+    server.authorize("carol", f'from="{ADMITTED}" {keys.pub_line(keys.spare)}')
+    proxy = HAProxy(tmp_path_factory.mktemp("haproxy"), server.port)
+    yield server, proxy
+    proxy.stop()
+
+
+def ssh(port: int, keys: ClientKeys, source: str, *, key: Path | None = None, user: str = "alice") -> Any:
+    argv = hermetic_ssh(port, key or keys.ed25519, user, source, remote="help")
+    return subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=SSH_TIMEOUT, env=client_env(None)
+    )
+
+
+def connects(server: Server, source: str) -> list[dict[str, Any]]:
+    return [r for r in server.audit() if r["event"] == "connect" and r["peer"].startswith(f"{source}:")]
+
+
+def test_from_admits_the_clients_address_through_the_proxy(behind: tuple[Server, HAProxy]) -> None:
+    server, proxy = behind
+    keys = server.keys
+    admitted = ssh(proxy.port, keys, ADMITTED, key=keys.spare, user="carol")
+    assert admitted.returncode == 0, admitted.stderr
+    assert b"lastlog" in admitted.stdout  # help lists the commands
+    other = ssh(proxy.port, keys, OTHER, key=keys.spare, user="carol")
+    assert other.returncode == 255 and b"Permission denied" in other.stderr
+    server.wait_no_clients()
+    (record,) = connects(server, ADMITTED)
+    assert record["proxy"].startswith("127.0.0.1:")  # HAProxy's own connection
+    refused = [r for r in server.audit() if r["event"] == "auth" and not r["ok"]]
+    assert any(r["reason"].startswith(f"from= does not allow {OTHER}") for r in refused)
+    text = server.log_text()
+    assert f"Accepted publickey for carol from {ADMITTED} port " in text
+    assert f"Client connection from {ADMITTED}:" in text and " via 127.0.0.1:" in text
+
+
+def test_a_penalty_falls_on_the_failing_client_and_not_on_its_neighbour(behind: tuple[Server, HAProxy]) -> None:
+    server, proxy = behind
+    keys = server.keys
+    for _ in range(3):
+        failed = ssh(proxy.port, keys, FAILING, key=keys.stranger)
+        assert failed.returncode == 255 and b"Permission denied" in failed.stderr
+    server.wait_for(lambda: any(r["event"] == "penalty" for r in server.audit()), 10.0, "a penalty in the audit log")
+    penalties = [r for r in server.audit() if r["event"] == "penalty"]
+    assert [p["source"] for p in penalties] == [FAILING]
+    refused = ssh(proxy.port, keys, FAILING)  # even with a good key: the source is penalised
+    assert refused.returncode == 255 and not refused.stdout
+    neighbour = ssh(proxy.port, keys, NEIGHBOUR)  # the same proxy, another client
+    assert neighbour.returncode == 0, neighbour.stderr
+    server.wait_for(
+        lambda: any(r["event"] == "refused" and r.get("source") == FAILING for r in server.audit()),
+        15.0,
+        "the refusal in the audit log",
+    )
+    assert len(connects(server, FAILING)) == 3  # the fourth never reached SSH
+
+
+def test_haproxys_health_checks_are_closed_and_logged_once(behind: tuple[Server, HAProxy]) -> None:
+    server, _ = behind
+    said = "PROXY v2 header naming no client (LOCAL/UNKNOWN: a health check) from 127.0.0.1:"
+    server.wait_for(lambda: said in server.log_text(), 10.0, "a health check in the log")
+    time.sleep(1.0)  # three more checks at least: HAProxy checks every 300 ms here
+    assert server.log_text().count(said) == 1
+    assert not any(r["event"] == "refused" and r["source"] == "127.0.0.1" for r in server.audit())
+
+
+def test_a_client_reaching_the_proxy_listener_directly_is_refused(behind: tuple[Server, HAProxy]) -> None:
+    server, _ = behind
+    direct = ssh(server.port, server.keys, DIRECT)  # not through HAProxy: not in proxy_from
+    assert direct.returncode == 255 and not direct.stdout
+    server.wait_for(
+        lambda: any(r["event"] == "refused" and r.get("source") == DIRECT for r in server.audit()),
+        15.0,
+        "the refusal in the audit log",
+    )
+    (record,) = [r for r in server.audit() if r["event"] == "refused" and r.get("source") == DIRECT]
+    assert record["reason"] == "not a trusted proxy (proxy_from)"
+    assert connects(server, DIRECT) == []

@@ -1,0 +1,265 @@
+"""Prometheus metrics over the whole in-memory SSH stack: after known traffic (commands with known
+exit statuses, failed logins, refusals, a penalty, a hash, a rekey) the exposition, parsed with
+prometheus_client's own parser, holds exactly those counts; client text never becomes a label."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support.keys import ed25519_key
+from support.sshclient import Connection, RecordingChannel
+from support.world import World, make_world
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.http import HTTPChannel
+
+from conchcmd import __version__
+from conchcmd.core.config import LimitsConfig, load_config
+from conchcmd.edge.service import ConchcmdService
+
+SUCCESS, FAILURE = 52, 51
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(world: World) -> Samples:
+    """Every sample of the exposition, by name and labels."""
+    metrics = world.server.metrics
+    assert metrics is not None
+    text = metrics.exposition().decode("utf-8")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def exec_on(conn: Connection, command: bytes) -> RecordingChannel:
+    chan = conn.open_session()
+    conn.exec(chan, command)
+    conn.flush()
+    return chan
+
+
+def leave(conn: Connection) -> None:
+    conn.client.transport.loseConnection()
+    conn.flush()
+
+
+def metered(tmp_path: Path, **changes: object) -> World:
+    return make_world(tmp_path, metrics_listen="tcp:0:interface=127.0.0.1", **changes)  # type: ignore[arg-type]
+
+
+def test_no_metrics_without_metrics_listen(world: World) -> None:
+    assert world.server.metrics is None
+    leave(world.login())  # and the server works as before
+
+
+def test_counts_after_known_traffic(tmp_path: Path) -> None:
+    w = metered(tmp_path, limits=LimitsConfig(penalty_seconds=30, max_startups_per_source=2))
+    conn = w.login(peer="10.0.0.1")
+    statuses = [exec_on(conn, line).exit_status for line in (b"help", b"help", b"nosuch", b"comphash relative")]
+    assert statuses == [0, 0, 127, 2]
+    hello = w.root / "hello.txt"
+    assert exec_on(conn, b"comphash " + str(hello).encode()).exit_status == 0
+    for _ in range(3):  # three failed logins from one source: a penalty
+        bad = w.connect(peer="10.0.0.5")
+        assert bad.login(b"admin", ed25519_key(77)) == FAILURE
+        leave(bad)
+    assert w.factory.buildProtocol(IPv4Address("TCP", "10.0.0.5", 5000)) is None  # penalised
+    held = [w.connect(peer="10.0.0.8", port=41000 + n) for n in range(2)]
+    assert w.factory.buildProtocol(IPv4Address("TCP", "10.0.0.8", 41010)) is None  # max_startups_per_source
+
+    s = scrape(w)
+    assert value(s, "conchcmd_build_info", version=__version__) == 1
+    assert value(s, "conchcmd_connections_accepted_total") == 1 + 3 + 2
+    assert value(s, "conchcmd_connections_refused_total", reason="penalty") == 1
+    assert value(s, "conchcmd_connections_refused_total", reason="max_startups_per_source") == 1
+    assert value(s, "conchcmd_auth_attempts_total", method="publickey", result="success") == 1
+    assert value(s, "conchcmd_auth_attempts_total", method="publickey", result="failure") == 3
+    assert value(s, "conchcmd_penalties_total") == 1
+    assert value(s, "conchcmd_penalised_sources") == 1
+    assert value(s, "conchcmd_commands_total", command="help", status="0") == 2
+    assert value(s, "conchcmd_commands_total", command="other", status="127") == 1
+    assert value(s, "conchcmd_commands_total", command="comphash", status="2") == 1
+    assert value(s, "conchcmd_commands_total", command="comphash", status="0") == 1
+    assert value(s, "conchcmd_command_duration_seconds_count", command="help") == 2
+    assert value(s, "conchcmd_command_duration_seconds_count", command="comphash") == 2
+    assert value(s, "conchcmd_hashed_bytes_total") == hello.stat().st_size
+    assert value(s, "conchcmd_connections_open") == 1 + 2  # the logged-in one and the two held
+    assert value(s, "conchcmd_clients_open") == 1
+    assert value(s, "conchcmd_sessions_open") == 0  # each exec channel closed with its command
+    sent = value(s, "conchcmd_sent_bytes_total")
+    assert sent == sum(t.bytes_sent for t in w.factory.transports) + w.server.metrics.closed_bytes_sent
+    assert sent > 0
+
+    w.clock.advance(30)  # the penalty ends
+    for c in (conn, *held):
+        leave(c)
+    s = scrape(w)
+    assert value(s, "conchcmd_penalised_sources") == 0
+    assert value(s, "conchcmd_connections_open") == 0
+    assert value(s, "conchcmd_clients_open") == 0
+    assert value(s, "conchcmd_sent_bytes_total") >= sent  # a counter: the closed connections' bytes stay
+
+
+def test_sessions_open_counts_channels_and_rekeys_are_counted(tmp_path: Path) -> None:
+    w = metered(tmp_path)
+    conn = w.login()
+    channels = [conn.open_session() for _ in range(3)]
+    assert value(scrape(w), "conchcmd_sessions_open") == 3
+    conn.conn.sendClose(channels[0])
+    conn.flush()
+    assert value(scrape(w), "conchcmd_sessions_open") == 2
+    conn.client.sendKexInit()  # the client starts a rekey
+    conn.flush()
+    assert conn.server.kex_count == 2
+    assert value(scrape(w), "conchcmd_rekeys_total") == 1
+    leave(conn)
+    assert value(scrape(w), "conchcmd_rekeys_total") == 1  # kept once the connection is gone
+
+
+def test_client_text_never_becomes_a_label(tmp_path: Path) -> None:
+    w = metered(tmp_path)
+    conn = w.login()
+    hostile = [b'rm -rf\n{x="', b"'rm -rf\n{x=\"'", b"exit 77", b"HELP", b"help\x00", b"\xff\xfe", b"'unterminated"]
+    for line in hostile:
+        exec_on(conn, line)
+    text = w.server.metrics.exposition().decode()  # type: ignore[union-attr]
+    commands = {
+        (s.labels["command"], s.labels["status"])
+        for family in text_string_to_metric_families(text)
+        if family.name == "conchcmd_commands"
+        for s in family.samples
+        if s.name == "conchcmd_commands_total"
+    }
+    assert {name for name, _ in commands} == {"other", "exit"}
+    assert {status for _, status in commands} <= {"0", "1", "2", "126", "127", "130", "other"}
+    assert ("exit", "other") in commands  # `exit 77`: a status the client chose
+    assert "rm -rf" not in text and "x=" not in text and "77" not in text
+
+
+def test_a_client_turned_away_by_max_clients_is_a_refusal_not_a_failure(tmp_path: Path) -> None:
+    w = metered(tmp_path, max_clients=1)
+    first = w.login(peer="10.0.0.1")
+    second = w.connect(peer="10.0.0.2")
+    assert second.login(b"admin", ed25519_key()) != SUCCESS
+    s = scrape(w)
+    assert value(s, "conchcmd_auth_attempts_total", method="publickey", result="success") == 1
+    assert value(s, "conchcmd_auth_attempts_total", method="publickey", result="refused") == 1
+    assert value(s, "conchcmd_auth_attempts_total", method="publickey", result="failure") == 0
+    assert value(s, "conchcmd_connections_refused_total", reason="max_clients_per_user") == 1
+    leave(first)
+
+
+# -- the HTTP endpoint, as the service serves it -------------------------------------------------
+
+SERVICE_CONFIG = """\
+listen = ["tcp:2222"]
+metrics_listen = "tcp:9122:interface=127.0.0.1"
+host_keys_dir = "keys"
+authorized_keys = "keys/authorized_keys/%u"
+audit_log = "audit.jsonl"
+"""
+
+
+class Reactor(MemoryReactorClock):
+    """Remembers which ports were stopped (MemoryReactor's fake ports do not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: list[int] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        listening = super().listenTCP(port, factory, backlog, interface)
+        listening.stopListening = lambda: self.stopped.append(port)
+        return listening
+
+
+def started_service(base: Path) -> tuple[ConchcmdService, Reactor, io.StringIO]:
+    (base / "conchcmd.toml").write_text(SERVICE_CONFIG)
+    reactor = Reactor()
+    out = io.StringIO()
+    service = ConchcmdService(load_config(base / "conchcmd.toml", cwd=base), reactor, out)
+    service.startService()
+    assert service.ready.called
+    return service, reactor, out
+
+
+def http(reactor: MemoryReactorClock, request: bytes) -> bytes:
+    """Send one raw request to the metrics port; what the server answers."""
+    (site,) = [factory for port, factory, _backlog, interface in reactor.tcpServers if port == 9122]
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    sock = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+    proto.makeConnection(sock)
+    proto.dataReceived(request)
+    return sock.value()
+
+
+def test_the_service_serves_get_metrics_on_metrics_listen_only(tmp_path: Path) -> None:
+    service, reactor, out = started_service(tmp_path)
+    ports = sorted((port, interface) for port, _f, _b, interface in reactor.tcpServers)
+    assert ports == [(2222, ""), (9122, "127.0.0.1")]
+    assert "conchcmd: serving metrics on tcp:9122:interface=127.0.0.1 (" in out.getvalue()
+    answer = http(reactor, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nserver: conchcmd\r\n" in head.lower()  # not Twisted's version
+    assert b"content-type: text/plain; version=0.0.4; charset=utf-8" in head.lower()
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert {"conchcmd_build_info", "conchcmd_connections_accepted", "conchcmd_connections_open"} <= families
+    assert http(reactor, b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    for request in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metricsx HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET //metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics/../metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        answer = http(reactor, request)
+        assert answer.startswith(b"HTTP/1.1 404 "), (request, answer)
+        assert b"conchcmd_" not in answer
+    assert reactor.stopped == []
+    service.stopService()
+    assert sorted(reactor.stopped) == [2222, 9122]  # stopped with the SSH port
+
+
+def test_a_request_body_is_never_kept(tmp_path: Path) -> None:
+    """Twisted keeps a body in memory, or writes one of 100 kB or more to a temporary file."""
+    _service, reactor, _out = started_service(tmp_path)
+    (site,) = [factory for port, factory, _backlog, interface in reactor.tcpServers if port == 9122]
+    channel = HTTPChannel()
+    channel.site = site
+    channel.makeConnection(StringTransport())
+    request = site.requestFactory(channel)
+    request.gotLength(1_000_000_000)
+    for _ in range(10):
+        request.handleContentChunk(b"x" * 100_000)
+    assert request.content.getvalue() == b""
+
+
+def test_a_metrics_endpoint_that_cannot_listen_stops_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for `listen`: a systemd: endpoint parses at load time but needs systemd's socket."""
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    (tmp_path / "conchcmd.toml").write_text(
+        SERVICE_CONFIG.replace("tcp:9122:interface=127.0.0.1", "systemd:domain=INET:index=0")
+    )
+    reactor = Reactor()
+    service = ConchcmdService(load_config(tmp_path / "conchcmd.toml", cwd=tmp_path), reactor, io.StringIO())
+    service.startService()
+    failures: list[Any] = []
+    service.ready.addErrback(failures.append)
+    assert failures, "the server started without its metrics endpoint"
+    assert service.stop_reason.startswith("startup failed: cannot serve metrics on systemd:domain=INET:index=0")
+    assert "serving metrics" not in service.out.getvalue()  # type: ignore[attr-defined]
