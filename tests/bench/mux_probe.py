@@ -305,7 +305,9 @@ async def run_mux(fx: Fixture, servers: list[Server], args: argparse.Namespace) 
         if args.strace:  # one more round per server under `strace -c`: the syscalls of 200 execs
             for s in servers:
                 out = Path(args.strace) / f"strace-{s.name}.txt"
-                tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(out), "-p", str(s.proc.pid)])
+                detail = os.environ.get("MUX_PROBE_STRACE_ARGS")  # e.g. "-tt -T": the reactor thread's timeline
+                how = detail.split() if detail else ["-f", "-c"]
+                tracer = subprocess.Popen(["strace", *how, "-o", str(out), "-p", str(s.proc.pid)])
                 await asyncio.sleep(1.0)
                 await mux_round(conns[s.name], command, args.n, args.concurrency, timed)
                 tracer.send_signal(2)
