@@ -52,17 +52,21 @@ def build_server(
     password_runner: BlockingRunner,
     hostname: str | None = None,
     settings: ServerSettings | None = None,
+    bulk_runner: BlockingRunner | None = None,
 ) -> Server:
     """Assemble commands, auth, realm and SSH factory; nothing listens yet.
 
     `runner` serves the commands (hashing, reading logs, completion); `password_runner` only the
-    password checks, so that authentication load never waits for, or delays, a command.
+    password checks, so that authentication load never waits for, or delays, a command;
+    `bulk_runner` (default `runner`) the hashes of big files, so that they yield to the rest.
     """
     metrics = None
     if config.metrics_listen is not None:
         metrics = Metrics(version=__version__, statuses=ExitStatus)
         audit = metrics.audit_sink(audit)  # counts what the audit records say
-    table = build_command_table(config, runner, reactor, on_hashed=metrics.file_hashed if metrics else None)
+    table = build_command_table(
+        config, runner, reactor, bulk_runner, on_hashed=metrics.file_hashed if metrics else None
+    )
     if metrics is not None:
         metrics.commands = frozenset(command.name for command in table)  # any other name counts as "other"
     dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure)

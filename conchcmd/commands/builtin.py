@@ -96,13 +96,19 @@ def make_help(table: CommandTable) -> Command:
 
 
 def build_command_table(
-    config: Config, runner: BlockingRunner, reactor: Any, *, on_hashed: Callable[[int], None] | None = None
+    config: Config,
+    runner: BlockingRunner,
+    reactor: Any,
+    bulk_runner: BlockingRunner | None = None,
+    *,
+    on_hashed: Callable[[int], None] | None = None,
 ) -> CommandTable:
-    """The commands every session offers, each built from only what it needs (`on_hashed`: told
-    the size of each file comphash has hashed)."""
+    """The commands every session offers, each built from only what it needs (`bulk_runner`:
+    hashes big files, see Hasher, default `runner`; `on_hashed`: told the size of each file
+    comphash has hashed)."""
     table = CommandTable()
     table.add(make_lastlog(config.lastlog, build_sources(config.lastlog, runner, reactor, reactor)))
-    table.add(make_comphash(config.comphash, Hasher(config.comphash, runner, on_hashed), reactor))
+    table.add(make_comphash(config.comphash, Hasher(config.comphash, runner, on_hashed, bulk_runner), reactor))
     table.add(make_help(table))
     table.add(make_exit())
     return table

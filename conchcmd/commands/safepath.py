@@ -8,15 +8,24 @@ parent, never through the file system. So the canonical path we track is the pat
 really opened, and the roots check is made on that. (Linux's openat2 RESOLVE_BENEATH would do
 the walk in the kernel, but it refuses absolute symlinks and Python has no binding for it.)
 
+The common case, a plain path inside the roots without a symlink on the way, takes a short cut:
+openat2 with RESOLVE_NO_SYMLINKS (called through ctypes) opens its directory in one system call
+and fails if any component is a symlink, so the directory opened is the one at that very path;
+anything else (a symlink, `..`, an error, no openat2) is left to the walk, which decides. A hash
+of a small file costs 10 system calls instead of 23, each of them a release and re-take of the
+GIL that the worker thread competes for with the reactor.
+
 What no path policy can see: a hard link inside a root to a file outside it. Roots, and the
 directories above them, must not be writable by untrusted users.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
+import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +53,57 @@ class Opened:
 
     fd: int
     path: str
+    size: int = -1  # of a file, when it was opened (-1: not known)
+
+
+_SYS_OPENAT2 = 437  # the same on every Linux architecture (the generic table; Linux 5.6)
+_AT_FDCWD = -100
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _Openat2:
+    """openat2(2) with RESOLVE_NO_SYMLINKS, through libc's syscall(2)."""
+
+    def __init__(self) -> None:
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._syscall.restype = ctypes.c_long
+
+    def open_no_symlinks(self, path: str, flags: int) -> int:
+        """Open absolute `path`, failing (ELOOP) if any component of it is a symlink."""
+        how = _OpenHow(flags, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+        fd = int(
+            self._syscall(
+                ctypes.c_long(_SYS_OPENAT2),
+                ctypes.c_int(_AT_FDCWD),
+                ctypes.c_char_p(os.fsencode(path)),
+                ctypes.byref(how),
+                ctypes.c_size_t(ctypes.sizeof(how)),
+            )
+        )
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return fd
+
+
+def _probe_openat2() -> _Openat2 | None:
+    """openat2 if this kernel (and any seccomp filter) lets it work, else None: the walk only."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        openat2 = _Openat2()
+        os.close(openat2.open_no_symlinks("/", _DIR_FLAGS))
+    except (OSError, AttributeError):
+        return None
+    return openat2
+
+
+_OPENAT2 = _probe_openat2()
 
 
 def within_roots(path: str, roots: tuple[str, ...]) -> bool:
@@ -230,6 +290,9 @@ def open_file(path: str, roots: tuple[str, ...]) -> Opened:
     (missing, permission denied, too many symlinks). Failures on the way to a place outside the
     roots are reported as OutsideRoots, so nothing outside can be probed. The caller closes fd.
     """
+    plain = _open_plain(path, roots)
+    if plain is not None:
+        return plain
     with _walk() as walk:
         pending = deque(_components(path))
         while True:
@@ -248,13 +311,51 @@ def open_file(path: str, roots: tuple[str, ...]) -> Opened:
                 walk.retry(name, pending)  # swapped for a symlink since the stat
                 continue
             try:
-                mode = os.fstat(fd).st_mode
-                if not stat.S_ISREG(mode):  # swapped since the stat; O_NONBLOCK kept a FIFO from hanging
-                    raise NotAFile(os.strerror(errno.EISDIR) if stat.S_ISDIR(mode) else "not a regular file")
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):  # swapped since the stat; O_NONBLOCK kept a FIFO from hanging
+                    raise NotAFile(os.strerror(errno.EISDIR) if stat.S_ISDIR(st.st_mode) else "not a regular file")
             except BaseException:
                 os.close(fd)
                 raise
-            return Opened(fd, walk.path(name))
+            return Opened(fd, walk.path(name), st.st_size)
+
+
+def _open_plain(path: str, roots: tuple[str, ...]) -> Opened | None:
+    """open_file's short cut (see the module doc): `path` absolute and normal (no ".", "..",
+    "//" or trailing "/"), inside the roots as written, its directory reached without a symlink
+    (openat2 refuses any), and a regular file at its end: opened, in 5 system calls. None in
+    every other case, errors included: the walk then decides, and reports what it finds."""
+    if (
+        _OPENAT2 is None
+        or not path.startswith("/")
+        or path.startswith("//")
+        or "\0" in path
+        or os.path.normpath(path) != path
+        or not within_roots(path, roots)
+    ):
+        return None
+    directory, name = path.rsplit("/", 1)
+    try:
+        dir_fd = _OPENAT2.open_no_symlinks(directory or "/", _DIR_FLAGS)
+    except OSError:
+        return None  # a symlink on the way (ELOOP), missing, not permitted...: the walk's to say
+    try:
+        if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            return None  # a symlink, a directory, a device or a FIFO (not opened): the walk's to say
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)  # O_NOFOLLOW: swapped for a symlink, ELOOP
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):  # swapped since the stat
+        os.close(fd)
+        return None
+    return Opened(fd, path, st.st_size)
 
 
 def open_directory(path: str) -> Opened:

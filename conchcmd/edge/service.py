@@ -43,6 +43,8 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 #: CPU priority of the password threads: guessing load yields to the reactor and the commands.
 PASSWORD_THREADS_NICE = 10
+#: CPU priority of the threads hashing big files: they yield to the reactor and short commands.
+BULK_THREADS_NICE = 10
 
 
 class StartupError(Exception):
@@ -125,6 +127,8 @@ class ConchcmdService(Service):
         except OSError as e:
             raise StartupError(f"cannot open audit log {config.audit_log}: {e.strerror}") from None
         self.pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent + 2, name="conchcmd")
+        # Big files are hashed in threads of their own, at a lower priority (see Hasher).
+        self.bulk_pool = ThreadPool(minthreads=0, maxthreads=config.comphash.max_concurrent, name="conchcmd-hash")
         # Password checks get threads of their own, as many as may run at once (max_password_checks).
         self.password_pool = ThreadPool(
             minthreads=0, maxthreads=config.limits.max_password_checks, name="conchcmd-passwords"
@@ -137,6 +141,7 @@ class ConchcmdService(Service):
             runner=ThreadRunner(self.reactor, self.pool),
             password_runner=ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
             hostname=hostname,
+            bulk_runner=ThreadRunner(self.reactor, self.bulk_pool, nice=BULK_THREADS_NICE),
         )
 
     def privilegedStartService(self) -> None:
@@ -159,6 +164,7 @@ class ConchcmdService(Service):
         super().startService()
         binding = self._bind()  # bound already under twistd (privilegedStartService)
         self.pool.start()
+        self.bulk_pool.start()
         self.password_pool.start()
         binding.addCallbacks(self._listening, self._failed_to_listen).addErrback(
             lambda failure: log.failure("Starting the server failed", failure)
@@ -248,7 +254,7 @@ class ConchcmdService(Service):
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
         def release(_: object) -> Any:
-            for pool in (self.pool, self.password_pool):
+            for pool in (self.pool, self.bulk_pool, self.password_pool):
                 if pool.started:
                     pool.stop()
             if started_at is not None:  # the last record: after the clients' disconnects

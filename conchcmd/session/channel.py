@@ -77,13 +77,20 @@ class ConnectionBudget:
         return self.committed() > self.limit
 
     def released(self, by: SessionChannel) -> None:
-        """`by` holds less than before: let starved channels open their windows again."""
+        """`by` holds less than before: let starved channels open their windows again.
+
+        The total is taken once and kept up to date, so a release costs O(channels), not
+        O(channels^2): with many multiplexed execs each one's output and close came here.
+        """
         if not self.starved:
             return
         self.starved = False
+        total = self.committed()
         for chan in list(self.channels):
             if chan is not by:
-                chan.update_window()
+                mine = chan.committed()
+                chan.update_window(others=total - mine)
+                total += chan.committed() - mine
 
 
 @dataclass(frozen=True)
@@ -345,20 +352,23 @@ class SessionChannel(QuietChannel):
         self.update_window()
         self.context.budget.released(self)
 
-    def update_window(self) -> None:
+    def update_window(self, others: int | None = None) -> None:
         """Offer the client the window the account can still take.
 
         A channel may hold `input_limit` bytes of input (held plus offered); the connection's
         channels together `budget.limit` bytes, output included. A channel whose input has been
         consumed keeps a small window regardless, so that a Ctrl-C can reach a running command.
-        Adjustments are batched: the window is topped up once half of it is used.
+        Adjustments are batched: the window is topped up once half of it is used. `others`:
+        what the other channels commit, if the caller knows it already (see `released`).
         """
         if self._gone or self.localClosed:
             return
         budget = self.context.budget
+        if others is None:
+            others = budget.committed(excluding=self)
         held_input = self.input_held()
         room = self.input_limit - held_input
-        free = budget.limit - budget.committed(excluding=self) - held_input - self._queued
+        free = budget.limit - others - held_input - self._queued
         target = max(min(room, free), WINDOW_FLOOR - held_input)
         if free < room:
             budget.starved = True

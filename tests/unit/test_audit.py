@@ -145,3 +145,15 @@ def test_every_audit_record_is_one_line_for_any_line_based_reader(tmp_path: Path
     assert records[0]["argv"] == ["a\u2029b", "c\x85d", "e\x1cf\x0bg\x0ch"]
     assert records[1]["argv"] == [EVERY_CHARACTER, LONE_SURROGATES]  # escaped, not altered
     assert records[2]["reason"] == "\r\n\u2028"
+
+
+def test_sanitise_returns_text_it_would_not_change_as_it_is_and_escapes_the_rest_as_before() -> None:
+    """sanitise() returns a text without anything to escape in one regex search: for every code
+    point, alone and in a text it truncates, the result is what the character-by-character
+    escaping (forced here by a leading backslash) gives."""
+    differ = [c for c in range(0x110000) if sanitise(chr(c)) != sanitise("\\" + chr(c))[2:]]
+    assert differ == []
+    for ch in map(chr, range(0, 0x110000, 97)):
+        assert sanitise(ch * 5, limit=3) == sanitise("\\" + ch * 5, limit=4)[2:]
+    assert sanitise("plain text", limit=5) == "plain..."
+    assert sanitise(b"caf\xc3\xa9 \xff") == "café \\xff"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import threading
@@ -25,7 +26,9 @@ from conchcmd.commands.comphash import (
     hash_file,
     make_comphash,
 )
-from conchcmd.commands.framework import InlineRunner
+from conchcmd.commands.framework import Dispatcher, InlineRunner
+from conchcmd.commands.safepath import Opened
+from conchcmd.core.audit import MemoryAuditLog
 from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig
 
 CONTENT = bytes(range(256)) * 41 + b"tail"
@@ -534,3 +537,111 @@ def test_comphash_command_gives_another_user_a_slot(harness, root: Path, sync) -
     assert sync.success(d).status == 0
     assert stdout.data == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n".encode()
     assert not any(x.called for x in held)
+
+
+def test_a_small_file_that_grew_after_it_was_opened_is_read_to_its_end(root: Path) -> None:
+    """The one-read path for small files takes the size seen at open as a hint, not a limit."""
+    grown = CONTENT * 3  # bigger than the size below, and than one read of size + 1
+    (root / "log").write_bytes(grown)
+    fd = os.open(root / "log", os.O_RDONLY)
+    result = comphash._hash_small(Opened(fd, f"{root}/log", size=10), "sha256", threading.Event())
+    assert (result.digest, result.size) == (hashlib.sha256(grown).hexdigest(), len(grown))
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
+
+
+def test_with_a_bulk_runner_a_small_file_is_hashed_where_it_is_opened_and_a_big_one_in_bulk(
+    root: Path, sync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server hashes big files in threads of a lower priority: the file is opened (and a
+    small one hashed) by `runner`, a big one is handed open to `bulk_runner`, which closes it."""
+    monkeypatch.setattr(comphash, "READ_SIZE", 4096)  # data.bin (10 KiB) is big, b is small
+    (root / "b").write_bytes(b"b")
+    runner, bulk = ManualRunner(), ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk_runner=bulk)
+    small = start_hash(hasher, root / "b")
+    runner.complete(0)
+    assert sync.success(small).digest == hashlib.sha256(b"b").hexdigest()
+    assert bulk.calls == [] and hasher.semaphore.tokens == 1
+    big = start_hash(hasher, root / "data.bin")
+    runner.complete(1)
+    assert not big.called and hasher.semaphore.tokens == 0  # the slot is held while bulk hashes
+    [(fn, (opened, *_), _)] = bulk.jobs
+    assert fn is comphash.hash_opened and isinstance(opened, Opened)
+    bulk.complete(0)
+    assert sync.success(big) == HashResult(hashlib.sha256(CONTENT).hexdigest(), len(CONTENT), f"{root}/data.bin")
+    assert hasher.semaphore.tokens == 1
+    with pytest.raises(OSError):
+        os.fstat(opened.fd)  # closed
+
+
+def test_a_big_hash_cancelled_between_its_two_threads_closes_its_file_and_frees_its_slot(
+    root: Path, sync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(comphash, "READ_SIZE", 4096)
+    runner, bulk = ManualRunner(), ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk_runner=bulk)
+    big = start_hash(hasher, root / "data.bin")
+    runner.complete(0)
+    [(_, (opened, _, cancelled, _), _)] = bulk.jobs
+    big.cancel()
+    assert sync.failure(big).check(defer.CancelledError) and cancelled.is_set()
+    assert hasher.semaphore.tokens == 0  # until the bulk thread has seen the cancel
+    bulk.complete(0)  # HashCancelled, dropped
+    assert hasher.semaphore.tokens == 1
+    with pytest.raises(OSError):
+        os.fstat(opened.fd)
+
+
+def test_the_server_hashes_big_files_in_lower_priority_threads_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conchcmd.core.config import Config
+    from conchcmd.core.threads import ThreadRunner
+    from conchcmd.edge import service as service_module
+
+    built: dict[str, Any] = {}
+    real_build = service_module.build_server
+
+    def recording_build(*args: Any, **kwargs: Any) -> Any:
+        built.update(kwargs)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "build_server", recording_build)
+    config = Config(
+        host_keys_dir=tmp_path / "keys",
+        authorized_keys=str(tmp_path / "users" / "%u"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+    )
+    service = service_module.ConchcmdService(config, reactor=Clock(), out=io.StringIO())
+    service.prepare()
+    try:
+        bulk, commands = built["bulk_runner"], built["runner"]
+        assert isinstance(bulk, ThreadRunner) and isinstance(commands, ThreadRunner)
+        assert bulk.pool is service.bulk_pool is not service.pool is commands.pool
+        assert bulk.nice == service_module.BULK_THREADS_NICE > 0 and commands.nice == 0
+        assert service.bulk_pool.max == config.comphash.max_concurrent
+    finally:
+        service.audit.close()
+
+
+def test_the_command_table_gives_comphash_the_bulk_runner(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conchcmd.commands.builtin import build_command_table
+    from conchcmd.core.config import Config
+
+    monkeypatch.setattr(comphash, "READ_SIZE", 4096)
+    runner, bulk = ManualRunner(), ManualRunner()
+    config = Config(
+        host_keys_dir=root / "keys", authorized_keys=str(root / "%u"), comphash=ComphashConfig(roots=(str(root),))
+    )
+    table = build_command_table(config, runner, Clock(), bulk)
+    dispatcher = Dispatcher(table, MemoryAuditLog(), Clock())
+    out: list[bytes] = []
+    sink = type("Sink", (), {"write": lambda self, data: (out.append(data), defer.succeed(None))[1]})()
+    done = dispatcher.dispatch(
+        f"comphash {root}/data.bin", stdout=sink, stderr=sink, user="u", peer="p", fingerprint="f"
+    )
+    runner.run_all()
+    assert [fn for fn, _, _ in bulk.jobs] == [comphash.hash_opened]
+    bulk.run_all()
+    assert done.called and b"".join(out) == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n".encode()

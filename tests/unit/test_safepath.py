@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from support.races import swapping
 
+from conchcmd.commands import safepath
 from conchcmd.commands.comphash import PathRefused, hash_file
 from conchcmd.commands.safepath import MAX_OPEN_DIRS, MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
 from conchcmd.session.completion import list_paths
@@ -302,3 +303,63 @@ def test_a_deep_tree_holds_a_bounded_number_of_descriptors(tree: Path, monkeypat
     with pytest.raises(OutsideRoots):
         open_file(str(deep) + "/.." * 201 + "/outside/f", roots)
     assert len(held) <= 3  # the files `read` closed through their file objects, nothing else
+
+
+# --- the openat2 short cut and the walk decide alike ----------------------------------------------
+
+
+def _outcome(path: str, roots: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        opened = open_file(path, roots)
+    except OSError as e:  # NotAFile and OutsideRoots are Exceptions, not OSErrors
+        return ("OSError", str(e.errno))
+    except (NotAFile, OutsideRoots, ValueError) as e:  # ValueError: a NUL byte (comphash refuses it first)
+        return (type(e).__name__, str(e))
+    with open(opened.fd, "rb") as f:
+        return ("opened", opened.path, f.read().decode(), str(opened.size))
+
+
+@pytest.mark.skipif(safepath._OPENAT2 is None, reason="no openat2 here (Linux >= 5.6): the walk alone runs")
+def test_the_short_cut_and_the_walk_agree_on_every_kind_of_path(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain paths, symlinks (to files and directories, inside and out, relative and absolute),
+    `.`, `..`, `//`, trailing slashes, directories, FIFOs, missing names, NUL bytes: the same
+    outcome with the openat2 short cut as with the walk alone."""
+    root = tree / "root"
+    (root / "in-link").symlink_to("dir/f")
+    (root / "out-link").symlink_to(tree / "outside" / "f")
+    (root / "dir-link").symlink_to(tree / "root" / "dir")
+    (root / "out-dir").symlink_to("../outside")
+    (tree / "outside" / "back").symlink_to(root / "dir")
+    os.mkfifo(root / "pipe")
+    (root / "locked").mkdir(mode=0)
+    names = [
+        "root/dir/f", "root/in-link", "root/out-link", "root/dir-link/f", "root/out-dir/f", "outside/back/f",
+        "outside/f", "root/dir", "root/dir/", "root/dir/f/", "root/./dir/f", "root//dir/f", "root/dir/../dir/f",
+        "root/dir/missing", "root/missing/f", "root/pipe", "root/locked/f", "root", "root/dir/f\0x",
+    ]  # fmt: skip
+    roots = (str(root),)
+    paths = [f"{tree}/{n}" for n in names] + ["/", "//" + f"{tree}/root/dir/f".lstrip("/"), "relative/f"]
+    with_short_cut = [_outcome(p, roots) for p in paths]
+    monkeypatch.setattr(safepath, "_OPENAT2", None)
+    assert [_outcome(p, roots) for p in paths] == with_short_cut
+    assert with_short_cut[0] == ("opened", f"{root}/dir/f", INSIDE.decode(), str(len(INSIDE)))
+
+
+@pytest.mark.skipif(safepath._OPENAT2 is None, reason="no openat2 here (Linux >= 5.6): the walk alone runs")
+def test_a_plain_path_takes_the_short_cut_and_a_symlinked_one_the_walk(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walks = []
+    real_walk = safepath._walk
+
+    def counted_walk():  # type: ignore[no-untyped-def]
+        walks.append(1)
+        return real_walk()
+
+    monkeypatch.setattr(safepath, "_walk", counted_walk)
+    (tree / "root" / "l").symlink_to("dir")
+    roots = (f"{tree}/root",)
+    assert read(f"{tree}/root/dir/f", roots) == (INSIDE, f"{tree}/root/dir/f")
+    assert walks == []
+    assert read(f"{tree}/root/l/f", roots) == (INSIDE, f"{tree}/root/dir/f")
+    assert walks == [1]
