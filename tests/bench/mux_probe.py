@@ -34,12 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
+from support.serverfiles import toml_text
 from support.tempdirs import trusted_temp_parent
 
 ANCHOR = Path(__file__).resolve().parents[3] / "shared" / "bench" / "anchors" / "asyncssh_server.py"
@@ -85,7 +87,7 @@ class Fixture:
 class Server:
     """One server on 127.0.0.1: a conchcmd tree, or the AsyncSSH anchor."""
 
-    def __init__(self, name: str, spec: str, fx: Fixture, extra_config: str = ""):
+    def __init__(self, name: str, spec: str, fx: Fixture, comphash_extra: dict[str, Any] | None = None):
         self.name = name
         d = fx.root / name
         d.mkdir()
@@ -113,12 +115,18 @@ class Server:
             (keys / "bench").write_text(fx.pub)
             (keys / "bench").chmod(0o600)
             config = d / "conchcmd.toml"
-            config.write_text(
-                f'listen = ["tcp:0:interface=127.0.0.1"]\nhost_keys_dir = "{d / "keys"}"\n'
-                f'audit_log = "{d / "audit.jsonl"}"\nmax_clients = 5000\n'
-                f"max_startups = 500\nmax_startups_per_source = 100\nmax_sessions = 100\n"
-                f'[lastlog]\npath = "{fx.log}"\nlines = 10\n[comphash]\nroots = ["{fx.root}"]\n{extra_config}'
-            )
+            settings = {
+                "listen": ["tcp:0:interface=127.0.0.1"],
+                "host_keys_dir": str(d / "keys"),
+                "audit_log": str(d / "audit.jsonl"),
+                "max_clients": 5000,
+                "max_startups": 500,
+                "max_startups_per_source": 100,
+                "max_sessions": 100,
+                "lastlog": {"path": str(fx.log), "lines": 10},
+                "comphash": {"roots": [str(fx.root)], **(comphash_extra or {})},
+            }
+            config.write_text(toml_text(settings))
             env["PYTHONPATH"] = str(Path(spec).resolve())
             argv = [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)]
             profile = os.environ.get("MUX_PROBE_PROFILE")  # a directory: the reactor thread under cProfile
@@ -376,7 +384,7 @@ def main() -> None:
             for spec in args.server:
                 name, _, where = spec.partition("=")
                 tree, *lines = where.split(",")  # NAME=TREE,key = value,...: lines for its [comphash]
-                servers.append(Server(name, tree, fx, "".join(line + "\n" for line in lines)))
+                servers.append(Server(name, tree, fx, tomllib.loads("".join(line + "\n" for line in lines))))
             run = run_responsive if args.responsive else run_mux
             result = asyncio.run(run(fx, servers, args))
         finally:

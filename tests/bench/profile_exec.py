@@ -35,6 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
+sys.path.insert(0, str(HERE.parents[1]))  # tests/, for support
+from support.serverfiles import toml_text  # noqa: E402
 
 LISTENING = re.compile(rb"\(127\.0\.0\.1:(\d+)\)")
 
@@ -85,12 +87,18 @@ class Server:
         (users / "bench").write_text(fx.key.with_suffix(".pub").read_text())
         (users / "bench").chmod(0o600)
         config = d / "conchcmd.toml"
-        config.write_text(
-            f'listen = ["tcp:0:interface=127.0.0.1"]\nhost_keys_dir = "keys"\n'
-            f'authorized_keys = "keys/authorized_keys/%u"\naudit_log = "audit.jsonl"\n'
-            f"max_clients = 10000\nmax_sessions = 100\nmax_startups = 1000\n"
-            f'[lastlog]\npath = "{fx.log}"\nlines = 10\n[comphash]\nroots = ["{fx.root}"]\n'
-        )
+        settings = {
+            "listen": ["tcp:0:interface=127.0.0.1"],
+            "host_keys_dir": "keys",
+            "authorized_keys": "keys/authorized_keys/%u",
+            "audit_log": "audit.jsonl",
+            "max_clients": 10000,
+            "max_sessions": 100,
+            "max_startups": 1000,
+            "lastlog": {"path": str(fx.log), "lines": 10},
+            "comphash": {"roots": [str(fx.root)]},
+        }
+        config.write_text(toml_text(settings))
         if profile_to is None:
             argv = [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)]
         else:
