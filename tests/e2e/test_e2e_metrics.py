@@ -10,6 +10,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -102,6 +103,34 @@ def test_only_get_metrics_is_served(metered: Metered) -> None:
     for path in ("/", "/metrics/", "/metricsx", "/favicon.ico", "/api/v1/query"):
         status, body = http_get(base + path)
         assert (status, b"conchcmd_" in body) == (404, False), path
+
+
+def scraped(metered: Metered) -> dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, float]]:
+    status, body = http_get(metered.url)
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): (family.type, s.value)
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_counters_survive_a_sighup_reload(metered: Metered) -> None:
+    """SIGHUP re-reads the configuration: the counts go on (a counter that decreased would read as a
+    restart to Prometheus's rate())."""
+    server = metered.server
+    before = scraped(metered)
+    mark = server.audit_mark()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(lambda: server.audit_since(mark, "reload"), 10, "the reload record")
+    after = scraped(metered)
+    assert after.keys() == before.keys()
+    for key, (kind, value) in before.items():
+        if kind in ("counter", "histogram"):
+            assert after[key][1] >= value, key
+    assert after[("conchcmd_connections_accepted_total", ())] == before[("conchcmd_connections_accepted_total", ())]
+    assert after[("conchcmd_connections_accepted_total", ())][1] == 6
 
 
 @pytest.fixture

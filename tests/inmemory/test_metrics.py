@@ -383,3 +383,31 @@ def test_odd_requests_get_a_plain_answer_and_close(tmp_path: Path, request_bytes
     assert (b"conchcmd_build_info" in answer) == (status == b"200")
     assert b"a" * 100 not in answer and b"Twisted" not in answer
     assert closed(proto, sock)
+
+
+# -- counts under churn ------------------------------------------------------------------------------
+
+
+def test_commands_ended_by_a_disconnect_are_counted_once_and_the_gauges_return_to_zero(tmp_path: Path) -> None:
+    w = metered(tmp_path)
+    conns = [w.login(peer=f"10.0.1.{n}") for n in range(3)]
+    followers = []
+    for conn in conns:
+        followers.append(exec_on(conn, b"lastlog -f"))  # runs until its client goes
+        for _ in range(2):
+            conn.open_session()  # sessions that run nothing
+    s = scrape(w)
+    assert value(s, "conchcmd_sessions_open") == 9
+    assert value(s, "conchcmd_connections_open") == value(s, "conchcmd_clients_open") == 3
+    assert sum(v for (name, _), v in s.items() if name == "conchcmd_commands_total") == 0  # none has ended
+    conns[0].conn.sendClose(followers[0])  # one ended by closing its channel
+    conns[0].flush()
+    for conn in conns:
+        leave(conn)
+    w.clock.advance(5)  # any follow poll after the close
+    s = scrape(w)
+    assert [r["argv"] for r in w.audit.of("command")] == [["lastlog", "-f"]] * 3
+    assert sum(v for (name, _), v in s.items() if name == "conchcmd_commands_total") == 3
+    assert value(s, "conchcmd_command_duration_seconds_count", command="lastlog") == 3
+    for gauge in ("conchcmd_sessions_open", "conchcmd_connections_open", "conchcmd_clients_open"):
+        assert value(s, gauge) == 0, gauge
