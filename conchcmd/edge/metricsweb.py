@@ -17,8 +17,6 @@ from twisted.web import http, resource, server
 from conchcmd.core.metrics import CONTENT_TYPE, Metrics
 
 PATH = b"/metrics"
-#: Seconds an HTTP connection may stay idle (Twisted's default is 60).
-IDLE_TIMEOUT = 30
 #: Seconds a connection may live, from accept to the end of its one answer, whatever it sends:
 #: Prometheus's default scrape_timeout (a slower scrape has failed on Prometheus's side anyway).
 DEADLINE = 10
@@ -90,7 +88,7 @@ class MetricsSite(server.Site):
     protocol = _Channel  # type: ignore[assignment]  # HTTP/1.1 only (no HTTP/2 negotiation: there is no TLS)
 
     def __init__(self, metrics: Metrics, reactor: Any):
-        super().__init__(_Metrics(metrics), timeout=IDLE_TIMEOUT, reactor=reactor)
+        super().__init__(_Metrics(metrics), timeout=None, reactor=reactor)  # idle timeout: _Channel has DEADLINE
         self.channels: set[_Channel] = set()
 
     def buildProtocol(self, addr: Any) -> Any:
