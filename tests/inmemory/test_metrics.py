@@ -5,6 +5,7 @@ prometheus_client's own parser, holds exactly those counts; client text never be
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +412,52 @@ def test_commands_ended_by_a_disconnect_are_counted_once_and_the_gauges_return_t
     assert value(s, "conchcmd_command_duration_seconds_count", command="lastlog") == 3
     for gauge in ("conchcmd_sessions_open", "conchcmd_connections_open", "conchcmd_clients_open"):
         assert value(s, gauge) == 0, gauge
+
+
+def test_no_counter_decreases_under_random_churn(tmp_path: Path) -> None:
+    """Logins, failed logins, commands, idle sessions, rekeys and disconnects in a random order
+    (seeded), scraped after every step: each counter only grows; at the end every gauge is 0."""
+    rng = random.Random(1226)
+    w = metered(tmp_path, limits=LimitsConfig(penalty_seconds=30))
+    open_conns: list[Connection] = []
+    previous: Samples = {}
+    failures = 0  # each source fails three times (a penalty), then the next one is used
+    for step in range(60):
+        action = rng.choice(["login", "bad", "command", "session", "rekey", "leave", "leave", "tick"])
+        if action == "login" or (not open_conns and action in ("command", "session", "rekey", "leave")):
+            open_conns.append(w.login(peer=f"10.0.2.{rng.randrange(4)}"))
+        elif action == "bad":
+            bad = w.connect(peer=f"10.0.3.{failures // 3}")
+            failures += 1
+            assert bad.login(b"admin", ed25519_key(77)) == FAILURE
+            leave(bad)
+        elif action == "command":
+            exec_on(rng.choice(open_conns), rng.choice([b"help", b"nosuch", b"exit 3", b"lastlog -f"]))
+        elif action == "session":
+            rng.choice(open_conns).open_session()
+        elif action == "rekey":
+            conn = rng.choice(open_conns)
+            conn.client.sendKexInit()
+            conn.flush()
+        elif action == "leave":
+            leave(open_conns.pop(rng.randrange(len(open_conns))))
+        else:
+            w.clock.advance(rng.choice([1, 10, 31]))
+        now = scrape(w)
+        for key, before in previous.items():
+            if key[0].endswith(("_total", "_count", "_sum", "_bucket")):
+                assert now.get(key, 0.0) >= before, (step, action, key)
+        previous = now
+    for conn in open_conns:
+        leave(conn)
+    w.clock.advance(31)  # every penalty over
+    s = scrape(w)
+    for gauge in (
+        "conchcmd_sessions_open",
+        "conchcmd_connections_open",
+        "conchcmd_clients_open",
+        "conchcmd_penalised_sources",
+    ):
+        assert value(s, gauge) == 0, gauge
+    assert value(s, "conchcmd_penalties_total") >= 1  # the churn did earn a penalty
+    assert sum(v for (name, _), v in s.items() if name == "conchcmd_commands_total") == len(w.audit.of("command"))
