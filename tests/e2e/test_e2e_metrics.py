@@ -5,8 +5,12 @@ over HTTP and parsed with prometheus_client's parser, then scraped by a REAL Pro
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import resource
 import shutil
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +19,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.prometheus import PROMETHEUS, Prometheus, http_get
+from support.reliability import rss_kib
 from support.server import Server, next_source
+
+from conchcmd.edge.metricsweb import MAX_CONNECTIONS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")]
 
@@ -98,6 +105,34 @@ def test_only_get_metrics_is_served(metered: Metered) -> None:
         assert (status, b"conchcmd_" in body) == (404, False), path
 
 
+def scraped(metered: Metered) -> dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, float]]:
+    status, body = http_get(metered.url)
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): (family.type, s.value)
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_counters_survive_a_sighup_reload(metered: Metered) -> None:
+    """SIGHUP re-reads the configuration: the counts go on (a counter that decreased would read as a
+    restart to Prometheus's rate())."""
+    server = metered.server
+    before = scraped(metered)
+    mark = server.audit_mark()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(lambda: server.audit_since(mark, "reload"), 10, "the reload record")
+    after = scraped(metered)
+    assert after.keys() == before.keys()
+    for key, (kind, value) in before.items():
+        if kind in ("counter", "histogram"):
+            assert after[key][1] >= value, key
+    assert after[("conchcmd_connections_accepted_total", ())] == before[("conchcmd_connections_accepted_total", ())]
+    assert after[("conchcmd_connections_accepted_total", ())][1] == 6
+
+
 @pytest.fixture
 def prometheus(tmp_path: Path, metered: Metered) -> Iterator[Prometheus]:
     if PROMETHEUS is None:
@@ -129,3 +164,48 @@ def test_a_real_prometheus_scrapes_the_expected_counts(prometheus: Prometheus, m
     }
     returned = {expression: prometheus.value(expression) for expression in queries}
     assert returned == queries
+
+
+#: The server's file descriptor limit in the flood test: low, so that a flood of twice as many
+#: connections would use them all up.
+FD_LIMIT = 128
+
+
+def limit_fds() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_flood_of_the_metrics_port_leaves_ssh_serving(make_server: Callable[..., Server]) -> None:
+    """Pipelined requests never read, then idle connections twice the server's RLIMIT_NOFILE: the
+    server's memory and descriptors stay bounded and SSH logins go on (without the cap the SSH
+    listener's accept() failed with EMFILE; every pipelined request was answered into memory)."""
+    server = make_server(
+        settings={"metrics_listen": "tcp:0:interface=127.0.0.1"}, popen_extra={"preexec_fn": limit_fds}
+    )
+    port = server.wait_listening(METRICS_LINE, 10)
+    assert server.ssh("help").returncode == 0
+    rss_before, fds_before = rss_kib(server.pid), open_fds(server.pid)
+    pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1800  # 63 kB: one read
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            held[-1].sendall(pipelined)  # and never read what comes back
+        assert server.ssh("help").returncode == 0  # the server has read and answered them
+        grown_mib = (rss_kib(server.pid) - rss_before) / 1024
+        assert grown_mib < 16, f"the server grew by {grown_mib:.0f} MiB"
+        for _ in range(2 * FD_LIMIT):
+            with contextlib.suppress(OSError):  # not accepted (the listen backlog is full)
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        for _ in range(3):
+            assert server.ssh("help").returncode == 0
+        assert open_fds(server.pid) <= fds_before + MAX_CONNECTIONS + 2
+    finally:
+        for sock in held:
+            sock.close()
+    server.wait_for(lambda: open_fds(server.pid) <= fds_before, 20, "the metrics connections to close")
+    assert http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200

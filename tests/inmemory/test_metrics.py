@@ -5,6 +5,7 @@ prometheus_client's own parser, holds exactly those counts; client text never be
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,14 @@ from support.keys import ed25519_key
 from support.sshclient import Connection, RecordingChannel
 from support.world import World, make_world
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from conchcmd import __version__
 from conchcmd.core.config import LimitsConfig, load_config
+from conchcmd.edge import metricsweb
 from conchcmd.edge.service import ConchcmdService
 
 SUCCESS, FAILURE = 52, 51
@@ -263,3 +267,197 @@ def test_a_metrics_endpoint_that_cannot_listen_stops_the_start(tmp_path: Path, m
     assert failures, "the server started without its metrics endpoint"
     assert service.stop_reason.startswith("startup failed: cannot serve metrics on systemd:domain=INET:index=0")
     assert "serving metrics" not in service.out.getvalue()  # type: ignore[attr-defined]
+
+
+# -- the metrics port under attack: whatever it receives, the server keeps serving -----------------
+
+
+def metrics_site(reactor: MemoryReactorClock) -> Any:
+    (site,) = [factory for port, factory, _backlog, interface in reactor.tcpServers if port == 9122]
+    return site
+
+
+def http_connection(site: Any) -> tuple[Any, StringTransport]:
+    """A connection accepted on the metrics port."""
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    assert proto is not None, "the connection was refused at accept"
+    sock = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+    proto.makeConnection(sock)
+    return proto, sock
+
+
+def closed(proto: Any, sock: StringTransport) -> bool:
+    """Whether the server closed the connection; if so the channel is told, as TCP would."""
+    if sock.disconnecting and sock.connected:
+        sock.connected = False
+        proto.connectionLost(Failure(ConnectionDone()))
+    return not sock.connected
+
+
+GET = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [GET * 1000, b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 10, GET + b"GET /nothing HTTP/1.1\r\n"],
+    ids=["pipelined HTTP/1.1", "HTTP/1.0 keep-alive", "a second request started"],
+)
+def test_one_answer_per_connection_whatever_is_pipelined(tmp_path: Path, requests: bytes) -> None:
+    """Twisted answers every pipelined request in full, read or not: 1000 requests of 35 bytes held
+    1000 expositions in the send buffer."""
+    _service, reactor, _out = started_service(tmp_path)
+    proto, sock = http_connection(metrics_site(reactor))
+    proto.dataReceived(requests)
+    answer = sock.value()
+    assert answer.count(b"HTTP/1.") == 1 and answer.split(b" ", 2)[1] == b"200"
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert closed(proto, sock)  # after its one answer
+    assert metrics_site(reactor).channels == set()
+
+
+@pytest.mark.parametrize(
+    "dribble",
+    [
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 100,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 999999\r\n\r\n" + b"b" * 100,
+    ],
+    ids=["slowloris head", "slow body"],
+)
+def test_a_connection_ends_at_its_deadline_however_it_dribbles(tmp_path: Path, dribble: bytes) -> None:
+    """Twisted's idle timeout restarts at every byte: one byte each 5 s held a connection forever."""
+    _service, reactor, _out = started_service(tmp_path)
+    site = metrics_site(reactor)
+    proto, sock = http_connection(site)
+    for i in range(len(dribble)):
+        if closed(proto, sock):
+            break
+        proto.dataReceived(dribble[i : i + 1])
+        reactor.advance(5)
+    assert closed(proto, sock) and sock.disconnected  # aborted
+    assert reactor.seconds() == metricsweb.DEADLINE
+    assert sock.value() == b""
+    assert site.channels == set()
+
+
+def test_connections_beyond_the_cap_are_closed_at_accept(tmp_path: Path) -> None:
+    """Idle connections must not use up the file descriptors the SSH listener needs (a real server
+    with a low RLIMIT_NOFILE: tests/e2e/test_e2e_metrics.py)."""
+    _service, reactor, _out = started_service(tmp_path)
+    site = metrics_site(reactor)
+    held = [http_connection(site) for _ in range(metricsweb.MAX_CONNECTIONS)]
+    for _ in range(3):
+        assert site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001)) is None
+    held[0][1].loseConnection()
+    assert closed(*held[0])
+    proto, sock = http_connection(site)  # a slot is free again
+    proto.dataReceived(GET)
+    assert sock.value().startswith(b"HTTP/1.1 200 ") and closed(proto, sock)
+    reactor.advance(metricsweb.DEADLINE)  # the idle ones end at their deadline
+    assert all(closed(*connection) for connection in held[1:])
+    assert site.channels == set()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", b""),  # a line too long: closed
+        (b"GET /metrics HTTP/1.1\r\n" + b"X: a\r\n" * 600 + b"\r\n", b"400"),  # too many headers
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-" + b"a" * 3000 + b": b\r\n" * 6 + b"\r\n", b"400"),  # head too big
+        (b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),  # bad chunk size
+        (b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 500 + b"0\r\n\r\n", b"200"),
+        (b"GET http://x/metrics HTTP/1.1\r\n\r\n", b"404"),  # absolute-form: answered, not followed
+        (b"GET /%6detrics HTTP/1.1\r\n\r\n", b"404"),  # percent-encoding is not decoded
+        (b"GET /metrics%3F HTTP/1.1\r\n\r\n", b"404"),
+        (b"GET /metrics?\r\n\x00 HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET /metrics?%0a%22%7d=1 HTTP/1.1\r\n\r\n", b"200"),  # a query string is ignored
+        (b"\xff\xfe GET /metrics HTTP/1.1\r\n\r\n", b"400"),
+    ],
+)
+def test_odd_requests_get_a_plain_answer_and_close(tmp_path: Path, request_bytes: bytes, status: bytes) -> None:
+    _service, reactor, _out = started_service(tmp_path)
+    site = metrics_site(reactor)
+    proto, sock = http_connection(site)
+    proto.dataReceived(request_bytes)
+    answer = sock.value()
+    assert answer.split(b" ", 2)[1:2] == ([status] if status else []), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == (1 if status else 0)
+    assert (b"conchcmd_build_info" in answer) == (status == b"200")
+    assert b"a" * 100 not in answer and b"Twisted" not in answer
+    assert closed(proto, sock)
+
+
+# -- counts under churn ------------------------------------------------------------------------------
+
+
+def test_commands_ended_by_a_disconnect_are_counted_once_and_the_gauges_return_to_zero(tmp_path: Path) -> None:
+    w = metered(tmp_path)
+    conns = [w.login(peer=f"10.0.1.{n}") for n in range(3)]
+    followers = []
+    for conn in conns:
+        followers.append(exec_on(conn, b"lastlog -f"))  # runs until its client goes
+        for _ in range(2):
+            conn.open_session()  # sessions that run nothing
+    s = scrape(w)
+    assert value(s, "conchcmd_sessions_open") == 9
+    assert value(s, "conchcmd_connections_open") == value(s, "conchcmd_clients_open") == 3
+    assert sum(v for (name, _), v in s.items() if name == "conchcmd_commands_total") == 0  # none has ended
+    conns[0].conn.sendClose(followers[0])  # one ended by closing its channel
+    conns[0].flush()
+    for conn in conns:
+        leave(conn)
+    w.clock.advance(5)  # any follow poll after the close
+    s = scrape(w)
+    assert [r["argv"] for r in w.audit.of("command")] == [["lastlog", "-f"]] * 3
+    assert sum(v for (name, _), v in s.items() if name == "conchcmd_commands_total") == 3
+    assert value(s, "conchcmd_command_duration_seconds_count", command="lastlog") == 3
+    for gauge in ("conchcmd_sessions_open", "conchcmd_connections_open", "conchcmd_clients_open"):
+        assert value(s, gauge) == 0, gauge
+
+
+def test_no_counter_decreases_under_random_churn(tmp_path: Path) -> None:
+    """Logins, failed logins, commands, idle sessions, rekeys and disconnects in a random order
+    (seeded), scraped after every step: each counter only grows; at the end every gauge is 0."""
+    rng = random.Random(1226)
+    w = metered(tmp_path, limits=LimitsConfig(penalty_seconds=30))
+    open_conns: list[Connection] = []
+    previous: Samples = {}
+    failures = 0  # each source fails three times (a penalty), then the next one is used
+    for step in range(60):
+        action = rng.choice(["login", "bad", "command", "session", "rekey", "leave", "leave", "tick"])
+        if action == "login" or (not open_conns and action in ("command", "session", "rekey", "leave")):
+            open_conns.append(w.login(peer=f"10.0.2.{rng.randrange(4)}"))
+        elif action == "bad":
+            bad = w.connect(peer=f"10.0.3.{failures // 3}")
+            failures += 1
+            assert bad.login(b"admin", ed25519_key(77)) == FAILURE
+            leave(bad)
+        elif action == "command":
+            exec_on(rng.choice(open_conns), rng.choice([b"help", b"nosuch", b"exit 3", b"lastlog -f"]))
+        elif action == "session":
+            rng.choice(open_conns).open_session()
+        elif action == "rekey":
+            conn = rng.choice(open_conns)
+            conn.client.sendKexInit()
+            conn.flush()
+        elif action == "leave":
+            leave(open_conns.pop(rng.randrange(len(open_conns))))
+        else:
+            w.clock.advance(rng.choice([1, 10, 31]))
+        now = scrape(w)
+        for key, before in previous.items():
+            if key[0].endswith(("_total", "_count", "_sum", "_bucket")):
+                assert now.get(key, 0.0) >= before, (step, action, key)
+        previous = now
+    for conn in open_conns:
+        leave(conn)
+    w.clock.advance(31)  # every penalty over
+    s = scrape(w)
+    for gauge in (
+        "conchcmd_sessions_open",
+        "conchcmd_connections_open",
+        "conchcmd_clients_open",
+        "conchcmd_penalised_sources",
+    ):
+        assert value(s, gauge) == 0, gauge
+    assert value(s, "conchcmd_penalties_total") >= 1  # the churn did earn a penalty
+    assert sum(v for (name, _), v in s.items() if name == "conchcmd_commands_total") == len(w.audit.of("command"))

@@ -8,6 +8,8 @@ from typing import Any
 
 import prometheus_client
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -240,3 +242,62 @@ def test_durations_fall_in_cumulative_le_buckets() -> None:
     assert (bucket("0.001"), bucket("0.0025"), bucket("0.5"), bucket("300.0"), bucket("+Inf")) == (2, 3, 4, 4, 5)
     assert s[("conchcmd_command_duration_seconds_count", (("command", "lastlog"),))] == 5
     assert s[("conchcmd_command_duration_seconds_sum", (("command", "lastlog"),))] == pytest.approx(600.40251)
+
+
+HOSTILE = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(
+        ['x"} 1\n# TYPE y counter\ny 9', "\udcff\udcfe", "\\", "}", "\n", "\x00", "lastlog\n", "help ", "Help"]
+    ),
+)
+RECORDS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("auth"),
+            st.fixed_dictionaries({"ok": st.booleans(), "user": HOSTILE, "method": HOSTILE, "reason": HOSTILE}),
+        ),
+        st.tuples(
+            st.just("command"),
+            st.fixed_dictionaries(
+                {"user": HOSTILE, "argv": st.lists(HOSTILE, max_size=3), "exit_code": st.integers(-(2**40), 2**40)}
+            ),
+        ),
+        st.tuples(
+            st.sampled_from(["connect", "penalty", "disconnect", "x\n}"]), st.fixed_dictionaries({"user": HOSTILE})
+        ),
+    ),
+    max_size=30,
+)
+ALLOWED = {
+    "command": {*COMMANDS, "other"},
+    "status": {*(str(int(s)) for s in ExitStatus), "other"},
+    "method": {"none", "publickey", "password", "keyboard-interactive", "hostbased", "gssapi-with-mic", "other"},
+    "result": {"success", "failure", "refused"},
+    "reason": {"penalty", "max_startups_per_source", "max_startups", "max_clients", "max_clients_per_user", "other"},
+    "version": {"9.9.9"},
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(RECORDS)
+def test_no_audit_record_puts_client_text_in_the_exposition(records: list[tuple[str, dict[str, Any]]]) -> None:
+    """Whatever a client makes the audit say (user names, commands, methods, reasons with quotes,
+    newlines, `}` or lone surrogates from non-UTF-8 bytes), the scrape parses to series whose label
+    values come from the fixed sets, a bounded number of them."""
+    m = metrics()
+    sink = m.audit_sink(MemoryAuditLog())
+    for event, fields in records:
+        sink.record(event, **fields)
+    text = m.exposition().decode("ascii")  # nothing but ASCII
+    found = samples(m)
+    for _name, labels in found:
+        for label, label_value in labels:
+            assert label_value in ALLOWED.get(label, {label_value}) or label == "le", (label, label_value)
+    assert {label for _name, labels in found for label, _ in labels} <= {*ALLOWED, "le"}
+    count = sum(1 for event, _ in records if event == "command")
+    assert sum(v for (name, _), v in found.items() if name == "conchcmd_commands_total") == count
+    assert sum(v for (name, _), v in found.items() if name == "conchcmd_auth_attempts_total") == sum(
+        1 for event, _ in records if event == "auth"
+    )
+    assert len(found) <= 5 * 7 + 7 * 3 + 6 + 5 * 19 + 20  # every label combination, at most
+    assert text.count("\n# TYPE ") + text.startswith("# TYPE ") <= 14
