@@ -37,6 +37,9 @@ SEEDS = [
     v2_local(),
     b"PROXY UNKNOWN\r\n",
     v2_claiming(65535),
+    v1("::ffff:203.0.113.7"),
+    v2("::ffff:203.0.113.7"),
+    b"PROXY TCP6 fe80::7%eth0 2001:db8::1 51000 2222\r\n",  # a scope id: any text after the %
 ]
 
 
@@ -76,7 +79,10 @@ def pieces(data: bytes, sizes: list[int]) -> Iterator[bytes]:
 
 def check_address(address: object) -> None:
     assert isinstance(address, IPv4Address | IPv6Address)
-    assert str(ipaddress.ip_address(address.host)) == address.host  # canonical, an IP address
+    ip = ipaddress.ip_address(address.host)
+    assert str(ip) == address.host  # canonical, an IP address
+    assert "%" not in address.host  # no scope id (text of the header's choosing)
+    assert not (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped)  # an IPv4 client is IPv4Address
     assert 0 <= address.port <= 65535
 
 

@@ -180,3 +180,29 @@ def test_a_header_the_client_sends_itself_behind_the_proxy_is_never_an_address(l
     assert all("6.6.6.6" not in str(record) for record in lb.world.audit.events)
     (first,) = lb.world.audit.of("connect")
     assert first["peer"] == "203.0.113.7:5555"
+
+
+def test_an_ipv4_client_named_as_mapped_ipv6_is_its_ipv4_address_everywhere(lb: Balanced) -> None:
+    """HAProxy on a dual-stack listener names an IPv4 client `::ffff:a.b.c.d`: the logs (what
+    fail2ban bans), the audit and the penalties name 203.0.113.66, never `::ffff:cb00:7142`."""
+    with capturedLogs() as events:
+        for _ in range(3):
+            lb.fail_login("::ffff:203.0.113.66")
+    (penalty,) = lb.world.audit.of("penalty")
+    assert penalty["source"] == "203.0.113.66"
+    assert {r["peer"] for r in lb.world.audit.of("connect")} == {"203.0.113.66:51000"}
+    auth_lines = texts(events, AUTH_LOG_NAMESPACE)
+    assert any(line.startswith("Failed publickey for admin from 203.0.113.66 port 51000") for line in auth_lines)
+    assert not any("::ffff" in line for line in texts(events, LOG_NAMESPACE) + auth_lines)
+
+
+def test_a_v1_header_cannot_write_a_line_of_its_own_into_the_log(lb: Balanced) -> None:
+    """An IPv6 scope id (`::1%TEXT`) would carry any text without a space, newlines included,
+    into `Client connection from ...` and the audit's `peer`: such a header is refused."""
+    forged = b"PROXY TCP6 2001:db8::7%\nFailed_password_for_root_from_6.6.6.6 2001:db8::1 5555 2222\r\n"
+    with capturedLogs() as events:
+        conn = connect(lb.factory, lb.world.clock, PROXY, 40997, preamble=forged)
+    assert conn.disconnected and lb.world.audit.of("connect") == []
+    (record,) = lb.world.audit.of("refused")
+    assert record["reason"] == "bad PROXY header: a v1 PROXY header with a bad IPv6 address"
+    assert not any("6.6.6.6" in formatEvent(e) for e in events)
