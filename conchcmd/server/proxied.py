@@ -28,7 +28,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from conchcmd.core.config import Config
+from conchcmd.core.config import Config, LimitsConfig
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import format_peer, host_and_port
@@ -52,10 +52,13 @@ class ProxySettings:
 
     trusted: tuple[str, ...] = Config.proxy_from
     header_timeout: float = HEADER_TIMEOUT
+    #: Connections waiting for their header at once (`max_startups`): each holds a socket and up
+    #: to MAX_V2_HEADER bytes, and counts nowhere else until its header names the client.
+    max_pending: int = LimitsConfig.max_startups
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
-        return cls(trusted=config.proxy_from)
+        return cls(trusted=config.proxy_from, max_pending=config.limits.max_startups)
 
     def trusts(self, address: IAddress) -> bool:
         """Whether `address` is a proxy in `proxy_from` (sshd's address-list matching); on a
@@ -77,6 +80,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.clock = clock
         self.settings = settings
         self._checking: set[str] = set()  # proxies whose health checks were logged
+        self.pending = 0  # connections waiting for their header
 
     @classmethod
     def serving(cls, ssh: CommandServerFactory, settings: ProxySettings) -> ProxyHeaderFactory:
@@ -87,6 +91,10 @@ class ProxyHeaderFactory(WrappingFactory):
         if not self.settings.trusts(addr):
             self.refused(addr, "not a trusted proxy (proxy_from)")
             return None  # Twisted closes the socket at once
+        if self.pending >= self.settings.max_pending:
+            waiting = self.settings.max_pending
+            self.refused(addr, f"too many connections waiting for their PROXY header (max_startups {waiting})")
+            return None
         return ProxiedConnection(self, addr)
 
     def refused(self, proxy: IAddress, reason: str) -> None:
@@ -133,6 +141,7 @@ class ProxiedConnection(ProtocolWrapper):
         self.client: IPv4Address | IPv6Address | None = None
         self._reader: ProxyHeaderReader | None = ProxyHeaderReader()
         self._deadline: Any = None
+        self._waiting = False  # counted in the factory's `pending`
 
     @property
     def proxy_text(self) -> str:
@@ -144,6 +153,8 @@ class ProxiedConnection(ProtocolWrapper):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+        self.factory.pending += 1
+        self._waiting = True
         self._deadline = self.factory.clock.callLater(self.factory.settings.header_timeout, self._too_late)
 
     def dataReceived(self, data: bytes) -> None:
@@ -187,9 +198,14 @@ class ProxiedConnection(ProtocolWrapper):
         self._refuse(f"no PROXY header within {self.factory.settings.header_timeout:g} s")
 
     def _stop_deadline(self) -> None:
+        """The connection no longer waits for its header (it came, was refused, or the
+        connection ended): its deadline and its place among the waiting ones are released."""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        if self._waiting:
+            self._waiting = False
+            self.factory.pending -= 1
 
     def getPeer(self) -> IAddress:
         """The client's address from the header once read (the proxy's until then)."""

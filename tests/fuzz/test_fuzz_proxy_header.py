@@ -144,4 +144,4 @@ def test_ssh_only_after_a_good_header_and_everything_released(
         conn.connectionLost(Failure(ConnectionError("gone")))
         world.clock.advance(0)
     assert admissions.total_startups == 0 and admissions.startups == {}
-    assert not factory.protocols
+    assert not factory.protocols and factory.pending == 0

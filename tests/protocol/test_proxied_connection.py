@@ -4,6 +4,7 @@ oversized or missing header is refused, counted and logged against the proxy."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -58,14 +59,15 @@ class Wrapped(Factory):
 
 
 class Rig:
-    def __init__(self, trusted: tuple[str, ...] = ("127.0.0.1", "::1"), refuse: set[str] | None = None) -> None:
+    def __init__(
+        self, trusted: tuple[str, ...] = ("127.0.0.1", "::1"), refuse: set[str] | None = None, max_pending: int = 100
+    ) -> None:
         self.clock = task.Clock()
         self.audit = MemoryAuditLog()
         self.admissions = Admissions(LimitsConfig(), self.clock, self.audit, max_clients=10)
         self.wrapped = Wrapped(refuse)
-        self.factory = ProxyHeaderFactory(
-            self.wrapped, admissions=self.admissions, clock=self.clock, settings=ProxySettings(trusted=trusted)
-        )
+        settings = ProxySettings(trusted=trusted, max_pending=max_pending)
+        self.factory = ProxyHeaderFactory(self.wrapped, admissions=self.admissions, clock=self.clock, settings=settings)
 
     def accept(self, proxy: IAddress = PROXY) -> tuple[ProxiedConnection | None, StringTransport]:
         conn = self.factory.buildProtocol(proxy)
@@ -226,3 +228,64 @@ def test_pending_connections_are_closed_at_shutdown() -> None:
     served.dataReceived(v1("203.0.113.7"))
     rig.factory.close_pending()
     assert waiting_transport.disconnected and not served_transport.disconnected
+
+
+def test_connections_waiting_for_their_header_are_capped_at_max_startups() -> None:
+    """Each holds a socket and up to 1 KiB for 5 s, and is counted nowhere else (its client is not
+    known yet): a peer in proxy_from (by default any local user) opening them faster than they
+    expire would run the server out of descriptors. Beyond max_startups waiting, refused at once."""
+    rig = Rig(max_pending=3)
+    waiting = [rig.accept(IPv4Address("TCP", "127.0.0.1", 41000 + n)) for n in range(3)]
+    assert all(conn is not None and not t.disconnecting for conn, t in waiting)
+    with capturedLogs() as events:
+        conn, _ = rig.accept(IPv4Address("TCP", "127.0.0.1", 41003))
+    assert conn is None  # closed by Twisted before a byte is read
+    (refused,) = rig.audit.of("refused")
+    reason = "too many connections waiting for their PROXY header (max_startups 3)"
+    assert (refused["peer"], refused["reason"]) == ("127.0.0.1:41003", reason)
+    assert f"Refused 1 connection(s) from 127.0.0.1: {reason}" in lines(events)
+    first, _ = waiting[0]
+    assert first is not None
+    first.dataReceived(v1("203.0.113.7"))  # a header in: no longer waiting
+    served, _ = rig.accept(IPv4Address("TCP", "127.0.0.1", 41004))
+    assert served is not None
+    rig.clock.advance(HEADER_TIMEOUT + 1)  # the others' deadline: they are gone, their places free
+    again = [rig.accept(IPv4Address("TCP", "127.0.0.1", 41005 + n)) for n in range(3)]
+    assert all(conn is not None for conn, _ in again)
+
+
+def test_a_header_sent_a_byte_at_a_time_is_cut_at_the_deadline_from_the_connection() -> None:
+    """The deadline runs from the accept, not from the last byte (a slow-loris header)."""
+    rig = Rig()
+    conn, transport = rig.accept()
+    assert conn is not None
+    for byte in v1("203.0.113.7")[:20]:
+        conn.dataReceived(bytes([byte]))
+        rig.clock.advance(HEADER_TIMEOUT / 10)
+        if transport.disconnected:
+            break
+    assert transport.disconnected and rig.wrapped.built == []
+
+
+def test_memory_held_by_a_waiting_connection_is_bounded() -> None:
+    """What a connection costs while it waits for its header: at most 1 KiB of it and the objects
+    (measured with tracemalloc: 500 connections each holding 1023 bytes of a v2 header)."""
+    rig = Rig(max_pending=1000)
+    partial = v2_claiming(1008) + b"\0" * (1023 - 16)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        held = []
+        for n in range(500):
+            conn, transport = rig.accept(IPv4Address("TCP", "127.0.0.1", 20000 + n))
+            assert conn is not None
+            for i in range(0, len(partial), 64):  # in pieces, as TCP may deliver them
+                conn.dataReceived(partial[i : i + 64])
+            held.append((conn, transport))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert all(not t.disconnecting for _, t in held)
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    print(f"{grown / 500:.0f} bytes per waiting connection")
+    assert grown / 500 < 8 * 1024  # bytes per waiting connection, the StringTransport included
