@@ -206,3 +206,21 @@ def test_a_v1_header_cannot_write_a_line_of_its_own_into_the_log(lb: Balanced) -
     (record,) = lb.world.audit.of("refused")
     assert record["reason"] == "bad PROXY header: a v1 PROXY header with a bad IPv6 address"
     assert not any("6.6.6.6" in formatEvent(e) for e in events)
+
+
+def test_a_penalty_on_the_proxys_own_address_does_not_close_the_proxied_listener(lb: Balanced) -> None:
+    """Failures straight from the balancer's address (a user on its host, a health check that
+    logs in badly) penalise that address as a client, never the clients it forwards; and header
+    garbage the balancer sends is refused without a strike."""
+    for _ in range(3):
+        conn = lb.world.connect(PROXY)
+        assert conn.login(b"admin", STRANGER) == FAILURE
+        conn.client.transport.loseConnection()
+        conn.flush()
+    (penalty,) = lb.world.audit.of("penalty")
+    assert penalty["source"] == PROXY
+    assert lb.world.factory.admissions.sources.refusal(PROXY, PROXY) is not None  # penalised as a client
+    for n in range(5):  # garbage and health checks from the proxy: refusals, never a penalty
+        connect(lb.factory, lb.world.clock, PROXY, 40900 + n)
+    assert len(lb.world.audit.of("penalty")) == 1
+    assert lb.connect("203.0.113.7").login(b"admin", ed25519_key()) == SUCCESS
