@@ -24,6 +24,7 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 ADMITTED, OTHER = "127.3.0.7", "127.3.0.8"  # from= admits the first only
 FAILING, NEIGHBOUR = "127.3.1.9", "127.3.1.10"
 DIRECT = "127.3.2.2"
+MAPPED = "127.3.3.3"
 
 
 def free_port() -> int:
@@ -35,7 +36,7 @@ def free_port() -> int:
 class HAProxy:
     """One haproxy process in the foreground, its configuration in `base`."""
 
-    def __init__(self, base: Path, backend_port: int) -> None:
+    def __init__(self, base: Path, backend_port: int, *, bind: str = "127.0.0.1:{port}") -> None:
         self.port = free_port()
         self.config = base / "haproxy.cfg"
         self.config.write_text(
@@ -47,7 +48,7 @@ class HAProxy:
             "    timeout client 30s\n"
             "    timeout server 30s\n"
             "frontend ssh\n"
-            f"    bind 127.0.0.1:{self.port}\n"
+            f"    bind {bind.format(port=self.port)}\n"
             "    default_backend conchcmd\n"
             "backend conchcmd\n"
             # HAProxy's health checks send a LOCAL header (send-proxy-v2): closed, logged once.
@@ -164,3 +165,22 @@ def test_a_client_reaching_the_proxy_listener_directly_is_refused(behind: tuple[
     (record,) = [r for r in server.audit() if r["event"] == "refused" and r.get("source") == DIRECT]
     assert record["reason"] == "not a trusted proxy (proxy_from)"
     assert connects(server, DIRECT) == []
+
+
+def test_an_ipv4_client_of_a_dual_stack_haproxy_is_its_ipv4_address(
+    behind: tuple[Server, HAProxy], tmp_path: Path
+) -> None:
+    """HAProxy listening on an IPv6 socket that takes IPv4 (`v4v6`) sends a TCP6 header naming
+    the client `::ffff:127.3.3.3` (measured): the logs and the audit name 127.3.3.3."""
+    server, _ = behind
+    dual = HAProxy(tmp_path, server.port, bind="ipv6@::ffff:127.0.0.1:{port} v4v6")
+    try:
+        result = ssh(dual.port, server.keys, MAPPED)
+    finally:
+        dual.stop()
+    assert result.returncode == 0, result.stderr
+    server.wait_no_clients()
+    (record,) = connects(server, MAPPED)
+    assert record["proxy"].startswith("127.0.0.1:")
+    assert f"Accepted publickey for alice from {MAPPED} port " in server.log_text()
+    assert "::ffff:" not in server.log_text()
