@@ -11,8 +11,8 @@ there), which it then serves as that transport's transport, `getPeer()` answerin
 Only proxies in `proxy_from` may connect: a PROXY listener that anyone reaches lets anyone name
 any source address. A header that is late, too long, malformed, or not there (SSH bytes
 instead) closes the connection, counted and logged as the admission's other refusals. A LOCAL
-or UNKNOWN header (the proxy's own health check) names no client: the connection is closed,
-with no refusal counted.
+or UNKNOWN header, or one naming this very connection (the proxy's own health check) names no
+client: the connection is closed, with no refusal counted.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ class ProxyHeaderFactory(WrappingFactory):
         self.admissions.sources.note_refused(source_of(ip[0] if ip else peer), peer, reason)
 
     def health_check(self, proxy: IAddress, version: int) -> None:
-        """A LOCAL/UNKNOWN header: logged the first time a proxy sends one, not each time
-        (HAProxy's `check` with `send-proxy-v2` sends one every 2 s)."""
+        """A LOCAL/UNKNOWN header, or one naming the proxy's own connection: logged the first
+        time a proxy sends one, not each time (HAProxy's `check` sends one every 2 s)."""
         host = format_peer(proxy).rsplit(":", 1)[0]
         if host in self._checking or len(self._checking) >= MAX_PROXIES_REMEMBERED:
             return
@@ -173,7 +173,7 @@ class ProxiedConnection(ProtocolWrapper):
         header, rest = done
         self._stop_deadline()
         self._reader = None
-        if header.source is None:
+        if header.source is None or self._names_itself(header.source, header.destination):
             self.factory.health_check(self.proxy, header.version)
             self.transport.loseConnection()
             return
@@ -186,6 +186,16 @@ class ProxiedConnection(ProtocolWrapper):
         ssh.makeConnection(self)
         if rest:
             self.dataReceived(rest)
+
+    def _names_itself(self, source: IAddress, destination: IAddress | None) -> bool:
+        """Whether the header names this very connection, the proxy as its own client: HAProxy's
+        health checks with `send-proxy` (v1, which has no LOCAL) send that. A client's header
+        names its connection to the proxy's front end, which is not this listener."""
+        return (
+            destination is not None
+            and _same_end(source, self.proxy)
+            and _same_end(destination, self.transport.getHost())
+        )
 
     def _refuse(self, reason: str) -> None:
         self._reader = None
@@ -221,6 +231,12 @@ class ProxiedConnection(ProtocolWrapper):
             super().connectionLost(reason)
         else:
             self.factory.unregisterProtocol(self)
+
+
+def _same_end(a: IAddress, b: IAddress) -> bool:
+    """Whether two addresses are the same IP end (an IPv4-mapped address as its IPv4 one)."""
+    x, y = host_and_port(a), host_and_port(b)
+    return x is not None and y is not None and x[1] == y[1] and normalise_peer(x[0]) == normalise_peer(y[0])
 
 
 def proxy_of(transport: object) -> str | None:

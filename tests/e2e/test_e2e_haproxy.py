@@ -25,6 +25,7 @@ ADMITTED, OTHER = "127.3.0.7", "127.3.0.8"  # from= admits the first only
 FAILING, NEIGHBOUR = "127.3.1.9", "127.3.1.10"
 DIRECT = "127.3.2.2"
 MAPPED = "127.3.3.3"
+V1_CLIENT = "127.3.4.4"
 
 
 def free_port() -> int:
@@ -36,7 +37,14 @@ def free_port() -> int:
 class HAProxy:
     """One haproxy process in the foreground, its configuration in `base`."""
 
-    def __init__(self, base: Path, backend_port: int, *, bind: str = "127.0.0.1:{port}") -> None:
+    def __init__(
+        self,
+        base: Path,
+        backend_port: int,
+        *,
+        bind: str = "127.0.0.1:{port}",
+        server: str = "send-proxy-v2 check inter 300ms",
+    ) -> None:
         self.port = free_port()
         self.config = base / "haproxy.cfg"
         self.config.write_text(
@@ -52,7 +60,7 @@ class HAProxy:
             "    default_backend conchcmd\n"
             "backend conchcmd\n"
             # HAProxy's health checks send a LOCAL header (send-proxy-v2): closed, logged once.
-            f"    server s1 127.0.0.1:{backend_port} send-proxy-v2 check inter 300ms\n"
+            f"    server s1 127.0.0.1:{backend_port} {server}\n"
         )
         check = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, timeout=30)
         assert check.returncode == 0, check.stderr.decode()
@@ -184,3 +192,22 @@ def test_an_ipv4_client_of_a_dual_stack_haproxy_is_its_ipv4_address(
     assert record["proxy"].startswith("127.0.0.1:")
     assert f"Accepted publickey for alice from {MAPPED} port " in server.log_text()
     assert "::ffff:" not in server.log_text()
+
+
+def test_haproxys_v1_health_checks_are_no_clients(behind: tuple[Server, HAProxy], tmp_path: Path) -> None:
+    """With `send-proxy` (v1: no LOCAL), HAProxy 2.6's checks send `PROXY TCP4` naming the
+    check's own connection (measured): closed as health checks, not a connection and disconnect
+    in the log and the audit every check; a client through the same HAProxy is served."""
+    server, _ = behind
+    v1_proxy = HAProxy(tmp_path, server.port, server="send-proxy check inter 200ms")
+    try:
+        client = ssh(v1_proxy.port, server.keys, V1_CLIENT)
+        time.sleep(1.0)  # five checks at least
+    finally:
+        v1_proxy.stop()
+    assert client.returncode == 0, client.stderr
+    server.wait_no_clients()
+    (record,) = connects(server, V1_CLIENT)
+    assert record["proxy"].startswith("127.0.0.1:")
+    itself = [r for r in server.audit() if r["event"] == "connect" and r.get("proxy") == r["peer"]]
+    assert itself == []

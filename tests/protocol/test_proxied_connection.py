@@ -22,6 +22,7 @@ from conchcmd.server.admission import Admissions
 from conchcmd.server.proxied import HEADER_TIMEOUT, ProxiedConnection, ProxyHeaderFactory, ProxySettings, proxy_of
 
 PROXY = IPv4Address("TCP", "127.0.0.1", 40001)
+LISTENING = IPv4Address("TCP", "127.0.0.1", 2222)  # the haproxy: listener's own address
 
 
 class Recorder(Protocol):
@@ -71,7 +72,7 @@ class Rig:
 
     def accept(self, proxy: IAddress = PROXY) -> tuple[ProxiedConnection | None, StringTransport]:
         conn = self.factory.buildProtocol(proxy)
-        transport = StringTransport(peerAddress=proxy)
+        transport = StringTransport(peerAddress=proxy, hostAddress=LISTENING)
         if conn is not None:
             conn.makeConnection(transport)
         return conn, transport
@@ -289,3 +290,31 @@ def test_memory_held_by_a_waiting_connection_is_bounded() -> None:
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     print(f"{grown / 500:.0f} bytes per waiting connection")
     assert grown / 500 < 8 * 1024  # bytes per waiting connection, the StringTransport included
+
+
+def test_a_v1_header_naming_the_proxys_own_connection_is_a_health_check() -> None:
+    """HAProxy 2.6's `check` with `send-proxy` (v1 has no LOCAL) sends `PROXY TCP4` naming the
+    check's own connection (measured: `PROXY TCP4 127.0.0.1 127.0.0.1 40246 2222`), every 2 s:
+    no client, so no `Client connection` line and no connect/disconnect records each time. A
+    client's header names its connection to the balancer's front end, never this one."""
+    rig = Rig()
+    itself = v1("127.0.0.1", "127.0.0.1", sport=PROXY.port, dport=LISTENING.port)
+    with capturedLogs() as events:
+        for port in (PROXY.port, PROXY.port + 1):
+            conn, transport = rig.accept(IPv4Address("TCP", "127.0.0.1", port))
+            assert conn is not None
+            conn.dataReceived(v1("127.0.0.1", "127.0.0.1", sport=port, dport=LISTENING.port))
+            assert transport.disconnecting and rig.wrapped.built == []
+    assert rig.audit.events == []
+    said = "naming no client (LOCAL/UNKNOWN: a health check) from 127.0.0.1:40001"
+    assert sum(said in line for line in lines(events)) == 1
+    for header in (  # the same ends but one: a client
+        v1("127.0.0.1", "127.0.0.1", sport=PROXY.port, dport=22),
+        v1("127.0.0.1", "127.0.0.1", sport=PROXY.port + 7, dport=LISTENING.port),
+        v1("127.0.0.2", "127.0.0.1", sport=PROXY.port, dport=LISTENING.port),
+    ):
+        conn, transport = rig.accept()
+        assert conn is not None and itself != header
+        conn.dataReceived(header)
+        assert not transport.disconnecting
+    assert len(rig.wrapped.protocols) == 3
