@@ -78,6 +78,16 @@ def test_v2_tlvs_after_the_addresses_are_skipped() -> None:
         (b"PROXY TCP4 10.0.0.1 192.0.2.1 1\r\n", "malformed v1"),
         (b"PROXY UDP4 10.0.0.1 192.0.2.1 1 2\r\n", "malformed v1"),
         (b"PROXY TCP4 10.0.0.1\n", "stray line feed"),
+        (b"proxy TCP4 10.0.0.1 192.0.2.1 1 2\r\n", "instead of a PROXY header"),  # lowercase
+        (b"PROXY tcp4 10.0.0.1 192.0.2.1 1 2\r\n", "malformed v1"),
+        (b"PROXY  TCP4 10.0.0.1 192.0.2.1 1 2\r\n", "malformed v1"),  # two spaces
+        (b"PROXY TCP4 10.0.0.1  192.0.2.1 1 2\r\n", "malformed v1"),
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 2 \r\n", "malformed v1"),  # a trailing space
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 2\rSSH-2.0-x\r\n", "malformed v1"),  # a lone CR
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 2\x00\r\n", "malformed v1"),
+        (b"PROXY TCP4 010.000.000.001 192.0.2.1 1 2\r\n", "bad IPv4 address"),  # leading zeros
+        (b"PROXY TCP6 ::ffff:10.0.0.1 10.0.0.2 1 2\r\n", "bad IPv6 address"),  # one end IPv4
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 " + b"2" * 74 + b"\r\n", f"longer than {MAX_V1_HEADER}"),  # 108
         (b"PROXY " + b"1" * (MAX_V1_HEADER - 6), f"longer than {MAX_V1_HEADER} bytes"),
         (v2("10.0.0.1", command=0x22), "unknown command 2"),
         (V2_SIGNATURE + b"\x11\x11\x00\x0c", "version 1"),
