@@ -53,7 +53,8 @@ class ProxySettings:
     trusted: tuple[str, ...] = Config.proxy_from
     header_timeout: float = HEADER_TIMEOUT
     #: Connections waiting for their header at once (`max_startups`): each holds a socket and up
-    #: to MAX_V2_HEADER bytes, and counts nowhere else until its header names the client.
+    #: to MAX_V2_HEADER bytes, and counts nowhere else until its header names the client. Beyond
+    #: it the one that has waited longest is closed: a real proxy sends its header at once.
     max_pending: int = LimitsConfig.max_startups
 
     @classmethod
@@ -80,7 +81,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.clock = clock
         self.settings = settings
         self._checking: set[str] = set()  # proxies whose health checks were logged
-        self.pending = 0  # connections waiting for their header
+        self.waiting: dict[ProxiedConnection, None] = {}  # for their header, oldest first
 
     @classmethod
     def serving(cls, ssh: CommandServerFactory, settings: ProxySettings) -> ProxyHeaderFactory:
@@ -91,11 +92,15 @@ class ProxyHeaderFactory(WrappingFactory):
         if not self.settings.trusts(addr):
             self.refused(addr, "not a trusted proxy (proxy_from)")
             return None  # Twisted closes the socket at once
-        if self.pending >= self.settings.max_pending:
-            waiting = self.settings.max_pending
-            self.refused(addr, f"too many connections waiting for their PROXY header (max_startups {waiting})")
-            return None
+        most = self.settings.max_pending
+        while len(self.waiting) >= most:
+            next(iter(self.waiting)).refuse(f"waited longest for its PROXY header with max_startups ({most}) waiting")
         return ProxiedConnection(self, addr)
+
+    @property
+    def pending(self) -> int:
+        """How many connections wait for their header."""
+        return len(self.waiting)
 
     def refused(self, proxy: IAddress, reason: str) -> None:
         """Count and log a connection refused before it had a client address, against the
@@ -120,9 +125,8 @@ class ProxyHeaderFactory(WrappingFactory):
 
     def close_pending(self) -> None:
         """Close the connections still waiting for their header (at shutdown)."""
-        for connection in list(self.protocols):
-            if isinstance(connection, ProxiedConnection) and connection.wrappedProtocol is None:
-                connection.abortConnection()
+        for connection in list(self.waiting):
+            connection.abortConnection()
 
 
 class ProxiedConnection(ProtocolWrapper):
@@ -141,7 +145,6 @@ class ProxiedConnection(ProtocolWrapper):
         self.client: IPv4Address | IPv6Address | None = None
         self._reader: ProxyHeaderReader | None = ProxyHeaderReader()
         self._deadline: Any = None
-        self._waiting = False  # counted in the factory's `pending`
 
     @property
     def proxy_text(self) -> str:
@@ -153,8 +156,7 @@ class ProxiedConnection(ProtocolWrapper):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
-        self.factory.pending += 1
-        self._waiting = True
+        self.factory.waiting[self] = None
         self._deadline = self.factory.clock.callLater(self.factory.settings.header_timeout, self._too_late)
 
     def dataReceived(self, data: bytes) -> None:
@@ -166,7 +168,7 @@ class ProxiedConnection(ProtocolWrapper):
         try:
             done = self._reader.feed(data)
         except ProxyHeaderError as e:
-            self._refuse(f"bad PROXY header: {e}")
+            self.refuse(f"bad PROXY header: {e}")
             return
         if done is None:
             return
@@ -197,7 +199,8 @@ class ProxiedConnection(ProtocolWrapper):
             and _same_end(destination, self.transport.getHost())
         )
 
-    def _refuse(self, reason: str) -> None:
+    def refuse(self, reason: str) -> None:
+        """Close the connection before its header named a client, counted against the proxy."""
         self._reader = None
         self._stop_deadline()
         self.factory.refused(self.proxy, reason)
@@ -205,7 +208,7 @@ class ProxiedConnection(ProtocolWrapper):
 
     def _too_late(self) -> None:
         self._deadline = None
-        self._refuse(f"no PROXY header within {self.factory.settings.header_timeout:g} s")
+        self.refuse(f"no PROXY header within {self.factory.settings.header_timeout:g} s")
 
     def _stop_deadline(self) -> None:
         """The connection no longer waits for its header (it came, was refused, or the
@@ -213,9 +216,7 @@ class ProxiedConnection(ProtocolWrapper):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        if self._waiting:
-            self._waiting = False
-            self.factory.pending -= 1
+        self.factory.waiting.pop(self, None)
 
     def getPeer(self) -> IAddress:
         """The client's address from the header once read (the proxy's until then)."""

@@ -234,25 +234,32 @@ def test_pending_connections_are_closed_at_shutdown() -> None:
 def test_connections_waiting_for_their_header_are_capped_at_max_startups() -> None:
     """Each holds a socket and up to 1 KiB for 5 s, and is counted nowhere else (its client is not
     known yet): a peer in proxy_from (by default any local user) opening them faster than they
-    expire would run the server out of descriptors. Beyond max_startups waiting, refused at once."""
+    expire would run the server out of descriptors. Beyond max_startups waiting, the one that has
+    waited longest is closed (a real proxy sends its header at once), so idle connections held
+    by another user on the proxy's address do not turn the proxy's clients away."""
     rig = Rig(max_pending=3)
-    waiting = [rig.accept(IPv4Address("TCP", "127.0.0.1", 41000 + n)) for n in range(3)]
-    assert all(conn is not None and not t.disconnecting for conn, t in waiting)
+    idle = [rig.accept(IPv4Address("TCP", "127.0.0.1", 41000 + n)) for n in range(3)]
+    assert all(conn is not None and not t.disconnecting for conn, t in idle)
     with capturedLogs() as events:
-        conn, _ = rig.accept(IPv4Address("TCP", "127.0.0.1", 41003))
-    assert conn is None  # closed by Twisted before a byte is read
+        conn, transport = rig.accept(IPv4Address("TCP", "127.0.0.1", 41003))
+    assert conn is not None and rig.factory.pending == 3
+    assert [t.disconnected for _, t in idle] == [True, False, False]  # the oldest made room
     (refused,) = rig.audit.of("refused")
-    reason = "too many connections waiting for their PROXY header (max_startups 3)"
-    assert (refused["peer"], refused["reason"]) == ("127.0.0.1:41003", reason)
+    reason = "waited longest for its PROXY header with max_startups (3) waiting"
+    assert (refused["peer"], refused["reason"]) == ("127.0.0.1:41000", reason)
     assert f"Refused 1 connection(s) from 127.0.0.1: {reason}" in lines(events)
-    first, _ = waiting[0]
-    assert first is not None
-    first.dataReceived(v1("203.0.113.7"))  # a header in: no longer waiting
-    served, _ = rig.accept(IPv4Address("TCP", "127.0.0.1", 41004))
-    assert served is not None
-    rig.clock.advance(HEADER_TIMEOUT + 1)  # the others' deadline: they are gone, their places free
-    again = [rig.accept(IPv4Address("TCP", "127.0.0.1", 41005 + n)) for n in range(3)]
-    assert all(conn is not None for conn, _ in again)
+    conn.dataReceived(v1("203.0.113.7"))  # the proxy's client, served
+    assert not transport.disconnecting and len(rig.wrapped.protocols) == 1 and rig.factory.pending == 2
+    for n in range(10):  # a flood of idle ones: never more than 3 wait, each new one served
+        rig.accept(IPv4Address("TCP", "127.0.0.1", 42000 + n))
+        assert rig.factory.pending == 3
+        served, served_transport = rig.accept(IPv4Address("TCP", "127.0.0.1", 43000 + n))
+        assert served is not None
+        served.dataReceived(v2(f"203.0.113.{10 + n}"))
+        assert not served_transport.disconnecting
+    assert len(rig.wrapped.protocols) == 11
+    rig.clock.advance(HEADER_TIMEOUT + 1)  # the deadline of those still waiting
+    assert rig.factory.pending == 0
 
 
 def test_a_header_sent_a_byte_at_a_time_is_cut_at_the_deadline_from_the_connection() -> None:
