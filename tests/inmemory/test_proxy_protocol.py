@@ -183,8 +183,9 @@ def test_a_header_the_client_sends_itself_behind_the_proxy_is_never_an_address(l
 
 
 def test_an_ipv4_client_named_as_mapped_ipv6_is_its_ipv4_address_everywhere(lb: Balanced) -> None:
-    """HAProxy on a dual-stack listener names an IPv4 client `::ffff:a.b.c.d`: the logs (what
-    fail2ban bans), the audit and the penalties name 203.0.113.66, never `::ffff:cb00:7142`."""
+    """HAProxy on a dual-stack listener names an IPv4 client `::ffff:a.b.c.d`: the connection
+    lines and the audit's `peer` name 203.0.113.66 (they said `[::ffff:cb00:7142]`, Python 3.11's
+    spelling), as the authentication lines and the penalties did already."""
     with capturedLogs() as events:
         for _ in range(3):
             lb.fail_login("::ffff:203.0.113.66")
