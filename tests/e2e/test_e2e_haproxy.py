@@ -211,3 +211,34 @@ def test_haproxys_v1_health_checks_are_no_clients(behind: tuple[Server, HAProxy]
     assert record["proxy"].startswith("127.0.0.1:")
     itself = [r for r in server.audit() if r["event"] == "connect" and r.get("proxy") == r["peer"]]
     assert itself == []
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_idle_connections_on_the_proxy_listener_hold_at_most_max_startups_descriptors(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A peer in proxy_from (by default any local user, as HAProxy on the same host is) that
+    opens connections and sends no header holds at most max_startups of the server's
+    descriptors (it held one per connection for 5 s), and HAProxy's clients are still served."""
+    server = make_server(listen="haproxy:tcp:0:interface=127.0.0.1", settings={"max_startups": 20})
+    proxy = HAProxy(tmp_path, server.port)
+    before = open_fds(server.pid)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        held = open_fds(server.pid) - before
+        client = ssh(proxy.port, server.keys, V1_CLIENT)  # the server has accepted every one by now
+        held = max(held, open_fds(server.pid) - before)
+    finally:
+        for sock in idle:
+            sock.close()
+        proxy.stop()
+    assert held <= 20 + 2, f"{held} descriptors for 200 idle connections"
+    assert client.returncode == 0, client.stderr
+    server.assert_alive()
+    refused = [r for r in server.audit() if r["event"] == "refused"]
+    assert refused and all(r["reason"].startswith("waited longest for its PROXY header") for r in refused)
