@@ -140,23 +140,33 @@ def _v2_header(header: bytes) -> ProxyHeader:
 
 
 def _ip(text: bytes, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """`text` as an address of IP `version`, written as the specification writes it."""
+    """`text` as an address of IP `version`, written as the specification writes it: without
+    an IPv6 scope id (`ADDR%TEXT`, which ipaddress takes with any text after the `%`, newlines
+    included, and writes back: it would reach the log lines and the audit)."""
     try:
         address = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         return None
     return address if address.version == version else None
 
 
 def _ip_address(address: IAddress | None) -> IPv4Address | IPv6Address:
     """Twisted's address with its host written canonically (its v2 parser writes IPv6 hosts
-    uncompressed, `0:0:0:0:0:0:0:1`), as the socket's addresses are."""
+    uncompressed, `0:0:0:0:0:0:0:1`), as the socket's addresses are. An IPv4-mapped IPv6
+    address (HAProxy's name for an IPv4 client on a dual-stack listener) is that IPv4 address,
+    as sshd writes it: Python 3.11 would write `::ffff:cb00:7107` for 203.0.113.7."""
     if isinstance(address, IPv4Address | IPv6Address):
         try:
-            host = str(ipaddress.ip_address(address.host))
+            ip = ipaddress.ip_address(address.host)
         except ValueError:
             raise ProxyHeaderError("a PROXY header with a bad address") from None
-        return type(address)("TCP", host, address.port)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+            raise ProxyHeaderError("a PROXY header with a bad address")
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return IPv4Address("TCP", str(ip.ipv4_mapped), address.port)
+        return type(address)("TCP", str(ip), address.port)
     raise ProxyHeaderError("a PROXY header without a TCP address")
 
 

@@ -11,8 +11,8 @@ there), which it then serves as that transport's transport, `getPeer()` answerin
 Only proxies in `proxy_from` may connect: a PROXY listener that anyone reaches lets anyone name
 any source address. A header that is late, too long, malformed, or not there (SSH bytes
 instead) closes the connection, counted and logged as the admission's other refusals. A LOCAL
-or UNKNOWN header (the proxy's own health check) names no client: the connection is closed,
-with no refusal counted.
+or UNKNOWN header, or one naming this very connection (the proxy's own health check) names no
+client: the connection is closed, with no refusal counted.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from conchcmd.core.config import Config
+from conchcmd.core.config import Config, LimitsConfig
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import format_peer, host_and_port
@@ -52,10 +52,14 @@ class ProxySettings:
 
     trusted: tuple[str, ...] = Config.proxy_from
     header_timeout: float = HEADER_TIMEOUT
+    #: Connections waiting for their header at once (`max_startups`): each holds a socket and up
+    #: to MAX_V2_HEADER bytes, and counts nowhere else until its header names the client. Beyond
+    #: it the one that has waited longest is closed: a real proxy sends its header at once.
+    max_pending: int = LimitsConfig.max_startups
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
-        return cls(trusted=config.proxy_from)
+        return cls(trusted=config.proxy_from, max_pending=config.limits.max_startups)
 
     def trusts(self, address: IAddress) -> bool:
         """Whether `address` is a proxy in `proxy_from` (sshd's address-list matching); on a
@@ -77,6 +81,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.clock = clock
         self.settings = settings
         self._checking: set[str] = set()  # proxies whose health checks were logged
+        self.waiting: dict[ProxiedConnection, None] = {}  # for their header, oldest first
 
     @classmethod
     def serving(cls, ssh: CommandServerFactory, settings: ProxySettings) -> ProxyHeaderFactory:
@@ -87,7 +92,15 @@ class ProxyHeaderFactory(WrappingFactory):
         if not self.settings.trusts(addr):
             self.refused(addr, "not a trusted proxy (proxy_from)")
             return None  # Twisted closes the socket at once
+        most = self.settings.max_pending
+        while len(self.waiting) >= most:
+            next(iter(self.waiting)).refuse(f"waited longest for its PROXY header with max_startups ({most}) waiting")
         return ProxiedConnection(self, addr)
+
+    @property
+    def pending(self) -> int:
+        """How many connections wait for their header."""
+        return len(self.waiting)
 
     def refused(self, proxy: IAddress, reason: str) -> None:
         """Count and log a connection refused before it had a client address, against the
@@ -97,8 +110,8 @@ class ProxyHeaderFactory(WrappingFactory):
         self.admissions.sources.note_refused(source_of(ip[0] if ip else peer), peer, reason)
 
     def health_check(self, proxy: IAddress, version: int) -> None:
-        """A LOCAL/UNKNOWN header: logged the first time a proxy sends one, not each time
-        (HAProxy's `check` with `send-proxy-v2` sends one every 2 s)."""
+        """A LOCAL/UNKNOWN header, or one naming the proxy's own connection: logged the first
+        time a proxy sends one, not each time (HAProxy's `check` sends one every 2 s)."""
         host = format_peer(proxy).rsplit(":", 1)[0]
         if host in self._checking or len(self._checking) >= MAX_PROXIES_REMEMBERED:
             return
@@ -112,9 +125,8 @@ class ProxyHeaderFactory(WrappingFactory):
 
     def close_pending(self) -> None:
         """Close the connections still waiting for their header (at shutdown)."""
-        for connection in list(self.protocols):
-            if isinstance(connection, ProxiedConnection) and connection.wrappedProtocol is None:
-                connection.abortConnection()
+        for connection in list(self.waiting):
+            connection.abortConnection()
 
 
 class ProxiedConnection(ProtocolWrapper):
@@ -144,6 +156,7 @@ class ProxiedConnection(ProtocolWrapper):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+        self.factory.waiting[self] = None
         self._deadline = self.factory.clock.callLater(self.factory.settings.header_timeout, self._too_late)
 
     def dataReceived(self, data: bytes) -> None:
@@ -155,14 +168,14 @@ class ProxiedConnection(ProtocolWrapper):
         try:
             done = self._reader.feed(data)
         except ProxyHeaderError as e:
-            self._refuse(f"bad PROXY header: {e}")
+            self.refuse(f"bad PROXY header: {e}")
             return
         if done is None:
             return
         header, rest = done
         self._stop_deadline()
         self._reader = None
-        if header.source is None:
+        if header.source is None or self._names_itself(header.source, header.destination):
             self.factory.health_check(self.proxy, header.version)
             self.transport.loseConnection()
             return
@@ -176,7 +189,18 @@ class ProxiedConnection(ProtocolWrapper):
         if rest:
             self.dataReceived(rest)
 
-    def _refuse(self, reason: str) -> None:
+    def _names_itself(self, source: IAddress, destination: IAddress | None) -> bool:
+        """Whether the header names this very connection, the proxy as its own client: HAProxy's
+        health checks with `send-proxy` (v1, which has no LOCAL) send that. A client's header
+        names its connection to the proxy's front end, which is not this listener."""
+        return (
+            destination is not None
+            and _same_end(source, self.proxy)
+            and _same_end(destination, self.transport.getHost())
+        )
+
+    def refuse(self, reason: str) -> None:
+        """Close the connection before its header named a client, counted against the proxy."""
         self._reader = None
         self._stop_deadline()
         self.factory.refused(self.proxy, reason)
@@ -184,12 +208,15 @@ class ProxiedConnection(ProtocolWrapper):
 
     def _too_late(self) -> None:
         self._deadline = None
-        self._refuse(f"no PROXY header within {self.factory.settings.header_timeout:g} s")
+        self.refuse(f"no PROXY header within {self.factory.settings.header_timeout:g} s")
 
     def _stop_deadline(self) -> None:
+        """The connection no longer waits for its header (it came, was refused, or the
+        connection ended): its deadline and its place among the waiting ones are released."""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        self.factory.waiting.pop(self, None)
 
     def getPeer(self) -> IAddress:
         """The client's address from the header once read (the proxy's until then)."""
@@ -205,6 +232,12 @@ class ProxiedConnection(ProtocolWrapper):
             super().connectionLost(reason)
         else:
             self.factory.unregisterProtocol(self)
+
+
+def _same_end(a: IAddress, b: IAddress) -> bool:
+    """Whether two addresses are the same IP end (an IPv4-mapped address as its IPv4 one)."""
+    x, y = host_and_port(a), host_and_port(b)
+    return x is not None and y is not None and x[1] == y[1] and normalise_peer(x[0]) == normalise_peer(y[0])
 
 
 def proxy_of(transport: object) -> str | None:

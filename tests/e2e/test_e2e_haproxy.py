@@ -5,6 +5,7 @@ reaches the PROXY listener directly, not through a trusted proxy, is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,8 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 ADMITTED, OTHER = "127.3.0.7", "127.3.0.8"  # from= admits the first only
 FAILING, NEIGHBOUR = "127.3.1.9", "127.3.1.10"
 DIRECT = "127.3.2.2"
+MAPPED = "127.3.3.3"
+V1_CLIENT = "127.3.4.4"
 
 
 def free_port() -> int:
@@ -35,7 +38,14 @@ def free_port() -> int:
 class HAProxy:
     """One haproxy process in the foreground, its configuration in `base`."""
 
-    def __init__(self, base: Path, backend_port: int) -> None:
+    def __init__(
+        self,
+        base: Path,
+        backend_port: int,
+        *,
+        bind: str = "127.0.0.1:{port}",
+        server: str = "send-proxy-v2 check inter 300ms",
+    ) -> None:
         self.port = free_port()
         self.config = base / "haproxy.cfg"
         self.config.write_text(
@@ -47,11 +57,11 @@ class HAProxy:
             "    timeout client 30s\n"
             "    timeout server 30s\n"
             "frontend ssh\n"
-            f"    bind 127.0.0.1:{self.port}\n"
+            f"    bind {bind.format(port=self.port)}\n"
             "    default_backend conchcmd\n"
             "backend conchcmd\n"
             # HAProxy's health checks send a LOCAL header (send-proxy-v2): closed, logged once.
-            f"    server s1 127.0.0.1:{backend_port} send-proxy-v2 check inter 300ms\n"
+            f"    server s1 127.0.0.1:{backend_port} {server}\n"
         )
         check = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, timeout=30)
         assert check.returncode == 0, check.stderr.decode()
@@ -164,3 +174,76 @@ def test_a_client_reaching_the_proxy_listener_directly_is_refused(behind: tuple[
     (record,) = [r for r in server.audit() if r["event"] == "refused" and r.get("source") == DIRECT]
     assert record["reason"] == "not a trusted proxy (proxy_from)"
     assert connects(server, DIRECT) == []
+
+
+def test_an_ipv4_client_of_a_dual_stack_haproxy_is_its_ipv4_address(
+    behind: tuple[Server, HAProxy], tmp_path: Path
+) -> None:
+    """HAProxy listening on an IPv6 socket that takes IPv4 (`v4v6`) sends a TCP6 header naming
+    the client `::ffff:127.3.3.3` (measured): the logs and the audit name 127.3.3.3."""
+    server, _ = behind
+    dual = HAProxy(tmp_path, server.port, bind="ipv6@::ffff:127.0.0.1:{port} v4v6")
+    try:
+        result = ssh(dual.port, server.keys, MAPPED)
+    finally:
+        dual.stop()
+    assert result.returncode == 0, result.stderr
+    server.wait_no_clients()
+    (record,) = connects(server, MAPPED)
+    assert record["proxy"].startswith("127.0.0.1:")
+    assert f"Accepted publickey for alice from {MAPPED} port " in server.log_text()
+    assert "::ffff:" not in server.log_text()
+
+
+def test_haproxys_v1_health_checks_are_no_clients(behind: tuple[Server, HAProxy], tmp_path: Path) -> None:
+    """With `send-proxy` (v1: no LOCAL), HAProxy 2.6's checks send `PROXY TCP4` naming the
+    check's own connection (measured): closed as health checks, not a connection and disconnect
+    in the log and the audit every check; a client through the same HAProxy is served."""
+    server, _ = behind
+    v1_proxy = HAProxy(tmp_path, server.port, server="send-proxy check inter 200ms")
+    try:
+        client = ssh(v1_proxy.port, server.keys, V1_CLIENT)
+        time.sleep(1.0)  # five checks at least
+    finally:
+        v1_proxy.stop()
+    assert client.returncode == 0, client.stderr
+    server.wait_no_clients()
+    (record,) = connects(server, V1_CLIENT)
+    assert record["proxy"].startswith("127.0.0.1:")
+    itself = [r for r in server.audit() if r["event"] == "connect" and r.get("proxy") == r["peer"]]
+    assert itself == []
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_idle_connections_on_the_proxy_listener_hold_at_most_max_startups_descriptors(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A peer in proxy_from (by default any local user, as HAProxy on the same host is) that
+    opens connections and sends no header holds at most max_startups of the server's
+    descriptors (it held one per connection for 5 s), and HAProxy's clients are still served."""
+    server = make_server(listen="haproxy:tcp:0:interface=127.0.0.1", settings={"max_startups": 20})
+    proxy = HAProxy(tmp_path, server.port)
+    before = open_fds(server.pid)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        client = ssh(proxy.port, server.keys, V1_CLIENT)  # the server has accepted every one by now
+        # Evicted connections close on the reactor's next turn: wait for it (well within the 5 s
+        # header deadline, which would close them all anyway), then count.
+        bound = 20 + 3  # the waiting ones, HAProxy's health check and client connections in flight
+        with contextlib.suppress(AssertionError):  # judged below, with the count
+            server.wait_for(lambda: open_fds(server.pid) - before <= bound, 2.0, "the descriptors to settle")
+        held = open_fds(server.pid) - before
+    finally:
+        for sock in idle:
+            sock.close()
+        proxy.stop()
+    assert held <= bound, f"{held} descriptors for 200 idle connections"
+    assert client.returncode == 0, client.stderr
+    server.assert_alive()
+    refused = [r for r in server.audit() if r["event"] == "refused"]
+    assert refused and all(r["reason"].startswith("waited longest for its PROXY header") for r in refused)

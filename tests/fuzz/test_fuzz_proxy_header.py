@@ -37,6 +37,9 @@ SEEDS = [
     v2_local(),
     b"PROXY UNKNOWN\r\n",
     v2_claiming(65535),
+    v1("::ffff:203.0.113.7"),
+    v2("::ffff:203.0.113.7"),
+    b"PROXY TCP6 fe80::7%eth0 2001:db8::1 51000 2222\r\n",  # a scope id: any text after the %
 ]
 
 
@@ -76,7 +79,10 @@ def pieces(data: bytes, sizes: list[int]) -> Iterator[bytes]:
 
 def check_address(address: object) -> None:
     assert isinstance(address, IPv4Address | IPv6Address)
-    assert str(ipaddress.ip_address(address.host)) == address.host  # canonical, an IP address
+    ip = ipaddress.ip_address(address.host)
+    assert str(ip) == address.host  # canonical, an IP address
+    assert "%" not in address.host  # no scope id (text of the header's choosing)
+    assert not (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped)  # an IPv4 client is IPv4Address
     assert 0 <= address.port <= 65535
 
 
@@ -138,4 +144,4 @@ def test_ssh_only_after_a_good_header_and_everything_released(
         conn.connectionLost(Failure(ConnectionError("gone")))
         world.clock.advance(0)
     assert admissions.total_startups == 0 and admissions.startups == {}
-    assert not factory.protocols
+    assert not factory.protocols and factory.pending == 0

@@ -180,3 +180,48 @@ def test_a_header_the_client_sends_itself_behind_the_proxy_is_never_an_address(l
     assert all("6.6.6.6" not in str(record) for record in lb.world.audit.events)
     (first,) = lb.world.audit.of("connect")
     assert first["peer"] == "203.0.113.7:5555"
+
+
+def test_an_ipv4_client_named_as_mapped_ipv6_is_its_ipv4_address_everywhere(lb: Balanced) -> None:
+    """HAProxy on a dual-stack listener names an IPv4 client `::ffff:a.b.c.d`: the connection
+    lines and the audit's `peer` name 203.0.113.66 (they said `[::ffff:cb00:7142]`, Python 3.11's
+    spelling), as the authentication lines and the penalties did already."""
+    with capturedLogs() as events:
+        for _ in range(3):
+            lb.fail_login("::ffff:203.0.113.66")
+    (penalty,) = lb.world.audit.of("penalty")
+    assert penalty["source"] == "203.0.113.66"
+    assert {r["peer"] for r in lb.world.audit.of("connect")} == {"203.0.113.66:51000"}
+    auth_lines = texts(events, AUTH_LOG_NAMESPACE)
+    assert any(line.startswith("Failed publickey for admin from 203.0.113.66 port 51000") for line in auth_lines)
+    assert not any("::ffff" in line for line in texts(events, LOG_NAMESPACE) + auth_lines)
+
+
+def test_a_v1_header_cannot_write_a_line_of_its_own_into_the_log(lb: Balanced) -> None:
+    """An IPv6 scope id (`::1%TEXT`) would carry any text without a space, newlines included,
+    into `Client connection from ...` and the audit's `peer`: such a header is refused."""
+    forged = b"PROXY TCP6 2001:db8::7%\nFailed_password_for_root_from_6.6.6.6 2001:db8::1 5555 2222\r\n"
+    with capturedLogs() as events:
+        conn = connect(lb.factory, lb.world.clock, PROXY, 40997, preamble=forged)
+    assert conn.disconnected and lb.world.audit.of("connect") == []
+    (record,) = lb.world.audit.of("refused")
+    assert record["reason"] == "bad PROXY header: a v1 PROXY header with a bad IPv6 address"
+    assert not any("6.6.6.6" in formatEvent(e) for e in events)
+
+
+def test_a_penalty_on_the_proxys_own_address_does_not_close_the_proxied_listener(lb: Balanced) -> None:
+    """Failures straight from the balancer's address (a user on its host, a health check that
+    logs in badly) penalise that address as a client, never the clients it forwards; and header
+    garbage the balancer sends is refused without a strike."""
+    for _ in range(3):
+        conn = lb.world.connect(PROXY)
+        assert conn.login(b"admin", STRANGER) == FAILURE
+        conn.client.transport.loseConnection()
+        conn.flush()
+    (penalty,) = lb.world.audit.of("penalty")
+    assert penalty["source"] == PROXY
+    assert lb.world.factory.admissions.sources.refusal(PROXY, PROXY) is not None  # penalised as a client
+    for n in range(5):  # garbage and health checks from the proxy: refusals, never a penalty
+        connect(lb.factory, lb.world.clock, PROXY, 40900 + n)
+    assert len(lb.world.audit.of("penalty")) == 1
+    assert lb.connect("203.0.113.7").login(b"admin", ed25519_key()) == SUCCESS

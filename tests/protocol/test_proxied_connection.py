@@ -4,6 +4,7 @@ oversized or missing header is refused, counted and logged against the proxy."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from conchcmd.server.admission import Admissions
 from conchcmd.server.proxied import HEADER_TIMEOUT, ProxiedConnection, ProxyHeaderFactory, ProxySettings, proxy_of
 
 PROXY = IPv4Address("TCP", "127.0.0.1", 40001)
+LISTENING = IPv4Address("TCP", "127.0.0.1", 2222)  # the haproxy: listener's own address
 
 
 class Recorder(Protocol):
@@ -58,18 +60,19 @@ class Wrapped(Factory):
 
 
 class Rig:
-    def __init__(self, trusted: tuple[str, ...] = ("127.0.0.1", "::1"), refuse: set[str] | None = None) -> None:
+    def __init__(
+        self, trusted: tuple[str, ...] = ("127.0.0.1", "::1"), refuse: set[str] | None = None, max_pending: int = 100
+    ) -> None:
         self.clock = task.Clock()
         self.audit = MemoryAuditLog()
         self.admissions = Admissions(LimitsConfig(), self.clock, self.audit, max_clients=10)
         self.wrapped = Wrapped(refuse)
-        self.factory = ProxyHeaderFactory(
-            self.wrapped, admissions=self.admissions, clock=self.clock, settings=ProxySettings(trusted=trusted)
-        )
+        settings = ProxySettings(trusted=trusted, max_pending=max_pending)
+        self.factory = ProxyHeaderFactory(self.wrapped, admissions=self.admissions, clock=self.clock, settings=settings)
 
     def accept(self, proxy: IAddress = PROXY) -> tuple[ProxiedConnection | None, StringTransport]:
         conn = self.factory.buildProtocol(proxy)
-        transport = StringTransport(peerAddress=proxy)
+        transport = StringTransport(peerAddress=proxy, hostAddress=LISTENING)
         if conn is not None:
             conn.makeConnection(transport)
         return conn, transport
@@ -226,3 +229,99 @@ def test_pending_connections_are_closed_at_shutdown() -> None:
     served.dataReceived(v1("203.0.113.7"))
     rig.factory.close_pending()
     assert waiting_transport.disconnected and not served_transport.disconnected
+
+
+def test_connections_waiting_for_their_header_are_capped_at_max_startups() -> None:
+    """Each holds a socket and up to 1 KiB for 5 s, and is counted nowhere else (its client is not
+    known yet): a peer in proxy_from (by default any local user) opening them faster than they
+    expire would run the server out of descriptors. Beyond max_startups waiting, the one that has
+    waited longest is closed (a real proxy sends its header at once), so idle connections held
+    by another user on the proxy's address do not turn the proxy's clients away."""
+    rig = Rig(max_pending=3)
+    idle = [rig.accept(IPv4Address("TCP", "127.0.0.1", 41000 + n)) for n in range(3)]
+    assert all(conn is not None and not t.disconnecting for conn, t in idle)
+    with capturedLogs() as events:
+        conn, transport = rig.accept(IPv4Address("TCP", "127.0.0.1", 41003))
+    assert conn is not None and rig.factory.pending == 3
+    assert [t.disconnected for _, t in idle] == [True, False, False]  # the oldest made room
+    (refused,) = rig.audit.of("refused")
+    reason = "waited longest for its PROXY header with max_startups (3) waiting"
+    assert (refused["peer"], refused["reason"]) == ("127.0.0.1:41000", reason)
+    assert f"Refused 1 connection(s) from 127.0.0.1: {reason}" in lines(events)
+    conn.dataReceived(v1("203.0.113.7"))  # the proxy's client, served
+    assert not transport.disconnecting and len(rig.wrapped.protocols) == 1 and rig.factory.pending == 2
+    for n in range(10):  # a flood of idle ones: never more than 3 wait, each new one served
+        rig.accept(IPv4Address("TCP", "127.0.0.1", 42000 + n))
+        assert rig.factory.pending == 3
+        served, served_transport = rig.accept(IPv4Address("TCP", "127.0.0.1", 43000 + n))
+        assert served is not None
+        served.dataReceived(v2(f"203.0.113.{10 + n}"))
+        assert not served_transport.disconnecting
+    assert len(rig.wrapped.protocols) == 11
+    rig.clock.advance(HEADER_TIMEOUT + 1)  # the deadline of those still waiting
+    assert rig.factory.pending == 0
+
+
+def test_a_header_sent_a_byte_at_a_time_is_cut_at_the_deadline_from_the_connection() -> None:
+    """The deadline runs from the accept, not from the last byte (a slow-loris header)."""
+    rig = Rig()
+    conn, transport = rig.accept()
+    assert conn is not None
+    for byte in v1("203.0.113.7")[:20]:
+        conn.dataReceived(bytes([byte]))
+        rig.clock.advance(HEADER_TIMEOUT / 10)
+        if transport.disconnected:
+            break
+    assert transport.disconnected and rig.wrapped.built == []
+
+
+def test_memory_held_by_a_waiting_connection_is_bounded() -> None:
+    """What a connection costs while it waits for its header: at most 1 KiB of it and the objects
+    (measured with tracemalloc: 500 connections each holding 1023 bytes of a v2 header)."""
+    rig = Rig(max_pending=1000)
+    partial = v2_claiming(1008) + b"\0" * (1023 - 16)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        held = []
+        for n in range(500):
+            conn, transport = rig.accept(IPv4Address("TCP", "127.0.0.1", 20000 + n))
+            assert conn is not None
+            for i in range(0, len(partial), 64):  # in pieces, as TCP may deliver them
+                conn.dataReceived(partial[i : i + 64])
+            held.append((conn, transport))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert all(not t.disconnecting for _, t in held)
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    print(f"{grown / 500:.0f} bytes per waiting connection")
+    assert grown / 500 < 8 * 1024  # bytes per waiting connection, the StringTransport included
+
+
+def test_a_v1_header_naming_the_proxys_own_connection_is_a_health_check() -> None:
+    """HAProxy 2.6's `check` with `send-proxy` (v1 has no LOCAL) sends `PROXY TCP4` naming the
+    check's own connection (measured: `PROXY TCP4 127.0.0.1 127.0.0.1 40246 2222`), every 2 s:
+    no client, so no `Client connection` line and no connect/disconnect records each time. A
+    client's header names its connection to the balancer's front end, never this one."""
+    rig = Rig()
+    itself = v1("127.0.0.1", "127.0.0.1", sport=PROXY.port, dport=LISTENING.port)
+    with capturedLogs() as events:
+        for port in (PROXY.port, PROXY.port + 1):
+            conn, transport = rig.accept(IPv4Address("TCP", "127.0.0.1", port))
+            assert conn is not None
+            conn.dataReceived(v1("127.0.0.1", "127.0.0.1", sport=port, dport=LISTENING.port))
+            assert transport.disconnecting and rig.wrapped.built == []
+    assert rig.audit.events == []
+    said = "naming no client (LOCAL/UNKNOWN: a health check) from 127.0.0.1:40001"
+    assert sum(said in line for line in lines(events)) == 1
+    for header in (  # the same ends but one: a client
+        v1("127.0.0.1", "127.0.0.1", sport=PROXY.port, dport=22),
+        v1("127.0.0.1", "127.0.0.1", sport=PROXY.port + 7, dport=LISTENING.port),
+        v1("127.0.0.2", "127.0.0.1", sport=PROXY.port, dport=LISTENING.port),
+    ):
+        conn, transport = rig.accept()
+        assert conn is not None and itself != header
+        conn.dataReceived(header)
+        assert not transport.disconnecting
+    assert len(rig.wrapped.protocols) == 3

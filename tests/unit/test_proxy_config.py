@@ -9,6 +9,7 @@ import pytest
 
 from conchcmd.core.config import ConfigError, parse_config
 from conchcmd.core.endpoints import proxied_description, proxy_problem
+from conchcmd.server.proxied import ProxySettings
 
 
 def parse(text: str):
@@ -65,3 +66,10 @@ def test_doctor_refuses_a_proxy_from_that_trusts_the_internet() -> None:
         assert bad.level == PROBLEM and "claim any client address" in bad.message, wide
     everything = examine(parse('listen = ["haproxy:tcp:2222"]\nproxy_from = ["*"]'), Invocation(1000, Path("/srv")))
     assert any(f.level == PROBLEM and "claim any client address" in f.message for f in everything)
+
+
+def test_the_proxy_listener_takes_its_slice_of_the_configuration() -> None:
+    """proxy_from, and max_startups as the cap on connections still waiting for their header."""
+    settings = ProxySettings.from_config(parse('proxy_from = ["10.0.0.2"]\nmax_startups = 7\n'))
+    assert (settings.trusted, settings.max_pending) == (("10.0.0.2",), 7)
+    assert ProxySettings.from_config(parse("")).max_pending == 100

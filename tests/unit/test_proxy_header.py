@@ -78,6 +78,16 @@ def test_v2_tlvs_after_the_addresses_are_skipped() -> None:
         (b"PROXY TCP4 10.0.0.1 192.0.2.1 1\r\n", "malformed v1"),
         (b"PROXY UDP4 10.0.0.1 192.0.2.1 1 2\r\n", "malformed v1"),
         (b"PROXY TCP4 10.0.0.1\n", "stray line feed"),
+        (b"proxy TCP4 10.0.0.1 192.0.2.1 1 2\r\n", "instead of a PROXY header"),  # lowercase
+        (b"PROXY tcp4 10.0.0.1 192.0.2.1 1 2\r\n", "malformed v1"),
+        (b"PROXY  TCP4 10.0.0.1 192.0.2.1 1 2\r\n", "malformed v1"),  # two spaces
+        (b"PROXY TCP4 10.0.0.1  192.0.2.1 1 2\r\n", "malformed v1"),
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 2 \r\n", "malformed v1"),  # a trailing space
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 2\rSSH-2.0-x\r\n", "malformed v1"),  # a lone CR
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 2\x00\r\n", "malformed v1"),
+        (b"PROXY TCP4 010.000.000.001 192.0.2.1 1 2\r\n", "bad IPv4 address"),  # leading zeros
+        (b"PROXY TCP6 ::ffff:10.0.0.1 10.0.0.2 1 2\r\n", "bad IPv6 address"),  # one end IPv4
+        (b"PROXY TCP4 10.0.0.1 192.0.2.1 1 " + b"2" * 74 + b"\r\n", f"longer than {MAX_V1_HEADER}"),  # 108
         (b"PROXY " + b"1" * (MAX_V1_HEADER - 6), f"longer than {MAX_V1_HEADER} bytes"),
         (v2("10.0.0.1", command=0x22), "unknown command 2"),
         (V2_SIGNATURE + b"\x11\x11\x00\x0c", "version 1"),
@@ -116,3 +126,32 @@ def test_an_incomplete_header_is_held_and_never_more_than_the_bound() -> None:
     for i in range(len(data)):
         assert reader.feed(data[i : i + 1]) is None
     assert len(reader.buffered) == MAX_V2_HEADER - 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        b"::1%a\nFailed_password_for_root_from_6.6.6.6",  # a log line of its own
+        b"fe80::1%eth0",
+        b"2001:db8::7%\x1b[31m",  # a terminal escape
+        b"::1%6.6.6.6",  # another address after the client's
+    ],
+    ids=["newline", "interface", "escape", "address"],
+)
+def test_a_v1_ipv6_address_with_a_scope_id_is_refused(source: bytes) -> None:
+    """Python's ipaddress (3.9+) takes `ADDR%ANYTHING` as an IPv6 address with a scope id, and
+    writes it back with the scope: the text would reach the log lines and the audit."""
+    with pytest.raises(ProxyHeaderError, match="bad IPv6 address"):
+        read(b"PROXY TCP6 " + source + b" 2001:db8::1 51000 2222\r\n")
+    with pytest.raises(ProxyHeaderError, match="bad IPv6 address"):
+        read(b"PROXY TCP6 2001:db8::7 " + source + b" 51000 2222\r\n")
+
+
+@pytest.mark.parametrize("make", [v1, v2], ids=["v1", "v2"])
+def test_an_ipv4_mapped_source_is_the_ipv4_client(make) -> None:
+    """HAProxy on a dual-stack `bind :::22` names an IPv4 client `::ffff:a.b.c.d` (TCP6); the
+    client is the IPv4 address, as sshd and the socket of a direct connection name it (Python
+    3.11 writes it `::ffff:cb00:7107`, an address no log reader would take for 203.0.113.7)."""
+    header, _ = read(make("::ffff:203.0.113.7", "::ffff:192.0.2.1", sport=4000))
+    assert header.source == IPv4Address("TCP", "203.0.113.7", 4000)
+    assert header.destination == IPv4Address("TCP", "192.0.2.1", 2222)
