@@ -9,11 +9,15 @@ from twisted.cred import credentials
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 
+from conchcmd.core.hostmatch import normalise_peer
+
 
 def host_and_port(address: IAddress) -> tuple[str, int] | None:
-    """An IP address's host and port; None for other addresses (a UNIX socket)."""
+    """An IP address's host and port; None for other addresses (a UNIX socket). An IPv4-mapped
+    IPv6 host (a `tcp6` listener's IPv4 client) is its IPv4 address, as sshd and the auth lines
+    name it, so that every log line and audit record names a client alike."""
     if isinstance(address, (IPv4Address, IPv6Address)):
-        return address.host, address.port
+        return normalise_peer(address.host), address.port
     return None
 
 

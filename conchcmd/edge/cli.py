@@ -363,9 +363,21 @@ def _note_stop_signals(service: Any) -> None:
 
         def handler(number: int, frame: Any, previous: Any = previous) -> None:
             service.stop_reason = f"signal {signal.Signals(number).name}"
+            _ignore_stop_signals()
             previous(number, frame)
 
         signal.signal(signum, handler)
+
+
+def _ignore_stop_signals() -> None:
+    """Once shutdown has begun, a second SIGTERM or SIGINT changes nothing (as with sshd): the
+    shutdown goes on, writes its records and exits 0. Twisted's handler would call reactor.stop
+    again (an error), and Python's finalisation restores SIG_DFL for handlers it installed, so a
+    signal in its last moments killed the process (status -15); an ignored signal stays ignored."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _start_logging(config: Config, reactor: Any, out: TextIO) -> Any:
@@ -384,6 +396,7 @@ def _stop(service: Any, observer: Any) -> Any:
 
     from conchcmd.core.logtargets import close_observer
 
+    _ignore_stop_signals()  # whatever began the shutdown
     return defer.maybeDeferred(service.stopService).addBoth(lambda _: close_observer(observer))
 
 

@@ -16,10 +16,10 @@ from twisted.conch.ssh.common import getNS
 
 from conchcmd.commands.framework import InlineRunner
 from conchcmd.commands.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
+from conchcmd.core.addrspace import global_ranges
 from conchcmd.core.config import Config
 from conchcmd.core.endpoints import proxied_description
 from conchcmd.core.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
-from conchcmd.core.hostmatch import addr_match_list
 from conchcmd.core.logtargets import JOURNAL_SOCKET, parse_syslog_address
 from conchcmd.edge.usercmds import ca_key_refusal, line_refusal
 from conchcmd.policy.auth import bcrypt_cost
@@ -439,22 +439,18 @@ def _access(bits: int) -> str:
     return " and ".join(words)
 
 
-#: Public addresses that no load balancer of a site should share with its clients' internet.
-_PUBLIC_SAMPLES = ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2001:4860:4860::8888")
-
-
 def _proxies(config: Config) -> Iterator[Finding]:
     """`haproxy:` listeners take the client's address from whoever `proxy_from` trusts: a list
     that matches public addresses lets anyone there claim any address (and pass from=)."""
     proxied = [d for d in config.listen if proxied_description(d) is not None]
     if not proxied:
         return
-    patterns = ",".join(config.proxy_from)
-    public = [a for a in _PUBLIC_SAMPLES if addr_match_list(a, patterns) == 1]
+    public = global_ranges(config.proxy_from)
     if public:
+        shown = ", ".join(public[:2]) + (", ..." if len(public) > 2 else "")
         yield Finding(
             PROBLEM,
-            f"proxy_from {list(config.proxy_from)} trusts public addresses ({', '.join(public)}): anyone there "
+            f"proxy_from {list(config.proxy_from)} trusts public addresses ({shown}): anyone there "
             "can connect to the PROXY listener and claim any client address",
             "list only your load balancers' addresses in proxy_from",
         )

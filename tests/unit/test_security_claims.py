@@ -614,6 +614,9 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         ],
         "doctor reports a proxy_from that matches public addresses": [
             U + "test_proxy_config.py::test_doctor_refuses_a_proxy_from_that_trusts_the_internet",
+            U + "test_addrspace.py::test_patterns_admitting_public_addresses_are_found",
+            U + "test_addrspace.py::test_a_wildcard_never_admits_an_address_outside_its_estimate",
+            U + "test_addrspace.py::test_doctor_reports_a_wide_proxy_from_and_names_the_public_part",
         ],
         "late, oversized (refused at the length field), malformed or missing headers: closed and counted": [
             P + "test_proxied_connection.py::test_a_bad_header_closes_the_connection_and_is_counted_against_the_proxy",
