@@ -69,7 +69,7 @@ def attempt(w: World, peer: str, login: Callable[..., int]) -> int:
     return answer
 
 
-def test_an_unopenable_authorized_keys_file_is_no_strike_and_no_invalid_user(
+def test_an_unopenable_authorized_keys_file_is_no_strike_nor_invalid_user(
     tmp_path: Path, out_of_descriptors: Callable[[str | None], None]
 ) -> None:
     w = make_world(tmp_path)
