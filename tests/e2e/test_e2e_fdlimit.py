@@ -56,6 +56,21 @@ def banner_or_closed(sock: socket.socket) -> bytes:
         return b""
 
 
+def fill(server, sockets: list[socket.socket]) -> int:
+    """Open connections (raw sockets, appended to `sockets`) until five in a row are closed at
+    accept: the server is out of descriptors. Returns how many it took."""
+    refused = 0
+    while refused < 5 and len(sockets) < 2 * HARD:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sockets.append(sock)
+        if banner_or_closed(sock).startswith(b"SSH-2.0-"):
+            refused = 0
+        else:
+            refused += 1
+    assert refused == 5, f"{len(sockets)} connections, none closed at accept"
+    return len(sockets) - refused
+
+
 def test_at_the_hard_limit_it_keeps_serving_and_recovers(make_server, data):
     server = make_server(
         popen_extra={"preexec_fn": nofile(HARD, HARD)},
@@ -65,17 +80,8 @@ def test_at_the_hard_limit_it_keeps_serving_and_recovers(make_server, data):
     server.wait_for(lambda: any(e["event"] == "auth" and e["ok"] for e in server.audit()), 10, "the held login")
     idle = open_descriptors(server.pid)
     sockets: list[socket.socket] = []
-    refused = 0
     try:
-        while refused < 5 and len(sockets) < 2 * HARD:  # until five in a row are closed at accept
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sockets.append(sock)
-            if banner_or_closed(sock).startswith(b"SSH-2.0-"):
-                refused = 0
-            else:
-                refused += 1
-        served = len(sockets) - refused
-        assert refused == 5, f"{len(sockets)} connections, none closed at accept"
+        served = fill(server, sockets)
         assert served + idle >= HARD - 5, (served, idle)  # it used the descriptors it had
         server.assert_alive()
         # One warning for the five connections closed at accept (Twisted logs them at info only).
@@ -105,3 +111,38 @@ def test_at_the_hard_limit_it_keeps_serving_and_recovers(make_server, data):
     text = server.log_text()
     assert text.count("Out of file descriptors") == 1, text[-3000:]
     assert "Traceback" not in text
+
+
+def test_a_login_that_gets_the_last_descriptor_fails_without_a_strike(make_server):
+    """One descriptor free: the connection takes it, the user's authorized_keys cannot be opened
+    (a real EMFILE). The login fails, but no "Invalid user"/"Failed" line, no penalty for the
+    source after more failures than give one, and the same source logs in once descriptors are back."""
+    server = make_server(
+        popen_extra={"preexec_fn": nofile(HARD, HARD)},
+        settings={"max_startups": 500, "max_startups_per_source": 500, "login_grace_time": 120},
+    )
+    source = "127.0.9.1"
+    sockets: list[socket.socket] = []
+    try:
+        fill(server, sockets)
+        full = HARD  # once Twisted has its EMFILE reserve back
+        server.wait_for(lambda: open_descriptors(server.pid) == full, 10, "every descriptor in use")
+        sockets.pop(0).close()  # one served connection leaves: one descriptor free
+        server.wait_for(lambda: open_descriptors(server.pid) == full - 1, 10, "one descriptor free")
+        mark = server.log_mark()
+        for _ in range(4):  # more than the 3 failures in a row that get a source penalised
+            r = server.ssh("exit 3", source=source)
+            assert r.returncode == 255 and b"Permission denied" in r.stderr, r.stderr
+            server.wait_for(lambda: open_descriptors(server.pid) == full - 1, 10, "the failed login gone")
+    finally:
+        for sock in sockets:
+            sock.close()
+    text = server.log_text()[mark:]
+    assert "Too many open files" in text
+    assert text.count("Logins cannot be decided: authorized_keys") == 1, text
+    assert "Invalid user" not in text and "Failed publickey" not in text, text
+    records = [e for e in server.audit() if e["event"] == "auth" and e["peer"].startswith(source + ":")]
+    assert len(records) == 4 and all(e["server_side"] for e in records), records
+    assert not [e for e in server.audit() if e["event"] == "penalty"]
+    r = server.ssh("exit 3", source=source)
+    assert r.returncode == 3, r.stderr
