@@ -432,6 +432,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_server_side_failures.py::test_an_unopenable_revoked_keys_file_refuses_without_a_strike",
             M + "test_server_side_failures.py::test_an_unopenable_ca_file_is_no_invalid_user_and_no_strike",
             M + "test_server_side_failures.py::test_fail2ban_counts_nothing_of_a_server_side_failure",
+            E + "test_e2e_fdlimit.py::test_a_login_that_gets_the_last_descriptor_fails_without_a_strike",
         ],
         "the cause is logged once, then at most once a minute with a count": [
             M + "test_server_side_failures.py::test_the_error_line_comes_back_after_the_interval_with_a_count",
