@@ -7,12 +7,47 @@ group or others. Anyone else who could write one of them could authorize their o
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import pwd
 import stat
 from dataclasses import dataclass, field
 from types import TracebackType
+
+#: Reasons a file cannot be opened or read that are the server's own (out of descriptors or memory,
+#: a failing disk or file server), not the file's: they pass, and say nothing about who may log in.
+SERVER_SIDE_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ENOBUFS,
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
+
+
+def server_side(error: OSError) -> bool:
+    """Whether `error` is the server's own trouble (see SERVER_SIDE_ERRNOS) rather than the file's
+    (missing, not permitted, not a file)."""
+    return error.errno in SERVER_SIDE_ERRNOS
+
+
+class ServerSideFailure(Exception):
+    """A file a login depends on could not be read for a reason of the server's own: the login
+    cannot be decided now, and the client is not to blame (no strike, no "Failed" line)."""
+
+    def __init__(self, what: str, path: str, error: OSError):
+        self.what = what  # "authorized_keys", "trusted_user_ca_keys", "revoked_keys"
+        self.path = path
+        self.strerror = error.strerror or str(error)
+        self.errno = error.errno
+        super().__init__(f"{what} {path} cannot be read: {self.strerror} (a server-side failure)")
 
 
 @dataclass(frozen=True)
@@ -82,7 +117,9 @@ def _directory_chain(start: str, trust: FileTrust, subject: str) -> Untrusted | 
     for directory in _ancestors(start):
         try:
             st = os.stat(directory)
-        except OSError:
+        except OSError as e:
+            if server_side(e):
+                raise
             return Untrusted(directory, f"bad ownership or modes for directory {directory}", f"check {directory}")
         if _bad(st, trust):
             reason = f"bad ownership or modes for directory {directory}"
@@ -107,6 +144,8 @@ def file_problem(
         real = resolved if resolved is not None else os.path.realpath(path, strict=True)
         real_stat = os.stat(real)
     except OSError as e:
+        if server_side(e):
+            raise
         return Untrusted(path, f"realpath {path} failed: {e.strerror}", f"check {path}")
     if (real_stat.st_dev, real_stat.st_ino) != (file_stat.st_dev, file_stat.st_ino):
         return Untrusted(path, f"{path} changed while it was checked", "try again")

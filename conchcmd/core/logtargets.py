@@ -41,6 +41,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from conchcmd.core.fdlimit import AcceptFailures
+
 #: Namespace of conchcmd's human-readable log lines (the ones `serve` shows at info level).
 LOG_NAMESPACE = "conchcmd.log"
 #: Namespace of the authentication lines (sshd's words; syslog facility authpriv, fail2ban reads them).
@@ -695,8 +697,10 @@ class LevelFilter:
 
 
 def filtered(observer: ILogObserver) -> ILogObserver:
-    """What `serve` shows: conchcmd's own lines from info up, everything else (Conch's chatter) from warn up."""
-    return LevelFilter(observer, LogLevel.warn, {LOG_NAMESPACE: LogLevel.info, AUTH_LOG_NAMESPACE: LogLevel.info})
+    """What `serve` shows: conchcmd's own lines from info up, everything else (Conch's chatter) from
+    warn up, and a warning of its own when connections are closed at accept (out of descriptors)."""
+    levels = LevelFilter(observer, LogLevel.warn, {LOG_NAMESPACE: LogLevel.info, AUTH_LOG_NAMESPACE: LogLevel.info})
+    return AcceptFailures(levels, LOG_NAMESPACE)
 
 
 def log_observer(target: str, syslog_address: str | None, reactor: Any, out: TextIO, err: TextIO) -> ILogObserver:

@@ -146,7 +146,7 @@ class Metrics:
             result = "success"
         else:
             kind = refusal_kind(str(fields.get("reason", "")))
-            result = "refused" if kind in SLOT_REFUSALS else "failure"
+            result = "refused" if kind in SLOT_REFUSALS else "error" if fields.get("server_side") else "failure"
             if result == "refused":
                 self.refused[kind] = self.refused.get(kind, 0) + 1
         key = (method, result)
@@ -256,7 +256,8 @@ class _Collector:
             CounterMetricFamily(
                 "conchcmd_auth_attempts",
                 "Authentication attempts as audited (not a key probe answered PK_OK, not a first `none`) by "
-                "method and result (success, failure, refused: authenticated but turned away by max_clients)",
+                "method and result (success, failure, refused: authenticated but turned away by max_clients, "
+                "error: not decided for a server-side reason such as running out of file descriptors)",
                 labels=["method", "result"],
             ),
             m.auth,

@@ -16,6 +16,7 @@ from twisted.logger import globalLogBeginner
 from conchcmd import __version__
 from conchcmd.core.config import Config, ConfigError, load_config, valid_user_name
 from conchcmd.core.endpoints import endpoint_problem
+from conchcmd.core.fdlimit import limit_warning
 from conchcmd.core.filetrust import FileTrust, path_problem
 from conchcmd.edge.usercmds import (
     PublicKeyText,
@@ -102,7 +103,11 @@ def _say_config(config: Config, out: TextIO) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
-    out.write(_load(args).describe())
+    config = _load(args)
+    out.write(config.describe())
+    warning = limit_warning(config)
+    if warning is not None:  # a TOML comment: the output stays a valid configuration
+        out.write(f"# warning: {warning} (LimitNOFILE=, ulimit -Hn)\n")
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from conchcmd.commands.lastlog import FileTail, JournalTail, build_sources, empt
 from conchcmd.core.addrspace import global_ranges
 from conchcmd.core.config import Config
 from conchcmd.core.endpoints import proxied_description
+from conchcmd.core.fdlimit import descriptors_needed, limit_warning
 from conchcmd.core.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
 from conchcmd.core.logtargets import JOURNAL_SOCKET, parse_syslog_address
 from conchcmd.edge.usercmds import ca_key_refusal, line_refusal
@@ -88,7 +89,23 @@ def examine(config: Config, invocation: Invocation | None = None) -> list[Findin
         *_algorithms(config),
         *_audit_log(config),
         *_proxies(config),
+        *_descriptors(config),
     ]
+
+
+def _descriptors(config: Config) -> Iterator[Finding]:
+    """The hard RLIMIT_NOFILE (serve raises the soft one to it) against what the limits may need.
+    It is this process's: a systemd unit sets its own (LimitNOFILE=)."""
+    warning = limit_warning(config)
+    if warning is not None:
+        yield Finding(
+            WARNING,
+            warning,
+            "LimitNOFILE= in the systemd unit (the shipped one sets 65536), `ulimit -Hn` where serve starts, "
+            "or lower max_clients / max_startups",
+        )
+    else:
+        yield Finding(OK, f"file descriptors: the limits may need {descriptors_needed(config)}, within the hard limit")
 
 
 def _privileges(config: Config, invocation: Invocation) -> Iterator[Finding]:

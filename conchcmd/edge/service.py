@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.selectreactor import SelectReactor
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -27,6 +28,7 @@ from conchcmd.app import Server, build_server
 from conchcmd.core.audit import AuditLog
 from conchcmd.core.config import Config, ConfigError, audit_group_id, load_config
 from conchcmd.core.endpoints import proxied_description, proxy_problem
+from conchcmd.core.fdlimit import FD_SETSIZE, DescriptorLimit, limit_warning, raise_soft_limit
 from conchcmd.core.filetrust import FileTrust
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.metrics import Metrics
@@ -94,6 +96,7 @@ class ConchcmdService(Service):
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.host_keys: HostKeys | None = None
         self.started_at: float | None = None
+        self.fd_limit: DescriptorLimit | None = None
         #: Why the server stops, for the stop line and `server_stop` (the caller may say better).
         self.stop_reason = "shutdown"
 
@@ -104,6 +107,8 @@ class ConchcmdService(Service):
     def prepare(self) -> None:
         """Everything that can fail before the reactor runs: keys, audit log, the object graph."""
         config = self.config
+        # Each connection is a descriptor: the soft limit (1024 under systemd) would cap max_clients.
+        self.fd_limit = raise_soft_limit(cap=FD_SETSIZE if isinstance(self.reactor, SelectReactor) else None)
         trust = FileTrust(strict=config.strict_modes)
         try:
             for path in ensure_host_keys(config.host_keys_dir, trust=trust):
@@ -218,6 +223,11 @@ class ConchcmdService(Service):
         self.started_at = self.reactor.seconds()
         listening = [format_peer(port.getHost()) for port in self.ports]
         host_keys = host_key_fingerprints(self.host_keys)
+        if self.fd_limit is not None:
+            log.info("File descriptor limit {limit}", limit=self.fd_limit.describe())
+            warning = limit_warning(self.config, self.fd_limit.soft)
+            if warning is not None:
+                log.warn("{warning}: raise LimitNOFILE= (systemd) or ulimit -Hn", warning=warning)
         log.info(
             "Server started: conchcmd {version} listening on {listen}; host keys {host_keys}",
             version=__version__,

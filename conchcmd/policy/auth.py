@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from conchcmd.core.audit import sanitise
 from conchcmd.core.config import Config, UserPolicy, valid_user_name
-from conchcmd.core.filetrust import FileTrust
+from conchcmd.core.filetrust import FileTrust, ServerSideFailure
 from conchcmd.core.hostmatch import match_address_list
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
@@ -138,6 +138,53 @@ class KeyRefused(UnauthorizedLogin):
         return {}
 
 
+class LoginUnavailable(UnauthorizedLogin):
+    """The login cannot be decided now for a reason of the server's own (a file it depends on
+    could not be read: out of descriptors, memory, I/O): it fails, but the client is not to blame,
+    so it is no failed attempt (no strike, no sshd "Failed" line)."""
+
+    def __init__(self, failure: ServerSideFailure):
+        super().__init__(str(failure))
+        self.failure = failure
+
+    def audit_fields(self) -> dict[str, Any]:
+        return {"server_side": True}
+
+
+#: At most one error line per cause in this many seconds, however many logins fail for it.
+SERVER_FAILURE_LOG_INTERVAL = 60.0
+
+
+class ServerFailureLog:
+    """The error lines for ServerSideFailure: the first of a cause (file and errno) at once, then
+    at most one per SERVER_FAILURE_LOG_INTERVAL with the count since, not one per attempt (a
+    server out of descriptors would otherwise write a line per login it fails)."""
+
+    def __init__(self, clock: IReactorTime, interval: float = SERVER_FAILURE_LOG_INTERVAL):
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[tuple[str, int | None], tuple[float, int]] = {}  # cause: (logged at, failures since)
+
+    def report(self, failure: ServerSideFailure) -> None:
+        cause = (failure.path, failure.errno)
+        now = self.clock.seconds()
+        last = self._last.get(cause)
+        if last is not None and now - last[0] < self.interval:
+            self._last[cause] = (last[0], last[1] + 1)
+            return
+        self._last[cause] = (now, 0)
+        more = f"; {last[1]} more failed reads since the last line" if last is not None and last[1] else ""
+        log.error(
+            "Logins cannot be decided: {what} {path}: {error}: a server-side failure, not counted "
+            "against clients (logged at most every {interval:g} s{more})",
+            what=failure.what,
+            path=failure.path,
+            error=failure.strerror,
+            interval=self.interval,
+            more=more,
+        )
+
+
 class SkRequirementNotMet(KeyRefused):
     """A good security-key signature without the touch or verification the policy asks for."""
 
@@ -181,11 +228,13 @@ class KeyAuthorizer:
         self.revoked = revoked
         self.clock = clock
         self.options = options or PubkeyAuthOptions()
+        self.failures = ServerFailureLog(clock)
 
     @classmethod
     def from_config(cls, config: Config, clock: IReactorTime) -> KeyAuthorizer:
         authorizer = cls.__new__(cls)
         authorizer.clock = clock
+        authorizer.failures = ServerFailureLog(clock)
         authorizer.reload(config)
         return authorizer
 
@@ -205,7 +254,15 @@ class KeyAuthorizer:
         "invalid user" (sshd's word for a name without an account)."""
         if not valid_user_name(user):
             return False
-        return bool(self.keys.entries_for(user)) or self.trusted.any_trusted()
+        try:
+            return bool(self.keys.entries_for(user)) or self.trusted.any_trusted()
+        except ServerSideFailure as e:
+            self.failures.report(e)
+            return True  # cannot tell now: not called invalid
+
+    def _failed(self, failure: ServerSideFailure) -> LoginUnavailable:
+        self.failures.report(failure)
+        return LoginUnavailable(failure)
 
     def authorize(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
         if not valid_user_name(user):
@@ -214,6 +271,8 @@ class KeyAuthorizer:
             if algorithm in CERT_SIGNATURES:
                 return self._certificate(user, algorithm, blob, peer_host)
             return self._plain_key(user, algorithm, blob, peer_host)
+        except ServerSideFailure as e:  # before CertificateRefused: RevokedKeysUnavailable is both
+            raise self._failed(e) from None
         except CertificateRefused as e:
             raise KeyRefused(str(e)) from None
 

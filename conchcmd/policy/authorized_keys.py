@@ -19,7 +19,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.config import valid_user_name
-from conchcmd.core.filetrust import CheckedFile, FileTrust, UntrustedFile
+from conchcmd.core.filetrust import CheckedFile, FileTrust, ServerSideFailure, UntrustedFile, server_side
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
@@ -386,6 +386,8 @@ class KeyFileState:
     fix: str | None = None
     error: str | None = None
     fresh: bool = False  # parsed now, not taken from the cache
+    #: `error` is the server's own (out of descriptors, memory, I/O): it says nothing of the user.
+    failure: ServerSideFailure | None = None
 
 
 class AuthorizedKeysFiles:
@@ -409,7 +411,11 @@ class AuthorizedKeysFiles:
         return self.pattern.replace("%%", "\0").replace("%u", user).replace("\0", "%")
 
     def entries_for(self, user: str) -> tuple[AuthorizedKey, ...]:
+        """The user's lines for login; ServerSideFailure when the file could not be read for a
+        reason of the server's own (the caller logs it: not once per attempt)."""
         state = self.read(user)
+        if state.failure is not None:
+            raise state.failure
         if state.ignored is not None:
             log.warn("Ignoring {path}: {reason}", path=state.path, reason=state.ignored)
         elif state.error is not None:
@@ -439,6 +445,9 @@ class AuthorizedKeysFiles:
             self._cache.pop(path, None)
             return KeyFileState(path, EMPTY, missing=True)
         except OSError as e:
+            if server_side(e):  # the cached parse may be stale: not used, but kept for later
+                failure = ServerSideFailure("authorized_keys", path, e)
+                return KeyFileState(path, EMPTY, error=failure.strerror, failure=failure)
             self._cache.pop(path, None)
             return KeyFileState(path, EMPTY, error=e.strerror or str(e))
         parsed = parse_authorized_keys(data, path, permit_environment=self.permit_environment)

@@ -19,7 +19,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.audit import sanitise
-from conchcmd.core.filetrust import CheckedFile, FileTrust, UntrustedFile
+from conchcmd.core.filetrust import CheckedFile, FileTrust, ServerSideFailure, UntrustedFile, server_side
 from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
@@ -67,6 +67,11 @@ WEAK_CA_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
 
 class CertificateRefused(Exception):
     """This certificate may not log in, for the stated reason."""
+
+
+class RevokedKeysUnavailable(CertificateRefused, ServerSideFailure):
+    """revoked_keys could not be read for a reason of the server's own: every key is refused
+    (fail closed), as a server-side failure for login, as a refusal for `users` and `doctor`."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,9 @@ class RevokedKeys:
                 reason=e.problem.reason,
             )
             raise CertificateRefused(f"revocation list not trusted: {e.problem.reason}") from None
-        except OSError:
+        except OSError as e:
+            if server_side(e):  # not the list's fault nor the client's: logged by the authorizer
+                raise RevokedKeysUnavailable("revoked_keys", self.path, e) from None
             log.warn("revoked_keys {path} cannot be read: refusing every key until it can", path=self.path)
             raise CertificateRefused("revocation list unreadable") from None
         if data.startswith(b"SSHKRL\n\0"):
@@ -371,7 +378,9 @@ class TrustedCAs:
             log.warn("Ignoring {path}: {reason}: no CA is trusted", path=self.path, reason=e.problem.reason)
             self.blobs, self._signature = frozenset(), None
             return frozenset()
-        except OSError:
+        except OSError as e:
+            if server_side(e):  # "no CA trusted" would refuse, and call the user invalid
+                raise ServerSideFailure("trusted_user_ca_keys", self.path, e) from None
             return frozenset()
         return self.blobs
 

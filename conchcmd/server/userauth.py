@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from conchcmd.core.audit import sanitise
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
-from conchcmd.policy.auth import Identity, KeyRefused, SkRequirementNotMet
+from conchcmd.policy.auth import Identity, KeyRefused, LoginUnavailable, SkRequirementNotMet
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.server.authlog import KeyInfo, log_word
@@ -52,6 +52,7 @@ class UserAuthService(UserAuthHooks):
     _in_progress = False  # a request is being checked (or its failure answer held back)
     _stopped = False
     _delay: Any = None
+    _unavailable = 0  # attempts that failed for a server-side reason (not counted as failures)
 
     @property
     def supportedAuthentications(self) -> list[bytes]:
@@ -245,6 +246,8 @@ class UserAuthService(UserAuthHooks):
     def auth_failed(self, reason: Failure) -> Any:
         if self._stopped:
             return None  # decided after the client left (it was counted as abandoned)
+        if reason.check(LoginUnavailable):
+            return self._unavailable_answer(reason)
         # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
         # never counted `none`, so a client could send them without end.
         if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
@@ -285,6 +288,33 @@ class UserAuthService(UserAuthHooks):
                 held: defer.Deferred[None] = defer.Deferred()
                 self._delay = self.clock.callLater(self.passwordDelay, held.callback, None)
                 return held.addCallback(lambda _: self._answer_failure(reason))
+        super().auth_failed(reason)
+        return None
+
+    def _unavailable_answer(self, reason: Failure) -> Any:
+        """A login the server could not decide (LoginUnavailable): audited with its cause, no
+        auth-log line in sshd's words (fail2ban would count it), no failure counted. The
+        authorizer has logged the cause (rate-limited). USERAUTH_FAILURE lets the client try
+        another method; after max_auth_tries such answers the connection is closed, still
+        without a strike."""
+        t = self.transport
+        t.auth_end_logged = True  # its end is the server's failure: no "Connection closed by ... [preauth]"
+        t.audit.record(
+            "auth",
+            ok=False,
+            user=self._user_name(),
+            peer=t.peer,
+            method=sanitise(self.method, 32),
+            **self._key_fields(),
+            server_side=True,
+            reason=sanitise(reason.getErrorMessage(), 200),
+        )
+        self._unavailable += 1
+        if self._unavailable + t.auth_failures >= self.max_auth_tries:
+            t.sendDisconnect(
+                transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"temporary server-side failure; try again later"
+            )
+            return None
         super().auth_failed(reason)
         return None
 

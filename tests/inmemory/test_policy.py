@@ -9,8 +9,7 @@ from typing import Any
 import bcrypt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
-from support.certlogin import cert_login
+from support.certlogin import cert_login, make_cert
 from support.keys import authorized_line, ed25519_key
 from support.sshclient import Connection, RecordingChannel, pty_request, result_of
 from support.world import World, add_user, make_world
@@ -329,23 +328,6 @@ def test_expiry_time_follows_the_server_clock(tmp_path: Path) -> None:
 
 
 # -- a certificate login in memory -----------------------------------------------------------------------
-
-
-def make_cert(ca: ed25519.Ed25519PrivateKey, user_key: Key, *, principals: list[bytes], **options: bytes) -> bytes:
-    builder = (
-        SSHCertificateBuilder()
-        .public_key(user_key.public()._keyObject)
-        .serial(314)
-        .type(SSHCertificateType.USER)
-        .key_id(b"memory-cert")
-        .valid_principals(principals)
-        .valid_after(0)
-        .valid_before(10**9)
-    )
-    for name, value in options.items():
-        builder = builder.add_critical_option(name.replace("_", "-").encode(), value)
-    cert = builder.sign(ca)
-    return cert.public_bytes().split()[1]
 
 
 def test_certificate_login_with_force_command_and_no_pty(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 from twisted.conch.ssh import common, userauth
 from twisted.conch.ssh.keys import Key
 
@@ -30,3 +32,22 @@ def cert_login(conn: Connection, user: bytes, user_key: Key, cert_b64: bytes) ->
     d = auth._request(b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature))
     conn.flush()
     return result_of(d)[0] if d.called else 0
+
+
+def make_cert(ca: ed25519.Ed25519PrivateKey, user_key: Key, *, principals: list[bytes], **options: bytes) -> bytes:
+    """A user certificate of `user_key` signed by `ca` (serial 314, key id "memory-cert", valid
+    from the epoch into 2001: the in-memory clock starts at 0), as the base64 blob of its line."""
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(user_key.public()._keyObject)
+        .serial(314)
+        .type(SSHCertificateType.USER)
+        .key_id(b"memory-cert")
+        .valid_principals(principals)
+        .valid_after(0)
+        .valid_before(10**9)
+    )
+    for name, value in options.items():
+        builder = builder.add_critical_option(name.replace("_", "-").encode(), value)
+    cert = builder.sign(ca)
+    return cert.public_bytes().split()[1]

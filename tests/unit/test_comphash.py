@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -645,3 +646,27 @@ def test_the_command_table_gives_comphash_the_bulk_runner(root: Path, monkeypatc
     assert [fn for fn, _, _ in bulk.jobs] == [comphash.hash_opened]
     bulk.run_all()
     assert done.called and b"".join(out) == f"{hashlib.sha256(CONTENT).hexdigest()}  {root}/data.bin\n".encode()
+
+
+def test_out_of_descriptors_says_so_not_that_the_file_is_missing(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE at any open on the way is the server's trouble, reported as itself (status 1),
+    never as "No such file" or as a path outside the roots."""
+    real_open = os.open
+    for failing_at in range(1, 8):  # the first open, the second... (the walk, then the file)
+        opened = [0]
+
+        def counting_open(*args: Any, opened: list[int] = opened, failing_at: int = failing_at, **kwargs: Any) -> int:
+            opened[0] += 1
+            if opened[0] == failing_at:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return real_open(*args, **kwargs)
+
+        monkeypatch.setattr(os, "open", counting_open)
+        try:
+            result = hash_file(str(root / "data.bin"), (str(root),), "sha256", threading.Event())
+        except PathRefused as e:
+            assert (e.reason, e.status) == ("Too many open files", 1), failing_at
+        else:
+            # done before that open, or the fast path's failure retried by the walk (safepath)
+            assert result.size == len(CONTENT) and (opened[0] < failing_at or failing_at == 1), failing_at
+        monkeypatch.setattr(os, "open", real_open)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path
@@ -306,3 +307,20 @@ def test_lastlog_stops_at_the_size_seen_at_start(tmp_path: Path, monkeypatch: py
         defer.Deferred.fromCoroutine(FileTail(str(log), InlineRunner(), Clock()).tail(10, out, stop=defer.Deferred()))
     )
     assert b"".join(received) == data
+
+
+def test_lastlog_out_of_descriptors_says_so(lastlog_harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE when opening the log is reported as itself, not as a missing or unreadable log."""
+    log = tmp_path / "syslog"
+    write_log(log, 3)
+    real_open = open
+
+    def no_descriptors(path, *args, **kwargs):
+        if str(path) == str(log):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_descriptors)
+    run = lastlog_harness(log).run("lastlog")
+    assert (run.status, run.stdout) == (1, b"")
+    assert run.err == f"lastlog: {log}: Too many open files\n"

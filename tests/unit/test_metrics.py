@@ -134,6 +134,18 @@ def test_auth_method_labels_are_the_rfc_names_or_other(method: str | None, label
     assert samples(m)[key] == 1
 
 
+def test_a_login_failed_for_a_server_side_reason_is_an_error_not_a_failure() -> None:
+    """Out of descriptors, say: an alert on failed logins must not read it as an attack."""
+    m = metrics()
+    sink = m.audit_sink(MemoryAuditLog())
+    reason = "authorized_keys /k/admin cannot be read: Too many open files (a server-side failure)"
+    sink.record("auth", ok=False, user="admin", method="publickey", server_side=True, reason=reason)
+    sink.record("auth", ok=False, user="admin", method="publickey", reason="key not in authorized_keys")
+    found = samples(m)
+    assert found[("conchcmd_auth_attempts_total", (("method", "publickey"), ("result", "error")))] == 1
+    assert found[("conchcmd_auth_attempts_total", (("method", "publickey"), ("result", "failure")))] == 1
+
+
 def test_records_pass_through_unchanged() -> None:
     log = MemoryAuditLog()
     sink = metrics().audit_sink(log)

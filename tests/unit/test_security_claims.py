@@ -426,6 +426,24 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_internal_errors.py::test_parse_errors_and_bugs_are_told_apart",
         ],
     },
+    "The server's own trouble is not the client's failure.": {
+        "authorized_keys, CA and revocation files unreadable for a server-side reason: no strike, no sshd line": [
+            M + "test_server_side_failures.py::test_an_unopenable_authorized_keys_file_is_no_strike_nor_invalid_user",
+            M + "test_server_side_failures.py::test_an_unopenable_revoked_keys_file_refuses_without_a_strike",
+            M + "test_server_side_failures.py::test_an_unopenable_ca_file_is_no_invalid_user_and_no_strike",
+            M + "test_server_side_failures.py::test_fail2ban_counts_nothing_of_a_server_side_failure",
+            E + "test_e2e_fdlimit.py::test_a_login_that_gets_the_last_descriptor_fails_without_a_strike",
+        ],
+        "the cause is logged once, then at most once a minute with a count": [
+            M + "test_server_side_failures.py::test_the_error_line_comes_back_after_the_interval_with_a_count",
+        ],
+        "after max_auth_tries such answers the connection is closed without a strike": [
+            M + "test_server_side_failures.py::test_a_client_that_keeps_trying_is_closed_without_a_strike",
+        ],
+        "a missing file is still the client's failure": [
+            M + "test_server_side_failures.py::test_a_missing_file_is_still_an_invalid_user",
+        ],
+    },
     "Rekeying.": {
         "the server renews keys after 1 GiB or 1 hour": [
             M + "test_transport_crypto.py::test_client_initiated_and_time_based_rekeys",
