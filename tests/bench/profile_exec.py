@@ -168,6 +168,7 @@ class AsyncsshServer(Server):
         # ../shared's anchor prints "ready"; tests/bench/anchors' prints "listening on PORT"
         while not any(word in self.log.read_bytes() for word in (b"ready", b"listening on")):
             if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()  # not left running when it never said it was ready
                 raise SystemExit(self.log.read_text())
             time.sleep(0.05)
 
