@@ -87,7 +87,7 @@ def build_server(
         clock=reactor,
         settings=settings or ServerSettings.from_config(config),
         passwords=passwords,
-        known_user=lambda user: user in realm.users or authorizer.knows(user),
+        known_user=lambda user, files: user in realm.users or authorizer.knows(user, files),
         metrics=metrics or NO_METRICS,
     )
     if metrics is not None:

@@ -193,6 +193,38 @@ def file_version(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+class AttemptFiles:
+    """The files one login attempt (one connection's authentication) has read and checked, each
+    with its `file_version` at that read.
+
+    Authentication reads a user's authorized_keys up to three times (the name, the key probe, the
+    signature) within milliseconds; what was read may be used again only while `os.stat` of the
+    path still gives the same version (same file, same content), so a replaced, rewritten or
+    chmod-ed file (its ctime moves) is read and checked again. A new connection starts empty, so
+    every login checks ownership and modes at least once.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[int, ...], object]] = {}
+
+    def get(self, path: str) -> object | None:
+        """What was recorded for `path` if the file there is still the one read, else None."""
+        seen = self._seen.get(path)
+        if seen is None:
+            return None
+        try:
+            version = file_version(os.stat(path))
+        except OSError:
+            version = ()
+        if version != seen[0]:
+            del self._seen[path]
+            return None
+        return seen[1]
+
+    def put(self, path: str, version: tuple[int, ...], value: object) -> None:
+        self._seen[path] = (version, value)
+
+
 class CheckedFile:
     """A file opened for reading only after it passed `file_problem`.
 

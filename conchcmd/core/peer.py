@@ -9,6 +9,7 @@ from twisted.cred import credentials
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 
+from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.hostmatch import normalise_peer
 
 
@@ -44,7 +45,8 @@ class Peer:
 
 
 class PeerSSHPrivateKey(credentials.SSHPrivateKey):
-    """Conch's public-key credentials, plus the peer the request came from."""
+    """Conch's public-key credentials, plus the peer the request came from and the files its
+    connection's authentication has read (`AttemptFiles`)."""
 
     def __init__(
         self,
@@ -54,9 +56,11 @@ class PeerSSHPrivateKey(credentials.SSHPrivateKey):
         sigData: bytes | None,
         signature: bytes | None,
         peer: Peer,
+        attempt: AttemptFiles | None = None,
     ):
         super().__init__(username, algName, blob, sigData, signature)
         self.peer = peer
+        self.attempt = attempt
 
 
 class PeerUsernamePassword(credentials.UsernamePassword):

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from conchcmd.core.audit import sanitise
 from conchcmd.core.config import Config, UserPolicy, valid_user_name
-from conchcmd.core.filetrust import FileTrust, ServerSideFailure
+from conchcmd.core.filetrust import AttemptFiles, FileTrust, ServerSideFailure
 from conchcmd.core.hostmatch import match_address_list
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
@@ -248,14 +248,14 @@ class KeyAuthorizer:
         self.revoked = RevokedKeys(config.revoked_keys, trust=trust)
         self.options = PubkeyAuthOptions.from_names(config.pubkey_auth_options)
 
-    def knows(self, user: str) -> bool:
+    def knows(self, user: str, attempt: AttemptFiles | None = None) -> bool:
         """Whether `user` could log in with a key or certificate at all: it has authorized_keys
         lines, or some CA is trusted for any name (`trusted_user_ca_keys`). For the log's
         "invalid user" (sshd's word for a name without an account)."""
         if not valid_user_name(user):
             return False
         try:
-            return bool(self.keys.entries_for(user)) or self.trusted.any_trusted()
+            return bool(self.keys.entries_for(user, attempt)) or self.trusted.any_trusted()
         except ServerSideFailure as e:
             self.failures.report(e)
             return True  # cannot tell now: not called invalid
@@ -264,19 +264,25 @@ class KeyAuthorizer:
         self.failures.report(failure)
         return LoginUnavailable(failure)
 
-    def authorize(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
+    def authorize(
+        self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None, attempt: AttemptFiles | None = None
+    ) -> Authorized:
+        """What this key or certificate may do as `user`, or KeyRefused; `attempt`: the files this
+        login attempt has read (see AttemptFiles)."""
         if not valid_user_name(user):
             raise KeyRefused("invalid user name")
         try:
             if algorithm in CERT_SIGNATURES:
-                return self._certificate(user, algorithm, blob, peer_host)
-            return self._plain_key(user, algorithm, blob, peer_host)
+                return self._certificate(user, algorithm, blob, peer_host, attempt)
+            return self._plain_key(user, algorithm, blob, peer_host, attempt)
         except ServerSideFailure as e:  # before CertificateRefused: RevokedKeysUnavailable is both
             raise self._failed(e) from None
         except CertificateRefused as e:
             raise KeyRefused(str(e)) from None
 
-    def _plain_key(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
+    def _plain_key(
+        self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None, attempt: AttemptFiles | None
+    ) -> Authorized:
         try:
             key = public_key_from_blob(blob)
         except KeyParseError:
@@ -293,7 +299,7 @@ class KeyAuthorizer:
                 sk = parse_sk_public_key(blob)
             except SkError as e:
                 raise KeyRefused(f"malformed public key ({e})") from None
-        entries = self.keys.find_all(user, blob)
+        entries = self.keys.find_all(user, blob, attempt)
         if not entries:
             raise KeyRefused("key not in authorized_keys")
         self.revoked.check_key(blob)
@@ -357,8 +363,10 @@ class KeyAuthorizer:
         )
         return command, grant.pty and line.meaning.pty, f"cert-authority at {line.source}", requirements
 
-    def _certificate(self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None) -> Authorized:
-        lines = [e for e in self.keys.authorities(user) if e.refused is None]
+    def _certificate(
+        self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None, attempt: AttemptFiles | None
+    ) -> Authorized:
+        lines = [e for e in self.keys.authorities(user, attempt) if e.refused is None]
         grant, ca_blob = validate_certificate(
             blob,
             user=user,
@@ -438,8 +446,10 @@ class PublicKeyChecker:
         except UnicodeDecodeError:
             raise KeyRefused("user name is not UTF-8") from None
         # The transport sends PeerSSHPrivateKey; other credentials have no address: from= refuses.
-        peer_host = credentials.peer.host if isinstance(credentials, PeerSSHPrivateKey) else None
-        authorized = self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host)
+        peer_host, attempt = None, None
+        if isinstance(credentials, PeerSSHPrivateKey):
+            peer_host, attempt = credentials.peer.host, credentials.attempt
+        authorized = self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host, attempt)
         if credentials.signature is None:
             raise ValidPublicKey()  # the key may be used: Conch answers PK_OK
         try:

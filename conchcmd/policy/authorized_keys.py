@@ -19,7 +19,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.config import valid_user_name
-from conchcmd.core.filetrust import CheckedFile, FileTrust, ServerSideFailure, UntrustedFile, server_side
+from conchcmd.core.filetrust import AttemptFiles, CheckedFile, FileTrust, ServerSideFailure, UntrustedFile, server_side
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
@@ -410,10 +410,10 @@ class AuthorizedKeysFiles:
             return None
         return self.pattern.replace("%%", "\0").replace("%u", user).replace("\0", "%")
 
-    def entries_for(self, user: str) -> tuple[AuthorizedKey, ...]:
+    def entries_for(self, user: str, attempt: AttemptFiles | None = None) -> tuple[AuthorizedKey, ...]:
         """The user's lines for login; ServerSideFailure when the file could not be read for a
         reason of the server's own (the caller logs it: not once per attempt)."""
-        state = self.read(user)
+        state = self.read(user, attempt)
         if state.failure is not None:
             raise state.failure
         if state.ignored is not None:
@@ -425,17 +425,25 @@ class AuthorizedKeysFiles:
                 log.warn("{problem}", problem=problem)
         return state.parsed.entries
 
-    def read(self, user: str) -> KeyFileState:
+    def read(self, user: str, attempt: AttemptFiles | None = None) -> KeyFileState:
         """The user's file as login sees it: parsed, or why it is ignored, missing or unreadable.
-        Logs nothing (`entries_for` logs for login; `conchcmd users` shows the same state)."""
+        Logs nothing (`entries_for` logs for login; `conchcmd users` shows the same state). With
+        `attempt`, a file this login attempt has read already and that is unchanged is not read
+        and checked again (only a file that was read and trusted is taken from it)."""
         path = self.path_for(user)
         if path is None:
             return KeyFileState(None, EMPTY, missing=True)
+        if attempt is not None:
+            seen = attempt.get(path)
+            if isinstance(seen, ParsedFile):
+                return KeyFileState(path, seen)
         try:
             with CheckedFile(path, self.trust) as f:
                 signature = f.version
                 cached = self._cache.get(path)
                 if cached and cached[0] == signature:
+                    if attempt is not None:
+                        attempt.put(path, signature, cached[1])
                     return KeyFileState(path, cached[1])
                 data = f.read()
         except UntrustedFile as e:
@@ -452,17 +460,19 @@ class AuthorizedKeysFiles:
             return KeyFileState(path, EMPTY, error=e.strerror or str(e))
         parsed = parse_authorized_keys(data, path, permit_environment=self.permit_environment)
         self._cache[path] = (signature, parsed)
+        if attempt is not None:
+            attempt.put(path, signature, parsed)
         return KeyFileState(path, parsed, fresh=True)
 
-    def find_all(self, user: str, blob: bytes) -> list[AuthorizedKey]:
+    def find_all(self, user: str, blob: bytes, attempt: AttemptFiles | None = None) -> list[AuthorizedKey]:
         """The user's lines for this key (cert-authority lines authorize only certificates)."""
-        return [e for e in self.entries_for(user) if e.blob == blob and not e.meaning.cert_authority]
+        return [e for e in self.entries_for(user, attempt) if e.blob == blob and not e.meaning.cert_authority]
 
     def find(self, user: str, blob: bytes) -> AuthorizedKey | None:
         """The user's first line for this key, if any."""
         lines = self.find_all(user, blob)
         return lines[0] if lines else None
 
-    def authorities(self, user: str) -> list[AuthorizedKey]:
+    def authorities(self, user: str, attempt: AttemptFiles | None = None) -> list[AuthorizedKey]:
         """The user's cert-authority lines: CAs whose certificates may log in as this user."""
-        return [e for e in self.entries_for(user) if e.meaning.cert_authority]
+        return [e for e in self.entries_for(user, attempt) if e.meaning.cert_authority]

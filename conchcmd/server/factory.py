@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import AlgorithmsConfig, Config, LimitsConfig
+from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.policy.auth import PasswordChecker
 from conchcmd.server.admission import Admissions
@@ -65,7 +66,7 @@ class CommandServerFactory(SSHFactory):
         clock: IReactorTime,
         settings: ServerSettings,
         passwords: PasswordChecker | None = None,
-        known_user: Callable[[str], bool] | None = None,
+        known_user: Callable[[str, AttemptFiles], bool] | None = None,
         metrics: ConnectionMetrics = NO_METRICS,
     ):
         self.publicKeys = dict(host_keys.public)
@@ -77,7 +78,7 @@ class CommandServerFactory(SSHFactory):
         self.settings = settings
         self.passwords = passwords
         #: Whether a user name is one that can log in (else the auth lines say "invalid user").
-        self.known_user: Callable[[str], bool] = known_user or (lambda _name: True)
+        self.known_user: Callable[[str, AttemptFiles], bool] = known_user or (lambda _name, _files: True)
         self.metrics = metrics
         self.admissions = Admissions(
             settings.limits,

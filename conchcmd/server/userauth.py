@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.core.audit import sanitise
+from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
 from conchcmd.policy.auth import Identity, KeyRefused, LoginUnavailable, SkRequirementNotMet
@@ -75,6 +76,7 @@ class UserAuthService(UserAuthHooks):
         self.attemptsBeforeDisconnect = self.max_auth_tries + 1
         self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
+        self._files = AttemptFiles()  # authorized_keys read once per connection while unchanged
         super().serviceStarted()
         self._listed = True
 
@@ -145,7 +147,7 @@ class UserAuthService(UserAuthHooks):
         if name == t.auth_user:
             return
         try:
-            valid = t.factory.known_user(name.decode("utf-8"))
+            valid = t.factory.known_user(name.decode("utf-8"), self._files)
         except UnicodeDecodeError:
             valid = False
         t.auth_user, t.auth_user_valid = name, valid
@@ -185,7 +187,7 @@ class UserAuthService(UserAuthHooks):
                 + NS(algorithm)
                 + NS(blob)
             )
-        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address)
+        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address, self._files)
         d = self.portal.login(creds, self.transport.peer_address, IConchUser)
         if not has_signature:
             d.addErrback(self.answer_key_probe, packet[1:])  # an authorized key's probe gets PK_OK

@@ -63,18 +63,18 @@ NONE = b"none"
 
 
 _BLOCK0 = bytes(64)
+_COUNTER0 = bytes(8)  # block counter 0, little-endian, ahead of the nonce
+
+
+def _nonce(counter: int, seq: int) -> bytes:
+    """cryptography takes RFC 8439's 16-byte counter||nonce input; with a counter below 2**32 the
+    original (64/64-bit) layout is the same bytes: counter as 8 bytes little-endian, then the nonce."""
+    return counter.to_bytes(8, "little") + seq.to_bytes(8, "big")
 
 
 def chacha20(key: bytes, data: bytes, seq: int, counter: int) -> bytes:
-    """OpenSSH's ChaCha20: a 64-bit block counter and the 64-bit sequence number as the nonce.
-
-    cryptography takes RFC 8439's 16-byte counter||nonce input; with a counter below 2**32 the
-    original (64/64-bit) layout is the same bytes: counter as 8 bytes little-endian, then the nonce.
-    """
-    nonce = struct.pack("<Q", counter) + struct.pack(">Q", seq)
-    # A stream cipher: decryptor() is the same keystream XOR, with one ABC isinstance check fewer
-    # than encryptor() (this runs twice per packet each way).
-    return Cipher(algorithms.ChaCha20(key, nonce), mode=None).decryptor().update(data)
+    """OpenSSH's ChaCha20: a 64-bit block counter and the 64-bit sequence number as the nonce."""
+    return Cipher(algorithms.ChaCha20(key, _nonce(counter, seq)), mode=None).decryptor().update(data)
 
 
 class PacketCodec:
@@ -183,21 +183,24 @@ class _ChaCha20Poly1305(PacketCodec):
     tag_size = 16
 
     def __init__(self, key: bytes):
-        self._main, self._header = key[:32], key[32:64]
+        # One cipher context per key for the life of the keys, its nonce (counter 0, seq) reset per
+        # packet: creating a context costs more than a small packet's ChaCha20 (reset_nonce, cryptography >= 43).
+        self._main = _Stream(key[:32])
+        self._header = _Stream(key[32:64])
         self._length: tuple[int, bytes] = (-1, b"")
 
     def _main_stream(self, seq: int, data: bytes) -> tuple[bytes, bytes]:
         """One pass of K_2's keystream: block 0 gives the Poly1305 key, blocks 1.. encrypt data."""
-        out = chacha20(self._main, _BLOCK0 + data, seq, 0)
+        out = self._main.crypt(seq, _BLOCK0 + data)
         return out[:32], out[64:]
 
     def seal(self, seq: int, packet: bytes) -> bytes:
         poly_key, body = self._main_stream(seq, packet[4:])
-        sealed = chacha20(self._header, packet[:4], seq, 0) + body
+        sealed = self._header.crypt(seq, packet[:4]) + body
         return sealed + Poly1305.generate_tag(poly_key, sealed)
 
     def packet_length(self, seq: int, head: bytes) -> int:
-        plain = chacha20(self._header, head[:4], seq, 0)
+        plain = self._header.crypt(seq, head[:4])
         self._length = (seq, plain)  # open() needs it again for the same packet
         return int(struct.unpack(">L", plain)[0])
 
@@ -210,8 +213,20 @@ class _ChaCha20Poly1305(PacketCodec):
             raise BadPacket("bad Poly1305 tag") from None
         known_seq, length = self._length
         if known_seq != seq:
-            length = chacha20(self._header, sealed[:4], seq, 0)
+            length = self._header.crypt(seq, sealed[:4])
         return length + body
+
+
+class _Stream:
+    """OpenSSH's ChaCha20 under one key, restarted at block 0 with the sequence number as nonce."""
+
+    def __init__(self, key: bytes):
+        ctx = Cipher(algorithms.ChaCha20(key, _nonce(0, 0)), mode=None).decryptor()
+        self._reset, self._update = ctx.reset_nonce, ctx.update
+
+    def crypt(self, seq: int, data: bytes) -> bytes:
+        self._reset(_COUNTER0 + seq.to_bytes(8, "big"))
+        return self._update(data)
 
 
 def make_codec(cipher: bytes, mac: bytes, key: bytes, iv: bytes, mac_key: bytes, *, out: bool) -> PacketCodec:

@@ -148,8 +148,8 @@ class Server:
 
 
 class AsyncsshServer(Server):
-    """The AsyncSSH anchor (../shared/bench/anchors/asyncssh_server.py: PORT HOSTKEY AUTHORIZED_KEYS
-    LOG), for the ratio the issue's target is stated in."""
+    """The AsyncSSH anchor (tests/bench/anchors/asyncssh_server.py, or ../shared/bench/anchors/'s:
+    PORT HOSTKEY AUTHORIZED_KEYS LOG), for the ratio the issue's target is stated in."""
 
     def __init__(self, fx: Fixture, script: Path):
         self.fx, self.tree, self.name = fx, script, "asyncssh"
@@ -165,8 +165,10 @@ class AsyncsshServer(Server):
         self.out = self.log.open("wb")
         self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, cwd=d)
         deadline = time.time() + 30
-        while b"ready" not in self.log.read_bytes():
+        # ../shared's anchor prints "ready"; tests/bench/anchors' prints "listening on PORT"
+        while not any(word in self.log.read_bytes() for word in (b"ready", b"listening on")):
             if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()  # not left running when it never said it was ready
                 raise SystemExit(self.log.read_text())
             time.sleep(0.05)
 

@@ -536,6 +536,10 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "checked on the open file at every login attempt": [
             U + "test_strict_modes.py::test_a_loosened_directory_is_noticed_at_the_next_login",
             U + "test_strict_modes.py::test_a_file_replaced_between_open_and_check_is_not_trusted",
+            M + "test_auth_files_attempt.py::test_each_connection_checks_the_directories_again",
+        ],
+        "within one connection a changed authorized_keys file is read and checked again": [
+            M + "test_auth_files_attempt.py::test_a_file_changed_after_the_key_probe_is_read_again_for_the_signature",
         ],
         "an untrusted trusted_user_ca_keys trusts no CA; an untrusted revoked_keys refuses every key": [
             U + "test_strict_modes.py::test_untrusted_ca_file_trusts_no_ca",
