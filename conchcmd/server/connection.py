@@ -123,6 +123,36 @@ class ConnectionService(QuietConnection):
         if self._awaiting_confirmation(packet, b"failure"):
             super().ssh_CHANNEL_OPEN_FAILURE(packet)
 
+    def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
+        # Conch runs each request through maybeDeferred and two callbacks (a Deferred and its
+        # chain per request) and the exec's command then waits a reactor turn; session channels
+        # are answered at once and start their command right after the reply is queued.
+        (local_id,) = struct.unpack(">L", packet[:4])
+        chan = self.channels[local_id]  # packetReceived has dropped unknown ones
+        if not isinstance(chan, SessionChannel):
+            super().ssh_CHANNEL_REQUEST(packet)
+            return
+        request_type, rest = getNS(packet[4:])
+        want_reply = [rest[:1] not in (b"", b"\0")]
+
+        def reply(ok: bool) -> None:
+            remote = self.localToRemoteChannel.get(local_id)
+            if want_reply[0] and remote is not None:
+                want_reply[0] = False  # one answer, even if starting the command then raises
+                message = connection.MSG_CHANNEL_SUCCESS if ok else connection.MSG_CHANNEL_FAILURE
+                self.transport.sendPacket(message, struct.pack(">L", remote))
+
+        try:
+            chan.answer_request(request_type, rest[1:], reply)
+        except Exception:
+            log.failure(
+                "Request {kind} on channel {id} of {peer} failed",
+                kind=sanitise(request_type, 64),
+                id=local_id,
+                peer=self.transport.peer,
+            )
+            reply(False)
+
     def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
         # An answer to no global request of ours is ignored, as sshd does (serverloop.c
         # server_input_keep_alive); Conch raised IndexError (a "protocol error").
