@@ -27,6 +27,7 @@ log = Logger(namespace=LOG_NAMESPACE)
 #: sshd none either (serverloop.c takes the client's value; channels.c stops at a 0 length);
 #: real clients offer 16 KiB (PuTTY) to 32 KiB (OpenSSH's CHAN_SES_PACKET_DEFAULT).
 MIN_CHANNEL_PACKET = 1024
+EXIT_STATUS = NS(b"exit-status") + b"\0"  # the request's name, want-reply false
 MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
 
 
@@ -152,6 +153,23 @@ class ConnectionService(QuietConnection):
                 peer=self.transport.peer,
             )
             reply(False)
+
+    def send_exit(self, channel: SessionChannel, status: int) -> None:
+        """EOF, exit-status and CLOSE for a channel, in one write (Conch's sendEOF, sendRequest
+        and sendClose: three writes and three log calls), then the channel counts as closed here."""
+        if channel.localClosed:
+            return
+        remote = struct.pack(">L", self.channelsToRemoteChannel[channel])
+        self.transport.send_packets(
+            [
+                (connection.MSG_CHANNEL_EOF, remote),
+                (connection.MSG_CHANNEL_REQUEST, remote + EXIT_STATUS + struct.pack(">L", status & 0xFFFFFFFF)),
+                (connection.MSG_CHANNEL_CLOSE, remote),
+            ]
+        )
+        channel.closing = channel.localClosed = True
+        if channel.remoteClosed:
+            self.channelClosed(channel)
 
     def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
         # An answer to no global request of ours is ignored, as sshd does (serverloop.c

@@ -387,11 +387,15 @@ class SessionChannel(QuietChannel):
         """
         if self._gone or self.localClosed:
             return
+        held_input = self.input_held()
+        room = self.input_limit - held_input
+        if self.localWindowLeft > room // 2:
+            # No budget can raise the target past `room`: nothing to grant, and no pass over the
+            # connection's accounts (an exec's channel, which reads no input, always ends here).
+            return
         budget = self.context.budget
         if others is None:
             others = budget.committed(excluding=self)
-        held_input = self.input_held()
-        room = self.input_limit - held_input
         free = budget.limit - others - held_input - self._queued
         target = max(min(room, free), WINDOW_FLOOR - held_input)
         if free < room:
@@ -510,9 +514,7 @@ class SessionChannel(QuietChannel):
     def _send_exit(self, status: int) -> None:
         if self._gone:
             return
-        self._connection.sendEOF(self)
-        self._connection.sendRequest(self, b"exit-status", struct.pack(">L", status & 0xFFFFFFFF))
-        self.loseConnection()
+        self._connection.send_exit(self, status)
 
     # -- end ---------------------------------------------------------------------------------
 
