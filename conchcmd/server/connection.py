@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch import error as conch_error
 from twisted.conch.ssh import connection, transport
@@ -19,6 +19,7 @@ from conchcmd.wire.conchprivate import QuietConnection
 
 if TYPE_CHECKING:
     from conchcmd.server.transport import ServerTransport
+    from conchcmd.session.realm import CommandUser
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -69,7 +70,32 @@ class ConnectionService(QuietConnection):
         elif len(self.channels) >= max_sessions:
             self._refuse_channel(sender, channel_type, b"too many sessions (max %d)" % max_sessions)
         else:
-            super().ssh_CHANNEL_OPEN(packet)
+            self._open_session(sender, _window, max_packet, rest[12:])
+
+    def _open_session(self, sender: int, window: int, max_packet: int, data: bytes) -> None:
+        """Conch's ssh_CHANNEL_OPEN for a session channel, without its getChannel indirection
+        and its per-channel log calls (a debug and an info line per open)."""
+        try:
+            avatar = cast("CommandUser", self.transport.avatar)  # the realm's, set at login
+            chan = avatar.lookupChannel(b"session", window, max_packet, data)
+        except Exception:
+            log.failure("Opening a session channel for {peer} failed", peer=self.transport.peer)
+            self.transport.sendPacket(
+                connection.MSG_CHANNEL_OPEN_FAILURE,
+                struct.pack(">2L", sender, connection.OPEN_CONNECT_FAILED) + NS(b"unknown failure") + NS(b""),
+            )
+            return
+        chan.conn = self
+        local_id = self.localChannelID
+        chan.id = local_id  # type: ignore[assignment]  # Conch's stub types it as None
+        self.localChannelID += 1
+        self.channels[local_id] = chan
+        self.channelsToRemoteChannel[chan] = sender
+        self.localToRemoteChannel[local_id] = sender
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_CONFIRMATION,
+            struct.pack(">4L", sender, local_id, chan.localWindowSize, chan.localMaxPacket) + chan.specificData,
+        )
 
     def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes, kind: str | None = None) -> None:
         name = sanitise(channel_type, 64)

@@ -63,6 +63,7 @@ NONE = b"none"
 
 
 _BLOCK0 = bytes(64)
+_ZERO8 = bytes(8)
 
 
 def chacha20(key: bytes, data: bytes, seq: int, counter: int) -> bytes:
@@ -84,7 +85,7 @@ class ChaChaStream:
         self._ctx = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).decryptor()
 
     def keystream_xor(self, data: bytes, seq: int, counter: int = 0) -> bytes:
-        self._ctx.reset_nonce(counter.to_bytes(8, "little") + seq.to_bytes(8, "big"))
+        self._ctx.reset_nonce((counter.to_bytes(8, "little") if counter else _ZERO8) + seq.to_bytes(8, "big"))
         return self._ctx.update(data)
 
 

@@ -408,3 +408,29 @@ def test_a_rekey_started_by_a_channels_last_packets_follows_them(world: World) -
     conn.exec(again, b"exit 6")
     conn.flush()
     assert again.exit_status == 6
+
+
+def test_a_session_open_that_fails_inside_the_server_is_refused_and_logged(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while making the channel: the client gets OPEN_FAILURE (as Conch answered), the
+    traceback is logged, the channel number is not used up, and the connection keeps working."""
+    from conchcmd.session.realm import CommandUser
+
+    conn = world.login()
+    real = CommandUser.lookupChannel
+
+    def broken(self: CommandUser, *args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(CommandUser, "lookupChannel", broken)
+    with capturedLogs() as events:
+        chan = refused_open(conn, 32768)
+    assert chan.open_failure is not None
+    assert chan.open_failure.args == (b"unknown failure", connection.OPEN_CONNECT_FAILED)
+    failures = [e for e in events if "log_failure" in e]
+    assert [e["log_failure"].type for e in failures] == [RuntimeError]
+    assert "Opening a session channel for" in formatEvent(failures[0])
+    monkeypatch.setattr(CommandUser, "lookupChannel", real)
+    assert conn.server.service.channels == {}
+    assert works(conn)
