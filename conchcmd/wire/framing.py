@@ -264,6 +264,10 @@ class ModernFraming(KexState):
     def dataReceived(self, data: bytes) -> None:
         if not self._dead:
             super().dataReceived(data)  # type: ignore[misc]
+            # The packets of this read are done: the codecs' per-burst state goes (an idle
+            # connection keeps no cipher contexts; the next burst rebuilds them).
+            self._in_codec.release()
+            self._out_codec.release()
 
     def _count(self, n: int) -> None:
         self._bytes_since_kex += n
