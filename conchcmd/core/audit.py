@@ -120,7 +120,12 @@ class BoundAudit:
     """An AuditSink that adds fixed fields to every record it passes on: a connection's id, a
     channel's number and kind. Binding again adds to the fields already bound."""
 
+    sink: AuditSink
+    fields: dict[str, Any]
+
     def __init__(self, sink: AuditSink, **fields: Any):
+        if isinstance(sink, BoundAudit):  # bound once: one merge per record, not one per level
+            fields, sink = {**sink.fields, **fields, **sink.fields}, sink.sink  # the inner fields win, first
         self.sink = sink
         self.fields = fields
 

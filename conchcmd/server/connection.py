@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch import error as conch_error
 from twisted.conch.ssh import connection, transport
@@ -19,6 +19,7 @@ from conchcmd.wire.conchprivate import QuietConnection
 
 if TYPE_CHECKING:
     from conchcmd.server.transport import ServerTransport
+    from conchcmd.session.realm import CommandUser
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -27,6 +28,7 @@ log = Logger(namespace=LOG_NAMESPACE)
 #: sshd none either (serverloop.c takes the client's value; channels.c stops at a 0 length);
 #: real clients offer 16 KiB (PuTTY) to 32 KiB (OpenSSH's CHAN_SES_PACKET_DEFAULT).
 MIN_CHANNEL_PACKET = 1024
+EXIT_STATUS = NS(b"exit-status") + b"\0"  # the request's name, want-reply false
 MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
 
 
@@ -68,7 +70,32 @@ class ConnectionService(QuietConnection):
         elif len(self.channels) >= max_sessions:
             self._refuse_channel(sender, channel_type, b"too many sessions (max %d)" % max_sessions)
         else:
-            super().ssh_CHANNEL_OPEN(packet)
+            self._open_session(sender, _window, max_packet, rest[12:])
+
+    def _open_session(self, sender: int, window: int, max_packet: int, data: bytes) -> None:
+        """Conch's ssh_CHANNEL_OPEN for a session channel, without its getChannel indirection
+        and its per-channel log calls (a debug and an info line per open)."""
+        try:
+            avatar = cast("CommandUser", self.transport.avatar)  # the realm's, set at login
+            chan = avatar.lookupChannel(b"session", window, max_packet, data)
+        except Exception:
+            log.failure("Opening a session channel for {peer} failed", peer=self.transport.peer)
+            self.transport.sendPacket(
+                connection.MSG_CHANNEL_OPEN_FAILURE,
+                struct.pack(">2L", sender, connection.OPEN_CONNECT_FAILED) + NS(b"unknown failure") + NS(b""),
+            )
+            return
+        chan.conn = self
+        local_id = self.localChannelID
+        chan.id = local_id  # type: ignore[assignment]  # Conch's stub types it as None
+        self.localChannelID += 1
+        self.channels[local_id] = chan
+        self.channelsToRemoteChannel[chan] = sender
+        self.localToRemoteChannel[local_id] = sender
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_CONFIRMATION,
+            struct.pack(">4L", sender, local_id, chan.localWindowSize, chan.localMaxPacket) + chan.specificData,
+        )
 
     def _refuse_channel(self, sender: int, channel_type: bytes, why: bytes, kind: str | None = None) -> None:
         name = sanitise(channel_type, 64)
@@ -122,6 +149,53 @@ class ConnectionService(QuietConnection):
     def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
         if self._awaiting_confirmation(packet, b"failure"):
             super().ssh_CHANNEL_OPEN_FAILURE(packet)
+
+    def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
+        # Conch runs each request through maybeDeferred and two callbacks (a Deferred and its
+        # chain per request) and the exec's command then waits a reactor turn; session channels
+        # are answered at once and start their command right after the reply is queued.
+        (local_id,) = struct.unpack(">L", packet[:4])
+        chan = self.channels[local_id]  # packetReceived has dropped unknown ones
+        if not isinstance(chan, SessionChannel):
+            super().ssh_CHANNEL_REQUEST(packet)
+            return
+        request_type, rest = getNS(packet[4:])
+        want_reply = [rest[:1] not in (b"", b"\0")]
+
+        def reply(ok: bool) -> None:
+            remote = self.localToRemoteChannel.get(local_id)
+            if want_reply[0] and remote is not None:
+                want_reply[0] = False  # one answer, even if starting the command then raises
+                message = connection.MSG_CHANNEL_SUCCESS if ok else connection.MSG_CHANNEL_FAILURE
+                self.transport.sendPacket(message, struct.pack(">L", remote))
+
+        try:
+            chan.answer_request(request_type, rest[1:], reply)
+        except Exception:
+            log.failure(
+                "Request {kind} on channel {id} of {peer} failed",
+                kind=sanitise(request_type, 64),
+                id=local_id,
+                peer=self.transport.peer,
+            )
+            reply(False)
+
+    def send_exit(self, channel: SessionChannel, status: int) -> None:
+        """EOF, exit-status and CLOSE for a channel, in one write (Conch's sendEOF, sendRequest
+        and sendClose: three writes and three log calls), then the channel counts as closed here."""
+        if channel.localClosed:
+            return
+        remote = struct.pack(">L", self.channelsToRemoteChannel[channel])
+        self.transport.send_packets(
+            [
+                (connection.MSG_CHANNEL_EOF, remote),
+                (connection.MSG_CHANNEL_REQUEST, remote + EXIT_STATUS + struct.pack(">L", status & 0xFFFFFFFF)),
+                (connection.MSG_CHANNEL_CLOSE, remote),
+            ]
+        )
+        channel.closing = channel.localClosed = True
+        if channel.remoteClosed:
+            self.channelClosed(channel)
 
     def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
         # An answer to no global request of ours is ignored, as sshd does (serverloop.c

@@ -60,14 +60,14 @@ class ShellSettings:
 class ConnectionBudget:
     """The bytes one connection may hold or promise (open windows) for all its session channels.
 
-    Channels join it when opened; a channel limited by the budget marks it starved, and when any
+    Channels join it when opened; a channel limited by the budget is marked starved, and when any
     channel's account goes down the starved ones get another chance to open their windows.
     """
 
     def __init__(self, limit: int = CONNECTION_BUDGET):
         self.limit = limit
         self.channels: dict[SessionChannel, None] = {}  # insertion-ordered set
-        self.starved = False
+        self.starved: dict[SessionChannel, None] = {}  # those whose last window the budget limited
 
     def committed(self, excluding: SessionChannel | None = None) -> int:
         return sum(c.committed() for c in self.channels if c is not excluding)
@@ -79,15 +79,18 @@ class ConnectionBudget:
     def released(self, by: SessionChannel) -> None:
         """`by` holds less than before: let starved channels open their windows again.
 
-        The total is taken once and kept up to date, so a release costs O(channels), not
-        O(channels^2): with many multiplexed execs each one's output and close came here.
+        Only the starved channels are looked at (a channel the budget did not limit gains
+        nothing), and the total is taken once and kept up to date, so a release costs one pass
+        over the accounts: with many multiplexed execs each one's output and close came here.
         """
-        if not self.starved:
+        if not self.starved or (len(self.starved) == 1 and by in self.starved):
             return
-        self.starved = False
+        starved, self.starved = self.starved, {}
         total = self.committed()
-        for chan in list(self.channels):
-            if chan is not by:
+        for chan in starved:
+            if chan is by:
+                self.starved[chan] = None  # its own update_window judges it
+            elif chan in self.channels:
                 mine = chan.committed()
                 chan.update_window(others=total - mine)
                 total += chan.committed() - mine
@@ -213,7 +216,11 @@ class SessionChannel(QuietChannel):
         self._empty_waiters: list[defer.Deferred[None]] = []
         self._finishing = False
         self._gone = False
+        self._answering = False  # inside answer_request: the handler starts once the reply is queued
+        self._start_pending = False
         budget.channels[self] = None
+        if initial < self.input_limit:
+            budget.starved[self] = None  # opened short of window: a release may open it further
 
     # -- requests from the client ------------------------------------------------------------
 
@@ -280,14 +287,31 @@ class SessionChannel(QuietChannel):
             )
             return 0
 
+    def answer_request(self, requestType: bytes, data: bytes, reply: Callable[[bool], None]) -> None:
+        """Handle a request and answer it with `reply` (which queues the reply packet, if the
+        client wants one); an exec or shell it begins starts right after, in the same turn, so
+        its output and exit status follow the reply on the wire."""
+        self._answering = True
+        try:
+            ok = self.requestReceived(requestType, data)
+        finally:
+            self._answering = False
+        reply(bool(ok))
+        if self._start_pending:
+            self._start_pending = False
+            self._start_handler()
+
     def _begin(self, command: str | None) -> int:
         if self.handler is not None:
             return 0
         self.handler = self.make_handler(self, command)
         self.audit = self.context.channel_audit(self.id, self.handler.kind)
-        # Start on the next reactor turn, so the reply to this request goes out before any
-        # output or exit status.
-        self.context.clock.callLater(0, self._start_handler)
+        if self._answering:
+            self._start_pending = True  # answer_request starts it once the reply is queued
+        else:
+            # Called directly: start on the next reactor turn, so the caller's reply to this
+            # request goes out before any output or exit status.
+            self.context.clock.callLater(0, self._start_handler)
         return 1
 
     def _start_handler(self) -> None:
@@ -363,15 +387,21 @@ class SessionChannel(QuietChannel):
         """
         if self._gone or self.localClosed:
             return
+        held_input = self.input_held()
+        room = self.input_limit - held_input
+        if self.localWindowLeft > room // 2:
+            # No budget can raise the target past `room`: nothing to grant, and no pass over the
+            # connection's accounts (an exec's channel, which reads no input, always ends here).
+            return
         budget = self.context.budget
         if others is None:
             others = budget.committed(excluding=self)
-        held_input = self.input_held()
-        room = self.input_limit - held_input
         free = budget.limit - others - held_input - self._queued
         target = max(min(room, free), WINDOW_FLOOR - held_input)
         if free < room:
-            budget.starved = True
+            budget.starved[self] = None
+        else:
+            budget.starved.pop(self, None)
         increase = target - self.localWindowLeft
         if increase > 0 and self.localWindowLeft <= target // 2:
             self._connection.grant_window(self, increase)
@@ -484,9 +514,7 @@ class SessionChannel(QuietChannel):
     def _send_exit(self, status: int) -> None:
         if self._gone:
             return
-        self._connection.sendEOF(self)
-        self._connection.sendRequest(self, b"exit-status", struct.pack(">L", status & 0xFFFFFFFF))
-        self.loseConnection()
+        self._connection.send_exit(self, status)
 
     # -- end ---------------------------------------------------------------------------------
 
@@ -505,8 +533,8 @@ class SessionChannel(QuietChannel):
             self.handler.connection_lost()
         budget = self.context.budget
         budget.channels.pop(self, None)
-        budget.starved = True  # what this channel held and offered is free for the others
-        budget.released(self)
+        budget.starved.pop(self, None)
+        budget.released(self)  # what this channel held and offered is free for the starved ones
 
 
 class CommandHandler:

@@ -216,7 +216,20 @@ POLICY: dict[Phase, tuple[tuple[Rule, ...], Verdict]] = {
 
 
 def decide(phase: Phase, message: int, strict_kex: bool = False) -> Verdict:
-    """What `message` gets in `phase`; `strict_kex`: strict KEX was negotiated."""
+    """What `message` gets in `phase`; `strict_kex`: strict KEX was negotiated. Looked up once
+    per (phase, message number, strict) and kept: every packet comes here (a few thousand
+    entries at most, message numbers being bytes)."""
+    key = (phase, message, strict_kex)
+    verdict = _DECIDED.get(key)
+    if verdict is None:
+        verdict = _DECIDED[key] = _decide(phase, message, strict_kex)
+    return verdict
+
+
+_DECIDED: dict[tuple[Phase, int, bool], Verdict] = {}
+
+
+def _decide(phase: Phase, message: int, strict_kex: bool) -> Verdict:
     if phase is Phase.CLOSED:
         return SILENT
     rules, default = POLICY[phase]

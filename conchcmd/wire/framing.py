@@ -200,6 +200,23 @@ class ModernFraming(KexState):
                 self.outgoingPacketSequence = 0
         self._count(len(data))
 
+    def send_packets(self, messages: list[tuple[int, bytes]]) -> None:
+        """Send several packets, in order, with one write to the connection (a channel's EOF,
+        exit status and close); any that a key exchange must hold go through sendPacket."""
+        if self._dead or any(self.held_by_kex(t) for t, _ in messages):
+            for t, payload in messages:
+                self.sendPacket(t, payload)
+            return
+        codec, seq, sealed = self._out_codec, self.outgoingPacketSequence, []
+        for t, payload in messages:
+            sealed.append(codec.seal(seq, pad(bytes((t,)) + payload, codec, self._padding.take)))
+            seq = (seq + 1) & 0xFFFFFFFF
+        data = b"".join(sealed)
+        self.transport.write(data)
+        self.bytes_sent += len(data)
+        self.outgoingPacketSequence = seq
+        self._count(len(data))  # after the write: a rekey it starts must follow these packets
+
     def getPacket(self) -> bytes | None:
         if self._dead:
             return None  # Conch's read loop would go on dispatching what the same read brought
@@ -247,6 +264,10 @@ class ModernFraming(KexState):
     def dataReceived(self, data: bytes) -> None:
         if not self._dead:
             super().dataReceived(data)  # type: ignore[misc]
+            # The packets of this read are done: the codecs' per-burst state goes (an idle
+            # connection keeps no cipher contexts; the next burst rebuilds them).
+            self._in_codec.release()
+            self._out_codec.release()
 
     def _count(self, n: int) -> None:
         self._bytes_since_kex += n

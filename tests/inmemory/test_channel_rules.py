@@ -364,3 +364,73 @@ def test_a_logged_in_peer_that_never_reads_is_still_cut_by_the_idle_timeout(tmp_
     assert w.factory.admissions.slots.used == 1  # until TCP reports the connection lost
     conn.server.connectionLost(Failure(ConnectionDone()))
     assert w.factory.admissions.slots.used == 0
+
+
+def test_a_channel_that_ends_while_keys_change_ends_after_them_in_order(tmp_path: Path) -> None:
+    """The reply, output, EOF, exit status and close of a command that finishes at once are
+    held by a key exchange under way and sent after NEWKEYS, in that order."""
+    w = make_world(tmp_path)
+    conn, client = stalling(w)
+    chan = conn.open_session()
+    client.hold = True
+    conn.server.sendKexInit()
+    conn.flush()
+    conn.exec(chan, b"help")
+    conn.flush()
+    assert chan.events == [] and queued(conn.server) > 0
+    client.release()
+    conn.flush()
+    assert conn.server.kex_count == 2
+    assert chan.events == ["reply", "data", "eof", "exit-status", "close"] and chan.exit_status == 0
+
+
+def test_a_rekey_started_by_a_channels_last_packets_follows_them(world: World) -> None:
+    """EOF, exit status and close go out in one write; when they cross the rekey limit, the
+    KEXINIT they trigger comes after all three (were it written first, it would overtake packets
+    sealed before it, and the client would reject them)."""
+    conn = world.login()
+    chan = conn.open_session()
+    server = conn.server
+    batch = server.send_packets
+
+    def crossing(messages: list[tuple[int, bytes]]) -> None:
+        limit, server.rekey_bytes = server.rekey_bytes, server._bytes_since_kex + 1  # these cross it
+        batch(messages)
+        server.rekey_bytes = limit
+        del server.send_packets  # once
+
+    server.send_packets = crossing  # type: ignore[method-assign]
+    conn.exec(chan, b"exit 5")
+    conn.flush()
+    assert chan.events == ["reply", "eof", "exit-status", "close"] and chan.exit_status == 5
+    assert server.kex_count == 2 and not conn.disconnected
+    again = conn.open_session()  # the new keys work
+    conn.exec(again, b"exit 6")
+    conn.flush()
+    assert again.exit_status == 6
+
+
+def test_a_session_open_that_fails_inside_the_server_is_refused_and_logged(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while making the channel: the client gets OPEN_FAILURE (as Conch answered), the
+    traceback is logged, the channel number is not used up, and the connection keeps working."""
+    from conchcmd.session.realm import CommandUser
+
+    conn = world.login()
+    real = CommandUser.lookupChannel
+
+    def broken(self: CommandUser, *args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(CommandUser, "lookupChannel", broken)
+    with capturedLogs() as events:
+        chan = refused_open(conn, 32768)
+    assert chan.open_failure is not None
+    assert chan.open_failure.args == (b"unknown failure", connection.OPEN_CONNECT_FAILED)
+    failures = [e for e in events if "log_failure" in e]
+    assert [e["log_failure"].type for e in failures] == [RuntimeError]
+    assert "Opening a session channel for" in formatEvent(failures[0])
+    monkeypatch.setattr(CommandUser, "lookupChannel", real)
+    assert conn.server.service.channels == {}
+    assert works(conn)

@@ -6,12 +6,14 @@ import hashlib
 import struct
 from pathlib import Path
 
+import pytest
 from support.runners import ManualRunner
 from support.sshclient import RecordingChannel, pty_request, result_of
 from support.world import World, make_world
 from twisted.conch.ssh import common, connection
+from twisted.logger import capturedLogs, formatEvent
 
-from conchcmd.session.channel import OUTPUT_HIGH_WATER
+from conchcmd.session.channel import OUTPUT_HIGH_WATER, SessionChannel
 
 
 def run_exec(world: World, command: bytes) -> RecordingChannel:
@@ -41,6 +43,50 @@ def test_exec_reply_comes_before_output(world: World) -> None:
     conn.exec(chan, b"exit 3")  # finishes at once: the reply must still come first
     conn.flush()
     assert chan.events == ["reply", "eof", "exit-status", "close"]
+
+
+def test_a_command_that_writes_at_once_still_follows_the_reply(world: World) -> None:
+    """The command starts in the turn its exec request arrives, right after the reply is queued:
+    output written while starting (help writes synchronously) comes after the reply, then
+    EOF, exit status and close."""
+    conn = world.login()
+    chan = conn.open_session()
+    conn.exec(chan, b"help")
+    conn.flush()
+    assert chan.events == ["reply", "data", "eof", "exit-status", "close"]
+    assert b"comphash" in chan.out and chan.exit_status == 0
+
+
+def test_an_exec_without_want_reply_runs_and_gets_no_reply(world: World) -> None:
+    conn = world.login()
+    chan = conn.open_session()
+    conn.request(chan, b"exec", common.NS(b"help"), want_reply=False)
+    assert chan.events == ["data", "eof", "exit-status", "close"]
+    assert chan.exit_status == 0
+
+
+def test_a_request_that_fails_inside_the_server_is_refused_and_logged(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a request handler: the client gets CHANNEL_FAILURE (as Conch answered an
+    exception), the traceback is logged, and the channel and connection keep working."""
+
+    def broken(self: SessionChannel, data: bytes) -> int:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(SessionChannel, "request_env", broken, raising=False)
+    conn = world.login()
+    chan = conn.open_session()
+    with capturedLogs() as events:
+        refused = conn.request(chan, b"env", common.NS(b"LANG") + common.NS(b"C"))
+    refused.addErrback(lambda f: None)
+    assert chan.events == ["refused"]
+    failures = [e for e in events if "log_failure" in e]
+    assert [e["log_failure"].type for e in failures] == [RuntimeError]
+    assert "Request env on channel" in formatEvent(failures[0])
+    conn.exec(chan, b"exit 4")
+    assert chan.events == ["refused", "reply", "eof", "exit-status", "close"]
+    assert chan.exit_status == 4 and not conn.disconnected
 
 
 def test_exec_exit_statuses_and_stderr(world: World) -> None:

@@ -50,6 +50,9 @@ class RecordingConnection:
     def sendClose(self, chan: Any) -> None:
         self.sent.append(("close", None))
 
+    def send_exit(self, chan: Any, status: int) -> None:
+        self.sent += [("eof", None), ("exit-status", struct.pack(">L", status & 0xFFFFFFFF)), ("close", None)]
+
     def grant_window(self, chan: Any, n: int) -> None:
         self.sent.append(("window", n))
         chan.localWindowLeft += n

@@ -196,6 +196,17 @@ def test_bound_audit_adds_its_fields_and_binds_further() -> None:
     assert memory.events[-1] == {"event": "command", "connection": "00aa", "channel": 3, "kind": "exec"}
 
 
+def test_a_bound_audit_wrapping_another_writes_as_the_chain_did() -> None:
+    """A channel's sink wraps its connection's: it is flattened to one binding (one merge per
+    record), with the same keys in the same order, and the connection's fields still win."""
+    memory = MemoryAuditLog()
+    channel = BoundAudit(BoundAudit(memory, connection="00aa"), channel=3, kind="exec", connection="forged")
+    assert channel.sink is memory
+    channel.record("command", argv=["help"], channel=99)
+    assert memory.events == [{"event": "command", "connection": "00aa", "channel": 3, "kind": "exec", "argv": ["help"]}]
+    assert list(memory.events[0]) == ["event", "connection", "channel", "kind", "argv"]
+
+
 def test_a_connection_id_is_16_hex_digits_and_never_one_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     draws = iter([b"\x01" * 8, b"\x01" * 8, b"\x02" * 8])
     monkeypatch.setattr(os, "urandom", lambda n: next(draws))

@@ -142,6 +142,7 @@ RECORDED: dict[str, str] = {
     'twisted.conch.ssh.connection:SSHConnection.ssh_CHANNEL_OPEN': '(self, packet) sha256:06281135927b073ac1e7f14228c5ae60ece5ddb0949c01290cb064148dfe8c87',
     'twisted.conch.ssh.connection:SSHConnection.ssh_CHANNEL_OPEN_CONFIRMATION': '(self, packet) sha256:c12caf35969733eab7ae1fb0f2751c81b8d390a4442dc8167deae719d58326dd',
     'twisted.conch.ssh.connection:SSHConnection.ssh_CHANNEL_OPEN_FAILURE': '(self, packet) sha256:64b0aa0bb6eb736b8b0f04e346f9948e64ab3c498be42bc977db76d5c1453f31',
+    'twisted.conch.ssh.connection:SSHConnection.ssh_CHANNEL_REQUEST': '(self, packet) sha256:d45dfdfc76075992d6f08320a72073296742f20ad61ac8ea1bbc3de9537b7213',
     'twisted.conch.ssh.connection:SSHConnection.ssh_CHANNEL_SUCCESS': '(self, packet) sha256:81f338cdbb6e9d81181fe6b30c6656a8b4cffbf851736f70a4f55f083ba55513',
     'twisted.conch.ssh.connection:SSHConnection.ssh_CHANNEL_WINDOW_ADJUST': '(self, packet) sha256:ebfaf07fadce8835df9e8731885707d986d53cd9a24a73a48976517e99d2c391',
     'twisted.conch.ssh.connection:SSHConnection.ssh_REQUEST_FAILURE': '(self, packet) sha256:a2ea608dd9b3aa7194d96a4566305bdc54546ce2e3bfc384de9db14c56162831',

@@ -13,6 +13,7 @@ from conchcmd.wire.packets import (
     CIPHERS,
     MACS,
     BadPacket,
+    ChaChaStream,
     _AesGcm,
     chacha20,
     make_codec,
@@ -55,6 +56,23 @@ def test_chacha20_nonce_layout_matches_rfc7539(vector: dict[str, str]) -> None:
         bytes.fromhex(vector["KEY"]), bytes.fromhex(vector["PLAINTEXT"]), seq, int(vector["INITIAL_BLOCK_COUNTER"])
     )
     assert out.hex() == vector["CIPHERTEXT"]
+
+
+def test_a_reused_chacha_context_gives_each_packet_a_fresh_keystream() -> None:
+    """The codec keeps one context per key and resets its nonce per packet: every packet gets the
+    keystream a new cipher would give, whatever was encrypted before (lengths that stop inside a
+    block, sequence numbers out of order, the 64-bit maximum), before and after a release."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    key = os.urandom(32)
+    stream = ChaChaStream(key)
+    for seq, size in [(0, 4), (0, 100), (7, 4), (1, 5000), (2**32, 65), (2**64 - 1, 64), (3, 1), (7, 4)]:
+        data = os.urandom(size)
+        nonce = bytes(8) + seq.to_bytes(8, "big")
+        fresh = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(data)
+        assert stream.keystream_xor(data, seq) == fresh, (seq, size)
+        if seq == 7:
+            stream.release()  # between bursts the context goes; the next packet rebuilds it
 
 
 GCM_VECTORS = [
