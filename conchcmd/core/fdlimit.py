@@ -76,11 +76,7 @@ def descriptors_needed(config: Config) -> int:
     per running hash (comphash max_concurrent), and BASE_DESCRIPTORS."""
     listeners = len(config.listen) + (1 if config.metrics_listen else 0)
     return (
-        BASE_DESCRIPTORS
-        + listeners
-        + config.max_clients
-        + config.limits.max_startups
-        + config.comphash.max_concurrent
+        BASE_DESCRIPTORS + listeners + config.max_clients + config.limits.max_startups + config.comphash.max_concurrent
     )
 
 

@@ -63,9 +63,7 @@ class Invocation:
         return cls(euid=os.geteuid(), cwd=Path.cwd())
 
 
-def command_hint(
-    config: Config, invocation: Invocation, command: str, arguments: str = "", *, runner: str = ""
-) -> str:
+def command_hint(config: Config, invocation: Invocation, command: str, arguments: str = "", *, runner: str = "") -> str:
     """`conchcmd COMMAND ...` acting on this configuration: with its `--config FILE`, or without a
     file in the directory the built-in defaults were resolved against (they are relative to it).
     `runner` goes before `conchcmd` (e.g. `setpriv --reuid=USER ... `)."""

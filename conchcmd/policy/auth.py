@@ -303,6 +303,7 @@ class KeyAuthorizer:
         if not entries:
             raise KeyRefused("key not in authorized_keys")
         self.revoked.check_key(blob)
+
         def passes(entry: AuthorizedKey) -> AuthorizedKey:
             self._apply_line(entry, user, blob, peer_host)
             return entry

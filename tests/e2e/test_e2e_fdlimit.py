@@ -90,9 +90,7 @@ def test_at_the_hard_limit_it_keeps_serving_and_recovers(make_server, data):
         # that opens a file says why it cannot (not that the log is missing).
         held.stdin.write(b"help\nlastlog -n 1\n")
         held.stdin.flush()
-        server.wait_for(
-            lambda: sum(e["event"] == "command" for e in server.audit()) >= 2, 10, "both commands audited"
-        )
+        server.wait_for(lambda: sum(e["event"] == "command" for e in server.audit()) >= 2, 10, "both commands audited")
         commands = [e for e in server.audit() if e["event"] == "command"]
         assert commands[0]["exit_code"] == 0
     finally:

@@ -262,7 +262,7 @@ class Generator:
             return name + b"=" + self.quoted(value)
         if kind == 7:
             return b"tunnel=" + self.quoted(rng.choice([b"1", b"any", b"ANY", b"x", b"2147483648", b"1:2", b""]))
-        return rng.choice([b"foo", b"no-foo", b'foo="bar"', b"", b"restrictx", b'command=lastlog', b"cert-authority"])
+        return rng.choice([b"foo", b"no-foo", b'foo="bar"', b"", b"restrictx", b"command=lastlog", b"cert-authority"])
 
     def options(self, case: Case, *, plain: bool = True) -> list[bytes]:
         rng = self.rng
@@ -460,9 +460,14 @@ class Generator:
         for _ in range(self.rng.choice([1, 1, 1, 2])):
             options = self.options(case)
             if self.rng.random() < 0.4:
-                options.append(b"principals=" + self.quoted(self.rng.choice(
-                    [self.user.encode(), OTHER_USER.encode(), f"{OTHER_USER},{self.user}".encode(), b"*", b""]
-                )))
+                options.append(
+                    b"principals="
+                    + self.quoted(
+                        self.rng.choice(
+                            [self.user.encode(), OTHER_USER.encode(), f"{OTHER_USER},{self.user}".encode(), b"*", b""]
+                        )
+                    )
+                )
             if self.rng.random() < 0.9:
                 options.insert(self.rng.randrange(len(options) + 1), b"cert-authority")
             case.lines.append(self.line(ca, options, case))

@@ -40,9 +40,7 @@ def write_encrypted_key(path: Path, *, pem: bool = False) -> Path:
     else:
         private = ed25519.Ed25519PrivateKey.generate()
         encoding = serialization.PrivateFormat.OpenSSH
-    data = private.private_bytes(
-        serialization.Encoding.PEM, encoding, serialization.BestAvailableEncryption(b"secret")
-    )
+    data = private.private_bytes(serialization.Encoding.PEM, encoding, serialization.BestAvailableEncryption(b"secret"))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_bytes(data)
     path.chmod(0o600)

@@ -34,4 +34,3 @@ def test_ml_kem_listed_by_conch_but_missing_from_the_backend_is_not_offered(monk
     without_mlkem_backend(monkeypatch)
     usable = usable_key_exchanges()
     assert b"mlkem768x25519-sha256" not in usable and b"curve25519-sha256" in usable
-

@@ -810,9 +810,7 @@ def test_verify_required_is_a_known_critical_option(site: Site, sign, make_ca) -
     site.check(sign("verify-required"))
 
 
-def _raw_certificate(
-    *, key_id: bytes = b"id", extensions=(), critical=(), principals=(b"alice",), ca=None
-) -> bytes:
+def _raw_certificate(*, key_id: bytes = b"id", extensions=(), critical=(), principals=(b"alice",), ca=None) -> bytes:
     """A certificate made with `cryptography`, which (unlike ssh-keygen) writes what it is given."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType

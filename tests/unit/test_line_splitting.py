@@ -85,7 +85,7 @@ def test_a_separator_does_not_end_an_expired_line_either(site: Site, separator: 
 
 def test_the_whole_line_is_one_entry_with_its_comment() -> None:
     line, _ = new_key()
-    parsed = parse_authorized_keys(f'restrict {line} a\x1cb\u2028c\rd\n'.encode(), "ak")
+    parsed = parse_authorized_keys(f"restrict {line} a\x1cb\u2028c\rd\n".encode(), "ak")
     [entry] = parsed.entries
     assert entry.comment == "a\x1cb\u2028c\rd" and entry.meaning.pty is False
     assert parsed.problems == ()
