@@ -35,7 +35,6 @@ from conchcmd.core.metrics import Metrics
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.threads import ThreadRunner
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
-from conchcmd.edge.metricsweb import MetricsSite
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.server.proxied import ProxyHeaderFactory, ProxySettings
 from conchcmd.wire.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
@@ -189,6 +188,9 @@ class ConchcmdService(Service):
 
     def _serve_metrics(self, description: str, metrics: Metrics) -> defer.Deferred[Any]:
         """Listen on `metrics_listen` for Prometheus's scrapes, as on a `listen` endpoint."""
+        # twisted.web costs every process 4 MiB: imported only by a server that serves metrics
+        from conchcmd.edge.metricsweb import MetricsSite
+
         site = MetricsSite(metrics, self.reactor)
         return self._open(description, description, site, self.metrics_ports, "serve metrics on", "serving metrics on")
 

@@ -313,3 +313,17 @@ def test_no_audit_record_puts_client_text_in_the_exposition(records: list[tuple[
     )
     assert len(found) <= 5 * 7 + 7 * 3 + 6 + 5 * 19 + 20  # every label combination, at most
     assert text.count("\n# TYPE ") + text.startswith("# TYPE ") <= 14
+
+
+def test_a_server_without_metrics_does_not_load_twisted_web() -> None:
+    """twisted.web costs each process about 4 MiB of memory (a fleet runs one per host): the
+    serving modules load it only for `metrics_listen`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, conchcmd.edge.cli, conchcmd.edge.service, conchcmd.app\n"
+        "print(sorted(m for m in sys.modules if m == 'twisted.web' or m.startswith('twisted.web.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout
