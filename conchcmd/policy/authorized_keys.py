@@ -22,12 +22,10 @@ from conchcmd.core.config import valid_user_name
 from conchcmd.core.filetrust import AttemptFiles, CheckedFile, FileTrust, ServerSideFailure, UntrustedFile, server_side
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
-from conchcmd.keys.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.keys.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
 from conchcmd.keys.keyparse import KeyParseError, KeyTypeMismatch, public_key_from_line
 
 log = Logger(namespace=LOG_NAMESPACE)
-
-KEY_TYPES = frozenset(LINE_KEY_TYPES)
 
 #: sshd's flag options (auth-options.c): the ones marked True also take a "no-" prefix.
 FLAGS: dict[str, bool] = {
