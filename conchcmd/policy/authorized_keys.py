@@ -391,9 +391,9 @@ class KeyFileState:
 class AuthorizedKeysFiles:
     """Per-user authorized_keys files from a `%u` path pattern, read at authentication time.
 
-    Every attempt checks the file's ownership and modes and those of the directories above it
+    Every login checks the file's ownership and modes and those of the directories above it
     (`strict_modes`, see filetrust.py), so a loosened file is refused at the next login. Parsed
-    files are cached by (inode, size, mtime), so an unchanged file is not read again, and an
+    files are cached by their `file_version`, so an unchanged file is not parsed again, and an
     edited file is picked up by the next login without a restart.
     """
 
