@@ -265,7 +265,7 @@ class ServerTransport(ModernServerTransport):
         if not self._dead:
             self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
-            self._failed = True  # counts against the source (see _maybe_strike)
+            self._failed = True  # counts against the source (see _strike)
         if self.end_reason == "closed":
             self.end_reason = desc.decode("utf-8", "replace")
         super().sendDisconnect(reason, desc)
