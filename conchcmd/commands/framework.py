@@ -23,7 +23,7 @@ from conchcmd.core.audit import AuditSink, sanitise, terminal_safe
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.logtargets import LOG_NAMESPACE
 
-# Re-exported for the command modules: the runners live in conchcmd.threads.
+# Re-exported for the command modules: the runners live in conchcmd.core.threads.
 from conchcmd.core.threads import BlockingRunner as BlockingRunner
 from conchcmd.core.threads import InlineRunner as InlineRunner
 

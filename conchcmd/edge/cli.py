@@ -131,7 +131,7 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
     if not valid_user_name(args.user):
         raise CliError(f"invalid user name {args.user!r}: use letters, digits, '.', '_' and '-'", EXIT_USAGE)
     pub = _read_public_key(args.pubkey_file, certificates=False)
-    key = public_key_from_blob(pub.blob)  # read_public_key has read it already
+    key = public_key_from_blob(pub.blob)  # _read_public_key has read it already
     files = AuthorizedKeysFiles(config.authorized_keys, trust=FileTrust(strict=config.strict_modes))
     path = Path(files.path_for(args.user) or "")
     _say_config(config, out)

@@ -22,12 +22,10 @@ from conchcmd.core.config import valid_user_name
 from conchcmd.core.filetrust import AttemptFiles, CheckedFile, FileTrust, ServerSideFailure, UntrustedFile, server_side
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
-from conchcmd.keys.keyfile import CERT_SUFFIX, LINE_KEY_TYPES, file_lines, read_key, skip_space
+from conchcmd.keys.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
 from conchcmd.keys.keyparse import KeyParseError, KeyTypeMismatch, public_key_from_line
 
 log = Logger(namespace=LOG_NAMESPACE)
-
-KEY_TYPES = frozenset(LINE_KEY_TYPES)
 
 #: sshd's flag options (auth-options.c): the ones marked True also take a "no-" prefix.
 FLAGS: dict[str, bool] = {
@@ -393,9 +391,9 @@ class KeyFileState:
 class AuthorizedKeysFiles:
     """Per-user authorized_keys files from a `%u` path pattern, read at authentication time.
 
-    Every attempt checks the file's ownership and modes and those of the directories above it
+    Every login checks the file's ownership and modes and those of the directories above it
     (`strict_modes`, see filetrust.py), so a loosened file is refused at the next login. Parsed
-    files are cached by (inode, size, mtime), so an unchanged file is not read again, and an
+    files are cached by their `file_version`, so an unchanged file is not parsed again, and an
     edited file is picked up by the next login without a restart.
     """
 

@@ -49,7 +49,6 @@ _KEY_FIELDS = {
     b"sk-ssh-ed25519-cert-v01@openssh.com": 2,  # the key, the application
     b"sk-ecdsa-sha2-nistp256-cert-v01@openssh.com": 3,  # curve, point, application
 }
-KNOWN_CRITICAL_OPTIONS = frozenset({b"force-command", b"source-address", b"verify-required"})
 #: Extensions sshd knows; each must carry no data (sshd: "corrupt (extra data)").
 KNOWN_EXTENSIONS = frozenset(
     {

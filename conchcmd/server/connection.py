@@ -55,7 +55,7 @@ class ConnectionService(QuietConnection):
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = getNS(packet)
-        sender, _window, max_packet = struct.unpack(">3L", rest[:12])
+        sender, window, max_packet = struct.unpack(">3L", rest[:12])
         max_sessions = self.transport.factory.settings.limits.max_sessions
         if channel_type != b"session":
             self._refuse_channel(sender, channel_type, b"only session channels are allowed")
@@ -70,7 +70,7 @@ class ConnectionService(QuietConnection):
         elif len(self.channels) >= max_sessions:
             self._refuse_channel(sender, channel_type, b"too many sessions (max %d)" % max_sessions)
         else:
-            self._open_session(sender, _window, max_packet, rest[12:])
+            self._open_session(sender, window, max_packet, rest[12:])
 
     def _open_session(self, sender: int, window: int, max_packet: int, data: bytes) -> None:
         """Conch's ssh_CHANNEL_OPEN for a session channel, without its getChannel indirection

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from conchcmd.core.config import Config, LimitsConfig
-from conchcmd.core.hostmatch import addr_match_list, normalise_peer
+from conchcmd.core.hostmatch import addr_match_list
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.proxyheader import ProxyHeaderError, ProxyHeaderReader
@@ -67,7 +67,7 @@ class ProxySettings:
         if isinstance(address, UNIXAddress):
             return True
         ip = host_and_port(address)
-        return ip is not None and addr_match_list(normalise_peer(ip[0]), ",".join(self.trusted)) == 1
+        return ip is not None and addr_match_list(ip[0], ",".join(self.trusted)) == 1
 
 
 class ProxyHeaderFactory(WrappingFactory):
@@ -237,7 +237,7 @@ class ProxiedConnection(ProtocolWrapper):
 def _same_end(a: IAddress, b: IAddress) -> bool:
     """Whether two addresses are the same IP end (an IPv4-mapped address as its IPv4 one)."""
     x, y = host_and_port(a), host_and_port(b)
-    return x is not None and y is not None and x[1] == y[1] and normalise_peer(x[0]) == normalise_peer(y[0])
+    return x is not None and y is not None and x == y
 
 
 def proxy_of(transport: object) -> str | None:

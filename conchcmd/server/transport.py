@@ -22,7 +22,6 @@ from zope.interface import implementer
 
 from conchcmd.core.audit import BoundAudit, new_connection_id, sanitise
 from conchcmd.core.flow import PausableTransport
-from conchcmd.core.hostmatch import normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import Peer, host_and_port
 from conchcmd.core.refusals import RepeatLog
@@ -66,12 +65,12 @@ KEX_OUTPUT_BUDGET = 2 * 1024 * 1024
 
 def auth_client(address: IAddress, peer: str) -> Client:
     """The client as the authentication lines name it: sshd's address text (no brackets; an
-    IPv4-mapped IPv6 address as IPv4, as sshd's ipv64_normalise_mapped does) and port."""
+    IPv4-mapped IPv6 address as IPv4, as host_and_port gives it) and port."""
     ip = host_and_port(address)
     if ip is None:
         return Client(host=peer, port=0, peer=peer)
     host, port = ip
-    return Client(host=normalise_peer(host), port=port, peer=peer)
+    return Client(host=host, port=port, peer=peer)
 
 
 #: What malformed input raises while Conch or conchcmd parses it: short reads (struct.error,
@@ -266,7 +265,7 @@ class ServerTransport(ModernServerTransport):
         if not self._dead:
             self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
-            self._failed = True  # counts against the source (see _maybe_strike)
+            self._failed = True  # counts against the source (see _strike)
         if self.end_reason == "closed":
             self.end_reason = desc.decode("utf-8", "replace")
         super().sendDisconnect(reason, desc)

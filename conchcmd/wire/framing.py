@@ -290,7 +290,7 @@ class ModernFraming(KexState):
     # -- key exchange --------------------------------------------------------------------------
 
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
-        # (The client's rule; the server's is in conchcmd.dispatch.) DISCONNECT is always
+        # (The client's rule; the server's is in conchcmd.wire.dispatch.) DISCONNECT is always
         # processed, as sshd's packet layer does.
         if self.strict_kex and not self._first_kex_done and messageNum not in KEX_MESSAGES | {transport.MSG_DISCONNECT}:
             self.sendDisconnect(

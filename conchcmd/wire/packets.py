@@ -63,16 +63,9 @@ NONE = b"none"
 
 
 _BLOCK0 = bytes(64)
-_ZERO8 = bytes(8)
-
-
-def chacha20(key: bytes, data: bytes, seq: int, counter: int) -> bytes:
-    """OpenSSH's ChaCha20: a 64-bit block counter and the 64-bit sequence number as the nonce.
-
-    cryptography takes RFC 8439's 16-byte counter||nonce input; with a counter below 2**32 the
-    original (64/64-bit) layout is the same bytes: counter as 8 bytes little-endian, then the nonce.
-    """
-    return ChaChaStream(key).keystream_xor(data, seq, counter)
+#: OpenSSH's ChaCha20 nonce is the 64-bit sequence number after a 64-bit block counter; cryptography
+#: takes RFC 8439's 16 bytes (counter || nonce), the same bytes while the counter is below 2**32.
+_COUNTER0 = bytes(8)
 
 
 class ChaChaStream:
@@ -87,12 +80,13 @@ class ChaChaStream:
         self._key = key
         self._ctx: Any = None
 
-    def keystream_xor(self, data: bytes, seq: int, counter: int = 0) -> bytes:
+    def keystream_xor(self, data: bytes, seq: int) -> bytes:
+        """`data` XORed with packet `seq`'s keystream from block 0."""
         ctx = self._ctx
         if ctx is None:
             # A stream cipher: decryptor() is the same keystream XOR as encryptor().
             ctx = self._ctx = Cipher(algorithms.ChaCha20(self._key, bytes(16)), mode=None).decryptor()
-        ctx.reset_nonce((counter.to_bytes(8, "little") if counter else _ZERO8) + seq.to_bytes(8, "big"))
+        ctx.reset_nonce(_COUNTER0 + seq.to_bytes(8, "big"))
         out: bytes = ctx.update(data)
         return out
 

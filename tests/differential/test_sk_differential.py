@@ -431,6 +431,9 @@ class Builder:
         def point(t: SoftwareAuthenticator, encoding: PublicFormat) -> bytes:
             return t.private.public_key().public_bytes(Encoding.X962, encoding)  # type: ignore[union-attr]
 
+        def off_curve(uncompressed: bytes) -> bytes:
+            return uncompressed[:-1] + bytes([uncompressed[-1] ^ 1])
+
         for name, kind, expected, change in (
             ("sk-ed25519 blob with a byte after the application", "ed25519", False, lambda t: t.key_blob() + b"\0"),
             ("sk-ecdsa blob with a byte after the application", "ecdsa", False, lambda t: t.key_blob() + b"\0"),
@@ -456,7 +459,8 @@ class Builder:
                 "sk-ecdsa blob with a point off the curve",
                 "ecdsa",
                 False,
-                lambda t: ecdsa_blob(b"nistp256", point(t, PublicFormat.UncompressedPoint)[:-1] + b"\x01"),
+                # y's lowest bit flipped (a last byte set to 1 left the point valid one run in 256)
+                lambda t: ecdsa_blob(b"nistp256", off_curve(point(t, PublicFormat.UncompressedPoint))),
             ),
             (
                 "sk-ecdsa blob as it should be, rebuilt (control)",

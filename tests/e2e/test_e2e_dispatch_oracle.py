@@ -29,6 +29,7 @@ from support.dispatchprobe import (
     outcome,
     run,
 )
+from support.e2e import free_port
 from support.keys import authorized_line, ed25519_key
 from support.rawssh import dial
 from support.sshclient import ClientFactory, Connection
@@ -54,12 +55,6 @@ SAMPLE = {
     (Phase.REKEY_METHOD, 90, False),
     (Phase.REKEY_NEWKEYS, 30, False),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.e2e import ClientKeys
+from support.e2e import ClientKeys, free_port
 from support.server import SSH_TIMEOUT, Server, client_env
 from support.serverfiles import hermetic_ssh
 
@@ -27,12 +27,6 @@ FAILING, NEIGHBOUR = "127.3.1.9", "127.3.1.10"
 DIRECT = "127.3.2.2"
 MAPPED = "127.3.3.3"
 V1_CLIENT = "127.3.4.4"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HAProxy:

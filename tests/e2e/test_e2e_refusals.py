@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from support.e2e import free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -18,12 +19,6 @@ pytestmark = [
 
 def q(*words: object) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_stdio_forwarding_is_refused_and_the_server_keeps_serving(server):

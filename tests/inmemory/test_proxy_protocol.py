@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
-from support.certlogin import cert_login
+from support.certlogin import cert_login, make_cert
 from support.keys import authorized_line, ed25519_key
 from support.proxyheaders import v1, v2
 from support.sshclient import Connection, connect
@@ -107,20 +106,7 @@ def test_certificate_source_address_is_checked_against_the_headers_address(tmp_p
     )
     lb = Balanced(make_world(tmp_path, trusted_user_ca_keys=str(cas)))
     user_key = ed25519_key(51)
-    cert = (
-        SSHCertificateBuilder()
-        .public_key(user_key.public()._keyObject)
-        .serial(1)
-        .type(SSHCertificateType.USER)
-        .key_id(b"proxied")
-        .valid_principals([b"hank"])
-        .valid_after(0)
-        .valid_before(10**9)
-        .add_critical_option(b"source-address", b"203.0.113.0/24")
-        .sign(ca)
-        .public_bytes()
-        .split()[1]
-    )
+    cert = make_cert(ca, user_key, principals=[b"hank"], source_address=b"203.0.113.0/24")
     assert cert_login(lb.connect("203.0.113.9"), b"hank", user_key, cert) == SUCCESS
     assert cert_login(lb.connect("198.51.100.9"), b"hank", user_key, cert) == FAILURE
     (refused,) = [e for e in lb.world.audit.of("auth") if not e["ok"]]

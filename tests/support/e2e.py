@@ -9,6 +9,7 @@ the server's log is checked for the expected lines and for tracebacks."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,13 @@ from typing import Any
 from support.server import public_line
 
 SYSLOG_LINES = 12_000
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on 127.0.0.1 now, for a tool that cannot be told to pick one and say which."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 BIG_SPARSE_SIZE = 16 << 30  # hashing 16 GiB of holes takes seconds: long enough to interrupt

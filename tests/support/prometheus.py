@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,17 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support.e2e import free_port
 from support.serverfiles import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
 START_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (Prometheus cannot be told to pick one and say which)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

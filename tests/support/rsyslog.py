@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.e2e import free_port
 from support.serverfiles import wait_for
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
@@ -70,17 +71,11 @@ class Rsyslog:
         return [r for r in self.received() if r.pid == str(pid)]
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_rsyslog(directory: Path, max_sessions: int = 200) -> Iterator[Rsyslog]:
     """rsyslogd in the foreground with its files in `directory`, ready on every input; at exit it
     is stopped with SIGTERM and must exit 0. `max_sessions`: TCP clients at once (imtcp's limit)."""
-    udp, tcp = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    udp, tcp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     conf = directory / "rsyslog.conf"
     conf.write_text(RSYSLOG_CONF.format(dir=directory, udp=udp, tcp=tcp, max_sessions=max_sessions))
     proc = subprocess.Popen(

@@ -325,6 +325,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         ],
         "packets framed on the cryptography package's primitives (RFC and NIST layouts)": [
             U + "test_packets.py::test_chacha20_nonce_layout_matches_rfc7539",
+            U + "test_packets.py::test_chacha_reused_contexts_seal_each_packet_as_fresh_ones_would",
             U + "test_packets.py::test_gcm_first_nonce_is_the_derived_iv_nist",
             U + "test_packets.py::test_any_flipped_bit_or_wrong_sequence_number_is_rejected",
             M + "test_transport_crypto.py::test_a_forged_packet_ends_the_connection_with_a_mac_error",
