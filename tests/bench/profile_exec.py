@@ -210,13 +210,17 @@ def profile(fx: Fixture, tree: Path, execs: int, top: int, keep: Path | None) ->
 
 
 def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: Path | None) -> None:
-    servers: list[Server] = [Server(fx, tree, f"tree{i}") for i, tree in enumerate(trees)]
-    if asyncssh is not None:
-        servers.append(AsyncsshServer(fx, asyncssh))
-    ticks: dict[int, list[float]] = {i: [] for i in range(len(servers))}
-    sched: dict[int, list[float]] = {i: [] for i in range(len(servers))}
+    servers: list[Server] = []
+    ticks: dict[int, list[float]] = {}
+    sched: dict[int, list[float]] = {}
     clients: list[float] = []
-    try:
+    try:  # the servers started so far are stopped whatever fails, a later one's start included
+        for i, tree in enumerate(trees):
+            servers.append(Server(fx, tree, f"tree{i}"))
+        if asyncssh is not None:
+            servers.append(AsyncsshServer(fx, asyncssh.resolve()))  # it runs in its own directory
+        ticks.update({i: [] for i in range(len(servers))})
+        sched.update({i: [] for i in range(len(servers))})
         for s in servers:
             s.execs(10)  # warm-up
         for r in range(rounds):
