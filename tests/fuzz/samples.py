@@ -1,9 +1,12 @@
-"""Inputs the fuzz targets share: key, certificate and CA lines from the corpus, and the cipher/MAC
-suites. (A module of its own, as guard.py and wire.py are: test modules import it, not each other.)"""
+"""Inputs the fuzz targets share: key, certificate and CA lines from the corpus, the cipher/MAC
+suites, and `mangled`, an attacker's edits of a valid blob. (A module of its own, as guard.py and
+wire.py are: test modules import it, not each other.)"""
 
 from __future__ import annotations
 
 import base64
+
+from hypothesis import strategies as st
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
 from fuzz.guard import CORPUS
@@ -19,3 +22,16 @@ BROKEN_SIGNATURE_KEY = (CORPUS / "certificates" / "regression_broken_signature_k
 AEAD = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
 SUITES = [(c, "") for c in AEAD] + [(c, m) for c in CIPHERS if c not in AEAD for m in (*MACS, *OPTIONAL_MACS)]
 SUITE_IDS = [f"{c}+{m}" if m else c for c, m in SUITES]
+
+
+@st.composite
+def mangled(draw: st.DrawFn, original: bytes) -> bytes:
+    """`original` with a few bytes changed, cut short, or with bytes added: an attacker's edits."""
+    out = bytearray(original)
+    for _ in range(draw(st.integers(0, 3))):
+        out[draw(st.integers(0, len(out) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(out))))
+    if cut is not None:
+        out = out[:cut]
+    out += draw(st.sampled_from([b"", b"\0", b"\0\0\0\x10extra", b"\xff\xff\xff\xff"]))
+    return bytes(out)

@@ -34,7 +34,7 @@ from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.policy.certs import CERT_SIGNATURES
 from conchcmd.wire.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
-from fuzz.samples import BROKEN_SIGNATURE_KEY, SUITE_IDS, SUITES
+from fuzz.samples import BROKEN_SIGNATURE_KEY, SUITE_IDS, SUITES, mangled
 from fuzz.wire import PACKET_BUFFER, Keyed
 
 CA = ed25519.Ed25519PrivateKey.generate()
@@ -130,18 +130,6 @@ ALGORITHMS = [
     b"ssh-rsa-cert-v01@openssh.com",
     b"",
 ]
-
-
-@st.composite
-def mangled(draw: st.DrawFn, blob: bytes) -> bytes:
-    """A blob with a few bytes changed, cut short, or with something appended."""
-    out = bytearray(blob)
-    for _ in range(draw(st.integers(0, 3))):
-        out[draw(st.integers(0, len(out) - 1))] = draw(st.integers(0, 255))
-    cut = draw(st.one_of(st.none(), st.integers(0, len(out))))
-    if cut is not None:
-        out = out[:cut]
-    return bytes(out) + draw(st.sampled_from([b"", b"\0", b"\xff\xff\xff\xff"]))
 
 
 # With types cryptography does not know (ssh-dss-cert-v01@openssh.com, x-cert-v01@openssh.com):

@@ -28,7 +28,15 @@ from conchcmd.policy.certs import (
     validate_certificate,
 )
 from fuzz.guard import CORPUS, bounded, corpus, fuzz
-from fuzz.samples import BROKEN_SIGNATURE_KEY, CA_LINE, CERT_BLOBS, CERT_LINES, KEY_LINES, OTHER_LINE_BREAKS
+from fuzz.samples import (
+    BROKEN_SIGNATURE_KEY,
+    CA_LINE,
+    CERT_BLOBS,
+    CERT_LINES,
+    KEY_LINES,
+    OTHER_LINE_BREAKS,
+    mangled,
+)
 
 option_items = st.one_of(
     st.sampled_from(
@@ -135,14 +143,7 @@ def test_a_bad_key_line_is_a_problem_not_an_exception(line: str) -> None:
 @st.composite
 def mangled_certificates(draw: st.DrawFn) -> tuple[bytes, bytes]:
     original = draw(st.sampled_from(CERT_BLOBS))
-    out = bytearray(original)
-    for _ in range(draw(st.integers(0, 3))):
-        out[draw(st.integers(0, len(out) - 1))] = draw(st.integers(0, 255))
-    cut = draw(st.one_of(st.none(), st.integers(0, len(out))))
-    if cut is not None:
-        out = out[:cut]
-    out += draw(st.sampled_from([b"", b"\0", b"\0\0\0\x10extra"]))
-    return original, bytes(out)
+    return original, draw(mangled(original))
 
 
 @pytest.fixture(scope="module")

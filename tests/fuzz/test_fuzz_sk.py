@@ -28,23 +28,11 @@ from conchcmd.keys.sk import (
 )
 from conchcmd.policy.certs import CertificateRefused, load_certificate
 from fuzz.guard import bounded, fuzz
+from fuzz.samples import mangled
 
 DATA = b"\x00\x00\x00\x20session-id-and-userauth-request"
 TOKENS = [SoftwareAuthenticator.generate(kind, counter=9) for kind in ("ed25519", "ecdsa")]
 SIGNATURES = [(token, token.sign(DATA)) for token in TOKENS]
-
-
-@st.composite
-def mangled(draw: st.DrawFn, original: bytes) -> bytes:
-    """`original` with a few bytes changed, cut short, or with bytes added: an attacker's edits."""
-    out = bytearray(original)
-    for _ in range(draw(st.integers(0, 3))):
-        out[draw(st.integers(0, len(out) - 1))] = draw(st.integers(0, 255))
-    cut = draw(st.one_of(st.none(), st.integers(0, len(out))))
-    if cut is not None:
-        out = out[:cut]
-    out += draw(st.sampled_from([b"", b"\0", b"\0\0\0\x10extra", b"\xff\xff\xff\xff"]))
-    return bytes(out)
 
 
 signatures = st.integers(0, len(SIGNATURES) - 1).flatmap(
