@@ -8,6 +8,7 @@ they cannot read; callers catch KeyParseError alone.
 from __future__ import annotations
 
 import struct
+from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
@@ -46,11 +47,30 @@ class EncryptedKeyFile(KeyParseError):
         super().__init__(f"{path} is encrypted with a passphrase; conchcmd needs an unencrypted host key")
 
 
+class PublicKey(Key):
+    """Conch's Key for a key read from its blob, with its type worked out once: Conch's `type()`
+    runs isinstance checks against cryptography's ABCs at every call, and a login asks for it a
+    dozen times (`sshType`, `verify`, the policy checks). A key's type never changes."""
+
+    _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
+    _ssh_type: bytes | None = None
+
+    def type(self) -> Literal["RSA", "DSA", "EC", "Ed25519"]:
+        if self._type is None:
+            self._type = super().type()
+        return self._type
+
+    def sshType(self) -> bytes:
+        if self._ssh_type is None:  # asked after fromString has set `_sk`
+            self._ssh_type = super().sshType()
+        return self._ssh_type
+
+
 def public_key_from_blob(blob: bytes) -> Key:
     """A public key from its SSH wire blob (a client's or a file's), with no format guessing:
     Conch sends text starting with '(' or '{' to SEXP/LSH parsers that assert."""
     try:
-        return Key.fromString(blob, type="blob")
+        return PublicKey.fromString(blob, type="blob")
     except _PARSER_ERRORS as e:
         raise KeyParseError(_reason(e)) from None
 
