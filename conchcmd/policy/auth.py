@@ -439,9 +439,12 @@ class PublicKeyChecker:
         self.authorizer = authorizer
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
-        return defer.maybeDeferred(self._check, credentials)
+        return defer.maybeDeferred(self.check, credentials)
 
-    def _check(self, credentials: Any) -> Identity:
+    def check(self, credentials: Any) -> Identity:
+        """The identity these credentials log in as, decided now (this checker never waits);
+        raises ValidPublicKey for an acceptable key offered without a signature, KeyRefused or
+        LoginUnavailable otherwise."""
         try:
             user = credentials.username.decode("utf-8")
         except UnicodeDecodeError:
