@@ -8,6 +8,7 @@ they cannot read; callers catch KeyParseError alone.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -73,6 +74,31 @@ def public_key_from_blob(blob: bytes) -> Key:
         return PublicKey.fromString(blob, type="blob")
     except _PARSER_ERRORS as e:
         raise KeyParseError(_reason(e)) from None
+
+
+#: Client keys ParsedKeys keeps by default (an operator's keys are offered again at each login).
+PARSED_KEYS = 256
+
+
+class ParsedKeys:
+    """The keys of the latest client key blobs read (`public_key_from_blob`), the least recently
+    offered dropped first: a blob always parses to the same key, so OpenSSH's probe and signed
+    request, and each later login with that key, take the key read the first time. Blobs that do
+    not parse are not kept (each raises KeyParseError again)."""
+
+    def __init__(self, size: int = PARSED_KEYS):
+        self.size = size
+        self._keys: OrderedDict[bytes, Key] = OrderedDict()
+
+    def get(self, blob: bytes) -> Key:
+        key = self._keys.get(blob)
+        if key is not None:
+            self._keys.move_to_end(blob)
+            return key
+        key = self._keys[blob] = public_key_from_blob(blob)
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return key
 
 
 def public_key_from_line(field: KeyField) -> Key:
