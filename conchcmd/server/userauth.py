@@ -127,7 +127,7 @@ class UserAuthService(UserAuthHooks):
         offered = method in self.supportedAuthentications
         checker = self._key_checker() if offered and method == b"publickey" else None
         if not offered:
-            d = self._refuse_method(packet)
+            d = self._refuse_method(user, next_service, method)
         elif checker is not None:
             self._set_request(user, next_service, method)
             creds = self._key_credentials(rest)  # a malformed request raises here, as in auth_publickey
@@ -149,11 +149,10 @@ class UserAuthService(UserAuthHooks):
             self.authenticatedWith = []
         self.user, self.nextService, self.method = user, next_service, method
 
-    def _refuse_method(self, packet: bytes) -> Any:
+    def _refuse_method(self, user: bytes, next_service: bytes, method: bytes) -> Any:
         """A method not offered (`none` above all: OpenSSH's first question on every connection),
         answered as Conch answers it (its ssh_USERAUTH_REQUEST state, then auth_failed with
         tryAuth's ConchError), without the Deferred chain that re-raises the Failure on the way."""
-        user, next_service, method, _ = getNS(packet, 3)
         self._set_request(user, next_service, method)
         return self.auth_failed(Failure(conch_error.ConchError("unsupported authentication, failing")))
 
