@@ -154,6 +154,12 @@ class UserAuthService(UserAuthHooks):
         answered as Conch answers it (its ssh_USERAUTH_REQUEST state, then auth_failed with
         tryAuth's ConchError), without the Deferred chain that re-raises the Failure on the way."""
         self._set_request(user, next_service, method)
+        if method == b"none" and self._requests == 1:
+            # Free (auth_failed's rule), so Conch's answer alone, without building a Failure.
+            self.transport.sendPacket(
+                userauth.MSG_USERAUTH_FAILURE, NS(b",".join(self.supportedAuthentications)) + b"\x00"
+            )
+            return None
         return self.auth_failed(Failure(conch_error.ConchError("unsupported authentication, failing")))
 
     def _key_checker(self) -> PublicKeyChecker | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.certlogin import cert_login, make_cert
@@ -28,7 +29,7 @@ from twisted.cred.portal import Portal
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
-from conchcmd.core.config import LimitsConfig
+from conchcmd.core.config import LimitsConfig, UserPolicy
 from conchcmd.policy.auth import KeyAuthorizer, PublicKeyChecker
 from conchcmd.session.realm import CommandRealm
 
@@ -260,3 +261,20 @@ def test_the_fast_path_answers_as_conch_s_portal_chain(
     assert slow["keyed_through_portal"] > 0 or not slow["replies"]  # the comparison is with the portal's
     for field in ("replies", "disconnected", "audit", "log"):
         assert fast[field] == slow[field], field
+
+
+@pytest.mark.parametrize("passwords", [False, True])
+def test_the_first_none_is_answered_as_conch_answers_the_next(tmp_path: Path, passwords: bool) -> None:
+    """OpenSSH's opening `none` is answered without a Failure; a second `none` still goes through
+    auth_failed and Conch's _ebBadAuth: the same bytes, and only the second is counted."""
+    users = {"carol": UserPolicy(password_bcrypt=bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)))} if passwords else {}
+    w = make_world(tmp_path, users=users)
+    conn = w.connect()
+    auth = conn.start_auth(b"admin")
+    with capturedLogs() as events:
+        run(auth, conn, b"none", b"")
+        assert not w.audit.of("auth") and not list(events) and conn.server.auth_failures == 0
+        run(auth, conn, b"none", b"")
+    first, second = auth.replies
+    assert first == second == (51, common.NS(b"publickey,password" if passwords else b"publickey") + b"\x00")
+    assert conn.server.auth_failures == 1 and len(w.audit.of("auth")) == 1
