@@ -26,6 +26,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.portal import Portal
+from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
@@ -184,7 +185,7 @@ SCENARIOS: dict[str, Callable[[World, Connection], None]] = {
     )
 }
 #: Failures forced into the checker, the realm or the files, as a bug or the system would cause them.
-FAULTS = ("none", "checker bug", "realm bug", "out of descriptors")
+FAULTS = ("none", "checker bug", "realm bug", "realm answers with a Deferred", "out of descriptors")
 
 
 def observe(
@@ -205,6 +206,9 @@ def observe(
         monkeypatch.setattr(KeyAuthorizer, "authorize", lambda *a, **k: {}["simulated bug"])
     if fault == "realm bug":
         monkeypatch.setattr(CommandRealm, "requestAvatar", lambda *a, **k: {}["simulated bug"])
+    if fault == "realm answers with a Deferred":
+        real_request_avatar = CommandRealm.requestAvatar
+        monkeypatch.setattr(CommandRealm, "requestAvatar", lambda *a: defer.maybeDeferred(real_request_avatar, *a))
     portal = w.factory.portal
     checker = portal.checkers[ISSHPrivateKey]
     assert isinstance(checker, PublicKeyChecker)
