@@ -185,6 +185,10 @@ def addr_match_cidr_list(address: str | None, patterns: str) -> int:
 
 def normalise_peer(host: str) -> str:
     """An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is the IPv4 address it is, as sshd sees it."""
+    if ":" not in host:
+        # Not IPv6; an IPv4 address that parses is already in its canonical form (ipaddress
+        # refuses leading zeros and non-ASCII digits), and one that does not is returned as is.
+        return host
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

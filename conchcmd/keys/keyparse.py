@@ -8,6 +8,8 @@ they cannot read; callers catch KeyParseError alone.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
+from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
@@ -46,13 +48,57 @@ class EncryptedKeyFile(KeyParseError):
         super().__init__(f"{path} is encrypted with a passphrase; conchcmd needs an unencrypted host key")
 
 
+class PublicKey(Key):
+    """Conch's Key for a key read from its blob, with its type worked out once: Conch's `type()`
+    runs isinstance checks against cryptography's ABCs at every call, and a login asks for it a
+    dozen times (`sshType`, `verify`, the policy checks). A key's type never changes."""
+
+    _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
+    _ssh_type: bytes | None = None
+
+    def type(self) -> Literal["RSA", "DSA", "EC", "Ed25519"]:
+        if self._type is None:
+            self._type = super().type()
+        return self._type
+
+    def sshType(self) -> bytes:
+        if self._ssh_type is None:  # asked after fromString has set `_sk`
+            self._ssh_type = super().sshType()
+        return self._ssh_type
+
+
 def public_key_from_blob(blob: bytes) -> Key:
     """A public key from its SSH wire blob (a client's or a file's), with no format guessing:
     Conch sends text starting with '(' or '{' to SEXP/LSH parsers that assert."""
     try:
-        return Key.fromString(blob, type="blob")
+        return PublicKey.fromString(blob, type="blob")
     except _PARSER_ERRORS as e:
         raise KeyParseError(_reason(e)) from None
+
+
+#: Client keys ParsedKeys keeps by default (an operator's keys are offered again at each login).
+PARSED_KEYS = 256
+
+
+class ParsedKeys:
+    """The keys of the latest client key blobs read (`public_key_from_blob`), the least recently
+    offered dropped first: a blob always parses to the same key, so OpenSSH's probe and signed
+    request, and each later login with that key, take the key read the first time. Blobs that do
+    not parse are not kept (each raises KeyParseError again)."""
+
+    def __init__(self, size: int = PARSED_KEYS):
+        self.size = size
+        self._keys: OrderedDict[bytes, Key] = OrderedDict()
+
+    def get(self, blob: bytes) -> Key:
+        key = self._keys.get(blob)
+        if key is not None:
+            self._keys.move_to_end(blob)
+            return key
+        key = self._keys[blob] = public_key_from_blob(blob)
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return key
 
 
 def public_key_from_line(field: KeyField) -> Key:

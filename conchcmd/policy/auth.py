@@ -32,7 +32,7 @@ from conchcmd.core.hostmatch import match_address_list
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
-from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob
+from conchcmd.keys.keyparse import KeyParseError, ParsedKeys
 from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
@@ -229,12 +229,14 @@ class KeyAuthorizer:
         self.clock = clock
         self.options = options or PubkeyAuthOptions()
         self.failures = ServerFailureLog(clock)
+        self.parsed = ParsedKeys()
 
     @classmethod
     def from_config(cls, config: Config, clock: IReactorTime) -> KeyAuthorizer:
         authorizer = cls.__new__(cls)
         authorizer.clock = clock
         authorizer.failures = ServerFailureLog(clock)
+        authorizer.parsed = ParsedKeys()
         authorizer.reload(config)
         return authorizer
 
@@ -284,7 +286,7 @@ class KeyAuthorizer:
         self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None, attempt: AttemptFiles | None
     ) -> Authorized:
         try:
-            key = public_key_from_blob(blob)
+            key = self.parsed.get(blob)
         except KeyParseError:
             raise KeyRefused("malformed public key") from None
         key_type = key.sshType()
@@ -439,9 +441,12 @@ class PublicKeyChecker:
         self.authorizer = authorizer
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
-        return defer.maybeDeferred(self._check, credentials)
+        return defer.maybeDeferred(self.check, credentials)
 
-    def _check(self, credentials: Any) -> Identity:
+    def check(self, credentials: Any) -> Identity:
+        """The identity these credentials log in as, decided now (this checker never waits);
+        raises ValidPublicKey for an acceptable key offered without a signature, KeyRefused or
+        LoginUnavailable otherwise."""
         try:
             user = credentials.username.decode("utf-8")
         except UnicodeDecodeError:

@@ -37,6 +37,8 @@ REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one source's refusal
 def source_of(host: str) -> str:
     """The unit penalties and caps apply to: an IPv4 address, or an IPv6 /64."""
     host = normalise_peer(host)
+    if ":" not in host:  # an IPv4 address (or not an address): its own unit, as below
+        return host
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

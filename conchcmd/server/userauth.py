@@ -7,9 +7,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch import error as conch_error
+from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.common import NS, getNS
+from twisted.cred.credentials import ISSHPrivateKey
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -18,7 +20,7 @@ from conchcmd.core.audit import sanitise
 from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
-from conchcmd.policy.auth import Identity, KeyRefused, LoginUnavailable, SkRequirementNotMet
+from conchcmd.policy.auth import Identity, KeyRefused, LoginUnavailable, PublicKeyChecker, SkRequirementNotMet
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 from conchcmd.server.authlog import KeyInfo, log_word
@@ -112,32 +114,80 @@ class UserAuthService(UserAuthHooks):
             else:
                 self._waiting.append(packet)
             return None
-        if getNS(packet, 2)[1] != b"ssh-connection":
+        user, next_service, rest = getNS(packet, 2)
+        if next_service != b"ssh-connection":
             # Conch would look the service up only after a successful check: an unknown one raised
             # there, `ssh-userauth` started a second round, and each success took another slot.
             self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
             return None
         self._in_progress = True
         self._requests += 1
-        self._note_user(getNS(packet)[0])
-        if getNS(packet, 3)[2] not in self.supportedAuthentications:
-            d = self._refuse_method(packet)
+        self._note_user(user)
+        method, rest = getNS(rest)
+        offered = method in self.supportedAuthentications
+        checker = self._key_checker() if offered and method == b"publickey" else None
+        if not offered:
+            d = self._refuse_method(user, next_service, method)
+        elif checker is not None:
+            self._set_request(user, next_service, method)
+            creds = self._key_credentials(rest)  # a malformed request raises here, as in auth_publickey
+            try:
+                d = self._publickey_now(checker, creds, rest)
+            except Exception:  # as when Conch's Deferred chain ends in a failure: _request_done logs it
+                d = Failure()
         else:
-            d = super().ssh_USERAUTH_REQUEST(packet)
-        if d is None:  # Conch has answered already
-            self._request_done(None)
+            d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
+        if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, logged)
+            self._request_done(d)
             return None
         return d.addBoth(self._request_done)
 
-    def _refuse_method(self, packet: bytes) -> Any:
-        """A method not offered (`none` above all: OpenSSH's first question on every connection),
-        answered as Conch answers it (its ssh_USERAUTH_REQUEST state, then auth_failed with
-        tryAuth's ConchError), without the Deferred chain that re-raises the Failure on the way."""
-        user, next_service, method, _ = getNS(packet, 3)
+    def _set_request(self, user: bytes, next_service: bytes, method: bytes) -> None:
+        """Conch's ssh_USERAUTH_REQUEST state for a request (a new name or service forgets what
+        the previous ones authenticated)."""
         if user != self.user or next_service != self.nextService:
             self.authenticatedWith = []
         self.user, self.nextService, self.method = user, next_service, method
+
+    def _refuse_method(self, user: bytes, next_service: bytes, method: bytes) -> Any:
+        """A method not offered (`none` above all: OpenSSH's first question on every connection),
+        answered as Conch answers it (its ssh_USERAUTH_REQUEST state, then auth_failed with
+        tryAuth's ConchError), without the Deferred chain that re-raises the Failure on the way."""
+        self._set_request(user, next_service, method)
+        if method == b"none" and self._requests == 1:
+            # Free (auth_failed's rule), so Conch's answer alone, without building a Failure.
+            self.transport.sendPacket(
+                userauth.MSG_USERAUTH_FAILURE, NS(b",".join(self.supportedAuthentications)) + b"\x00"
+            )
+            return None
         return self.auth_failed(Failure(conch_error.ConchError("unsupported authentication, failing")))
+
+    def _key_checker(self) -> PublicKeyChecker | None:
+        """The portal's checker of public keys when it is ours (it decides without waiting), for
+        `_publickey_now`; None sends the request through cred's portal."""
+        checker = self.portal.checkers.get(ISSHPrivateKey)
+        return checker if isinstance(checker, PublicKeyChecker) else None
+
+    def _publickey_now(self, checker: PublicKeyChecker, creds: PeerSSHPrivateKey, data: bytes) -> Any:
+        """A publickey request decided at once, with the answers Conch's tryAuth, portal.login and
+        errback chain give it (PK_OK for an acceptable key offered without a signature, else
+        auth_succeeded or auth_failed), without a Deferred and a re-raised Failure per step: our
+        checker and realm never wait."""
+        try:
+            try:
+                identity = checker.check(creds)
+            except ValidPublicKey:
+                if creds.signature is not None:  # as Conch: PK_OK answers only a key offered unsigned
+                    raise
+                self.transport.sendPacket(userauth.MSG_USERAUTH_PK_OK, data[1:])
+                return None  # Conch's IgnoreAuthentication: nothing more to say
+            result = self.portal.realm.requestAvatar(identity, self.transport.peer_address, IConchUser)
+            if isinstance(result, defer.Deferred):  # a realm that waits: as Conch's chain would
+                return result.addCallback(self.auth_succeeded).addErrback(self.auth_failed)
+            self.auth_succeeded(result)
+            return None
+        except Exception:
+            return self.auth_failed(Failure())
 
     def _note_user(self, name: bytes) -> None:
         """A request for a user name not seen on this connection: whether it is one that can log
@@ -167,7 +217,9 @@ class UserAuthService(UserAuthHooks):
         else:
             self._waiting.clear()
 
-    def auth_publickey(self, packet: bytes) -> Any:
+    def _key_credentials(self, packet: bytes) -> PeerSSHPrivateKey:
+        """The credentials of a publickey request's data (Conch's auth_publickey reads the same
+        fields), with the peer and the files this connection's authentication has read."""
         has_signature = packet[0:1] != b"\0"
         algorithm, blob, rest = getNS(packet[1:], 2)
         user, service = self.user or b"", self.nextService or b""
@@ -187,9 +239,12 @@ class UserAuthService(UserAuthHooks):
                 + NS(algorithm)
                 + NS(blob)
             )
-        creds = PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address, self._files)
+        return PeerSSHPrivateKey(user, algorithm, blob, signed, signature, self.transport.peer_address, self._files)
+
+    def auth_publickey(self, packet: bytes) -> Any:
+        creds = self._key_credentials(packet)
         d = self.portal.login(creds, self.transport.peer_address, IConchUser)
-        if not has_signature:
+        if creds.signature is None:
             d.addErrback(self.answer_key_probe, packet[1:])  # an authorized key's probe gets PK_OK
         return d
 

@@ -319,7 +319,7 @@ def refusal(checker, algorithm: bytes, blob: bytes, signature: bytes) -> str:  #
     from conchcmd.policy.auth import KeyRefused
 
     with pytest.raises(KeyRefused) as e:
-        checker._check(SSHPrivateKey(b"alice", algorithm, blob, DATA, signature))
+        checker.check(SSHPrivateKey(b"alice", algorithm, blob, DATA, signature))
     return str(e.value)
 
 
@@ -345,7 +345,7 @@ def test_a_good_sk_signature_logs_in_through_the_checker(checker) -> None:  # ty
     from twisted.cred.credentials import SSHPrivateKey
 
     token = TOKENS["ecdsa"]
-    identity = checker._check(SSHPrivateKey(b"alice", SK_ECDSA, token.key_blob(), DATA, token.sign(DATA, counter=3)))
+    identity = checker.check(SSHPrivateKey(b"alice", SK_ECDSA, token.key_blob(), DATA, token.sign(DATA, counter=3)))
     assert identity.sk == SkSignature(UP, 3) and identity.audit_fields()["sk_counter"] == 3
     ed = TOKENS["ed25519"]  # a signature by the other authorized token, for this token's key
     assert refusal(checker, SK_ECDSA, token.key_blob(), ed.sign(DATA)) == "signature type does not match the algorithm"

@@ -1,0 +1,284 @@
+"""Publickey requests are decided without cred's portal and its Deferred chain when the checker is
+conchcmd's own (it and the realm never wait). Differential: each scenario runs twice over the
+whole in-memory stack, once that way and once with the same checker behind an opaque wrapper,
+which sends every request through Conch's tryAuth, portal.login and errback chain as before; the
+answers on the wire (message and payload), the disconnects, the audit records and every log line
+must be the same, refusals, bugs and server-side failures included."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from support.certlogin import cert_login, make_cert
+from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
+from support.sshclient import AuthClient, Connection
+from support.world import World, add_user, make_world
+from twisted.conch.ssh import common
+from twisted.conch.ssh.keys import Key
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer
+
+from conchcmd.core.config import LimitsConfig, UserPolicy
+from conchcmd.policy.auth import KeyAuthorizer, PublicKeyChecker
+from conchcmd.session.realm import CommandRealm
+
+STRANGER = ed25519_key(7)  # authorized nowhere
+CA = ed25519.Ed25519PrivateKey.generate()
+
+
+@implementer(ICredentialsChecker)
+class ViaPortal:
+    """conchcmd's checker, hidden from the fast path: requests go through cred's portal."""
+
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, checker: PublicKeyChecker):
+        self.checker = checker
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        return self.checker.requestAvatarId(credentials)
+
+
+def unsigned(key: Any, algorithm: bytes | None = None, blob: bytes | None = None) -> bytes:
+    return b"\x00" + common.NS(algorithm or key.sshType()) + common.NS(blob or key.public().blob())
+
+
+def run(auth: AuthClient, conn: Connection, method: bytes, data: bytes) -> None:
+    """Send one request and let the server answer (answers collect in auth.replies)."""
+    auth.send_request(method, data)
+    conn.flush()
+
+
+# -- scenarios: what a client sends on one connection -------------------------------------------
+
+
+def openssh_login(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    run(auth, conn, b"none", b"")
+    run(auth, conn, b"publickey", unsigned(ed25519_key()))
+    run(auth, conn, b"publickey", auth.signed(ed25519_key()))
+
+
+def stranger_then_admin(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    run(auth, conn, b"publickey", unsigned(STRANGER))
+    run(auth, conn, b"publickey", auth.signed(STRANGER))
+    run(auth, conn, b"publickey", unsigned(ecdsa_key()))
+    run(auth, conn, b"publickey", auth.signed(ecdsa_key()))
+
+
+def rsa_algorithms(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    run(auth, conn, b"publickey", unsigned(rsa_key(), b"ssh-rsa"))
+    run(auth, conn, b"publickey", auth.signed(rsa_key(), b"ssh-rsa"))
+    run(auth, conn, b"publickey", unsigned(rsa_key(), b"rsa-sha2-512"))
+    run(auth, conn, b"publickey", auth.signed(rsa_key(), b"rsa-sha2-256"))
+
+
+def bad_signatures(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    algorithm, blob, signature, _ = common.getNS(auth.signed(ed25519_key())[1:], 3)
+    other = common.getNS(auth.signed(ed25519_key(3))[1:], 3)[2]  # another key's signature, same request
+    sig_type, raw = common.getNS(signature, 2)[:2]
+
+    def request(signature: bytes) -> bytes:
+        return b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature)
+
+    run(auth, conn, b"publickey", request(other))
+    run(auth, conn, b"publickey", request(common.NS(sig_type) + common.NS(bytes(len(raw)))))
+    run(auth, conn, b"publickey", request(common.NS(b"ssh-rsa") + common.NS(raw)))  # the wrong type
+    run(auth, conn, b"publickey", request(signature[:-1]))  # malformed
+    run(auth, conn, b"publickey", request(signature))
+
+
+def malformed_blobs(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    run(auth, conn, b"publickey", unsigned(ed25519_key(), b"ssh-ed25519", b"garbage"))
+    run(auth, conn, b"publickey", unsigned(ed25519_key(), b"ssh-dss"))
+    run(auth, conn, b"publickey", unsigned(ed25519_key(), b"no-such-alg@x"))
+    run(auth, conn, b"publickey", b"\x01" + common.NS(b"ssh-ed25519") + common.NS(b"(sexp"))
+
+
+def truncated_request(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    run(auth, conn, b"publickey", unsigned(ed25519_key()))
+    run(auth, conn, b"publickey", b"\x01" + common.NS(b"ssh-ed25519"))  # no blob: a protocol error
+
+
+def too_many_failures(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    for n in range(10, 10 + w.config.limits.max_auth_tries + 1):
+        run(auth, conn, b"publickey", auth.signed(ed25519_key(n)))
+
+
+def pipelined(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"admin")
+    for data in (unsigned(STRANGER), unsigned(ed25519_key()), auth.signed(STRANGER), auth.signed(ed25519_key())):
+        auth.send_request(b"publickey", data)
+    conn.flush()
+
+
+def names_change(w: World, conn: Connection) -> None:
+    auth = conn.start_auth(b"nobody")
+    run(auth, conn, b"publickey", unsigned(ed25519_key()))
+    auth.user = b"\xff\xfe"  # not UTF-8
+    run(auth, conn, b"publickey", auth.signed(ed25519_key()))
+    auth.user = b"admin"
+    run(auth, conn, b"password", b"\x00" + common.NS(b"secret"))  # not offered: no user has one
+    run(auth, conn, b"publickey", auth.signed(ed25519_key()))
+
+
+def line_conditions(w: World, conn: Connection) -> None:
+    add_user(
+        w,
+        "carol",
+        authorized_line(ed25519_key(), 'from="10.9.9.9"'),
+        authorized_line(ecdsa_key(), 'expiry-time="19700101"'),
+        authorized_line(rsa_key(), 'command="lastlog",no-pty'),
+    )
+    auth = conn.start_auth(b"carol")
+    for key in (ed25519_key(), ecdsa_key(), rsa_key()):
+        algorithm = b"rsa-sha2-512" if key is rsa_key() else None
+        run(auth, conn, b"publickey", unsigned(key, algorithm))
+        run(auth, conn, b"publickey", auth.signed(key, algorithm))
+
+
+def certificate(w: World, conn: Connection) -> None:
+    ca_line = authorized_line(Key(CA), 'cert-authority,principals="carol"')
+    add_user(w, "carol", ca_line)
+    cert_login(conn, b"carol", ed25519_key(5), make_cert(CA, ed25519_key(5), principals=[b"other"]))
+    cert_login(conn, b"carol", ed25519_key(5), make_cert(CA, ed25519_key(5), principals=[b"carol"]))
+
+
+def second_client_over_the_limit(w: World, conn: Connection) -> None:
+    openssh_login(w, w.connect("10.0.0.2"))  # takes the only slot
+    openssh_login(w, conn)
+
+
+SCENARIOS: dict[str, Callable[[World, Connection], None]] = {
+    f.__name__: f
+    for f in (
+        openssh_login,
+        stranger_then_admin,
+        rsa_algorithms,
+        bad_signatures,
+        malformed_blobs,
+        truncated_request,
+        too_many_failures,
+        pipelined,
+        names_change,
+        line_conditions,
+        certificate,
+        second_client_over_the_limit,
+    )
+}
+#: Failures forced into the checker, the realm or the files, as a bug or the system would cause them.
+FAULTS = ("none", "checker bug", "realm bug", "realm answers with a Deferred", "out of descriptors")
+
+
+def observe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, fault: str, via_portal: bool
+) -> dict[str, Any]:
+    w = make_world(tmp_path, max_clients=1, limits=LimitsConfig(max_auth_tries=4))
+    if fault == "out of descriptors":
+        path = w.config.authorized_keys.replace("%u", "admin")
+        real_open = os.open
+
+        def fake_open(name: Any, *args: Any, **kwargs: Any) -> int:
+            if os.fspath(name) == path:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), name)
+            return real_open(name, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", fake_open)
+    if fault == "checker bug":
+        monkeypatch.setattr(KeyAuthorizer, "authorize", lambda *a, **k: {}["simulated bug"])
+    if fault == "realm bug":
+        monkeypatch.setattr(CommandRealm, "requestAvatar", lambda *a, **k: {}["simulated bug"])
+    if fault == "realm answers with a Deferred":
+        real_request_avatar = CommandRealm.requestAvatar
+        monkeypatch.setattr(CommandRealm, "requestAvatar", lambda *a: defer.maybeDeferred(real_request_avatar, *a))
+    portal = w.factory.portal
+    checker = portal.checkers[ISSHPrivateKey]
+    assert isinstance(checker, PublicKeyChecker)
+    if via_portal:
+        portal.checkers[ISSHPrivateKey] = ViaPortal(checker)
+    through_portal: list[Any] = []
+    real_login = Portal.login
+
+    def login(self: Portal, credentials: Any, mind: Any, *interfaces: Any) -> Any:
+        through_portal.append(credentials)
+        return real_login(self, credentials, mind, *interfaces)
+
+    monkeypatch.setattr(Portal, "login", login)
+    with capturedLogs() as events:
+        conn = w.connect("10.0.0.1")
+        SCENARIOS[scenario](w, conn)
+        conn.client.transport.loseConnection()
+        conn.flush()
+    keyed = [c for c in through_portal if ISSHPrivateKey.providedBy(c)]
+    lines = []
+    for e in events:
+        text = formatEvent(e)
+        if e.get("log_failure") is not None:
+            text += " | " + e["log_failure"].getErrorMessage()
+        lines.append((e.get("log_namespace"), str(e.get("log_level")), text))
+    ids: dict[str, str] = {}  # random connection ids, named in order of appearance
+    for record in w.audit.events:
+        if "connection" in record:
+            record["connection"] = ids.setdefault(record["connection"], f"<connection {len(ids)}>")
+
+    def named(text: str) -> str:
+        for real, name in ids.items():
+            text = text.replace(real, name)
+        return text.replace(str(tmp_path), "<tmp>")
+
+    return {
+        "replies": list(conn.auth.replies if conn.auth else []),
+        "disconnected": conn.disconnected,
+        "audit": json.loads(named(json.dumps(w.audit.events))),
+        "log": [(namespace, level, named(text)) for namespace, level, text in lines],
+        "keyed_through_portal": len(keyed),
+    }
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_the_fast_path_answers_as_conch_s_portal_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, fault: str
+) -> None:
+    fast = observe(tmp_path / "fast", monkeypatch, scenario, fault, via_portal=False)
+    monkeypatch.undo()
+    slow = observe(tmp_path / "slow", monkeypatch, scenario, fault, via_portal=True)
+    assert fast["keyed_through_portal"] == 0  # the fast path was taken
+    assert slow["keyed_through_portal"] > 0 or not slow["replies"]  # the comparison is with the portal's
+    for field in ("replies", "disconnected", "audit", "log"):
+        assert fast[field] == slow[field], field
+
+
+@pytest.mark.parametrize("passwords", [False, True])
+def test_the_first_none_is_answered_as_conch_answers_the_next(tmp_path: Path, passwords: bool) -> None:
+    """OpenSSH's opening `none` is answered without a Failure; a second `none` still goes through
+    auth_failed and Conch's _ebBadAuth: the same bytes, and only the second is counted."""
+    users = {"carol": UserPolicy(password_bcrypt=bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)))} if passwords else {}
+    w = make_world(tmp_path, users=users)
+    conn = w.connect()
+    auth = conn.start_auth(b"admin")
+    with capturedLogs() as events:
+        run(auth, conn, b"none", b"")
+        assert not w.audit.of("auth") and not list(events) and conn.server.auth_failures == 0
+        run(auth, conn, b"none", b"")
+    first, second = auth.replies
+    assert first == second == (51, common.NS(b"publickey,password" if passwords else b"publickey") + b"\x00")
+    assert conn.server.auth_failures == 1 and len(w.audit.of("auth")) == 1
