@@ -170,9 +170,12 @@ class FlushingReactor(EPollReactor):
 
     def _flush(self) -> None:
         """Each waiting connection writes, as on an EPOLLOUT event; what is still waiting then (a
-        full socket, or output added while flushing) waits for EPOLLOUT, as it would in Twisted."""
+        full socket, output added while flushing, a closing connection) waits for EPOLLOUT, as it
+        would in Twisted."""
         for writer in list(self._unflushed):
-            if writer in self._unflushed:  # an earlier one's callbacks may have closed it
+            # A closing connection (loseConnection, loseWriteConnection) closes on EPOLLOUT, as in
+            # Twisted: what timed calls write to it before that poll is still sent.
+            if writer in self._unflushed and not (writer.disconnecting or writer._writeDisconnecting):
                 self._event(writer, writer.fileno(), EPOLLOUT)
         while self._unflushed:
             writer, _ = self._unflushed.popitem()

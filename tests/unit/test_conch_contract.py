@@ -77,6 +77,7 @@ PRIVATE: dict[str, str] = {
     "twisted.internet.epollreactor:EPollReactor.removeAll": "conchcmd.core.twistedprivate.FlushingReactor.removeAll",
     "twisted.internet.base:ReactorBase.mainLoop": "conchcmd.core.twistedprivate.FlushingReactor.doPoll",
     "twisted.internet.abstract:FileDescriptor.doWrite": "conchcmd.core.twistedprivate.FlushingReactor._flush",
+    "twisted.internet.abstract:FileDescriptor._writeDisconnecting": "conchcmd.core.twistedprivate.FlushingReactor._flush",
     "twisted.python.log:callWithLogger": "conchcmd.core.twistedprivate.FlushingReactor._event",
     "twisted.python.log:callWithContext": "conchcmd.core.twistedprivate.FlushingReactor._event",
     "twisted.python.context:ContextTracker.callWithContext": "conchcmd.core.twistedprivate.FlushingReactor._event",
@@ -221,6 +222,7 @@ RECORDED: dict[str, str] = {
     "twisted.conch.ssh.userauth:SSHUserAuthServer.serviceStarted": "(self) sha256:98a55ed89b95c8a3820948869e72e815ffea51c4cc395393363c127c52d7ba5e",
     "twisted.conch.ssh.userauth:SSHUserAuthServer.serviceStopped": "(self) sha256:1204ab5531ee99dd67944ddabe123a896b891b490f12ec9b5a65afc0282c8dbf",
     "twisted.conch.ssh.userauth:SSHUserAuthServer.ssh_USERAUTH_REQUEST": "(self, packet: 'bytes') -> 'Deferred[_ConchPortalTuple] | None' sha256:fafb2aefa3d14157c65b8ce62d593f3fb48af295601a069ddfc8b1c030e8c28d",
+    "twisted.internet.abstract:FileDescriptor._writeDisconnecting": "attribute bool",
     "twisted.internet.abstract:FileDescriptor.doWrite": "(self) sha256:a986d7b1b1054e431495d50528824683fa7ebb1ffcf3e57333bdd6f37f603141",
     "twisted.internet.base:ReactorBase.mainLoop": "(self) -> 'None' sha256:769125a86d0cd7e9c567589163430d7ccaf2668f5b58f739c745f1cb6c68c7eb",
     "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "(self, reactor, port, backlog=50, interface='') sha256:5aad3c9f01b4d0cf26224a6c52b693b7378fa26a1ef263665aec273b133299cb",
@@ -456,6 +458,7 @@ def test_the_private_name_scan_finds_what_the_adapter_does() -> None:
         "imports twisted.protocols.haproxy._v2parser.V2Parser",
         "reads ._port",
         "reads ._interface",
+        "reads ._writeDisconnecting",
     ]
     assert private_twisted_names(text, conch=True) == []
     before = (
