@@ -115,15 +115,15 @@ def tcp_port_and_interface(endpoint: object) -> tuple[int, str] | None:
 
 
 class FlushingReactor(EPollReactor):
-    """Twisted's epoll reactor, with two changes to its loop that leave every callback's order and
-    every byte written unchanged.
+    """Twisted's epoll reactor, with two changes to its loop that leave every byte written, and
+    every callback but the write's own (sooner), as they were.
 
     Writes to an accepted connection are sent once the events of the poll that made them have been
     handled (or, for writes made by timed calls and calls from threads, before the next poll), all
     of them in one `send`, as the EPOLLOUT event Twisted waits for would send them: when the
     socket takes them all, Twisted's two epoll_ctl calls and its extra turn of the loop per reply
     are saved. What the socket does not take waits for EPOLLOUT as before, so back-pressure (a
-    paused producer, a full socket) is Twisted's own.
+    paused producer, a full socket) is Twisted's own; so does a closing connection's last write.
 
     Each event runs under the log context `log.callWithLogger` gives it (the legacy log's
     `system`: the transport's logPrefix), pushed on the reactor thread's context stack directly,
