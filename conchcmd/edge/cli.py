@@ -1,4 +1,4 @@
-"""The command-line edge: argparse subcommands; the only module that imports the global reactor."""
+"""The command-line edge: argparse subcommands; the only module that asks for the global reactor (`serve`)."""
 
 from __future__ import annotations
 
@@ -327,11 +327,12 @@ def cmd_contrib(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     import signal
 
-    from twisted.internet import reactor as global_reactor
+    from conchcmd.core.reactor import install_reactor
+
+    reactor: Any = install_reactor()  # first: Conch's userauth imports the global reactor
 
     from conchcmd.edge.service import ConchcmdService, StartupError
 
-    reactor: Any = global_reactor
     config = _load(args)
     listen = tuple(args.listen) if args.listen else None
     for description in listen or ():

@@ -26,6 +26,7 @@ SCRIPTS = [
     "cipher_throughput.py",
     "rekey_cost.py",
     "protocol_findings.py",
+    "reactor_roundtrip.py",
     "anchors/asyncssh_server.py",
 ]
 

@@ -66,6 +66,21 @@ PRIVATE: dict[str, str] = {
     "twisted.protocols.haproxy._v2parser:V2Parser.parse": "conchcmd.core.twistedprivate.parse_proxy_v2",
     "twisted.protocols.haproxy._v2parser:V2Parser.PREFIX": "conchcmd.core.twistedprivate.PROXY_V2_SIGNATURE",
     "twisted.protocols.haproxy._exceptions:InvalidProxyHeader": "conchcmd.core.twistedprivate (caught)",
+    # Not Conch: the event loop FlushingReactor changes (conchcmd.core.twistedprivate), and what it
+    # relies on: the epoll reactor's private state and handler, the order of the main loop, a
+    # connection's doWrite (stopWriting once drained), the log context callWithLogger gives.
+    "twisted.internet.epollreactor:EPollReactor.__init__": "conchcmd.core.twistedprivate.FlushingReactor (_poller, _selectables, _writes)",
+    "twisted.internet.epollreactor:EPollReactor._doReadOrWrite": "conchcmd.core.twistedprivate.FlushingReactor._event",
+    "twisted.internet.epollreactor:EPollReactor.doPoll": "conchcmd.core.twistedprivate.FlushingReactor.doPoll",
+    "twisted.internet.epollreactor:EPollReactor.addWriter": "conchcmd.core.twistedprivate.FlushingReactor.addWriter",
+    "twisted.internet.epollreactor:EPollReactor.removeWriter": "conchcmd.core.twistedprivate.FlushingReactor.removeWriter",
+    "twisted.internet.epollreactor:EPollReactor.removeAll": "conchcmd.core.twistedprivate.FlushingReactor.removeAll",
+    "twisted.internet.base:ReactorBase.mainLoop": "conchcmd.core.twistedprivate.FlushingReactor.doPoll",
+    "twisted.internet.abstract:FileDescriptor.doWrite": "conchcmd.core.twistedprivate.FlushingReactor._flush",
+    "twisted.internet.abstract:FileDescriptor._writeDisconnecting": "conchcmd.core.twistedprivate.FlushingReactor._flush",
+    "twisted.python.log:callWithLogger": "conchcmd.core.twistedprivate.FlushingReactor._event",
+    "twisted.python.log:callWithContext": "conchcmd.core.twistedprivate.FlushingReactor._event",
+    "twisted.python.context:ContextTracker.callWithContext": "conchcmd.core.twistedprivate.FlushingReactor._event",
 }
 
 #: Private attributes a recorded `__init__` sets on Twisted's objects (invisible on the class): for
@@ -207,17 +222,29 @@ RECORDED: dict[str, str] = {
     "twisted.conch.ssh.userauth:SSHUserAuthServer.serviceStarted": "(self) sha256:98a55ed89b95c8a3820948869e72e815ffea51c4cc395393363c127c52d7ba5e",
     "twisted.conch.ssh.userauth:SSHUserAuthServer.serviceStopped": "(self) sha256:1204ab5531ee99dd67944ddabe123a896b891b490f12ec9b5a65afc0282c8dbf",
     "twisted.conch.ssh.userauth:SSHUserAuthServer.ssh_USERAUTH_REQUEST": "(self, packet: 'bytes') -> 'Deferred[_ConchPortalTuple] | None' sha256:fafb2aefa3d14157c65b8ce62d593f3fb48af295601a069ddfc8b1c030e8c28d",
+    "twisted.internet.abstract:FileDescriptor._writeDisconnecting": "attribute bool",
+    "twisted.internet.abstract:FileDescriptor.doWrite": "(self) sha256:a986d7b1b1054e431495d50528824683fa7ebb1ffcf3e57333bdd6f37f603141",
+    "twisted.internet.base:ReactorBase.mainLoop": "(self) -> 'None' sha256:769125a86d0cd7e9c567589163430d7ccaf2668f5b58f739c745f1cb6c68c7eb",
     "twisted.internet.endpoints:TCP4ServerEndpoint.__init__": "(self, reactor, port, backlog=50, interface='') sha256:5aad3c9f01b4d0cf26224a6c52b693b7378fa26a1ef263665aec273b133299cb",
     "twisted.internet.endpoints:TCP6ServerEndpoint.__init__": "(self, reactor, port, backlog=50, interface='::') sha256:95a3c468440e29f9e0871e0c3d784a66661c329fe8d48cb9106e2d590e01cea3",
     "twisted.internet.endpoints:_SystemdParser._sddaemon": "attribute ListenFDs",
     "twisted.internet.endpoints:_SystemdParser.parseStreamServer": "(self, reactor, *args, **kwargs) sha256:08a273c2a068de6281caf92c694dc2a8fc807d86ed36b161546ec4d552d148e3",
     "twisted.internet.endpoints:_parse": "(description) sha256:91037a29d4450903713b007cd342dc0850b51659d7c6731df1f1ec01a8c633e1",
+    "twisted.internet.epollreactor:EPollReactor.__init__": "(self) sha256:6ab0ab1446e1857e0f4922bead81cf750b0c801bb25ff930b921872b2cfc4c4c",
+    "twisted.internet.epollreactor:EPollReactor._doReadOrWrite": "(self, selectable, fd, event) sha256:5ffee55b79492b0037fc7bedacfc3aaa6d1f173122c738f8274b8be12d8d2be3",
+    "twisted.internet.epollreactor:EPollReactor.addWriter": "(self, writer) sha256:f2e5669e150996adc5445c754e8eac6545e659c5ceb078bd7d323424f34b07f6",
+    "twisted.internet.epollreactor:EPollReactor.doPoll": "(self, timeout) sha256:09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827",
+    "twisted.internet.epollreactor:EPollReactor.removeAll": "(self) sha256:f21099e365729d9923abc1b10665027cb534b800f1c846530538f6be451e332f",
+    "twisted.internet.epollreactor:EPollReactor.removeWriter": "(self, writer) sha256:1b5d5060b8c4ab4247470e3f62076406d18e1c4054e25737fd8606de12e906b5",
     "twisted.protocols.haproxy._exceptions:InvalidProxyHeader": "class sha256:b925950ef1aabab7a212947ee0dad63829cd6de8cc05b54a3df0cd02a11b96bc",
     "twisted.protocols.haproxy._parser:unparseEndpoint": "(args: tuple[object, ...], kwargs: collections.abc.Mapping[str, object]) -> str sha256:48791c8cca8c5105e3c5a2c208e3e4f7059b870f16eb2df35e9a85af40e93114",
     "twisted.protocols.haproxy._v1parser:V1Parser.PROXYSTR": "attribute bytes",
     "twisted.protocols.haproxy._v1parser:V1Parser.parse": "(cls, line: 'bytes') -> '_info.ProxyInfo' sha256:16dc561b83b151803d4687c6b7953af47e5b9f9beb392ad035ab546df16c5579",
     "twisted.protocols.haproxy._v2parser:V2Parser.PREFIX": "attribute bytes",
     "twisted.protocols.haproxy._v2parser:V2Parser.parse": "(cls, line: 'bytes') -> '_info.ProxyInfo' sha256:95b5990be4008b5fc1f9ef558f88c0a5cf7a7b63b467c17d710f8a498980f616",
+    "twisted.python.context:ContextTracker.callWithContext": "(self, newContext, func, *args, **kw) sha256:c17a3f4bb097dffb6eaea306ff9e2de261feeb1f69ea0f3dc78330632c0050ab",
+    "twisted.python.log:callWithContext": "(ctx, func, *args, **kw) sha256:c44b5124f288e82f638d7b5df72759ed0f71d4891c70c14aacd893eff5615047",
+    "twisted.python.log:callWithLogger": "(logger, func, *args, **kw) sha256:802f8564bca3531fe46ea2098450b784ad60ff5bf0365c9fb06dda1c7ff668a6",
 }
 # --- end of RECORDED ---
 
@@ -431,6 +458,7 @@ def test_the_private_name_scan_finds_what_the_adapter_does() -> None:
         "imports twisted.protocols.haproxy._v2parser.V2Parser",
         "reads ._port",
         "reads ._interface",
+        "reads ._writeDisconnecting",
     ]
     assert private_twisted_names(text, conch=True) == []
     before = (

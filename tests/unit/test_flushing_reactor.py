@@ -1,0 +1,348 @@
+"""FlushingReactor (conchcmd.core.twistedprivate), the reactor `serve` runs, against Twisted's epoll
+reactor on loopback: the same bytes, the same callbacks in the same order, the same legacy log
+context, with the replies sent without waiting for EPOLLOUT; back-pressure unchanged when the
+socket is full; a flush whose callbacks schedule a call does not make the poll wait past it."""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import protocol
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import globalLogPublisher
+from twisted.python import log as legacy_log
+from zope.interface import implementer
+
+from conchcmd.core.twistedprivate import FlushingReactor
+
+REPO = Path(__file__).resolve().parents[2]
+GUARD = 30.0  # seconds: a run that has not ended by then failed (its reactor is stopped)
+
+
+class CountingPoller:
+    """An epoll object that counts the registrations asking for EPOLLOUT."""
+
+    def __init__(self, poller: Any, run: Run):
+        self.poller, self.run = poller, run
+
+    def register(self, fd: int, flags: int) -> None:
+        self.run.epoll_writers += bool(flags & select.EPOLLOUT)
+        self.poller.register(fd, flags)
+
+    def modify(self, fd: int, flags: int) -> None:
+        self.run.epoll_writers += bool(flags & select.EPOLLOUT)
+        self.poller.modify(fd, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.poller, name)
+
+
+class Run:
+    """One reactor serving `make_protocol` on 127.0.0.1, and a blocking client in a thread."""
+
+    def __init__(self, reactor_class: type[EPollReactor], make_protocol: Callable[[Run], protocol.Protocol]):
+        self.reactor = reactor_class()
+        self.events: list[str] = []
+        self.epoll_writers = 0  # accepted connections registered for EPOLLOUT
+        self.guard_fired = False
+        factory = protocol.Factory.forProtocol(lambda: make_protocol(self))
+        self.port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self._count_epoll_writers()
+
+    def _count_epoll_writers(self) -> None:
+        """Counts the requests to epoll for EPOLLOUT (only accepted connections write here: Twisted
+        asks for each reply, FlushingReactor only for what the socket did not take)."""
+        self.reactor._poller = CountingPoller(self.reactor._poller, self)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port.getHost().port)
+
+    def stop(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def run(self, client: Callable[[socket.socket], Any]) -> Any:
+        """Run the reactor until something stops it (or GUARD passes); returns what `client`
+        returned, having run it in a thread against the server."""
+        result: list[Any] = []
+        failure: list[BaseException] = []
+
+        def in_thread() -> None:
+            try:
+                with socket.socket() as s:
+                    s.settimeout(GUARD)
+                    # a fixed receive buffer (no autotuning): bulk output fills it, and the socket
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                    s.connect(self.address)
+                    result.append(client(s))
+            except BaseException as e:
+                failure.append(e)
+            finally:
+                self.reactor.callFromThread(self.stop)
+
+        def guard() -> None:
+            self.guard_fired = True
+            self.stop()
+
+        self.reactor.callLater(GUARD, guard)
+        thread = threading.Thread(target=in_thread)
+        self.reactor.callWhenRunning(thread.start)
+        self.reactor.run(installSignalHandlers=False)
+        thread.join(GUARD)
+        self.port.stopListening()
+        self.reactor._poller.close()  # (the CountingPoller passes it on)
+        if failure:
+            raise failure[0]
+        assert not self.guard_fired
+        return result[0]
+
+
+def read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        assert chunk, data
+        data += chunk
+    return data
+
+
+class Replies(protocol.Protocol):
+    """Several writes per message (one from a timed call), legacy log lines, and a close that
+    waits for the buffer to drain."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def connectionMade(self) -> None:
+        self.run.events.append("made")
+        self.transport.write(b"hello\n")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.events.append(f"data {data!r}")
+        legacy_log.msg(f"received {data!r}")
+        write = self.transport.write  # type: ignore[union-attr]
+        for line in data.split(b"\n"):
+            if line == b"bye":
+                write(b"bye\n" * 3)
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            elif line:
+                write(b"<" + line)
+                write(b">\n")
+                self.run.reactor.callLater(0, self.later, line)
+
+    def later(self, line: bytes) -> None:
+        self.run.events.append(f"later {line!r}")
+        self.transport.write(b"later " + line + b"\n")  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any) -> None:
+        legacy_log.msg("lost")
+        self.run.events.append(f"lost {reason.type.__name__}")
+
+
+def exchange(s: socket.socket) -> bytes:
+    got = read_exactly(s, len(b"hello\n"))
+    for word in (b"one", b"two", b"three"):
+        s.sendall(word + b"\n")
+        got += read_exactly(s, len(b"<%s>\nlater %s\n" % (word, word)))
+    s.sendall(b"four\nbye\n")
+    return got + read_all(s)
+
+
+def logged_systems(run_it: Callable[[], Any]) -> tuple[Any, list[tuple[str, str]]]:
+    """What run_it returns, and (text, system) of the legacy log lines written meanwhile."""
+    seen: list[tuple[str, str]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "log_system" in event and event.get("message") and event["message"][0].startswith(("received", "lost")):
+            seen.append((" ".join(event["message"]), event["log_system"]))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        return run_it(), seen
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def test_the_same_bytes_callbacks_and_log_context_as_twisteds_reactor_without_epollout() -> None:
+    outcomes = {}
+    for reactor_class in (EPollReactor, FlushingReactor):
+        run = Run(reactor_class, Replies)
+        received, logged = logged_systems(lambda run=run: run.run(exchange))  # type: ignore[misc]
+        outcomes[reactor_class.__name__] = (received, run.events, logged, run.epoll_writers)
+    twisted, flushing = outcomes["EPollReactor"], outcomes["FlushingReactor"]
+    # "later four": written by a timed call after loseConnection, sent before the close as Twisted does
+    expected = b"hello\n<one>\nlater one\n<two>\nlater two\n<three>\nlater three\n<four>\nbye\nbye\nbye\nlater four\n"
+    assert twisted[0] == flushing[0] == expected
+    assert flushing[1] == twisted[1]
+    assert flushing[1][0] == "made" and flushing[1][-1] == "lost ConnectionDone"
+    # the legacy log lines carry the connection's logPrefix as their system, as under Twisted's
+    assert flushing[2] == twisted[2]
+    assert [system for _, system in flushing[2]] == ["Replies,0,127.0.0.1"] * len(flushing[2])
+    assert ("lost", "Replies,0,127.0.0.1") in flushing[2]
+    # Twisted waits for EPOLLOUT for each reply; the flushing reactor only for the close
+    assert twisted[3] >= 5
+    assert flushing[3] == 1
+
+
+TOTAL = 16 * 1024 * 1024  # more than loopback's socket buffers hold: the socket fills
+CHUNK = 64 * 1024
+
+
+def chunk(offset: int) -> bytes:
+    """Chunks that differ (a lost, repeated or reordered one shows)."""
+    return (offset // CHUNK).to_bytes(8, "big") * (CHUNK // 8)
+
+
+@implementer(IPushProducer)
+class Bulk(protocol.Protocol):
+    """Writes TOTAL bytes as a streaming producer: stops when TCP pauses it, goes on when it
+    resumes, as ServerTransport does with its channels. `full` is set once the socket has refused
+    bytes, and says whether the connection then waited for EPOLLOUT."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.sent = 0
+        self.paused = False
+        self.pauses = 0
+        self.full: threading.Event = run.full  # type: ignore[attr-defined]
+        self.waiting_for_epollout = False
+
+    def connectionMade(self) -> None:
+        self.run.bulk = self  # type: ignore[attr-defined]
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.produce()
+
+    def produce(self) -> None:
+        while not self.paused and self.sent < TOTAL:
+            self.transport.write(chunk(self.sent))  # type: ignore[union-attr]
+            self.sent += CHUNK
+        if self.sent >= TOTAL and not self.paused:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+        if self.pauses == 1:
+            self.check_full()
+
+    def check_full(self) -> None:
+        """Between turns of the loop, until the socket has refused bytes (which stay in Twisted's buffer)."""
+        t: Any = self.transport
+        if len(t.dataBuffer) > t.offset:
+            self.waiting_for_epollout = t.fileno() in self.run.reactor._writes
+            self.full.set()
+        else:
+            self.run.reactor.callLater(0.01, self.check_full)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.produce()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+@pytest.mark.parametrize("reactor_class", [EPollReactor, FlushingReactor])
+def test_a_full_socket_pauses_the_producer_and_every_byte_arrives_in_order(reactor_class: type[EPollReactor]) -> None:
+    run = Run(reactor_class, Bulk)
+    run.full = threading.Event()  # type: ignore[attr-defined]
+
+    def slow_reader(s: socket.socket) -> bytes:
+        s.sendall(b"go")
+        assert run.full.wait(GUARD)  # type: ignore[attr-defined]
+        return read_all(s)
+
+    received = run.run(slow_reader)
+    bulk: Bulk = run.bulk  # type: ignore[attr-defined]
+    assert bulk.pauses >= 1
+    assert bulk.waiting_for_epollout  # what the socket could not take waited for EPOLLOUT
+    assert len(received) == TOTAL
+    assert received == b"".join(chunk(offset) for offset in range(0, TOTAL, CHUNK))
+
+
+@implementer(IPushProducer)
+class ResumeFromTimedCall(protocol.Protocol):
+    """A timed call writes enough to pause itself as a producer; the flush before the poll sends
+    it all and resumes it, and the resumed producer schedules a call, which must run at once, not
+    when the poll would otherwise have timed out."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.reactor.callLater(0, self.answer)
+
+    def answer(self) -> None:
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.transport.write(b"a" * CHUNK)  # type: ignore[union-attr]
+        self.transport.write(b"b" * CHUNK)  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.run.events.append("paused")
+
+    def resumeProducing(self) -> None:
+        self.run.events.append("resumed")
+        self.run.reactor.callLater(0, self.after_resume)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def after_resume(self) -> None:
+        self.run.events.append("after resume")
+        self.run.stop()
+
+
+@pytest.mark.parametrize("reactor_class", [EPollReactor, FlushingReactor])
+def test_a_call_scheduled_by_a_flush_runs_without_waiting_for_the_poll(reactor_class: type[EPollReactor]) -> None:
+    run = Run(reactor_class, ResumeFromTimedCall)
+    release = threading.Event()
+
+    def client(s: socket.socket) -> bytes:
+        s.sendall(b"?")
+        got = read_exactly(s, 2 * CHUNK)
+        release.wait(GUARD)  # the client thread's own stop comes only after the reactor stopped
+        return got
+
+    run.reactor.addSystemEventTrigger("after", "shutdown", release.set)
+    assert run.run(client) == b"a" * CHUNK + b"b" * CHUNK
+    assert run.events == ["paused", "resumed", "after resume"]
+
+
+def test_serve_installs_the_flushing_reactor_before_conch_imports_the_global_one() -> None:
+    """Conch's userauth imports Twisted's global reactor: `serve` must install its own first."""
+    script = (
+        "import sys\n"
+        "from conchcmd.core.reactor import install_reactor\n"
+        "reactor = install_reactor()\n"
+        "import conchcmd.edge.service\n"
+        "from twisted.internet import reactor as installed\n"
+        "print(type(reactor).__name__, installed is reactor)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO, timeout=60
+    ).stdout
+    assert out.split() == ["FlushingReactor", "True"]
+    source = (REPO / "conchcmd" / "edge" / "cli.py").read_text()
+    serve = source[source.index("def cmd_serve") :]
+    assert serve.index("install_reactor()") < serve.index("from conchcmd.edge.service import")
