@@ -125,3 +125,60 @@ def test_audit_record_written_directly_keeps_order_and_the_backlog_through_a_fai
     assert target.lines[0] == b'{"ts": "1970-01-01T00:00:00.000Z", "event": "one", "host": "h", "n": 1}\n'
     messages = [e["log_format"] for e in events if e.get("log_namespace") == "conchcmd.log"]
     assert len(messages) == 2 and "cannot be written" in messages[0] and "writable again" in messages[1]
+
+
+def test_fast_logger_emits_what_twisted_s_logger_emits(events: list[dict[str, Any]]) -> None:
+    from twisted.logger import Logger
+
+    from conchcmd.core.logtargets import FastLogger
+
+    fast, plain = FastLogger(namespace="conchcmd.log"), Logger(namespace="conchcmd.log")
+    for logger in (fast, plain):
+        logger.info("Cmd received from {user}@{peer} : {line}", user="u", peer="p", line="l")
+        logger.warn("warned {n}", n=1)
+        logger.emit(LogLevel.error, None, extra=True)
+    ours, theirs = events[:3], events[3:]
+    assert [{k: v for k, v in e.items() if k not in ("log_logger", "log_time")} for e in ours] == [
+        {k: v for k, v in e.items() if k not in ("log_logger", "log_time")} for e in theirs
+    ]
+    assert all(e["log_logger"] is fast for e in ours) and all(isinstance(e["log_time"], float) for e in ours)
+    trace: list[Any] = []
+    fast.info("traced", log_trace=trace)
+    assert trace[0] == (fast, fast.observer)
+    del events[:]
+    fast.emit("not a level", "x")  # type: ignore[arg-type]
+    assert events[-1]["log_level"] == LogLevel.critical and "invalid log level" in events[-1]["log_format"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    argv=st.lists(st.one_of(st.text(max_size=6), st.sampled_from(["-a", "sha1", "--json", "-", "--", "-j", "x"]))),
+)
+def test_parse_options_is_getopt_with_or_without_options(argv: list[str]) -> None:
+    import getopt
+
+    from conchcmd.commands.framework import UsageError, parse_options
+
+    try:
+        pairs, operands = getopt.gnu_getopt(list(argv), "a:j", ["algorithm=", "json"])
+    except getopt.GetoptError:
+        with pytest.raises(UsageError):
+            parse_options(argv, "a:j", ["algorithm=", "json"])
+        return
+    assert parse_options(argv, "a:j", ["algorithm=", "json"]) == (dict(pairs), operands)
+
+
+@settings(max_examples=300, deadline=None)
+@given(line=st.text(alphabet=" \t\r\nab'\"\\#$", max_size=12))
+def test_command_lines_split_as_shlex_splits_them(line: str) -> None:
+    import shlex
+
+    from conchcmd.commands.framework import UsageError, split_command_line
+
+    try:
+        expected = shlex.split(line, comments=False, posix=True)
+    except ValueError:
+        with pytest.raises(UsageError):
+            split_command_line(line)
+        return
+    assert split_command_line(line) == expected
