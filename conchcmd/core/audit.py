@@ -316,15 +316,14 @@ class AppendFile:
         if self._fd is None:
             self._fd = self._open()
         fd = self._fd
-        start = os.fstat(fd).st_size
         view = memoryview(line)
         try:
             while view:
                 view = view[os.write(fd, view) :]
         except OSError:
             if len(view) < len(line):
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)  # remove the partial line
+                with contextlib.suppress(OSError):  # remove the partial line (what was written of it)
+                    os.ftruncate(fd, os.fstat(fd).st_size - (len(line) - len(view)))
             self.close()
             raise
 
@@ -392,10 +391,11 @@ class AuditLog:
         if self._closed:
             raise ValueError("the audit log is closed")
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
-        entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+        ts = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         if self._host is not None:
-            entry["host"] = self._host
-        entry.update(fields)
+            entry = {"ts": ts, "event": event, "host": self._host, **fields}
+        else:
+            entry = {"ts": ts, "event": event, **fields}
         text = _JSON_UNSAFE.sub(_json_escape, _encode(entry))
         line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
         if not self._backlog and self._error is None:

@@ -182,3 +182,31 @@ def test_command_lines_split_as_shlex_splits_them(line: str) -> None:
             split_command_line(line)
         return
     assert split_command_line(line) == expected
+
+
+def test_a_partly_written_audit_line_is_removed_and_the_lines_before_it_stay(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from conchcmd.core import audit as audit_module
+
+    path = tmp_path / "audit.jsonl"
+    target = audit_module.AppendFile(str(path))
+    target.write(b'{"event": "first"}\n')
+    real_write = os.write
+    calls: list[int] = []
+
+    def half_then_full_disk(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit_module.os, "write", half_then_full_disk)
+    with pytest.raises(OSError):
+        target.write(b'{"event": "second", "padding": "' + b"x" * 100 + b'"}\n')
+    monkeypatch.undo()
+    assert path.read_bytes() == b'{"event": "first"}\n' and len(calls) == 2
+    target.write(b'{"event": "third"}\n')  # reopened: the log goes on after the failure
+    assert path.read_bytes() == b'{"event": "first"}\n{"event": "third"}\n'
