@@ -215,17 +215,25 @@ class Hasher:
         user: str = "",
     ) -> HashResult:
         # The user's own slot first: a user at their limit waits there, not in the shared queue.
+        # A free token is taken at once (no waiter can be queued while tokens are left): awaiting
+        # acquire()'s Deferred costs a Deferred and its await for each of the two.
         slots = self._slots_of(user)
-        try:
-            await slots.acquire()
-        except BaseException:  # cancelled while waiting for the user's slot
-            self._forget_if_idle(user, slots)
-            raise
-        try:
-            await self.semaphore.acquire()
-        except BaseException:
-            self._release(user, slots)
-            raise
+        if slots.tokens:
+            slots.tokens -= 1
+        else:
+            try:
+                await slots.acquire()
+            except BaseException:  # cancelled while waiting for the user's slot
+                self._forget_if_idle(user, slots)
+                raise
+        if self.semaphore.tokens:
+            self.semaphore.tokens -= 1
+        else:
+            try:
+                await self.semaphore.acquire()
+            except BaseException:
+                self._release(user, slots)
+                raise
         cancelled = threading.Event()
         work: defer.Deferred[HashResult]
         if self.bulk_runner is self.runner:
@@ -268,12 +276,13 @@ class ProgressLine:
         self.progress = [0, 0]
         self.started = clock.seconds()
         self.shown = False
-        self.loop = task.LoopingCall(self._draw)
-        self.loop.clock = clock
+        self.loop: task.LoopingCall | None = None  # only on a terminal
 
     def __enter__(self) -> list[int] | None:
         if not self.inv.interactive:
             return None
+        self.loop = task.LoopingCall(self._draw)
+        self.loop.clock = self.clock
         self.loop.start(PROGRESS_EVERY, now=False)
         return self.progress
 
@@ -290,7 +299,7 @@ class ProgressLine:
         self.inv.stdout.write(line.encode("utf-8", "surrogateescape"))
 
     def __exit__(self, *exc: object) -> None:
-        if self.loop.running:
+        if self.loop is not None and self.loop.running:
             self.loop.stop()
         if self.shown:
             self.inv.stdout.write(b"\r\x1b[K")

@@ -16,18 +16,17 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.core.audit import AuditSink, sanitise, terminal_safe
 from conchcmd.core.config import UserPolicy
-from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 
 # Re-exported for the command modules: the runners live in conchcmd.core.threads.
 from conchcmd.core.threads import BlockingRunner as BlockingRunner
 from conchcmd.core.threads import InlineRunner as InlineRunner
 
-log = Logger(namespace=LOG_NAMESPACE)
+log = FastLogger(namespace=LOG_NAMESPACE)
 
 
 ALL_PERMITTED = UserPolicy()
@@ -158,6 +157,11 @@ def parse_options(
     argv: Sequence[str], shortopts: str, longopts: Sequence[str] = ()
 ) -> tuple[dict[str, str], list[str]]:
     """getopt with GNU ordering; errors become UsageError. Returns ({opt: value}, operands)."""
+    for arg in argv:
+        if arg[:1] == "-":
+            break
+    else:
+        return {}, list(argv)  # no option anywhere: what getopt returns, without its calls
     try:
         pairs, operands = getopt.gnu_getopt(list(argv), shortopts, list(longopts))
     except getopt.GetoptError as e:
@@ -179,11 +183,12 @@ def parse_int(text: str, what: str, minimum: int, maximum: int) -> int:
 
 
 _WORD = re.compile(r"[^ \t\r\n]+")  # shlex.whitespace
+_QUOTING = re.compile("['\"\\\\]")  # what shlex treats specially: quotes and the backslash
 
 
 def split_command_line(line: str) -> list[str]:
     """Split a command line like a POSIX shell would, without expansion."""
-    if not any(c in line for c in "'\"\\"):
+    if _QUOTING.search(line) is None:
         return _WORD.findall(line)  # what shlex gives for a line without quotes or escapes, faster
     try:
         return shlex.split(line, comments=False, posix=True)
@@ -345,14 +350,16 @@ class Dispatcher:
                 if invocation.rule is not None:
                     rule.append(invocation.rule)
 
-        def interrupted(failure: Failure) -> Outcome:
-            failure.trap(defer.CancelledError)
-            return Outcome(ExitStatus.INTERRUPTED)
-
-        def crashed(failure: Failure) -> Outcome:
-            log.failure("Command {line} crashed", failure=failure, line=sanitise(line))
-            stderr.write(b"conchcmd: internal error\n")
-            return Outcome(ExitStatus.FAILED)
+        def ended(result: Outcome | Failure) -> Outcome:
+            # one callback for the three steps (interrupted, crashed, audited): one Deferred step
+            if isinstance(result, Failure):
+                if result.check(defer.CancelledError):
+                    result = Outcome(ExitStatus.INTERRUPTED)
+                else:
+                    log.failure("Command {line} crashed", failure=result, line=sanitise(line))
+                    stderr.write(b"conchcmd: internal error\n")
+                    result = Outcome(ExitStatus.FAILED)
+            return audited(result)
 
         def audited(outcome: Outcome) -> Outcome:
             if line.strip():
@@ -374,5 +381,5 @@ class Dispatcher:
             return outcome
 
         d = defer.Deferred.fromCoroutine(run())
-        d.addErrback(interrupted).addErrback(crashed).addCallback(audited)
+        d.addBoth(ended)
         return d

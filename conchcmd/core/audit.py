@@ -12,6 +12,7 @@ import stat
 import sys
 from collections import deque
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import IO, Any, Protocol
 
 from twisted.logger import Logger, LogLevel
@@ -33,6 +34,19 @@ _LOG_UNSAFE = re.compile(f"[{_REORDERING}]")
 _JSON_UNSAFE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+def _encode(entry: dict[str, Any]) -> str:
+    """json.dumps(entry, ensure_ascii=False), without the encoder object and the Python layers
+    dumps builds for each call (the C encoder it ends in, called directly, if there is one)."""
+    if c_make_encoder is None:
+        return _ENCODER.encode(entry)
+    e = _ENCODER
+    make = c_make_encoder({}, e.default, encode_basestring, None, e.key_separator, e.item_separator, False, False, True)
+    return "".join(make(entry, 0))
+
+
 def _json_escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
@@ -44,10 +58,12 @@ _NEEDS_ESCAPE = re.compile(f"[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff{_REORDERING}]"
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     """Make untrusted text safe to log: control characters, undecodable bytes, line separators
     and bidi controls become escapes."""
-    if isinstance(value, bytes):
+    if type(value) is not str and isinstance(value, bytes):  # (type() is no call for a profiler)
         value = value.decode("utf-8", "surrogateescape")
     head = value[:limit]
     if _NEEDS_ESCAPE.search(head) is None:
+        if head is value:  # CPython's slice of a whole str is the str itself: no len() needed
+            return head
         return head + "..." if len(value) > limit else head
     out = []
     for ch in value[:limit]:
@@ -98,12 +114,33 @@ class QuietLogger(Logger):
 
     Conch logs several info/debug lines per channel ("channel open", "sending close", ...);
     filtering them at the observer still costs their formatting and dispatch, ~25 us each.
-    Warnings and errors pass as usual.
+    Warnings and errors pass as usual, with the namespace and source Twisted's descriptor gives.
     """
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # Twisted's __get__ builds a Logger on every `self._log` (Conch reads it for each debug
+        # line): a tuple here, and the Logger only for what is not dropped.
+        return _QuietView((self, instance, owner))
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
         if level >= LogLevel.warn:
             super().emit(level, format, **kwargs)
+
+
+class _QuietView(tuple[QuietLogger, object, "type | None"]):
+    """A QuietLogger as seen through one object: debug and info do nothing; anything else goes
+    to the Logger Twisted's descriptor would have given (namespace of the class, that source)."""
+
+    __slots__ = ()
+
+    def debug(self, format: str | None = None, **kwargs: Any) -> None:
+        pass
+
+    def info(self, format: str | None = None, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(Logger.__get__(self[0], self[1], self[2]), name)
 
 
 class AuditSink(Protocol):
@@ -279,15 +316,14 @@ class AppendFile:
         if self._fd is None:
             self._fd = self._open()
         fd = self._fd
-        start = os.fstat(fd).st_size
         view = memoryview(line)
         try:
             while view:
                 view = view[os.write(fd, view) :]
         except OSError:
             if len(view) < len(line):
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)  # remove the partial line
+                with contextlib.suppress(OSError):  # remove the partial line (what was written of it)
+                    os.ftruncate(fd, os.fstat(fd).st_size - (len(line) - len(view)))
             self.close()
             raise
 
@@ -355,12 +391,22 @@ class AuditLog:
         if self._closed:
             raise ValueError("the audit log is closed")
         when = datetime.fromtimestamp(self._clock.seconds(), UTC)
-        entry = {"ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+        ts = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         if self._host is not None:
-            entry["host"] = self._host
-        entry.update(fields)
-        text = _JSON_UNSAFE.sub(_json_escape, json.dumps(entry, ensure_ascii=False))
+            entry = {"ts": ts, "event": event, "host": self._host, **fields}
+        else:
+            entry = {"ts": ts, "event": event, **fields}
+        text = _JSON_UNSAFE.sub(_json_escape, _encode(entry))
         line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
+        if not self._backlog and self._error is None:
+            try:  # the usual case: nothing waiting, write this one (the loop below, without the queue)
+                self._target.write(line)
+                return
+            except OSError as e:
+                self._backlog.append(line)
+                self._backlog_bytes += len(line)
+                self._failed(e)
+                return
         self._backlog.append(line)
         self._backlog_bytes += len(line)
         while len(self._backlog) > 1 and (len(self._backlog) > BACKLOG_RECORDS or self._backlog_bytes > BACKLOG_BYTES):

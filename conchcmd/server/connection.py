@@ -29,6 +29,11 @@ log = Logger(namespace=LOG_NAMESPACE)
 #: real clients offer 16 KiB (PuTTY) to 32 KiB (OpenSSH's CHAN_SES_PACKET_DEFAULT).
 MIN_CHANNEL_PACKET = 1024
 EXIT_STATUS = NS(b"exit-status") + b"\0"  # the request's name, want-reply false
+#: How long the reply to an exec or shell request, and the command's first output, may wait for
+#: the exit status, to leave with it (one write and one wake-up of the client instead of two or
+#: three): a quick command's whole answer is then one flight. Nothing of the channel overtakes it.
+REPLY_HOLD = 0.01
+HOLD_BYTES = 32 * 1024  # output held with the reply at most; more is sent at once
 MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
 
 
@@ -161,12 +166,17 @@ class ConnectionService(QuietConnection):
             return
         request_type, rest = getNS(packet[4:])
         want_reply = [rest[:1] not in (b"", b"\0")]
+        if chan.held_flight is not None:
+            self.release_flight(chan)  # a reply owed to an earlier request goes first
 
-        def reply(ok: bool) -> None:
+        def reply(ok: bool, begins: bool = False) -> None:
             remote = self.localToRemoteChannel.get(local_id)
             if want_reply[0] and remote is not None:
                 want_reply[0] = False  # one answer, even if starting the command then raises
                 message = connection.MSG_CHANNEL_SUCCESS if ok else connection.MSG_CHANNEL_FAILURE
+                if ok and begins:  # sent with what the command sends first (REPLY_HOLD)
+                    chan.held_flight, chan.held_bytes = [(message, struct.pack(">L", remote))], 0
+                    return
                 self.transport.sendPacket(message, struct.pack(">L", remote))
 
         try:
@@ -179,20 +189,87 @@ class ConnectionService(QuietConnection):
                 peer=self.transport.peer,
             )
             reply(False)
+        flight = chan.held_flight
+        if flight is not None:
+            if len(flight) > 1:
+                self.release_flight(chan)  # output already (a shell's prompt): it waits no longer
+            elif chan.reply_timer is None:
+                chan.reply_timer = chan.context.clock.callLater(REPLY_HOLD, self._flight_due, chan)
+
+    def _flight_due(self, chan: SessionChannel) -> None:
+        chan.reply_timer = None
+        self.release_flight(chan)
+
+    def _take_flight(self, chan: SessionChannel) -> list[tuple[int, bytes]] | None:
+        """The packets held for the channel (its reply first), no longer held; None if there are
+        none, or if the channel is gone (nothing more is sent for it)."""
+        flight, chan.held_flight = chan.held_flight, None
+        timer, chan.reply_timer = chan.reply_timer, None
+        if timer is not None:
+            timer.cancel()
+        return flight if flight is not None and chan in self.channelsToRemoteChannel else None
+
+    def release_flight(self, chan: SessionChannel) -> None:
+        """Send what is held for the channel (see REPLY_HOLD) now, in one write: before any other
+        packet of the channel, once output passes HOLD_BYTES, or once REPLY_HOLD has passed."""
+        flight = self._take_flight(chan)
+        if flight is not None:
+            self.transport.send_packets(flight)
+
+    # While a flight is held, the channel's output joins it, and any other packet of the channel
+    # sends it first: the order on the wire is the order the packets were made in.
+
+    def sendData(self, channel: Any, data: bytes) -> None:
+        flight = channel.held_flight
+        if flight is None or channel.localClosed:
+            super().sendData(channel, data)
+            return
+        remote = self.channelsToRemoteChannel[channel]
+        flight.append((connection.MSG_CHANNEL_DATA, struct.pack(">L", remote) + NS(data)))
+        channel.held_bytes += len(data)
+        if channel.held_bytes >= HOLD_BYTES:
+            self.release_flight(channel)
+
+    def sendExtendedData(self, channel: Any, dataType: int, data: bytes) -> None:
+        flight = channel.held_flight
+        if flight is None or channel.localClosed:
+            super().sendExtendedData(channel, dataType, data)
+            return
+        remote = self.channelsToRemoteChannel[channel]
+        flight.append((connection.MSG_CHANNEL_EXTENDED_DATA, struct.pack(">2L", remote, dataType) + NS(data)))
+        channel.held_bytes += len(data)
+        if channel.held_bytes >= HOLD_BYTES:
+            self.release_flight(channel)
+
+    def sendEOF(self, channel: Any) -> None:
+        if channel.held_flight is not None:
+            self.release_flight(channel)
+        super().sendEOF(channel)
+
+    def sendClose(self, channel: Any) -> None:
+        if channel.held_flight is not None:
+            self.release_flight(channel)
+        super().sendClose(channel)
+
+    def sendRequest(self, channel: Any, requestType: bytes, data: bytes, wantReply: int = 0) -> Any:
+        if channel.held_flight is not None:
+            self.release_flight(channel)
+        return super().sendRequest(channel, requestType, data, wantReply)
 
     def send_exit(self, channel: SessionChannel, status: int) -> None:
-        """EOF, exit-status and CLOSE for a channel, in one write (Conch's sendEOF, sendRequest
-        and sendClose: three writes and three log calls), then the channel counts as closed here."""
+        """EOF, exit-status and CLOSE for a channel, in one write with what is held for it (Conch's
+        sendEOF, sendRequest and sendClose: three writes and three log calls), then the channel
+        counts as closed here."""
         if channel.localClosed:
             return
         remote = struct.pack(">L", self.channelsToRemoteChannel[channel])
-        self.transport.send_packets(
-            [
-                (connection.MSG_CHANNEL_EOF, remote),
-                (connection.MSG_CHANNEL_REQUEST, remote + EXIT_STATUS + struct.pack(">L", status & 0xFFFFFFFF)),
-                (connection.MSG_CHANNEL_CLOSE, remote),
-            ]
-        )
+        flight = self._take_flight(channel) if channel.held_flight is not None else None
+        end = [
+            (connection.MSG_CHANNEL_EOF, remote),
+            (connection.MSG_CHANNEL_REQUEST, remote + EXIT_STATUS + struct.pack(">L", status & 0xFFFFFFFF)),
+            (connection.MSG_CHANNEL_CLOSE, remote),
+        ]
+        self.transport.send_packets(end if flight is None else flight + end)
         channel.closing = channel.localClosed = True
         if channel.remoteClosed:
             self.channelClosed(channel)
@@ -252,6 +329,8 @@ class ConnectionService(QuietConnection):
     def grant_window(self, channel: SessionChannel, bytes_to_add: int) -> None:
         """Open a session channel's window by what its account can take (see update_window)."""
         if not self._stopping:  # closing channels free budget; the others need no window now
+            if channel.held_flight is not None:
+                self.release_flight(channel)
             super().adjustWindow(channel, bytes_to_add)
 
     _stopping = False

@@ -18,7 +18,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from twisted.conch.ssh import connection
 from twisted.conch.ssh.common import getNS
@@ -192,6 +192,11 @@ class SessionChannel(QuietChannel):
     """One `session` channel: at most one exec or shell, its own state and exit status."""
 
     name = b"session"
+    #: The packets the connection holds for this channel (the reply to its exec or shell request,
+    #: then the command's first output) until the exit status or REPLY_HOLD (server.connection).
+    held_flight: list[tuple[int, bytes]] | None = None
+    held_bytes = 0  # output in held_flight
+    reply_timer: Any = None  # the IDelayedCall that sends held_flight at the latest
 
     def __init__(self, context: SessionContext, make_handler: HandlerFactory, **kwargs: Any):
         budget = context.budget
@@ -287,16 +292,17 @@ class SessionChannel(QuietChannel):
             )
             return 0
 
-    def answer_request(self, requestType: bytes, data: bytes, reply: Callable[[bool], None]) -> None:
-        """Handle a request and answer it with `reply` (which queues the reply packet, if the
-        client wants one); an exec or shell it begins starts right after, in the same turn, so
-        its output and exit status follow the reply on the wire."""
+    def answer_request(self, requestType: bytes, data: bytes, reply: Callable[[bool, bool], None]) -> None:
+        """Handle a request and answer it with `reply(ok, begins)` (which queues the reply
+        packet, if the client wants one; `begins`: an exec or shell starts, the connection may hold
+        the reply for the command's first packets); the command starts right after, in the same
+        turn, so its output and exit status follow the reply on the wire."""
         self._answering = True
         try:
             ok = self.requestReceived(requestType, data)
         finally:
             self._answering = False
-        reply(bool(ok))
+        reply(bool(ok), self._start_pending)
         if self._start_pending:
             self._start_pending = False
             self._start_handler()
@@ -350,8 +356,7 @@ class SessionChannel(QuietChannel):
         """The connection, as flow control sees it: Conch types `conn` as its SSHConnection, the
         channel relies on ChannelConnection (ConnectionService implements it, mypy checks that
         in server.py)."""
-        assert self.conn is not None, "a channel in use always has its connection"
-        return cast(ChannelConnection, self.conn)
+        return self.conn  # type: ignore[return-value]  # (typing.cast is a call per use)
 
     @property
     def busy(self) -> bool:
@@ -523,6 +528,10 @@ class SessionChannel(QuietChannel):
         if self._gone:
             return
         self._gone = True
+        self.held_flight = None  # nothing more is sent on a closed channel
+        timer, self.reply_timer = self.reply_timer, None
+        if timer is not None:
+            timer.cancel()
         self._queue.clear()
         self._queued = 0
         self._early_input.clear()

@@ -5,6 +5,7 @@ formats, Twisted's `{f()}` call syntax, tracebacks, times at second boundaries, 
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -26,6 +28,7 @@ from conchcmd.core.logtargets import (
     _TIME_FORMAT,
     AUTH_LOG_NAMESPACE,
     LOG_NAMESPACE,
+    ClassicFileObserver,
     ClassicLines,
     LevelFilter,
     filtered,
@@ -159,6 +162,45 @@ LINES: dict[str, ClassicLines] = {}
 def test_classic_lines_are_twisted_s_lines(zone: str, event: dict[str, Any]) -> None:
     lines = LINES.setdefault(zone, ClassicLines(_TIME_FORMAT))
     assert lines(dict(event)) == twisted_line(dict(event))
+
+
+#: One observer pair per time zone, kept across examples: the fast path needs a stamped second.
+OBSERVERS: dict[str, tuple[io.StringIO, ClassicFileObserver, io.StringIO, FileLogObserver]] = {}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(event=events(), again=st.floats(min_value=0, max_value=0.9))
+def test_the_stdout_observer_writes_what_file_log_observer_with_classic_lines_writes(
+    zone: str, event: dict[str, Any], again: float
+) -> None:
+    """ClassicFileObserver's one-step path against the general one, for each event and for the
+    same event a moment later in the same second (the usual case: the timestamp is cached)."""
+    if zone not in OBSERVERS:
+        mine_out, theirs_out = io.StringIO(), io.StringIO()
+        OBSERVERS[zone] = (mine_out, ClassicFileObserver(mine_out, _TIME_FORMAT), theirs_out,
+                           FileLogObserver(theirs_out, ClassicLines(_TIME_FORMAT)))  # fmt: skip
+    mine_out, mine, theirs_out, theirs = OBSERVERS[zone]
+    later = dict(event)
+    when = event.get("log_time")
+    if isinstance(when, float) and when >= 0:
+        later["log_time"] = int(when) + min(when - int(when) + again, 0.9999)
+    for e in (event, later, later):
+        start_mine, start_theirs = mine_out.tell(), theirs_out.tell()
+        mine(dict(e))
+        theirs(dict(e))
+        assert mine_out.getvalue()[start_mine:] == theirs_out.getvalue()[start_theirs:]
+
+
+def test_the_usual_line_takes_the_one_step_path_and_reads_as_twisted_s() -> None:
+    out = io.StringIO()
+    observer = ClassicFileObserver(out, _TIME_FORMAT)
+    when = 1_764_453_045.25
+    event = {"log_format": "Cmd from {user}\nnext", "user": "u", "log_time": when, "log_level": LogLevel.info}
+    event["log_namespace"] = LOG_NAMESPACE
+    observer(dict(event))  # the general path stamps the second ...
+    observer.formatEvent = None  # type: ignore[assignment]  # ... and the next line does without it
+    observer(dict(event, log_time=when + 0.5))
+    assert out.getvalue() == twisted_line(event) * 2  # type: ignore[operator]
 
 
 @settings(max_examples=300, deadline=None)

@@ -102,3 +102,58 @@ def test_abandonable_hands_a_late_outcome_to_late_and_drops_it() -> None:
     gone.addErrback(lambda _: None)
     failing.errback(ValueError("late failure"))
     assert failing.result is None  # dropped, not an unhandled error in the log
+
+
+def test_jobs_run_at_once_up_to_the_pool_s_size_and_their_outcomes_arrive() -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=3, name="lean")
+    pool.start()
+    try:
+        runner = ThreadRunner(ThreadedReactor(), pool)
+        gate = threading.Event()
+        started = threading.Semaphore(0)
+
+        def held(n: int) -> int:
+            started.release()
+            assert gate.wait(10)
+            return n
+
+        outcomes: list[Any] = []
+        for n in range(5):
+            runner.run(held, n).addBoth(outcomes.append)
+        for _ in range(3):  # three at once: the pool's size ...
+            assert started.acquire(timeout=10)
+        assert not started.acquire(timeout=0.2)  # ... and no more (the other two wait their turn)
+        gate.set()
+        for _ in range(2):
+            assert started.acquire(timeout=10)
+        failed: list[Any] = []
+        done = threading.Event()
+        runner.run(lambda: 1 // 0).addErrback(lambda f: (failed.append(f), done.set()))
+        assert done.wait(10)
+        assert failed[0].check(ZeroDivisionError)
+        for _ in range(100):
+            if len(outcomes) == 5:
+                break
+            threading.Event().wait(0.05)
+        assert sorted(outcomes) == [0, 1, 2, 3, 4]
+    finally:
+        pool.stop()
+
+
+def test_an_idle_worker_gives_its_thread_back_and_a_stopped_pool_runs_nothing() -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="linger")
+    pool.start()
+    try:
+        first = ThreadRunner(ThreadedReactor(), pool)
+        first.LINGER = 0.1  # type: ignore[misc]
+        assert run_in(first, lambda: "a") == "a"
+        # The only thread is first's worker until it has waited LINGER: then the other runner's
+        # job gets it (it would wait for ever if the worker kept the thread).
+        assert run_in(ThreadRunner(ThreadedReactor(), pool), lambda: "b") == "b"
+        assert run_in(first, lambda: "c") == "c"
+    finally:
+        pool.stop()  # returns: waiting workers see the pool stopped within POLL
+    ran: list[str] = []
+    late = first.run(lambda: ran.append("ran"))
+    threading.Event().wait(0.2)
+    assert not late.called and ran == []
