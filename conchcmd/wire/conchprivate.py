@@ -56,7 +56,10 @@ class KexState:
 
     def held_by_kex(self, messageType: int) -> bool:
         """Whether a message of this type must wait for the key exchange under way to end."""
-        return not self.kex_idle() and not self._allowedKeyExchangeMessageType(messageType)
+        # kex_idle() inline: this is asked for every packet sent
+        return self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(
+            messageType
+        )
 
     def hold_for_kex(self, messageType: int, payload: bytes) -> None:
         """Queue a message until NEWKEYS (Conch sends the queue in `_newKeys`)."""

@@ -42,6 +42,9 @@ MARKERS = (STRICT_KEX_SERVER, STRICT_KEX_CLIENT, EXT_INFO_CLIENT, EXT_INFO_SERVE
 REKEY_BYTES = 1 << 30
 REKEY_SECONDS = 3600.0
 MAX_PACKET = 256 * 1024 + 1024
+#: RFC 4253 6.1: every implementation must take packets of 35000 bytes in all; no packet-size
+#: limit (`max_packet_size`) is below this packet length, which therefore needs no look-up.
+PACKET_LIMIT_FLOOR = 32768
 #: A client may start at most REKEY_BURST key exchanges within REKEY_WINDOW seconds that follow
 #: less than REKEY_FREE_BYTES of traffic since the previous one (rekeys a real client makes after
 #: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
@@ -119,6 +122,7 @@ class ModernFraming(KexState):
     transport: Any
     factory: Any  # has a `clock` (IReactorTime), which times the rekey after REKEY_SECONDS
     buf: bytes
+    gotVersion: bool
     incomingPacketSequence: int
     outgoingPacketSequence: int
     supportedKeyExchanges: list[bytes]
@@ -133,6 +137,7 @@ class ModernFraming(KexState):
         return float(self.clock.seconds())
 
     def max_packet_size(self) -> int:
+        """The largest packet length taken now (never below PACKET_LIMIT_FLOOR)."""
         return MAX_PACKET
 
     def connectionMade(self) -> None:
@@ -189,16 +194,16 @@ class ModernFraming(KexState):
         if self._dead:
             return
         codec = self._out_codec
-        packet = pad(bytes((messageType,)) + payload, codec, self._padding.take)
-        data = codec.seal(self.outgoingPacketSequence, packet)
+        data = codec.seal(self.outgoingPacketSequence, pad(bytes((messageType,)) + payload, codec, self._padding.take))
         self.transport.write(data)
-        self.bytes_sent += len(data)
+        size = len(data)
+        self.bytes_sent += size
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
         if messageType == transport.MSG_NEWKEYS:
             self._out_codec = self.nextEncryptions.outgoing
             if self.strict_kex:
                 self.outgoingPacketSequence = 0
-        self._count(len(data))
+        self._count(size)
 
     def send_packets(self, messages: list[tuple[int, bytes]]) -> None:
         """Send several packets, in order, with one write to the connection (a channel's EOF,
@@ -221,22 +226,26 @@ class ModernFraming(KexState):
         if self._dead:
             return None  # Conch's read loop would go on dispatching what the same read brought
         codec = self._in_codec
-        if self._pending_length is None:
-            head = codec.head_size()
-            if len(self.buf) < head:
+        buf = self.buf
+        length = self._pending_length
+        if length is None:
+            head = codec.head
+            if len(buf) < head:
                 return None
-            length = codec.packet_length(self.incomingPacketSequence, self.buf[:head])
-            limit = self.max_packet_size()
+            length = codec.packet_length(self.incomingPacketSequence, buf[:head])
             aligned = length if codec.length_excluded else length + 4
-            if length > limit or length < 5 or aligned % max(codec.block_size, 8):
-                reason = f"packet larger than {limit} bytes" if length > limit else f"bad packet length {length}"
-                self.packet_error(reason)
-                return None
+            # A length within RFC 4253's minimum that every limit allows needs no look-up of it.
+            if length > PACKET_LIMIT_FLOOR or length < 5 or aligned % codec.align:
+                limit = self.max_packet_size()
+                if length > limit or length < 5 or aligned % codec.align:
+                    reason = f"packet larger than {limit} bytes" if length > limit else f"bad packet length {length}"
+                    self.packet_error(reason)
+                    return None
+        total = 4 + length + codec.tag_size
+        if len(buf) < total:
             self._pending_length = length
-        total = 4 + self._pending_length + codec.tag_size
-        if len(self.buf) < total:
             return None
-        data, self.buf = self.buf[:total], self.buf[total:]
+        data, self.buf = buf[:total], buf[total:]
         self._pending_length = None
         try:
             packet = codec.open(self.incomingPacketSequence, data)
@@ -244,12 +253,13 @@ class ModernFraming(KexState):
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(e).encode())
             return None
         padding = packet[4]
-        if padding < 4 or padding > len(packet) - 6:
+        end = len(packet) - padding
+        if padding < 4 or end < 6:
             self.packet_error(f"bad padding length {padding}")
             return None
         self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
         self._count(total)
-        return packet[5 : len(packet) - padding]
+        return packet[5:end]
 
     def packet_error(self, reason: str) -> None:
         """A packet that cannot be framed: the connection ends."""
@@ -262,12 +272,18 @@ class ModernFraming(KexState):
         self._dead = True  # nothing more is read or sent on this connection
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._dead:
+        if self._dead:
+            return
+        if not self.gotVersion:
             super().dataReceived(data)  # type: ignore[misc]
-            # The packets of this read are done: the codecs' per-burst state goes (an idle
-            # connection keeps no cipher contexts; the next burst rebuilds them).
-            self._in_codec.release()
-            self._out_codec.release()
+            return
+        # Conch's read loop, once the version line is in (Conch's dataReceived checks for it
+        # on every read, and takes each message number with an ord() call).
+        self.buf = self.buf + data
+        packet = self.getPacket()
+        while packet:
+            self.dispatchMessage(packet[0], packet[1:])
+            packet = self.getPacket()
 
     def _count(self, n: int) -> None:
         self._bytes_since_kex += n
@@ -275,7 +291,7 @@ class ModernFraming(KexState):
         if (
             self._first_kex_done
             and not self._dead
-            and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
+            and (self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds)
             and self.may_rekey()
             and self.kex_idle()
         ):
