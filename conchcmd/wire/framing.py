@@ -56,9 +56,10 @@ REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH:
 
 
 class RandomPool:
-    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~30 packets)."""
+    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~16 packets of
+    4-11 bytes of padding; what is left stays with an idle session, so the pool is small)."""
 
-    def __init__(self, size: int = 512):
+    def __init__(self, size: int = 128):
         self.size = size
         self.pool = b""
 
@@ -433,6 +434,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             self.sendDisconnect(
                 transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"invalid key exchange value: %s" % str(e)[:100].encode()
             )
+        # Conch's ECDH keeps its ephemeral public key (~0.4 KiB) for the connection's life; only
+        # this reply used it.
+        vars(self).pop("ecPub", None)
 
     def take_new_keys(self) -> None:
         # Both KEXINIT payloads served only this key exchange's hash, computed before our

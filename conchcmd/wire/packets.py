@@ -180,6 +180,9 @@ class _AesGcm(PacketCodec):
             raise BadPacket("bad GCM tag") from None
 
 
+_NO_LENGTH: tuple[int, bytes, bytes] = (-1, b"", b"")
+
+
 class _ChaCha20Poly1305(PacketCodec):
     """chacha20-poly1305@openssh.com: K_2 (first 32 bytes) seals the payload, K_1 the length.
 
@@ -195,7 +198,7 @@ class _ChaCha20Poly1305(PacketCodec):
     def __init__(self, key: bytes):
         self._main, self._header = chacha_context(key[:32]), chacha_context(key[32:64])
         #: (seq, plaintext length field, nonce) of the packet whose length was read last
-        self._length: tuple[int, bytes, bytes] = (-1, b"", b"")
+        self._length = _NO_LENGTH
 
     def seal(self, seq: int, packet: bytes) -> bytes:
         nonce = _COUNTER0 + seq.to_bytes(8, "big")
@@ -218,6 +221,7 @@ class _ChaCha20Poly1305(PacketCodec):
 
     def open(self, seq: int, data: bytes) -> bytes:
         known_seq, length, nonce = self._length
+        self._length = _NO_LENGTH  # an idle session keeps none
         if known_seq != seq:
             nonce = _COUNTER0 + seq.to_bytes(8, "big")
         main = self._main
