@@ -204,7 +204,12 @@ class ModernFraming(KexState):
             self._out_codec = self.nextEncryptions.outgoing
             if self.strict_kex:
                 self.outgoingPacketSequence = 0
-        self._count(size)
+        # _count(size), inline: this runs for every packet
+        self._bytes_since_kex += size
+        if self._first_kex_done and (
+            self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds
+        ):
+            self._rekey()
 
     def send_packets(self, messages: list[tuple[int, bytes]]) -> None:
         """Send several packets, in order, with one write to the connection (a channel's EOF,
@@ -228,10 +233,11 @@ class ModernFraming(KexState):
             return None  # Conch's read loop would go on dispatching what the same read brought
         codec = self._in_codec
         buf = self.buf
+        have = len(buf)
         length = self._pending_length
         if length is None:
             head = codec.head
-            if len(buf) < head:
+            if have < head:
                 return None
             length = codec.packet_length(self.incomingPacketSequence, buf[:head])
             aligned = length if codec.length_excluded else length + 4
@@ -243,7 +249,7 @@ class ModernFraming(KexState):
                     self.packet_error(reason)
                     return None
         total = 4 + length + codec.tag_size
-        if len(buf) < total:
+        if have < total:
             self._pending_length = length
             return None
         data, self.buf = buf[:total], buf[total:]
@@ -259,7 +265,12 @@ class ModernFraming(KexState):
             self.packet_error(f"bad padding length {padding}")
             return None
         self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
-        self._count(total)
+        # _count(total), inline: this runs for every packet
+        self._bytes_since_kex += total
+        if self._first_kex_done and (
+            self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds
+        ):
+            self._rekey()
         return packet[5:end]
 
     def packet_error(self, reason: str) -> None:
@@ -287,15 +298,18 @@ class ModernFraming(KexState):
             packet = self.getPacket()
 
     def _count(self, n: int) -> None:
+        """`n` more bytes went through: a key exchange starts if a limit is reached (sendPacket
+        and getPacket have this inline)."""
         self._bytes_since_kex += n
         # The limits first: they are rarely reached, and the phase and state checks cost calls.
-        if (
-            self._first_kex_done
-            and not self._dead
-            and (self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds)
-            and self.may_rekey()
-            and self.kex_idle()
+        if self._first_kex_done and (
+            self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds
         ):
+            self._rekey()
+
+    def _rekey(self) -> None:
+        """A traffic or time limit is reached: start a key exchange if this side may now."""
+        if not self._dead and self.may_rekey() and self.kex_idle():
             self._bytes_since_kex = 0
             self._keyed_at = self.now()
             self.sendKexInit()
@@ -374,6 +388,11 @@ class ModernFraming(KexState):
         self.conch_new_keys()
 
 
+#: (dispatch_phase()'s inputs, message number, strict KEX) -> (phase, verdict): pure functions of
+#: the key, a few thousand keys at most (four flags, three service names, 256 message numbers).
+_RULINGS: dict[tuple[bool, bool, bool, bool, bytes | None, int, bool], tuple[Phase, Verdict]] = {}
+
+
 class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
@@ -389,14 +408,29 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             first_kex_done=self._first_kex_done,
             peer_kexinit=self._peer_kexinit,
             keys_sent=self._peer_kexinit and self.nextEncryptions.keyed,
-            service=getattr(self.service, "name", None),
+            service=None if self.service is None else self.service.name,
         )
 
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
         # Every message goes through the dispatch policy (conchcmd.wire.dispatch) before Conch sees
-        # it: Conch acts on any message it has a method for, in any state.
-        phase = self.dispatch_phase()
-        verdict = decide(phase, messageNum, self.strict_kex)
+        # it: Conch acts on any message it has a method for, in any state. The ruling is looked up
+        # by what dispatch_phase() reads and the message: one dict look-up per message.
+        service = self.service
+        peer_kexinit = self._peer_kexinit
+        state = (
+            self._dead,
+            self._first_kex_done,
+            peer_kexinit,
+            peer_kexinit and self.nextEncryptions.keyed,
+            None if service is None else service.name,
+            messageNum,
+            self.strict_kex,
+        )
+        ruling = _RULINGS.get(state)
+        if ruling is None:
+            phase = self.dispatch_phase()
+            ruling = _RULINGS[state] = (phase, decide(phase, messageNum, self.strict_kex))
+        phase, verdict = ruling
         if verdict.action is Action.PROCESS:
             # Past ModernFraming's own strict-KEX check (the client's): the policy has decided.
             super(ModernFraming, self).dispatchMessage(messageNum, payload)
