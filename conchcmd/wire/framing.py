@@ -59,6 +59,8 @@ class RandomPool:
     """Random padding bytes from the OS, drawn a little at a time (one syscall per ~16 packets of
     4-11 bytes of padding; what is left stays with an idle session, so the pool is small)."""
 
+    __slots__ = ("pool", "size")
+
     def __init__(self, size: int = 128):
         self.size = size
         self.pool = b""
@@ -351,7 +353,9 @@ class ModernFraming(KexState):
                 return None
 
         def choose(ours: list[bytes], theirs: list[bytes]) -> bytes | None:
-            return ffs(ours, theirs) if self.isClient else ffs(theirs, ours)  # the client's order wins
+            name = ffs(ours, theirs) if self.isClient else ffs(theirs, ours)  # the client's order wins
+            # Our list's bytes object, not the peer's copy: each session keeps several names.
+            return None if name is None else ours[ours.index(name)]
 
         if self.isClient:
             enc_out, enc_in, mac_out, mac_in, comp_out, comp_in = enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc

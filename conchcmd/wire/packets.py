@@ -264,7 +264,10 @@ def pad(payload: bytes, codec: PacketCodec, random_bytes: Callable[[int], bytes]
 
 
 class CipherSuite:
-    """Both directions of one key exchange's outcome (what Conch calls SSHCiphers)."""
+    """Both directions of one key exchange's outcome (what Conch calls SSHCiphers); every
+    session keeps one, hence the slots."""
+
+    __slots__ = ("inCipType", "inMACType", "incoming", "keyed", "outCipType", "outMACType", "outgoing")
 
     def __init__(self, out_cipher: bytes, in_cipher: bytes, out_mac: bytes, in_mac: bytes):
         # Conch reads these names (isEncrypted, isVerified, logs). For AEAD the MAC is implicit.
@@ -273,6 +276,7 @@ class CipherSuite:
         self.inMACType = in_cipher if _is_aead(in_cipher) else in_mac
         self.outgoing: PacketCodec = PacketCodec()
         self.incoming: PacketCodec = PacketCodec()
+        self.keyed = False
 
     @classmethod
     def plain(cls) -> CipherSuite:
@@ -282,8 +286,6 @@ class CipherSuite:
     def encBlockSize(self) -> int:
         """Conch's client tests this to know whether keys are set yet."""
         return self.outgoing.block_size if self.keyed else 0
-
-    keyed = False
 
     def setKeys(self, outIV: bytes, outKey: bytes, inIV: bytes, inKey: bytes, outInteg: bytes, inInteg: bytes) -> None:
         self.keyed = True
