@@ -66,13 +66,14 @@ _BLOCK0 = bytes(64)
 #: OpenSSH's ChaCha20 nonce is the 64-bit sequence number after a 64-bit block counter; cryptography
 #: takes RFC 8439's 16 bytes (counter || nonce), the same bytes while the counter is below 2**32.
 _COUNTER0 = bytes(8)
+_NONCE0 = bytes(16)  # a context's first nonce (reset for each packet): one object, not one per context
 
 
 def chacha_context(key: bytes) -> Any:
     """A ChaCha20 keystream context for `key`, re-keyed per packet with `reset_nonce` (a stream
     cipher: decryptor() is the same keystream XOR as encryptor()). Building one costs ~25 Python
     calls (key and nonce checks, ABC isinstance checks) against 3 for a reset, and ~0.8 KiB."""
-    return Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).decryptor()
+    return Cipher(algorithms.ChaCha20(key, _NONCE0), mode=None).decryptor()
 
 
 class PacketCodec:
