@@ -331,10 +331,9 @@ class ServerTransport(ModernServerTransport):
 
     _held_bytes = 0  # payload bytes queued behind the key exchange in progress
 
-    def sendPacket(self, messageType: int, payload: bytes) -> None:
-        if self.held_by_kex(messageType):
-            self._held_bytes += len(payload)
-        super().sendPacket(messageType, payload)
+    def hold_for_kex(self, messageType: int, payload: bytes) -> None:
+        self._held_bytes += len(payload)
+        super().hold_for_kex(messageType, payload)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         fixed = [

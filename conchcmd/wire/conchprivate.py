@@ -56,7 +56,10 @@ class KexState:
 
     def held_by_kex(self, messageType: int) -> bool:
         """Whether a message of this type must wait for the key exchange under way to end."""
-        return not self.kex_idle() and not self._allowedKeyExchangeMessageType(messageType)
+        # kex_idle() inline: this is asked for every packet sent
+        return self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(
+            messageType
+        )
 
     def hold_for_kex(self, messageType: int, payload: bytes) -> None:
         """Queue a message until NEWKEYS (Conch sends the queue in `_newKeys`)."""
@@ -72,12 +75,37 @@ class KexState:
         self._newKeys()
 
 
+class ConchLog:
+    """A Conch class's `_log` whose debug and info events cost one call and go nowhere. Conch's
+    Logger is a descriptor: each `self._log` built a Logger, then QuietLogger weighed the level,
+    seven calls an event. Warnings and above go to a QuietLogger named as the descriptor names
+    them (the concrete class's dotted name), with no source object (no log line shows it)."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, namespace: str):
+        self._logger = QuietLogger(namespace)
+
+    def debug(self, format: str | None = None, **kwargs: Any) -> None:
+        """Dropped."""
+
+    def info(self, format: str | None = None, **kwargs: Any) -> None:
+        """Dropped."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)  # warn, error, failure, ...: as Conch's Logger
+
+
 class QuietTransportLog:
     """For a mixin placed before Conch's server transport: its `_log` without the debug and info
     lines of every connection ("NEW KEYS", "starting service", "connection lost"...), which
     `serve` filters out anyway, after they have cost their dispatch; warnings and errors pass."""
 
-    _log = QuietLogger()
+    _log: Any = ConchLog(f"{__name__}.QuietTransportLog")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._log = ConchLog(f"{cls.__module__}.{cls.__name__}")
 
 
 class UserAuthHooks(userauth.SSHUserAuthServer):

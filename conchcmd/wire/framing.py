@@ -42,6 +42,9 @@ MARKERS = (STRICT_KEX_SERVER, STRICT_KEX_CLIENT, EXT_INFO_CLIENT, EXT_INFO_SERVE
 REKEY_BYTES = 1 << 30
 REKEY_SECONDS = 3600.0
 MAX_PACKET = 256 * 1024 + 1024
+#: RFC 4253 6.1: every implementation must take packets of 35000 bytes in all; no packet-size
+#: limit (`max_packet_size`) is below this packet length, which therefore needs no look-up.
+PACKET_LIMIT_FLOOR = 32768
 #: A client may start at most REKEY_BURST key exchanges within REKEY_WINDOW seconds that follow
 #: less than REKEY_FREE_BYTES of traffic since the previous one (rekeys a real client makes after
 #: its RekeyLimit, 1 GiB or more by OpenSSH's default, are never counted); one more disconnects.
@@ -53,9 +56,12 @@ REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH:
 
 
 class RandomPool:
-    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~30 packets)."""
+    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~16 packets of
+    4-11 bytes of padding; what is left stays with an idle session, so the pool is small)."""
 
-    def __init__(self, size: int = 512):
+    __slots__ = ("pool", "size")
+
+    def __init__(self, size: int = 128):
         self.size = size
         self.pool = b""
 
@@ -119,6 +125,7 @@ class ModernFraming(KexState):
     transport: Any
     factory: Any  # has a `clock` (IReactorTime), which times the rekey after REKEY_SECONDS
     buf: bytes
+    gotVersion: bool
     incomingPacketSequence: int
     outgoingPacketSequence: int
     supportedKeyExchanges: list[bytes]
@@ -133,6 +140,7 @@ class ModernFraming(KexState):
         return float(self.clock.seconds())
 
     def max_packet_size(self) -> int:
+        """The largest packet length taken now (never below PACKET_LIMIT_FLOOR)."""
         return MAX_PACKET
 
     def connectionMade(self) -> None:
@@ -189,16 +197,21 @@ class ModernFraming(KexState):
         if self._dead:
             return
         codec = self._out_codec
-        packet = pad(bytes((messageType,)) + payload, codec, self._padding.take)
-        data = codec.seal(self.outgoingPacketSequence, packet)
+        data = codec.seal(self.outgoingPacketSequence, pad(bytes((messageType,)) + payload, codec, self._padding.take))
         self.transport.write(data)
-        self.bytes_sent += len(data)
+        size = len(data)
+        self.bytes_sent += size
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
         if messageType == transport.MSG_NEWKEYS:
             self._out_codec = self.nextEncryptions.outgoing
             if self.strict_kex:
                 self.outgoingPacketSequence = 0
-        self._count(len(data))
+        # _count(size), inline: this runs for every packet
+        self._bytes_since_kex += size
+        if self._first_kex_done and (
+            self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds
+        ):
+            self._rekey()
 
     def send_packets(self, messages: list[tuple[int, bytes]]) -> None:
         """Send several packets, in order, with one write to the connection (a channel's EOF,
@@ -221,22 +234,27 @@ class ModernFraming(KexState):
         if self._dead:
             return None  # Conch's read loop would go on dispatching what the same read brought
         codec = self._in_codec
-        if self._pending_length is None:
-            head = codec.head_size()
-            if len(self.buf) < head:
+        buf = self.buf
+        have = len(buf)
+        length = self._pending_length
+        if length is None:
+            head = codec.head
+            if have < head:
                 return None
-            length = codec.packet_length(self.incomingPacketSequence, self.buf[:head])
-            limit = self.max_packet_size()
+            length = codec.packet_length(self.incomingPacketSequence, buf[:head])
             aligned = length if codec.length_excluded else length + 4
-            if length > limit or length < 5 or aligned % max(codec.block_size, 8):
-                reason = f"packet larger than {limit} bytes" if length > limit else f"bad packet length {length}"
-                self.packet_error(reason)
-                return None
+            # A length within RFC 4253's minimum that every limit allows needs no look-up of it.
+            if length > PACKET_LIMIT_FLOOR or length < 5 or aligned % codec.align:
+                limit = self.max_packet_size()
+                if length > limit or length < 5 or aligned % codec.align:
+                    reason = f"packet larger than {limit} bytes" if length > limit else f"bad packet length {length}"
+                    self.packet_error(reason)
+                    return None
+        total = 4 + length + codec.tag_size
+        if have < total:
             self._pending_length = length
-        total = 4 + self._pending_length + codec.tag_size
-        if len(self.buf) < total:
             return None
-        data, self.buf = self.buf[:total], self.buf[total:]
+        data, self.buf = buf[:total], buf[total:]
         self._pending_length = None
         try:
             packet = codec.open(self.incomingPacketSequence, data)
@@ -244,12 +262,18 @@ class ModernFraming(KexState):
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(e).encode())
             return None
         padding = packet[4]
-        if padding < 4 or padding > len(packet) - 6:
+        end = len(packet) - padding
+        if padding < 4 or end < 6:
             self.packet_error(f"bad padding length {padding}")
             return None
         self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
-        self._count(total)
-        return packet[5 : len(packet) - padding]
+        # _count(total), inline: this runs for every packet
+        self._bytes_since_kex += total
+        if self._first_kex_done and (
+            self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds
+        ):
+            self._rekey()
+        return packet[5:end]
 
     def packet_error(self, reason: str) -> None:
         """A packet that cannot be framed: the connection ends."""
@@ -262,23 +286,32 @@ class ModernFraming(KexState):
         self._dead = True  # nothing more is read or sent on this connection
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._dead:
+        if self._dead:
+            return
+        if not self.gotVersion:
             super().dataReceived(data)  # type: ignore[misc]
-            # The packets of this read are done: the codecs' per-burst state goes (an idle
-            # connection keeps no cipher contexts; the next burst rebuilds them).
-            self._in_codec.release()
-            self._out_codec.release()
+            return
+        # Conch's read loop, once the version line is in (Conch's dataReceived checks for it
+        # on every read, and takes each message number with an ord() call).
+        self.buf = self.buf + data
+        packet = self.getPacket()
+        while packet:
+            self.dispatchMessage(packet[0], packet[1:])
+            packet = self.getPacket()
 
     def _count(self, n: int) -> None:
+        """`n` more bytes went through: a key exchange starts if a limit is reached (sendPacket
+        and getPacket have this inline)."""
         self._bytes_since_kex += n
         # The limits first: they are rarely reached, and the phase and state checks cost calls.
-        if (
-            self._first_kex_done
-            and not self._dead
-            and (self._bytes_since_kex > self.rekey_bytes or self.now() - self._keyed_at > self.rekey_seconds)
-            and self.may_rekey()
-            and self.kex_idle()
+        if self._first_kex_done and (
+            self._bytes_since_kex > self.rekey_bytes or self.clock.seconds() - self._keyed_at > self.rekey_seconds
         ):
+            self._rekey()
+
+    def _rekey(self) -> None:
+        """A traffic or time limit is reached: start a key exchange if this side may now."""
+        if not self._dead and self.may_rekey() and self.kex_idle():
             self._bytes_since_kex = 0
             self._keyed_at = self.now()
             self.sendKexInit()
@@ -320,7 +353,9 @@ class ModernFraming(KexState):
                 return None
 
         def choose(ours: list[bytes], theirs: list[bytes]) -> bytes | None:
-            return ffs(ours, theirs) if self.isClient else ffs(theirs, ours)  # the client's order wins
+            name = ffs(ours, theirs) if self.isClient else ffs(theirs, ours)  # the client's order wins
+            # Our list's bytes object, not the peer's copy: each session keeps several names.
+            return None if name is None else ours[ours.index(name)]
 
         if self.isClient:
             enc_out, enc_in, mac_out, mac_in, comp_out, comp_in = enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc
@@ -357,6 +392,11 @@ class ModernFraming(KexState):
         self.conch_new_keys()
 
 
+#: (dispatch_phase()'s inputs, message number, strict KEX) -> (phase, verdict): pure functions of
+#: the key, a few thousand keys at most (four flags, three service names, 256 message numbers).
+_RULINGS: dict[tuple[bool, bool, bool, bool, bytes | None, int, bool], tuple[Phase, Verdict]] = {}
+
+
 class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
@@ -372,14 +412,29 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             first_kex_done=self._first_kex_done,
             peer_kexinit=self._peer_kexinit,
             keys_sent=self._peer_kexinit and self.nextEncryptions.keyed,
-            service=getattr(self.service, "name", None),
+            service=None if self.service is None else self.service.name,
         )
 
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
         # Every message goes through the dispatch policy (conchcmd.wire.dispatch) before Conch sees
-        # it: Conch acts on any message it has a method for, in any state.
-        phase = self.dispatch_phase()
-        verdict = decide(phase, messageNum, self.strict_kex)
+        # it: Conch acts on any message it has a method for, in any state. The ruling is looked up
+        # by what dispatch_phase() reads and the message: one dict look-up per message.
+        service = self.service
+        peer_kexinit = self._peer_kexinit
+        state = (
+            self._dead,
+            self._first_kex_done,
+            peer_kexinit,
+            peer_kexinit and self.nextEncryptions.keyed,
+            None if service is None else service.name,
+            messageNum,
+            self.strict_kex,
+        )
+        ruling = _RULINGS.get(state)
+        if ruling is None:
+            phase = self.dispatch_phase()
+            ruling = _RULINGS[state] = (phase, decide(phase, messageNum, self.strict_kex))
+        phase, verdict = ruling
         if verdict.action is Action.PROCESS:
             # Past ModernFraming's own strict-KEX check (the client's): the policy has decided.
             super(ModernFraming, self).dispatchMessage(messageNum, payload)
@@ -417,6 +472,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             self.sendDisconnect(
                 transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"invalid key exchange value: %s" % str(e)[:100].encode()
             )
+        # Conch's ECDH keeps its ephemeral public key (~0.4 KiB) for the connection's life; only
+        # this reply used it.
+        vars(self).pop("ecPub", None)
 
     def take_new_keys(self) -> None:
         # Both KEXINIT payloads served only this key exchange's hash, computed before our

@@ -220,3 +220,48 @@ def test_newkeys_before_the_key_exchange_is_refused(world: World) -> None:
     (bye,) = world.audit.of("disconnect")
     assert bye["reason"] == "NEWKEYS before the key exchange"
     assert world.audit.of("auth") == []
+
+
+def _send_length(conn: Connection, length: int) -> None:
+    """A packet whose (encrypted) length field says `length`, followed by a little of its body."""
+    client_transport = conn.client
+    head = length.to_bytes(4, "big") + bytes(60)
+    client_transport.transport.write(client_transport._out_codec.seal(client_transport.outgoingPacketSequence, head))
+    conn.flush()
+
+
+@pytest.mark.parametrize(
+    ("logged_in", "length", "error"),
+    [
+        (False, 32768, None),  # RFC 4253's floor: no limit is looked up below it
+        (False, 32776, None),
+        (False, 65536, None),  # the limit before authentication
+        (False, 65544, "packet larger than 65536 bytes"),
+        (False, 2**32 - 8, "packet larger than 65536 bytes"),
+        (False, 4, "bad packet length 4"),
+        (False, 33, "bad packet length 33"),  # not a multiple of the block size
+        (False, 40001, "bad packet length 40001"),
+        (True, 65544, None),
+        (True, 263168, None),  # MAX_PACKET, after authentication
+        (True, 263176, "packet larger than 263168 bytes"),
+        (True, 32767, "bad packet length 32767"),
+    ],
+)
+def test_packet_lengths_around_the_floor_and_the_limits(
+    world: World, logged_in: bool, length: int, error: str | None
+) -> None:
+    """What a length field gets, under, at and over each limit and the 32 KiB below which the
+    limit is not looked up: a packet that fits is waited for; any other ends the connection with
+    the error that names it."""
+    conn = world.connect()
+    if logged_in:
+        assert conn.login(b"admin", ed25519_key()) == 52
+    _send_length(conn, length)
+    if error is None:
+        assert not conn.disconnected
+        assert conn.server._pending_length == length
+        return
+    assert conn.disconnected
+    assert conn.factory.disconnect_reason == (transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"] == f"protocol error: {error}"

@@ -157,7 +157,7 @@ def test_null_codec_is_plain_with_eight_byte_blocks() -> None:
 def test_chacha_reused_contexts_seal_each_packet_as_fresh_ones_would() -> None:
     """The codec keeps one ChaCha20 context per key and resets its nonce per packet: every packet,
     whatever the previous one's length left in the keystream, in any sequence-number order (the
-    64-bit maximum too), before and after a release between bursts, is PROTOCOL.chacha20poly1305's
+    64-bit maximum too), is PROTOCOL.chacha20poly1305's
     construction computed from new ciphers (chacha20() is checked above)."""
     from cryptography.hazmat.primitives.poly1305 import Poly1305
 
@@ -173,6 +173,8 @@ def test_chacha_reused_contexts_seal_each_packet_as_fresh_ones_would() -> None:
         # open() without packet_length() first for this seq decrypts the length itself
         assert receiver.open(seq, head + body + tag) == packet
         assert receiver.packet_length(seq, head) == len(packet) - 4
-        if seq == 7:
-            sender.release()  # between bursts the contexts go; the next packet rebuilds them
-            receiver.release()
+        # and after it, with the length and nonce it kept for this seq (a changed tag still fails)
+        assert receiver.open(seq, head + body + tag) == packet
+        assert receiver.packet_length(seq, head) == len(packet) - 4
+        with pytest.raises(BadPacket):
+            receiver.open(seq, head + body + bytes(16))
