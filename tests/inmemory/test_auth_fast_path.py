@@ -8,8 +8,10 @@ must be the same, refusals, bugs and server-side failures included."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -282,3 +284,29 @@ def test_the_first_none_is_answered_as_conch_answers_the_next(tmp_path: Path, pa
     first, second = auth.replies
     assert first == second == (51, common.NS(b"publickey,password" if passwords else b"publickey") + b"\x00")
     assert conn.server.auth_failures == 1 and len(w.audit.of("auth")) == 1
+
+
+def test_refused_probes_with_padded_blobs_leave_no_memory_behind(tmp_path: Path) -> None:
+    """Conch reads a key blob and ignores what follows the key, so an unauthenticated client can
+    send a 60 KB blob per probe (refused: no authorized_keys line has those bytes). The parsed-key
+    cache must not keep such blobs: 300 of them once kept 15 MiB for the life of the process."""
+    w = make_world(tmp_path, limits=LimitsConfig(max_auth_tries=100))
+    blob = ed25519_key().public().blob()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for c in range(3):
+            conn = w.connect(f"10.1.{c}.1")
+            auth = conn.start_auth(b"admin")
+            for _ in range(99):
+                run(auth, conn, b"publickey", unsigned(ed25519_key(), blob=blob + os.urandom(60_000)))
+            assert auth.replies == [(51, common.NS(b"publickey") + b"\x00")] * 99  # each refused
+            conn.client.transport.loseConnection()
+            conn.flush()
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 2 * 2**20, f"{retained / 2**20:.1f} MiB kept after 297 refused probes"
+    assert w.login().server.transport is not None  # and an operator's key still logs in
