@@ -464,3 +464,28 @@ def test_drawn_attacks_get_the_same_answers_and_only_a_genuine_signature_logs_in
     event(f"logged in: {logged_in}")
     if logged_in:
         assert genuine[-1], "logged in without a genuine signature"
+
+
+@pytest.mark.parametrize("change", ["line removed", "key revoked", "from= added", "expiry-time passed"])
+def test_what_changed_since_the_probe_decides_the_signed_request(tmp_path: Path, change: str) -> None:
+    """The probe's PK_OK is no promise: the signed request that follows is decided again on the
+    files and the clock of its own time (the parsed key is remembered, nothing else)."""
+    revoked_keys = tmp_path / "keys" / "revoked_keys"
+    w = make_world(tmp_path, revoked_keys=str(revoked_keys))
+    revoked_keys.write_text("")
+    os.chmod(revoked_keys, 0o600)
+    add_user(w, "carol", authorized_line(ed25519_key(), 'expiry-time="19700101000020Z"'))
+    conn = w.connect()
+    auth = conn.start_auth(b"carol")
+    run(auth, conn, b"publickey", unsigned(ed25519_key()))
+    assert auth.replies[-1][0] == 60  # PK_OK
+    if change == "line removed":
+        add_user(w, "carol", authorized_line(ed25519_key(3)))
+    elif change == "key revoked":
+        revoked_keys.write_text(authorized_line(ed25519_key()))
+    elif change == "from= added":
+        add_user(w, "carol", authorized_line(ed25519_key(), 'from="10.9.9.9"'))
+    w.clock.advance(25 if change == "expiry-time passed" else 1)  # within the login grace time
+    run(auth, conn, b"publickey", auth.signed(ed25519_key()))
+    assert auth.replies[-1][0] == 51
+    assert w.audit.of("auth")[-1]["ok"] is False
