@@ -78,13 +78,17 @@ def public_key_from_blob(blob: bytes) -> Key:
 
 #: Client keys ParsedKeys keeps by default (an operator's keys are offered again at each login).
 PARSED_KEYS = 256
+#: The longest blob ParsedKeys keeps: an RSA key of 16384 bits is 2,071 bytes. Conch ignores what
+#: follows a key in its blob, so a client can pad every blob it offers up to the packet size.
+MAX_KEPT_BLOB = 4096
 
 
 class ParsedKeys:
     """The keys of the latest client key blobs read (`public_key_from_blob`), the least recently
     offered dropped first: a blob always parses to the same key, so OpenSSH's probe and signed
     request, and each later login with that key, take the key read the first time. Blobs that do
-    not parse are not kept (each raises KeyParseError again)."""
+    not parse are not kept (each raises KeyParseError again), nor blobs longer than MAX_KEPT_BLOB
+    (no real key's: the cache holds at most size x MAX_KEPT_BLOB bytes of client data)."""
 
     def __init__(self, size: int = PARSED_KEYS):
         self.size = size
@@ -95,7 +99,10 @@ class ParsedKeys:
         if key is not None:
             self._keys.move_to_end(blob)
             return key
-        key = self._keys[blob] = public_key_from_blob(blob)
+        key = public_key_from_blob(blob)
+        if len(blob) > MAX_KEPT_BLOB:
+            return key
+        self._keys[blob] = key
         if len(self._keys) > self.size:
             self._keys.popitem(last=False)
         return key

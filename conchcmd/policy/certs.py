@@ -312,9 +312,12 @@ class RevokedKeys:
         self.blobs, self.serials, self.ids = frozenset(blobs), tuple(serials), frozenset(ids)
         self._signature = signature
 
-    def check_key(self, blob: bytes) -> None:
+    def check_key(self, blob: bytes, key: Key | None = None) -> None:
+        """Refuse a revoked key; `key`, the key `blob` was read as, is refused also when `blob`
+        writes it otherwise than ssh-keygen does (Conch reads blobs loosely: trailing bytes, the
+        curve name, padded numbers, compressed points), as sshd compares keys by value."""
         self.load()
-        if blob in self.blobs:
+        if blob in self.blobs or (key is not None and self.blobs and key.blob() in self.blobs):
             raise CertificateRefused(f"key {fingerprint(blob)} is revoked")
 
     def check_certificate(self, cert: AnyCertificate, key_blob: bytes, ca_blob: bytes) -> None:

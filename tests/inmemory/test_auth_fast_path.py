@@ -8,8 +8,10 @@ must be the same, refusals, bugs and server-side failures included."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 import bcrypt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 from support.certlogin import cert_login, make_cert
 from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
 from support.sshclient import AuthClient, Connection
@@ -282,3 +286,206 @@ def test_the_first_none_is_answered_as_conch_answers_the_next(tmp_path: Path, pa
     first, second = auth.replies
     assert first == second == (51, common.NS(b"publickey,password" if passwords else b"publickey") + b"\x00")
     assert conn.server.auth_failures == 1 and len(w.audit.of("auth")) == 1
+
+
+def test_refused_probes_with_padded_blobs_leave_no_memory_behind(tmp_path: Path) -> None:
+    """Conch reads a key blob and ignores what follows the key, so an unauthenticated client can
+    send a 60 KB blob per probe (refused: no authorized_keys line has those bytes). The parsed-key
+    cache must not keep such blobs: 300 of them once kept 15 MiB for the life of the process."""
+    w = make_world(tmp_path, limits=LimitsConfig(max_auth_tries=100))
+    blob = ed25519_key().public().blob()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for c in range(3):
+            conn = w.connect(f"10.1.{c}.1")
+            auth = conn.start_auth(b"admin")
+            for _ in range(99):
+                run(auth, conn, b"publickey", unsigned(ed25519_key(), blob=blob + os.urandom(60_000)))
+            assert auth.replies == [(51, common.NS(b"publickey") + b"\x00")] * 99  # each refused
+            conn.client.transport.loseConnection()
+            conn.flush()
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 2 * 2**20, f"{retained / 2**20:.1f} MiB kept after 297 refused probes"
+    assert w.login().server.transport is not None  # and an operator's key still logs in
+
+
+# -- an attacker's requests, drawn: the two paths agree, and only a genuine signature logs in ------
+
+_KEYS = {"ed25519": ed25519_key, "rsa": rsa_key, "ecdsa": ecdsa_key, "stranger": lambda: STRANGER}
+_ALGORITHMS = (
+    b"ssh-rsa",
+    b"ssh-rsa",  # SHA-1: twice as likely as the others
+    b"rsa-sha2-256",
+    b"rsa-sha2-512",
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"sk-ssh-ed25519@openssh.com",
+    b"ssh-ed25519-cert-v01@openssh.com",
+    b"ssh-dss",
+)
+#: The algorithms each of admin's keys may log in with (none for the stranger's).
+_ACCEPTED = {
+    "ed25519": (b"ssh-ed25519",),
+    "ecdsa": (b"ecdsa-sha2-nistp256",),
+    "rsa": (b"rsa-sha2-256", b"rsa-sha2-512"),
+}
+#: What an attacker changes in a request it built from a genuine one.
+_MUTATIONS = (
+    "none",
+    "pad blob",
+    "cut blob",
+    "flip signature",
+    "signed for another user",
+    "signed for another service",
+    "signed with another session id",
+    "signed with another algorithm",
+    "signature type renamed",
+    "blob of another key",
+)
+_REQUESTS = st.one_of(
+    st.just(("none",)),
+    st.tuples(st.just("garbage"), st.binary(max_size=64)),
+    st.tuples(
+        st.just("publickey"),
+        st.sampled_from(sorted(_KEYS)),
+        st.booleans(),  # signed
+        st.just(None) | st.sampled_from(_ALGORITHMS),  # mostly the key's own
+        st.just(b"admin") | st.sampled_from((b"admin", b"carol", b"\xff")),
+        st.just("none") | st.sampled_from(_MUTATIONS),
+    ),
+    st.builds(  # a genuine login, for the failures before it to be counted against
+        lambda name, algorithm: ("publickey", name, True, algorithm, b"admin", "none"),
+        st.just("rsa") | st.just("ed25519") | st.just("ecdsa"),
+        st.just(None),
+    ),
+)
+
+
+def _request_data(auth: AuthClient, request: tuple[Any, ...]) -> tuple[bytes, bytes, bool]:
+    """The method and data of a drawn request, and whether it is a genuine login (a correctly
+    signed request with an authorized key and an accepted algorithm, unchanged)."""
+    _, name, signed, algorithm, user, mutation = request
+    key = _KEYS[name]()
+    own = b"rsa-sha2-512" if key.sshType() == b"ssh-rsa" else key.sshType()
+    algorithm = algorithm or own
+    blob = key.public().blob()
+    if mutation == "pad blob":
+        blob += b"\x00tail"
+    elif mutation == "cut blob":
+        blob = blob[:-1]
+    elif mutation == "blob of another key":
+        blob = ed25519_key(8).public().blob()
+    if not signed:
+        return b"publickey", unsigned(key, algorithm, blob), False
+    fields = {"user": user, "service": b"ssh-connection", "session": auth.transport.sessionID, "alg": algorithm}
+    if mutation == "signed for another user":
+        fields["user"] = b"admin" if user != b"admin" else b"carol"
+    elif mutation == "signed for another service":
+        fields["service"] = b"ssh-userauth"
+    elif mutation == "signed with another session id":
+        fields["session"] = bytes(len(fields["session"]))
+    elif mutation == "signed with another algorithm":
+        fields["alg"] = b"ssh-rsa" if key.sshType() == b"ssh-rsa" else b"x" + algorithm
+    signed_data = (
+        common.NS(fields["session"])
+        + b"\x32"
+        + common.NS(fields["user"])
+        + common.NS(fields["service"])
+        + common.NS(b"publickey")
+        + b"\x01"
+        + common.NS(fields["alg"])
+        + common.NS(blob)
+    )
+    rsa_algorithm = algorithm in (b"ssh-rsa", b"rsa-sha2-256", b"rsa-sha2-512")
+    try:
+        signature = key.sign(signed_data, signatureType=algorithm if rsa_algorithm else key.sshType())
+    except Exception:  # an RSA algorithm named for a key of another type: the key's own
+        signature = key.sign(signed_data)
+    if mutation == "flip signature":
+        signature = signature[:-1] + bytes([signature[-1] ^ 1])
+    elif mutation == "signature type renamed":
+        signature = common.NS(b"ssh-rsa" if rsa_algorithm else b"ssh-ed25519") + common.getNS(signature, 2)[1]
+    genuine = mutation == "none" and user == b"admin" and algorithm in _ACCEPTED.get(name, ())
+    return b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature), genuine
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(_REQUESTS, min_size=1, max_size=7))
+@example(requests=[("publickey", "rsa", True, b"ssh-rsa", b"admin", "none")])  # SHA-1
+@example(requests=[("publickey", "ed25519", True, b"ssh-ed25519-cert-v01@openssh.com", b"admin", "none")])
+@example(requests=[("publickey", "ed25519", True, b"sk-ssh-ed25519@openssh.com", b"admin", "none")])
+@example(requests=[("publickey", "ecdsa", True, b"ssh-ed25519", b"admin", "none")])  # type vs algorithm
+@example(
+    requests=[
+        ("publickey", "ed25519", False, None, b"admin", "none"),
+        ("publickey", "ed25519", True, None, b"admin", "pad blob"),
+    ]
+)
+@example(requests=[("publickey", "ed25519", True, None, b"carol", "none")])  # from= another address
+@example(requests=[("publickey", "rsa", True, None, b"admin", "signed with another session id")])
+def test_drawn_attacks_get_the_same_answers_and_only_a_genuine_signature_logs_in(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, requests: list[tuple[Any, ...]]
+) -> None:
+    genuine: list[bool] = []
+
+    def drawn(w: World, conn: Connection) -> None:
+        add_user(w, "carol", authorized_line(ed25519_key(), 'from="10.9.9.9"'))
+        auth = conn.start_auth(b"admin")
+        for request in requests:
+            if request[0] == "none":
+                auth.user, method, data, ok = b"admin", b"none", b"", False
+            elif request[0] == "garbage":
+                method, data, ok = b"publickey", request[1], False
+            else:
+                auth.user = request[4]
+                method, data, ok = _request_data(auth, request)
+            genuine.append(ok)
+            run(auth, conn, method, data)
+            if conn.disconnected or any(number == 52 for number, _ in auth.replies):
+                return
+
+    root = tmp_path_factory.mktemp("drawn")
+    with monkeypatch.context() as patched:
+        patched.setitem(SCENARIOS, "drawn", drawn)
+        fast = observe(root / "fast", patched, "drawn", "none", via_portal=False)
+    fast_genuine, genuine[:] = list(genuine), []
+    with monkeypatch.context() as patched:
+        patched.setitem(SCENARIOS, "drawn", drawn)
+        slow = observe(root / "slow", patched, "drawn", "none", via_portal=True)
+    assert genuine == fast_genuine
+    for field in ("replies", "disconnected", "audit", "log"):
+        assert fast[field] == slow[field], field
+    logged_in = any(number == 52 for number, _ in fast["replies"])
+    event(f"logged in: {logged_in}")
+    if logged_in:
+        assert genuine[-1], "logged in without a genuine signature"
+
+
+@pytest.mark.parametrize("change", ["line removed", "key revoked", "from= added", "expiry-time passed"])
+def test_what_changed_since_the_probe_decides_the_signed_request(tmp_path: Path, change: str) -> None:
+    """The probe's PK_OK is no promise: the signed request that follows is decided again on the
+    files and the clock of its own time (the parsed key is remembered, nothing else)."""
+    revoked_keys = tmp_path / "keys" / "revoked_keys"
+    w = make_world(tmp_path, revoked_keys=str(revoked_keys))
+    revoked_keys.write_text("")
+    os.chmod(revoked_keys, 0o600)
+    add_user(w, "carol", authorized_line(ed25519_key(), 'expiry-time="19700101000020Z"'))
+    conn = w.connect()
+    auth = conn.start_auth(b"carol")
+    run(auth, conn, b"publickey", unsigned(ed25519_key()))
+    assert auth.replies[-1][0] == 60  # PK_OK
+    if change == "line removed":
+        add_user(w, "carol", authorized_line(ed25519_key(3)))
+    elif change == "key revoked":
+        revoked_keys.write_text(authorized_line(ed25519_key()))
+    elif change == "from= added":
+        add_user(w, "carol", authorized_line(ed25519_key(), 'from="10.9.9.9"'))
+    w.clock.advance(25 if change == "expiry-time passed" else 1)  # within the login grace time
+    run(auth, conn, b"publickey", auth.signed(ed25519_key()))
+    assert auth.replies[-1][0] == 51
+    assert w.audit.of("auth")[-1]["ok"] is False

@@ -14,7 +14,7 @@ from twisted.conch.ssh.keys import Key
 
 from conchcmd.core.audit import sanitise
 from conchcmd.core.hostmatch import normalise_peer
-from conchcmd.keys.keyparse import KeyParseError, ParsedKeys, PublicKey, public_key_from_blob
+from conchcmd.keys.keyparse import MAX_KEPT_BLOB, KeyParseError, ParsedKeys, PublicKey, public_key_from_blob
 from conchcmd.policy.auth import key_refusal
 from conchcmd.server.admission import source_of
 from conchcmd.server.authlog import _WHITESPACE, MAX_USER, log_word
@@ -133,6 +133,8 @@ def test_parsed_keys_are_read_once_kept_in_bounds_and_never_keep_a_refusal() -> 
         with pytest.raises(KeyParseError):
             parsed.get(blobs[0][:-1])
     assert blobs[0][:-1] not in parsed._keys and len(parsed._keys) == 3
+    padded = blobs[0] + bytes(MAX_KEPT_BLOB)  # Conch ignores the tail: the same key, not kept
+    assert parsed.get(padded) == first and padded not in parsed._keys
 
 
 def reference_log_word(value: str | bytes, limit: int = MAX_USER) -> str:

@@ -630,3 +630,21 @@ def test_adduser_follows_a_symlink_in_a_directory_only_the_server_can_write(work
     pub.write_text(key.public_line + "\n")
     assert main(["adduser", "alice", str(pub)]) == 0
     assert (real / "alice").read_text() == key.public_line + "\n"
+
+
+def test_users_marks_a_revoked_key_written_with_other_bytes_revoked(
+    workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line whose blob has bytes after the key is the same key (login reads it so): revoked too."""
+    import base64
+
+    revoked = ssh_key("ed25519")
+    key_type, text = revoked.public_line.split()[:2]
+    padded = base64.b64encode(base64.b64decode(text) + b"\x00\x00\x00\x03pad").decode()
+    (workdir / "revoked").write_text(revoked.public_line + "\n")
+    (workdir / "revoked").chmod(0o600)
+    (workdir / "conchcmd.toml").write_text('revoked_keys = "revoked"\n')
+    users_file(workdir, "alice", f"{key_type} {padded}\n")
+    [alice] = users_json(capsys)["users"]
+    [key] = alice["keys"]
+    assert key["refused"] is not None and key["refused"].endswith(" is revoked")
