@@ -531,6 +531,18 @@ class ServerTransport(ModernServerTransport):
             for d in waiters:
                 if not d.called:  # not cancelled by the shutdown's grace time
                     d.callback(None)
+            self._break_cycles()
+
+    def _break_cycles(self) -> None:
+        """Conch leaves a closed connection as reference cycles (transport <-> connection service,
+        and transport -> avatar -> service -> transport): cut the edges down from the transport so
+        that reference counting frees it at once, not Python's cyclic collector (its full
+        collections scan every object the process holds). The service and avatar keep their own
+        references up, for work that ends after the connection (commands, audit records)."""
+        self.service = None
+        avatar = getattr(self, "avatar", None)  # set at login only
+        if avatar is not None:
+            avatar.conn = None
 
 
 if TYPE_CHECKING:  # mypy holds the transport to the contract the session channels rely on

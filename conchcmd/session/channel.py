@@ -538,8 +538,9 @@ class SessionChannel(QuietChannel):
         self._early_bytes = 0
         self._drain_waiters.clear()
         self._empty_waiters.clear()
-        if self.handler is not None:
-            self.handler.connection_lost()
+        handler, self.handler = self.handler, None  # handler.chan points back: no cycle left behind
+        if handler is not None:
+            handler.connection_lost()
         budget = self.context.budget
         budget.channels.pop(self, None)
         budget.starved.pop(self, None)

@@ -79,7 +79,9 @@ class Server:
     """`python -m conchcmd serve` from `tree` (PYTHONPATH), optionally under this script's
     profiling wrapper; its own directory, host key and audit log, as ../shared/bench/run.py sets up."""
 
-    def __init__(self, fx: Fixture, tree: Path, name: str, profile_to: Path | None = None):
+    def __init__(
+        self, fx: Fixture, tree: Path, name: str, profile_to: Path | None = None, launcher: list[str] | None = None
+    ):
         self.fx, self.tree, self.name = fx, tree, name
         d = fx.root / name
         users = d / "keys" / "authorized_keys"
@@ -99,7 +101,9 @@ class Server:
             "comphash": {"roots": [str(fx.root)]},
         }
         config.write_text(toml_text(settings))
-        if profile_to is None:
+        if launcher is not None:  # another bench's wrapper around serve (tests/bench/gc_exec.py)
+            argv = [*launcher, "--config", str(config)]
+        elif profile_to is None:
             argv = [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)]
         else:
             argv = [sys.executable, str(HERE), "--serve-profiled", str(profile_to), "--config", str(config)]

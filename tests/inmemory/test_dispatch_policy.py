@@ -102,6 +102,7 @@ def test_messages_buffered_behind_a_disconnect_are_not_dispatched(world: World) 
     exec: before, the command ran after the server had said goodbye."""
     conn = world.login()
     client = conn.client
+    service = conn.server.service  # the transport lets go of it once the connection is lost
     force_send(client, 0)  # invalid type 0: disconnect
     force_send(client, 90, NS(b"session") + struct.pack(">3L", 0, 65536, 32768))
     force_send(client, 98, struct.pack(">L", 0) + NS(b"exec") + b"\x01" + NS(b"lastlog -n 1"))
@@ -109,7 +110,7 @@ def test_messages_buffered_behind_a_disconnect_are_not_dispatched(world: World) 
         conn.flush()
     assert conn.factory.disconnect_reason == (transport.DISCONNECT_PROTOCOL_ERROR, b"invalid packet type 0")
     assert world.audit.of("exec") == [] and world.audit.of("command") == []
-    assert conn.server.service.channels == {}
+    assert service.channels == {}
     assert not any("lastlog" in formatEvent(e) for e in events)
 
 
