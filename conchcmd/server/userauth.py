@@ -13,12 +13,11 @@ from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchcmd.core.audit import sanitise
 from conchcmd.core.filetrust import AttemptFiles
-from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
 from conchcmd.policy.auth import Identity, KeyRefused, LoginUnavailable, PublicKeyChecker, SkRequirementNotMet
 from conchcmd.policy.authorized_keys import fingerprint
@@ -29,7 +28,7 @@ from conchcmd.wire.conchprivate import UserAuthHooks
 if TYPE_CHECKING:
     from conchcmd.server.transport import ServerTransport
 
-log = Logger(namespace=LOG_NAMESPACE)
+log = FastLogger(namespace=LOG_NAMESPACE)
 
 #: Authentication requests a connection may have waiting behind the one being checked; one more
 #: and it is disconnected. OpenSSH's client sends one and waits for the answer.
