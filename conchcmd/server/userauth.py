@@ -302,11 +302,15 @@ class UserAuthService(UserAuthHooks):
     def auth_failed(self, reason: Failure) -> Any:
         if self._stopped:
             return None  # decided after the client left (it was counted as abandoned)
-        if reason.check(LoginUnavailable):
+        # isinstance on the value, not reason.check: check recomputes the type's qualified MRO names
+        # on every call (~10 calls each); the same answer for these classes.
+        if isinstance(reason.value, LoginUnavailable):
             return self._unavailable_answer(reason)
         # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
         # never counted `none`, so a client could send them without end.
-        if not reason.check(conch_error.IgnoreAuthentication) and (self.method != b"none" or self._requests > 1):
+        if not isinstance(reason.value, conch_error.IgnoreAuthentication) and (
+            self.method != b"none" or self._requests > 1
+        ):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             key = KeyInfo.of(self._key[1]) if self.method == b"publickey" and self._key is not None else None
