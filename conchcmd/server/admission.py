@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.logger import Logger
 
 from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import LimitsConfig, default_clients_per_user
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
-from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, FastLogger
 from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.core.peer import format_peer, host_and_port
 
-log = Logger(namespace=LOG_NAMESPACE)
-auth_log = Logger(namespace=AUTH_LOG_NAMESPACE)  # penalties are authentication lines (facility authpriv)
+log = FastLogger(namespace=LOG_NAMESPACE)
+auth_log = FastLogger(namespace=AUTH_LOG_NAMESPACE)  # penalties are authentication lines (facility authpriv)
 
 STRIKES_BEFORE_PENALTY = 3  # failed connections in a row before a source is refused
 TRUSTED_SOURCES = 4096  # remembered sources that authenticated (LRU)

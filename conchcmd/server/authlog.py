@@ -20,11 +20,11 @@ from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 
 from conchcmd.core.audit import sanitise
-from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
+from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, FastLogger
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
 
-auth_log = Logger(namespace=AUTH_LOG_NAMESPACE)
+auth_log = FastLogger(namespace=AUTH_LOG_NAMESPACE)
 
 #: sshd's `%.100s` for user names.
 MAX_USER = 100

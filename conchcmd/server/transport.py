@@ -16,13 +16,12 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.keys import BadKeyError
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ISystemHandle, ITCPTransport
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conchcmd.core.audit import BoundAudit, new_connection_id, sanitise
 from conchcmd.core.flow import PausableTransport
-from conchcmd.core.logtargets import LOG_NAMESPACE
+from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import Peer, host_and_port
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
@@ -39,7 +38,7 @@ from conchcmd.wire.framing import ModernServerTransport
 if TYPE_CHECKING:
     from conchcmd.server.factory import CommandServerFactory
 
-log = Logger(namespace=LOG_NAMESPACE)
+log = FastLogger(namespace=LOG_NAMESPACE)
 
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
