@@ -1,0 +1,107 @@
+"""Key blobs written otherwise than ssh-keygen writes them: conchcmd accepts and refuses exactly
+what a real sshd does, whether the odd blob is in the authorized_keys line, sent by the client,
+or both; the refused line is logged by conchcmd with its reason and the file's other lines work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+import pytest
+from support.authcases import private_openssh
+from support.differential import Pair, login
+from support.oddblobs import ENCODINGS, KINDS, OddEncoding, private_key, public_blob
+from support.serverfiles import wait_for
+
+pytestmark = pytest.mark.differential
+
+#: Where the odd blob is: in the line (the client sends the key as ssh-keygen writes it), in
+#: what the client sends (the line as ssh-keygen writes it), or in both.
+PLACES = ("line", "client", "both")
+LINE_TYPES = {"ed25519": "ssh-ed25519", "p256": "ecdsa-sha2-nistp256", "p384": "ecdsa-sha2-nistp384", "rsa": "ssh-rsa"}
+
+
+@dataclass
+class BlobCase:
+    encoding: OddEncoding | None  # None: the key as ssh-keygen writes it everywhere
+    kind: str
+    place: str
+    key: Any = field(init=False)
+    line_blob: bytes = field(init=False)
+    client_blob: bytes = field(init=False)
+    trusted: list[bytes] = field(default_factory=list)
+    revoked: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.key = private_key(self.kind)
+        canonical = public_blob(self.key)
+        odd = canonical if self.encoding is None else self.encoding.rewrite(canonical)
+        self.line_blob = odd if self.place in ("line", "both") else canonical
+        self.client_blob = odd if self.place in ("client", "both") else canonical
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoding.name if self.encoding else 'as ssh-keygen writes it'} ({self.kind}, {self.place})"
+
+    @property
+    def lines(self) -> list[bytes]:
+        text = base64.b64encode(self.line_blob).decode()
+        return [f"{LINE_TYPES[self.kind]} {text} {self.kind}-{self.place}".encode()]
+
+    async def attempt(self, pair: Pair, target: Any) -> bool:
+        keypair = asyncssh.load_keypairs([asyncssh.import_private_key(private_openssh(self.key))])[0]
+        keypair.public_data = self.client_blob  # signed over as sent: both servers verify these bytes
+        return await login(target, pair.user, [keypair], "127.0.0.1")
+
+
+def _cases() -> list[BlobCase]:
+    cases = [BlobCase(None, kind, "both") for kind in KINDS]
+    for encoding in ENCODINGS:
+        for kind in encoding.kinds:
+            cases += [BlobCase(encoding, kind, place) for place in PLACES]
+    return cases
+
+
+async def _verdicts(pair: Pair, cases: list[BlobCase]) -> list[tuple[bool, bool]]:
+    semaphore = asyncio.Semaphore(8)
+
+    async def one(case: BlobCase) -> tuple[bool, bool]:
+        async with semaphore:
+            return await case.attempt(pair, pair.sshd_target), await case.attempt(pair, pair.conch_target)
+
+    return await asyncio.gather(*(one(c) for c in cases))
+
+
+def test_odd_key_blobs_are_decided_as_sshd_decides(server_pair: Pair) -> None:
+    cases = _cases()
+    server_pair.files.write(cases)
+    verdicts = asyncio.run(_verdicts(server_pair, cases))
+    table = [
+        f"{case.name}: sshd {'accepts' if s else 'refuses'}, conchcmd {'accepts' if c else 'refuses'}"
+        for case, (s, c) in zip(cases, verdicts, strict=True)
+    ]
+    print("[blob encodings]\n" + "\n".join(table))
+    differ = [row for row, (s, c) in zip(table, verdicts, strict=True) if s != c]
+    assert not differ, "decided differently from sshd:\n" + "\n".join(differ)
+    # What OpenSSH 9.2 does with each encoding (so the generator's verdicts stay true).
+    for case, (by_sshd, _) in zip(cases, verdicts, strict=True):
+        assert by_sshd == (case.encoding is None or case.encoding.sshd_accepts), case.name
+
+    # Each line sshd cannot read is logged by conchcmd with its reason, the others kept.
+    def logged() -> str | None:
+        text = server_pair.conch.log_text()
+        return text if "trailing data after the key" in text else None
+
+    text = wait_for(logged, 10.0, "conchcmd's refused-line log")
+    for reason in (
+        "line refused: bad key (trailing data after the key)",
+        "line refused: bad key (curve name nistp384 does not match key type ecdsa-sha2-nistp256)",
+        "line refused: bad key (EC point not in uncompressed form",
+        "line refused: bad key (ssh-rsa key: negative number)",
+        "line refused: bad key (Ed25519 key of 33 bytes, not 32)",
+    ):
+        assert reason in text, reason
