@@ -15,8 +15,15 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    SSHCertificateBuilder,
+    SSHCertificateType,
+)
 
 
 def ns(value: bytes) -> bytes:
@@ -123,3 +130,43 @@ def private_key(kind: str) -> ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivat
 def public_blob(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     """The key's blob as ssh-keygen writes it."""
     return base64.b64decode(key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).split()[1])
+
+
+def _mp(value: int) -> bytes:
+    return ns(value.to_bytes((value.bit_length() + 8) // 8, "big"))
+
+
+def _ca_signature(ca: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, data: bytes) -> bytes:
+    if isinstance(ca, ed25519.Ed25519PrivateKey):
+        return ns(b"ssh-ed25519") + ns(ca.sign(data))
+    if isinstance(ca, rsa.RSAPrivateKey):
+        return ns(b"rsa-sha2-512") + ns(ca.sign(data, padding.PKCS1v15(), hashes.SHA512()))
+    wide = ca.curve.key_size > 256
+    r, s = decode_dss_signature(ca.sign(data, ec.ECDSA(hashes.SHA384() if wide else hashes.SHA256())))
+    return ns(b"ecdsa-sha2-nistp384" if wide else b"ecdsa-sha2-nistp256") + ns(_mp(r) + _mp(s))
+
+
+def user_certificate(
+    ca: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    user_key: ed25519.Ed25519PrivateKey,
+    principal: str,
+    rewrite: Callable[[bytes], bytes] | None = None,
+) -> bytes:
+    """A user certificate blob for `user_key` signed by `ca`, the CA key in it rewritten by
+    `rewrite` (and signed over as rewritten, so only the encoding is at fault)."""
+    cert = (
+        SSHCertificateBuilder()
+        .public_key(user_key.public_key())
+        .serial(1)
+        .type(SSHCertificateType.USER)
+        .key_id(b"oddblobs")
+        .valid_principals([principal.encode()])
+        .valid_after(0)
+        .valid_before((1 << 64) - 1)
+        .sign(ca)
+    )
+    blob = base64.b64decode(cert.public_bytes().split()[1])
+    ca_blob = public_blob(ca)
+    body = blob[: blob.rindex(ns(ca_blob))]
+    signed = body + ns(rewrite(ca_blob) if rewrite else ca_blob)
+    return signed + ns(_ca_signature(ca, signed))
