@@ -167,3 +167,41 @@ def test_odd_key_blobs_are_decided_as_sshd_decides(server_pair: Pair) -> None:
         "line refused: bad key (Ed25519 key of 33 bytes, not 32)",
     ):
         assert reason in text, reason
+
+
+@dataclass
+class TrustedCaFile:
+    """`trusted_user_ca_keys` holding one CA key, written oddly (sshd stops reading the file at a
+    line it cannot read, so each case has the file to itself)."""
+
+    case: CaCase
+
+    @property
+    def lines(self) -> list[bytes]:
+        return []
+
+    @property
+    def trusted(self) -> list[bytes]:
+        text = base64.b64encode(self.case.line_blob).decode()
+        return [f"{LINE_TYPES[self.case.kind]} {text} ca".encode()]
+
+    @property
+    def revoked(self) -> list[bytes]:
+        return []
+
+
+def test_odd_trusted_ca_keys_are_decided_as_sshd_decides(server_pair: Pair) -> None:
+    rows, differ = [], []
+    for encoding in (None, *ENCODINGS):
+        for kind in encoding.kinds if encoding else KINDS:
+            case = CaCase(encoding, kind, "line", server_pair.user)
+            server_pair.files.write([TrustedCaFile(case)])
+            by_sshd, by_conch = asyncio.run(_verdicts(server_pair, [case]))[0]
+            verdict = f"sshd {'accepts' if by_sshd else 'refuses'}, conchcmd {'accepts' if by_conch else 'refuses'}"
+            row = f"trusted {case.name}: {verdict}"
+            rows.append(row)
+            if by_sshd != by_conch:
+                differ.append(row)
+            assert by_sshd == (encoding is None or encoding.sshd_accepts), row
+    print("[trusted CA encodings]\n" + "\n".join(rows))
+    assert not differ, "decided differently from sshd:\n" + "\n".join(differ)

@@ -81,6 +81,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "key blobs read as sshd reads them; a bad line logged with its reason and skipped; keys matched and "
         "fingerprinted as ssh-keygen writes them": [
             "tests/differential/test_blob_encodings_differential.py::test_odd_key_blobs_are_decided_as_sshd_decides",
+            "tests/differential/test_blob_encodings_differential.py::test_odd_trusted_ca_keys_are_decided_as_sshd_decides",
             U + "test_key_type_policy.py::test_a_key_blob_is_read_as_sshd_reads_it",
             U + "test_key_type_policy.py::test_login_users_and_doctor_skip_a_line_sshd_refuses_and_keep_the_others",
         ],
