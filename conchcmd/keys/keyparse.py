@@ -119,8 +119,9 @@ def sshd_blob(blob: bytes) -> bytes:
         raise KeyParseError("no key type in the blob") from None
     try:
         if key_type in SK_KEY_TYPES:
-            parse_sk_public_key(blob)  # SkError's own reason, below
-            return blob
+            canonical = _ns(key_type) + blob[reader.pos :]
+            parse_sk_public_key(canonical)  # SkError's own reason, below
+            return canonical
         fields = [_ns(key_type)]
         if key_type == b"ssh-rsa":
             fields += [_mp(reader.mpint()), _mp(reader.mpint())]
@@ -150,8 +151,10 @@ def sshd_blob(blob: bytes) -> bytes:
     return b"".join(fields)
 
 
-def _printable(name: bytes) -> str:
-    return name.decode("ascii", "backslashreplace")
+def _printable(name: bytes, limit: int = 40) -> str:
+    """A name from a blob, fit for a log line: printable ASCII, the rest escaped, cut at `limit`."""
+    text = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in name[:limit])
+    return text + ("..." if len(name) > limit else "")
 
 
 #: Client keys ParsedKeys keeps by default (an operator's keys are offered again at each login).

@@ -14,7 +14,17 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from support.oddblobs import ENCODINGS, OddEncoding, private_key, public_blob, zero_padded
+from support.oddblobs import (
+    ENCODINGS,
+    OddEncoding,
+    fields,
+    ns,
+    private_key,
+    public_blob,
+    trailing,
+    type_nul,
+    zero_padded,
+)
 from support.skauth import SoftwareAuthenticator, ssh_keygen_certificate
 from twisted.conch.ssh.common import getNS
 from twisted.internet.task import Clock
@@ -23,6 +33,7 @@ from conchcmd.core.config import load_config
 from conchcmd.edge.cli import main
 from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob
 from conchcmd.policy.auth import SIGNATURE_ALGORITHMS, KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import parse_authorized_keys
 
 #: Key kind -> whether login accepts it.
 KINDS = {
@@ -338,3 +349,22 @@ def test_login_users_and_doctor_skip_a_line_sshd_refuses_and_keep_the_others(
     for number in reasons:
         assert f"problem  {path}:{number}: line refused: {reasons[number]}" in report
     assert "user alice: 1 usable key line(s)" in report
+
+
+def test_a_name_in_a_refused_blob_cannot_forge_a_log_line() -> None:
+    """The reason quotes the blob's curve name: escaped and cut short, one line in the log."""
+    point = fields(public_blob(private_key("p256")))[2]
+    blob = ns(b"ecdsa-sha2-nistp256") + ns(b"nistp256\nconchcmd: Accepted publickey for root" + b"x" * 200) + ns(point)
+    line = f"ecdsa-sha2-nistp256 {base64.b64encode(blob).decode()}"
+    parsed = parse_authorized_keys(line + "\n", "f")
+    assert parsed.entries == () and len(parsed.problems) == 1
+    (problem,) = parsed.problems
+    assert "\n" not in problem and "\\x0aconchcmd" in problem and len(problem) < 200, problem
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa"])
+def test_an_sk_key_type_ending_in_nul_is_read_as_sshd_reads_it(kind: str) -> None:
+    token = SoftwareAuthenticator.generate(kind)
+    assert public_key_from_blob(type_nul(token.key_blob())).blob() == token.key_blob()
+    with pytest.raises(KeyParseError, match="trailing data"):
+        public_key_from_blob(trailing(token.key_blob()))
