@@ -205,3 +205,41 @@ def test_odd_trusted_ca_keys_are_decided_as_sshd_decides(server_pair: Pair) -> N
             assert by_sshd == (encoding is None or encoding.sshd_accepts), row
     print("[trusted CA encodings]\n" + "\n".join(rows))
     assert not differ, "decided differently from sshd:\n" + "\n".join(differ)
+
+
+@dataclass
+class RevokedFile:
+    """The key's authorized_keys line as ssh-keygen writes it, and its revoked_keys line written
+    oddly (each case has the files to itself: sshd reads no further than a line it cannot read)."""
+
+    case: BlobCase
+    revoked_blob: bytes
+    trusted: list[bytes] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[bytes]:
+        return self.case.lines
+
+    @property
+    def revoked(self) -> list[bytes]:
+        return [f"{LINE_TYPES[self.case.kind]} {base64.b64encode(self.revoked_blob).decode()}".encode()]
+
+
+def test_a_key_revoked_by_an_odd_line_is_decided_as_sshd_decides(server_pair: Pair) -> None:
+    """Read as a key (by value) or not readable (sshd then treats every key as revoked, as
+    conchcmd does): either way the key is refused by both."""
+    rows, differ = [], []
+    for encoding in (None, *ENCODINGS):
+        for kind in encoding.kinds if encoding else KINDS:
+            case = BlobCase(None, kind, "both")
+            canonical = public_blob(case.key)
+            server_pair.files.write([RevokedFile(case, encoding.rewrite(canonical) if encoding else canonical)])
+            by_sshd, by_conch = asyncio.run(_verdicts(server_pair, [case]))[0]
+            verdict = f"sshd {'accepts' if by_sshd else 'refuses'}, conchcmd {'accepts' if by_conch else 'refuses'}"
+            rows.append(
+                f"revoked by a line: {encoding.name if encoding else 'as ssh-keygen writes it'} ({kind}): {verdict}"
+            )
+            if by_sshd != by_conch:
+                differ.append(rows[-1])
+    print("[revoked_keys encodings]\n" + "\n".join(rows))
+    assert not differ, "decided differently from sshd:\n" + "\n".join(differ)
