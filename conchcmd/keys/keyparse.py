@@ -15,7 +15,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 
 from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField
-from conchcmd.keys.sk import SK_KEY_TYPES, SkError, parse_sk_public_key
+from conchcmd.keys.sk import SK_KEY_TYPES, SkError, WireReader, parse_sk_public_key
 
 #: What Conch's and cryptography's key parsers raise for input they cannot read.
 _PARSER_ERRORS: tuple[type[Exception], ...] = (
@@ -55,6 +55,12 @@ class PublicKey(Key):
 
     _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
     _ssh_type: bytes | None = None
+    _blob: bytes | None = None  # the blob as ssh-keygen writes it (set by public_key_from_blob)
+
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = super().blob()
+        return self._blob
 
     def type(self) -> Literal["RSA", "DSA", "EC", "Ed25519"]:
         if self._type is None:
@@ -68,18 +74,93 @@ class PublicKey(Key):
 
 
 def public_key_from_blob(blob: bytes) -> Key:
-    """A public key from its SSH wire blob (a client's or a file's), with no format guessing:
-    Conch sends text starting with '(' or '{' to SEXP/LSH parsers that assert."""
+    """A public key from its SSH wire blob (a client's or a file's), read as sshd reads it (see
+    `sshd_blob`); its `blob()` is the key as ssh-keygen writes it, what lines and revocations
+    are matched on and fingerprints taken of. No format guessing: Conch sends text starting with
+    '(' or '{' to SEXP/LSH parsers that assert."""
+    canonical = sshd_blob(blob)
     try:
-        return PublicKey.fromString(blob, type="blob")
+        key = PublicKey.fromString(canonical, type="blob")
     except _PARSER_ERRORS as e:
         raise KeyParseError(_reason(e)) from None
+    key._blob = canonical
+    return key
+
+
+#: The curve name an ECDSA key blob must carry for its type, as sshd requires.
+_EC_CURVE_NAMES = {
+    b"ecdsa-sha2-nistp256": b"nistp256",
+    b"ecdsa-sha2-nistp384": b"nistp384",
+    b"ecdsa-sha2-nistp521": b"nistp521",
+}
+_MAX_EC_POINT = (528 * 2 // 8) + 1  # SSHBUF_MAX_ECPOINT
+_ED25519_SIZE = 32
+
+
+def _ns(value: bytes) -> bytes:
+    return struct.pack(">L", len(value)) + value
+
+
+def _mp(value: int) -> bytes:
+    data = value.to_bytes((value.bit_length() + 8) // 8, "big") if value else b""
+    return _ns(data)
+
+
+def sshd_blob(blob: bytes) -> bytes:
+    """`blob` as ssh-keygen writes the key, or KeyParseError where OpenSSH's sshkey_from_blob
+    refuses it. Conch's parser is looser than sshd's: it ignores bytes after the key, ignores
+    an ECDSA key's curve name and takes compressed points, and reads a number with its top bit
+    set as positive. sshd's leniencies are kept: numbers with leading zero bytes, and a NUL
+    ending a name (sshbuf_get_cstring). Types other than these are left to Conch to refuse."""
+    reader = WireReader(blob)
+    try:
+        key_type = reader.cstring()
+    except SkError:
+        raise KeyParseError("no key type in the blob") from None
+    try:
+        if key_type in SK_KEY_TYPES:
+            canonical = _ns(key_type) + blob[reader.pos :]
+            parse_sk_public_key(canonical)  # SkError's own reason, below
+            return canonical
+        fields = [_ns(key_type)]
+        if key_type == b"ssh-rsa":
+            fields += [_mp(reader.mpint()), _mp(reader.mpint())]
+        elif key_type == b"ssh-dss":
+            fields += [_mp(reader.mpint()) for _ in range(4)]
+        elif key_type in _EC_CURVE_NAMES:
+            curve = reader.cstring()
+            if curve != _EC_CURVE_NAMES[key_type]:
+                raise KeyParseError(f"curve name {_printable(curve)} does not match key type {_printable(key_type)}")
+            point = reader.string()
+            if not point or len(point) > _MAX_EC_POINT:
+                raise KeyParseError("EC point empty or too long")
+            if point[0] != 4:
+                raise KeyParseError("EC point not in uncompressed form (sshd reads only uncompressed points)")
+            fields += [_ns(curve), _ns(point)]
+        elif key_type == b"ssh-ed25519":
+            public = reader.string()
+            if len(public) != _ED25519_SIZE:
+                raise KeyParseError(f"Ed25519 key of {len(public)} bytes, not {_ED25519_SIZE}")
+            fields.append(_ns(public))
+        else:
+            return blob
+        if reader.remaining:
+            raise KeyParseError("trailing data after the key")
+    except SkError as e:
+        raise KeyParseError(str(e) if key_type in SK_KEY_TYPES else f"{_printable(key_type)} key: {e}") from None
+    return b"".join(fields)
+
+
+def _printable(name: bytes, limit: int = 40) -> str:
+    """A name from a blob, fit for a log line: printable ASCII, the rest escaped, cut at `limit`."""
+    text = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in name[:limit])
+    return text + ("..." if len(name) > limit else "")
 
 
 #: Client keys ParsedKeys keeps by default (an operator's keys are offered again at each login).
 PARSED_KEYS = 256
-#: The longest blob ParsedKeys keeps: an RSA key of 16384 bits is 2,071 bytes. Conch ignores what
-#: follows a key in its blob, so a client can pad every blob it offers up to the packet size.
+#: The longest blob ParsedKeys keeps: an RSA key of 16384 bits is 2,071 bytes. sshd (and so
+#: conchcmd) takes numbers padded with leading zero bytes, so a client can pad the blobs it offers.
 MAX_KEPT_BLOB = 4096
 
 

@@ -287,8 +287,9 @@ class KeyAuthorizer:
     ) -> Authorized:
         try:
             key = self.parsed.get(blob)
-        except KeyParseError:
-            raise KeyRefused("malformed public key") from None
+        except KeyParseError as e:
+            raise KeyRefused(f"malformed public key ({e})") from None
+        blob = key.blob()  # as ssh-keygen writes it: sshd matches keys by value, not by their bytes
         key_type = key.sshType()
         if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):
             raise KeyRefused(f"signature algorithm {sanitise(algorithm)} not accepted")

@@ -365,7 +365,8 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
         if refused is None and meaning.principals is not None and not meaning.cert_authority:
             refused = "principals= on a line without cert-authority"  # sshd: "principals on non-CA key"
             problems.append(f"{where}: line refused: {refused}")
-        entries.append(AuthorizedKey(key, field.blob, tuple(options), comment, where, meaning, refused, number))
+        # Matched on the key as ssh-keygen writes it (sshd compares keys by value).
+        entries.append(AuthorizedKey(key, key.blob(), tuple(options), comment, where, meaning, refused, number))
     return ParsedFile(tuple(entries), tuple(problems), tuple(unreadable))
 
 

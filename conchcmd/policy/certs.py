@@ -314,8 +314,8 @@ class RevokedKeys:
 
     def check_key(self, blob: bytes, key: Key | None = None) -> None:
         """Refuse a revoked key; `key`, the key `blob` was read as, is refused also when `blob`
-        writes it otherwise than ssh-keygen does (Conch reads blobs loosely: trailing bytes, the
-        curve name, padded numbers, compressed points), as sshd compares keys by value."""
+        writes it otherwise than ssh-keygen does (zero-padded numbers, which sshd takes), as sshd
+        compares keys by value."""
         self.load()
         if blob in self.blobs or (key is not None and self.blobs and key.blob() in self.blobs):
             raise CertificateRefused(f"key {fingerprint(blob)} is revoked")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 
 from hypothesis import strategies as st
+from support.oddblobs import ENCODINGS
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
 from fuzz.guard import CORPUS
@@ -15,6 +16,16 @@ KEY_LINES = (CORPUS / "authorized_keys" / "openssh_keys.txt").read_text().splitl
 CERT_LINES = [p.read_text().strip() for p in sorted((CORPUS / "certificates").glob("*-cert.txt"))]
 CERT_BLOBS = [base64.b64decode(line.split()[1]) for line in CERT_LINES]
 CA_LINE = (CORPUS / "certificates" / "ca.pub.txt").read_text().strip()
+_KINDS = {"ssh-ed25519": "ed25519", "ecdsa-sha2-nistp256": "p256", "ecdsa-sha2-nistp384": "p384", "ssh-rsa": "rsa"}
+#: KEY_LINES' keys written otherwise than ssh-keygen writes them (support/oddblobs.py): trailing
+#: bytes, the other curve's name, compressed points, ... (sshd refuses most, takes some).
+ODD_KEY_LINES = [
+    f"{kind} {base64.b64encode(encoding.rewrite(base64.b64decode(blob))).decode()} {encoding.name}"
+    for kind, blob, *_ in (line.split() for line in KEY_LINES)
+    for encoding in ENCODINGS
+    if _KINDS.get(kind) in encoding.kinds
+]
+ODD_BLOBS = [base64.b64decode(line.split()[1]) for line in ODD_KEY_LINES]
 #: What str.splitlines() ends a line at besides \n and \r; OpenSSH files end lines at \n only.
 OTHER_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 BROKEN_SIGNATURE_KEY = (CORPUS / "certificates" / "regression_broken_signature_key_length.txt").read_text().split()

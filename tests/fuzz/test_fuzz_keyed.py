@@ -34,7 +34,7 @@ from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.policy.certs import CERT_SIGNATURES
 from conchcmd.wire.packets import pad
 from fuzz.guard import LogWatch, bounded, fuzz
-from fuzz.samples import BROKEN_SIGNATURE_KEY, SUITE_IDS, SUITES, mangled
+from fuzz.samples import BROKEN_SIGNATURE_KEY, ODD_BLOBS, SUITE_IDS, SUITES, mangled
 from fuzz.wire import PACKET_BUFFER, Keyed
 
 CA = ed25519.Ed25519PrivateKey.generate()
@@ -144,6 +144,7 @@ cert_kinds = st.sampled_from(
 )
 blobs = st.one_of(
     st.sampled_from(BLOBS),
+    st.sampled_from(ODD_BLOBS),  # keys written oddly (support/oddblobs.py), not admin's
     st.sampled_from(BLOBS).flatmap(mangled),
     st.binary(max_size=200),
     st.tuples(cert_kinds, st.binary(max_size=100)).map(lambda t: NS(t[0]) + t[1]),

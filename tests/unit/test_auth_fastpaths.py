@@ -117,7 +117,8 @@ def test_parsed_keys_answer_as_conch_s_key_does(ssh_key, kind: str) -> None:  # 
 
 
 def test_parsed_keys_are_read_once_kept_in_bounds_and_never_keep_a_refusal() -> None:
-    from support.keys import ed25519_key
+    from support.keys import ed25519_key, rsa_key
+    from support.oddblobs import fields, ns
 
     blobs = [ed25519_key(n).public().blob() for n in range(40, 44)]
     parsed = ParsedKeys(size=3)
@@ -133,8 +134,13 @@ def test_parsed_keys_are_read_once_kept_in_bounds_and_never_keep_a_refusal() -> 
         with pytest.raises(KeyParseError):
             parsed.get(blobs[0][:-1])
     assert blobs[0][:-1] not in parsed._keys and len(parsed._keys) == 3
-    padded = blobs[0] + bytes(MAX_KEPT_BLOB)  # Conch ignores the tail: the same key, not kept
-    assert parsed.get(padded) == first and padded not in parsed._keys
+    with pytest.raises(KeyParseError, match="trailing data"):  # refused, as sshd refuses it
+        parsed.get(blobs[0] + bytes(MAX_KEPT_BLOB))
+    rsa = rsa_key(40).public()
+    name, e, n = fields(rsa.blob())  # numbers as long as sshd takes them: the same key, not kept
+    padded = ns(name) + ns(e.rjust(2049, b"\0")) + ns(n.rjust(2049, b"\0"))
+    assert len(padded) > MAX_KEPT_BLOB
+    assert parsed.get(padded) == rsa and parsed.get(padded).blob() == rsa.blob() and padded not in parsed._keys
 
 
 def reference_log_word(value: str | bytes, limit: int = MAX_USER) -> str:

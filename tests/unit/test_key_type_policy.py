@@ -13,13 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from support.oddblobs import (
+    ENCODINGS,
+    OddEncoding,
+    fields,
+    ns,
+    private_key,
+    public_blob,
+    trailing,
+    type_nul,
+    zero_padded,
+)
 from support.skauth import SoftwareAuthenticator, ssh_keygen_certificate
 from twisted.conch.ssh.common import getNS
 from twisted.internet.task import Clock
 
 from conchcmd.core.config import load_config
 from conchcmd.edge.cli import main
+from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob
 from conchcmd.policy.auth import SIGNATURE_ALGORITHMS, KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import parse_authorized_keys
 
 #: Key kind -> whether login accepts it.
 KINDS = {
@@ -273,3 +287,84 @@ def test_check_says_what_an_sk_certificate_login_must_show(
     pub.write_text(f"{token.with_certificate(blob).sshType().decode()} {base64.b64encode(blob).decode()}\n")
     assert main(["check", "--user", "alice", "--key", str(pub)]) == 0
     assert capsys.readouterr().out.endswith("; security key: no touch required)\n")
+
+
+# -- key blobs written otherwise than ssh-keygen writes them (support/oddblobs.py) -----------------
+
+ODD_CASES = [(encoding, kind) for encoding in ENCODINGS for kind in encoding.kinds]
+
+
+@pytest.mark.parametrize(("encoding", "kind"), ODD_CASES, ids=[f"{e.name}-{k}" for e, k in ODD_CASES])
+def test_a_key_blob_is_read_as_sshd_reads_it(encoding: OddEncoding, kind: str) -> None:
+    """sshd's verdict on each encoding (checked against the real sshd by the differential test);
+    a key read is the key ssh-keygen writes, a refusal says why in words."""
+    canonical = public_blob(private_key(kind))
+    odd = encoding.rewrite(canonical)
+    if encoding.sshd_accepts:
+        assert public_key_from_blob(odd).blob() == canonical
+    else:
+        with pytest.raises(KeyParseError) as refused:
+            public_key_from_blob(odd)
+        assert "Error" not in str(refused.value) and str(refused.value)
+
+
+def test_login_users_and_doctor_skip_a_line_sshd_refuses_and_keep_the_others(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every refused encoding in one file: each line is reported with its reason, the good line
+    (written with zero-padded numbers, as sshd allows) logs in with the key as ssh-keygen writes
+    it, under the fingerprint `ssh-keygen -l` gives for its line."""
+    refused = [(e, k) for e, k in ODD_CASES if not e.sshd_accepts]
+    types = {"ed25519": "ssh-ed25519", "p256": "ecdsa-sha2-nistp256", "p384": "ecdsa-sha2-nistp384", "rsa": "ssh-rsa"}
+    lines = [f"{types[k]} {base64.b64encode(e.rewrite(public_blob(private_key(k)))).decode()}" for e, k in refused]
+    good = rsa.generate_private_key(65537, 2048)
+    padded = f"ssh-rsa {base64.b64encode(zero_padded(public_blob(good))).decode()} padded"
+    path = workdir / "keys" / "authorized_keys" / "alice"
+    path.write_text("\n".join([*lines, padded]) + "\n")
+    path.chmod(0o600)
+    (workdir / "padded.pub").write_text(padded + "\n")
+    expected = ssh_keygen_fingerprint(workdir / "padded.pub")
+
+    for line in lines:  # the client sending the same bytes
+        assert (login_refusal("alice", line, workdir) or "").startswith("malformed public key ("), line
+    canonical = f"ssh-rsa {base64.b64encode(public_blob(good)).decode()}"
+    assert login_refusal("alice", canonical, workdir) is None
+    assert login_refusal("alice", padded, workdir) is None
+    authorizer = KeyAuthorizer.from_config(load_config(None, cwd=workdir), Clock())
+    granted = authorizer.authorize("alice", b"rsa-sha2-256", public_blob(good), "127.0.0.1")
+    assert granted.identity.fingerprint == expected
+
+    assert main(["users", "--json"]) == 0
+    (user,) = json.loads(capsys.readouterr().out)["users"]
+    assert [(k["line"], k["usable"], k["fingerprint"]) for k in user["keys"]] == [(len(lines) + 1, True, expected)]
+    reasons = {r["line"]: r["reason"] for r in user["refused_lines"]}
+    assert sorted(reasons) == list(range(1, len(lines) + 1))
+    for number, (encoding, _) in enumerate(refused, 1):
+        assert reasons[number].startswith("bad key ("), (encoding.name, reasons[number])
+    assert reasons[1] == "bad key (trailing data after the key)"
+    shown = "\n".join(reasons.values())
+    assert "curve name nistp384 does not match key type ecdsa-sha2-nistp256" in shown
+    assert "EC point not in uncompressed form" in shown
+    report = doctor(workdir)
+    for number in reasons:
+        assert f"problem  {path}:{number}: line refused: {reasons[number]}" in report
+    assert "user alice: 1 usable key line(s)" in report
+
+
+def test_a_name_in_a_refused_blob_cannot_forge_a_log_line() -> None:
+    """The reason quotes the blob's curve name: escaped and cut short, one line in the log."""
+    point = fields(public_blob(private_key("p256")))[2]
+    blob = ns(b"ecdsa-sha2-nistp256") + ns(b"nistp256\nconchcmd: Accepted publickey for root" + b"x" * 200) + ns(point)
+    line = f"ecdsa-sha2-nistp256 {base64.b64encode(blob).decode()}"
+    parsed = parse_authorized_keys(line + "\n", "f")
+    assert parsed.entries == () and len(parsed.problems) == 1
+    (problem,) = parsed.problems
+    assert "\n" not in problem and "\\x0aconchcmd" in problem and len(problem) < 200, problem
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa"])
+def test_an_sk_key_type_ending_in_nul_is_read_as_sshd_reads_it(kind: str) -> None:
+    token = SoftwareAuthenticator.generate(kind)
+    assert public_key_from_blob(type_nul(token.key_blob())).blob() == token.key_blob()
+    with pytest.raises(KeyParseError, match="trailing data"):
+        public_key_from_blob(trailing(token.key_blob()))

@@ -78,6 +78,13 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_transport_auth.py::test_server_sig_algs_lists_user_key_algorithms",
             E + "test_e2e_auth.py::test_rsa_user_key_against_ed25519_only_host",
         ],
+        "key blobs read as sshd reads them; a bad line logged with its reason and skipped; keys matched and "
+        "fingerprinted as ssh-keygen writes them": [
+            "tests/differential/test_blob_encodings_differential.py::test_odd_key_blobs_are_decided_as_sshd_decides",
+            "tests/differential/test_blob_encodings_differential.py::test_odd_trusted_ca_keys_are_decided_as_sshd_decides",
+            U + "test_key_type_policy.py::test_a_key_blob_is_read_as_sshd_reads_it",
+            U + "test_key_type_policy.py::test_login_users_and_doctor_skip_a_line_sshd_refuses_and_keep_the_others",
+        ],
     },
     "One authentication request at a time": {
         "pipelined requests wait and are answered in order": [

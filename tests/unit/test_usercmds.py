@@ -635,16 +635,21 @@ def test_adduser_follows_a_symlink_in_a_directory_only_the_server_can_write(work
 def test_users_marks_a_revoked_key_written_with_other_bytes_revoked(
     workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A line whose blob has bytes after the key is the same key (login reads it so): revoked too."""
+    """A line whose blob pads the key's numbers with zero bytes is the same key (sshd and login read
+    it so): revoked too. One with bytes after the key is no key at all (sshd refuses it)."""
     import base64
 
-    revoked = ssh_key("ed25519")
+    from support.oddblobs import trailing, zero_padded
+
+    revoked = ssh_key("rsa")
     key_type, text = revoked.public_line.split()[:2]
-    padded = base64.b64encode(base64.b64decode(text) + b"\x00\x00\x00\x03pad").decode()
+    padded = base64.b64encode(zero_padded(base64.b64decode(text))).decode()
+    extra = base64.b64encode(trailing(base64.b64decode(text))).decode()
     (workdir / "revoked").write_text(revoked.public_line + "\n")
     (workdir / "revoked").chmod(0o600)
     (workdir / "conchcmd.toml").write_text('revoked_keys = "revoked"\n')
-    users_file(workdir, "alice", f"{key_type} {padded}\n")
+    users_file(workdir, "alice", f"{key_type} {padded}\n{key_type} {extra}\n")
     [alice] = users_json(capsys)["users"]
+    assert alice["refused_lines"] == [{"line": 2, "reason": "bad key (trailing data after the key)"}]
     [key] = alice["keys"]
     assert key["refused"] is not None and key["refused"].endswith(" is revoked")
