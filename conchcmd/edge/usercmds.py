@@ -88,8 +88,8 @@ def read_public_key_file(path: Path, *, certificates: bool = False) -> PublicKey
         return PublicKeyText(first, field.key_type, field.blob, True)
     try:
         public_key_from_line(field)  # read as login reads it
-    except KeyParseError:
-        raise UserCommandError(f"{path} is not an OpenSSH public key", usage=True) from None
+    except KeyParseError as e:
+        raise UserCommandError(f"{path} is not an OpenSSH public key ({e})", usage=True) from None
     return PublicKeyText(first, field.key_type, field.blob, False)
 
 

@@ -185,7 +185,7 @@ def test_an_sk_key_login_cannot_read_is_refused_by_adduser_users_and_doctor(
     pub = workdir / "bad.pub"
     pub.write_text(bad + "\n")
     assert main(["adduser", "alice", str(pub)]) == 2
-    assert capsys.readouterr().err == f"conchcmd: {pub} is not an OpenSSH public key\n"
+    assert capsys.readouterr().err == f"conchcmd: {pub} is not an OpenSSH public key (trailing data after the key)\n"
     path = workdir / "keys" / "authorized_keys" / "alice"
     assert not path.exists()
 

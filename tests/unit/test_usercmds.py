@@ -80,6 +80,23 @@ def test_check_and_adduser_say_the_same_about_a_file_that_is_no_public_key(
     assert "padding" not in check_err
 
 
+def test_adduser_names_the_reason_an_oddly_written_key_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .pub whose blob sshd would refuse (here: bytes after the key) is refused with the reason
+    login gives, not only "not an OpenSSH public key"."""
+    import base64
+
+    from support.oddblobs import private_key, public_blob, trailing
+
+    blob = trailing(public_blob(private_key("ed25519")))
+    path = workdir / "odd.pub"
+    path.write_text(f"ssh-ed25519 {base64.b64encode(blob).decode()} odd\n")
+    assert main(["adduser", "alice", str(path)]) == 2
+    assert capsys.readouterr().err == f"conchcmd: {path} is not an OpenSSH public key (trailing data after the key)\n"
+    assert not (workdir / "keys" / "authorized_keys" / "alice").exists()
+
+
 def test_adduser_refuses_a_certificate_and_says_what_to_do(
     workdir: Path, ssh_key, capsys: pytest.CaptureFixture[str]
 ) -> None:
