@@ -5,6 +5,9 @@ HOLD_BYTES; every exec gets its whole output and exit status, none hangs."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -99,3 +102,45 @@ def test_sixty_hashes_at_once_then_sigterm(make_server, data, tmp_path):
     figure("hash_flood_threads", {"baseline": baseline, "peak": peak, "client_rcs": sorted(set(rcs))})
     assert peak - baseline <= (4 + 2) + 4 + 2, (baseline, peak)
     assert all(rc != 0 for rc in rcs), rcs  # none claims a hash it did not finish
+
+
+def test_rotations_and_sighups_during_a_burst_of_execs_lose_and_tear_no_record(make_server, data):
+    """The audit log renamed away and SIGHUP sent, five times, while 10 shell clients run four
+    commands each: every command succeeds and its command record is in exactly one of the files, each
+    file whole JSON lines."""
+    server = make_server(max_clients=20, settings={"max_clients_per_user": 20})
+    audit = server.audit_path
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(10):
+            procs.append(server.popen(options=["-T"], stdin=subprocess.PIPE))
+        script = f"comphash {data.small}\nlastlog -n 3\ncomphash {data.small}\n".encode()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(script[: len(script) // 2])
+            p.stdin.flush()
+        for n in range(1, 6):
+            time.sleep(0.05)
+            audit.rename(audit.with_name(f"{audit.name}.{n}"))
+            os.kill(server.pid, signal.SIGHUP)
+        outcomes = [p.communicate(script[len(script) // 2 :] + b"exit 0\n", timeout=30) for p in procs]
+        rcs = [p.returncode for p in procs]
+    finally:
+        kill_all(procs)
+    assert rcs == [0] * 10, [err for _, err in outcomes]
+    server.wait_log("Audit log .* reopened", 0)
+    wait_for(lambda: audit.exists(), 5, "the audit log made again")
+    records = []
+    spread = []
+    for path in [audit.with_name(f"{audit.name}.{n}") for n in range(1, 6)] + [audit]:  # oldest first
+        text = path.read_text(encoding="utf-8")
+        assert not text or text.endswith("\n"), path
+        records += [json.loads(line) for line in text.splitlines()]
+        spread.append(sum(1 for line in text.splitlines() if '"event": "command"' in line))
+    figure("rotation_spread", spread)
+    commands = [r for r in records if r["event"] == "command"]
+    by_connection: dict[str, list[str]] = {}
+    for r in commands:
+        by_connection.setdefault(r["connection"], []).append(r["argv"][0])
+    # each client's four commands (exit is one too), each recorded once
+    assert sorted(by_connection.values()) == [["comphash", "lastlog", "comphash", "exit"]] * 10, by_connection
