@@ -52,8 +52,12 @@ class ThreadRunner:
         self.reactor = reactor
         self.pool = pool
         self.nice = nice
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]]
-        self._jobs = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) waits for ever
+        # when a waiter is woken for a job another worker took and runs only after its time was
+        # up (the time left goes negative, read as "no timeout"): that worker never left, and
+        # pool.stop() (the server's SIGTERM) waited for it for good. Queue's wait keeps its timeout.
+        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]]
+        self._jobs = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0  # jobs given and not yet taken
         self._idle = 0  # workers waiting for a job (or just taking one)

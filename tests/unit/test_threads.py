@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +159,36 @@ def test_an_idle_worker_gives_its_thread_back_and_a_stopped_pool_runs_nothing() 
     late = first.run(lambda: ran.append("ran"))
     threading.Event().wait(0.2)
     assert not late.called and ran == []
+
+
+def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_the_pool_stops() -> None:
+    """A worker waiting for a job is woken by one, but another worker takes it, and the woken one
+    runs only after its wait was due (a busy machine). It must still see the pool stopped and
+    give its thread back: with CPython 3.11's SimpleQueue, its get(timeout) then waited for ever
+    (the time left went negative: "no timeout"), and the server's SIGTERM hung in pool.stop()."""
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="late")
+    pool.start()
+    runner = ThreadRunner(ThreadedReactor(), pool)
+    runner.POLL = 0.1  # type: ignore[misc]
+    assert run_in(runner, lambda: "first") == "first"  # the one worker now waits for the next job
+    threading.Event().wait(0.05)  # (in its wait for a job)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)  # this thread keeps the GIL: the woken worker runs only later
+    try:
+        runner.run(lambda: None)
+        taken = runner._jobs.get_nowait()  # another worker (here: this thread) takes the job first
+        with runner._lock:
+            runner._pending -= 1  # and counts it taken, as a worker does
+        due = time.monotonic() + 0.3  # past the woken worker's wait, without giving up the GIL
+        while time.monotonic() < due:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+    stopping = threading.Thread(target=pool.stop, daemon=True)
+    stopping.start()
+    stopping.join(10)  # the worker sees the pool stopped within POLL: far less than this
+    hung = stopping.is_alive()
+    if hung:  # wake the stuck worker (any job does), so that the test itself ends
+        runner._jobs.put(taken)
+        stopping.join(10)
+    assert not hung, "pool.stop() waited for a worker that never left its wait"
