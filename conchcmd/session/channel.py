@@ -294,15 +294,17 @@ class SessionChannel(QuietChannel):
 
     def answer_request(self, requestType: bytes, data: bytes, reply: Callable[[bool, bool], None]) -> None:
         """Handle a request and answer it with `reply(ok, begins)` (which queues the reply
-        packet, if the client wants one; `begins`: an exec or shell starts, the connection may hold
-        the reply for the command's first packets); the command starts right after, in the same
+        packet, if the client wants one; `begins`: an exec starts, the connection may hold the
+        reply for the command's first packets); the command starts right after, in the same
         turn, so its output and exit status follow the reply on the wire."""
         self._answering = True
         try:
             ok = self.requestReceived(requestType, data)
         finally:
             self._answering = False
-        reply(bool(ok), self._start_pending)
+        # Only an exec's reply is held for its first output: a shell without a pty writes nothing
+        # until the user types, so holding its reply would only delay it by REPLY_HOLD.
+        reply(bool(ok), self._start_pending and requestType == b"exec")
         if self._start_pending:
             self._start_pending = False
             self._start_handler()

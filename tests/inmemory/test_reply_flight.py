@@ -128,3 +128,12 @@ def test_output_past_hold_bytes_is_not_held(tmp_path: Path) -> None:
     runner.run_all()
     conn.flush()
     assert chan.events == ["reply", "data", "eof", "exit-status", "close"]
+
+
+def test_a_shell_s_reply_is_not_held(tmp_path: Path) -> None:
+    """A shell without a pty writes nothing until the user types: its reply leaves at once, not
+    after REPLY_HOLD (held, every `ssh -T` session would start 10 ms later)."""
+    _world, _runner, conn = held_world(tmp_path)
+    chan = conn.open_session()
+    replied = conn.request(chan, b"shell")
+    assert replied.called and chan.events == ["reply"]
