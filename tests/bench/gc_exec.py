@@ -103,14 +103,7 @@ def measure(fx: object, tree: Path, execs: int, saveall: bool, name: str) -> dic
     launcher = [sys.executable, str(HERE), "--serve-gc", str(stats)] + (["--saveall"] if saveall else [])
     server = Server(fx, tree, name, launcher=launcher)
     try:
-        server.execs(10)  # warm-up: imports, first-use caches
-        os.kill(server.proc.pid, signal.SIGUSR1)
-        time.sleep(0.2)
-        cpu_ms, sched_ms, client_ms = server.execs(execs)
-        os.kill(server.proc.pid, signal.SIGUSR2)
-        deadline = time.time() + 30
-        while not stats.exists() and time.time() < deadline:
-            time.sleep(0.05)
+        cpu_ms, sched_ms, client_ms = server.switched_execs(execs, stats)
     finally:
         server.stop()
     report = json.loads(stats.read_text())

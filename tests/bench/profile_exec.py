@@ -144,6 +144,19 @@ class Server:
         server1, ns1, client1 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
         return (server1 - server0) * 1000 / n, (ns1 - ns0) / 1e6 / n, (client1 - client0) * 1000 / n
 
+    def switched_execs(self, n: int, output: Path) -> tuple[float, float, float]:
+        """Warm up, then run n fresh execs with the server's recorder switched on (SIGUSR1) and off
+        (SIGUSR2), and wait for it to write `output`; returns what execs() returns."""
+        self.execs(10)  # warm-up: imports, first-use caches
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        time.sleep(0.2)
+        measured = self.execs(n)
+        os.kill(self.proc.pid, signal.SIGUSR2)
+        deadline = time.time() + 30
+        while not output.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        return measured
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -194,14 +207,7 @@ def profile(fx: Fixture, tree: Path, execs: int, top: int, keep: Path | None) ->
     stats_file.unlink(missing_ok=True)
     server = Server(fx, tree, "profiled", profile_to=stats_file)
     try:
-        server.execs(10)  # warm-up: imports, first-use caches
-        os.kill(server.proc.pid, signal.SIGUSR1)
-        time.sleep(0.2)
-        per_exec, _, client = server.execs(execs)
-        os.kill(server.proc.pid, signal.SIGUSR2)
-        deadline = time.time() + 30
-        while not stats_file.exists() and time.time() < deadline:
-            time.sleep(0.05)
+        per_exec, _, client = server.switched_execs(execs, stats_file)
     finally:
         server.stop()
     print(f"{execs} fresh execs of `ssh host comphash 4KiB` (tree {tree})")
