@@ -19,6 +19,7 @@ from conchcmd.core.audit import sanitise
 from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
+from conchcmd.keys.keyparse import KeyParseError, sshd_blob
 from conchcmd.policy.auth import Identity, KeyRefused, LoginUnavailable, PublicKeyChecker, SkRequirementNotMet
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
@@ -255,7 +256,7 @@ class UserAuthService(UserAuthHooks):
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
             return {}
-        algorithm, blob = self._key
+        algorithm, blob = self._key[0], self._logged_blob(self._key[1])
         fields: dict[str, Any] = {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
         if is_certificate(blob):
             try:
@@ -270,6 +271,16 @@ class UserAuthService(UserAuthHooks):
                 pass
         return fields
 
+    @staticmethod
+    def _logged_blob(blob: bytes) -> bytes:
+        """A client's key blob as ssh-keygen writes the key, for fingerprints in log lines and
+        audit records: sshd logs the key it read, so padding a blob (which sshd takes) must not
+        show one key under another fingerprint. The bytes as sent if they are no key."""
+        try:
+            return sshd_blob(blob)
+        except KeyParseError:
+            return blob
+
     def _user_name(self) -> str:
         return sanitise(self.user or b"", 64)
 
@@ -283,7 +294,7 @@ class UserAuthService(UserAuthHooks):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
-        key = KeyInfo.of(self._key[1]) if identity.method == "publickey" and self._key is not None else None
+        key = KeyInfo.of(self._logged_blob(self._key[1])) if identity.method == "publickey" and self._key else None
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
@@ -313,7 +324,7 @@ class UserAuthService(UserAuthHooks):
         ):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
-            key = KeyInfo.of(self._key[1]) if self.method == b"publickey" and self._key is not None else None
+            key = KeyInfo.of(self._logged_blob(self._key[1])) if self.method == b"publickey" and self._key else None
             if isinstance(reason.value, SkRequirementNotMet):
                 t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
             t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)

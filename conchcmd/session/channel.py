@@ -323,15 +323,18 @@ class SessionChannel(QuietChannel):
         return 1
 
     def _start_handler(self) -> None:
-        if self._gone or self.handler is None:
+        handler = self.handler
+        if self._gone or handler is None:
             return
         self._started = True
-        self.handler.start()
+        handler.start()
+        # The handler's own reference: a command that ends at once can close the channel in
+        # start() (the client had closed its side), and closed() lets go of self.handler.
         early, self._early_input, self._early_bytes = self._early_input, [], 0
         for data in early:
-            self.handler.data_received(data)
+            handler.data_received(data)
         if self._early_eof:
-            self.handler.eof_received()
+            handler.eof_received()
         self.input_consumed()
 
     # -- input -------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from support.sshclient import result_of
 from support.world import add_user, make_world
 from twisted.conch.ssh import common, userauth
 from twisted.conch.ssh.keys import Key
+from twisted.logger import capturedLogs, formatEvent
+
+from conchcmd.policy.authorized_keys import fingerprint
 
 
 def trailing_bytes(key: Key) -> bytes:
@@ -88,3 +91,38 @@ def test_a_revoked_key_is_refused_however_its_blob_is_written(tmp_path: Path, en
         assert record["ok"] is False and "is revoked" in record["reason"]
     else:  # the oddly written line does log in: the refusal above is the revocation's
         assert result_of(d)[0] == userauth.MSG_USERAUTH_SUCCESS and record["ok"] is True
+
+
+@pytest.mark.parametrize("authorized", [True, False])
+def test_a_padded_blob_is_logged_and_audited_by_its_keys_fingerprint(tmp_path: Path, authorized: bool) -> None:
+    # sshd logs the fingerprint of the key it read (ssh-keygen -l's), not a hash of the bytes the
+    # client chose: padding the blob must not show one key under many fingerprints.
+    key = rsa_key(21)
+    blob = zero_padded_modulus(key)
+    expected = fingerprint(key.public().blob())
+    assert fingerprint(blob) != expected
+    w = make_world(tmp_path / "w")
+    add_user(w, "mallory", authorized_line(key) if authorized else authorized_line(rsa_key(22)))
+    with capturedLogs() as events:
+        conn = w.connect()
+        auth = conn.start_auth(b"mallory")
+        signed = (
+            common.NS(conn.client.sessionID)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + common.NS(b"mallory")
+            + common.NS(b"ssh-connection")
+            + common.NS(b"publickey")
+            + b"\x01"
+            + common.NS(b"rsa-sha2-512")
+            + common.NS(blob)
+        )
+        signature = key.sign(signed, signatureType=b"rsa-sha2-512")
+        d = auth._request(b"publickey", b"\x01" + common.NS(b"rsa-sha2-512") + common.NS(blob) + common.NS(signature))
+        conn.flush()
+    wanted = userauth.MSG_USERAUTH_SUCCESS if authorized else userauth.MSG_USERAUTH_FAILURE
+    assert result_of(d)[0] == wanted
+    [record] = w.audit.of("auth")
+    assert record["fingerprint"] == expected, record
+    word = "Accepted" if authorized else "Failed"
+    [line] = [formatEvent(e) for e in events if formatEvent(e).startswith(f"{word} publickey for mallory")]
+    assert line.endswith(f"ssh2: RSA {expected}"), line

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support.channels import Harness, winsize
+from support.channels import Harness, RecordingConnection, winsize
 from twisted.conch.ssh import common
 
 from conchcmd.commands.framework import ExitStatus
@@ -379,3 +379,27 @@ def test_a_release_costs_one_pass_over_the_connections_channels(monkeypatch: pyt
     assert h.conn.data() == b"hi\n"
     assert h.budget.committed() <= h.budget.limit + 64 * WINDOW_FLOOR  # the accounts still add up
     assert looked_up <= 16 * 64, looked_up  # a handful of passes (758 now)
+
+
+class ClosingConnection(RecordingConnection):
+    """As ConnectionService.send_exit: with the client's side closed already, the channel closes."""
+
+    def send_exit(self, chan: Any, status: int) -> None:
+        super().send_exit(chan, status)
+        chan.localClosed = True
+        if chan.remoteClosed:
+            chan.closed()
+
+
+def test_a_command_that_closes_its_channel_at_start_raises_nothing_over_its_early_input() -> None:
+    h = Harness()
+    h.conn = ClosingConnection()
+    h.chan.conn = h.conn  # type: ignore[assignment]
+    h.client_sends(b"early\n")
+    h.chan.eofReceived()
+    h.chan.remoteClosed = True
+    replies: list[tuple[bool, bool]] = []
+    h.chan.answer_request(b"exec", common.NS(b"say hi"), lambda ok, begins: replies.append((ok, begins)))
+    h.settle()
+    assert replies == [(True, True)]
+    assert h.conn.data() == b"hi\n" and h.conn.kinds()[-3:] == ["eof", "exit-status", "close"]
