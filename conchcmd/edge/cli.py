@@ -1,4 +1,4 @@
-"""The command-line edge: argparse subcommands; the only module that asks for the global reactor (`serve`)."""
+"""The command-line edge: argparse subcommands; `serve` installs the global reactor (core/reactor.py) and runs it."""
 
 from __future__ import annotations
 

@@ -346,3 +346,13 @@ def test_serve_installs_the_flushing_reactor_before_conch_imports_the_global_one
     source = (REPO / "conchcmd" / "edge" / "cli.py").read_text()
     serve = source[source.index("def cmd_serve") :]
     assert serve.index("install_reactor()") < serve.index("from conchcmd.edge.service import")
+
+
+def test_nothing_serve_imports_first_installs_twisted_s_reactor() -> None:
+    """install_reactor quietly keeps a reactor that is already installed (twistd's): if importing
+    the command line ever imported Twisted's global reactor, serve would run the plain epoll one."""
+    script = "import sys, conchcmd.edge.cli\nprint('twisted.internet.reactor' in sys.modules)\n"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO, timeout=60
+    ).stdout
+    assert out.split() == ["False"]
