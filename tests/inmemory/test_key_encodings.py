@@ -69,18 +69,7 @@ def test_a_revoked_key_is_refused_however_its_blob_is_written(tmp_path: Path, en
     add_user(w, "mallory", f"{key.sshType().decode()} {base64.b64encode(blob).decode()}\n")
     conn = w.connect()
     auth = conn.start_auth(b"mallory")
-    signed = (
-        common.NS(conn.client.sessionID)
-        + bytes((userauth.MSG_USERAUTH_REQUEST,))
-        + common.NS(b"mallory")
-        + common.NS(b"ssh-connection")
-        + common.NS(b"publickey")
-        + b"\x01"
-        + common.NS(algorithm)
-        + common.NS(blob)
-    )
-    signature = key.sign(signed, signatureType=algorithm)
-    d = auth._request(b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature))
+    d = auth.login(key, algorithm, blob)
     conn.flush()
     [record] = w.audit.of("auth")
     if not sshd_accepts:  # no key, revoked or not: refused before any line is looked at
@@ -106,18 +95,7 @@ def test_a_padded_blob_is_logged_and_audited_by_its_keys_fingerprint(tmp_path: P
     with capturedLogs() as events:
         conn = w.connect()
         auth = conn.start_auth(b"mallory")
-        signed = (
-            common.NS(conn.client.sessionID)
-            + bytes((userauth.MSG_USERAUTH_REQUEST,))
-            + common.NS(b"mallory")
-            + common.NS(b"ssh-connection")
-            + common.NS(b"publickey")
-            + b"\x01"
-            + common.NS(b"rsa-sha2-512")
-            + common.NS(blob)
-        )
-        signature = key.sign(signed, signatureType=b"rsa-sha2-512")
-        d = auth._request(b"publickey", b"\x01" + common.NS(b"rsa-sha2-512") + common.NS(blob) + common.NS(signature))
+        d = auth.login(key, b"rsa-sha2-512", blob)
         conn.flush()
     wanted = userauth.MSG_USERAUTH_SUCCESS if authorized else userauth.MSG_USERAUTH_FAILURE
     assert result_of(d)[0] == wanted

@@ -6,7 +6,6 @@ import base64
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
-from twisted.conch.ssh import common, userauth
 from twisted.conch.ssh.keys import Key
 
 from support.sshclient import Connection, result_of
@@ -18,18 +17,7 @@ def cert_login(conn: Connection, user: bytes, user_key: Key, cert_b64: bytes) ->
     blob = base64.b64decode(cert_b64)
     algorithm = b"ssh-ed25519-cert-v01@openssh.com"
     auth = conn.start_auth(user)
-    signed = (
-        common.NS(conn.client.sessionID)
-        + bytes((userauth.MSG_USERAUTH_REQUEST,))
-        + common.NS(user)
-        + common.NS(b"ssh-connection")
-        + common.NS(b"publickey")
-        + b"\x01"
-        + common.NS(algorithm)
-        + common.NS(blob)
-    )
-    signature = user_key.sign(signed, signatureType=b"ssh-ed25519")
-    d = auth._request(b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature))
+    d = auth._request(b"publickey", auth.signed(user_key, algorithm, blob, signature_type=b"ssh-ed25519"))
     conn.flush()
     return result_of(d)[0] if d.called else 0
 

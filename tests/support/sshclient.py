@@ -107,9 +107,14 @@ class AuthClient(service.SSHService):
         algorithm = algorithm or key.sshType()
         return self._request(b"publickey", b"\x00" + common.NS(algorithm) + common.NS(key.blob()))
 
-    def signed(self, key: Key, algorithm: bytes | None = None) -> bytes:
-        """The data of a signed publickey request with `key`."""
+    def signed(
+        self, key: Key, algorithm: bytes | None = None, blob: bytes | None = None, signature_type: bytes | None = None
+    ) -> bytes:
+        """The data of a signed publickey request with `key`: offering `blob` (default: the key's
+        own, as ssh-keygen writes it; a certificate or an oddly written key otherwise) under
+        `algorithm`, signed with `signature_type` (default: `algorithm`)."""
         algorithm = algorithm or key.sshType()
+        blob = key.public().blob() if blob is None else blob
         signed = (
             common.NS(self.transport.sessionID)
             + bytes((userauth.MSG_USERAUTH_REQUEST,))
@@ -118,13 +123,15 @@ class AuthClient(service.SSHService):
             + common.NS(b"publickey")
             + b"\x01"
             + common.NS(algorithm)
-            + common.NS(key.public().blob())
+            + common.NS(blob)
         )
-        signature = key.sign(signed, signatureType=algorithm)
-        return b"\x01" + common.NS(algorithm) + common.NS(key.public().blob()) + common.NS(signature)
+        signature = key.sign(signed, signatureType=signature_type or algorithm)
+        return b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature)
 
-    def login(self, key: Key, algorithm: bytes | None = None) -> defer.Deferred[tuple[int, bytes]]:
-        return self._request(b"publickey", self.signed(key, algorithm))
+    def login(
+        self, key: Key, algorithm: bytes | None = None, blob: bytes | None = None
+    ) -> defer.Deferred[tuple[int, bytes]]:
+        return self._request(b"publickey", self.signed(key, algorithm, blob))
 
     def password(self, secret: bytes) -> defer.Deferred[tuple[int, bytes]]:
         return self._request(b"password", password_data(secret))
