@@ -54,6 +54,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for conchcmd
 from support.serverfiles import ServerFiles, hermetic_ssh, wait_for
+from support.sshbench import run_parallel
 from support.tempdirs import trusted_temp_parent
 
 LISTENING = re.compile(rb"conchcmd: listening on .* \(127\.0\.0\.1:(\d+)\)")
@@ -175,25 +176,9 @@ class Server(ServerFiles):
 def fresh_execs(server: Server, count: int, parallel: int = 8) -> dict[str, float]:
     """`count` fresh execs, `parallel` OpenSSH clients at a time: completed per second, and the
     server's CPU per exec."""
-    argv = server.exec_argv()
     cpu0 = cpu_seconds(server.pid)
-    started = time.perf_counter()
-    running: list[subprocess.Popen[bytes]] = []
-    done = failed = 0
-    for _ in range(count):
-        while len(running) >= parallel:
-            for p in running[:]:
-                if p.poll() is not None:
-                    running.remove(p)
-                    done += p.returncode == 0
-                    failed += p.returncode != 0
-            time.sleep(0.001)
-        running.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    for p in running:
-        ok = p.wait() == 0
-        done += ok
-        failed += not ok
-    took = time.perf_counter() - started
+    done, took = run_parallel(server.exec_argv(), count, parallel)
+    failed = count - done
     if failed:
         raise SystemExit(f"{failed} of {count} fresh execs failed:\n{server.log_text()[-3000:]}")
     return {

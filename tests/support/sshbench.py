@@ -214,8 +214,9 @@ def exec_latency(t: Target, files: BenchFiles, runs: int) -> dict[str, float]:
     }
 
 
-def parallel_per_s(t: Target, files: BenchFiles, count: int, parallel: int = 8) -> float:
-    """Completed execs per second with `parallel` OpenSSH clients at once, a new connection each."""
+def run_parallel(argv: list[str], count: int, parallel: int = 8) -> tuple[int, float]:
+    """Run `argv` (an `ssh` exec) `count` times, `parallel` at once, each a new connection: how many
+    exited 0, and the seconds the whole took."""
     started = time.perf_counter()
     running: list[subprocess.Popen[bytes]] = []
     done = 0
@@ -225,18 +226,19 @@ def parallel_per_s(t: Target, files: BenchFiles, count: int, parallel: int = 8) 
                 if p.poll() is not None:
                     running.remove(p)
                     done += p.returncode == 0
-            time.sleep(0.002)
+            time.sleep(0.001)
         running.append(
-            subprocess.Popen(
-                t.ssh_argv(f"comphash {files.small}"),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
     for p in running:
         done += p.wait(timeout=SSH_TIMEOUT) == 0
-    return round(done / (time.perf_counter() - started), 1)
+    return done, time.perf_counter() - started
+
+
+def parallel_per_s(t: Target, files: BenchFiles, count: int, parallel: int = 8) -> float:
+    """Completed execs per second with `parallel` OpenSSH clients at once, a new connection each."""
+    done, took = run_parallel(t.ssh_argv(f"comphash {files.small}"), count, parallel)
+    return round(done / took, 1)
 
 
 async def _mux_rounds(t: Target, files: BenchFiles, count: int, concurrency: int, rounds: int) -> list[float]:
