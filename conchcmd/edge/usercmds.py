@@ -154,7 +154,7 @@ def line_refusal(entry: AuthorizedKey, revoked: RevokedKeys, now: float) -> str 
         refused = ca_key_refusal(entry.key.sshType()) if entry.meaning.cert_authority else key_refusal(entry.key)
     if refused is None:
         try:
-            revoked.check_key(entry.blob, entry.key)
+            revoked.check_key(entry.blob)
         except CertificateRefused as e:
             refused = str(e)
     if refused is None and entry.meaning.expiry is not None and int(now) > entry.meaning.expiry:

@@ -305,7 +305,7 @@ class KeyAuthorizer:
         entries = self.keys.find_all(user, blob, attempt)
         if not entries:
             raise KeyRefused("key not in authorized_keys")
-        self.revoked.check_key(blob, key)
+        self.revoked.check_key(blob)
 
         def passes(entry: AuthorizedKey) -> AuthorizedKey:
             self._apply_line(entry, user, blob, peer_host)

@@ -312,12 +312,11 @@ class RevokedKeys:
         self.blobs, self.serials, self.ids = frozenset(blobs), tuple(serials), frozenset(ids)
         self._signature = signature
 
-    def check_key(self, blob: bytes, key: Key | None = None) -> None:
-        """Refuse a revoked key; `key`, the key `blob` was read as, is refused also when `blob`
-        writes it otherwise than ssh-keygen does (zero-padded numbers, which sshd takes), as sshd
-        compares keys by value."""
+    def check_key(self, blob: bytes) -> None:
+        """Refuse a revoked key. `blob` is the key as ssh-keygen writes it, as the list's keys are
+        kept, so a key sent zero-padded (which sshd takes) is matched by value, as sshd does."""
         self.load()
-        if blob in self.blobs or (key is not None and self.blobs and key.blob() in self.blobs):
+        if blob in self.blobs:
             raise CertificateRefused(f"key {fingerprint(blob)} is revoked")
 
     def check_certificate(self, cert: AnyCertificate, key_blob: bytes, ca_blob: bytes) -> None:

@@ -50,6 +50,7 @@ class UserAuthService(UserAuthHooks):
 
     transport: ServerTransport
     _key: tuple[bytes, bytes] | None = None
+    _logged: bytes | None = None  # _key's blob as logged (`_logged_blob`), worked out once per request
     _methods: list[bytes] = []
     _listed = False  # Conch has filled in _methods
     _in_progress = False  # a request is being checked (or its failure answer held back)
@@ -223,7 +224,7 @@ class UserAuthService(UserAuthHooks):
         has_signature = packet[0:1] != b"\0"
         algorithm, blob, rest = getNS(packet[1:], 2)
         user, service = self.user or b"", self.nextService or b""
-        self._key = (algorithm, blob)
+        self._key, self._logged = (algorithm, blob), None
         signed = None
         signature = None
         if has_signature:
@@ -256,7 +257,7 @@ class UserAuthService(UserAuthHooks):
     def _key_fields(self) -> dict[str, Any]:
         if self.method != b"publickey" or self._key is None:
             return {}
-        algorithm, blob = self._key[0], self._logged_blob(self._key[1])
+        algorithm, blob = self._key[0], self._logged_blob()
         fields: dict[str, Any] = {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
         if is_certificate(blob):
             try:
@@ -271,15 +272,17 @@ class UserAuthService(UserAuthHooks):
                 pass
         return fields
 
-    @staticmethod
-    def _logged_blob(blob: bytes) -> bytes:
-        """A client's key blob as ssh-keygen writes the key, for fingerprints in log lines and
+    def _logged_blob(self) -> bytes:
+        """The request's key blob as ssh-keygen writes the key, for fingerprints in log lines and
         audit records: sshd logs the key it read, so padding a blob (which sshd takes) must not
         show one key under another fingerprint. The bytes as sent if they are no key."""
-        try:
-            return sshd_blob(blob)
-        except KeyParseError:
-            return blob
+        assert self._key is not None
+        if self._logged is None:
+            try:
+                self._logged = sshd_blob(self._key[1])
+            except KeyParseError:
+                self._logged = self._key[1]
+        return self._logged
 
     def _user_name(self) -> str:
         return sanitise(self.user or b"", 64)
@@ -294,7 +297,7 @@ class UserAuthService(UserAuthHooks):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
-        key = KeyInfo.of(self._logged_blob(self._key[1])) if identity.method == "publickey" and self._key else None
+        key = KeyInfo.of(self._logged_blob()) if identity.method == "publickey" and self._key else None
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
@@ -324,7 +327,7 @@ class UserAuthService(UserAuthHooks):
         ):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
-            key = KeyInfo.of(self._logged_blob(self._key[1])) if self.method == b"publickey" and self._key else None
+            key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
             if isinstance(reason.value, SkRequirementNotMet):
                 t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
             t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)

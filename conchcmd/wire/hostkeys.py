@@ -6,14 +6,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh.keys import Key
 
 from conchcmd.core.filetrust import FileTrust, Untrusted, UntrustedFile, directory_problem, read_trusted
-from conchcmd.keys.keyparse import EncryptedKeyFile, KeyParseError, private_key_from_file
+from conchcmd.keys.keyparse import EncryptedKeyFile, KeyParseError, PublicKey, private_key_from_file
 
 #: File names we look for, in preference order; ed25519 is the one we create.
 HOST_KEY_FILES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key")
@@ -32,29 +31,10 @@ class EncryptedHostKey(HostKeyError):
         super().__init__(f"host key {path} is encrypted with a passphrase; conchcmd needs an unencrypted key: {fix}")
 
 
-class HostKey(Key):
+class HostKey(PublicKey):
     """Conch's Key for a loaded host key, with what Conch asks of it in every key exchange (its
-    type, SSH type name and public blob, each worked out from isinstance checks against
-    cryptography's ABCs) worked out once: a loaded host key does not change."""
-
-    _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
-    _ssh_type: bytes | None = None
-    _blob: bytes | None = None
-
-    def type(self) -> Literal["RSA", "DSA", "EC", "Ed25519"]:
-        if self._type is None:
-            self._type = super().type()
-        return self._type
-
-    def sshType(self) -> bytes:
-        if self._ssh_type is None:
-            self._ssh_type = super().sshType()
-        return self._ssh_type
-
-    def blob(self) -> bytes:
-        if self._blob is None:
-            self._blob = super().blob()
-        return self._blob
+    type, SSH type name and public blob) worked out once, as PublicKey does: a loaded host key
+    does not change."""
 
 
 @dataclass(frozen=True)
