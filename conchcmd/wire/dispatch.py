@@ -216,20 +216,7 @@ POLICY: dict[Phase, tuple[tuple[Rule, ...], Verdict]] = {
 
 
 def decide(phase: Phase, message: int, strict_kex: bool = False) -> Verdict:
-    """What `message` gets in `phase`; `strict_kex`: strict KEX was negotiated. Looked up once
-    per (phase, message number, strict) and kept: every packet comes here (a few thousand
-    entries at most, message numbers being bytes)."""
-    key = (phase, message, strict_kex)
-    verdict = _DECIDED.get(key)
-    if verdict is None:
-        verdict = _DECIDED[key] = _decide(phase, message, strict_kex)
-    return verdict
-
-
-_DECIDED: dict[tuple[Phase, int, bool], Verdict] = {}
-
-
-def _decide(phase: Phase, message: int, strict_kex: bool) -> Verdict:
+    """What `message` gets in `phase`; `strict_kex`: strict KEX was negotiated."""
     if phase is Phase.CLOSED:
         return SILENT
     rules, default = POLICY[phase]
@@ -267,3 +254,26 @@ def phase_of(
     if service == b"ssh-userauth":
         return Phase.AUTHENTICATING
     return Phase.AUTHENTICATED
+
+
+#: phase_of()'s inputs (closed, first_kex_done, peer_kexinit, keys_sent, service), the message
+#: number and strict KEX.
+RulingKey = tuple[bool, bool, bool, bool, bytes | None, int, bool]
+
+
+class Rulings(dict[RulingKey, tuple[Phase, Verdict]]):
+    """(phase, verdict) for each RulingKey, worked out on first use and kept: the transport looks
+    every message up here, one dict look-up. Pure functions of the key, a few thousand keys at
+    most (four flags, three service names, 256 message numbers)."""
+
+    def __missing__(self, key: RulingKey) -> tuple[Phase, Verdict]:
+        closed, first_kex_done, peer_kexinit, keys_sent, service, message, strict_kex = key
+        phase = phase_of(
+            closed=closed,
+            first_kex_done=first_kex_done,
+            peer_kexinit=peer_kexinit,
+            keys_sent=keys_sent,
+            service=service,
+        )
+        ruling = self[key] = (phase, decide(phase, message, strict_kex))
+        return ruling

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from twisted.conch.ssh import transport
@@ -31,7 +31,7 @@ from twisted.conch.ssh.common import NS, ffs, getNS
 from twisted.internet.interfaces import IReactorTime
 
 from conchcmd.wire.conchprivate import KexState, QuietTransportLog
-from conchcmd.wire.dispatch import Action, Phase, Verdict, decide, phase_of
+from conchcmd.wire.dispatch import Action, Phase, Rulings, Verdict, phase_of
 from conchcmd.wire.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
 
 STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
@@ -392,15 +392,12 @@ class ModernFraming(KexState):
         self.conch_new_keys()
 
 
-#: (dispatch_phase()'s inputs, message number, strict KEX) -> (phase, verdict): pure functions of
-#: the key, a few thousand keys at most (four flags, three service names, 256 message numbers).
-_RULINGS: dict[tuple[bool, bool, bool, bool, bytes | None, int, bool], tuple[Phase, Verdict]] = {}
-
-
 class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServerTransport):
     """SSHServerTransport with modern packet protection and key-exchange rules (see module doc)."""
 
     _cheap_rekeys: deque[float] | None = None
+    #: The dispatch policy's rulings, shared by every connection (they depend on the key only).
+    rulings: ClassVar[Rulings] = Rulings()
 
     def may_rekey(self) -> bool:
         # As sshd: no rekey before authentication (the client's KEXINIT then gets UNIMPLEMENTED).
@@ -421,20 +418,17 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
         # by what dispatch_phase() reads and the message: one dict look-up per message.
         service = self.service
         peer_kexinit = self._peer_kexinit
-        state = (
-            self._dead,
-            self._first_kex_done,
-            peer_kexinit,
-            peer_kexinit and self.nextEncryptions.keyed,
-            None if service is None else service.name,
-            messageNum,
-            self.strict_kex,
-        )
-        ruling = _RULINGS.get(state)
-        if ruling is None:
-            phase = self.dispatch_phase()
-            ruling = _RULINGS[state] = (phase, decide(phase, messageNum, self.strict_kex))
-        phase, verdict = ruling
+        phase, verdict = self.rulings[
+            (
+                self._dead,
+                self._first_kex_done,
+                peer_kexinit,
+                peer_kexinit and self.nextEncryptions.keyed,
+                None if service is None else service.name,
+                messageNum,
+                self.strict_kex,
+            )
+        ]
         if verdict.action is Action.PROCESS:
             # Past ModernFraming's own strict-KEX check (the client's): the policy has decided.
             super(ModernFraming, self).dispatchMessage(messageNum, payload)

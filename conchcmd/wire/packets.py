@@ -94,10 +94,6 @@ class PacketCodec:
     def seal(self, seq: int, packet: bytes) -> bytes:
         return packet
 
-    def head_size(self) -> int:
-        """Bytes needed before the packet length can be known."""
-        return self.head
-
     def packet_length(self, seq: int, head: bytes) -> int:
         return int(struct.unpack(">L", head[:4])[0])
 

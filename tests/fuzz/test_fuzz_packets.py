@@ -28,7 +28,7 @@ def codecs(cipher: str, mac: str, key: bytes, iv: bytes, mac_key: bytes) -> tupl
 
 def receive(codec: PacketCodec, seq: int, data: bytes) -> tuple[int, bytes]:
     """What the transport does with one packet: the length from the head, then open."""
-    length = codec.packet_length(seq, data[: codec.head_size()])
+    length = codec.packet_length(seq, data[: codec.head])
     return length, codec.open(seq, data)
 
 

@@ -110,7 +110,7 @@ def test_round_trip_in_sequence(cipher: bytes, mac: bytes) -> None:
         aligned = len(packet) - 4 if sender.length_excluded else len(packet)  # type: ignore[attr-defined]
         assert aligned % max(sender.block_size, 8) == 0 and 4 <= packet[4] < 4 + 2 * sender.block_size + 8  # type: ignore[attr-defined]
         wire = sender.seal(seq, packet)  # type: ignore[attr-defined]
-        head = wire[: receiver.head_size()]  # type: ignore[attr-defined]
+        head = wire[: receiver.head]  # type: ignore[attr-defined]
         assert receiver.packet_length(seq, head) == len(packet) - 4  # type: ignore[attr-defined]
         assert len(wire) == len(packet) + receiver.tag_size  # type: ignore[attr-defined]
         assert receiver.open(seq, wire) == packet  # type: ignore[attr-defined]
@@ -134,7 +134,7 @@ def test_any_flipped_bit_or_wrong_sequence_number_is_rejected(cipher: bytes, mac
         else:
             continue
         length = len(packet) - 4
-        receiver.packet_length(seq, bytes(wire[: receiver.head_size()]))  # type: ignore[attr-defined]
+        receiver.packet_length(seq, bytes(wire[: receiver.head]))  # type: ignore[attr-defined]
         with pytest.raises(BadPacket):
             receiver.open(seq, bytes(wire[: 4 + length + receiver.tag_size]))  # type: ignore[attr-defined]
 
