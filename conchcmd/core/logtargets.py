@@ -55,7 +55,7 @@ class FastLogger(Logger):
     of ~40 per line); a level that is not a LogLevel still gets Twisted's own handling."""
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        if level not in _LEVELS:
+        if level not in _LEVEL_RANK:
             super().emit(level, format, **kwargs)
             return
         kwargs.update(
@@ -71,7 +71,8 @@ class FastLogger(Logger):
         self.observer(kwargs)
 
 
-_LEVELS = frozenset(LogLevel.iterconstants())
+#: Twisted's levels in order, as ints (NamedConstant comparisons are Python calls).
+_LEVEL_RANK = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 _log = FastLogger(namespace=LOG_NAMESPACE)
 
 #: Syslog severities (RFC 5424 6.2.1) of Twisted's levels; also sd-daemon(3)'s and the journal's PRIORITY.
@@ -722,10 +723,6 @@ def syslog_observer(address: SyslogAddress, reactor: Any, err: TextIO) -> Sender
 
 def journal_observer(err: TextIO, path: str = JOURNAL_SOCKET, reactor: Any = None) -> SenderObserver:
     return SenderObserver(JournalSender(path, reactor), lambda event: journal_entry(journal_fields(event)), err)
-
-
-#: Twisted's levels in order, as ints (NamedConstant comparisons are Python calls).
-_LEVEL_RANK = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 
 
 @implementer(ILogObserver)

@@ -75,37 +75,18 @@ class KexState:
         self._newKeys()
 
 
-class ConchLog:
-    """A Conch class's `_log` whose debug and info events cost one call and go nowhere. Conch's
-    Logger is a descriptor: each `self._log` built a Logger, then QuietLogger weighed the level,
-    seven calls an event. Warnings and above go to a QuietLogger named as the descriptor names
-    them (the concrete class's dotted name), with no source object (no log line shows it)."""
-
-    __slots__ = ("_logger",)
-
-    def __init__(self, namespace: str):
-        self._logger = QuietLogger(namespace)
-
-    def debug(self, format: str | None = None, **kwargs: Any) -> None:
-        """Dropped."""
-
-    def info(self, format: str | None = None, **kwargs: Any) -> None:
-        """Dropped."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._logger, name)  # warn, error, failure, ...: as Conch's Logger
-
-
 class QuietTransportLog:
     """For a mixin placed before Conch's server transport: its `_log` without the debug and info
     lines of every connection ("NEW KEYS", "starting service", "connection lost"...), which
     `serve` filters out anyway, after they have cost their dispatch; warnings and errors pass."""
 
-    _log: Any = ConchLog(f"{__name__}.QuietTransportLog")
+    _log: Any = QuietLogger()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._log = ConchLog(f"{cls.__module__}.{cls.__name__}")
+        # QuietLogger's view fixed once per class (a plain attribute, not a descriptor): debug and
+        # info cost one call; warnings are named after the concrete class, as Conch's Logger names them.
+        cls._log = QuietLogger().__get__(None, cls)
 
 
 class UserAuthHooks(userauth.SSHUserAuthServer):
