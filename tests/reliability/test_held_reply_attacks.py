@@ -60,8 +60,10 @@ def test_execs_multiplexed_through_constant_rekeys_get_their_whole_answers(make_
                     assert out == lines, (len(out), len(lines), err)
         assert time.monotonic() - started < 120  # a hang would be caught by communicate's timeout
         assert master.poll() is None, master_log.read_text()
-        # the client did rekey while replies were held (OpenSSH logs each of its own KEXINITs)
-        assert master_log.read_text().count("SSH2_MSG_KEXINIT sent") > 10
+        # the client did rekey while replies were held (OpenSSH logs each of its own KEXINITs): more
+        # than one per batch; how many depends on load (a rekey is not started while one runs: 10
+        # were seen on a loaded machine, 11-14 on an idle one), so the bound is not a count of them
+        assert master_log.read_text().count("SSH2_MSG_KEXINIT sent") > 4
         server.assert_alive()
     finally:
         kill_all(procs)
