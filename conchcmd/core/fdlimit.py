@@ -17,6 +17,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger
 from zope.interface import implementer
 
 from conchcmd.core.config import Config
+from conchcmd.core.throttle import LineThrottle
 
 #: Descriptors the server holds whatever its load, and a margin: stdin/out/err, the reactor's
 #: epoll and waker, the audit and log files or sockets, /dev/urandom, the thread pools' files,
@@ -117,8 +118,7 @@ class AcceptFailures:
         self._observer = observer
         self._log = Logger(namespace=namespace, observer=observer)
         self._interval = interval
-        self._last: float | None = None
-        self._since = 0
+        self._throttle = LineThrottle(interval)
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") in _ACCEPT_FAILURES:
@@ -126,12 +126,10 @@ class AcceptFailures:
         self._observer(event)
 
     def _note(self, event: dict[str, Any]) -> None:
-        now = float(event.get("log_time") or 0.0)
-        if self._last is not None and now - self._last < self._interval:
-            self._since += 1
+        left_out = self._throttle.due("accept", float(event.get("log_time") or 0.0))
+        if left_out is None:
             return
-        more = f"; {self._since} more since the last line" if self._since else ""
-        self._last, self._since = now, 0
+        more = f"; {left_out} more since the last line" if left_out else ""
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._log.warn(
             "Out of file descriptors (limit {limit}): new connections are closed at accept, the open "

@@ -32,6 +32,7 @@ from conchcmd.core.hostmatch import match_address_list
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
+from conchcmd.core.throttle import LineThrottle
 from conchcmd.keys.keyparse import KeyParseError, ParsedKeys
 from conchcmd.keys.sk import (
     SK_ECDSA,
@@ -163,17 +164,13 @@ class ServerFailureLog:
     def __init__(self, clock: IReactorTime, interval: float = SERVER_FAILURE_LOG_INTERVAL):
         self.clock = clock
         self.interval = interval
-        self._last: dict[tuple[str, int | None], tuple[float, int]] = {}  # cause: (logged at, failures since)
+        self._throttle = LineThrottle(interval)
 
     def report(self, failure: ServerSideFailure) -> None:
-        cause = (failure.path, failure.errno)
-        now = self.clock.seconds()
-        last = self._last.get(cause)
-        if last is not None and now - last[0] < self.interval:
-            self._last[cause] = (last[0], last[1] + 1)
+        left_out = self._throttle.due((failure.path, failure.errno), self.clock.seconds())
+        if left_out is None:
             return
-        self._last[cause] = (now, 0)
-        more = f"; {last[1]} more failed reads since the last line" if last is not None and last[1] else ""
+        more = f"; {left_out} more failed reads since the last line" if left_out else ""
         log.error(
             "Logins cannot be decided: {what} {path}: {error}: a server-side failure, not counted "
             "against clients (logged at most every {interval:g} s{more})",
