@@ -9,6 +9,10 @@ Two modes, both against real `conchcmd serve` processes on 127.0.0.1 and the rea
   compare  one unprofiled server per source tree, run side by side and interleaved (rounds of
            --execs execs, each tree in turn), so that a shared, noisy machine affects all alike:
                python tests/bench/profile_exec.py --compare BEFORE_TREE AFTER_TREE [--rounds 6]
+  instructions  --compare with --instructions: each server under valgrind's callgrind, counting the
+           user-space instructions it executes per exec (all threads). Repeatable to ~1% whatever else
+           the machine runs, so small changes show; the kernel's share (sends, wake-ups) is not counted.
+               python tests/bench/profile_exec.py --instructions --compare TREE... [--asyncssh SCRIPT]
 
 Server CPU is what ../shared/bench/run.py's m_exec_latency measures: utime+stime of the server
 process (all its threads) from /proc/PID/stat across the execs, divided by their number; the
@@ -80,7 +84,13 @@ class Server:
     profiling wrapper; its own directory, host key and audit log, as ../shared/bench/run.py sets up."""
 
     def __init__(
-        self, fx: Fixture, tree: Path, name: str, profile_to: Path | None = None, launcher: list[str] | None = None
+        self,
+        fx: Fixture,
+        tree: Path,
+        name: str,
+        profile_to: Path | None = None,
+        launcher: list[str] | None = None,
+        wrap: list[str] | None = None,
     ):
         self.fx, self.tree, self.name = fx, tree, name
         d = fx.root / name
@@ -107,6 +117,7 @@ class Server:
             argv = [sys.executable, "-m", "conchcmd", "serve", "--config", str(config)]
         else:
             argv = [sys.executable, str(HERE), "--serve-profiled", str(profile_to), "--config", str(config)]
+        argv = [*(wrap or []), *argv]
         self.log = d / "server.log"
         self.out = self.log.open("wb")
         env = dict(os.environ, PYTHONPATH=str(tree))
@@ -168,7 +179,7 @@ class AsyncsshServer(Server):
     """The AsyncSSH anchor (tests/bench/anchors/asyncssh_server.py, or ../shared/bench/anchors/'s:
     PORT HOSTKEY AUTHORIZED_KEYS LOG), for the ratio the issue's target is stated in."""
 
-    def __init__(self, fx: Fixture, script: Path):
+    def __init__(self, fx: Fixture, script: Path, wrap: list[str] | None = None):
         self.fx, self.tree, self.name = fx, script, "asyncssh"
         d = fx.root / "asyncssh"
         d.mkdir()
@@ -178,6 +189,7 @@ class AsyncsshServer(Server):
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         argv = [sys.executable, str(script), str(self.port), str(hostkey), str(fx.key.with_suffix(".pub")), str(fx.log)]
+        argv = [*(wrap or []), *argv]
         self.log = d / "server.log"
         self.out = self.log.open("wb")
         self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, cwd=d)
@@ -266,6 +278,57 @@ def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: P
             print(f"  {tree} / asyncssh: {paired(i, len(trees))}")
 
 
+def callgrind(out_dir: Path, name: str) -> list[str]:
+    """valgrind's callgrind with counting off until switched on; dumps go to out_dir/name.out.N."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_dir / name}.out"]
+
+
+def counted_execs(server: Server, n: int, out_dir: Path) -> float:
+    """Millions of instructions the server executes per exec over n fresh execs (callgrind_control
+    switches counting on around them and dumps the total)."""
+    pid = str(server.proc.pid)
+    before = set(out_dir.glob(f"{server.name}.out.*"))
+    for args in (["-z"], ["-i", "on"]):
+        subprocess.run(["callgrind_control", *args, pid], check=True, capture_output=True)
+    server.execs(n)
+    for args in (["-i", "off"], ["-d"]):
+        subprocess.run(["callgrind_control", *args, pid], check=True, capture_output=True)
+    (dump,) = set(out_dir.glob(f"{server.name}.out.*")) - before
+    totals = re.search(r"^totals: (\d+)$", dump.read_text(), re.M)
+    assert totals, dump
+    return int(totals.group(1)) / n / 1e6
+
+
+def instructions(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: Path | None) -> None:
+    out_dir = fx.root / "callgrind"
+    out_dir.mkdir()
+    servers: list[Server] = []
+    counts: dict[int, list[float]] = {}
+    try:
+        for i, tree in enumerate(trees):
+            servers.append(Server(fx, tree, f"tree{i}", wrap=callgrind(out_dir, f"tree{i}")))
+        if asyncssh is not None:
+            servers.append(AsyncsshServer(fx, asyncssh.resolve(), wrap=callgrind(out_dir, "asyncssh")))
+        for s in servers:
+            s.execs(10)  # warm-up, not counted: imports, first-use caches
+        for i, s in enumerate(servers):
+            counts[i] = [counted_execs(s, execs, out_dir) for _ in range(rounds)]
+    finally:
+        for s in servers:
+            s.stop()
+    print(f"user-space instructions per fresh exec, millions (callgrind, {rounds} rounds of {execs}; median (min-max))")
+    for i, server in enumerate(servers):
+        c = counts[i]
+        print(f"  {statistics.median(c):6.2f} ({min(c):.2f}-{max(c):.2f})   {server}")
+    base = statistics.median(counts[0])
+    for i in range(1, len(servers)):
+        print(f"  {servers[i]} / {servers[0]}: {statistics.median(counts[i]) / base:.3f}")
+    if asyncssh is not None:
+        anchor = statistics.median(counts[len(servers) - 1])
+        for i, tree in enumerate(trees):
+            print(f"  {tree} / asyncssh: {statistics.median(counts[i]) / anchor:.3f}")
+
+
 def serve_profiled(stats_file: str, config: str) -> None:
     """The server side of `profile`: conchcmd serve, with cProfile on between SIGUSR1 and SIGUSR2."""
     from conchcmd.edge import cli
@@ -295,6 +358,7 @@ def main() -> None:
     ap.add_argument("--compare", type=Path, nargs="+", metavar="TREE")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--asyncssh", type=Path, metavar="SCRIPT", help="also run this AsyncSSH server in the comparison")
+    ap.add_argument("--instructions", action="store_true", help="with --compare: count instructions under callgrind")
     ap.add_argument("--serve-profiled", metavar="STATS", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -307,7 +371,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="conchcmd-profile-", dir=trusted_temp_parent()) as tmp:
         fx = Fixture(Path(tmp))
-        if args.compare:
+        if args.compare and args.instructions:
+            instructions(fx, [t.resolve() for t in args.compare], args.execs, args.rounds, args.asyncssh)
+        elif args.compare:
             compare(fx, [t.resolve() for t in args.compare], args.execs, args.rounds, args.asyncssh)
         else:
             profile(fx, args.tree.resolve(), args.execs, args.top, args.keep)
