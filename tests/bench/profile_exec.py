@@ -12,7 +12,7 @@ Two modes, both against real `conchcmd serve` processes on 127.0.0.1 and the rea
   instructions  --compare with --instructions: each server under valgrind's callgrind, counting the
            user-space instructions it executes per exec (all threads). Repeatable to ~1% whatever else
            the machine runs, so small changes show; the kernel's share (sends, wake-ups) is not counted.
-               python tests/bench/profile_exec.py --instructions --compare TREE... [--asyncssh SCRIPT]
+               python tests/bench/profile_exec.py --instructions --compare TREE... [--asyncssh SCRIPT] [--phases]
 
 Server CPU is what ../shared/bench/run.py's m_exec_latency measures: utime+stime of the server
 process (all its threads) from /proc/PID/stat across the execs, divided by their number; the
@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -283,14 +284,15 @@ def callgrind(out_dir: Path, name: str) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_dir / name}.out"]
 
 
-def counted_execs(server: Server, n: int, out_dir: Path) -> float:
-    """Millions of instructions the server executes per exec over n fresh execs (callgrind_control
+def counted(server: Server, n: int, out_dir: Path, step: Callable[[], object]) -> float:
+    """Millions of instructions the server executes per step over n steps (callgrind_control
     switches counting on around them and dumps the total)."""
     pid = str(server.proc.pid)
     before = set(out_dir.glob(f"{server.name}.out.*"))
     for args in (["-z"], ["-i", "on"]):
         subprocess.run(["callgrind_control", *args, pid], check=True, capture_output=True)
-    server.execs(n)
+    for _ in range(n):
+        step()
     for args in (["-i", "off"], ["-d"]):
         subprocess.run(["callgrind_control", *args, pid], check=True, capture_output=True)
     (dump,) = set(out_dir.glob(f"{server.name}.out.*")) - before
@@ -299,11 +301,30 @@ def counted_execs(server: Server, n: int, out_dir: Path) -> float:
     return int(totals.group(1)) / n / 1e6
 
 
-def instructions(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: Path | None) -> None:
+def phases(server: Server) -> list[tuple[str, Callable[[], object]]]:
+    """Parts of a fresh exec on their own: a TCP connection that reads the server's greeting and
+    closes, and ssh-keyscan (version exchange and key exchange, no authentication); each from its
+    own 127.0.0.x source, so that no per-source limit meets the execs'."""
+
+    def greeting() -> None:
+        with socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.3", 0)) as c:
+            c.recv(100)
+
+    def keyscan() -> None:
+        argv = ["ssh-keyscan", "-t", "ed25519", "-p", str(server.port), "127.0.0.1"]
+        assert b"ssh-ed25519" in subprocess.run(argv, capture_output=True, timeout=60).stdout
+
+    return [("connect, greeting, close", greeting), ("ssh-keyscan: + key exchange", keyscan)]
+
+
+def instructions(
+    fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: Path | None, with_phases: bool
+) -> None:
     out_dir = fx.root / "callgrind"
     out_dir.mkdir()
     servers: list[Server] = []
     counts: dict[int, list[float]] = {}
+    parts: dict[str, list[float]] = {}  # phase: per server, in order
     try:
         for i, tree in enumerate(trees):
             servers.append(Server(fx, tree, f"tree{i}", wrap=callgrind(out_dir, f"tree{i}")))
@@ -312,7 +333,11 @@ def instructions(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncs
         for s in servers:
             s.execs(10)  # warm-up, not counted: imports, first-use caches
         for i, s in enumerate(servers):
-            counts[i] = [counted_execs(s, execs, out_dir) for _ in range(rounds)]
+            counts[i] = [counted(s, execs, out_dir, s.ssh) for _ in range(rounds)]
+            if with_phases:
+                for name, step in phases(s):
+                    step()  # its first use: imports, caches
+                    parts.setdefault(name, []).append(counted(s, execs, out_dir, step))
     finally:
         for s in servers:
             s.stop()
@@ -320,6 +345,8 @@ def instructions(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncs
     for i, server in enumerate(servers):
         c = counts[i]
         print(f"  {statistics.median(c):6.2f} ({min(c):.2f}-{max(c):.2f})   {server}")
+    for name, per_server in parts.items():
+        print(f"  {name}: " + ", ".join(f"{m:.2f}" for m in per_server) + " (servers in the order above)")
     base = statistics.median(counts[0])
     for i in range(1, len(servers)):
         print(f"  {servers[i]} / {servers[0]}: {statistics.median(counts[i]) / base:.3f}")
@@ -359,6 +386,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--asyncssh", type=Path, metavar="SCRIPT", help="also run this AsyncSSH server in the comparison")
     ap.add_argument("--instructions", action="store_true", help="with --compare: count instructions under callgrind")
+    ap.add_argument("--phases", action="store_true", help="with --instructions: also a greeting alone and ssh-keyscan")
     ap.add_argument("--serve-profiled", metavar="STATS", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -372,7 +400,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="conchcmd-profile-", dir=trusted_temp_parent()) as tmp:
         fx = Fixture(Path(tmp))
         if args.compare and args.instructions:
-            instructions(fx, [t.resolve() for t in args.compare], args.execs, args.rounds, args.asyncssh)
+            compared = [t.resolve() for t in args.compare]
+            instructions(fx, compared, args.execs, args.rounds, args.asyncssh, args.phases)
         elif args.compare:
             compare(fx, [t.resolve() for t in args.compare], args.execs, args.rounds, args.asyncssh)
         else:
