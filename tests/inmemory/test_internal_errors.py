@@ -206,6 +206,22 @@ def test_a_bug_in_answering_a_refusal_ends_the_connection_with_its_traceback(
     assert [r["reason"] for r in world.audit.of("disconnect")] == ["internal error: KeyError: 'simulated login bug'"]
 
 
+def test_a_password_hash_bcrypt_cannot_use_is_the_server_s_failure_not_a_wrong_password(tmp_path: Path) -> None:
+    """A hash the config let through but bcrypt refuses ("Invalid salt") once made every password
+    "wrong": the operator locked out, a "Failed password" line per try for fail2ban."""
+    hashed = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4))
+    world = make_world(tmp_path, users={"carol": UserPolicy(password_bcrypt=hashed[:4] + b"03" + hashed[6:])})
+    with capturedLogs() as events:
+        conn = world.connect(peer=PEER)
+        assert password_login(world, conn) == 0
+        assert conn.factory.disconnect_reason == (transport.DISCONNECT_BY_APPLICATION, b"internal error")
+    (bug,) = [e for e in events if "log_failure" in e]
+    assert "Invalid salt" in bug["log_failure"].getTraceback()
+    assert auth_lines(events) == []
+    (record,) = world.audit.of("auth")
+    assert record["server_side"] is True and record["reason"] == "internal error: ValueError: Invalid salt"
+
+
 def test_a_refused_login_is_still_a_failure(world: World) -> None:
     """The control: a key that is not authorized is an ordinary refusal, counted and logged."""
     with capturedLogs() as events:
