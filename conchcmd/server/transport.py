@@ -217,31 +217,35 @@ class ServerTransport(ModernServerTransport):
             return
         self.internal_error(Failure(e, type(e), e.__traceback__), "handling a packet", where)
 
-    def internal_error(self, failure: Failure, doing: str, where: str = "") -> None:
+    def internal_error(self, failure: Failure, doing: str, where: str = "", *, gone: bool = False) -> None:
         """A bug of ours, hit while `doing` something for this peer: logged with its traceback
         (once per place in the code, then one line each time), the connection ended with
-        "internal error", the client not blamed (no strike)."""
+        "internal error", the client not blamed (no strike). `gone`: the connection has been
+        lost already (the bug is only logged)."""
         described = f"{error_kind(failure.value)}{where}: {failure.value}"
         self._broken = True  # nothing more from this peer is acted on
-        closing = self.closing
-        if not closing:
+        ended = gone or self.closing
+        if not ended:
             self.end_reason = sanitise(f"internal error: {described}", 200)
+        then = "connection closed already" if ended else "disconnecting"
         if self.factory.internal_errors.first(failure):
             log.failure(
-                "Internal error {doing} from {peer}; disconnecting",
+                "Internal error {doing} from {peer}; {then}",
                 failure=failure,
                 level=LogLevel.error,
                 doing=doing,
                 peer=self.peer,
+                then=then,
             )
         else:  # the same bug again (maybe provoked on purpose): one line, not a traceback each time
             log.error(
-                "Internal error {doing} from {peer} ({error}, traceback logged before); disconnecting",
+                "Internal error {doing} from {peer} ({error}, traceback logged before); {then}",
                 doing=doing,
                 peer=self.peer,
                 error=sanitise(described, 200),
+                then=then,
             )
-        if not closing:
+        if not ended:
             self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"internal error")
 
     @property

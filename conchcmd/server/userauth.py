@@ -319,8 +319,10 @@ class UserAuthService(UserAuthHooks):
         )
 
     def auth_failed(self, reason: Failure) -> Any:
-        if self._stopped:
-            return None  # decided after the client left (it was counted as abandoned)
+        if self._stopped:  # decided after the client left (it was counted as abandoned)
+            if not isinstance(reason.value, (*REFUSALS, defer.CancelledError)):
+                self.transport.internal_error(reason, "checking an authentication request", gone=True)
+            return None
         # isinstance on the value, not reason.check: check recomputes the type's qualified MRO names
         # on every call (~10 calls each); the same answer for these classes.
         if isinstance(reason.value, LoginUnavailable):

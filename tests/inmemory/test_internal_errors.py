@@ -14,6 +14,7 @@ from typing import Any
 import bcrypt
 import pytest
 from support.keys import ed25519_key
+from support.runners import ManualRunner
 from support.sshclient import Connection
 from support.world import World, make_world
 from twisted.conch.ssh import transport, userauth
@@ -220,6 +221,31 @@ def test_a_password_hash_bcrypt_cannot_use_is_the_server_s_failure_not_a_wrong_p
     assert auth_lines(events) == []
     (record,) = world.audit.of("auth")
     assert record["server_side"] is True and record["reason"] == "internal error: ValueError: Invalid salt"
+
+
+def test_a_bug_found_after_the_client_left_is_still_logged(tmp_path: Path) -> None:
+    """The password check hits its bug after the client has closed the connection: nothing is
+    answered, but the traceback is logged (it was dropped with the answer)."""
+    runner = ManualRunner()
+    hashed = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4))
+    unusable = {"carol": UserPolicy(password_bcrypt=hashed[:4] + b"03" + hashed[6:])}
+    world = make_world(tmp_path, users=unusable, password_runner=runner)
+    with capturedLogs() as events:
+        conn = world.connect(peer=PEER)
+        conn.start_auth(b"carol").password(PASSWORD)
+        conn.flush()
+        conn.client.transport.loseConnection()
+        conn.flush()
+        assert len(runner.jobs) == 1 and world.audit.of("disconnect")  # the check waits; the client is gone
+        timers = set(world.clock.getDelayedCalls())
+        runner.run_all()
+    (bug,) = [e for e in events if "log_failure" in e]
+    assert formatEvent(bug) == (
+        f"Internal error checking an authentication request from {PEER}:40000; connection closed already"
+    )
+    assert "Invalid salt" in bug["log_failure"].getTraceback()
+    assert [r["reason"] for r in world.audit.of("disconnect")] == ["closed"]  # as it ended
+    assert set(world.clock.getDelayedCalls()) <= timers  # no disconnect (nor its abort timer) on a lost connection
 
 
 def test_a_refused_login_is_still_a_failure(world: World) -> None:
