@@ -83,6 +83,12 @@ def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
     return "".join(out)
 
 
+def error_kind(e: object) -> str:
+    """An exception's type as log lines and audit reasons name it (builtins without a module)."""
+    kind = type(e)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
 #: What must not reach a terminal raw: C0 controls but tab and newline (ESC starts every control
 #: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), and the
 #: characters that reorder or split what is shown.

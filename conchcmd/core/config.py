@@ -118,7 +118,7 @@ class AlgorithmsConfig:
 COMMAND_NAMES = ("lastlog", "comphash", "help", "exit")
 #: Always allowed: they only describe or end the session.
 SESSION_COMMANDS = frozenset({"help", "exit"})
-_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")  # costs bcrypt takes: 04-31
 
 
 @dataclass(frozen=True)

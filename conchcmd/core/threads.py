@@ -82,34 +82,55 @@ class ThreadRunner:
         if self.nice:
             _lower_priority(self.nice)
         jobs, lock, deliver = self._jobs, self._lock, self.reactor.callFromThread
-        while True:
-            with lock:
-                self._idle += 1
-            waited = 0.0
+        idle = False  # counted in _idle
+        left = False  # counted out of _idle and _workers on the way out
+        try:
             while True:
+                with lock:
+                    self._idle += 1
+                    idle = True
+                waited = 0.0
+                while True:
+                    try:
+                        fn, args, d = jobs.get(timeout=self.POLL)
+                        break
+                    except queue.Empty:
+                        waited += self.POLL
+                        with lock:
+                            # May go if the others waiting cover every job given (a worker that has
+                            # just taken one counts in both).
+                            if (waited >= self.LINGER or self.pool.joined) and self._idle > self._pending:
+                                self._idle -= 1
+                                self._workers -= 1
+                                left = True
+                                return
+                with lock:
+                    self._idle -= 1
+                    idle = False
+                    self._pending -= 1
                 try:
-                    fn, args, d = jobs.get(timeout=self.POLL)
-                    break
-                except queue.Empty:
-                    waited += self.POLL
-                    with lock:
-                        # May go if the others waiting cover every job given (a worker that has
-                        # just taken one counts in both).
-                        if (waited >= self.LINGER or self.pool.joined) and self._idle > self._pending:
-                            self._idle -= 1
-                            self._workers -= 1
-                            return
-            with lock:
+                    result = fn(*args)
+                except BaseException:
+                    deliver(d.errback, Failure())
+                else:
+                    deliver(d.callback, result)
+                    del result
+                del fn, args, d  # nothing of the job kept while waiting for the next
+        finally:
+            if not left:  # something raised (deliver, say): the pool logs it; the counts stay right
+                self._ended(idle)
+
+    def _ended(self, idle: bool) -> None:
+        """A worker loop ended by an exception: counted out, and replaced if jobs wait for it."""
+        with self._lock:
+            self._workers -= 1
+            if idle:
                 self._idle -= 1
-                self._pending -= 1
-            try:
-                result = fn(*args)
-            except BaseException:
-                deliver(d.errback, Failure())
-            else:
-                deliver(d.callback, result)
-                del result
-            del fn, args, d  # nothing of the job kept while waiting for the next
+            again = self._pending > self._idle and self._workers < self.pool.max and not self.pool.joined
+            if again:
+                self._workers += 1
+        if again:
+            self.pool.callInThread(self._work)
 
 
 class _Lowered(threading.local):

@@ -86,6 +86,7 @@ MIN_RSA_BITS = 2048
 _DUMMY_SALT_AND_DIGEST = b"C6UzMDM.H6dfI/f/IKxGhu4kN/4Kg8HO0gAYbHk5NUqL7Gy5fPg2S"
 #: bcrypt's own range of costs (log2 of the rounds).
 _BCRYPT_COSTS = range(4, 32)
+BCRYPT_MAX_PASSWORD = 72  # bytes: bcrypt 5 raises ValueError for a longer password
 
 
 @dataclass(frozen=True)
@@ -503,12 +504,11 @@ def dummy_hash(users: Mapping[str, UserPolicy]) -> bytes | None:
 
 def verify_password(password: bytes, hashed: bytes, real: bool) -> bool:
     """bcrypt's check (blocking: run it in the password pool). `real` is False for the dummy hash
-    of a name without a password: the same work, and always a failure."""
-    try:
-        ok = bcrypt.checkpw(password, hashed)
-    except ValueError:  # e.g. longer than bcrypt's 72 bytes: refused, never truncated
+    of a name without a password: the same work, and always a failure. A hash bcrypt cannot use
+    raises (ValueError): the server's failure, never a wrong password."""
+    if len(password) > BCRYPT_MAX_PASSWORD:  # bcrypt raises without hashing: refused, never truncated
         return False
-    return ok and real
+    return bcrypt.checkpw(password, hashed) and real
 
 
 class PasswordChecksBusy(KeyRefused):

@@ -16,10 +16,11 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.keys import BadKeyError
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ISystemHandle, ITCPTransport
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchcmd.core.audit import BoundAudit, new_connection_id, sanitise
+from conchcmd.core.audit import BoundAudit, error_kind, new_connection_id, sanitise
 from conchcmd.core.flow import PausableTransport
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import Peer, host_and_port
@@ -103,19 +104,20 @@ def _raised_in_conch(e: BaseException) -> bool:
 
 
 class InternalErrors:
-    """The places (exception type, file, line) where packets have hit a bug: each gets its
-    traceback logged once, so a client that can provoke one cannot flood the log."""
+    """The places (exception type, file, line) where a client's packets or logins have hit a bug:
+    each gets its traceback logged once, so a client that can provoke one cannot flood the log."""
 
     LIMIT = 100  # places remembered; past this, no more tracebacks
 
     def __init__(self) -> None:
         self.seen: set[tuple[str, str, int]] = set()
 
-    def first(self, e: BaseException) -> bool:
-        tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        place = (type(e).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+    def first(self, failure: Failure) -> bool:
+        # Failure.frames, not the exception's __traceback__: a Failure that went through a
+        # Deferred chain has been cleaned (its exception's traceback dropped, its frames kept).
+        frames = failure.frames
+        where = (frames[-1][1], frames[-1][2]) if frames else ("", 0)
+        place = (failure.type.__qualname__, *where)  # type: ignore[union-attr]
         if place in self.seen or len(self.seen) >= self.LIMIT:
             return False
         self.seen.add(place)
@@ -210,26 +212,41 @@ class ServerTransport(ModernServerTransport):
         """A packet from this peer raised `e` (`where`: what was being handled, if not the packet
         just read). Malformed input is a protocol error, counted against the client's source;
         anything else is a bug of ours: logged with its traceback, the client not blamed."""
-        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
-        described = f"{kind}{where}: {e}"
         if is_parse_error(e):
-            self._protocol_error(described)
+            self._protocol_error(f"{error_kind(e)}{where}: {e}")
             return
+        self.internal_error(Failure(e, type(e), e.__traceback__), "handling a packet", where)
+
+    def internal_error(self, failure: Failure, doing: str, where: str = "", *, gone: bool = False) -> None:
+        """A bug of ours, hit while `doing` something for this peer: logged with its traceback
+        (once per place in the code, then one line each time), the connection ended with
+        "internal error", the client not blamed (no strike). `gone`: the connection has been
+        lost already (the bug is only logged)."""
+        described = f"{error_kind(failure.value)}{where}: {failure.value}"
         self._broken = True  # nothing more from this peer is acted on
-        self.end_reason = sanitise(f"internal error: {described}", 200)
-        if self.factory.internal_errors.first(e):
+        ended = gone or self.closing
+        if not ended:
+            self.end_reason = sanitise(f"internal error: {described}", 200)
+        then = "connection closed already" if ended else "disconnecting"
+        if self.factory.internal_errors.first(failure):
             log.failure(
-                "Internal error handling a packet from {peer}; disconnecting",
-                failure=Failure(e, type(e), e.__traceback__),
+                "Internal error {doing} from {peer}; {then}",
+                failure=failure,
+                level=LogLevel.error,
+                doing=doing,
                 peer=self.peer,
+                then=then,
             )
         else:  # the same bug again (maybe provoked on purpose): one line, not a traceback each time
             log.error(
-                "Internal error handling a packet from {peer} ({error}, traceback logged before); disconnecting",
+                "Internal error {doing} from {peer} ({error}, traceback logged before); {then}",
+                doing=doing,
                 peer=self.peer,
                 error=sanitise(described, 200),
+                then=then,
             )
-        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"internal error")
+        if not ended:
+            self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"internal error")
 
     @property
     def user(self) -> str | None:

@@ -7,15 +7,16 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch import error as conch_error
-from twisted.conch.error import ValidPublicKey
+from twisted.conch.error import NotEnoughAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from conchcmd.core.audit import sanitise
+from conchcmd.core.audit import error_kind, sanitise
 from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import PeerSSHPrivateKey, PeerUsernamePassword
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from conchcmd.server.transport import ServerTransport
 
 log = FastLogger(namespace=LOG_NAMESPACE)
+
+#: What a check raises to refuse a login (Conch's IgnoreAuthentication: answered already, e.g. PK_OK;
+#: NotEnoughAuthentication: partial success). Anything else is a bug (`_internal_error`).
+REFUSALS = (UnauthorizedLogin, conch_error.ConchError, conch_error.IgnoreAuthentication, NotEnoughAuthentication)
 
 #: Authentication requests a connection may have waiting behind the one being checked; one more
 #: and it is disconnected. OpenSSH's client sends one and waits for the answer.
@@ -134,11 +139,11 @@ class UserAuthService(UserAuthHooks):
             creds = self._key_credentials(rest)  # a malformed request raises here, as in auth_publickey
             try:
                 d = self._publickey_now(checker, creds, rest)
-            except Exception:  # as when Conch's Deferred chain ends in a failure: _request_done logs it
+            except Exception:  # a bug in auth_failed itself: _request_done ends the connection
                 d = Failure()
         else:
             d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
-        if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, logged)
+        if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, see _request_done)
             self._request_done(d)
             return None
         return d.addBoth(self._request_done)
@@ -207,8 +212,8 @@ class UserAuthService(UserAuthHooks):
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
-        if isinstance(result, Failure):
-            log.failure("Authentication request from {peer} failed", failure=result, peer=self.transport.peer)
+        if isinstance(result, Failure):  # a bug in answering (auth_succeeded, auth_failed): no answer was sent
+            self.transport.internal_error(result, "answering an authentication request")
         if self._waiting and not self._stopped and not self.transport.closing:
             try:
                 self.ssh_USERAUTH_REQUEST(self._waiting.popleft())
@@ -314,12 +319,16 @@ class UserAuthService(UserAuthHooks):
         )
 
     def auth_failed(self, reason: Failure) -> Any:
-        if self._stopped:
-            return None  # decided after the client left (it was counted as abandoned)
+        if self._stopped:  # decided after the client left (it was counted as abandoned)
+            if not isinstance(reason.value, (*REFUSALS, defer.CancelledError)):
+                self.transport.internal_error(reason, "checking an authentication request", gone=True)
+            return None
         # isinstance on the value, not reason.check: check recomputes the type's qualified MRO names
         # on every call (~10 calls each); the same answer for these classes.
         if isinstance(reason.value, LoginUnavailable):
             return self._unavailable_answer(reason)
+        if not isinstance(reason.value, REFUSALS):
+            return self._internal_error(reason)
         # As sshd (auth2.c userauth_finish): only a first request of method `none` is free; Conch
         # never counted `none`, so a client could send them without end.
         if not isinstance(reason.value, conch_error.IgnoreAuthentication) and (
@@ -391,6 +400,26 @@ class UserAuthService(UserAuthHooks):
             return None
         super().auth_failed(reason)
         return None
+
+    def _internal_error(self, reason: Failure) -> None:
+        """A check that raised something no refusal raises: a bug in our checker, realm or
+        success path (Conch's last errback logs it and answers USERAUTH_FAILURE: a login refused
+        to the client, a "Failed" line to fail2ban, an operator who sees nothing). Audited as the
+        server's failure, no sshd-worded line, no failure counted; the transport logs the
+        traceback and ends the connection, so that a client cannot replay the bug without end."""
+        t = self.transport
+        t.auth_end_logged = True  # its end is the server's failure: no "Connection closed by ... [preauth]"
+        t.audit.record(
+            "auth",
+            ok=False,
+            user=self._user_name(),
+            peer=t.peer,
+            method=sanitise(self.method, 32),
+            **self._key_fields(),
+            server_side=True,
+            reason=sanitise(f"internal error: {error_kind(reason.value)}: {reason.getErrorMessage()}", 200),
+        )
+        t.internal_error(reason, "checking an authentication request")
 
     def _answer_failure(self, reason: Failure) -> None:
         self._delay = None

@@ -16,7 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from conchcmd.core.hostmatch import PatternError, match_address_list, split_patterns
 from conchcmd.edge.cli import main
-from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
+from conchcmd.policy.auth import KeyAuthorizer, KeyRefused, verify_password
 from conchcmd.policy.authorized_keys import (
     AuthorizedKeysFiles,
     KeyOptions,
@@ -712,6 +712,28 @@ def test_hash_password_output_is_accepted_by_the_config(
     hashed = capsys.readouterr().out.strip()
     config = parse_config(f'[users.carol]\npassword_bcrypt = "{hashed}"\n', base_dir=tmp_path)
     assert config.users["carol"].password_bcrypt == hashed.encode()
+
+
+@pytest.mark.parametrize("cost", ["00", "03", "32", "99"])
+def test_a_bcrypt_cost_bcrypt_refuses_is_refused_by_the_config(tmp_path: Path, cost: str) -> None:
+    """bcrypt takes costs 04-31 only: any other made every password check raise "Invalid salt",
+    which once read as a wrong password (an operator locked out, a "Failed password" per try)."""
+    from conchcmd.core.config import ConfigError, parse_config
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    with pytest.raises(ConfigError, match="is not a bcrypt hash"):
+        parse_config(f'[users.carol]\npassword_bcrypt = "{hashed[:4]}{cost}{hashed[6:]}"\n', base_dir=tmp_path)
+    for good in ("04", "12", "31"):  # parsed only: no hashing at cost 31
+        config = parse_config(f'[users.carol]\npassword_bcrypt = "{hashed[:4]}{good}{hashed[6:]}"\n', base_dir=tmp_path)
+        assert config.users["carol"].password_bcrypt == f"{hashed[:4]}{good}{hashed[6:]}".encode()
+
+
+def test_verify_password_refuses_a_long_password_and_raises_for_an_unusable_hash() -> None:
+    hashed = bcrypt.hashpw(b"x" * 72, bcrypt.gensalt(rounds=4))
+    assert verify_password(b"x" * 72, hashed, True)
+    assert not verify_password(b"x" * 73, hashed, True)  # never truncated to the 72 that match
+    with pytest.raises(ValueError, match="Invalid salt"):  # the server's hash: not a wrong password
+        verify_password(b"x", hashed[:4] + b"03" + hashed[6:], True)
 
 
 @pytest.mark.parametrize(("stdin", "args"), [("\n", []), ("", []), ("pw\n", ["--rounds", "3"])])

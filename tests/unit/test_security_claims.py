@@ -433,6 +433,12 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_internal_errors.py::test_a_bug_is_logged_once_with_its_traceback_and_not_held_against_the_client",
             M + "test_internal_errors.py::test_parse_errors_and_bugs_are_told_apart",
         ],
+        "a bug in a login check, realm or answer: no USERAUTH_FAILURE, no Failed line, no count; "
+        "connection ended, traceback logged, audited as internal error": [
+            M + "test_internal_errors.py::test_a_bug_in_a_login_check_is_an_internal_error_not_a_refused_login",
+            M + "test_internal_errors.py::test_a_bug_in_answering_a_refusal_ends_the_connection_with_its_traceback",
+            M + "test_internal_errors.py::test_a_refused_login_is_still_a_failure",
+        ],
     },
     "The server's own trouble is not the client's failure.": {
         "authorized_keys, CA and revocation files unreadable for a server-side reason: no strike, no sshd line": [

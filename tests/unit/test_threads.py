@@ -192,3 +192,39 @@ def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_th
         runner._jobs.put(taken)
         stopping.join(10)
     assert not hung, "pool.stop() waited for a worker that never left its wait"
+
+
+class FailingOnceReactor(ThreadedReactor):
+    """callFromThread raises the first time (as a wake-up of a reactor going down might)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("simulated callFromThread failure")
+        f(*args)
+
+
+def test_a_worker_ended_by_an_exception_leaves_the_counts_right_and_jobs_still_run() -> None:
+    """deliver (the reactor's callFromThread) raising ended the worker with it still counted in
+    `_workers`: with a pool of one thread, no worker was ever started again and every later job
+    waited for good."""
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="raising")
+    pool.start()
+    try:
+        reactor = FailingOnceReactor()
+        runner = ThreadRunner(reactor, pool)
+        gate = threading.Event()
+        lost = runner.run(lambda: gate.wait(10))  # its outcome is the one callFromThread fails to deliver
+        queued: list[Any] = []
+        done = threading.Event()
+        runner.run(lambda: "queued").addBoth(lambda r: (queued.append(r), done.set()))  # waits behind it
+        gate.set()
+        assert done.wait(10), "the job queued behind the failed delivery never ran"
+        assert reactor.failed and not lost.called and queued == ["queued"]
+        assert run_in(runner, lambda: "next") == "next"  # and a job given afterwards runs too
+    finally:
+        pool.stop()
+    assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
