@@ -396,7 +396,9 @@ class AuditLog:
             entry = {"ts": ts, "event": event, "host": self._host, **fields}
         else:
             entry = {"ts": ts, "event": event, **fields}
-        text = _JSON_UNSAFE.sub(_json_escape, _encode(entry))
+        text = _encode(entry)
+        if not text.isascii():  # (a flag CPython keeps: no scan) only non-ASCII text can need it
+            text = _JSON_UNSAFE.sub(_json_escape, text)
         line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
         if not self._backlog and self._error is None:
             try:  # the usual case: nothing waiting, write this one (the loop below, without the queue)
