@@ -22,7 +22,14 @@ from conchcmd.commands.framework import (
     UsageError,
     parse_options,
 )
-from conchcmd.commands.safepath import NotAFile, Opened, OutsideRoots, allowed_roots, open_file
+from conchcmd.commands.safepath import (
+    NotAFile,
+    Opened,
+    OutsideRoots,
+    allowed_roots,
+    open_file,
+    open_plain_unresolved,
+)
 from conchcmd.core.audit import terminal_safe
 from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig, UserPolicy
 from conchcmd.core.threads import abandonable
@@ -62,7 +69,8 @@ def open_within_roots(path: str, roots: tuple[str, ...], user_roots: tuple[str, 
     if "\0" in path:
         raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
     try:
-        return open_file(path, allowed_roots(roots, user_roots))
+        plain = open_plain_unresolved(path, roots, user_roots)  # no lstat of the roots' components
+        return plain if plain is not None else open_file(path, allowed_roots(roots, user_roots))
     except OutsideRoots:
         raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED) from None
     except NotAFile as e:

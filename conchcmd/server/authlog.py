@@ -46,7 +46,10 @@ def log_word(value: str | bytes, limit: int = MAX_USER) -> str:
     """Client-chosen text as one word of a log line: `sanitise` (control characters, line
     separators, bidi controls escaped) and every whitespace character escaped too, so the
     text can never look like more than one field."""
-    return _WHITESPACE.sub(_escaped, sanitise(value, limit))
+    text = sanitise(value, limit)
+    if text.isascii() and " " not in text:  # sanitise escaped ASCII's other whitespace (controls)
+        return text
+    return _WHITESPACE.sub(_escaped, text)
 
 
 #: The characters str.isspace() calls whitespace (re's `\s` on str is the same predicate), found

@@ -157,3 +157,24 @@ def test_sanitise_returns_text_it_would_not_change_as_it_is_and_escapes_the_rest
         assert sanitise(ch * 5, limit=3) == sanitise("\\" + ch * 5, limit=4)[2:]
     assert sanitise("plain text", limit=5) == "plain..."
     assert sanitise(b"caf\xc3\xa9 \xff") == "café \\xff"
+
+
+def test_record_timestamps_are_datetimes_milliseconds_at_every_edge_of_a_second() -> None:
+    """`ts` is made once per second plus the milliseconds: the same text as datetime's isoformat
+    (which rounds to the microsecond first, half to even), also just before a second ends, when
+    the clock goes back, and before 1970."""
+    from datetime import UTC, datetime
+
+    clock = Clock()
+    stream = io.StringIO()
+    log = AuditLog(StreamTarget(stream), clock)
+    base = 1_700_000_000
+    fractions = (0.0, 0.0004999, 0.0005, 0.25, 0.9994999, 0.9995, 0.9999994, 0.9999995, 0.99999999)
+    times = [base + f for f in fractions] + [base - 1 + 0.9999995, base + 86399.9999996, 0.5, -0.25, -1.9999995]
+    for when in times:
+        clock.rightNow = when
+        log.record("connect")
+    stamps = [json.loads(line)["ts"] for line in stream.getvalue().splitlines()]
+    expected = [datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") for t in times]
+    assert stamps == expected
+    assert stamps[7] == "2023-11-14T22:13:21.000Z"  # .9999995 rounds up into the next second

@@ -191,3 +191,17 @@ def test_log_word_escapes_are_unambiguous() -> None:
     assert log_word("") == ""
     assert log_word(b"caf\xe9") == "caf\\xe9"  # not UTF-8
     assert len(log_word("x" * 300)) == 103  # sshd's %.100s, and "..."
+
+
+def test_no_code_point_is_left_unescaped_by_the_ascii_short_cut() -> None:
+    """log_word returns ASCII text without a space as sanitise gave it (a short cut past the
+    whitespace regex): for every code point, alone and between letters, the word is the same as
+    with the regex applied, and has no whitespace."""
+    from conchcmd.core.audit import sanitise
+    from conchcmd.server.authlog import _WHITESPACE, _escaped
+
+    for text in (chr(c) for c in range(0x110000)):
+        for value in (text, f"a{text}b"):
+            word = log_word(value)
+            assert word == _WHITESPACE.sub(_escaped, sanitise(value, 100)), hex(ord(text))
+            assert not any(ch.isspace() for ch in word)

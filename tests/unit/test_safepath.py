@@ -363,3 +363,64 @@ def test_a_plain_path_takes_the_short_cut_and_a_symlinked_one_the_walk(
     assert walks == []
     assert read(f"{tree}/root/l/f", roots) == (INSIDE, f"{tree}/root/dir/f")
     assert walks == [1]
+
+
+def _hash_outcome(path: str, roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> tuple[str, ...]:
+    try:
+        result = hash_file(path, roots, "sha256", threading.Event(), user_roots)
+    except PathRefused as e:
+        return ("refused", e.reason, str(e.status))
+    return ("hashed", result.digest, result.opened)
+
+
+@pytest.mark.skipif(safepath._OPENAT2 is None, reason="no openat2 here (Linux >= 5.6): the walk alone runs")
+def test_roots_as_written_decide_alike_with_and_without_resolving_them_first(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """comphash tries the path against the roots as configured before resolving them (no lstat
+    of every component of every root): for roots that are symlinks, lead through one, are not
+    normal, narrow each other or do not, every path has the outcome it has when the roots are
+    resolved first; and a plain path under plain roots resolves no root at all."""
+    (tree / "current").symlink_to(tree / "root")
+    (tree / "root" / "sneaky").symlink_to(tree / "outside")
+    (tree / "root" / "other").mkdir()
+    (tree / "root" / "other" / "g").write_bytes(b"g")
+    root = f"{tree}/root"
+    configurations: list[tuple[tuple[str, ...], tuple[str, ...] | None]] = [
+        ((root,), None),
+        ((f"{tree}/current",), None),
+        ((root + "/",), None),
+        ((f"{tree}/root/../root",), None),
+        ((f"{tree}/./root",), None),
+        ((f"{tree}/outside", root), None),
+        ((root,), (f"{tree}/root/dir",)),
+        ((root,), (f"{tree}/current/dir",)),
+        ((f"{tree}/current",), (f"{tree}/root/dir",)),
+        ((root,), (f"{tree}/root/sneaky",)),
+        ((root,), (f"{tree}/outside",)),
+        ((root,), ()),
+        (("/",), (root,)),
+    ]
+    names = [
+        "root/dir/f",
+        "current/dir/f",
+        "root/other/g",
+        "root/sneaky/f",
+        "outside/f",
+        "root/dir/missing",
+        "root/dir",
+    ]
+    paths = [f"{tree}/{n}" for n in names]
+    first = [[_hash_outcome(p, roots, mine) for p in paths] for roots, mine in configurations]
+    monkeypatch.setattr("conchcmd.commands.comphash.open_plain_unresolved", lambda *_: None)
+    assert [[_hash_outcome(p, roots, mine) for p in paths] for roots, mine in configurations] == first
+    monkeypatch.undo()
+    assert first[0][0][0] == "hashed" and first[0][3][0] == "refused"
+
+    resolved: list[tuple[str, ...]] = []
+    real_resolve = safepath.resolve_roots
+    monkeypatch.setattr(safepath, "resolve_roots", lambda r: resolved.append(r) or real_resolve(r))
+    assert _hash_outcome(f"{root}/dir/f", (root,), (f"{root}/dir",))[0] == "hashed"
+    assert resolved == []  # no root resolved: nothing on the way is a symlink
+    assert _hash_outcome(f"{tree}/current/dir/f", (f"{tree}/current",), None)[0] == "hashed"
+    assert resolved == [(f"{tree}/current",)]  # a symlinked root is followed where it points now
