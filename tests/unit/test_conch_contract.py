@@ -461,6 +461,7 @@ def test_the_private_name_scan_finds_what_the_adapter_does() -> None:
         "reads ._port",
         "reads ._interface",
         "reads ._writeDisconnecting",
+        "reads ._writeDisconnecting",
     ]
     assert private_twisted_names(text, conch=True) == []
     before = (
