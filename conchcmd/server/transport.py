@@ -129,7 +129,7 @@ class ServerTransport(ModernServerTransport):
     Overrides: a version banner that does not reveal Twisted's version; `server-sig-algs`
     listing user-key algorithms (Conch lists host-key ones, so RSA user keys fail against an
     ed25519 host); a login grace timer from the first byte (Conch has none before userauth);
-    TCP_QUICKACK re-armed after reads (avoids a 40 ms delayed-ACK stall during kex);
+    TCP_QUICKACK re-armed after reads no reply answers (avoids a 40 ms delayed-ACK stall);
     packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
     malformed packets end this connection with one log line; idle and keepalive timers; TCP
     keepalive; admission (caps, penalties, client slots) asked of the factory's `Admissions`
@@ -192,19 +192,34 @@ class ServerTransport(ModernServerTransport):
     _quickack: Callable[[], None] | None = None  # re-arms TCP_QUICKACK on this connection's socket
 
     def dataReceived(self, data: bytes) -> None:
-        if self._quickack is not None:
-            try:  # noqa: SIM105 (contextlib.suppress is three Python calls more, on every read)
-                self._quickack()
-            except OSError:
-                pass
+        # TCP_QUICKACK (Linux) acknowledges what was read at once, and leaves delayed-ACK mode
+        # until we next send soon after a read: a client's next small packet, held back by its
+        # Nagle until that ACK, then goes out at once, not after the 40 ms delayed-ACK timer.
+        # During the first key exchange it is armed on every read, before the packet is handled,
+        # as the client pipelines its messages there. After it, only when a read is answered in
+        # the same turn by nothing (a command running, a close): a reply carries the ACK itself.
+        quickack = self._quickack
+        if quickack is not None and not self._first_kex_done:
+            self._arm_quickack(quickack)
+            quickack = None
         if self._failed or self._broken:
             return
         if self.liveness is not None:
             self.liveness.received()
+        sent = self.bytes_sent
         try:
             super().dataReceived(data)
         except Exception as e:  # whatever it is, it ends only this connection
             self.packet_raised(e)
+        if quickack is not None and self.bytes_sent == sent and not self.transport.disconnecting:
+            self._arm_quickack(quickack)
+
+    @staticmethod
+    def _arm_quickack(quickack: Callable[[], None]) -> None:
+        try:  # noqa: SIM105 (contextlib.suppress is three Python calls more)
+            quickack()
+        except OSError:
+            pass
 
     def packet_raised(self, e: Exception, where: str = "") -> None:
         """A packet from this peer raised `e` (`where`: what was being handled, if not the packet
