@@ -56,8 +56,9 @@ REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH:
 
 
 class RandomPool:
-    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~16 packets of
-    4-11 bytes of padding; what is left stays with an idle session, so the pool is small)."""
+    """Random padding bytes (and KEXINIT cookies) from the OS, drawn a little at a time (one
+    syscall per ~16 packets of 4-11 bytes of padding; what is left stays with an idle session, so
+    the pool is small)."""
 
     __slots__ = ("pool", "size")
 
@@ -171,7 +172,7 @@ class ModernFraming(KexState):
         self.ourKexInitPayload = b"".join(
             [
                 bytes((transport.MSG_KEXINIT,)),
-                os.urandom(16),
+                self._padding.take(16),  # the cookie: from the padding pool's OS random bytes
                 NS(b",".join([*self.supportedKeyExchanges, *markers])),
                 NS(b",".join(self.supportedPublicKeys)),
                 NS(b",".join(self.supportedCiphers)),
