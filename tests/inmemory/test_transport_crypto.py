@@ -296,3 +296,34 @@ def test_the_kexinit_cookie_comes_from_the_padding_pool_s_one_draw(tmp_path: Pat
         cookies.append(kexinit[1:17])
         server.connectionLost(None)
     assert cookies[0] != cookies[1]
+
+
+def kexinit_lists(server: Any) -> list[bytes]:
+    """The name-lists of the KEXINIT a server transport sent first."""
+    written = server.transport.value()
+    packet = written[written.index(b"\r\n") + 2 :]
+    payload = packet[5 : 4 + int.from_bytes(packet[:4], "big") - packet[4]]
+    return list(common.getNS(payload[17:], 10)[:-1])  # after the message number and the cookie
+
+
+def test_every_kexinit_lists_the_algorithms_the_transport_has_now(tmp_path: Path) -> None:
+    """KEXINIT bodies are built once per set of lists: a list changed (even in place) is sent as
+    it is now, not as an earlier connection's KEXINIT had it."""
+    world = make_world(tmp_path)
+
+    def first_kexinit(port: int) -> list[bytes]:
+        server = world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", port))
+        server.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port)))
+        lists = kexinit_lists(server)
+        server.connectionLost(None)
+        return lists
+
+    before = first_kexinit(40000)
+    assert before == first_kexinit(40001)
+    ciphers = world.factory.ciphers
+    assert before[2] == before[3] == b",".join(ciphers)
+    assert before[0].endswith(b",ext-info-s,kex-strict-s-v00@openssh.com")
+    ciphers.reverse()  # the same list object, another order
+    after = first_kexinit(40002)
+    assert after[2] == after[3] == b",".join(ciphers) != before[2]
+    assert after[:2] + after[4:] == before[:2] + before[4:]
