@@ -37,6 +37,7 @@ from conchcmd.core.threads import ThreadRunner
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.server.proxied import ProxyHeaderFactory, ProxySettings
+from conchcmd.server.transport import set_listener_options
 from conchcmd.wire.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -217,6 +218,12 @@ class ConchcmdService(Service):
         return d.addCallbacks(listening, failed)
 
     def _listening(self, _: object) -> None:
+        if self.server is not None and self.ports:
+            # Options set once on each listening socket, not on each connection (until all are
+            # set, connections set them themselves).
+            keepalive = self.server.factory.settings.tcp_keepalive
+            done = [set_listener_options(port, keepalive=keepalive) for port in self.ports]
+            self.server.factory.listener_options = all(done)
         ip = host_and_port(self.ports[0].getHost()) if self.ports else None
         port = ip[1] if ip is not None else None
         hint = no_users_hint(self.config, port)

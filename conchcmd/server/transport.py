@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,25 @@ KEX_TIMEOUT = 60.0
 #: stops at once; what is queued here is sent right after NEWKEYS and counts as the traffic
 #: that makes a client's frequent rekeys legitimate (see framing.REKEY_FREE_BYTES).
 KEX_OUTPUT_BUDGET = 2 * 1024 * 1024
+
+
+def set_listener_options(port: object, *, keepalive: bool) -> bool:
+    """Set TCP_NODELAY, and SO_KEEPALIVE with `keepalive`, on a TCP listening port's socket
+    (Twisted's `tcp.Port.socket`): Linux copies both to every connection the socket accepts, which
+    then needs no setsockopt of its own. True if set (a TCP port, on Linux); else each connection
+    sets them itself."""
+    sock = getattr(port, "socket", None)  # tcp.Port's (and an adopted systemd socket's); not IListeningPort's
+    if (
+        not sys.platform.startswith("linux")
+        or not isinstance(sock, socket.socket)
+        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.type != socket.SOCK_STREAM
+    ):
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return True
 
 
 def auth_client(address: IAddress, peer: str) -> Client:
@@ -175,7 +195,7 @@ class ServerTransport(ModernServerTransport):
             sock = self.transport.getHandle()
             if isinstance(sock, socket.socket):
                 self._quickack = functools.partial(sock.setsockopt, socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-        if ITCPTransport.providedBy(self.transport):
+        if not factory.listener_options and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
             if factory.settings.tcp_keepalive:
                 # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
