@@ -114,6 +114,14 @@ def tcp_port_and_interface(endpoint: object) -> tuple[int, str] | None:
     return None
 
 
+def keep_port_logger(port: object) -> None:
+    """Twisted's TCP port makes its logger (`_logger`, a descriptor of its class) anew twice for
+    every connection it accepts; made once and kept on the port, it is the same logger (namespace,
+    observer, the port as source)."""
+    if isinstance(port, tcp.Port):
+        port._logger = port._logger
+
+
 class FlushingReactor(EPollReactor):
     """Twisted's epoll reactor, with two changes to its loop that leave every byte written, and
     every callback but the write's own (sooner), as they were.

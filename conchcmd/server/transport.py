@@ -85,7 +85,11 @@ def set_listener_options(port: object, *, keepalive: bool) -> bool:
 def auth_client(address: IAddress, peer: str) -> Client:
     """The client as the authentication lines name it: sshd's address text (no brackets; an
     IPv4-mapped IPv6 address as IPv4, as host_and_port gives it) and port."""
-    ip = host_and_port(address)
+    return auth_client_of(host_and_port(address), peer)
+
+
+def auth_client_of(ip: tuple[str, int] | None, peer: str) -> Client:
+    """`auth_client`, the address's `host_and_port` known already."""
     if ip is None:
         return Client(host=peer, port=0, peer=peer)
     host, port = ip
@@ -181,9 +185,10 @@ class ServerTransport(ModernServerTransport):
         assert self.transport is not None
         address = self.transport.getPeer()  # behind a proxy: the client's, from the PROXY header
         proxy = proxy_of(self.transport)
-        self.peer_address = Peer.of(address)
+        ip = host_and_port(address)
+        self.peer_address = Peer.of_ip(address, ip)
         self.peer = self.peer_address.text
-        self.auth_log = AuthLog(auth_client(address, self.peer))
+        self.auth_log = AuthLog(auth_client_of(ip, self.peer))
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
         self.refusals = RepeatLog(log, self.peer)
@@ -541,21 +546,22 @@ class ServerTransport(ModernServerTransport):
         factory.metrics.connection_closed(self.bytes_sent, max(self.kex_count - 1, 0))
         duration = round(factory.clock.seconds() - self.started, 3)
         refused = self.refusals.summary()
+        user = self.user
         log.info(
             "Lost client connection {peer} ({user}): {reason}{refused}",
             peer=self.peer,
-            user=self.user or "not authenticated",
+            user=user or "not authenticated",
             reason=self.end_reason,
             refused=f" (refused: {sanitise(refused, 1000)})" if refused else "",
         )
-        if self.user is not None:
-            self.auth_log.disconnected(self.user)
+        if user is not None:
+            self.auth_log.disconnected(user)
         elif self.auth_user is not None and not self.auth_end_logged:
             self.auth_log.closed_during_auth(
                 self.auth_user, self.auth_user_valid, client_disconnected=self._client_disconnected
             )
         self.audit.record(
-            "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
+            "disconnect", peer=self.peer, user=user, reason=sanitise(self.end_reason), duration_s=duration
         )
         factory.connection_ids.discard(self.connection_id)
         try:

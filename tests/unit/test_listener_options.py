@@ -51,7 +51,8 @@ def test_a_port_without_a_tcp_socket_is_left_to_its_connections(tmp_path: Path) 
 
 def test_the_service_sets_them_on_every_listening_socket(tmp_path: Path) -> None:
     """`serve` (ConchcmdService, on a real epoll reactor that is not run) sets both options on its
-    listening sockets and tells the factory, whose connections then set none."""
+    listening sockets and tells the factory, whose connections then set none; each port keeps
+    its logger."""
     from twisted.internet.epollreactor import EPollReactor
 
     from conchcmd.core.config import load_config
@@ -72,6 +73,11 @@ def test_the_service_sets_them_on_every_listening_socket(tmp_path: Path) -> None
         for port in service.ports:
             assert port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             assert port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            # its logger made once and kept (Twisted made one twice per accepted connection): the same one
+            kept = vars(port)["_logger"]
+            made = type(port)._logger.__get__(port, type(port))
+            assert (kept.namespace, kept.source, kept.observer) == (made.namespace, made.source, made.observer)
+            assert port._logger is kept
     finally:
         for port in service.ports:
             port.stopListening()
