@@ -24,7 +24,10 @@ def host_and_port(address: IAddress) -> tuple[str, int] | None:
 
 def format_peer(address: IAddress) -> str:
     """`host:port`, `[v6host]:port`, or the address's own text if it is not an IP address."""
-    ip = host_and_port(address)
+    return _peer_text(address, host_and_port(address))
+
+
+def _peer_text(address: IAddress, ip: tuple[str, int] | None) -> str:
     if ip is None:
         return str(address)
     host, port = ip
@@ -40,8 +43,12 @@ class Peer:
 
     @classmethod
     def of(cls, address: IAddress) -> Peer:
-        ip = host_and_port(address)
-        return cls(ip[0] if ip is not None else None, format_peer(address))
+        return cls.of_ip(address, host_and_port(address))
+
+    @classmethod
+    def of_ip(cls, address: IAddress, ip: tuple[str, int] | None) -> Peer:
+        """`of(address)`, its `host_and_port(address)` known already."""
+        return cls(ip[0] if ip is not None else None, _peer_text(address, ip))
 
 
 class PeerSSHPrivateKey(credentials.SSHPrivateKey):

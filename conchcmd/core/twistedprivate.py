@@ -114,6 +114,14 @@ def tcp_port_and_interface(endpoint: object) -> tuple[int, str] | None:
     return None
 
 
+def keep_port_logger(port: object) -> None:
+    """Twisted's TCP port makes its logger (`_logger`, a descriptor of its class) anew twice for
+    every connection it accepts; made once and kept on the port, it is the same logger (namespace,
+    observer, the port as source)."""
+    if isinstance(port, tcp.Port):
+        port._logger = port._logger
+
+
 class FlushingReactor(EPollReactor):
     """Twisted's epoll reactor, with two changes to its loop that leave every byte written, and
     every callback but the write's own (sooner), as they were.
@@ -123,7 +131,10 @@ class FlushingReactor(EPollReactor):
     of them in one `send`, as the EPOLLOUT event Twisted waits for would send them: when the
     socket takes them all, Twisted's two epoll_ctl calls and its extra turn of the loop per reply
     are saved. What the socket does not take waits for EPOLLOUT as before, so back-pressure (a
-    paused producer, a full socket) is Twisted's own; so does a closing connection's last write.
+    paused producer, a full socket) is Twisted's own. A closing connection (loseConnection,
+    loseWriteConnection) writes its last bytes and closes at the start of the next turn's poll,
+    after the timed calls that run before it, where Twisted's EPOLLOUT event would come: what those
+    calls write is still sent, and the poll, two epoll_ctl calls and a turn are saved.
 
     Each event runs under the log context `log.callWithLogger` gives it (the legacy log's
     `system`: the transport's logPrefix), pushed on the reactor thread's context stack directly,
@@ -136,6 +147,8 @@ class FlushingReactor(EPollReactor):
         self._unflushed: dict[Any, None] = {}
         #: Accepted connections waiting for EPOLLOUT (their socket was full).
         self._epollout: set[Any] = set()
+        #: Closing accepted connections: they write and close at the start of the next poll.
+        self._closing: dict[Any, None] = {}
         #: Whether a class of writer is an accepted connection (tcp.Client uses EPOLLOUT to learn
         #: that it has connected: it keeps Twisted's way).
         self._flushable: dict[type, bool] = {}
@@ -149,38 +162,52 @@ class FlushingReactor(EPollReactor):
             flushable = self._flushable[writer.__class__] = isinstance(writer, tcp.Server)
         if not flushable:
             super().addWriter(writer)
-        elif writer not in self._epollout:
+        elif writer not in self._epollout and writer not in self._closing:
             self._unflushed[writer] = None
 
     def removeWriter(self, writer: Any) -> None:
         if writer in self._unflushed:
             del self._unflushed[writer]
+        elif writer in self._closing:
+            del self._closing[writer]
         else:
             self._epollout.discard(writer)
             super().removeWriter(writer)
 
     def getWriters(self) -> list[Any]:
-        return super().getWriters() + list(self._unflushed)
+        return super().getWriters() + list(self._unflushed) + list(self._closing)
 
     def removeAll(self) -> list[Any]:
-        unflushed = list(self._unflushed)
+        unflushed = [*self._unflushed, *self._closing]
         self._unflushed.clear()
+        self._closing.clear()
         self._epollout.clear()
         return list(set(super().removeAll()).union(unflushed))
 
-    def _flush(self) -> None:
+    def _flush(self, closing: bool = False) -> None:
         """Each waiting connection writes, as on an EPOLLOUT event; what is still waiting then (a
-        full socket, output added while flushing, a closing connection) waits for EPOLLOUT, as it
-        would in Twisted."""
+        full socket, output added while flushing) waits for EPOLLOUT, as it would in Twisted.
+
+        A closing connection (loseConnection, loseWriteConnection) is left for the next poll, as
+        Twisted leaves it for the next EPOLLOUT event: what the timed calls run before that poll
+        write to it is still sent. With `closing` (before a poll) those write and close, as on that
+        event, and those closed by the timed calls just run too (Twisted's EPOLLOUT would come in
+        this poll); one whose socket is then full waits for EPOLLOUT."""
+        if closing and self._closing:
+            self._unflushed = {**self._closing, **self._unflushed}
+            self._closing = {}
+        tried = []
         for writer in list(self._unflushed):
-            # A closing connection (loseConnection, loseWriteConnection) closes on EPOLLOUT, as in
-            # Twisted: what timed calls write to it before that poll is still sent.
-            if writer in self._unflushed and not (writer.disconnecting or writer._writeDisconnecting):
+            if writer in self._unflushed and (closing or not (writer.disconnecting or writer._writeDisconnecting)):
+                tried.append(writer)
                 self._event(writer, writer.fileno(), EPOLLOUT)
         while self._unflushed:
             writer, _ = self._unflushed.popitem()
-            self._epollout.add(writer)
-            super().addWriter(writer)
+            if (writer.disconnecting or writer._writeDisconnecting) and writer not in tried:
+                self._closing[writer] = None
+            else:
+                self._epollout.add(writer)
+                super().addWriter(writer)
 
     def _event(self, selectable: Any, fd: int, event: int) -> None:
         """`log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)`, inlined."""
@@ -207,8 +234,8 @@ class FlushingReactor(EPollReactor):
 
     def doPoll(self, timeout: float | None) -> None:
         # EPollReactor.doPoll, with `_event` for log.callWithLogger, and the flushes.
-        if self._unflushed:  # written by the timed calls just run (or calls from threads)
-            self._flush()
+        if self._unflushed or self._closing:  # written by the timed calls just run (or calls from threads)
+            self._flush(closing=True)
             # whose callbacks may have scheduled calls: the poll must not wait past them
             due = self.timeout()
             if due is not None and (timeout is None or due < timeout):

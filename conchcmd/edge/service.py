@@ -34,9 +34,11 @@ from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.metrics import Metrics
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.threads import ThreadRunner
+from conchcmd.core.twistedprivate import keep_port_logger
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.server.proxied import ProxyHeaderFactory, ProxySettings
+from conchcmd.server.transport import set_listener_options
 from conchcmd.wire.hostkeys import HostKeyError, HostKeys, ensure_host_keys, load_host_keys
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -217,6 +219,14 @@ class ConchcmdService(Service):
         return d.addCallbacks(listening, failed)
 
     def _listening(self, _: object) -> None:
+        if self.server is not None and self.ports:
+            # Options set once on each listening socket, not on each connection (until all are
+            # set, connections set them themselves).
+            keepalive = self.server.factory.settings.tcp_keepalive
+            done = [set_listener_options(port, keepalive=keepalive) for port in self.ports]
+            for port in self.ports:
+                keep_port_logger(port)
+            self.server.factory.listener_options = all(done)
         ip = host_and_port(self.ports[0].getHost()) if self.ports else None
         port = ip[1] if ip is not None else None
         hint = no_users_hint(self.config, port)

@@ -55,6 +55,9 @@ class CommandServerFactory(SSHFactory):
 
     protocol = ServerTransport
     noisy = False
+    #: Every listening socket has TCP_NODELAY, and SO_KEEPALIVE as `settings.tcp_keepalive` says,
+    #: which accepted connections inherit (see transport.set_listener_options): set by the service.
+    listener_options = False
     services = {b"ssh-userauth": UserAuthService, b"ssh-connection": ConnectionService}
 
     def __init__(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,33 @@ KEX_TIMEOUT = 60.0
 KEX_OUTPUT_BUDGET = 2 * 1024 * 1024
 
 
+def set_listener_options(port: object, *, keepalive: bool) -> bool:
+    """Set TCP_NODELAY, and SO_KEEPALIVE with `keepalive`, on a TCP listening port's socket
+    (Twisted's `tcp.Port.socket`): Linux copies both to every connection the socket accepts, which
+    then needs no setsockopt of its own. True if set (a TCP port, on Linux); else each connection
+    sets them itself."""
+    sock = getattr(port, "socket", None)  # tcp.Port's (and an adopted systemd socket's); not IListeningPort's
+    if (
+        not sys.platform.startswith("linux")
+        or not isinstance(sock, socket.socket)
+        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.type != socket.SOCK_STREAM
+    ):
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return True
+
+
 def auth_client(address: IAddress, peer: str) -> Client:
     """The client as the authentication lines name it: sshd's address text (no brackets; an
     IPv4-mapped IPv6 address as IPv4, as host_and_port gives it) and port."""
-    ip = host_and_port(address)
+    return auth_client_of(host_and_port(address), peer)
+
+
+def auth_client_of(ip: tuple[str, int] | None, peer: str) -> Client:
+    """`auth_client`, the address's `host_and_port` known already."""
     if ip is None:
         return Client(host=peer, port=0, peer=peer)
     host, port = ip
@@ -131,7 +155,7 @@ class ServerTransport(ModernServerTransport):
     Overrides: a version banner that does not reveal Twisted's version; `server-sig-algs`
     listing user-key algorithms (Conch lists host-key ones, so RSA user keys fail against an
     ed25519 host); a login grace timer from the first byte (Conch has none before userauth);
-    TCP_QUICKACK re-armed after reads (avoids a 40 ms delayed-ACK stall during kex);
+    TCP_QUICKACK re-armed after reads no reply answers (avoids a 40 ms delayed-ACK stall);
     packets capped at 64 KiB before authentication and 256 KiB after (Conch allows 1 MiB);
     malformed packets end this connection with one log line; idle and keepalive timers; TCP
     keepalive; admission (caps, penalties, client slots) asked of the factory's `Admissions`
@@ -163,9 +187,10 @@ class ServerTransport(ModernServerTransport):
         assert self.transport is not None
         address = self.transport.getPeer()  # behind a proxy: the client's, from the PROXY header
         proxy = proxy_of(self.transport)
-        self.peer_address = Peer.of(address)
+        ip = host_and_port(address)
+        self.peer_address = Peer.of_ip(address, ip)
         self.peer = self.peer_address.text
-        self.auth_log = AuthLog(auth_client(address, self.peer))
+        self.auth_log = AuthLog(auth_client_of(ip, self.peer))
         self.started = factory.clock.seconds()
         self.end_reason = "closed"
         self.refusals = RepeatLog(log, self.peer)
@@ -177,7 +202,7 @@ class ServerTransport(ModernServerTransport):
             sock = self.transport.getHandle()
             if isinstance(sock, socket.socket):
                 self._quickack = functools.partial(sock.setsockopt, socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-        if ITCPTransport.providedBy(self.transport):
+        if not factory.listener_options and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
             if factory.settings.tcp_keepalive:
                 # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
@@ -194,19 +219,34 @@ class ServerTransport(ModernServerTransport):
     _quickack: Callable[[], None] | None = None  # re-arms TCP_QUICKACK on this connection's socket
 
     def dataReceived(self, data: bytes) -> None:
-        if self._quickack is not None:
-            try:  # noqa: SIM105 (contextlib.suppress is three Python calls more, on every read)
-                self._quickack()
-            except OSError:
-                pass
+        # TCP_QUICKACK (Linux) acknowledges what was read at once, and leaves delayed-ACK mode
+        # until we next send soon after a read: a client's next small packet, held back by its
+        # Nagle until that ACK, then goes out at once, not after the 40 ms delayed-ACK timer.
+        # During the first key exchange it is armed on every read, before the packet is handled,
+        # as the client pipelines its messages there. After it, only when a read is answered in
+        # the same turn by nothing (a command running, a close): a reply carries the ACK itself.
+        quickack = self._quickack
+        if quickack is not None and not self._first_kex_done:
+            self._arm_quickack(quickack)
+            quickack = None
         if self._failed or self._broken:
             return
         if self.liveness is not None:
             self.liveness.received()
+        sent = self.bytes_sent
         try:
             super().dataReceived(data)
         except Exception as e:  # whatever it is, it ends only this connection
             self.packet_raised(e)
+        if quickack is not None and self.bytes_sent == sent and not self.transport.disconnecting:
+            self._arm_quickack(quickack)
+
+    @staticmethod
+    def _arm_quickack(quickack: Callable[[], None]) -> None:
+        try:  # noqa: SIM105 (contextlib.suppress is three Python calls more)
+            quickack()
+        except OSError:
+            pass
 
     def packet_raised(self, e: Exception, where: str = "") -> None:
         """A packet from this peer raised `e` (`where`: what was being handled, if not the packet
@@ -523,21 +563,22 @@ class ServerTransport(ModernServerTransport):
         factory.metrics.connection_closed(self.bytes_sent, max(self.kex_count - 1, 0))
         duration = round(factory.clock.seconds() - self.started, 3)
         refused = self.refusals.summary()
+        user = self.user
         log.info(
             "Lost client connection {peer} ({user}): {reason}{refused}",
             peer=self.peer,
-            user=self.user or "not authenticated",
+            user=user or "not authenticated",
             reason=self.end_reason,
             refused=f" (refused: {sanitise(refused, 1000)})" if refused else "",
         )
-        if self.user is not None:
-            self.auth_log.disconnected(self.user)
+        if user is not None:
+            self.auth_log.disconnected(user)
         elif self.auth_user is not None and not self.auth_end_logged:
             self.auth_log.closed_during_auth(
                 self.auth_user, self.auth_user_valid, client_disconnected=self._client_disconnected
             )
         self.audit.record(
-            "disconnect", peer=self.peer, user=self.user, reason=sanitise(self.end_reason), duration_s=duration
+            "disconnect", peer=self.peer, user=user, reason=sanitise(self.end_reason), duration_s=duration
         )
         factory.connection_ids.discard(self.connection_id)
         try:

@@ -56,8 +56,9 @@ REKEY_FREE_BYTES = 8 * 1024  # below any RekeyLimit a real client uses (OpenSSH:
 
 
 class RandomPool:
-    """Random padding bytes from the OS, drawn a little at a time (one syscall per ~16 packets of
-    4-11 bytes of padding; what is left stays with an idle session, so the pool is small)."""
+    """Random padding bytes (and KEXINIT cookies) from the OS, drawn a little at a time (one
+    syscall per ~16 packets of 4-11 bytes of padding; what is left stays with an idle session, so
+    the pool is small)."""
 
     __slots__ = ("pool", "size")
 
@@ -94,6 +95,8 @@ def _mlkem_works() -> bool:
         return False
     return True
 
+
+_KEXINIT_BYTE = bytes((transport.MSG_KEXINIT,))
 
 KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
 
@@ -167,26 +170,56 @@ class ModernFraming(KexState):
     def sendKexInit(self) -> None:
         if not self.kex_idle():
             raise RuntimeError(f"Cannot send KEXINIT while key exchange state is {self.kex_state()!r}")
-        markers = [] if self._first_kex_done else self.kex_markers()
-        self.ourKexInitPayload = b"".join(
+        markers = () if self._first_kex_done else tuple(self.kex_markers())
+        lists = (
+            tuple(self.supportedKeyExchanges),
+            tuple(self.supportedPublicKeys),
+            tuple(self.supportedCiphers),
+            tuple(self.supportedMACs),
+            tuple(self.supportedCompressions),
+            markers,
+        )
+        body = self._kexinit_bodies.get(lists)
+        if body is None:
+            body = self._kexinit_body(*lists)
+        # the cookie: from the padding pool's OS random bytes
+        self.ourKexInitPayload = _KEXINIT_BYTE + self._padding.take(16) + body
+        self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
+        self.kex_requested()
+
+    #: KEXINIT payloads after the cookie, by the lists they are made of: every connection of a
+    #: configuration sends the same (building one took ~50 calls). A few entries at most.
+    _kexinit_bodies: ClassVar[dict[tuple[tuple[bytes, ...], ...], bytes]] = {}
+
+    @classmethod
+    def _kexinit_body(
+        cls,
+        kex: tuple[bytes, ...],
+        keys: tuple[bytes, ...],
+        ciphers: tuple[bytes, ...],
+        macs: tuple[bytes, ...],
+        compressions: tuple[bytes, ...],
+        markers: tuple[bytes, ...],
+    ) -> bytes:
+        body = b"".join(
             [
-                bytes((transport.MSG_KEXINIT,)),
-                os.urandom(16),
-                NS(b",".join([*self.supportedKeyExchanges, *markers])),
-                NS(b",".join(self.supportedPublicKeys)),
-                NS(b",".join(self.supportedCiphers)),
-                NS(b",".join(self.supportedCiphers)),
-                NS(b",".join(self.supportedMACs)),
-                NS(b",".join(self.supportedMACs)),
-                NS(b",".join(self.supportedCompressions)),
-                NS(b",".join(self.supportedCompressions)),
+                NS(b",".join([*kex, *markers])),
+                NS(b",".join(keys)),
+                NS(b",".join(ciphers)),
+                NS(b",".join(ciphers)),
+                NS(b",".join(macs)),
+                NS(b",".join(macs)),
+                NS(b",".join(compressions)),
+                NS(b",".join(compressions)),
                 NS(b""),
                 NS(b""),
                 b"\0\0\0\0\0",
             ]
         )
-        self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
-        self.kex_requested()
+        if len(cls._kexinit_bodies) >= 16:  # configurations reloaded again and again
+            cls._kexinit_bodies.clear()
+        cls._kexinit_bodies[(kex, keys, ciphers, macs, compressions, markers)] = body
+        return body
 
     # -- packets -------------------------------------------------------------------------------
 

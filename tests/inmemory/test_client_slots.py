@@ -115,3 +115,16 @@ def test_tcp_keepalive_is_set_on_every_accepted_socket(
     proto.makeConnection(sock)
     assert (sock.keepalive, sock.nodelay) == (expected, True)
     assert sock.value().startswith(b"SSH-2.0-conchcmd\r\n")
+
+
+def test_a_connection_accepted_by_a_prepared_listener_sets_no_socket_option(tmp_path: Path) -> None:
+    """When the service has set TCP_NODELAY and SO_KEEPALIVE on every listening socket (which
+    accepted sockets inherit: tests/unit/test_listener_options.py), a connection sets neither
+    again; the greeting is unchanged."""
+    w = make_world(tmp_path)
+    w.factory.listener_options = True
+    proto = w.factory.buildProtocol(IPv4Address("TCP", "10.0.5.1", 40000))
+    sock = TCPTransport(peerAddress=IPv4Address("TCP", "10.0.5.1", 40000))
+    proto.makeConnection(sock)
+    assert (sock.keepalive, sock.nodelay) == (None, None)
+    assert sock.value().startswith(b"SSH-2.0-conchcmd\r\n")

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from support.keys import ed25519_key
 from support.sshclient import ClientFactory, Connection, connect
 from support.world import World, make_world
 from twisted.conch.ssh import common, transport
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
+from conchcmd.wire import framing
+from conchcmd.wire.framing import RandomPool
 from conchcmd.wire.packets import CIPHERS as SPECS
 from conchcmd.wire.packets import PacketCodec, pad
 
@@ -265,3 +270,60 @@ def test_packet_lengths_around_the_floor_and_the_limits(
     assert conn.factory.disconnect_reason == (transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
     (bye,) = world.audit.of("disconnect")
     assert bye["reason"] == f"protocol error: {error}"
+
+
+def test_the_kexinit_cookie_comes_from_the_padding_pool_s_one_draw(tmp_path: Path, monkeypatch: Any) -> None:
+    """A connection's KEXINIT cookie and its first packets' padding come from one read of the OS
+    random source (one getrandom system call), and the cookies of two connections differ."""
+    world = make_world(tmp_path)
+    draws: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        draws.append(os.urandom(n))
+        return draws[-1]
+
+    monkeypatch.setattr(framing, "os", SimpleNamespace(urandom=urandom))
+    cookies = []
+    for port in (40000, 40001):
+        del draws[:]
+        server = world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", port))
+        server.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port)))
+        written = server.transport.value()
+        kexinit = written[written.index(b"\r\n") + 2 + 5 :]  # after the version line, length and padding length
+        assert kexinit[0] == transport.MSG_KEXINIT
+        assert [len(d) for d in draws] == [RandomPool().size]
+        assert kexinit[1:17] == draws[0][:16]
+        cookies.append(kexinit[1:17])
+        server.connectionLost(None)
+    assert cookies[0] != cookies[1]
+
+
+def kexinit_lists(server: Any) -> list[bytes]:
+    """The name-lists of the KEXINIT a server transport sent first."""
+    written = server.transport.value()
+    packet = written[written.index(b"\r\n") + 2 :]
+    payload = packet[5 : 4 + int.from_bytes(packet[:4], "big") - packet[4]]
+    return list(common.getNS(payload[17:], 10)[:-1])  # after the message number and the cookie
+
+
+def test_every_kexinit_lists_the_algorithms_the_transport_has_now(tmp_path: Path) -> None:
+    """KEXINIT bodies are built once per set of lists: a list changed (even in place) is sent as
+    it is now, not as an earlier connection's KEXINIT had it."""
+    world = make_world(tmp_path)
+
+    def first_kexinit(port: int) -> list[bytes]:
+        server = world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", port))
+        server.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port)))
+        lists = kexinit_lists(server)
+        server.connectionLost(None)
+        return lists
+
+    before = first_kexinit(40000)
+    assert before == first_kexinit(40001)
+    ciphers = world.factory.ciphers
+    assert before[2] == before[3] == b",".join(ciphers)
+    assert before[0].endswith(b",ext-info-s,kex-strict-s-v00@openssh.com")
+    ciphers.reverse()  # the same list object, another order
+    after = first_kexinit(40002)
+    assert after[2] == after[3] == b",".join(ciphers) != before[2]
+    assert after[:2] + after[4:] == before[:2] + before[4:]

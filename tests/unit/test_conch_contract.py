@@ -78,6 +78,7 @@ PRIVATE: dict[str, str] = {
     "twisted.internet.base:ReactorBase.mainLoop": "conchcmd.core.twistedprivate.FlushingReactor.doPoll",
     "twisted.internet.abstract:FileDescriptor.doWrite": "conchcmd.core.twistedprivate.FlushingReactor._flush",
     "twisted.internet.abstract:FileDescriptor._writeDisconnecting": "conchcmd.core.twistedprivate.FlushingReactor._flush",
+    "twisted.internet.tcp:Port._logger": "conchcmd.core.twistedprivate.keep_port_logger",
     "twisted.python.log:callWithLogger": "conchcmd.core.twistedprivate.FlushingReactor._event",
     "twisted.python.log:callWithContext": "conchcmd.core.twistedprivate.FlushingReactor._event",
     "twisted.python.context:ContextTracker.callWithContext": "conchcmd.core.twistedprivate.FlushingReactor._event",
@@ -238,6 +239,7 @@ RECORDED: dict[str, str] = {
     "twisted.internet.epollreactor:EPollReactor.doPoll": "(self, timeout) sha256:09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827",
     "twisted.internet.epollreactor:EPollReactor.removeAll": "(self) sha256:f21099e365729d9923abc1b10665027cb534b800f1c846530538f6be451e332f",
     "twisted.internet.epollreactor:EPollReactor.removeWriter": "(self, writer) sha256:1b5d5060b8c4ab4247470e3f62076406d18e1c4054e25737fd8606de12e906b5",
+    "twisted.internet.tcp:Port._logger": "attribute Logger",
     "twisted.protocols.haproxy._exceptions:InvalidProxyHeader": "class sha256:b925950ef1aabab7a212947ee0dad63829cd6de8cc05b54a3df0cd02a11b96bc",
     "twisted.protocols.haproxy._parser:unparseEndpoint": "(args: tuple[object, ...], kwargs: collections.abc.Mapping[str, object]) -> str sha256:48791c8cca8c5105e3c5a2c208e3e4f7059b870f16eb2df35e9a85af40e93114",
     "twisted.protocols.haproxy._v1parser:V1Parser.PROXYSTR": "attribute bytes",
@@ -458,8 +460,11 @@ def test_the_private_name_scan_finds_what_the_adapter_does() -> None:
         "imports twisted.protocols.haproxy._parser.unparseEndpoint",
         "imports twisted.protocols.haproxy._v1parser.V1Parser",
         "imports twisted.protocols.haproxy._v2parser.V2Parser",
+        "reads ._logger",
+        "reads ._logger",
         "reads ._port",
         "reads ._interface",
+        "reads ._writeDisconnecting",
         "reads ._writeDisconnecting",
     ]
     assert private_twisted_names(text, conch=True) == []
