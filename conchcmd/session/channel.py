@@ -26,11 +26,13 @@ from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from conchcmd.commands.framework import Dispatcher
 from conchcmd.core.audit import AuditSink, BoundAudit, sanitise
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.flow import ChannelConnection
+from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import Identity
@@ -109,6 +111,13 @@ class SessionContext:
     budget: ConnectionBudget = field(default_factory=ConnectionBudget)  # one per connection
     refusals: RepeatLog | None = None  # the connection's; None: the channel keeps its own
     audit: AuditSink | None = None  # the connection's (with its id); None: the dispatcher's
+    internal_errors: InternalErrors = field(default_factory=InternalErrors)  # the server's
+
+    def internal_error(self, failure: Failure, doing: str, then: str) -> None:
+        """A bug of ours hit while `doing` something in this session: its traceback logged once
+        per place in the code (the server's InternalErrors, shared with the transport), then one
+        line each time; `then`: what the user got instead."""
+        self.internal_errors.report(log, failure, doing, f"{self.identity.user}@{self.peer}", then)
 
     def channel_audit(self, channel: int | None, kind: str) -> BoundAudit:
         """The audit sink of one channel: the connection's, with the channel number and kind."""

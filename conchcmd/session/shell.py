@@ -13,6 +13,7 @@ from twisted.conch.insults import insults
 from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
 
 from conchcmd.commands.framework import ExitStatus, Outcome
 from conchcmd.core.audit import terminal_safe
@@ -544,13 +545,22 @@ class LineEditor(HistoricRecvLine):
         before = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
         snapshot = (list(self.lineBuffer), self.lineBufferIndex)
         self._completing = True
-        d = self.shell.complete(before)
+        d = defer.maybeDeferred(self.shell.complete, before)
         d.addBoth(self._completion_done)
         d.addCallback(self._complete, before, snapshot)
+        d.addErrback(self._completion_failed)
 
     def _completion_done(self, result: Any) -> Any:
         self._completing = False
         return result
+
+    def _completion_failed(self, failure: Failure) -> None:
+        """A bug in completing (the completer, or showing what it found): the bell, as for no
+        match, and the traceback logged once per place (it was only "Unhandled error in
+        Deferred" when the garbage collector got to it, and the user got nothing)."""
+        self.shell.context.internal_error(failure, "completing a word", "bell")
+        if not self.shell.ended:
+            self.terminal.write(BELL)
 
     def _complete(self, found: Completion, before: str, snapshot: tuple[list[bytes], int]) -> None:
         if (self.lineBuffer, self.lineBufferIndex) != snapshot or self.shell.running is not None:
