@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conchcmd.commands.framework import Dispatcher
+from conchcmd.commands.framework import Dispatcher, ExitStatus
 from conchcmd.core.audit import AuditSink, BoundAudit, sanitise
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.flow import ChannelConnection
@@ -527,8 +527,12 @@ class SessionChannel(QuietChannel):
             self._send_exit(status)
             return
         waiter: defer.Deferred[None] = defer.Deferred()
-        waiter.addCallback(lambda _: self._send_exit(status))
+        waiter.addCallback(lambda _: self._send_exit(status)).addErrback(self._exit_failed)
         self._empty_waiters.append(waiter)
+
+    def _exit_failed(self, failure: Failure) -> None:
+        """A bug in sending the exit status once the output drained: logged once per place."""
+        self.context.internal_error(failure, "ending a session", "exit status not sent")
 
     def _send_exit(self, status: int) -> None:
         if self._gone:
@@ -564,6 +568,8 @@ class SessionChannel(QuietChannel):
 class CommandHandler:
     """What exec and both shells share: at most one running command, interruptible."""
 
+    kind: str
+
     def __init__(self, chan: SessionChannel, context: SessionContext):
         self.chan = chan
         self.context = context
@@ -587,6 +593,19 @@ class CommandHandler:
 
     def connection_lost(self) -> None:
         self.interrupt()
+
+    def end(self, status: int) -> None:
+        self.chan.finish(status)
+
+    def crashed(self, failure: Failure) -> None:
+        """Errback of the session's own Deferreds (a command's end, output drained): a bug of
+        ours there sat in the Deferred until garbage-collected ("Unhandled error in Deferred")
+        and the session waited for ever. Logged once per place; the session ends as a crashed
+        command does (stderr "conchcmd: internal error", exit status 1)."""
+        self.context.internal_error(failure, f"running a session ({self.kind})", "session ended, exit status 1")
+        self.chan.send(b"conchcmd: internal error\n", stderr=True)
+        self.end(ExitStatus.FAILED)
+        self.interrupt()  # a command still running is stopped (after end: a shell runs nothing more)
 
 
 class ExecHandler(CommandHandler):
@@ -615,7 +634,7 @@ class ExecHandler(CommandHandler):
             self.running = None  # no longer busy (idle timeout) once the command has ended
             self.chan.finish(outcome.status)
 
-        running.addCallback(done)
+        running.addCallback(done).addErrback(self.crashed)
 
     def data_received(self, data: bytes) -> None:
         # Commands read no stdin; but with a pty the client's raw terminal sends Ctrl-C as a byte.

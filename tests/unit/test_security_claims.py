@@ -446,6 +446,8 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_channel_internal_errors.py::test_a_bug_refusing_an_exec_is_audited_as_the_server_s_failure",
             M + "test_channel_internal_errors.py::test_a_bug_starting_a_command_ends_it_like_a_crash",
             P + "test_terminal_editing.py::test_a_bug_in_completion_rings_the_bell_and_logs_its_traceback_once",
+            P + "test_session_errbacks.py::test_an_exec_whose_command_deferred_fails_ends_with_exit_status_1",
+            P + "test_session_errbacks.py::test_a_shell_whose_command_deferred_fails_ends_once_per_place_logged",
         ],
     },
     "The server's own trouble is not the client's failure.": {
