@@ -448,6 +448,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             P + "test_terminal_editing.py::test_a_bug_in_completion_rings_the_bell_and_logs_its_traceback_once",
             P + "test_session_errbacks.py::test_an_exec_whose_command_deferred_fails_ends_with_exit_status_1",
             P + "test_session_errbacks.py::test_a_shell_whose_command_deferred_fails_ends_once_per_place_logged",
+            U + "test_commands.py::test_a_command_that_crashes_again_and_again_logs_one_traceback",
         ],
     },
     "The server's own trouble is not the client's failure.": {
