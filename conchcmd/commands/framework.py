@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from conchcmd.core.audit import AuditSink, sanitise, terminal_safe
 from conchcmd.core.config import UserPolicy
+from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 
 # Re-exported for the command modules: the runners live in conchcmd.core.threads.
@@ -278,6 +279,7 @@ class Dispatcher:
         #: "refuse": while the audit log cannot be written, commands other than `exit` are
         #: refused rather than run unaudited; "continue": they run (the audit log logs its failure).
         self.refuse_unaudited = audit_failure == "refuse"
+        self.internal_errors = InternalErrors()  # commands that crashed, by place in the code
 
     def dispatch(
         self,
@@ -356,7 +358,10 @@ class Dispatcher:
                 if result.check(defer.CancelledError):
                     result = Outcome(ExitStatus.INTERRUPTED)
                 else:
-                    log.failure("Command {line} crashed", failure=result, line=sanitise(line))
+                    # Once per place with its traceback, then a line: a user who can make a
+                    # command crash must not flood the log with a traceback a run.
+                    name = sanitise(argv[0], 64) if argv else "a command line"
+                    self.internal_errors.report(log, result, f"running {name}", f"{user}@{peer}", "exit status 1")
                     stderr.write(b"conchcmd: internal error\n")
                     result = Outcome(ExitStatus.FAILED)
             return audited(result)

@@ -10,8 +10,10 @@ from twisted.conch.ssh import connection, transport
 from twisted.conch.ssh.common import NS, getNS
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from conchcmd.core.audit import sanitise
+from conchcmd.commands.framework import ExitStatus
+from conchcmd.core.audit import error_kind, sanitise
 from conchcmd.core.flow import ChannelConnection, FlowControlledChannel
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.session.channel import SessionChannel
@@ -84,7 +86,7 @@ class ConnectionService(QuietConnection):
             avatar = cast("CommandUser", self.transport.avatar)  # the realm's, set at login
             chan = avatar.lookupChannel(b"session", window, max_packet, data)
         except Exception:
-            log.failure("Opening a session channel for {peer} failed", peer=self.transport.peer)
+            self._internal_error(Failure(), "opening a session channel", "channel refused")
             self.transport.sendPacket(
                 connection.MSG_CHANNEL_OPEN_FAILURE,
                 struct.pack(">2L", sender, connection.OPEN_CONNECT_FAILED) + NS(b"unknown failure") + NS(b""),
@@ -179,15 +181,11 @@ class ConnectionService(QuietConnection):
                     return
                 self.transport.sendPacket(message, struct.pack(">L", remote))
 
+        had_handler = chan.handler is not None
         try:
             chan.answer_request(request_type, rest[1:], reply)
         except Exception:
-            log.failure(
-                "Request {kind} on channel {id} of {peer} failed",
-                kind=sanitise(request_type, 64),
-                id=local_id,
-                peer=self.transport.peer,
-            )
+            self._request_failed(Failure(), chan, request_type, rest[1:], want_reply[0], had_handler)
             reply(False)
         flight = chan.held_flight
         if flight is not None:
@@ -195,6 +193,39 @@ class ConnectionService(QuietConnection):
                 self.release_flight(chan)  # output already (a shell's prompt): it waits no longer
             elif chan.reply_timer is None:
                 chan.reply_timer = chan.context.clock.callLater(REPLY_HOLD, self._flight_due, chan)
+
+    def _internal_error(self, failure: Failure, doing: str, then: str) -> None:
+        """A bug of ours that ends one request, not the connection: logged as the transport logs
+        its own, the traceback once per place in the code (a logged-in user who can trigger it
+        must not flood the log with a traceback a request), then one line each time."""
+        t = self.transport
+        t.factory.internal_errors.report(log, failure, doing, f"{t.user}@{t.peer}", then)
+
+    def _request_failed(
+        self, failure: Failure, chan: SessionChannel, kind: bytes, data: bytes, unanswered: bool, had_handler: bool
+    ) -> None:
+        """A channel request that hit a bug: refused (CHANNEL_FAILURE) if not answered yet, as
+        sshd refuses a request it cannot serve; an exec or shell it had begun (its success sent)
+        ends like a command that crashed (stderr "conchcmd: internal error", exit status 1), not
+        left waiting for an exit status that never comes; an exec refused is audited as the
+        server's failure (a `command` record is what an exec leaves)."""
+        began = not had_handler and chan.handler is not None and not unanswered
+        then = "command ended, exit status 1" if began else "request refused"
+        self._internal_error(failure, f"answering request {sanitise(kind, 64)} on channel {chan.id}", then)
+        if began:
+            chan.send(b"conchcmd: internal error\n", stderr=True)
+            chan.finish(ExitStatus.FAILED)
+        elif kind == b"exec" and not had_handler:
+            identity = chan.context.identity
+            chan.context.channel_audit(chan.id, "exec").record(
+                "command",
+                user=identity.user,
+                peer=chan.context.peer,
+                fingerprint=identity.fingerprint,
+                line=sanitise(data[4 : 4 + int.from_bytes(data[:4], "big")]),
+                server_side=True,
+                reason=sanitise(f"internal error: {error_kind(failure.value)}: {failure.getErrorMessage()}", 200),
+            )
 
     def _flight_due(self, chan: SessionChannel) -> None:
         chan.reply_timer = None

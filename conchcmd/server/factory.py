@@ -15,11 +15,12 @@ from twisted.internet.interfaces import IReactorTime
 from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import AlgorithmsConfig, Config, LimitsConfig
 from conchcmd.core.filetrust import AttemptFiles
+from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.policy.auth import PasswordChecker
 from conchcmd.server.admission import Admissions
 from conchcmd.server.connection import ConnectionService
-from conchcmd.server.transport import InternalErrors, ServerTransport
+from conchcmd.server.transport import ServerTransport
 from conchcmd.server.userauth import UserAuthService
 from conchcmd.wire.framing import usable_key_exchanges
 from conchcmd.wire.hostkeys import HostKeys

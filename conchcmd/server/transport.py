@@ -17,7 +17,6 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.keys import BadKeyError
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ISystemHandle, ITCPTransport
-from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -125,27 +124,6 @@ def _raised_in_conch(e: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("twisted.conch.")
-
-
-class InternalErrors:
-    """The places (exception type, file, line) where a client's packets or logins have hit a bug:
-    each gets its traceback logged once, so a client that can provoke one cannot flood the log."""
-
-    LIMIT = 100  # places remembered; past this, no more tracebacks
-
-    def __init__(self) -> None:
-        self.seen: set[tuple[str, str, int]] = set()
-
-    def first(self, failure: Failure) -> bool:
-        # Failure.frames, not the exception's __traceback__: a Failure that went through a
-        # Deferred chain has been cleaned (its exception's traceback dropped, its frames kept).
-        frames = failure.frames
-        where = (frames[-1][1], frames[-1][2]) if frames else ("", 0)
-        place = (failure.type.__qualname__, *where)  # type: ignore[union-attr]
-        if place in self.seen or len(self.seen) >= self.LIMIT:
-            return False
-        self.seen.add(place)
-        return True
 
 
 @implementer(IPushProducer)  # TCP pauses it when its send buffer is full
@@ -268,23 +246,7 @@ class ServerTransport(ModernServerTransport):
         if not ended:
             self.end_reason = sanitise(f"internal error: {described}", 200)
         then = "connection closed already" if ended else "disconnecting"
-        if self.factory.internal_errors.first(failure):
-            log.failure(
-                "Internal error {doing} from {peer}; {then}",
-                failure=failure,
-                level=LogLevel.error,
-                doing=doing,
-                peer=self.peer,
-                then=then,
-            )
-        else:  # the same bug again (maybe provoked on purpose): one line, not a traceback each time
-            log.error(
-                "Internal error {doing} from {peer} ({error}, traceback logged before); {then}",
-                doing=doing,
-                peer=self.peer,
-                error=sanitise(described, 200),
-                then=then,
-            )
+        self.factory.internal_errors.report(log, failure, doing, self.peer, then, described)
         if not ended:
             self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"internal error")
 
@@ -479,6 +441,7 @@ class ServerTransport(ModernServerTransport):
             return False
         avatar.refusals = self.refusals
         avatar.audit = self.audit
+        avatar.internal_errors = self.factory.internal_errors
         return True
 
     def _strike(self) -> str | None:

@@ -26,11 +26,13 @@ from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from conchcmd.commands.framework import Dispatcher
+from conchcmd.commands.framework import Dispatcher, ExitStatus
 from conchcmd.core.audit import AuditSink, BoundAudit, sanitise
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.flow import ChannelConnection
+from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import Identity
@@ -109,6 +111,13 @@ class SessionContext:
     budget: ConnectionBudget = field(default_factory=ConnectionBudget)  # one per connection
     refusals: RepeatLog | None = None  # the connection's; None: the channel keeps its own
     audit: AuditSink | None = None  # the connection's (with its id); None: the dispatcher's
+    internal_errors: InternalErrors = field(default_factory=InternalErrors)  # the server's
+
+    def internal_error(self, failure: Failure, doing: str, then: str) -> None:
+        """A bug of ours hit while `doing` something in this session: its traceback logged once
+        per place in the code (the server's InternalErrors, shared with the transport), then one
+        line each time; `then`: what the user got instead."""
+        self.internal_errors.report(log, failure, doing, f"{self.identity.user}@{self.peer}", then)
 
     def channel_audit(self, channel: int | None, kind: str) -> BoundAudit:
         """The audit sink of one channel: the connection's, with the channel number and kind."""
@@ -518,8 +527,12 @@ class SessionChannel(QuietChannel):
             self._send_exit(status)
             return
         waiter: defer.Deferred[None] = defer.Deferred()
-        waiter.addCallback(lambda _: self._send_exit(status))
+        waiter.addCallback(lambda _: self._send_exit(status)).addErrback(self._exit_failed)
         self._empty_waiters.append(waiter)
+
+    def _exit_failed(self, failure: Failure) -> None:
+        """A bug in sending the exit status once the output drained: logged once per place."""
+        self.context.internal_error(failure, "ending a session", "exit status not sent")
 
     def _send_exit(self, status: int) -> None:
         if self._gone:
@@ -555,6 +568,8 @@ class SessionChannel(QuietChannel):
 class CommandHandler:
     """What exec and both shells share: at most one running command, interruptible."""
 
+    kind: str
+
     def __init__(self, chan: SessionChannel, context: SessionContext):
         self.chan = chan
         self.context = context
@@ -578,6 +593,19 @@ class CommandHandler:
 
     def connection_lost(self) -> None:
         self.interrupt()
+
+    def end(self, status: int) -> None:
+        self.chan.finish(status)
+
+    def crashed(self, failure: Failure) -> None:
+        """Errback of the session's own Deferreds (a command's end, output drained): a bug of
+        ours there sat in the Deferred until garbage-collected ("Unhandled error in Deferred")
+        and the session waited for ever. Logged once per place; the session ends as a crashed
+        command does (stderr "conchcmd: internal error", exit status 1)."""
+        self.context.internal_error(failure, f"running a session ({self.kind})", "session ended, exit status 1")
+        self.chan.send(b"conchcmd: internal error\n", stderr=True)
+        self.end(ExitStatus.FAILED)
+        self.interrupt()  # a command still running is stopped (after end: a shell runs nothing more)
 
 
 class ExecHandler(CommandHandler):
@@ -606,7 +634,7 @@ class ExecHandler(CommandHandler):
             self.running = None  # no longer busy (idle timeout) once the command has ended
             self.chan.finish(outcome.status)
 
-        running.addCallback(done)
+        running.addCallback(done).addErrback(self.crashed)
 
     def data_received(self, data: bytes) -> None:
         # Commands read no stdin; but with a pty the client's raw terminal sends Ctrl-C as a byte.

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from conchcmd.commands.framework import Dispatcher
 from conchcmd.core.audit import AuditSink, sanitise
 from conchcmd.core.config import UserPolicy
+from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import Peer
 from conchcmd.core.refusals import RepeatLog
@@ -70,6 +71,7 @@ class CommandUser(ConchUser):
         # The connection's, set by the transport (its one owner) when it admits this user.
         self.refusals: RepeatLog | None = None
         self.audit: AuditSink | None = None  # the connection's (with its id), set the same way
+        self.internal_errors = InternalErrors()  # the server's (one traceback per place), set the same way
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> SessionChannel:
         # Only called for b"session": ConnectionService refuses every other type up front.
@@ -83,6 +85,7 @@ class CommandUser(ConchUser):
             self.budget,
             self.refusals,
             self.audit or self.dispatcher.audit,
+            self.internal_errors,
         )
         return SessionChannel(
             context,

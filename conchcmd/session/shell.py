@@ -13,6 +13,7 @@ from twisted.conch.insults import insults
 from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
 
 from conchcmd.commands.framework import ExitStatus, Outcome
 from conchcmd.core.audit import terminal_safe
@@ -141,7 +142,7 @@ class PlainShell(_ShellBase):
             flushed = self.chan.flushed()
             if not flushed.called:  # like a shell blocked on its stdout: the next command
                 self._resume = flushed  # waits until the last one's output has left
-                flushed.addCallback(lambda _: self._next())
+                flushed.addCallback(lambda _: self._next()).addErrback(self.crashed)
                 return
             blank = BLANK_LINES.match(buf)
             if blank is not None:
@@ -168,7 +169,7 @@ class PlainShell(_ShellBase):
                 continue
             d = self.run_line(line, interactive=False)
             if self.running is not None:  # still going: continue when it finishes
-                d.addCallback(lambda _: self._next())
+                d.addCallback(lambda _: self._next()).addErrback(self.crashed)
                 return
             budget -= 1
             if budget == 0:  # let other connections have the reactor, then go on
@@ -206,9 +207,10 @@ class _CoalescingTransport:
     until the queued output drains, when `on_drained` is called.
     """
 
-    def __init__(self, chan: SessionChannel, on_drained: Callable[[], None]):
+    def __init__(self, chan: SessionChannel, on_drained: Callable[[], None], on_bug: Callable[[Failure], None]):
         self.chan = chan
         self.on_drained = on_drained
+        self.on_bug = on_bug  # a bug in what the drain set going (the shell's crashed)
         self.blocked = False
         self._batch: list[bytes] | None = None
         self._batch_bytes = 0
@@ -226,7 +228,7 @@ class _CoalescingTransport:
         waiter = self.chan.send(data)
         if not waiter.called and not self.blocked:
             self.blocked = True
-            waiter.addCallback(self._drained)
+            waiter.addCallback(self._drained).addErrback(self.on_bug)
 
     def _drained(self, _: object) -> None:
         self.blocked = False
@@ -544,13 +546,22 @@ class LineEditor(HistoricRecvLine):
         before = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
         snapshot = (list(self.lineBuffer), self.lineBufferIndex)
         self._completing = True
-        d = self.shell.complete(before)
+        d = defer.maybeDeferred(self.shell.complete, before)
         d.addBoth(self._completion_done)
         d.addCallback(self._complete, before, snapshot)
+        d.addErrback(self._completion_failed)
 
     def _completion_done(self, result: Any) -> Any:
         self._completing = False
         return result
+
+    def _completion_failed(self, failure: Failure) -> None:
+        """A bug in completing (the completer, or showing what it found): the bell, as for no
+        match, and the traceback logged once per place (it was only "Unhandled error in
+        Deferred" when the garbage collector got to it, and the user got nothing)."""
+        self.shell.context.internal_error(failure, "completing a word", "bell")
+        if not self.shell.ended:
+            self.terminal.write(BELL)
 
     def _complete(self, found: Completion, before: str, snapshot: tuple[list[bytes], int]) -> None:
         if (self.lineBuffer, self.lineBufferIndex) != snapshot or self.shell.running is not None:
@@ -645,7 +656,7 @@ class TerminalShell(_ShellBase):
     def __init__(self, chan: SessionChannel, context: SessionContext, terminal: Terminal):
         super().__init__(chan, context)
         self.terminal = terminal
-        self.transport = _CoalescingTransport(chan, self._output_drained)
+        self.transport = _CoalescingTransport(chan, self._output_drained, self.crashed)
         self.protocol = _TerminalProtocol()
         self._typeahead = bytearray()
         self._waiting_output = False
@@ -737,7 +748,7 @@ class TerminalShell(_ShellBase):
             self.editor.drawInputLine()
             return
         self.transport.flush()
-        self.run_line(line, interactive=True).addCallback(self._command_done)
+        self.run_line(line, interactive=True).addCallback(self._command_done).addErrback(self.crashed)
 
     def _command_done(self, outcome: Outcome) -> None:
         if self.ended:
@@ -745,7 +756,7 @@ class TerminalShell(_ShellBase):
         flushed = self.chan.flushed()
         if not flushed.called:  # like a shell blocked on its terminal: the prompt and the next
             self._waiting_output = True  # command wait until the output has left
-            flushed.addCallback(lambda _: self._command_done(outcome))
+            flushed.addCallback(lambda _: self._command_done(outcome)).addErrback(self.crashed)
             return
         self._waiting_output = False
         if self._eof and not self._typeahead:

@@ -430,7 +430,8 @@ def test_a_session_open_that_fails_inside_the_server_is_refused_and_logged(
     assert chan.open_failure.args == (b"unknown failure", connection.OPEN_CONNECT_FAILED)
     failures = [e for e in events if "log_failure" in e]
     assert [e["log_failure"].type for e in failures] == [RuntimeError]
-    assert "Opening a session channel for" in formatEvent(failures[0])
+    line = "Internal error opening a session channel from admin@10.0.0.1:40000; channel refused"
+    assert formatEvent(failures[0]) == line
     monkeypatch.setattr(CommandUser, "lookupChannel", real)
     assert conn.server.service.channels == {}
     assert works(conn)

@@ -83,7 +83,7 @@ def test_a_request_that_fails_inside_the_server_is_refused_and_logged(
     assert chan.events == ["refused"]
     failures = [e for e in events if "log_failure" in e]
     assert [e["log_failure"].type for e in failures] == [RuntimeError]
-    assert "Request env on channel" in formatEvent(failures[0])
+    assert formatEvent(failures[0]).startswith("Internal error answering request env on channel 0 from admin@")
     conn.exec(chan, b"exit 4")
     assert chan.events == ["refused", "reply", "eof", "exit-status", "close"]
     assert chan.exit_status == 4 and not conn.disconnected

@@ -5,6 +5,7 @@ status sent, or the command the audit log says ran."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ from support.terminal import (
     UP,
     Term,
 )
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from conchcmd.commands.comphash import MIB, hash_file
 from conchcmd.core.config import UserPolicy
+from conchcmd.session import completion
 from conchcmd.session.completion import MAX_CANDIDATES
 
 
@@ -573,3 +576,62 @@ def test_echo_waits_for_the_client_to_read_and_ctrl_c_still_clears_the_line(term
     assert term.chan.input_held() == 0
     term.keys(b"say hi\r")
     assert term.ran() == [["say", "hi"]]
+
+
+def test_a_bug_in_completion_rings_the_bell_and_logs_its_traceback_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing fails (a bug, off the reactor thread): the user gets the bell, the traceback
+    is logged once per place, then one line per Tab; before, nothing reached the user and the
+    traceback only surfaced as "Unhandled error in Deferred" when garbage-collected."""
+    runner = ManualRunner()
+    term = Term(tmp_path, runner=runner)
+    term.keys(f"comphash {term.root}/hel".encode())
+
+    def simulated_listing_bug(*args: Any) -> Any:
+        raise KeyError("simulated completion bug")
+
+    monkeypatch.setattr(completion, "list_paths", simulated_listing_bug)
+    with capturedLogs() as events:
+        for _ in range(20):
+            before = len(term.screen)
+            assert term.keys(TAB) == b""
+            runner.run_all()
+            assert term.screen[before:] == BELL
+        gc.collect()  # a failure left in a Deferred would be reported now
+    bugs = [e for e in events if e.get("log_format", "").startswith("Internal error")]
+    assert len(bugs) == 20 and runner.submitted == 20  # each Tab freed the slot for the next
+    first, *again = bugs
+    assert formatEvent(first) == "Internal error completing a word from admin@10.0.0.1:40000; bell"
+    assert first["log_level"] == LogLevel.error
+    assert "simulated_listing_bug" in first["log_failure"].getTraceback()
+    assert all(e["log_level"] == LogLevel.error and "log_failure" not in e for e in again)
+    assert formatEvent(again[-1]) == (
+        "Internal error completing a word from admin@10.0.0.1:40000 "
+        "(KeyError: 'simulated completion bug', traceback logged before); bell"
+    )
+    assert [e for e in events if "log_failure" in e] == [first]
+    monkeypatch.undo()
+    before = len(term.screen)
+    term.keys(TAB)
+    runner.run_all()
+    assert b"hello.txt  help.md\r\n" in term.screen[before:]  # the bug fixed: Tab lists again
+    term.keys(CTRL_U + b"say still here\r")
+    assert term.ran()[-1] == ["say", "still", "here"]
+
+
+def test_a_completer_that_raises_at_once_rings_the_bell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised before any Deferred: the keystroke's packet must not end the connection."""
+    term = Term(tmp_path)
+
+    def simulated_completer_bug(*args: Any) -> Any:
+        raise KeyError("simulated completion bug")
+
+    monkeypatch.setattr(completion.Completer, "complete", simulated_completer_bug)
+    with capturedLogs() as events:
+        assert term.keys(b"he" + TAB) == b"he" + BELL
+        assert term.keys(TAB) == BELL
+    (first,) = [e for e in events if "log_failure" in e]
+    assert "simulated_completer_bug" in first["log_failure"].getTraceback()
+    assert term.keys(b"lp\r").startswith(b"lp")
+    assert term.ran() == [["help"]]

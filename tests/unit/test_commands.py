@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import defer
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from conchcmd.commands.builtin import build_command_table
 from conchcmd.commands.framework import (
@@ -265,6 +266,27 @@ def test_unexpected_exception_is_an_internal_error(harness) -> None:
     assert "secret detail" not in run.err
     [record] = h.audit.of("command")
     assert record["exit_code"] == 1
+
+
+def test_a_command_that_crashes_again_and_again_logs_one_traceback(harness) -> None:
+    """A user who can make a command crash must not flood the log: the traceback once per place
+    in the code, then one line per run (it was a critical-level traceback each time)."""
+
+    async def crash(inv: Invocation) -> int:
+        raise RuntimeError("simulated command bug")
+
+    h = harness([command("crash", crash)])
+    with capturedLogs() as events:
+        for _ in range(20):
+            assert h.run("crash").outcome == Outcome(1)
+    bugs = [e for e in events if e.get("log_format", "").startswith("Internal error")]
+    assert len(bugs) == 20
+    first, *again = bugs
+    assert first["log_level"] == LogLevel.error and "simulated command bug" in first["log_failure"].getTraceback()
+    assert formatEvent(first).startswith("Internal error running crash from ")
+    assert formatEvent(first).endswith("; exit status 1")
+    assert all("log_failure" not in e and "traceback logged before" in e["log_format"] for e in again)
+    assert not [e for e in events if e.get("log_level") == LogLevel.critical]
 
 
 def test_command_table_refuses_duplicates() -> None:

@@ -439,6 +439,17 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_internal_errors.py::test_a_bug_in_answering_a_refusal_ends_the_connection_with_its_traceback",
             M + "test_internal_errors.py::test_a_refused_login_is_still_a_failure",
         ],
+        "a bug in a channel open, channel request or Tab completion ends only that request, "
+        "logged once per place with its traceback": [
+            M + "test_channel_internal_errors.py::test_a_bug_opening_a_channel_refuses_the_channel_and_is_logged_once",
+            M + "test_channel_internal_errors.py::test_a_bug_answering_a_channel_request_refuses_it_and_is_logged_once",
+            M + "test_channel_internal_errors.py::test_a_bug_refusing_an_exec_is_audited_as_the_server_s_failure",
+            M + "test_channel_internal_errors.py::test_a_bug_starting_a_command_ends_it_like_a_crash",
+            P + "test_terminal_editing.py::test_a_bug_in_completion_rings_the_bell_and_logs_its_traceback_once",
+            P + "test_session_errbacks.py::test_an_exec_whose_command_deferred_fails_ends_with_exit_status_1",
+            P + "test_session_errbacks.py::test_a_shell_whose_command_deferred_fails_ends_once_per_place_logged",
+            U + "test_commands.py::test_a_command_that_crashes_again_and_again_logs_one_traceback",
+        ],
     },
     "The server's own trouble is not the client's failure.": {
         "authorized_keys, CA and revocation files unreadable for a server-side reason: no strike, no sshd line": [
