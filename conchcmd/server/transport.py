@@ -32,6 +32,7 @@ from conchcmd.server.liveness import Liveness
 from conchcmd.server.proxied import proxy_of
 from conchcmd.server.userauth import UserAuthService
 from conchcmd.session.realm import CommandUser
+from conchcmd.wire.conchprivate import EphemeralKeyAhead
 from conchcmd.wire.dispatch import KEX_ERROR, Action, Phase, Verdict
 from conchcmd.wire.framing import ModernServerTransport
 
@@ -124,8 +125,12 @@ class InternalErrors:
         return True
 
 
+#: Key exchanges whose server key pair is an X25519 one that Conch makes on the client's INIT.
+X25519_KEX = frozenset({b"curve25519-sha256", b"curve25519-sha256@libssh.org"})
+
+
 @implementer(IPushProducer)  # TCP pauses it when its send buffer is full
-class ServerTransport(ModernServerTransport):
+class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
     """The SSH transport with a modern-only algorithm list and the fixes Conch lacks.
 
     Overrides: a version banner that does not reveal Twisted's version; `server-sig-algs`
@@ -138,7 +143,8 @@ class ServerTransport(ModernServerTransport):
     through this connection's `ticket`; closing unregisters the TCP producer (see
     `_closing`); refusals of the dispatch policy logged once per kind (`note_refused`); a
     second SERVICE_REQUEST "ssh-userauth" answered without restarting userauth; a time limit
-    on key exchanges and channel output held behind one (`output_held`).
+    on key exchanges and channel output held behind one (`output_held`); EXT_INFO sent with our
+    first NEWKEYS (`sendExtInfo`); the X25519 key pair made on the client's KEXINIT (`ssh_KEXINIT`).
     """
 
     factory: CommandServerFactory
@@ -290,6 +296,13 @@ class ServerTransport(ModernServerTransport):
         self.refusals.note(
             kind, "{kind} from {peer}: {answer}", quiet=not phase.authenticated, kind=kind, answer=answer
         )
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        super().ssh_KEXINIT(packet)
+        if self._peer_kexinit and self.kexAlg in X25519_KEX:
+            # Our key pair is made now, while the client makes its own and sends its INIT (the
+            # turn sends nothing), rather than between that INIT and our reply.
+            self.make_ephemeral_key()
 
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
         # The dispatch policy passes SERVICE_REQUEST only before and during authentication. A
