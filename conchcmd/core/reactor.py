@@ -4,6 +4,7 @@ turn's writes at its end rather than on the next poll), installed as Twisted's g
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -19,3 +20,18 @@ def install_reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+def _at_once(f: Callable[..., Any], *args: Any) -> None:
+    f(*args)
+
+
+def after_flush_of(reactor: Any) -> Callable[..., None]:
+    """`reactor`'s way to make a call once the output of the I/O event being handled is sent
+    (`FlushingReactor.call_after_flush`); with any other reactor (Twisted's own under twistd, the
+    tests' clocks) the call is made at once."""
+    from conchcmd.core.twistedprivate import FlushingReactor
+
+    if isinstance(reactor, FlushingReactor):
+        return reactor.call_after_flush
+    return _at_once

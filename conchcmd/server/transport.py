@@ -23,6 +23,7 @@ from conchcmd.core.audit import BoundAudit, new_connection_id, sanitise
 from conchcmd.core.flow import PausableTransport
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import Peer, host_and_port
+from conchcmd.core.reactor import after_flush_of
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.admission import Ticket
@@ -188,8 +189,11 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
             if factory.settings.tcp_keepalive:
                 # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
                 self.transport.setTcpKeepAlive(True)
-        log.info("Client connection from {peer}{via}", peer=self.peer, via=f" via {proxy}" if proxy else "")
-        self.audit.record("connect", peer=self.peer, **({"proxy": proxy} if proxy else {}))
+        self.after_flush = after_flush_of(factory.clock)
+        if proxy:  # the rest of the read that brought the PROXY header is handled next: now
+            self._record_connect(proxy)
+        else:  # once our version and KEXINIT are sent
+            self.after_flush(self._record_connect, proxy)
         if IConsumer.providedBy(self.transport):
             # TCP tells us when its send buffer is full (see pauseProducing)
             self.transport.registerProducer(self, True)
@@ -198,6 +202,19 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
         super().connectionMade()
 
     _quickack: Callable[[], None] | None = None  # re-arms TCP_QUICKACK on this connection's socket
+
+    def _record_connect(self, proxy: str | None) -> None:
+        log.info("Client connection from {peer}{via}", peer=self.peer, via=f" via {proxy}" if proxy else "")
+        self.audit.record("connect", peer=self.peer, **({"proxy": proxy} if proxy else {}))
+
+    def after_reply(self, f: Callable[..., Any], *args: Any) -> None:
+        """Call `f(*args)` (which records what happened) once our reply to the packet being handled
+        is sent, if this read brought nothing more; else now, before the next packet is handled,
+        so that this connection's records keep their order."""
+        if self.buf:
+            f(*args)
+        else:
+            self.after_flush(f, *args)
 
     def dataReceived(self, data: bytes) -> None:
         if self._quickack is not None:

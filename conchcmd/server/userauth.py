@@ -297,6 +297,10 @@ class UserAuthService(UserAuthHooks):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
+        self.transport.after_reply(self._record_login, identity)  # once USERAUTH_SUCCESS is sent
+        super().auth_succeeded(result)
+
+    def _record_login(self, identity: Identity) -> None:
         key = KeyInfo.of(self._logged_blob()) if identity.method == "publickey" and self._key else None
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
@@ -306,7 +310,6 @@ class UserAuthService(UserAuthHooks):
             source=identity.grant.source,
         )
         self._audit_identity(identity, ok=True)
-        super().auth_succeeded(result)
 
     def _audit_identity(self, identity: Identity, **fields: Any) -> None:
         self.transport.audit.record(

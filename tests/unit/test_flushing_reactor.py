@@ -356,3 +356,67 @@ def test_nothing_serve_imports_first_installs_twisted_s_reactor() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO, timeout=60
     ).stdout
     assert out.split() == ["False"]
+
+
+class RecordsAfterReplies(protocol.Protocol):
+    """Answers each line, and records it with call_after_flush: what the transport still had to
+    send then, and (from a timed call) that a call outside an I/O event is made at once."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def dataReceived(self, data: bytes) -> None:
+        reactor = self.run.reactor
+        for line in data.split(b"\n"):
+            if line:
+                self.transport.write(b"ok " + line + b"\n")  # type: ignore[union-attr]
+                reactor.call_after_flush(self.record, line)  # type: ignore[attr-defined]
+                if line == b"two":
+                    reactor.call_after_flush(self.broken)  # type: ignore[attr-defined]
+                    reactor.callLater(0, self.timed)
+        self.run.events.append(f"read {data!r}")
+
+    def record(self, line: bytes) -> None:
+        t = self.transport
+        unsent = len(t.dataBuffer) - t.offset + sum(map(len, t._tempDataBuffer))  # type: ignore[union-attr]
+        self.run.events.append(f"after {line!r}, unsent {unsent}")
+
+    def broken(self) -> None:
+        raise RuntimeError("a broken after-flush call")
+
+    def timed(self) -> None:
+        self.run.reactor.call_after_flush(self.run.events.append, "at once")  # type: ignore[attr-defined]
+        self.run.events.append("timed call ends")
+
+
+def test_calls_after_the_flush_run_once_the_reply_is_sent_and_before_the_next_event() -> None:
+    run = Run(FlushingReactor, RecordsAfterReplies)
+
+    def client(s: socket.socket) -> bytes:
+        s.sendall(b"one\n")
+        got = read_exactly(s, len(b"ok one\n"))
+        s.sendall(b"two\nthree\n")
+        return got + read_exactly(s, len(b"ok two\nok three\n"))
+
+    errors: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        failure = event.get("log_failure") or event.get("failure")
+        if failure is not None:
+            errors.append(str(failure.value))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        assert run.run(client) == b"ok one\nok two\nok three\n"
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert run.events == [
+        "read b'one\\n'",
+        "after b'one', unsent 0",  # the reply was sent before the call
+        "read b'two\\nthree\\n'",
+        "after b'two', unsent 0",
+        "after b'three', unsent 0",  # in order, the broken call between them logged and passed
+        "at once",
+        "timed call ends",
+    ]
+    assert errors == ["a broken after-flush call"]

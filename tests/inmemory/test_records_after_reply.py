@@ -1,0 +1,133 @@
+"""The records of a connection's start and of an accepted login are made once the reply they
+follow has been written (under FlushingReactor: sent), not before it: our version and KEXINIT,
+USERAUTH_SUCCESS leave without waiting for the log lines and audit records. Each record keeps
+its content and its place among the connection's records: when the same read brought another
+packet, the login's records are made before that packet is handled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support.keys import ed25519_key
+from support.sshclient import Connection, connect
+from support.world import World, make_world
+from twisted.conch.ssh import common, transport, userauth
+from twisted.logger import globalLogPublisher
+
+from conchcmd.server import transport as server_transport
+from conchcmd.server.transport import ServerTransport
+
+Timeline = list[tuple[str, str]]
+
+
+def recorded(world: World, monkeypatch: pytest.MonkeyPatch, *, deferred: bool) -> Iterator[Timeline]:
+    """What the server sends (message numbers), its audit records and its log lines, in order;
+    with `deferred`, calls after the flush wait for the end of the read (or accept) being
+    handled, as under FlushingReactor."""
+    timeline: Timeline = []
+    pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    if deferred:
+        monkeypatch.setattr(server_transport, "after_flush_of", lambda clock: lambda f, *a: pending.append((f, a)))
+
+    def at_event_end(method: Callable[..., Any]) -> Callable[..., Any]:
+        def handled(self: ServerTransport, *args: Any) -> Any:
+            try:
+                return method(self, *args)
+            finally:
+                timeline.append(("flush", ""))
+                while pending:
+                    f, a = pending.pop(0)
+                    f(*a)
+
+        return handled
+
+    monkeypatch.setattr(ServerTransport, "dataReceived", at_event_end(ServerTransport.dataReceived))
+    monkeypatch.setattr(ServerTransport, "connectionMade", at_event_end(ServerTransport.connectionMade))
+    send = ServerTransport.sendPacket
+
+    def sending(self: ServerTransport, messageType: int, payload: bytes) -> None:
+        timeline.append(("send", str(messageType)))
+        send(self, messageType, payload)
+
+    monkeypatch.setattr(ServerTransport, "sendPacket", sending)
+    record = world.audit.record
+
+    def auditing(event: str, **fields: Any) -> None:
+        timeline.append(("audit", event))
+        record(event, **fields)
+
+    monkeypatch.setattr(world.audit, "record", auditing)
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("conchcmd") and event.get("log_format"):
+            timeline.append(("log", event["log_format"].split(" {")[0]))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield timeline
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def deferred(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Timeline]:
+    yield from recorded(world, monkeypatch, deferred=True)
+
+
+def test_a_connection_s_first_records_follow_its_version_and_kexinit(world: World, deferred: Timeline) -> None:
+    connect(world.factory, world.clock)
+    first = deferred[: deferred.index(("flush", "")) + 1]
+    assert first == [("send", "20"), ("flush", "")]  # KEXINIT (the version line is a write of its own)
+    assert deferred[len(first) : len(first) + 2] == [("log", "Client connection from"), ("audit", "connect")]
+
+
+def test_an_accepted_login_s_records_follow_userauth_success(world: World, deferred: Timeline) -> None:
+    world.login()
+    success = deferred.index(("send", str(userauth.MSG_USERAUTH_SUCCESS)))
+    assert deferred[success : success + 5] == [
+        ("send", str(userauth.MSG_USERAUTH_SUCCESS)),
+        ("flush", ""),  # the end of the read that brought the request: the reply is sent
+        ("log", "Accepted"),
+        ("log", "Authorized"),
+        ("audit", "auth"),
+    ]
+
+
+def without_sends(timeline: Timeline) -> Timeline:
+    return [e for e in timeline if e[0] in ("audit", "log")]
+
+
+def test_the_records_and_their_order_are_those_made_at_once(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+    for deferred in (False, True):
+        world = make_world(tmp_path / str(deferred))
+        with monkeypatch.context() as m:
+            timeline = recorded(world, m, deferred=deferred)
+            events = next(timeline)
+            conn = world.login()
+            chan = conn.open_session()
+            conn.exec(chan, b"exit 3")
+            conn.flush()
+            conn.client.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"bye")
+            conn.flush()
+            runs.append(
+                (
+                    without_sends(events),
+                    [{k: v for k, v in r.items() if k not in ("ts", "connection")} for r in world.audit.events],
+                )
+            )
+            timeline.close()
+    assert runs[0] == runs[1]
+    assert [e[1] for e in runs[0][0] if e[0] == "audit"] == ["connect", "auth", "command", "disconnect"]
+
+
+def test_a_packet_in_the_same_read_is_handled_after_the_login_s_records(world: World, deferred: Timeline) -> None:
+    conn: Connection = connect(world.factory, world.clock)
+    auth = conn.start_auth(b"admin")
+    auth.login(ed25519_key())  # sent, not yet delivered: the next packet goes in the same read
+    conn.client.sendPacket(transport.MSG_SERVICE_REQUEST, common.NS(b"ssh-userauth"))  # refused after login
+    conn.flush()
+    records = without_sends(deferred)
+    assert records.index(("audit", "auth")) < records.index(("log", "{kind} from"))
