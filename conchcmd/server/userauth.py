@@ -36,6 +36,10 @@ log = FastLogger(namespace=LOG_NAMESPACE)
 MAX_WAITING_AUTH_REQUESTS = 4
 
 
+#: The rest of a `none` request after the user and service names: the method, and nothing more.
+NONE_REQUEST = NS(b"none")
+
+
 class UserAuthService(UserAuthHooks):
     """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
 
@@ -123,7 +127,12 @@ class UserAuthService(UserAuthHooks):
             return None
         self._in_progress = True
         self._requests += 1
-        self._note_user(user)
+        if self._requests == 1 and rest == NONE_REQUEST:
+            # OpenSSH's first question, whose answer does not depend on the user: the name (its
+            # authorized_keys read) is looked up once that answer is sent.
+            self.transport.after_reply(self._note_user, user)
+        else:
+            self._note_user(user)
         method, rest = getNS(rest)
         offered = method in self.supportedAuthentications
         checker = self._key_checker() if offered and method == b"publickey" else None

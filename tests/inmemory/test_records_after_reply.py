@@ -131,3 +131,28 @@ def test_a_packet_in_the_same_read_is_handled_after_the_login_s_records(world: W
     conn.flush()
     records = without_sends(deferred)
     assert records.index(("audit", "auth")) < records.index(("log", "{kind} from"))
+
+
+@pytest.mark.parametrize("user", [b"admin", b"nobody"])
+def test_the_first_none_request_is_answered_before_the_user_is_looked_up(
+    world: World, deferred: Timeline, monkeypatch: pytest.MonkeyPatch, user: bytes
+) -> None:
+    """The answer to OpenSSH's first question does not depend on the user: it leaves before the
+    name is looked up (its authorized_keys read), so its timing says nothing about the name."""
+    known_user = world.factory.known_user
+
+    def looking_up(name: str, files: Any) -> bool:
+        deferred.append(("lookup", name))
+        return known_user(name, files)
+
+    monkeypatch.setattr(world.factory, "known_user", looking_up)
+    conn = connect(world.factory, world.clock)
+    auth = conn.start_auth(user)
+    auth.send_request(b"none", b"")
+    conn.flush()
+    failure = deferred.index(("send", str(userauth.MSG_USERAUTH_FAILURE)))
+    after = [("send", "51"), ("flush", ""), ("lookup", user.decode())]
+    assert deferred[failure : failure + 3] == after
+    assert (("log", "Invalid user") in deferred[failure:]) is (user == b"nobody")
+    assert conn.login(user, ed25519_key()) == (52 if user == b"admin" else 51)
+    assert deferred.count(("lookup", user.decode())) == 1  # once per connection, as before
