@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 
 def install_reactor() -> Any:
@@ -22,16 +22,30 @@ def install_reactor() -> Any:
     return reactor
 
 
-def _at_once(f: Callable[..., Any], *args: Any) -> None:
-    f(*args)
+class AfterFlush(Protocol):
+    """Calls once the output of the I/O event being handled is sent (`FlushingReactor`)."""
+
+    def call_after_flush(self, f: Callable[..., Any], *args: Any) -> None: ...
+
+    def run_after_flush_now(self, system: str = "-") -> None: ...
 
 
-def after_flush_of(reactor: Any) -> Callable[..., None]:
-    """`reactor`'s way to make a call once the output of the I/O event being handled is sent
-    (`FlushingReactor.call_after_flush`); with any other reactor (Twisted's own under twistd, the
-    tests' clocks) the call is made at once."""
+class AtOnce:
+    """`AfterFlush` for any other reactor (Twisted's own under twistd, the tests' clocks): each
+    call is made at once."""
+
+    def call_after_flush(self, f: Callable[..., Any], *args: Any) -> None:
+        f(*args)
+
+    def run_after_flush_now(self, system: str = "-") -> None:
+        pass
+
+
+AT_ONCE = AtOnce()
+
+
+def after_flush_of(reactor: Any) -> AfterFlush:
+    """`reactor` itself if it is a `FlushingReactor`, else calls made at once (`AtOnce`)."""
     from conchcmd.core.twistedprivate import FlushingReactor
 
-    if isinstance(reactor, FlushingReactor):
-        return reactor.call_after_flush
-    return _at_once
+    return reactor if isinstance(reactor, FlushingReactor) else AT_ONCE

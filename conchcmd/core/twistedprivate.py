@@ -226,17 +226,28 @@ class FlushingReactor(EPollReactor):
             contexts.pop()
 
     def _run_after_flush(self, system: str) -> None:
-        """Send what is waiting (each write an event within this one), then make the calls that
-        waited for it, in order."""
-        calls, self._after_flush = self._after_flush, []
-        self._flush()
-        for f, args in calls:
-            try:
-                f(*args)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                log.err(system=system)
+        """Send what is waiting, then make the calls that waited for it, in order. The flush's
+        writes are events within this one: they leave the calls waiting, unless a connection lost
+        on its write makes them at once (`run_after_flush_now`), before its own records."""
+        self._handling = True
+        try:
+            self._flush()
+        finally:
+            self._handling = False
+        self.run_after_flush_now(system)
+
+    def run_after_flush_now(self, system: str = "-") -> None:
+        """Make the calls waiting for the flush now, in order (for a connection that is lost
+        before they were made: what they record comes before what its loss records)."""
+        while self._after_flush:
+            calls, self._after_flush = self._after_flush, []
+            for f, args in calls:
+                try:
+                    f(*args)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err(system=system)
 
     def doPoll(self, timeout: float | None) -> None:
         # EPollReactor.doPoll, with `_event` for log.callWithLogger, and the flushes.

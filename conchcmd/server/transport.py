@@ -23,7 +23,7 @@ from conchcmd.core.audit import BoundAudit, new_connection_id, sanitise
 from conchcmd.core.flow import PausableTransport
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import Peer, host_and_port
-from conchcmd.core.reactor import after_flush_of
+from conchcmd.core.reactor import AT_ONCE, AfterFlush, after_flush_of
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.admission import Ticket
@@ -189,11 +189,11 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
             if factory.settings.tcp_keepalive:
                 # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
                 self.transport.setTcpKeepAlive(True)
-        self.after_flush = after_flush_of(factory.clock)
+        self.flushing = after_flush_of(factory.clock)
         if proxy:  # the rest of the read that brought the PROXY header is handled next: now
             self._record_connect(proxy)
         else:  # once our version and KEXINIT are sent
-            self.after_flush(self._record_connect, proxy)
+            self.flushing.call_after_flush(self._record_connect, proxy)
         if IConsumer.providedBy(self.transport):
             # TCP tells us when its send buffer is full (see pauseProducing)
             self.transport.registerProducer(self, True)
@@ -214,7 +214,7 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
         if self.buf:
             f(*args)
         else:
-            self.after_flush(f, *args)
+            self.flushing.call_after_flush(f, *args)
 
     def dataReceived(self, data: bytes) -> None:
         if self._quickack is not None:
@@ -534,7 +534,11 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
         self._lost_waiters.append(d)
         return d
 
+    flushing: AfterFlush = AT_ONCE  # the reactor's calls after the flush (see after_reply)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        # Lost while sending a reply (a reset): the records that waited for it come first.
+        self.flushing.run_after_flush_now()
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None

@@ -14,7 +14,9 @@ from support.keys import ed25519_key
 from support.sshclient import Connection, connect
 from support.world import World, make_world
 from twisted.conch.ssh import common, transport, userauth
+from twisted.internet.error import ConnectionLost
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 
 from conchcmd.server import transport as server_transport
 from conchcmd.server.transport import ServerTransport
@@ -22,14 +24,29 @@ from conchcmd.server.transport import ServerTransport
 Timeline = list[tuple[str, str]]
 
 
+class Pending:
+    """FlushingReactor's calls after the flush, made at the end of the server's read (or accept)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def call_after_flush(self, f: Callable[..., Any], *args: Any) -> None:
+        self.calls.append((f, args))
+
+    def run_after_flush_now(self, system: str = "-") -> None:
+        while self.calls:
+            f, args = self.calls.pop(0)
+            f(*args)
+
+
 def recorded(world: World, monkeypatch: pytest.MonkeyPatch, *, deferred: bool) -> Iterator[Timeline]:
     """What the server sends (message numbers), its audit records and its log lines, in order;
     with `deferred`, calls after the flush wait for the end of the read (or accept) being
     handled, as under FlushingReactor."""
     timeline: Timeline = []
-    pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    pending = Pending()
     if deferred:
-        monkeypatch.setattr(server_transport, "after_flush_of", lambda clock: lambda f, *a: pending.append((f, a)))
+        monkeypatch.setattr(server_transport, "after_flush_of", lambda clock: pending)
 
     def at_event_end(method: Callable[..., Any]) -> Callable[..., Any]:
         def handled(self: ServerTransport, *args: Any) -> Any:
@@ -37,9 +54,7 @@ def recorded(world: World, monkeypatch: pytest.MonkeyPatch, *, deferred: bool) -
                 return method(self, *args)
             finally:
                 timeline.append(("flush", ""))
-                while pending:
-                    f, a = pending.pop(0)
-                    f(*a)
+                pending.run_after_flush_now()
 
         return handled
 
@@ -156,3 +171,24 @@ def test_the_first_none_request_is_answered_before_the_user_is_looked_up(
     assert (("log", "Invalid user") in deferred[failure:]) is (user == b"nobody")
     assert conn.login(user, ed25519_key()) == (52 if user == b"admin" else 51)
     assert deferred.count(("lookup", user.decode())) == 1  # once per connection, as before
+
+
+def test_a_connection_lost_while_its_reply_is_sent_keeps_its_records_first(
+    world: World, deferred: Timeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset that ends the connection as USERAUTH_SUCCESS is sent (its send fails, and Twisted
+    calls connectionLost then): the login's records still come before the disconnect's."""
+    send = ServerTransport.sendPacket
+
+    def reset_on_success(self: ServerTransport, messageType: int, payload: bytes) -> None:
+        send(self, messageType, payload)
+        if messageType == userauth.MSG_USERAUTH_SUCCESS:
+            self.connectionLost(Failure(ConnectionLost("reset")))
+
+    monkeypatch.setattr(ServerTransport, "sendPacket", reset_on_success)
+    conn = connect(world.factory, world.clock)
+    conn.login(b"admin", ed25519_key())
+    events = [e["event"] for e in world.audit.events]
+    assert events == ["connect", "auth", "disconnect"]
+    records = without_sends(deferred)
+    assert records.index(("log", "Accepted")) < records.index(("log", "Lost client connection"))

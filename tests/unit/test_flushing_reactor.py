@@ -374,6 +374,8 @@ class RecordsAfterReplies(protocol.Protocol):
                 if line == b"two":
                     reactor.call_after_flush(self.broken)  # type: ignore[attr-defined]
                     reactor.callLater(0, self.timed)
+                if line == b"now":  # (a connection lost before the flush): made at once, once
+                    reactor.run_after_flush_now()  # type: ignore[attr-defined]
         self.run.events.append(f"read {data!r}")
 
     def record(self, line: bytes) -> None:
@@ -396,7 +398,9 @@ def test_calls_after_the_flush_run_once_the_reply_is_sent_and_before_the_next_ev
         s.sendall(b"one\n")
         got = read_exactly(s, len(b"ok one\n"))
         s.sendall(b"two\nthree\n")
-        return got + read_exactly(s, len(b"ok two\nok three\n"))
+        got += read_exactly(s, len(b"ok two\nok three\n"))
+        s.sendall(b"now\n")
+        return got + read_exactly(s, len(b"ok now\n"))
 
     errors: list[str] = []
 
@@ -407,7 +411,7 @@ def test_calls_after_the_flush_run_once_the_reply_is_sent_and_before_the_next_ev
 
     globalLogPublisher.addObserver(observer)
     try:
-        assert run.run(client) == b"ok one\nok two\nok three\n"
+        assert run.run(client) == b"ok one\nok two\nok three\nok now\n"
     finally:
         globalLogPublisher.removeObserver(observer)
     assert run.events == [
@@ -418,5 +422,7 @@ def test_calls_after_the_flush_run_once_the_reply_is_sent_and_before_the_next_ev
         "after b'three', unsent 0",  # in order, the broken call between them logged and passed
         "at once",
         "timed call ends",
+        "after b'now', unsent 7",  # before its reply was sent, and not made again after it
+        "read b'now\\n'",
     ]
     assert errors == ["a broken after-flush call"]
