@@ -19,7 +19,6 @@ loop's private parts (`_doReadOrWrite`, `_writes`) used here.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from select import EPOLLOUT
 from typing import Any
 
@@ -142,19 +141,6 @@ class FlushingReactor(EPollReactor):
         self._flushable: dict[type, bool] = {}
         self._contexts: list[Any] | None = None  # the reactor thread's log context stack
         self._log_context: dict[str, Any] = {}  # the legacy log context the loop runs in
-        #: Calls waiting for the output of the I/O event being handled to be sent.
-        self._after_flush: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self._handling = False  # an I/O event is being handled
-
-    def call_after_flush(self, f: Callable[..., Any], *args: Any) -> None:
-        """Call `f(*args)` once what the I/O event being handled has written is sent, before any
-        other event is handled: work the peer does not wait for (records of what happened), off
-        the time before our reply leaves. Outside an I/O event (a timed call, a call from a
-        thread), at once."""
-        if self._handling:
-            self._after_flush.append((f, args))
-        else:
-            f(*args)
 
     def addWriter(self, writer: Any) -> None:
         try:
@@ -210,44 +196,14 @@ class FlushingReactor(EPollReactor):
             system = "(buggy logPrefix method)"
             log.err(system=system)
         contexts.append({log.ILogContext: {**self._log_context, "system": system}})
-        handling, self._handling = self._handling, True
         try:
-            try:
-                self._doReadOrWrite(selectable, fd, event)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                log.err(system=system)
-            self._handling = handling
-            if self._after_flush and not handling:
-                self._run_after_flush(system)
+            self._doReadOrWrite(selectable, fd, event)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.err(system=system)
         finally:
-            self._handling = handling
             contexts.pop()
-
-    def _run_after_flush(self, system: str) -> None:
-        """Send what is waiting, then make the calls that waited for it, in order. The flush's
-        writes are events within this one: they leave the calls waiting, unless a connection lost
-        on its write makes them at once (`run_after_flush_now`), before its own records."""
-        self._handling = True
-        try:
-            self._flush()
-        finally:
-            self._handling = False
-        self.run_after_flush_now(system)
-
-    def run_after_flush_now(self, system: str = "-") -> None:
-        """Make the calls waiting for the flush now, in order (for a connection that is lost
-        before they were made: what they record comes before what its loss records)."""
-        while self._after_flush:
-            calls, self._after_flush = self._after_flush, []
-            for f, args in calls:
-                try:
-                    f(*args)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    log.err(system=system)
 
     def doPoll(self, timeout: float | None) -> None:
         # EPollReactor.doPoll, with `_event` for log.callWithLogger, and the flushes.

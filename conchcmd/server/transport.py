@@ -23,7 +23,6 @@ from conchcmd.core.audit import BoundAudit, new_connection_id, sanitise
 from conchcmd.core.flow import PausableTransport
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import Peer, host_and_port
-from conchcmd.core.reactor import AT_ONCE, AfterFlush, after_flush_of
 from conchcmd.core.refusals import RepeatLog
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.admission import Ticket
@@ -33,7 +32,6 @@ from conchcmd.server.liveness import Liveness
 from conchcmd.server.proxied import proxy_of
 from conchcmd.server.userauth import UserAuthService
 from conchcmd.session.realm import CommandUser
-from conchcmd.wire.conchprivate import EphemeralKeyAhead
 from conchcmd.wire.dispatch import KEX_ERROR, Action, Phase, Verdict
 from conchcmd.wire.framing import ModernServerTransport
 
@@ -126,12 +124,8 @@ class InternalErrors:
         return True
 
 
-#: Key exchanges whose server key pair is an X25519 one that Conch makes on the client's INIT.
-X25519_KEX = frozenset({b"curve25519-sha256", b"curve25519-sha256@libssh.org"})
-
-
 @implementer(IPushProducer)  # TCP pauses it when its send buffer is full
-class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
+class ServerTransport(ModernServerTransport):
     """The SSH transport with a modern-only algorithm list and the fixes Conch lacks.
 
     Overrides: a version banner that does not reveal Twisted's version; `server-sig-algs`
@@ -144,8 +138,7 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
     through this connection's `ticket`; closing unregisters the TCP producer (see
     `_closing`); refusals of the dispatch policy logged once per kind (`note_refused`); a
     second SERVICE_REQUEST "ssh-userauth" answered without restarting userauth; a time limit
-    on key exchanges and channel output held behind one (`output_held`); EXT_INFO sent with our
-    first NEWKEYS (`sendExtInfo`); the X25519 key pair made on the client's KEXINIT (`ssh_KEXINIT`).
+    on key exchanges and channel output held behind one (`output_held`).
     """
 
     factory: CommandServerFactory
@@ -189,11 +182,8 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
             if factory.settings.tcp_keepalive:
                 # sshd's TCPKeepAlive: a vanished peer's connection (and slot) ends
                 self.transport.setTcpKeepAlive(True)
-        self.flushing = after_flush_of(factory.clock)
-        if proxy:  # the rest of the read that brought the PROXY header is handled next: now
-            self._record_connect(proxy)
-        else:  # once our version and KEXINIT are sent
-            self.flushing.call_after_flush(self._record_connect, proxy)
+        log.info("Client connection from {peer}{via}", peer=self.peer, via=f" via {proxy}" if proxy else "")
+        self.audit.record("connect", peer=self.peer, **({"proxy": proxy} if proxy else {}))
         if IConsumer.providedBy(self.transport):
             # TCP tells us when its send buffer is full (see pauseProducing)
             self.transport.registerProducer(self, True)
@@ -202,19 +192,6 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
         super().connectionMade()
 
     _quickack: Callable[[], None] | None = None  # re-arms TCP_QUICKACK on this connection's socket
-
-    def _record_connect(self, proxy: str | None) -> None:
-        log.info("Client connection from {peer}{via}", peer=self.peer, via=f" via {proxy}" if proxy else "")
-        self.audit.record("connect", peer=self.peer, **({"proxy": proxy} if proxy else {}))
-
-    def after_reply(self, f: Callable[..., Any], *args: Any) -> None:
-        """Call `f(*args)` (which records what happened) once our reply to the packet being handled
-        is sent, if this read brought nothing more; else now, before the next packet is handled,
-        so that this connection's records keep their order."""
-        if self.buf:
-            f(*args)
-        else:
-            self.flushing.call_after_flush(f, *args)
 
     def dataReceived(self, data: bytes) -> None:
         if self._quickack is not None:
@@ -313,13 +290,6 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
         self.refusals.note(
             kind, "{kind} from {peer}: {answer}", quiet=not phase.authenticated, kind=kind, answer=answer
         )
-
-    def ssh_KEXINIT(self, packet: bytes) -> None:
-        super().ssh_KEXINIT(packet)
-        if self._peer_kexinit and self.kexAlg in X25519_KEX:
-            # Our key pair is made now, while the client makes its own and sends its INIT (the
-            # turn sends nothing), rather than between that INIT and our reply.
-            self.make_ephemeral_key()
 
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
         # The dispatch policy passes SERVICE_REQUEST only before and during authentication. A
@@ -534,11 +504,7 @@ class ServerTransport(EphemeralKeyAhead, ModernServerTransport):
         self._lost_waiters.append(d)
         return d
 
-    flushing: AfterFlush = AT_ONCE  # the reactor's calls after the flush (see after_reply)
-
     def connectionLost(self, reason: Failure | None = None) -> None:
-        # Lost while sending a reply (a reset): the records that waited for it come first.
-        self.flushing.run_after_flush_now()
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None

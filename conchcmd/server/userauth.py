@@ -36,10 +36,6 @@ log = FastLogger(namespace=LOG_NAMESPACE)
 MAX_WAITING_AUTH_REQUESTS = 4
 
 
-#: The rest of a `none` request after the user and service names: the method, and nothing more.
-NONE_REQUEST = NS(b"none")
-
-
 class UserAuthService(UserAuthHooks):
     """ssh-userauth with the factory's clock and limits, and an audit record per real attempt.
 
@@ -127,12 +123,7 @@ class UserAuthService(UserAuthHooks):
             return None
         self._in_progress = True
         self._requests += 1
-        if self._requests == 1 and rest == NONE_REQUEST:
-            # OpenSSH's first question, whose answer does not depend on the user: the name (its
-            # authorized_keys read) is looked up once that answer is sent.
-            self.transport.after_reply(self._note_user, user)
-        else:
-            self._note_user(user)
+        self._note_user(user)
         method, rest = getNS(rest)
         offered = method in self.supportedAuthentications
         checker = self._key_checker() if offered and method == b"publickey" else None
@@ -306,10 +297,6 @@ class UserAuthService(UserAuthHooks):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
-        self.transport.after_reply(self._record_login, identity)  # once USERAUTH_SUCCESS is sent
-        super().auth_succeeded(result)
-
-    def _record_login(self, identity: Identity) -> None:
         key = KeyInfo.of(self._logged_blob()) if identity.method == "publickey" and self._key else None
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
@@ -319,6 +306,7 @@ class UserAuthService(UserAuthHooks):
             source=identity.grant.source,
         )
         self._audit_identity(identity, ok=True)
+        super().auth_succeeded(result)
 
     def _audit_identity(self, identity: Identity, **fields: Any) -> None:
         self.transport.audit.record(

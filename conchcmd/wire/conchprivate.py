@@ -79,24 +79,6 @@ class KexState:
         self._newKeys()
 
 
-class EphemeralKeyAhead:
-    """For a mixin placed before Conch's server transport: the ECDH key pair of the key exchange
-    under way made ahead (`make_ephemeral_key`), which Conch's ECDH INIT handler then takes
-    (through its `_generateECPrivateKey`) instead of making one; each is used once."""
-
-    _ephemeral_key: Any = None
-
-    def make_ephemeral_key(self) -> None:
-        """Make the key pair of the negotiated ECDH exchange now (Conch's `_generateECPrivateKey`)."""
-        self._ephemeral_key = self._generateECPrivateKey()
-
-    def _generateECPrivateKey(self) -> Any:
-        key, self._ephemeral_key = self._ephemeral_key, None
-        if key is not None:
-            return key
-        return super()._generateECPrivateKey()  # type: ignore[misc]
-
-
 class QuietTransportLog:
     """For a mixin placed before Conch's server transport: its `_log` without the debug and info
     lines of every connection ("NEW KEYS", "starting service", "connection lost"...), which

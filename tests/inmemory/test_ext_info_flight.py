@@ -12,7 +12,6 @@ import pytest
 from support.keys import ed25519_key
 from support.sshclient import ClientFactory, ClientTransport, connect
 from support.world import World
-from twisted.conch.ssh import common, transport
 
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.transport import ServerTransport
@@ -104,63 +103,3 @@ def test_a_client_without_ext_info_c_gets_none(world: World, flights: list[tuple
     assert answer_to(flights, NEWKEYS) == []
     assert conn.client.peerExtensions == {}
     assert conn.login(b"admin", ed25519_key()) == 52
-
-
-# -- the server's X25519 key pair, made while the client makes its own ------------------------
-
-
-@pytest.fixture
-def key_pairs(monkeypatch: pytest.MonkeyPatch, flights: list[tuple[list[int], list[int]]]) -> list[tuple[int, bytes]]:
-    """Every ECDH key pair Conch makes for the server: (the server read it was made in, its public key)."""
-    made: list[tuple[int, bytes]] = []
-    generate = transport.SSHTransportBase._generateECPrivateKey
-
-    def generating(self: Any) -> Any:
-        key = generate(self)
-        if isinstance(self, ServerTransport):
-            made.append((len(flights) - 1, key.public_key().public_bytes_raw()))
-        return key
-
-    monkeypatch.setattr(transport.SSHTransportBase, "_generateECPrivateKey", generating)
-    return made
-
-
-def reply_public_keys(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The ephemeral public key of each KEX_ECDH_REPLY the server sends, from now on."""
-    sent: list[bytes] = []
-    send = ServerTransport.sendPacket
-
-    def sending(self: ServerTransport, messageType: int, payload: bytes) -> None:
-        if messageType == ECDH_REPLY:
-            _host_key, rest = common.getNS(payload)
-            sent.append(common.getNS(rest)[0])
-        send(self, messageType, payload)
-
-    monkeypatch.setattr(ServerTransport, "sendPacket", sending)
-    return sent
-
-
-@pytest.mark.parametrize("kex", [b"curve25519-sha256", b"curve25519-sha256@libssh.org"])
-def test_the_server_key_pair_is_made_on_the_client_kexinit_and_used_once(
-    world: World,
-    flights: list[tuple[list[int], list[int]]],
-    key_pairs: list[tuple[int, bytes]],
-    monkeypatch: pytest.MonkeyPatch,
-    kex: bytes,
-) -> None:
-    replies = reply_public_keys(monkeypatch)
-    client = ClientFactory()
-    client.supportedKeyExchanges = [kex]
-    conn = connect(world.factory, world.clock, client_factory=client)
-    kexinit_read = next(i for i, (got, _) in enumerate(flights) if KEXINIT in got)
-    assert [read for read, _ in key_pairs] == [kexinit_read]  # not in the read that brings the INIT
-    assert ECDH_INIT not in flights[kexinit_read][0]
-    assert replies == [key_pairs[0][1]]  # the reply carries the key pair made ahead
-    assert conn.login(b"admin", ed25519_key()) == 52
-    conn.client.sendKexInit()  # a rekey: a key pair of its own, again made on the client's KEXINIT
-    conn.flush()
-    assert conn.server.kex_count == 2 and not conn.disconnected
-    assert len(key_pairs) == 2 and len(replies) == 2
-    assert replies[1] == key_pairs[1][1] != key_pairs[0][1]
-    assert KEXINIT in flights[key_pairs[1][0]][0] and ECDH_INIT not in flights[key_pairs[1][0]][0]
-    assert conn.server._ephemeral_key is None  # used, not kept

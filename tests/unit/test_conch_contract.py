@@ -200,7 +200,6 @@ RECORDED: dict[str, str] = {
     "twisted.conch.ssh.transport:SSHTransportBase._KEY_EXCHANGE_REQUESTED": "attribute str",
     "twisted.conch.ssh.transport:SSHTransportBase._allowedKeyExchangeMessageType": "(self, messageType) sha256:520f80493fb433cf6b070a30693cb8c9f8afc9c3d7410739897339a9d9b82c06",
     "twisted.conch.ssh.transport:SSHTransportBase._blockedByKeyExchange": "attribute NoneType",
-    "twisted.conch.ssh.transport:SSHTransportBase._generateECPrivateKey": "(self) sha256:cb3771402a1382fe19e7534defad6df502a2344fa764cdaac86d277b92bec1d1",
     "twisted.conch.ssh.transport:SSHTransportBase._keyExchangeState": "attribute str",
     "twisted.conch.ssh.transport:SSHTransportBase._log": "attribute Logger",
     "twisted.conch.ssh.transport:SSHTransportBase._newKeys": "(self) sha256:7d299f5f9fda2472c9db1a7d20a7849a0034400620e17fe0498ca67d7c24db93",
