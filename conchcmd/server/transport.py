@@ -61,6 +61,8 @@ KEX_TIMEOUT = 60.0
 #: stops at once; what is queued here is sent right after NEWKEYS and counts as the traffic
 #: that makes a client's frequent rekeys legitimate (see framing.REKEY_FREE_BYTES).
 KEX_OUTPUT_BUDGET = 2 * 1024 * 1024
+#: EXT_INFO's server-sig-algs value: the user-key signature algorithms.
+SERVER_SIG_ALGS = NS(b",".join(USER_SIGNATURE_ALGORITHMS))
 
 
 def set_listener_options(port: object, *, keepalive: bool) -> bool:
@@ -354,11 +356,25 @@ class ServerTransport(ModernServerTransport):
         super().hold_for_kex(messageType, payload)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
-        fixed = [
-            (name, b",".join(USER_SIGNATURE_ALGORITHMS) if name == b"server-sig-algs" else value)
-            for name, value in extensions
-        ]
-        super().sendExtInfo(fixed)
+        # Conch's key set-up calls this right after our first NEWKEYS, and would hold EXT_INFO
+        # until the client's NEWKEYS: it leaves now, in the flight of the key-exchange reply, as
+        # sshd sends it (RFC 8308 2.4), which saves the client a wake-up. server-sig-algs lists
+        # the user-key algorithms (Conch lists the host-key ones).
+        if not self.peer_supports_extensions():
+            return
+        payload = b"".join(
+            [
+                len(extensions).to_bytes(4, "big"),
+                *(
+                    NS(name) + (SERVER_SIG_ALGS if name == b"server-sig-algs" else NS(value))
+                    for name, value in extensions
+                ),
+            ]
+        )
+        if self.kex_idle() or not self.nextEncryptions.keyed:
+            self.sendPacket(transport.MSG_EXT_INFO, payload)  # (not after our NEWKEYS: Conch's way)
+        else:
+            self.send_after_newkeys(transport.MSG_EXT_INFO, payload)
 
     def _grace_expired(self) -> None:
         self._grace = None

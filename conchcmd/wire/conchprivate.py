@@ -54,6 +54,10 @@ class KexState:
             return False
         return True
 
+    def peer_supports_extensions(self) -> bool:
+        """The peer's KEXINIT asked for EXT_INFO (ext-info-c / ext-info-s), as Conch's sendExtInfo checks."""
+        return self._peerSupportsExtensions
+
     def held_by_kex(self, messageType: int) -> bool:
         """Whether a message of this type must wait for the key exchange under way to end."""
         # kex_idle() inline: this is asked for every packet sent

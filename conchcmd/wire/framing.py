@@ -246,10 +246,11 @@ class ModernFraming(KexState):
         ):
             self._rekey()
 
-    def send_packets(self, messages: list[tuple[int, bytes]]) -> None:
+    def send_packets(self, messages: list[tuple[int, bytes]], during_kex: bool = False) -> None:
         """Send several packets, in order, with one write to the connection (a channel's EOF,
-        exit status and close); any that a key exchange must hold go through sendPacket."""
-        if self._dead or any(self.held_by_kex(t) for t, _ in messages):
+        exit status and close); any that a key exchange must hold go through sendPacket, unless
+        `during_kex` says that they may go now (see send_after_newkeys)."""
+        if self._dead or (not during_kex and any(self.held_by_kex(t) for t, _ in messages)):
             for t, payload in messages:
                 self.sendPacket(t, payload)
             return
@@ -262,6 +263,13 @@ class ModernFraming(KexState):
         self.bytes_sent += len(data)
         self.outgoingPacketSequence = seq
         self._count(len(data))  # after the write: a rekey it starts must follow these packets
+
+    def send_after_newkeys(self, messageType: int, payload: bytes) -> None:
+        """Send a message that may follow our NEWKEYS before the peer's (RFC 8308 2.4: EXT_INFO as
+        the next packet after the server's first NEWKEYS), with the new keys: Conch holds every
+        such message until the peer's NEWKEYS, which costs the peer a flight and a wake-up."""
+        assert self.nextEncryptions.keyed and self._out_codec is self.nextEncryptions.outgoing, "NEWKEYS not sent"
+        self.send_packets([(messageType, payload)], during_kex=True)
 
     def getPacket(self) -> bytes | None:
         if self._dead:

@@ -40,6 +40,17 @@ def test_each_cipher_with_rekeying(server, cipher):
     assert err.count("SSH2_MSG_NEWKEYS received") >= 4  # the initial kex and at least three rekeys
 
 
+@pytest.mark.parametrize("kex", ["curve25519-sha256", "curve25519-sha256@libssh.org"])  # OpenSSH 9.2's of ours
+def test_each_key_exchange_with_ext_info_and_rekeying(server, kex):
+    """EXT_INFO leaves with the key-exchange reply (RFC 8308 2.4): OpenSSH takes it under the new
+    keys (strict KEX: sequence number 0), once, and rekeys after it as before."""
+    err = _bulk(server, ["-o", f"KexAlgorithms={kex}"])
+    assert f"kex: algorithm: {kex}" in err
+    assert "kex-strict-c-v00@openssh.com" in err and "kex-strict-s-v00@openssh.com" in err  # both: strict
+    assert err.count("kex_input_ext_info: server-sig-algs=<") == 1
+    assert err.count("SSH2_MSG_NEWKEYS received") >= 4
+
+
 @pytest.mark.parametrize("mac", ETM_MACS)
 def test_each_etm_mac_with_rekeying(server, mac):
     err = _bulk(server, ["-c", "aes128-ctr", "-m", mac])

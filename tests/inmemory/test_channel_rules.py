@@ -394,7 +394,9 @@ def test_a_rekey_started_by_a_channels_last_packets_follows_them(world: World) -
     batch = server.send_packets
 
     def crossing(messages: list[tuple[int, bytes]]) -> None:
-        limit, server.rekey_bytes = server.rekey_bytes, server._bytes_since_kex + 1  # these cross it
+        # These packets cross the limit; the KEXINIT they start (counted from 0) stays below it.
+        limit, server.rekey_bytes = server.rekey_bytes, server._bytes_since_kex + 4096
+        server._bytes_since_kex += 4096
         batch(messages)
         server.rekey_bytes = limit
         del server.send_packets  # once
