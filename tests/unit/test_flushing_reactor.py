@@ -390,3 +390,56 @@ def test_nothing_serve_imports_first_installs_twisted_s_reactor() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO, timeout=60
     ).stdout
     assert out.split() == ["False"]
+
+
+class StuckCloser:
+    """A closing accepted connection whose socket takes nothing (a peer that stopped reading),
+    counting how often the reactor compares it with another connection."""
+
+    compared = 0
+    disconnecting = True
+    _writeDisconnecting = False
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "stuck"
+
+    def doWrite(self) -> None:
+        return None  # nothing sent: it waits for EPOLLOUT
+
+    def __eq__(self, other: object) -> bool:
+        StuckCloser.compared += 1
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+def test_the_closing_pass_does_work_linear_in_the_closing_connections() -> None:
+    """A shutdown (or a burst of timeouts) closes every connection in one turn; those whose peer
+    stopped reading stay waiting. The closing pass looked each of them up in a list of all the
+    connections it had tried: quadratic (measured: 10,000 such connections held the reactor 0.7 s,
+    20,000 for 2.9 s, serving no one)."""
+    count = 400
+    pairs = [socket.socketpair() for _ in range(count)]
+    reactor = FlushingReactor()
+    reactor._flushable[StuckCloser] = True  # as an accepted connection (tcp.Server) is
+    try:
+        writers = [StuckCloser(a.fileno()) for a, _ in pairs]
+        for writer in writers:
+            reactor.addWriter(writer)
+        StuckCloser.compared = 0
+        reactor.doPoll(0)  # the closing pass: each writes (nothing), then waits for EPOLLOUT
+        assert StuckCloser.compared < count, f"{StuckCloser.compared} comparisons for {count} connections"
+        assert set(reactor.getWriters()) == set(writers)  # every one still waits to write and close
+    finally:
+        for writer in writers:
+            reactor.removeWriter(writer)
+        reactor._poller.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
