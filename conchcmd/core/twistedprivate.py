@@ -238,6 +238,8 @@ class FlushingReactor(EPollReactor):
             self._flush(closing=True)
             # whose callbacks may have scheduled calls: the poll must not wait past them
             due = self.timeout()
+            if self._closing:  # closed by the pass's own callbacks: Twisted's EPOLLOUT would come in this poll
+                due = 0
             if due is not None and (timeout is None or due < timeout):
                 timeout = due
         try:

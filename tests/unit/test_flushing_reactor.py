@@ -443,3 +443,43 @@ def test_the_closing_pass_does_work_linear_in_the_closing_connections() -> None:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+class Chained(protocol.Protocol):
+    """Two connections: the first's end closes the second (as a connection's end may close
+    another: a shutdown's last step, a master's muxed clients)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def connectionMade(self) -> None:
+        self.run.connections.append(self)  # type: ignore[attr-defined]
+        self.transport.write(b"hi")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any) -> None:
+        others = [c for c in self.run.connections if c is not self]  # type: ignore[attr-defined]
+        if others and others[0].transport.connected and not others[0].transport.disconnecting:
+            others[0].transport.write(b"bye")
+            others[0].transport.loseConnection()
+
+
+@pytest.mark.parametrize("reactor_class", [EPollReactor, FlushingReactor])
+def test_a_connection_closed_while_another_closes_is_closed_at_once(reactor_class: type[EPollReactor]) -> None:
+    """The closing pass closes the first connection; its end closes the second. Twisted's reactor
+    closes that one on the EPOLLOUT event of the same poll; FlushingReactor left it for the next
+    poll, which then waited for an event that never came (here until the guard's timer)."""
+    run = Run(reactor_class, Chained)
+    run.connections = []  # type: ignore[attr-defined]
+
+    def client(first: socket.socket) -> bytes:
+        with socket.create_connection(run.address) as second:
+            second.settimeout(GUARD / 3)  # far more than a reactor turn: a hang, not a delay
+            assert read_exactly(first, 2) == b"hi" and read_exactly(second, 2) == b"hi"
+            first.sendall(b"go")
+            assert read_all(first) == b""
+            return read_all(second)
+
+    assert run.run(client) == b"bye"
