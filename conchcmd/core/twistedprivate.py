@@ -196,10 +196,10 @@ class FlushingReactor(EPollReactor):
         if closing and self._closing:
             self._unflushed = {**self._closing, **self._unflushed}
             self._closing = {}
-        tried = []
+        tried: set[Any] = set()  # a set: a shutdown closes thousands in one turn (a list was quadratic)
         for writer in list(self._unflushed):
             if writer in self._unflushed and (closing or not (writer.disconnecting or writer._writeDisconnecting)):
-                tried.append(writer)
+                tried.add(writer)
                 self._event(writer, writer.fileno(), EPOLLOUT)
         while self._unflushed:
             writer, _ = self._unflushed.popitem()
@@ -238,6 +238,8 @@ class FlushingReactor(EPollReactor):
             self._flush(closing=True)
             # whose callbacks may have scheduled calls: the poll must not wait past them
             due = self.timeout()
+            if self._closing:  # closed by the pass's own callbacks: Twisted's EPOLLOUT would come in this poll
+                due = 0
             if due is not None and (timeout is None or due < timeout):
                 timeout = due
         try:

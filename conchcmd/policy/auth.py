@@ -44,6 +44,7 @@ from conchcmd.keys.sk import (
     SkPublicKey,
     SkRequirements,
     SkSignature,
+    WireReader,
     parse_sk_public_key,
 )
 from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, fingerprint
@@ -463,6 +464,7 @@ class PublicKeyChecker:
                 raise KeyRefused("signature type does not match the algorithm")
             if authorized.sk is not None:
                 return self._security_key(authorized, credentials.signature, credentials.sigData)
+            _read_as_sshd(credentials.signature, authorized.key.sshType())
             verified = authorized.key.verify(credentials.signature, credentials.sigData)
         except (struct.error, ValueError, IndexError):
             raise KeyRefused("malformed signature") from None
@@ -484,6 +486,21 @@ class PublicKeyChecker:
         if refusal is not None:
             raise SkRequirementNotMet(*refusal, reported)
         return replace(authorized.identity, sk=reported)
+
+
+def _read_as_sshd(signature: bytes, key_type: bytes) -> None:
+    """sshd's sshkey_verify reads a signature with sshbuf: every length checked, no byte after it
+    (nor after an ECDSA signature's two numbers). Conch's Key.verify slices without a check, so a
+    signature sshd refuses (SSH_ERR_UNEXPECTED_TRAILING_DATA) verified: SkError (a ValueError)."""
+    reader = WireReader(signature)
+    reader.string()  # the type: compared by the caller
+    body = reader.string()
+    reader.end("the signature")
+    if key_type.startswith(b"ecdsa-"):
+        numbers = WireReader(body)
+        numbers.mpint()
+        numbers.mpint()
+        numbers.end("the signature's numbers")
 
 
 def bcrypt_cost(hashed: bytes) -> int:

@@ -172,7 +172,7 @@ class ServerTransport(ModernServerTransport):
         self.peer = self.peer_address.text
         self.auth_log = AuthLog(auth_client_of(ip, self.peer))
         self.started = factory.clock.seconds()
-        self.end_reason = "closed"
+        self.end_reason = "closed"  # why it ended, escaped text (sanitise): logged and audited as it is
         self.refusals = RepeatLog(log, self.peer)
         self.connection_id = new_connection_id(factory.connection_ids)
         self.audit = BoundAudit(factory.audit, connection=self.connection_id)  # joins this connection's records
@@ -286,8 +286,8 @@ class ServerTransport(ModernServerTransport):
             self._closing()
         if not self.holds_slot and reason in PROTOCOL_VIOLATIONS:
             self._failed = True  # counts against the source (see _strike)
-        if self.end_reason == "closed":
-            self.end_reason = desc.decode("utf-8", "replace")
+        if self.end_reason == "closed":  # escaped: Conch's reasons may quote the client ("don't have service NAME")
+            self.end_reason = sanitise(desc, 200)
         super().sendDisconnect(reason, desc)
 
     _client_disconnected = False
@@ -557,7 +557,11 @@ class ServerTransport(ModernServerTransport):
                 self.auth_user, self.auth_user_valid, client_disconnected=self._client_disconnected
             )
         self.audit.record(
-            "disconnect", peer=self.peer, user=user, reason=sanitise(self.end_reason), duration_s=duration
+            "disconnect",
+            peer=self.peer,
+            user=user,
+            reason=self.end_reason,
+            duration_s=duration,  # escaped when set
         )
         factory.connection_ids.discard(self.connection_id)
         try:

@@ -104,3 +104,41 @@ def test_a_padded_blob_is_logged_and_audited_by_its_keys_fingerprint(tmp_path: P
     word = "Accepted" if authorized else "Failed"
     [line] = [formatEvent(e) for e in events if formatEvent(e).startswith(f"{word} publickey for mallory")]
     assert line.endswith(f"ssh2: RSA {expected}"), line
+
+
+def _with_trailing_byte(signature: bytes) -> bytes:
+    return signature + b"\x00"
+
+
+def _with_long_body_length(signature: bytes) -> bytes:
+    """The body's length field says more bytes than there are (Conch's getNS takes what is there)."""
+    kind, body = common.getNS(signature, 2)[:2]
+    return common.NS(kind) + (len(body) + 0x200000).to_bytes(4, "big") + body
+
+
+def _with_trailing_string(signature: bytes) -> bytes:
+    return signature + common.NS(b"extra")
+
+
+@pytest.mark.parametrize("key", [ed25519_key(), rsa_key(), ecdsa_key()], ids=["ed25519", "rsa", "ecdsa"])
+@pytest.mark.parametrize("rewrite", [_with_trailing_byte, _with_long_body_length, _with_trailing_string])
+def test_a_valid_signature_written_as_sshd_would_not_read_it_does_not_log_in(
+    tmp_path: Path, key: Key, rewrite: Callable[[bytes], bytes]
+) -> None:
+    """sshd's sshkey_verify reads the signature with sshbuf (every length checked) and refuses any
+    byte after it (SSH_ERR_UNEXPECTED_TRAILING_DATA); Conch's Key.verify took all of these."""
+    world = make_world(tmp_path)
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    algorithm = b"rsa-sha2-512" if key.sshType() == b"ssh-rsa" else None
+    data = auth.signed(key, algorithm)
+    head, rest = data[:1], data[1:]
+    algorithm_name, blob, signature = common.getNS(rest, 3)[:3]
+    d = auth._request(b"publickey", head + common.NS(algorithm_name) + common.NS(blob) + common.NS(rewrite(signature)))
+    conn.flush()
+    assert result_of(d)[0] == userauth.MSG_USERAUTH_FAILURE
+    (record,) = world.audit.of("auth")
+    assert record["reason"] == "malformed signature"
+    d = auth._request(b"publickey", data)  # the same signature as written: logs in
+    conn.flush()
+    assert result_of(d)[0] == userauth.MSG_USERAUTH_SUCCESS

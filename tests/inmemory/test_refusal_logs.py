@@ -129,3 +129,24 @@ def test_forwarding_refusals_are_counted_on_the_connections_last_line(world: Wor
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == LOG_NAMESPACE]
     assert len([line for line in lines if "forwarding is disabled" in line]) == 1
     assert any("Refused tcpip-forward x3" in line for line in lines), lines
+
+
+def test_a_disconnect_reason_that_quotes_the_client_is_logged_escaped(world: World) -> None:
+    """Conch's answer to an unknown service quotes the client's name for it ("don't have service
+    NAME"): that reason, as the line logging the connection's end gives it, must be as escaped as
+    any other text from a client (it was the raw bytes: a terminal escape, a carriage return and
+    64 KiB of them went into the operator's log before login)."""
+    conn = world.connect()
+    name = b"x\x1b[2J\r\x08forged" + b"A" * 5000
+
+    def send() -> None:
+        force_send(conn.client, transport.MSG_SERVICE_REQUEST, NS(name))
+
+    lines = lines_until_the_end(conn, send)
+    assert conn.factory.disconnect_reason == (transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"don't have service " + name)
+    (line,) = [line for line in lines if line.startswith("Lost client connection")]
+    quoted = "don't have service x\\x1b[2J\\x0d\\x08forged"
+    assert line.startswith(f"Lost client connection 10.0.0.1:40000 (not authenticated): {quoted}AAA")
+    assert line.isprintable() and len(line) < 400, line
+    (record,) = world.audit.of("disconnect")
+    assert record["reason"].startswith(quoted + "AAA")  # escaped once, not twice
