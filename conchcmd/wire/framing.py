@@ -443,6 +443,8 @@ class ModernFraming(KexState, KeyDerivation):
         assert self.sessionID is not None, "the session ID is set before the keys"
         iv, key, mac = self.nextEncryptions.key_sizes(outgoing=(letter in b"BDF") != self.isClient)
         size = iv if letter in b"AB" else key if letter in b"CD" else mac
+        if not size:
+            return b""
         return derive_key(self.kex_hash_factory(), shared_secret, exchange_hash, letter, self.sessionID, size)
 
     def take_new_keys(self) -> None:

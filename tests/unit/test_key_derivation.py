@@ -10,7 +10,7 @@ import pytest
 from support.sshclient import ClientTransport
 from twisted.conch.ssh import transport
 
-from conchcmd.wire.framing import ModernServerTransport
+from conchcmd.wire.framing import ModernServerTransport, derive_key
 from conchcmd.wire.packets import CIPHERS, MACS, CipherSuite, make_codec, pad
 
 KEX = b"curve25519-sha256"
@@ -88,3 +88,11 @@ def test_each_direction_gets_the_sizes_of_its_own_cipher(cls: type) -> None:
     side.nextEncryptions = suite or CipherSuite(ctr, chacha, hmac512, chacha)
     sizes = [len(side._getKey(bytes((x,)), b"\0\0\0\1\1", os.urandom(32))) for x in b"ABCDEF"]
     assert sizes == [16, 0, 16, 64, 64, 0]
+
+
+def test_longer_keys_chain_every_digest_before_them_as_conch_does() -> None:
+    secret, exchange_hash, session_id = b"\0\0\0\x20" + os.urandom(32), os.urandom(32), os.urandom(32)
+    factory = ModernServerTransport.kex_hash_factory(SimpleNamespace(kexAlg=KEX))  # type: ignore[arg-type]
+    for size in (1, 32, 33, 64, 100, 128):
+        key = derive_key(factory, secret, exchange_hash, b"C", session_id, size)
+        assert key == conch_key(b"C", secret, exchange_hash, session_id)[:size]
