@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.conch.ssh import channel, connection, userauth
+from twisted.conch.ssh import _kex, channel, connection, userauth
 from twisted.python.failure import Failure
 
 from conchcmd.core.audit import QuietLogger
@@ -77,6 +77,26 @@ class KexState:
     def conch_new_keys(self) -> None:
         """Conch's `_newKeys`: adopt the next keys and send what the key exchange held back."""
         self._newKeys()
+
+
+class KeyDerivation:
+    """For a mixin placed before Conch's transport class: Conch's `_keySetup` asks its private
+    `_getKey` for each of the six keys (RFC 4253 7.2), which always hashes out 4 digests (128 bytes)
+    whatever the cipher reads: 24 hashes per key exchange where chacha20-poly1305 uses 4. Here
+    `_getKey` calls `derive_key`, and Conch's hash of the key exchange is `kex_hash_factory`."""
+
+    kexAlg: Any  # bytes once negotiated (Conch: None before)
+
+    def _getKey(self, c: bytes, sharedSecret: bytes, exchangeHash: bytes) -> bytes:
+        return self.derive_key(c, sharedSecret, exchangeHash)
+
+    def derive_key(self, letter: bytes, shared_secret: bytes, exchange_hash: bytes) -> bytes:
+        """The key named by `letter` (b"A".."F"); to be provided by the class that mixes this in."""
+        raise NotImplementedError
+
+    def kex_hash_factory(self) -> Any:
+        """The hash constructor of the negotiated key exchange (hashlib.sha256 for curve25519-sha256)."""
+        return _kex.getHashProcessor(self.kexAlg)
 
 
 class QuietTransportLog:

@@ -30,7 +30,7 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 from twisted.internet.interfaces import IReactorTime
 
-from conchcmd.wire.conchprivate import KexState, QuietTransportLog
+from conchcmd.wire.conchprivate import KexState, KeyDerivation, QuietTransportLog
 from conchcmd.wire.dispatch import Action, Phase, Rulings, Verdict, phase_of
 from conchcmd.wire.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
 
@@ -98,10 +98,25 @@ def _mlkem_works() -> bool:
 
 _KEXINIT_BYTE = bytes((transport.MSG_KEXINIT,))
 
+
+def derive_key(
+    hash_factory: Any, shared_secret: bytes, exchange_hash: bytes, letter: bytes, session_id: bytes, size: int
+) -> bytes:
+    """RFC 4253 7.2: K1 = HASH(K || H || letter || session_id), K2 = HASH(K || H || K1), ... until
+    `size` bytes (`shared_secret` is K as an mpint); the first `size` bytes of Conch's 128."""
+    if size <= 0:
+        return b""
+    prefix = shared_secret + exchange_hash
+    key = hash_factory(prefix + letter + session_id).digest()
+    while len(key) < size:
+        key += hash_factory(prefix + key).digest()
+    return key[:size]
+
+
 KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
 
 
-class ModernFraming(KexState):
+class ModernFraming(KexState, KeyDerivation):
     """Packet framing, negotiation and strict KEX shared by our server transport and the test
     client; mixed in before Conch's SSHServerTransport / SSHClientTransport."""
 
@@ -136,6 +151,7 @@ class ModernFraming(KexState):
     supportedCiphers: list[bytes]
     supportedMACs: list[bytes]
     ourVersionString: bytes
+    sessionID: bytes | None
 
     clock: IReactorTime
 
@@ -419,6 +435,17 @@ class ModernFraming(KexState):
         if self.kex_peer_init((EXT_INFO_SERVER if self.isClient else EXT_INFO_CLIENT) in kex):
             self.sendKexInit()
         return kex, keys, rest
+
+    def derive_key(self, letter: bytes, shared_secret: bytes, exchange_hash: bytes) -> bytes:
+        # Only the bytes the negotiated codec reads: 4 hashes per key exchange with
+        # chacha20-poly1305 instead of Conch's 24 (A/B IVs, C/D keys, E/F MAC keys; A, C, E
+        # are the client's to the server).
+        assert self.sessionID is not None, "the session ID is set before the keys"
+        iv, key, mac = self.nextEncryptions.key_sizes(outgoing=(letter in b"BDF") != self.isClient)
+        size = iv if letter in b"AB" else key if letter in b"CD" else mac
+        if not size:
+            return b""
+        return derive_key(self.kex_hash_factory(), shared_secret, exchange_hash, letter, self.sessionID, size)
 
     def take_new_keys(self) -> None:
         """The peer's NEWKEYS arrived: read with the new keys from now on."""

@@ -285,10 +285,30 @@ class CipherSuite:
         """Conch's client tests this to know whether keys are set yet."""
         return self.outgoing.block_size if self.keyed else 0
 
+    def key_sizes(self, outgoing: bool) -> tuple[int, int, int]:
+        """The (IV, cipher key, MAC key) sizes one direction's codec reads (see `key_sizes`)."""
+        if outgoing:
+            return key_sizes(self.outCipType, self.outMACType)
+        return key_sizes(self.inCipType, self.inMACType)
+
     def setKeys(self, outIV: bytes, outKey: bytes, inIV: bytes, inKey: bytes, outInteg: bytes, inInteg: bytes) -> None:
         self.keyed = True
         self.outgoing = make_codec(self.outCipType, self.outMACType, outKey, outIV, outInteg, out=True)
         self.incoming = make_codec(self.inCipType, self.inMACType, inKey, inIV, inInteg, out=False)
+
+
+def key_sizes(cipher: bytes, mac: bytes) -> tuple[int, int, int]:
+    """The bytes of (IV, cipher key, MAC key) that `make_codec` reads for this cipher and MAC: the
+    key derivation (RFC 4253 7.2) makes no more (an AEAD cipher needs no MAC key, ChaCha20 no IV)."""
+    if cipher == NONE:
+        return 0, 0, 0
+    spec = CIPHERS[cipher]
+    if spec.kind == "chacha":
+        return 0, spec.key_size, 0
+    if spec.kind == "gcm":
+        return 12, spec.key_size, 0
+    mac_spec = MACS.get(mac)
+    return 16, spec.key_size, mac_spec.size if mac_spec else 0
 
 
 def _is_aead(cipher: bytes) -> bool:
