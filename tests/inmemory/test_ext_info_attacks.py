@@ -5,18 +5,49 @@ and output held behind a rekey whose flush starts the next one."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.keys import ed25519_key
-from support.scripted import ScriptedClient, scripted
-from support.sshclient import Connection
+from support.scripted import ScriptedClient, force_send, once, scripted
+from support.sshclient import AuthClient, ClientConnection, Connection, connect
 from support.world import World, make_world
-from twisted.conch.ssh import transport
+from twisted.conch.ssh import common, transport
 from twisted.logger import capturedLogs
 
-from conchcmd.server.transport import KEX_TIMEOUT
+from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
+from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
+from conchcmd.server.transport import KEX_TIMEOUT, ServerTransport
+from conchcmd.wire import framing
 
 SUCCESS = 52
+DISCONNECT, IGNORE, UNIMPLEMENTED, SERVICE_REQUEST, SERVICE_ACCEPT, EXT_INFO = 1, 2, 3, 5, 6, 7
+KEXINIT, NEWKEYS, ECDH_REPLY = 20, 21, 31
+SIG_ALGS = {b"server-sig-algs": b",".join(USER_SIGNATURE_ALGORITHMS)}
+#: Every cipher, each non-AEAD one with every MAC (encrypt-and-MAC ones named in the configuration).
+SUITES = [(c, None) for c in CIPHERS if "-ctr" not in c] + [
+    (c, m) for c in CIPHERS if "-ctr" in c for m in (*MACS, *OPTIONAL_MACS)
+]
+
+
+def suite_world(tmp_path: Path, mac: str | None) -> World:
+    if mac in OPTIONAL_MACS:
+        return make_world(tmp_path, algorithms=AlgorithmsConfig(macs=(mac,)))
+    return make_world(tmp_path)
+
+
+def suite_client(cipher: str, mac: str | None, strict: bool, **hooks: object) -> object:
+    factory = scripted(strict, **hooks)  # type: ignore[arg-type]
+    factory.supportedCiphers = [cipher.encode()]
+    factory.supportedMACs = [mac.encode()] if mac else None
+    return factory
+
+
+def names(client: object) -> list[int]:
+    assert isinstance(client, ScriptedClient)
+    return [m for m, _ in client.received]
 
 
 class Holding(ScriptedClient):
@@ -71,3 +102,225 @@ def test_a_rekey_started_by_the_flush_of_held_output_still_has_a_time_limit(tmp_
         w.clock.advance(KEX_TIMEOUT + 1)
         conn.flush()
     assert conn.factory.disconnect_reason == (transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"key exchange timed out")
+
+
+# -- sequence numbers after EXT_INFO, under every cipher and MAC -----------------------------
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize(("cipher", "mac"), SUITES)
+def test_after_ext_info_every_suite_keeps_the_sequence_numbers(
+    tmp_path: Path, cipher: str, mac: str | None, strict: bool
+) -> None:
+    """EXT_INFO is the first packet under the new keys (strict: sequence number 0), sent before
+    the client's NEWKEYS: the client reads it, then the next packets, with every cipher and MAC."""
+    w = suite_world(tmp_path, mac)
+    conn = connect(w.factory, w.clock, client_factory=suite_client(cipher, mac, strict))  # type: ignore[arg-type]
+    server = conn.server
+    assert server.nextEncryptions.outCipType == cipher.encode() and server.strict_kex is strict
+    assert server.nextEncryptions.outMACType == (mac or cipher).encode()
+    assert names(conn.client)[:4] == [KEXINIT, ECDH_REPLY, NEWKEYS, EXT_INFO]
+    assert conn.client.peerExtensions == SIG_ALGS
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    assert SERVICE_ACCEPT in names(conn.client)
+
+
+def test_an_ext_info_deleted_on_the_wire_breaks_the_next_packet(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXT_INFO takes its sequence number like any packet: an attacker who removes it (the
+    Terrapin deletion, without the injection that strict KEX refuses) leaves the client unable
+    to read the next one."""
+    sent = ServerTransport.send_after_newkeys
+
+    def deleted(self: ServerTransport, messageType: int, payload: bytes) -> None:
+        write, self.transport.write = self.transport.write, lambda data: None
+        try:
+            sent(self, messageType, payload)
+        finally:
+            self.transport.write = write
+
+    monkeypatch.setattr(ServerTransport, "send_after_newkeys", deleted)
+    conn = connect(world.factory, world.clock, client_factory=scripted())
+    assert EXT_INFO not in names(conn.client) and conn.client.peerExtensions == {}
+    with capturedLogs():
+        conn.start_auth(b"admin")
+    assert conn.disconnected and SERVICE_ACCEPT not in names(conn.client)
+
+
+# -- what a client sends between our NEWKEYS and its own --------------------------------------
+
+#: (message, payload, answer without strict KEX: UNIMPLEMENTED, None (ignored) or the disconnect text)
+BETWEEN = [
+    (KEXINIT, b"", UNIMPLEMENTED),
+    (SERVICE_REQUEST, common.NS(b"ssh-userauth"), UNIMPLEMENTED),
+    (EXT_INFO, struct.pack(">L", 0), UNIMPLEMENTED),
+    (8, b"", UNIMPLEMENTED),
+    (IGNORE, common.NS(b"x"), None),
+    (50, common.NS(b"admin"), "protocol error: rcvd type 50"),
+    (90, common.NS(b"session"), "protocol error: rcvd type 90"),
+]
+
+
+@pytest.mark.parametrize(("message", "payload", "answer"), BETWEEN)
+@pytest.mark.parametrize(("cipher", "mac"), [("chacha20-poly1305@openssh.com", None), ("aes128-ctr", MACS[0])])
+def test_a_message_between_our_newkeys_and_the_client_s_is_answered_after_ext_info(
+    tmp_path: Path, cipher: str, mac: str | None, message: int, payload: bytes, answer: int | str | None
+) -> None:
+    """Without strict KEX: UNIMPLEMENTED (or a disconnect) under the new keys, after EXT_INFO and
+    with its sequence numbers: the client reads it and, if still connected, logs in."""
+    w = make_world(tmp_path)
+    if message == KEXINIT:
+        hook = once(lambda c: force_send(c, KEXINIT, c.ourKexInitPayload[1:]))
+    else:
+        hook = once(lambda c: force_send(c, message, payload))
+    with capturedLogs():
+        conn = connect(w.factory, w.clock, client_factory=suite_client(cipher, mac, False, before_newkeys=hook))  # type: ignore[arg-type]
+    got = names(conn.client)
+    assert got[:4] == [KEXINIT, ECDH_REPLY, NEWKEYS, EXT_INFO]
+    if answer is None:
+        assert got[4:] == [] and conn.login(b"admin", ed25519_key()) == SUCCESS
+    elif answer == UNIMPLEMENTED:
+        assert isinstance(conn.client, ScriptedClient)
+        # the sequence number of the client's packet: its third, after KEXINIT and ECDH_INIT
+        assert got[4:] == [UNIMPLEMENTED] and conn.client.received[4][1] == struct.pack(">L", 2)
+        assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    else:
+        assert got[4:] == [DISCONNECT] and conn.factory.disconnect_reason == (2, str(answer).encode())
+
+
+@pytest.mark.parametrize(("message", "payload", "answer"), BETWEEN)
+def test_with_strict_kex_any_message_there_ends_it_with_a_disconnect_the_client_reads(
+    world: World, message: int, payload: bytes, answer: object
+) -> None:
+    """The DISCONNECT follows EXT_INFO under the new keys, at sequence number 1: the client reads
+    why (a wrong sequence number would have made it a MAC error on the client's side)."""
+    if message == KEXINIT:
+        hook = once(lambda c: force_send(c, KEXINIT, c.ourKexInitPayload[1:]))
+    else:
+        hook = once(lambda c: force_send(c, message, payload))
+    with capturedLogs():
+        conn = connect(world.factory, world.clock, client_factory=scripted(before_newkeys=hook))
+    assert names(conn.client) == [KEXINIT, ECDH_REPLY, NEWKEYS, EXT_INFO, DISCONNECT]
+    reason = conn.factory.disconnect_reason
+    assert reason is not None and reason[0] == 2 and reason[1].startswith(b"strict KEX violation: message %d" % message)
+    assert world.audit.of("auth") == []
+
+
+# -- ext-info-c where it means nothing, or missing -------------------------------------------
+
+
+class MarkersOnRekeys(ScriptedClient):
+    """A client that lists its markers (ext-info-c, strict KEX) in every KEXINIT, or only in
+    those of rekeys (`first_plain`): RFC 8308 2.1 says the server looks at the first only."""
+
+    first_plain = False
+
+    def connectionMade(self) -> None:
+        self.first_plain = getattr(self.factory, "first_plain", False)
+        super().connectionMade()
+
+    def kex_markers(self) -> list[bytes]:
+        markers = super().kex_markers()
+        return [] if self.first_plain and self.kex_count == 0 else markers
+
+    def sendKexInit(self) -> None:
+        done, self._first_kex_done = self._first_kex_done, False  # (markers only while False)
+        try:
+            super().sendKexInit()
+        finally:
+            self._first_kex_done = done
+
+
+@pytest.mark.parametrize("first_plain", [False, True])
+@pytest.mark.parametrize("who", ["client", "server"])
+def test_ext_info_c_in_a_rekey_gets_no_ext_info(world: World, first_plain: bool, who: str) -> None:
+    factory = scripted(strict=not first_plain)
+    factory.protocol = MarkersOnRekeys  # type: ignore[assignment]
+    factory.first_plain = first_plain  # type: ignore[attr-defined]
+    conn = connect(world.factory, world.clock, client_factory=factory)
+    client = conn.client
+    assert isinstance(client, MarkersOnRekeys)
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    for _ in range(3):
+        (client.sendKexInit if who == "client" else conn.server.sendKexInit)()
+        conn.flush()
+    assert conn.server.kex_count == 4 and not conn.disconnected
+    assert names(client).count(EXT_INFO) == (0 if first_plain else 1)
+    assert conn.server.strict_kex is not first_plain  # nor does a rekey's strict-KEX marker count
+    chan = conn.open_session()
+    conn.exec(chan, b"lastlog -n 1")
+    conn.flush()
+    assert (chan.exit_status, bytes(chan.out)) == (0, b"line 20\n")
+
+
+class WithoutExtInfo(ScriptedClient):
+    def kex_markers(self) -> list[bytes]:
+        return [m for m in super().kex_markers() if m != framing.EXT_INFO_CLIENT]
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_without_ext_info_c_the_first_packet_under_the_new_keys_is_the_next_answer(world: World, strict: bool) -> None:
+    """No EXT_INFO: the sequence numbers are those of a flight without it (strict: SERVICE_ACCEPT
+    is number 0)."""
+    factory = scripted(strict)
+    factory.protocol = WithoutExtInfo  # type: ignore[assignment]
+    conn = connect(world.factory, world.clock, client_factory=factory)
+    assert names(conn.client) == [KEXINIT, ECDH_REPLY, NEWKEYS] and conn.server.strict_kex is strict
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    assert names(conn.client)[3] == SERVICE_ACCEPT and conn.client.peerExtensions == {}
+
+
+# -- pipelining ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_newkeys_and_service_request_in_one_read_are_both_handled(
+    world: World, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    """The client asks for ssh-userauth as soon as it has sent NEWKEYS (OpenSSH does): both
+    reach the server in one read, after its EXT_INFO left; the answer follows EXT_INFO."""
+    reads: list[list[int]] = []
+    dispatch, received = ServerTransport.dispatchMessage, ServerTransport.dataReceived
+
+    def dispatching(self: ServerTransport, messageNum: int, payload: bytes) -> None:
+        reads[-1].append(messageNum)
+        dispatch(self, messageNum, payload)
+
+    def reading(self: ServerTransport, data: bytes) -> None:
+        reads.append([])
+        received(self, data)
+
+    monkeypatch.setattr(ServerTransport, "dispatchMessage", dispatching)
+    monkeypatch.setattr(ServerTransport, "dataReceived", reading)
+    service = ClientConnection()
+    auth = AuthClient(b"admin", service)
+    conn = connect(
+        world.factory,
+        world.clock,
+        client_factory=scripted(strict, after_newkeys=once(lambda c: c.requestService(auth))),
+    )
+    assert [NEWKEYS, SERVICE_REQUEST] in reads
+    assert names(conn.client) == [KEXINIT, ECDH_REPLY, NEWKEYS, EXT_INFO, SERVICE_ACCEPT]
+    conn.conn, conn.auth = service, auth
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_ecdh_init_newkeys_and_service_request_sent_blind_get_no_service(world: World, strict: bool) -> None:
+    """A client that sends its key-exchange INIT, NEWKEYS and SERVICE_REQUEST in one write, before
+    it has seen the reply, cannot know the keys: the server answers the INIT once, takes NEWKEYS,
+    and the packet after it, read with keys the client could not have, fails; no service starts."""
+
+    def blind(c: ScriptedClient) -> None:
+        force_send(c, 30, common.NS(X25519PrivateKey.generate().public_key().public_bytes_raw()))
+        force_send(c, NEWKEYS)
+        force_send(c, SERVICE_REQUEST, common.NS(b"ssh-userauth"))
+
+    factory = scripted(strict, after_kexinit=once(blind))
+    factory.supportedKeyExchanges = [b"curve25519-sha256"]  # type: ignore[attr-defined]
+    with capturedLogs():
+        conn = connect(world.factory, world.clock, client_factory=factory)
+    assert conn.disconnected and conn.server.service is None
+    assert names(conn.client).count(ECDH_REPLY) == 1
+    (bye,) = world.audit.of("disconnect")
+    assert str(bye["reason"]).startswith("protocol error: ")
+    assert world.audit.of("auth") == []
