@@ -21,8 +21,12 @@ from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.transport import KEX_TIMEOUT, ServerTransport
 from conchcmd.wire import framing
+from inmemory import test_ext_info_flight
 
 SUCCESS = 52
+Flights = list[tuple[list[int], list[int]]]
+flights = test_ext_info_flight.flights  # the fixture: per server read, what it brought and what was sent
+answer_to = test_ext_info_flight.answer_to
 DISCONNECT, IGNORE, UNIMPLEMENTED, SERVICE_REQUEST, SERVICE_ACCEPT, EXT_INFO = 1, 2, 3, 5, 6, 7
 KEXINIT, NEWKEYS, ECDH_REPLY = 20, 21, 31
 SIG_ALGS = {b"server-sig-algs": b",".join(USER_SIGNATURE_ALGORITHMS)}
@@ -272,34 +276,28 @@ def test_without_ext_info_c_the_first_packet_under_the_new_keys_is_the_next_answ
 # -- pipelining ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("client_ext_info", [False, True])
 @pytest.mark.parametrize("strict", [True, False])
 def test_newkeys_and_service_request_in_one_read_are_both_handled(
-    world: World, monkeypatch: pytest.MonkeyPatch, strict: bool
+    world: World, flights: Flights, strict: bool, client_ext_info: bool
 ) -> None:
-    """The client asks for ssh-userauth as soon as it has sent NEWKEYS (OpenSSH does): both
-    reach the server in one read, after its EXT_INFO left; the answer follows EXT_INFO."""
-    reads: list[list[int]] = []
-    dispatch, received = ServerTransport.dispatchMessage, ServerTransport.dataReceived
-
-    def dispatching(self: ServerTransport, messageNum: int, payload: bytes) -> None:
-        reads[-1].append(messageNum)
-        dispatch(self, messageNum, payload)
-
-    def reading(self: ServerTransport, data: bytes) -> None:
-        reads.append([])
-        received(self, data)
-
-    monkeypatch.setattr(ServerTransport, "dispatchMessage", dispatching)
-    monkeypatch.setattr(ServerTransport, "dataReceived", reading)
+    """The client asks for ssh-userauth as soon as it has sent NEWKEYS (OpenSSH does), with its
+    own EXT_INFO between them (we offer ext-info-s): all reach the server in one read, after our
+    EXT_INFO left; the answer is SERVICE_ACCEPT alone."""
     service = ClientConnection()
     auth = AuthClient(b"admin", service)
-    conn = connect(
-        world.factory,
-        world.clock,
-        client_factory=scripted(strict, after_newkeys=once(lambda c: c.requestService(auth))),
-    )
-    assert [NEWKEYS, SERVICE_REQUEST] in reads
+
+    def pipelined(c: ScriptedClient) -> None:
+        if client_ext_info:
+            c.sendExtInfo([(b"no-flow-control", b"p")])
+        c.requestService(auth)
+
+    conn = connect(world.factory, world.clock, client_factory=scripted(strict, after_newkeys=once(pipelined)))
+    got = [NEWKEYS, EXT_INFO, SERVICE_REQUEST] if client_ext_info else [NEWKEYS, SERVICE_REQUEST]
+    assert (got, [SERVICE_ACCEPT]) in flights
+    assert answer_to(flights, 30) == [ECDH_REPLY, NEWKEYS, EXT_INFO]
     assert names(conn.client) == [KEXINIT, ECDH_REPLY, NEWKEYS, EXT_INFO, SERVICE_ACCEPT]
+    assert conn.server.peerExtensions == ({b"no-flow-control": b"p"} if client_ext_info else {})
     conn.conn, conn.auth = service, auth
     assert conn.login(b"admin", ed25519_key()) == SUCCESS
 
@@ -324,3 +322,40 @@ def test_ecdh_init_newkeys_and_service_request_sent_blind_get_no_service(world: 
     (bye,) = world.audit.of("disconnect")
     assert str(bye["reason"]).startswith("protocol error: ")
     assert world.audit.of("auth") == []
+
+
+# -- output held behind a rekey: after the client's NEWKEYS, never with ours -----------------
+
+
+def test_output_held_by_a_rekey_leaves_after_the_client_s_newkeys_never_before(
+    tmp_path: Path, flights: Flights
+) -> None:
+    """A rekey's reply flight is the key exchange alone (no EXT_INFO, no channel data: the
+    send_after_newkeys path is the first exchange's only); what the rekey held back follows the
+    client's NEWKEYS, in order, and nothing else left between."""
+    text = b"".join(b"%06d %s\n" % (i, b"y" * 300) for i in range(1000))
+    w = make_world(tmp_path, log_text=text)
+    conn, client = holding(w)
+    chan = conn.open_session(window=64 * 1024 * 1024)
+    client.hold = True
+    conn.server.sendKexInit()
+    conn.flush()
+    conn.exec(chan, b"lastlog -n 1000")
+    conn.flush()
+    held = len(conn.server.held_messages())
+    assert held > 10 and bytes(chan.out) == b""
+    before = len(flights)
+    client.release()
+    conn.flush()
+    assert conn.server.kex_count == 2 and conn.server.kex_idle()
+    rekey = flights[before:]
+    assert answer_to(rekey, 30) == [ECDH_REPLY, NEWKEYS]
+    after = answer_to(rekey, NEWKEYS)
+    assert len(after) >= held and set(after) <= {
+        94,
+        96,
+        97,
+        98,
+        99,
+    }  # the exec's SUCCESS, DATA, EOF, exit-status, CLOSE
+    assert after[:2] == [99, 94] and chan.exit_status == 0 and bytes(chan.out) == text
