@@ -359,3 +359,23 @@ def test_output_held_by_a_rekey_leaves_after_the_client_s_newkeys_never_before(
         99,
     }  # the exec's SUCCESS, DATA, EOF, exit-status, CLOSE
     assert after[:2] == [99, 94] and chan.exit_status == 0 and bytes(chan.out) == text
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_client_that_never_sends_its_newkeys_reads_the_grace_time_disconnect(world: World, strict: bool) -> None:
+    """The login grace time ends a client stuck between our NEWKEYS and its own; the DISCONNECT
+    follows EXT_INFO under the new keys and the client reads why."""
+
+    def mute(c: ScriptedClient) -> None:
+        c.transport.write = lambda data: None  # type: ignore[method-assign]  # its NEWKEYS never leaves
+
+    conn = connect(world.factory, world.clock, client_factory=scripted(strict, before_newkeys=once(mute)))
+    assert names(conn.client) == [KEXINIT, ECDH_REPLY, NEWKEYS, EXT_INFO] and not conn.disconnected
+    with capturedLogs():
+        world.clock.advance(world.config.limits.login_grace_time)
+        conn.flush()
+    assert names(conn.client)[4:] == [DISCONNECT]
+    assert conn.factory.disconnect_reason == (
+        transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+        b"login grace time exceeded",
+    )
