@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from support.flights import Flights, answer_to
 from support.keys import ed25519_key
 from support.scripted import ScriptedClient, force_send, once, scripted
 from support.sshclient import AuthClient, ClientConnection, Connection, connect
@@ -21,12 +22,8 @@ from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.transport import KEX_TIMEOUT, ServerTransport
 from conchcmd.wire import framing
-from inmemory import test_ext_info_flight
 
 SUCCESS = 52
-Flights = list[tuple[list[int], list[int]]]
-flights = test_ext_info_flight.flights  # the fixture: per server read, what it brought and what was sent
-answer_to = test_ext_info_flight.answer_to
 DISCONNECT, IGNORE, UNIMPLEMENTED, SERVICE_REQUEST, SERVICE_ACCEPT, EXT_INFO = 1, 2, 3, 5, 6, 7
 KEXINIT, NEWKEYS, ECDH_REPLY = 20, 21, 31
 SIG_ALGS = {b"server-sig-algs": b",".join(USER_SIGNATURE_ALGORITHMS)}
