@@ -20,7 +20,7 @@ from twisted.logger import capturedLogs
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
-from conchcmd.server.transport import KEX_TIMEOUT, ServerTransport
+from conchcmd.server.transport import KEX_OUTPUT_BUDGET, KEX_TIMEOUT, ServerTransport
 from conchcmd.wire import framing
 
 SUCCESS = 52
@@ -376,3 +376,44 @@ def test_a_client_that_never_sends_its_newkeys_reads_the_grace_time_disconnect(w
         transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
         b"login grace time exceeded",
     )
+
+
+def test_output_held_behind_a_rekey_the_flush_started_stays_within_the_budget(tmp_path: Path) -> None:
+    """The same flush: what it re-queues behind the new rekey counts against KEX_OUTPUT_BUDGET.
+    The count used to be zeroed after the flush, so channels queued another budget's worth."""
+    text = b"".join(b"%06d %s\n" % (i, b"y" * 1000) for i in range(4000))  # ~4 MB
+    w = make_world(tmp_path, log_text=text)
+    conn, client = holding(w)
+    chan = conn.open_session(window=64 * 1024 * 1024)
+    client.hold = True
+    conn.server.sendKexInit()
+    conn.flush()
+    conn.exec(chan, b"lastlog -n 4000")
+    conn.flush()
+    assert sum(len(p) for _, p in conn.server.held_messages()) >= KEX_OUTPUT_BUDGET
+    conn.server.rekey_bytes = 64 * 1024
+    client.release(then_hold=True)
+    conn.flush()
+    assert conn.server.kex_count == 2 and not conn.server.kex_idle()
+    assert sum(len(p) for _, p in conn.server.held_messages()) < KEX_OUTPUT_BUDGET + 40 * 1024
+    client.release()
+    conn.flush()
+    assert chan.exit_status == 0 and bytes(chan.out) == text
+
+
+def test_a_tiny_traffic_limit_starts_no_rekey_before_login_and_ext_info_stays_first(
+    world: World, flights: Flights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's own rekeys wait for authentication (as sshd): with a limit passed by every
+    packet, the first exchange still ends with EXT_INFO alone after our NEWKEYS, and rekeys
+    start only once logged in, where each ends before the next."""
+    monkeypatch.setattr(ServerTransport, "rekey_bytes", 1)
+    conn = connect(world.factory, world.clock, client_factory=scripted())
+    assert answer_to(flights, 30) == [ECDH_REPLY, NEWKEYS, EXT_INFO] and answer_to(flights, NEWKEYS) == []
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    assert conn.server.kex_count == 1
+    chan = conn.open_session()
+    conn.exec(chan, b"lastlog -n 1")
+    conn.flush()
+    assert (chan.exit_status, bytes(chan.out)) == (0, b"line 20\n")
+    assert conn.server.kex_count > 2 and names(conn.client).count(EXT_INFO) == 1 and not conn.disconnected
