@@ -335,11 +335,13 @@ class ServerTransport(ModernServerTransport):
         self.close_with(b"key exchange timed out", transport.DISCONNECT_KEY_EXCHANGE_FAILED)
 
     def take_new_keys(self) -> None:
-        super().take_new_keys()  # what the key exchange held back is sent now
+        # This key exchange's timer and held bytes end first: the flush of what it held back
+        # (in super()) may pass the traffic limit and start the next one, with its own.
         self._held_bytes = 0
         if self._kex_timer is not None:
             self._kex_timer.cancel()
             self._kex_timer = None
+        super().take_new_keys()  # what the key exchange held back is sent now
         self._pump_channels()
 
     @property

@@ -135,6 +135,7 @@ class ModernFraming(KexState, KeyDerivation):
     _dead = False
     _bytes_since_kex = 0
     _keyed_at = 0.0
+    _sending_kexinit = False  # our KEXINIT is being written (the key exchange not yet requested)
     rekey_bytes = REKEY_BYTES
     rekey_seconds = REKEY_SECONDS
 
@@ -200,7 +201,13 @@ class ModernFraming(KexState, KeyDerivation):
             body = self._kexinit_body(*lists)
         # the cookie: from the padding pool's OS random bytes
         self.ourKexInitPayload = _KEXINIT_BYTE + self._padding.take(16) + body
-        self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
+        # The state says idle until the KEXINIT is out: one that passes the traffic limit itself
+        # must not start another (which started another, without end).
+        self._sending_kexinit = True
+        try:
+            self.sendPacket(transport.MSG_KEXINIT, self.ourKexInitPayload[1:])
+        finally:
+            self._sending_kexinit = False
         self.kex_requested()
 
     #: KEXINIT payloads after the cookie, by the lists they are made of: every connection of a
@@ -368,7 +375,7 @@ class ModernFraming(KexState, KeyDerivation):
 
     def _rekey(self) -> None:
         """A traffic or time limit is reached: start a key exchange if this side may now."""
-        if not self._dead and self.may_rekey() and self.kex_idle():
+        if not self._dead and not self._sending_kexinit and self.may_rekey() and self.kex_idle():
             self._bytes_since_kex = 0
             self._keyed_at = self.now()
             self.sendKexInit()

@@ -25,7 +25,10 @@ from support.dispatchprobe import (
     PROBES,
     SSHD_VERSION_DEPENDENT,
     Dial,
+    Probe,
+    client,
     expected_outcome,
+    in_memory,
     outcome,
     run,
 )
@@ -33,6 +36,7 @@ from support.e2e import free_port
 from support.keys import authorized_line, ed25519_key
 from support.rawssh import dial
 from support.sshclient import ClientFactory, Connection
+from support.world import make_world
 from twisted.logger import capturedLogs
 
 from conchcmd.wire.dispatch import Action, Phase, decide
@@ -136,3 +140,44 @@ def test_the_cell_agrees_with_sshd(sshd: int, phase: Phase, message: int, strict
         assert not agree, f"listed as a difference but sshd agrees: {DIFFERS_FROM_SSHD[phase, message, strict]}"
     else:
         assert agree, (theirs, ours)
+
+
+class NoExtInfoProbe(Probe):
+    """A client whose KEXINIT does not ask for EXT_INFO (no ext-info-c)."""
+
+    def kex_markers(self) -> list[bytes]:
+        return [m for m in super().kex_markers() if m != b"ext-info-c"]
+
+
+@pytest.mark.parametrize("ext_info", [True, False])
+@pytest.mark.parametrize("strict", [True, False])
+def test_the_key_exchange_reply_s_flight_and_ext_info_are_sshd_s(
+    sshd: int, tmp_path: Path, strict: bool, ext_info: bool
+) -> None:
+    """EXT_INFO in the key-exchange reply's flight: what sshd sends there, and nowhere else (not
+    in a rekey, not without ext-info-c), conchcmd sends; the client reads both under the new keys."""
+
+    def session(dial: Dial, user: bytes, real: bool) -> tuple[list[int], dict[bytes, bytes]]:
+        factory = client(strict)
+        if not ext_info:
+            factory.protocol = NoExtInfoProbe  # type: ignore[assignment]
+        conn = dial(factory)
+        try:
+            first = [m for m, _ in conn.client.received]  # type: ignore[attr-defined]
+            assert conn.login(user, ed25519_key()) == 52
+            conn.client.sendKexInit()  # a rekey: no EXT_INFO again
+            if real:  # sshd's rekey answer may take longer than the default quiet wait
+                conn.pump.flush(quiet=REKEY_QUIET)  # type: ignore[call-arg]
+            else:
+                conn.flush()
+            everything = [m for m, _ in conn.client.received]  # type: ignore[attr-defined]
+            assert conn.client.kex_count == 2 and everything.count(21) == 2
+            return [*first, everything.count(7)], dict(conn.client.peerExtensions)
+        finally:
+            conn.client.transport.loseConnection()
+
+    with capturedLogs():
+        theirs, their_extensions = session(sshd_dial(sshd), b"root", True)
+        ours, our_extensions = session(in_memory(make_world(tmp_path)), b"admin", False)
+    assert ours == theirs == ([20, 31, 21, 7, 1] if ext_info else [20, 31, 21, 0])
+    assert (b"server-sig-algs" in our_extensions) is (b"server-sig-algs" in their_extensions) is ext_info
