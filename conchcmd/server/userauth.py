@@ -300,7 +300,9 @@ class UserAuthService(UserAuthHooks):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
-        key = KeyInfo.of(self._logged_blob()) if identity.method == "publickey" and self._key else None
+        key = None
+        if identity.method == "publickey" and self._key:
+            key = self.transport.factory.key_infos.of(self._key[1], self._logged_blob)
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
