@@ -8,6 +8,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -38,15 +39,16 @@ class ThreadRunner:
     jobs from this runner's queue and stay a moment (LINGER) for the next one, instead of each job
     going through the pool's own hand-over (its context, team and lock bookkeeping, ~30 calls on
     the reactor thread per job). The pool still owns the threads: at most `pool.max` loops run, a
-    loop gives its thread back once idle for LINGER (or POLL after the pool is stopped), and a
-    stopped pool runs nothing new, as before.
+    loop gives its thread back once idle for LINGER (at once after `stop`), and a stopped pool
+    runs nothing new, as before. A waiting loop sleeps until a job comes, LINGER is up or `stop`
+    wakes it: an idle server's threads do not wake up to look (they polled every 50 ms).
 
     With `nice` > 0 the threads run at that lower CPU priority (Linux schedules threads one by
     one), so that on a busy machine their work yields to the reactor and to other pools.
     """
 
     LINGER = 0.5  # seconds a worker waits for another job before giving its thread back
-    POLL = 0.05  # how often a waiting worker looks whether it may go (LINGER passed, pool stopped)
+    POLL = 0.05  # how long a worker waits again when LINGER is up but it may not go yet (see _work)
 
     def __init__(self, reactor: Any, pool: ThreadPool, nice: int = 0):
         self.reactor = reactor
@@ -56,8 +58,10 @@ class ThreadRunner:
         # when a waiter is woken for a job another worker took and runs only after its time was
         # up (the time left goes negative, read as "no timeout"): that worker never left, and
         # pool.stop() (the server's SIGTERM) waited for it for good. Queue's wait keeps its timeout.
-        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]]
+        # A job, or None (put by `stop`, one per worker): no job, look whether you may go.
+        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]] | None]
         self._jobs = queue.Queue()
+        self._stopped = False
         self._lock = threading.Lock()
         self._pending = 0  # jobs given and not yet taken
         self._idle = 0  # workers waiting for a job (or just taking one)
@@ -65,7 +69,7 @@ class ThreadRunner:
 
     def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         d: defer.Deferred[T] = defer.Deferred()
-        if self.pool.joined:
+        if self.pool.joined or self._stopped:
             return d  # as the pool's callInThreadWithCallback: a stopped pool runs nothing
         self._jobs.put((fn, args, d))
         with self._lock:
@@ -89,21 +93,26 @@ class ThreadRunner:
                 with lock:
                     self._idle += 1
                     idle = True
-                waited = 0.0
+                until = time.monotonic() + self.LINGER
                 while True:
+                    # One timed wait for the rest of LINGER; POLL once that is up and this worker
+                    # may not go yet (another has just taken a job and not yet counted it).
                     try:
-                        fn, args, d = jobs.get(timeout=self.POLL)
-                        break
+                        job = jobs.get(timeout=max(until - time.monotonic(), self.POLL))
                     except queue.Empty:
-                        waited += self.POLL
-                        with lock:
-                            # May go if the others waiting cover every job given (a worker that has
-                            # just taken one counts in both).
-                            if (waited >= self.LINGER or self.pool.joined) and self._idle > self._pending:
-                                self._idle -= 1
-                                self._workers -= 1
-                                left = True
-                                return
+                        job = None
+                    if job is not None:
+                        fn, args, d = job
+                        break
+                    with lock:
+                        # May go if the others waiting cover every job given (a worker that has
+                        # just taken one counts in both).
+                        stopped = self._stopped or self.pool.joined
+                        if (stopped or time.monotonic() >= until) and self._idle > self._pending:
+                            self._idle -= 1
+                            self._workers -= 1
+                            left = True
+                            return
                 with lock:
                     self._idle -= 1
                     idle = False
@@ -120,13 +129,24 @@ class ThreadRunner:
             if not left:  # something raised (deliver, say): the pool logs it; the counts stay right
                 self._ended(idle)
 
+    def stop(self) -> None:
+        """The pool is stopping: run nothing new, and wake every waiting worker so that it gives
+        its thread back now, not LINGER later (pool.stop() waits for them). Jobs given before
+        still run."""
+        with self._lock:
+            self._stopped = True
+            workers = self._workers
+        for _ in range(workers):
+            self._jobs.put(None)
+
     def _ended(self, idle: bool) -> None:
         """A worker loop ended by an exception: counted out, and replaced if jobs wait for it."""
         with self._lock:
             self._workers -= 1
             if idle:
                 self._idle -= 1
-            again = self._pending > self._idle and self._workers < self.pool.max and not self.pool.joined
+            stopped = self.pool.joined or self._stopped
+            again = self._pending > self._idle and self._workers < self.pool.max and not stopped
             if again:
                 self._workers += 1
         if again:

@@ -139,15 +139,20 @@ class ConchcmdService(Service):
         self.password_pool = ThreadPool(
             minthreads=0, maxthreads=config.limits.max_password_checks, name="conchcmd-passwords"
         )
+        self.runners = (
+            ThreadRunner(self.reactor, self.pool),
+            ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
+            ThreadRunner(self.reactor, self.bulk_pool, nice=BULK_THREADS_NICE),
+        )
         self.server = build_server(
             config,
             self.reactor,
             host_keys=host_keys,
             audit=self.audit,
-            runner=ThreadRunner(self.reactor, self.pool),
-            password_runner=ThreadRunner(self.reactor, self.password_pool, nice=PASSWORD_THREADS_NICE),
+            runner=self.runners[0],
+            password_runner=self.runners[1],
             hostname=hostname,
-            bulk_runner=ThreadRunner(self.reactor, self.bulk_pool, nice=BULK_THREADS_NICE),
+            bulk_runner=self.runners[2],
         )
 
     def privilegedStartService(self) -> None:
@@ -276,6 +281,8 @@ class ConchcmdService(Service):
         closing = self.server.factory.close_all(b"server shutting down") if self.server else defer.succeed(None)
 
         def release(_: object) -> Any:
+            for runner in self.runners:  # their waiting workers give their threads back at once
+                runner.stop()
             for pool in (self.pool, self.bulk_pool, self.password_pool):
                 if pool.started:
                     pool.stop()

@@ -47,7 +47,7 @@ from conchcmd.keys.sk import (
     WireReader,
     parse_sk_public_key,
 )
-from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, fingerprint
+from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, ParsedFile, fingerprint, lines_for_key
 from conchcmd.policy.certs import (
     CERT_SIGNATURES,
     CertificateRefused,
@@ -207,6 +207,22 @@ class Authorized:
     requirements: SkRequirements = field(default_factory=SkRequirements)  # what a security key's signature must show
 
 
+#: Plain-key decisions a KeyAuthorizer remembers (see `_Decision`), the oldest dropped first.
+REMEMBERED_DECISIONS = 256
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """A key authorized by the first authorized_keys line for it, in the file as parsed then
+    (`parsed`, one object per file version): what follows from the file's content and the key
+    alone. Used again only while the file read at a later call is that same parse, with the
+    revocation list and the line's own conditions (expiry-time) checked again at that call."""
+
+    parsed: ParsedFile
+    line: AuthorizedKey
+    authorized: Authorized
+
+
 class KeyAuthorizer:
     """Decides whether a public key or certificate may log in as a user, from where, and how.
 
@@ -229,6 +245,7 @@ class KeyAuthorizer:
         self.options = options or PubkeyAuthOptions()
         self.failures = ServerFailureLog(clock)
         self.parsed = ParsedKeys()
+        self._decided: dict[tuple[str, bytes, bytes, str | None], _Decision] = {}
 
     @classmethod
     def from_config(cls, config: Config, clock: IReactorTime) -> KeyAuthorizer:
@@ -236,6 +253,7 @@ class KeyAuthorizer:
         authorizer.clock = clock
         authorizer.failures = ServerFailureLog(clock)
         authorizer.parsed = ParsedKeys()
+        authorizer._decided = {}
         authorizer.reload(config)
         return authorizer
 
@@ -248,6 +266,7 @@ class KeyAuthorizer:
         self.trusted = TrustedCAs(config.trusted_user_ca_keys, trust=trust)
         self.revoked = RevokedKeys(config.revoked_keys, trust=trust)
         self.options = PubkeyAuthOptions.from_names(config.pubkey_auth_options)
+        self._decided = {}
 
     def knows(self, user: str, attempt: AttemptFiles | None = None) -> bool:
         """Whether `user` could log in with a key or certificate at all: it has authorized_keys
@@ -284,6 +303,21 @@ class KeyAuthorizer:
     def _plain_key(
         self, user: str, algorithm: bytes, blob: bytes, peer_host: str | None, attempt: AttemptFiles | None
     ) -> Authorized:
+        # OpenSSH asks twice per login (the probe, then the signed request), and again at each
+        # login: a key already authorized by this very parse of the file is not decided again.
+        remembered = (user, algorithm, blob, peer_host)
+        known = self._decided.get(remembered)
+        parsed = None
+        if known is not None:  # the key parsed and passed the checks below before: the file first
+            parsed = self.keys.parsed_for(user, attempt)
+            if parsed is known.parsed:
+                self.revoked.check_key(known.authorized.key.blob())
+                try:
+                    self._apply_line(known.line, user, known.authorized.key.blob(), peer_host)
+                    return known.authorized
+                except KeyRefused:
+                    pass  # decided afresh below: a later line may pass, or it is refused as before
+            del self._decided[remembered]
         try:
             key = self.parsed.get(blob)
         except KeyParseError as e:
@@ -301,7 +335,9 @@ class KeyAuthorizer:
                 sk = parse_sk_public_key(blob)
             except SkError as e:
                 raise KeyRefused(f"malformed public key ({e})") from None
-        entries = self.keys.find_all(user, blob, attempt)
+        if parsed is None:
+            parsed = self.keys.parsed_for(user, attempt)
+        entries = lines_for_key(parsed.entries, blob)
         if not entries:
             raise KeyRefused("key not in authorized_keys")
         self.revoked.check_key(blob)
@@ -324,7 +360,12 @@ class KeyAuthorizer:
             verify_required=meaning.verify_required,
             where=f"authorized_keys line ({entry.source})",
         )
-        return Authorized(identity, key, algorithm, sk, requirements)
+        authorized = Authorized(identity, key, algorithm, sk, requirements)
+        if entry is entries[0]:  # no line before it refused (each refusal is logged at every call)
+            if len(self._decided) >= REMEMBERED_DECISIONS:
+                del self._decided[next(iter(self._decided))]
+            self._decided[remembered] = _Decision(parsed, entry, authorized)
+        return authorized
 
     def _apply_line(self, entry: AuthorizedKey, user: str, blob: bytes, peer_host: str | None) -> None:
         """An authorized_keys line's own conditions: refused options, expiry-time, from=."""
@@ -447,15 +488,7 @@ class PublicKeyChecker:
         """The identity these credentials log in as, decided now (this checker never waits);
         raises ValidPublicKey for an acceptable key offered without a signature, KeyRefused or
         LoginUnavailable otherwise."""
-        try:
-            user = credentials.username.decode("utf-8")
-        except UnicodeDecodeError:
-            raise KeyRefused("user name is not UTF-8") from None
-        # The transport sends PeerSSHPrivateKey; other credentials have no address: from= refuses.
-        peer_host, attempt = None, None
-        if isinstance(credentials, PeerSSHPrivateKey):
-            peer_host, attempt = credentials.peer.host, credentials.attempt
-        authorized = self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host, attempt)
+        authorized = self.acceptable(credentials)
         if credentials.signature is None:
             raise ValidPublicKey()  # the key may be used: Conch answers PK_OK
         try:
@@ -471,6 +504,19 @@ class PublicKeyChecker:
         if not verified:
             raise KeyRefused("bad signature")
         return authorized.identity
+
+    def acceptable(self, credentials: Any) -> Authorized:
+        """What the key or certificate of these credentials may do, signature aside (for a probe
+        without one: the server answers PK_OK); KeyRefused or LoginUnavailable if it may not."""
+        try:
+            user = credentials.username.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyRefused("user name is not UTF-8") from None
+        # The transport sends PeerSSHPrivateKey; other credentials have no address: from= refuses.
+        peer_host, attempt = None, None
+        if isinstance(credentials, PeerSSHPrivateKey):
+            peer_host, attempt = credentials.peer.host, credentials.attempt
+        return self.authorizer.authorize(user, credentials.algName, credentials.blob, peer_host, attempt)
 
     @staticmethod
     def _security_key(authorized: Authorized, signature: bytes, signed: bytes) -> Identity:

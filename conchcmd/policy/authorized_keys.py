@@ -373,6 +373,11 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
 EMPTY = ParsedFile((), ())
 
 
+def lines_for_key(entries: tuple[AuthorizedKey, ...], blob: bytes) -> list[AuthorizedKey]:
+    """The lines of `entries` that authorize this key (cert-authority lines authorize only certificates)."""
+    return [e for e in entries if e.blob == blob and not e.meaning.cert_authority]
+
+
 @dataclass(frozen=True)
 class KeyFileState:
     """One user's authorized_keys file as login reads it. A file that is `ignored` (it fails the
@@ -412,6 +417,11 @@ class AuthorizedKeysFiles:
     def entries_for(self, user: str, attempt: AttemptFiles | None = None) -> tuple[AuthorizedKey, ...]:
         """The user's lines for login; ServerSideFailure when the file could not be read for a
         reason of the server's own (the caller logs it: not once per attempt)."""
+        return self.parsed_for(user, attempt).entries
+
+    def parsed_for(self, user: str, attempt: AttemptFiles | None = None) -> ParsedFile:
+        """`entries_for`'s file as parsed: the same object for as long as the file keeps its
+        version (what a decision taken from its lines may be remembered by)."""
         state = self.read(user, attempt)
         if state.failure is not None:
             raise state.failure
@@ -422,7 +432,7 @@ class AuthorizedKeysFiles:
         elif state.fresh:
             for problem in state.parsed.problems:
                 log.warn("{problem}", problem=problem)
-        return state.parsed.entries
+        return state.parsed
 
     def read(self, user: str, attempt: AttemptFiles | None = None) -> KeyFileState:
         """The user's file as login sees it: parsed, or why it is ignored, missing or unreadable.
@@ -465,7 +475,7 @@ class AuthorizedKeysFiles:
 
     def find_all(self, user: str, blob: bytes, attempt: AttemptFiles | None = None) -> list[AuthorizedKey]:
         """The user's lines for this key (cert-authority lines authorize only certificates)."""
-        return [e for e in self.entries_for(user, attempt) if e.blob == blob and not e.meaning.cert_authority]
+        return lines_for_key(self.entries_for(user, attempt), blob)
 
     def find(self, user: str, blob: bytes) -> AuthorizedKey | None:
         """The user's first line for this key, if any."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,32 @@ class KeyInfo:
             f"{self.key_type} {self.fingerprint} ID {self.cert_id} (serial {self.serial}) "
             f"CA {self.ca_type} {self.ca_fingerprint}"
         )
+
+
+#: Logged-in keys' descriptions a KeyInfos keeps (see KeyInfos), the oldest dropped first.
+KEY_INFOS = 256
+
+
+class KeyInfos:
+    """`KeyInfo.of` for the keys of accepted logins, kept per server by the blob as sent: an
+    operator's key logs in again and again, and its description follows from those bytes alone
+    (the blob read as sshd reads it, its type and fingerprint). Only accepted keys are kept, at
+    most `size` of them."""
+
+    def __init__(self, size: int = KEY_INFOS):
+        self.size = size
+        self._known: dict[bytes, KeyInfo] = {}
+
+    def of(self, blob: bytes, logged: Callable[[], bytes]) -> KeyInfo | None:
+        """The description of `blob`, from `logged()` (the blob as sshd reads it) the first time."""
+        info = self._known.get(blob)
+        if info is None:
+            info = KeyInfo.of(logged())
+            if info is not None:
+                if len(self._known) >= self.size:
+                    del self._known[next(iter(self._known))]
+                self._known[blob] = info
+        return info
 
 
 @dataclass(frozen=True)

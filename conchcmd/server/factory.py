@@ -19,6 +19,7 @@ from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.policy.auth import PasswordChecker
 from conchcmd.server.admission import Admissions
+from conchcmd.server.authlog import KeyInfos
 from conchcmd.server.connection import ConnectionService
 from conchcmd.server.transport import ServerTransport
 from conchcmd.server.userauth import UserAuthService
@@ -84,6 +85,7 @@ class CommandServerFactory(SSHFactory):
         #: Whether a user name is one that can log in (else the auth lines say "invalid user").
         self.known_user: Callable[[str, AttemptFiles], bool] = known_user or (lambda _name, _files: True)
         self.metrics = metrics
+        self.key_infos = KeyInfos()  # the accepted keys' descriptions in the auth log
         self.admissions = Admissions(
             settings.limits,
             clock,

@@ -7,7 +7,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch import error as conch_error
-from twisted.conch.error import NotEnoughAuthentication, ValidPublicKey
+from twisted.conch.error import NotEnoughAuthentication
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.common import NS, getNS
@@ -180,13 +180,11 @@ class UserAuthService(UserAuthHooks):
         auth_succeeded or auth_failed), without a Deferred and a re-raised Failure per step: our
         checker and realm never wait."""
         try:
-            try:
-                identity = checker.check(creds)
-            except ValidPublicKey:
-                if creds.signature is not None:  # as Conch: PK_OK answers only a key offered unsigned
-                    raise
+            if creds.signature is None:  # the checker's ValidPublicKey, without raising it
+                checker.acceptable(creds)
                 self.transport.sendPacket(userauth.MSG_USERAUTH_PK_OK, data[1:])
                 return None  # Conch's IgnoreAuthentication: nothing more to say
+            identity = checker.check(creds)
             result = self.portal.realm.requestAvatar(identity, self.transport.peer_address, IConchUser)
             if isinstance(result, defer.Deferred):  # a realm that waits: as Conch's chain would
                 return result.addCallback(self.auth_succeeded).addErrback(self.auth_failed)
@@ -302,7 +300,9 @@ class UserAuthService(UserAuthHooks):
             self._audit_identity(identity, ok=False, reason=self.transport.refusal)
             logout()
             return
-        key = KeyInfo.of(self._logged_blob()) if identity.method == "publickey" and self._key else None
+        key = None
+        if identity.method == "publickey" and self._key:
+            key = self.transport.factory.key_infos.of(self._key[1], self._logged_blob)
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",

@@ -142,3 +142,22 @@ def test_a_valid_signature_written_as_sshd_would_not_read_it_does_not_log_in(
     d = auth._request(b"publickey", data)  # the same signature as written: logs in
     conn.flush()
     assert result_of(d)[0] == userauth.MSG_USERAUTH_SUCCESS
+
+
+def test_each_login_logs_its_key_s_fingerprint_however_the_blob_is_written(tmp_path: Path) -> None:
+    # The accepted keys' descriptions are kept per server by the bytes sent: a padded blob of a
+    # key that logged in before, and the plain one again, are still logged by the key's fingerprint.
+    key = rsa_key(21)
+    expected = fingerprint(key.public().blob())
+    w = make_world(tmp_path / "w")
+    add_user(w, "mallory", authorized_line(key))
+    for blob in (key.public().blob(), zero_padded_modulus(key), key.public().blob(), zero_padded_modulus(key)):
+        with capturedLogs() as events:
+            conn = w.connect()
+            auth = conn.start_auth(b"mallory")
+            d = auth.login(key, b"rsa-sha2-512", blob)
+            conn.flush()
+        assert result_of(d)[0] == userauth.MSG_USERAUTH_SUCCESS
+        [line] = [formatEvent(e) for e in events if formatEvent(e).startswith("Accepted publickey for mallory")]
+        assert line.endswith(f"ssh2: RSA {expected}"), line
+    assert [r["fingerprint"] for r in w.audit.of("auth")] == [expected] * 4

@@ -220,3 +220,77 @@ def test_malformed_public_key_blob_is_refused(users, ssh_key, sync) -> None:
     failure = sync.failure(checker.requestAvatarId(creds))
     assert failure.check(UnauthorizedLogin)
     assert failure.getErrorMessage().startswith("malformed public key (")
+
+
+# A decision remembered from an earlier call (the key probe, an earlier login) for the same parse
+# of the file: used again only with the revocation list, expiry-time and the peer checked again.
+
+
+def _authorizer(tmp_path: Path, *lines: str, revoked: str | None = None) -> tuple[KeyAuthorizer, Path, Clock]:
+    directory = tmp_path / "keys"
+    directory.mkdir(exist_ok=True)
+    path = directory / "alice"
+    path.write_text("".join(line + "\n" for line in lines))
+    path.chmod(0o600)
+    clock = Clock()
+    authorizer = KeyAuthorizer(AuthorizedKeysFiles(f"{directory}/%u"), TrustedCAs(None), RevokedKeys(revoked), clock)
+    return authorizer, path, clock
+
+
+def test_an_unchanged_file_gives_the_same_decision_without_deciding_again(tmp_path: Path, ssh_key) -> None:
+    pair = ssh_key("ed25519")
+    authorizer, _, _ = _authorizer(tmp_path, pair.public_line)
+    first = authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), "10.0.0.1")
+    assert authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), "10.0.0.1") is first
+
+
+def test_a_key_that_expires_between_two_calls_is_refused_at_the_second(tmp_path: Path, ssh_key) -> None:
+    pair = ssh_key("ed25519")
+    authorizer, _, clock = _authorizer(tmp_path, f'expiry-time="197001010001Z" {pair.public_line}')
+    authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), "10.0.0.1")
+    clock.advance(61)
+    with pytest.raises(UnauthorizedLogin, match="key expired"):
+        authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), "10.0.0.1")
+
+
+def test_after_an_expired_first_line_the_next_line_for_the_key_decides(tmp_path: Path, ssh_key) -> None:
+    pair = ssh_key("ed25519")
+    authorizer, _, clock = _authorizer(
+        tmp_path, f'expiry-time="197001010001Z" {pair.public_line}', f'command="lastlog" {pair.public_line}'
+    )
+    assert authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None).identity.grant.forced_command is None
+    clock.advance(61)
+    later = authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None)
+    assert later.identity.grant.forced_command == "lastlog"
+
+
+def test_a_decision_for_one_address_is_not_another_address_s(tmp_path: Path, ssh_key) -> None:
+    pair = ssh_key("ed25519")
+    authorizer, _, _ = _authorizer(tmp_path, f'from="10.0.0.1" {pair.public_line}')
+    authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), "10.0.0.1")
+    with pytest.raises(UnauthorizedLogin, match=r"from= does not allow 10\.0\.0\.2"):
+        authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), "10.0.0.2")
+
+
+def test_a_key_revoked_between_two_calls_is_refused_at_the_second(tmp_path: Path, ssh_key) -> None:
+    pair = ssh_key("ed25519")
+    revoked = tmp_path / "revoked"
+    revoked.write_text("")
+    revoked.chmod(0o600)
+    authorizer, _, _ = _authorizer(tmp_path, pair.public_line, revoked=str(revoked))
+    authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None)
+    revoked.write_text(pair.public_line + "\n")
+    with pytest.raises(UnauthorizedLogin, match="revoked"):
+        authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None)
+
+
+def test_an_edited_file_is_decided_again(tmp_path: Path, ssh_key) -> None:
+    pair = ssh_key("ed25519")
+    authorizer, path, _ = _authorizer(tmp_path, pair.public_line)
+    assert authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None).identity.grant.forced_command is None
+    path.write_text(f'command="lastlog" {pair.public_line}\n')
+    later = authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None)
+    assert later.identity.grant.forced_command == "lastlog"
+    path.write_text(ssh_key("rsa").public_line + "\n")
+    with pytest.raises(UnauthorizedLogin, match="key not in authorized_keys"):
+        authorizer.authorize("alice", b"ssh-ed25519", blob_of(pair), None)

@@ -16,7 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE
 from conchcmd.core.peer import format_peer
 from conchcmd.policy.authorized_keys import fingerprint
-from conchcmd.server.authlog import AuthLog, Client, KeyInfo, key_type_name, log_word
+from conchcmd.server.authlog import AuthLog, Client, KeyInfo, KeyInfos, key_type_name, log_word
 from conchcmd.server.transport import auth_client
 
 CLIENT = Client(host="203.0.113.7", port=55844, peer="203.0.113.7:55844")
@@ -205,3 +205,21 @@ def test_no_code_point_is_left_unescaped_by_the_ascii_short_cut() -> None:
             word = log_word(value)
             assert word == _WHITESPACE.sub(_escaped, sanitise(value, 100)), hex(ord(text))
             assert not any(ch.isspace() for ch in word)
+
+
+def test_key_infos_describes_each_blob_once_and_keeps_at_most_its_size() -> None:
+    keys = [blob_of(ed25519.Ed25519PrivateKey.generate()) for _ in range(3)]
+    read: list[bytes] = []
+    infos = KeyInfos(size=2)
+
+    def of(blob: bytes) -> KeyInfo | None:
+        return infos.of(blob, lambda: (read.append(blob), blob)[1])
+
+    assert of(keys[0]) == of(keys[0]) == KeyInfo("ED25519", fingerprint(keys[0]))
+    assert read == [keys[0]]  # read once, then kept
+    of(keys[1])
+    of(keys[2])  # one more than its size: the oldest goes
+    assert of(keys[0]) == KeyInfo("ED25519", fingerprint(keys[0]))
+    assert read == [keys[0], keys[1], keys[2], keys[0]]
+    assert of(b"\x00\x00\x00") is None and of(b"\x00\x00\x00") is None  # no description: none kept
+    assert len(infos._known) == 2

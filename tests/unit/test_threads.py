@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import random
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
@@ -154,7 +157,7 @@ def test_an_idle_worker_gives_its_thread_back_and_a_stopped_pool_runs_nothing() 
         assert run_in(ThreadRunner(ThreadedReactor(), pool), lambda: "b") == "b"
         assert run_in(first, lambda: "c") == "c"
     finally:
-        pool.stop()  # returns: waiting workers see the pool stopped within POLL
+        pool.stop()  # returns: a waiting worker gives its thread back once LINGER is up
     ran: list[str] = []
     late = first.run(lambda: ran.append("ran"))
     threading.Event().wait(0.2)
@@ -228,3 +231,63 @@ def test_a_worker_ended_by_an_exception_leaves_the_counts_right_and_jobs_still_r
     finally:
         pool.stop()
     assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
+
+
+class CountingQueue(queue.Queue):  # type: ignore[type-arg]
+    """The runner's job queue, counting the waits for a job (each a wake-up of a worker)."""
+
+    gets = 0
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        self.gets += 1
+        return super().get(block, timeout)
+
+
+def test_a_waiting_worker_sleeps_until_a_job_comes_without_polling() -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="sleeper")
+    pool.start()
+    runner = ThreadRunner(ThreadedReactor(), pool)
+    runner.LINGER = 30  # type: ignore[misc]
+    runner._jobs = jobs = CountingQueue()
+    try:
+        assert run_in(runner, lambda: "a") == "a"
+        threading.Event().wait(0.4)  # the worker waits for the next job (it polled every 50 ms)
+        assert jobs.gets == 2  # the wait that took "a", and the one still going on
+        assert run_in(runner, lambda: "b") == "b"  # woken by the job itself
+        assert jobs.gets in (2, 3)  # (the worker may not yet be back in its wait)
+    finally:
+        runner.stop()
+        stopping = threading.Thread(target=pool.stop, daemon=True)
+        stopping.start()
+        stopping.join(10)  # runner.stop() woke it: it does not wait out LINGER (30 s)
+    assert not stopping.is_alive(), "pool.stop() waited for a worker runner.stop() should have woken"
+    assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
+    late = runner.run(lambda: "never")
+    assert not late.called
+
+
+@pytest.mark.parametrize("wake", [True, False])
+def test_many_stops_interleaved_with_jobs_never_hang_nor_lose_a_job(wake: bool) -> None:
+    """Stops (runner.stop() first, or pool.stop() alone: the workers then leave after LINGER)
+    at every moment of the workers' lives: taking a job, running it, waiting, leaving. Every
+    stop returns, every job given before it ran, and the counts end at zero."""
+    rng = random.Random(14)
+    for round_ in range(30):
+        pool = ThreadPool(minthreads=0, maxthreads=3, name=f"stress-{round_}")
+        pool.start()
+        runner = ThreadRunner(ThreadedReactor(), pool)
+        runner.LINGER = 30 if wake else rng.choice((0.0, 0.001, 0.01))  # type: ignore[misc]
+        given = []
+        for _ in range(rng.randrange(1, 12)):  # on this thread, as the reactor gives them
+            given.append(runner.run(time.sleep, rng.choice((0.0, 0.0, 0.0005, 0.002))))
+            if rng.random() < 0.3:
+                time.sleep(rng.choice((0.0, 0.001, 0.003)))
+        time.sleep(rng.choice((0.0, 0.0, 0.001, 0.005, 0.02)))
+        if wake:
+            runner.stop()
+        stopping = threading.Thread(target=pool.stop, daemon=True)
+        stopping.start()
+        stopping.join(10)
+        assert not stopping.is_alive(), f"pool.stop() hung in round {round_}"
+        assert all(d.called for d in given), f"a job given before the stop did not run in round {round_}"
+        assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
