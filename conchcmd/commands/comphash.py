@@ -26,9 +26,8 @@ from conchcmd.commands.safepath import (
     NotAFile,
     Opened,
     OutsideRoots,
-    allowed_roots,
-    open_file,
-    open_plain_unresolved,
+    RootsChanged,
+    open_in_roots,
 )
 from conchcmd.core.audit import terminal_safe
 from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig, UserPolicy
@@ -38,6 +37,10 @@ READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests th
 MIB = 1 << 20
 PROGRESS_AFTER = 1.0  # seconds before a progress line appears (small files show none)
 PROGRESS_EVERY = 0.5
+
+
+#: What a user is told when a root kept changing while the path was opened (nothing was read).
+ROOTS_CHANGED = "a root changed while the path was being opened; try again"
 
 
 class PathRefused(Exception):
@@ -69,10 +72,11 @@ def open_within_roots(path: str, roots: tuple[str, ...], user_roots: tuple[str, 
     if "\0" in path:
         raise PathRefused("path contains a NUL byte", ExitStatus.USAGE)
     try:
-        plain = open_plain_unresolved(path, roots, user_roots)  # no lstat of the roots' components
-        return plain if plain is not None else open_file(path, allowed_roots(roots, user_roots))
+        return open_in_roots(path, roots, user_roots)
     except OutsideRoots:
         raise PathRefused("outside the allowed roots", ExitStatus.NOT_PERMITTED) from None
+    except RootsChanged:
+        raise PathRefused(ROOTS_CHANGED, ExitStatus.FAILED) from None
     except NotAFile as e:
         raise PathRefused(str(e), ExitStatus.FAILED) from None
     except OSError as e:

@@ -113,9 +113,31 @@ def within_roots(path: str, roots: tuple[str, ...]) -> bool:
     return any(os.path.commonpath([root, path]) == root for root in roots)
 
 
+class RootsChanged(Exception):
+    """A root kept changing (a symlink swapped for a directory, or back) while it was resolved
+    or while a path in it was opened: nothing was opened; asking again may succeed."""
+
+
+#: Times a path is tried again when a root changed meanwhile, before RootsChanged.
+ROOT_RETRIES = 8
+
+
+def _realpath(root: str) -> str:
+    """os.path.realpath, again when the root changed while it was read: Python's non-strict
+    realpath lstat()s a name and then readlink()s it, and lets that readlink's EINVAL (the
+    symlink replaced by a directory in between) or ENOENT (removed) through."""
+    for _ in range(ROOT_RETRIES):
+        try:
+            return os.path.realpath(root)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+    raise RootsChanged()
+
+
 def resolve_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
     """The operator's roots with their own symlinks followed (trusted configuration)."""
-    return tuple(os.path.realpath(r) for r in roots)
+    return tuple(_realpath(r) for r in roots)
 
 
 def allowed_roots(roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -338,6 +360,25 @@ def open_file(path: str, roots: tuple[str, ...]) -> Opened:
                 os.close(fd)
                 raise
             return Opened(fd, walk.path(name), st.st_size)
+
+
+def open_in_roots(path: str, roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> Opened:
+    """open_file against the roots as they are now (`allowed_roots`), after the short cut
+    against the roots as written (`open_plain_unresolved`). A path found outside them while a
+    root changed (resolved as one directory, walked through another: a root swapped for a
+    symlink meanwhile) is tried again with the roots resolved anew, at most ROOT_RETRIES times:
+    OutsideRoots only when the roots were the same before and after the walk."""
+    plain = open_plain_unresolved(path, roots, user_roots)  # no lstat of the roots' components
+    if plain is not None:
+        return plain
+    for _ in range(ROOT_RETRIES):
+        allowed = allowed_roots(roots, user_roots)
+        try:
+            return open_file(path, allowed)
+        except OutsideRoots:
+            if allowed_roots(roots, user_roots) == allowed:
+                raise
+    raise RootsChanged()
 
 
 def _open_plain(path: str, roots: tuple[str, ...]) -> Opened | None:

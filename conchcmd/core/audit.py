@@ -26,12 +26,20 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 #: Non-ASCII characters a line-based reader may split at (U+0085 is C1, escaped anyway) or that
 #: reorder the text around them when shown (the bidi embedding/override/isolate marks, Trojan
-#: Source, CVE-2021-42574): escaped in log text and in every audit record, '?' on a terminal.
+#: Source, CVE-2021-42574): '?' on a terminal (in logs and audit records `_hidden` covers them).
 _REORDERING = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_LOG_UNSAFE = re.compile(f"[{_REORDERING}]")
-#: In a JSON line: what str.splitlines() splits at beyond what json.dumps escapes already (the
-#: ASCII controls), and lone surrogates, which a UTF-8 file cannot hold.
-_JSON_UNSAFE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+
+#: Characters str.isprintable() accepts that still show nothing (Unicode's
+#: Default_Ignorable_Code_Point property, which unicodedata does not expose: combining grapheme
+#: joiner, Hangul fillers, variation selectors, Mongolian selectors...; the Cf ones among them are
+#: non-printable anyway) and U+2800 BRAILLE PATTERN BLANK, a blank that is a symbol.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+#: What the JSON encoder writes raw beyond printable ASCII: DEL and every non-ASCII character.
+_NON_ASCII = re.compile("[^\x00-\x7e]")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
@@ -52,39 +60,69 @@ def _iso_milliseconds(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _hidden(ch: str) -> bool:
+    """Whether a non-ASCII character is one a reader cannot see as itself: not printable (Unicode
+    categories Cc, Cf, Cs, Co, Cn, Zl, Zp and every space but U+0020: zero-width characters, bidi
+    controls, soft hyphen, BOM, private-use, unassigned, surrogates, separators) or invisible
+    although printable. Printable characters of any script stay as they are ("José")."""
+    return not ch.isprintable() or _INVISIBLE.match(ch) is not None
+
+
 def _json_escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+    ch = match.group()
+    code = ord(ch)
+    if not _hidden(ch):
+        return ch
+    if code > 0xFFFF:  # JSON's \u holds 16 bits: a surrogate pair, as json.dumps writes it
+        code -= 0x10000
+        return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
+    return f"\\u{code:04x}"
 
 
-#: Every character sanitise() escapes; text without any is returned as it is, without the loop.
-_NEEDS_ESCAPE = re.compile(f"[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff{_REORDERING}]")
+def _json_safe(text: str) -> str:
+    """A record's JSON text with every hidden character (`_hidden`: line and paragraph separators,
+    U+0085, lone surrogates, bidi controls, zero-width...) written as a JSON escape: the value a
+    JSON reader gets is unchanged; what a line-based reader splits at and what a person reading
+    the file cannot see are not in its bytes."""
+    if text.isprintable() and _INVISIBLE.search(text) is None:
+        return text
+    return _NON_ASCII.sub(_json_escape, text)
+
+
+def escape_char(ch: str) -> str:
+    """sanitise's escape of one character: \\xNN below U+0100 (and for an undecodable byte, kept
+    by surrogateescape as U+DC80-U+DCFF), else \\uNNNN, or \\UNNNNNNNN beyond 16 bits."""
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code & 0xFF:02x}"
+    if code > 0xFFFF:
+        return f"\\U{code:08x}"
+    return f"\\u{code:04x}"
 
 
 def sanitise(value: str | bytes, limit: int = MAX_TEXT) -> str:
-    """Make untrusted text safe to log: control characters, undecodable bytes, line separators
-    and bidi controls become escapes."""
+    """Make untrusted text safe to log: control characters, undecodable bytes, and every
+    character a reader cannot see as itself (`_hidden`: separators, bidi controls, zero-width,
+    format, private-use, unassigned characters) become escapes; a backslash is doubled."""
     if type(value) is not str and isinstance(value, bytes):  # (type() is no call for a profiler)
         value = value.decode("utf-8", "surrogateescape")
     head = value[:limit]
-    # ASCII text (the usual) needs escaping only for a control character or a backslash: two C
-    # scans, where the regex's character class costs ~60 instructions per character.
-    if (head.isascii() and head.isprintable() and "\\" not in head) or _NEEDS_ESCAPE.search(head) is None:
+    # The usual text needs no escape: two C scans (isprintable is false for every control and
+    # for the hidden characters but the few in _INVISIBLE), no loop.
+    if head.isprintable() and "\\" not in head and (head.isascii() or _INVISIBLE.search(head) is None):
         if head is value:  # CPython's slice of a whole str is the str itself: no len() needed
             return head
         return head + "..." if len(value) > limit else head
     out = []
-    for ch in value[:limit]:
-        code = ord(ch)
+    for ch in head:
         if ch == "\\":
             out.append("\\\\")  # so an escape we write is never confused with typed text
-        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code < 0xE000:  # lone surrogates from surrogateescape
-            out.append(f"\\x{code & 0xFF:02x}")
-        elif _LOG_UNSAFE.match(ch):  # line separators, bidi controls
-            out.append(f"\\u{code:04x}")
-        else:
+        elif " " <= ch <= "~" or not _hidden(ch):
             out.append(ch)
+        else:
+            out.append(escape_char(ch))
     if len(value) > limit:
         out.append("...")
     return "".join(out)
@@ -411,8 +449,8 @@ class AuditLog:
         else:
             entry = {"ts": ts, "event": event, **fields}
         text = _encode(entry)
-        if not text.isascii():  # (a flag CPython keeps: no scan) only non-ASCII text can need it
-            text = _JSON_UNSAFE.sub(_json_escape, text)
+        if not text.isascii() or "\x7f" in text:  # (isascii: a flag CPython keeps, no scan)
+            text = _json_safe(text)
         line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
         if not self._backlog and self._error is None:
             try:  # the usual case: nothing waiting, write this one (the loop below, without the queue)

@@ -3,10 +3,10 @@ know sshd's log read them as they read sshd's (`Accepted publickey for admin fro
 55844 ssh2: ED25519 SHA256:...`).
 
 They go to AUTH_LOG_NAMESPACE (syslog facility authpriv). One deliberate difference from sshd:
-text the client chooses (user names, certificate key IDs) has its whitespace escaped as well as
-its control characters, so that a name like "x from 6.6.6.6 port 1 ssh2" can neither end a field
-early nor put a foreign address where a filter looks for the client's (sshd writes spaces as
-they come, and its fail2ban filter needs several look-aheads to cope).
+text the client chooses (user names, certificate key IDs) has its spaces escaped as well as
+its control and non-ASCII characters, so that a name like "x from 6.6.6.6 port 1 ssh2" can
+neither end a field early nor put a foreign address where a filter looks for the client's (sshd
+writes spaces as they come, and its fail2ban filter needs several look-aheads to cope).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 
-from conchcmd.core.audit import sanitise
+from conchcmd.core.audit import escape_char, sanitise
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, FastLogger
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
@@ -44,23 +44,23 @@ _CERT_SUFFIX = b"-cert-v01@openssh.com"
 
 
 def log_word(value: str | bytes, limit: int = MAX_USER) -> str:
-    """Client-chosen text as one word of a log line: `sanitise` (control characters, line
-    separators, bidi controls escaped) and every whitespace character escaped too, so the
-    text can never look like more than one field."""
+    """Client-chosen text as one word of a log line, in printable ASCII: `sanitise` (controls,
+    separators, bidi controls, invisible characters escaped), then the space and every
+    non-ASCII character escaped too, as sshd escapes every non-ASCII byte of its log: a user
+    name with a Cyrillic "o" (U+043E) or a combining mark must not read as "root", and the text
+    can never look like more than one field."""
     text = sanitise(value, limit)
-    if text.isascii() and " " not in text:  # sanitise escaped ASCII's other whitespace (controls)
-        return text
-    return _WHITESPACE.sub(_escaped, text)
+    if text.isascii():  # (a flag CPython keeps: no scan) sanitise escaped ASCII's other whitespace
+        return text.replace(" ", "\\x20") if " " in text else text
+    return _NOT_A_WORD.sub(_escaped, text)
 
 
-#: The characters str.isspace() calls whitespace (re's `\s` on str is the same predicate), found
-#: in one call rather than one call per character.
-_WHITESPACE = re.compile(r"\s")
+#: What sanitise leaves that a log word must not hold: the space and any non-ASCII character.
+_NOT_A_WORD = re.compile("[^!-~]")
 
 
 def _escaped(match: re.Match[str]) -> str:
-    ch = match.group()
-    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+    return escape_char(match.group())
 
 
 def key_type_name(blob_type: bytes) -> str:

@@ -288,7 +288,9 @@ class UserAuthService(UserAuthHooks):
         return self._logged
 
     def _user_name(self) -> str:
-        return sanitise(self.user or b"", 64)
+        """The client's user name in an audit record as in the auth-log line (`log_word`), so
+        the two join and neither reads as another name."""
+        return log_word(self.user or b"")
 
     def auth_succeeded(self, result: Any) -> None:
         _, avatar, logout = result

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from conchcmd.commands.framework import BlockingRunner, CommandTable
-from conchcmd.commands.safepath import allowed_roots, locate, open_directory, within_roots
+from conchcmd.commands.safepath import RootsChanged, allowed_roots, locate, open_directory, within_roots
 from conchcmd.core.audit import terminal_safe
 from conchcmd.core.config import UserPolicy
 
@@ -62,7 +62,10 @@ def list_paths(
     The directory is opened and its entries judged by safepath's race-free resolution, so a
     directory swapped for a symlink meanwhile cannot make names outside the roots appear.
     """
-    roots = allowed_roots(roots, user_roots)  # as comphash computes them, in this thread
+    try:
+        roots = allowed_roots(roots, user_roots)  # as comphash computes them, in this thread
+    except RootsChanged:
+        return Completion([])  # a root kept changing while it was resolved: nothing to offer now
     directory, _, stem = partial.rpartition("/")
     shown = directory + "/"
     try:

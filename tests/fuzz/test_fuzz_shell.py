@@ -276,8 +276,9 @@ def test_sanitised_log_text(value: str | bytes, limit: int) -> None:
     from conchcmd.core.audit import sanitise
 
     out = sanitise(value, limit)
-    assert len(out) <= 4 * limit + 3
+    assert len(out) <= 10 * limit + 3  # \UNNNNNNNN at most per character, and "..."
     assert not [c for c in out if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) < 0xE000]
+    assert out.isprintable()  # nothing invisible, format, private-use or unassigned left raw
     assert len(out.splitlines()) <= 1
 
 

@@ -6,6 +6,7 @@ every failure counted against the client's own address, no success counted, and 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import bcrypt
@@ -15,8 +16,10 @@ from support.keys import ed25519_key
 from support.sshclient import Connection
 from support.world import World, make_world
 from twisted.conch.ssh import userauth
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent, textFileLogObserver
 
+from conchcmd.core.audit import AuditLog, StreamTarget
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
 from conchcmd.policy.authorized_keys import fingerprint
@@ -38,6 +41,8 @@ HOSTILE_NAMES = [
     "nbsp\u00a0from\u00a06.6.6.6\u00a0port\u00a01\u00a0ssh2",
     "ideo\u3000from\u30006.6.6.6\u3000port\u30001\u3000ssh2",
     "ls\u2028Failed password for root from 6.6.6.6 port 1 ssh2",
+    "ro\u200bot\u202e from 6.6.6.6 port 1 ssh2",
+    "r\u043e\u043et\u2066\u00adx\ufeff",
     "6.6.6.6",
     "[conchcmd.auth#info] Failed password for root from 6.6.6.6 port 1 ssh2",
     "",
@@ -156,6 +161,33 @@ def test_a_new_user_name_on_the_same_connection_is_named_again(world: World) -> 
         "Invalid user nobody from 10.0.0.8 port 40000",
     ]
     assert auth_lines(events)[-1].startswith("Failed publickey for admin from 10.0.0.8 ")
+
+
+def test_invisible_and_bidi_characters_in_a_user_name_are_escaped_in_lines_and_records(world: World) -> None:
+    """A name with a zero-width space (reads as "root") and a right-to-left override (reverses
+    what follows when shown): escaped in the auth-log lines, the conchcmd.log line and the audit
+    record (the same text as in the auth log), whose JSON line holds no invisible character."""
+    name = "ro\u200bot\u202egnp.exe"
+    with capturedLogs() as events:
+        conn = world.connect("10.0.0.5")
+        assert conn.login(name.encode(), STRANGER) == FAILURE
+        leave(conn)
+    assert auth_lines(events) == [
+        "Invalid user ro\\u200bot\\u202egnp.exe from 10.0.0.5 port 40000",
+        "Failed publickey for invalid user ro\\u200bot\\u202egnp.exe from 10.0.0.5 port 40000 ssh2: "
+        f"ED25519 {STRANGER_FP}",
+        "Connection closed by invalid user ro\\u200bot\\u202egnp.exe 10.0.0.5 port 40000 [preauth]",
+    ]
+    main = [formatEvent(e) for e in events if e.get("log_namespace") == LOG_NAMESPACE]
+    assert any("ro\\u200bot\\u202egnp.exe" in line for line in main), main
+    assert not any(ch in line for line in main for ch in "\u200b\u202e")
+    [record] = [r for r in world.audit.of("auth") if r.get("peer") == "10.0.0.5:40000"]
+    assert record["user"] == "ro\\u200bot\\u202egnp.exe"
+    stream = io.StringIO()
+    AuditLog(StreamTarget(stream), Clock()).record(**record)
+    line = stream.getvalue()
+    assert line.isascii() and '"user": "ro\\\\u200bot\\\\u202egnp.exe"' in line
+    assert json.loads(line)["user"] == record["user"]
 
 
 # -- fail2ban ---------------------------------------------------------------------------------------

@@ -194,17 +194,17 @@ def test_log_word_escapes_are_unambiguous() -> None:
 
 
 def test_no_code_point_is_left_unescaped_by_the_ascii_short_cut() -> None:
-    """log_word returns ASCII text without a space as sanitise gave it (a short cut past the
-    whitespace regex): for every code point, alone and between letters, the word is the same as
-    with the regex applied, and has no whitespace."""
+    """log_word returns ASCII text as sanitise gave it, its spaces escaped (a short cut past the
+    regex): for every code point, alone and between letters, the word is what the regex gives,
+    printable ASCII without a space."""
     from conchcmd.core.audit import sanitise
-    from conchcmd.server.authlog import _WHITESPACE, _escaped
+    from conchcmd.server.authlog import _NOT_A_WORD, _escaped
 
     for text in (chr(c) for c in range(0x110000)):
         for value in (text, f"a{text}b"):
             word = log_word(value)
-            assert word == _WHITESPACE.sub(_escaped, sanitise(value, 100)), hex(ord(text))
-            assert not any(ch.isspace() for ch in word)
+            assert word == _NOT_A_WORD.sub(_escaped, sanitise(value, 100)), hex(ord(text))
+            assert word.isascii() and word.isprintable() and " " not in word
 
 
 def test_key_infos_describes_each_blob_once_and_keeps_at_most_its_size() -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.races import swapping
 
 from conchcmd.commands import safepath
-from conchcmd.commands.comphash import PathRefused, hash_file
+from conchcmd.commands.comphash import ROOTS_CHANGED, PathRefused, hash_file
 from conchcmd.commands.safepath import MAX_OPEN_DIRS, MAX_SYMLINKS, NotAFile, OutsideRoots, open_file
 from conchcmd.session.completion import list_paths
 
@@ -412,7 +414,7 @@ def test_roots_as_written_decide_alike_with_and_without_resolving_them_first(
     ]
     paths = [f"{tree}/{n}" for n in names]
     first = [[_hash_outcome(p, roots, mine) for p in paths] for roots, mine in configurations]
-    monkeypatch.setattr("conchcmd.commands.comphash.open_plain_unresolved", lambda *_: None)
+    monkeypatch.setattr(safepath, "open_plain_unresolved", lambda *_: None)
     assert [[_hash_outcome(p, roots, mine) for p in paths] for roots, mine in configurations] == first
     monkeypatch.undo()
     assert first[0][0][0] == "hashed" and first[0][3][0] == "refused"
@@ -424,3 +426,120 @@ def test_roots_as_written_decide_alike_with_and_without_resolving_them_first(
     assert resolved == []  # no root resolved: nothing on the way is a symlink
     assert _hash_outcome(f"{tree}/current/dir/f", (f"{tree}/current",), None)[0] == "hashed"
     assert resolved == [(f"{tree}/current",)]  # a symlinked root is followed where it points now
+
+
+# --- a root that changes while a path in it is opened -------------------------------------------
+
+
+def _releases(tree: Path) -> tuple[Path, Path]:
+    """tree/current -> tree/r1 (f: b"one"), and tree/r2 (f: b"two"): a deploy's layout."""
+    for name, data in (("r1", b"one"), ("r2", b"two")):
+        (tree / name).mkdir()
+        (tree / name / "f").write_bytes(data)
+    (tree / "current").symlink_to(tree / "r1")
+    return tree / "current", tree / "r2"
+
+
+def test_a_root_symlink_repointed_between_resolving_the_roots_and_the_walk_hashes_the_new_target(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ln -sfn r2 current` (an atomic rename over the symlink) after the roots were resolved
+    (to r1) and before the walk (which then follows current to r2): the request is answered as
+    one made after the deploy, not refused as outside the roots."""
+    current, r2 = _releases(tree)
+    (tree / "next").symlink_to(r2)
+    walked = safepath.open_file
+
+    def deploy_first(path: str, roots: tuple[str, ...]) -> safepath.Opened:
+        if (tree / "next").is_symlink():
+            os.rename(tree / "next", current)
+        return walked(path, roots)
+
+    monkeypatch.setattr(safepath, "open_file", deploy_first)
+    result = hash_file(f"{current}/f", (str(current),), "sha256", threading.Event())
+    assert (result.digest, result.opened) == (hashlib.sha256(b"two").hexdigest(), f"{r2}/f")
+
+
+def _swap_at_readlink(monkeypatch: pytest.MonkeyPatch, root: Path, other: Path, back: bool) -> list[int]:
+    """os.readlink(root) (realpath's, after its lstat found a symlink) first exchanges root with
+    `other`, a directory, so that the kernel's readlink finds no symlink there (EINVAL); with
+    `back`, exchanges them again afterwards (the next lstat finds the symlink again)."""
+    from support.races import exchange
+
+    real_readlink = os.readlink
+    errors: list[int] = []
+
+    def racing_readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) != str(root) or kwargs.get("dir_fd") is not None:
+            return real_readlink(path, *args, **kwargs)
+        exchange(root, other)
+        try:
+            return real_readlink(path, *args, **kwargs)
+        except OSError as e:
+            errors.append(e.errno or 0)
+            raise
+        finally:
+            if back:
+                exchange(root, other)
+
+    monkeypatch.setattr(os, "readlink", racing_readlink)
+    return errors
+
+
+def test_a_root_swapped_for_a_directory_inside_realpath_is_resolved_again(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's realpath lstat()s the root (a symlink), then readlink()s it: swapped for a
+    directory in between, readlink fails with EINVAL, which realpath passes on. Shown before as
+    "Invalid argument"; now the root is resolved again and the file in the directory hashed."""
+    current, _ = _releases(tree)
+    (tree / "dir_release").mkdir()
+    (tree / "dir_release" / "f").write_bytes(b"three")
+    errors = _swap_at_readlink(monkeypatch, current, tree / "dir_release", back=False)
+    result = hash_file(f"{current}/f", (str(current),), "sha256", threading.Event())
+    assert errors == [errno.EINVAL]  # the race really happened, once
+    assert (result.digest, result.opened) == (hashlib.sha256(b"three").hexdigest(), f"{current}/f")
+
+
+def test_a_root_that_keeps_changing_is_refused_as_changed_not_as_invalid_argument(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current, _ = _releases(tree)
+    (tree / "dir_release").mkdir()
+    (tree / "dir_release" / "f").write_bytes(b"three")
+    errors = _swap_at_readlink(monkeypatch, current, tree / "dir_release", back=True)
+    with pytest.raises(PathRefused) as info:
+        hash_file(f"{current}/f", (str(current),), "sha256", threading.Event())
+    assert errors == [errno.EINVAL] * safepath.ROOT_RETRIES
+    assert (info.value.reason, info.value.status) == (ROOTS_CHANGED, 1)
+    assert list_paths(f"{current}/", (str(current),)).candidates == []  # Tab offers nothing, no error
+    monkeypatch.undo()  # without the race, the same request is answered
+    assert hash_file(f"{current}/f", (str(current),), "sha256", threading.Event()).size == len(b"one")
+    assert list_paths(f"{current}/", (str(current),)).candidates == [f"{current}/f"]
+
+
+def test_swapping_a_root_for_a_symlink_never_refuses_with_a_system_error(tree: Path) -> None:
+    """A root directory exchanged with a symlink to another directory, over and over, while
+    requests run: each is hashed, or refused as outside the roots (resolved as one, walked as
+    the other) or as changed; 17 of 40,000 were refused "Invalid argument" (realpath's EINVAL)."""
+    root = tree / "current"
+    (root / "dir").mkdir(parents=True)
+    (root / "dir" / "f").write_bytes(INSIDE)
+    (tree / "spare").symlink_to(tree / "root")
+    stop = threading.Event()
+    thread = swapping(root, tree / "spare", stop)
+    seen: Counter[str] = Counter()
+    try:
+        for _ in range(ROUNDS):
+            try:
+                result = hash_file(f"{root}/dir/f", (str(root),), "sha256", threading.Event())
+            except PathRefused as e:
+                seen[e.reason] += 1
+            else:
+                assert result.digest == hashlib.sha256(INSIDE).hexdigest()
+                seen["hashed"] += 1
+    finally:
+        stop.set()
+    thread.join(10)
+    assert seen["hashed"] > 0, seen
+    assert set(seen) <= {"hashed", "outside the allowed roots", ROOTS_CHANGED}, seen
