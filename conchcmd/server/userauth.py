@@ -383,17 +383,7 @@ class UserAuthService(UserAuthHooks):
         another method; after max_auth_tries such answers the connection is closed, still
         without a strike."""
         t = self.transport
-        t.auth_end_logged = True  # its end is the server's failure: no "Connection closed by ... [preauth]"
-        t.audit.record(
-            "auth",
-            ok=False,
-            user=self._user_name(),
-            peer=t.peer,
-            method=sanitise(self.method, 32),
-            **self._key_fields(),
-            server_side=True,
-            reason=sanitise(reason.getErrorMessage(), 200),
-        )
+        self._server_side_failure(reason.getErrorMessage())
         self._unavailable += 1
         if self._unavailable + t.auth_failures >= self.max_auth_tries:
             t.sendDisconnect(
@@ -409,8 +399,14 @@ class UserAuthService(UserAuthHooks):
         to the client, a "Failed" line to fail2ban, an operator who sees nothing). Audited as the
         server's failure, no sshd-worded line, no failure counted; the transport logs the
         traceback and ends the connection, so that a client cannot replay the bug without end."""
+        self._server_side_failure(f"internal error: {error_kind(reason.value)}: {reason.getErrorMessage()}")
+        self.transport.internal_error(reason, "checking an authentication request")
+
+    def _server_side_failure(self, reason: str) -> None:
+        """The auth record of a request the server failed to decide, and no "Connection closed by
+        ... [preauth]" line for its end (fail2ban would count it)."""
         t = self.transport
-        t.auth_end_logged = True  # its end is the server's failure: no "Connection closed by ... [preauth]"
+        t.auth_end_logged = True
         t.audit.record(
             "auth",
             ok=False,
@@ -419,9 +415,8 @@ class UserAuthService(UserAuthHooks):
             method=sanitise(self.method, 32),
             **self._key_fields(),
             server_side=True,
-            reason=sanitise(f"internal error: {error_kind(reason.value)}: {reason.getErrorMessage()}", 200),
+            reason=sanitise(reason, 200),
         )
-        t.internal_error(reason, "checking an authentication request")
 
     def _answer_failure(self, reason: Failure) -> None:
         self._delay = None
