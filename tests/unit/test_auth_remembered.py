@@ -7,10 +7,14 @@ per call (the differential), with real files on disk."""
 from __future__ import annotations
 
 import base64
+import gc
 import os
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from twisted.conch.ssh.common import NS, getNS
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
@@ -246,3 +250,43 @@ def test_reload_with_changed_paths_and_strict_modes(tmp_path: Path, ssh_key) -> 
     world.pattern = "other/%u"
     world.reload("")
     assert world.decide("alice", pair)[0][0] == "refused"
+
+
+def _padded_rsa_blobs(pair, count: int):
+    """`count` distinct blobs, each as long as sshd takes (numbers of at most 16384 bits plus a
+    zero byte), for the same RSA key: its numbers padded with leading zero bytes, which sshd (and
+    so conchcmd) reads as the same key. Anyone who knows an authorized public key can offer them,
+    unsigned (the probe)."""
+    key_type, rest = getNS(blob_of(pair))
+    e, n, _ = getNS(rest, 2)
+    n = b"\0" * (2049 - len(n)) + n
+    for i in range(count):
+        yield NS(key_type) + NS(b"\0" * (2049 - len(e) - i) + e) + NS(n)
+
+
+def _retained(action: Callable[[], None]) -> int:
+    """Bytes allocated by `action` and still held after it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        action()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_padded_blobs_offered_unsigned_hold_bounded_memory(world: World, ssh_key) -> None:
+    """The remembered decisions are keyed by the blob as sent, so a client that pads a known
+    authorized key's blob can fill them: bounded by sshd's own limit on a number (a blob of at
+    most ~4.1 kB; a packet would take 257 kB), 256 x 4.1 kB."""
+    pair = ssh_key("rsa")
+    world.write("alice", pair.public_line)
+
+    def offer() -> None:
+        for blob in _padded_rsa_blobs(pair, 300):
+            assert len(blob) > 3800
+            assert world.kept.authorize("alice", b"rsa-sha2-256", blob, "10.0.0.1").identity.user == "alice"
+
+    assert _retained(offer) < 4_000_000  # measured: 1.5 MB
