@@ -68,9 +68,10 @@ class World:
 
             globalLogPublisher.addObserver(seen)
             try:
-                answer: object = authorizer.authorize(user, ED, blob_of(pair), peer)
-                grant = answer.identity.grant  # type: ignore[attr-defined]
-                answer = ("ok", answer.identity.user, grant.forced_command, grant.pty, grant.source)  # type: ignore[attr-defined]
+                got = authorizer.authorize(user, ED, blob_of(pair), peer)
+                grant = got.identity.grant
+                terms = (grant.forced_command, grant.pty, grant.source, got.requirements)
+                answer: object = ("ok", got.identity.user, *terms)
             except KeyRefused as e:
                 answer = ("refused", str(e))
             finally:
