@@ -20,6 +20,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from conchcmd.core.config import parse_config
 from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
+from conchcmd.policy.authorized_keys import fingerprint
 
 ED = b"ssh-ed25519"
 
@@ -291,3 +292,26 @@ def test_padded_blobs_offered_unsigned_hold_bounded_memory(world: World, ssh_key
             assert world.kept.authorize("alice", b"rsa-sha2-256", blob, "10.0.0.1").identity.user == "alice"
 
     assert _retained(offer) < 4_000_000  # measured: 1.5 MB
+
+
+def test_revoked_keys_loosened_removed_or_rewritten_between_calls(tmp_path: Path, ssh_key) -> None:
+    pair, other = ssh_key("ed25519"), ssh_key("ecdsa256")
+    revoked = tmp_path / "revoked"
+    revoked.write_text(other.public_line + "\n")
+    revoked.chmod(0o600)
+    world = World(tmp_path, extra=f'revoked_keys = "{revoked}"\n')
+    world.write("alice", pair.public_line)
+    assert world.decide("alice", pair)[0][0] == "ok"
+    revoked.chmod(0o666)  # untrusted: it could have lost lines, every key refused, with a warning
+    answer, warnings = world.decide("alice", pair)
+    assert answer[0] == "refused" and warnings
+    revoked.chmod(0o600)
+    assert world.decide("alice", pair)[0][0] == "ok"
+    _same_stat_rewrite(revoked, pair.public_line[: len(other.public_line)].ljust(len(other.public_line)) + "\n")
+    # now it names alice's key (padded with blanks to the same size), mtime put back
+    assert world.decide("alice", pair)[0] == ("refused", f"key {fingerprint(blob_of(pair))} is revoked")
+    revoked.unlink()
+    world.decide("alice", pair)
+    revoked.write_text(pair.public_line + "\n")
+    revoked.chmod(0o600)
+    assert world.decide("alice", pair)[0][0] == "refused"
