@@ -315,3 +315,29 @@ def test_revoked_keys_loosened_removed_or_rewritten_between_calls(tmp_path: Path
     revoked.write_text(pair.public_line + "\n")
     revoked.chmod(0o600)
     assert world.decide("alice", pair)[0][0] == "refused"
+
+
+def test_percent_u_in_a_directory_loosened_or_swapped_between_calls(tmp_path: Path, ssh_key) -> None:
+    """home/%u/ak: the user's own directory made writable by others, or replaced by another
+    directory (rename over) holding a file with other options, between two calls."""
+    pair = ssh_key("ed25519")
+    world = World(tmp_path, pattern="home/%u/ak")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    (home / "alice").mkdir(mode=0o755)
+    path = home / "alice" / "ak"
+    path.write_text(pair.public_line + "\n")
+    path.chmod(0o600)
+    assert world.decide("alice", pair)[0][2] is None
+    (home / "alice").chmod(0o775)
+    assert world.decide("alice", pair)[0][0] == "refused"
+    (home / "alice").chmod(0o755)
+    assert world.decide("alice", pair)[0][0] == "ok"
+    (home / "new").mkdir(mode=0o755)
+    (home / "new" / "ak").write_text(f'command="lastlog" {pair.public_line}\n')
+    (home / "new" / "ak").chmod(0o600)
+    os.utime(home / "new" / "ak", ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    os.rename(home / "alice", home / "old")
+    os.rename(home / "new", home / "alice")
+    assert world.decide("alice", pair)[0][2] == "lastlog"
+    assert world.decide("bob", pair)[0][0] == "refused"  # no home/bob at all
