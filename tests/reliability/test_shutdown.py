@@ -3,6 +3,7 @@ finish the audit log, exit 0 within 5 s."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import subprocess
@@ -139,3 +140,38 @@ def test_sigterm_with_unauthenticated_connections(make_server):
     assert len(disconnects) == 30
     assert {e["reason"] for e in disconnects} == {"server shutting down"}
     assert not server.audit_since(mark, "penalty"), "a shutdown is no strike against anyone"
+
+
+def test_sigterm_under_20_concurrent_hashes(make_server, data):
+    """SIGTERM while 20 comphash jobs hash at once (more than the machine has cores, a thread
+    each in the bulk pool): the server exits (0, within the harness's stop bound: its threads are
+    given back, none waits for a job or a LINGER for good), each hash cancelled (130)."""
+    comphash = {"roots": [str(data.root)], "max_concurrent": 20, "max_concurrent_per_user": 20}
+    server = make_server(max_clients=30, settings={"max_clients_per_user": 30, "comphash": comphash})
+    mark, since = server.audit_mark(), server.log_mark()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(20):
+            procs.append(
+                subprocess.Popen(
+                    server.ssh_argv(f"comphash {data.big}", source=f"127.0.20.{i % 4 + 1}"),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        wait_for(
+            lambda: len(re.findall(r"Cmd received from alice@\S+ : comphash", server.log_text()[since:])) == 20,
+            30,
+            "20 hashes under way",
+        )
+        assert all(p.poll() is None for p in procs), "a client ended before the shutdown"
+        server.stop()  # SIGTERM: raises if the server does not exit
+        assert server.returncode == 0, server.log_text()[-3000:]
+        rcs = [p.wait(timeout=10) for p in procs]
+    finally:
+        kill_all(procs)
+    assert rcs == [255] * 20
+    commands = server.audit_since(mark, "command")
+    assert [e["exit_code"] for e in commands] == [130] * 20, commands
+    assert server.audit()[-1]["event"] == "server_stop"
