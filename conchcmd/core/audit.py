@@ -133,6 +133,8 @@ def error_kind(e: object) -> str:
 #: text that keeps its lines) or without tab and newline.
 _TERMINAL_CANDIDATES = re.compile("[^\t\n -~]+")
 _LINE_CANDIDATES = re.compile("[^ -~]+")
+_ASCII_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+_ASCII_LINE_UNSAFE = re.compile("[\x00-\x1f\x7f]")
 
 
 def _terminal_run(match: re.Match[str]) -> str:
@@ -148,6 +150,11 @@ def terminal_safe(text: str, *, single_line: bool = False) -> str:
     undecodable bytes, separators, bidi controls, zero-width and other invisible characters)
     becomes '?' (as `ls` shows them), but tab and newline. `single_line` also replaces those, for
     text placed inside a line the server draws (a file name in the progress line, a listing)."""
+    if text.isascii():  # only C0 and DEL to replace: one C scan
+        return (_ASCII_LINE_UNSAFE if single_line else _ASCII_UNSAFE).sub("?", text)
+    shown = text if single_line else text.replace("\n", "").replace("\t", "")
+    if shown.isprintable() and _INVISIBLE.search(shown) is None:
+        return text  # the usual non-ASCII text: C scans, no callback per run of it
     return (_LINE_CANDIDATES if single_line else _TERMINAL_CANDIDATES).sub(_terminal_run, text)
 
 
