@@ -306,7 +306,8 @@ class Dispatcher:
         """
         policy = policy or ALL_PERMITTED
         sink = audit or self.audit
-        log.info("Cmd received from {user}@{peer} : {line}", user=user, peer=peer, line=sanitise(line))
+        shown_user = sanitise(user)  # as logged and audited; `user` itself goes to the command
+        log.info("Cmd received from {user}@{peer} : {line}", user=shown_user, peer=peer, line=sanitise(line))
         started = self.clock.seconds()
         argv: list[str] = []
         rule: list[str] = []  # the rule that refused the command (status 126), if any
@@ -361,7 +362,7 @@ class Dispatcher:
                     # Once per place with its traceback, then a line: a user who can make a
                     # command crash must not flood the log with a traceback a run.
                     name = sanitise(argv[0], 64) if argv else "a command line"
-                    self.internal_errors.report(log, result, f"running {name}", f"{user}@{peer}", "exit status 1")
+                    self.internal_errors.report(log, result, f"running {name}", f"{shown_user}@{peer}", "exit status 1")
                     stderr.write(b"conchcmd: internal error\n")
                     result = Outcome(ExitStatus.FAILED)
             return audited(result)
@@ -375,7 +376,7 @@ class Dispatcher:
                     unparsed["rule"] = sanitise(rule[0])
                 sink.record(
                     "command",
-                    user=user,
+                    user=shown_user,
                     peer=peer,
                     fingerprint=fingerprint,
                     argv=[sanitise(a) for a in argv],

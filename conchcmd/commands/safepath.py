@@ -122,10 +122,11 @@ class RootsChanged(Exception):
 ROOT_RETRIES = 8
 
 
-def _realpath(root: str) -> str:
-    """os.path.realpath, again when the root changed while it was read: Python's non-strict
+def realpath_retried(root: str) -> str:
+    """os.path.realpath, again when the name changed while it was read: Python's non-strict
     realpath lstat()s a name and then readlink()s it, and lets that readlink's EINVAL (the
-    symlink replaced by a directory in between) or ENOENT (removed) through."""
+    symlink replaced by a directory or file in between) or ENOENT (removed) through.
+    RootsChanged after ROOT_RETRIES tries."""
     for _ in range(ROOT_RETRIES):
         try:
             return os.path.realpath(root)
@@ -137,7 +138,7 @@ def _realpath(root: str) -> str:
 
 def resolve_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
     """The operator's roots with their own symlinks followed (trusted configuration)."""
-    return tuple(_realpath(r) for r in roots)
+    return tuple(realpath_retried(r) for r in roots)
 
 
 def allowed_roots(roots: tuple[str, ...], user_roots: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -24,11 +24,6 @@ MAX_TEXT = 1024
 log = Logger(namespace=LOG_NAMESPACE)
 
 
-#: Non-ASCII characters a line-based reader may split at (U+0085 is C1, escaped anyway) or that
-#: reorder the text around them when shown (the bidi embedding/override/isolate marks, Trojan
-#: Source, CVE-2021-42574): '?' on a terminal (in logs and audit records `_hidden` covers them).
-_REORDERING = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-
 #: Characters str.isprintable() accepts that still show nothing (Unicode's
 #: Default_Ignorable_Code_Point property, which unicodedata does not expose: combining grapheme
 #: joiner, Hangul fillers, variation selectors, Mongolian selectors...; the Cf ones among them are
@@ -134,19 +129,33 @@ def error_kind(e: object) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
-#: What must not reach a terminal raw: C0 controls but tab and newline (ESC starts every control
-#: sequence), DEL, C1 (CSI, OSC... as single characters), surrogates (undecodable bytes), and the
-#: characters that reorder or split what is shown.
-_TERMINAL_UNSAFE = f"\x00-\x08\x0b-\x1f\x7f-\x9f{_REORDERING}\ud800-\udfff"
-_UNSAFE_TEXT = re.compile(f"[{_TERMINAL_UNSAFE}]")
-_UNSAFE_LINE = re.compile(f"[\t\n{_TERMINAL_UNSAFE}]")
+#: Runs of what may need replacing on a terminal: everything but printable ASCII, with (for
+#: text that keeps its lines) or without tab and newline.
+_TERMINAL_CANDIDATES = re.compile("[^\t\n -~]+")
+_LINE_CANDIDATES = re.compile("[^ -~]+")
+_ASCII_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+_ASCII_LINE_UNSAFE = re.compile("[\x00-\x1f\x7f]")
+
+
+def _terminal_run(match: re.Match[str]) -> str:
+    run = match.group()
+    if run.isprintable() and _INVISIBLE.search(run) is None:
+        return run  # letters of any script, symbols, emoji: shown as they are
+    return "".join("?" if _hidden(ch) else ch for ch in run)
 
 
 def terminal_safe(text: str, *, single_line: bool = False) -> str:
-    """The one sanitiser for client- or file-derived text bound for a terminal: each unsafe
-    character becomes '?' (as `ls` shows them). `single_line` also replaces tab and newline, for
+    """The one sanitiser for client- or file-derived text bound for a terminal: each character
+    sanitise escapes (`_hidden`: C0 and C1 controls, ESC starting every control sequence, DEL,
+    undecodable bytes, separators, bidi controls, zero-width and other invisible characters)
+    becomes '?' (as `ls` shows them), but tab and newline. `single_line` also replaces those, for
     text placed inside a line the server draws (a file name in the progress line, a listing)."""
-    return (_UNSAFE_LINE if single_line else _UNSAFE_TEXT).sub("?", text)
+    if text.isascii():  # only C0 and DEL to replace: one C scan
+        return (_ASCII_LINE_UNSAFE if single_line else _ASCII_UNSAFE).sub("?", text)
+    shown = text if single_line else text.replace("\n", "").replace("\t", "")
+    if shown.isprintable() and _INVISIBLE.search(shown) is None:
+        return text  # the usual non-ASCII text: C scans, no callback per run of it
+    return (_LINE_CANDIDATES if single_line else _TERMINAL_CANDIDATES).sub(_terminal_run, text)
 
 
 class TerminalSafe:

@@ -16,6 +16,7 @@ from twisted.conch.ssh.common import getNS
 
 from conchcmd.commands.framework import InlineRunner
 from conchcmd.commands.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
+from conchcmd.commands.safepath import RootsChanged, realpath_retried
 from conchcmd.core.addrspace import global_ranges
 from conchcmd.core.config import Config
 from conchcmd.core.endpoints import proxied_description
@@ -252,9 +253,29 @@ def _log_has_lines(source: FileTail | JournalTail, missing: list[str]) -> Findin
     return Finding(OK, f"lastlog reads {source.describe()}")
 
 
+def _root_changing(root: str, where: str) -> Finding:
+    return Finding(
+        WARNING,
+        f"{where}comphash root {root} kept changing while doctor resolved it (a symlink being swapped)",
+        "run doctor again once the deploy that swaps it is done",
+    )
+
+
+def _is_everything(root: str) -> bool | None:
+    """Whether a comphash root resolves to "/", or None when it kept changing while resolved (a
+    symlink swapped for a directory between realpath's lstat and readlink, ROOT_RETRIES times)."""
+    try:
+        return realpath_retried(root) == "/"
+    except RootsChanged:
+        return None
+
+
 def _roots(config: Config) -> Iterator[Finding]:
     for root in config.comphash.roots:
-        if os.path.realpath(root) == "/":
+        everything = _is_everything(root)
+        if everything is None:
+            yield _root_changing(root, "")
+        elif everything:
             yield Finding(
                 WARNING,
                 f"comphash roots include {root}: any file the server's user can read may be hashed "
@@ -265,7 +286,10 @@ def _roots(config: Config) -> Iterator[Finding]:
             yield Finding(PROBLEM, f"comphash root {root} is not a directory", "fix [comphash] roots")
     for name, policy in config.users.items():
         for root in policy.comphash_roots or ():
-            if os.path.realpath(root) == "/":
+            everything = _is_everything(root)
+            if everything is None:
+                yield _root_changing(root, f"users.{name}: ")
+            elif everything:
                 yield Finding(
                     WARNING,
                     f"users.{name}: comphash_roots include {root}: {name} may hash any file the server's user can read",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conchcmd.commands.safepath import RootsChanged, realpath_retried
 from conchcmd.core.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, sanitise, terminal_safe
 from conchcmd.core.config import Config, audit_group_id, valid_user_name
 from conchcmd.core.filetrust import FileTrust, file_version, path_problem, symlink_followable
@@ -369,7 +370,12 @@ def remove_keys(config: Config, user: str, fingerprints: list[str]) -> Removed:
     files = AuthorizedKeysFiles(config.authorized_keys, permit_environment=config.permit_user_environment)
     configured = files.path_for(user)
     assert configured is not None
-    path = os.path.realpath(configured)  # edit the file a symlink leads to, keep the symlink
+    try:
+        path = realpath_retried(configured)  # edit the file a symlink leads to, keep the symlink
+    except RootsChanged:
+        raise UserCommandError(
+            f"{configured} kept changing while it was read (a symlink being swapped); nothing removed; try again"
+        ) from None
     if path != os.path.abspath(configured) and os.path.exists(path):
         # Only where login would read it: a symlink planted by someone who can write the users'
         # directory must not point an operator's deluser at another file.

@@ -373,7 +373,7 @@ class KeyAuthorizer:
             log.warn(
                 "Refusing key {fp} for {user}: {source}: {why}",
                 fp=fingerprint(blob),
-                user=user,
+                user=sanitise(user),
                 source=entry.source,
                 why=entry.refused,
             )

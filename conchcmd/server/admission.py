@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 
-from conchcmd.core.audit import AuditSink
+from conchcmd.core.audit import AuditSink, sanitise
 from conchcmd.core.config import LimitsConfig, default_clients_per_user
 from conchcmd.core.hostmatch import addr_match_list, normalise_peer
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE, FastLogger
@@ -212,7 +212,7 @@ class ClientSlots:
         """Take a slot for `user`; if none is free, the refusal naming the limit that was hit."""
         held = self.by_user.get(user, 0)
         if held >= self.per_user:
-            return f"Too many connections for user {user} (max_clients_per_user {self.per_user})"
+            return f"Too many connections for user {sanitise(user)} (max_clients_per_user {self.per_user})"
         if self.used >= self.limit:
             return f"Too many connections (max_clients {self.limit})"
         self.used += 1

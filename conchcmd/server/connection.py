@@ -199,7 +199,7 @@ class ConnectionService(QuietConnection):
         its own, the traceback once per place in the code (a logged-in user who can trigger it
         must not flood the log with a traceback a request), then one line each time."""
         t = self.transport
-        t.factory.internal_errors.report(log, failure, doing, f"{t.user}@{t.peer}", then)
+        t.factory.internal_errors.report(log, failure, doing, f"{t.shown_user}@{t.peer}", then)
 
     def _request_failed(
         self, failure: Failure, chan: SessionChannel, kind: bytes, data: bytes, unanswered: bool, had_handler: bool
@@ -219,7 +219,7 @@ class ConnectionService(QuietConnection):
             identity = chan.context.identity
             chan.context.channel_audit(chan.id, "exec").record(
                 "command",
-                user=identity.user,
+                user=sanitise(identity.user),
                 peer=chan.context.peer,
                 fingerprint=identity.fingerprint,
                 line=sanitise(data[4 : 4 + int.from_bytes(data[:4], "big")]),

@@ -258,6 +258,12 @@ class ServerTransport(ModernServerTransport):
         return self.ticket.user if self.ticket is not None else None
 
     @property
+    def shown_user(self) -> str | None:
+        """`user` as log lines and audit records show it (sanitised), if any."""
+        user = self.user
+        return None if user is None else sanitise(user)
+
+    @property
     def holds_slot(self) -> bool:
         """Authenticated and admitted: the connection holds a client slot."""
         return self.ticket is not None and self.ticket.holds_slot
@@ -454,7 +460,7 @@ class ServerTransport(ModernServerTransport):
         if refusal is not None:
             self.refusal = refusal
             self.auth_end_logged = True  # authenticated, then turned away: not an authentication failure
-            log.info("{refusal}: turned away {user}@{peer}", refusal=refusal, user=user, peer=self.peer)
+            log.info("{refusal}: turned away {user}@{peer}", refusal=refusal, user=sanitise(user), peer=self.peer)
             self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal.encode())
             return False
         avatar.refusals = self.refusals
@@ -493,7 +499,7 @@ class ServerTransport(ModernServerTransport):
         )
 
     def _close_for(self, why: str) -> None:
-        log.info("Closing connection {peer} ({user}): {why}", peer=self.peer, user=self.user, why=why)
+        log.info("Closing connection {peer} ({user}): {why}", peer=self.peer, user=self.shown_user, why=why)
         self.close_with(why.encode())
 
     def close_with(self, why: bytes, reason: int = transport.DISCONNECT_BY_APPLICATION) -> None:
@@ -544,11 +550,11 @@ class ServerTransport(ModernServerTransport):
         factory.metrics.connection_closed(self.bytes_sent, max(self.kex_count - 1, 0))
         duration = round(factory.clock.seconds() - self.started, 3)
         refused = self.refusals.summary()
-        user = self.user
+        user, shown_user = self.user, self.shown_user
         log.info(
             "Lost client connection {peer} ({user}): {reason}{refused}",
             peer=self.peer,
-            user=user or "not authenticated",
+            user=shown_user or "not authenticated",
             reason=self.end_reason,
             refused=f" (refused: {sanitise(refused, 1000)})" if refused else "",
         )
@@ -561,7 +567,7 @@ class ServerTransport(ModernServerTransport):
         self.audit.record(
             "disconnect",
             peer=self.peer,
-            user=user,
+            user=shown_user,
             reason=self.end_reason,
             duration_s=duration,  # escaped when set
         )

@@ -308,7 +308,7 @@ class UserAuthService(UserAuthHooks):
         self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
-            user=identity.user,
+            user=sanitise(identity.user),
             peer=self.transport.peer,
             source=identity.grant.source,
         )
@@ -317,7 +317,7 @@ class UserAuthService(UserAuthHooks):
 
     def _audit_identity(self, identity: Identity, **fields: Any) -> None:
         self.transport.audit.record(
-            "auth", user=identity.user, peer=self.transport.peer, **identity.audit_fields(), **fields
+            "auth", user=sanitise(identity.user), peer=self.transport.peer, **identity.audit_fields(), **fields
         )
 
     def auth_failed(self, reason: Failure) -> Any:

@@ -117,7 +117,7 @@ class SessionContext:
         """A bug of ours hit while `doing` something in this session: its traceback logged once
         per place in the code (the server's InternalErrors, shared with the transport), then one
         line each time; `then`: what the user got instead."""
-        self.internal_errors.report(log, failure, doing, f"{self.identity.user}@{self.peer}", then)
+        self.internal_errors.report(log, failure, doing, f"{sanitise(self.identity.user)}@{self.peer}", then)
 
     def channel_audit(self, channel: int | None, kind: str) -> BoundAudit:
         """The audit sink of one channel: the connection's, with the channel number and kind."""
@@ -245,7 +245,7 @@ class SessionChannel(QuietChannel):
             self.refusals.note(
                 "Refused pty",
                 "Refused pty for {user}@{peer}: not permitted by {source}",
-                user=self.context.identity.user,
+                user=sanitise(self.context.identity.user),
                 source=self.context.identity.grant.source,
             )
             return 0
@@ -275,7 +275,7 @@ class SessionChannel(QuietChannel):
             "Refused subsystem",  # one kind whatever the name: each name its own line would be no bound
             "Refused subsystem {name} for {user}@{peer}",
             name=sanitise(name, 200),
-            user=self.context.identity.user,
+            user=sanitise(self.context.identity.user),
         )
         return 0
 
@@ -297,7 +297,7 @@ class SessionChannel(QuietChannel):
                 "Malformed request",
                 "Malformed {kind} request from {user}@{peer}",
                 kind=sanitise(requestType, 64),
-                user=self.context.identity.user,
+                user=sanitise(self.context.identity.user),
             )
             return 0
 

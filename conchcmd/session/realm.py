@@ -103,7 +103,7 @@ class CommandUser(ConchUser):
                 f"Refused {sanitise(requestType)}",
                 "Refused {kind} for {user}@{peer}: forwarding is disabled",
                 kind=sanitise(requestType),
-                user=self.identity.user,
+                user=sanitise(self.identity.user),
             )
         return 0
 

@@ -13,7 +13,7 @@ from support.runners import ManualRunner
 from support.terminal import Term
 
 from conchcmd.commands.comphash import MIB
-from conchcmd.core.audit import TerminalSafe, terminal_safe
+from conchcmd.core.audit import TerminalSafe, sanitise, terminal_safe
 from conchcmd.session.completion import list_paths
 
 OSC_TITLE = "\x1b]0;pwned\x07"  # sets the terminal's window title
@@ -22,6 +22,12 @@ NAMES = {
     "c1-csi": ("evil\x9b2J.bin", "evil?2J.bin"),
     "bidi": ("invoice\u202etxt.exe", "invoice?txt.exe"),
     "separator": ("a\u2028b", "a?b"),
+    # Default-ignorable: shown as nothing, so "a\u200bb" would read as "ab".
+    "zero-width": ("a\u200bb.bin", "a?b.bin"),
+    "soft-hyphen": ("pay\u00adroll.bin", "pay?roll.bin"),
+    "bom": ("\ufeffbom.bin", "?bom.bin"),
+    "hangul-filler": ("x\u3164y.bin", "x?y.bin"),
+    "variation-selector": ("v\ufe0fs.bin", "v?s.bin"),
 }
 
 
@@ -132,3 +138,24 @@ def test_the_sanitiser_passes_nothing_that_can_drive_or_reorder_a_terminal() -> 
         assert unsafe == set()
     assert terminal_safe("a\tb\nc", single_line=True) == "a?b?c"
     assert terminal_safe("é日本🙂 plain") == "é日本🙂 plain"
+
+
+def test_the_terminal_hides_exactly_what_logs_escape() -> None:
+    """One set of hidden characters: each one sanitise escapes (controls, separators, bidi,
+    zero-width, soft hyphen, BOM, fillers, variation selectors, private-use, unassigned...) is '?'
+    on a terminal, but tab and newline outside a drawn line; every other character stays itself."""
+    # The BMP, the astral hidden ones (musical format, shorthand format, tags) and a sample of the rest.
+    astral = (*range(0x1BCA0, 0x1BCA4), *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE1000, 7), 0xE0041, 0xE0FFF)
+    chars = [chr(c) for c in (*range(0x10000), *astral, *range(0x10000, 0x110000, 0x101))]
+    hidden = {ch for ch in chars if sanitise(ch) not in (ch, "\\\\")}
+    assert terminal_safe("".join(chars)) == "".join("?" if ch in hidden and ch not in "\t\n" else ch for ch in chars)
+    assert terminal_safe("".join(chars), single_line=True) == "".join("?" if ch in hidden else ch for ch in chars)
+    assert {"\u00ad", "\u200b", "\u3164", "\ufe0f", "\ufeff", "\U000e0041"} <= hidden
+
+
+def test_lastlog_shows_hidden_characters_of_a_log_line_as_question_marks(tmp_path: Path) -> None:
+    Term(tmp_path)  # creates the tree
+    (tmp_path / "syslog").write_bytes("sudo: r\u200boot\u00ad ok \u202egnp.exe\ufeff José 日本\n".encode())
+    term = Term(tmp_path, exec_line="lastlog -n 1")  # on a pty; without one the bytes stay exact, as tail's
+    assert term.screen == "sudo: r?oot? ok ?gnp.exe? José 日本\r\n".encode()
+    assert term.exit_status() == 0

@@ -1,4 +1,5 @@
-"""An attacker's tool for race tests: atomically exchanging two names, over and over."""
+"""An attacker's tools for race tests: atomically exchanging two names, over and over, or at the
+moment a readlink() looks at one."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import ctypes
 import os
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100
@@ -29,3 +33,28 @@ def swapping(a: Path, b: Path, stop: threading.Event) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def swap_at_readlink(monkeypatch: pytest.MonkeyPatch, link: Path, other: Path, back: bool) -> list[int]:
+    """os.readlink(link) (realpath's, after its lstat found a symlink) first exchanges `link` with
+    `other`, not a symlink, so that the kernel's readlink finds no symlink there (EINVAL); with
+    `back`, exchanges them again afterwards (the next lstat finds the symlink again). The errors
+    readlink raised, as a list the caller reads."""
+    real_readlink = os.readlink
+    errors: list[int] = []
+
+    def racing_readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) != str(link) or kwargs.get("dir_fd") is not None:
+            return real_readlink(path, *args, **kwargs)
+        exchange(link, other)
+        try:
+            return real_readlink(path, *args, **kwargs)
+        except OSError as e:
+            errors.append(e.errno or 0)
+            raise
+        finally:
+            if back:
+                exchange(link, other)
+
+    monkeypatch.setattr(os, "readlink", racing_readlink)
+    return errors

@@ -3,7 +3,9 @@ says how to fix it; the exit status tells a script whether all is well."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import pytest
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from support.keys import authorized_line, ed25519_key
+from support.races import exchange, swap_at_readlink
 
+from conchcmd.commands.safepath import ROOT_RETRIES
 from conchcmd.edge import cli
 from conchcmd.wire.hostkeys import ensure_host_keys
 
@@ -239,3 +243,30 @@ def test_doctor_names_ml_kem_missing_from_the_cryptography_backend(
     monkeypatch.setattr(mlkem.MLKEM768PrivateKey, "generate", staticmethod(generate))
     _, report = setup.doctor()
     assert "key exchange not available in this build: mlkem768x25519-sha256" in report
+
+
+def test_doctor_resolves_a_root_swapped_for_a_directory_inside_realpath_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root, a symlink, exchanged with a directory between realpath's lstat and readlink:
+    readlink's EINVAL, which Python's realpath passes on, stopped doctor before; now the root is
+    resolved again. Swapped at every look, it is a warning that says so."""
+    link = setup.base / "current"
+    link.symlink_to(setup.root)
+    (setup.base / "dir_release").mkdir()
+    setup.root = link
+    setup.write_config()
+    plain_readlink = os.readlink
+    errors = swap_at_readlink(monkeypatch, link, setup.base / "dir_release", back=False)
+    status, report = setup.doctor()
+    assert errors == [errno.EINVAL]  # the race really happened, once
+    assert (status, report.endswith("all well\n")) == (0, True), report
+    assert "Invalid argument" not in report
+
+    monkeypatch.setattr(os, "readlink", plain_readlink)
+    exchange(link, setup.base / "dir_release")  # the symlink back in its place
+    errors = swap_at_readlink(monkeypatch, link, setup.base / "dir_release", back=True)
+    status, report = setup.doctor()
+    assert errors == [errno.EINVAL] * ROOT_RETRIES
+    assert f"warning  comphash root {link} kept changing while doctor resolved it" in report, report
+    assert status == 0 and "Invalid argument" not in report

@@ -11,9 +11,13 @@ import sys
 import unicodedata
 from collections import defaultdict
 
+from support.unitharness import Harness
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
+from conchcmd.commands.builtin import make_exit
 from conchcmd.core.audit import AuditLog, StreamTarget, sanitise
+from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.server.authlog import log_word
 
 #: Categories nobody can read as themselves: controls, format (zero-width, bidi, soft hyphen,
@@ -89,3 +93,16 @@ def test_audit_json_holds_no_hidden_character_raw_and_every_value_exactly() -> N
     assert "é" in text and "日" in text  # printable text is kept readable
     record = json.loads(text)
     assert record["argv"] == [every, "\ud800x\udfff"] and record["user"] == "é"
+
+
+def test_the_dispatcher_logs_and_audits_the_user_name_it_is_given_escaped() -> None:
+    """Login names are letters, digits, '.', '_', '-' (valid_user_name) today; the dispatcher does
+    not rely on its callers for that: the name is sanitised in its log line and record."""
+    harness = Harness([make_exit()])
+    with capturedLogs() as events:
+        run = harness.run("exit 3", user="op\u200bx\u202egnp")
+    assert run.status == 3
+    [line] = [formatEvent(e) for e in events if e.get("log_namespace") == LOG_NAMESPACE]
+    assert line == "Cmd received from op\\u200bx\\u202egnp@192.0.2.7:50022 : exit 3"
+    [record] = harness.audit.of("command")
+    assert record["user"] == "op\\u200bx\\u202egnp"

@@ -8,10 +8,9 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support.races import swapping
+from support.races import swap_at_readlink, swapping
 
 from conchcmd.commands import safepath
 from conchcmd.commands.comphash import ROOTS_CHANGED, PathRefused, hash_file
@@ -460,32 +459,6 @@ def test_a_root_symlink_repointed_between_resolving_the_roots_and_the_walk_hashe
     assert (result.digest, result.opened) == (hashlib.sha256(b"two").hexdigest(), f"{r2}/f")
 
 
-def _swap_at_readlink(monkeypatch: pytest.MonkeyPatch, root: Path, other: Path, back: bool) -> list[int]:
-    """os.readlink(root) (realpath's, after its lstat found a symlink) first exchanges root with
-    `other`, a directory, so that the kernel's readlink finds no symlink there (EINVAL); with
-    `back`, exchanges them again afterwards (the next lstat finds the symlink again)."""
-    from support.races import exchange
-
-    real_readlink = os.readlink
-    errors: list[int] = []
-
-    def racing_readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if os.fspath(path) != str(root) or kwargs.get("dir_fd") is not None:
-            return real_readlink(path, *args, **kwargs)
-        exchange(root, other)
-        try:
-            return real_readlink(path, *args, **kwargs)
-        except OSError as e:
-            errors.append(e.errno or 0)
-            raise
-        finally:
-            if back:
-                exchange(root, other)
-
-    monkeypatch.setattr(os, "readlink", racing_readlink)
-    return errors
-
-
 def test_a_root_swapped_for_a_directory_inside_realpath_is_resolved_again(
     tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,7 +468,7 @@ def test_a_root_swapped_for_a_directory_inside_realpath_is_resolved_again(
     current, _ = _releases(tree)
     (tree / "dir_release").mkdir()
     (tree / "dir_release" / "f").write_bytes(b"three")
-    errors = _swap_at_readlink(monkeypatch, current, tree / "dir_release", back=False)
+    errors = swap_at_readlink(monkeypatch, current, tree / "dir_release", back=False)
     result = hash_file(f"{current}/f", (str(current),), "sha256", threading.Event())
     assert errors == [errno.EINVAL]  # the race really happened, once
     assert (result.digest, result.opened) == (hashlib.sha256(b"three").hexdigest(), f"{current}/f")
@@ -507,7 +480,7 @@ def test_a_root_that_keeps_changing_is_refused_as_changed_not_as_invalid_argumen
     current, _ = _releases(tree)
     (tree / "dir_release").mkdir()
     (tree / "dir_release" / "f").write_bytes(b"three")
-    errors = _swap_at_readlink(monkeypatch, current, tree / "dir_release", back=True)
+    errors = swap_at_readlink(monkeypatch, current, tree / "dir_release", back=True)
     with pytest.raises(PathRefused) as info:
         hash_file(f"{current}/f", (str(current),), "sha256", threading.Event())
     assert errors == [errno.EINVAL] * safepath.ROOT_RETRIES

@@ -812,6 +812,10 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             P + "test_terminal_escapes.py::test_the_sanitiser_passes_nothing_that_can_drive_or_reorder_a_terminal",
             P + "test_hardening.py::test_terminal_safe_output_replaces_c0_c1_and_broken_bytes",
         ],
+        "every character the log lines escape as invisible is ? on a terminal": [
+            P + "test_terminal_escapes.py::test_the_terminal_hides_exactly_what_logs_escape",
+            P + "test_terminal_escapes.py::test_lastlog_shows_hidden_characters_of_a_log_line_as_question_marks",
+        ],
         "lastlog -n and exit N take ASCII digits only": [
             U + "test_lastlog.py::test_lastlog_usage_errors",
             U + "test_commands.py::test_exit_status_takes_ascii_digits_only",
@@ -822,6 +826,11 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_authlog.py::test_a_user_name_stays_one_word_of_one_line",
             U + "test_authlog.py::test_log_word_escapes_are_unambiguous",
             U + "test_authlog.py::test_certificate_in_sshds_words",
+        ],
+        "every main-log line and audit record naming a user escapes it; a hidden principal reaches none raw": [
+            U + "test_hidden_characters.py::test_the_dispatcher_logs_and_audits_the_user_name_it_is_given_escaped",
+            M + "test_hidden_user_names.py::test_a_hidden_principal_as_login_name_is_refused_and_escaped",
+            M + "test_hidden_user_names.py::test_a_hidden_principal_beside_the_name_reaches_nothing_raw",
         ],
         "a user name cannot add an address fail2ban would ban (real fail2ban-regex)": [
             M + "test_auth_log.py::test_fail2ban_counts_only_the_clients_own_address",

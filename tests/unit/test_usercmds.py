@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.races import swap_at_readlink
 from twisted.internet.task import Clock
 
+from conchcmd.commands.safepath import ROOT_RETRIES
 from conchcmd.core.config import load_config
 from conchcmd.edge.cli import main
 from conchcmd.edge.usercmds import UserCommandError, replace_file
@@ -335,6 +338,40 @@ def test_deluser_edits_the_file_a_symlink_leads_to(workdir: Path, ssh_key) -> No
     link.symlink_to(real)
     assert main(["deluser", "alice", a.fingerprint]) == 0
     assert link.is_symlink() and real.read_text() == f"{b.public_line}\n"
+
+
+def test_deluser_resolves_a_symlink_swapped_for_a_file_inside_realpath_again(
+    workdir: Path, ssh_key, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """alice's symlink exchanged with a regular file between realpath's lstat and readlink:
+    readlink's EINVAL, which Python's realpath passes on, failed deluser before; now the name is
+    resolved again and the file found there edited. Swapped at every look: refused, nothing lost."""
+    a, b = ssh_key("ed25519"), ssh_key("rsa")
+    both = f"{a.public_line}\n{b.public_line}\n"
+    real = workdir / "keys" / "shared"
+    real.write_text(both)
+    real.chmod(0o600)
+    link = workdir / "keys" / "authorized_keys" / "alice"
+    link.symlink_to(real)
+    replacement = workdir / "keys" / "replacement"
+    replacement.write_text(both)
+    replacement.chmod(0o600)
+
+    plain_readlink = os.readlink
+    errors = swap_at_readlink(monkeypatch, link, replacement, back=True)
+    assert main(["deluser", "alice", a.fingerprint]) == 1
+    assert errors == [errno.EINVAL] * ROOT_RETRIES
+    assert capsys.readouterr().err == (
+        f"conchcmd: {link} kept changing while it was read (a symlink being swapped); nothing removed; try again\n"
+    )
+    assert (real.read_text(), replacement.read_text(), audit_records(workdir)) == (both, both, [])
+
+    monkeypatch.setattr(os, "readlink", plain_readlink)
+    errors = swap_at_readlink(monkeypatch, link, replacement, back=False)
+    assert main(["deluser", "alice", a.fingerprint]) == 0
+    assert errors == [errno.EINVAL]  # the race really happened, once
+    assert not link.is_symlink() and link.read_text() == f"{b.public_line}\n"  # the file found there
+    assert real.read_text() == both
 
 
 def test_deluser_refuses_when_the_audit_log_cannot_be_written(
