@@ -733,7 +733,7 @@ def test_verify_password_refuses_a_long_password_and_raises_for_an_unusable_hash
     assert verify_password(b"x" * 72, hashed, True)
     assert not verify_password(b"x" * 73, hashed, True)  # never truncated to the 72 that match
     with pytest.raises(ValueError, match="Invalid salt"):  # the server's hash: not a wrong password
-        verify_password(b"x", hashed[:4] + b"03" + hashed[6:], True)
+        verify_password(b"x", hashed[:7] + b"!" + hashed[8:], True)
 
 
 @pytest.mark.parametrize(("stdin", "args"), [("\n", []), ("", []), ("pw\n", ["--rounds", "3"])])
