@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from support.keys import ed25519_key
-from support.scripted import ScriptedClient, force_send, scripted
+from support.scripted import KexHolding, force_send, scripted
 from support.sshclient import Connection, RecordingChannel
 from support.world import World, make_world
 from twisted.conch.ssh import common, connection, transport
@@ -225,32 +225,13 @@ def test_a_second_service_request_after_login_takes_no_slot_and_no_timer(tmp_pat
 # -- finding 2: output while keys change, and a time limit on a key exchange ----------------
 
 
-class Stalling(ScriptedClient):
-    """A client that can hold back the server's KEXINIT (and so never finish a key exchange)."""
-
-    hold = False
-    held: list[bytes]
-
-    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
-        if self.hold and messageNum == transport.MSG_KEXINIT:
-            self.held.append(payload)
-            return
-        super().dispatchMessage(messageNum, payload)
-
-    def release(self) -> None:
-        self.hold = False
-        for payload in self.held:
-            self.dispatchMessage(transport.MSG_KEXINIT, payload)
-        self.held = []
-
-
-def stalling(w: World) -> tuple[Connection, Stalling]:
+def stalling(w: World) -> tuple[Connection, KexHolding]:
     factory = scripted()
-    factory.protocol = Stalling  # type: ignore[assignment]
+    factory.protocol = KexHolding  # type: ignore[assignment]
     conn = w.connect(client=factory)
     assert conn.login(b"admin", ed25519_key()) == SUCCESS
     client = conn.client
-    assert isinstance(client, Stalling)
+    assert isinstance(client, KexHolding)
     client.held = []
     return conn, client
 

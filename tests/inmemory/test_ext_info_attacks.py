@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.flights import Flights, answer_to
 from support.keys import ed25519_key
-from support.scripted import ScriptedClient, force_send, once, scripted
+from support.scripted import KexHolding, ScriptedClient, force_send, once, scripted
 from support.sshclient import AuthClient, ClientConnection, Connection, connect
 from support.world import World, make_world
 from twisted.conch.ssh import common, transport
@@ -51,30 +51,12 @@ def names(client: object) -> list[int]:
     return [m for m, _ in client.received]
 
 
-class Holding(ScriptedClient):
-    """A client that can hold back the server's KEXINIT (and so never finish its key exchange)."""
-
-    hold = False
-    held: list[bytes]
-
-    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
-        if self.hold and messageNum == transport.MSG_KEXINIT:
-            self.held.append(payload)
-            return
-        super().dispatchMessage(messageNum, payload)
-
-    def release(self, then_hold: bool = False) -> None:
-        held, self.held, self.hold = self.held, [], then_hold
-        for payload in held:
-            ScriptedClient.dispatchMessage(self, transport.MSG_KEXINIT, payload)
-
-
-def holding(w: World) -> tuple[Connection, Holding]:
+def holding(w: World) -> tuple[Connection, KexHolding]:
     factory = scripted()
-    factory.protocol = Holding  # type: ignore[assignment]
+    factory.protocol = KexHolding  # type: ignore[assignment]
     conn = w.connect(client=factory)
     client = conn.client
-    assert isinstance(client, Holding)
+    assert isinstance(client, KexHolding)
     client.held = []
     assert conn.login(b"admin", ed25519_key()) == SUCCESS
     return conn, client

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from twisted.conch.ssh import common
+from twisted.conch.ssh import common, transport
 
 from conchcmd.wire.packets import PacketCodec, pad
 from support.sshclient import ClientFactory, ClientTransport
@@ -98,3 +98,23 @@ def send(message: int, payload: bytes = b"") -> Callable[[ScriptedClient], None]
 
 def ecdh_init(client: ClientTransport) -> bytes:
     return common.NS(client._encodeECPublicKey(client._generateECPrivateKey().public_key()))
+
+
+class KexHolding(ScriptedClient):
+    """A client that can hold back the server's KEXINIT (and so never finish a key exchange);
+    `held` is set to [] by whoever makes it."""
+
+    hold = False
+    held: list[bytes]
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self.hold and messageNum == transport.MSG_KEXINIT:
+            self.held.append(payload)
+            return
+        super().dispatchMessage(messageNum, payload)
+
+    def release(self, then_hold: bool = False) -> None:
+        """Handle the held KEXINITs now; with `then_hold`, hold the next ones again."""
+        held, self.held, self.hold = self.held, [], then_hold
+        for payload in held:
+            ScriptedClient.dispatchMessage(self, transport.MSG_KEXINIT, payload)
