@@ -328,7 +328,7 @@ class RevokedKeys:
             raise CertificateRefused(f"certificate serial {cert.serial} is revoked")
         key_id = cert.key_id.decode("utf-8", "replace")
         if key_id in self.ids:
-            raise CertificateRefused(f"certificate id {sanitise(key_id)!r} is revoked")
+            raise CertificateRefused(f"certificate id '{key_id}' is revoked")  # escaped by its writer
 
 
 def _key_blob(field: KeyField) -> bytes:

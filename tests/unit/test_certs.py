@@ -470,6 +470,10 @@ def test_revoked_by_key_id(site: Site, sign, make_ca) -> None:
     with pytest.raises(KeyRefused, match="certificate id 'stolen-laptop' is revoked"):
         site.check(sign(key_id="stolen-laptop"))
     site.check(sign(key_id="stolen-laptop-2"))
+    site.revoke("id: lap\\top\u200b")  # escaped once when written out, as the principals are
+    with pytest.raises(KeyRefused) as info:
+        site.check(sign(key_id="lap\\top\u200b"))
+    assert sanitise(str(info.value)) == "certificate id 'lap\\\\top\\u200b' is revoked"
 
 
 def test_revoked_by_the_users_key(site: Site, sign, make_ca, ssh_key) -> None:
