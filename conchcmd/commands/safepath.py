@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from conchcmd.core.realpaths import ROOT_RETRIES, RootsChanged, realpath_retried
+
 MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
 MAX_OPEN_DIRS = 16  # directory descriptors one walk holds besides "/"
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)  # O_PATH: lookups need only search permission
@@ -111,29 +113,6 @@ _OPENAT2 = _probe_openat2()
 def within_roots(path: str, roots: tuple[str, ...]) -> bool:
     """True if `path` (canonical, absolute) is one of the roots or below one."""
     return any(os.path.commonpath([root, path]) == root for root in roots)
-
-
-class RootsChanged(Exception):
-    """A root kept changing (a symlink swapped for a directory, or back) while it was resolved
-    or while a path in it was opened: nothing was opened; asking again may succeed."""
-
-
-#: Times a path is tried again when a root changed meanwhile, before RootsChanged.
-ROOT_RETRIES = 8
-
-
-def realpath_retried(root: str) -> str:
-    """os.path.realpath, again when the name changed while it was read: Python's non-strict
-    realpath lstat()s a name and then readlink()s it, and lets that readlink's EINVAL (the
-    symlink replaced by a directory or file in between) or ENOENT (removed) through.
-    RootsChanged after ROOT_RETRIES tries."""
-    for _ in range(ROOT_RETRIES):
-        try:
-            return os.path.realpath(root)
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.ENOENT):
-                raise
-    raise RootsChanged()
 
 
 def resolve_roots(roots: tuple[str, ...]) -> tuple[str, ...]:

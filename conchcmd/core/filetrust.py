@@ -15,6 +15,8 @@ import stat
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from conchcmd.core.realpaths import strict_realpath_retried
+
 #: Reasons a file cannot be opened or read that are the server's own (out of descriptors or memory,
 #: a failing disk or file server), not the file's: they pass, and say nothing about who may log in.
 SERVER_SIDE_ERRNOS = frozenset(
@@ -141,7 +143,7 @@ def file_problem(
     if not trust.strict:
         return None
     try:
-        real = resolved if resolved is not None else os.path.realpath(path, strict=True)
+        real = resolved if resolved is not None else strict_realpath_retried(path)
         real_stat = os.stat(real)
     except OSError as e:
         if server_side(e):
@@ -159,7 +161,7 @@ def directory_problem(path: str, trust: FileTrust) -> Untrusted | None:
     if not trust.strict:
         return None
     try:
-        real = os.path.realpath(path, strict=True)
+        real = strict_realpath_retried(path)
     except OSError as e:
         return Untrusted(path, f"realpath {path} failed: {e.strerror}", f"check {path}")
     return _directory_chain(real, trust, f"the files in {path}")

@@ -268,7 +268,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     try:
         authorized = authorizer.authorize(args.user, algorithm, blob, args.peer)
     except KeyRefused as e:
-        out.write(f"login: REFUSED: {e}\n")
+        out.write(f"login: REFUSED: {terminal_safe(str(e), single_line=True)}\n")  # the reason may quote a certificate
         path = authorizer.keys.path_for(args.user)
         problem = path_problem(path, authorizer.keys.trust) if path else None
         if problem is not None:

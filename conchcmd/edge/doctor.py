@@ -16,13 +16,13 @@ from twisted.conch.ssh.common import getNS
 
 from conchcmd.commands.framework import InlineRunner
 from conchcmd.commands.lastlog import FileTail, JournalTail, build_sources, empty_journal_message
-from conchcmd.commands.safepath import RootsChanged, realpath_retried
 from conchcmd.core.addrspace import global_ranges
 from conchcmd.core.config import Config
 from conchcmd.core.endpoints import proxied_description
 from conchcmd.core.fdlimit import descriptors_needed, limit_warning
 from conchcmd.core.filetrust import FileTrust, UntrustedFile, directory_problem, path_problem, read_trusted
 from conchcmd.core.logtargets import JOURNAL_SOCKET, parse_syslog_address
+from conchcmd.core.realpaths import RootsChanged, realpath_retried
 from conchcmd.edge.usercmds import ca_key_refusal, line_refusal
 from conchcmd.policy.auth import bcrypt_cost
 from conchcmd.policy.authorized_keys import fingerprint, parse_authorized_keys

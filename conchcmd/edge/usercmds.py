@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conchcmd.commands.safepath import RootsChanged, realpath_retried
 from conchcmd.core.audit import AUDIT_FILE_MODE, AUDIT_GROUP_FILE_MODE, AuditLog, sanitise, terminal_safe
 from conchcmd.core.config import Config, audit_group_id, valid_user_name
 from conchcmd.core.filetrust import FileTrust, file_version, path_problem, symlink_followable
+from conchcmd.core.realpaths import RootsChanged, realpath_retried
 from conchcmd.keys.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
 from conchcmd.keys.keyparse import KeyParseError, public_key_from_line
 from conchcmd.keys.sk import SK_KEY_TYPES, PubkeyAuthOptions, SkRequirements, parse_sk_public_key

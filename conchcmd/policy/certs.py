@@ -328,7 +328,7 @@ class RevokedKeys:
             raise CertificateRefused(f"certificate serial {cert.serial} is revoked")
         key_id = cert.key_id.decode("utf-8", "replace")
         if key_id in self.ids:
-            raise CertificateRefused(f"certificate id {sanitise(key_id)!r} is revoked")
+            raise CertificateRefused(f"certificate id '{key_id}' is revoked")  # escaped by its writer
 
 
 def _key_blob(field: KeyField) -> bytes:
@@ -439,7 +439,8 @@ def validate_certificate(
         raise CertificateRefused(f"certificate authority {fingerprint(ca_blob)} is not trusted")
     through_line = any(principals_allow(principals, user, wanted) for wanted in lines)
     if not through_line and not (user in principals and trusted.contains(ca_blob)):
-        raise CertificateRefused(f"certificate principals {', '.join(map(sanitise, principals))} do not include {user}")
+        # The principals as they are: whoever writes the reason out escapes it (once).
+        raise CertificateRefused(f"certificate principals {', '.join(principals)} do not include {user}")
     if now < cert.valid_after:
         raise CertificateRefused("certificate is not yet valid")
     if now >= cert.valid_before:

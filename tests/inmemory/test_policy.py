@@ -370,6 +370,22 @@ def test_refused_certificate_is_audited_with_its_details(tmp_path: Path) -> None
     assert auth["ca_fingerprint"] == fingerprint(public_blob(ca.public_key()))
 
 
+def test_refused_certificate_principals_are_escaped_once_in_the_audit_record(tmp_path: Path) -> None:
+    ca = ed25519.Ed25519PrivateKey.generate()
+    cas = tmp_path / "cas"
+    from cryptography.hazmat.primitives import serialization
+
+    cas.write_bytes(
+        ca.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
+    world = policy_world(tmp_path, trusted_user_ca_keys=str(cas))
+    user_key = ed25519_key(53)
+    cert = make_cert(ca, user_key, principals=[b"b\\ob", "\u200broot".encode()])
+    assert cert_login(world.connect("10.0.0.5"), b"hank", user_key, cert) == FAILURE
+    (auth,) = world.audit.of("auth")
+    assert auth["reason"] == "certificate principals b\\\\ob, \\u200broot do not include hank"
+
+
 # -- passwords ------------------------------------------------------------------------------------------
 
 

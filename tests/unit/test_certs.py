@@ -21,6 +21,7 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
 
+from conchcmd.core.audit import sanitise
 from conchcmd.edge.cli import main
 from conchcmd.policy.auth import Authorized, KeyAuthorizer, KeyRefused, PublicKeyChecker
 from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
@@ -469,6 +470,10 @@ def test_revoked_by_key_id(site: Site, sign, make_ca) -> None:
     with pytest.raises(KeyRefused, match="certificate id 'stolen-laptop' is revoked"):
         site.check(sign(key_id="stolen-laptop"))
     site.check(sign(key_id="stolen-laptop-2"))
+    site.revoke("id: lap\\top\u200b")  # escaped once when written out, as the principals are
+    with pytest.raises(KeyRefused) as info:
+        site.check(sign(key_id="lap\\top\u200b"))
+    assert sanitise(str(info.value)) == "certificate id 'lap\\\\top\\u200b' is revoked"
 
 
 def test_revoked_by_the_users_key(site: Site, sign, make_ca, ssh_key) -> None:
@@ -918,3 +923,23 @@ def test_trusted_cas_load_returns_the_keys_and_where_reading_stopped(tmp_path: P
     assert trusted.load() == frozenset({good.public().blob()})  # the mislabelled line stops reading
     assert trusted.unreadable_line == 2
     assert not trusted.contains(after.public().blob())
+
+
+def test_a_refusal_quotes_the_principals_as_they_are_and_each_writer_escapes_them_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, site: Site, sign, make_ca
+) -> None:
+    """The principals went into the reason already escaped, and the reason was escaped again as
+    a whole for the log and the audit record: a backslash showed as four, U+200B as \\\\u200b."""
+    ca = make_ca("ed25519")
+    site.trust(ca)
+    cert = sign(principals="b\\ob,\u200broot")
+    with pytest.raises(KeyRefused) as info:
+        site.check(cert)
+    assert str(info.value) == "certificate principals b\\ob, \u200broot do not include alice"
+    assert sanitise(str(info.value)) == "certificate principals b\\\\ob, \\u200broot do not include alice"
+
+    monkeypatch.chdir(tmp_path)  # `check` on a terminal: the invisible character shown as '?'
+    (tmp_path / "cas").write_text(ca.public_line + "\n")
+    (tmp_path / "conchcmd.toml").write_text('authorized_keys = "ak/%u"\ntrusted_user_ca_keys = "cas"\n')
+    assert main(["check", "--user", "alice", "--key", str(cert.path)]) == 1
+    assert capsys.readouterr().out == "login: REFUSED: certificate principals b\\ob, ?root do not include alice\n"

@@ -5,6 +5,7 @@ the trusted CA file, the revoked keys file and the host keys; `doctor` reports t
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from dataclasses import dataclass
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from support.keys import authorized_line, ed25519_key
+from support.races import exchange, swap_at_readlink
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from conchcmd.core.config import parse_config
 from conchcmd.core.filetrust import CheckedFile, FileTrust, directory_problem, file_problem, opened_path, path_problem
+from conchcmd.core.realpaths import ROOT_RETRIES
 from conchcmd.edge import cli
 from conchcmd.policy.auth import KeyAuthorizer, KeyRefused
 from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
@@ -498,3 +501,52 @@ def test_keygen_refuses_an_untrusted_host_key_directory(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert err.startswith(f"conchcmd: host key directory {keys}: bad ownership or modes for directory {keys}; fix:")
     assert list(keys.iterdir()) == []
+
+
+# -- a symlink on the way swapped for a directory while realpath reads it ---------------------------
+
+
+def _deploy(tmp_path: Path) -> tuple[Path, Path]:
+    """tmp/current -> tmp/r1 holding f, and tmp/dir_release, a directory holding the same file (a
+    hard link): what a deploy swaps `current` with."""
+    base = Path(os.path.realpath(tmp_path))
+    (base / "r1").mkdir()
+    _write(base / "r1" / "f", "x")
+    (base / "dir_release").mkdir()
+    os.link(base / "r1" / "f", base / "dir_release" / "f")
+    (base / "current").symlink_to(base / "r1")
+    return base / "current", base / "dir_release"
+
+
+def test_a_symlink_swapped_for_a_directory_inside_realpath_is_resolved_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's realpath lstat()s `current` (a symlink), then readlink()s it: swapped for a directory
+    in between, readlink fails with EINVAL. Reported before as an untrusted file and directory,
+    "realpath ... failed: Invalid argument"; now the name is resolved again and judged."""
+    current, release = _deploy(tmp_path)
+    path = current / "f"
+    opened = path.stat()
+    errors = swap_at_readlink(monkeypatch, current, release, back=False)
+    assert file_problem(str(path), opened, STRICT) is None
+    assert errors == [errno.EINVAL]  # the race really happened, once
+    exchange(current, release)  # the symlink back, for directory_problem's own race
+    errors.clear()
+    assert directory_problem(str(current), STRICT) is None
+    assert errors == [errno.EINVAL]
+
+
+def test_a_symlink_that_keeps_changing_inside_realpath_and_a_missing_path_are_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current, release = _deploy(tmp_path)
+    errors = swap_at_readlink(monkeypatch, current, release, back=True)
+    problem = directory_problem(str(current), STRICT)
+    assert errors == [errno.EINVAL] * ROOT_RETRIES
+    assert problem is not None and problem.reason == f"realpath {current} failed: Invalid argument"
+    problem = file_problem(str(current / "f"), (current / "f").stat(), STRICT)
+    assert problem is not None and problem.reason == f"realpath {current}/f failed: Invalid argument"
+    monkeypatch.undo()
+    missing = current / "missing"
+    problem = directory_problem(str(missing), STRICT)
+    assert problem is not None and problem.reason == f"realpath {missing} failed: No such file or directory"
