@@ -13,6 +13,7 @@ from conchcmd.commands.builtin import build_command_table
 from conchcmd.commands.framework import Dispatcher, ExitStatus
 from conchcmd.core.audit import AuditSink
 from conchcmd.core.config import Config
+from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.metrics import NO_METRICS, Metrics
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.policy.auth import KeyAuthorizer, PasswordChecker, PublicKeyChecker
@@ -69,7 +70,8 @@ def build_server(
     )
     if metrics is not None:
         metrics.commands = frozenset(command.name for command in table)  # any other name counts as "other"
-    dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure)
+    internal_errors = InternalErrors()  # the server's bugs, each traceback logged once
+    dispatcher = Dispatcher(table, audit, reactor, audit_failure=config.audit_failure, internal_errors=internal_errors)
     authorizer = KeyAuthorizer.from_config(config, reactor)
     shell = ShellSettings(
         hostname=hostname or socket.gethostname(),
@@ -89,6 +91,7 @@ def build_server(
         passwords=passwords,
         known_user=lambda user, files: user in realm.users or authorizer.knows(user, files),
         metrics=metrics or NO_METRICS,
+        internal_errors=internal_errors,
     )
     if metrics is not None:
         metrics.watch(FactoryState(factory))

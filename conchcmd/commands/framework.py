@@ -272,14 +272,24 @@ async def _complain(stderr: Output, message: str) -> None:
 class Dispatcher:
     """Runs command lines: parse, look up, run, map errors to statuses, log and audit."""
 
-    def __init__(self, table: CommandTable, audit: AuditSink, clock: IReactorTime, *, audit_failure: str = "refuse"):
+    def __init__(
+        self,
+        table: CommandTable,
+        audit: AuditSink,
+        clock: IReactorTime,
+        *,
+        audit_failure: str = "refuse",
+        internal_errors: InternalErrors | None = None,
+    ):
         self.table = table
         self.audit = audit
         self.clock = clock
         #: "refuse": while the audit log cannot be written, commands other than `exit` are
         #: refused rather than run unaudited; "continue": they run (the audit log logs its failure).
         self.refuse_unaudited = audit_failure == "refuse"
-        self.internal_errors = InternalErrors()  # commands that crashed, by place in the code
+        #: Bugs already logged with their traceback, by place in the code (the server's, shared
+        #: with the transport and sessions: see app.build_server).
+        self.internal_errors = internal_errors or InternalErrors()
 
     def dispatch(
         self,

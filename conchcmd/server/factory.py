@@ -73,6 +73,7 @@ class CommandServerFactory(SSHFactory):
         passwords: PasswordChecker | None = None,
         known_user: Callable[[str, AttemptFiles], bool] | None = None,
         metrics: ConnectionMetrics = NO_METRICS,
+        internal_errors: InternalErrors | None = None,
     ):
         self.publicKeys = dict(host_keys.public)
         self.privateKeys = dict(host_keys.private)
@@ -107,7 +108,7 @@ class CommandServerFactory(SSHFactory):
             if algorithm not in SHA1_HOST_KEY_ALGORITHMS
         ]
         self.transports: set[ServerTransport] = set()
-        self.internal_errors = InternalErrors()
+        self.internal_errors = internal_errors or InternalErrors()  # one per server: see InternalErrors
         self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]

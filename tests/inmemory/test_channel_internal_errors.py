@@ -143,3 +143,13 @@ def test_a_bug_starting_a_command_ends_it_like_a_crash(world: World, monkeypatch
     )
     monkeypatch.undo()
     still_works(conn, bystander)
+
+
+def test_the_transport_sessions_and_commands_share_one_set_of_logged_places(world: World) -> None:
+    # One traceback per place for the whole server: a command's crash and a packet's bug are
+    # counted in the same InternalErrors, so its LIMIT bounds them together.
+    conn = world.login(peer=PEER)
+    avatar = conn.server.avatar
+    assert isinstance(avatar, CommandUser)
+    assert world.server.dispatcher.internal_errors is world.factory.internal_errors
+    assert avatar.internal_errors is world.factory.internal_errors
