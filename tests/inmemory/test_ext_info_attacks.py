@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -62,20 +63,31 @@ def holding(w: World) -> tuple[Connection, KexHolding]:
     return conn, client
 
 
+def log_lines(lines: int, width: int) -> bytes:
+    """A log of `lines` numbered lines of `width` bytes each (lastlog's file in these tests)."""
+    return b"".join(b"%06d %s\n" % (i, b"y" * width) for i in range(lines))
+
+
+def lastlog_behind_a_rekey(tmp_path: Path, lines: int, width: int) -> tuple[World, Connection, KexHolding, Any]:
+    """A logged-in client that holds back the KEXINIT of a rekey we start, then runs `lastlog -n
+    lines` of a log of `lines` lines of `width` bytes: all its output is held behind the rekey."""
+    w = make_world(tmp_path, log_text=log_lines(lines, width))
+    conn, client = holding(w)
+    chan = conn.open_session(window=64 * 1024 * 1024)
+    client.hold = True
+    conn.server.sendKexInit()  # the rekey: the client does not answer yet
+    conn.flush()
+    conn.exec(chan, b"lastlog -n %d" % lines)
+    conn.flush()
+    return w, conn, client, chan
+
+
 def test_a_rekey_started_by_the_flush_of_held_output_still_has_a_time_limit(tmp_path: Path) -> None:
     """Output held behind a rekey goes out at the client's NEWKEYS; if it passes the traffic
     limit, the flush itself starts the next rekey. That one must end within KEX_TIMEOUT too: the
     timer of the rekey just finished was still set while the flush ran, so the new one got none,
     and a client that never answered its KEXINIT kept the connection and its held output."""
-    text = b"".join(b"%06d %s\n" % (i, b"y" * 300) for i in range(3000))  # ~0.9 MB
-    w = make_world(tmp_path, log_text=text)
-    conn, client = holding(w)
-    chan = conn.open_session(window=64 * 1024 * 1024)
-    client.hold = True
-    conn.server.sendKexInit()  # rekey 1: the client does not answer yet
-    conn.flush()
-    conn.exec(chan, b"lastlog -n 3000")
-    conn.flush()
+    w, conn, client, chan = lastlog_behind_a_rekey(tmp_path, 3000, 300)  # ~0.9 MB behind rekey 1
     assert bytes(chan.out) == b"" and len(conn.server.held_messages()) > 10
     conn.server.rekey_bytes = 64 * 1024  # the flush passes the traffic limit
     client.release(then_hold=True)  # rekey 1 ends; the client holds the KEXINIT of rekey 2
@@ -312,15 +324,7 @@ def test_output_held_by_a_rekey_leaves_after_the_client_s_newkeys_never_before(
     """A rekey's reply flight is the key exchange alone (no EXT_INFO, no channel data: the
     send_after_newkeys path is the first exchange's only); what the rekey held back follows the
     client's NEWKEYS, in order, and nothing else left between."""
-    text = b"".join(b"%06d %s\n" % (i, b"y" * 300) for i in range(1000))
-    w = make_world(tmp_path, log_text=text)
-    conn, client = holding(w)
-    chan = conn.open_session(window=64 * 1024 * 1024)
-    client.hold = True
-    conn.server.sendKexInit()
-    conn.flush()
-    conn.exec(chan, b"lastlog -n 1000")
-    conn.flush()
+    _, conn, client, chan = lastlog_behind_a_rekey(tmp_path, 1000, 300)
     held = len(conn.server.held_messages())
     assert held > 10 and bytes(chan.out) == b""
     before = len(flights)
@@ -337,7 +341,7 @@ def test_output_held_by_a_rekey_leaves_after_the_client_s_newkeys_never_before(
         98,
         99,
     }  # the exec's SUCCESS, DATA, EOF, exit-status, CLOSE
-    assert after[:2] == [99, 94] and chan.exit_status == 0 and bytes(chan.out) == text
+    assert after[:2] == [99, 94] and chan.exit_status == 0 and bytes(chan.out) == log_lines(1000, 300)
 
 
 @pytest.mark.parametrize("strict", [True, False])
@@ -363,15 +367,7 @@ def test_a_client_that_never_sends_its_newkeys_reads_the_grace_time_disconnect(w
 def test_output_held_behind_a_rekey_the_flush_started_stays_within_the_budget(tmp_path: Path) -> None:
     """The same flush: what it re-queues behind the new rekey counts against KEX_OUTPUT_BUDGET.
     The count used to be zeroed after the flush, so channels queued another budget's worth."""
-    text = b"".join(b"%06d %s\n" % (i, b"y" * 1000) for i in range(4000))  # ~4 MB
-    w = make_world(tmp_path, log_text=text)
-    conn, client = holding(w)
-    chan = conn.open_session(window=64 * 1024 * 1024)
-    client.hold = True
-    conn.server.sendKexInit()
-    conn.flush()
-    conn.exec(chan, b"lastlog -n 4000")
-    conn.flush()
+    _, conn, client, chan = lastlog_behind_a_rekey(tmp_path, 4000, 1000)  # ~4 MB
     assert sum(len(p) for _, p in conn.server.held_messages()) >= KEX_OUTPUT_BUDGET
     conn.server.rekey_bytes = 64 * 1024
     client.release(then_hold=True)
@@ -380,7 +376,7 @@ def test_output_held_behind_a_rekey_the_flush_started_stays_within_the_budget(tm
     assert sum(len(p) for _, p in conn.server.held_messages()) < KEX_OUTPUT_BUDGET + 40 * 1024
     client.release()
     conn.flush()
-    assert chan.exit_status == 0 and bytes(chan.out) == text
+    assert chan.exit_status == 0 and bytes(chan.out) == log_lines(4000, 1000)
 
 
 def test_a_tiny_traffic_limit_starts_no_rekey_before_login_and_ext_info_stays_first(
