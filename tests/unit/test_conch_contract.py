@@ -203,6 +203,7 @@ RECORDED: dict[str, str] = {
     "twisted.conch.ssh.transport:SSHClientTransport.connectionMade": "(self) sha256:ef589cfd164b00ad5998473c1b32e1a0dac34d0d99ab11824f249471eb92ac62",
     "twisted.conch.ssh.transport:SSHClientTransport.connectionSecure": "(self) sha256:f0b7893cd8b7151d86cd28b691df533a2e1cb234effaf9537ca8d960591dab3a",
     "twisted.conch.ssh.transport:SSHClientTransport.ssh_KEXINIT": "(self, packet) sha256:87e42ac2252f836bfdec8ff7bdef4703dbdbc387d364d0c71feddf66d0074b3a",
+    "twisted.conch.ssh.transport:SSHClientTransport.ssh_KEX_DH_GEX_GROUP": "(self, packet) sha256:5f2dca698b6bc1fe8b61a81dbd539dc01b36c795d19edd3ae2f9537d3e4547b1",
     "twisted.conch.ssh.transport:SSHClientTransport.ssh_NEWKEYS": "(self, packet) sha256:42129212faa634e323a5255520caeca635d0f8396f1edd9e4abb938fab4a40f0",
     "twisted.conch.ssh.transport:SSHClientTransport.verifyHostKey": "(self, hostKey, fingerprint) sha256:bff9daf69a1f675dae4a60e177611ac69174a00ced6e98d797d301b87e6aaa3d",
     "twisted.conch.ssh.transport:SSHServerTransport._getHostKeys": "(self, keyAlg: 'bytes') -> 'tuple[keys.Key, keys.Key]' sha256:d71b60ea24b4d0470c7340680a2ebc3a4ffecc0ded49b902fb0fc533301762b4",
