@@ -1,7 +1,8 @@
 """EXT_INFO in the key-exchange reply's flight (RFC 8308 2.4) against asyncssh, a client that
 reads it only once our NEWKEYS is in: its server-sig-algs is what lets asyncssh sign with an RSA
 key at all (without it asyncssh signs with SHA-1 `ssh-rsa`, which the server refuses), under each
-kind of cipher, with strict KEX and without, and with rekeys every 32 KiB after it."""
+kind of cipher, with strict KEX and without, and with rekeys every 32 KiB after it, all by
+mlkem768x25519-sha256 (asyncssh's first choice)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import asyncssh
 from asyncssh.connection import SSHConnection
 
 key, port, cipher, mac, markers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-seen = {"ext_info": 0, "kexinits": 0}
+seen = {"ext_info": 0, "kexinits": 0, "kex": []}
 markers = [m.encode() for m in markers.split(",") if m]
 strict = b"kex-strict-c-v00@openssh.com" in markers
 SSHConnection._get_extra_kex_algs = lambda self: markers
@@ -32,6 +33,7 @@ def reading(self, *args):
 
 async def negotiating(self, *args):
     await kexinit(self, *args)
+    seen["kex"].append(self._kex.algorithm.decode())  # asyncssh prefers mlkem768x25519-sha256
     self._strict_kex = self._strict_kex and strict  # asyncssh takes the server's marker alone
 
 def counting(self):
@@ -90,12 +92,14 @@ def test_asyncssh_reads_ext_info_and_signs_with_rsa_sha2_across_rekeys(server, t
     assert "rsa-sha2-256" in seen["sig_algs"] and "ssh-rsa" not in seen["sig_algs"]
     assert seen["status"] == 0 and seen["out"].encode() == server.tail(server.data.syslog, 2000)
     assert seen["kexinits"] >= 3  # the initial exchange and rekeys after EXT_INFO
+    # the hybrid post-quantum exchange (answered by the server's own mlkem_init), every time
+    assert set(seen["kex"]) == {"mlkem768x25519-sha256"} and len(seen["kex"]) >= 3, seen["kex"]
 
 
 def test_without_ext_info_c_asyncssh_gets_none_and_its_rsa_key_is_refused(server, tmp_path):
     """The control: no ext-info-c, no EXT_INFO; asyncssh then signs with SHA-1 `ssh-rsa`, refused.
     An ed25519 key needs no server-sig-algs and logs in over the same transport."""
     seen = run_client(server, tmp_path, server.keys.rsa, *SUITES[0], "kex-strict-c-v00@openssh.com")
-    assert seen == {"ext_info": 0, "kexinits": 1, "denied": True}
+    assert seen == {"ext_info": 0, "kexinits": 1, "kex": ["mlkem768x25519-sha256"], "denied": True}
     seen = run_client(server, tmp_path, server.keys.ed25519, *SUITES[0], "kex-strict-c-v00@openssh.com")
     assert seen["ext_info"] == 0 and seen["sig_algs"] == [] and seen["status"] == 0 and seen["strict"] is True

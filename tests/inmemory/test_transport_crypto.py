@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.wire import framing
-from conchcmd.wire.framing import RandomPool
+from conchcmd.wire.framing import MLKEM_KEX, RandomPool
 from conchcmd.wire.packets import CIPHERS as SPECS
 from conchcmd.wire.packets import PacketCodec, pad
 
@@ -67,6 +67,33 @@ def test_each_cipher_and_mac_carries_bulk_output_across_rekeys(tmp_path: Path, c
     out = run(conn, b"lastlog -n 6000")
     assert out == LINE * 6000
     assert server.kex_count >= 4 and conn.client.kex_count == server.kex_count
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_hybrid_kex_logs_in_and_rekeys_both_ways(tmp_path: Path, strict: bool) -> None:
+    """mlkem768x25519-sha256 against a client written from the draft (support/sshclient's
+    hybrid_init), not from the server's code: EXT_INFO, output across the server's own rekeys,
+    then the client's."""
+    w = big_world(tmp_path)
+    factory = client(strict=strict)
+    factory.supportedKeyExchanges = [MLKEM_KEX]
+    conn = connect(w.factory, w.clock, client_factory=factory)
+    server = conn.server
+    assert conn.client.kexAlg == server.kexAlg == MLKEM_KEX
+    assert server.strict_kex is conn.client.strict_kex is strict
+    assert b"rsa-sha2-256" in conn.client.peerExtensions[b"server-sig-algs"].split(b",")
+    server.rekey_bytes = 128 * 1024  # the server starts a rekey every 128 KiB
+    assert run(conn, b"lastlog -n 3000") == LINE * 3000
+    ours = server.kex_count
+    assert ours >= 4 and conn.client.kex_count == ours
+    server.rekey_bytes = 1 << 30
+    conn.client.sendKexInit()
+    conn.flush()
+    assert server.kex_count == conn.client.kex_count == ours + 1 and not conn.disconnected
+    chan = conn.open_session()
+    conn.exec(chan, b"lastlog -n 2")
+    conn.flush()
+    assert chan.exit_status == 0 and bytes(chan.out) == LINE * 2
 
 
 def test_encrypt_and_mac_is_off_by_default_but_can_be_named(tmp_path: Path) -> None:

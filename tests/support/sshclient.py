@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from twisted.conch.ssh import channel, common, connection, service, transport, userauth
 from twisted.conch.ssh.keys import Key
 from twisted.internet import defer, protocol
@@ -19,7 +21,7 @@ from twisted.test import iosim
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS
 from conchcmd.server.factory import CommandServerFactory
-from conchcmd.wire.framing import ModernFraming
+from conchcmd.wire.framing import MLKEM_KEX, ModernFraming
 
 
 class ClientTransport(ModernFraming, transport.SSHClientTransport):
@@ -41,12 +43,60 @@ class ClientTransport(ModernFraming, transport.SSHClientTransport):
         super().connectionMade()
 
     def ssh_KEXINIT(self, packet: bytes) -> None:
-        # SSHClientTransport.ssh_KEXINIT with our negotiation; curve25519/ECDH only (all we offer).
+        # SSHClientTransport.ssh_KEXINIT with our negotiation; curve25519/ECDH, or
+        # mlkem768x25519-sha256 when a test offers it (Conch's client has no hybrid exchange).
         if self.negotiate(packet) is None:
+            return
+        if self.kexAlg == MLKEM_KEX:
+            self.hybrid_init()
             return
         self.ecPriv = self._generateECPrivateKey()
         self.ecPub = self.ecPriv.public_key()
         self.sendPacket(transport.MSG_KEX_DH_GEX_REQUEST_OLD, common.NS(self._encodeECPublicKey(self.ecPub)))
+
+    def hybrid_init(self) -> None:
+        """KEX_HYBRID_INIT of mlkem768x25519-sha256, written from draft-ietf-sshm-mlkem-hybrid-kex
+        alone (not from the server's code): C_INIT is the ML-KEM-768 public key, then X25519's."""
+        self.kem_private = mlkem.MLKEM768PrivateKey.generate()
+        self.x25519_private = x25519.X25519PrivateKey.generate()
+        self.c_init = (
+            self.kem_private.public_key().public_bytes_raw() + self.x25519_private.public_key().public_bytes_raw()
+        )
+        self.sendPacket(transport.MSG_KEX_DH_GEX_REQUEST_OLD, common.NS(self.c_init))
+
+    def ssh_KEX_DH_GEX_GROUP(self, packet: bytes) -> Any:
+        if self.kexAlg != MLKEM_KEX:
+            return super().ssh_KEX_DH_GEX_GROUP(packet)
+        # KEX_HYBRID_REPLY: K_S, S_REPLY (the ML-KEM ciphertext, then the server's X25519 key), the
+        # signature of H. K = HASH(K_PQ || K_CL) as a string; H over the usual fields, C_INIT, S_REPLY, K.
+        host_key, s_reply, signature, _ = common.getNS(packet, 3)
+        ciphertext, server_x25519 = s_reply[:-32], s_reply[-32:]
+        k_pq = self.kem_private.decapsulate(ciphertext)
+        k_cl = self.x25519_private.exchange(x25519.X25519PublicKey.from_public_bytes(server_x25519))
+        shared = common.NS(sha256(k_pq + k_cl).digest())
+        exchange_hash = sha256(
+            b"".join(
+                common.NS(s)
+                for s in (
+                    self.ourVersionString,
+                    self.otherVersionString,
+                    self.ourKexInitPayload,
+                    self.otherKexInitPayload,
+                    host_key,
+                    self.c_init,
+                    s_reply,
+                )
+            )
+            + shared
+        ).digest()
+
+        def verified(_: object) -> None:
+            if not Key.fromString(host_key).verify(signature, exchange_hash):
+                self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")
+            else:
+                self._keySetup(shared, exchange_hash)
+
+        return self.verifyHostKey(host_key, b"").addCallback(verified)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         if not self.nextEncryptions.keyed:
