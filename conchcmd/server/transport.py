@@ -34,7 +34,7 @@ from conchcmd.server.proxied import proxy_of
 from conchcmd.server.userauth import UserAuthService
 from conchcmd.session.realm import CommandUser
 from conchcmd.wire.dispatch import KEX_ERROR, Action, Phase, Verdict
-from conchcmd.wire.framing import ModernServerTransport
+from conchcmd.wire.framing import ModernServerTransport, RandomPool
 
 if TYPE_CHECKING:
     from conchcmd.server.factory import CommandServerFactory
@@ -174,7 +174,7 @@ class ServerTransport(ModernServerTransport):
         self.started = factory.clock.seconds()
         self.end_reason = "closed"  # why it ended, escaped text (sanitise): logged and audited as it is
         self.refusals = RepeatLog(log, self.peer)
-        self.connection_id = new_connection_id(factory.connection_ids)
+        self.connection_id = new_connection_id(factory.connection_ids, factory.random.take)
         self.audit = BoundAudit(factory.audit, connection=self.connection_id)  # joins this connection's records
         factory.transports.add(self)
         self.ticket = factory.admissions.start(self.peer_address.host, self.peer, self.connection_id)
@@ -195,6 +195,9 @@ class ServerTransport(ModernServerTransport):
             self._producing = True
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
+
+    def random_pool(self) -> RandomPool:
+        return self.factory.random  # one pool for the server's connections (see RandomPool)
 
     _quickack: Callable[[], None] | None = None  # re-arms TCP_QUICKACK on this connection's socket
 
