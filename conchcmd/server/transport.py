@@ -205,13 +205,10 @@ class ServerTransport(ModernServerTransport):
         # TCP_QUICKACK (Linux) acknowledges what was read at once, and leaves delayed-ACK mode
         # until we next send soon after a read: a client's next small packet, held back by its
         # Nagle until that ACK, then goes out at once, not after the 40 ms delayed-ACK timer.
-        # During the first key exchange it is armed on every read, before the packet is handled,
-        # as the client pipelines its messages there. After it, only when a read is answered in
-        # the same turn by nothing (a command running, a close): a reply carries the ACK itself.
+        # It is armed once a read has been handled, if nothing answered it in the same turn (a
+        # command running, a version line or KEXINIT whose answer went out at connect, the
+        # client's NEWKEYS): a reply carries the ACK itself (the key-exchange reply does).
         quickack = self._quickack
-        if quickack is not None and not self._first_kex_done:
-            self._arm_quickack(quickack)
-            quickack = None
         if self._failed or self._broken:
             return
         if self.liveness is not None:
