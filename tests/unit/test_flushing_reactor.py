@@ -519,9 +519,10 @@ def answer_then_quit(s: socket.socket) -> bytes:
 
 
 def test_a_closing_connection_sends_nothing_empty_and_leaves_epoll_by_its_close(monkeypatch: Any) -> None:
-    """The close path without Twisted's two system calls for nothing: the `send` of an empty rest
-    (ClosingServer) and the epoll_ctl DEL just before the socket's close (which removes it from
-    epoll itself); the bytes, callbacks and close are Twisted's, whose reactor does both."""
+    """The close path without Twisted's three system calls for nothing: the `send` of an empty rest
+    and the `shutdown` before the close (ClosingServer), and the epoll_ctl DEL just before the
+    socket's close (which removes it from epoll itself); the bytes, callbacks and orderly close
+    (the client reads to a FIN) are Twisted's."""
     sends: list[int] = []
     real_send = socket.socket.send
 
@@ -530,6 +531,14 @@ def test_a_closing_connection_sends_nothing_empty_and_leaves_epoll_by_its_close(
         return real_send(self, data, *args)
 
     monkeypatch.setattr(socket.socket, "send", send)
+    shutdowns: list[int] = []
+    real_shutdown = socket.socket.shutdown
+
+    def shutdown(self: socket.socket, how: int) -> None:
+        shutdowns.append(self.fileno())
+        real_shutdown(self, how)
+
+    monkeypatch.setattr(socket.socket, "shutdown", shutdown)
     outcomes = {}
     for name, reactor_class, closing_servers in (
         ("twisted", EPollReactor, False),
@@ -541,10 +550,10 @@ def test_a_closing_connection_sends_nothing_empty_and_leaves_epoll_by_its_close(
         run.reactor._poller = ClosePathPoller(run.reactor._poller.poller, run)
         if closing_servers:
             accept_as_closing_servers(run.port)
-        del sends[:]
-        received = run.run(answer_then_quit)
+        del sends[:], shutdowns[:]
+        received = run.run(answer_then_quit)  # read to its end: a FIN, not a reset (which raises)
         # the DELs of the connection's descriptor (the port's own comes after the run)
-        outcomes[name] = (received, run.events, list(sends), run.unregistered.count(run.fd))  # type: ignore[attr-defined]
+        outcomes[name] = (received, run.events, list(sends), run.unregistered.count(run.fd), shutdowns.count(run.fd))  # type: ignore[attr-defined]
         if reactor_class is FlushingReactor:
             assert run.reactor._leaving == {}  # type: ignore[attr-defined]
     twisted, plain, flushing = outcomes.values()
@@ -554,6 +563,8 @@ def test_a_closing_connection_sends_nothing_empty_and_leaves_epoll_by_its_close(
     assert 0 in plain[2]  # tcp.Server: the close's doWrite sends the empty rest
     assert 0 not in flushing[2]
     assert plain[3] == flushing[3] == 0
+    assert twisted[4] == plain[4] == 1  # Twisted shuts the connection down before closing it
+    assert flushing[4] == 0
 
 
 class PauseUntilToldTo(protocol.Protocol):
