@@ -13,7 +13,9 @@ private modules; its public `haproxy:` endpoint wraps the protocol in a way conc
 (see `conchcmd.server.proxied`). conchcmd reads headers with those parsers, here.
 
 `FlushingReactor`, the reactor `conchcmd serve` runs, is Twisted's epoll reactor with its event
-loop's private parts (`_doReadOrWrite`, `_writes`) used here.
+loop's private parts (`_doReadOrWrite`, `_reads`, `_writes`, `_selectables`) used here; the
+connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with two
+system calls fewer: its private `_shouldShutdown`).
 """
 
 from __future__ import annotations
