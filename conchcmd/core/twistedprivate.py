@@ -14,8 +14,8 @@ private modules; its public `haproxy:` endpoint wraps the protocol in a way conc
 
 `FlushingReactor`, the reactor `conchcmd serve` runs, is Twisted's epoll reactor with its event
 loop's private parts (`_doReadOrWrite`, `_reads`, `_writes`, `_selectables`) used here; the
-connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with two
-system calls fewer: its private `_shouldShutdown`).
+connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with a system
+call fewer: its private `_shouldShutdown`).
 """
 
 from __future__ import annotations
@@ -127,19 +127,11 @@ def keep_port_logger(port: object) -> None:
 
 
 class ClosingServer(tcp.Server):
-    """Twisted's accepted TCP connection, closed with two system calls fewer: no `send` of nothing
-    (a connection that closes with nothing left to write, a turn's writes being all sent by
-    FlushingReactor, has its doWrite run once more, which sent the empty rest), and no `shutdown`
-    before the `close`, which Twisted makes "just to be safe" (its comment): closing the socket,
-    close-on-exec and held by no other process, sends the same FIN (or RST, if unread data is
-    left, as after the shutdown)."""
+    """Twisted's accepted TCP connection, closed without the `shutdown` Twisted makes before the
+    `close` "just to be safe" (its comment): closing the socket, close-on-exec and held by no
+    other process, sends the same FIN (or RST, if unread data is left, as after the shutdown)."""
 
     _shouldShutdown = False
-
-    def writeSomeData(self, data: Any) -> Any:
-        if not data:
-            return 0
-        return super().writeSomeData(data)
 
 
 def accept_as_closing_servers(port: object) -> None:
@@ -252,7 +244,11 @@ class FlushingReactor(EPollReactor):
         super().addWriter(writer)
 
     def addWriter(self, writer: Any) -> None:
-        if not self._is_flushable(writer):
+        try:  # _is_flushable, inline: this runs for every write
+            flushable = self._flushable[writer.__class__]
+        except KeyError:
+            flushable = self._is_flushable(writer)
+        if not flushable:
             super().addWriter(writer)
         elif writer not in self._epollout and writer not in self._closing:
             self._unflushed[writer] = None
