@@ -11,6 +11,7 @@ import re
 import stat
 import sys
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import IO, Any, Protocol
@@ -237,10 +238,12 @@ class BoundAudit:
         return BoundAudit(self.sink, **{**self.fields, **fields})
 
 
-def new_connection_id(in_use: set[str]) -> str:
-    """A random connection id (16 hex digits) not among `in_use`, which it is added to."""
+def new_connection_id(in_use: set[str], random_bytes: Callable[[int], bytes] | None = None) -> str:
+    """A random connection id (16 hex digits) not among `in_use`, which it is added to; its bytes
+    from `random_bytes` (the server's pool of OS random bytes), else from os.urandom."""
+    draw = os.urandom if random_bytes is None else random_bytes
     while True:
-        connection_id = os.urandom(8).hex()
+        connection_id = draw(8).hex()
         if connection_id not in in_use:
             in_use.add(connection_id)
             return connection_id

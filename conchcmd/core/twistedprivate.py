@@ -13,13 +13,17 @@ private modules; its public `haproxy:` endpoint wraps the protocol in a way conc
 (see `conchcmd.server.proxied`). conchcmd reads headers with those parsers, here.
 
 `FlushingReactor`, the reactor `conchcmd serve` runs, is Twisted's epoll reactor with its event
-loop's private parts (`_doReadOrWrite`, `_writes`) used here.
+loop's private parts (`_doReadOrWrite`, `_reads`, `_writes`, `_selectables`) used here; the
+connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with a system
+call fewer: its private `_shouldShutdown`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from select import EPOLLOUT
+import os
+from select import EPOLLET, EPOLLIN, EPOLLOUT
 from typing import Any
 
 from twisted.internet import tcp
@@ -122,6 +126,39 @@ def keep_port_logger(port: object) -> None:
         port._logger = port._logger
 
 
+class ClosingServer(tcp.Server):
+    """Twisted's accepted TCP connection, closed without the `shutdown` Twisted makes before the
+    `close` "just to be safe" (its comment): closing the socket, close-on-exec and held by no
+    other process, sends the same FIN (or RST, if unread data is left, as after the shutdown)."""
+
+    _shouldShutdown = False
+
+
+def accept_as_closing_servers(port: object) -> None:
+    """Connections a TCP port accepts from now on are `ClosingServer`s (a port builds each with
+    its class attribute `transport`, tcp.Server)."""
+    if isinstance(port, tcp.Port) and port.transport is tcp.Server:
+        port.transport = ClosingServer
+
+
+class _EdgeWaker:
+    """The reactor's waker (calls from threads wake its poll) as an eventfd that epoll watches
+    edge-triggered, outside the reactor's selectables: each wakeUp's write is one event, and the
+    poll that it ends has nothing to read (Twisted's pipe waker is also read, a system call per
+    wake-up). The calls themselves run from the reactor's thread-call queue, as before."""
+
+    def __init__(self, poller: Any) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        poller.register(self.fd, EPOLLIN | EPOLLET)
+
+    def wakeUp(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the counter is full (2**64 - 2 wake-ups unread): awake anyway
+            os.eventfd_write(self.fd, 1)
+
+    def connectionLost(self, reason: object) -> None:
+        os.close(self.fd)
+
+
 class FlushingReactor(EPollReactor):
     """Twisted's epoll reactor, with two changes to its loop that leave every byte written, and
     every callback but the write's own (sooner), as they were.
@@ -139,6 +176,12 @@ class FlushingReactor(EPollReactor):
     Each event runs under the log context `log.callWithLogger` gives it (the legacy log's
     `system`: the transport's logPrefix), pushed on the reactor thread's context stack directly,
     the same context for a dozen calls fewer per event.
+
+    An accepted connection that stops reading (loseConnection does, then closes at the start of
+    the next poll) leaves epoll just before that poll, unless it has closed by then: closing its
+    socket removed it from epoll, and Twisted's epoll_ctl DEL is saved. (Its socket is not
+    duplicated: accepted sockets are close-on-exec, and a child process is only ever spawned to
+    exec.) The waker is an eventfd that needs no read (`_EdgeWaker`).
     """
 
     def __init__(self) -> None:
@@ -154,12 +197,57 @@ class FlushingReactor(EPollReactor):
         self._flushable: dict[type, bool] = {}
         self._contexts: list[Any] | None = None  # the reactor thread's log context stack
         self._log_context: dict[str, Any] = {}  # the legacy log context the loop runs in
+        #: Accepted connections (by fd) no longer read from, still in epoll until the next poll.
+        self._leaving: dict[int, Any] = {}
+
+    def installWaker(self) -> None:
+        if self.waker:
+            return
+        if hasattr(os, "eventfd"):
+            self.waker = _EdgeWaker(self._poller)
+        else:
+            super().installWaker()
+
+    def _is_flushable(self, selectable: Any) -> bool:
+        try:
+            return self._flushable[selectable.__class__]
+        except KeyError:
+            flushable = self._flushable[selectable.__class__] = isinstance(selectable, tcp.Server)
+            return flushable
+
+    def removeReader(self, reader: Any) -> None:
+        fd = reader.fileno()
+        if fd in self._reads and fd not in self._writes and self._is_flushable(reader):
+            # Twisted's bookkeeping now (no event reaches it), epoll's at the next poll if needed.
+            self._reads.remove(fd)
+            del self._selectables[fd]
+            self._leaving[fd] = reader
+        else:
+            super().removeReader(reader)
+
+    def addReader(self, reader: Any) -> None:
+        if self._leaving:
+            self._leave(reader.fileno())
+        super().addReader(reader)
+
+    def _leave(self, fd: int) -> None:
+        """The connection that stopped reading on `fd` leaves epoll now, if its socket is still
+        open (a new socket with the same number is a new registration)."""
+        reader = self._leaving.pop(fd, None)
+        if reader is not None and reader.fileno() == fd:
+            self._poller.unregister(fd)
+
+    def _epoll_writer(self, writer: Any) -> None:
+        """Waits for EPOLLOUT, as Twisted's addWriter."""
+        if self._leaving:
+            self._leave(writer.fileno())
+        super().addWriter(writer)
 
     def addWriter(self, writer: Any) -> None:
-        try:
+        try:  # _is_flushable, inline: this runs for every write
             flushable = self._flushable[writer.__class__]
         except KeyError:
-            flushable = self._flushable[writer.__class__] = isinstance(writer, tcp.Server)
+            flushable = self._is_flushable(writer)
         if not flushable:
             super().addWriter(writer)
         elif writer not in self._epollout and writer not in self._closing:
@@ -182,6 +270,8 @@ class FlushingReactor(EPollReactor):
         self._unflushed.clear()
         self._closing.clear()
         self._epollout.clear()
+        for fd in list(self._leaving):
+            self._leave(fd)
         return list(set(super().removeAll()).union(unflushed))
 
     def _flush(self, closing: bool = False) -> None:
@@ -207,7 +297,7 @@ class FlushingReactor(EPollReactor):
                 self._closing[writer] = None
             else:
                 self._epollout.add(writer)
-                super().addWriter(writer)
+                self._epoll_writer(writer)
 
     def _event(self, selectable: Any, fd: int, event: int) -> None:
         """`log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)`, inlined."""
@@ -242,8 +332,12 @@ class FlushingReactor(EPollReactor):
                 due = 0
             if due is not None and (timeout is None or due < timeout):
                 timeout = due
+        if self._leaving:
+            for fd in list(self._leaving):
+                self._leave(fd)
         try:
-            events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
+            # (+ 1: the waker, which is not among the selectables)
+            events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables) + 1)
         except OSError as err:
             if err.errno == errno.EINTR:
                 return

@@ -34,7 +34,7 @@ from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.metrics import Metrics
 from conchcmd.core.peer import format_peer, host_and_port
 from conchcmd.core.threads import ThreadRunner
-from conchcmd.core.twistedprivate import keep_port_logger
+from conchcmd.core.twistedprivate import accept_as_closing_servers, keep_port_logger
 from conchcmd.edge.configdiff import applies_on_reload, changed_settings, config_digest
 from conchcmd.policy.authorized_keys import fingerprint
 from conchcmd.server.proxied import ProxyHeaderFactory, ProxySettings
@@ -231,6 +231,7 @@ class ConchcmdService(Service):
             done = [set_listener_options(port, keepalive=keepalive) for port in self.ports]
             for port in self.ports:
                 keep_port_logger(port)
+                accept_as_closing_servers(port)
             self.server.factory.listener_options = all(done)
         ip = host_and_port(self.ports[0].getHost()) if self.ports else None
         port = ip[1] if ip is not None else None

@@ -23,7 +23,7 @@ from conchcmd.server.authlog import KeyInfos
 from conchcmd.server.connection import ConnectionService
 from conchcmd.server.transport import ServerTransport
 from conchcmd.server.userauth import UserAuthService
-from conchcmd.wire.framing import usable_key_exchanges
+from conchcmd.wire.framing import SERVER_POOL_SIZE, RandomPool, usable_key_exchanges
 from conchcmd.wire.hostkeys import HostKeys
 
 SHA1_HOST_KEY_ALGORITHMS = (b"ssh-rsa", b"ssh-dss")
@@ -110,6 +110,8 @@ class CommandServerFactory(SSHFactory):
         self.transports: set[ServerTransport] = set()
         self.internal_errors = internal_errors or InternalErrors()  # one per server: see InternalErrors
         self.connection_ids: set[str] = set()  # of the connections open now: a new one is none of them
+        #: OS random bytes for every connection's padding, KEXINIT cookies and id (see RandomPool)
+        self.random = RandomPool(SERVER_POOL_SIZE)
 
     def buildProtocol(self, addr: Any) -> ServerTransport | None:  # type: ignore[override]
         if self.admissions.refuse(addr):

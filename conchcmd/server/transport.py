@@ -34,7 +34,7 @@ from conchcmd.server.proxied import proxy_of
 from conchcmd.server.userauth import UserAuthService
 from conchcmd.session.realm import CommandUser
 from conchcmd.wire.dispatch import KEX_ERROR, Action, Phase, Verdict
-from conchcmd.wire.framing import ModernServerTransport
+from conchcmd.wire.framing import ModernServerTransport, RandomPool
 
 if TYPE_CHECKING:
     from conchcmd.server.factory import CommandServerFactory
@@ -174,7 +174,7 @@ class ServerTransport(ModernServerTransport):
         self.started = factory.clock.seconds()
         self.end_reason = "closed"  # why it ended, escaped text (sanitise): logged and audited as it is
         self.refusals = RepeatLog(log, self.peer)
-        self.connection_id = new_connection_id(factory.connection_ids)
+        self.connection_id = new_connection_id(factory.connection_ids, factory.random.take)
         self.audit = BoundAudit(factory.audit, connection=self.connection_id)  # joins this connection's records
         factory.transports.add(self)
         self.ticket = factory.admissions.start(self.peer_address.host, self.peer, self.connection_id)
@@ -196,19 +196,19 @@ class ServerTransport(ModernServerTransport):
         self._grace = factory.clock.callLater(limits.login_grace_time, self._grace_expired)
         super().connectionMade()
 
+    def random_pool(self) -> RandomPool:
+        return self.factory.random  # one pool for the server's connections (see RandomPool)
+
     _quickack: Callable[[], None] | None = None  # re-arms TCP_QUICKACK on this connection's socket
 
     def dataReceived(self, data: bytes) -> None:
         # TCP_QUICKACK (Linux) acknowledges what was read at once, and leaves delayed-ACK mode
         # until we next send soon after a read: a client's next small packet, held back by its
         # Nagle until that ACK, then goes out at once, not after the 40 ms delayed-ACK timer.
-        # During the first key exchange it is armed on every read, before the packet is handled,
-        # as the client pipelines its messages there. After it, only when a read is answered in
-        # the same turn by nothing (a command running, a close): a reply carries the ACK itself.
+        # It is armed once a read has been handled, if nothing answered it in the same turn (a
+        # command running, a version line or KEXINIT whose answer went out at connect, the
+        # client's NEWKEYS): a reply carries the ACK itself (the key-exchange reply does).
         quickack = self._quickack
-        if quickack is not None and not self._first_kex_done:
-            self._arm_quickack(quickack)
-            quickack = None
         if self._failed or self._broken:
             return
         if self.liveness is not None:

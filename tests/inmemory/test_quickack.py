@@ -1,8 +1,8 @@
 """When the server re-arms TCP_QUICKACK (an immediate ACK of what it has read, so that a client's
-Nagle-held next packet is not stalled by the 40 ms delayed-ACK timer): before handling every read
-of the first key exchange, where the client pipelines; after it, only after a read that the same
-turn answers with nothing (a command still running), never after one it answers (the reply
-carries the ACK) or one that closes the connection."""
+Nagle-held next packet is not stalled by the 40 ms delayed-ACK timer): only after a read that the
+same turn answers with nothing (the client's version line, KEXINIT and NEWKEYS, whose answers went
+out before; a command still running), never after one it answers (the reply carries the ACK: the
+key-exchange reply does) or one that closes the connection."""
 
 from __future__ import annotations
 
@@ -44,16 +44,40 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, int]]:
     return seen
 
 
-def test_every_read_of_the_first_key_exchange_arms_before_it_is_handled(
-    tmp_path: Path, events: list[tuple[str, bool, int]]
+def test_key_exchange_reads_arm_once_handled_unless_the_key_exchange_reply_answers_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    order: list[object] = []
+    received = ServerTransport.dataReceived
+    dispatch = ServerTransport.dispatchMessage
+
+    def reading(self: ServerTransport, data: bytes) -> None:
+        order.append("read")
+        received(self, data)
+        order.append("handled")
+
+    def dispatching(self: ServerTransport, messageNum: int, payload: bytes) -> None:
+        if not self._first_kex_done:
+            order.append(messageNum)
+        dispatch(self, messageNum, payload)
+
+    monkeypatch.setattr(ServerTransport, "dataReceived", reading)
+    monkeypatch.setattr(ServerTransport, "dispatchMessage", dispatching)
+    monkeypatch.setattr(ServerTransport, "_quickack", staticmethod(lambda: order.append("arm")))
     world = make_world(tmp_path)
     world.connect()
-    kex = [e for e in events if not e[1]]
-    assert len(kex) >= 4 and len(kex) % 2 == 0
-    for read, arm in zip(kex[::2], kex[1::2], strict=True):
-        assert (read[0], arm[0]) == ("read", "arm")
-        assert arm[2] == read[2]  # armed before the read's packets were handled
+    reads: list[list[object]] = []  # each read: the key-exchange messages it brought, and "arm" if armed
+    for item in order:
+        if item == "read":
+            reads.append([])
+        elif item != "handled":
+            reads[-1].append(item)
+    kex = [r for r in reads if any(isinstance(m, int) for m in r)]
+    assert [m for r in kex for m in r if m != "arm"][:3] == [20, 30, 21]  # KEXINIT, KEX_ECDH_INIT, NEWKEYS
+    for r in kex:
+        answered = 30 in r  # the key-exchange reply went out in the read's turn
+        assert r.count("arm") == (0 if answered else 1), r
+        assert "arm" not in r[:-1]  # armed once handled, not before
 
 
 def test_after_the_key_exchange_only_reads_answered_by_nothing_arm(
@@ -63,7 +87,8 @@ def test_after_the_key_exchange_only_reads_answered_by_nothing_arm(
     world = make_world(tmp_path, runner=runner)
     conn = world.login()
     chan = conn.open_session()
-    after_kex = [e for e in events if e[1]]
+    # (the client's NEWKEYS arms once handled: the key exchange is done by then)
+    after_kex = events[events.index(next(e for e in events if e[:2] == ("read", True))) :]
     # userauth and the channel open: each read is answered in its turn, no re-arm
     assert [e[0] for e in after_kex] == ["read"] * len(after_kex)
     assert after_kex

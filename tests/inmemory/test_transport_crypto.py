@@ -299,9 +299,10 @@ def test_packet_lengths_around_the_floor_and_the_limits(
     assert bye["reason"] == f"protocol error: {error}"
 
 
-def test_the_kexinit_cookie_comes_from_the_padding_pool_s_one_draw(tmp_path: Path, monkeypatch: Any) -> None:
-    """A connection's KEXINIT cookie and its first packets' padding come from one read of the OS
-    random source (one getrandom system call), and the cookies of two connections differ."""
+def test_connections_draw_cookies_padding_and_ids_from_the_server_s_one_pool(tmp_path: Path, monkeypatch: Any) -> None:
+    """Connections' KEXINIT cookies, padding and connection ids come from the server's one pool
+    of OS random bytes: a read of the OS random source (a getrandom system call) serves many
+    connections, not one (two per connection before, with the id's own); no byte serves twice."""
     world = make_world(tmp_path)
     draws: list[bytes] = []
 
@@ -310,19 +311,42 @@ def test_the_kexinit_cookie_comes_from_the_padding_pool_s_one_draw(tmp_path: Pat
         return draws[-1]
 
     monkeypatch.setattr(framing, "os", SimpleNamespace(urandom=urandom))
-    cookies = []
-    for port in (40000, 40001):
-        del draws[:]
+    cookies, ids = [], []
+    for port in (40000, 40001, 40002):
         server = world.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", port))
         server.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port)))
         written = server.transport.value()
         kexinit = written[written.index(b"\r\n") + 2 + 5 :]  # after the version line, length and padding length
         assert kexinit[0] == transport.MSG_KEXINIT
-        assert [len(d) for d in draws] == [RandomPool().size]
-        assert kexinit[1:17] == draws[0][:16]
         cookies.append(kexinit[1:17])
+        ids.append(bytes.fromhex(server.connection_id))
         server.connectionLost(None)
-    assert cookies[0] != cookies[1]
+    assert [len(d) for d in draws] == [framing.SERVER_POOL_SIZE]
+    (pool,) = draws
+    # each connection's id, then its cookie (then its KEXINIT's padding), further on in the one draw
+    at = 0
+    for connection_id, cookie in zip(ids, cookies, strict=True):
+        assert pool.index(connection_id, at) >= at and pool.index(cookie, at) == pool.index(connection_id, at) + 8
+        at = pool.index(cookie, at) + 16
+    assert len(set(cookies)) == 3
+
+
+def test_a_pool_hands_each_byte_out_once_and_draws_again_when_short(monkeypatch: Any) -> None:
+    """RandomPool: consecutive takes are consecutive bytes of one draw; a take the rest cannot
+    serve draws anew (at least `size` bytes), and a take larger than `size` gets all it asks."""
+    draws: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        draws.append(os.urandom(n))
+        return draws[-1]
+
+    monkeypatch.setattr(framing, "os", SimpleNamespace(urandom=urandom))
+    pool = RandomPool(32)
+    taken = [pool.take(n) for n in (10, 12, 10)]
+    assert b"".join(taken) == draws[0] and len(draws) == 1
+    assert pool.take(1) == draws[1][:1]  # the 32 were used up
+    big = pool.take(100)
+    assert len(big) == 100 and big == draws[2]
 
 
 def kexinit_lists(server: Any) -> list[bytes]:

@@ -5,6 +5,7 @@ socket is full; a flush whose callbacks schedule a call does not make the poll w
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python import log as legacy_log
 from zope.interface import implementer
 
-from conchcmd.core.twistedprivate import FlushingReactor
+from conchcmd.core.twistedprivate import FlushingReactor, accept_as_closing_servers
 
 REPO = Path(__file__).resolve().parents[2]
 GUARD = 30.0  # seconds: a run that has not ended by then failed (its reactor is stopped)
@@ -483,3 +484,154 @@ def test_a_connection_closed_while_another_closes_is_closed_at_once(reactor_clas
             return read_all(second)
 
     assert run.run(client) == b"bye"
+
+
+class ClosePathPoller(CountingPoller):
+    """Also records the epoll_ctl DELs (unregister)."""
+
+    def unregister(self, fd: int) -> None:
+        self.run.unregistered.append(fd)  # type: ignore[attr-defined]
+        self.poller.unregister(fd)
+
+
+class AnswerThenClose(Replies):
+    """Answers each line; "quit" closes with nothing to write, as a server does when its client
+    says goodbye (its last bytes went out on earlier turns)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.run.fd = self.transport.fileno()  # type: ignore[attr-defined,union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.events.append(f"data {data!r}")
+        if data == b"quit\n":
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self.transport.write(b"<" + data)  # type: ignore[union-attr]
+
+
+def answer_then_quit(s: socket.socket) -> bytes:
+    got = read_exactly(s, len(b"hello\n"))
+    s.sendall(b"one\n")
+    got += read_exactly(s, len(b"<one\n"))
+    s.sendall(b"quit\n")
+    return got + read_all(s)
+
+
+def test_a_closing_connection_leaves_epoll_by_its_close_without_a_shutdown(monkeypatch: Any) -> None:
+    """The close path without two of Twisted's system calls: the `shutdown` before the close
+    (ClosingServer), and the epoll_ctl DEL just before the socket's close (which removes it from
+    epoll itself); the bytes, callbacks and orderly close (the client reads to a FIN) are
+    Twisted's."""
+    shutdowns: list[int] = []
+    real_shutdown = socket.socket.shutdown
+
+    def shutdown(self: socket.socket, how: int) -> None:
+        shutdowns.append(self.fileno())
+        real_shutdown(self, how)
+
+    monkeypatch.setattr(socket.socket, "shutdown", shutdown)
+    outcomes = {}
+    for name, reactor_class, closing_servers in (
+        ("twisted", EPollReactor, False),
+        ("flushing, tcp.Server", FlushingReactor, False),
+        ("flushing, ClosingServer", FlushingReactor, True),
+    ):
+        run = Run(reactor_class, AnswerThenClose)
+        run.unregistered = []  # type: ignore[attr-defined]
+        run.reactor._poller = ClosePathPoller(run.reactor._poller.poller, run)
+        if closing_servers:
+            accept_as_closing_servers(run.port)
+        del shutdowns[:]
+        received = run.run(answer_then_quit)  # read to its end: a FIN, not a reset (which raises)
+        # the DELs of the connection's descriptor (the port's own comes after the run)
+        outcomes[name] = (received, run.events, run.unregistered.count(run.fd), shutdowns.count(run.fd))  # type: ignore[attr-defined]
+        if reactor_class is FlushingReactor:
+            assert run.reactor._leaving == {}  # type: ignore[attr-defined]
+    twisted, plain, flushing = outcomes.values()
+    assert flushing[0] == plain[0] == twisted[0] and flushing[1] == plain[1] == twisted[1]
+    assert flushing[1][-1] == "lost ConnectionDone"
+    assert twisted[2] >= 1  # Twisted's reactor: DELs before the close; FlushingReactor: none
+    assert plain[2] == flushing[2] == 0
+    assert twisted[3] == plain[3] == 1  # tcp.Server shuts the connection down before closing it
+    assert flushing[3] == 0
+
+
+class PauseUntilToldTo(protocol.Protocol):
+    """Stops reading on "pause" until a call from the client's thread resumes it; "both" pauses
+    and resumes in the same turn."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def connectionMade(self) -> None:
+        self.run.server = self  # type: ignore[attr-defined]
+        self.run.fd = self.transport.fileno()  # type: ignore[attr-defined,union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.events.append(f"data {data!r}")
+        if data == b"both\n":
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.write(b"ok\n")  # type: ignore[union-attr]
+        elif data == b"pause\n":
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.write(b"paused\n")  # type: ignore[union-attr]
+        elif data == b"more\n":
+            self.transport.write(b"done\n")  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        self.run.events.append("resumed")
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+
+def test_a_connection_that_stops_reading_leaves_epoll_and_comes_back() -> None:
+    """A paused connection (stopReading) is out of epoll for as long as it is paused: what the
+    client sends meanwhile is read only once it resumes (no event for it reaches the reactor); one
+    paused and resumed within a turn reads on."""
+    run = Run(FlushingReactor, PauseUntilToldTo)
+    run.unregistered = []  # type: ignore[attr-defined]
+    run.reactor._poller = ClosePathPoller(run.reactor._poller.poller, run)
+    accept_as_closing_servers(run.port)
+
+    def client(s: socket.socket) -> bytes:
+        s.sendall(b"both\n")
+        got = read_exactly(s, 3)
+        s.sendall(b"pause\n")
+        got += read_exactly(s, 7)
+        s.sendall(b"more\n")
+        run.reactor.callFromThread(lambda: run.reactor.callLater(0, run.server.resume))  # type: ignore[attr-defined]
+        return got + read_all(s)
+
+    assert run.run(client) == b"ok\npaused\ndone\n"
+    assert run.events == ["data b'both\\n'", "data b'pause\\n'", "resumed", "data b'more\\n'"]
+    # it left epoll for each pause (before coming back in the same turn, or before the next poll),
+    # not at its close
+    assert run.unregistered.count(run.fd) == 2  # type: ignore[attr-defined]
+    assert run.reactor._leaving == {}  # type: ignore[attr-defined]
+
+
+def test_calls_from_threads_wake_the_poll_through_an_eventfd_never_read() -> None:
+    """callFromThread wakes a reactor that has nothing else to do (its poll would wait for the
+    guard's 30 s); the waker is an edge-triggered eventfd that the reactor never reads: its counter
+    holds every wake-up (Twisted's pipe waker is read once per wake-up, a system call)."""
+    reactor = FlushingReactor()
+    ran: list[int] = []
+    done = threading.Event()
+
+    def calls() -> None:
+        for i in range(3):
+            reactor.callFromThread(ran.append, i)
+            reactor.callFromThread(done.set)
+            assert done.wait(GUARD)
+            done.clear()
+        reactor.callFromThread(reactor.stop)
+
+    reactor.callLater(GUARD, reactor.stop)
+    reactor.callWhenRunning(threading.Thread(target=calls).start)
+    reactor.run(installSignalHandlers=False)
+    assert ran == [0, 1, 2]
+    assert os.eventfd_read(reactor.waker.fd) >= 7  # every wake-up, none read
+    reactor.waker.connectionLost(None)
+    reactor._poller.close()
