@@ -13,7 +13,7 @@ private modules; its public `haproxy:` endpoint wraps the protocol in a way conc
 (see `conchcmd.server.proxied`). conchcmd reads headers with those parsers, here.
 
 `FlushingReactor`, the reactor `conchcmd serve` runs, is Twisted's epoll reactor with its event
-loop's private parts (`_doReadOrWrite`, `_reads`, `_writes`, `_selectables`) used here; the
+loop's private parts (`_doReadOrWrite`, `_writes`) used here; the
 connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with a system
 call fewer: its private `_shouldShutdown`).
 """
@@ -177,11 +177,7 @@ class FlushingReactor(EPollReactor):
     `system`: the transport's logPrefix), pushed on the reactor thread's context stack directly,
     the same context for a dozen calls fewer per event.
 
-    An accepted connection that stops reading (loseConnection does, then closes at the start of
-    the next poll) leaves epoll just before that poll, unless it has closed by then: closing its
-    socket removed it from epoll, and Twisted's epoll_ctl DEL is saved. (Its socket is not
-    duplicated: accepted sockets are close-on-exec, and a child process is only ever spawned to
-    exec.) The waker is an eventfd that needs no read (`_EdgeWaker`).
+    The waker is an eventfd that needs no read (`_EdgeWaker`).
     """
 
     def __init__(self) -> None:
@@ -197,8 +193,6 @@ class FlushingReactor(EPollReactor):
         self._flushable: dict[type, bool] = {}
         self._contexts: list[Any] | None = None  # the reactor thread's log context stack
         self._log_context: dict[str, Any] = {}  # the legacy log context the loop runs in
-        #: Accepted connections (by fd) no longer read from, still in epoll until the next poll.
-        self._leaving: dict[int, Any] = {}
 
     def installWaker(self) -> None:
         if self.waker:
@@ -214,34 +208,6 @@ class FlushingReactor(EPollReactor):
         except KeyError:
             flushable = self._flushable[selectable.__class__] = isinstance(selectable, tcp.Server)
             return flushable
-
-    def removeReader(self, reader: Any) -> None:
-        fd = reader.fileno()
-        if fd in self._reads and fd not in self._writes and self._is_flushable(reader):
-            # Twisted's bookkeeping now (no event reaches it), epoll's at the next poll if needed.
-            self._reads.remove(fd)
-            del self._selectables[fd]
-            self._leaving[fd] = reader
-        else:
-            super().removeReader(reader)
-
-    def addReader(self, reader: Any) -> None:
-        if self._leaving:
-            self._leave(reader.fileno())
-        super().addReader(reader)
-
-    def _leave(self, fd: int) -> None:
-        """The connection that stopped reading on `fd` leaves epoll now, if its socket is still
-        open (a new socket with the same number is a new registration)."""
-        reader = self._leaving.pop(fd, None)
-        if reader is not None and reader.fileno() == fd:
-            self._poller.unregister(fd)
-
-    def _epoll_writer(self, writer: Any) -> None:
-        """Waits for EPOLLOUT, as Twisted's addWriter."""
-        if self._leaving:
-            self._leave(writer.fileno())
-        super().addWriter(writer)
 
     def addWriter(self, writer: Any) -> None:
         try:  # _is_flushable, inline: this runs for every write
@@ -270,8 +236,6 @@ class FlushingReactor(EPollReactor):
         self._unflushed.clear()
         self._closing.clear()
         self._epollout.clear()
-        for fd in list(self._leaving):
-            self._leave(fd)
         return list(set(super().removeAll()).union(unflushed))
 
     def _flush(self, closing: bool = False) -> None:
@@ -297,7 +261,7 @@ class FlushingReactor(EPollReactor):
                 self._closing[writer] = None
             else:
                 self._epollout.add(writer)
-                self._epoll_writer(writer)
+                super().addWriter(writer)
 
     def _event(self, selectable: Any, fd: int, event: int) -> None:
         """`log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)`, inlined."""
@@ -332,9 +296,6 @@ class FlushingReactor(EPollReactor):
                 due = 0
             if due is not None and (timeout is None or due < timeout):
                 timeout = due
-        if self._leaving:
-            for fd in list(self._leaving):
-                self._leave(fd)
         try:
             # (+ 1: the waker, which is not among the selectables)
             events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables) + 1)
