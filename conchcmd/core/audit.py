@@ -92,17 +92,24 @@ def _members(fields: dict[str, Any]) -> str | None:
             name = ", " + encode_basestring(key) + ": "
             if len(_KEYS) < 256:
                 _KEYS[key] = name
-        if type(value) is str:
-            out += name + encode_basestring(value)
-            continue
-        text = _plain_value(value)
-        if text is _NOT_PLAIN:
-            return None
-        out += name + text
+        out += name  # (+= on a str nothing else holds grows it in place)
+        kind = type(value)
+        if kind is str:
+            out += encode_basestring(value)
+        elif kind is int:  # the usual values inline, as _plain_value writes them
+            out += repr(value)
+        elif value is None:
+            out += "null"
+        else:
+            text = _plain_value(value)
+            if text is _NOT_PLAIN:
+                return None
+            out += text
     return out
 
 
-#: Fields a record's line starts with; a field of one of these names takes the general path.
+#: Fields a record's line starts with; a field of one of these names takes the general path
+#: (`event` cannot be one: it is record's own argument).
 _HEAD = frozenset(("ts", "event", "host"))
 #: `.NNNZ`, the milliseconds ending a record's `ts`.
 _MILLISECONDS = tuple(f".{n:03d}Z" for n in range(1000))
@@ -529,7 +536,7 @@ class AuditLog:
         if self._closed:
             raise ValueError("the audit log is closed")
         ts = self._stamp(self._clock.seconds())
-        more = _members(fields) if type(event) is str and _HEAD.isdisjoint(fields) else None
+        more = _members(fields) if type(event) is str and "ts" not in fields and "host" not in fields else None
         if more is not None:
             head = '{"ts": "' + ts + '", "event": ' + encode_basestring(event) + self._host_member
             text = head + members + more + "}"

@@ -63,16 +63,21 @@ class UserAuthService(UserAuthHooks):
     _delay: Any = None
     _unavailable = 0  # attempts that failed for a server-side reason (not counted as failures)
 
+    _without_password: list[bytes] | None = None  # _methods less password, made once
+
     @property
     def supportedAuthentications(self) -> list[bytes]:
         passwords = self.transport.factory.passwords
         if not self._listed or (passwords is not None and passwords.offered):
             return self._methods  # Conch fills this list in serviceStarted
-        return [m for m in self._methods if m != b"password"]
+        if self._without_password is None:
+            self._without_password = [m for m in self._methods if m != b"password"]
+        return self._without_password
 
     @supportedAuthentications.setter
     def supportedAuthentications(self, methods: list[bytes]) -> None:
         self._methods = methods
+        self._without_password = None
 
     def serviceStarted(self) -> None:
         factory = self.transport.factory
