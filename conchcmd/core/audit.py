@@ -51,6 +51,71 @@ def _encode(entry: dict[str, Any]) -> str:
     return "".join(make(entry, 0))
 
 
+#: `"key": ` as json.dumps writes it, per key seen (keys are the code's field names: few).
+_KEYS: dict[str, str] = {}
+_NOT_PLAIN = object()
+_INF = float("inf")
+
+
+def _plain_value(value: Any) -> Any:
+    """json.dumps(value, ensure_ascii=False) for a value other than a str that records hold (an
+    int or IntEnum, a finite float, a bool, None, a list or tuple of str), by the same rules as
+    json's encoder (int.__repr__, float.__repr__); _NOT_PLAIN for anything else."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value or value == _INF or value == -_INF:
+            return _NOT_PLAIN  # NaN, Infinity: json's words for them
+        return float.__repr__(value)
+    if type(value) is list or type(value) is tuple:
+        try:
+            return "[" + ", ".join(map(encode_basestring, value)) + "]"
+        except TypeError:  # not all str
+            return _NOT_PLAIN
+    return _NOT_PLAIN
+
+
+def _members(fields: dict[str, Any]) -> str | None:
+    """`, "key": value` for each field, exactly as json.dumps(fields, ensure_ascii=False) writes
+    its members, when every value is plain (a str or `_plain_value`); else None. A record's line
+    built this way is built once, not as a merged dict and then again by the encoder (which
+    lists the dict's items, and a str object per key, value and separator)."""
+    out = ""
+    for key, value in fields.items():
+        name = _KEYS.get(key)
+        if name is None:
+            name = ", " + encode_basestring(key) + ": "
+            if len(_KEYS) < 256:
+                _KEYS[key] = name
+        out += name  # (+= on a str nothing else holds grows it in place)
+        kind = type(value)
+        if kind is str:
+            out += encode_basestring(value)
+        elif kind is int:  # the usual values inline, as _plain_value writes them
+            out += repr(value)
+        elif value is None:
+            out += "null"
+        else:
+            text = _plain_value(value)
+            if text is _NOT_PLAIN:
+                return None
+            out += text
+    return out
+
+
+#: Fields a record's line starts with; a field of one of these names takes the general path
+#: (`event` cannot be one: it is record's own argument).
+_HEAD = frozenset(("ts", "event", "host"))
+#: `.NNNZ`, the milliseconds ending a record's `ts`.
+_MILLISECONDS = tuple(f".{n:03d}Z" for n in range(1000))
+
+
 def _iso_milliseconds(when: float) -> str:
     """An audit record's `ts`: UTC, to the millisecond, "Z"."""
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -226,10 +291,22 @@ class BoundAudit:
             fields, sink = {**sink.fields, **fields, **sink.fields}, sink.sink  # the inner fields win, first
         self.sink = sink
         self.fields = fields
+        # Straight to an AuditLog, the bound fields' part of the line is written once, here.
+        log = sink if type(sink) is AuditLog and _HEAD.isdisjoint(fields) else None
+        members = _members(fields) if log is not None else None
+        self._log: AuditLog | None = log if members is not None else None
+        self._members = members or ""
 
     def record(self, event: str, **fields: Any) -> None:
         # The bound fields come first and win: what joins records up is never overwritten.
-        self.sink.record(event, **{**self.fields, **fields, **self.fields})
+        log = self._log
+        if log is None:
+            self.sink.record(event, **{**self.fields, **fields, **self.fields})
+            return
+        bound = self.fields
+        if not bound.keys().isdisjoint(fields):
+            fields = {k: v for k, v in fields.items() if k not in bound}
+        log.record_bound(event, bound, self._members, fields)
 
     def failure(self) -> str | None:
         return self.sink.failure()
@@ -413,6 +490,7 @@ class AuditLog:
     def __init__(self, target: LineTarget, clock: Any, *, failure_mode: str = "refuse", host: str | None = None):
         self._target = target
         self._host = host  # the server's host name, in every record when given
+        self._host_member = "" if host is None else ', "host": ' + encode_basestring(host)
         self._clock = clock
         self._failure_mode = failure_mode
         self._backlog: deque[bytes] = deque()
@@ -453,14 +531,24 @@ class AuditLog:
         return cls(AppendFile(target, group=group), clock, failure_mode=failure_mode, host=host)
 
     def record(self, event: str, **fields: Any) -> None:
+        self.record_bound(event, {}, "", fields)
+
+    def record_bound(self, event: str, bound: dict[str, Any], members: str, fields: dict[str, Any]) -> None:
+        """One record: `bound` (for a BoundAudit: fields none of `fields` names, already written
+        as `members` by `_members`) then `fields`, as one JSON line after ts, event and host."""
         if self._closed:
             raise ValueError("the audit log is closed")
         ts = self._stamp(self._clock.seconds())
-        if self._host is not None:
-            entry = {"ts": ts, "event": event, "host": self._host, **fields}
-        else:
-            entry = {"ts": ts, "event": event, **fields}
-        text = _encode(entry)
+        more = _members(fields) if type(event) is str and "ts" not in fields and "host" not in fields else None
+        if more is not None:
+            head = '{"ts": "' + ts + '", "event": ' + encode_basestring(event) + self._host_member
+            text = head + members + more + "}"
+        else:  # json's encoder decides what such a record looks like
+            if self._host is not None:
+                entry = {"ts": ts, "event": event, "host": self._host, **bound, **fields}
+            else:
+                entry = {"ts": ts, "event": event, **bound, **fields}
+            text = _encode(entry)
         if not text.isascii() or "\x7f" in text:  # (isascii: a flag CPython keeps, no scan)
             text = _json_safe(text)
         line = (text + "\n").encode("utf-8")  # one record per line for every line-based reader
@@ -492,7 +580,7 @@ class AuditLog:
         if second != self._second:
             self._second = second
             self._prefix = _iso_milliseconds(second)[:-5]  # without ".000Z"
-        return f"{self._prefix}.{micro // 1000:03d}Z"
+        return self._prefix + _MILLISECONDS[micro // 1000]
 
     def failure(self) -> str | None:
         if self._error is not None and not self._closed:

@@ -116,6 +116,7 @@ def _ancestors(start: str) -> tuple[str, ...]:
 
 def _directory_chain(start: str, trust: FileTrust, subject: str) -> Untrusted | None:
     """Check `start` (a resolved directory) and every directory above it, up to `/`."""
+    owners = (0, trust.uid)  # FileTrust.owner_ok's
     for directory in _ancestors(start):
         try:
             st = os.stat(directory)
@@ -123,7 +124,7 @@ def _directory_chain(start: str, trust: FileTrust, subject: str) -> Untrusted | 
             if server_side(e):
                 raise
             return Untrusted(directory, f"bad ownership or modes for directory {directory}", f"check {directory}")
-        if _bad(st, trust):
+        if st.st_uid not in owners or st.st_mode & 0o022:  # _bad, inline: each directory above each key file
             reason = f"bad ownership or modes for directory {directory}"
             return Untrusted(directory, reason, _fix(directory, st, trust, subject))
     return None

@@ -422,7 +422,13 @@ class AuthorizedKeysFiles:
     def parsed_for(self, user: str, attempt: AttemptFiles | None = None) -> ParsedFile:
         """`entries_for`'s file as parsed: the same object for as long as the file keeps its
         version (what a decision taken from its lines may be remembered by)."""
-        state = self.read(user, attempt)
+        if attempt is not None and (path := self.path_for(user)) is not None:
+            seen = attempt.get(path)
+            if isinstance(seen, ParsedFile):
+                return seen  # what `read` answers then (nothing to log), without its KeyFileState
+            state = self._read_file(path, attempt)
+        else:
+            state = self.read(user, attempt)
         if state.failure is not None:
             raise state.failure
         if state.ignored is not None:
@@ -446,6 +452,10 @@ class AuthorizedKeysFiles:
             seen = attempt.get(path)
             if isinstance(seen, ParsedFile):
                 return KeyFileState(path, seen)
+        return self._read_file(path, attempt)
+
+    def _read_file(self, path: str, attempt: AttemptFiles | None) -> KeyFileState:
+        """`read` once `attempt` has nothing for the file: open, check, parse or take from the cache."""
         try:
             with CheckedFile(path, self.trust) as f:
                 signature = f.version

@@ -63,16 +63,21 @@ class UserAuthService(UserAuthHooks):
     _delay: Any = None
     _unavailable = 0  # attempts that failed for a server-side reason (not counted as failures)
 
+    _without_password: list[bytes] | None = None  # _methods less password, made once
+
     @property
     def supportedAuthentications(self) -> list[bytes]:
         passwords = self.transport.factory.passwords
         if not self._listed or (passwords is not None and passwords.offered):
             return self._methods  # Conch fills this list in serviceStarted
-        return [m for m in self._methods if m != b"password"]
+        if self._without_password is None:
+            self._without_password = [m for m in self._methods if m != b"password"]
+        return self._without_password
 
     @supportedAuthentications.setter
     def supportedAuthentications(self, methods: list[bytes]) -> None:
         self._methods = methods
+        self._without_password = None
 
     def serviceStarted(self) -> None:
         factory = self.transport.factory
@@ -85,7 +90,18 @@ class UserAuthService(UserAuthHooks):
         self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
         self._files = AttemptFiles()  # authorized_keys read once per connection while unchanged
-        super().serviceStarted()
+        # Conch's serviceStarted, less its login timer (a DelayedCall per connection, set and then
+        # cancelled: timeoutAuthentication after loginTimeout): the transport's login grace timer,
+        # started at connect with the same limit, ends an unauthenticated connection first.
+        self.authenticatedWith = []
+        self.loginAttempts = 0
+        self.user = None
+        self.nextService = None
+        self.portal = factory.portal
+        methods = self.interfaceToMethod
+        self.supportedAuthentications = [methods[i] for i in self.portal.listCredentialsInterfaces() if i in methods]
+        if not self.transport.isEncrypted("in") and b"password" in self._methods:
+            self._methods.remove(b"password")  # (Conch: no password in plaintext)
         self._listed = True
 
     def serviceStopped(self) -> None:
@@ -95,7 +111,7 @@ class UserAuthService(UserAuthHooks):
         if self._delay is not None and self._delay.active():
             self._delay.cancel()
         self._delay = None
-        super().serviceStopped()
+        # (Conch's serviceStopped only cancels the login timer serviceStarted no longer sets.)
 
     @property
     def pending(self) -> bool:

@@ -276,3 +276,23 @@ def test_a_key_after_a_first_none_still_has_all_its_tries(world: World) -> None:
         conn.flush()
     assert conn.server.auth_failures == 5
     assert conn.login(b"admin", ed25519_key()) == SUCCESS
+
+
+def test_userauth_sets_no_login_timer_of_its_own_and_grace_time_still_ends_the_login(world: World) -> None:
+    """Conch's userauth service starts a second login timer (loginTimeout) on every connection,
+    only to cancel it at login: the transport's grace timer, running since the connection was
+    made, is the one deadline. Once authentication has begun nothing of Conch's is pending, and
+    a client that never finishes is still cut at login_grace_time."""
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    probe = auth.probe(ed25519_key())
+    conn.flush()
+    assert result_of(probe)[0] == PK_OK  # a probe answered, no signed request: still logging in
+    pending = [call.func for call in world.clock.getDelayedCalls() if call.active()]
+    assert not any(getattr(f, "__name__", "") == "timeoutAuthentication" for f in pending), pending
+    assert conn.server.service.supportedAuthentications == [b"publickey"]
+    world.clock.advance(31)
+    conn.flush()
+    assert conn.disconnected
+    (bye,) = world.audit.of("disconnect")
+    assert bye["reason"] == "login grace time exceeded"

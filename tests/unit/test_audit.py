@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import unicodedata
+from enum import IntEnum
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from conchcmd.core.audit import MAX_TEXT, AuditLog, MemoryAuditLog, StreamTarget, sanitise
@@ -179,3 +182,88 @@ def test_record_timestamps_are_datetimes_milliseconds_at_every_edge_of_a_second(
     expected = [datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") for t in times]
     assert stamps == expected
     assert stamps[7] == "2023-11-14T22:13:21.000Z"  # .9999995 rounds up into the next second
+
+
+def _reference_line(ts: str, event: str, host: str | None, fields: dict[str, object]) -> str:
+    """A record's line as json.dumps writes the record dict (what AuditLog wrote before it built
+    lines itself), with the hidden characters escaped as AuditLog escapes them."""
+    from conchcmd.core.audit import _json_safe
+
+    entry = {"ts": ts, "event": event, **({"host": host} if host is not None else {}), **fields}
+    return _json_safe(json.dumps(entry, ensure_ascii=False)) + "\n"
+
+
+class Level(IntEnum):
+    NOT_PERMITTED = 126
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12) | st.sampled_from(
+    ["", 'q"uote', "back\\slash", "tab\tnl\nnul\x00", "del\x7f", "é\u200b\u2028", "x\ud800y"]
+)
+_PLAIN = st.one_of(  # what records hold: written without json's encoder
+    _TEXT,
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([Level.NOT_PERMITTED, True, False, None, 0.1, -0.0, 1e300, 1.25, 1e16, 5e-324]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(_TEXT, max_size=4),
+    st.lists(_TEXT, max_size=2).map(tuple),
+)
+_VALUE = _PLAIN | st.one_of(  # and anything else json takes, decided by json's encoder
+    st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+    st.lists(st.integers(), max_size=2).map(tuple),
+    st.dictionaries(_TEXT, st.integers(), max_size=2),
+    st.lists(st.lists(_TEXT, max_size=2), max_size=2),
+)
+_NAMES = st.sampled_from(["user", "peer", "argv", "exit_code", "é", "ts", "host", "channel", "kind", 'a"b'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.none() | _TEXT,
+    bound=st.dictionaries(_NAMES, _PLAIN, max_size=3),
+    fields=st.dictionaries(_NAMES, _PLAIN, max_size=6),
+    event=_TEXT,
+)
+def test_record_lines_are_what_json_dumps_writes_for_the_record(
+    host: str | None, bound: dict[str, object], fields: dict[str, object], event: str
+) -> None:
+    """AuditLog writes a record's line itself (and a BoundAudit's fields once) rather than
+    through json's encoder: for any fields, names and values (lists, tuples, IntEnums, floats,
+    non-ASCII, quotes, controls, the names ts and host) the bytes are the ones json.dumps
+    wrote, and a bound field still wins over a field of the same name."""
+    _assert_lines_as_json_dumps(host, bound, fields, event)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    host=st.none() | _TEXT,
+    bound=st.dictionaries(_NAMES, _VALUE, max_size=3),
+    fields=st.dictionaries(_NAMES, _VALUE, max_size=4),
+    event=_TEXT,
+)
+def test_record_lines_with_any_json_value_are_what_json_dumps_writes(
+    host: str | None, bound: dict[str, object], fields: dict[str, object], event: str
+) -> None:
+    """The same with values the line builder leaves to json's encoder (NaN, dicts, nested lists)."""
+    _assert_lines_as_json_dumps(host, bound, fields, event)
+
+
+def _assert_lines_as_json_dumps(
+    host: str | None, bound: dict[str, object], fields: dict[str, object], event: str
+) -> None:
+    from conchcmd.core.audit import BoundAudit
+
+    clock = Clock()
+    clock.advance(1_700_000_000.25)
+    stream = io.StringIO()
+    log = AuditLog(StreamTarget(stream), clock, host=host)
+    log.record(event, **fields)
+    BoundAudit(log, **bound).record(event, **fields)
+    BoundAudit(BoundAudit(log, **bound), extra=1).record(event, **fields)
+    ts = "2023-11-14T22:13:20.250Z"
+    inner = {**bound, "extra": 1, **bound}
+    assert stream.getvalue() == (
+        _reference_line(ts, event, host, fields)
+        + _reference_line(ts, event, host, {**bound, **fields, **bound})
+        + _reference_line(ts, event, host, {**inner, **fields, **inner})
+    )

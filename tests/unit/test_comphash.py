@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 
 from conchcmd.commands import comphash
 from conchcmd.commands.comphash import (
+    CancelFlag,
     HashCancelled,
     Hasher,
     HashResult,
@@ -199,7 +200,7 @@ def test_permission_denied(root: Path) -> None:
 
 
 def test_cancel_event_stops_the_hash(root: Path) -> None:
-    cancelled = threading.Event()
+    cancelled = CancelFlag()  # what the Hasher hands the thread
     cancelled.set()
     with pytest.raises(HashCancelled):
         hash_file(str(root / "data.bin"), (str(root),), "sha256", cancelled)
@@ -207,7 +208,7 @@ def test_cancel_event_stops_the_hash(root: Path) -> None:
 
 def test_cancel_event_set_mid_file_stops_between_reads(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(comphash, "READ_SIZE", 100)
-    cancelled = threading.Event()
+    cancelled = CancelFlag()  # what the Hasher hands the thread
     real_new = hashlib.new
     updates = []
 
@@ -229,7 +230,7 @@ def test_cancel_event_set_mid_file_stops_between_reads(root: Path, monkeypatch: 
 def test_a_hash_reads_in_1_mib_blocks_and_stops_at_the_next_one(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README: a client that disconnects stops its hash at the next 1 MiB block."""
     (root / "big.bin").write_bytes(b"x" * (3 << 20))
-    cancelled = threading.Event()
+    cancelled = CancelFlag()  # what the Hasher hands the thread
     real_new = hashlib.new
     updates = []
 
@@ -419,7 +420,7 @@ def test_cancelling_a_running_hash_sets_its_event_and_frees_the_slot_only_when_w
     second = start_hash(hasher, root / "data.bin")
     [(_, args, _)] = runner.calls
     cancel_event = args[3]
-    assert isinstance(cancel_event, threading.Event)
+    assert isinstance(cancel_event, CancelFlag)
     assert not cancel_event.is_set()
 
     first.cancel()
