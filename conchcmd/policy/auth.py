@@ -325,7 +325,8 @@ class KeyAuthorizer:
         blob = key.blob()  # as ssh-keygen writes it: sshd matches keys by value, not by their bytes
         key_type = key.sshType()
         if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):
-            raise KeyRefused(f"signature algorithm {sanitise(algorithm)} not accepted")
+            # The name as sent: whoever writes the reason out escapes it (once, `sanitise`).
+            raise KeyRefused(f"signature algorithm {algorithm.decode('utf-8', 'surrogateescape')} not accepted")
         weak = key_refusal(key)
         if weak is not None:
             raise KeyRefused(weak)
