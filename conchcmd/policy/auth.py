@@ -280,6 +280,19 @@ class KeyAuthorizer:
             self.failures.report(e)
             return True  # cannot tell now: not called invalid
 
+    def knows_by_configuration(self, user: str) -> bool:
+        """`knows` without the user's own file: whether some CA is trusted for any name (then
+        every well-formed name may log in). The same work for every name, for the answer to
+        OpenSSH's opening `none`, which must not tell which names have keys."""
+        if self.trusted.path is None:
+            return False
+        try:
+            trusted = self.trusted.any_trusted()  # read whatever the name, before looking at it
+        except ServerSideFailure as e:
+            self.failures.report(e)
+            trusted = True  # cannot tell now: not called invalid
+        return trusted and valid_user_name(user)
+
     def _failed(self, failure: ServerSideFailure) -> LoginUnavailable:
         self.failures.report(failure)
         return LoginUnavailable(failure)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch import error as conch_error
@@ -85,12 +86,17 @@ class UserAuthService(UserAuthHooks):
         self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
         self._files = AttemptFiles()  # authorized_keys read once per connection while unchanged
+        self._unsettled: tuple[Callable[[bool], None], ...] | None = None  # auth lines waiting for _settle
+        self.transport.settle_auth_user = self._settle
         super().serviceStarted()
         self._listed = True
 
     def serviceStopped(self) -> None:
         """Authenticated or disconnected: what waits is dropped, a held-back answer is not sent."""
         self._stopped = True
+        if self._unsettled is not None:  # authenticated: nothing waits; disconnected: settled already
+            self._settle()
+        self.transport.settle_auth_user = None
         self._waiting.clear()
         if self._delay is not None and self._delay.active():
             self._delay.cancel()
@@ -135,6 +141,8 @@ class UserAuthService(UserAuthHooks):
         if not offered:
             d = self._refuse_method(user, next_service, method)
         elif checker is not None:
+            if self._unsettled is not None:  # the request reads authorized_keys anyway (as sshd's does)
+                self._settle()
             self._set_request(user, next_service, method)
             creds = self._key_credentials(rest)  # a malformed request raises here, as in auth_publickey
             try:
@@ -142,6 +150,8 @@ class UserAuthService(UserAuthHooks):
             except Exception:  # a bug in auth_failed itself: _request_done ends the connection
                 d = Failure()
         else:
+            if method == b"publickey" and self._unsettled is not None:
+                self._settle()  # through cred's portal: as above
             d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
         if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, see _request_done)
             self._request_done(d)
@@ -196,17 +206,50 @@ class UserAuthService(UserAuthHooks):
     def _note_user(self, name: bytes) -> None:
         """A request for a user name not seen on this connection: whether it is one that can log
         in, and sshd's "Invalid user" line if not (sshd logs it once, as it allows no change of
-        name; Conch allows one, so each new name gets its line)."""
+        name; Conch allows one, so each new name gets its line).
+
+        sshd decides from its account database, which costs the same for every name; here a name
+        is an account if the configuration says so or it has authorized_keys lines. Reading that
+        file before answering would let a client time OpenSSH's opening `none` (answered after
+        this) to learn which names have keys, so only the configuration is asked now (the same
+        work for every name); what it leaves open waits for `_settle`, with the lines that need it.
+        """
         t = self.transport
         if name == t.auth_user:
             return
+        if self._unsettled is not None:
+            self._settle()  # the previous name's lines first, in order
+        # Not UTF-8: no configured name, and `_settle` finds it invalid; asked all the same.
+        configured = t.factory.configured_user(name.decode("utf-8", "surrogateescape"))
+        t.auth_user, t.auth_user_valid = name, True
+        self._unsettled = None if configured else ()  # the "Invalid user" line first, if it is one
+
+    def _auth_line(self, write: Callable[[bool], None]) -> None:
+        """Write an auth-log line about the current name, given whether it is valid, now if that
+        is decided, else once `_settle` decides it (lines keep their order)."""
+        if self._unsettled is None:
+            write(self.transport.auth_user_valid)
+        else:
+            self._unsettled = (*self._unsettled, write)
+
+    def _settle(self) -> None:
+        """Decide whether the current name is valid, if `_note_user` left it open (its
+        authorized_keys read), and write the lines that waited for it. Run where the file is read
+        anyway (a publickey request), where the answer waits for a fixed delay (a failed
+        password), and where no answer follows (the connection's end, another name)."""
+        lines, self._unsettled = self._unsettled, None
+        if lines is None:
+            return
+        t = self.transport
         try:
-            valid = t.factory.known_user(name.decode("utf-8"), self._files)
+            valid = t.factory.known_user((t.auth_user or b"").decode("utf-8"), self._files)
         except UnicodeDecodeError:
             valid = False
-        t.auth_user, t.auth_user_valid = name, valid
+        t.auth_user_valid = valid
         if not valid:
-            t.auth_log.invalid_user(name)
+            t.auth_log.invalid_user(t.auth_user or b"")
+        for write in lines:
+            write(valid)
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
@@ -338,17 +381,18 @@ class UserAuthService(UserAuthHooks):
         ):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
+            decided = self.clock.seconds()
+            if self.method == b"password" and self._unsettled is not None:
+                self._settle()  # its answer waits for passwordDelay from `decided` whatever this reads
             key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
+            method, user = self.method or b"", self.user or b""
             if isinstance(reason.value, SkRequirementNotMet):
-                t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
-            t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)
-            log.info(
-                "Refused {method} for {user} from {peer}: {reason}",
-                method=sanitise(self.method, 32),
-                user=log_word(self.user or b""),
-                peer=t.peer,
-                reason=message,
-            )
+                requirement = reason.value.requirement
+                self._auth_line(lambda valid: t.auth_log.sk_requirement_not_met(user, valid, key, requirement))
+            self._auth_line(lambda valid: t.auth_log.failed(method, user, valid, key))
+            refused = {"method": sanitise(method, 32), "user": log_word(user), "peer": t.peer, "reason": message}
+            # The reason's line follows the auth line it explains, when that waits for _settle too.
+            self._auth_line(lambda _valid: log.info("Refused {method} for {user} from {peer}: {reason}", **refused))
             self.transport.audit.record(
                 "auth",
                 ok=False,
@@ -361,7 +405,7 @@ class UserAuthService(UserAuthHooks):
             )
             self.transport.auth_failures += 1
             if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
-                self.transport.auth_log.too_many_failures(self.user or b"", self.transport.auth_user_valid)
+                self._auth_line(lambda valid: t.auth_log.too_many_failures(user, valid))
                 self.transport.auth_end_logged = True
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
@@ -371,7 +415,8 @@ class UserAuthService(UserAuthHooks):
                 # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
                 # the next request waits for it too.
                 held: defer.Deferred[None] = defer.Deferred()
-                self._delay = self.clock.callLater(self.passwordDelay, held.callback, None)
+                delay = max(0.0, self.passwordDelay - (self.clock.seconds() - decided))
+                self._delay = self.clock.callLater(delay, held.callback, None)
                 return held.addCallback(lambda _: self._answer_failure(reason))
         super().auth_failed(reason)
         return None

@@ -136,6 +136,19 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_limits.py::test_the_sixth_failure_disconnects_with_the_reason",
         ],
     },
+    "No account oracle at `none`.": {
+        "no file is read before a none answer, nor before a none pipelined behind it, for every kind of name": [
+            M + "test_user_probing.py::test_no_file_is_read_before_a_none_answer",
+            M + "test_user_probing.py::test_with_a_trusted_ca_every_name_reads_the_same_files",
+        ],
+        "invalid user decided later; sshd's lines the same, in the same order": [
+            M + "test_user_probing.py::test_sshds_lines_are_those_of_before_each_in_its_place",
+            M + "test_auth_log.py::test_each_kind_of_login_writes_sshds_line",
+        ],
+        "not claimed: a publickey request reads authorized_keys before its answer, as sshd's": [
+            M + "test_user_probing.py::test_a_publickey_request_reads_the_file_as_sshds_does",
+        ],
+    },
     "authorized_keys options, enforced": {
         "OpenSSH's quoting": [
             U + "test_policy_options.py::test_quoted_commas_stay_inside_the_value",
