@@ -86,16 +86,18 @@ class UserAuthService(UserAuthHooks):
         self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
         self._files = AttemptFiles()  # authorized_keys read once per connection while unchanged
-        self._unsettled: tuple[Callable[[bool], None], ...] | None = None  # auth lines waiting for _settle
-        self.transport.settle_auth_user = self._settle
+        self._decided: dict[bytes, bool] = {}  # whether each name is valid, once decided (`_note_user`)
+        #: Auth lines waiting for their name to be decided, in order (None: "Invalid user", if it is).
+        self._waiting_lines: list[tuple[bytes, Callable[[bool], None] | None]] = []
+        self.transport.settle_auth_user = self._settle_all
         super().serviceStarted()
         self._listed = True
 
     def serviceStopped(self) -> None:
         """Authenticated or disconnected: what waits is dropped, a held-back answer is not sent."""
         self._stopped = True
-        if self._unsettled is not None:  # authenticated: nothing waits; disconnected: settled already
-            self._settle()
+        if self._waiting_lines:  # authenticated: nothing waits; disconnected: settled already
+            self._settle_all()
         self.transport.settle_auth_user = None
         self._waiting.clear()
         if self._delay is not None and self._delay.active():
@@ -141,7 +143,7 @@ class UserAuthService(UserAuthHooks):
         if not offered:
             d = self._refuse_method(user, next_service, method)
         elif checker is not None:
-            if self._unsettled is not None:  # the request reads authorized_keys anyway (as sshd's does)
+            if self._waiting_lines:  # the request reads authorized_keys anyway (as sshd's does)
                 self._settle()
             self._set_request(user, next_service, method)
             creds = self._key_credentials(rest)  # a malformed request raises here, as in auth_publickey
@@ -150,7 +152,7 @@ class UserAuthService(UserAuthHooks):
             except Exception:  # a bug in auth_failed itself: _request_done ends the connection
                 d = Failure()
         else:
-            if method == b"publickey" and self._unsettled is not None:
+            if method == b"publickey" and self._waiting_lines:
                 self._settle()  # through cred's portal: as above
             d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
         if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, see _request_done)
@@ -217,39 +219,67 @@ class UserAuthService(UserAuthHooks):
         t = self.transport
         if name == t.auth_user:
             return
-        if self._unsettled is not None:
-            self._settle()  # the previous name's lines first, in order
-        # Not UTF-8: no configured name, and `_settle` finds it invalid; asked all the same.
-        configured = t.factory.configured_user(name.decode("utf-8", "surrogateescape"))
-        t.auth_user, t.auth_user_valid = name, True
-        self._unsettled = None if configured else ()  # the "Invalid user" line first, if it is one
+        # Not UTF-8: no configured name, and `_decide` finds it invalid; asked all the same.
+        if name not in self._decided and t.factory.configured_user(name.decode("utf-8", "surrogateescape")):
+            self._decided[name] = True
+        t.auth_user, t.auth_user_valid = name, self._decided.get(name, True)
+        self._auth_line(None)
 
-    def _auth_line(self, write: Callable[[bool], None]) -> None:
-        """Write an auth-log line about the current name, given whether it is valid, now if that
-        is decided, else once `_settle` decides it (lines keep their order)."""
-        if self._unsettled is None:
-            write(self.transport.auth_user_valid)
+    def _auth_line(self, write: Callable[[bool], None] | None) -> None:
+        """Write an auth-log line about the current name, given whether it is valid (None: the
+        "Invalid user" line, if it is not), now if that is decided and no earlier line waits,
+        else once `_settle` or `_settle_all` has decided it (lines keep their order)."""
+        name = self.transport.auth_user or b""
+        if not self._waiting_lines and name in self._decided:
+            self._write(name, write)
         else:
-            self._unsettled = (*self._unsettled, write)
+            self._waiting_lines.append((name, write))
 
-    def _settle(self) -> None:
-        """Decide whether the current name is valid, if `_note_user` left it open (its
-        authorized_keys read), and write the lines that waited for it. Run where the file is read
-        anyway (a publickey request), where the answer waits for a fixed delay (a failed
-        password), and where no answer follows (the connection's end, another name)."""
-        lines, self._unsettled = self._unsettled, None
-        if lines is None:
-            return
+    def _write(self, name: bytes, write: Callable[[bool], None] | None) -> None:
+        valid = self._decided[name]
+        if write is not None:
+            write(valid)
+        elif not valid:
+            self.transport.auth_log.invalid_user(name)
+
+    def _decide(self, name: bytes) -> None:
+        """Whether `name` is valid, from the configuration and its authorized_keys (read now)."""
         t = self.transport
         try:
-            valid = t.factory.known_user((t.auth_user or b"").decode("utf-8"), self._files)
+            valid = t.factory.known_user(name.decode("utf-8"), self._files)
         except UnicodeDecodeError:
             valid = False
-        t.auth_user_valid = valid
-        if not valid:
-            t.auth_log.invalid_user(t.auth_user or b"")
-        for write in lines:
-            write(valid)
+        self._decided[name] = valid
+        if name == t.auth_user:
+            t.auth_user_valid = valid
+
+    def _settle(self) -> None:
+        """Decide the current name (reading its authorized_keys) and write the lines that waited
+        for it. Run where that file is read anyway (its publickey request) or where the answer
+        waits for a fixed delay (a failed password); never for another name, whose file no
+        answer may depend on."""
+        name = self.transport.auth_user or b""
+        if name not in self._decided:
+            self._decide(name)
+        self._flush_lines()
+
+    def _settle_all(self) -> None:
+        """Decide every name whose lines wait and write them: as the connection ends or once
+        authenticated, when no answer to this client is left to show the reads."""
+        lines, self._waiting_lines = self._waiting_lines, []  # taken first: a bug met here once
+        for name, _ in lines:
+            if name not in self._decided:
+                self._decide(name)
+        for line in lines:
+            self._write(*line)
+
+    def _flush_lines(self) -> None:
+        waiting = self._waiting_lines
+        done = 0
+        while done < len(waiting) and waiting[done][0] in self._decided:
+            self._write(*waiting[done])
+            done += 1
+        del waiting[:done]
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
@@ -348,7 +378,11 @@ class UserAuthService(UserAuthHooks):
         key = None
         if identity.method == "publickey" and self._key:
             key = self.transport.factory.key_infos.of(self._key[1], self._logged_blob)
-        self.transport.auth_log.accepted(identity.method, identity.user, key)
+        if self._waiting_lines:  # an earlier name's lines (written once authenticated): after them
+            t = self.transport
+            self._auth_line(lambda _valid: t.auth_log.accepted(identity.method, identity.user, key))
+        else:
+            self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
             user=sanitise(identity.user),
@@ -382,7 +416,7 @@ class UserAuthService(UserAuthHooks):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             decided = self.clock.seconds()
-            if self.method == b"password" and self._unsettled is not None:
+            if self.method == b"password" and self._waiting_lines:
                 self._settle()  # its answer waits for passwordDelay from `decided` whatever this reads
             key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
             method, user = self.method or b"", self.user or b""
