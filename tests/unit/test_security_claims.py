@@ -462,6 +462,9 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             P + "test_session_errbacks.py::test_an_exec_whose_command_deferred_fails_ends_with_exit_status_1",
             P + "test_session_errbacks.py::test_a_shell_whose_command_deferred_fails_ends_once_per_place_logged",
             U + "test_commands.py::test_a_command_that_crashes_again_and_again_logs_one_traceback",
+            U
+            + "test_lastlog_internal_errors.py::test_a_bug_in_the_reading_path_ends_the_command_as_a_crash_logged_once",
+            U + "test_threads.py::test_a_command_whose_runner_has_stopped_ends_as_on_a_bug",
         ],
     },
     "The server's own trouble is not the client's failure.": {

@@ -1,0 +1,100 @@
+"""A bug of ours in `lastlog`'s reading path ends the command as a crashed command does: stderr
+"conchcmd: internal error", exit status 1, the traceback logged once per place in the code and one
+line each time after. journalctl's output reaches lastlog from the reactor, outside the command's
+own Deferred chain: a bug there went to the reactor's log as an unhandled error each time, and the
+command waited for ever (its journalctl kept running)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
+
+from conchcmd.commands import lastlog
+from conchcmd.commands.framework import InlineRunner
+from conchcmd.commands.lastlog import FileTail, JournalTail, LogSource, make_lastlog
+from conchcmd.core.config import LastlogConfig
+
+reactor_log = Logger(namespace="twisted.internet.process")
+
+
+class ReactorProcess:
+    """journalctl as Twisted's reactor runs it: its output and its end handed to the protocol;
+    what the protocol raises is logged as an unhandled error and goes no further."""
+
+    def __init__(self, protocol: Any):
+        self.protocol = protocol
+        self.signals: list[str] = []
+        protocol.makeConnection(self)
+
+    def deliver(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.protocol, method)(*args)
+        except Exception:
+            reactor_log.failure("Unhandled Error")
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class ProcessReactor:
+    def __init__(self) -> None:
+        self.spawned: list[ReactorProcess] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, argv: list[str], env: dict[str, str]) -> ReactorProcess:
+        self.spawned.append(ReactorProcess(protocol))
+        return self.spawned[-1]
+
+
+def simulated_bug(*args: Any) -> Any:
+    raise KeyError("simulated lastlog bug")
+
+
+@pytest.mark.parametrize("kind", ["file", "journal"])
+def test_a_bug_in_the_reading_path_ends_the_command_as_a_crash_logged_once(
+    harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    log = tmp_path / "syslog"
+    log.write_bytes(b"one\ntwo\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "journalctl").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "journalctl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    reactor = ProcessReactor()
+    source: LogSource = FileTail(str(log), InlineRunner(), Clock()) if kind == "file" else JournalTail(reactor)
+    h = harness([make_lastlog(LastlogConfig(sources=(str(log) if kind == "file" else "journal",)), [source])])
+    monkeypatch.setattr(lastlog.JsonLines, "_encode", simulated_bug)  # each line read goes through it
+    with capturedLogs() as events:
+        for _ in range(2):
+            d, out, err = h.start("lastlog --json")
+            results: list[Any] = []
+            d.addBoth(results.append)
+            if kind == "journal":
+                journalctl = reactor.spawned[-1]
+                journalctl.deliver("outReceived", b"entry 1\nentry 2\n")
+                assert journalctl.signals == ["TERM"]  # stopped: nothing more is read
+                journalctl.deliver("processEnded", Failure(error.ProcessTerminated(signal=15)))
+            assert [r.status for r in results] == [1]
+            assert (out.data, err.data) == (b"", b"conchcmd: internal error\n")
+    bugs = [e for e in events if e.get("log_format", "").startswith("Internal error")]
+    assert [formatEvent(e) for e in bugs] == [
+        "Internal error running lastlog from alice@192.0.2.7:50022; exit status 1",
+        "Internal error running lastlog from alice@192.0.2.7:50022 "
+        "(KeyError: 'simulated lastlog bug', traceback logged before); exit status 1",
+    ]
+    assert [e for e in events if "log_failure" in e] == bugs[:1]  # one traceback in all
+    assert "simulated_bug" in bugs[0]["log_failure"].getTraceback()
+    assert all(e["log_level"] == LogLevel.error for e in bugs)
+    assert [r["exit_code"] for r in h.audit.of("command")] == [1, 1]
