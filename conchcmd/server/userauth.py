@@ -143,18 +143,18 @@ class UserAuthService(UserAuthHooks):
         if not offered:
             d = self._refuse_method(user, next_service, method)
         elif checker is not None:
-            if self._waiting_lines:  # the request reads authorized_keys anyway (as sshd's does)
-                self._settle()
             self._set_request(user, next_service, method)
             creds = self._key_credentials(rest)  # a malformed request raises here, as in auth_publickey
             try:
                 d = self._publickey_now(checker, creds, rest)
             except Exception:  # a bug in auth_failed itself: _request_done ends the connection
                 d = Failure()
+            if self._waiting_lines:  # the check has read authorized_keys (as sshd's does): decide now
+                self._settle()
         else:
+            d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
             if method == b"publickey" and self._waiting_lines:
                 self._settle()  # through cred's portal: as above
-            d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
         if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, see _request_done)
             self._request_done(d)
             return None
@@ -219,11 +219,15 @@ class UserAuthService(UserAuthHooks):
         t = self.transport
         if name == t.auth_user:
             return
+        decided = self._decided
         # Not UTF-8: no configured name, and `_decide` finds it invalid; asked all the same.
-        if name not in self._decided and t.factory.configured_user(name.decode("utf-8", "surrogateescape")):
-            self._decided[name] = True
-        t.auth_user, t.auth_user_valid = name, self._decided.get(name, True)
-        self._auth_line(None)
+        if name not in decided and t.factory.configured_user(name.decode("utf-8", "surrogateescape")):
+            decided[name] = True
+        t.auth_user, t.auth_user_valid = name, decided.get(name, True)
+        if self._waiting_lines or name not in decided:  # `_auth_line(None)`, inline
+            self._waiting_lines.append((name, None))
+        elif not decided[name]:
+            t.auth_log.invalid_user(name)
 
     def _auth_line(self, write: Callable[[bool], None] | None) -> None:
         """Write an auth-log line about the current name, given whether it is valid (None: the
@@ -254,14 +258,21 @@ class UserAuthService(UserAuthHooks):
             t.auth_user_valid = valid
 
     def _settle(self) -> None:
-        """Decide the current name (reading its authorized_keys) and write the lines that waited
-        for it. Run where that file is read anyway (its publickey request) or where the answer
-        waits for a fixed delay (a failed password); never for another name, whose file no
-        answer may depend on."""
-        name = self.transport.auth_user or b""
-        if name not in self._decided:
+        """Decide the current name (reading its authorized_keys, unless this connection's check
+        has just read it) and write the lines that waited for it. Run where that file is read
+        anyway (after its publickey request's check) or where the answer waits for a fixed delay
+        (a failed password); never for another name, whose file no answer may depend on."""
+        name, decided = self.transport.auth_user or b"", self._decided
+        if name not in decided:
             self._decide(name)
-        self._flush_lines()
+        waiting = self._waiting_lines
+        done = 0
+        for line in waiting:  # the lines of decided names, up to the first of one still open
+            if line[0] not in decided:
+                break
+            self._write(*line)
+            done += 1
+        del waiting[:done]
 
     def _settle_all(self) -> None:
         """Decide every name whose lines wait and write them: as the connection ends or once
@@ -272,14 +283,6 @@ class UserAuthService(UserAuthHooks):
                 self._decide(name)
         for line in lines:
             self._write(*line)
-
-    def _flush_lines(self) -> None:
-        waiting = self._waiting_lines
-        done = 0
-        while done < len(waiting) and waiting[done][0] in self._decided:
-            self._write(*waiting[done])
-            done += 1
-        del waiting[:done]
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
