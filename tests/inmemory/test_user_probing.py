@@ -236,3 +236,36 @@ def test_a_bug_deciding_the_name_at_the_end_still_ends_the_connection(
     assert len(world.audit.of("disconnect")) == 1
     assert not world.factory.transports
     assert world.factory.admissions.sources.total_startups == 0
+
+
+@pytest.mark.parametrize("user", [b"admin", b"nobody"])
+def test_a_failed_password_is_answered_its_delay_after_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user: bytes
+) -> None:
+    """A name left open at `none` is decided at its failed password (for "Failed password for
+    invalid user"), reading its authorized_keys: the answer still comes passwordDelay (1 s) after
+    the check, not after the read (the read made slow here: 0.3 s of the server's clock)."""
+    import bcrypt
+    from support.sshclient import password_data
+
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
+    world = make_world(tmp_path, users={"carol": UserPolicy(password_bcrypt=hashed)})
+    known_user = world.factory.known_user
+
+    def slow(name: str, files: Any) -> bool:
+        world.clock.advance(0.3)
+        return known_user(name, files)
+
+    monkeypatch.setattr(world.factory, "known_user", slow)
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    auth.send_request(b"none", b"")
+    auth.send_request(b"password", password_data(b"wrong"))
+    conn.flush()
+    checked = world.clock.seconds() - 0.3  # the read advanced the clock: the check was before it
+    world.clock.advance(checked + 0.999 - world.clock.seconds())
+    conn.flush()
+    assert [m for m, _ in auth.replies] == [FAILURE]
+    world.clock.advance(0.001)
+    conn.flush()
+    assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]

@@ -143,7 +143,11 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         ],
         "invalid user decided later; sshd's lines the same, in the same order": [
             M + "test_user_probing.py::test_sshds_lines_are_those_of_before_each_in_its_place",
+            M + "test_user_probing.py::test_the_reason_still_follows_the_line_it_explains",
             M + "test_auth_log.py::test_each_kind_of_login_writes_sshds_line",
+        ],
+        "a failed password's answer waits its fixed delay regardless of the read": [
+            M + "test_user_probing.py::test_a_failed_password_is_answered_its_delay_after_the_check",
         ],
         "not claimed: a publickey request reads authorized_keys before its answer, as sshd's": [
             M + "test_user_probing.py::test_a_publickey_request_reads_the_file_as_sshds_does",
