@@ -194,9 +194,13 @@ class UserAuthService(UserAuthHooks):
         try:
             if creds.signature is None:  # the checker's ValidPublicKey, without raising it
                 checker.acceptable(creds)
+                # A key the name's file (or a trusted CA) accepts: a name that can log in, decided
+                # without asking `known_user` to read the file again.
+                self._decided[creds.username] = True
                 self.transport.sendPacket(userauth.MSG_USERAUTH_PK_OK, data[1:])
                 return None  # Conch's IgnoreAuthentication: nothing more to say
             identity = checker.check(creds)
+            self._decided[creds.username] = True  # as above
             result = self.portal.realm.requestAvatar(identity, self.transport.peer_address, IConchUser)
             if isinstance(result, defer.Deferred):  # a realm that waits: as Conch's chain would
                 return result.addCallback(self.auth_succeeded).addErrback(self.auth_failed)
@@ -262,15 +266,20 @@ class UserAuthService(UserAuthHooks):
         has just read it) and write the lines that waited for it. Run where that file is read
         anyway (after its publickey request's check) or where the answer waits for a fixed delay
         (a failed password); never for another name, whose file no answer may depend on."""
-        name, decided = self.transport.auth_user or b"", self._decided
+        t = self.transport
+        name, decided = t.auth_user or b"", self._decided
         if name not in decided:
             self._decide(name)
         waiting = self._waiting_lines
         done = 0
-        for line in waiting:  # the lines of decided names, up to the first of one still open
-            if line[0] not in decided:
+        for line_name, write in waiting:  # the lines of decided names, up to the first still open
+            valid = decided.get(line_name)
+            if valid is None:
                 break
-            self._write(*line)
+            if write is not None:  # `_write`, inline
+                write(valid)
+            elif not valid:
+                t.auth_log.invalid_user(line_name)
             done += 1
         del waiting[:done]
 
