@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -98,3 +98,51 @@ def test_a_bug_in_the_reading_path_ends_the_command_as_a_crash_logged_once(
     assert "simulated_bug" in bugs[0]["log_failure"].getTraceback()
     assert all(e["log_level"] == LogLevel.error for e in bugs)
     assert [r["exit_code"] for r in h.audit.of("command")] == [1, 1]
+
+
+class HeldOutput:
+    """An Output whose writes wait until the test lets them go (a client that lags)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.waiting: list[defer.Deferred[None]] = []
+
+    def write(self, data: bytes) -> defer.Deferred[None]:
+        self.writes.append(data)
+        self.waiting.append(defer.Deferred())
+        return self.waiting[-1]
+
+
+def test_a_bug_once_the_client_has_taken_the_output_ends_the_command_as_a_crash(
+    harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """journalctl is paused while the client lags and resumed when its output has been taken,
+    later, from the session's Deferred: a bug there (in resuming it) ends the command the same way."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "journalctl").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "journalctl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    reactor = ProcessReactor()
+    h = harness([make_lastlog(LastlogConfig(sources=("journal",)), [JournalTail(reactor)])])
+    monkeypatch.setattr(ReactorProcess, "resumeProducing", simulated_bug)
+    with capturedLogs() as events:
+        for _ in range(2):
+            out, err = HeldOutput(), HeldOutput()
+            d = h.dispatcher.dispatch(
+                "lastlog", stdout=out, stderr=err, user="alice", peer="192.0.2.7:50022", fingerprint="SHA256:x"
+            )
+            results: list[Any] = []
+            d.addBoth(results.append)
+            journalctl = reactor.spawned[-1]
+            journalctl.deliver("outReceived", b"entry 1\n")
+            assert out.writes == [b"entry 1\n"] and not results
+            out.waiting.pop().callback(None)  # the client took it: journalctl resumed
+            assert journalctl.signals == ["TERM"]
+            err.waiting.pop().callback(None)  # the crash's stderr line taken
+            journalctl.deliver("processEnded", Failure(error.ProcessTerminated(signal=15)))
+            assert [r.status for r in results] == [1]
+            assert err.writes == [b"conchcmd: internal error\n"]
+    bugs = [e for e in events if e.get("log_format", "").startswith("Internal error")]
+    assert len(bugs) == 2 and [e for e in events if "log_failure" in e] == bugs[:1]
+    assert "simulated_bug" in bugs[0]["log_failure"].getTraceback()
