@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from conchcmd.commands.framework import (
     BlockingRunner,
@@ -30,7 +31,7 @@ from conchcmd.commands.safepath import (
 )
 from conchcmd.core.audit import terminal_safe
 from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig, UserPolicy
-from conchcmd.core.threads import abandonable
+from conchcmd.core.threads import RunnerStopped, abandonable
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
 MIB = 1 << 20
@@ -276,7 +277,9 @@ class Hasher:
 
             def big(outcome: HashResult | Opened) -> Any:
                 if isinstance(outcome, Opened):  # hash_opened closes it, even if cancelled meanwhile
-                    return self.bulk_runner.run(hash_opened, outcome, algorithm, cancelled, progress)
+                    return self.bulk_runner.run(hash_opened, outcome, algorithm, cancelled, progress).addErrback(
+                        _close_unhashed, outcome
+                    )
                 return outcome
 
             work = self.runner.run(open_path, path, self.roots, algorithm, cancelled, user_roots).addCallback(big)
@@ -289,6 +292,13 @@ class Hasher:
             return outcome
 
         return await abandonable(work.addBoth(finished), lambda _: cancelled.set())
+
+
+def _close_unhashed(failure: Failure, opened: Opened) -> Failure:
+    """The bulk runner refused the hash (RunnerStopped): hash_opened never ran to close the file."""
+    if failure.check(RunnerStopped):
+        os.close(opened.fd)
+    return failure
 
 
 def format_line(digest: str, path: str) -> str:

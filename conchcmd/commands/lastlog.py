@@ -159,7 +159,14 @@ class FileTail:
 
 
 class _JournalProtocol(ProcessProtocol):
-    """Streams journalctl's stdout to the client, pausing the process when the client lags."""
+    """Streams journalctl's stdout to the client, pausing the process when the client lags.
+
+    Its methods and the callbacks they add run from the reactor, outside the command's own
+    Deferred chain: a bug there (in the writer, say) went to the reactor's log as an unhandled
+    error each time, and the command waited for ever. `bug` makes it the command's outcome
+    instead, so the session reports it as a crash (traceback once per place, "conchcmd: internal
+    error", exit status 1), and stops journalctl.
+    """
 
     def __init__(self, out: Writer):
         self.out = out
@@ -167,22 +174,43 @@ class _JournalProtocol(ProcessProtocol):
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     def outReceived(self, data: bytes) -> None:
-        d = self.out(data)
-        if not d.called:
-            process: Any = self.transport
-            process.pauseProducing()
-            d.addCallback(lambda _: process.resumeProducing())
+        if self.ended.called:  # ended by a bug: what journalctl still sends goes nowhere
+            return
+        try:
+            d = self.out(data)
+            if not d.called:
+                process: Any = self.transport
+                process.pauseProducing()
+                d.addCallback(lambda _: process.resumeProducing())
+        except Exception:
+            self.bug(Failure())
+            return
+        d.addErrback(self.bug)
 
     def errReceived(self, data: bytes) -> None:
         if len(self.errors) < 4096:
             self.errors += data[: 4096 - len(self.errors)]
 
     def processEnded(self, reason: Failure) -> None:
-        if reason.check(error.ProcessDone):
-            self.ended.callback(None)
-        else:
-            message = self.errors.decode("utf-8", "replace").strip() or str(reason.value)
-            self.ended.errback(CommandError(f"journalctl: {message}"))
+        if self.ended.called:  # ended by a bug already
+            return
+        try:
+            if reason.check(error.ProcessDone):
+                self.ended.callback(None)
+            else:
+                message = self.errors.decode("utf-8", "replace").strip() or str(reason.value)
+                self.ended.errback(CommandError(f"journalctl: {message}"))
+        except Exception:
+            self.bug(Failure())
+
+    def bug(self, failure: Failure) -> None:
+        """A bug of ours while journalctl runs: the command ends with it, journalctl is stopped."""
+        if not self.ended.called:
+            self.ended.errback(failure)
+        process: Any = self.transport
+        if process is not None:
+            with contextlib.suppress(error.ProcessExitedAlready):
+                process.signalProcess("TERM")
 
 
 def _journal_env() -> dict[str, str]:
@@ -280,7 +308,7 @@ class JournalTail:
                     process.signalProcess("TERM")
 
         if follow:
-            stop.addCallback(kill)  # end of input ends a follow
+            stop.addCallback(kill).addErrback(protocol.bug)  # end of input ends a follow
         # After a cancel, journalctl still ends (we killed it): nothing is waiting any more.
         waiting = abandonable(protocol.ended, kill)
         try:

@@ -19,6 +19,11 @@ from twisted.python.threadpool import ThreadPool
 T = TypeVar("T")
 
 
+class RunnerStopped(RuntimeError):
+    """A job given to a runner whose thread pool has stopped (the server is shutting down): it
+    was not run. A command then ends as on a bug ("conchcmd: internal error", exit status 1)."""
+
+
 class BlockingRunner(Protocol):
     """Runs a blocking function away from the reactor thread."""
 
@@ -68,9 +73,9 @@ class ThreadRunner:
         self._workers = 0  # worker loops started and not ended
 
     def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if self.pool.joined or self._stopped:  # a stopped pool runs nothing: said at once, not never
+            return defer.fail(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run"))
         d: defer.Deferred[T] = defer.Deferred()
-        if self.pool.joined or self._stopped:
-            return d  # as the pool's callInThreadWithCallback: a stopped pool runs nothing
         self._jobs.put((fn, args, d))
         with self._lock:
             self._pending += 1
@@ -151,6 +156,10 @@ class ThreadRunner:
                 self._workers += 1
         if again:
             self.pool.callInThread(self._work)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 class _Lowered(threading.local):

@@ -280,6 +280,19 @@ class KeyAuthorizer:
             self.failures.report(e)
             return True  # cannot tell now: not called invalid
 
+    def knows_by_configuration(self, user: str) -> bool:
+        """`knows` without the user's own file: whether some CA is trusted for any name (then
+        every well-formed name may log in). The same work for every name, for the answer to
+        OpenSSH's opening `none`, which must not tell which names have keys."""
+        if self.trusted.path is None:
+            return False
+        try:
+            trusted = self.trusted.any_trusted()  # read whatever the name, before looking at it
+        except ServerSideFailure as e:
+            self.failures.report(e)
+            trusted = True  # cannot tell now: not called invalid
+        return trusted and valid_user_name(user)
+
     def _failed(self, failure: ServerSideFailure) -> LoginUnavailable:
         self.failures.report(failure)
         return LoginUnavailable(failure)
@@ -325,7 +338,8 @@ class KeyAuthorizer:
         blob = key.blob()  # as ssh-keygen writes it: sshd matches keys by value, not by their bytes
         key_type = key.sshType()
         if algorithm not in SIGNATURE_ALGORITHMS.get(key_type, ()):
-            raise KeyRefused(f"signature algorithm {sanitise(algorithm)} not accepted")
+            # The name as sent: whoever writes the reason out escapes it (once, `sanitise`).
+            raise KeyRefused(f"signature algorithm {algorithm.decode('utf-8', 'surrogateescape')} not accepted")
         weak = key_refusal(key)
         if weak is not None:
             raise KeyRefused(weak)

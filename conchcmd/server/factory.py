@@ -72,6 +72,7 @@ class CommandServerFactory(SSHFactory):
         settings: ServerSettings,
         passwords: PasswordChecker | None = None,
         known_user: Callable[[str, AttemptFiles], bool] | None = None,
+        configured_user: Callable[[str], bool] | None = None,
         metrics: ConnectionMetrics = NO_METRICS,
         internal_errors: InternalErrors | None = None,
     ):
@@ -85,6 +86,9 @@ class CommandServerFactory(SSHFactory):
         self.passwords = passwords
         #: Whether a user name is one that can log in (else the auth lines say "invalid user").
         self.known_user: Callable[[str, AttemptFiles], bool] = known_user or (lambda _name, _files: True)
+        #: `known_user` as far as the configuration alone says (True: known whatever the files say;
+        #: False: ask `known_user`), with the same work for every name: no file of the user's read.
+        self.configured_user: Callable[[str], bool] = configured_user or (lambda _name: True)
         self.metrics = metrics
         self.key_infos = KeyInfos()  # the accepted keys' descriptions in the auth log
         self.admissions = Admissions(

@@ -154,6 +154,10 @@ class ServerTransport(ModernServerTransport):
     #: The user name the client last asked to authenticate as (raw), and whether it can log in.
     auth_user: bytes | None = None
     auth_user_valid = True
+    #: Decides what the userauth service left undecided about `auth_user` (whether it is an
+    #: "invalid user": its authorized_keys read only once no answer can show the read) and
+    #: writes the auth lines that waited for it; set by the service, run as the connection ends.
+    settle_auth_user: Callable[[], None] | None = None
     liveness: Liveness | None = None
     connection_id = ""  # random, set on connectionMade
     audit: BoundAudit  # the factory's audit sink with this connection's id
@@ -543,6 +547,11 @@ class ServerTransport(ModernServerTransport):
         if self._kex_timer is not None:
             self._kex_timer.cancel()
             self._kex_timer = None
+        if self.settle_auth_user is not None:  # before any line of the connection's end
+            try:
+                self.settle_auth_user()
+            except Exception:  # a bug: logged, and the connection's end still released
+                self.internal_error(Failure(), "deciding the user name of a connection", gone=True)
         factory = self.factory
         if self.ticket is not None:
             factory.admissions.release(self.ticket, self._strike())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch import error as conch_error
@@ -90,6 +91,10 @@ class UserAuthService(UserAuthHooks):
         self._requests = 0  # requests looked at (sshd's authctxt->attempt)
         self._waiting: deque[bytes] = deque()
         self._files = AttemptFiles()  # authorized_keys read once per connection while unchanged
+        self._decided: dict[bytes, bool] = {}  # whether each name is valid, once decided (`_note_user`)
+        #: Auth lines waiting for their name to be decided, in order (None: "Invalid user", if it is).
+        self._waiting_lines: list[tuple[bytes, Callable[[bool], None] | None]] = []
+        self.transport.settle_auth_user = self._settle_all
         # Conch's serviceStarted, less its login timer (a DelayedCall per connection, set and then
         # cancelled: timeoutAuthentication after loginTimeout): the transport's login grace timer,
         # started at connect with the same limit, ends an unauthenticated connection first.
@@ -107,6 +112,9 @@ class UserAuthService(UserAuthHooks):
     def serviceStopped(self) -> None:
         """Authenticated or disconnected: what waits is dropped, a held-back answer is not sent."""
         self._stopped = True
+        if self._waiting_lines:  # authenticated: nothing waits; disconnected: settled already
+            self._settle_all()
+        self.transport.settle_auth_user = None
         self._waiting.clear()
         if self._delay is not None and self._delay.active():
             self._delay.cancel()
@@ -157,8 +165,12 @@ class UserAuthService(UserAuthHooks):
                 d = self._publickey_now(checker, creds, rest)
             except Exception:  # a bug in auth_failed itself: _request_done ends the connection
                 d = Failure()
+            if self._waiting_lines:  # the check has read authorized_keys (as sshd's does): decide now
+                self._settle()
         else:
             d = super().ssh_USERAUTH_REQUEST(packet)  # passwords: Conch's tryAuth and Deferred chain
+            if method == b"publickey" and self._waiting_lines:
+                self._settle()  # through cred's portal: as above
         if not isinstance(d, defer.Deferred):  # answered already (a Failure: a bug, see _request_done)
             self._request_done(d)
             return None
@@ -198,9 +210,13 @@ class UserAuthService(UserAuthHooks):
         try:
             if creds.signature is None:  # the checker's ValidPublicKey, without raising it
                 checker.acceptable(creds)
+                # A key the name's file (or a trusted CA) accepts: a name that can log in, decided
+                # without asking `known_user` to read the file again.
+                self._decided[creds.username] = True
                 self.transport.sendPacket(userauth.MSG_USERAUTH_PK_OK, data[1:])
                 return None  # Conch's IgnoreAuthentication: nothing more to say
             identity = checker.check(creds)
+            self._decided[creds.username] = True  # as above
             result = self.portal.realm.requestAvatar(identity, self.transport.peer_address, IConchUser)
             if isinstance(result, defer.Deferred):  # a realm that waits: as Conch's chain would
                 return result.addCallback(self.auth_succeeded).addErrback(self.auth_failed)
@@ -212,17 +228,86 @@ class UserAuthService(UserAuthHooks):
     def _note_user(self, name: bytes) -> None:
         """A request for a user name not seen on this connection: whether it is one that can log
         in, and sshd's "Invalid user" line if not (sshd logs it once, as it allows no change of
-        name; Conch allows one, so each new name gets its line)."""
+        name; Conch allows one, so each new name gets its line).
+
+        sshd decides from its account database, which costs the same for every name; here a name
+        is an account if the configuration says so or it has authorized_keys lines. Reading that
+        file before answering would let a client time OpenSSH's opening `none` (answered after
+        this) to learn which names have keys, so only the configuration is asked now (the same
+        work for every name); what it leaves open waits for `_settle`, with the lines that need it.
+        """
         t = self.transport
         if name == t.auth_user:
             return
+        decided = self._decided
+        # Not UTF-8: no configured name, and `_decide` finds it invalid; asked all the same.
+        if name not in decided and t.factory.configured_user(name.decode("utf-8", "surrogateescape")):
+            decided[name] = True
+        t.auth_user, t.auth_user_valid = name, decided.get(name, True)
+        if self._waiting_lines or name not in decided:  # `_auth_line(None)`, inline
+            self._waiting_lines.append((name, None))
+        elif not decided[name]:
+            t.auth_log.invalid_user(name)
+
+    def _auth_line(self, write: Callable[[bool], None] | None) -> None:
+        """Write an auth-log line about the current name, given whether it is valid (None: the
+        "Invalid user" line, if it is not), now if that is decided and no earlier line waits,
+        else once `_settle` or `_settle_all` has decided it (lines keep their order)."""
+        name = self.transport.auth_user or b""
+        if not self._waiting_lines and name in self._decided:
+            self._write(name, write)
+        else:
+            self._waiting_lines.append((name, write))
+
+    def _write(self, name: bytes, write: Callable[[bool], None] | None) -> None:
+        valid = self._decided[name]
+        if write is not None:
+            write(valid)
+        elif not valid:
+            self.transport.auth_log.invalid_user(name)
+
+    def _decide(self, name: bytes) -> None:
+        """Whether `name` is valid, from the configuration and its authorized_keys (read now)."""
+        t = self.transport
         try:
             valid = t.factory.known_user(name.decode("utf-8"), self._files)
         except UnicodeDecodeError:
             valid = False
-        t.auth_user, t.auth_user_valid = name, valid
-        if not valid:
-            t.auth_log.invalid_user(name)
+        self._decided[name] = valid
+        if name == t.auth_user:
+            t.auth_user_valid = valid
+
+    def _settle(self) -> None:
+        """Decide the current name (reading its authorized_keys, unless this connection's check
+        has just read it) and write the lines that waited for it. Run where that file is read
+        anyway (after its publickey request's check) or where the answer waits for a fixed delay
+        (a failed password); never for another name, whose file no answer may depend on."""
+        t = self.transport
+        name, decided = t.auth_user or b"", self._decided
+        if name not in decided:
+            self._decide(name)
+        waiting = self._waiting_lines
+        done = 0
+        for line_name, write in waiting:  # the lines of decided names, up to the first still open
+            valid = decided.get(line_name)
+            if valid is None:
+                break
+            if write is not None:  # `_write`, inline
+                write(valid)
+            elif not valid:
+                t.auth_log.invalid_user(line_name)
+            done += 1
+        del waiting[:done]
+
+    def _settle_all(self) -> None:
+        """Decide every name whose lines wait and write them: as the connection ends or once
+        authenticated, when no answer to this client is left to show the reads."""
+        lines, self._waiting_lines = self._waiting_lines, []  # taken first: a bug met here once
+        for name, _ in lines:
+            if name not in self._decided:
+                self._decide(name)
+        for line in lines:
+            self._write(*line)
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
@@ -321,7 +406,11 @@ class UserAuthService(UserAuthHooks):
         key = None
         if identity.method == "publickey" and self._key:
             key = self.transport.factory.key_infos.of(self._key[1], self._logged_blob)
-        self.transport.auth_log.accepted(identity.method, identity.user, key)
+        if self._waiting_lines:  # an earlier name's lines (written once authenticated): after them
+            t = self.transport
+            self._auth_line(lambda _valid: t.auth_log.accepted(identity.method, identity.user, key))
+        else:
+            self.transport.auth_log.accepted(identity.method, identity.user, key)
         log.info(
             "Authorized {user}@{peer} by {source}",
             user=sanitise(identity.user),
@@ -354,17 +443,18 @@ class UserAuthService(UserAuthHooks):
         ):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
+            decided = self.clock.seconds()
+            if self.method == b"password" and self._waiting_lines:
+                self._settle()  # its answer waits for passwordDelay from `decided` whatever this reads
             key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
+            method, user = self.method or b"", self.user or b""
             if isinstance(reason.value, SkRequirementNotMet):
-                t.auth_log.sk_requirement_not_met(self.user or b"", t.auth_user_valid, key, reason.value.requirement)
-            t.auth_log.failed(self.method or b"", self.user or b"", t.auth_user_valid, key)
-            log.info(
-                "Refused {method} for {user} from {peer}: {reason}",
-                method=sanitise(self.method, 32),
-                user=log_word(self.user or b""),
-                peer=t.peer,
-                reason=message,
-            )
+                requirement = reason.value.requirement
+                self._auth_line(lambda valid: t.auth_log.sk_requirement_not_met(user, valid, key, requirement))
+            self._auth_line(lambda valid: t.auth_log.failed(method, user, valid, key))
+            refused = {"method": sanitise(method, 32), "user": log_word(user), "peer": t.peer, "reason": message}
+            # The reason's line follows the auth line it explains, when that waits for _settle too.
+            self._auth_line(lambda _valid: log.info("Refused {method} for {user} from {peer}: {reason}", **refused))
             self.transport.audit.record(
                 "auth",
                 ok=False,
@@ -377,7 +467,7 @@ class UserAuthService(UserAuthHooks):
             )
             self.transport.auth_failures += 1
             if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
-                self.transport.auth_log.too_many_failures(self.user or b"", self.transport.auth_user_valid)
+                self._auth_line(lambda valid: t.auth_log.too_many_failures(user, valid))
                 self.transport.auth_end_logged = True
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
@@ -387,7 +477,8 @@ class UserAuthService(UserAuthHooks):
                 # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
                 # the next request waits for it too.
                 held: defer.Deferred[None] = defer.Deferred()
-                self._delay = self.clock.callLater(self.passwordDelay, held.callback, None)
+                delay = max(0.0, self.passwordDelay - (self.clock.seconds() - decided))
+                self._delay = self.clock.callLater(delay, held.callback, None)
                 return held.addCallback(lambda _: self._answer_failure(reason))
         super().auth_failed(reason)
         return None

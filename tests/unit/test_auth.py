@@ -13,6 +13,7 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
 
+from conchcmd.core.audit import sanitise
 from conchcmd.policy.auth import Identity, KeyAuthorizer, PublicKeyChecker
 from conchcmd.policy.authorized_keys import AuthorizedKeysFiles
 from conchcmd.policy.certs import RevokedKeys, TrustedCAs
@@ -89,6 +90,17 @@ def test_sha1_ssh_rsa_probe_gets_no_pk_ok(users, ssh_key, sync) -> None:
     failure = sync.failure(checker.requestAvatarId(credentials(pair, b"ssh-rsa", signature=None)))
     assert failure.check(UnauthorizedLogin)
     assert not failure.check(ValidPublicKey)
+
+
+def test_a_refused_signature_algorithm_is_quoted_as_sent_and_escaped_once(users, ssh_key, sync) -> None:
+    """The algorithm went into the reason escaped, and the reason was escaped again by whoever
+    wrote it (log line, audit record): a backslash showed as four, U+200B as \\\\u200b."""
+    pair = ssh_key("rsa")
+    checker = users("alice", pair.public_line)
+    algorithm = "rsa-sha2-256\\\u200b".encode() + b"\xff"  # and a byte that is no UTF-8
+    failure = sync.failure(checker.requestAvatarId(credentials(pair, algorithm, signature=None)))
+    assert failure.getErrorMessage() == "signature algorithm rsa-sha2-256\\\u200b\udcff not accepted"
+    assert sanitise(failure.getErrorMessage()) == "signature algorithm rsa-sha2-256\\\\\\u200b\\xff not accepted"
 
 
 def test_ssh_dss_is_refused(users, ssh_key, sync) -> None:

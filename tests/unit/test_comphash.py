@@ -595,6 +595,29 @@ def test_a_big_hash_cancelled_between_its_two_threads_closes_its_file_and_frees_
         os.fstat(opened.fd)
 
 
+def test_a_big_hash_refused_by_a_stopped_bulk_runner_closes_its_file_and_frees_its_slot(
+    root: Path, sync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk pool stopped (shutdown) between the two steps: the opened file, which hash_opened
+    would have closed, is closed here, and the hash fails at once with RunnerStopped."""
+    from twisted.python.threadpool import ThreadPool
+
+    from conchcmd.core.threads import RunnerStopped, ThreadRunner
+
+    monkeypatch.setattr(comphash, "READ_SIZE", 4096)
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="bulk")
+    bulk = ThreadRunner(Clock(), pool)
+    bulk.stop()
+    runner = ManualRunner()
+    hasher = Hasher(ComphashConfig(roots=(str(root),), max_concurrent=1), runner, bulk_runner=bulk)
+    big = start_hash(hasher, root / "data.bin")
+    before = open_fds()
+    runner.complete(0)
+    assert sync.failure(big).check(RunnerStopped)
+    assert open_fds() == before  # the file open_path opened is closed again
+    assert hasher.semaphore.tokens == 1
+
+
 def test_the_server_hashes_big_files_in_lower_priority_threads_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

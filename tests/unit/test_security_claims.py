@@ -136,6 +136,23 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_limits.py::test_the_sixth_failure_disconnects_with_the_reason",
         ],
     },
+    "No account oracle at `none`.": {
+        "no file is read before a none answer, nor before a none pipelined behind it, for every kind of name": [
+            M + "test_user_probing.py::test_no_file_is_read_before_a_none_answer",
+            M + "test_user_probing.py::test_with_a_trusted_ca_every_name_reads_the_same_files",
+        ],
+        "invalid user decided later; sshd's lines the same, in the same order": [
+            M + "test_user_probing.py::test_sshds_lines_are_those_of_before_each_in_its_place",
+            M + "test_user_probing.py::test_the_reason_still_follows_the_line_it_explains",
+            M + "test_auth_log.py::test_each_kind_of_login_writes_sshds_line",
+        ],
+        "a failed password's answer waits its fixed delay regardless of the read": [
+            M + "test_user_probing.py::test_a_failed_password_is_answered_its_delay_after_the_check",
+        ],
+        "not claimed: a publickey request reads authorized_keys before its answer, as sshd's": [
+            M + "test_user_probing.py::test_a_publickey_request_reads_the_file_as_sshds_does",
+        ],
+    },
     "authorized_keys options, enforced": {
         "OpenSSH's quoting": [
             U + "test_policy_options.py::test_quoted_commas_stay_inside_the_value",
@@ -449,6 +466,9 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             P + "test_session_errbacks.py::test_an_exec_whose_command_deferred_fails_ends_with_exit_status_1",
             P + "test_session_errbacks.py::test_a_shell_whose_command_deferred_fails_ends_once_per_place_logged",
             U + "test_commands.py::test_a_command_that_crashes_again_and_again_logs_one_traceback",
+            U
+            + "test_lastlog_internal_errors.py::test_a_bug_in_the_reading_path_ends_the_command_as_a_crash_logged_once",
+            U + "test_threads.py::test_a_command_whose_runner_has_stopped_ends_as_on_a_bug",
         ],
     },
     "The server's own trouble is not the client's failure.": {

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
 from conchcmd.core.config import Config, LimitsConfig
-from conchcmd.core.threads import ThreadRunner, abandonable
+from conchcmd.core.threads import RunnerStopped, ThreadRunner, abandonable
 from conchcmd.edge.service import PASSWORD_THREADS_NICE, ConchcmdService
 
 
@@ -161,7 +161,7 @@ def test_an_idle_worker_gives_its_thread_back_and_a_stopped_pool_runs_nothing() 
     ran: list[str] = []
     late = first.run(lambda: ran.append("ran"))
     threading.Event().wait(0.2)
-    assert not late.called and ran == []
+    assert isinstance(failure_of(late).value, RunnerStopped) and ran == []
 
 
 def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_the_pool_stops() -> None:
@@ -263,7 +263,7 @@ def test_a_waiting_worker_sleeps_until_a_job_comes_without_polling() -> None:
     assert not stopping.is_alive(), "pool.stop() waited for a worker runner.stop() should have woken"
     assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
     late = runner.run(lambda: "never")
-    assert not late.called
+    assert isinstance(failure_of(late).value, RunnerStopped)
 
 
 @pytest.mark.parametrize("wake", [True, False])
@@ -291,3 +291,62 @@ def test_many_stops_interleaved_with_jobs_never_hang_nor_lose_a_job(wake: bool) 
         assert not stopping.is_alive(), f"pool.stop() hung in round {round_}"
         assert all(d.called for d in given), f"a job given before the stop did not run in round {round_}"
         assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
+
+
+def failure_of(d: defer.Deferred[Any]) -> Any:
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures, "the Deferred has not failed"
+    return failures[0]
+
+
+@pytest.mark.parametrize("stopped", ["runner", "pool", "both"])
+def test_a_job_given_to_a_stopped_runner_fails_at_once_and_does_not_run(stopped: str) -> None:
+    """It got a Deferred that never fired: its caller (a command, a password check, a Tab
+    completion) waited for ever. Now it fails at once with RunnerStopped, saying what was not run."""
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="stopped")
+    pool.start()
+    runner = ThreadRunner(ThreadedReactor(), pool)
+    assert run_in(runner, lambda: "before") == "before"
+    if stopped in ("runner", "both"):
+        runner.stop()
+    if stopped in ("pool", "both"):
+        pool.stop()
+    ran: list[str] = []
+
+    def job() -> None:
+        ran.append("ran")
+
+    failure = failure_of(runner.run(job))
+    assert isinstance(failure.value, RunnerStopped)
+    assert str(failure.value) == (
+        "the thread pool has stopped (server shutting down): "
+        "test_a_job_given_to_a_stopped_runner_fails_at_once_and_does_not_run.<locals>.job not run"
+    )
+    if stopped == "runner":
+        pool.stop()
+    assert ran == [] and (runner._workers, runner._pending) == (0, 0)
+
+
+@pytest.mark.parametrize("line", ["comphash {root}/f", "lastlog"])
+def test_a_command_whose_runner_has_stopped_ends_as_on_a_bug(harness, tmp_path: Path, line: str) -> None:
+    """What the commands do with it: "conchcmd: internal error", exit status 1, audited."""
+    from conchcmd.commands.builtin import build_command_table
+    from conchcmd.core.config import parse_config
+
+    (tmp_path / "f").write_bytes(b"data")
+    (tmp_path / "syslog").write_text("one\n")
+    config = parse_config(
+        f'[lastlog]\npath = "{tmp_path}/syslog"\n[comphash]\nroots = ["{tmp_path}"]\n', base_dir=tmp_path, source=None
+    )
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="stopped")
+    pool.start()
+    runner = ThreadRunner(ThreadedReactor(), pool)
+    runner.stop()
+    pool.stop()
+    h = harness([])
+    h.table = h.dispatcher.table = build_command_table(config, runner, reactor=h.clock)
+    run = h.run(line.format(root=tmp_path))
+    assert (run.outcome.status, run.out, run.err) == (1, "", "conchcmd: internal error\n")
+    [record] = h.audit.of("command")
+    assert record["exit_code"] == 1
