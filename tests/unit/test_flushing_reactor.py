@@ -739,3 +739,54 @@ def test_every_way_a_connection_ends_looks_the_same_to_the_client_as_with_twiste
     assert (received, how, events[-1]) == (*expected[:2], f"lost {expected[2]}")
     if mode == "half":
         assert events[-2] == "data b'after\\n'"
+
+
+def test_calls_from_many_threads_at_once_are_never_lost() -> None:
+    """Threads that each wait for their call to have run before making the next (the loop is idle
+    in between, as when comphash jobs finish one by one), all at once: every call runs; a stop
+    asked for among a storm of calls from threads ends the run."""
+    reactor = FlushingReactor()
+    threads, rounds = 16, 200
+    ran = [0] * threads
+    lost: list[int] = []
+
+    def calls(n: int) -> None:
+        done = threading.Event()
+
+        def one() -> None:
+            ran[n] += 1
+            done.set()
+
+        for _ in range(rounds):
+            done.clear()
+            reactor.callFromThread(one)
+            if not done.wait(GUARD):
+                lost.append(n)
+                return
+
+    storm = threading.Event()
+
+    def storm_then_stop() -> None:
+        workers = [threading.Thread(target=calls, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stormers = [
+            threading.Thread(target=lambda: [reactor.callFromThread(len, ()) for _ in range(2000)]) for _ in range(4)
+        ]
+        for s in stormers:
+            s.start()
+        reactor.callFromThread(reactor.stop)
+        for s in stormers:
+            s.join()
+        storm.set()
+
+    guard = reactor.callLater(GUARD, reactor.stop)
+    reactor.callWhenRunning(threading.Thread(target=storm_then_stop).start)
+    reactor.run(installSignalHandlers=False)
+    assert storm.wait(GUARD)
+    assert guard.active()  # stopped by the threads' stop, not by the guard
+    assert lost == [] and ran == [rounds] * threads
+    reactor.waker.connectionLost(None)
+    reactor._poller.close()
