@@ -15,7 +15,7 @@ private modules; its public `haproxy:` endpoint wraps the protocol in a way conc
 `FlushingReactor`, the reactor `conchcmd serve` runs, is Twisted's epoll reactor with its event
 loop's private parts (`_doReadOrWrite`, `_writes`) used here; the
 connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with a system
-call fewer: its private `_shouldShutdown`).
+call fewer once the peer has said goodbye: its private `_shouldShutdown`).
 """
 
 from __future__ import annotations
@@ -128,10 +128,21 @@ def keep_port_logger(port: object) -> None:
 
 class ClosingServer(tcp.Server):
     """Twisted's accepted TCP connection, closed without the `shutdown` Twisted makes before the
-    `close` "just to be safe" (its comment): closing the socket, close-on-exec and held by no
-    other process, sends the same FIN (or RST, if unread data is left, as after the shutdown)."""
+    `close` "just to be safe" (its comment) once the peer has said goodbye (`peer_left`): closing
+    the socket, close-on-exec, then sends the same FIN. Until then the shutdown stays: a socket
+    closed with input unread sends only a RST, where the shutdown's FIN goes before it, and a
+    client reading to the end of what we sent reads an orderly end, not "connection reset"."""
 
-    _shouldShutdown = False
+    def peer_left(self) -> None:
+        """The peer has said its last word (SSH: its DISCONNECT): the close needs no shutdown."""
+        self._shouldShutdown = False
+
+
+def peer_left(transport: object) -> None:
+    """`ClosingServer.peer_left` if `transport` is one (not behind a PROXY header's wrapper, nor
+    in tests' in-memory transports: their close is Twisted's own)."""
+    if isinstance(transport, ClosingServer):
+        transport.peer_left()
 
 
 def accept_as_closing_servers(port: object) -> None:

@@ -25,6 +25,7 @@ from conchcmd.core.flow import PausableTransport
 from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger
 from conchcmd.core.peer import Peer, host_and_port
 from conchcmd.core.refusals import RepeatLog
+from conchcmd.core.twistedprivate import peer_left
 from conchcmd.policy.auth import USER_SIGNATURE_ALGORITHMS
 from conchcmd.server.admission import Ticket
 from conchcmd.server.authlog import AuthLog, Client
@@ -307,6 +308,7 @@ class ServerTransport(ModernServerTransport):
         # Conch logs every client disconnect at error level; it is the normal way to leave.
         self.end_reason = f"client disconnected: {sanitise(description, 200)}"
         self._client_disconnected = True
+        peer_left(self.transport)  # its goodbye: the close needs no shutdown first (see ClosingServer)
         self._drop()
 
     def note_refused(self, messageNum: int, phase: Phase, verdict: Verdict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from twisted.internet.testing import StringTransport
 
 from conchcmd.core.config import CIPHERS, MACS, OPTIONAL_MACS, AlgorithmsConfig
 from conchcmd.wire import framing
-from conchcmd.wire.framing import MLKEM_KEX, RandomPool
+from conchcmd.wire.framing import MLKEM_KEX, ModernServerTransport, RandomPool
 from conchcmd.wire.packets import CIPHERS as SPECS
 from conchcmd.wire.packets import PacketCodec, pad
 
@@ -329,6 +330,57 @@ def test_connections_draw_cookies_padding_and_ids_from_the_server_s_one_pool(tmp
         assert pool.index(connection_id, at) >= at and pool.index(cookie, at) == pool.index(connection_id, at) + 8
         at = pool.index(cookie, at) + 16
     assert len(set(cookies)) == 3
+
+
+class RecordingPool(RandomPool):
+    """The server's pool, noting where in which of its draws each take's bytes lie."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.draws: list[bytes] = []
+        self.taken: list[tuple[int, int, int]] = []  # (draw, start, end)
+
+    def take(self, n: int) -> bytes:
+        out = super().take(n)
+        if not self.draws or self.draws[-1] is not self.pool:
+            self.draws.append(self.pool)
+        self.taken.append((len(self.draws) - 1, self.pos - n, self.pos))
+        return out
+
+
+def test_every_kexinit_rekeys_included_has_a_cookie_of_fresh_bytes_no_other_use_had(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Each KEXINIT the server sends, on two connections at once and in their rekeys (the
+    server's, after traffic, and the client's), carries a cookie of 16 bytes of the pool that no
+    other cookie, padding or connection id was given: no byte of a draw serves twice."""
+    w = big_world(tmp_path)
+    pool = w.factory.random = RecordingPool(512)  # small: the takes span several draws
+    draws = pool.draws
+    cookies: list[bytes] = []
+    send_kexinit = ModernServerTransport.sendKexInit
+
+    def sending(self: Any) -> None:
+        send_kexinit(self)
+        cookies.append(self.ourKexInitPayload[1:17])
+
+    monkeypatch.setattr(ModernServerTransport, "sendKexInit", sending)
+    conns = [connect(w.factory, w.clock, peer=f"10.0.0.{n}") for n in (1, 2)]
+    for conn in conns:
+        conn.server.rekey_bytes = 64 * 1024
+    for conn in conns:  # interleaved: the connections take from the pool in turn
+        assert run(conn, b"lastlog -n 1000") == LINE * 1000
+        conn.client.sendKexInit()
+    for conn in conns:
+        conn.flush()
+        assert not conn.disconnected
+    assert len(cookies) == sum(conn.server.kex_count for conn in conns) >= 6
+    assert len(draws) > 1 and all(len(c) == 16 for c in cookies)
+    assert len(set(cookies)) == len(cookies)
+    used = sorted(pool.taken)
+    assert all(a[0] < b[0] or a[2] <= b[1] for a, b in itertools.pairwise(used))  # no overlap
+    sixteen = {draws[d][start:end] for d, start, end in used if end - start == 16}
+    assert set(cookies) <= sixteen
 
 
 def test_a_pool_hands_each_byte_out_once_and_draws_again_when_short(monkeypatch: Any) -> None:

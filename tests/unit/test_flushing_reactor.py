@@ -23,7 +23,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python import log as legacy_log
 from zope.interface import implementer
 
-from conchcmd.core.twistedprivate import FlushingReactor, accept_as_closing_servers
+from conchcmd.core.twistedprivate import FlushingReactor, accept_as_closing_servers, peer_left
 
 REPO = Path(__file__).resolve().parents[2]
 GUARD = 30.0  # seconds: a run that has not ended by then failed (its reactor is stopped)
@@ -496,7 +496,7 @@ class ClosePathPoller(CountingPoller):
 
 class AnswerThenClose(Replies):
     """Answers each line; "quit" closes with nothing to write, as a server does when its client
-    says goodbye (its last bytes went out on earlier turns)."""
+    says goodbye (its last bytes went out on earlier turns), and says so (`peer_left`)."""
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -505,6 +505,7 @@ class AnswerThenClose(Replies):
     def dataReceived(self, data: bytes) -> None:
         self.run.events.append(f"data {data!r}")
         if data == b"quit\n":
+            peer_left(self.transport)
             self.transport.loseConnection()  # type: ignore[union-attr]
         else:
             self.transport.write(b"<" + data)  # type: ignore[union-attr]
@@ -519,10 +520,10 @@ def answer_then_quit(s: socket.socket) -> bytes:
 
 
 def test_a_closing_connection_closes_without_a_shutdown(monkeypatch: Any) -> None:
-    """The close path without Twisted's `shutdown` before the close (ClosingServer); the epoll_ctl
-    DEL before the close stays (a socket duplicated into a child between fork and exec would keep
-    a closed descriptor's registration), and the bytes, callbacks and orderly close (the client
-    reads to a FIN) are Twisted's."""
+    """The close path without Twisted's `shutdown` before the close (ClosingServer, once its peer
+    has said goodbye); the epoll_ctl DEL before the close stays (a socket duplicated into a child
+    between fork and exec would keep a closed descriptor's registration), and the bytes, callbacks
+    and orderly close (the client reads to a FIN) are Twisted's."""
     shutdowns: list[int] = []
     real_shutdown = socket.socket.shutdown
 
@@ -628,5 +629,164 @@ def test_calls_from_threads_wake_the_poll_through_an_eventfd_never_read() -> Non
     reactor.run(installSignalHandlers=False)
     assert ran == [0, 1, 2]
     assert os.eventfd_read(reactor.waker.fd) >= 7  # every wake-up, none read
+    reactor.waker.connectionLost(None)
+    reactor._poller.close()
+
+
+HALF_CLOSE_BULK = 300_000  # more than the client's 64 KiB receive buffer takes: the rest waits for EPOLLOUT
+
+
+class Ending(protocol.Protocol):
+    """Ends the connection the way the client's line asks: "bye" (everything read), "pause" then
+    a close once the client's next bytes wait unread, "abort" (abortConnection), "half" (bulk
+    output, then loseWriteConnection; the connection still reads: "after" closes it)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.events.append(f"data {data!r}")
+        t: Any = self.transport
+        if data == b"bye\n":
+            t.write(b"bye\n")
+            t.loseConnection()
+        elif data == b"pause\n":
+            t.pauseProducing()
+            t.write(b"paused\n")
+        elif data == b"abort\n":
+            t.write(b"never sent\n")
+            t.abortConnection()
+        elif data == b"half\n":
+            t.write(b"h" * HALF_CLOSE_BULK)
+            t.loseWriteConnection()
+        elif data == b"after\n":
+            t.loseConnection()
+            self.run.after.set()  # type: ignore[attr-defined]
+
+    def close_once_input_waits(self) -> None:
+        """Closes once the client's bytes have reached the (paused) socket, unread."""
+        t: Any = self.transport
+        try:
+            t.getHandle().recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.run.reactor.callLater(0.005, self.close_once_input_waits)
+            return
+        t.write(b"closing\n")
+        t.loseConnection()
+
+    def connectionMade(self) -> None:
+        self.run.server = self  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any) -> None:
+        self.run.events.append(f"lost {reason.type.__name__}")
+
+
+def read_to_the_end(s: socket.socket) -> tuple[bytes, str]:
+    """What the client reads, and how the connection ended for it: a FIN, or a reset."""
+    chunks = []
+    try:
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        return b"".join(chunks), "reset"
+    return b"".join(chunks), "FIN"
+
+
+def end_by(mode: str, run: Run) -> Callable[[socket.socket], tuple[bytes, str]]:
+    def client(s: socket.socket) -> tuple[bytes, str]:
+        if mode == "unread":
+            s.sendall(b"pause\n")
+            got = read_exactly(s, len(b"paused\n"))
+            s.sendall(b"left unread\n")
+            run.reactor.callFromThread(run.server.close_once_input_waits)  # type: ignore[attr-defined]
+            rest, how = read_to_the_end(s)
+            return got + rest, how
+        s.sendall(mode.encode() + b"\n")
+        got = read_to_the_end(s)
+        if mode == "half":
+            s.sendall(b"after\n")
+            assert run.after.wait(GUARD)  # type: ignore[attr-defined]
+        return got
+
+    return client
+
+
+@pytest.mark.parametrize("mode", ["bye", "unread", "abort", "half"])
+def test_every_way_a_connection_ends_looks_the_same_to_the_client_as_with_twisted(mode: str) -> None:
+    """Closes the server makes, as the client sees them, are Twisted's (ClosingServer leaves out
+    the `shutdown` only once the peer has said goodbye): closed with everything read, a FIN;
+    closed with the client's input unread, a FIN too, ahead of the close's RST, so the client
+    reads an orderly end (the close alone would send only the RST: "connection reset");
+    abortConnection, a RST; after loseWriteConnection every byte and a FIN, and the connection
+    still reads. The same bytes and callbacks as with Twisted's reactor."""
+    outcomes = []
+    for reactor_class, closing_servers in ((EPollReactor, False), (FlushingReactor, True)):
+        run = Run(reactor_class, Ending)
+        run.after = threading.Event()  # type: ignore[attr-defined]
+        if closing_servers:
+            accept_as_closing_servers(run.port)
+        received, how = run.run(end_by(mode, run))
+        outcomes.append((received, how, run.events))
+    twisted, ours = outcomes
+    assert ours == twisted
+    received, how, events = ours
+    expected = {
+        "bye": (b"bye\n", "FIN", "ConnectionDone"),
+        "unread": (b"paused\nclosing\n", "FIN", "ConnectionDone"),
+        "abort": (b"", "reset", "ConnectionAborted"),
+        "half": (b"h" * HALF_CLOSE_BULK, "FIN", "ConnectionDone"),
+    }[mode]
+    assert (received, how, events[-1]) == (*expected[:2], f"lost {expected[2]}")
+    if mode == "half":
+        assert events[-2] == "data b'after\\n'"
+
+
+def test_calls_from_many_threads_at_once_are_never_lost() -> None:
+    """Threads that each wait for their call to have run before making the next (the loop is idle
+    in between, as when comphash jobs finish one by one), all at once: every call runs; a stop
+    asked for among a storm of calls from threads ends the run."""
+    reactor = FlushingReactor()
+    threads, rounds = 16, 200
+    ran = [0] * threads
+    lost: list[int] = []
+
+    def calls(n: int) -> None:
+        done = threading.Event()
+
+        def one() -> None:
+            ran[n] += 1
+            done.set()
+
+        for _ in range(rounds):
+            done.clear()
+            reactor.callFromThread(one)
+            if not done.wait(GUARD):
+                lost.append(n)
+                return
+
+    storm = threading.Event()
+
+    def storm_then_stop() -> None:
+        workers = [threading.Thread(target=calls, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stormers = [
+            threading.Thread(target=lambda: [reactor.callFromThread(len, ()) for _ in range(2000)]) for _ in range(4)
+        ]
+        for s in stormers:
+            s.start()
+        reactor.callFromThread(reactor.stop)
+        for s in stormers:
+            s.join()
+        storm.set()
+
+    guard = reactor.callLater(GUARD, reactor.stop)
+    reactor.callWhenRunning(threading.Thread(target=storm_then_stop).start)
+    reactor.run(installSignalHandlers=False)
+    assert storm.wait(GUARD)
+    assert guard.active()  # stopped by the threads' stop, not by the guard
+    assert lost == [] and ran == [rounds] * threads
     reactor.waker.connectionLost(None)
     reactor._poller.close()
