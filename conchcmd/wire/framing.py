@@ -99,6 +99,18 @@ _X25519_PUBLIC = 32
 _UINT32 = struct.Struct(">L").pack
 
 
+def only_string(packet: bytes) -> bytes:
+    """The one RFC 4251 `string` that makes up a key-exchange INIT's payload, exactly: sshd
+    (sshpkt_getb_froms, then sshpkt_get_end) refuses a length past the packet's end and bytes after
+    the string; Conch's getNS takes the bytes present and ignores the rest. Raises struct.error,
+    which the transport reports as a protocol error, as it does for a payload too short for the
+    length."""
+    (length,) = struct.unpack(">L", packet[:4])
+    if length != len(packet) - 4:
+        raise struct.error(f"key-exchange INIT: {len(packet) - 4} bytes after the length, which says {length}")
+    return packet[4:]
+
+
 def ssh_strings(strings: list[bytes]) -> bytes:
     """RFC 4251 `string`s (uint32 length, then the bytes), concatenated: what a run of Conch's
     NS() gives, with two calls a string instead of four."""
@@ -594,8 +606,8 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
     def curve25519_init(self, packet: bytes) -> None:
         """KEX_ECDH_INIT of curve25519-sha256 (RFC 8731), as Conch's ECDH handler does it (copy
         recorded in tests/unit/test_conch_contract.py): the same checks, in the same order, the
-        same reply and keys."""
-        client_public = getNS(packet)[0]
+        same reply and keys; the payload is read exactly (`only_string`), as sshd does."""
+        client_public = only_string(packet)
         host_keys = self.host_key_pair()
         ours = x25519.X25519PrivateKey.generate()
         our_public = ours.public_key().public_bytes_raw()
@@ -605,8 +617,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
     def mlkem_init(self, packet: bytes) -> None:
         """KEX_HYBRID_INIT of mlkem768x25519-sha256 (draft-ietf-sshm-mlkem-hybrid-kex), as Conch's
         hybrid handler does it (copy recorded in the contract test): the same checks and
-        disconnects, in the same order, the same reply and keys."""
-        client_init = getNS(packet)[0]
+        disconnects, in the same order, the same reply and keys; the payload is read exactly
+        (`only_string`)."""
+        client_init = only_string(packet)
         if len(client_init) != _MLKEM768_PUBLIC + _X25519_PUBLIC:
             self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"Invalid C_INIT length")
             return

@@ -1,0 +1,98 @@
+"""The curve25519-sha256 INIT (KEX_ECDH_INIT) against the oracle: the same hostile payloads, as
+exact bytes from the project's test client, sent to the real sshd and to the conchcmd server
+process (support/differential.py's pair), and whether each answers with its KEXDH_REPLY (a
+host-key signature over the client's value) or ends the connection without one. sshd reads the
+INIT as one string and nothing after it (kexgen.c: sshpkt_getb_froms, sshpkt_get_end) and refuses
+an all-zero X25519 result (RFC 8731 3); it takes non-canonical u-coordinates (RFC 7748 5).
+Where conchcmd deliberately differs, DIFFERS_FROM_SSHD says why. OpenSSH 9.2 has no
+mlkem768x25519-sha256: its INIT is checked in memory only (tests/inmemory/test_kex_init_attacks.py,
+tests/fuzz/test_fuzz_kex_init.py)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+from support.differential import Pair
+from support.rawssh import dial
+from support.scripted import ScriptedClient, scripted
+from twisted.conch.ssh import common
+from twisted.logger import capturedLogs
+
+NS = common.NS
+INIT, REPLY, DISCONNECT = 30, 31, 1
+P = 2**255 - 19
+ORDER_8 = 325606250916557431795983626356110631294008115727848805560023387167927233504
+
+#: INIT payloads made from the client's own public value.
+CASES: dict[str, Callable[[bytes], bytes]] = {
+    "well-formed": NS,
+    "trailing-byte": lambda v: NS(v) + b"\0",
+    "trailing-string": lambda v: NS(v) + NS(b"junk"),
+    "length-past-end": lambda v: struct.pack(">L", 64) + v,
+    "length-2**32-1": lambda v: b"\xff\xff\xff\xff" + v,
+    "31-bytes": lambda v: NS(v[:31]),
+    "33-bytes": lambda v: NS(v + b"\0"),
+    "empty-string": lambda v: NS(b""),
+    "no-string": lambda v: b"",
+    "all-zero": lambda v: NS(bytes(32)),
+    "u=1": lambda v: NS((1).to_bytes(32, "little")),
+    "u=p-1": lambda v: NS((P - 1).to_bytes(32, "little")),
+    "u=p (non-canonical 0)": lambda v: NS(P.to_bytes(32, "little")),
+    "order-8 point": lambda v: NS(ORDER_8.to_bytes(32, "little")),
+    "order-8 point, top bit set": lambda v: NS(ORDER_8.to_bytes(32, "little")[:31] + b"\x80"),
+    "u=p+9 (non-canonical 9)": lambda v: NS((P + 9).to_bytes(32, "little")),
+    "top bit set": lambda v: NS(v[:31] + bytes((v[31] | 0x80,))),
+}
+
+#: Cases where conchcmd's answer differs from sshd's, and why.
+DIFFERS_FROM_SSHD = {
+    "order-8 point, top bit set": "RFC 7748 5 says to ignore the top bit of a u-coordinate, as OpenSSL "
+    "(and so conchcmd) does: this is the order-8 point, whose all-zero result RFC 8731 3 refuses. "
+    "OpenSSH's reference X25519 (smult_curve25519_ref.c) reads all 256 bits: to sshd it is u + 2**255, "
+    "a point of large order, and it replies",
+}
+
+
+class InitClient(ScriptedClient):
+    """Sends, as its INIT, the factory's `init` of a fresh X25519 public value; records whether a
+    reply came (its own checks of the reply are not the point: it may not know the value it sent)."""
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        if self.negotiate(packet) is None:
+            return
+        value = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+        self.sendPacket(INIT, self.factory.init(value))  # type: ignore[attr-defined]
+
+    def ssh_KEX_DH_GEX_GROUP(self, packet: bytes) -> None:
+        self.factory.replied = True  # type: ignore[attr-defined]
+        self.transport.loseConnection()
+
+
+def answer(port: int, init: Callable[[bytes], bytes]) -> str:
+    factory = scripted(strict=True)
+    factory.protocol = InitClient  # type: ignore[assignment]
+    factory.supportedKeyExchanges = [b"curve25519-sha256"]
+    factory.init = staticmethod(init)  # type: ignore[attr-defined]
+    factory.replied = False  # type: ignore[attr-defined]
+    with capturedLogs():
+        conn = dial(port, factory)
+        conn.pump.flush(quiet=0.3)
+    if factory.replied:  # type: ignore[attr-defined]
+        return "replied"
+    conn.client.transport.loseConnection()
+    return "refused" if conn.disconnected else "silent"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_init_is_answered_or_refused_as_by_sshd(server_pair: Pair, case: str) -> None:
+    init = CASES[case]
+    theirs = answer(server_pair.sshd.port, init)
+    ours = answer(server_pair.conch.port, init)
+    assert theirs in ("replied", "refused")
+    if case in DIFFERS_FROM_SSHD:
+        assert (theirs, ours) == ("replied", "refused"), DIFFERS_FROM_SSHD[case]
+    else:
+        assert ours == theirs, f"sshd {theirs}, conchcmd {ours}"

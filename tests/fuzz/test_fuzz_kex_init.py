@@ -1,0 +1,166 @@
+"""Fuzz target: the key-exchange INIT that the wire layer answers itself (curve25519-sha256 and
+mlkem768x25519-sha256), after a well-formed KEXINIT, over a StringTransport with the real server
+built by make_world (fuzz.wire's checks after every read).
+
+Beyond "no traceback": each payload is judged by a model written from the specifications and
+cryptography's own key checks, and the server must do what the model says: a KEXDH_REPLY exactly
+when the payload is one SSH string (RFC 4251, nothing after it) holding a value the method takes
+(X25519: 32 bytes whose result is not all-zero, RFC 8731 3; mlkem768x25519: 1184 + 32 bytes, an
+ML-KEM-768 encapsulation key that passes its check and such an X25519 value); otherwise no reply
+and a DISCONNECT, PROTOCOL_ERROR for a payload that is not one string, KEY_EXCHANGE_FAILED for a
+value refused.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from hypothesis import example, given
+from hypothesis import strategies as st
+from support.world import World, make_world
+from twisted.conch.ssh import transport
+from twisted.conch.ssh.common import NS
+
+from conchcmd.core.config import MACS
+from conchcmd.wire.framing import MLKEM_KEX
+from fuzz.guard import LogWatch, bounded, fuzz
+from fuzz.wire import Wire, frame
+
+VERSION = b"SSH-2.0-OpenSSH_9.9\r\n"
+CURVE = b"curve25519-sha256"
+KEXINIT, NEWKEYS, INIT, REPLY = 20, 21, 30, 31
+MLKEM_PUBLIC = 1184
+P = 2**255 - 19
+ORDER_8 = 325606250916557431795983626356110631294008115727848805560023387167927233504
+#: u-coordinates of small order (RFC 7748 / cr.yp.to/ecdh.html), some non-canonical.
+LOW_ORDER = [
+    u.to_bytes(32, "little")
+    for u in (
+        0,
+        1,
+        ORDER_8,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        P - 1,
+        P,
+        P + 1,
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield make_world(tmp_path_factory.mktemp("fuzz-kex-init"))
+
+
+def kexinit(kex: bytes) -> bytes:
+    lists = [kex + b",ext-info-c,kex-strict-c-v00@openssh.com", b"ssh-ed25519", b"aes128-ctr", b"aes128-ctr"]
+    lists += [MACS[0].encode(), MACS[0].encode(), b"none", b"none", b"", b""]
+    return bytes(16) + b"".join(NS(x) for x in lists) + bytes(5)
+
+
+def x25519_value() -> st.SearchStrategy[bytes]:
+    fresh = st.builds(lambda: x25519.X25519PrivateKey.generate().public_key().public_bytes_raw())
+    low = st.sampled_from(LOW_ORDER)
+    top_bit = st.tuples(low, st.booleans()).map(lambda t: t[0][:31] + bytes((t[0][31] | (0x80 * t[1]),)))
+    return st.one_of(fresh, low, top_bit, st.binary(min_size=32, max_size=32))
+
+
+def mlkem_key() -> st.SearchStrategy[bytes]:
+    fresh = st.builds(lambda: mlkem.MLKEM768PrivateKey.generate().public_key().public_bytes_raw())
+    # a coefficient >= q (3329) breaks the encapsulation key check (FIPS 203 7.2)
+    spoiled = st.tuples(fresh, st.integers(0, MLKEM_PUBLIC - 33)).map(
+        lambda t: t[0][: t[1]] + b"\xff\xff" + t[0][t[1] + 2 :]
+    )
+    return st.one_of(fresh, spoiled, st.binary(min_size=MLKEM_PUBLIC, max_size=MLKEM_PUBLIC))
+
+
+@st.composite
+def init_payloads(draw: st.DrawFn, kex: bytes) -> bytes:
+    if kex == MLKEM_KEX:
+        value = draw(st.one_of(st.tuples(mlkem_key(), x25519_value()).map(b"".join), st.binary(max_size=1300)))
+    else:
+        value = draw(st.one_of(x25519_value(), st.binary(max_size=40)))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(value))))
+    if cut is not None:
+        value = value[:cut] if draw(st.booleans()) else value[cut:]
+    length = draw(st.one_of(st.just(len(value)), st.integers(0, len(value) + 8), st.integers(0, 2**32 - 1)))
+    tail = draw(st.one_of(st.just(b""), st.binary(max_size=8)))
+    payload = struct.pack(">L", length) + value + tail
+    return payload[: draw(st.one_of(st.just(len(payload)), st.integers(0, 3)))]
+
+
+def x25519_taken(value: bytes) -> bool:
+    try:
+        x25519.X25519PrivateKey.generate().exchange(x25519.X25519PublicKey.from_public_bytes(value))
+    except ValueError:
+        return False
+    return True
+
+
+def mlkem_taken(value: bytes) -> bool:
+    try:
+        mlkem.MLKEM768PublicKey.from_public_bytes(value)
+    except ValueError:
+        return False
+    return True
+
+
+def expected(kex: bytes, payload: bytes) -> int:
+    """What the model says: REPLY, or the DISCONNECT reason code."""
+    if len(payload) < 4 or struct.unpack(">L", payload[:4])[0] != len(payload) - 4:
+        return transport.DISCONNECT_PROTOCOL_ERROR
+    value = payload[4:]
+    if kex == MLKEM_KEX:
+        good = (
+            len(value) == MLKEM_PUBLIC + 32 and x25519_taken(value[MLKEM_PUBLIC:]) and mlkem_taken(value[:MLKEM_PUBLIC])
+        )
+    else:
+        good = len(value) == 32 and x25519_taken(value)
+    return REPLY if good else transport.DISCONNECT_KEY_EXCHANGE_FAILED
+
+
+def plaintext_messages(sent: bytes) -> list[int]:
+    """Message numbers of the server's packets after its version line, up to its NEWKEYS (what
+    follows is encrypted)."""
+    data = sent[sent.index(b"\r\n") + 2 :]
+    out: list[int] = []
+    while len(data) > 5 and NEWKEYS not in out:
+        (length,) = struct.unpack(">L", data[:4])
+        out.append(data[5])
+        data = data[4 + length :]
+    return out
+
+
+def check(world: World, log_watch: LogWatch, kex: bytes, payload: bytes) -> None:
+    want = expected(kex, payload)
+    with bounded(), log_watch.clean():
+        wire = Wire(world)
+        try:
+            wire.feed(VERSION + frame(KEXINIT, kexinit(kex)) + frame(INIT, payload))
+            world.clock.advance(0)
+            got = plaintext_messages(wire.transport.value())
+            if want == REPLY:
+                assert got[1:3] == [REPLY, NEWKEYS] and wire.spy.disconnects == [], (got, wire.spy.disconnects)
+            else:
+                assert REPLY not in got
+                assert [code for code, _ in wire.spy.disconnects] == [want], wire.spy.disconnects
+                assert wire.closing
+        finally:
+            wire.close()
+
+
+@fuzz(150)
+@given(payload=init_payloads(CURVE))
+@example(payload=NS(bytes(32)) + b"\0")
+@example(payload=struct.pack(">L", 33) + LOW_ORDER[2][:32])
+def test_curve25519_init(world: World, log_watch: LogWatch, payload: bytes) -> None:
+    check(world, log_watch, CURVE, payload)
+
+
+@fuzz(100)
+@given(payload=init_payloads(MLKEM_KEX))
+def test_mlkem768x25519_init(world: World, log_watch: LogWatch, payload: bytes) -> None:
+    check(world, log_watch, MLKEM_KEX, payload)
