@@ -402,8 +402,22 @@ class ModernFraming(KexState, KeyDerivation):
         if self._dead:
             return
         if not self.gotVersion:
-            super().dataReceived(data)  # type: ignore[misc]
-            return
+            # Conch looks for the version line in all that has been read and refuses more than
+            # 4 KiB of it ("Peer version string longer than 4KB"): a peer whose version line
+            # and a KEXINIT of over 4 KiB came in one read was refused. Conch is given the
+            # bytes up to the end of the version line only; the packets after it are read here.
+            pending = self.buf + data
+            end = pending.find(b"\n", pending.find(b"SSH-")) + 1 - len(self.buf)
+            if not 0 < end < len(data):
+                super().dataReceived(data)  # type: ignore[misc]
+                return
+            super().dataReceived(data[:end])  # type: ignore[misc]
+            data = data[end:]
+            if self._dead:
+                return
+            if not self.gotVersion:  # a line with "SSH-" inside, not at its start: Conch waits on
+                super().dataReceived(data)  # type: ignore[misc]
+                return
         # Conch's read loop, once the version line is in (Conch's dataReceived checks for it
         # on every read, and takes each message number with an ord() call).
         self.buf = self.buf + data
