@@ -683,6 +683,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             )
             + shared_secret
         ).digest()
+        # Both KEXINITs served only H (a client's may be 64 KiB): not kept while the client's
+        # NEWKEYS is awaited (tests/inmemory/test_kex_init_attacks.py, half-open key exchanges).
+        self.ourKexInitPayload = self.otherKexInitPayload = b""
         signature = host_private.sign(exchange_hash, signatureType=self.keyAlg)
         self.sendPacket(transport.MSG_KEXDH_REPLY, ssh_strings([host_blob, server_value, signature]))
         self.set_up_keys(shared_secret, exchange_hash)
