@@ -16,8 +16,10 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from support.differential import Pair
+from support.kexclients import guessing
 from support.rawssh import dial
 from support.scripted import ScriptedClient, scripted
+from support.sshclient import ClientFactory
 from twisted.conch.ssh import common
 from twisted.logger import capturedLogs
 
@@ -96,3 +98,37 @@ def test_the_init_is_answered_or_refused_as_by_sshd(server_pair: Pair, case: str
         assert (theirs, ours) == ("replied", "refused"), DIFFERS_FROM_SSHD[case]
     else:
         assert ours == theirs, f"sshd {theirs}, conchcmd {ours}"
+
+
+def first_choices(port: int) -> tuple[bytes, bytes]:
+    """The server's first key exchange and host-key algorithm (its KEXINIT's lists)."""
+    factory = scripted(strict=True)
+    with capturedLogs():
+        conn = dial(port, factory)
+    conn.client.transport.loseConnection()
+    kexinit = next(payload for number, payload in conn.client.received if number == 20)
+    kexes, keys = common.getNS(kexinit[16:], 2)[:2]
+    return kexes.split(b",")[0], keys.split(b",")[0]
+
+
+def guessed(port: int, factory: ClientFactory) -> tuple[bool, str]:
+    with capturedLogs():
+        conn = dial(port, factory)
+        conn.pump.flush(quiet=0.3)
+    replied = REPLY in [number for number, _ in conn.client.received]
+    conn.client.transport.loseConnection()
+    return bool(conn.client.guessed_right), "replied" if replied else "refused"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["right-guess", "wrong-guess"])
+def test_a_malformed_guessed_init_is_read_or_dropped_as_by_sshd(server_pair: Pair, right: bool) -> None:
+    """first_kex_packet_follows with a malformed guessed INIT: when the client's first choices are
+    the server's, the guess is the key exchange's INIT (refused); otherwise it is dropped unread
+    and the client's next INIT (curve25519-sha256) is answered."""
+    outcomes = []
+    for port in (server_pair.sshd.port, server_pair.conch.port):
+        kex, host_key = first_choices(port)
+        kexes = [kex, b"curve25519-sha256"] if right else [b"curve25519-sha256", kex]
+        outcomes.append(guessed(port, guessing(kexes, [host_key], guess=b"\xff")))
+    assert outcomes[0] == (right, "refused" if right else "replied")
+    assert outcomes[1] == outcomes[0]
