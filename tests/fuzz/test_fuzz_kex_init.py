@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from support.world import World, make_world
 from twisted.conch.ssh import transport
@@ -65,7 +65,7 @@ def x25519_value() -> st.SearchStrategy[bytes]:
     fresh = st.builds(lambda: x25519.X25519PrivateKey.generate().public_key().public_bytes_raw())
     low = st.sampled_from(LOW_ORDER)
     top_bit = st.tuples(low, st.booleans()).map(lambda t: t[0][:31] + bytes((t[0][31] | (0x80 * t[1]),)))
-    return st.one_of(fresh, low, top_bit, st.binary(min_size=32, max_size=32))
+    return st.one_of(fresh, fresh, low, top_bit, st.binary(min_size=32, max_size=32))
 
 
 def mlkem_key() -> st.SearchStrategy[bytes]:
@@ -74,22 +74,29 @@ def mlkem_key() -> st.SearchStrategy[bytes]:
     spoiled = st.tuples(fresh, st.integers(0, MLKEM_PUBLIC - 33)).map(
         lambda t: t[0][: t[1]] + b"\xff\xff" + t[0][t[1] + 2 :]
     )
-    return st.one_of(fresh, spoiled, st.binary(min_size=MLKEM_PUBLIC, max_size=MLKEM_PUBLIC))
+    return st.one_of(fresh, fresh, spoiled, st.binary(min_size=MLKEM_PUBLIC, max_size=MLKEM_PUBLIC))
 
 
 @st.composite
 def init_payloads(draw: st.DrawFn, kex: bytes) -> bytes:
     if kex == MLKEM_KEX:
-        value = draw(st.one_of(st.tuples(mlkem_key(), x25519_value()).map(b"".join), st.binary(max_size=1300)))
+        pair = st.tuples(mlkem_key(), x25519_value()).map(b"".join)
+        value = draw(st.one_of(pair, pair, pair, st.binary(max_size=1300)))
     else:
         value = draw(st.one_of(x25519_value(), st.binary(max_size=40)))
-    cut = draw(st.one_of(st.none(), st.integers(0, len(value))))
-    if cut is not None:
+    if draw(st.sampled_from([False] * 4 + [True])):  # a value of the wrong size, now and then
+        cut = draw(st.integers(0, len(value)))
         value = value[:cut] if draw(st.booleans()) else value[cut:]
-    length = draw(st.one_of(st.just(len(value)), st.integers(0, len(value) + 8), st.integers(0, 2**32 - 1)))
-    tail = draw(st.one_of(st.just(b""), st.binary(max_size=8)))
-    payload = struct.pack(">L", length) + value + tail
-    return payload[: draw(st.one_of(st.just(len(payload)), st.integers(0, 3)))]
+    # Most payloads one well-formed string, so that the values themselves are judged too.
+    shape = draw(st.sampled_from(["string"] * 5 + ["length", "tail", "short"]))
+    if shape == "length":
+        length = draw(st.one_of(st.integers(0, len(value) + 8), st.integers(0, 2**32 - 1)))
+        return struct.pack(">L", length) + value
+    if shape == "tail":
+        return NS(value) + draw(st.binary(min_size=1, max_size=8))
+    if shape == "short":
+        return NS(value)[: draw(st.integers(0, 3))]
+    return NS(value)
 
 
 def x25519_taken(value: bytes) -> bool:
@@ -136,6 +143,7 @@ def plaintext_messages(sent: bytes) -> list[int]:
 
 def check(world: World, log_watch: LogWatch, kex: bytes, payload: bytes) -> None:
     want = expected(kex, payload)
+    event({REPLY: "reply", 2: "PROTOCOL_ERROR", 3: "KEY_EXCHANGE_FAILED"}[want])
     with bounded(), log_watch.clean():
         wire = Wire(world)
         try:
@@ -152,7 +160,7 @@ def check(world: World, log_watch: LogWatch, kex: bytes, payload: bytes) -> None
             wire.close()
 
 
-@fuzz(150)
+@fuzz(120)
 @given(payload=init_payloads(CURVE))
 @example(payload=NS(bytes(32)) + b"\0")
 @example(payload=struct.pack(">L", 33) + LOW_ORDER[2][:32])
@@ -160,7 +168,15 @@ def test_curve25519_init(world: World, log_watch: LogWatch, payload: bytes) -> N
     check(world, log_watch, CURVE, payload)
 
 
-@fuzz(100)
+def valid_mlkem_init() -> bytes:
+    kem = mlkem.MLKEM768PrivateKey.generate().public_key().public_bytes_raw()
+    return kem + x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+@fuzz(80)
 @given(payload=init_payloads(MLKEM_KEX))
+@example(payload=NS(valid_mlkem_init()))
+@example(payload=NS(valid_mlkem_init()) + b"\0")
+@example(payload=struct.pack(">L", 1216 + 32) + valid_mlkem_init())
 def test_mlkem768x25519_init(world: World, log_watch: LogWatch, payload: bytes) -> None:
     check(world, log_watch, MLKEM_KEX, payload)
