@@ -55,8 +55,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     yield make_world(tmp_path_factory.mktemp("fuzz-kex-init"))
 
 
-def kexinit(kex: bytes) -> bytes:
-    lists = [kex + b",ext-info-c,kex-strict-c-v00@openssh.com", b"ssh-ed25519", b"aes128-ctr", b"aes128-ctr"]
+def kexinit(kex: bytes, padding: int = 0) -> bytes:
+    """A client's KEXINIT payload offering `kex`, its kex list padded by about `padding` bytes of
+    names the server does not know."""
+    kexes = kex + b",ext-info-c,kex-strict-c-v00@openssh.com" + b",x@example.com" * (padding // 14)
+    lists = [kexes, b"ssh-ed25519", b"aes128-ctr", b"aes128-ctr"]
     lists += [MACS[0].encode(), MACS[0].encode(), b"none", b"none", b"", b""]
     return bytes(16) + b"".join(NS(x) for x in lists) + bytes(5)
 
@@ -180,3 +183,41 @@ def valid_mlkem_init() -> bytes:
 @example(payload=struct.pack(">L", 1216 + 32) + valid_mlkem_init())
 def test_mlkem768x25519_init(world: World, log_watch: LogWatch, payload: bytes) -> None:
     check(world, log_watch, MLKEM_KEX, payload)
+
+
+def outcome(world: World, log_watch: LogWatch, data: bytes, sizes: list[int]) -> tuple[list[int], list[int]]:
+    """The messages the server dispatched and the DISCONNECT reason codes it sent, for `data` read
+    in pieces of `sizes` (cycled; [] for one read)."""
+    with bounded(), log_watch.clean():
+        wire = Wire(world)
+        try:
+            i = n = 0
+            while i < len(data) and not wire.closing:
+                size = sizes[n % len(sizes)] if sizes else len(data)
+                wire.feed(data[i : i + size])
+                i, n = i + size, n + 1
+            return list(wire.spy.dispatched), [code for code, _ in wire.spy.disconnects]
+        finally:
+            wire.close()
+
+
+@fuzz(60)
+@given(
+    version=st.sampled_from([VERSION, b"SSH-2.0-x\n", b"SSH-1.5-old\r\n", b"SSH-2.0-" + b"v" * 5000 + b"\r\n"]),
+    padding=st.integers(0, 8000),
+    kex=st.sampled_from([CURVE, MLKEM_KEX]),
+    sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=4),
+)
+@example(version=VERSION, padding=6000, kex=CURVE, sizes=[1])
+def test_the_first_flight_is_read_the_same_however_it_is_cut(
+    world: World, log_watch: LogWatch, version: bytes, padding: int, kex: bytes, sizes: list[int]
+) -> None:
+    """The version line, a KEXINIT (its kex list padded with unknown names) and the INIT: whether
+    they come in one read or in pieces, the server dispatches the same messages and sends the same
+    DISCONNECTs. (In one read, a KEXINIT of over 4 KiB after the version line was refused as "Peer
+    version string longer than 4KB".) Lines before the version line are left out: a client may send
+    none (RFC 4253 4.2), and Conch reads them as a packet unless the version line is in the same read."""
+    x25519_public = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    init = NS(valid_mlkem_init() if kex == MLKEM_KEX else x25519_public)
+    data = version + frame(KEXINIT, kexinit(kex, padding)) + frame(INIT, init)
+    assert outcome(world, log_watch, data, []) == outcome(world, log_watch, data, sizes)
