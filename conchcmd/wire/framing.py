@@ -407,6 +407,12 @@ class ModernFraming(KexState, KeyDerivation):
             # and a KEXINIT of over 4 KiB came in one read was refused. Conch is given the
             # bytes up to the end of the version line only; the packets after it are read here.
             pending = self.buf + data
+            if not self.isClient and b"\n" in pending and not pending.startswith(b"SSH-"):
+                # RFC 4253 4.2: only a server may send lines before its version line; sshd
+                # refuses a client's ("invalid protocol identifier"). Conch took them when the
+                # version line came in the same read, and read them as a packet otherwise.
+                self.packet_error("a line before the version line")
+                return
             end = pending.find(b"\n", pending.find(b"SSH-")) + 1 - len(self.buf)
             if not 0 < end < len(data):
                 super().dataReceived(data)  # type: ignore[misc]

@@ -10,7 +10,9 @@ tests/fuzz/test_fuzz_kex_init.py)."""
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 from collections.abc import Callable
 
 import pytest
@@ -132,3 +134,29 @@ def test_a_malformed_guessed_init_is_read_or_dropped_as_by_sshd(server_pair: Pai
         outcomes.append(guessed(port, guessing(kexes, [host_key], guess=b"\xff")))
     assert outcomes[0] == (right, "refused" if right else "replied")
     assert outcomes[1] == outcomes[0]
+
+
+def closes(port: int, data: bytes, wait: float = 2.0) -> bool:
+    """Whether the server closes the connection within `wait` s of reading `data` as its first bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if not sock.recv(65536):
+                    return True
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("lines", [b"hello\r\n", b"\r\n"], ids=["a-line", "an-empty-line"])
+def test_lines_before_the_client_version_line_end_the_connection_as_in_sshd(server_pair: Pair, lines: bytes) -> None:
+    """RFC 4253 4.2 allows lines before the version line from a server only: sshd closes at once
+    ("invalid protocol identifier"), and so does conchcmd (a protocol error)."""
+    data = lines + b"SSH-2.0-OpenSSH_9.2\r\n"
+    assert closes(server_pair.sshd.port, data)
+    assert closes(server_pair.conch.port, data)
+    assert not closes(server_pair.conch.port, b"SSH-2.0-OpenSSH_9.2\r\n", wait=0.5)  # the version line alone: kept

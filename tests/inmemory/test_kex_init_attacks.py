@@ -271,14 +271,17 @@ def test_half_open_key_exchanges_hold_little_memory(world: World) -> None:
 # -- the first read ----------------------------------------------------------------------------
 
 
-def first_read(world: World, data: bytes) -> tuple[bytes, bool]:
-    """What the server sends for `data` arriving in one read as a connection's first bytes, and
-    whether it closes the connection."""
+def first_read(world: World, data: bytes, cut: int | None = None) -> tuple[bytes, bool]:
+    """What the server sends for `data` arriving as a connection's first bytes, in one read or in
+    reads of `cut` bytes, and whether it closes the connection."""
     peer = IPv4Address("TCP", "10.5.5.5", 40000)
     server = world.factory.buildProtocol(peer)
     wire = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 2222), peerAddress=peer)
     server.makeConnection(wire)
-    server.dataReceived(data)
+    size = cut or len(data)
+    for i in range(0, len(data), size):
+        if not wire.disconnecting:
+            server.dataReceived(data[i : i + size])
     return wire.value(), bool(wire.disconnecting)
 
 
@@ -302,7 +305,23 @@ def test_a_version_line_and_a_large_kexinit_in_one_read_are_taken(world: World) 
     assert after_version[5] == KEXINIT and len(after_version) == 4 + length  # our KEXINIT, no DISCONNECT
 
 
-def test_more_than_4_kib_before_the_end_of_the_version_line_is_still_refused(world: World) -> None:
-    for junk in (b"SSH-2.0-" + b"x" * 4100 + b"\r\n", b"banner\r\n" * 600 + b"SSH-2.0-OpenSSH_9.2\r\n"):
-        sent, closed = first_read(world, junk + kexinit_packet(100))
+def test_a_version_line_of_more_than_4_kib_is_still_refused(world: World) -> None:
+    for cut in (None, 1000):  # in one read, and in pieces
+        data = b"SSH-2.0-" + b"x" * 4100 + b"\r\n" + kexinit_packet(100)
+        sent, closed = first_read(world, data, cut)
         assert closed and b"Peer version string longer than 4KB. Preventing a denial of service attack." in sent
+
+
+@pytest.mark.parametrize("cut", [None, 1, 7, 8], ids=["one-read", "bytewise", "after-the-line", "inside-version"])
+@pytest.mark.parametrize("lines", [b"hello\r\n", b"\r\n", b"SSH\r\n", b"banner\r\n" * 600])
+def test_lines_before_the_version_line_are_refused_however_they_arrive(
+    world: World, lines: bytes, cut: int | None
+) -> None:
+    """RFC 4253 4.2 lets only a server send lines before its version line; sshd refuses a
+    client's ("invalid protocol identifier": tests/differential/test_kex_init_differential.py).
+    Conch took them when the version line came in the same read, and read them as a packet
+    otherwise: the same bytes were a login or a protocol error by how TCP cut them."""
+    with capturedLogs() as logs:
+        sent, closed = first_read(world, lines + b"SSH-2.0-OpenSSH_9.2\r\n" + kexinit_packet(100), cut)
+    assert closed and b"protocol error" in sent
+    assert any("Protocol error from 10.5.5.5:40000: a line before the version line" in formatEvent(e) for e in logs)

@@ -437,6 +437,15 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         "a half-open key exchange holds under 24 KiB, not the client's KEXINIT": [
             M + "test_kex_init_attacks.py::test_half_open_key_exchanges_hold_little_memory",
         ],
+        "a client's first line must be its version line, as in sshd, however the bytes are cut": [
+            M + "test_kex_init_attacks.py::test_lines_before_the_version_line_are_refused_however_they_arrive",
+            "tests/differential/test_kex_init_differential.py::"
+            + "test_lines_before_the_client_version_line_end_the_connection_as_in_sshd",
+        ],
+        "a version line and a KEXINIT of over 4 KiB in one read are taken": [
+            M + "test_kex_init_attacks.py::test_a_version_line_and_a_large_kexinit_in_one_read_are_taken",
+            F + "test_fuzz_kex_init.py::test_the_first_flight_is_read_the_same_however_it_is_cut",
+        ],
     },
     "Channel rules.": {
         "OPEN_CONFIRMATION or OPEN_FAILURE for a channel not waiting for one ends the connection": [
