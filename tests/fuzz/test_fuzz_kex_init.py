@@ -203,21 +203,23 @@ def outcome(world: World, log_watch: LogWatch, data: bytes, sizes: list[int]) ->
 
 @fuzz(60)
 @given(
+    banner=st.lists(st.sampled_from([b"hello\r\n", b"\n", b"x" * 300 + b"\r\n", b"SSH\n"]), max_size=2).map(b"".join),
     version=st.sampled_from([VERSION, b"SSH-2.0-x\n", b"SSH-1.5-old\r\n", b"SSH-2.0-" + b"v" * 5000 + b"\r\n"]),
     padding=st.integers(0, 8000),
     kex=st.sampled_from([CURVE, MLKEM_KEX]),
     sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=4),
 )
-@example(version=VERSION, padding=6000, kex=CURVE, sizes=[1])
+@example(banner=b"", version=VERSION, padding=6000, kex=CURVE, sizes=[1])
+@example(banner=b"hello\r\n", version=VERSION, padding=0, kex=CURVE, sizes=[1])
 def test_the_first_flight_is_read_the_same_however_it_is_cut(
-    world: World, log_watch: LogWatch, version: bytes, padding: int, kex: bytes, sizes: list[int]
+    world: World, log_watch: LogWatch, banner: bytes, version: bytes, padding: int, kex: bytes, sizes: list[int]
 ) -> None:
-    """The version line, a KEXINIT (its kex list padded with unknown names) and the INIT: whether
-    they come in one read or in pieces, the server dispatches the same messages and sends the same
-    DISCONNECTs. (In one read, a KEXINIT of over 4 KiB after the version line was refused as "Peer
-    version string longer than 4KB".) Lines before the version line are left out: a client may send
-    none (RFC 4253 4.2), and Conch reads them as a packet unless the version line is in the same read."""
+    """Lines a client may not send (RFC 4253 4.2), the version line, a KEXINIT (its kex list padded
+    with unknown names) and the INIT: whether they come in one read or in pieces, the server
+    dispatches the same messages and sends the same DISCONNECTs. (In one read, a KEXINIT of over
+    4 KiB after the version line was refused as "Peer version string longer than 4KB", and lines
+    before the version line were taken; in pieces, those lines were read as a packet.)"""
     x25519_public = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
     init = NS(valid_mlkem_init() if kex == MLKEM_KEX else x25519_public)
-    data = version + frame(KEXINIT, kexinit(kex, padding)) + frame(INIT, init)
+    data = banner + version + frame(KEXINIT, kexinit(kex, padding)) + frame(INIT, init)
     assert outcome(world, log_watch, data, []) == outcome(world, log_watch, data, sizes)
