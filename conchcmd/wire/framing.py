@@ -5,6 +5,9 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
 - `sendPacket` / `getPacket`: frame packets through `packets.PacketCodec` (AEAD and EtM need the
   whole packet and the sequence number; Conch's SSHCiphers only encrypts blocks and MACs). The
   outgoing keys change right after our NEWKEYS, the incoming ones after the peer's (RFC 4253 7.3).
+- `dataReceived`: Conch's version-line reading sees only the bytes up to the version line's end
+  (it counted a KEXINIT in the same read against the line's 4 KiB limit), and a server refuses
+  lines before a client's version line, however they arrive (RFC 4253 4.2, as sshd).
 - `ssh_KEXINIT`: negotiation where an AEAD cipher implies its MAC, and detection of strict KEX.
 - `dispatchMessage` / `ssh_NEWKEYS`: strict KEX (kex-strict-s-v00@openssh.com, the Terrapin
   counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
@@ -19,7 +22,8 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
   exchanges without sending data is disconnected (REKEY_BURST).
 - (server) `ssh_KEX_DH_GEX_REQUEST_OLD`: curve25519-sha256 and mlkem768x25519-sha256 answered here
   (`curve25519_init`, `mlkem_init`, `set_up_keys`: what Conch's handlers and key set-up do, with
-  ~85 Python calls fewer per key exchange); other methods by Conch.
+  ~85 Python calls fewer per key exchange, the INIT read as exactly one string as sshd reads it,
+  and neither KEXINIT kept once the exchange hash is made); other methods by Conch.
 """
 
 from __future__ import annotations
