@@ -37,28 +37,29 @@ SUCCESS = 52
 
 
 class MalformingClient(ScriptedClient):
-    """Sends its first INIT through the factory's `malform` (the well-formed payload in, the
-    payload to send out), and hashes the value it sent."""
+    """Sends the INIT of its key exchange number `malform_at` (0: the first) through the factory's
+    `malform` (the well-formed payload in, the payload to send out), and hashes the value it sent."""
 
     sent_value: bytes | None = None
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
-        if messageType == INIT and self.kex_count == 0:
+        if messageType == INIT and self.kex_count == self.factory.malform_at:  # type: ignore[attr-defined]
             payload = self.factory.malform(payload)  # type: ignore[attr-defined]
             self.sent_value = self.c_init = payload[4:]
         super().sendPacket(messageType, payload)
 
     def _encodeECPublicKey(self, ecPub: object) -> bytes:
-        if self.sent_value is not None and self.kex_count == 0:
+        if self.sent_value is not None and self.kex_count == self.factory.malform_at:  # type: ignore[attr-defined]
             return self.sent_value
         return bytes(super()._encodeECPublicKey(ecPub))
 
 
-def malforming(kex: bytes, malform: Callable[[bytes], bytes], strict: bool = True) -> ClientFactory:
+def malforming(kex: bytes, malform: Callable[[bytes], bytes], strict: bool = True, at: int = 0) -> ClientFactory:
     factory = scripted(strict)
     factory.protocol = MalformingClient  # type: ignore[assignment]
     factory.supportedKeyExchanges = [kex]
     factory.malform = staticmethod(malform)  # type: ignore[attr-defined]
+    factory.malform_at = at  # type: ignore[attr-defined]
     return factory
 
 
@@ -120,6 +121,25 @@ def test_a_hostile_init_gets_no_reply_and_a_clean_disconnect(world: World, kex: 
             "invalid key exchange value: Error computing shared key.",
             "Invalid peer X25519 public key",
         )
+    assert not any(e.get("log_failure") is not None or "internal error" in formatEvent(e) for e in logs)
+    serves_others(world)
+
+
+@pytest.mark.parametrize("kex", [CURVE, MLKEM_KEX])
+@pytest.mark.parametrize("case", ["trailing-byte", "length-past-end", "all-zero-x25519"])
+def test_a_hostile_init_in_a_rekey_ends_only_that_connection(world: World, kex: bytes, case: str) -> None:
+    """The same refusals when a logged-in client's rekey carries the INIT: no reply, the
+    connection ends with its reason, another client is served."""
+    malform, code, reason = REFUSED[case]
+    conn = connect(world.factory, world.clock, client_factory=malforming(kex, malform, at=1))
+    assert conn.login(b"admin", ed25519_key()) == SUCCESS
+    replies_before = [m for m, _ in conn.client.received].count(REPLY)
+    with capturedLogs() as logs:
+        conn.client.sendKexInit()
+        conn.flush()
+    assert conn.disconnected and [m for m, _ in conn.client.received].count(REPLY) == replies_before
+    assert conn.client.factory.disconnect_reason[0] == code
+    assert the_end(world).startswith(reason) if reason else the_end(world).startswith(("invalid key", "Invalid peer"))
     assert not any(e.get("log_failure") is not None or "internal error" in formatEvent(e) for e in logs)
     serves_others(world)
 
