@@ -5,6 +5,9 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
 - `sendPacket` / `getPacket`: frame packets through `packets.PacketCodec` (AEAD and EtM need the
   whole packet and the sequence number; Conch's SSHCiphers only encrypts blocks and MACs). The
   outgoing keys change right after our NEWKEYS, the incoming ones after the peer's (RFC 4253 7.3).
+- `dataReceived`: Conch's version-line reading sees only the bytes up to the version line's end
+  (it counted a KEXINIT in the same read against the line's 4 KiB limit), and a server refuses
+  lines before a client's version line, however they arrive (RFC 4253 4.2, as sshd).
 - `ssh_KEXINIT`: negotiation where an AEAD cipher implies its MAC, and detection of strict KEX.
 - `dispatchMessage` / `ssh_NEWKEYS`: strict KEX (kex-strict-s-v00@openssh.com, the Terrapin
   counter-measure, CVE-2023-48795): during the first key exchange only key-exchange messages
@@ -19,7 +22,8 @@ Overrides of `SSHServerTransport`, each because Conch's version cannot do the jo
   exchanges without sending data is disconnected (REKEY_BURST).
 - (server) `ssh_KEX_DH_GEX_REQUEST_OLD`: curve25519-sha256 and mlkem768x25519-sha256 answered here
   (`curve25519_init`, `mlkem_init`, `set_up_keys`: what Conch's handlers and key set-up do, with
-  ~85 Python calls fewer per key exchange); other methods by Conch.
+  ~85 Python calls fewer per key exchange, the INIT read as exactly one string as sshd reads it,
+  and neither KEXINIT kept once the exchange hash is made); other methods by Conch.
 """
 
 from __future__ import annotations
@@ -107,6 +111,18 @@ _MLKEM768_PUBLIC = 1184
 _X25519_PUBLIC = 32
 
 _UINT32 = struct.Struct(">L").pack
+
+
+def only_string(packet: bytes) -> bytes:
+    """The one RFC 4251 `string` that makes up a key-exchange INIT's payload, exactly: sshd
+    (sshpkt_getb_froms, then sshpkt_get_end) refuses a length past the packet's end and bytes after
+    the string; Conch's getNS takes the bytes present and ignores the rest. Raises struct.error,
+    which the transport reports as a protocol error, as it does for a payload too short for the
+    length."""
+    (length,) = struct.unpack(">L", packet[:4])
+    if length != len(packet) - 4:
+        raise struct.error(f"key-exchange INIT: {len(packet) - 4} bytes after the length, which says {length}")
+    return packet[4:]
 
 
 def ssh_strings(strings: list[bytes]) -> bytes:
@@ -411,8 +427,28 @@ class ModernFraming(KexState, KeyDerivation):
         if self._dead:
             return
         if not self.gotVersion:
-            super().dataReceived(data)  # type: ignore[misc]
-            return
+            # Conch looks for the version line in all that has been read and refuses more than
+            # 4 KiB of it ("Peer version string longer than 4KB"): a peer whose version line
+            # and a KEXINIT of over 4 KiB came in one read was refused. Conch is given the
+            # bytes up to the end of the version line only; the packets after it are read here.
+            pending = self.buf + data
+            if not self.isClient and b"\n" in pending and not pending.startswith(b"SSH-"):
+                # RFC 4253 4.2: only a server may send lines before its version line; sshd
+                # refuses a client's ("invalid protocol identifier"). Conch took them when the
+                # version line came in the same read, and read them as a packet otherwise.
+                self.packet_error("a line before the version line")
+                return
+            end = pending.find(b"\n", pending.find(b"SSH-")) + 1 - len(self.buf)
+            if not 0 < end < len(data):
+                super().dataReceived(data)  # type: ignore[misc]
+                return
+            super().dataReceived(data[:end])  # type: ignore[misc]
+            data = data[end:]
+            if self._dead:
+                return
+            if not self.gotVersion:  # a line with "SSH-" inside, not at its start: Conch waits on
+                super().dataReceived(data)  # type: ignore[misc]
+                return
         # Conch's read loop, once the version line is in (Conch's dataReceived checks for it
         # on every read, and takes each message number with an ord() call).
         self.buf = self.buf + data
@@ -615,8 +651,8 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
     def curve25519_init(self, packet: bytes) -> None:
         """KEX_ECDH_INIT of curve25519-sha256 (RFC 8731), as Conch's ECDH handler does it (copy
         recorded in tests/unit/test_conch_contract.py): the same checks, in the same order, the
-        same reply and keys."""
-        client_public = getNS(packet)[0]
+        same reply and keys; the payload is read exactly (`only_string`), as sshd does."""
+        client_public = only_string(packet)
         host_keys = self.host_key_pair()
         ours = x25519.X25519PrivateKey.generate()
         our_public = ours.public_key().public_bytes_raw()
@@ -626,8 +662,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
     def mlkem_init(self, packet: bytes) -> None:
         """KEX_HYBRID_INIT of mlkem768x25519-sha256 (draft-ietf-sshm-mlkem-hybrid-kex), as Conch's
         hybrid handler does it (copy recorded in the contract test): the same checks and
-        disconnects, in the same order, the same reply and keys."""
-        client_init = getNS(packet)[0]
+        disconnects, in the same order, the same reply and keys; the payload is read exactly
+        (`only_string`)."""
+        client_init = only_string(packet)
         if len(client_init) != _MLKEM768_PUBLIC + _X25519_PUBLIC:
             self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"Invalid C_INIT length")
             return
@@ -677,6 +714,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             )
             + shared_secret
         ).digest()
+        # Both KEXINITs served only H (a client's may be 64 KiB): not kept while the client's
+        # NEWKEYS is awaited (tests/inmemory/test_kex_init_attacks.py, half-open key exchanges).
+        self.ourKexInitPayload = self.otherKexInitPayload = b""
         signature = host_private.sign(exchange_hash, signatureType=self.keyAlg)
         self.sendPacket(transport.MSG_KEXDH_REPLY, ssh_strings([host_blob, server_value, signature]))
         self.set_up_keys(shared_secret, exchange_hash)

@@ -430,6 +430,40 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_refusal_logs.py::test_refused_pty_and_malformed_requests_are_logged_once_each_with_a_count",
         ],
     },
+    "Key-exchange values.": {
+        "an INIT that is not exactly one string is a protocol error, as in sshd": [
+            M + "test_kex_init_attacks.py::test_a_hostile_init_gets_no_reply_and_a_clean_disconnect",
+            U + "test_kex_fastpath.py::test_an_init_that_is_not_exactly_one_string_is_refused_where_conch_answers_it",
+            "tests/differential/test_kex_init_differential.py::test_the_init_is_answered_or_refused_as_by_sshd",
+        ],
+        "an all-zero X25519 result or a failing ML-KEM key is KEY_EXCHANGE_FAILED, with no signed reply": [
+            M + "test_kex_init_attacks.py::test_a_hostile_init_gets_no_reply_and_a_clean_disconnect",
+            U + "test_kex_fastpath.py::test_mlkem_bad_client_values_refused_as_by_conch",
+            F + "test_fuzz_kex_init.py::test_mlkem768x25519_init",
+        ],
+        "hostile INITs sent to sshd and conchcmd, one listed difference; a fuzz target judges each INIT": [
+            "tests/differential/test_kex_init_differential.py::test_the_init_is_answered_or_refused_as_by_sshd",
+            F + "test_fuzz_kex_init.py::test_curve25519_init",
+            F + "test_fuzz_kex_init.py::test_mlkem768x25519_init",
+        ],
+        "a wrongly guessed first key-exchange packet is dropped unread, as by sshd": [
+            M + "test_kex_init_attacks.py::test_a_wrong_guess_is_dropped_unread",
+            "tests/differential/test_kex_init_differential.py::"
+            + "test_a_malformed_guessed_init_is_read_or_dropped_as_by_sshd",
+        ],
+        "a half-open key exchange holds under 24 KiB, not the client's KEXINIT": [
+            M + "test_kex_init_attacks.py::test_half_open_key_exchanges_hold_little_memory",
+        ],
+        "a client's first line must be its version line, as in sshd, however the bytes are cut": [
+            M + "test_kex_init_attacks.py::test_lines_before_the_version_line_are_refused_however_they_arrive",
+            "tests/differential/test_kex_init_differential.py::"
+            + "test_lines_before_the_client_version_line_end_the_connection_as_in_sshd",
+        ],
+        "a version line and a KEXINIT of over 4 KiB in one read are taken": [
+            M + "test_kex_init_attacks.py::test_a_version_line_and_a_large_kexinit_in_one_read_are_taken",
+            F + "test_fuzz_kex_init.py::test_the_first_flight_is_read_the_same_however_it_is_cut",
+        ],
+    },
     "Channel rules.": {
         "OPEN_CONFIRMATION or OPEN_FAILURE for a channel not waiting for one ends the connection": [
             M + "test_channel_rules.py::test_an_answer_to_an_open_nobody_made_ends_the_connection_and_every_command",
