@@ -94,7 +94,8 @@ class UserAuthService(UserAuthHooks):
         self._decided: dict[bytes, bool] = {}  # whether each name is valid, once decided (`_note_user`)
         #: Auth lines waiting for their name to be decided, in order (None: "Invalid user", if it is).
         self._waiting_lines: list[tuple[bytes, Callable[[bool], None] | None]] = []
-        self.transport.settle_auth_user = self._settle_all
+        self.transport.settle_auth_user = self._settle_at_end
+        self.transport.after_auth_lines = self._after_waiting
         # Conch's serviceStarted, less its login timer (a DelayedCall per connection, set and then
         # cancelled: timeoutAuthentication after loginTimeout): the transport's login grace timer,
         # started at connect with the same limit, ends an unauthenticated connection first.
@@ -114,7 +115,7 @@ class UserAuthService(UserAuthHooks):
         self._stopped = True
         if self._waiting_lines:  # authenticated: nothing waits; disconnected: settled already
             self._settle_all()
-        self.transport.settle_auth_user = None
+        self.transport.settle_auth_user = self.transport.after_auth_lines = None
         self._waiting.clear()
         if self._delay is not None and self._delay.active():
             self._delay.cancel()
@@ -133,10 +134,13 @@ class UserAuthService(UserAuthHooks):
         if self._in_progress:
             if len(self._waiting) >= MAX_WAITING_AUTH_REQUESTS:
                 self._waiting.clear()
-                log.info(
-                    "More than {n} authentication requests waiting from {peer}; disconnecting",
-                    n=MAX_WAITING_AUTH_REQUESTS,
-                    peer=self.transport.peer,
+                peer = self.transport.peer
+                self._after_waiting(
+                    lambda: log.info(
+                        "More than {n} authentication requests waiting from {peer}; disconnecting",
+                        n=MAX_WAITING_AUTH_REQUESTS,
+                        peer=peer,
+                    )
                 )
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_PROTOCOL_ERROR, b"too many authentication requests pending"
@@ -243,10 +247,13 @@ class UserAuthService(UserAuthHooks):
         # Not UTF-8: no configured name, and `_decide` finds it invalid; asked all the same.
         if name not in decided and t.factory.configured_user(name.decode("utf-8", "surrogateescape")):
             decided[name] = True
-        t.auth_user, t.auth_user_valid = name, decided.get(name, True)
-        if self._waiting_lines or name not in decided:  # `_auth_line(None)`, inline
+        valid = decided.get(name)
+        t.auth_user, t.auth_user_valid = name, valid is not False
+        if valid is None or (valid is False and self._waiting_lines):  # `_auth_line(None)`, inline
+            # (a name decided valid has no line to wait for: the queue stays bounded by the
+            # counted failures however often a client alternates names its key is good for)
             self._waiting_lines.append((name, None))
-        elif not decided[name]:
+        elif valid is False:
             t.auth_log.invalid_user(name)
 
     def _auth_line(self, write: Callable[[bool], None] | None) -> None:
@@ -266,13 +273,18 @@ class UserAuthService(UserAuthHooks):
         elif not valid:
             self.transport.auth_log.invalid_user(name)
 
-    def _decide(self, name: bytes) -> None:
-        """Whether `name` is valid, from the configuration and its authorized_keys (read now)."""
+    def _decide(self, name: bytes, *, gone: bool = False) -> None:
+        """Whether `name` is valid, from the configuration and its authorized_keys (read now).
+        A bug there is the connection's internal error, and the name is taken as valid (as one
+        whose file cannot be read): the lines waiting for it are written all the same."""
         t = self.transport
         try:
             valid = t.factory.known_user(name.decode("utf-8"), self._files)
         except UnicodeDecodeError:
             valid = False
+        except Exception:
+            valid = True
+            t.internal_error(Failure(), "deciding whether a user name can log in", gone=gone)
         self._decided[name] = valid
         if name == t.auth_user:
             t.auth_user_valid = valid
@@ -299,15 +311,26 @@ class UserAuthService(UserAuthHooks):
             done += 1
         del waiting[:done]
 
-    def _settle_all(self) -> None:
+    def _settle_all(self, *, gone: bool = False) -> None:
         """Decide every name whose lines wait and write them: as the connection ends or once
         authenticated, when no answer to this client is left to show the reads."""
         lines, self._waiting_lines = self._waiting_lines, []  # taken first: a bug met here once
         for name, _ in lines:
             if name not in self._decided:
-                self._decide(name)
+                self._decide(name, gone=gone)
         for line in lines:
             self._write(*line)
+
+    def _settle_at_end(self, gone: bool) -> None:
+        """`_settle_all` for the transport (`gone`: the connection is lost)."""
+        self._settle_all(gone=gone)
+
+    def _after_waiting(self, write: Callable[[], None]) -> None:
+        """Write a line after those waiting for their name (at once if none waits)."""
+        if self._waiting_lines:
+            self._waiting_lines.append((self.transport.auth_user or b"", lambda _valid: write()))
+        else:
+            write()
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
@@ -406,17 +429,19 @@ class UserAuthService(UserAuthHooks):
         key = None
         if identity.method == "publickey" and self._key:
             key = self.transport.factory.key_infos.of(self._key[1], self._logged_blob)
+        t = self.transport
         if self._waiting_lines:  # an earlier name's lines (written once authenticated): after them
-            t = self.transport
+            authorized = {"user": sanitise(identity.user), "peer": t.peer, "source": identity.grant.source}
             self._auth_line(lambda _valid: t.auth_log.accepted(identity.method, identity.user, key))
+            self._auth_line(lambda _valid: log.info("Authorized {user}@{peer} by {source}", **authorized))
         else:
-            self.transport.auth_log.accepted(identity.method, identity.user, key)
-        log.info(
-            "Authorized {user}@{peer} by {source}",
-            user=sanitise(identity.user),
-            peer=self.transport.peer,
-            source=identity.grant.source,
-        )
+            t.auth_log.accepted(identity.method, identity.user, key)
+            log.info(
+                "Authorized {user}@{peer} by {source}",
+                user=sanitise(identity.user),
+                peer=t.peer,
+                source=identity.grant.source,
+            )
         self._audit_identity(identity, ok=True)
         super().auth_succeeded(result)
 
@@ -444,8 +469,6 @@ class UserAuthService(UserAuthHooks):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             decided = self.clock.seconds()
-            if self.method == b"password" and self._waiting_lines:
-                self._settle()  # its answer waits for passwordDelay from `decided` whatever this reads
             key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
             method, user = self.method or b"", self.user or b""
             if isinstance(reason.value, SkRequirementNotMet):
@@ -476,6 +499,8 @@ class UserAuthService(UserAuthHooks):
             if self.method == b"password" and b"password" in self.supportedAuthentications:
                 # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
                 # the next request waits for it too.
+                if self._waiting_lines:  # the answer waits for passwordDelay from `decided` whatever this reads
+                    self._settle()  # (not where no delay hides the read: refused method, last failure)
                 held: defer.Deferred[None] = defer.Deferred()
                 delay = max(0.0, self.passwordDelay - (self.clock.seconds() - decided))
                 self._delay = self.clock.callLater(delay, held.callback, None)
