@@ -292,8 +292,8 @@ class UserAuthService(UserAuthHooks):
     def _settle(self) -> None:
         """Decide the current name (reading its authorized_keys, unless this connection's check
         has just read it) and write the lines that waited for it. Run where that file is read
-        anyway (after its publickey request's check) or where the answer waits for a fixed delay
-        (a failed password); never for another name, whose file no answer may depend on."""
+        anyway (after its publickey request's check); never for another name, whose file no
+        answer may depend on (a failed password's answer, held back, settles them all)."""
         t = self.transport
         name, decided = t.auth_user or b"", self._decided
         if name not in decided:
@@ -313,7 +313,8 @@ class UserAuthService(UserAuthHooks):
 
     def _settle_all(self, *, gone: bool = False) -> None:
         """Decide every name whose lines wait and write them: as the connection ends or once
-        authenticated, when no answer to this client is left to show the reads."""
+        authenticated, when no answer to this client is left to show the reads, or behind a
+        failed password's fixed delay."""
         lines, self._waiting_lines = self._waiting_lines, []  # taken first: a bug met here once
         for name, _ in lines:
             if name not in self._decided:
@@ -499,8 +500,11 @@ class UserAuthService(UserAuthHooks):
             if self.method == b"password" and b"password" in self.supportedAuthentications:
                 # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
                 # the next request waits for it too.
-                if self._waiting_lines:  # the answer waits for passwordDelay from `decided` whatever this reads
-                    self._settle()  # (not where no delay hides the read: refused method, last failure)
+                # The answer waits for passwordDelay from `decided` whatever this reads, so every
+                # open name is decided (their lines, counted by fail2ban, need not wait for the
+                # end); not where no delay hides the reads (a refused method, the last failure).
+                if self._waiting_lines:
+                    self._settle_all()
                 held: defer.Deferred[None] = defer.Deferred()
                 delay = max(0.0, self.passwordDelay - (self.clock.seconds() - decided))
                 self._delay = self.clock.callLater(delay, held.callback, None)

@@ -441,3 +441,30 @@ def test_the_login_grace_line_follows_the_lines_of_before(tmp_path: Path) -> Non
     grace = next(i for i, line in enumerate(written) if line.startswith("Login grace time"))
     assert f"Failed none for invalid user nobody {PEER} ssh2" in written[:grace]
     assert f"Invalid user nobody {PEER}" in written[:grace]
+
+
+def test_a_failed_password_writes_the_lines_of_every_name_behind_its_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown name left open at `none`, then password guesses under another name: their
+    "Failed password" lines (what fail2ban counts) come at each guess, not only as the connection
+    ends (up to the login grace time later); the open name is decided too, the answer hidden by
+    passwordDelay all the same."""
+    world = with_password(tmp_path)
+    conn = world.connect()
+    auth = conn.start_auth(b"nobody")
+    with capturedLogs() as events:
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.user = b"root"
+        auth.send_request(b"password", password_data(b"guess"))
+        conn.flush()
+        assert [line for line in all_lines(events) if not line.startswith("Refused")] == [
+            f"Invalid user nobody {PEER}",
+            f"Invalid user root {PEER}",
+            f"Failed password for invalid user root {PEER} ssh2",
+        ]
+    assert [m for m, _ in auth.replies] == [FAILURE]
+    world.clock.advance(1)
+    conn.flush()
+    assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]

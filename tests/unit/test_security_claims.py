@@ -148,6 +148,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         ],
         "a failed password's answer waits its fixed delay regardless of the read": [
             M + "test_user_probing.py::test_a_failed_password_is_answered_its_delay_after_the_check",
+            M + "test_user_probing.py::test_a_failed_password_writes_the_lines_of_every_name_behind_its_delay",
         ],
         "no read before a password refused without delay (not offered, last failure allowed)": [
             M + "test_user_probing.py::test_a_password_request_where_passwords_are_not_offered_reads_no_file_first",
