@@ -62,6 +62,7 @@ class UserAuthService(UserAuthHooks):
     _in_progress = False  # a request is being checked (or its failure answer held back)
     _stopped = False
     _delay: Any = None
+    _write_call: Any = None  # `_write_held` on the next turn (see `_auth_line`'s `hold`)
     _unavailable = 0  # attempts that failed for a server-side reason (not counted as failures)
 
     _without_password: list[bytes] | None = None  # _methods less password, made once
@@ -120,6 +121,9 @@ class UserAuthService(UserAuthHooks):
         if self._delay is not None and self._delay.active():
             self._delay.cancel()
         self._delay = None
+        if self._write_call is not None and self._write_call.active():
+            self._write_call.cancel()  # (written by _settle_all above, or as the connection ended)
+        self._write_call = None
         # (Conch's serviceStopped only cancels the login timer serviceStarted no longer sets.)
 
     @property
@@ -256,15 +260,27 @@ class UserAuthService(UserAuthHooks):
         elif valid is False:
             t.auth_log.invalid_user(name)
 
-    def _auth_line(self, write: Callable[[bool], None] | None) -> None:
+    def _auth_line(self, write: Callable[[bool], None] | None, *, hold: bool = False) -> None:
         """Write an auth-log line about the current name, given whether it is valid (None: the
         "Invalid user" line, if it is not), now if that is decided and no earlier line waits,
-        else once `_settle` or `_settle_all` has decided it (lines keep their order)."""
+        else once `_settle` or `_settle_all` has decided it (lines keep their order). `hold`:
+        not before the answer to this request in any case (on the reactor's next turn, once the
+        answer has left, if the name is decided then): an answer sent at once must cost the same
+        whether the name was decided (its lines written) or not (its lines waiting), or its
+        timing tells a configured name from the others."""
         name = self.transport.auth_user or b""
-        if not self._waiting_lines and name in self._decided:
+        if hold:
+            self._waiting_lines.append((name, write))
+            if self._write_call is None:
+                self._write_call = self.clock.callLater(0, self._write_held)
+        elif not self._waiting_lines and name in self._decided:
             self._write(name, write)
         else:
             self._waiting_lines.append((name, write))
+
+    def _write_held(self) -> None:
+        self._write_call = None
+        self._write_decided()
 
     def _write(self, name: bytes, write: Callable[[bool], None] | None) -> None:
         valid = self._decided[name]
@@ -294,10 +310,14 @@ class UserAuthService(UserAuthHooks):
         has just read it) and write the lines that waited for it. Run where that file is read
         anyway (after its publickey request's check); never for another name, whose file no
         answer may depend on (a failed password's answer, held back, settles them all)."""
-        t = self.transport
-        name, decided = t.auth_user or b"", self._decided
-        if name not in decided:
+        name = self.transport.auth_user or b""
+        if name not in self._decided:
             self._decide(name)
+        self._write_decided()
+
+    def _write_decided(self) -> None:
+        """Write the waiting lines of decided names, up to the first line of a name still open."""
+        t, decided = self.transport, self._decided
         waiting = self._waiting_lines
         done = 0
         for line_name, write in waiting:  # the lines of decided names, up to the first still open
@@ -472,13 +492,19 @@ class UserAuthService(UserAuthHooks):
             decided = self.clock.seconds()
             key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
             method, user = self.method or b"", self.user or b""
+            # Not before an answer of the same cost for every name (none, a method not offered,
+            # the last failure's disconnect; a password's is held back anyway); a publickey
+            # request's answer came after reading the name's file, as sshd's (not claimed).
+            hold = method != b"publickey"
             if isinstance(reason.value, SkRequirementNotMet):
                 requirement = reason.value.requirement
                 self._auth_line(lambda valid: t.auth_log.sk_requirement_not_met(user, valid, key, requirement))
-            self._auth_line(lambda valid: t.auth_log.failed(method, user, valid, key))
+            self._auth_line(lambda valid: t.auth_log.failed(method, user, valid, key), hold=hold)
             refused = {"method": sanitise(method, 32), "user": log_word(user), "peer": t.peer, "reason": message}
             # The reason's line follows the auth line it explains, when that waits for _settle too.
-            self._auth_line(lambda _valid: log.info("Refused {method} for {user} from {peer}: {reason}", **refused))
+            self._auth_line(
+                lambda _valid: log.info("Refused {method} for {user} from {peer}: {reason}", **refused), hold=hold
+            )
             self.transport.audit.record(
                 "auth",
                 ok=False,
@@ -491,7 +517,7 @@ class UserAuthService(UserAuthHooks):
             )
             self.transport.auth_failures += 1
             if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
-                self._auth_line(lambda valid: t.auth_log.too_many_failures(user, valid))
+                self._auth_line(lambda valid: t.auth_log.too_many_failures(user, valid), hold=hold)
                 self.transport.auth_end_logged = True
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"

@@ -154,6 +154,9 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_user_probing.py::test_a_password_request_where_passwords_are_not_offered_reads_no_file_first",
             M + "test_user_probing.py::test_the_last_failure_allowed_reads_no_file_before_the_disconnect",
         ],
+        "no line written before an answer sent at once, whatever the name": [
+            M + "test_user_probing.py::test_an_answer_sent_at_once_costs_the_same_for_every_kind_of_name",
+        ],
         "in the same order among conchcmd.log's lines; bounded; none lost to a bug deciding": [
             M + "test_user_probing.py::test_a_login_after_an_open_name_keeps_the_order_of_its_lines",
             M + "test_user_probing.py::test_the_login_grace_line_follows_the_lines_of_before",
