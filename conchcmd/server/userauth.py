@@ -320,16 +320,18 @@ class UserAuthService(UserAuthHooks):
         t, decided = self.transport, self._decided
         waiting = self._waiting_lines
         done = 0
-        for line_name, write in waiting:  # the lines of decided names, up to the first still open
-            valid = decided.get(line_name)
-            if valid is None:
-                break
-            if write is not None:  # `_write`, inline
-                write(valid)
-            elif not valid:
-                t.auth_log.invalid_user(line_name)
-            done += 1
-        del waiting[:done]
+        try:
+            for line_name, write in waiting:  # the lines of decided names, up to the first still open
+                valid = decided.get(line_name)
+                if valid is None:
+                    break
+                done += 1  # first: a bug writing this line drops it, not writes those before it again
+                if write is not None:  # `_write`, inline
+                    write(valid)
+                elif not valid:
+                    t.auth_log.invalid_user(line_name)
+        finally:
+            del waiting[:done]
 
     def _settle_all(self, *, gone: bool = False) -> None:
         """Decide every name whose lines wait and write them: as the connection ends or once

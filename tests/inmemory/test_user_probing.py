@@ -505,3 +505,35 @@ def test_an_answer_sent_at_once_costs_the_same_for_every_kind_of_name(
             assert later == [f"Failed {method.decode()} for bob {PEER} ssh2"]
         leave(conn)
     assert seen[b"admin"] == seen[b"bob"] == seen[b"nobody"] == [("send", FAILURE)]
+
+
+def test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in writing one waiting line (here the first "Failed none"): the lines written
+    before it are not written again when the queue is written later (the connection's end)."""
+    from conchcmd.server.authlog import AuthLog
+
+    failed = AuthLog.failed
+    calls = []
+
+    def broken(self: AuthLog, *args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("simulated bug")
+        failed(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuthLog, "failed", broken)
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.probe(STRANGER)
+        conn.flush()
+        world.clock.advance(0)
+        leave(conn)
+    written = auth_lines(events)
+    assert written.count(f"Invalid user nobody {PEER}") == 1, written
+    assert written[-1] == "Connection closed by invalid user nobody 10.0.0.1 port 40000 [preauth]"
