@@ -162,6 +162,8 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_user_probing.py::test_the_login_grace_line_follows_the_lines_of_before",
             M + "test_user_probing.py::test_the_queue_stays_bounded_however_long_names_alternate",
             M + "test_user_probing.py::test_a_bug_deciding_one_name_loses_no_line_of_the_others",
+            M + "test_user_probing.py::test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others",
+            R + "test_waiting_auth_lines.py::test_lines_waiting_at_sigterm_are_written_in_order",
         ],
         "not claimed: a publickey request reads authorized_keys before its answer, as sshd's": [
             M + "test_user_probing.py::test_a_publickey_request_reads_the_file_as_sshds_does",
