@@ -537,3 +537,24 @@ def test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others(
     written = auth_lines(events)
     assert written.count(f"Invalid user nobody {PEER}") == 1, written
     assert written[-1] == "Connection closed by invalid user nobody 10.0.0.1 port 40000 [preauth]"
+
+
+def test_the_protocol_error_line_follows_the_lines_of_before(world: World) -> None:
+    """A malformed request ending the connection while lines wait for an open name: they are
+    written before conchcmd.log's "Protocol error" line, as before the queue, and only once the
+    disconnect has gone (no file of the name's read before it)."""
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.transport.sendPacket(userauth.MSG_USERAUTH_REQUEST, b"\x00\x00\x00\x09nobo")  # cut short
+        conn.flush()
+    written = all_lines(events)
+    error = next(i for i, line in enumerate(written) if line.startswith("Protocol error from"))
+    assert written[error - 3 : error] == [
+        f"Invalid user nobody {PEER}",
+        f"Failed none for invalid user nobody {PEER} ssh2",
+        "Refused none for nobody from 10.0.0.1:40000: ('unsupported authentication, failing', None)",
+    ]
