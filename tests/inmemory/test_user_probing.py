@@ -558,3 +558,28 @@ def test_the_protocol_error_line_follows_the_lines_of_before(world: World) -> No
         f"Failed none for invalid user nobody {PEER} ssh2",
         "Refused none for nobody from 10.0.0.1:40000: ('unsupported authentication, failing', None)",
     ]
+
+
+def test_the_too_many_waiting_line_follows_the_lines_of_before(tmp_path: Path) -> None:
+    """Requests pipelined behind a password check still running, past the limit, while lines
+    wait for an open name: they come before conchcmd.log's "More than 4 ... waiting" line."""
+    from support.runners import ManualRunner
+
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
+    checks = ManualRunner()
+    world = make_world(tmp_path, password_runner=checks, users={"carol": UserPolicy(password_bcrypt=hashed)})
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"password", password_data(b"guess"))  # checked on a thread: waits
+        for _ in range(5):
+            auth.send_request(b"none", b"")
+        conn.flush()
+        assert checks.submitted == 1
+        leave(conn)
+    written = all_lines(events)
+    more = next(i for i, line in enumerate(written) if line.startswith("More than 4 authentication requests"))
+    assert f"Invalid user nobody {PEER}" in written[:more]
+    assert f"Failed none for invalid user nobody {PEER} ssh2" in written[:more]

@@ -161,6 +161,7 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             M + "test_user_probing.py::test_a_login_after_an_open_name_keeps_the_order_of_its_lines",
             M + "test_user_probing.py::test_the_login_grace_line_follows_the_lines_of_before",
             M + "test_user_probing.py::test_the_protocol_error_line_follows_the_lines_of_before",
+            M + "test_user_probing.py::test_the_too_many_waiting_line_follows_the_lines_of_before",
             M + "test_user_probing.py::test_the_queue_stays_bounded_however_long_names_alternate",
             M + "test_user_probing.py::test_a_bug_deciding_one_name_loses_no_line_of_the_others",
             M + "test_user_probing.py::test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others",
