@@ -158,7 +158,10 @@ class ServerTransport(ModernServerTransport):
     #: Decides what the userauth service left undecided about `auth_user` (whether it is an
     #: "invalid user": its authorized_keys read only once no answer can show the read) and
     #: writes the auth lines that waited for it; set by the service, run as the connection ends.
-    settle_auth_user: Callable[[], None] | None = None
+    settle_auth_user: Callable[[bool], None] | None = None
+    #: Writes a line of the server's once the auth lines waiting for `settle_auth_user` are out
+    #: (at once if none waits); set by the service with it.
+    after_auth_lines: Callable[[Callable[[], None]], None] | None = None
     liveness: Liveness | None = None
     connection_id = ""  # random, set on connectionMade
     audit: BoundAudit  # the factory's audit sink with this connection's id
@@ -287,7 +290,10 @@ class ServerTransport(ModernServerTransport):
     def _protocol_error(self, error: str) -> None:
         self._failed = True
         self.end_reason = sanitise(f"protocol error: {error}", 200)
-        log.warn("Protocol error from {peer}: {error}; disconnecting", peer=self.peer, error=sanitise(error, 200))
+        peer, shown = self.peer, sanitise(error, 200)
+        self._after_auth_lines(
+            lambda: log.warn("Protocol error from {peer}: {error}; disconnecting", peer=peer, error=shown)
+        )
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"protocol error")
 
     def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
@@ -392,10 +398,11 @@ class ServerTransport(ModernServerTransport):
 
     def _grace_expired(self) -> None:
         self._grace = None
-        log.info(
-            "Login grace time ({seconds:g} s) exceeded by {peer}; disconnecting",
-            seconds=self.factory.settings.limits.login_grace_time,
-            peer=self.peer,
+        seconds, peer = self.factory.settings.limits.login_grace_time, self.peer
+        self._after_auth_lines(
+            lambda: log.info(
+                "Login grace time ({seconds:g} s) exceeded by {peer}; disconnecting", seconds=seconds, peer=peer
+            )
         )
         if self.gotVersion:
             self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"login grace time exceeded")
@@ -474,6 +481,15 @@ class ServerTransport(ModernServerTransport):
         avatar.internal_errors = self.factory.internal_errors
         return True
 
+    def _after_auth_lines(self, write: Callable[[], None]) -> None:
+        """The line of the server's saying why it ends the connection: after the auth lines that
+        wait for their name (written as the connection ends, after the disconnect: deciding the
+        name now would read its file before an answer), as it was before they waited."""
+        if self.after_auth_lines is not None:
+            self.after_auth_lines(write)
+        else:
+            write()
+
     def _strike(self) -> str | None:
         """How this connection failed, misbehaved or stalled, if it did: counted against its source
         if it never got in (see Admissions.release)."""
@@ -551,7 +567,7 @@ class ServerTransport(ModernServerTransport):
             self._kex_timer = None
         if self.settle_auth_user is not None:  # before any line of the connection's end
             try:
-                self.settle_auth_user()
+                self.settle_auth_user(True)
             except Exception:  # a bug: logged, and the connection's end still released
                 self.internal_error(Failure(), "deciding the user name of a connection", gone=True)
         factory = self.factory

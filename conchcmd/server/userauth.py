@@ -62,6 +62,7 @@ class UserAuthService(UserAuthHooks):
     _in_progress = False  # a request is being checked (or its failure answer held back)
     _stopped = False
     _delay: Any = None
+    _write_call: Any = None  # `_write_held` on the next turn (see `_auth_line`'s `hold`)
     _unavailable = 0  # attempts that failed for a server-side reason (not counted as failures)
 
     _without_password: list[bytes] | None = None  # _methods less password, made once
@@ -94,7 +95,8 @@ class UserAuthService(UserAuthHooks):
         self._decided: dict[bytes, bool] = {}  # whether each name is valid, once decided (`_note_user`)
         #: Auth lines waiting for their name to be decided, in order (None: "Invalid user", if it is).
         self._waiting_lines: list[tuple[bytes, Callable[[bool], None] | None]] = []
-        self.transport.settle_auth_user = self._settle_all
+        self.transport.settle_auth_user = self._settle_at_end
+        self.transport.after_auth_lines = self._after_waiting
         # Conch's serviceStarted, less its login timer (a DelayedCall per connection, set and then
         # cancelled: timeoutAuthentication after loginTimeout): the transport's login grace timer,
         # started at connect with the same limit, ends an unauthenticated connection first.
@@ -114,11 +116,14 @@ class UserAuthService(UserAuthHooks):
         self._stopped = True
         if self._waiting_lines:  # authenticated: nothing waits; disconnected: settled already
             self._settle_all()
-        self.transport.settle_auth_user = None
+        self.transport.settle_auth_user = self.transport.after_auth_lines = None
         self._waiting.clear()
         if self._delay is not None and self._delay.active():
             self._delay.cancel()
         self._delay = None
+        if self._write_call is not None and self._write_call.active():
+            self._write_call.cancel()  # (written by _settle_all above, or as the connection ended)
+        self._write_call = None
         # (Conch's serviceStopped only cancels the login timer serviceStarted no longer sets.)
 
     @property
@@ -133,10 +138,13 @@ class UserAuthService(UserAuthHooks):
         if self._in_progress:
             if len(self._waiting) >= MAX_WAITING_AUTH_REQUESTS:
                 self._waiting.clear()
-                log.info(
-                    "More than {n} authentication requests waiting from {peer}; disconnecting",
-                    n=MAX_WAITING_AUTH_REQUESTS,
-                    peer=self.transport.peer,
+                peer = self.transport.peer
+                self._after_waiting(
+                    lambda: log.info(
+                        "More than {n} authentication requests waiting from {peer}; disconnecting",
+                        n=MAX_WAITING_AUTH_REQUESTS,
+                        peer=peer,
+                    )
                 )
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_PROTOCOL_ERROR, b"too many authentication requests pending"
@@ -243,21 +251,36 @@ class UserAuthService(UserAuthHooks):
         # Not UTF-8: no configured name, and `_decide` finds it invalid; asked all the same.
         if name not in decided and t.factory.configured_user(name.decode("utf-8", "surrogateescape")):
             decided[name] = True
-        t.auth_user, t.auth_user_valid = name, decided.get(name, True)
-        if self._waiting_lines or name not in decided:  # `_auth_line(None)`, inline
+        valid = decided.get(name)
+        t.auth_user, t.auth_user_valid = name, valid is not False
+        if valid is None or (valid is False and self._waiting_lines):  # `_auth_line(None)`, inline
+            # (a name decided valid has no line to wait for: the queue stays bounded by the
+            # counted failures however often a client alternates names its key is good for)
             self._waiting_lines.append((name, None))
-        elif not decided[name]:
+        elif valid is False:
             t.auth_log.invalid_user(name)
 
-    def _auth_line(self, write: Callable[[bool], None] | None) -> None:
+    def _auth_line(self, write: Callable[[bool], None] | None, *, hold: bool = False) -> None:
         """Write an auth-log line about the current name, given whether it is valid (None: the
         "Invalid user" line, if it is not), now if that is decided and no earlier line waits,
-        else once `_settle` or `_settle_all` has decided it (lines keep their order)."""
+        else once `_settle` or `_settle_all` has decided it (lines keep their order). `hold`:
+        not before the answer to this request in any case (on the reactor's next turn, once the
+        answer has left, if the name is decided then): an answer sent at once must cost the same
+        whether the name was decided (its lines written) or not (its lines waiting), or its
+        timing tells a configured name from the others."""
         name = self.transport.auth_user or b""
-        if not self._waiting_lines and name in self._decided:
+        if hold:
+            self._waiting_lines.append((name, write))
+            if self._write_call is None:
+                self._write_call = self.clock.callLater(0, self._write_held)
+        elif not self._waiting_lines and name in self._decided:
             self._write(name, write)
         else:
             self._waiting_lines.append((name, write))
+
+    def _write_held(self) -> None:
+        self._write_call = None
+        self._write_decided()
 
     def _write(self, name: bytes, write: Callable[[bool], None] | None) -> None:
         valid = self._decided[name]
@@ -266,13 +289,18 @@ class UserAuthService(UserAuthHooks):
         elif not valid:
             self.transport.auth_log.invalid_user(name)
 
-    def _decide(self, name: bytes) -> None:
-        """Whether `name` is valid, from the configuration and its authorized_keys (read now)."""
+    def _decide(self, name: bytes, *, gone: bool = False) -> None:
+        """Whether `name` is valid, from the configuration and its authorized_keys (read now).
+        A bug there is the connection's internal error, and the name is taken as valid (as one
+        whose file cannot be read): the lines waiting for it are written all the same."""
         t = self.transport
         try:
             valid = t.factory.known_user(name.decode("utf-8"), self._files)
         except UnicodeDecodeError:
             valid = False
+        except Exception:
+            valid = True
+            t.internal_error(Failure(), "deciding whether a user name can log in", gone=gone)
         self._decided[name] = valid
         if name == t.auth_user:
             t.auth_user_valid = valid
@@ -280,34 +308,52 @@ class UserAuthService(UserAuthHooks):
     def _settle(self) -> None:
         """Decide the current name (reading its authorized_keys, unless this connection's check
         has just read it) and write the lines that waited for it. Run where that file is read
-        anyway (after its publickey request's check) or where the answer waits for a fixed delay
-        (a failed password); never for another name, whose file no answer may depend on."""
-        t = self.transport
-        name, decided = t.auth_user or b"", self._decided
-        if name not in decided:
+        anyway (after its publickey request's check); never for another name, whose file no
+        answer may depend on (a failed password's answer, held back, settles them all)."""
+        name = self.transport.auth_user or b""
+        if name not in self._decided:
             self._decide(name)
+        self._write_decided()
+
+    def _write_decided(self) -> None:
+        """Write the waiting lines of decided names, up to the first line of a name still open."""
+        t, decided = self.transport, self._decided
         waiting = self._waiting_lines
         done = 0
-        for line_name, write in waiting:  # the lines of decided names, up to the first still open
-            valid = decided.get(line_name)
-            if valid is None:
-                break
-            if write is not None:  # `_write`, inline
-                write(valid)
-            elif not valid:
-                t.auth_log.invalid_user(line_name)
-            done += 1
-        del waiting[:done]
+        try:
+            for line_name, write in waiting:  # the lines of decided names, up to the first still open
+                valid = decided.get(line_name)
+                if valid is None:
+                    break
+                done += 1  # first: a bug writing this line drops it, not writes those before it again
+                if write is not None:  # `_write`, inline
+                    write(valid)
+                elif not valid:
+                    t.auth_log.invalid_user(line_name)
+        finally:
+            del waiting[:done]
 
-    def _settle_all(self) -> None:
+    def _settle_all(self, *, gone: bool = False) -> None:
         """Decide every name whose lines wait and write them: as the connection ends or once
-        authenticated, when no answer to this client is left to show the reads."""
+        authenticated, when no answer to this client is left to show the reads, or behind a
+        failed password's fixed delay."""
         lines, self._waiting_lines = self._waiting_lines, []  # taken first: a bug met here once
         for name, _ in lines:
             if name not in self._decided:
-                self._decide(name)
+                self._decide(name, gone=gone)
         for line in lines:
             self._write(*line)
+
+    def _settle_at_end(self, gone: bool) -> None:
+        """`_settle_all` for the transport (`gone`: the connection is lost)."""
+        self._settle_all(gone=gone)
+
+    def _after_waiting(self, write: Callable[[], None]) -> None:
+        """Write a line after those waiting for their name (at once if none waits)."""
+        if self._waiting_lines:
+            self._waiting_lines.append((self.transport.auth_user or b"", lambda _valid: write()))
+        else:
+            write()
 
     def _request_done(self, result: Any) -> None:
         self._in_progress = False
@@ -406,17 +452,19 @@ class UserAuthService(UserAuthHooks):
         key = None
         if identity.method == "publickey" and self._key:
             key = self.transport.factory.key_infos.of(self._key[1], self._logged_blob)
+        t = self.transport
         if self._waiting_lines:  # an earlier name's lines (written once authenticated): after them
-            t = self.transport
+            authorized = {"user": sanitise(identity.user), "peer": t.peer, "source": identity.grant.source}
             self._auth_line(lambda _valid: t.auth_log.accepted(identity.method, identity.user, key))
+            self._auth_line(lambda _valid: log.info("Authorized {user}@{peer} by {source}", **authorized))
         else:
-            self.transport.auth_log.accepted(identity.method, identity.user, key)
-        log.info(
-            "Authorized {user}@{peer} by {source}",
-            user=sanitise(identity.user),
-            peer=self.transport.peer,
-            source=identity.grant.source,
-        )
+            t.auth_log.accepted(identity.method, identity.user, key)
+            log.info(
+                "Authorized {user}@{peer} by {source}",
+                user=sanitise(identity.user),
+                peer=t.peer,
+                source=identity.grant.source,
+            )
         self._audit_identity(identity, ok=True)
         super().auth_succeeded(result)
 
@@ -444,17 +492,21 @@ class UserAuthService(UserAuthHooks):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             decided = self.clock.seconds()
-            if self.method == b"password" and self._waiting_lines:
-                self._settle()  # its answer waits for passwordDelay from `decided` whatever this reads
             key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
             method, user = self.method or b"", self.user or b""
+            # Not before an answer of the same cost for every name (none, a method not offered,
+            # the last failure's disconnect; a password's is held back anyway); a publickey
+            # request's answer came after reading the name's file, as sshd's (not claimed).
+            hold = method != b"publickey"
             if isinstance(reason.value, SkRequirementNotMet):
                 requirement = reason.value.requirement
                 self._auth_line(lambda valid: t.auth_log.sk_requirement_not_met(user, valid, key, requirement))
-            self._auth_line(lambda valid: t.auth_log.failed(method, user, valid, key))
+            self._auth_line(lambda valid: t.auth_log.failed(method, user, valid, key), hold=hold)
             refused = {"method": sanitise(method, 32), "user": log_word(user), "peer": t.peer, "reason": message}
             # The reason's line follows the auth line it explains, when that waits for _settle too.
-            self._auth_line(lambda _valid: log.info("Refused {method} for {user} from {peer}: {reason}", **refused))
+            self._auth_line(
+                lambda _valid: log.info("Refused {method} for {user} from {peer}: {reason}", **refused), hold=hold
+            )
             self.transport.audit.record(
                 "auth",
                 ok=False,
@@ -467,7 +519,7 @@ class UserAuthService(UserAuthHooks):
             )
             self.transport.auth_failures += 1
             if self.transport.auth_failures >= self.max_auth_tries:  # OpenSSH's MaxAuthTries
-                self._auth_line(lambda valid: t.auth_log.too_many_failures(user, valid))
+                self._auth_line(lambda valid: t.auth_log.too_many_failures(user, valid), hold=hold)
                 self.transport.auth_end_logged = True
                 self.transport.sendDisconnect(
                     transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"Too many authentication failures"
@@ -476,6 +528,11 @@ class UserAuthService(UserAuthHooks):
             if self.method == b"password" and b"password" in self.supportedAuthentications:
                 # Conch's passwordDelay, taken here (after counting) rather than in auth_password;
                 # the next request waits for it too.
+                # The answer waits for passwordDelay from `decided` whatever this reads, so every
+                # open name is decided (their lines, counted by fail2ban, need not wait for the
+                # end); not where no delay hides the reads (a refused method, the last failure).
+                if self._waiting_lines:
+                    self._settle_all()
                 held: defer.Deferred[None] = defer.Deferred()
                 delay = max(0.0, self.passwordDelay - (self.clock.seconds() - decided))
                 self._delay = self.clock.callLater(delay, held.callback, None)

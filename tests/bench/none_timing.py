@@ -11,7 +11,12 @@ completes the key exchange and the ssh-userauth service request, and times the `
 round trip on the client (send to USERAUTH_FAILURE read, perf_counter). Prints the median and
 the 25th/75th percentiles per kind and the medians' gap to the unknown name's.
 
-Not part of the pytest run: `python tests/bench/none_timing.py [--tree /work/main] [--rounds 400]`.
+`--then password`: times instead a password request sent after that `none` has been answered
+(password logins are not offered here, so it is refused at once, without passwordDelay: its
+answer must not wait for the name's authorized_keys either).
+
+Not part of the pytest run: `python tests/bench/none_timing.py [--tree /work/main] [--rounds 400]
+[--then password]`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for supp
 from support.keys import authorized_line, ecdsa_key, ed25519_key, rsa_key
 from support.rawssh import SocketTransport
 from support.serverfiles import toml_text
-from support.sshclient import AuthClient, ClientFactory
+from support.sshclient import AuthClient, ClientFactory, password_data
 from support.tempdirs import trusted_temp_parent
 from twisted.conch.ssh import userauth
 
@@ -85,8 +90,9 @@ def pump_until(sock: socket.socket, client: Any, done: Callable[[], bool]) -> No
         client.dataReceived(data)
 
 
-def time_none(port: int, user: bytes, source: str) -> float:
-    """Seconds from sending the first `none` request as `user` to reading its answer."""
+def time_none(port: int, user: bytes, source: str, then: bytes | None = None) -> float:
+    """Seconds from sending the first `none` request as `user` to reading its answer (`then`:
+    from sending a request of that method, after the `none` answer, to reading its answer)."""
     from twisted.internet import reactor
 
     factory = ClientFactory()
@@ -101,11 +107,18 @@ def time_none(port: int, user: bytes, source: str) -> float:
         auth = AuthClient(user, None)  # type: ignore[arg-type]
         client.requestService(auth)
         pump_until(sock, client, lambda: client.service is auth)
+        if then is not None:
+            auth.send_request(b"none", b"")
+            pump_until(sock, client, lambda: bool(auth.replies))
         started = time.perf_counter()
-        auth.send_request(b"none", b"")
-        pump_until(sock, client, lambda: bool(auth.replies))
+        if then is None:
+            auth.send_request(b"none", b"")
+        else:
+            auth.send_request(then, password_data(b"guess") if then == b"password" else b"")
+        answers = 1 if then is None else 2
+        pump_until(sock, client, lambda: len(auth.replies) == answers)
         elapsed = time.perf_counter() - started
-        assert auth.replies[0][0] == userauth.MSG_USERAUTH_FAILURE, auth.replies
+        assert auth.replies[-1][0] == userauth.MSG_USERAUTH_FAILURE, auth.replies
         return elapsed
     finally:
         sock.close()
@@ -115,6 +128,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, default=REPO, help="the conchcmd source tree to run the server from")
     parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--then", help="time a request of this method after the none (e.g. password)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="none-timing-", dir=trusted_temp_parent()) as tmp:
         proc, port = start(Path(tmp), args.tree)
@@ -124,14 +138,16 @@ def main() -> int:
                 order = list(KINDS.items())
                 order = order[i % 3 :] + order[: i % 3]  # each kind first in turn
                 for n, (kind, user) in enumerate(order):
-                    elapsed = time_none(port, user, f"127.0.0.{2 + n}")
+                    then = args.then.encode() if args.then else None
+                    elapsed = time_none(port, user, f"127.0.0.{2 + n}", then)
                     if i >= 20:  # warm-up rounds dropped
                         times[kind].append(elapsed)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
     base = statistics.median(times["unknown"])
-    print(f"tree {args.tree}, {args.rounds} connections per kind; none round trip in microseconds")
+    what = f"{args.then} after none" if args.then else "none"
+    print(f"tree {args.tree}, {args.rounds} connections per kind; {what} round trip in microseconds")
     for kind, values in times.items():
         q = statistics.quantiles(values, n=4)
         median = statistics.median(values)

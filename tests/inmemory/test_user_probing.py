@@ -7,18 +7,22 @@ unknown; sshd's lines stay as they were, each in its place among the others."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from support.keys import ed25519_key
-from support.sshclient import Connection
+from support.sshclient import Connection, password_data
 from support.world import World, make_world
-from twisted.conch.ssh import userauth
-from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.conch.ssh import transport, userauth
+from twisted.conch.ssh.common import NS
+from twisted.logger import LogEvent, capturedLogs, formatEvent, globalLogPublisher
 
 from conchcmd.core.config import UserPolicy
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, LOG_NAMESPACE
+from conchcmd.server.userauth import UserAuthService
 
 FAILURE = userauth.MSG_USERAUTH_FAILURE
 #: The file-system calls reading a user's authorized_keys makes (open, fstat, the realpath walk).
@@ -245,8 +249,6 @@ def test_a_failed_password_is_answered_its_delay_after_the_check(
     """A name left open at `none` is decided at its failed password (for "Failed password for
     invalid user"), reading its authorized_keys: the answer still comes passwordDelay (1 s) after
     the check, not after the read (the read made slow here: 0.3 s of the server's clock)."""
-    import bcrypt
-    from support.sshclient import password_data
 
     hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
     world = make_world(tmp_path, users={"carol": UserPolicy(password_bcrypt=hashed)})
@@ -269,3 +271,315 @@ def test_a_failed_password_is_answered_its_delay_after_the_check(
     world.clock.advance(0.001)
     conn.flush()
     assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]
+
+
+# Attacks on the queue of auth-log lines that wait for their name to be decided: no file of the
+# user's read before an answer that no fixed delay hides, the queue bounded whatever the client
+# sends, no line lost to a bug while deciding, and the lines in the order they had before the
+# queue, among conchcmd.log's (both go to stdout by default).
+
+PEER = "from 10.0.0.1 port 40000"
+
+
+def all_lines(events: list[LogEvent]) -> list[str]:
+    """sshd's lines and conchcmd.log's, in the order written (both go to stdout by default)."""
+    return [formatEvent(e) for e in events if e.get("log_namespace") in (AUTH_LOG_NAMESPACE, LOG_NAMESPACE)]
+
+
+def with_password(tmp_path: Path) -> World:
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
+    return make_world(tmp_path, users={"carol": UserPolicy(password_bcrypt=hashed)})
+
+
+@pytest.mark.parametrize("user", [b"admin", b"nobody"])
+def test_a_password_request_where_passwords_are_not_offered_reads_no_file_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user: bytes
+) -> None:
+    """Without password logins a password request is refused at once (no passwordDelay): its
+    answer must not wait for the name's authorized_keys, or timing it tells which names have
+    keys as the opening `none` did. The lines still come, at the connection's end."""
+    world = make_world(tmp_path)
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    with capturedLogs() as events:
+        auth.send_request(b"none", b"")
+        conn.flush()
+        traced = trace(monkeypatch, conn)
+        auth.send_request(b"password", password_data(b"guess"))
+        conn.flush()
+        assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]
+        assert traced[: traced.index(("send", FAILURE)) + 1] == [("send", FAILURE)]
+        monkeypatch.undo()
+        leave(conn)
+    invalid = "" if user == b"admin" else "invalid user "
+    expected = [] if user == b"admin" else [f"Invalid user nobody {PEER}"]
+    expected.append(f"Failed password for {invalid}{user.decode()} {PEER} ssh2")
+    assert [line for line in all_lines(events) if not line.startswith(("Refused", "Lost"))][:-1] == expected
+
+
+def test_the_last_failure_allowed_reads_no_file_before_the_disconnect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed password that reaches max_auth_tries is answered by the disconnect at once (no
+    passwordDelay): no file of the name's read before it either."""
+    world = with_password(tmp_path)
+    conn = world.connect()
+    auth = conn.start_auth(b"admin")
+    with capturedLogs() as events:
+        for _ in range(6):
+            auth.send_request(b"none", b"")
+        conn.flush()
+        traced = trace(monkeypatch, conn)
+        auth.send_request(b"password", password_data(b"guess"))
+        conn.flush()
+        monkeypatch.undo()
+    sent = ("send", transport.MSG_DISCONNECT)
+    assert traced[: traced.index(sent) + 1] == [sent]
+    written = all_lines(events)
+    maximum = written.index(f"maximum authentication attempts exceeded for admin {PEER} ssh2")
+    assert written[maximum - 2 : maximum + 2] == [
+        f"Failed password for admin {PEER} ssh2",
+        "Refused password for admin from 10.0.0.1:40000: wrong password",
+        f"maximum authentication attempts exceeded for admin {PEER} ssh2",
+        "Disconnecting authenticating user admin 10.0.0.1 port 40000: Too many authentication failures [preauth]",
+    ]
+
+
+def test_the_queue_stays_bounded_however_long_names_alternate(tmp_path: Path) -> None:
+    """An unknown name left open at `none`, then key probes (PK_OK, never counted as failures)
+    alternating between two names that accept the client's key: each change of name must not
+    add to the queue for ever (it grew by one entry per probe until the connection's end)."""
+    world = make_world(tmp_path)
+    keys = Path(world.config.authorized_keys.replace("%u", ""))
+    shutil.copy(keys / "admin", keys / "ops")
+    conn = world.connect()
+    auth = conn.start_auth(b"nobody")
+    with capturedLogs() as events:
+        auth.send_request(b"none", b"")
+        conn.flush()
+        for i in range(400):
+            auth.user = (b"admin", b"ops")[i % 2]
+            auth.send_request(b"publickey", b"\x00" + _key_data(ed25519_key()))
+            conn.flush()
+        service = conn.server.service
+        assert isinstance(service, UserAuthService)
+        assert len(service._waiting_lines) <= 3  # the first sight of each name
+        leave(conn)
+    assert [m for m, _ in auth.replies][1:] == [userauth.MSG_USERAUTH_PK_OK] * 400
+    assert [line for line in all_lines(events) if "conchcmd" not in line][:1] == [f"Invalid user nobody {PEER}"]
+    assert sum("Invalid user" in line for line in all_lines(events)) == 1
+
+
+def _key_data(key: Any) -> bytes:
+    return NS(key.sshType()) + NS(key.public().blob())
+
+
+def test_a_bug_deciding_one_name_loses_no_line_of_the_others(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while deciding one name (at the connection's end) is logged; the lines of the other
+    names, and of this one, are still written (fail2ban counts them), with the name taken as
+    valid as a file that cannot be read is (not called invalid)."""
+    known_user = world.factory.known_user
+
+    def broken(name: str, files: Any) -> bool:
+        if name == "admin":
+            raise RuntimeError("simulated bug")
+        return known_user(name, files)
+
+    monkeypatch.setattr(world.factory, "known_user", broken)
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        auth.user = b"admin"
+        auth.send_request(b"none", b"")
+        conn.flush()
+        leave(conn)
+    (error,) = [e["log_failure"].value for e in events if e.get("log_failure")]
+    assert str(error) == "simulated bug"
+    auth_lines = [formatEvent(e) for e in events if e.get("log_namespace") == AUTH_LOG_NAMESPACE]
+    assert auth_lines == [
+        f"Invalid user nobody {PEER}",
+        f"Failed none for invalid user nobody {PEER} ssh2",
+        f"Failed none for admin {PEER} ssh2",
+        "Connection closed by authenticating user admin 10.0.0.1 port 40000 [preauth]",
+    ]
+    assert len(world.audit.of("disconnect")) == 1
+
+
+def test_a_login_after_an_open_name_keeps_the_order_of_its_lines(world: World) -> None:
+    """An unknown name left open, then a login under another: "Invalid user", "Accepted" and
+    conchcmd.log's "Authorized" line in that order, as before the queue (Authorized came first)."""
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.user = b"admin"
+        auth.send_request(b"publickey", auth.signed(ed25519_key()))
+        conn.flush()
+        assert auth.replies[-1][0] == userauth.MSG_USERAUTH_SUCCESS
+    written = [line for line in all_lines(events) if not line.startswith("Client connection")]
+    assert written[0] == f"Invalid user nobody {PEER}"
+    assert written[1].startswith(f"Accepted publickey for admin {PEER} ssh2: ED25519 SHA256:")
+    assert written[2].startswith("Authorized admin@10.0.0.1:40000 by authorized_keys ")
+
+
+def test_the_login_grace_line_follows_the_lines_of_before(tmp_path: Path) -> None:
+    """Lines waiting for an open name when the login grace time runs out are written before
+    conchcmd.log's "Login grace time ... exceeded" line, as they were before the queue."""
+    world = make_world(tmp_path)
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        conn.flush()
+        world.clock.advance(world.config.limits.login_grace_time)
+        conn.flush()
+    written = all_lines(events)
+    grace = next(i for i, line in enumerate(written) if line.startswith("Login grace time"))
+    assert f"Failed none for invalid user nobody {PEER} ssh2" in written[:grace]
+    assert f"Invalid user nobody {PEER}" in written[:grace]
+
+
+def test_a_failed_password_writes_the_lines_of_every_name_behind_its_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown name left open at `none`, then password guesses under another name: their
+    "Failed password" lines (what fail2ban counts) come at each guess, not only as the connection
+    ends (up to the login grace time later); the open name is decided too, the answer hidden by
+    passwordDelay all the same."""
+    world = with_password(tmp_path)
+    conn = world.connect()
+    auth = conn.start_auth(b"nobody")
+    with capturedLogs() as events:
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.user = b"root"
+        auth.send_request(b"password", password_data(b"guess"))
+        conn.flush()
+        assert [line for line in all_lines(events) if not line.startswith("Refused")] == [
+            f"Invalid user nobody {PEER}",
+            f"Invalid user root {PEER}",
+            f"Failed password for invalid user root {PEER} ssh2",
+        ]
+    assert [m for m, _ in auth.replies] == [FAILURE]
+    world.clock.advance(1)
+    conn.flush()
+    assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]
+
+
+@pytest.mark.parametrize("method", [b"none", b"keyboard-interactive"])
+def test_an_answer_sent_at_once_costs_the_same_for_every_kind_of_name(
+    world: World, monkeypatch: pytest.MonkeyPatch, method: bytes
+) -> None:
+    """A counted failure answered at once (a second `none`, a method not offered): nothing is
+    written before its answer, whether the name was decided at `none` (`[users.bob]`: its lines
+    could be written at once) or not (its lines wait). Writing a configured name's lines first
+    made its answer ~20 µs slower over loopback (`none_timing.py --then none`): an oracle for
+    configured names. The decided name's lines come on the reactor's next turn."""
+    seen: dict[bytes, list[tuple[str, Any]]] = {}
+    for user in (b"admin", b"bob", b"nobody"):
+        conn = world.connect()
+        auth = conn.start_auth(user)
+        auth.send_request(b"none", b"")
+        conn.flush()
+        with monkeypatch.context() as patch, capturedLogs() as logged:
+            events = trace(patch, conn)
+
+            def observer(e: LogEvent, _events: list[tuple[str, Any]] = events) -> None:
+                _events.append(("log", formatEvent(e)))
+
+            globalLogPublisher.addObserver(observer)
+            try:
+                auth.send_request(method, b"")
+                conn.flush()
+            finally:
+                globalLogPublisher.removeObserver(observer)
+            seen[user] = events[: events.index(("send", FAILURE)) + 1]
+            world.clock.advance(0)
+            later = auth_lines(logged)
+        assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]
+        if user == b"bob":
+            assert later == [f"Failed {method.decode()} for bob {PEER} ssh2"]
+        leave(conn)
+    assert seen[b"admin"] == seen[b"bob"] == seen[b"nobody"] == [("send", FAILURE)]
+
+
+def test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in writing one waiting line (here the first "Failed none"): the lines written
+    before it are not written again when the queue is written later (the connection's end)."""
+    from conchcmd.server.authlog import AuthLog
+
+    failed = AuthLog.failed
+    calls = []
+
+    def broken(self: AuthLog, *args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("simulated bug")
+        failed(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuthLog, "failed", broken)
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.probe(STRANGER)
+        conn.flush()
+        world.clock.advance(0)
+        leave(conn)
+    written = auth_lines(events)
+    assert written.count(f"Invalid user nobody {PEER}") == 1, written
+    assert written[-1] == "Connection closed by invalid user nobody 10.0.0.1 port 40000 [preauth]"
+
+
+def test_the_protocol_error_line_follows_the_lines_of_before(world: World) -> None:
+    """A malformed request ending the connection while lines wait for an open name: they are
+    written before conchcmd.log's "Protocol error" line, as before the queue, and only once the
+    disconnect has gone (no file of the name's read before it)."""
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        conn.flush()
+        auth.transport.sendPacket(userauth.MSG_USERAUTH_REQUEST, b"\x00\x00\x00\x09nobo")  # cut short
+        conn.flush()
+    written = all_lines(events)
+    error = next(i for i, line in enumerate(written) if line.startswith("Protocol error from"))
+    assert written[error - 3 : error] == [
+        f"Invalid user nobody {PEER}",
+        f"Failed none for invalid user nobody {PEER} ssh2",
+        "Refused none for nobody from 10.0.0.1:40000: ('unsupported authentication, failing', None)",
+    ]
+
+
+def test_the_too_many_waiting_line_follows_the_lines_of_before(tmp_path: Path) -> None:
+    """Requests pipelined behind a password check still running, past the limit, while lines
+    wait for an open name: they come before conchcmd.log's "More than 4 ... waiting" line."""
+    from support.runners import ManualRunner
+
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
+    checks = ManualRunner()
+    world = make_world(tmp_path, password_runner=checks, users={"carol": UserPolicy(password_bcrypt=hashed)})
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"nobody")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"none", b"")
+        auth.send_request(b"password", password_data(b"guess"))  # checked on a thread: waits
+        for _ in range(5):
+            auth.send_request(b"none", b"")
+        conn.flush()
+        assert checks.submitted == 1
+        leave(conn)
+    written = all_lines(events)
+    more = next(i for i, line in enumerate(written) if line.startswith("More than 4 authentication requests"))
+    assert f"Invalid user nobody {PEER}" in written[:more]
+    assert f"Failed none for invalid user nobody {PEER} ssh2" in written[:more]

@@ -148,6 +148,24 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
         ],
         "a failed password's answer waits its fixed delay regardless of the read": [
             M + "test_user_probing.py::test_a_failed_password_is_answered_its_delay_after_the_check",
+            M + "test_user_probing.py::test_a_failed_password_writes_the_lines_of_every_name_behind_its_delay",
+        ],
+        "no read before a password refused without delay (not offered, last failure allowed)": [
+            M + "test_user_probing.py::test_a_password_request_where_passwords_are_not_offered_reads_no_file_first",
+            M + "test_user_probing.py::test_the_last_failure_allowed_reads_no_file_before_the_disconnect",
+        ],
+        "no line written before an answer sent at once, whatever the name": [
+            M + "test_user_probing.py::test_an_answer_sent_at_once_costs_the_same_for_every_kind_of_name",
+        ],
+        "in the same order among conchcmd.log's lines; bounded; none lost to a bug deciding": [
+            M + "test_user_probing.py::test_a_login_after_an_open_name_keeps_the_order_of_its_lines",
+            M + "test_user_probing.py::test_the_login_grace_line_follows_the_lines_of_before",
+            M + "test_user_probing.py::test_the_protocol_error_line_follows_the_lines_of_before",
+            M + "test_user_probing.py::test_the_too_many_waiting_line_follows_the_lines_of_before",
+            M + "test_user_probing.py::test_the_queue_stays_bounded_however_long_names_alternate",
+            M + "test_user_probing.py::test_a_bug_deciding_one_name_loses_no_line_of_the_others",
+            M + "test_user_probing.py::test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others",
+            R + "test_waiting_auth_lines.py::test_lines_waiting_at_sigterm_are_written_in_order",
         ],
         "not claimed: a publickey request reads authorized_keys before its answer, as sshd's": [
             M + "test_user_probing.py::test_a_publickey_request_reads_the_file_as_sshds_does",
