@@ -94,6 +94,7 @@ class Server:
         wrap: list[str] | None = None,
     ):
         self.fx, self.tree, self.name = fx, tree, name
+        self.latency_ms = 0.0  # of the last execs()
         d = fx.root / name
         users = d / "keys" / "authorized_keys"
         users.mkdir(parents=True)
@@ -151,9 +152,13 @@ class Server:
         """Run n fresh execs; returns ms per exec: server CPU (utime+stime), server CPU (schedstat),
         client CPU."""
         server0, ns0, client0 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
+        walls = []
         for _ in range(n):
+            started = time.perf_counter()
             self.ssh()
+            walls.append((time.perf_counter() - started) * 1000)
         server1, ns1, client1 = cpu_s(self.proc.pid), run_ns(self.proc.pid), children_cpu_s()
+        self.latency_ms = statistics.median(walls)  # the fresh exec's latency, as run.py times it
         return (server1 - server0) * 1000 / n, (ns1 - ns0) / 1e6 / n, (client1 - client0) * 1000 / n
 
     def switched_execs(self, n: int, output: Path) -> tuple[float, float, float]:
@@ -237,6 +242,8 @@ def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: P
     ticks: dict[int, list[float]] = {}
     sched: dict[int, list[float]] = {}
     clients: list[float] = []
+    latency: dict[int, list[float]] = {}
+    floor: dict[int, list[float]] = {}
     try:  # the servers started so far are stopped whatever fails, a later one's start included
         for i, tree in enumerate(trees):
             servers.append(Server(fx, tree, f"tree{i}"))
@@ -244,6 +251,8 @@ def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: P
             servers.append(AsyncsshServer(fx, asyncssh.resolve()))  # it runs in its own directory
         ticks.update({i: [] for i in range(len(servers))})
         sched.update({i: [] for i in range(len(servers))})
+        latency.update({i: [] for i in range(len(servers))})
+        floor.update({i: [] for i in range(len(servers))})
         for s in servers:
             s.execs(10)  # warm-up
         for r in range(rounds):
@@ -253,6 +262,8 @@ def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: P
                 ticks[i].append(by_ticks)
                 sched[i].append(by_sched)
                 clients.append(client_ms)
+                latency[i].append(servers[i].latency_ms)
+                floor[i].append(servers[i].latency_ms / client_ms)
     finally:
         for s in servers:
             s.stop()
@@ -265,12 +276,16 @@ def compare(fx: Fixture, trees: list[Path], execs: int, rounds: int, asyncssh: P
             f"                  {statistics.median(b):5.2f} ({min(b):.2f}-{max(b):.2f})   {server}"
         )
     print(f"  ssh client CPU per exec (the floor): median {statistics.median(clients):.2f}")
+    print("fresh exec latency, ms: median of the rounds' medians; latency / that round's client CPU")
+    for i, server in enumerate(servers):
+        print(f"  {statistics.median(latency[i]):5.2f}   {statistics.median(floor[i]):.3f}   {server}")
 
     def paired(i: int, j: int) -> str:
         """Median over rounds of the per-round ratio: both measured minutes apart at most."""
         by_ticks = statistics.median(x / y for x, y in zip(ticks[i], ticks[j], strict=True))
         by_sched = statistics.median(x / y for x, y in zip(sched[i], sched[j], strict=True))
-        return f"{by_ticks:.2f} (utime+stime), {by_sched:.2f} (schedstat)"
+        by_latency = statistics.median(x / y for x, y in zip(latency[i], latency[j], strict=True))
+        return f"{by_ticks:.2f} (utime+stime), {by_sched:.2f} (schedstat), latency {by_latency:.3f}"
 
     for i in range(1, len(trees)):
         print(f"  {trees[i]} / {trees[0]}: {paired(i, 0)}")
