@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from types import FunctionType, MethodType
+from typing import Any, Protocol, TextIO, cast
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
@@ -62,7 +63,16 @@ class FastLogger(Logger):
         self._publish(level, format, kwargs)
 
     def info(self, format: str | None = None, **kwargs: object) -> None:
-        self._publish(LogLevel.info, format, kwargs)
+        # _publish inline (one call fewer for each of the six lines per connection)
+        kwargs["log_logger"] = self
+        kwargs["log_level"] = LogLevel.info
+        kwargs["log_namespace"] = self.namespace
+        kwargs["log_source"] = self.source
+        kwargs["log_format"] = format
+        kwargs["log_time"] = time.time()
+        if "log_trace" in kwargs:
+            kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
+        self.observer.__call__(kwargs)
 
     def _publish(self, level: LogLevel, format: str | None, event: dict[str, object]) -> None:
         # Logger.emit's event.update(...), as item assignments: update(**) builds a dict of its
@@ -75,7 +85,9 @@ class FastLogger(Logger):
         event["log_time"] = time.time()
         if "log_trace" in event:
             event["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
-        self.observer(event)
+        # Through its __call__ method: an object called as such goes through C and a new
+        # interpreter frame loop; its method is called inline (CPython 3.11's bound-method call).
+        self.observer.__call__(event)
 
 
 #: Twisted's levels in order, as ints (NamedConstant comparisons are Python calls).
@@ -732,6 +744,19 @@ def journal_observer(err: TextIO, path: str = JOURNAL_SOCKET, reactor: Any = Non
     return SenderObserver(JournalSender(path, reactor), lambda event: journal_entry(journal_fields(event)), err)
 
 
+def direct_call(observer: ILogObserver) -> ILogObserver:
+    """What calls `observer` fastest from Python: an object's bound __call__ (CPython 3.11 calls
+    a bound Python method inline; the object itself goes through C and a nested frame loop,
+    ~1.5 k instructions a call, four calls per log line), else the observer itself."""
+    try:
+        call = type(observer).__call__
+    except AttributeError:
+        return observer
+    if isinstance(call, FunctionType):
+        return cast(ILogObserver, MethodType(call, observer))  # called as the observer is
+    return observer
+
+
 @implementer(ILogObserver)
 class LevelFilter:
     """Passes an event on when its level is at least its namespace's: the level of the longest
@@ -741,6 +766,7 @@ class LevelFilter:
 
     def __init__(self, observer: ILogObserver, default: LogLevel, levels: Mapping[str, LogLevel]):
         self._observer = observer
+        self._forward = direct_call(observer)
         self._levels = {namespace: _LEVEL_RANK[level] for namespace, level in levels.items()}
         self._default = self._levels.pop("", _LEVEL_RANK[default])  # as there, "" is the default
         self._minimum: dict[str, int] = {}
@@ -770,14 +796,14 @@ class LevelFilter:
                 return
         if "log_trace" in event:
             event["log_trace"].append((self, self._observer))
-        self._observer(event)
+        self._forward(event)
 
 
 def filtered(observer: ILogObserver) -> ILogObserver:
     """What `serve` shows: conchcmd's own lines from info up, everything else (Conch's chatter) from
     warn up, and a warning of its own when connections are closed at accept (out of descriptors)."""
     levels = LevelFilter(observer, LogLevel.warn, {LOG_NAMESPACE: LogLevel.info, AUTH_LOG_NAMESPACE: LogLevel.info})
-    return AcceptFailures(levels, LOG_NAMESPACE)
+    return direct_call(AcceptFailures(direct_call(levels), LOG_NAMESPACE))
 
 
 def log_observer(target: str, syslog_address: str | None, reactor: Any, out: TextIO, err: TextIO) -> ILogObserver:

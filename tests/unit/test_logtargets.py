@@ -627,3 +627,32 @@ def test_a_shrunk_audit_record_keeps_escapes_escaped() -> None:
     fitted = lt.fit_record(text, 2000)
     assert len(fitted.encode("utf-8")) <= 2000 and fitted.isascii()
     assert json.loads(fitted)["truncated"] is True
+
+
+def test_direct_call_calls_an_observer_as_calling_it_does() -> None:
+    """direct_call gives an object's bound __call__ (the same call, made inline) and leaves a
+    function or a builtin as it is; what `filtered` builds from it still traces each hop."""
+    seen: list[dict[str, object]] = []
+
+    class Observer:
+        def __call__(self, event: dict[str, object]) -> None:
+            seen.append(event)
+
+    observer = Observer()
+    call = lt.direct_call(observer)
+    assert call.__self__ is observer and call.__func__ is Observer.__call__  # type: ignore[attr-defined]
+    append = seen.append
+    assert lt.direct_call(append) is append
+    assert lt.direct_call(print) is print
+
+    def function(event: dict[str, object]) -> None:
+        seen.append(event)
+
+    assert lt.direct_call(function) is function
+
+    publisher = LogPublisher(lt.filtered(observer))
+    trace: list[object] = []
+    lt.FastLogger(namespace=lt.LOG_NAMESPACE, observer=publisher).info("one {x}", x=1, log_trace=trace)
+    lt.FastLogger(namespace="twisted.x", observer=publisher).info("dropped")
+    assert [e["log_format"] for e in seen] == ["one {x}"]
+    assert len(trace) == 3 and trace[-1][1] is observer  # type: ignore[index]  # the level filter's hop: the object
