@@ -9,14 +9,17 @@ here blocks the reactor: a target that is down drops lines, counted, with a warn
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import fcntl
+import io
 import ipaddress
 import json
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -24,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FunctionType, MethodType
-from typing import Any, Protocol, TextIO, cast
+from typing import IO, Any, Protocol, TextIO, cast
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
@@ -194,6 +197,7 @@ class ClassicFileObserver(FileLogObserver):
     def __init__(self, out: TextIO, time_format: str):
         self._lines = ClassicLines(time_format)
         super().__init__(out, self._lines)
+        self._binary = _binary_layer(out)
 
     def __call__(self, event: LogEvent) -> None:
         try:
@@ -226,8 +230,35 @@ class ClassicFileObserver(FileLogObserver):
         line = f"{lines._stamp} [{system}] {text}\n"
         if "\n" in text or "\n" in system:
             line = line[:-1].replace("\n", "\n\t") + "\n"
-        self._outFile.write(line)
-        self._outFile.flush()
+        binary = self._binary
+        if binary is None:
+            self._outFile.write(line)
+            self._outFile.flush()
+        else:  # the text layer's work for this line (its encoder, its pending list), done here
+            buffer, encoding, errors = binary
+            buffer.write(line.encode(encoding, errors))
+            buffer.flush()
+
+
+#: Encodings a line can be encoded in by itself, as the text layer would (no state, no BOM).
+_STATELESS = frozenset({"utf-8", "ascii", "iso8859-1"})
+
+
+def _binary_layer(out: TextIO) -> tuple[IO[bytes], str, str] | None:
+    """Where ClassicFileObserver may write a line's bytes past `out`'s text layer: the process's
+    own stdout (made by Python on POSIX with newline "\n": nothing to translate), in a stateless
+    encoding, switched to write_through so that whatever anyone writes to it reaches the binary
+    buffer at once (the buffer still gathers it until a flush): a line written to the buffer then
+    comes after everything written before it, by any writer. None for any other stream."""
+    if os.name != "posix" or type(out) is not io.TextIOWrapper or out is not sys.__stdout__:
+        return None
+    try:
+        if codecs.lookup(out.encoding).name not in _STATELESS:
+            return None
+        out.reconfigure(write_through=True)  # flushes what the text layer holds now
+    except (LookupError, OSError, ValueError):  # an odd encoding, a closed stream
+        return None
+    return out.buffer, out.encoding, out.errors or "strict"
 
 
 # -- stdout -------------------------------------------------------------------------------------

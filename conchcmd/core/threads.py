@@ -64,7 +64,10 @@ class ThreadRunner:
         # up (the time left goes negative, read as "no timeout"): that worker never left, and
         # pool.stop() (the server's SIGTERM) waited for it for good. Queue's wait keeps its timeout.
         # A job, or None (put by `stop`, one per worker): no job, look whether you may go.
-        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]] | None]
+        # (fn, args, what takes its value, what takes its Failure) on the reactor thread
+        self._jobs: queue.Queue[
+            tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any], object], Callable[[Any], object]] | None
+        ]
         self._jobs = queue.Queue()
         self._stopped = False
         self._lock = threading.Lock()
@@ -76,7 +79,26 @@ class ThreadRunner:
         if self.pool.joined or self._stopped:  # a stopped pool runs nothing: said at once, not never
             return defer.fail(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run"))
         d: defer.Deferred[T] = defer.Deferred()
-        self._jobs.put((fn, args, d))
+        self._put(fn, args, d.callback, d.errback)
+        return d
+
+    def run_then(self, then: Callable[[Any], object], fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` as `run` does, and hand its outcome (its value or a Failure) to `then`
+        on the reactor thread, with no Deferred between: for a caller that settles a Deferred of
+        its own (see `settle_with`). A stopped runner hands `then` RunnerStopped at once."""
+        if self.pool.joined or self._stopped:
+            then(Failure(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run")))
+            return
+        self._put(fn, args, then, then)
+
+    def _put(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        ok: Callable[[Any], object],
+        failed: Callable[[Any], object],
+    ) -> None:
+        self._jobs.put((fn, args, ok, failed))
         with self._lock:
             self._pending += 1
             start = self._pending > self._idle and self._workers < self.pool.max
@@ -84,7 +106,6 @@ class ThreadRunner:
                 self._workers += 1
         if start:
             self.pool.callInThread(self._work)
-        return d
 
     def _work(self) -> None:
         """A worker loop, in one of the pool's threads: run jobs until none came for LINGER."""
@@ -107,7 +128,7 @@ class ThreadRunner:
                     except queue.Empty:
                         job = None
                     if job is not None:
-                        fn, args, d = job
+                        fn, args, ok, failed = job
                         break
                     with lock:
                         # May go if the others waiting cover every job given (a worker that has
@@ -125,11 +146,11 @@ class ThreadRunner:
                 try:
                     result = fn(*args)
                 except BaseException:
-                    deliver(d.errback, Failure())
+                    deliver(failed, Failure())
                 else:
-                    deliver(d.callback, result)
+                    deliver(ok, result)
                     del result
-                del fn, args, d  # nothing of the job kept while waiting for the next
+                del fn, args, ok, failed  # nothing of the job kept while waiting for the next
         finally:
             if not left:  # something raised (deliver, say): the pool logs it; the counts stay right
                 self._ended(idle)
@@ -178,6 +199,51 @@ def _lower_priority(nice: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+#: What a `settle_with` step returns when it has taken charge of firing the Deferred itself.
+LATER: Any = object()
+
+
+def settle_with(
+    runner: BlockingRunner,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    canceller: Callable[[defer.Deferred[T]], None],
+    then: Callable[[Any, defer.Deferred[T]], object],
+) -> defer.Deferred[T]:
+    """A Deferred the caller may cancel (`canceller` then asks the work to stop) for the job
+    `fn(*args)`: `abandonable(runner.run(fn, *args).addBoth(then), canceller)` with one Deferred
+    instead of two. `then(outcome, d)` sees the job's outcome (a value or a Failure) once the job
+    has really ended, even after a cancel, and returns what `d` fires with (a Failure: an
+    errback; a bug in `then` is one too), or LATER when it will see to `d` itself (through
+    `settle`). After a cancel, what it returns is dropped, failures included."""
+    result: defer.Deferred[T] = defer.Deferred(canceller)
+
+    def arrived(outcome: Any) -> None:
+        try:
+            outcome = then(outcome, result)
+        except BaseException:
+            outcome = Failure()
+        if outcome is not LATER:
+            settle(result, outcome)
+
+    if isinstance(runner, ThreadRunner):
+        runner.run_then(arrived, fn, *args)
+    else:
+        runner.run(fn, *args).addBoth(arrived)
+    return result
+
+
+def settle(d: defer.Deferred[Any], outcome: Any) -> None:
+    """Fire `d` with `outcome` (a Failure: errback), unless it has fired already (it was
+    cancelled): the outcome is then dropped, a failure included."""
+    if d.called:
+        return
+    if isinstance(outcome, Failure):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
 
 
 def abandonable(
