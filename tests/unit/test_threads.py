@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import random
 import sys
 import threading
@@ -172,15 +171,14 @@ def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_th
     pool = ThreadPool(minthreads=0, maxthreads=1, name="late")
     pool.start()
     runner = ThreadRunner(ThreadedReactor(), pool)
-    runner.POLL = 0.1  # type: ignore[misc]
     assert run_in(runner, lambda: "first") == "first"  # the one worker now waits for the next job
     threading.Event().wait(0.05)  # (in its wait for a job)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(5.0)  # this thread keeps the GIL: the woken worker runs only later
     try:
         runner.run(lambda: None)
-        taken = runner._jobs.get_nowait()  # another worker (here: this thread) takes the job first
-        with runner._lock:
+        with runner._lock:  # another worker (here: this thread) takes the job first
+            taken = runner._jobs.popleft()
             runner._pending -= 1  # and counts it taken, as a worker does
         due = time.monotonic() + 0.3  # past the woken worker's wait, without giving up the GIL
         while time.monotonic() < due:
@@ -189,11 +187,12 @@ def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_th
         sys.setswitchinterval(interval)
     stopping = threading.Thread(target=pool.stop, daemon=True)
     stopping.start()
-    stopping.join(10)  # the worker sees the pool stopped within POLL: far less than this
+    stopping.join(10)  # the worker sees the pool stopped once LINGER is up: far less than this
     hung = stopping.is_alive()
-    if hung:  # wake the stuck worker (any job does), so that the test itself ends
-        runner._jobs.put(taken)
+    if hung:  # wake the stuck worker, so that the test itself ends
+        runner.stop()
         stopping.join(10)
+    del taken
     assert not hung, "pool.stop() waited for a worker that never left its wait"
 
 
@@ -233,14 +232,14 @@ def test_a_worker_ended_by_an_exception_leaves_the_counts_right_and_jobs_still_r
     assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
 
 
-class CountingQueue(queue.Queue):  # type: ignore[type-arg]
-    """The runner's job queue, counting the waits for a job (each a wake-up of a worker)."""
+class CountingSleepers(list):  # type: ignore[type-arg]
+    """The runner's list of sleeping workers, counting the times one went to sleep."""
 
-    gets = 0
+    sleeps = 0
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        self.gets += 1
-        return super().get(block, timeout)
+    def append(self, item: Any) -> None:
+        self.sleeps += 1
+        super().append(item)
 
 
 def test_a_waiting_worker_sleeps_until_a_job_comes_without_polling() -> None:
@@ -248,13 +247,13 @@ def test_a_waiting_worker_sleeps_until_a_job_comes_without_polling() -> None:
     pool.start()
     runner = ThreadRunner(ThreadedReactor(), pool)
     runner.LINGER = 30  # type: ignore[misc]
-    runner._jobs = jobs = CountingQueue()
+    runner._sleepers = sleepers = CountingSleepers()
     try:
         assert run_in(runner, lambda: "a") == "a"
         threading.Event().wait(0.4)  # the worker waits for the next job (it polled every 50 ms)
-        assert jobs.gets == 2  # the wait that took "a", and the one still going on
+        assert sleepers.sleeps == 1  # the one wait still going on ("a" came before the worker)
         assert run_in(runner, lambda: "b") == "b"  # woken by the job itself
-        assert jobs.gets in (2, 3)  # (the worker may not yet be back in its wait)
+        assert sleepers.sleeps in (1, 2)  # (the worker may not yet be back in its wait)
     finally:
         runner.stop()
         stopping = threading.Thread(target=pool.stop, daemon=True)
