@@ -155,6 +155,9 @@ class ThreadRunner:
                 del fn, args, ok, failed  # nothing of the job kept while waiting for the next
         finally:
             if not left:  # something raised (deliver, say): the pool logs it; the counts stay right
+                with lock:
+                    if wake in self._sleepers:  # a job must never wake a worker that has gone
+                        self._sleepers.remove(wake)
                 self._ended(idle)
 
     def stop(self) -> None:
