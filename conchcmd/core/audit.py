@@ -456,7 +456,14 @@ class AppendFile:
         if self._fd is None:
             self._fd = self._open()
         fd = self._fd
-        view = memoryview(line)
+        try:
+            written = os.write(fd, line)  # the usual case: all of it at once, no view to slice
+        except OSError:
+            self.close()
+            raise
+        if written == len(line):
+            return
+        view = memoryview(line)[written:]
         try:
             while view:
                 view = view[os.write(fd, view) :]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -40,8 +40,8 @@ class InlineRunner:
 class ThreadRunner:
     """Runs blocking work in the threads of a pool owned by the server.
 
-    A job costs the reactor thread a queue entry: the pool's threads run worker loops that take
-    jobs from this runner's queue and stay a moment (LINGER) for the next one, instead of each job
+    A job costs the reactor thread a deque entry: the pool's threads run worker loops that take
+    jobs from this runner's deque and stay a moment (LINGER) for the next one, instead of each job
     going through the pool's own hand-over (its context, team and lock bookkeeping, ~30 calls on
     the reactor thread per job). The pool still owns the threads: at most `pool.max` loops run, a
     loop gives its thread back once idle for LINGER (at once after `stop`), and a stopped pool
@@ -53,19 +53,21 @@ class ThreadRunner:
     """
 
     LINGER = 0.5  # seconds a worker waits for another job before giving its thread back
-    POLL = 0.05  # how long a worker waits again when LINGER is up but it may not go yet (see _work)
 
     def __init__(self, reactor: Any, pool: ThreadPool, nice: int = 0):
         self.reactor = reactor
         self.pool = pool
         self.nice = nice
-        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) waits for ever
-        # when a waiter is woken for a job another worker took and runs only after its time was
-        # up (the time left goes negative, read as "no timeout"): that worker never left, and
-        # pool.stop() (the server's SIGTERM) waited for it for good. Queue's wait keeps its timeout.
-        # A job, or None (put by `stop`, one per worker): no job, look whether you may go.
-        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]] | None]
-        self._jobs = queue.Queue()
+        # Jobs wait in a deque (the reactor's append and a worker's popleft are single C calls);
+        # a worker with nothing to do sleeps on a lock of its own, listed in _sleepers, which
+        # whoever gives a job (or `stop`) releases: no Queue and Condition (~15 Python calls a
+        # job between the two threads), and a timed wait that is always the worker's own (CPython
+        # 3.11's SimpleQueue.get(timeout) waited for ever when woken for a job another worker took
+        # after its time was up: pool.stop(), the server's SIGTERM, then waited for it for good).
+        # (fn, args, what takes its value, what takes its Failure) on the reactor thread
+        self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any], object], Callable[[Any], object]]]
+        self._jobs = deque()
+        self._sleepers: list[threading.Lock] = []
         self._stopped = False
         self._lock = threading.Lock()
         self._pending = 0  # jobs given and not yet taken
@@ -76,21 +78,44 @@ class ThreadRunner:
         if self.pool.joined or self._stopped:  # a stopped pool runs nothing: said at once, not never
             return defer.fail(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run"))
         d: defer.Deferred[T] = defer.Deferred()
-        self._jobs.put((fn, args, d))
+        self._put(fn, args, d.callback, d.errback)
+        return d
+
+    def run_then(self, then: Callable[[Any], object], fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` as `run` does, and hand its outcome (its value or a Failure) to `then`
+        on the reactor thread, with no Deferred between: for a caller that settles a Deferred of
+        its own (see `settle_with`). A stopped runner hands `then` RunnerStopped at once."""
+        if self.pool.joined or self._stopped:
+            then(Failure(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run")))
+            return
+        self._put(fn, args, then, then)
+
+    def _put(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        ok: Callable[[Any], object],
+        failed: Callable[[Any], object],
+    ) -> None:
         with self._lock:
+            self._jobs.append((fn, args, ok, failed))
             self._pending += 1
+            if self._sleepers:  # one asleep: it takes this job
+                self._sleepers.pop().release()
+                return
             start = self._pending > self._idle and self._workers < self.pool.max
             if start:
                 self._workers += 1
         if start:
             self.pool.callInThread(self._work)
-        return d
 
     def _work(self) -> None:
         """A worker loop, in one of the pool's threads: run jobs until none came for LINGER."""
         if self.nice:
             _lower_priority(self.nice)
         jobs, lock, deliver = self._jobs, self._lock, self.reactor.callFromThread
+        wake = threading.Lock()
+        wake.acquire()  # held: the worker's sleep (acquire again) lasts until someone releases it
         idle = False  # counted in _idle
         left = False  # counted out of _idle and _workers on the way out
         try:
@@ -100,38 +125,39 @@ class ThreadRunner:
                     idle = True
                 until = time.monotonic() + self.LINGER
                 while True:
-                    # One timed wait for the rest of LINGER; POLL once that is up and this worker
-                    # may not go yet (another has just taken a job and not yet counted it).
-                    try:
-                        job = jobs.get(timeout=max(until - time.monotonic(), self.POLL))
-                    except queue.Empty:
-                        job = None
-                    if job is not None:
-                        fn, args, d = job
-                        break
                     with lock:
-                        # May go if the others waiting cover every job given (a worker that has
-                        # just taken one counts in both).
-                        stopped = self._stopped or self.pool.joined
-                        if (stopped or time.monotonic() >= until) and self._idle > self._pending:
+                        if jobs:
+                            fn, args, ok, failed = jobs.popleft()
+                            self._idle -= 1
+                            idle = False
+                            self._pending -= 1
+                            break
+                        if self._stopped or self.pool.joined or time.monotonic() >= until:
                             self._idle -= 1
                             self._workers -= 1
                             left = True
                             return
-                with lock:
-                    self._idle -= 1
-                    idle = False
-                    self._pending -= 1
+                        self._sleepers.append(wake)
+                    # Asleep until a job or `stop` wakes it, or LINGER is up.
+                    if not wake.acquire(timeout=max(until - time.monotonic(), 0.0)):
+                        with lock:
+                            if wake in self._sleepers:
+                                self._sleepers.remove(wake)
+                            else:  # woken just as its time was up: armed again at once
+                                wake.acquire()
                 try:
                     result = fn(*args)
                 except BaseException:
-                    deliver(d.errback, Failure())
+                    deliver(failed, Failure())
                 else:
-                    deliver(d.callback, result)
+                    deliver(ok, result)
                     del result
-                del fn, args, d  # nothing of the job kept while waiting for the next
+                del fn, args, ok, failed  # nothing of the job kept while waiting for the next
         finally:
             if not left:  # something raised (deliver, say): the pool logs it; the counts stay right
+                with lock:
+                    if wake in self._sleepers:  # a job must never wake a worker that has gone
+                        self._sleepers.remove(wake)
                 self._ended(idle)
 
     def stop(self) -> None:
@@ -140,9 +166,9 @@ class ThreadRunner:
         still run."""
         with self._lock:
             self._stopped = True
-            workers = self._workers
-        for _ in range(workers):
-            self._jobs.put(None)
+            for sleeper in self._sleepers:
+                sleeper.release()
+            self._sleepers.clear()
 
     def _ended(self, idle: bool) -> None:
         """A worker loop ended by an exception: counted out, and replaced if jobs wait for it."""
@@ -178,6 +204,51 @@ def _lower_priority(nice: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+#: What a `settle_with` step returns when it has taken charge of firing the Deferred itself.
+LATER: Any = object()
+
+
+def settle_with(
+    runner: BlockingRunner,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    canceller: Callable[[defer.Deferred[T]], None],
+    then: Callable[[Any, defer.Deferred[T]], object],
+) -> defer.Deferred[T]:
+    """A Deferred the caller may cancel (`canceller` then asks the work to stop) for the job
+    `fn(*args)`: `abandonable(runner.run(fn, *args).addBoth(then), canceller)` with one Deferred
+    instead of two. `then(outcome, d)` sees the job's outcome (a value or a Failure) once the job
+    has really ended, even after a cancel, and returns what `d` fires with (a Failure: an
+    errback; a bug in `then` is one too), or LATER when it will see to `d` itself (through
+    `settle`). After a cancel, what it returns is dropped, failures included."""
+    result: defer.Deferred[T] = defer.Deferred(canceller)
+
+    def arrived(outcome: Any) -> None:
+        try:
+            outcome = then(outcome, result)
+        except BaseException:
+            outcome = Failure()
+        if outcome is not LATER:
+            settle(result, outcome)
+
+    if isinstance(runner, ThreadRunner):
+        runner.run_then(arrived, fn, *args)
+    else:
+        runner.run(fn, *args).addBoth(arrived)
+    return result
+
+
+def settle(d: defer.Deferred[Any], outcome: Any) -> None:
+    """Fire `d` with `outcome` (a Failure: errback), unless it has fired already (it was
+    cancelled): the outcome is then dropped, a failure included."""
+    if d.called:
+        return
+    if isinstance(outcome, Failure):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
 
 
 def abandonable(

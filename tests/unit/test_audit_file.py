@@ -287,3 +287,28 @@ def test_a_group_that_cannot_be_given_leaves_it_owner_only(tmp_path: Path, monke
     assert mode_of(path) == 0o600
     (warning,) = warnings(captured)
     assert "cannot give it group 12345 and mode 0640 (Operation not permitted); it stays owner-only" in warning
+
+
+def test_a_line_the_kernel_takes_in_pieces_is_written_once_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short write (a signal, a pipe near full) goes on from where it stopped: the line is in
+    the file once, whole, and nothing of it is written twice."""
+    path = tmp_path / "audit.log"
+    target = AppendFile(str(path))
+    real_write = os.write
+    sizes: list[int] = []
+
+    def short_write(fd: int, data: Any) -> int:
+        n = real_write(fd, bytes(data)[: max(1, len(data) // 3)])
+        sizes.append(n)
+        return n
+
+    monkeypatch.setattr(os, "write", short_write)
+    line = b'{"event": "command", "argv": ["comphash", "/srv/a"]}\n'
+    target.write(line)
+    monkeypatch.undo()
+    target.write(b"next\n")
+    target.close()
+    assert len(sizes) > 2
+    assert path.read_bytes() == line + b"next\n"

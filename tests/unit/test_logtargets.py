@@ -9,8 +9,11 @@ import array
 import io
 import json
 import os
+import re
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -627,3 +630,69 @@ def test_a_shrunk_audit_record_keeps_escapes_escaped() -> None:
     fitted = lt.fit_record(text, 2000)
     assert len(fitted.encode("utf-8")) <= 2000 and fitted.isascii()
     assert json.loads(fitted)["truncated"] is True
+
+
+def test_direct_call_calls_an_observer_as_calling_it_does() -> None:
+    """direct_call gives an object's bound __call__ (the same call, made inline) and leaves a
+    function or a builtin as it is; what `filtered` builds from it still traces each hop."""
+    seen: list[dict[str, object]] = []
+
+    class Observer:
+        def __call__(self, event: dict[str, object]) -> None:
+            seen.append(event)
+
+    observer = Observer()
+    call = lt.direct_call(observer)
+    assert call.__self__ is observer and call.__func__ is Observer.__call__  # type: ignore[attr-defined]
+    append = seen.append
+    assert lt.direct_call(append) is append
+    assert lt.direct_call(print) is print
+
+    def function(event: dict[str, object]) -> None:
+        seen.append(event)
+
+    assert lt.direct_call(function) is function
+
+    publisher = LogPublisher(lt.filtered(observer))
+    trace: list[object] = []
+    lt.FastLogger(namespace=lt.LOG_NAMESPACE, observer=publisher).info("one {x}", x=1, log_trace=trace)
+    lt.FastLogger(namespace="twisted.x", observer=publisher).info("dropped")
+    assert [e["log_format"] for e in seen] == ["one {x}"]
+    assert len(trace) == 3 and trace[-1][1] is observer  # type: ignore[index]  # the level filter's hop: the object
+
+
+_ORDER_SCRIPT = r"""
+import sys
+from twisted.logger import LogPublisher
+from conchcmd.core.audit import StreamTarget
+from conchcmd.core.logtargets import LOG_NAMESPACE, FastLogger, stdout_observer
+
+print("one")  # held in the text layer (stdout is a pipe: not line-buffered)
+observer = stdout_observer(sys.stdout, {})
+log = FastLogger(namespace=LOG_NAMESPACE, observer=LogPublisher(observer))
+print("two")
+log.info("three {x}", x="caf\u00e9")
+sys.stdout.write("four\n")
+StreamTarget(sys.stdout).write(b'{"five": 5}\n')
+log.info("six")
+print("seven")
+sys.stdout.write("eight\n")
+log.info("nine")
+"""
+
+
+def test_stdout_lines_keep_their_order_with_other_writers_of_stdout() -> None:
+    """The stdout observer writes a line's bytes past the text layer of the process's stdout: what
+    other writers left there unflushed (print, the audit log's "-") still comes first, in order,
+    and the line's bytes are what the text layer would have written."""
+    # A buffered stdout, as a server's is without -u: what print leaves waits in its text layer.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-c", _ORDER_SCRIPT], capture_output=True, env=env, timeout=60, check=True)
+    lines = done.stdout.decode("utf-8").splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[conchcmd\.log#info\] "
+    assert lines[:2] == ["one", "two"]
+    assert re.fullmatch(stamp + "three caf\u00e9", lines[2])
+    assert lines[3:5] == ["four", '{"five": 5}']
+    assert re.fullmatch(stamp + "six", lines[5])
+    assert lines[6:8] == ["seven", "eight"]
+    assert re.fullmatch(stamp + "nine", lines[8]) and len(lines) == 9

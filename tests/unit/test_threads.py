@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import random
 import sys
 import threading
@@ -18,7 +17,7 @@ from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
 from conchcmd.core.config import Config, LimitsConfig
-from conchcmd.core.threads import RunnerStopped, ThreadRunner, abandonable
+from conchcmd.core.threads import LATER, RunnerStopped, ThreadRunner, abandonable, settle, settle_with
 from conchcmd.edge.service import PASSWORD_THREADS_NICE, ConchcmdService
 
 
@@ -172,15 +171,14 @@ def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_th
     pool = ThreadPool(minthreads=0, maxthreads=1, name="late")
     pool.start()
     runner = ThreadRunner(ThreadedReactor(), pool)
-    runner.POLL = 0.1  # type: ignore[misc]
     assert run_in(runner, lambda: "first") == "first"  # the one worker now waits for the next job
     threading.Event().wait(0.05)  # (in its wait for a job)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(5.0)  # this thread keeps the GIL: the woken worker runs only later
     try:
         runner.run(lambda: None)
-        taken = runner._jobs.get_nowait()  # another worker (here: this thread) takes the job first
-        with runner._lock:
+        with runner._lock:  # another worker (here: this thread) takes the job first
+            taken = runner._jobs.popleft()
             runner._pending -= 1  # and counts it taken, as a worker does
         due = time.monotonic() + 0.3  # past the woken worker's wait, without giving up the GIL
         while time.monotonic() < due:
@@ -189,11 +187,12 @@ def test_a_waiting_worker_woken_late_for_a_job_another_took_still_leaves_when_th
         sys.setswitchinterval(interval)
     stopping = threading.Thread(target=pool.stop, daemon=True)
     stopping.start()
-    stopping.join(10)  # the worker sees the pool stopped within POLL: far less than this
+    stopping.join(10)  # the worker sees the pool stopped once LINGER is up: far less than this
     hung = stopping.is_alive()
-    if hung:  # wake the stuck worker (any job does), so that the test itself ends
-        runner._jobs.put(taken)
+    if hung:  # wake the stuck worker, so that the test itself ends
+        runner.stop()
         stopping.join(10)
+    del taken
     assert not hung, "pool.stop() waited for a worker that never left its wait"
 
 
@@ -233,14 +232,14 @@ def test_a_worker_ended_by_an_exception_leaves_the_counts_right_and_jobs_still_r
     assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
 
 
-class CountingQueue(queue.Queue):  # type: ignore[type-arg]
-    """The runner's job queue, counting the waits for a job (each a wake-up of a worker)."""
+class CountingSleepers(list):  # type: ignore[type-arg]
+    """The runner's list of sleeping workers, counting the times one went to sleep."""
 
-    gets = 0
+    sleeps = 0
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        self.gets += 1
-        return super().get(block, timeout)
+    def append(self, item: Any) -> None:
+        self.sleeps += 1
+        super().append(item)
 
 
 def test_a_waiting_worker_sleeps_until_a_job_comes_without_polling() -> None:
@@ -248,13 +247,13 @@ def test_a_waiting_worker_sleeps_until_a_job_comes_without_polling() -> None:
     pool.start()
     runner = ThreadRunner(ThreadedReactor(), pool)
     runner.LINGER = 30  # type: ignore[misc]
-    runner._jobs = jobs = CountingQueue()
+    runner._sleepers = sleepers = CountingSleepers()
     try:
         assert run_in(runner, lambda: "a") == "a"
         threading.Event().wait(0.4)  # the worker waits for the next job (it polled every 50 ms)
-        assert jobs.gets == 2  # the wait that took "a", and the one still going on
+        assert sleepers.sleeps == 1  # the one wait still going on ("a" came before the worker)
         assert run_in(runner, lambda: "b") == "b"  # woken by the job itself
-        assert jobs.gets in (2, 3)  # (the worker may not yet be back in its wait)
+        assert sleepers.sleeps in (1, 2)  # (the worker may not yet be back in its wait)
     finally:
         runner.stop()
         stopping = threading.Thread(target=pool.stop, daemon=True)
@@ -350,3 +349,82 @@ def test_a_command_whose_runner_has_stopped_ends_as_on_a_bug(harness, tmp_path: 
     assert (run.outcome.status, run.out, run.err) == (1, "", "conchcmd: internal error\n")
     [record] = h.audit.of("command")
     assert record["exit_code"] == 1
+
+
+class HeldRunner:
+    """A BlockingRunner whose jobs end when the test says (not a ThreadRunner: settle_with's
+    general path)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[defer.Deferred[Any]] = []
+
+    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.jobs.append(defer.Deferred())
+        return self.jobs[-1]
+
+
+def test_settle_with_passes_the_outcome_through_then_until_cancelled() -> None:
+    runner = HeldRunner()
+    seen: list[Any] = []
+    ok = settle_with(runner, print, (), lambda _: None, lambda outcome, d: (seen.append(outcome), outcome + 1)[1])
+    runner.jobs[0].callback(1)
+    assert ok.result == 2 and seen == [1]
+    refused = settle_with(runner, print, (), lambda _: None, lambda outcome, d: outcome)
+    runner.jobs[1].errback(ValueError("no"))
+    assert refused.result.check(ValueError)
+    refused.addErrback(lambda _: None)
+    buggy = settle_with(runner, print, (), lambda _: None, lambda outcome, d: 1 // 0)
+    runner.jobs[2].callback("x")
+    assert buggy.result.check(ZeroDivisionError)  # a bug in `then` ends the wait with it
+    buggy.addErrback(lambda _: None)
+    later = settle_with(runner, print, (), lambda _: None, lambda outcome, d: LATER)
+    runner.jobs[3].callback("x")
+    assert not later.called
+    settle(later, "when the step says")
+    assert later.result == "when the step says"
+
+
+def test_settle_with_hands_a_late_outcome_to_then_once_the_job_ends_and_drops_it() -> None:
+    """As abandonable: a cancel ends the wait at once and asks the work to stop; `then` still
+    sees the outcome when the job really ends (comphash frees its slot only then), and what it
+    returns, a failure included, goes nowhere (no unhandled error in the log)."""
+    runner = HeldRunner()
+    asked: list[str] = []
+    seen: list[Any] = []
+
+    def then(outcome: Any, d: Any) -> Any:
+        seen.append(outcome)
+        return outcome
+
+    result = settle_with(runner, print, (), lambda _: asked.append("stop"), then)
+    result.cancel()
+    assert asked == ["stop"] and seen == []
+    assert isinstance(result.result.value, defer.CancelledError)
+    result.addErrback(lambda _: None)
+    runner.jobs[0].errback(ValueError("late failure"))
+    assert seen[0].check(ValueError)
+    assert runner.jobs[0].result is None  # consumed: not logged as unhandled
+    settle(result, "late")  # a step that saw to it itself, late: dropped too
+    assert result.result is None
+
+
+def test_settle_with_on_a_thread_runner_delivers_straight_to_then() -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="settle")
+    pool.start()
+    runner = ThreadRunner(ThreadedReactor(), pool)
+    try:
+        done = threading.Event()
+        got: list[Any] = []
+        ended = settle_with(runner, lambda n: n * 2, (21,), lambda _: None, lambda outcome, d: outcome)
+        ended.addBoth(lambda r: (got.append(r), done.set()))
+        assert done.wait(10) and got == [42]
+        done.clear()
+        failed = settle_with(runner, lambda: 1 // 0, (), lambda _: None, lambda outcome, d: outcome)
+        failed.addErrback(lambda f: (got.append(f), done.set()))
+        assert done.wait(10) and got[1].check(ZeroDivisionError)
+        runner.stop()
+        stopped = settle_with(runner, print, (), lambda _: None, lambda outcome, d: outcome)
+        assert isinstance(stopped.result.value, RunnerStopped)  # at once, as run() says it
+        stopped.addErrback(lambda _: None)
+    finally:
+        pool.stop()
