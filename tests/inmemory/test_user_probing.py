@@ -67,6 +67,16 @@ def leave(conn: Connection) -> None:
     conn.flush()
 
 
+def unknown_name_waiting(world: World) -> tuple[Any, Any]:
+    """A connection whose unknown name's lines wait: two `none` requests for "nobody", answered."""
+    conn = world.connect()
+    auth = conn.start_auth(b"nobody")
+    auth.send_request(b"none", b"")
+    auth.send_request(b"none", b"")
+    conn.flush()
+    return conn, auth
+
+
 @pytest.mark.parametrize("then", [None, b"bob", b"root"], ids=["same-name", "then-configured", "then-unknown"])
 @pytest.mark.parametrize("user", NAMES)
 def test_no_file_is_read_before_a_none_answer(
@@ -208,11 +218,7 @@ def test_the_reason_still_follows_the_line_it_explains(world: World) -> None:
     """A failure's conchcmd.log line (its reason) follows its sshd-worded line, also when that
     line waited for the name to be decided (a second `none` from an unknown name)."""
     with capturedLogs() as events:
-        conn = world.connect()
-        auth = conn.start_auth(b"nobody")
-        auth.send_request(b"none", b"")
-        auth.send_request(b"none", b"")
-        conn.flush()
+        conn, _ = unknown_name_waiting(world)
         leave(conn)
     lines = [formatEvent(e) for e in events if e.get("log_namespace") in (AUTH_LOG_NAMESPACE, LOG_NAMESPACE)]
     failed = lines.index("Failed none for invalid user nobody from 10.0.0.1 port 40000 ssh2")
@@ -430,11 +436,7 @@ def test_the_login_grace_line_follows_the_lines_of_before(tmp_path: Path) -> Non
     conchcmd.log's "Login grace time ... exceeded" line, as they were before the queue."""
     world = make_world(tmp_path)
     with capturedLogs() as events:
-        conn = world.connect()
-        auth = conn.start_auth(b"nobody")
-        auth.send_request(b"none", b"")
-        auth.send_request(b"none", b"")
-        conn.flush()
+        conn, _ = unknown_name_waiting(world)
         world.clock.advance(world.config.limits.login_grace_time)
         conn.flush()
     written = all_lines(events)
@@ -525,11 +527,7 @@ def test_a_bug_writing_a_waiting_line_duplicates_none_of_the_others(
 
     monkeypatch.setattr(AuthLog, "failed", broken)
     with capturedLogs() as events:
-        conn = world.connect()
-        auth = conn.start_auth(b"nobody")
-        auth.send_request(b"none", b"")
-        auth.send_request(b"none", b"")
-        conn.flush()
+        conn, auth = unknown_name_waiting(world)
         auth.probe(STRANGER)
         conn.flush()
         world.clock.advance(0)
@@ -544,11 +542,7 @@ def test_the_protocol_error_line_follows_the_lines_of_before(world: World) -> No
     written before conchcmd.log's "Protocol error" line, as before the queue, and only once the
     disconnect has gone (no file of the name's read before it)."""
     with capturedLogs() as events:
-        conn = world.connect()
-        auth = conn.start_auth(b"nobody")
-        auth.send_request(b"none", b"")
-        auth.send_request(b"none", b"")
-        conn.flush()
+        conn, auth = unknown_name_waiting(world)
         auth.transport.sendPacket(userauth.MSG_USERAUTH_REQUEST, b"\x00\x00\x00\x09nobo")  # cut short
         conn.flush()
     written = all_lines(events)
