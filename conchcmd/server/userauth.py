@@ -257,8 +257,8 @@ class UserAuthService(UserAuthHooks):
             # (a name decided valid has no line to wait for: the queue stays bounded by the
             # counted failures however often a client alternates names its key is good for)
             self._waiting_lines.append((name, None))
-        elif valid is False:
-            t.auth_log.invalid_user(name)
+        elif valid is False:  # decided earlier (a failed password): not before this answer either
+            self._auth_line(None, hold=True)
 
     def _auth_line(self, write: Callable[[bool], None] | None, *, hold: bool = False) -> None:
         """Write an auth-log line about the current name, given whether it is valid (None: the
