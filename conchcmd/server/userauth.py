@@ -280,6 +280,11 @@ class UserAuthService(UserAuthHooks):
 
     def _write_held(self) -> None:
         self._write_call = None
+        if self.transport.closing:
+            # The answer was a disconnect: a closing connection's last bytes are written by the
+            # reactor's next poll, after this turn's timed calls (FlushingReactor, as Twisted's
+            # EPOLLOUT): the lines wait for the connection's end (`_settle_at_end`) instead.
+            return
         self._write_decided()
 
     def _write(self, name: bytes, write: Callable[[bool], None] | None) -> None:

@@ -619,3 +619,40 @@ def test_a_name_decided_earlier_costs_its_none_answer_nothing_either(
     expected = [f"Invalid user nobody {PEER}"] if user == b"nobody" else []
     assert later == [*expected, f"Failed none for {invalid}{user.decode()} {PEER} ssh2"]
     leave(conn)
+
+
+@pytest.mark.parametrize("user", [b"admin", b"bob", b"nobody"])
+def test_the_last_failures_disconnect_leaves_before_any_line_of_any_name(world: World, user: bytes) -> None:
+    """The failure that reaches max_auth_tries is answered by the disconnect, whose bytes leave
+    after the reactor's next turn (a closing connection is written by the next poll, after the
+    timed calls). A configured name's held lines, written on that turn, came before it: ~20 µs
+    that told `[users.bob]` from the others. They come as the connection ends, as the others'."""
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    order: list[str] = []
+    receive = conn.client.dataReceived
+
+    def received(data: bytes) -> None:
+        order.append("answer")
+        receive(data)
+
+    conn.client.dataReceived = received  # type: ignore[method-assign]
+
+    def observer(e: LogEvent) -> None:
+        if e.get("log_namespace") == AUTH_LOG_NAMESPACE:
+            order.append(formatEvent(e))
+
+    for _ in range(6):  # the first is free: five failures
+        auth.send_request(b"none", b"")
+    conn.flush()
+    world.clock.advance(0)
+    order.clear()
+    globalLogPublisher.addObserver(observer)
+    try:
+        auth.send_request(b"none", b"")  # the sixth
+        conn.flush()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert order[0] == "answer", order
+    who = f"invalid user {user.decode()}" if user == b"nobody" else user.decode()
+    assert f"maximum authentication attempts exceeded for {who} {PEER} ssh2" in order
