@@ -159,8 +159,8 @@ class ServerTransport(ModernServerTransport):
     #: "invalid user": its authorized_keys read only once no answer can show the read) and
     #: writes the auth lines that waited for it; set by the service, run as the connection ends.
     settle_auth_user: Callable[[bool], None] | None = None
-    #: Writes a line of the server's once the auth lines waiting for `settle_auth_user` are out
-    #: (at once if none waits); set by the service with it.
+    #: Writes the line of the server's that goes with its disconnect as the connection ends, after
+    #: the auth lines waiting for `settle_auth_user`; set by the service with it.
     after_auth_lines: Callable[[Callable[[], None]], None] | None = None
     liveness: Liveness | None = None
     connection_id = ""  # random, set on connectionMade
@@ -483,8 +483,8 @@ class ServerTransport(ModernServerTransport):
 
     def _after_auth_lines(self, write: Callable[[], None]) -> None:
         """The line of the server's saying why it ends the connection: after the auth lines that
-        wait for their name (written as the connection ends, after the disconnect: deciding the
-        name now would read its file before an answer), as it was before they waited."""
+        wait for their name, as the connection ends (after the disconnect, for every name:
+        deciding the name now would read its file before an answer), as it was before they waited."""
         if self.after_auth_lines is not None:
             self.after_auth_lines(write)
         else:

@@ -577,3 +577,113 @@ def test_the_too_many_waiting_line_follows_the_lines_of_before(tmp_path: Path) -
     more = next(i for i, line in enumerate(written) if line.startswith("More than 4 authentication requests"))
     assert f"Invalid user nobody {PEER}" in written[:more]
     assert f"Failed none for invalid user nobody {PEER} ssh2" in written[:more]
+
+
+@pytest.mark.parametrize("user", [b"admin", b"carol", b"nobody"])
+def test_a_name_decided_earlier_costs_its_none_answer_nothing_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user: bytes
+) -> None:
+    """A failed password decides every open name (its delay hides the reads); a `none` for one
+    of them again afterwards is answered at once: nothing may be written before that answer
+    for a name decided invalid either ("Invalid user" was written first, ~20 µs over loopback:
+    a name with keys or configured told from an unknown one). The line still comes, next turn."""
+    world = with_password(tmp_path)
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    auth.send_request(b"none", b"")
+    auth.user = b"root"
+    auth.send_request(b"password", password_data(b"guess"))  # decides `user` and root
+    conn.flush()
+    world.clock.advance(1)
+    conn.flush()
+    assert [m for m, _ in auth.replies] == [FAILURE, FAILURE]
+    auth.user = user
+    with monkeypatch.context() as patch, capturedLogs() as logged:
+        events = trace(patch, conn)
+
+        def observer(e: LogEvent) -> None:
+            events.append(("log", formatEvent(e)))
+
+        globalLogPublisher.addObserver(observer)
+        try:
+            auth.send_request(b"none", b"")
+            conn.flush()
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        before = events[: events.index(("send", FAILURE)) + 1]
+        world.clock.advance(0)
+        later = auth_lines(logged)
+    assert [m for m, _ in auth.replies] == [FAILURE] * 3
+    assert before == [("send", FAILURE)]
+    invalid = "invalid user " if user == b"nobody" else ""
+    expected = [f"Invalid user nobody {PEER}"] if user == b"nobody" else []
+    assert later == [*expected, f"Failed none for {invalid}{user.decode()} {PEER} ssh2"]
+    leave(conn)
+
+
+@pytest.mark.parametrize("user", [b"admin", b"bob", b"nobody"])
+def test_the_last_failures_disconnect_leaves_before_any_line_of_any_name(world: World, user: bytes) -> None:
+    """The failure that reaches max_auth_tries is answered by the disconnect, whose bytes leave
+    after the reactor's next turn (a closing connection is written by the next poll, after the
+    timed calls). A configured name's held lines, written on that turn, came before it: ~20 µs
+    that told `[users.bob]` from the others. They come as the connection ends, as the others'."""
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    order: list[str] = []
+    receive = conn.client.dataReceived
+
+    def received(data: bytes) -> None:
+        order.append("answer")
+        receive(data)
+
+    conn.client.dataReceived = received  # type: ignore[method-assign]
+
+    def observer(e: LogEvent) -> None:
+        if e.get("log_namespace") == AUTH_LOG_NAMESPACE:
+            order.append(formatEvent(e))
+
+    for _ in range(6):  # the first is free: five failures
+        auth.send_request(b"none", b"")
+    conn.flush()
+    world.clock.advance(0)
+    order.clear()
+    globalLogPublisher.addObserver(observer)
+    try:
+        auth.send_request(b"none", b"")  # the sixth
+        conn.flush()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert order[0] == "answer", order
+    who = f"invalid user {user.decode()}" if user == b"nobody" else user.decode()
+    assert f"maximum authentication attempts exceeded for {who} {PEER} ssh2" in order
+
+
+@pytest.mark.parametrize("user", [b"admin", b"bob", b"nobody"])
+def test_a_malformed_requests_disconnect_leaves_before_any_line_of_any_name(world: World, user: bytes) -> None:
+    """A request cut short after its name (no method) ends the connection as a protocol error,
+    answered by the disconnect at once: "Protocol error" (conchcmd.log) was written before it for
+    a configured name (decided at once: nothing waits) and after it for the others (behind their
+    waiting lines), ~20 µs that told `[users.bob]` from them. Now after it for every name."""
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    order: list[str] = []
+    receive = conn.client.dataReceived
+
+    def received(data: bytes) -> None:
+        order.append("answer")
+        receive(data)
+
+    conn.client.dataReceived = received  # type: ignore[method-assign]
+
+    def observer(e: LogEvent) -> None:
+        if e.get("log_namespace") in (AUTH_LOG_NAMESPACE, LOG_NAMESPACE):
+            order.append(formatEvent(e))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        auth.transport.sendPacket(userauth.MSG_USERAUTH_REQUEST, NS(user) + NS(b"ssh-connection"))
+        conn.flush()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert order[0] == "answer", order
+    assert any(line.startswith("Protocol error from") for line in order)
