@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
+_log = Logger()
 
 
 class RunnerStopped(RuntimeError):
@@ -258,17 +260,18 @@ def abandonable(
 ) -> defer.Deferred[T]:
     """A Deferred with `work`'s outcome that the caller may cancel (`canceller` then asks the work
     to stop). A thread or a process cannot be stopped mid-way, so an outcome that arrives after the
-    cancel is handed to `late` (to close what it opened), if given, and dropped, failures included."""
+    cancel is handed to `late` (to close what it opened), if given, and dropped, failures included;
+    a bug in `late` is logged at once (left on `work`'s chain it would show only when collected)."""
     result: defer.Deferred[T] = defer.Deferred(canceller)
 
     def arrived(outcome: Any) -> None:
-        if result.called:
-            if late is not None:
+        if not result.called:
+            settle(result, outcome)
+        elif late is not None:
+            try:
                 late(outcome)
-        elif isinstance(outcome, Failure):
-            result.errback(outcome)
-        else:
-            result.callback(outcome)
+            except Exception:
+                _log.failure("Cleaning up after abandoned work failed")
 
     work.addBoth(arrived)
     return result

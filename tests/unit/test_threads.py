@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.logger import capturedLogs
 from twisted.python.threadpool import ThreadPool
 
 from conchcmd.core.config import Config, LimitsConfig
@@ -428,3 +429,22 @@ def test_settle_with_on_a_thread_runner_delivers_straight_to_then() -> None:
         stopped.addErrback(lambda _: None)
     finally:
         pool.stop()
+
+
+def test_a_bug_cleaning_up_after_abandoned_work_is_logged_at_once() -> None:
+    """`late` raising (closing what the abandoned work opened failed) is one logged failure right
+    away, and nothing is left on the work's chain to surface later as an unhandled error."""
+
+    def late(_: object) -> None:
+        raise OSError("close failed")
+
+    work: defer.Deferred[str] = defer.Deferred()
+    result = abandonable(work, late=late)
+    result.cancel()
+    result.addErrback(lambda _: None)
+    with capturedLogs() as events:
+        work.callback("opened file")
+    (logged,) = [e for e in events if e.get("log_failure")]
+    assert isinstance(logged["log_failure"].value, OSError)
+    assert logged["log_format"] == "Cleaning up after abandoned work failed"
+    assert work.result is None
