@@ -43,6 +43,7 @@ from twisted.logger import (
     formatEventAsClassicLogText,
     formatTime,
 )
+from twisted.python.compat import ioType
 from zope.interface import implementer
 
 from conchcmd.core.fdlimit import AcceptFailures
@@ -197,6 +198,8 @@ class ClassicFileObserver(FileLogObserver):
     def __init__(self, out: TextIO, time_format: str):
         self._lines = ClassicLines(time_format)
         super().__init__(out, self._lines)
+        self._out = out
+        self._bytes_out = ioType(out) is not str  # FileLogObserver's own path encodes for such a file
         self._binary = _binary_layer(out)
 
     def __call__(self, event: LogEvent) -> None:
@@ -216,7 +219,7 @@ class ClassicFileObserver(FileLogObserver):
             or "log_failure" in event
             or "log_flattened" in event
             or "log_system" in event
-            or self._encoding is not None
+            or self._bytes_out
         ):
             super().__call__(event)
             return
@@ -232,8 +235,8 @@ class ClassicFileObserver(FileLogObserver):
             line = line[:-1].replace("\n", "\n\t") + "\n"
         binary = self._binary
         if binary is None:
-            self._outFile.write(line)
-            self._outFile.flush()
+            self._out.write(line)
+            self._out.flush()
         else:  # the text layer's work for this line (its encoder, its pending list), done here
             buffer, encoding, errors = binary
             buffer.write(line.encode(encoding, errors))
