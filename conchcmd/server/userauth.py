@@ -95,7 +95,7 @@ class UserAuthService(UserAuthHooks):
         self._decided: dict[bytes, bool] = {}  # whether each name is valid, once decided (`_note_user`)
         #: Auth lines waiting for their name to be decided, in order (None: "Invalid user", if it is).
         self._waiting_lines: list[tuple[bytes, Callable[[bool], None] | None]] = []
-        self.transport.settle_auth_user = self._settle_at_end
+        self.transport.settle_auth_user = self._settle_all
         self.transport.after_auth_lines = self._after_waiting
         # Conch's serviceStarted, less its login timer (a DelayedCall per connection, set and then
         # cancelled: timeoutAuthentication after loginTimeout): the transport's login grace timer,
@@ -283,7 +283,7 @@ class UserAuthService(UserAuthHooks):
         if self.transport.closing:
             # The answer was a disconnect: a closing connection's last bytes are written by the
             # reactor's next poll, after this turn's timed calls (FlushingReactor, as Twisted's
-            # EPOLLOUT): the lines wait for the connection's end (`_settle_at_end`) instead.
+            # EPOLLOUT): the lines wait for the connection's end (`_settle_all`) instead.
             return
         self._write_decided()
 
@@ -322,36 +322,28 @@ class UserAuthService(UserAuthHooks):
 
     def _write_decided(self) -> None:
         """Write the waiting lines of decided names, up to the first line of a name still open."""
-        t, decided = self.transport, self._decided
-        waiting = self._waiting_lines
+        decided, waiting = self._decided, self._waiting_lines
         done = 0
         try:
             for line_name, write in waiting:  # the lines of decided names, up to the first still open
-                valid = decided.get(line_name)
-                if valid is None:
+                if line_name not in decided:
                     break
                 done += 1  # first: a bug writing this line drops it, not writes those before it again
-                if write is not None:  # `_write`, inline
-                    write(valid)
-                elif not valid:
-                    t.auth_log.invalid_user(line_name)
+                self._write(line_name, write)
         finally:
             del waiting[:done]
 
-    def _settle_all(self, *, gone: bool = False) -> None:
+    def _settle_all(self, gone: bool = False) -> None:
         """Decide every name whose lines wait and write them: as the connection ends or once
         authenticated, when no answer to this client is left to show the reads, or behind a
-        failed password's fixed delay."""
+        failed password's fixed delay (`gone`: the connection is lost; the transport calls this
+        as its `settle_auth_user`)."""
         lines, self._waiting_lines = self._waiting_lines, []  # taken first: a bug met here once
         for name, _ in lines:
             if name not in self._decided:
                 self._decide(name, gone=gone)
         for line in lines:
             self._write(*line)
-
-    def _settle_at_end(self, gone: bool) -> None:
-        """`_settle_all` for the transport (`gone`: the connection is lost)."""
-        self._settle_all(gone=gone)
 
     def _after_waiting(self, write: Callable[[], None]) -> None:
         """Write the line saying why the server disconnects after those waiting for their name,
