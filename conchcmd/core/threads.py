@@ -78,7 +78,7 @@ class ThreadRunner:
 
     def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         if self.pool.joined or self._stopped:  # a stopped pool runs nothing: said at once, not never
-            return defer.fail(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run"))
+            return defer.fail(_not_run(fn))
         d: defer.Deferred[T] = defer.Deferred()
         self._put(fn, args, d.callback, d.errback)
         return d
@@ -88,7 +88,7 @@ class ThreadRunner:
         on the reactor thread, with no Deferred between: for a caller that settles a Deferred of
         its own (see `settle_with`). A stopped runner hands `then` RunnerStopped at once."""
         if self.pool.joined or self._stopped:
-            then(Failure(RunnerStopped(f"the thread pool has stopped (server shutting down): {_name(fn)} not run")))
+            then(Failure(_not_run(fn)))
             return
         self._put(fn, args, then, then)
 
@@ -186,8 +186,9 @@ class ThreadRunner:
             self.pool.callInThread(self._work)
 
 
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
+def _not_run(fn: Callable[..., Any]) -> RunnerStopped:
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return RunnerStopped(f"the thread pool has stopped (server shutting down): {name} not run")
 
 
 class _Lowered(threading.local):
