@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -51,8 +52,6 @@ def _encode(entry: dict[str, Any]) -> str:
     return "".join(make(entry, 0))
 
 
-#: `"key": ` as json.dumps writes it, per key seen (keys are the code's field names: few).
-_KEYS: dict[str, str] = {}
 _NOT_PLAIN = object()
 _INF = float("inf")
 
@@ -81,6 +80,12 @@ def _plain_value(value: Any) -> Any:
     return _NOT_PLAIN
 
 
+@functools.lru_cache(maxsize=256)
+def _key_member(key: str) -> str:
+    """`, "key": ` as json.dumps writes a member's start (keys are the code's field names: few)."""
+    return ", " + encode_basestring(key) + ": "
+
+
 def _members(fields: dict[str, Any]) -> str | None:
     """`, "key": value` for each field, exactly as json.dumps(fields, ensure_ascii=False) writes
     its members, when every value is plain (a str or `_plain_value`); else None. A record's line
@@ -88,12 +93,7 @@ def _members(fields: dict[str, Any]) -> str | None:
     lists the dict's items, and a str object per key, value and separator)."""
     out = ""
     for key, value in fields.items():
-        name = _KEYS.get(key)
-        if name is None:
-            name = ", " + encode_basestring(key) + ": "
-            if len(_KEYS) < 256:
-                _KEYS[key] = name
-        out += name  # (+= on a str nothing else holds grows it in place)
+        out += _key_member(key)  # (+= on a str nothing else holds grows it in place)
         kind = type(value)
         if kind is str:
             out += encode_basestring(value)
