@@ -31,7 +31,7 @@ from conchcmd.commands.safepath import (
 )
 from conchcmd.core.audit import terminal_safe
 from conchcmd.core.config import HASH_ALGORITHMS, ComphashConfig, UserPolicy
-from conchcmd.core.threads import LATER, RunnerStopped, settle, settle_with
+from conchcmd.core.threads import RunnerStopped, abandonable
 
 READ_SIZE = 1 << 20  # large reads: hashlib releases the GIL while it digests them
 MIB = 1 << 20
@@ -270,6 +270,18 @@ class Hasher:
                 self._release(user, slots)
                 raise
         cancelled = CancelFlag()
+        work: defer.Deferred[HashResult]
+        if self.bulk_runner is self.runner:
+            work = self.runner.run(hash_file, path, self.roots, algorithm, cancelled, user_roots, progress)
+        else:
+
+            def big(outcome: HashResult | Opened) -> Any:
+                if isinstance(outcome, Opened):  # hash_opened closes it, even if cancelled meanwhile
+                    bulk = self.bulk_runner.run(hash_opened, outcome, algorithm, cancelled, progress)
+                    return bulk.addErrback(_close_unhashed, outcome)
+                return outcome
+
+            work = self.runner.run(open_path, path, self.roots, algorithm, cancelled, user_roots).addCallback(big)
 
         def finished(outcome: Any) -> Any:
             self.semaphore.release()  # only now: the thread is really done
@@ -278,23 +290,7 @@ class Hasher:
                 self.on_hashed(outcome.size)
             return outcome
 
-        def stop(_: object) -> None:
-            cancelled.set()
-
-        if self.bulk_runner is self.runner:
-            args: tuple[Any, ...] = (path, self.roots, algorithm, cancelled, user_roots, progress)
-            return await settle_with(self.runner, hash_file, args, stop, lambda outcome, _: finished(outcome))
-
-        def opened(outcome: Any, waiting: defer.Deferred[HashResult]) -> Any:
-            if not isinstance(outcome, Opened):  # hashed in that thread already, or failed
-                return finished(outcome)
-            # A big file: hash_opened closes it, even if cancelled meanwhile; finished once it ends.
-            bulk = self.bulk_runner.run(hash_opened, outcome, algorithm, cancelled, progress)
-            bulk.addErrback(_close_unhashed, outcome).addBoth(finished).addBoth(lambda end: settle(waiting, end))
-            return LATER
-
-        args = (path, self.roots, algorithm, cancelled, user_roots)
-        return await settle_with(self.runner, open_path, args, stop, opened)
+        return await abandonable(work.addBoth(finished), lambda _: cancelled.set())
 
 
 def _close_unhashed(failure: Failure, opened: Opened) -> Failure:

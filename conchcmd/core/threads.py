@@ -80,36 +80,18 @@ class ThreadRunner:
         if self.pool.joined or self._stopped:  # a stopped pool runs nothing: said at once, not never
             return defer.fail(_not_run(fn))
         d: defer.Deferred[T] = defer.Deferred()
-        self._put(fn, args, d.callback, d.errback)
-        return d
-
-    def run_then(self, then: Callable[[Any], object], fn: Callable[..., Any], *args: Any) -> None:
-        """Run `fn(*args)` as `run` does, and hand its outcome (its value or a Failure) to `then`
-        on the reactor thread, with no Deferred between: for a caller that settles a Deferred of
-        its own (see `settle_with`). A stopped runner hands `then` RunnerStopped at once."""
-        if self.pool.joined or self._stopped:
-            then(Failure(_not_run(fn)))
-            return
-        self._put(fn, args, then, then)
-
-    def _put(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        ok: Callable[[Any], object],
-        failed: Callable[[Any], object],
-    ) -> None:
         with self._lock:
-            self._jobs.append((fn, args, ok, failed))
+            self._jobs.append((fn, args, d.callback, d.errback))
             self._pending += 1
             if self._sleepers:  # one asleep: it takes this job
                 self._sleepers.pop().release()
-                return
+                return d
             start = self._pending > self._idle and self._workers < self.pool.max
             if start:
                 self._workers += 1
         if start:
             self.pool.callInThread(self._work)
+        return d
 
     def _work(self) -> None:
         """A worker loop, in one of the pool's threads: run jobs until none came for LINGER."""
@@ -209,51 +191,6 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
-#: What a `settle_with` step returns when it has taken charge of firing the Deferred itself.
-LATER: Any = object()
-
-
-def settle_with(
-    runner: BlockingRunner,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    canceller: Callable[[defer.Deferred[T]], None],
-    then: Callable[[Any, defer.Deferred[T]], object],
-) -> defer.Deferred[T]:
-    """A Deferred the caller may cancel (`canceller` then asks the work to stop) for the job
-    `fn(*args)`: `abandonable(runner.run(fn, *args).addBoth(then), canceller)` with one Deferred
-    instead of two. `then(outcome, d)` sees the job's outcome (a value or a Failure) once the job
-    has really ended, even after a cancel, and returns what `d` fires with (a Failure: an
-    errback; a bug in `then` is one too), or LATER when it will see to `d` itself (through
-    `settle`). After a cancel, what it returns is dropped, failures included."""
-    result: defer.Deferred[T] = defer.Deferred(canceller)
-
-    def arrived(outcome: Any) -> None:
-        try:
-            outcome = then(outcome, result)
-        except BaseException:
-            outcome = Failure()
-        if outcome is not LATER:
-            settle(result, outcome)
-
-    if isinstance(runner, ThreadRunner):
-        runner.run_then(arrived, fn, *args)
-    else:
-        runner.run(fn, *args).addBoth(arrived)
-    return result
-
-
-def settle(d: defer.Deferred[Any], outcome: Any) -> None:
-    """Fire `d` with `outcome` (a Failure: errback), unless it has fired already (it was
-    cancelled): the outcome is then dropped, a failure included."""
-    if d.called:
-        return
-    if isinstance(outcome, Failure):
-        d.errback(outcome)
-    else:
-        d.callback(outcome)
-
-
 def abandonable(
     work: defer.Deferred[T],
     canceller: Callable[[defer.Deferred[T]], None] | None = None,
@@ -267,7 +204,10 @@ def abandonable(
 
     def arrived(outcome: Any) -> None:
         if not result.called:
-            settle(result, outcome)
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
         elif late is not None:
             try:
                 late(outcome)

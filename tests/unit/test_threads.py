@@ -18,7 +18,7 @@ from twisted.logger import capturedLogs
 from twisted.python.threadpool import ThreadPool
 
 from conchcmd.core.config import Config, LimitsConfig
-from conchcmd.core.threads import LATER, RunnerStopped, ThreadRunner, abandonable, settle, settle_with
+from conchcmd.core.threads import RunnerStopped, ThreadRunner, abandonable
 from conchcmd.edge.service import PASSWORD_THREADS_NICE, ConchcmdService
 
 
@@ -352,80 +352,23 @@ def test_a_command_whose_runner_has_stopped_ends_as_on_a_bug(harness, tmp_path: 
     assert record["exit_code"] == 1
 
 
-class HeldRunner:
-    """A BlockingRunner whose jobs end when the test says (not a ThreadRunner: settle_with's
-    general path)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[defer.Deferred[Any]] = []
-
-    def run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
-        self.jobs.append(defer.Deferred())
-        return self.jobs[-1]
-
-
-def test_settle_with_passes_the_outcome_through_then_until_cancelled() -> None:
-    runner = HeldRunner()
-    seen: list[Any] = []
-    ok = settle_with(runner, print, (), lambda _: None, lambda outcome, d: (seen.append(outcome), outcome + 1)[1])
-    runner.jobs[0].callback(1)
-    assert ok.result == 2 and seen == [1]
-    refused = settle_with(runner, print, (), lambda _: None, lambda outcome, d: outcome)
-    runner.jobs[1].errback(ValueError("no"))
-    assert refused.result.check(ValueError)
-    refused.addErrback(lambda _: None)
-    buggy = settle_with(runner, print, (), lambda _: None, lambda outcome, d: 1 // 0)
-    runner.jobs[2].callback("x")
-    assert buggy.result.check(ZeroDivisionError)  # a bug in `then` ends the wait with it
-    buggy.addErrback(lambda _: None)
-    later = settle_with(runner, print, (), lambda _: None, lambda outcome, d: LATER)
-    runner.jobs[3].callback("x")
-    assert not later.called
-    settle(later, "when the step says")
-    assert later.result == "when the step says"
-
-
-def test_settle_with_hands_a_late_outcome_to_then_once_the_job_ends_and_drops_it() -> None:
-    """As abandonable: a cancel ends the wait at once and asks the work to stop; `then` still
-    sees the outcome when the job really ends (comphash frees its slot only then), and what it
-    returns, a failure included, goes nowhere (no unhandled error in the log)."""
-    runner = HeldRunner()
-    asked: list[str] = []
-    seen: list[Any] = []
-
-    def then(outcome: Any, d: Any) -> Any:
-        seen.append(outcome)
-        return outcome
-
-    result = settle_with(runner, print, (), lambda _: asked.append("stop"), then)
-    result.cancel()
-    assert asked == ["stop"] and seen == []
-    assert isinstance(result.result.value, defer.CancelledError)
-    result.addErrback(lambda _: None)
-    runner.jobs[0].errback(ValueError("late failure"))
-    assert seen[0].check(ValueError)
-    assert runner.jobs[0].result is None  # consumed: not logged as unhandled
-    settle(result, "late")  # a step that saw to it itself, late: dropped too
-    assert result.result is None
-
-
-def test_settle_with_on_a_thread_runner_delivers_straight_to_then() -> None:
-    pool = ThreadPool(minthreads=0, maxthreads=1, name="settle")
+def test_a_thread_runner_delivers_values_and_failures_and_refuses_once_stopped() -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="deliver")
     pool.start()
     runner = ThreadRunner(ThreadedReactor(), pool)
     try:
         done = threading.Event()
         got: list[Any] = []
-        ended = settle_with(runner, lambda n: n * 2, (21,), lambda _: None, lambda outcome, d: outcome)
+        ended = runner.run(lambda n: n * 2, 21)
         ended.addBoth(lambda r: (got.append(r), done.set()))
         assert done.wait(10) and got == [42]
         done.clear()
-        failed = settle_with(runner, lambda: 1 // 0, (), lambda _: None, lambda outcome, d: outcome)
+        failed = runner.run(lambda: 1 // 0)
         failed.addErrback(lambda f: (got.append(f), done.set()))
         assert done.wait(10) and got[1].check(ZeroDivisionError)
         runner.stop()
-        stopped = settle_with(runner, print, (), lambda _: None, lambda outcome, d: outcome)
-        assert isinstance(stopped.result.value, RunnerStopped)  # at once, as run() says it
+        stopped = runner.run(print)
+        assert isinstance(stopped.result.value, RunnerStopped)  # at once
         stopped.addErrback(lambda _: None)
     finally:
         pool.stop()
