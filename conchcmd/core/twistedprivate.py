@@ -213,18 +213,11 @@ class FlushingReactor(EPollReactor):
         else:
             super().installWaker()
 
-    def _is_flushable(self, selectable: Any) -> bool:
-        try:
-            return self._flushable[selectable.__class__]
-        except KeyError:
-            flushable = self._flushable[selectable.__class__] = isinstance(selectable, tcp.Server)
-            return flushable
-
     def addWriter(self, writer: Any) -> None:
-        try:  # _is_flushable, inline: this runs for every write
+        try:
             flushable = self._flushable[writer.__class__]
         except KeyError:
-            flushable = self._is_flushable(writer)
+            flushable = self._flushable[writer.__class__] = isinstance(writer, tcp.Server)
         if not flushable:
             super().addWriter(writer)
         elif writer not in self._epollout and writer not in self._closing:
