@@ -10,7 +10,7 @@ import struct
 from typing import Any
 
 import pytest
-from support.sshclient import Connection, RecordingChannel
+from support.sshclient import RecordingChannel, still_works
 from support.world import World
 from twisted.conch.ssh import connection
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
@@ -41,16 +41,6 @@ def assert_logged_once(events: list[LogEvent], first_line: str) -> None:
     assert all(formatEvent(e).endswith(ending) for e in again)
     assert [e for e in events if "log_failure" in e] == [first]  # one traceback in all
     assert not [e for e in events if e.get("log_level") == LogLevel.critical]
-
-
-def still_works(*conns: Connection) -> None:
-    """Each connection is open and runs a command on a new channel."""
-    for conn in conns:
-        assert not conn.disconnected
-        chan = conn.open_session()
-        conn.exec(chan, b"help")
-        conn.flush()
-        assert chan.exit_status == 0 and b"comphash" in chan.out
 
 
 def test_a_bug_opening_a_channel_refuses_the_channel_and_is_logged_once(

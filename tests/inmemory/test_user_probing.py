@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -621,14 +622,9 @@ def test_a_name_decided_earlier_costs_its_none_answer_nothing_either(
     leave(conn)
 
 
-@pytest.mark.parametrize("user", [b"admin", b"bob", b"nobody"])
-def test_the_last_failures_disconnect_leaves_before_any_line_of_any_name(world: World, user: bytes) -> None:
-    """The failure that reaches max_auth_tries is answered by the disconnect, whose bytes leave
-    after the reactor's next turn (a closing connection is written by the next poll, after the
-    timed calls). A configured name's held lines, written on that turn, came before it: ~20 µs
-    that told `[users.bob]` from the others. They come as the connection ends, as the others'."""
-    conn = world.connect()
-    auth = conn.start_auth(user)
+def answers_and_lines(conn: Connection, *namespaces: str) -> tuple[list[str], Callable[[LogEvent], None]]:
+    """One list of what reaches the client ("answer" for each delivery of its bytes) and, once the
+    observer returned is added, the lines logged in the namespaces given, in the order they came."""
     order: list[str] = []
     receive = conn.client.dataReceived
 
@@ -639,9 +635,21 @@ def test_the_last_failures_disconnect_leaves_before_any_line_of_any_name(world: 
     conn.client.dataReceived = received  # type: ignore[method-assign]
 
     def observer(e: LogEvent) -> None:
-        if e.get("log_namespace") == AUTH_LOG_NAMESPACE:
+        if e.get("log_namespace") in namespaces:
             order.append(formatEvent(e))
 
+    return order, observer
+
+
+@pytest.mark.parametrize("user", [b"admin", b"bob", b"nobody"])
+def test_the_last_failures_disconnect_leaves_before_any_line_of_any_name(world: World, user: bytes) -> None:
+    """The failure that reaches max_auth_tries is answered by the disconnect, whose bytes leave
+    after the reactor's next turn (a closing connection is written by the next poll, after the
+    timed calls). A configured name's held lines, written on that turn, came before it: ~20 µs
+    that told `[users.bob]` from the others. They come as the connection ends, as the others'."""
+    conn = world.connect()
+    auth = conn.start_auth(user)
+    order, observer = answers_and_lines(conn, AUTH_LOG_NAMESPACE)
     for _ in range(6):  # the first is free: five failures
         auth.send_request(b"none", b"")
     conn.flush()
@@ -666,19 +674,7 @@ def test_a_malformed_requests_disconnect_leaves_before_any_line_of_any_name(worl
     waiting lines), ~20 µs that told `[users.bob]` from them. Now after it for every name."""
     conn = world.connect()
     auth = conn.start_auth(user)
-    order: list[str] = []
-    receive = conn.client.dataReceived
-
-    def received(data: bytes) -> None:
-        order.append("answer")
-        receive(data)
-
-    conn.client.dataReceived = received  # type: ignore[method-assign]
-
-    def observer(e: LogEvent) -> None:
-        if e.get("log_namespace") in (AUTH_LOG_NAMESPACE, LOG_NAMESPACE):
-            order.append(formatEvent(e))
-
+    order, observer = answers_and_lines(conn, AUTH_LOG_NAMESPACE, LOG_NAMESPACE)
     globalLogPublisher.addObserver(observer)
     try:
         auth.transport.sendPacket(userauth.MSG_USERAUTH_REQUEST, NS(user) + NS(b"ssh-connection"))

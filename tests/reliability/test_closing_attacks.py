@@ -6,15 +6,12 @@ meanwhile (client: tests/reliability/closing_client.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support.reliability import RssMonitor, figure, kill_all, rss_kib, wait_until_idle
+from support.reliability import RssMonitor, figure, first_report, kill_all, rss_kib, start_client, wait_until_idle
 from support.server import next_source
 
 pytestmark = pytest.mark.reliability
@@ -53,25 +50,12 @@ def test_a_client_that_leaves_while_output_flows_leaves_nothing_behind(server, m
     wait_until_idle(server.pid)
     before = open_fds(server.pid)
     with RssMonitor(server.pid) as rss:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(CLOSING_CLIENT),
-                str(server.keys.good),
-                str(server.port),
-                next_source(),
-                mode,
-                str(CONNECTIONS),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        proc = start_client(
+            CLOSING_CLIENT, str(server.keys.good), str(server.port), next_source(), mode, str(CONNECTIONS)
         )
         try:
-            assert proc.stdout is not None and proc.stdin is not None
-            line = proc.stdout.readline()
-            assert line.startswith(b"{"), (line, proc.communicate(timeout=10))
-            left = json.loads(line)
+            assert proc.stdin is not None
+            left = first_report(proc)
             gone = time.monotonic()
             assert left["left"] == CONNECTIONS, left
             other = server.ssh("lastlog -n 1")  # someone else is served meanwhile

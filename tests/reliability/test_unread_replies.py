@@ -3,13 +3,10 @@ in the server (client: tests/reliability/request_flood_client.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support.reliability import RssMonitor, figure, kill_all, rss_kib, wait_until_idle
+from support.reliability import RssMonitor, figure, first_report, kill_all, rss_kib, start_client, wait_until_idle
 from support.server import next_source
 
 pytestmark = pytest.mark.reliability
@@ -24,17 +21,10 @@ def test_answers_to_a_client_that_never_reads_do_not_pile_up(make_server) -> Non
     server = make_server()
     wait_until_idle(server.pid)
     with RssMonitor(server.pid) as rss:
-        proc = subprocess.Popen(
-            [sys.executable, str(FLOOD_CLIENT), str(server.keys.good), str(server.port), next_source(), str(REQUESTS)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start_client(FLOOD_CLIENT, str(server.keys.good), str(server.port), next_source(), str(REQUESTS))
         try:
-            assert proc.stdout is not None and proc.stdin is not None
-            line = proc.stdout.readline()
-            assert line.startswith(b"{"), (line, proc.communicate(timeout=10))
-            flood = json.loads(line)
+            assert proc.stdin is not None
+            flood = first_report(proc)
             wait_until_idle(server.pid)
             held = rss.peak
             other = server.ssh("lastlog -n 1")  # someone else is served meanwhile

@@ -19,6 +19,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -191,6 +192,26 @@ def kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+
+
+def start_client(script: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Run a client script of tests/reliability with this interpreter, its streams piped: it reports
+    on stdout and waits for `quit` on stdin."""
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def first_report(proc: subprocess.Popen[bytes]) -> Any:
+    """The JSON line a client script prints once it has done its part (what else it printed, and
+    its stderr, in the failure if that line is not JSON)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(b"{"), (line, proc.communicate(timeout=10))
+    return json.loads(line)
 
 
 def classify(socks: Sequence[socket.socket], timeout: float = 5.0) -> tuple[list[socket.socket], list[socket.socket]]:

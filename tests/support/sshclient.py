@@ -394,3 +394,13 @@ def connect(
         client_io.write(preamble)
     pump = iosim.connect(server, server_io, client, client_io, clock=clock)
     return Connection(server, client, pump, client_factory)
+
+
+def still_works(*conns: Connection) -> None:
+    """Each connection is open and runs a command on a new channel."""
+    for conn in conns:
+        assert not conn.disconnected
+        chan = conn.open_session()
+        conn.exec(chan, b"help")
+        conn.flush()
+        assert chan.exit_status == 0 and b"comphash" in chan.out

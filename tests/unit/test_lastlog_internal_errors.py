@@ -57,6 +57,16 @@ class ProcessReactor:
         return self.spawned[-1]
 
 
+def journalctl_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH holds only a journalctl (one that exits at once): JournalTail looks it up there, and the
+    ProcessReactor runs it in its place."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "journalctl").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "journalctl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
 def simulated_bug(*args: Any) -> Any:
     raise KeyError("simulated lastlog bug")
 
@@ -67,11 +77,7 @@ def test_a_bug_in_the_reading_path_ends_the_command_as_a_crash_logged_once(
 ) -> None:
     log = tmp_path / "syslog"
     log.write_bytes(b"one\ntwo\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "journalctl").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "journalctl").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    journalctl_on_path(tmp_path, monkeypatch)
     reactor = ProcessReactor()
     source: LogSource = FileTail(str(log), InlineRunner(), Clock()) if kind == "file" else JournalTail(reactor)
     h = harness([make_lastlog(LastlogConfig(sources=(str(log) if kind == "file" else "journal",)), [source])])
@@ -118,11 +124,7 @@ def test_a_bug_once_the_client_has_taken_the_output_ends_the_command_as_a_crash(
 ) -> None:
     """journalctl is paused while the client lags and resumed when its output has been taken,
     later, from the session's Deferred: a bug there (in resuming it) ends the command the same way."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "journalctl").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "journalctl").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    journalctl_on_path(tmp_path, monkeypatch)
     reactor = ProcessReactor()
     h = harness([make_lastlog(LastlogConfig(sources=("journal",)), [JournalTail(reactor)])])
     monkeypatch.setattr(ReactorProcess, "resumeProducing", simulated_bug)
