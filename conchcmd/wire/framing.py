@@ -35,7 +35,6 @@ from hashlib import sha256
 from typing import Any, ClassVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import x25519
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 from twisted.conch.ssh.keys import Key
@@ -46,6 +45,7 @@ try:
 except ImportError:  # cryptography < 48: no ML-KEM, and usable_key_exchanges() leaves it out
     mlkem = None  # type: ignore[assignment]
 
+from conchcmd.keys.sodium import x25519_key_pair, x25519_shared
 from conchcmd.wire.conchprivate import KexState, KeyDerivation, QuietTransportLog
 from conchcmd.wire.dispatch import Action, Phase, Rulings, Verdict, phase_of
 from conchcmd.wire.packets import BadPacket, CipherSuite, PacketCodec, implicit_mac, pad
@@ -654,9 +654,8 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
         same reply and keys; the payload is read exactly (`only_string`), as sshd does."""
         client_public = only_string(packet)
         host_keys = self.host_key_pair()
-        ours = x25519.X25519PrivateKey.generate()
-        our_public = ours.public_key().public_bytes_raw()
-        shared = mpint(ours.exchange(x25519.X25519PublicKey.from_public_bytes(client_public)))
+        ours, our_public = x25519_key_pair()
+        shared = mpint(x25519_shared(ours, client_public))
         self.reply_and_set_up_keys(host_keys, client_public, our_public, shared)
 
     def mlkem_init(self, packet: bytes) -> None:
@@ -669,10 +668,9 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"Invalid C_INIT length")
             return
         host_keys = self.host_key_pair()
-        ours = x25519.X25519PrivateKey.generate()
-        theirs = x25519.X25519PublicKey.from_public_bytes(client_init[_MLKEM768_PUBLIC:])
+        ours, our_public = x25519_key_pair()
         try:
-            classical = ours.exchange(theirs)
+            classical = x25519_shared(ours, client_init[_MLKEM768_PUBLIC:])
         except ValueError:
             self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"Invalid peer X25519 public key")
             return
@@ -683,7 +681,7 @@ class ModernServerTransport(QuietTransportLog, ModernFraming, transport.SSHServe
             return
         post_quantum, ciphertext = their_kem.encapsulate()
         shared = ssh_strings([sha256(post_quantum + classical).digest()])  # K = HASH(K_PQ || K_CL)
-        server_reply = ciphertext + ours.public_key().public_bytes_raw()
+        server_reply = ciphertext + our_public
         self.reply_and_set_up_keys(host_keys, client_init, server_reply, shared)
 
     def host_key_pair(self) -> tuple[Key, Key]:

@@ -18,6 +18,8 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import MP, NS, getNS
 from twisted.conch.ssh.keys import Key
 
+from conchcmd.keys import sodium
+from conchcmd.wire import framing
 from conchcmd.wire.framing import CURVE25519_KEXES, MLKEM_KEX, ModernServerTransport, mpint, ssh_strings
 from conchcmd.wire.packets import CIPHERS, MACS, CipherSuite
 
@@ -53,11 +55,13 @@ class ConchPath(Recording):
 
 
 def fixed_ephemeral(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both paths draw the same server ephemeral key."""
+    """Both paths draw the same server ephemeral key: Conch's through cryptography (OpenSSL), ours
+    through libsodium (keys/sodium.py), so the same reply shows the two X25519s agree."""
     secret = x25519.X25519PrivateKey.generate().private_bytes_raw()
     monkeypatch.setattr(
         x25519.X25519PrivateKey, "generate", staticmethod(lambda: x25519.X25519PrivateKey.from_private_bytes(secret))
     )
+    monkeypatch.setattr(framing, "x25519_key_pair", lambda: (secret, sodium.x25519_public(secret)))
 
 
 def pair(host: Key, key_alg: bytes, kex: bytes, cipher: bytes, mac: bytes) -> tuple[Recording, Recording]:

@@ -1,0 +1,71 @@
+"""Ed25519 and X25519 through libsodium (PyNaCl), for the three curve operations of every login.
+
+cryptography's wheels build OpenSSL's portable Ed25519 code (32-bit limbs): verifying a client's
+signature cost 1.46 M instructions, a quarter of a fresh exec's server CPU; libsodium's 64-bit
+code needs 0.68 M. Signing with the host key 0.46 -> 0.26 M, an X25519 key pair and secret
+1.00 -> 0.60 M (tests/bench/profile_exec.py --instructions; tests/unit/test_sodium.py checks every
+function against cryptography's). Verification is at least as strict as OpenSSL's: libsodium
+also refuses public keys and R values of small order (anyone can sign for such a key) and
+non-canonical encodings, which no honest signer produces.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base, crypto_sign, crypto_sign_open
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import RuntimeError as SodiumRuntimeError
+
+ED25519_SIGNATURE = 64
+ED25519_PUBLIC = 32
+X25519_SIZE = 32
+
+
+def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether `signature` (64 bytes) is `public`'s Ed25519 signature of `message` (RFC 8032)."""
+    if len(signature) != ED25519_SIGNATURE or len(public) != ED25519_PUBLIC:
+        return False
+    try:
+        crypto_sign_open(signature + message, public)
+    except BadSignatureError:
+        return False
+    return True
+
+
+class Ed25519Signer:
+    """Signs with one Ed25519 private key (a host key): the 64-byte secret libsodium signs with
+    (seed, then public key) is made once."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, seed: bytes, public: bytes):
+        if len(seed) != 32 or len(public) != ED25519_PUBLIC:
+            raise ValueError("an Ed25519 seed and public key are 32 bytes each")
+        self._secret = seed + public
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature (deterministic: the same bytes as OpenSSL's)."""
+        return crypto_sign(message, self._secret)[:ED25519_SIGNATURE]
+
+
+def x25519_key_pair() -> tuple[bytes, bytes]:
+    """A new ephemeral (private, public) X25519 pair (RFC 7748: the scalar is clamped when used)."""
+    private = os.urandom(X25519_SIZE)
+    return private, x25519_public(private)
+
+
+def x25519_public(private: bytes) -> bytes:
+    """The public value of a 32-byte X25519 private key."""
+    return crypto_scalarmult_base(private)
+
+
+def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
+    """The X25519 shared secret with a peer's public value; ValueError, with cryptography's
+    messages, for a value of the wrong size or one of small order (an all-zero secret)."""
+    if len(peer_public) != X25519_SIZE:
+        raise ValueError("An X25519 public key is 32 bytes long")
+    try:
+        return crypto_scalarmult(private, peer_public)
+    except SodiumRuntimeError:
+        raise ValueError("Error computing shared key.") from None
