@@ -1,0 +1,184 @@
+"""Ed25519 client keys and signatures at the edges, against a real sshd (OpenSSH's own ref10 code)
+and conchcmd (libsodium, conchcmd/keys/sodium.py). Each case is a key in authorized_keys and a
+signature put on the wire as chosen bytes. Where the two differ, conchcmd refuses what sshd
+accepts, never the other way round; the differences are written out in each case's `sshd` field
+(and the README's "Differences from sshd"): sshd lets anyone in with a key of small order (the
+signature is forged without a private key), also written non-canonically (y + p, or the identity
+with its sign bit set), and takes s + L for s while s < 2**253 (the malleable twin of a valid
+signature)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from support import edwards
+from support.differential import Pair, deliberate_differences
+from support.rawssh import dial
+from support.sshclient import result_of
+from twisted.conch.ssh import common, userauth
+
+pytestmark = pytest.mark.differential
+
+SUCCESS, FAILURE = userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_FAILURE
+HONEST = 0x1234567890ABCDEF1234567890ABCDEF  # an honest key's secret scalar
+
+
+@dataclass
+class Lines:
+    lines: list[bytes]
+    trusted: list[bytes] = field(default_factory=list)
+    revoked: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A public key (its 32 bytes as sent) and how the raw signature of the signed data is made."""
+
+    public: bytes
+    sign: Callable[[bytes], bytes]
+    sshd: int  # sshd's answer (measured); conchcmd refuses every case but "honest"
+    name: bytes = b"ssh-ed25519"  # the algorithm name inside the signature
+    tag: str = ""  # the README's "Differences from sshd" entry, where sshd accepts it
+
+    @property
+    def blob(self) -> bytes:
+        return common.NS(b"ssh-ed25519") + common.NS(self.public)
+
+
+def honest_public() -> bytes:
+    return edwards.encode(edwards.multiply(HONEST, edwards.BASE))
+
+
+def honest(data: bytes) -> bytes:
+    return edwards.sign(HONEST, data)[1]
+
+
+def plus_l(times: int) -> Callable[[bytes], bytes]:
+    """The honest signature with s + times * L: the same value mod L."""
+
+    def sign(data: bytes) -> bytes:
+        good = honest(data)
+        return good[:32] + (int.from_bytes(good[32:], "little") + times * edwards.L).to_bytes(32, "little")
+
+    return sign
+
+
+def short_63(data: bytes) -> bytes:
+    """sshd concatenates signature and data and reads the first 64 bytes as R || s: 63 bytes of
+    signature, completed by the data's first byte (0, the session id's length), sign data[1:]
+    (sshd then refuses it because the message came out one byte short)."""
+    while True:
+        good = honest(data[1:])
+        if good[63] == data[0]:
+            return good[:63]
+
+
+def long_65(data: bytes) -> bytes:
+    return honest(data) + b"\x00"
+
+
+def mixed_r(data: bytes) -> bytes:
+    """The honest signature with a point of order 8 added to R: valid only cofactored."""
+    t8 = next(t for t in edwards.torsion_points() if edwards.order(t) == 8)
+    nonce = int.from_bytes(data[-32:], "little") % edwards.L
+    big_r = edwards.encode(edwards.add(edwards.multiply(nonce, edwards.BASE), t8))
+    s = (nonce + edwards.challenge(big_r, honest_public(), data) * HONEST) % edwards.L
+    return big_r + s.to_bytes(32, "little")
+
+
+def forged_for(encoded: bytes, point: edwards.Point) -> Callable[[bytes], bytes]:
+    return lambda data: edwards.forge(encoded, point, data)
+
+
+def identity_r_zero_s(data: bytes) -> bytes:
+    """R the identity and s = 0: [0]B = O + [h]O for the identity key, whatever the data."""
+    return (1).to_bytes(32, "little") + bytes(32)
+
+
+def non_canonical(point: edwards.Point, sign_bit: int) -> bytes:
+    """An encoding of a point with y < 19 as y + p (and the sign bit given)."""
+    y = int.from_bytes(edwards.encode(point), "little") & ((1 << 255) - 1)
+    assert y < 19
+    return (y + edwards.P + (sign_bit << 255)).to_bytes(32, "little")
+
+
+def cases() -> dict[str, Case]:
+    found: dict[str, Case] = {
+        "honest": Case(honest_public(), honest, SUCCESS),
+        "s+L": Case(honest_public(), plus_l(1), SUCCESS, tag="ed25519-s-above-l"),
+        "s+2L": Case(honest_public(), plus_l(2), FAILURE),  # s >= 2**253: sshd checks the top 3 bits
+        "s+7L": Case(honest_public(), plus_l(7), FAILURE),
+        "signature of 63 bytes": Case(honest_public(), short_63, FAILURE),  # sshd checks the message length
+        "signature of 65 bytes": Case(honest_public(), long_65, FAILURE),
+        "R plus a point of order 8": Case(honest_public(), mixed_r, FAILURE),
+        "another algorithm name": Case(honest_public(), honest, FAILURE, name=b"ssh-rsa"),
+        "identity key, R identity, s 0": Case(
+            (1).to_bytes(32, "little"), identity_r_zero_s, SUCCESS, tag="ed25519-small-order"
+        ),
+    }
+    for point in edwards.torsion_points():
+        encoded = edwards.encode(point)
+        found[f"key of order {edwards.order(point)} {encoded[:4].hex()}..{encoded[-1]:02x}"] = Case(
+            encoded, forged_for(encoded, point), SUCCESS, tag="ed25519-small-order"
+        )
+    identity, order4 = edwards.IDENTITY, edwards.decode(bytes(32))  # y = 0: x = sqrt(-1), order 4
+    assert order4 is not None
+    for label, point in (("identity", identity), ("order 4", order4)):
+        for sign_bit in (0, 1):
+            encoded = non_canonical(point, sign_bit)
+            found[f"{label} as y + p, sign {sign_bit}"] = Case(
+                encoded, forged_for(encoded, point), SUCCESS, tag="ed25519-small-order"
+            )
+    negative_zero = (1 + (1 << 255)).to_bytes(32, "little")  # the identity with x "negative"
+    found["identity with the sign bit"] = Case(
+        negative_zero, forged_for(negative_zero, identity), SUCCESS, tag="ed25519-small-order"
+    )
+    return found
+
+
+CASES = cases()
+
+
+def answer(port: int, user: str, case: Case) -> int:
+    conn = dial(port)
+    try:
+        auth = conn.start_auth(user.encode())
+        signed = (
+            common.NS(conn.client.sessionID)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + common.NS(user.encode())
+            + common.NS(auth.next_service)
+            + common.NS(b"publickey")
+            + b"\x01"
+            + common.NS(b"ssh-ed25519")
+            + common.NS(case.blob)
+        )
+        signature = common.NS(case.name) + common.NS(case.sign(signed))
+        d = auth._request(
+            b"publickey", b"\x01" + common.NS(b"ssh-ed25519") + common.NS(case.blob) + common.NS(signature)
+        )
+        conn.flush()
+        return int(result_of(d)[0]) if d.called else 0
+    finally:
+        conn.client.transport.loseConnection()
+
+
+@pytest.fixture(scope="module")
+def every_key(server_pair: Pair) -> Pair:
+    lines = [b"ssh-ed25519 " + base64.b64encode(case.blob) for case in CASES.values()]
+    server_pair.files.write([Lines(sorted(set(lines)))])
+    return server_pair
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_conchcmd_refuses_every_edge_sshd_accepts_or_refuses(every_key: Pair, label: str) -> None:
+    """Only the honest signature logs in to conchcmd; sshd's answers are OpenSSH 9.2's, and each
+    case it accepts and conchcmd refuses is a difference the README lists."""
+    case = CASES[label]
+    assert answer(every_key.sshd.port, every_key.user, case) == case.sshd, "sshd's answer changed"
+    assert answer(every_key.conch.port, every_key.user, case) == (SUCCESS if label == "honest" else FAILURE)
+    if case.sshd == SUCCESS and label != "honest":
+        assert case.tag in deliberate_differences()
