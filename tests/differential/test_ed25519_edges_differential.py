@@ -14,8 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import edwards
+from support.certlogin import raw_certificate
 from support.differential import Pair, deliberate_differences
+from support.keys import ed25519_key
 from support.rawssh import dial
 from support.sshclient import result_of
 from twisted.conch.ssh import common, userauth
@@ -182,3 +185,40 @@ def test_conchcmd_refuses_every_edge_sshd_accepts_or_refuses(every_key: Pair, la
     assert answer(every_key.conch.port, every_key.user, case) == (SUCCESS if label == "honest" else FAILURE)
     if case.sshd == SUCCESS and label != "honest":
         assert case.tag in deliberate_differences()
+
+
+CERT = b"ssh-ed25519-cert-v01@openssh.com"
+
+
+def cert_answer(port: int, user: str, cert: bytes) -> int:
+    conn = dial(port)
+    try:
+        auth = conn.start_auth(user.encode())
+        d = auth._request(b"publickey", auth.signed(ed25519_key(), CERT, cert, signature_type=b"ssh-ed25519"))
+        conn.flush()
+        return int(result_of(d)[0]) if d.called else 0
+    finally:
+        conn.client.transport.loseConnection()
+
+
+@pytest.mark.parametrize("ca", ["honest", "identity", "order 8"])
+def test_a_ca_key_of_small_order_lets_anyone_mint_certificates_for_sshd_only(server_pair: Pair, ca: str) -> None:
+    """The CA key in TrustedUserCAKeys is the identity (or another point of small order): anyone
+    can sign a certificate for any principal under it, and sshd accepts it; conchcmd does not."""
+    user_raw = ed25519_key().public()._keyObject.public_bytes_raw()
+    if ca == "honest":
+        private = ed25519.Ed25519PrivateKey.generate()
+        ca_raw, sign = private.public_key().public_bytes_raw(), private.sign
+    else:
+        point = next(t for t in edwards.torsion_points() if edwards.order(t) == (1 if ca == "identity" else 8))
+        ca_raw = edwards.encode(point)
+
+        def sign(signed: bytes) -> bytes:
+            return edwards.forge(ca_raw, point, signed)
+
+    ca_blob = common.NS(b"ssh-ed25519") + common.NS(ca_raw)
+    server_pair.files.write([Lines([], trusted=[b"ssh-ed25519 " + base64.b64encode(ca_blob)])])
+    cert = raw_certificate(CERT, common.NS(user_raw), ca_blob, sign, principals=[server_pair.user.encode()])
+    assert cert_answer(server_pair.sshd.port, server_pair.user, cert) == SUCCESS
+    assert cert_answer(server_pair.conch.port, server_pair.user, cert) == (SUCCESS if ca == "honest" else FAILURE)
+    assert "ed25519-small-order" in deliberate_differences()

@@ -7,7 +7,6 @@ the key's encodings. sshd accepts them all (tests/differential/test_ed25519_edge
 from __future__ import annotations
 
 import base64
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import edwards
+from support.certlogin import raw_certificate
 from support.keys import ed25519_key
 from support.skauth import UP, signed_message
 from support.world import World, add_user, make_world
@@ -84,22 +84,8 @@ def line(blob: bytes, options: str = "") -> str:
 
 
 def certificate(cert_type: bytes, key_fields: bytes, ca_blob: bytes, ca_sign: Callable[[bytes], bytes]) -> bytes:
-    """A user certificate (PROTOCOL.certkeys) for user "carol", valid in the in-memory clock's
-    time, signed by `ca_sign` (the raw Ed25519 signature of the signed part)."""
-    signed = (
-        NS(cert_type)
-        + NS(os.urandom(32))
-        + key_fields
-        + struct.pack(">QL", 1, 1)  # serial, SSH_CERT_TYPE_USER
-        + NS(b"small-order")
-        + NS(NS(b"carol"))
-        + struct.pack(">QQ", 0, 10**9)
-        + NS(b"")
-        + NS(b"")
-        + NS(b"")
-        + NS(ca_blob)
-    )
-    return signed + NS(NS(ED25519) + NS(ca_sign(signed)))
+    """A user certificate for "carol", valid in the in-memory clock's time."""
+    return raw_certificate(cert_type, key_fields, ca_blob, ca_sign, principals=[b"carol"], valid=(0, 10**9))
 
 
 def honest_ca() -> tuple[bytes, Callable[[bytes], bytes]]:
