@@ -219,3 +219,19 @@ def test_the_signer_takes_its_public_key_from_the_seed() -> None:
     signer = sodium.Ed25519Signer(private.private_bytes_raw())
     assert signer.public == private.public_key().public_bytes_raw()
     assert signer.sign(b"m") == private.sign(b"m")
+
+
+@settings(max_examples=200, deadline=None)
+@given(public=bytes32, signature=st.binary(max_size=120), data=st.binary(max_size=64))
+def test_any_key_and_signature_bytes_get_a_verdict_not_an_exception(
+    public: bytes, signature: bytes, data: bytes
+) -> None:
+    """Whatever 32 bytes a key line holds (not a point, small order, non-canonical) and whatever
+    the client sends as its signature: False (or, for a real key, OpenSSL's verdict), never an
+    exception out of PyNaCl; the raw signature inside one well-formed string too."""
+    key = public_key_from_blob(NS(b"ssh-ed25519") + NS(public))
+    assert key.verify(signature, data) is False
+    for raw in (signature, signature[:64].ljust(64, b"\0")):
+        verdict = key.verify(ssh_signature(raw), data)
+        assert verdict is sodium.ed25519_verify(public, raw, data)
+        assert verdict is False or openssl_verdict(public, raw, data)
