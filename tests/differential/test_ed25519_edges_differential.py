@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import edwards
 from support.certlogin import raw_certificate
 from support.differential import Pair, deliberate_differences
+from support.edwards import SK_ED25519, SmallOrderKey
 from support.keys import ed25519_key
 from support.rawssh import dial
 from support.sshclient import result_of
@@ -135,6 +136,14 @@ def cases() -> dict[str, Case]:
             found[f"{label} as y + p, sign {sign_bit}"] = Case(
                 encoded, forged_for(encoded, point), SUCCESS, tag="ed25519-small-order"
             )
+    for r_label, r in (
+        ("y + p", (1 + edwards.P).to_bytes(32, "little")),
+        ("sign bit", (1 + (1 << 255)).to_bytes(32, "little")),
+    ):
+        # [0]B = R + [h]O holds for R the identity, but only its canonical encoding compares equal
+        found[f"identity key, R identity as {r_label}, s 0"] = Case(
+            (1).to_bytes(32, "little"), lambda data, r=r: r + bytes(32), FAILURE
+        )
     negative_zero = (1 + (1 << 255)).to_bytes(32, "little")  # the identity with x "negative"
     found["identity with the sign bit"] = Case(
         negative_zero, forged_for(negative_zero, identity), SUCCESS, tag="ed25519-small-order"
@@ -221,4 +230,24 @@ def test_a_ca_key_of_small_order_lets_anyone_mint_certificates_for_sshd_only(ser
     cert = raw_certificate(CERT, common.NS(user_raw), ca_blob, sign, principals=[server_pair.user.encode()])
     assert cert_answer(server_pair.sshd.port, server_pair.user, cert) == SUCCESS
     assert cert_answer(server_pair.conch.port, server_pair.user, cert) == (SUCCESS if ca == "honest" else FAILURE)
+    assert "ed25519-small-order" in deliberate_differences()
+
+
+@pytest.mark.parametrize("order", [1, 8])
+def test_a_security_key_of_small_order_lets_anyone_in_to_sshd_only(server_pair: Pair, order: int) -> None:
+    """The same for an sk-ssh-ed25519 key in authorized_keys: sshd takes the forged signature
+    (touch flag set, as its default policy wants), conchcmd does not."""
+    point = next(t for t in edwards.torsion_points() if edwards.order(t) == order)
+    key = SmallOrderKey(edwards.encode(point), point, SK_ED25519)
+    line = SK_ED25519 + b" " + base64.b64encode(key.key_blob())
+    server_pair.files.write([Lines([line])])
+    for port, expected in ((server_pair.sshd.port, SUCCESS), (server_pair.conch.port, FAILURE)):
+        conn = dial(port)
+        try:
+            auth = conn.start_auth(server_pair.user.encode())
+            d = auth._request(b"publickey", auth.signed(key, SK_ED25519))  # type: ignore[arg-type]
+            conn.flush()
+            assert d.called and result_of(d)[0] == expected
+        finally:
+            conn.client.transport.loseConnection()
     assert "ed25519-small-order" in deliberate_differences()

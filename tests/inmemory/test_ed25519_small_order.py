@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import edwards
 from support.certlogin import raw_certificate
+from support.edwards import APPLICATION, ED25519, SK_ED25519, SmallOrderKey
 from support.keys import ed25519_key
 from support.skauth import UP, signed_message
 from support.world import World, add_user, make_world
@@ -23,11 +23,8 @@ from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
 
 SUCCESS, FAILURE = 52, 51
-ED25519 = b"ssh-ed25519"
-SK_ED25519 = b"sk-ssh-ed25519@openssh.com"
 CERT = b"ssh-ed25519-cert-v01@openssh.com"
 SK_CERT = b"sk-ssh-ed25519-cert-v01@openssh.com"
-APPLICATION = b"ssh:"
 
 
 def small_order_keys() -> dict[str, tuple[bytes, edwards.Point]]:
@@ -44,38 +41,6 @@ def small_order_keys() -> dict[str, tuple[bytes, edwards.Point]]:
 KEYS = small_order_keys()
 #: The ones each path is tried with (all of them for the plain key).
 SOME = ["order 1 0100..00", "identity as y + p", next(k for k in KEYS if k.startswith("order 8"))]
-
-
-@dataclass(frozen=True)
-class Forger:
-    """What support.sshclient asks of a client key, for a key of small order: signatures forged."""
-
-    raw: bytes
-    point: edwards.Point
-    key_type: bytes = ED25519
-    certificate: bytes | None = None
-
-    def key_blob(self) -> bytes:
-        return NS(self.key_type) + NS(self.raw) + (NS(APPLICATION) if self.key_type == SK_ED25519 else b"")
-
-    def sshType(self) -> bytes:
-        return self.key_type
-
-    def blob(self) -> bytes:
-        return self.certificate if self.certificate is not None else self.key_blob()
-
-    def public(self) -> Forger:
-        return self
-
-    def sign(self, data: bytes, signatureType: bytes | None = None) -> bytes:
-        if self.key_type == SK_ED25519:
-            tail = struct.pack(">BL", UP, 1)
-            return (
-                NS(SK_ED25519)
-                + NS(edwards.forge(self.raw, self.point, signed_message(APPLICATION, UP, 1, data)))
-                + tail
-            )
-        return NS(ED25519) + NS(edwards.forge(self.raw, self.point, data))
 
 
 def line(blob: bytes, options: str = "") -> str:
@@ -120,7 +85,7 @@ def refused_with(w: World, reason: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_a_plain_key_of_small_order_never_logs_in(world: World, name: str) -> None:
-    forger = Forger(*KEYS[name])
+    forger = SmallOrderKey(*KEYS[name])
     add_user(world, "carol", line(forger.key_blob()))
     assert login(world, forger, ED25519) == FAILURE
     refused_with(world, "bad signature")
@@ -128,7 +93,7 @@ def test_a_plain_key_of_small_order_never_logs_in(world: World, name: str) -> No
 
 @pytest.mark.parametrize("name", SOME)
 def test_a_security_key_of_small_order_never_logs_in(world: World, name: str) -> None:
-    forger = Forger(*KEYS[name], key_type=SK_ED25519)
+    forger = SmallOrderKey(*KEYS[name], key_type=SK_ED25519)
     add_user(world, "carol", line(forger.key_blob()))
     assert login(world, forger, SK_ED25519) == FAILURE
     refused_with(world, "bad signature")
@@ -142,7 +107,7 @@ def test_a_certified_key_of_small_order_never_logs_in(world: World, name: str) -
     raw, point = KEYS[name]
     cert = certificate(CERT, NS(raw), ca_blob, ca_sign)
     add_user(world, "carol", line(ca_blob, "cert-authority"))
-    assert login(world, Forger(raw, point, certificate=cert), CERT) == FAILURE
+    assert login(world, SmallOrderKey(raw, point, certificate=cert), CERT) == FAILURE
     refused_with(world, "bad signature")
 
 
@@ -175,7 +140,7 @@ def test_a_ca_key_of_small_order_certifies_no_security_key(world: World, name: s
     cert = certificate(SK_CERT, NS(raw) + NS(APPLICATION), ca_blob, ca_sign)
     add_user(world, "carol", line(ca_blob, "cert-authority"))
 
-    class Token(Forger):
+    class Token(SmallOrderKey):
         def sign(self, data: bytes, signatureType: bytes | None = None) -> bytes:
             body = token.sign(signed_message(APPLICATION, UP, 1, data))
             return NS(SK_ED25519) + NS(body) + struct.pack(">BL", UP, 1)

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+from dataclasses import dataclass
+
+from twisted.conch.ssh.common import NS
+
+from support.skauth import UP, signed_message
 
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493
 D = -121665 * pow(121666, P - 2, P) % P
 SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+ED25519 = b"ssh-ed25519"
+SK_ED25519 = b"sk-ssh-ed25519@openssh.com"
+APPLICATION = b"ssh:"
 
 Point = tuple[int, int, int, int]  # extended coordinates (X, Y, Z, T), x = X/Z, y = Y/Z, xy = T/Z
 IDENTITY: Point = (0, 1, 1, 0)
@@ -123,3 +133,32 @@ def sign(secret: int, message: bytes, nonce: int | None = None) -> tuple[bytes, 
     big_r = encode(multiply(nonce, BASE))
     s = (nonce + challenge(big_r, a, message) * secret) % L
     return a, big_r + s.to_bytes(32, "little")
+
+
+@dataclass(frozen=True)
+class SmallOrderKey:
+    """A client key of small order (plain or sk-ssh-ed25519, or the certificate of one), with
+    what support.sshclient asks of a key: its signatures are forged (`forge`)."""
+
+    raw: bytes
+    point: Point
+    key_type: bytes = ED25519
+    certificate: bytes | None = None
+
+    def key_blob(self) -> bytes:
+        return NS(self.key_type) + NS(self.raw) + (NS(APPLICATION) if self.key_type == SK_ED25519 else b"")
+
+    def sshType(self) -> bytes:
+        return self.key_type
+
+    def blob(self) -> bytes:
+        return self.certificate if self.certificate is not None else self.key_blob()
+
+    def public(self) -> SmallOrderKey:
+        return self
+
+    def sign(self, data: bytes, signatureType: bytes | None = None) -> bytes:
+        if self.key_type == SK_ED25519:
+            tail = struct.pack(">BL", UP, 1)
+            return NS(SK_ED25519) + NS(forge(self.raw, self.point, signed_message(APPLICATION, UP, 1, data))) + tail
+        return NS(ED25519) + NS(forge(self.raw, self.point, data))
