@@ -3,7 +3,9 @@ signatures, checked exactly as sshd checks them, and sshd's user presence / veri
 
 Conch reads sk public keys loosely (it ignores the curve name and trailing bytes) and cannot verify
 their signatures; `cryptography` has no sk certificates. Everything here is parsed by hand, as
-sshd's sshbuf readers do, and verified with `cryptography`'s Ed25519 and ECDSA primitives.
+sshd's sshbuf readers do, and verified with `cryptography`'s ECDSA and RSA primitives and
+libsodium's Ed25519 (keys/sodium.py: OpenSSL's accepts signatures anyone can make for a key of
+small order).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import SSHCertificateType
+
+from conchcmd.keys.sodium import ed25519_verify
 
 #: The flag bits a token reports (sk-api.h): the user touched it, the user was verified (PIN,
 #: biometric).
@@ -182,7 +186,8 @@ class SkPublicKey:
         message = _sha256(self.application) + struct.pack(">BL", parsed.flags, parsed.counter) + _sha256(data)
         try:
             if isinstance(self.public, ed25519.Ed25519PublicKey):
-                self.public.verify(parsed.raw, message)
+                if not ed25519_verify(self.public.public_bytes_raw(), parsed.raw, message):
+                    raise InvalidSignature()
             else:
                 self.public.verify(parsed.raw, message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -283,7 +288,8 @@ def verify_ca_signature(ca_blob: bytes, ca_key: Any, signature: bytes, data: byt
         if isinstance(ca_key, ed25519.Ed25519PublicKey):
             if sig_type != b"ssh-ed25519" or len(body) > 64:
                 raise ValueError("not an Ed25519 signature")
-            ca_key.verify(body, data)
+            if not ed25519_verify(ca_key.public_bytes_raw(), body, data):
+                raise InvalidSignature()
         elif isinstance(ca_key, ec.EllipticCurvePublicKey):
             if sig_type != ca_type:
                 raise ValueError("signature type does not match the CA key")

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import os
 
-from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base, crypto_sign, crypto_sign_open
+from nacl.bindings import (
+    crypto_scalarmult,
+    crypto_scalarmult_base,
+    crypto_sign,
+    crypto_sign_open,
+    crypto_sign_seed_keypair,
+)
 from nacl.exceptions import BadSignatureError
 from nacl.exceptions import RuntimeError as SodiumRuntimeError
 
@@ -35,14 +41,16 @@ def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
 
 class Ed25519Signer:
     """Signs with one Ed25519 private key (a host key): the 64-byte secret libsodium signs with
-    (seed, then public key) is made once."""
+    (seed, then public key) is made once, the public key from the seed: libsodium hashes the
+    public half it is given into each signature, and two signatures of one message under two
+    public keys give the private scalar away."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_secret", "public")
 
-    def __init__(self, seed: bytes, public: bytes):
-        if len(seed) != 32 or len(public) != ED25519_PUBLIC:
-            raise ValueError("an Ed25519 seed and public key are 32 bytes each")
-        self._secret = seed + public
+    def __init__(self, seed: bytes):
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        self.public, self._secret = crypto_sign_seed_keypair(seed)
 
     def sign(self, message: bytes) -> bytes:
         """The 64-byte signature (deterministic: the same bytes as OpenSSL's)."""

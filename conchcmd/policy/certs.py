@@ -2,7 +2,8 @@
 
 Conch has no certificate support; parsing and the CA signature check use the `cryptography`
 package (`load_ssh_public_identity`, `verify_cert_signature`), and conchcmd.keys.sk for certificates
-of security keys, which `cryptography` cannot read.
+of security keys, which `cryptography` cannot read. An Ed25519 CA signature is checked with
+libsodium instead (keys/sodium.py), like every other Ed25519 signature.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
 from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.keys import Key
@@ -24,7 +26,7 @@ from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
 from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob, public_key_from_line
-from conchcmd.keys.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate
+from conchcmd.keys.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate, verify_ca_signature
 from conchcmd.policy.authorized_keys import CERT_SUFFIX, fingerprint
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -128,11 +130,23 @@ def load_certificate(blob: bytes) -> AnyCertificate:
         raise CertificateRefused("malformed certificate (NUL in the key id or a principal)")
     if len(identity.valid_principals) > MAX_PRINCIPALS:
         raise CertificateRefused(f"malformed certificate (more than {MAX_PRINCIPALS} principals)")
-    try:  # also reads the CA key, which cryptography parses only now (ValueError if it is broken)
-        identity.verify_cert_signature()
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError):
-        raise CertificateRefused("certificate signature is not valid") from None
+    verify_ca_signature_of(identity, blob)
     return identity
+
+
+def verify_ca_signature_of(cert: AnyCertificate, blob: bytes) -> None:
+    """The CA's signature over the certificate `blob`, or CertificateRefused. cryptography checks
+    it with OpenSSL, except an Ed25519 one: OpenSSL accepts the signatures anyone can make for a
+    CA key of small order (anyone could then mint certificates), libsodium refuses them."""
+    try:  # also reads the CA key, which cryptography parses only now (ValueError if it is broken)
+        ca_key = cert.signature_key()
+        if isinstance(cert, SSHCertificate) and isinstance(ca_key, ed25519.Ed25519PublicKey):
+            signed_length, signature = _signature_part(blob)
+            verify_ca_signature(public_blob(ca_key), ca_key, signature, blob[:signed_length])
+        else:
+            cert.verify_cert_signature()
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError, struct.error):
+        raise CertificateRefused("certificate signature is not valid") from None
 
 
 def parse_certificate(blob: bytes) -> AnyCertificate:
@@ -145,6 +159,17 @@ def parse_certificate(blob: bytes) -> AnyCertificate:
 
 def _sections(blob: bytes) -> tuple[bytes, bytes, bytes]:
     """The raw critical options, extensions and CA signature of a certificate blob."""
+    critical, extensions, _, signature = _fields(blob)
+    return critical, extensions, signature
+
+
+def _signature_part(blob: bytes) -> tuple[int, bytes]:
+    """How many bytes of a certificate blob the CA signed, and its signature (the last field)."""
+    _, _, signed_length, signature = _fields(blob)
+    return signed_length, signature
+
+
+def _fields(blob: bytes) -> tuple[bytes, bytes, int, bytes]:
     kind, rest = getNS(blob)
     _, rest = getNS(rest)  # nonce
     for _ in range(_KEY_FIELDS.get(kind, 1)):
@@ -158,7 +183,7 @@ def _sections(blob: bytes) -> tuple[bytes, bytes, bytes]:
     for _ in range(2):  # reserved, signature key
         _, rest = getNS(rest)
     signature, _ = getNS(rest)
-    return critical, extensions, signature
+    return critical, extensions, len(blob) - len(rest), signature
 
 
 def ca_signature_algorithm(blob: bytes) -> bytes:
@@ -423,12 +448,8 @@ def validate_certificate(
     """
     cert = parse_certificate(blob)
     ca_blob = public_blob(cert.signature_key())
-    if ca_signature_algorithm(blob) in WEAK_CA_SIGNATURES:
+    if ca_signature_algorithm(blob) in WEAK_CA_SIGNATURES:  # (parse_certificate checked the signature)
         raise CertificateRefused("certificate signed with SHA-1")
-    try:
-        cert.verify_cert_signature()
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError):
-        raise CertificateRefused("certificate signature is not valid") from None
     key_blob = public_blob(cert.public_key())
     revoked.check_certificate(cert, key_blob, ca_blob)
     principals = tuple(p.removesuffix(b"\0").decode("utf-8", "surrogateescape") for p in cert.valid_principals)
@@ -450,8 +471,12 @@ def validate_certificate(
     if source is not None and (peer_host is None or addr_match_cidr_list(normalise_peer(peer_host), source) != 1):
         raise CertificateRefused(f"certificate source-address does not allow {peer_host}")
     force = options.get("force-command")
+    try:  # a PublicKey, as for a plain key: its Ed25519 signatures are checked by libsodium
+        key = public_key_from_blob(key_blob)
+    except KeyParseError as e:
+        raise CertificateRefused(f"certified key cannot be read ({e})") from None
     grant = CertificateGrant(
-        key=public_key_from_blob(key_blob) if isinstance(cert, SkCertificate) else Key(cert.public_key()),
+        key=key,
         key_id=cert.key_id.removesuffix(b"\0").decode("utf-8", "replace"),
         serial=cert.serial,
         ca_fingerprint=fingerprint(ca_blob),

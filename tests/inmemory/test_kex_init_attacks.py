@@ -86,6 +86,8 @@ REFUSED: dict[str, tuple[Callable[[bytes], bytes], int, str]] = {
     "no-string": (lambda p: b"", 2, "protocol error: struct.error: "),
     "all-zero-x25519": (lambda p: p[:-32] + bytes(32), 3, ""),
     "low-order-x25519": (low_order, 3, ""),
+    # RFC 7748 5: the top bit is ignored, so this is the same point of order 8
+    "low-order-x25519-top-bit": (lambda p: low_order(p)[:-1] + bytes((low_order(p)[-1] | 0x80,)), 3, ""),
 }
 
 
@@ -126,7 +128,7 @@ def test_a_hostile_init_gets_no_reply_and_a_clean_disconnect(world: World, kex: 
 
 
 @pytest.mark.parametrize("kex", [CURVE, MLKEM_KEX])
-@pytest.mark.parametrize("case", ["trailing-byte", "length-past-end", "all-zero-x25519"])
+@pytest.mark.parametrize("case", ["trailing-byte", "length-past-end", "all-zero-x25519", "low-order-x25519-top-bit"])
 def test_a_hostile_init_in_a_rekey_ends_only_that_connection(world: World, kex: bytes, case: str) -> None:
     """The same refusals when a logged-in client's rekey carries the INIT: no reply, the
     connection ends with its reason, another client is served."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
+import struct
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
 
 from support.sshclient import Connection, result_of
@@ -39,3 +43,31 @@ def make_cert(ca: ed25519.Ed25519PrivateKey, user_key: Key, *, principals: list[
         builder = builder.add_critical_option(name.replace("_", "-").encode(), value)
     cert = builder.sign(ca)
     return cert.public_bytes().split()[1]
+
+
+def raw_certificate(
+    cert_type: bytes,
+    key_fields: bytes,
+    ca_blob: bytes,
+    ca_sign: Callable[[bytes], bytes],
+    *,
+    principals: list[bytes],
+    valid: tuple[int, int] = (0, 2**64 - 1),
+) -> bytes:
+    """A user certificate blob (PROTOCOL.certkeys) written field by field, for CA keys and
+    signatures no builder makes: `key_fields` the certified key's fields as on the wire,
+    `ca_sign` the raw Ed25519 signature of the signed part by the CA `ca_blob`."""
+    signed = (
+        NS(cert_type)
+        + NS(os.urandom(32))
+        + key_fields
+        + struct.pack(">QL", 1, 1)  # serial, SSH_CERT_TYPE_USER
+        + NS(b"raw-cert")
+        + NS(b"".join(NS(p) for p in principals))
+        + struct.pack(">QQ", *valid)
+        + NS(b"")
+        + NS(b"")
+        + NS(b"")
+        + NS(ca_blob)
+    )
+    return signed + NS(NS(b"ssh-ed25519") + NS(ca_sign(signed)))

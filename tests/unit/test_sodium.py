@@ -66,6 +66,17 @@ def test_x25519_refuses_values_of_small_order_as_openssl_does(value: int, top_bi
         sodium.x25519_shared(private, peer)
 
 
+@pytest.mark.parametrize("value", [P + 2, P + 3, P + 9, P + 18, 2**255 - 1, 2, 9, P - 2])
+@pytest.mark.parametrize("top_bit", [0, 1 << 255])
+def test_x25519_takes_non_canonical_values_as_openssl_does(value: int, top_bit: int) -> None:
+    """u >= p (only p + 2 .. 2**255 - 1 fit) is taken mod p and the top bit ignored (RFC 7748 5),
+    by both, with the same secret as the canonical value, where it is not of small order."""
+    peer = (value | top_bit).to_bytes(32, "little")
+    private = os.urandom(32)
+    canonical = (value % P).to_bytes(32, "little")
+    assert sodium.x25519_shared(private, peer) == openssl_shared(private, peer) == openssl_shared(private, canonical)
+
+
 @pytest.mark.parametrize("size", [0, 31, 33, 64])
 def test_x25519_refuses_a_public_value_of_the_wrong_size_with_openssls_words(size: int) -> None:
     with pytest.raises(ValueError, match="An X25519 public key is 32 bytes long"):
@@ -194,8 +205,33 @@ def test_a_key_of_small_order_cannot_be_signed_for_by_anyone() -> None:
     assert not sodium.ed25519_verify(identity, forged, b"let me in")
 
 
-def test_the_signer_refuses_a_seed_or_public_key_of_the_wrong_size() -> None:
+@pytest.mark.parametrize("size", [0, 31, 33, 64])
+def test_the_signer_refuses_a_seed_of_the_wrong_size(size: int) -> None:
     with pytest.raises(ValueError):
-        sodium.Ed25519Signer(b"\x00" * 31, b"\x00" * 32)
-    with pytest.raises(ValueError):
-        sodium.Ed25519Signer(b"\x00" * 32, b"\x00" * 33)
+        sodium.Ed25519Signer(b"\x00" * size)
+
+
+def test_the_signer_takes_its_public_key_from_the_seed() -> None:
+    """libsodium signs with the public half of the secret it is given: were it taken from the
+    caller, a wrong one would make signatures that, with a right one of the same message, give
+    the private scalar away. The signer derives it, and signs as cryptography does."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    signer = sodium.Ed25519Signer(private.private_bytes_raw())
+    assert signer.public == private.public_key().public_bytes_raw()
+    assert signer.sign(b"m") == private.sign(b"m")
+
+
+@settings(max_examples=200, deadline=None)
+@given(public=bytes32, signature=st.binary(max_size=120), data=st.binary(max_size=64))
+def test_any_key_and_signature_bytes_get_a_verdict_not_an_exception(
+    public: bytes, signature: bytes, data: bytes
+) -> None:
+    """Whatever 32 bytes a key line holds (not a point, small order, non-canonical) and whatever
+    the client sends as its signature: False (or, for a real key, OpenSSL's verdict), never an
+    exception out of PyNaCl; the raw signature inside one well-formed string too."""
+    key = public_key_from_blob(NS(b"ssh-ed25519") + NS(public))
+    assert key.verify(signature, data) is False
+    for raw in (signature, signature[:64].ljust(64, b"\0")):
+        verdict = key.verify(ssh_signature(raw), data)
+        assert verdict is sodium.ed25519_verify(public, raw, data)
+        assert verdict is False or openssl_verdict(public, raw, data)
