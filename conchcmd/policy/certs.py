@@ -9,6 +9,7 @@ libsodium instead (keys/sodium.py), like every other Ed25519 signature.
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -109,10 +110,40 @@ def is_cstring(value: bytes) -> bool:
 AnyCertificate = SSHCertificate | SkCertificate
 
 
+#: Certificate blobs whose reading (`load_certificate`) is remembered, the least recently read
+#: dropped first, and the longest kept. A login read its certificate for its authorization, its
+#: audit record and its auth-log line: three CA signature checks (tests/inmemory/
+#: test_certificate_reads.py), one now, none at the next login with it. The reading depends on the
+#: bytes alone (validity, revocation and principals are checked at each use), so the same blob
+#: gets the same answer, refusals included.
+READ_CERTIFICATES = 64
+MAX_KEPT_CERTIFICATE = 8192
+
+
 def load_certificate(blob: bytes) -> AnyCertificate:
     """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
     formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
     CertificateRefused otherwise."""
+    outcome = _read_kept(blob) if len(blob) <= MAX_KEPT_CERTIFICATE else _read(blob)
+    if isinstance(outcome, str):
+        raise CertificateRefused(outcome)  # a new exception each time: a kept one would gather tracebacks
+    return outcome
+
+
+@functools.lru_cache(maxsize=READ_CERTIFICATES)
+def _read_kept(blob: bytes) -> AnyCertificate | str:
+    return _read(blob)
+
+
+def _read(blob: bytes) -> AnyCertificate | str:
+    """`load_certificate`'s answer: the certificate, or why it is refused."""
+    try:
+        return _read_certificate(blob)
+    except CertificateRefused as e:
+        return str(e)
+
+
+def _read_certificate(blob: bytes) -> AnyCertificate:
     # cryptography raises UnsupportedAlgorithm for a type it does not know (ssh-dss certificates
     # included) and NotImplementedError for a compressed EC point, besides ValueError.
     identity: object
