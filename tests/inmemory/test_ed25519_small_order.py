@@ -124,15 +124,18 @@ def test_an_honest_key_on_another_line_still_logs_in(world: World) -> None:
     assert world.connect().login(b"carol", ed25519_key(3)) == SUCCESS
 
 
+@pytest.mark.parametrize("cert_type", [CERT, SK_CERT])
 @pytest.mark.parametrize("name", SOME)
-def test_a_certified_key_of_small_order_never_logs_in(world: World, name: str) -> None:
+def test_a_certified_key_of_small_order_never_logs_in(world: World, name: str, cert_type: bytes) -> None:
     """An honest CA that signed a certificate for such a key: the certificate is public, so the
-    key's forged signature would let anyone in."""
+    key's forged signature would let anyone in. Refused with that reason, not "bad signature"."""
     ca_blob, ca_sign = honest_ca()
     raw, point = KEYS[name]
-    cert = certificate(CERT, NS(raw), ca_blob, ca_sign)
+    sk = cert_type == SK_CERT
+    cert = certificate(cert_type, NS(raw) + (NS(APPLICATION) if sk else b""), ca_blob, ca_sign)
     add_user(world, "carol", line(ca_blob, "cert-authority"))
-    assert login(world, SmallOrderKey(raw, point, certificate=cert), CERT) == FAILURE
+    forger = SmallOrderKey(raw, point, SK_ED25519 if sk else ED25519, certificate=cert)
+    assert login(world, forger, cert_type) == FAILURE
     refused_with(world, f"certified key: {WHY}")
 
 
