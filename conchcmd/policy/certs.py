@@ -406,8 +406,32 @@ def _revoked_blob(field: KeyField) -> bytes:
         try:
             return public_blob(load_certificate(field.blob).public_key())
         except CertificateRefused as e:
-            raise ValueError(str(e)) from None
+            certified = _key_under_small_order_ca(field.blob)
+            if certified is None:
+                raise ValueError(str(e)) from None
+            return certified
     return _key_blob(field)
+
+
+def _key_under_small_order_ca(blob: bytes) -> bytes | None:
+    """The certified key of a certificate whose CA key is an Ed25519 key of small order and whose
+    CA signature sshd accepts (OpenSSL's check, as lax as sshd's), else None. Login refuses every
+    certificate of such a CA; revoking one must still revoke its key, not make the whole list
+    unreadable (which refuses every key)."""
+    try:
+        kind, _ = getNS(blob)
+        cert = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
+        if not isinstance(cert, SSHCertificate):
+            return None
+        ca_key = cert.signature_key()
+        if not isinstance(ca_key, ed25519.Ed25519PublicKey):
+            return None
+        if ed25519_public_refusal(ca_key.public_bytes_raw()) is None:
+            return None
+        cert.verify_cert_signature()
+        return public_blob(cert.public_key())
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError, struct.error):
+        return None
 
 
 class TrustedCAs:

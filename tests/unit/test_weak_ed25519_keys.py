@@ -19,12 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_scalarmult_ed25519_base_noclamp
 from support import edwards
+from support.certlogin import raw_certificate
 from support.edwards import ED25519, SK_ED25519, SmallOrderKey
 from twisted.conch.ssh.common import NS
 
 from conchcmd.keys import sodium
 from conchcmd.policy.authorized_keys import parse_authorized_keys
-from conchcmd.policy.certs import RevokedKeys, TrustedCAs
+from conchcmd.policy.certs import CertificateRefused, RevokedKeys, TrustedCAs
 
 P, L = edwards.P, edwards.L
 TORSION = edwards.torsion_points()
@@ -222,3 +223,35 @@ def test_revoked_keys_still_lists_a_key_of_small_order(tmp_path: Path) -> None:
     revoked = RevokedKeys(str(path))
     revoked.load()
     assert revoked.blobs == {weak_blob(0), weak_blob(0, SK_ED25519)}
+
+
+def forged_certificate(ca_index: int, user_key: bytes, *, valid: bool = True) -> bytes:
+    """A certificate for `user_key` (32 bytes) under the CA key of small order TORSION[ca_index],
+    its CA signature forged (`valid`) or garbage."""
+    point = TORSION[ca_index]
+    ca_raw = edwards.encode(point)
+
+    def sign(data: bytes) -> bytes:
+        return edwards.forge(ca_raw, point, data) if valid else os.urandom(64)
+
+    return raw_certificate(
+        b"ssh-ed25519-cert-v01@openssh.com", NS(user_key), NS(ED25519) + NS(ca_raw), sign, principals=[b"carol"]
+    )
+
+
+def test_revoked_keys_revokes_the_key_of_a_certificate_under_a_ca_of_small_order(tmp_path: Path) -> None:
+    """Such a certificate cannot log in (its CA is refused), but listing it must revoke its key as
+    sshd reads it, not make the list unreadable; a certificate whose CA signature does not hold
+    even for sshd still makes it unreadable (fail closed)."""
+    user_key = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    path = tmp_path / "revoked"
+    path.write_text(key_line(forged_certificate(2, user_key)))
+    os.chmod(path, 0o600)
+    revoked = RevokedKeys(str(path))
+    revoked.load()
+    assert revoked.blobs == {NS(ED25519) + NS(user_key)}
+    with pytest.raises(CertificateRefused, match="revoked"):
+        revoked.check_key(NS(ED25519) + NS(user_key))
+    path.write_text(key_line(forged_certificate(2, user_key, valid=False)))
+    with pytest.raises(CertificateRefused, match="revocation list has an unreadable line"):
+        revoked.load()
