@@ -98,7 +98,7 @@ def ed25519_key_refusal(key: Key) -> str | None:
     a key of small order, anyone can sign for it), or None; None for other types."""
     if key.type() != "Ed25519":
         return None
-    return sodium.ed25519_public_refusal(key._keyObject.public_bytes_raw())
+    return sodium.ed25519_public_refusal(key.data()["a"])  # Conch's public name for its 32 bytes
 
 
 def public_key_from_blob(blob: bytes) -> Key:
