@@ -32,7 +32,7 @@ from conchcmd.edge.usercmds import (
     remove_keys,
     users_json,
 )
-from conchcmd.keys.keyparse import public_key_from_blob
+from conchcmd.keys.keyparse import ed25519_key_refusal, public_key_from_blob
 from conchcmd.policy.auth import key_refusal
 from conchcmd.policy.authorized_keys import AuthorizedKeysFiles, fingerprint
 from conchcmd.wire.hostkeys import HostKeyError, ensure_host_keys, load_host_keys
@@ -149,7 +149,7 @@ def cmd_adduser(args: argparse.Namespace, out: TextIO) -> int:
             f.write("\n")
         f.write(pub.line + "\n")
     out.write(f"{args.user}: added {key.sshType().decode()} key {fingerprint(blob)} to {path}\n")
-    refusal = key_refusal(key)
+    refusal = key_refusal(key) or ed25519_key_refusal(key)  # the second: the line is refused when read
     if refusal is not None:
         out.write(f"warning: login refuses this key: {refusal}\n")
     problem = path_problem(str(path), files.trust)

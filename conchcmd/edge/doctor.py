@@ -323,6 +323,12 @@ def _certificates(config: Config) -> Iterator[Finding]:
                     "no CA after it is trusted (sshd stops there too)",
                     "fix or remove that line",
                 )
+            for weak in trusted.refused:
+                yield Finding(
+                    PROBLEM,
+                    f"trusted_user_ca_keys {path}:{weak.line}: CA key refused: {weak.reason}",
+                    "remove that line (sshd would trust it: anyone could mint certificates under it)",
+                )
             level = OK if trusted.blobs else WARNING
             yield Finding(level, f"trusted_user_ca_keys: {len(trusted.blobs)} CA key(s)")
             for blob in sorted(trusted.blobs):

@@ -93,6 +93,14 @@ class PublicKey(Key):
         return sodium.ed25519_verify(self._raw_public, raw, data)
 
 
+def ed25519_key_refusal(key: Key) -> str | None:
+    """Why every signature of this Ed25519 key (plain or sk) is refused (`sodium.ed25519_public_refusal`:
+    a key of small order, anyone can sign for it), or None; None for other types."""
+    if key.type() != "Ed25519":
+        return None
+    return sodium.ed25519_public_refusal(key.data()["a"])  # Conch's public name for its 32 bytes
+
+
 def public_key_from_blob(blob: bytes) -> Key:
     """A public key from its SSH wire blob (a client's or a file's), read as sshd reads it (see
     `sshd_blob`); its `blob()` is the key as ssh-keygen writes it, what lines and revocations

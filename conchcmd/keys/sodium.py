@@ -27,6 +27,24 @@ ED25519_SIGNATURE = 64
 ED25519_PUBLIC = 32
 X25519_SIZE = 32
 
+_P = 2**255 - 19
+#: libsodium's ge25519_has_small_order blocklist (ed25519_ref10.c), as the y coordinates it
+#: compares (the sign bit of x is ignored): the eight points of order 1, 2, 4 and 8 have y = 0,
+#: 1, -1 and the two below, and p and p + 1 are non-canonical encodings of 0 and 1.
+_SMALL_ORDER_Y = frozenset(
+    {
+        0,  # order 4
+        1,  # the identity (order 1)
+        2707385501144840649318225287225658788936804267575313519463743609750303402022,  # order 8
+        55188659117513257062467267217118295137698188065244968500265048394206261417927,  # order 8
+        _P - 1,  # order 2
+        _P,  # 0, not canonical
+        _P + 1,  # 1, not canonical
+    }
+)
+SMALL_ORDER = "Ed25519 key of small order: anyone can sign for it"
+NOT_CANONICAL = "Ed25519 key not canonically encoded (y >= p): no signature for it is accepted"
+
 
 def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
     """Whether `signature` (64 bytes) is `public`'s Ed25519 signature of `message` (RFC 8032)."""
@@ -37,6 +55,20 @@ def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
     except BadSignatureError:
         return False
     return True
+
+
+def ed25519_public_refusal(public: bytes) -> str | None:
+    """Why `ed25519_verify` refuses every signature for this 32-byte public key, as libsodium's
+    verify decides before any curve arithmetic: a key of small order (ge25519_has_small_order),
+    for which OpenSSL and sshd accept signatures anyone can make, or an encoding with y >= p
+    (ge25519_is_canonical); None otherwise. Data, not crypto: a key line can be refused when it
+    is read. (Bytes that are no point at all are refused by verify later, and not here.)"""
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    if y in _SMALL_ORDER_Y:
+        return SMALL_ORDER
+    if y >= _P:
+        return NOT_CANONICAL
+    return None
 
 
 class Ed25519Signer:

@@ -33,7 +33,7 @@ from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.core.throttle import LineThrottle
-from conchcmd.keys.keyparse import KeyParseError, ParsedKeys
+from conchcmd.keys.keyparse import KeyParseError, ParsedKeys, ed25519_key_refusal
 from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
@@ -436,6 +436,9 @@ class KeyAuthorizer:
         )
         if grant.key.type() == "RSA" and grant.key.size() < MIN_RSA_BITS:
             raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")
+        weak = ed25519_key_refusal(grant.key)
+        if weak is not None:  # its signature would be refused as a "bad signature": say why
+            raise KeyRefused(f"certified key: {weak}")
         command, pty, via = grant.force_command, grant.pty, "trusted_user_ca_keys"
         requirements = self.options.requirements(
             no_touch_required=grant.no_touch_required, verify_required=grant.verify_required, where="certificate"

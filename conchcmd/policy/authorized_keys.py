@@ -23,7 +23,7 @@ from conchcmd.core.filetrust import AttemptFiles, CheckedFile, FileTrust, Server
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
-from conchcmd.keys.keyparse import KeyParseError, KeyTypeMismatch, public_key_from_line
+from conchcmd.keys.keyparse import KeyParseError, KeyTypeMismatch, ed25519_key_refusal, public_key_from_line
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -361,6 +361,11 @@ def parse_authorized_keys(text: str | bytes, source: str, *, permit_environment:
             refused = None
         except OptionError as e:
             meaning, refused = KeyOptions(), str(e)
+            problems.append(f"{where}: line refused: {refused}")
+        if refused is None and (weak := ed25519_key_refusal(key)) is not None:
+            # sshd (and OpenSSL) would accept signatures anyone can make; libsodium refuses them
+            # all at login: the line is refused here, so the operator is told why.
+            refused = f"CA key: {weak}" if meaning.cert_authority else weak
             problems.append(f"{where}: line refused: {refused}")
         if refused is None and meaning.principals is not None and not meaning.cert_authority:
             refused = "principals= on a line without cert-authority"  # sshd: "principals on non-CA key"

@@ -26,9 +26,10 @@ from conchcmd.core.filetrust import CheckedFile, FileTrust, ServerSideFailure, U
 from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
-from conchcmd.keys.keyparse import KeyParseError, public_key_from_blob, public_key_from_line
+from conchcmd.keys.keyparse import KeyParseError, ed25519_key_refusal, public_key_from_blob, public_key_from_line
 from conchcmd.keys.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate, verify_ca_signature
-from conchcmd.policy.authorized_keys import CERT_SUFFIX, fingerprint
+from conchcmd.keys.sodium import ed25519_public_refusal
+from conchcmd.policy.authorized_keys import CERT_SUFFIX, RefusedLine, fingerprint
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -171,6 +172,11 @@ def verify_ca_signature_of(cert: AnyCertificate, blob: bytes) -> None:
     CA key of small order (anyone could then mint certificates), libsodium refuses them."""
     try:  # also reads the CA key, which cryptography parses only now (ValueError if it is broken)
         ca_key = cert.signature_key()
+        weak = (
+            ed25519_public_refusal(ca_key.public_bytes_raw()) if isinstance(ca_key, ed25519.Ed25519PublicKey) else None
+        )
+        if weak is not None:  # libsodium refuses its signature: say why, not "not valid"
+            raise CertificateRefused(f"certificate authority key: {weak}")
         if isinstance(cert, SSHCertificate) and isinstance(ca_key, ed25519.Ed25519PublicKey):
             signed_length, signature = _signature_part(blob)
             verify_ca_signature(public_blob(ca_key), ca_key, signature, blob[:signed_length])
@@ -400,8 +406,32 @@ def _revoked_blob(field: KeyField) -> bytes:
         try:
             return public_blob(load_certificate(field.blob).public_key())
         except CertificateRefused as e:
-            raise ValueError(str(e)) from None
+            certified = _key_under_small_order_ca(field.blob)
+            if certified is None:
+                raise ValueError(str(e)) from None
+            return certified
     return _key_blob(field)
+
+
+def _key_under_small_order_ca(blob: bytes) -> bytes | None:
+    """The certified key of a certificate whose CA key is an Ed25519 key of small order and whose
+    CA signature sshd accepts (OpenSSL's check, as lax as sshd's), else None. Login refuses every
+    certificate of such a CA; revoking one must still revoke its key, not make the whole list
+    unreadable (which refuses every key)."""
+    try:
+        kind, _ = getNS(blob)
+        cert = serialization.load_ssh_public_identity(kind + b" " + base64.b64encode(blob))
+        if not isinstance(cert, SSHCertificate):
+            return None
+        ca_key = cert.signature_key()
+        if not isinstance(ca_key, ed25519.Ed25519PublicKey):
+            return None
+        if ed25519_public_refusal(ca_key.public_bytes_raw()) is None:
+            return None
+        cert.verify_cert_signature()
+        return public_blob(cert.public_key())
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError, struct.error):
+        return None
 
 
 class TrustedCAs:
@@ -413,6 +443,8 @@ class TrustedCAs:
         self._signature: tuple[int, ...] | None = None
         self.blobs: frozenset[bytes] = frozenset()
         self.unreadable_line: int | None = None  # where reading stopped, as sshd stops
+        #: CA keys read but not trusted (sshd trusts them): (line, why), e.g. of small order.
+        self.refused: tuple[RefusedLine, ...] = ()
 
     def any_trusted(self) -> bool:
         """Whether some CA is trusted (the file is set, trusted and lists a key)."""
@@ -433,7 +465,7 @@ class TrustedCAs:
                     self.blobs, self._signature = self._parse(f.read()), signature
         except UntrustedFile as e:
             log.warn("Ignoring {path}: {reason}: no CA is trusted", path=self.path, reason=e.problem.reason)
-            self.blobs, self._signature = frozenset(), None
+            self.blobs, self._signature, self.refused = frozenset(), None, ()
             return frozenset()
         except OSError as e:
             if server_side(e):  # "no CA trusted" would refuse, and call the user invalid
@@ -443,6 +475,7 @@ class TrustedCAs:
 
     def _parse(self, data: bytes) -> frozenset[bytes]:
         blobs, self.unreadable_line = set(), None
+        refused = []
         for number, raw in file_lines(data):
             line = raw[skip_space(raw, 0) :]
             if not line or line.startswith("#"):
@@ -451,13 +484,21 @@ class TrustedCAs:
             try:
                 if field is None:
                     raise ValueError("not a key")
-                if not field.key_type.endswith(CERT_SUFFIX):  # a certificate line is never a CA key
-                    blobs.add(_key_blob(field))
+                if field.key_type.endswith(CERT_SUFFIX):  # a certificate line is never a CA key
+                    continue
+                key = public_key_from_line(field)
             except (KeyParseError, ValueError):
                 # sshd stops reading the file at such a line: no CA after it is trusted.
                 log.warn("{path}:{n}: not a CA public key: no CA after it is trusted", path=self.path, n=number)
                 self.unreadable_line = number
                 break
+            weak = ed25519_key_refusal(key)
+            if weak is not None:  # a key sshd trusts, for which anyone could mint certificates
+                log.warn("{path}:{n}: CA key refused: {why}", path=self.path, n=number, why=weak)
+                refused.append(RefusedLine(number, weak))
+                continue
+            blobs.add(key.blob())
+        self.refused = tuple(refused)
         return frozenset(blobs)
 
 

@@ -2,7 +2,9 @@
 make a valid signature without a private key (support.edwards.forge): a plain key in
 authorized_keys, an sk-ssh-ed25519 key, the key a certificate certifies, and a CA key (in a
 cert-authority line or trusted_user_ca_keys, for ordinary and for sk certificates), in each of
-the key's encodings. sshd accepts them all (tests/differential/test_ed25519_edges_differential.py)."""
+the key's encodings. sshd accepts them all (tests/differential/test_ed25519_edges_differential.py).
+The line is refused when it is read, and the audit record and log lines say why (not "bad
+signature")."""
 
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ from support.skauth import UP, signed_message
 from support.world import World, add_user, make_world
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
+from twisted.logger import capturedLogs, formatEvent
+
+from conchcmd.policy.authorized_keys import fingerprint
 
 SUCCESS, FAILURE = 52, 51
+WHY = "Ed25519 key of small order: anyone can sign for it"
 CERT = b"ssh-ed25519-cert-v01@openssh.com"
 SK_CERT = b"sk-ssh-ed25519-cert-v01@openssh.com"
 
@@ -83,12 +89,23 @@ def refused_with(w: World, reason: str) -> None:
     assert (record["ok"], record["reason"]) == (False, reason)
 
 
+def log_lines(events: list[dict]) -> list[str]:
+    return [formatEvent(e) for e in events]
+
+
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_a_plain_key_of_small_order_never_logs_in(world: World, name: str) -> None:
+    """Refused with its line's reason: logged when the file is read (as other refused lines),
+    and at the login that offers it."""
     forger = SmallOrderKey(*KEYS[name])
-    add_user(world, "carol", line(forger.key_blob()))
-    assert login(world, forger, ED25519) == FAILURE
-    refused_with(world, "bad signature")
+    add_user(world, "carol", "# carol's keys\n", line(forger.key_blob()))
+    with capturedLogs() as events:
+        assert login(world, forger, ED25519) == FAILURE
+    refused_with(world, f"authorized_keys line refused: {WHY}")
+    where = f"{world.config.authorized_keys.replace('%u', 'carol')}:2"
+    logged = log_lines(events)
+    assert logged.count(f"{where}: line refused: {WHY}") == 1
+    assert f"Refusing key {fingerprint(forger.key_blob())} for carol: {where}: {WHY}" in logged
 
 
 @pytest.mark.parametrize("name", SOME)
@@ -96,19 +113,30 @@ def test_a_security_key_of_small_order_never_logs_in(world: World, name: str) ->
     forger = SmallOrderKey(*KEYS[name], key_type=SK_ED25519)
     add_user(world, "carol", line(forger.key_blob()))
     assert login(world, forger, SK_ED25519) == FAILURE
-    refused_with(world, "bad signature")
+    refused_with(world, f"authorized_keys line refused: {WHY}")
 
 
+def test_an_honest_key_on_another_line_still_logs_in(world: World) -> None:
+    """The refused line costs the user nothing else: the file's other lines still work."""
+    forger = SmallOrderKey(*KEYS["order 1 0100..00"])
+    add_user(world, "carol", line(forger.key_blob()), line(ed25519_key(3).public().blob()))
+    assert login(world, forger, ED25519) == FAILURE
+    assert world.connect().login(b"carol", ed25519_key(3)) == SUCCESS
+
+
+@pytest.mark.parametrize("cert_type", [CERT, SK_CERT])
 @pytest.mark.parametrize("name", SOME)
-def test_a_certified_key_of_small_order_never_logs_in(world: World, name: str) -> None:
+def test_a_certified_key_of_small_order_never_logs_in(world: World, name: str, cert_type: bytes) -> None:
     """An honest CA that signed a certificate for such a key: the certificate is public, so the
-    key's forged signature would let anyone in."""
+    key's forged signature would let anyone in. Refused with that reason, not "bad signature"."""
     ca_blob, ca_sign = honest_ca()
     raw, point = KEYS[name]
-    cert = certificate(CERT, NS(raw), ca_blob, ca_sign)
+    sk = cert_type == SK_CERT
+    cert = certificate(cert_type, NS(raw) + (NS(APPLICATION) if sk else b""), ca_blob, ca_sign)
     add_user(world, "carol", line(ca_blob, "cert-authority"))
-    assert login(world, SmallOrderKey(raw, point, certificate=cert), CERT) == FAILURE
-    refused_with(world, "bad signature")
+    forger = SmallOrderKey(raw, point, SK_ED25519 if sk else ED25519, certificate=cert)
+    assert login(world, forger, cert_type) == FAILURE
+    refused_with(world, f"certified key: {WHY}")
 
 
 @pytest.mark.parametrize("where", ["cert-authority", "trusted_user_ca_keys"])
@@ -120,15 +148,19 @@ def test_a_ca_key_of_small_order_certifies_nothing(world: World, tmp_path: Path,
     cert = certificate(CERT, NS(user_key.public()._keyObject.public_bytes_raw()), ca_blob, ca_sign)
     if where == "cert-authority":
         add_user(world, "carol", line(ca_blob, "cert-authority"))
+        logged = f"{world.config.authorized_keys.replace('%u', 'carol')}:1: line refused: CA key: {WHY}"
     else:
         add_user(world, "carol", "")
         (tmp_path / "trusted").write_text(line(ca_blob))
-    conn = world.connect()
-    auth = conn.start_auth(b"carol")
-    d = auth._request(b"publickey", auth.signed(user_key, CERT, cert, signature_type=ED25519))
-    conn.flush()
+        logged = f"{tmp_path / 'trusted'}:1: CA key refused: {WHY}"
+    with capturedLogs() as events:
+        conn = world.connect()
+        auth = conn.start_auth(b"carol")
+        d = auth._request(b"publickey", auth.signed(user_key, CERT, cert, signature_type=ED25519))
+        conn.flush()
     assert d.called and d.result[0] == FAILURE
-    refused_with(world, "certificate signature is not valid")
+    refused_with(world, f"certificate authority key: {WHY}")
+    assert logged in log_lines(events)
 
 
 @pytest.mark.parametrize("name", SOME)
@@ -146,4 +178,4 @@ def test_a_ca_key_of_small_order_certifies_no_security_key(world: World, name: s
             return NS(SK_ED25519) + NS(body) + struct.pack(">BL", UP, 1)
 
     assert login(world, Token(raw, edwards.IDENTITY, SK_ED25519, cert), SK_CERT) == FAILURE
-    refused_with(world, "certificate signature is not valid")
+    refused_with(world, f"certificate authority key: {WHY}")
