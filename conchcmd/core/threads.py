@@ -102,11 +102,20 @@ class ThreadRunner:
         wake.acquire()  # held: the worker's sleep (acquire again) lasts until someone releases it
         idle = False  # counted in _idle
         left = False  # counted out of _idle and _workers on the way out
+        done: tuple[Callable[[Any], object], Any] | None = None  # the last job's outcome, to deliver
         try:
             while True:
                 with lock:
                     self._idle += 1
                     idle = True
+                    if done is not None and not jobs and wake not in self._sleepers:
+                        # Listed as asleep before the outcome goes: delivering wakes the reactor,
+                        # which then wants the GIL; this thread goes straight to sleep after it
+                        # instead of holding the GIL for its bookkeeping.
+                        self._sleepers.append(wake)
+                if done is not None:
+                    deliver(*done)
+                    done = None
                 until = time.monotonic() + self.LINGER
                 while True:
                     with lock:
@@ -115,13 +124,22 @@ class ThreadRunner:
                             self._idle -= 1
                             idle = False
                             self._pending -= 1
+                            if wake in self._sleepers:  # listed, but took the job itself
+                                self._sleepers.remove(wake)
+                            elif not wake.locked():  # woken for the job it took itself
+                                wake.acquire()
                             break
                         if self._stopped or self.pool.joined or time.monotonic() >= until:
                             self._idle -= 1
                             self._workers -= 1
                             left = True
+                            if wake in self._sleepers:
+                                self._sleepers.remove(wake)
                             return
-                        self._sleepers.append(wake)
+                        if wake not in self._sleepers:
+                            if not wake.locked():  # released for a job another worker took first
+                                wake.acquire()
+                            self._sleepers.append(wake)
                     # Asleep until a job or `stop` wakes it, or LINGER is up.
                     if not wake.acquire(timeout=max(until - time.monotonic(), 0.0)):
                         with lock:
@@ -130,12 +148,9 @@ class ThreadRunner:
                             else:  # woken just as its time was up: armed again at once
                                 wake.acquire()
                 try:
-                    result = fn(*args)
+                    done = (ok, fn(*args))
                 except BaseException:
-                    deliver(failed, Failure())
-                else:
-                    deliver(ok, result)
-                    del result
+                    done = (failed, Failure())
                 del fn, args, ok, failed  # nothing of the job kept while waiting for the next
         finally:
             if not left:  # something raised (deliver, say): the pool logs it; the counts stay right

@@ -13,7 +13,7 @@ private modules; its public `haproxy:` endpoint wraps the protocol in a way conc
 (see `conchcmd.server.proxied`). conchcmd reads headers with those parsers, here.
 
 `FlushingReactor`, the reactor `conchcmd serve` runs, is Twisted's epoll reactor with its event
-loop's private parts (`_doReadOrWrite`, `_writes`) used here; the
+loop's private parts (`_doReadOrWrite`, `_writes`, the timed-call heap) used here; the
 connections its ports accept are `ClosingServer`s (Twisted's TCP connection, closed with a system
 call fewer once the peer has said goodbye: its private `_shouldShutdown`).
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import os
 from select import EPOLLET, EPOLLIN, EPOLLOUT
 from typing import Any
@@ -204,6 +205,18 @@ class FlushingReactor(EPollReactor):
         self._flushable: dict[type, bool] = {}
         self._contexts: list[Any] | None = None  # the reactor thread's log context stack
         self._log_context: dict[str, Any] = {}  # the legacy log context the loop runs in
+
+    def _cancelCallLater(self, call: Any) -> None:
+        # Twisted leaves a cancelled timed call in its heap until it is due, and timeout() reads
+        # the first call of the heap, cancelled or not: an exec's reply timer, cancelled when the
+        # reply leaves, woke the loop for nothing 10 ms later, in the middle of the next
+        # connection. Cancelled calls at the top of the heap are dropped now (runUntilCurrent
+        # drops them the same way once due); those below wait their turn, as before.
+        super()._cancelCallLater(call)
+        calls = self._pendingTimedCalls
+        while calls and (calls[0] is call or calls[0].cancelled):  # (`call` is marked cancelled after this)
+            heapq.heappop(calls)
+            self._cancellations -= 1
 
     def installWaker(self) -> None:
         if self.waker:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from hashlib import sha256, sha512
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from conchcmd.wire import poly1305
 
 
 class BadPacket(Exception):
@@ -186,7 +187,8 @@ class _ChaCha20Poly1305(PacketCodec):
 
     The two contexts live as long as the keys: rebuilding them per burst of packets, as an
     earlier version did to keep idle sessions small, cost ~25 calls per context, 30 contexts
-    per fresh exec. The nonce of a packet is made once and serves both keys."""
+    per fresh exec. The nonce of a packet is made once and serves both keys. Tags: `poly1305`
+    (libsodium for all but long packets)."""
 
     length_excluded = True
     tag_size = 16
@@ -207,7 +209,7 @@ class _ChaCha20Poly1305(PacketCodec):
         header = self._header
         header.reset_nonce(nonce)
         sealed = header.update(packet[:4]) + out[64:]
-        return sealed + Poly1305.generate_tag(out[:32], sealed)
+        return sealed + poly1305.tag(out[:32], sealed)
 
     def packet_length(self, seq: int, head: bytes) -> int:
         nonce = _COUNTER0 + seq.to_bytes(8, "big")
@@ -225,10 +227,8 @@ class _ChaCha20Poly1305(PacketCodec):
         main = self._main
         main.reset_nonce(nonce)
         out = main.update(_BLOCK0 + data[4:-16])
-        try:
-            Poly1305.verify_tag(out[:32], data[:-16], data[-16:])
-        except InvalidSignature:
-            raise BadPacket("bad Poly1305 tag") from None
+        if not poly1305.verify(out[:32], data[:-16], data[-16:]):
+            raise BadPacket("bad Poly1305 tag")
         if known_seq != seq:
             header = self._header
             header.reset_nonce(nonce)

@@ -790,3 +790,38 @@ def test_calls_from_many_threads_at_once_are_never_lost() -> None:
     assert lost == [] and ran == [rounds] * threads
     reactor.waker.connectionLost(None)
     reactor._poller.close()
+
+
+def test_a_cancelled_timed_call_no_longer_sets_the_polls_timeout() -> None:
+    """Twisted keeps a cancelled call in its heap until it is due, and its timeout() (how long the
+    poll may wait) reads the heap's first call, cancelled or not: an exec's reply timer, cancelled
+    when the reply left, woke the loop 10 ms later for nothing. FlushingReactor drops cancelled
+    calls from the top of the heap; what is left runs as before, and the cancelled never run."""
+    ran: list[str] = []
+    for reactor_class in (EPollReactor, FlushingReactor):
+        reactor = reactor_class()
+        try:
+            soon = reactor.callLater(0.5, ran.append, "soon")
+            later = reactor.callLater(60, ran.append, "later")
+            hidden = reactor.callLater(90, ran.append, "hidden")  # cancelled below the top of the heap
+            assert reactor.timeout() is not None and reactor.timeout() <= 0.5  # type: ignore[operator]
+            hidden.cancel()
+            soon.cancel()
+            never = reactor.callLater(0.2, ran.append, "never")  # cancelled before it reaches the heap
+            never.cancel()
+            timeout = reactor.timeout()
+            assert timeout is not None
+            if reactor_class is EPollReactor:
+                assert timeout <= 0.5  # Twisted's: the poll would end at the cancelled call's time
+            else:
+                assert 59 < timeout <= 60, timeout
+                assert reactor._cancellations == 1  # hidden's, dropped when it reaches the top
+                later.cancel()  # hidden surfaces, and goes too: nothing left to wait for
+                assert reactor.timeout() is None and reactor._cancellations == 0
+                assert reactor.getDelayedCalls() == []
+            reactor.runUntilCurrent()
+            assert ran == []
+        finally:
+            for call in reactor.getDelayedCalls():
+                call.cancel()
+            reactor.waker.connectionLost(None)  # type: ignore[union-attr]

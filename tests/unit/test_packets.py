@@ -1,4 +1,5 @@
-"""Packet protection: published known-answer vectors, round trips, tampering, padding rules."""
+"""Packet protection: published known-answer vectors, round trips, tampering, padding rules; the
+Poly1305 tags (`conchcmd.wire.poly1305`: libsodium for short messages, cryptography's for long ones)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Iterator
 
 import cryptography_vectors
 import pytest
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from conchcmd.wire import poly1305
 from conchcmd.wire.packets import (
     CIPHERS,
     MACS,
@@ -159,8 +162,6 @@ def test_chacha_reused_contexts_seal_each_packet_as_fresh_ones_would() -> None:
     whatever the previous one's length left in the keystream, in any sequence-number order (the
     64-bit maximum too), is PROTOCOL.chacha20poly1305's
     construction computed from new ciphers (chacha20() is checked above)."""
-    from cryptography.hazmat.primitives.poly1305 import Poly1305
-
     key = os.urandom(64)
     sender = make_codec(b"chacha20-poly1305@openssh.com", b"", key, b"", b"", out=True)
     receiver = make_codec(b"chacha20-poly1305@openssh.com", b"", key, b"", b"", out=False)
@@ -178,3 +179,45 @@ def test_chacha_reused_contexts_seal_each_packet_as_fresh_ones_would() -> None:
         assert receiver.packet_length(seq, head) == len(packet) - 4
         with pytest.raises(BadPacket):
             receiver.open(seq, head + body + bytes(16))
+
+
+POLY1305_VECTORS = list(nist_vectors("poly1305/rfc7539.txt"))
+#: Both sides of the switch from libsodium to cryptography, and the sizes packets have.
+POLY1305_SIZES = (0, 1, 15, 16, 17, 31, 32, 33, 100, 1000, poly1305.SODIUM_MAX - 1, poly1305.SODIUM_MAX)
+POLY1305_SIZES += (poly1305.SODIUM_MAX + 1, 32768 + 64)
+
+
+@pytest.mark.parametrize("vector", POLY1305_VECTORS, ids=lambda v: f"rfc7539-{v['COUNT']}")
+def test_poly1305_rfc_8439_vectors(vector: dict[str, str]) -> None:
+    key, message, expected = (bytes.fromhex(vector[name]) for name in ("KEY", "MSG", "TAG"))
+    assert poly1305.tag(key, message) == expected
+    assert poly1305.verify(key, message, expected)
+
+
+@pytest.mark.parametrize("size", POLY1305_SIZES)
+def test_poly1305_same_tags_as_cryptography_and_only_the_right_tag_verifies(size: int) -> None:
+    for _ in range(4):
+        key, message = os.urandom(32), os.urandom(size)
+        expected = Poly1305.generate_tag(key, message)
+        assert poly1305.tag(key, message) == expected
+        assert poly1305.verify(key, message, expected)
+        for i in (0, 7, 15):  # any changed bit of the tag
+            wrong = bytearray(expected)
+            wrong[i] ^= 1 << (i % 8)
+            assert not poly1305.verify(key, message, bytes(wrong))
+        if size:  # of the message
+            changed = bytearray(message)
+            changed[size // 2] ^= 0x80
+            assert not poly1305.verify(key, bytes(changed), expected)
+        assert not poly1305.verify(os.urandom(32), message, expected)  # another key
+        assert not poly1305.verify(key, message, expected[:15])
+        assert not poly1305.verify(key, message, expected + b"\0")
+        assert not poly1305.verify(key, message + b"\0", expected)
+
+
+def test_poly1305_key_of_the_wrong_size_is_refused_not_read_past() -> None:
+    for key in (b"", bytes(31), bytes(33)):
+        with pytest.raises(ValueError):
+            poly1305.tag(key, b"message")
+        with pytest.raises(ValueError):
+            poly1305.verify(key, b"message", bytes(16))

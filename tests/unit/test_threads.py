@@ -233,6 +233,35 @@ def test_a_worker_ended_by_an_exception_leaves_the_counts_right_and_jobs_still_r
     assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
 
 
+def test_a_worker_is_asleep_by_the_time_its_outcome_is_delivered() -> None:
+    """A worker counts itself idle and lists itself asleep before it delivers a job's outcome: the
+    delivery wakes the reactor, which then wants the GIL, and the worker goes straight to sleep
+    instead of holding the GIL through its bookkeeping (the reactor waited for it: a context
+    switch more per comphash). So a job given as the outcome arrives goes to that same worker,
+    woken from the list, and no second worker is started for it."""
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="listed")
+    pool.start()
+    try:
+        runner = ThreadRunner(ThreadedReactor(), pool)  # outcomes delivered on the worker's thread
+        at_delivery: list[Any] = []
+        threads: list[Any] = []
+        done = threading.Event()
+
+        def arrived(thread: Any) -> None:
+            threads.append(thread)
+            at_delivery.append((runner._workers, runner._idle, len(runner._sleepers)))
+            runner.run(threading.current_thread).addCallback(lambda t: (threads.append(t), done.set()))
+
+        runner.run(threading.current_thread).addCallback(arrived)
+        assert done.wait(10)
+        assert at_delivery == [(1, 1, 1)]  # one worker, idle and listed asleep while delivering
+        assert threads[0] is threads[1]  # the second job woke it: no second worker
+    finally:
+        runner.stop()
+        pool.stop()
+    assert (runner._workers, runner._idle, runner._pending) == (0, 0, 0)
+
+
 class CountingSleepers(list):  # type: ignore[type-arg]
     """The runner's list of sleeping workers, counting the times one went to sleep."""
 
