@@ -89,7 +89,7 @@ class PublicKey(Key):
         except SkError:
             return False
         if self._raw_public is None:
-            self._raw_public = self._keyObject.public_bytes_raw()
+            self._raw_public = self.data()["a"]  # Conch's public name for its 32 bytes
         return sodium.ed25519_verify(self._raw_public, raw, data)
 
 
