@@ -101,7 +101,7 @@ def ed25519_key_refusal(key: Key) -> str | None:
     return sodium.ed25519_public_refusal(key.data()["a"])  # Conch's public name for its 32 bytes
 
 
-def public_key_from_blob(blob: bytes) -> Key:
+def public_key_from_blob(blob: bytes) -> PublicKey:
     """A public key from its SSH wire blob (a client's or a file's), read as sshd reads it (see
     `sshd_blob`); its `blob()` is the key as ssh-keygen writes it, what lines and revocations
     are matched on and fingerprints taken of. No format guessing: Conch sends text starting with
@@ -201,9 +201,9 @@ class ParsedKeys:
 
     def __init__(self, size: int = PARSED_KEYS):
         self.size = size
-        self._keys: OrderedDict[bytes, Key] = OrderedDict()
+        self._keys: OrderedDict[bytes, PublicKey] = OrderedDict()
 
-    def get(self, blob: bytes) -> Key:
+    def get(self, blob: bytes) -> PublicKey:
         key = self._keys.get(blob)
         if key is not None:
             self._keys.move_to_end(blob)
@@ -217,7 +217,7 @@ class ParsedKeys:
         return key
 
 
-def public_key_from_line(field: KeyField) -> Key:
+def public_key_from_line(field: KeyField) -> PublicKey:
     """The public key a `TYPE BASE64` line names, read as sshd reads it: the blob's own type must be
     the one the line names, and sk keys (which Conch reads loosely) are read with sshd's rules."""
     key = public_key_from_blob(field.blob)

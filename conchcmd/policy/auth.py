@@ -33,7 +33,7 @@ from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.core.throttle import LineThrottle
-from conchcmd.keys.keyparse import KeyParseError, ParsedKeys, ed25519_key_refusal
+from conchcmd.keys.keyparse import KeyParseError, ParsedKeys, PublicKey, ed25519_key_refusal
 from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
@@ -201,7 +201,7 @@ class Authorized:
     """A key or certificate that may log in: the identity, and the key that must sign."""
 
     identity: Identity
-    key: Key
+    key: PublicKey  # its Ed25519 signatures are checked by libsodium (keyparse.PublicKey.verify)
     signature_algorithm: bytes
     sk: SkPublicKey | None = None  # a security key: its signatures are checked by conchcmd.keys.sk
     requirements: SkRequirements = field(default_factory=SkRequirements)  # what a security key's signature must show

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
 from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.audit import sanitise
@@ -26,7 +25,13 @@ from conchcmd.core.filetrust import CheckedFile, FileTrust, ServerSideFailure, U
 from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
-from conchcmd.keys.keyparse import KeyParseError, ed25519_key_refusal, public_key_from_blob, public_key_from_line
+from conchcmd.keys.keyparse import (
+    KeyParseError,
+    PublicKey,
+    ed25519_key_refusal,
+    public_key_from_blob,
+    public_key_from_line,
+)
 from conchcmd.keys.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate, verify_ca_signature
 from conchcmd.keys.sodium import ed25519_public_refusal
 from conchcmd.policy.authorized_keys import CERT_SUFFIX, RefusedLine, fingerprint
@@ -81,7 +86,7 @@ class RevokedKeysUnavailable(CertificateRefused, ServerSideFailure):
 class CertificateGrant:
     """What a valid certificate allows, and what the audit log says about it."""
 
-    key: Key  # the certified public key, which signs the login
+    key: PublicKey  # the certified public key, which signs the login (libsodium for Ed25519)
     key_id: str
     serial: int
     ca_fingerprint: str
