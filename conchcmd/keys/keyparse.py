@@ -53,7 +53,8 @@ class PublicKey(Key):
     """Conch's Key for a key read from its blob (or a host key, see HostKey), with its type worked
     out once: Conch's `type()` runs isinstance checks against cryptography's ABCs at every call,
     and a login asks for it a dozen times (`sshType`, `verify`, the policy checks). A key's type
-    never changes."""
+    never changes. Its Ed25519 signatures are verified by libsodium (`verify`): every key that
+    signs a login is one (the policy's types say so)."""
 
     _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
     _ssh_type: bytes | None = None

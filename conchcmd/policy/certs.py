@@ -212,6 +212,7 @@ def _signature_part(blob: bytes) -> tuple[int, bytes]:
 
 
 def _fields(blob: bytes) -> tuple[bytes, bytes, int, bytes]:
+    """A certificate blob's critical options, extensions, signed length and CA signature."""
     kind, rest = getNS(blob)
     _, rest = getNS(rest)  # nonce
     for _ in range(_KEY_FIELDS.get(kind, 1)):
