@@ -50,6 +50,7 @@ from conchcmd.keys.sk import (
 from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, ParsedFile, fingerprint, lines_for_key
 from conchcmd.policy.certs import (
     CERT_SIGNATURES,
+    CertificateReadings,
     CertificateRefused,
     RevokedKeys,
     TrustedCAs,
@@ -245,6 +246,7 @@ class KeyAuthorizer:
         self.options = options or PubkeyAuthOptions()
         self.failures = ServerFailureLog(clock)
         self.parsed = ParsedKeys()
+        self.certificates = CertificateReadings()  # shared with the audit record and the auth log
         self._decided: dict[tuple[str, bytes, bytes, str | None], _Decision] = {}
 
     @classmethod
@@ -253,6 +255,7 @@ class KeyAuthorizer:
         authorizer.clock = clock
         authorizer.failures = ServerFailureLog(clock)
         authorizer.parsed = ParsedKeys()
+        authorizer.certificates = CertificateReadings()
         authorizer._decided = {}
         authorizer.reload(config)
         return authorizer
@@ -433,6 +436,7 @@ class KeyAuthorizer:
             trusted=self.trusted,
             authorities=[(e.blob, e.meaning.principals) for e in lines],
             revoked=self.revoked,
+            readings=self.certificates,
         )
         if grant.key.type() == "RSA" and grant.key.size() < MIN_RSA_BITS:
             raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")
