@@ -96,6 +96,7 @@ def build_server(
         ),
         metrics=metrics or NO_METRICS,
         internal_errors=internal_errors,
+        certificates=authorizer.certificates,
     )
     if metrics is not None:
         metrics.watch(FactoryState(factory))

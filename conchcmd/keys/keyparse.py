@@ -53,7 +53,8 @@ class PublicKey(Key):
     """Conch's Key for a key read from its blob (or a host key, see HostKey), with its type worked
     out once: Conch's `type()` runs isinstance checks against cryptography's ABCs at every call,
     and a login asks for it a dozen times (`sshType`, `verify`, the policy checks). A key's type
-    never changes."""
+    never changes. Its Ed25519 signatures are verified by libsodium (`verify`): every key that
+    signs a login is one (the policy's types say so)."""
 
     _type: Literal["RSA", "DSA", "EC", "Ed25519"] | None = None
     _ssh_type: bytes | None = None
@@ -89,7 +90,7 @@ class PublicKey(Key):
         except SkError:
             return False
         if self._raw_public is None:
-            self._raw_public = self._keyObject.public_bytes_raw()
+            self._raw_public = self.data()["a"]  # Conch's public name for its 32 bytes
         return sodium.ed25519_verify(self._raw_public, raw, data)
 
 
@@ -101,7 +102,7 @@ def ed25519_key_refusal(key: Key) -> str | None:
     return sodium.ed25519_public_refusal(key.data()["a"])  # Conch's public name for its 32 bytes
 
 
-def public_key_from_blob(blob: bytes) -> Key:
+def public_key_from_blob(blob: bytes) -> PublicKey:
     """A public key from its SSH wire blob (a client's or a file's), read as sshd reads it (see
     `sshd_blob`); its `blob()` is the key as ssh-keygen writes it, what lines and revocations
     are matched on and fingerprints taken of. No format guessing: Conch sends text starting with
@@ -201,9 +202,9 @@ class ParsedKeys:
 
     def __init__(self, size: int = PARSED_KEYS):
         self.size = size
-        self._keys: OrderedDict[bytes, Key] = OrderedDict()
+        self._keys: OrderedDict[bytes, PublicKey] = OrderedDict()
 
-    def get(self, blob: bytes) -> Key:
+    def get(self, blob: bytes) -> PublicKey:
         key = self._keys.get(blob)
         if key is not None:
             self._keys.move_to_end(blob)
@@ -217,7 +218,7 @@ class ParsedKeys:
         return key
 
 
-def public_key_from_line(field: KeyField) -> Key:
+def public_key_from_line(field: KeyField) -> PublicKey:
     """The public key a `TYPE BASE64` line names, read as sshd reads it: the blob's own type must be
     the one the line names, and sk keys (which Conch reads loosely) are read with sshd's rules."""
     key = public_key_from_blob(field.blob)

@@ -96,13 +96,22 @@ def x25519_key_pair() -> tuple[bytes, bytes]:
 
 
 def x25519_public(private: bytes) -> bytes:
-    """The public value of a 32-byte X25519 private key."""
+    """The public value of a 32-byte X25519 private key (ValueError for another size)."""
+    _check_private(private)
     return crypto_scalarmult_base(private)
+
+
+def _check_private(private: bytes) -> None:
+    # PyNaCl (1.6) passes the buffer to libsodium unchecked, which reads 32 bytes from it.
+    if len(private) != X25519_SIZE:
+        raise ValueError("An X25519 private key is 32 bytes long")
 
 
 def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
     """The X25519 shared secret with a peer's public value; ValueError, with cryptography's
-    messages, for a value of the wrong size or one of small order (an all-zero secret)."""
+    messages, for a value (or private key) of the wrong size or one of small order (an all-zero
+    secret)."""
+    _check_private(private)
     if len(peer_public) != X25519_SIZE:
         raise ValueError("An X25519 public key is 32 bytes long")
     try:

@@ -33,7 +33,7 @@ from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.core.peer import PeerSSHPrivateKey
 from conchcmd.core.threads import BlockingRunner
 from conchcmd.core.throttle import LineThrottle
-from conchcmd.keys.keyparse import KeyParseError, ParsedKeys, ed25519_key_refusal
+from conchcmd.keys.keyparse import KeyParseError, ParsedKeys, PublicKey, ed25519_key_refusal
 from conchcmd.keys.sk import (
     SK_ECDSA,
     SK_ED25519,
@@ -50,6 +50,7 @@ from conchcmd.keys.sk import (
 from conchcmd.policy.authorized_keys import AuthorizedKey, AuthorizedKeysFiles, ParsedFile, fingerprint, lines_for_key
 from conchcmd.policy.certs import (
     CERT_SIGNATURES,
+    CertificateReadings,
     CertificateRefused,
     RevokedKeys,
     TrustedCAs,
@@ -201,7 +202,7 @@ class Authorized:
     """A key or certificate that may log in: the identity, and the key that must sign."""
 
     identity: Identity
-    key: Key
+    key: PublicKey  # its Ed25519 signatures are checked by libsodium (keyparse.PublicKey.verify)
     signature_algorithm: bytes
     sk: SkPublicKey | None = None  # a security key: its signatures are checked by conchcmd.keys.sk
     requirements: SkRequirements = field(default_factory=SkRequirements)  # what a security key's signature must show
@@ -245,6 +246,7 @@ class KeyAuthorizer:
         self.options = options or PubkeyAuthOptions()
         self.failures = ServerFailureLog(clock)
         self.parsed = ParsedKeys()
+        self.certificates = CertificateReadings()  # shared with the audit record and the auth log
         self._decided: dict[tuple[str, bytes, bytes, str | None], _Decision] = {}
 
     @classmethod
@@ -253,6 +255,7 @@ class KeyAuthorizer:
         authorizer.clock = clock
         authorizer.failures = ServerFailureLog(clock)
         authorizer.parsed = ParsedKeys()
+        authorizer.certificates = CertificateReadings()
         authorizer._decided = {}
         authorizer.reload(config)
         return authorizer
@@ -433,6 +436,7 @@ class KeyAuthorizer:
             trusted=self.trusted,
             authorities=[(e.blob, e.meaning.principals) for e in lines],
             revoked=self.revoked,
+            readings=self.certificates,
         )
         if grant.key.type() == "RSA" and grant.key.size() < MIN_RSA_BITS:
             raise KeyRefused(f"certified RSA key of {grant.key.size()} bits is too small")

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.config import valid_user_name
@@ -23,7 +22,13 @@ from conchcmd.core.filetrust import AttemptFiles, CheckedFile, FileTrust, Server
 from conchcmd.core.hostmatch import PatternError, split_patterns
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import CERT_SUFFIX, file_lines, read_key, skip_space
-from conchcmd.keys.keyparse import KeyParseError, KeyTypeMismatch, ed25519_key_refusal, public_key_from_line
+from conchcmd.keys.keyparse import (
+    KeyParseError,
+    KeyTypeMismatch,
+    PublicKey,
+    ed25519_key_refusal,
+    public_key_from_line,
+)
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -280,7 +285,7 @@ def _text(value: str | None) -> str | None:
 class AuthorizedKey:
     """One usable line of an authorized_keys file."""
 
-    key: Key
+    key: PublicKey
     blob: bytes
     options: tuple[tuple[str, str | None], ...]
     comment: str

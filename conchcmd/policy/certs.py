@@ -9,8 +9,8 @@ libsodium instead (keys/sodium.py), like every other Ed25519 signature.
 from __future__ import annotations
 
 import base64
-import functools
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
 from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 
 from conchcmd.core.audit import sanitise
@@ -26,7 +25,13 @@ from conchcmd.core.filetrust import CheckedFile, FileTrust, ServerSideFailure, U
 from conchcmd.core.hostmatch import addr_match_cidr_list, normalise_peer
 from conchcmd.core.logtargets import LOG_NAMESPACE
 from conchcmd.keys.keyfile import LINE_KEY_TYPES, KeyField, file_lines, read_key, skip_space
-from conchcmd.keys.keyparse import KeyParseError, ed25519_key_refusal, public_key_from_blob, public_key_from_line
+from conchcmd.keys.keyparse import (
+    KeyParseError,
+    PublicKey,
+    ed25519_key_refusal,
+    public_key_from_blob,
+    public_key_from_line,
+)
 from conchcmd.keys.sk import SK_CERT_TYPES, SkCertificate, SkPublicKey, parse_sk_certificate, verify_ca_signature
 from conchcmd.keys.sodium import ed25519_public_refusal
 from conchcmd.policy.authorized_keys import CERT_SUFFIX, RefusedLine, fingerprint
@@ -81,7 +86,7 @@ class RevokedKeysUnavailable(CertificateRefused, ServerSideFailure):
 class CertificateGrant:
     """What a valid certificate allows, and what the audit log says about it."""
 
-    key: Key  # the certified public key, which signs the login
+    key: PublicKey  # the certified public key, which signs the login (libsodium for Ed25519)
     key_id: str
     serial: int
     ca_fingerprint: str
@@ -111,40 +116,49 @@ def is_cstring(value: bytes) -> bool:
 AnyCertificate = SSHCertificate | SkCertificate
 
 
-#: Certificate blobs whose reading (`load_certificate`) is remembered, the least recently read
-#: dropped first, and the longest kept. A login read its certificate for its authorization, its
-#: audit record and its auth-log line: three CA signature checks (tests/inmemory/
-#: test_certificate_reads.py), one now, none at the next login with it. The reading depends on the
-#: bytes alone (validity, revocation and principals are checked at each use), so the same blob
-#: gets the same answer, refusals included.
+#: Client certificate blobs a CertificateReadings keeps by default, and the longest it keeps.
 READ_CERTIFICATES = 64
 MAX_KEPT_CERTIFICATE = 8192
+
+
+class CertificateReadings:
+    """The readings (`load_certificate`) of the latest client certificate blobs, the least recently
+    read dropped first, one per server like keyparse.ParsedKeys. A login read its certificate for
+    its authorization, its audit record and its auth-log line: three CA signature checks
+    (tests/inmemory/test_certificate_reads.py), one now, none at the next login with it. The
+    reading depends on the bytes alone (validity, revocation and principals are checked at each
+    use), so the same blob gets the same answer, refusals included. Blobs over
+    MAX_KEPT_CERTIFICATE bytes are read each time: at most size x MAX_KEPT_CERTIFICATE bytes of
+    client data are kept."""
+
+    def __init__(self, size: int = READ_CERTIFICATES):
+        self.size = size
+        self._kept: OrderedDict[bytes, AnyCertificate | str] = OrderedDict()  # a refusal: its reason
+
+    def read(self, blob: bytes) -> AnyCertificate:
+        """`load_certificate(blob)`, read the first time only."""
+        if len(blob) > MAX_KEPT_CERTIFICATE:
+            return load_certificate(blob)
+        outcome = self._kept.get(blob)
+        if outcome is None:
+            try:
+                outcome = load_certificate(blob)
+            except CertificateRefused as e:
+                outcome = str(e)
+            self._kept[blob] = outcome
+            if len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        else:
+            self._kept.move_to_end(blob)
+        if isinstance(outcome, str):
+            raise CertificateRefused(outcome)  # a new exception each time: a kept one would gather tracebacks
+        return outcome
 
 
 def load_certificate(blob: bytes) -> AnyCertificate:
     """A certificate (user or host) from its wire blob, as sshd's cert_parse accepts it: well
     formed, the key id and principals C strings, at most 256 principals, the CA signature valid.
     CertificateRefused otherwise."""
-    outcome = _read_kept(blob) if len(blob) <= MAX_KEPT_CERTIFICATE else _read(blob)
-    if isinstance(outcome, str):
-        raise CertificateRefused(outcome)  # a new exception each time: a kept one would gather tracebacks
-    return outcome
-
-
-@functools.lru_cache(maxsize=READ_CERTIFICATES)
-def _read_kept(blob: bytes) -> AnyCertificate | str:
-    return _read(blob)
-
-
-def _read(blob: bytes) -> AnyCertificate | str:
-    """`load_certificate`'s answer: the certificate, or why it is refused."""
-    try:
-        return _read_certificate(blob)
-    except CertificateRefused as e:
-        return str(e)
-
-
-def _read_certificate(blob: bytes) -> AnyCertificate:
     # cryptography raises UnsupportedAlgorithm for a type it does not know (ssh-dss certificates
     # included) and NotImplementedError for a compressed EC point, besides ValueError.
     identity: object
@@ -186,9 +200,10 @@ def verify_ca_signature_of(cert: AnyCertificate, blob: bytes) -> None:
         raise CertificateRefused("certificate signature is not valid") from None
 
 
-def parse_certificate(blob: bytes) -> AnyCertificate:
-    """A user certificate from its wire blob; CertificateRefused if it is not a sound one."""
-    identity = load_certificate(blob)
+def parse_certificate(blob: bytes, readings: CertificateReadings | None = None) -> AnyCertificate:
+    """A user certificate from its wire blob (through the server's `readings`, if given);
+    CertificateRefused if it is not a sound one."""
+    identity = readings.read(blob) if readings is not None else load_certificate(blob)
     if identity.type != SSHCertificateType.USER:
         raise CertificateRefused("a host certificate cannot log in")
     return identity
@@ -207,6 +222,7 @@ def _signature_part(blob: bytes) -> tuple[int, bytes]:
 
 
 def _fields(blob: bytes) -> tuple[bytes, bytes, int, bytes]:
+    """A certificate blob's critical options, extensions, signed length and CA signature."""
     kind, rest = getNS(blob)
     _, rest = getNS(rest)  # nonce
     for _ in range(_KEY_FIELDS.get(kind, 1)):
@@ -511,14 +527,16 @@ def validate_certificate(
     trusted: TrustedCAs,
     authorities: list[tuple[bytes, str | None]],
     revoked: RevokedKeys,
+    readings: CertificateReadings | None = None,
 ) -> tuple[CertificateGrant, bytes]:
     """Check a user certificate completely; returns the grant and the CA's blob.
 
     `authorities` are (CA blob, principals= option) from the user's cert-authority lines; as in
     sshd, the certificate may pass through any of them, or else through a CA in `trusted`
-    (which requires the user name among the certificate's principals).
+    (which requires the user name among the certificate's principals). Read through the
+    server's `readings`, if given.
     """
-    cert = parse_certificate(blob)
+    cert = parse_certificate(blob, readings)
     ca_blob = public_blob(cert.signature_key())
     if ca_signature_algorithm(blob) in WEAK_CA_SIGNATURES:  # (parse_certificate checked the signature)
         raise CertificateRefused("certificate signed with SHA-1")

@@ -23,7 +23,13 @@ from twisted.logger import Logger
 from conchcmd.core.audit import escape_char, sanitise
 from conchcmd.core.logtargets import AUTH_LOG_NAMESPACE, FastLogger
 from conchcmd.policy.authorized_keys import fingerprint
-from conchcmd.policy.certs import CertificateRefused, is_certificate, parse_certificate, public_blob
+from conchcmd.policy.certs import (
+    CertificateReadings,
+    CertificateRefused,
+    is_certificate,
+    parse_certificate,
+    public_blob,
+)
 
 auth_log = FastLogger(namespace=AUTH_LOG_NAMESPACE)
 
@@ -85,9 +91,9 @@ class KeyInfo:
     ca_fingerprint: str | None = None
 
     @classmethod
-    def of(cls, blob: bytes) -> KeyInfo | None:
-        """The description of a client's key blob; None when it cannot be parsed (sshd then
-        logs the line without one)."""
+    def of(cls, blob: bytes, readings: CertificateReadings | None = None) -> KeyInfo | None:
+        """The description of a client's key blob (a certificate read through the server's
+        `readings`, if given); None when it cannot be parsed (sshd then logs the line without one)."""
         try:
             blob_type = getNS(blob)[0]
         except (struct.error, IndexError, ValueError):
@@ -95,7 +101,7 @@ class KeyInfo:
         if not is_certificate(blob):
             return cls(key_type_name(blob_type), fingerprint(blob))
         try:
-            cert = parse_certificate(blob)
+            cert = parse_certificate(blob, readings)
             ca_blob = public_blob(cert.signature_key())
             return cls(
                 key_type=key_type_name(blob_type),
@@ -128,15 +134,16 @@ class KeyInfos:
     (the blob read as sshd reads it, its type and fingerprint). Only accepted keys are kept, at
     most `size` of them."""
 
-    def __init__(self, size: int = KEY_INFOS):
+    def __init__(self, size: int = KEY_INFOS, readings: CertificateReadings | None = None):
         self.size = size
+        self.readings = readings
         self._known: dict[bytes, KeyInfo] = {}
 
     def of(self, blob: bytes, logged: Callable[[], bytes]) -> KeyInfo | None:
         """The description of `blob`, from `logged()` (the blob as sshd reads it) the first time."""
         info = self._known.get(blob)
         if info is None:
-            info = KeyInfo.of(logged())
+            info = KeyInfo.of(logged(), self.readings)
             if info is not None:
                 if len(self._known) >= self.size:
                     del self._known[next(iter(self._known))]

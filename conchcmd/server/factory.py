@@ -18,6 +18,7 @@ from conchcmd.core.filetrust import AttemptFiles
 from conchcmd.core.internalerrors import InternalErrors
 from conchcmd.core.metrics import NO_METRICS, ConnectionMetrics
 from conchcmd.policy.auth import PasswordChecker
+from conchcmd.policy.certs import CertificateReadings
 from conchcmd.server.admission import Admissions
 from conchcmd.server.authlog import KeyInfos
 from conchcmd.server.connection import ConnectionService
@@ -75,6 +76,7 @@ class CommandServerFactory(SSHFactory):
         configured_user: Callable[[str], bool] | None = None,
         metrics: ConnectionMetrics = NO_METRICS,
         internal_errors: InternalErrors | None = None,
+        certificates: CertificateReadings | None = None,
     ):
         self.publicKeys = dict(host_keys.public)
         self.privateKeys = dict(host_keys.private)
@@ -90,7 +92,9 @@ class CommandServerFactory(SSHFactory):
         #: False: ask `known_user`), with the same work for every name: no file of the user's read.
         self.configured_user: Callable[[str], bool] = configured_user or (lambda _name: True)
         self.metrics = metrics
-        self.key_infos = KeyInfos()  # the accepted keys' descriptions in the auth log
+        #: The client certificates read: the authorizer's, for audit records and auth-log lines too.
+        self.certificates = certificates or CertificateReadings()
+        self.key_infos = KeyInfos(readings=self.certificates)  # the accepted keys' descriptions in the auth log
         self.admissions = Admissions(
             settings.limits,
             clock,

@@ -408,7 +408,7 @@ class UserAuthService(UserAuthHooks):
         fields: dict[str, Any] = {"key_type": sanitise(algorithm, 64), "fingerprint": fingerprint(blob)}
         if is_certificate(blob):
             try:
-                cert = parse_certificate(blob)
+                cert = parse_certificate(blob, self.transport.factory.certificates)
                 fields.update(
                     fingerprint=fingerprint(public_blob(cert.public_key())),
                     cert_key_id=sanitise(cert.key_id),
@@ -489,7 +489,11 @@ class UserAuthService(UserAuthHooks):
             message = sanitise(reason.getErrorMessage(), 200)
             t = self.transport
             decided = self.clock.seconds()
-            key = KeyInfo.of(self._logged_blob()) if self.method == b"publickey" and self._key else None
+            key = (
+                KeyInfo.of(self._logged_blob(), t.factory.certificates)
+                if self.method == b"publickey" and self._key
+                else None
+            )
             method, user = self.method or b"", self.user or b""
             # Not before an answer of the same cost for every name (none, a method not offered,
             # the last failure's disconnect; a password's is held back anyway); a publickey

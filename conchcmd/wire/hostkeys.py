@@ -45,7 +45,7 @@ class HostKey(PublicKey):
         # exchange, libsodium 0.26 M for the same bytes (Ed25519 is deterministic; keys/sodium.py).
         if signatureType in (None, b"ssh-ed25519") and self.type() == "Ed25519" and not self.isPublic():
             if self._signer is None:
-                self._signer = Ed25519Signer(self._keyObject.private_bytes_raw())
+                self._signer = Ed25519Signer(self.data()["k"])  # the 32-byte seed
             return NS(b"ssh-ed25519") + NS(self._signer.sign(data))
         return bytes(super().sign(data, signatureType))
 

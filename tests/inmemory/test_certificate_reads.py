@@ -25,7 +25,7 @@ SUCCESS, FAILURE = 52, 51
 
 @pytest.fixture
 def ca_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """The CA signature checks made, by certificate blob, from an empty memory of readings."""
+    """The CA signature checks made, by certificate blob."""
     checks: list[bytes] = []
     check = certs.verify_ca_signature_of
 
@@ -34,9 +34,7 @@ def ca_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
         check(cert, blob)
 
     monkeypatch.setattr(certs, "verify_ca_signature_of", counted)
-    certs._read_kept.cache_clear()
     yield checks
-    certs._read_kept.cache_clear()  # no reading of this test's certificates left for others
 
 
 def ca() -> tuple[bytes, Callable[[bytes], bytes]]:
@@ -108,11 +106,30 @@ def test_only_blobs_up_to_the_bound_are_kept(ca_checks: list[bytes]) -> None:
     """A client's long blob (a certificate padded with principals) is read each time instead:
     the memory holds at most READ_CERTIFICATES x MAX_KEPT_CERTIFICATE bytes of client data."""
     ca_blob, ca_sign = ca()
-    key = ed25519_key(3).public()._keyObject.public_bytes_raw()
+    key = ed25519_key(3).public().data()["a"]
     principals = [b"p%04d" % i for i in range(200)] + [b"x" * 9000]
     long = raw_certificate(CERT, NS(key), ca_blob, ca_sign, principals=principals, valid=(0, 10**9))
-    assert len(long) > certs.MAX_KEPT_CERTIFICATE
-    certs.load_certificate(long)
-    certs.load_certificate(long)
-    assert ca_checks == [long, long]
-    assert certs._read_kept.cache_info().currsize == 0
+    short = certificate(ca_sign, ca_blob)
+    assert len(long) > certs.MAX_KEPT_CERTIFICATE >= len(short)
+    readings = certs.CertificateReadings()
+    for blob in (short, long, short, long):
+        assert readings.read(blob).key_id == b"raw-cert"
+    assert ca_checks == [short, long, long]
+
+
+def test_the_oldest_reading_is_dropped_first(ca_checks: list[bytes]) -> None:
+    ca_blob, ca_sign = ca()
+    first, second, third = (certificate(ca_sign, ca_blob, valid=(0, 10**9 + n)) for n in range(3))
+    readings = certs.CertificateReadings(size=2)
+    for blob in (first, second, first, third, first, second):
+        readings.read(blob)
+    assert ca_checks == [first, second, third, second]  # `first` read again kept it; `second` went
+
+
+def test_each_server_has_its_own_readings(tmp_path: Path, ca_checks: list[bytes]) -> None:
+    """No reading is shared between servers (nor left behind by another test)."""
+    ca_blob, ca_sign = ca()
+    cert = certificate(ca_sign, ca_blob)
+    assert login(world_with_ca(tmp_path / "a", ca_blob), cert) == SUCCESS
+    assert login(world_with_ca(tmp_path / "b", ca_blob), cert) == SUCCESS
+    assert ca_checks == [cert, cert]

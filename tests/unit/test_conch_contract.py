@@ -482,6 +482,29 @@ def test_no_module_but_the_adapter_names_a_conch_private() -> None:
     assert found == []
 
 
+def conch_key_private_attributes() -> set[str]:
+    """The private attributes of Conch's Key: its methods and what `__init__` sets on the instance
+    (`_keyObject`, the cryptography object; `_sk`, `_application`)."""
+    from twisted.conch.ssh import keys
+
+    defined = {name for name in vars(keys.Key) if name.startswith("_") and not name.startswith("__")}
+    assigned = set(re.findall(r"self\.(_[a-zA-Z]\w*) = ", inspect.getsource(keys.Key)))
+    return defined | assigned
+
+
+def test_no_module_reads_a_private_attribute_of_conch_keys() -> None:
+    """A Key subclass (keyparse.PublicKey, hostkeys.HostKey) reads its key through Conch's public
+    `data()`, not `self._keyObject`: the scan by name above misses instance attributes."""
+    private = conch_key_private_attributes()
+    assert "_keyObject" in private
+    found = []
+    for source, text in package_sources():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                found.append(f"{source}:{node.lineno}: .{node.attr}")
+    assert found == []
+
+
 def test_no_module_but_the_adapter_names_a_twisted_core_private() -> None:
     """Every use of a private name of Twisted outside Conch is in conchcmd/core/twistedprivate.py:
     no other module imports one (or a private module), or reads one as an attribute."""

@@ -372,6 +372,19 @@ CLAIMS: dict[str, dict[str, list[str]]] = {
             U + "test_packets.py::test_any_flipped_bit_or_wrong_sequence_number_is_rejected",
             M + "test_transport_crypto.py::test_a_forged_packet_ends_the_connection_with_a_mac_error",
         ],
+        "Ed25519 and X25519 from libsodium: cryptography's bytes and verdicts (stricter on keys of small order)": [
+            U + "test_sodium.py::test_x25519_gives_openssls_public_values_and_secrets",
+            U + "test_sodium.py::test_x25519_refuses_values_of_small_order_as_openssl_does",
+            U + "test_sodium.py::test_an_ed25519_host_key_signs_the_bytes_conch_signs",
+            U + "test_sodium.py::test_a_client_signature_gets_openssls_verdict",
+            U + "test_sodium.py::test_any_key_and_signature_bytes_get_a_verdict_not_an_exception",
+            U + "test_weak_ed25519_keys.py::test_verify_refuses_a_signature_forged_for_a_plain_key_of_small_order",
+            E + "test_e2e_host_key_signatures.py::test_each_host_key_signature_is_verified_by_openssh_at_every_rekey",
+        ],
+        "Poly1305 tags of packets up to 12 KiB from libsodium: RFC 8439's tags, as cryptography's": [
+            U + "test_packets.py::test_poly1305_rfc_8439_vectors",
+            U + "test_packets.py::test_poly1305_same_tags_as_cryptography_and_only_the_right_tag_verifies",
+        ],
         "ssh-audit: no failure, only the post-quantum warning": [
             E + "test_e2e_ciphers.py::test_ssh_audit_finds_no_failure_and_only_the_post_quantum_warning",
         ],

@@ -83,6 +83,16 @@ def test_x25519_refuses_a_public_value_of_the_wrong_size_with_openssls_words(siz
         sodium.x25519_shared(os.urandom(32), os.urandom(size))
 
 
+@pytest.mark.parametrize("size", [0, 5, 31, 33])
+def test_x25519_refuses_a_private_key_of_the_wrong_size(size: int) -> None:
+    """PyNaCl hands libsodium the buffer unchecked: a short one was read past its end (a result
+    from bytes after it), a long one cut short, with no error."""
+    with pytest.raises(ValueError, match="An X25519 private key is 32 bytes long"):
+        sodium.x25519_public(os.urandom(size))
+    with pytest.raises(ValueError, match="An X25519 private key is 32 bytes long"):
+        sodium.x25519_shared(os.urandom(size), sodium.x25519_key_pair()[1])
+
+
 def test_x25519_key_pairs_are_fresh_and_consistent() -> None:
     pairs = {sodium.x25519_key_pair() for _ in range(50)}
     assert len(pairs) == 50

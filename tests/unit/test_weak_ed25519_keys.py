@@ -21,9 +21,12 @@ from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_scalarmult_
 from support import edwards
 from support.certlogin import raw_certificate
 from support.edwards import ED25519, SK_ED25519, SmallOrderKey
+from support.skauth import UP, signed_message
 from twisted.conch.ssh.common import NS
 
 from conchcmd.keys import sodium
+from conchcmd.keys.keyparse import public_key_from_blob
+from conchcmd.keys.sk import SkBadSignature, parse_sk_public_key, verify_ca_signature
 from conchcmd.policy.authorized_keys import parse_authorized_keys
 from conchcmd.policy.certs import CertificateRefused, RevokedKeys, TrustedCAs
 
@@ -255,3 +258,43 @@ def test_revoked_keys_revokes_the_key_of_a_certificate_under_a_ca_of_small_order
     path.write_text(key_line(forged_certificate(2, user_key, valid=False)))
     with pytest.raises(CertificateRefused, match="revocation list has an unreadable line"):
         revoked.load()
+
+
+# Behind the refusal at read: each Ed25519 check itself refuses what anyone can forge for a key of
+# small order (OpenSSL accepts it). The refusal of the line hides these checks from the login
+# tests; here each is called directly, so one put back on OpenSSL fails.
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_verify_refuses_a_signature_forged_for_a_plain_key_of_small_order(index: int) -> None:
+    point = TORSION[index]
+    raw = edwards.encode(point)
+    forged = edwards.forge(raw, point, b"session")
+    ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(forged, b"session")  # OpenSSL: accepted
+    key = public_key_from_blob(NS(ED25519) + NS(raw))
+    assert not key.verify(NS(ED25519) + NS(forged), b"session")
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_verify_refuses_a_signature_forged_for_a_security_key_of_small_order(index: int) -> None:
+    point = TORSION[index]
+    raw = edwards.encode(point)
+    message = signed_message(edwards.APPLICATION, UP, 1, b"session")
+    forged = edwards.forge(raw, point, message)
+    ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(forged, message)  # OpenSSL: accepted
+    key = parse_sk_public_key(SmallOrderKey(raw, point, SK_ED25519).key_blob())
+    with pytest.raises(SkBadSignature):
+        key.verify(NS(SK_ED25519) + NS(forged) + struct.pack(">BL", UP, 1), b"session")
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_a_ca_signature_forged_for_a_ca_key_of_small_order_is_refused(index: int) -> None:
+    """sk.verify_ca_signature, which checks the CA signature of every Ed25519-signed certificate
+    (plain and sk) once certs has let the CA key through."""
+    point = TORSION[index]
+    raw = edwards.encode(point)
+    forged = edwards.forge(raw, point, b"certificate")
+    ca_key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    ca_key.verify(forged, b"certificate")  # OpenSSL: accepted
+    with pytest.raises(InvalidSignature):
+        verify_ca_signature(NS(ED25519) + NS(raw), ca_key, NS(ED25519) + NS(forged), b"certificate")
