@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import cryptography_vectors
 import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conchcmd.wire import poly1305
 from conchcmd.wire.packets import (
@@ -221,3 +223,47 @@ def test_poly1305_key_of_the_wrong_size_is_refused_not_read_past() -> None:
             poly1305.tag(key, b"message")
         with pytest.raises(ValueError):
             poly1305.verify(key, b"message", bytes(16))
+
+
+_SIZES = st.one_of(
+    st.integers(0, 64),
+    st.integers(poly1305.SODIUM_MAX - 40, poly1305.SODIUM_MAX + 40),  # both sides of the switch
+    st.integers(0, 70000),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.binary(min_size=64, max_size=64),
+    seq=st.one_of(st.integers(0, 3), st.integers(2**32 - 2, 2**32 + 1), st.integers(0, 2**64 - 1)),
+    size=_SIZES,
+    flip=st.one_of(st.none(), st.tuples(st.integers(0, 2**32), st.integers(0, 7))),
+    seq_off=st.sampled_from([0, 0, 0, 1, 2**32]),
+    read_length_first=st.booleans(),
+)
+def test_chacha_codec_agrees_with_a_reference_from_cryptography_alone(
+    key: bytes, seq: int, size: int, flip: tuple[int, int] | None, seq_off: int, read_length_first: bool
+) -> None:
+    """Fuzz of seal and open against PROTOCOL.chacha20poly1305 built from cryptography's ChaCha20 and
+    Poly1305 only: the same sealed bytes at any size (either tag path) and sequence number, and open()
+    takes exactly what the reference's tag check takes: any changed bit, or another sequence number,
+    is a BadPacket, never an exception of another kind nor a packet."""
+    sender = make_codec(b"chacha20-poly1305@openssh.com", b"", key, b"", b"", out=True)
+    receiver = make_codec(b"chacha20-poly1305@openssh.com", b"", key, b"", b"", out=False)
+    packet = pad(b"\x5e" + os.urandom(size), sender, os.urandom)
+    head = chacha20(key[32:], packet[:4], seq, 0)
+    body = chacha20(key[:32], packet[4:], seq, 1)
+    sealed = head + body + Poly1305.generate_tag(chacha20(key[:32], bytes(32), seq, 0), head + body)
+    assert sender.seal(seq, packet) == sealed
+    wire = bytearray(sealed)
+    if flip is not None:
+        wire[flip[0] % len(wire)] ^= 1 << flip[1]
+    at = (seq + seq_off) % 2**64
+    reference_takes = bytes(wire) == sealed and at == seq
+    if read_length_first:
+        receiver.packet_length(at, bytes(wire[:4]))
+    if reference_takes:
+        assert receiver.open(at, bytes(wire)) == packet
+    else:
+        with pytest.raises(BadPacket):
+            receiver.open(at, bytes(wire))

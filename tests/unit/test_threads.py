@@ -3,8 +3,10 @@ and their threads run at a lower CPU priority."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import queue
 import random
 import sys
 import threading
@@ -420,3 +422,68 @@ def test_a_bug_cleaning_up_after_abandoned_work_is_logged_at_once() -> None:
     assert isinstance(logged["log_failure"].value, OSError)
     assert logged["log_format"] == "Cleaning up after abandoned work failed"
     assert work.result is None
+
+
+class QueueReactor:
+    """Outcomes queued for a 'reactor' loop of the test's own (the real reactor's callFromThread:
+    the worker goes on while the outcome waits), which gives the next jobs from that loop."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]] = queue.SimpleQueue()
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.put((f, args))
+
+    def turn(self, timeout: float) -> None:
+        with contextlib.suppress(queue.Empty):
+            f, args = self.calls.get(timeout=timeout) if timeout else self.calls.get_nowait()
+            f(*args)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_jobs_given_while_outcomes_are_on_their_way_each_run_once_within_the_pool_s_max(seed: int) -> None:
+    """Workers list themselves asleep before their outcome goes: jobs given in that window (from
+    the reactor, woken by the outcome, or while outcomes wait in its queue), LINGER ending in it,
+    jobs that raise, a stop among them. Each job given before the stop runs once and its outcome
+    (value or failure) arrives once; never more jobs at once than the pool's max; the counts end
+    at zero and pool.stop() returns."""
+    rng = random.Random(seed)
+    pool = ThreadPool(minthreads=0, maxthreads=rng.choice((1, 2, 3)), name=f"window-{seed}")
+    pool.start()
+    reactor = QueueReactor()
+    runner = ThreadRunner(reactor, pool)
+    runner.LINGER = rng.choice((0.0005, 0.002, 0.5))  # type: ignore[misc]
+    busy, most, guard = [0], [0], threading.Lock()
+    outcomes: dict[int, list[object]] = {}
+
+    def job(i: int, raises: bool) -> int:
+        with guard:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(rng.choice((0.0, 0.0, 0.0003)))
+        with guard:
+            busy[0] -= 1
+        if raises:
+            raise ValueError(i)
+        return i
+
+    jobs, stop_at = 300, rng.randrange(150, 300)
+    for i in range(stop_at):
+        d = runner.run(job, i, i % 7 == 3)
+        d.addCallbacks(outcomes.setdefault(i, []).append, lambda f: outcomes[f.value.args[0]].append("failed"))
+        if rng.random() < 0.6:
+            reactor.turn(rng.choice((0.0, 0.0002, 0.002)))
+    runner.stop()
+    refused = [runner.run(job, i, False) for i in range(stop_at, jobs)]
+    deadline = time.monotonic() + 20
+    while any(not o for o in outcomes.values()) and time.monotonic() < deadline:
+        reactor.turn(0.05)
+    stopping = threading.Thread(target=pool.stop, daemon=True)
+    stopping.start()
+    stopping.join(10)
+    assert not stopping.is_alive(), "pool.stop() hung"
+    reactor.turn(0)
+    assert {i: o for i, o in outcomes.items() if o != (["failed"] if i % 7 == 3 else [i])} == {}
+    assert all(isinstance(failure_of(d).value, RunnerStopped) for d in refused)
+    assert 1 <= most[0] <= pool.max
+    assert (runner._workers, runner._idle, runner._pending, runner._sleepers) == (0, 0, 0, [])
