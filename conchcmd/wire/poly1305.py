@@ -13,6 +13,7 @@ time.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import nacl.bindings  # noqa: F401  (imported first: it runs sodium_init)
 from cryptography.exceptions import InvalidSignature
@@ -21,25 +22,42 @@ from nacl import _sodium
 
 KEY = 32
 TAG = 16
-#: The longest message tagged by libsodium (where the two cost the same on AVX2/AVX-512 x86-64).
-SODIUM_MAX = 12 * 1024
 
-# PyDLL: the calls keep the GIL (a microsecond each). cffi and ctypes.CDLL release it around every
-# call, and a worker thread waiting for it (a comphash job's end) then took it from the reactor
-# in the middle of a reply: 7 -> 12 futex calls per fresh exec.
-_lib = ctypes.PyDLL(_sodium.__file__)
-_ARGS = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p)
-_sodium_tag = _lib.crypto_onetimeauth_poly1305  # (out[16], in, inlen, key[32])
-_sodium_tag.argtypes, _sodium_tag.restype = _ARGS, ctypes.c_int
-_sodium_verify = _lib.crypto_onetimeauth_poly1305_verify  # (tag[16], in, inlen, key[32]): 0 if right
-_sodium_verify.argtypes, _sodium_verify.restype = _ARGS, ctypes.c_int
+
+def _sodium_functions() -> tuple[Any, Any] | None:
+    """libsodium's tag and verify functions in PyNaCl's extension (a PyNaCl built against a system
+    libsodium finds them through it too), or None: every tag is then cryptography's.
+
+    PyDLL: the calls keep the GIL (a microsecond each). cffi and ctypes.CDLL release it around
+    every call, and a worker thread waiting for it (a comphash job's end) then took it from the
+    reactor in the middle of a reply: 7 -> 12 futex calls per fresh exec."""
+    try:
+        lib = ctypes.PyDLL(_sodium.__file__)
+        tag, verify = lib.crypto_onetimeauth_poly1305, lib.crypto_onetimeauth_poly1305_verify
+    except (OSError, AttributeError):
+        return None
+    args = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p)
+    tag.argtypes, tag.restype = args, ctypes.c_int  # (out[16], in, inlen, key[32])
+    verify.argtypes, verify.restype = args, ctypes.c_int  # (tag[16], in, inlen, key[32]): 0 if right
+    return tag, verify
+
+
+_SODIUM = _sodium_functions()
+#: The longest message tagged by libsodium (where the two cost the same on AVX2/AVX-512 x86-64);
+#: -1 (none) if PyNaCl's library does not export its Poly1305.
+SODIUM_MAX = 12 * 1024 if _SODIUM is not None else -1
+_sodium_tag: Any
+_sodium_verify: Any
+_sodium_tag, _sodium_verify = _SODIUM or (None, None)
 _Tag = ctypes.c_char * TAG  # an output buffer (create_string_buffer's type checks cost a call more)
 _crypto_tag = Poly1305.generate_tag
 _crypto_verify = Poly1305.verify_tag
 
 
 def tag(key: bytes, message: bytes) -> bytes:
-    """The 16-byte Poly1305 tag of `message` under the one-time 32-byte `key`."""
+    """The 16-byte Poly1305 tag of `message` under the one-time 32-byte `key`. `message` must be
+    `bytes` (ctypes refuses a bytearray or memoryview: every caller in wire/packets.py slices
+    bytes)."""
     if len(key) != KEY:
         raise ValueError("a Poly1305 key is 32 bytes")
     if len(message) > SODIUM_MAX:
@@ -50,7 +68,8 @@ def tag(key: bytes, message: bytes) -> bytes:
 
 
 def verify(key: bytes, message: bytes, expected: bytes) -> bool:
-    """Whether `expected` is `message`'s tag under `key` (compared in constant time)."""
+    """Whether `expected` is `message`'s tag under `key` (compared in constant time); `bytes`
+    only, as for `tag`."""
     if len(key) != KEY:
         raise ValueError("a Poly1305 key is 32 bytes")
     if len(expected) != TAG:

@@ -3,9 +3,11 @@ Poly1305 tags (`conchcmd.wire.poly1305`: libsodium for short messages, cryptogra
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import struct
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import cryptography_vectors
 import pytest
@@ -267,3 +269,13 @@ def test_chacha_codec_agrees_with_a_reference_from_cryptography_alone(
     else:
         with pytest.raises(BadPacket):
             receiver.open(at, bytes(wire))
+
+
+def test_poly1305_uses_libsodium_here_and_falls_back_to_cryptography_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PyNaCl's library exports libsodium's Poly1305 here (CI's and the floor's PyNaCl: the short
+    packets' tags are libsodium's); a library without it leaves every tag to cryptography."""
+    assert poly1305._SODIUM is not None and poly1305.SODIUM_MAX == 12 * 1024
+    monkeypatch.setattr(poly1305, "_sodium", SimpleNamespace(__file__=ctypes.util.find_library("c") or "libc.so.6"))
+    assert poly1305._sodium_functions() is None
